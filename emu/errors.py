@@ -1,0 +1,35 @@
+"""Errors the user can cause. The CLI turns each into one line on stderr and a non-zero exit;
+anything else escaping is a bug in svmemu."""
+
+
+class SvmemuError(Exception):
+    """Base of every error caused by user input; str(e) is the message shown to the user."""
+
+
+class ImageError(SvmemuError):
+    """A kernel image that cannot be booted: missing, truncated, no multiboot header, outside RAM."""
+
+
+class AsmError(SvmemuError):
+    """Assembly that does not assemble; names the file and line."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        super().__init__(f"{path}:{line}: {message}")
+        self.path = path
+        self.line = line
+
+
+class OptionError(SvmemuError):
+    """A command-line or API option with a bad value."""
+
+
+class SnapshotError(SvmemuError):
+    """A snapshot that is corrupt, truncated or not ours."""
+
+
+class Unsupported(SvmemuError):
+    """The guest did something svmemu does not model; we stop rather than guess."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"unsupported: {what}")
+        self.what = what

@@ -1,0 +1,1 @@
+"""Turning user input (multiboot images, assembly sources) into bytes placed in guest RAM."""
