@@ -1,0 +1,144 @@
+"""`svmemu`: run and build guests.
+
+Every user error ends in one line on stderr and a non-zero status; a Python traceback means a bug
+in svmemu, and even then the user gets a one-line summary plus where to report it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from .errors import OptionError, SvmemuError
+from .machine import STATUS_BAD_INPUT, Machine, RunResult
+
+STATUS_INTERNAL = 70
+
+
+def _size(text: str) -> int:
+    """RAM size: plain MiB, or with a K/M/G suffix, as QEMU's -m accepts."""
+    t = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], None)
+    try:
+        return int(t[:-1]) * mult if mult else int(t) << 20
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad memory size {text!r} (examples: 128, 256M, 1G)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2, no usage dump
+        self.exit(STATUS_BAD_INPUT, f"svmemu: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="svmemu", description="x86-64 emulator with exact AMD SVM, on Unicorn")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="boot a multiboot image or an assembly source (.S)")
+    run.add_argument("image", help="multiboot kernel (a.out kludge or ELF) or a .S guest source")
+    run.add_argument("--append", default="", help="kernel command line, as QEMU's -append")
+    run.add_argument("-m", "--memory", type=_size, default=128 << 20, help="guest RAM (default 128M)")
+    run.add_argument("--trace", default="", help="comma list of: insn, exits, io, msr, exc, all")
+    run.add_argument("--trace-file", help="write the trace here instead of stderr")
+    run.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
+    run.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
+    run.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
+    build = sub.add_parser("build", help="assemble a .S guest into the multiboot image QEMU boots")
+    build.add_argument("source")
+    build.add_argument("-o", "--output", required=True)
+    return p
+
+
+def _load_image_bytes(path: str) -> tuple[bytes, str]:
+    from .errors import ImageError
+    if path.endswith((".S", ".s", ".asm")):
+        from .loader.asm import assemble_source
+        return assemble_source(path), path
+    try:
+        with open(path, "rb") as f:
+            return f.read(), path
+    except OSError as e:
+        raise ImageError(f"cannot read {path}: {e.strerror}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .loader.multiboot import parse_image
+    from .trace import Tracer, parse_categories
+    from svm_ext.extension import SvmExtension
+
+    data, name = _load_image_bytes(args.image)
+    tracer = None
+    if args.trace:
+        cats = parse_categories(args.trace)
+        try:
+            out = open(args.trace_file, "w") if args.trace_file else sys.stderr
+        except OSError as e:
+            raise OptionError(f"cannot open trace file {args.trace_file}: {e.strerror}")
+        tracer = Tracer(cats, out)
+    elif args.trace_file:
+        raise OptionError("--trace-file needs --trace")
+    machine = Machine(args.memory, stdout=sys.stdout.buffer, tracer=tracer,
+                      extensions=[SvmExtension()])
+    image = parse_image(data, name, args.memory)
+    cmdline = f"{args.image} {args.append}".rstrip() if args.append else args.image
+    machine.load_multiboot(image, cmdline)
+    result: RunResult = machine.run(max_insns=args.max_insns, timeout=args.timeout)
+    sys.stdout.flush()
+    if tracer:
+        tracer.close()
+    if not args.quiet and result.reason != "exit":
+        print(f"svmemu: {result.message} (rip {result.rip:#x})", file=sys.stderr)
+    return result.status & 0xFF
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .loader.asm import assemble_source
+    image = assemble_source(args.source)
+    try:
+        with open(args.output, "wb") as f:
+            f.write(image)
+    except OSError as e:
+        raise OptionError(f"cannot write {args.output}: {e.strerror}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "build": cmd_build}[args.command](args)
+    except SvmemuError as e:
+        print(f"svmemu: error: {e}", file=sys.stderr)
+        return STATUS_BAD_INPUT
+    except KeyboardInterrupt:
+        print("svmemu: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in svmemu: one line, and the details only on request
+        if os.environ.get("SVMEMU_DEBUG"):
+            raise
+        print(f"svmemu: internal error: {type(e).__name__}: {e} "
+              f"(set SVMEMU_DEBUG=1 for the traceback)", file=sys.stderr)
+        return STATUS_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The interface through which an extension (nested SVM) plugs into the machine.
+
+The machine (L0) knows nothing of the guest-visible SVM. An extension gets, in `attach`, the
+machine object and uses only these entry points on it:
+
+- `machine.register_exit(code, handler)`: handle a hardware exit code L0 intercepts (VMRUN,
+  VMMCALL, ...); the handler runs in the INTR hook with RIP at the instruction.
+- `machine.msrs.register(index, read, write)` and `machine.msrs.efer_writable`, `efer_write_hooks`.
+- `machine.cpuid.set_leaf / set_bits / overrides`.
+- `machine.raise_exception(vector, error_code)`, `machine.stop(reason, message)`.
+- `machine.world_observers`: called with (old_level, new_level) on every world switch.
+- snapshot sections: `snapshot_state` / `load_snapshot_state` below.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+
+class Extension:
+    name = "extension"
+
+    def attach(self, machine: "Machine") -> None:
+        """Register handlers; called once, before the guest is loaded."""
+
+    def level(self) -> str:
+        """The world now running, for traces and the debugger ("L1", "L2")."""
+        return "L1"
+
+    def snapshot_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_snapshot_state(self, state: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,441 @@
+"""The machine: Unicorn as the CPU, L0 in Python, and the run loop.
+
+L1 runs as a guest of Unicorn's SVM under vmcb01 (see hostvm.py), so translated code runs at
+TCG speed and only the events L0 owns reach Python, as `INTR 0x100 + exit code` with RIP at the
+instruction. Cheap events (MSR, CPUID, RDTSC, port I/O) are emulated inside the hook and the guest
+continues without leaving `emu_start`; events that change control flow across privilege levels
+(exception delivery) or end the run stop emulation, and the loop in `run` finishes them.
+"""
+from __future__ import annotations
+
+import mmap
+import sys
+import time
+import ctypes
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterable
+
+from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_INTR, UC_HOOK_INSN,
+                     UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_READ_UNMAPPED)
+from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_REG_RAX,
+                               UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP,
+                               UC_X86_REG_RFLAGS)
+
+from . import hostvm
+from .cpuid import Cpuid
+from .devices.base import PortDevice
+from .devices.debug_exit import DebugExit
+from .devices.serial import Serial16550
+from .errors import ImageError, OptionError, Unsupported
+from .extension import Extension
+from .hostvm import HostVm
+from .hw_switch import CS, Context, self_check
+from .interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
+                         Shutdown)
+from .memory import GuestMemory
+from .msr import GeneralProtection, MsrFile, MSR_EFER, MSR_TSC
+from .trace import Tracer
+
+# Process exit status for each way a run ends. Guest-chosen statuses (isa-debug-exit) are always
+# odd, so ours are even and cannot be confused with them.
+STATUS_HALTED = 0
+STATUS_BAD_INPUT = 2
+STATUS_SHUTDOWN = 4
+STATUS_UNSUPPORTED = 6
+STATUS_LIMIT = 8
+
+MULTIBOOT_MAGIC = 0x2BADB002
+TSC_STEP = 1000          # virtual TSC ticks per read: deterministic, monotonic
+_UNTIL = 0xFFFF_FFFF_FFFF_FFFF
+_MIN_RAM = 2 << 20
+_MAX_RAM = 3 << 30
+
+
+@dataclass
+class RunResult:
+    reason: str          # exit | halt | shutdown | unsupported | timeout | max-insns
+    status: int          # the process exit status svmemu uses
+    message: str
+    rip: int
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+class _UnicornMsrs:
+    """The MSRs that live in Unicorn's CPU, reached while L1 is in guest mode."""
+
+    def __init__(self, uc: Uc, vm: HostVm) -> None:
+        self.uc = uc
+        self.vm = vm
+
+    def read(self, index: int) -> int:
+        with self.vm.msr_passthrough(index):
+            return self.uc.msr_read(index)
+
+    def write(self, index: int, value: int) -> None:
+        with self.vm.msr_passthrough(index):
+            self.uc.msr_write(index, value)
+
+
+class Machine:
+    def __init__(self, ram_size: int = 128 << 20, *, stdout: BinaryIO | None = None,
+                 tracer: Tracer | None = None, extensions: Iterable[Extension] = ()) -> None:
+        if not _MIN_RAM <= ram_size <= _MAX_RAM or ram_size % 0x1000:
+            raise OptionError(f"RAM size must be a multiple of 4 KiB between "
+                              f"{_MIN_RAM >> 20} MiB and {_MAX_RAM >> 20} MiB")
+        self.ram_size = ram_size
+        uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_cpu_model(UC_CPU_X86_EPYC)
+        self_check(uc)
+        self.ram = mmap.mmap(-1, ram_size)
+        self._ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
+        uc.mem_map_ptr(0, ram_size, UC_PROT_ALL, self._ram_addr)
+        self.hostvm = HostVm(uc)
+        self.ctx = Context(uc)
+        self.mem = GuestMemory(uc, self.ram, ram_size, self.ctx)
+        self.deliverer = Deliverer(uc, self.ctx, self.mem)
+        self.tracer = tracer
+        self.tsc = 0
+        self.cpuid = Cpuid()
+        self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
+                            hostvm.MAXPHYADDR)
+        self.ports: dict[int, PortDevice] = {}
+        self.devices: list[PortDevice] = []
+        self.serial = Serial16550(stdout)
+        self.add_device(self.serial)
+        self.add_device(DebugExit(self._guest_exit))
+        self.world_observers: list[Callable[[str, str], None]] = []
+        self._exits: dict[int, Callable[[int], None]] = {
+            hostvm.VMEXIT_MSR: self._exit_msr,
+            hostvm.VMEXIT_CPUID: self._exit_cpuid,
+            hostvm.VMEXIT_RDTSC: self._exit_rdtsc,
+            hostvm.VMEXIT_RDTSCP: self._exit_rdtscp,
+            hostvm.VMEXIT_INTN: self._exit_intn,
+            hostvm.VMEXIT_HLT: self._exit_hlt,
+            hostvm.VMEXIT_IOIO: self._exit_ioio,
+            hostvm.VMEXIT_SHUTDOWN: lambda code: self._finish("shutdown", STATUS_SHUTDOWN,
+                                                              "triple fault"),
+        }
+        for code in (hostvm.VMEXIT_VMRUN, hostvm.VMEXIT_VMMCALL, hostvm.VMEXIT_VMLOAD,
+                     hostvm.VMEXIT_VMSAVE, hostvm.VMEXIT_STGI, hostvm.VMEXIT_CLGI,
+                     hostvm.VMEXIT_SKINIT, hostvm.VMEXIT_INVLPGA):
+            self._exits[code] = self._exit_undefined_opcode
+        self._result: RunResult | None = None
+        self._pending: Callable[[], None] | None = None
+        self._hooks = [
+            uc.hook_add(UC_HOOK_INTR, self._on_intr),
+            uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
+            uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT),
+            uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
+        ]
+        self._insn_budget: int | None = None
+        self._start: int | None = None
+        self.extensions = list(extensions)
+        for ext in self.extensions:
+            ext.attach(self)
+
+    # ---- extension entry points --------------------------------------------------------------------
+    def register_exit(self, code: int, handler: Callable[[int], None]) -> None:
+        self._exits[code] = handler
+
+    def add_device(self, dev: PortDevice) -> None:
+        self.devices.append(dev)
+        for port in dev.ports():
+            self.ports[port] = dev
+            if dev.precise_stop:
+                self.hostvm.intercept_port(port)
+
+    def level(self) -> str:
+        return self.extensions[0].level() if self.extensions else "L1"
+
+    def raise_exception(self, vector: int, error_code: int | None = None,
+                        cr2: int | None = None) -> None:
+        """Deliver a hardware exception at the current RIP (the faulting instruction)."""
+        rip = self.uc.reg_read(UC_X86_REG_RIP)
+        self._defer(lambda: self._deliver(Event(vector, Kind.EXCEPTION, error_code, cr2), rip))
+
+    def stop(self, reason: str, status: int, message: str) -> None:
+        self._finish(reason, status, message)
+
+    # ---- loading ----------------------------------------------------------------------------------
+    def load_multiboot(self, image: "BootImage", cmdline: str) -> None:  # noqa: F821
+        from .loader.multiboot import MBI_ADDR, build_mbi
+        for addr, data in image.segments:
+            if addr < 0 or addr + len(data) > self.ram_size:
+                raise ImageError(f"segment at {addr:#x}+{len(data):#x} is outside the "
+                                 f"{self.ram_size >> 20} MiB of RAM")
+            self.ram[addr:addr + len(data)] = data
+        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR)
+        self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
+        self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
+
+    # ---- running ----------------------------------------------------------------------------------
+    def run(self, *, max_insns: int | None = None, timeout: float | None = None) -> RunResult:
+        """Run until the guest exits, halts, shuts down or a limit is reached."""
+        if self._start is None:
+            raise OptionError("no guest loaded")
+        if max_insns is not None and max_insns <= 0:
+            raise OptionError("--max-insns must be positive")
+        if timeout is not None and timeout <= 0:
+            raise OptionError("--timeout must be positive")
+        uc = self.uc
+        extra = []
+        if max_insns is not None:
+            self._insn_budget = max_insns
+            extra.append(uc.hook_add(UC_HOOK_CODE, self._count_insn))
+        if self.tracer and self.tracer.on("insn"):
+            extra.append(uc.hook_add(UC_HOOK_CODE, self._trace_insn))
+        deadline = time.monotonic() + timeout if timeout else None
+        begin = self._start
+        try:
+            while self._result is None:
+                left_us = 0
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
+                        break
+                    left_us = max(1, int(left * 1e6))
+                try:
+                    uc.emu_start(begin, _UNTIL, timeout=left_us)
+                except UcError as e:
+                    if self._result is None:
+                        self._finish("unsupported", STATUS_UNSUPPORTED,
+                                     f"unsupported: CPU stopped with {e} at rip "
+                                     f"{uc.reg_read(UC_X86_REG_RIP):#x}")
+                    break
+                pending, self._pending = self._pending, None
+                if pending is not None and self._result is None:
+                    pending()
+                elif self._result is None and deadline is not None and time.monotonic() >= deadline:
+                    self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
+                begin = uc.reg_read(UC_X86_REG_RIP)
+        except Unsupported as e:
+            self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
+        finally:
+            for h in extra:
+                uc.hook_del(h)
+            self._start = uc.reg_read(UC_X86_REG_RIP)
+        result, self._result = self._result, None
+        assert result is not None
+        return result
+
+    def _finish(self, reason: str, status: int, message: str) -> None:
+        if self._result is None:
+            self._result = RunResult(reason, status, message, self.uc.reg_read(UC_X86_REG_RIP))
+        self.uc.emu_stop()
+
+    def _defer(self, action: Callable[[], None]) -> None:
+        """Finish an event outside the hook: emulation stops first, so the state is final."""
+        self._pending = action
+        self.uc.emu_stop()
+
+    def _guest_exit(self, status: int) -> None:
+        self._finish("exit", status, f"guest wrote {status >> 1:#x} to isa-debug-exit")
+
+    # ---- hooks --------------------------------------------------------------------------------------
+    def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:
+        if self._result is not None:
+            uc.emu_stop()
+            return
+        code = intno - hostvm.UC_EXIT_BASE
+        handler = self._exits.get(code)
+        try:
+            if handler is not None:
+                handler(code)
+            elif hostvm.VMEXIT_EXCP_BASE <= code < hostvm.VMEXIT_INTR:
+                self._exit_exception(code - hostvm.VMEXIT_EXCP_BASE)
+            else:
+                raise Unsupported(f"event {intno:#x} at rip {uc.reg_read(UC_X86_REG_RIP):#x}")
+        except Unsupported as e:
+            self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
+
+    def _trace_exit(self, text: str) -> None:
+        if self.tracer and self.tracer.on("exits"):
+            self.tracer.line("exits", self._where(), text)
+
+    def _where(self) -> str:
+        ctx = self.ctx.save()
+        return f"[{self.level()} {ctx.mode_bits()} cpl{ctx.cpl}] {self.uc.reg_read(UC_X86_REG_RIP):#x}"
+
+    def _advance(self, length: int) -> None:
+        self.uc.reg_write(UC_X86_REG_RIP, self.uc.reg_read(UC_X86_REG_RIP) + length)
+
+    def _exit_exception(self, vector: int) -> None:
+        ctx = self.ctx.save()
+        err = ctx.error_code if vector in HAS_ERROR_CODE else None
+        cr2 = self.hostvm.exitinfo2() if vector == PF else None
+        self.raise_exception(vector, err, cr2)
+
+    def _exit_msr(self, code: int) -> None:
+        uc = self.uc
+        write = self.ctx.save().error_code == 1
+        index = uc.reg_read(UC_X86_REG_RCX) & 0xFFFFFFFF
+        try:
+            if write:
+                value = ((uc.reg_read(UC_X86_REG_RDX) & 0xFFFFFFFF) << 32) | (
+                    uc.reg_read(UC_X86_REG_RAX) & 0xFFFFFFFF)
+                self.msrs.wrmsr(index, value)
+            else:
+                value = self.msrs.rdmsr(index)
+                uc.reg_write(UC_X86_REG_RAX, value & 0xFFFFFFFF)
+                uc.reg_write(UC_X86_REG_RDX, value >> 32)
+        except GeneralProtection as e:
+            if self.tracer and self.tracer.on("msr"):
+                self.tracer.line("msr", self._where(), f"{'wrmsr' if write else 'rdmsr'} "
+                                 f"{index:#x} -> #GP ({e})")
+            self.raise_exception(GP, 0)
+            return
+        if self.tracer and self.tracer.on("msr"):
+            self.tracer.line("msr", self._where(),
+                             f"{'wrmsr' if write else 'rdmsr'} {index:#x} {'<-' if write else '->'} {value:#x}")
+        self._advance(2)
+
+    def _exit_cpuid(self, code: int) -> None:
+        uc = self.uc
+        leaf = uc.reg_read(UC_X86_REG_RAX) & 0xFFFFFFFF
+        sub = uc.reg_read(UC_X86_REG_RCX) & 0xFFFFFFFF
+        a, b, c, d = self.cpuid.query(leaf, sub)
+        uc.reg_write(UC_X86_REG_RAX, a)
+        uc.reg_write(UC_X86_REG_RBX, b)
+        uc.reg_write(UC_X86_REG_RCX, c)
+        uc.reg_write(UC_X86_REG_RDX, d)
+        self._advance(2)
+
+    def _read_tsc(self) -> int:
+        self.tsc += TSC_STEP
+        return self.tsc
+
+    def _write_tsc(self, value: int) -> None:
+        self.tsc = value
+
+    def _exit_rdtsc(self, code: int) -> None:
+        t = self._read_tsc()
+        self.uc.reg_write(UC_X86_REG_RAX, t & 0xFFFFFFFF)
+        self.uc.reg_write(UC_X86_REG_RDX, t >> 32)
+        self._advance(2)
+
+    def _exit_rdtscp(self, code: int) -> None:
+        from .msr import MSR_TSC_AUX
+        t = self._read_tsc()
+        self.uc.reg_write(UC_X86_REG_RAX, t & 0xFFFFFFFF)
+        self.uc.reg_write(UC_X86_REG_RDX, t >> 32)
+        self.uc.reg_write(UC_X86_REG_RCX, self.msrs.rdmsr(MSR_TSC_AUX))
+        self._advance(3)
+
+    def _exit_hlt(self, code: int) -> None:
+        rflags = self.uc.reg_read(UC_X86_REG_RFLAGS)
+        self._advance(1)
+        if rflags & (1 << 9):
+            self._finish("halt", STATUS_HALTED,
+                         "guest halted waiting for an interrupt, and no device can raise one")
+        else:
+            self._finish("halt", STATUS_HALTED, "guest halted with interrupts disabled")
+
+    def _exit_undefined_opcode(self, code: int) -> None:
+        """SVM instructions with no extension to implement them behave as on a CPU without SVM."""
+        self.raise_exception(UD)
+
+    def _exit_intn(self, code: int) -> None:
+        rip = self.uc.reg_read(UC_X86_REG_RIP)
+        insn = self.mem.read_code(rip, 15)
+        i = 0
+        while i < 14 and insn[i] in (0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF2, 0xF3) \
+                or (insn[i] & 0xF0 == 0x40 and self.ctx.save().mode_bits() == 64):
+            i += 1
+        op = insn[i]
+        if op == 0xCC:
+            ev, length = Event(BP, Kind.SOFTWARE), i + 1
+        elif op == 0xCD:
+            ev, length = Event(insn[i + 1], Kind.SOFTWARE), i + 2
+        elif op == 0xCE:
+            ev, length = Event(OF, Kind.SOFTWARE), i + 1
+        elif op == 0xF1:
+            ev, length = Event(DB, Kind.SOFTWARE, icebp=True), i + 1
+        else:
+            raise Unsupported(f"software interrupt with opcode {insn[:i + 2].hex()}")
+        self._defer(lambda: self._deliver(ev, rip + length))
+
+    def _exit_ioio(self, code: int) -> None:
+        """A port routed through the IOPM (devices that need a precise stop)."""
+        info = self.ctx.save().error_code
+        port = info >> 16
+        size = 1 if info & 0x10 else 2 if info & 0x20 else 4
+        if info & 0x0C:
+            raise Unsupported("string I/O to a precise-stop device port")
+        next_rip = self.uc.reg_read(UC_X86_REG_RIP) + self._io_length()
+        self.uc.reg_write(UC_X86_REG_RIP, next_rip)
+        dev = self.ports.get(port)
+        if info & 1:
+            value = dev.read(port, size) if dev else (1 << (8 * size)) - 1
+            rax = self.uc.reg_read(UC_X86_REG_RAX)
+            mask = (1 << (8 * size)) - 1
+            self.uc.reg_write(UC_X86_REG_RAX, (rax & ~mask) | (value & mask))
+            self._trace_io("in", port, size, value, dev)
+        else:
+            value = self.uc.reg_read(UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
+            self._trace_io("out", port, size, value, dev)
+            if dev:
+                dev.write(port, size, value)
+
+    def _io_length(self) -> int:
+        rip = self.uc.reg_read(UC_X86_REG_RIP)
+        insn = self.mem.read_code(rip, 4)
+        i = 0
+        while insn[i] in (0x66, 0x67):
+            i += 1
+        return i + (2 if insn[i] in (0xE4, 0xE5, 0xE6, 0xE7) else 1)
+
+    def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
+        dev = self.ports.get(port)
+        value = dev.read(port, size) if dev else (1 << (8 * size)) - 1
+        self._trace_io("in", port, size, value, dev)
+        return value
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
+        dev = self.ports.get(port)
+        self._trace_io("out", port, size, value, dev)
+        if dev:
+            dev.write(port, size, value)
+
+    def _trace_io(self, direction: str, port: int, size: int, value: int,
+                  dev: PortDevice | None) -> None:
+        if self.tracer and self.tracer.on("io"):
+            self.tracer.line("io", self._where(), f"{direction} port {port:#06x} size {size} "
+                             f"value {value:#x} ({dev.name if dev else 'no device'})")
+
+    def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int,
+                     _data: object) -> bool:
+        kind = {19: "read", 20: "write", 21: "fetch"}.get(access, "access")
+        self._finish("unsupported", STATUS_UNSUPPORTED,
+                     f"unsupported: {kind} of physical address {address:#x} (no RAM or device "
+                     f"there) at rip {uc.reg_read(UC_X86_REG_RIP):#x}")
+        return False
+
+    def _count_insn(self, uc: Uc, address: int, size: int, _data: object) -> None:
+        assert self._insn_budget is not None
+        self._insn_budget -= 1
+        if self._insn_budget < 0:
+            self._finish("max-insns", STATUS_LIMIT, "instruction limit (--max-insns) reached")
+
+    def _trace_insn(self, uc: Uc, address: int, size: int, _data: object) -> None:
+        ctx = self.ctx.save()
+        try:
+            code = self.mem.read_code(address, size)
+        except Fault:
+            code = b""
+        self.tracer.insn(f"[{self.level()} {ctx.mode_bits()} cpl{ctx.cpl}]", ctx.mode_bits(),
+                         address, code)
+
+    # ---- event delivery ---------------------------------------------------------------------------
+    def _deliver(self, event: Event, return_rip: int) -> None:
+        try:
+            final = self.deliverer.deliver(event, return_rip)
+        except Shutdown as e:
+            self._finish("shutdown", STATUS_SHUTDOWN, f"shutdown (triple fault): {e}")
+            return
+        if self.tracer and self.tracer.on("exc"):
+            self.tracer.line("exc", self._where(), f"delivered {final.describe()} "
+                             f"(return rip {return_rip:#x})" +
+                             (f", escalated from {event.describe()}" if final is not event else ""))
