@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from . import memtype
+from .arch_bits import EFER_FFXSR, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME
 
 MSR_TSC = 0x10
 MSR_APIC_BASE = 0x1B
@@ -19,7 +20,7 @@ MSR_SYSENTER_CS = 0x174
 MSR_SYSENTER_ESP = 0x175
 MSR_SYSENTER_EIP = 0x176
 MSR_PAT = memtype.MSR_PAT
-MSR_MTRR_DEF_TYPE = memtype.MSR_MTRR_DEF_TYPE
+MSR_MTRR_DEF_TYPE = memtype.MSR_MTRRDEFTYPE
 MSR_EFER = 0xC0000080
 MSR_STAR = 0xC0000081
 MSR_LSTAR = 0xC0000082
@@ -30,14 +31,7 @@ MSR_GS_BASE = 0xC0000101
 MSR_KERNEL_GS_BASE = 0xC0000102
 MSR_TSC_AUX = 0xC0000103
 
-EFER_SCE = 1 << 0
-EFER_LME = 1 << 8
-EFER_LMA = 1 << 10
-EFER_NXE = 1 << 11
-EFER_SVME = 1 << 12
-EFER_FFXSR = 1 << 14
-
-PAT_POWER_ON = 0x0007040600070406
+PAT_POWER_ON = memtype.PAT_RESET
 APIC_BASE_DEFAULT = 0xFEE00000 | (1 << 11) | (1 << 8)   # enabled, BSP
 
 
@@ -148,7 +142,7 @@ class MsrFile:
         self.values[MSR_APIC_BASE] = value
 
     def _install_mtrrs(self) -> None:
-        self.values[MSR_MTRRCAP] = memtype.MTRRCAP_VALUE
+        self.values[MSR_MTRRCAP] = memtype.MTRRCAP_DEFAULT
         self.register(MSR_MTRRCAP, lambda: self.values[MSR_MTRRCAP], self._read_only(MSR_MTRRCAP))
         for index in memtype.MTRR_MSRS:
             if index == MSR_MTRRCAP:

@@ -1,0 +1,117 @@
+"""Build tiny multiboot-style images in Python for machine tests.
+
+The guests in guests/ use the shared prelude; these tests need exact control of the GDT, IDT, TSS
+and page tables instead (odd gate types, missing entries, user mode), so they lay memory out
+directly: a 32-bit entry that enters long mode, then a 64-bit body given by the test.
+
+Layout (physical = virtual, identity-mapped 1 GiB with 2 MiB pages):
+  0x20000 PML4, 0x21000 PDPT, 0x22000 PD;  0x101000 GDT;  0x102000 TSS;  0x103000 IDT
+  0x100000 32-bit entry;  0x200000 64-bit body;  stacks: 0x80000 (kernel), 0x90000 (IST1),
+  0x98000 (RSP0)
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from keystone import Ks, KS_ARCH_X86, KS_MODE_32, KS_MODE_64
+
+ENTRY = 0x100000
+GDT = 0x101000
+TSS = 0x102000
+IDT = 0x103000
+BODY = 0x200000
+KSTACK = 0x80000
+IST1_STACK = 0x90000
+RSP0_STACK = 0x98000
+SEL_CODE64, SEL_DATA, SEL_CODE32, SEL_UCODE64, SEL_UDATA, SEL_TSS = 0x08, 0x10, 0x18, 0x20 | 3, 0x28 | 3, 0x30
+
+_ks32 = Ks(KS_ARCH_X86, KS_MODE_32)
+_ks64 = Ks(KS_ARCH_X86, KS_MODE_64)
+
+
+def asm64(src: str, addr: int) -> bytes:
+    return bytes(_ks64.asm(src, addr)[0])
+
+
+def asm32(src: str, addr: int) -> bytes:
+    return bytes(_ks32.asm(src, addr)[0])
+
+
+def gate64(offset: int, selector: int = SEL_CODE64, ist: int = 0, gtype: int = 0xE, dpl: int = 0,
+           present: bool = True) -> bytes:
+    attr = gtype | (dpl << 5) | (0x80 if present else 0)
+    return struct.pack("<HHBBHII", offset & 0xFFFF, selector, ist, attr, (offset >> 16) & 0xFFFF,
+                       offset >> 32, 0)
+
+
+@dataclass
+class Image:
+    entry: int
+    segments: list[tuple[int, bytes]] = field(default_factory=list)
+
+
+HANDLERS = 0x210000   # handler i is placed at HANDLERS + 0x100 * i
+
+
+def handler(i: int) -> int:
+    return HANDLERS + 0x100 * i
+
+
+def long_mode_image(body: str, idt: dict[int, bytes] | None = None,
+                    handlers: list[str] = (), idt_limit: int = 256 * 16 - 1) -> Image:
+    """`body` is 64-bit code at BODY; `handlers[i]` is 64-bit code at handler(i).
+
+    `idt` maps vectors to 16-byte gates; unlisted vectors are not present."""
+    gdt = struct.pack("<QQQQQQ", 0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF, 0x00CF9A000000FFFF,
+                      0x00AFFA000000FFFF, 0x00CFF2000000FFFF)
+    tss_lo = (0x67 & 0xFFFF) | ((TSS & 0xFFFFFF) << 16) | (0x89 << 40) | ((TSS >> 24) << 56)
+    gdt += struct.pack("<QQ", tss_lo, TSS >> 32)
+    tss = bytearray(0x68)
+    struct.pack_into("<Q", tss, 4, RSP0_STACK)
+    struct.pack_into("<Q", tss, 36, IST1_STACK)
+    entry = asm32(f"""
+        lgdt [{GDT + 0x100}]
+        mov eax, 0x20000
+        mov cr3, eax
+        mov eax, cr4
+        or eax, 0x20
+        mov cr4, eax
+        mov ecx, 0xC0000080
+        rdmsr
+        or eax, 0x100
+        wrmsr
+        mov eax, cr0
+        or eax, 0x80010000
+        mov cr0, eax
+        .byte 0xEA
+        .long {BODY - 0x40}
+        .word {SEL_CODE64}
+    """, ENTRY)
+    prologue = asm64(f"""
+        mov ax, {SEL_DATA}
+        mov ds, ax
+        mov es, ax
+        mov ss, ax
+        mov rsp, {KSTACK}
+        mov ax, {SEL_TSS}
+        ltr ax
+        mov rax, {IDT + 0x1000}
+        lidt [rax]
+        jmp {BODY}
+    """, BODY - 0x40)
+    assert len(prologue) <= 0x40
+    code = asm64(body, BODY)
+    pml4 = struct.pack("<Q", 0x21007)
+    pdpt = struct.pack("<Q", 0x22007)
+    pd = b"".join(struct.pack("<Q", (i << 21) | 0x87) for i in range(512))
+    idt_bytes = bytearray(256 * 16)
+    for vec, g in (idt or {}).items():
+        idt_bytes[vec * 16:vec * 16 + 16] = g
+    return Image(ENTRY, [
+        (0x20000, pml4), (0x21000, pdpt), (0x22000, pd),
+        (GDT, gdt), (GDT + 0x100, struct.pack("<HI", len(gdt) - 1, GDT)),
+        (TSS, bytes(tss)), (IDT, bytes(idt_bytes)),
+        (IDT + 0x1000, struct.pack("<HQ", idt_limit, IDT)),
+        (ENTRY, entry), (BODY - 0x40, prologue), (BODY, code),
+    ] + [(handler(i), asm64(src, handler(i))) for i, src in enumerate(handlers)])
