@@ -19,6 +19,28 @@ if TYPE_CHECKING:
     from .machine import Machine
 
 
+class ExitRouter:
+    """Gets first sight of events while a nested guest runs, so it can turn them into #VMEXITs.
+
+    The machine calls these only when `machine.router` is set; each returns True when it took
+    the event (the machine then does nothing more with it)."""
+
+    def on_exit(self, code: int) -> bool:
+        """A hardware exit code from the INTR hook, RIP at the instruction."""
+        return False
+
+    def on_exception(self, event: Any, during: Any | None) -> bool:
+        """An exception about to be delivered; `during` is the event whose delivery raised it."""
+        return False
+
+    def on_nested_fault(self, fault: Any, during: Any | None) -> bool:
+        """A nested page fault met by L0 itself (e.g. pushing an exception frame)."""
+        return False
+
+    def on_shutdown(self, reason: str) -> bool:
+        return False
+
+
 class Extension:
     name = "extension"
 

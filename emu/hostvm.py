@@ -12,6 +12,8 @@ table entry can point: the check on reserved physical-address bits forbids it.
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 import struct
 
 from unicorn import Uc, UC_PROT_ALL
@@ -110,9 +112,17 @@ class HostVm:
 
     def __init__(self, uc: Uc) -> None:
         self.uc = uc
-        uc.mem_map(L0_BASE, L0_SIZE, UC_PROT_ALL)
-        uc.mem_write(MSRPM01, b"\xFF" * MSRPM_SIZE)
-        uc.mem_write(IOPM01, bytes(IOPM_SIZE))
+        # Backed by a host buffer so L0 reads and writes its VMCBs and maps without Unicorn calls.
+        self._mem = mmap.mmap(-1, L0_SIZE)
+        uc.mem_map_ptr(L0_BASE, L0_SIZE, UC_PROT_ALL,
+                       ctypes.addressof(ctypes.c_char.from_buffer(self._mem)))
+        self.buf = memoryview(self._mem)
+        self.buf[MSRPM01 - L0_BASE:MSRPM01 - L0_BASE + MSRPM_SIZE] = b"\xFF" * MSRPM_SIZE
+
+    def view(self, pa: int, size: int) -> memoryview:
+        """Direct access to L0-private memory at physical address `pa`."""
+        off = pa - L0_BASE
+        return self.buf[off:off + size]
 
     # ---- permission maps --------------------------------------------------------------------
     def msr_passthrough(self, msr: int):
@@ -120,12 +130,11 @@ class HostVm:
 
         Unicorn's own msr_read/msr_write run the guest-mode intercept check, which would longjmp
         back into our hook; lifting the MSRPM bits for the duration avoids that."""
-        return _MsrWindow(self.uc, msr)
+        return _MsrWindow(self.buf, msr)
 
     def intercept_port(self, port: int) -> None:
         byte, bit = divmod(port, 8)
-        cur = self.uc.mem_read(IOPM01 + byte, 1)[0]
-        self.uc.mem_write(IOPM01 + byte, bytes([cur | (1 << bit)]))
+        self.buf[IOPM01 - L0_BASE + byte] |= 1 << bit
 
     # ---- boot ---------------------------------------------------------------------------------
     def enter_multiboot(self, entry: int, magic: int, mbi: int) -> int:
@@ -160,29 +169,31 @@ class HostVm:
         struct.pack_into("<Q", vm, VMCB_SAVE_RIP, entry)
         struct.pack_into("<Q", vm, VMCB_SAVE_RSP, 0)
         struct.pack_into("<Q", vm, VMCB_SAVE_RAX, magic)
-        self.uc.mem_write(VMCB01, bytes(vm))
+        self.view(VMCB01, 0x1000)[:] = vm
         # mov ebx, mbi; mov rax, VMCB01; vmrun
         tramp = (b"\xBB" + struct.pack("<I", mbi) + b"\x48\xB8" + struct.pack("<Q", VMCB01)
                  + b"\x0F\x01\xD8")
-        self.uc.mem_write(TRAMPOLINE, tramp)
+        self.view(TRAMPOLINE, len(tramp))[:] = tramp
         self.uc.msr_write(MSR_EFER, self.uc.msr_read(MSR_EFER) | EFER_SVME)
         self.uc.msr_write(MSR_VM_HSAVE_PA, HSAVE01)
         return TRAMPOLINE
 
-    def exitinfo2(self) -> int:
-        return struct.unpack("<Q", self.uc.mem_read(VMCB01 + VMCB_EXITINFO2, 8))[0]
+    def exitinfo2(self, vmcb: int = VMCB01) -> int:
+        """EXITINFO2 that Unicorn wrote into the VMCB it is running under (page-fault address)."""
+        return struct.unpack_from("<Q", self.buf, vmcb - L0_BASE + VMCB_EXITINFO2)[0]
 
 
 class _MsrWindow:
-    def __init__(self, uc: Uc, msr: int) -> None:
-        self.uc = uc
+    def __init__(self, buf: memoryview, msr: int) -> None:
+        self.buf = buf
         self.pos = msrpm_position(msr)
+        self.off = MSRPM01 - L0_BASE + self.pos[0] if self.pos else 0
 
     def __enter__(self) -> None:
         if self.pos:
-            self.old = self.uc.mem_read(MSRPM01 + self.pos[0], 1)
-            self.uc.mem_write(MSRPM01 + self.pos[0], b"\x00")
+            self.old = self.buf[self.off]
+            self.buf[self.off] = 0
 
     def __exit__(self, *exc) -> None:
         if self.pos:
-            self.uc.mem_write(MSRPM01 + self.pos[0], bytes(self.old))
+            self.buf[self.off] = self.old

@@ -38,12 +38,24 @@ OFF_INTERCEPT = 5520
 OFF_INTERCEPT_CRDR = 5528
 OFF_INTERCEPT_EXC = 5536
 OFF_NESTED_CR3 = 5544
+OFF_NESTED_PG_MODE = 5552
 
 ES, CS, SS, DS, FS, GS, LDTR, TR, GDTR, IDTR = range(10)
 SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr", "gdtr", "idtr")
 
 # QEMU hidden-flag bits that depend on segment and control state.
 HF_CPL_MASK = 3
+HF_INHIBIT_IRQ = 1 << 3
+HF_MP = 1 << 9
+HF_EM = 1 << 10
+HF_TS = 1 << 11
+HF_SVME = 1 << 20
+HF_OSFXSR = 1 << 22
+HF_SMAP = 1 << 23
+HF2_GIF = 1 << 0
+HF2_NPT = 1 << 6
+# How Unicorn's nested walk reads the host paging mode (set from L1's state at VMRUN).
+NPT_MODE_PAE, NPT_MODE_LMA, NPT_MODE_NXE = 1 << 0, 1 << 1, 1 << 2
 HF_CS32 = 1 << 4
 HF_SS32 = 1 << 5
 HF_ADDSEG = 1 << 6
@@ -169,13 +181,36 @@ class Context:
             return 64
         return 32 if hf & HF_CS32 else 16
 
-    def recompute_hflags(self) -> None:
+    def load_control_hflags(self, cr0: int, cr4: int, efer: int, cpl: int) -> None:
+        """Set the hidden flags that follow from CR0/CR4/EFER and CPL, as loading them whole
+        (a world switch) does; segment-derived bits are recomputed after."""
+        hf = self.hflags & ~(HF_CPL_MASK | HF_INHIBIT_IRQ | HF_PE | HF_MP | HF_EM | HF_TS | HF_LMA
+                             | HF_SVME | HF_OSFXSR | HF_SMAP)
+        hf |= cpl & 3
+        if cr0 & 1:
+            hf |= HF_PE
+        hf |= ((cr0 >> 1) & 7) * HF_MP     # MP, EM, TS are CR0 bits 1..3, HF bits 9..11
+        if efer & (1 << 10):
+            hf |= HF_LMA
+        if efer & (1 << 12):
+            hf |= HF_SVME
+        if cr4 & (1 << 9):
+            hf |= HF_OSFXSR
+        if cr4 & (1 << 21):
+            hf |= HF_SMAP
+        self.set_u32(OFF_HFLAGS, hf)
+        self.set_u64(OFF_CR + 0, cr0)
+        self.set_u64(OFF_CR + 32, cr4)
+        self.set_u64(OFF_EFER, efer)
+
+    def recompute_hflags(self, cpl: int | None = None) -> None:
         """Derive CPL, CS32/SS32/CS64 and ADDSEG from the segment caches, as a real segment load
-        would; needed after patching CS/SS behind Unicorn's back."""
+        would; needed after patching CS/SS behind Unicorn's back. A world switch passes the CPL it
+        loads (the VMCB's), which then wins over SS.DPL."""
         hf = self.hflags & ~(HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_CS64 | HF_ADDSEG)
         cs, ss = self.seg(CS), self.seg(SS)
         cr0 = self.cr(0)
-        hf |= ss.dpl if cr0 & 1 else 0
+        hf |= (ss.dpl if cr0 & 1 else 0) if cpl is None else cpl
         if hf & HF_LMA and cs.flags & DESC_L:
             hf |= HF_CS32 | HF_SS32 | HF_CS64
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Callable, Protocol
 
 from unicorn import Uc
 from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP, UC_X86_REG_RSP
@@ -107,15 +107,21 @@ class Deliverer:
         self.mem = mem
 
     # ---- the double-fault state machine ---------------------------------------------------------
-    def deliver(self, event: Event, return_rip: int) -> Event:
-        """Deliver `event`, escalating per Table 8-7. Returns the event finally delivered."""
+    def deliver(self, event: Event, return_rip: int,
+                intercept: "Callable[[Event, Event | None], bool] | None" = None) -> Event | None:
+        """Deliver `event`, escalating per Table 8-7. Returns the event finally delivered, or None
+        when `intercept` took one of the exceptions on the way (a #VMEXIT instead of delivery)."""
         current = event
+        outer: Event | None = None
         cr2 = event.cr2
         for _ in range(3):
+            if intercept is not None and current.kind is Kind.EXCEPTION and intercept(current, outer):
+                return None
             try:
                 self._deliver_once(current, return_rip, cr2)
                 return current
             except Fault as second:
+                outer = current
                 if current.vector == DF and current.kind is Kind.EXCEPTION:
                     raise Shutdown(f"fault {VECTOR_NAMES.get(second.vector)} while delivering #DF")
                 first_bad = current.kind is Kind.EXCEPTION and (

@@ -27,12 +27,13 @@ from .devices.base import PortDevice
 from .devices.debug_exit import DebugExit
 from .devices.serial import Serial16550
 from .errors import ImageError, OptionError, Unsupported
-from .extension import Extension
+from .extension import Extension, ExitRouter
 from .hostvm import HostVm
-from .hw_switch import CS, Context, self_check
+from .hw_switch import CS, OFF_VM_VMCB, Context, self_check
 from .interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
                          Shutdown)
 from .memory import GuestMemory
+from .paging import NestedFault
 from .msr import GeneralProtection, MsrFile, MSR_EFER, MSR_TSC
 from .trace import Tracer
 
@@ -106,6 +107,7 @@ class Machine:
         self.add_device(self.serial)
         self.add_device(DebugExit(self._guest_exit))
         self.world_observers: list[Callable[[str, str], None]] = []
+        self.router: ExitRouter | None = None
         self._exits: dict[int, Callable[[int], None]] = {
             hostvm.VMEXIT_MSR: self._exit_msr,
             hostvm.VMEXIT_CPUID: self._exit_cpuid,
@@ -114,8 +116,7 @@ class Machine:
             hostvm.VMEXIT_INTN: self._exit_intn,
             hostvm.VMEXIT_HLT: self._exit_hlt,
             hostvm.VMEXIT_IOIO: self._exit_ioio,
-            hostvm.VMEXIT_SHUTDOWN: lambda code: self._finish("shutdown", STATUS_SHUTDOWN,
-                                                              "triple fault"),
+            hostvm.VMEXIT_SHUTDOWN: lambda code: self.shutdown("shutdown (triple fault)"),
         }
         for code in (hostvm.VMEXIT_VMRUN, hostvm.VMEXIT_VMMCALL, hostvm.VMEXIT_VMLOAD,
                      hostvm.VMEXIT_VMSAVE, hostvm.VMEXIT_STGI, hostvm.VMEXIT_CLGI,
@@ -154,6 +155,12 @@ class Machine:
         """Deliver a hardware exception at the current RIP (the faulting instruction)."""
         rip = self.uc.reg_read(UC_X86_REG_RIP)
         self._defer(lambda: self._deliver(Event(vector, Kind.EXCEPTION, error_code, cr2), rip))
+
+    def shutdown(self, message: str) -> None:
+        """The processor shuts down (triple fault), unless a hypervisor intercepts it."""
+        if self.router is not None and self.router.on_shutdown(message):
+            return
+        self._finish("shutdown", STATUS_SHUTDOWN, message)
 
     def stop(self, reason: str, status: int, message: str) -> None:
         self._finish(reason, status, message)
@@ -242,6 +249,8 @@ class Machine:
         code = intno - hostvm.UC_EXIT_BASE
         handler = self._exits.get(code)
         try:
+            if self.router is not None and self.router.on_exit(code):
+                return
             if handler is not None:
                 handler(code)
             elif hostvm.VMEXIT_EXCP_BASE <= code < hostvm.VMEXIT_INTR:
@@ -265,7 +274,7 @@ class Machine:
     def _exit_exception(self, vector: int) -> None:
         ctx = self.ctx.save()
         err = ctx.error_code if vector in HAS_ERROR_CODE else None
-        cr2 = self.hostvm.exitinfo2() if vector == PF else None
+        cr2 = self.hostvm.exitinfo2(ctx.u64(OFF_VM_VMCB)) if vector == PF else None
         self.raise_exception(vector, err, cr2)
 
     def _exit_msr(self, code: int) -> None:
@@ -430,10 +439,18 @@ class Machine:
 
     # ---- event delivery ---------------------------------------------------------------------------
     def _deliver(self, event: Event, return_rip: int) -> None:
+        router = self.router
         try:
-            final = self.deliverer.deliver(event, return_rip)
+            final = self.deliverer.deliver(event, return_rip,
+                                           router.on_exception if router is not None else None)
         except Shutdown as e:
-            self._finish("shutdown", STATUS_SHUTDOWN, f"shutdown (triple fault): {e}")
+            self.shutdown(f"shutdown (triple fault): {e}")
+            return
+        except NestedFault as nf:
+            if router is None or not router.on_nested_fault(nf, event):
+                raise Unsupported(f"nested page fault outside a nested guest: {nf}")
+            return
+        if final is None:
             return
         if self.tracer and self.tracer.on("exc"):
             self.tracer.line("exc", self._where(), f"delivered {final.describe()} "

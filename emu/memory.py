@@ -14,7 +14,9 @@ from unicorn import Uc
 
 from . import paging
 from .arch_bits import CR0_PG
-from .hw_switch import CS, Context
+from .hw_switch import (CS, HF2_NPT, NPT_MODE_LMA, NPT_MODE_NXE, NPT_MODE_PAE, OFF_HFLAGS2,
+                        OFF_NESTED_CR3, OFF_NESTED_PG_MODE, Context)
+from .arch_bits import CR4_PAE, EFER_LMA, EFER_NXE, CR0_WP
 from .hostvm import MAXPHYADDR
 from .interrupts import GP, PF, Fault
 
@@ -64,17 +66,37 @@ class GuestMemory:
                   fetch: bool = False) -> int:
         """Linear → physical for the current L1 context, raising #PF as the CPU would."""
         regs = self.regs()
+        access = paging.Access(write=write, user=user, fetch=fetch)
+        if self.ctx.u32(OFF_HFLAGS2) & HF2_NPT:
+            # A nested guest: its linear addresses go through its own paging and then nested
+            # paging. A NestedFault propagates: it is a #VMEXIT(NPF) for the extension to raise.
+            try:
+                return paging.walk_2d(self.read_u64, regs, self.ctx.u64(OFF_NESTED_CR3), va, access,
+                                      host=self._nested_host(), write_u64=self.write_u64,
+                                      read_u32=self.read_u32, write_u32=self.write_u32,
+                                      maxphyaddr=MAXPHYADDR).hpa
+            except paging.PageFault as pf:
+                raise Fault(PF, pf.error_code, va)
+            except paging.NonCanonicalAddress:
+                raise Fault(GP, 0)
         if not regs.cr0 & CR0_PG:
             return va & 0xFFFFFFFF
         try:
-            return paging.walk(self.read_u64, regs, va,
-                               paging.Access(write=write, user=user, fetch=fetch),
+            return paging.walk(self.read_u64, regs, va, access,
                                read_u32=self.read_u32, write_u64=self.write_u64,
                                write_u32=self.write_u32, maxphyaddr=MAXPHYADDR).pa
         except paging.PageFault as pf:
             raise Fault(PF, pf.error_code, va)
         except paging.NonCanonicalAddress:
             raise Fault(GP, 0)
+
+    def _nested_host(self) -> paging.PagingRegs:
+        """The host paging mode Unicorn's nested walk uses, as VMRUN recorded it."""
+        mode = self.ctx.u32(OFF_NESTED_PG_MODE)
+        return paging.PagingRegs(cr0=CR0_PG | CR0_WP | 1, cr3=0,
+                                 cr4=CR4_PAE if mode & NPT_MODE_PAE else 0,
+                                 efer=(EFER_LMA if mode & NPT_MODE_LMA else 0)
+                                 | (EFER_NXE if mode & NPT_MODE_NXE else 0))
 
     def _chunks(self, va: int, size: int):
         while size > 0:
