@@ -226,6 +226,14 @@ class Context:
         self.set_u32(OFF_HFLAGS, hf)
 
 
+def flush_tlb(uc: Uc) -> None:
+    """Drop every cached translation (the binding has no wrapper for UC_CTL_TLB_FLUSH).
+
+    Needed whenever CR3, paging mode or nested paging change behind Unicorn's back (world
+    switches, INVLPGA, context restores): the softmmu TLB is not tagged by address space."""
+    uc.ctl(unicorn.unicorn_const.UC_CTL_TLB_FLUSH, unicorn.unicorn_const.UC_CTL_IO_WRITE)
+
+
 def self_check(uc: Uc) -> None:
     """Prove the pinned offsets against the running library before trusting them."""
     if unicorn.__version__ != PINNED_UNICORN:

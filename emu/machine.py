@@ -98,6 +98,7 @@ class Machine:
         self.deliverer = Deliverer(uc, self.ctx, self.mem)
         self.tracer = tracer
         self.tsc = 0
+        self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
         self.cpuid = Cpuid()
         self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
                             hostvm.MAXPHYADDR)
@@ -155,6 +156,15 @@ class Machine:
         """Deliver a hardware exception at the current RIP (the faulting instruction)."""
         rip = self.uc.reg_read(UC_X86_REG_RIP)
         self._defer(lambda: self._deliver(Event(vector, Kind.EXCEPTION, error_code, cr2), rip))
+
+    def deliver_event(self, event: Event, return_rip: int, injected: bool = False) -> None:
+        """Deliver `event` once emulation has stopped. An injected event (EVENTINJ) is never
+        itself intercepted; exceptions raised while delivering it can be."""
+        self._defer(lambda: self._deliver(event, return_rip, injected))
+
+    def world_changed(self, old: str, new: str) -> None:
+        for observer in self.world_observers:
+            observer(old, new)
 
     def shutdown(self, message: str) -> None:
         """The processor shuts down (triple fault), unless a hypervisor intercepts it."""
@@ -264,6 +274,10 @@ class Machine:
         if self.tracer and self.tracer.on("exits"):
             self.tracer.line("exits", self._where(), text)
 
+    def where(self) -> str:
+        """Where the CPU is, for trace lines: world, mode, CPL, RIP."""
+        return self._where()
+
     def _where(self) -> str:
         ctx = self.ctx.save()
         return f"[{self.level()} {ctx.mode_bits()} cpl{ctx.cpl}] {self.uc.reg_read(UC_X86_REG_RIP):#x}"
@@ -314,10 +328,10 @@ class Machine:
 
     def _read_tsc(self) -> int:
         self.tsc += TSC_STEP
-        return self.tsc
+        return (self.tsc + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
 
     def _write_tsc(self, value: int) -> None:
-        self.tsc = value
+        self.tsc = (value - self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
 
     def _exit_rdtsc(self, code: int) -> None:
         t = self._read_tsc()
@@ -438,11 +452,16 @@ class Machine:
                          address, code)
 
     # ---- event delivery ---------------------------------------------------------------------------
-    def _deliver(self, event: Event, return_rip: int) -> None:
+    def _deliver(self, event: Event, return_rip: int, injected: bool = False) -> None:
         router = self.router
+        intercept = None
+        if router is not None:
+            def intercept(current: Event, outer: Event | None) -> bool:
+                if injected and current is event:
+                    return False
+                return router.on_exception(current, outer)
         try:
-            final = self.deliverer.deliver(event, return_rip,
-                                           router.on_exception if router is not None else None)
+            final = self.deliverer.deliver(event, return_rip, intercept)
         except Shutdown as e:
             self.shutdown(f"shutdown (triple fault): {e}")
             return

@@ -1,17 +1,32 @@
-"""Nested SVM as an extension of the machine: the guest-visible SVM identity and MSRs.
+"""Nested SVM plugged into the machine: identity, MSRs, instructions and the exit router.
 
-This is where the machine learns that its CPU has SVM: CPUID bits, EFER.SVME, VM_CR and
-VM_HSAVE_PA. The world switch itself (VMRUN and #VMEXIT) is registered here too as it lands.
+Where things live: VMRUN in vmrun.py, #VMEXIT in vmexit.py, "does L1 want this exit" in
+intercepts.py, VMLOAD/VMSAVE/STGI/CLGI/INVLPGA/VMMCALL in instructions.py, PAT models in pat.py,
+consistency checks in checks.py, the VMCB layout in vmcb.py.
 """
 from __future__ import annotations
+
+from typing import Any
+
+import capstone
+from unicorn.x86_const import UC_X86_REG_RCX, UC_X86_REG_RIP
 
 from emu import hostvm
 from emu.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
 from emu.errors import Unsupported
-from emu.extension import Extension
-from emu.interrupts import UD
+from emu.extension import ExitRouter, Extension
+from emu.interrupts import HAS_ERROR_CODE, PF, Event, Kind
 from emu.machine import Machine
 from emu.msr import EFER_SVME, GeneralProtection
+from emu.paging import NestedFault
+
+from . import instructions, intercepts, pat, vmrun as vmrun_mod
+from .checks import HostCaps
+from .state import NestedState
+from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
+                   EVENTINJ_TYPE_SOFT_INT, EVENTINJ_V, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO,
+                   VMEXIT_MSR, VMEXIT_NPF, VMEXIT_SHUTDOWN, exit_name, read_cache)
+from .vmexit import vmexit
 
 MSR_VM_CR = 0xC0010114
 MSR_VM_HSAVE_PA = 0xC0010117
@@ -25,50 +40,162 @@ VM_CR_WRITABLE = VM_CR_DPD | VM_CR_R_INIT | VM_CR_DIS_A20M | VM_CR_LOCK | VM_CR_
 SVM_REVISION = 1
 SVM_NUM_ASIDS = 16
 SVM_FEATURE_NP = 1 << 0
+SVM_FEATURE_NRIPS = 1 << 3
+
+# Exit codes that stand for an intercepted instruction, for which NRIP is reported.
+_INSTRUCTION_EXITS = frozenset(range(0x00, 0x40)) | frozenset(range(0x65, 0x7D)) | frozenset(
+    range(0x80, 0x90))
 
 
-class SvmExtension(Extension):
+class SvmExtension(Extension, ExitRouter):
     name = "svm"
 
-    def __init__(self) -> None:
-        self.vm_cr = 0
-        self.hsave_pa = 0
+    def __init__(self, pat_model: str = "architectural") -> None:
+        self.state = NestedState()
+        self.pat = pat.make(pat_model)
+        self.caps = HostCaps()
+        self.last_invalid_reason: str | None = None
+        self._cs = {64: capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64),
+                    32: capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32),
+                    16: capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_16)}
 
+    # ---- wiring -------------------------------------------------------------------------------
     def attach(self, machine: Machine) -> None:
         self.machine = machine
         machine.cpuid.set_bits(0x80000001, 2, CPUID_80000001_ECX_SVM)
-        machine.cpuid.set_leaf(LEAF_SVM_FEATURES, 0, (SVM_REVISION, SVM_NUM_ASIDS, 0, SVM_FEATURE_NP))
+        machine.cpuid.set_leaf(LEAF_SVM_FEATURES, 0, (SVM_REVISION, SVM_NUM_ASIDS, 0,
+                                                      SVM_FEATURE_NP | SVM_FEATURE_NRIPS))
         machine.msrs.efer_writable |= EFER_SVME
         machine.msrs.efer_write_hooks.append(self._efer_write)
-        machine.msrs.register(MSR_VM_CR, lambda: self.vm_cr, self._write_vm_cr)
-        machine.msrs.register(MSR_VM_HSAVE_PA, lambda: self.hsave_pa, self._write_hsave_pa)
-        for code in (hostvm.VMEXIT_VMRUN, hostvm.VMEXIT_VMLOAD, hostvm.VMEXIT_VMSAVE,
-                     hostvm.VMEXIT_STGI, hostvm.VMEXIT_CLGI, hostvm.VMEXIT_INVLPGA,
-                     hostvm.VMEXIT_SKINIT):
-            machine.register_exit(code, self._not_yet)
-        # VMMCALL that no hypervisor intercepts is #UD (APM vol. 3, VMMCALL).
-        machine.register_exit(hostvm.VMEXIT_VMMCALL, lambda code: machine.raise_exception(UD))
+        machine.msrs.register(MSR_VM_CR, lambda: self.state.vm_cr, self._write_vm_cr)
+        machine.msrs.register(MSR_VM_HSAVE_PA, lambda: self.state.hsave_pa, self._write_hsave_pa)
+        self.pat.attach(self)
+        for code, handler in ((hostvm.VMEXIT_VMRUN, vmrun_mod.vmrun),
+                              (hostvm.VMEXIT_VMLOAD, instructions.vmload),
+                              (hostvm.VMEXIT_VMSAVE, instructions.vmsave),
+                              (hostvm.VMEXIT_STGI, instructions.stgi),
+                              (hostvm.VMEXIT_CLGI, instructions.clgi),
+                              (hostvm.VMEXIT_INVLPGA, instructions.invlpga),
+                              (hostvm.VMEXIT_VMMCALL, instructions.vmmcall),
+                              (hostvm.VMEXIT_SKINIT, instructions.skinit)):
+            machine.register_exit(code, lambda code, h=handler: h(self, code))
+        machine.router = self
 
+    def level(self) -> str:
+        return "L2" if self.state.in_l2 else "L1"
+
+    def trace(self, text: str) -> None:
+        t = self.machine.tracer
+        if t is not None and t.on("exits"):
+            t.line("exits", self.machine.where(), text)
+
+    @staticmethod
+    def exit_name(code: int) -> str:
+        return exit_name(code)
+
+    # ---- MSRs -----------------------------------------------------------------------------------
     def _efer_write(self, old: int, new: int) -> None:
-        if new & EFER_SVME and not old & EFER_SVME and self.vm_cr & VM_CR_SVMDIS:
+        if new & EFER_SVME and not old & EFER_SVME and self.state.vm_cr & VM_CR_SVMDIS:
             raise GeneralProtection("EFER.SVME set while VM_CR.SVMDIS is 1")
 
     def _write_vm_cr(self, value: int) -> None:
+        st = self.state
         if value & ~VM_CR_WRITABLE:
             raise GeneralProtection(f"WRMSR VM_CR: reserved bits in {value:#x}")
-        if self.vm_cr & VM_CR_LOCK and (value ^ self.vm_cr) & (VM_CR_SVMDIS | VM_CR_LOCK):
+        if st.vm_cr & VM_CR_LOCK and (value ^ st.vm_cr) & (VM_CR_SVMDIS | VM_CR_LOCK):
             raise GeneralProtection("WRMSR VM_CR: SVMDIS and LOCK are locked")
-        self.vm_cr = value
+        st.vm_cr = value
 
     def _write_hsave_pa(self, value: int) -> None:
         if value & 0xFFF or value >> hostvm.MAXPHYADDR:
             raise GeneralProtection(f"WRMSR VM_HSAVE_PA: {value:#x} is not a 4 KiB-aligned "
                                     "physical address")
-        self.hsave_pa = value
+        self.state.hsave_pa = value
 
-    def _not_yet(self, code: int) -> None:
-        names = {hostvm.VMEXIT_VMRUN: "VMRUN", hostvm.VMEXIT_VMLOAD: "VMLOAD",
-                 hostvm.VMEXIT_VMSAVE: "VMSAVE", hostvm.VMEXIT_STGI: "STGI",
-                 hostvm.VMEXIT_CLGI: "CLGI", hostvm.VMEXIT_INVLPGA: "INVLPGA",
-                 hostvm.VMEXIT_SKINIT: "SKINIT"}
-        raise Unsupported(f"{names[code]} (nested SVM world switches are not implemented yet)")
+    # ---- the exit router: what happens to events while L2 runs ------------------------------------
+    def on_exit(self, code: int) -> bool:
+        st = self.state
+        if not st.in_l2 or VMEXIT_EXCP0 <= code < VMEXIT_INTR:
+            return False      # exceptions: the machine delivers, on_exception decides first
+        m = self.machine
+        ctx = m.ctx.save()
+        info1 = ctx.error_code
+        msr_index = m.uc.reg_read(UC_X86_REG_RCX) & 0xFFFFFFFF if code == VMEXIT_MSR else 0
+        assert st.vmcb12 is not None
+        if not intercepts.l1_wants(st.vmcb12, code, info1, msr_index, m.mem.read_phys):
+            if code == VMEXIT_NPF:
+                raise Unsupported("nested page fault with nested paging off")
+            return False
+        info2 = 0
+        if code in (VMEXIT_NPF, VMEXIT_IOIO):
+            info2 = m.hostvm.exitinfo2(vmrun_mod.VMCB02)
+        nrip = self.next_rip() if code in _INSTRUCTION_EXITS else 0
+        if code not in (VMEXIT_MSR, VMEXIT_IOIO, VMEXIT_NPF):
+            info1 = 0          # no decode assists are reported, so no instruction details
+        vmexit(self, code, info1, info2, 0, nrip)
+        return True
+
+    def on_exception(self, event: Event, during: Event | None) -> bool:
+        st = self.state
+        if not st.in_l2 or st.vmcb12 is None:
+            return False
+        if not intercepts.exception(st.vmcb12, event.vector):
+            return False
+        info1 = (event.error_code or 0) if event.vector in HAS_ERROR_CODE else 0
+        info2 = (event.cr2 or 0) if event.vector == PF else 0
+        vmexit(self, VMEXIT_EXCP0 + event.vector, info1, info2, self._intinfo(during))
+        return True
+
+    def on_nested_fault(self, fault: NestedFault, during: Any | None) -> bool:
+        if not self.state.in_l2:
+            return False
+        vmexit(self, VMEXIT_NPF, fault.exitinfo1, fault.exitinfo2, self._intinfo(during))
+        return True
+
+    def on_shutdown(self, reason: str) -> bool:
+        st = self.state
+        if st.in_l2 and st.vmcb12 is not None and intercepts.misc(st.vmcb12, VMEXIT_SHUTDOWN):
+            vmexit(self, VMEXIT_SHUTDOWN)
+            return True
+        return False
+
+    def _intinfo(self, during: Event | None) -> int:
+        """EXITINTINFO: the event whose delivery the exit interrupted, as the APM encodes it."""
+        if during is None:
+            return 0
+        if during.kind is Kind.EXCEPTION or (during.kind is Kind.SOFTWARE
+                                            and during.vector in (3, 4)):
+            etype = EVENTINJ_TYPE_EXCEPTION
+        elif during.kind is Kind.SOFTWARE:
+            etype = EVENTINJ_TYPE_SOFT_INT
+        elif during.vector == 2:
+            etype = EVENTINJ_TYPE_NMI
+        else:
+            etype = EVENTINJ_TYPE_INTR
+        info = during.vector | (etype << 8) | EVENTINJ_V
+        if during.error_code is not None:
+            info |= EVENTINJ_EV | (during.error_code << 32)
+        return info
+
+    def next_rip(self) -> int:
+        """nRIP: the address after the intercepted instruction (decoded, so prefixes count)."""
+        m = self.machine
+        rip = m.uc.reg_read(UC_X86_REG_RIP)
+        ctx = m.ctx.save()
+        code = m.mem.read_code(rip, 15)
+        for ins in self._cs[ctx.mode_bits()].disasm(code, rip, 1):
+            return rip + ins.size
+        return 0
+
+    # ---- snapshots ------------------------------------------------------------------------------
+    def snapshot_state(self) -> dict[str, Any]:
+        return dict(nested=self.state.to_dict(), pat=self.pat.state())
+
+    def load_snapshot_state(self, state: dict[str, Any]) -> None:
+        self.state = NestedState.from_dict(state["nested"])
+        pat_state = dict(state["pat"])
+        if "gpat" not in pat_state:   # format 1: see PatModel.load_state
+            c = self.state.vmcb12
+            pat_state["gpat_valid"] = bool(self.state.in_l2 and c is not None and c.np_enable)
+        self.pat.load_state(pat_state)
+

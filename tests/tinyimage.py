@@ -11,6 +11,7 @@ Layout (physical = virtual, identity-mapped 1 GiB with 2 MiB pages):
 """
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -30,8 +31,19 @@ _ks32 = Ks(KS_ARCH_X86, KS_MODE_32)
 _ks64 = Ks(KS_ARCH_X86, KS_MODE_64)
 
 
+_SVM = dict(vmrun=0xD8, vmmcall=0xD9, vmload=0xDA, vmsave=0xDB, stgi=0xDC, clgi=0xDD,
+            skinit=0xDE, invlpga=0xDF)
+
+
+def _svm_bytes(src: str) -> str:
+    """keystone does not know the SVM instructions: spell them as bytes."""
+    for name, op in _SVM.items():
+        src = re.sub(rf"\b{name}\b", f".byte 0x0f, 0x01, {op:#x}", src)
+    return src
+
+
 def asm64(src: str, addr: int) -> bytes:
-    return bytes(_ks64.asm(src, addr)[0])
+    return bytes(_ks64.asm(_svm_bytes(src), addr)[0])
 
 
 def asm32(src: str, addr: int) -> bytes:

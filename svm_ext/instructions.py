@@ -1,0 +1,110 @@
+"""VMLOAD, VMSAVE, STGI, CLGI, INVLPGA, VMMCALL, SKINIT when no intercept claims them.
+
+Each runs with RIP at the instruction (3 bytes, 0F 01 xx) in whichever world executed it; in L2
+under nested paging, the VMCB address in rAX is a guest-physical address (APM 15.5.2)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unicorn.x86_const import UC_X86_REG_RAX, UC_X86_REG_RIP
+
+from emu import paging
+from emu.errors import Unsupported
+from emu.hw_switch import FS, GS, LDTR, TR, HF2_NPT, OFF_HFLAGS2, OFF_NESTED_CR3, Segment
+from emu.interrupts import GP, UD
+from emu.msr import (MSR_CSTAR, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, MSR_STAR,
+                     MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP)
+
+from .vmcb import VMCB_SIZE, Vmcb
+
+if TYPE_CHECKING:
+    from .extension import SvmExtension
+
+INSN_LENGTH = 3
+# What VMLOAD/VMSAVE move besides FS, GS, TR and LDTR (APM 15.5.2).
+_MSR_FIELDS = (("kernel_gs_base", MSR_KERNEL_GS_BASE), ("star", MSR_STAR), ("lstar", MSR_LSTAR),
+               ("cstar", MSR_CSTAR), ("sfmask", MSR_SFMASK), ("sysenter_cs", MSR_SYSENTER_CS),
+               ("sysenter_esp", MSR_SYSENTER_ESP), ("sysenter_eip", MSR_SYSENTER_EIP))
+_SEG_FIELDS = (("fs", FS), ("gs", GS), ("tr", TR), ("ldtr", LDTR))
+
+
+def _advance(ext: "SvmExtension") -> None:
+    uc = ext.machine.uc
+    uc.reg_write(UC_X86_REG_RIP, uc.reg_read(UC_X86_REG_RIP) + INSN_LENGTH)
+
+
+def vmcb_operand(ext: "SvmExtension") -> int | None:
+    """The physical address in rAX, checked as VMRUN/VMLOAD/VMSAVE check it (#GP(0))."""
+    m = ext.machine
+    ctx = m.ctx.save()
+    pa = m.uc.reg_read(UC_X86_REG_RAX)
+    if ctx.mode_bits() != 64:
+        pa &= 0xFFFFFFFF
+    if pa & 0xFFF or pa >> ext.caps.maxphyaddr:
+        m.raise_exception(GP, 0)
+        return None
+    if ctx.u32(OFF_HFLAGS2) & HF2_NPT:
+        try:
+            pa = paging.walk_nested(m.mem.read_u64, ctx.u64(OFF_NESTED_CR3), pa,
+                                    paging.Access(write=True, user=True)).pa
+        except paging.NestedFault as nf:
+            ext.on_nested_fault(nf, None)
+            return None
+    if pa + VMCB_SIZE > m.ram_size:
+        raise Unsupported(f"VMCB at {pa:#x} outside RAM")
+    return pa
+
+
+def vmload(ext: "SvmExtension", code: int) -> None:
+    pa = vmcb_operand(ext)
+    if pa is None:
+        return
+    m = ext.machine
+    save = Vmcb(m.mem.view, pa).save
+    ctx = m.ctx.save()
+    for name, index in _SEG_FIELDS:
+        ctx.set_seg(index, Segment.from_vmcb(*getattr(save, name)))
+    ctx.restore()
+    for name, index in _MSR_FIELDS:
+        m.msrs.cpu.write(index, getattr(save, name))
+    _advance(ext)
+
+
+def vmsave(ext: "SvmExtension", code: int) -> None:
+    pa = vmcb_operand(ext)
+    if pa is None:
+        return
+    m = ext.machine
+    save = Vmcb(m.mem.view, pa).save
+    ctx = m.ctx.save()
+    for name, index in _SEG_FIELDS:
+        seg = ctx.seg(index)
+        setattr(save, name, (seg.selector, seg.vmcb_attrib, seg.limit, seg.base))
+    for name, index in _MSR_FIELDS:
+        setattr(save, name, m.msrs.cpu.read(index))
+    _advance(ext)
+
+
+def stgi(ext: "SvmExtension", code: int) -> None:
+    ext.state.gif = True
+    _advance(ext)
+
+
+def clgi(ext: "SvmExtension", code: int) -> None:
+    ext.state.gif = False
+    _advance(ext)
+
+
+def invlpga(ext: "SvmExtension", code: int) -> None:
+    """Invalidate one page of one ASID; Unicorn's TLB has no ASIDs, so flush it all (safe)."""
+    flush_tlb(ext.machine.uc)
+    _advance(ext)
+
+
+def vmmcall(ext: "SvmExtension", code: int) -> None:
+    """No hypervisor claimed it: #UD (APM vol. 3, VMMCALL)."""
+    ext.machine.raise_exception(UD)
+
+
+def skinit(ext: "SvmExtension", code: int) -> None:
+    raise Unsupported("SKINIT (secure init and jump) is not modelled")

@@ -1,0 +1,78 @@
+"""Does L1 want this exit? One predicate per intercept class (APM vol. 2, 15.9-15.13).
+
+Called for every exit that reaches L0 while L2 runs. True means reflect it to L1 as a #VMEXIT;
+False means L0 handles it for L2 as the hardware would with no hypervisor watching.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .vmcb import (INTERCEPT_IOIO_PROT, INTERCEPT_MSR_PROT, VMEXIT_CR0_READ, VMEXIT_DR0_READ,
+                   VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_MSR, VMEXIT_NPF, VMEXIT_VMRUN,
+                   Vmcb12Cache, msrpm_intercepted)
+
+ReadPhys = Callable[[int, int], bytes]
+
+
+def cr_access(c: Vmcb12Cache, code: int) -> bool:
+    n = code & 0xF
+    return bool((c.intercept_cr_write if code & 0x10 else c.intercept_cr_read) >> n & 1)
+
+
+def dr_access(c: Vmcb12Cache, code: int) -> bool:
+    n = code & 0xF
+    return bool((c.intercept_dr_write if code & 0x10 else c.intercept_dr_read) >> n & 1)
+
+
+def exception(c: Vmcb12Cache, vector: int) -> bool:
+    return bool(c.intercept_exceptions >> vector & 1)
+
+
+def misc(c: Vmcb12Cache, code: int) -> bool:
+    """Exit codes 0x60-0x9F map one-to-one onto the two misc intercept vectors."""
+    bit = code - VMEXIT_INTR
+    word = c.intercept_misc1 if bit < 32 else c.intercept_misc2
+    return bool(word >> (bit % 32) & 1)
+
+
+def msr(c: Vmcb12Cache, index: int, write: bool, read_phys: ReadPhys) -> bool:
+    """MSR_PROT plus L1's permission map; MSRs outside the map's ranges always exit."""
+    if not c.intercept_misc1 & INTERCEPT_MSR_PROT:
+        return False
+    return msrpm_intercepted(_MapReader(read_phys, c.msrpm_base_pa & ~0xFFF), index, write)
+
+
+def ioio(c: Vmcb12Cache) -> bool:
+    """Unicorn already checked L1's IOPM (vmcb02 points at it whenever L1 sets IOIO_PROT), so an
+    IOIO exit with IOIO_PROT set is L1's; without it, it is one of L0's own precise-stop ports."""
+    return bool(c.intercept_misc1 & INTERCEPT_IOIO_PROT)
+
+
+def l1_wants(c: Vmcb12Cache, code: int, info1: int, msr_index: int,
+             read_phys: ReadPhys) -> bool:
+    if code < VMEXIT_DR0_READ:
+        return cr_access(c, code)
+    if code < VMEXIT_EXCP0:
+        return dr_access(c, code)
+    if code < VMEXIT_INTR:
+        return exception(c, code - VMEXIT_EXCP0)
+    if code == VMEXIT_MSR:
+        return msr(c, msr_index, info1 == 1, read_phys)
+    if code == VMEXIT_IOIO:
+        return ioio(c)
+    if code == VMEXIT_NPF:
+        return bool(c.np_enable)
+    if code < VMEXIT_VMRUN + 32:
+        return misc(c, code)
+    return True
+
+
+class _MapReader:
+    """Byte-indexable view of a permission map in L1 memory, read on demand."""
+
+    def __init__(self, read_phys: ReadPhys, base: int) -> None:
+        self.read_phys = read_phys
+        self.base = base
+
+    def __getitem__(self, i: int) -> int:
+        return self.read_phys(self.base + i, 1)[0]

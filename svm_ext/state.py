@@ -1,0 +1,37 @@
+"""Nested-SVM state that lives outside the CPU context: what a snapshot must carry for svm_ext."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .vmcb import Vmcb12Cache, read_cache
+
+
+@dataclass
+class NestedState:
+    gif: bool = True               # global interrupt flag as L1 sees it
+    vm_cr: int = 0
+    hsave_pa: int = 0
+    in_l2: bool = False
+    vmcb12_pa: int = 0
+    vmcb12: Vmcb12Cache | None = None   # what VMRUN checked and loaded (KVM-style cached copy)
+    l1_host: bytes = b""           # L1's CPU context at VMRUN: the host state #VMEXIT restores
+    l1_next_rip: int = 0
+    l1_rflags: int = 0
+    injected: int = 0              # EVENTINJ being delivered at entry (EXITINTINFO if it faults)
+    stats: dict[str, int] = field(default_factory=lambda: {"vmrun": 0, "vmexit": 0})
+
+    def to_dict(self) -> dict:
+        return dict(gif=self.gif, vm_cr=self.vm_cr, hsave_pa=self.hsave_pa, in_l2=self.in_l2,
+                    vmcb12_pa=self.vmcb12_pa,
+                    vmcb12=self.vmcb12.to_bytes().hex() if self.vmcb12 is not None else None,
+                    l1_host=self.l1_host.hex(), l1_next_rip=self.l1_next_rip,
+                    l1_rflags=self.l1_rflags)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NestedState":
+        raw = d.get("vmcb12")
+        return cls(gif=bool(d["gif"]), vm_cr=int(d["vm_cr"]), hsave_pa=int(d["hsave_pa"]),
+                   in_l2=bool(d["in_l2"]), vmcb12_pa=int(d["vmcb12_pa"]),
+                   vmcb12=read_cache(bytes.fromhex(raw)) if raw else None,
+                   l1_host=bytes.fromhex(d["l1_host"]), l1_next_rip=int(d["l1_next_rip"]),
+                   l1_rflags=int(d.get("l1_rflags", 2)))

@@ -1,0 +1,128 @@
+"""#VMEXIT: L2 leaves, L1 resumes after its VMRUN (AMD APM vol. 2, 15.6 "#VMEXIT").
+
+The steps mirror vmrun.py:
+  1. L2's state -> vmcb12's save area ........................... store_guest
+  2. exit code and information -> vmcb12's control area ........ store_exit_info
+  3. host state back into the CPU from what VMRUN kept ......... restore_host
+  4. GIF=0, PAT model, world observers
+
+What #VMEXIT does *not* restore is as important: general registers other than RAX/RSP, FS, GS,
+TR, LDTR and the MSRs VMLOAD/VMSAVE move keep L2's values, exactly as on hardware.
+"""
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from unicorn.x86_const import (UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RAX, UC_X86_REG_RFLAGS,
+                               UC_X86_REG_RIP, UC_X86_REG_RSP)
+
+from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF_EFER, OFF_EIP, OFF_HFLAGS2,
+                           OFF_INTERCEPT, OFF_NESTED_PG_MODE, OFF_REGS, OFF_VM_VMCB, SS, Context,
+                           Segment, SEG_SIZE, OFF_SEGS)
+
+from .vmcb import VMEXIT_INVALID, Vmcb, VMCB_SIZE
+
+if TYPE_CHECKING:
+    from .extension import SvmExtension
+
+HOST_DR7 = 0x400
+# Blob span holding the SVM controls Unicorn enforces (intercept words through nested_pg_mode).
+_CONTROLS = slice(OFF_INTERCEPT, OFF_NESTED_PG_MODE + 4)
+_QQ = struct.Struct("<Q")
+
+
+def vmexit(ext: "SvmExtension", exitcode: int, info1: int = 0, info2: int = 0,
+           intinfo: int = 0, nrip: int = 0) -> None:
+    m, st = ext.machine, ext.state
+    ctx = m.ctx.save()
+    vm = Vmcb(m.mem.view, st.vmcb12_pa)
+    # Step 1
+    store_guest(ext, ctx, vm)
+    # Step 2
+    store_exit_info(vm, exitcode, info1, info2, intinfo, nrip)
+    # Step 3
+    ext.pat.on_vmexit(ext, vm)
+    restore_host(ext, ctx)
+    # Step 4
+    st.gif = False
+    st.in_l2 = False
+    st.injected = 0
+    st.stats["vmexit"] += 1
+    m.tsc_offset = 0
+    ext.trace(f"#VMEXIT {ext.exit_name(exitcode)} info1 {info1:#x} info2 {info2:#x}"
+              + (f" intinfo {intinfo:#x}" if intinfo else "") + f" -> L1 rip {st.l1_next_rip:#x}")
+    m.world_changed("L2", "L1")
+
+
+def store_guest(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
+    uc = ext.machine.uc
+    save = vm.save
+    for name, index in (("es", ES), ("cs", CS), ("ss", SS), ("ds", DS)):
+        seg = ctx.seg(index)
+        setattr(save, name, (seg.selector, seg.vmcb_attrib, seg.limit, seg.base))
+    gdtr, idtr = ctx.seg(GDTR), ctx.seg(IDTR)
+    save.gdtr = (0, 0, gdtr.limit, gdtr.base)
+    save.idtr = (0, 0, idtr.limit, idtr.base)
+    save.efer = ctx.efer
+    save.cr0, save.cr2, save.cr3, save.cr4 = ctx.cr(0), ctx.cr(2), ctx.cr(3), ctx.cr(4)
+    save.dr6 = uc.reg_read(UC_X86_REG_DR6)
+    save.dr7 = uc.reg_read(UC_X86_REG_DR7)
+    save.rflags = uc.reg_read(UC_X86_REG_RFLAGS)
+    save.rip = uc.reg_read(UC_X86_REG_RIP)
+    save.rsp = uc.reg_read(UC_X86_REG_RSP)
+    save.rax = uc.reg_read(UC_X86_REG_RAX)
+    save.cpl = ctx.cpl
+
+
+def store_exit_info(vm: Vmcb, exitcode: int, info1: int, info2: int, intinfo: int,
+                    nrip: int) -> None:
+    vm.exitcode = exitcode & 0xFFFFFFFFFFFFFFFF
+    vm.exitinfo1 = info1 & 0xFFFFFFFFFFFFFFFF
+    vm.exitinfo2 = info2 & 0xFFFFFFFFFFFFFFFF
+    vm.exitintinfo = intinfo
+    vm.nrip = nrip
+    vm.eventinj = 0        # the injected event was taken (or reported in EXITINTINFO)
+
+
+def restore_host(ext: "SvmExtension", ctx: Context) -> None:
+    """Load L1's host state (APM 15.6: segments ES/CS/SS/DS, GDTR, IDTR, CR0/3/4, EFER, RFLAGS,
+    RIP, RSP, RAX, CPL 0, DR7 with breakpoints off) into the current context."""
+    m, st = ext.machine, ext.state
+    host = memoryview(st.l1_host)
+    for index in (ES, CS, SS, DS, GDTR, IDTR):
+        off = OFF_SEGS + index * SEG_SIZE
+        ctx.view[off:off + SEG_SIZE] = host[off:off + SEG_SIZE]
+    cr0, cr3, cr4 = (_QQ.unpack_from(host, OFF_CR + 8 * n)[0] for n in (0, 3, 4))
+    efer = _QQ.unpack_from(host, OFF_EFER)[0]
+    ctx.set_u64(OFF_CR + 24, cr3)
+    ctx.load_control_hflags(cr0, cr4, efer, 0)
+    ctx.recompute_hflags(cpl=0)
+    ctx.view[_CONTROLS] = host[_CONTROLS]
+    ctx.set_u64(OFF_VM_VMCB, _QQ.unpack_from(host, OFF_VM_VMCB)[0])
+    ctx.set_u32(OFF_HFLAGS2, struct.unpack_from("<I", host, OFF_HFLAGS2)[0])
+    ctx.set_u64(OFF_EIP, st.l1_next_rip)
+    ctx.set_u64(OFF_REGS + 0 * 8, _QQ.unpack_from(host, OFF_REGS + 0 * 8)[0])
+    ctx.set_u64(OFF_REGS + 4 * 8, _QQ.unpack_from(host, OFF_REGS + 4 * 8)[0])
+    ctx.restore()
+    uc = m.uc
+    uc.reg_write(UC_X86_REG_RFLAGS, st.l1_rflags)
+    uc.reg_write(UC_X86_REG_DR7, HOST_DR7)
+    flush_tlb(uc)
+
+
+def fail_vmrun(ext: "SvmExtension", rule: str) -> None:
+    """Consistency checks failed: #VMEXIT with VMEXIT_INVALID before any L2 instruction, so L1
+    simply continues after its VMRUN with EXITCODE = -1 in vmcb12."""
+    m, st = ext.machine, ext.state
+    vm = Vmcb(m.mem.view, st.vmcb12_pa)
+    vm.exitcode = VMEXIT_INVALID
+    vm.exitinfo1 = 0
+    vm.exitinfo2 = 0
+    vm.exitintinfo = 0
+    st.gif = False
+    st.stats["vmexit"] += 1
+    m.uc.reg_write(UC_X86_REG_RIP, st.l1_next_rip)
+    ext.trace(f"vmrun vmcb12 {st.vmcb12_pa:#x} failed its consistency checks: {rule} "
+              "-> VMEXIT_INVALID")
+    ext.last_invalid_reason = rule

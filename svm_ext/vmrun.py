@@ -1,0 +1,196 @@
+"""VMRUN: L1 enters L2 (AMD APM vol. 2, 15.5 "VMRUN Instruction").
+
+The steps, each a function below, mirror vmexit.py:
+  1. the instruction's own checks (rAX) ........................ check_instruction
+  2. read vmcb12 once into an immutable cache ................. read_vmcb12
+  3. remember host state (L1's whole CPU context) ............. save_host_state
+  4. consistency checks -> VMEXIT_INVALID ...................... vmexit.fail_vmrun
+  5. load controls into vmcb02 and L2's state into the CPU ..... load_guest
+  6. GIF=1, TLB_CONTROL, PAT model, world observers
+  7. event injection (EVENTINJ) ............................... inject_event
+
+L2 runs as Unicorn's guest under vmcb02, an L0-private VMCB: its intercepts are vmcb12's united
+with what L0 must still own (every exception, every MSR, CPUID, ...), so each exit reaches
+Python, where intercepts.py decides whether it belongs to L1.
+"""
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from unicorn.x86_const import (UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RAX, UC_X86_REG_RFLAGS,
+                               UC_X86_REG_RIP)
+
+from emu import hostvm
+from emu.errors import Unsupported
+from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, HF2_NPT, IDTR, NPT_MODE_LMA, NPT_MODE_NXE,
+                           NPT_MODE_PAE, OFF_CR, OFF_EIP, OFF_HFLAGS2, OFF_INTERCEPT,
+                           OFF_INTERCEPT_CRDR, OFF_INTERCEPT_EXC, OFF_NESTED_CR3,
+                           OFF_NESTED_PG_MODE, OFF_REGS, OFF_VM_VMCB, SS, Segment)
+from emu.interrupts import GP, Event, Kind
+from emu.arch_bits import CR4_PAE, EFER_LMA, EFER_NXE
+
+from . import checks
+from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
+                   EVENTINJ_V, INTERCEPT_IOIO_PROT, TLB_CONTROL_DO_NOTHING, VMCB_SIZE, Vmcb,
+                   Vmcb12Cache, read_cache)
+from . import vmexit
+
+if TYPE_CHECKING:
+    from .extension import SvmExtension
+
+VMCB02 = hostvm.SCRATCH
+VMRUN_LENGTH = 3
+_CRDR = struct.Struct("<HHHH")
+
+
+def vmrun(ext: "SvmExtension", code: int = 0) -> None:
+    m = ext.machine
+    ctx = m.ctx.save()
+    # Step 1
+    pa = check_instruction(ext, ctx.mode_bits())
+    if pa is None:
+        return
+    # Step 2
+    cache = read_vmcb12(ext, pa)
+    # Step 3
+    save_host_state(ext, pa)
+    # Step 4
+    failure = checks.run_checks(cache, ext.caps, host_cr0=ctx.cr(0),
+                                check_g_pat=ext.pat.checks_g_pat)
+    if failure is not None:
+        vmexit.fail_vmrun(ext, failure)
+        return
+    # Step 5
+    load_guest(ext, cache)
+    # Step 6
+    st = ext.state
+    st.gif = True
+    st.in_l2 = True
+    st.vmcb12 = cache
+    st.stats["vmrun"] += 1
+    if cache.tlb_control != TLB_CONTROL_DO_NOTHING:
+        flush_tlb(m.uc)
+    ext.pat.on_vmrun(ext, cache)
+    m.tsc_offset = cache.tsc_offset
+    ext.trace(f"vmrun vmcb12 {pa:#x} -> L2 rip {cache.rip:#x}"
+              + (" (nested paging)" if checks.nested_paging_enabled(cache, ext.caps) else ""))
+    m.world_changed("L1", "L2")
+    # Step 7
+    if cache.eventinj & EVENTINJ_V:
+        inject_event(ext, cache)
+
+
+def check_instruction(ext: "SvmExtension", mode_bits: int) -> int | None:
+    """rAX must be a 4 KiB-aligned physical address below MAXPHYADDR, else #GP(0)."""
+    m = ext.machine
+    pa = m.uc.reg_read(UC_X86_REG_RAX)
+    if mode_bits != 64:
+        pa &= 0xFFFFFFFF
+    if pa & 0xFFF or pa >> ext.caps.maxphyaddr:
+        m.raise_exception(GP, 0)
+        return None
+    if pa + VMCB_SIZE > m.ram_size:
+        raise Unsupported(f"VMRUN with a VMCB at {pa:#x}, outside RAM")
+    return pa
+
+
+def read_vmcb12(ext: "SvmExtension", pa: int) -> Vmcb12Cache:
+    return read_cache(ext.machine.mem.view, pa)
+
+
+def save_host_state(ext: "SvmExtension", vmcb12_pa: int) -> None:
+    """Keep L1's whole context; #VMEXIT restores the host part of it (vmexit.restore_host).
+
+    Real hardware writes host state to VM_HSAVE_PA in a format software must not read; keeping
+    it in L0 instead is invisible to L1 and survives L2 scribbling over the hsave page."""
+    m, st = ext.machine, ext.state
+    st.l1_host = bytes(m.ctx.view)
+    st.l1_next_rip = m.uc.reg_read(UC_X86_REG_RIP) + VMRUN_LENGTH
+    st.l1_rflags = m.uc.reg_read(UC_X86_REG_RFLAGS)   # lazily split in the blob: ask Unicorn
+    st.vmcb12_pa = vmcb12_pa
+
+
+def build_vmcb02(ext: "SvmExtension", c: Vmcb12Cache, npt: bool) -> tuple[int, int]:
+    """vmcb02 in L0 memory: what Unicorn reads while L2 runs (permission maps, ASID, nested
+    paging). Returns the merged intercept vectors (misc as one 64-bit word, exceptions)."""
+    m = ext.machine
+    l0_misc = struct.unpack_from("<Q", m.hostvm.view(hostvm.VMCB01, VMCB_SIZE),
+                                 hostvm.VMCB_INTERCEPT_MISC)[0]
+    misc = l0_misc | c.intercept_misc1 | (c.intercept_misc2 << 32)
+    vm = Vmcb(m.hostvm.view(VMCB02, VMCB_SIZE))
+    vm.clear()
+    vm.intercept_cr_read, vm.intercept_cr_write = c.intercept_cr_read, c.intercept_cr_write
+    vm.intercept_dr_read, vm.intercept_dr_write = c.intercept_dr_read, c.intercept_dr_write
+    vm.intercept_exceptions = 0xFFFFFFFF
+    vm.intercept_misc1, vm.intercept_misc2 = misc & 0xFFFFFFFF, misc >> 32
+    vm.msrpm_base_pa = hostvm.MSRPM01
+    # With IOIO_PROT, Unicorn checks L1's own IOPM in place; otherwise L0's (precise-stop ports).
+    vm.iopm_base_pa = (c.iopm_base_pa & ~0xFFF) if c.intercept_misc1 & INTERCEPT_IOIO_PROT \
+        else hostvm.IOPM01
+    vm.guest_asid = c.guest_asid
+    if npt:
+        vm.np_enable = 1
+        vm.n_cr3 = c.n_cr3
+    return misc, 0xFFFFFFFF
+
+
+def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
+    """Put L2's state (vmcb12's save area) and the merged controls into the CPU context."""
+    m = ext.machine
+    ctx = m.ctx  # saved at step 1: L1's context, patched into L2's below
+    npt = checks.nested_paging_enabled(c, ext.caps)
+    misc, exceptions = build_vmcb02(ext, c, npt)
+    host_cr4, host_efer = ctx.cr(4), ctx.efer
+    for index, seg in ((ES, c.es), (CS, c.cs), (SS, c.ss), (DS, c.ds)):
+        ctx.set_seg(index, Segment.from_vmcb(*seg))
+    ctx.set_seg(GDTR, Segment(0, c.gdtr_base, c.gdtr_limit, 0))
+    ctx.set_seg(IDTR, Segment(0, c.idtr_base, c.idtr_limit, 0))
+    ctx.set_u64(OFF_CR + 16, c.cr2)
+    ctx.set_u64(OFF_CR + 24, c.cr3)
+    ctx.load_control_hflags(c.cr0, c.cr4, c.efer, c.cpl)
+    ctx.recompute_hflags(cpl=c.cpl)
+    ctx.set_u64(OFF_EIP, c.rip)
+    ctx.set_u64(OFF_REGS + 0 * 8, c.rax)
+    ctx.set_u64(OFF_REGS + 4 * 8, c.rsp)
+    # Controls Unicorn enforces in C.
+    ctx.set_u64(OFF_INTERCEPT, misc)
+    _CRDR.pack_into(ctx.view, OFF_INTERCEPT_CRDR, c.intercept_cr_read, c.intercept_cr_write,
+                    c.intercept_dr_read, c.intercept_dr_write)
+    ctx.set_u32(OFF_INTERCEPT_EXC, exceptions)
+    ctx.set_u64(OFF_VM_VMCB, VMCB02)
+    hf2 = ctx.u32(OFF_HFLAGS2) & ~HF2_NPT
+    if npt:
+        hf2 |= HF2_NPT
+        ctx.set_u64(OFF_NESTED_CR3, c.n_cr3)
+        ctx.set_u32(OFF_NESTED_PG_MODE, (NPT_MODE_PAE if host_cr4 & CR4_PAE else 0)
+                    | (NPT_MODE_LMA if host_efer & EFER_LMA else 0)
+                    | (NPT_MODE_NXE if host_efer & EFER_NXE else 0))
+    else:
+        ctx.set_u64(OFF_NESTED_CR3, 0)
+        ctx.set_u32(OFF_NESTED_PG_MODE, 0)
+    ctx.set_u32(OFF_HFLAGS2, hf2)
+    ctx.restore()
+    uc = m.uc
+    uc.reg_write(UC_X86_REG_RFLAGS, c.rflags)
+    uc.reg_write(UC_X86_REG_DR7, c.dr7)
+    uc.reg_write(UC_X86_REG_DR6, c.dr6)
+    flush_tlb(uc)
+
+
+_INJECT_KIND = {EVENTINJ_TYPE_EXCEPTION: Kind.EXCEPTION, EVENTINJ_TYPE_NMI: Kind.EXTERNAL,
+                EVENTINJ_TYPE_SOFT_INT: Kind.SOFTWARE}
+
+
+def inject_event(ext: "SvmExtension", c: Vmcb12Cache) -> None:
+    """Deliver EVENTINJ through L2's IDT as the first thing L2 sees (APM 15.20).
+
+    The injected event itself is never intercepted; an exception raised while delivering it can
+    be, and then EXITINTINFO reports the injected event."""
+    ev = c.eventinj
+    vector, etype = ev & 0xFF, (ev >> 8) & 7
+    err = (ev >> 32) if ev & EVENTINJ_EV else None
+    event = Event(vector, _INJECT_KIND.get(etype, Kind.EXTERNAL), err)
+    ext.state.injected = ev & 0xFFFFFFFFFFFFFFFF
+    return_rip = c.nrip if etype == EVENTINJ_TYPE_SOFT_INT and c.nrip else c.rip
+    ext.machine.deliver_event(event, return_rip, injected=True)

@@ -1,0 +1,147 @@
+"""Nested SVM world switches: VMRUN, #VMEXIT, intercepts, EXITINFO, NRIP, VMEXIT_INVALID.
+
+Each test runs a small L1 (tests/nested_image.py) and then inspects vmcb12 in guest RAM and
+the registers, not only what L1 concluded."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+from unicorn.x86_const import (UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_R12, UC_X86_REG_R13,
+                               UC_X86_REG_R14, UC_X86_REG_R15)
+
+from emu.machine import Machine
+from svm_ext.extension import SvmExtension
+from svm_ext.vmcb import (INTERCEPT_CPUID, INTERCEPT_HLT, INTERCEPT_MSR_PROT, INTERCEPT_VMMCALL,
+                          INTERCEPT_VMRUN, VMEXIT_CPUID, VMEXIT_EXCP0, VMEXIT_HLT, VMEXIT_INVALID,
+                          VMEXIT_MSR, VMEXIT_VMMCALL, Vmcb, msrpm_bit_offset)
+from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12
+from tests.tinyimage import asm64, gate64, handler
+
+# L1: run L2 until it has exited `n` times; count exits in r12; after each, skip the
+# intercepted instruction using NRIP.
+LOOP = """
+again:
+    mov rax, rdi
+    vmrun
+    mov r14, rax
+    inc r12
+    mov rax, [rdi + 0xC8]
+    mov [rdi + 0x578], rax
+    cmp r12, {n}
+    jb again
+""" + EXIT_PASS
+
+
+# L1: one VMRUN, then exit with vmcb12 untouched for the test to read.
+ONCE = "mov rax, rdi\n vmrun\n mov r14, rax\n" + EXIT_PASS
+
+
+def run(img, ext=None):
+    ext = ext or SvmExtension()
+    m = Machine(128 << 20, stdout=None, extensions=[ext])
+    m.load_multiboot(img, "test")
+    res = m.run(timeout=20)
+    vm = Vmcb(m.mem.view, VMCB12)
+    return m, ext, res, vm
+
+
+def reg(m, r):
+    return m.uc.reg_read(r)
+
+
+def test_vmmcall_round_trips_and_gprs_are_shared():
+    l2 = "l2: inc r13\n mov rbx, 0x4242\n vmmcall\n jmp l2"
+    img = nested_image("mov rbx, 0x7777\n" + LOOP.format(n=3), l2, vmcb12(rax=0x1111))
+    m, ext, res, vm = run(img)
+    assert res.reason == "exit", res
+    assert reg(m, UC_X86_REG_R12) == 3 and reg(m, UC_X86_REG_R13) == 3
+    assert vm.exitcode == VMEXIT_VMMCALL
+    vmmcall_at = L2_CODE + len(asm64("inc r13\n mov rbx, 0x4242", L2_CODE))
+    assert vm.nrip == vmmcall_at + 3
+    assert reg(m, UC_X86_REG_RBX) == 0x4242       # #VMEXIT does not restore RBX
+    assert reg(m, UC_X86_REG_R14) == VMCB12       # #VMEXIT restores host RAX
+    assert vm.save.rax == 0x1111                  # L2's RAX: loaded from vmcb12, kept by L2
+    assert ext.state.stats == {"vmrun": 3, "vmexit": 3}
+    assert not ext.state.in_l2 and not ext.state.gif
+
+
+def test_vmexit_saves_l2_state():
+    l2 = "mov rsp, 0x5E0000\n push 0x1\n popfq\n vmmcall"
+    m, ext, res, vm = run(nested_image(ONCE, l2, vmcb12()))
+    assert res.reason == "exit"
+    s = vm.save
+    assert s.rsp == 0x5E0000 and s.rflags == 0x3 and s.cpl == 0
+    assert s.cs.selector == 0x08 and s.cs.attrib == 0xA9B
+    assert s.efer == 0x1500 and s.cr3 == 0x20000
+    assert s.rip == L2_CODE + len(asm64("mov rsp, 0x5E0000\n push 0x1\n popfq", L2_CODE))
+
+
+def test_consistency_check_failure_is_vmexit_invalid_without_running_l2():
+    l2 = "mov r15, 0xBAD\n vmmcall"
+    img = nested_image("mov rax, rdi\n vmrun\n" + EXIT_PASS, l2, vmcb12(guest_asid=0))
+    m, ext, res, vm = run(img)
+    assert res.reason == "exit"
+    assert vm.exitcode == VMEXIT_INVALID
+    assert reg(m, UC_X86_REG_R15) != 0xBAD
+    assert "ASID" in ext.last_invalid_reason
+
+
+def test_reserved_g_pat_with_nested_paging_is_invalid():
+    img = nested_image("mov rax, rdi\n vmrun\n" + EXIT_PASS, "vmmcall",
+                       vmcb12(nested_ctl=1, n_cr3=0x20000, g_pat=0x0007040600070402))
+    m, ext, res, vm = run(img)
+    assert vm.exitcode == VMEXIT_INVALID
+
+
+def test_cpuid_intercepted_and_not():
+    l2 = "mov eax, 0\n cpuid\n mov r15, rbx\n vmmcall"
+    # Not intercepted: L0 answers for L2, L1 sees VMMCALL next.
+    m, ext, res, vm = run(nested_image(ONCE, l2, vmcb12()))
+    assert vm.exitcode == VMEXIT_VMMCALL
+    assert reg(m, UC_X86_REG_R15) == 0x68747541   # "Auth"
+    # Intercepted: the first exit is CPUID with NRIP after it.
+    img = nested_image(ONCE, l2, vmcb12(misc1=INTERCEPT_CPUID))
+    m, ext, res, vm = run(img)
+    assert vm.exitcode == VMEXIT_CPUID
+    assert vm.nrip == L2_CODE + len(asm64("mov eax, 0\n cpuid", L2_CODE))
+
+
+def test_exception_intercept_reports_error_code_and_not_intercepted_goes_to_l2_idt():
+    l2 = "mov rbx, 0x40000000\n mov rax, [rbx]\n vmmcall"
+    img = nested_image(ONCE, l2, vmcb12(exceptions=1 << 14))
+    m, ext, res, vm = run(img)
+    assert vm.exitcode == VMEXIT_EXCP0 + 14
+    assert vm.exitinfo1 == 0 and vm.exitinfo2 == 0x40000000
+    assert vm.save.rip == L2_CODE + 7
+    # Without the intercept, L2's own #PF handler (in the shared IDT) runs inside L2.
+    l2h = "mov r15, cr2\n add qword ptr [rsp+8], 3\n add rsp, 8\n iretq"
+    img = nested_image(ONCE, l2, vmcb12(), idt={14: gate64(handler(0))},
+                       handlers=[l2h])
+    m, ext, res, vm = run(img)
+    assert vm.exitcode == VMEXIT_VMMCALL
+    assert reg(m, UC_X86_REG_R15) == 0x40000000
+
+
+@pytest.mark.parametrize("op,write", [("rdmsr", 0), ("wrmsr", 1)])
+def test_msr_intercept_follows_msrpm_bits(op, write):
+    msrpm = bytearray(0x2000)
+    byte, bit = msrpm_bit_offset(0x277)
+    msrpm[byte] |= 1 << (bit + write)
+    l2 = f"mov ecx, 0x277\n mov eax, 0x06060606\n mov edx, 0x06060606\n {op}\n vmmcall"
+    img = nested_image(ONCE, l2, vmcb12(misc1=INTERCEPT_MSR_PROT), msrpm=bytes(msrpm))
+    m, ext, res, vm = run(img)
+    assert vm.exitcode == VMEXIT_MSR
+    assert vm.exitinfo1 == write
+    # The other direction is not intercepted: flip the access and L2 reaches VMMCALL.
+    other = "wrmsr" if op == "rdmsr" else "rdmsr"
+    img = nested_image(ONCE, l2.replace(op, other), vmcb12(misc1=INTERCEPT_MSR_PROT),
+                       msrpm=bytes(msrpm))
+    m, ext, res, vm = run(img)
+    assert vm.exitcode == VMEXIT_VMMCALL
+
+
+def test_hlt_intercept():
+    img = nested_image(ONCE, "hlt", vmcb12(misc1=INTERCEPT_HLT))
+    m, ext, res, vm = run(img)
+    assert vm.exitcode == VMEXIT_HLT and vm.nrip == L2_CODE + 1
