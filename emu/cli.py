@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .errors import OptionError, SvmemuError
 from .machine import STATUS_BAD_INPUT, Machine, RunResult
+
+if TYPE_CHECKING:
+    from .trace import Tracer
 
 STATUS_INTERNAL = 70
 
@@ -63,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
     run.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
+    _add_snapshot_options(run)
+    resume = sub.add_parser("resume", help="continue a machine from a snapshot file")
+    resume.add_argument("snapshot_file", metavar="FILE", help="a snapshot written by --snapshot")
+    resume.add_argument("--trace", default="", help="comma list of: insn, exits, io, msr, exc, all")
+    resume.add_argument("--trace-file", help="write the trace here instead of stderr")
+    resume.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
+    resume.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
+    resume.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
+    _add_snapshot_options(resume)
     build = sub.add_parser("build", help="assemble a .S guest into the multiboot image QEMU boots")
     build.add_argument("source")
     build.add_argument("-o", "--output", required=True)
@@ -100,12 +112,79 @@ def cmd_run(args: argparse.Namespace) -> int:
     machine = Machine(args.memory, stdout=sys.stdout.buffer, tracer=tracer,
                       extensions=[SvmExtension()])
     image = parse_image(data, name, args.memory)
-    cmdline = f"{args.image} {args.append}".rstrip() if args.append else args.image
+    cmdline = f"{args.image} {args.append}"     # as QEMU builds it: file name, space, -append
     machine.load_multiboot(image, cmdline)
-    result: RunResult = machine.run(max_insns=args.max_insns, timeout=args.timeout)
+    result: RunResult = machine.run(max_insns=_insn_limit(args), timeout=args.timeout)
     sys.stdout.flush()
     if tracer:
         tracer.close()
+    if args.snapshot:
+        return _end_with_snapshot(machine, result, args)
+    if not args.quiet and result.reason != "exit":
+        print(f"svmemu: {result.message} (rip {result.rip:#x})", file=sys.stderr)
+    return result.status & 0xFF
+
+
+# ---- snapshots ----------------------------------------------------------------------------------
+
+def _add_snapshot_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--snapshot-at", type=_positive_int, metavar="N",
+                   help="after N instructions, save a snapshot to --snapshot FILE and exit")
+    p.add_argument("--snapshot", metavar="FILE", help="where --snapshot-at writes the snapshot")
+
+
+def _insn_limit(args: argparse.Namespace) -> int | None:
+    """--snapshot-at is an instruction limit whose end is a snapshot rather than status 8."""
+    if (args.snapshot_at is None) != (args.snapshot is None):
+        raise OptionError("--snapshot-at and --snapshot must be given together")
+    if args.snapshot_at is not None and args.max_insns is not None:
+        raise OptionError("--snapshot-at and --max-insns cannot be combined")
+    return args.snapshot_at if args.snapshot_at is not None else args.max_insns
+
+
+def _end_with_snapshot(machine: Machine, result: RunResult, args: argparse.Namespace) -> int:
+    from . import snapshot
+    if result.reason != "max-insns":
+        if not args.quiet:
+            print(f"svmemu: {result.message} (rip {result.rip:#x}) before instruction "
+                  f"{args.snapshot_at}; no snapshot written", file=sys.stderr)
+        return result.status & 0xFF
+    snapshot.save(machine, args.snapshot)
+    print(f"svmemu: snapshot after {args.snapshot_at} instructions written to {args.snapshot} "
+          f"(rip {result.rip:#x})", file=sys.stderr)
+    return 0
+
+
+def _open_tracer(args: argparse.Namespace) -> "Tracer | None":
+    from .trace import Tracer, parse_categories
+    if args.trace:
+        cats = parse_categories(args.trace)
+        try:
+            out = open(args.trace_file, "w") if args.trace_file else sys.stderr
+        except OSError as e:
+            raise OptionError(f"cannot open trace file {args.trace_file}: {e.strerror}")
+        return Tracer(cats, out)
+    if args.trace_file:
+        raise OptionError("--trace-file needs --trace")
+    return None
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from . import snapshot
+    from svm_ext.extension import SvmExtension
+
+    limit = _insn_limit(args)
+    snap = snapshot.read(args.snapshot_file)
+    tracer = _open_tracer(args)
+    machine = Machine(snap.ram_size, stdout=sys.stdout.buffer, tracer=tracer,
+                      extensions=[SvmExtension()])
+    snapshot.restore(machine, snap)
+    result = machine.run(max_insns=limit, timeout=args.timeout)
+    sys.stdout.flush()
+    if tracer:
+        tracer.close()
+    if args.snapshot:
+        return _end_with_snapshot(machine, result, args)
     if not args.quiet and result.reason != "exit":
         print(f"svmemu: {result.message} (rip {result.rip:#x})", file=sys.stderr)
     return result.status & 0xFF
@@ -125,7 +204,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "build": cmd_build}[args.command](args)
+        return {"run": cmd_run, "resume": cmd_resume, "build": cmd_build}[args.command](args)
     except SvmemuError as e:
         print(f"svmemu: error: {e}", file=sys.stderr)
         return STATUS_BAD_INPUT
