@@ -1,0 +1,117 @@
+"""The command line: every bad input gives one clear line and a non-zero status, never a
+traceback; run limits end runaway guests."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from emu.cli import main
+from emu.machine import STATUS_BAD_INPUT, STATUS_LIMIT, STATUS_SHUTDOWN
+from tests.tinyimage import ENTRY, asm32
+
+
+def aout_image(code32: str, load: int = ENTRY, extra_bss: int = 0) -> bytes:
+    """A flat a.out-kludge multiboot image: header, then 32-bit code at load + 32."""
+    body = asm32(code32, load + 32)
+    end = load + 32 + len(body)
+    flags = 1 << 16
+    header = struct.pack("<IIIIIIII", 0x1BADB002, flags, (-(0x1BADB002 + flags)) & 0xFFFFFFFF,
+                         load, load, end, end + extra_bss, load + 32)
+    return header + body
+
+
+def run_cli(capsys, *argv):
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return status, out, err
+
+
+def test_aout_guest_prints_and_exits(tmp_path, capsys):
+    img = tmp_path / "k.bin"
+    img.write_bytes(aout_image("""
+        mov dx, 0x3f8
+        mov al, 0x4F
+        out dx, al
+        mov al, 0x4B
+        out dx, al
+        mov al, 3
+        out 0xf4, al
+    """))
+    status, out, err = run_cli(capsys, "run", str(img))
+    assert (status, out) == ((3 << 1) | 1, "OK")
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"", "empty"),
+    (b"\x00" * 9000, "no multiboot header"),
+    (struct.pack("<III", 0x1BADB002, 1 << 16, (-(0x1BADB002 + (1 << 16))) & 0xFFFFFFFF), "truncated"),
+    (struct.pack("<III", 0x1BADB002, 0, (-0x1BADB002) & 0xFFFFFFFF) + b"garbage", "not ELF"),
+    (b"\x7fELF" + b"\x01" * 4 + struct.pack("<III", 0x1BADB002, 0, (-0x1BADB002) & 0xFFFFFFFF)
+     + b"\x01" * 50, "bad"),
+])
+def test_bad_images_are_one_line_errors(tmp_path, capsys, content, needle):
+    img = tmp_path / "bad.bin"
+    img.write_bytes(content)
+    status, out, err = run_cli(capsys, "run", str(img))
+    assert status == STATUS_BAD_INPUT
+    assert needle in err and err.count("\n") == 1
+
+
+def test_image_outside_ram(tmp_path, capsys):
+    img = tmp_path / "far.bin"
+    img.write_bytes(aout_image("hlt", load=0x7F00000))
+    status, out, err = run_cli(capsys, "run", "-m", "16", str(img))
+    assert status == STATUS_BAD_INPUT and "outside" in err
+
+
+def test_missing_file(capsys):
+    status, out, err = run_cli(capsys, "run", "/nonexistent/kernel.bin")
+    assert status == STATUS_BAD_INPUT and "cannot read" in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "x", "--max-insns", "-5"], "must be positive"),
+    (["run", "x", "--timeout", "soon"], "not a number"),
+    (["run", "x", "-m", "lots"], "bad memory size"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_options(tmp_path, capsys, argv, needle):
+    img = tmp_path / "x"
+    img.write_bytes(aout_image("hlt"))
+    argv = [str(img) if a == "x" else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    if e.value.code == 0:
+        pytest.fail("accepted a bad option")
+    assert needle in err or needle in str(e.value)
+    assert "Traceback" not in err
+
+
+def test_trace_option_error_is_not_a_crash(tmp_path, capsys):
+    img = tmp_path / "k.bin"
+    img.write_bytes(aout_image("hlt"))
+    status, out, err = run_cli(capsys, "run", "--trace", "everything", str(img))
+    assert status == STATUS_BAD_INPUT and "unknown trace categories" in err
+
+
+def test_runaway_guest_limits(tmp_path, capsys):
+    img = tmp_path / "spin.bin"
+    img.write_bytes(aout_image("spin: jmp spin"))
+    status, out, err = run_cli(capsys, "run", "--max-insns", "5000", str(img))
+    assert status == STATUS_LIMIT and "instruction limit" in err
+    status, out, err = run_cli(capsys, "run", "--timeout", "0.2", str(img))
+    assert status == STATUS_LIMIT and "timeout" in err
+
+
+def test_trace_file_lists_exceptions_and_io(tmp_path, capsys):
+    img = tmp_path / "k.bin"
+    img.write_bytes(aout_image("mov al, 1\n out 0x80, al\n lidt [0]\n ud2"))
+    trace = tmp_path / "t.txt"
+    status, out, err = run_cli(capsys, "run", "--trace", "io,exc", "--trace-file", str(trace),
+                               str(img))
+    assert status == STATUS_SHUTDOWN
+    text = trace.read_text()
+    assert "out port 0x0080" in text and "no device" in text
