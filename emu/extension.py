@@ -40,6 +40,10 @@ class ExitRouter:
     def on_shutdown(self, reason: str) -> bool:
         return False
 
+    def on_io(self, port: int, size: int, is_in: bool) -> bool:
+        """A port access (from the IN/OUT hook, RIP at the instruction); True: do not perform it."""
+        return False
+
 
 class Extension:
     name = "extension"

@@ -83,8 +83,10 @@ MSRPM_SIZE = 0x2000
 IOPM_SIZE = 0x3000
 _MSRPM_RANGES = ((0x00000000, 0x000), (0xC0000000, 0x800), (0xC0010000, 0x1000))
 
+# No VMEXIT_IOIO: Unicorn 2.1.4 never checks the I/O permission map (its translator's I/O check
+# returns early), so port I/O is seen only through the IN/OUT hooks.
 L0_INTERCEPTED_EXITS = (
-    VMEXIT_RDTSC, VMEXIT_CPUID, VMEXIT_INTN, VMEXIT_HLT, VMEXIT_INVLPGA, VMEXIT_IOIO, VMEXIT_MSR,
+    VMEXIT_RDTSC, VMEXIT_CPUID, VMEXIT_INTN, VMEXIT_HLT, VMEXIT_INVLPGA, VMEXIT_MSR,
     VMEXIT_SHUTDOWN, VMEXIT_VMRUN, VMEXIT_VMMCALL, VMEXIT_VMLOAD, VMEXIT_VMSAVE, VMEXIT_STGI,
     VMEXIT_CLGI, VMEXIT_SKINIT, VMEXIT_RDTSCP,
 )
@@ -131,10 +133,6 @@ class HostVm:
         Unicorn's own msr_read/msr_write run the guest-mode intercept check, which would longjmp
         back into our hook; lifting the MSRPM bits for the duration avoids that."""
         return _MsrWindow(self.buf, msr)
-
-    def intercept_port(self, port: int) -> None:
-        byte, bit = divmod(port, 8)
-        self.buf[IOPM01 - L0_BASE + byte] |= 1 << bit
 
     # ---- boot ---------------------------------------------------------------------------------
     def enter_multiboot(self, entry: int, magic: int, mbi: int) -> int:

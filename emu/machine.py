@@ -116,7 +116,6 @@ class Machine:
             hostvm.VMEXIT_RDTSCP: self._exit_rdtscp,
             hostvm.VMEXIT_INTN: self._exit_intn,
             hostvm.VMEXIT_HLT: self._exit_hlt,
-            hostvm.VMEXIT_IOIO: self._exit_ioio,
             hostvm.VMEXIT_SHUTDOWN: lambda code: self.shutdown("shutdown (triple fault)"),
         }
         for code in (hostvm.VMEXIT_VMRUN, hostvm.VMEXIT_VMMCALL, hostvm.VMEXIT_VMLOAD,
@@ -145,8 +144,6 @@ class Machine:
         self.devices.append(dev)
         for port in dev.ports():
             self.ports[port] = dev
-            if dev.precise_stop:
-                self.hostvm.intercept_port(port)
 
     def level(self) -> str:
         return self.extensions[0].level() if self.extensions else "L1"
@@ -186,6 +183,10 @@ class Machine:
         mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR)
         self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
+
+    def resume_at(self, rip: int) -> None:
+        """Make the next `run` continue at `rip` (after a snapshot restore)."""
+        self._start = rip
 
     # ---- running ----------------------------------------------------------------------------------
     def run(self, *, max_insns: int | None = None, timeout: float | None = None) -> RunResult:
@@ -380,43 +381,21 @@ class Machine:
             raise Unsupported(f"software interrupt with opcode {insn[:i + 2].hex()}")
         self._defer(lambda: self._deliver(ev, rip + length))
 
-    def _exit_ioio(self, code: int) -> None:
-        """A port routed through the IOPM (devices that need a precise stop)."""
-        info = self.ctx.save().error_code
-        port = info >> 16
-        size = 1 if info & 0x10 else 2 if info & 0x20 else 4
-        if info & 0x0C:
-            raise Unsupported("string I/O to a precise-stop device port")
-        next_rip = self.uc.reg_read(UC_X86_REG_RIP) + self._io_length()
-        self.uc.reg_write(UC_X86_REG_RIP, next_rip)
-        dev = self.ports.get(port)
-        if info & 1:
-            value = dev.read(port, size) if dev else (1 << (8 * size)) - 1
-            rax = self.uc.reg_read(UC_X86_REG_RAX)
-            mask = (1 << (8 * size)) - 1
-            self.uc.reg_write(UC_X86_REG_RAX, (rax & ~mask) | (value & mask))
-            self._trace_io("in", port, size, value, dev)
-        else:
-            value = self.uc.reg_read(UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
-            self._trace_io("out", port, size, value, dev)
-            if dev:
-                dev.write(port, size, value)
-
-    def _io_length(self) -> int:
-        rip = self.uc.reg_read(UC_X86_REG_RIP)
-        insn = self.mem.read_code(rip, 4)
-        i = 0
-        while insn[i] in (0x66, 0x67):
-            i += 1
-        return i + (2 if insn[i] in (0xE4, 0xE5, 0xE6, 0xE7) else 1)
-
     def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
+        if self._result is not None or (self.router is not None
+                                        and self.router.on_io(port, size, True)):
+            return (1 << (8 * size)) - 1
         dev = self.ports.get(port)
         value = dev.read(port, size) if dev else (1 << (8 * size)) - 1
         self._trace_io("in", port, size, value, dev)
         return value
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
+        # After a stop (e.g. isa-debug-exit) the rest of the translation block still executes;
+        # its port I/O must not reach devices.
+        if self._result is not None or (self.router is not None
+                                        and self.router.on_io(port, size, False)):
+            return
         dev = self.ports.get(port)
         self._trace_io("out", port, size, value, dev)
         if dev:

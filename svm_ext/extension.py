@@ -16,7 +16,7 @@ from emu.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
 from emu.errors import Unsupported
 from emu.extension import ExitRouter, Extension
 from emu.interrupts import HAS_ERROR_CODE, PF, Event, Kind
-from emu.machine import Machine
+from emu.machine import STATUS_UNSUPPORTED, Machine
 from emu.msr import EFER_SVME, GeneralProtection
 from emu.paging import NestedFault
 
@@ -25,7 +25,8 @@ from .checks import HostCaps
 from .state import NestedState
 from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
                    EVENTINJ_TYPE_SOFT_INT, EVENTINJ_V, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO,
-                   VMEXIT_MSR, VMEXIT_NPF, VMEXIT_SHUTDOWN, exit_name, read_cache)
+                   VMEXIT_MSR, VMEXIT_NPF, VMEXIT_SHUTDOWN, exit_name, iopm_intercepted,
+                   read_cache)
 from .vmexit import vmexit
 
 MSR_VM_CR = 0xC0010114
@@ -158,6 +159,21 @@ class SvmExtension(Extension, ExitRouter):
             vmexit(self, VMEXIT_SHUTDOWN)
             return True
         return False
+
+    def on_io(self, port: int, size: int, is_in: bool) -> bool:
+        """L1 intercepting L2's port I/O needs a stop *before* the instruction, which Unicorn's
+        IN/OUT hooks cannot give; rather than perform an access L1 asked to see, stop clearly."""
+        st = self.state
+        c = st.vmcb12
+        if not st.in_l2 or c is None or not intercepts.ioio(c):
+            return False
+        iopm = self.machine.mem.read_phys(c.iopm_base_pa & ~0xFFF, 0x3000)
+        if not iopm_intercepted(iopm, port, size):
+            return False
+        self.machine.stop("unsupported", STATUS_UNSUPPORTED,
+                          f"unsupported: L2 {'IN from' if is_in else 'OUT to'} port {port:#x} "
+                          "intercepted by L1's IOPM (IOIO intercepts are not implemented yet)")
+        return True
 
     def _intinfo(self, during: Event | None) -> int:
         """EXITINTINFO: the event whose delivery the exit interrupted, as the APM encodes it."""

@@ -43,8 +43,7 @@ def msr(c: Vmcb12Cache, index: int, write: bool, read_phys: ReadPhys) -> bool:
 
 
 def ioio(c: Vmcb12Cache) -> bool:
-    """Unicorn already checked L1's IOPM (vmcb02 points at it whenever L1 sets IOIO_PROT), so an
-    IOIO exit with IOIO_PROT set is L1's; without it, it is one of L0's own precise-stop ports."""
+    """IOIO_PROT: L1 wants the port accesses its IOPM marks (checked by the caller)."""
     return bool(c.intercept_misc1 & INTERCEPT_IOIO_PROT)
 
 

@@ -32,7 +32,7 @@ from emu.arch_bits import CR4_PAE, EFER_LMA, EFER_NXE
 
 from . import checks
 from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
-                   EVENTINJ_V, INTERCEPT_IOIO_PROT, TLB_CONTROL_DO_NOTHING, VMCB_SIZE, Vmcb,
+                   EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE, Vmcb,
                    Vmcb12Cache, read_cache)
 from . import vmexit
 
@@ -125,9 +125,7 @@ def build_vmcb02(ext: "SvmExtension", c: Vmcb12Cache, npt: bool) -> tuple[int, i
     vm.intercept_exceptions = 0xFFFFFFFF
     vm.intercept_misc1, vm.intercept_misc2 = misc & 0xFFFFFFFF, misc >> 32
     vm.msrpm_base_pa = hostvm.MSRPM01
-    # With IOIO_PROT, Unicorn checks L1's own IOPM in place; otherwise L0's (precise-stop ports).
-    vm.iopm_base_pa = (c.iopm_base_pa & ~0xFFF) if c.intercept_misc1 & INTERCEPT_IOIO_PROT \
-        else hostvm.IOPM01
+    vm.iopm_base_pa = hostvm.IOPM01   # never consulted by Unicorn; see extension.on_io
     vm.guest_asid = c.guest_asid
     if npt:
         vm.np_enable = 1

@@ -127,3 +127,23 @@ def long_mode_image(body: str, idt: dict[int, bytes] | None = None,
         (IDT + 0x1000, struct.pack("<HQ", idt_limit, IDT)),
         (ENTRY, entry), (BODY - 0x40, prologue), (BODY, code),
     ] + [(handler(i), asm64(src, handler(i))) for i, src in enumerate(handlers)])
+
+
+def to_elf32(img: Image) -> bytes:
+    """The image as a multiboot ELF32 file: one PT_LOAD per segment (so low-memory tables and
+    the kernel at 1 MiB need not be one flat blob across the BIOS hole), a multiboot header
+    with flags 0 right after the program headers."""
+    n = len(img.segments)
+    phoff = 52
+    mb_off = phoff + 32 * n
+    data_off = (mb_off + 12 + 0xFFF) & ~0xFFF
+    ehdr = struct.pack("<4sBBBB8xHHIIIIIHHHHHH", b"\x7fELF", 1, 1, 1, 0, 2, 3, 1, img.entry,
+                       phoff, 0, 0, 52, 32, n, 40, 0, 0)
+    phdrs, blobs, off = b"", b"", data_off
+    for addr, blob in img.segments:
+        phdrs += struct.pack("<8I", 1, off, addr, addr, len(blob), len(blob), 7, 0x1000)
+        blobs += blob
+        off += len(blob)
+    mb = struct.pack("<III", 0x1BADB002, 0, (-0x1BADB002) & 0xFFFFFFFF)
+    head = ehdr + phdrs + mb
+    return head + bytes(data_off - len(head)) + blobs

@@ -7,12 +7,11 @@ from typing import Iterable
 class PortDevice:
     """A device on the I/O port bus.
 
-    `ports` lists the ports it decodes. `precise_stop` asks the machine to route its ports
-    through the I/O permission map rather than Unicorn's IN/OUT hooks: slower, but the machine can
-    then stop with RIP exactly after the instruction (isa-debug-exit needs that; a UART does not).
+    `ports` lists the ports it decodes. Accesses arrive from Unicorn's IN/OUT hooks, with RIP
+    at the instruction. (Unicorn 2.1.4 never consults the I/O permission map: its translator's
+    I/O check returns early, so port intercepts cannot be used to stop before an access.)
     """
     name = "device"
-    precise_stop = False
 
     def ports(self) -> Iterable[int]:
         return ()

@@ -14,7 +14,6 @@ DEBUG_EXIT_PORT = 0xF4
 
 class DebugExit(PortDevice):
     name = "debug-exit"
-    precise_stop = True
 
     def __init__(self, on_exit: Callable[[int], None], base: int = DEBUG_EXIT_PORT,
                  size: int = 4) -> None:
