@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
     run.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
     _add_snapshot_options(run)
+    _add_pat_option(run)
     resume = sub.add_parser("resume", help="continue a machine from a snapshot file")
     resume.add_argument("snapshot_file", metavar="FILE", help="a snapshot written by --snapshot")
     resume.add_argument("--trace", default="", help="comma list of: insn, exits, io, msr, exc, all")
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
     resume.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
     _add_snapshot_options(resume)
+    _add_pat_option(resume)
     build = sub.add_parser("build", help="assemble a .S guest into the multiboot image QEMU boots")
     build.add_argument("source")
     build.add_argument("-o", "--output", required=True)
@@ -110,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.trace_file:
         raise OptionError("--trace-file needs --trace")
     machine = Machine(args.memory, stdout=sys.stdout.buffer, tracer=tracer,
-                      extensions=[SvmExtension()])
+                      extensions=[SvmExtension(pat_model=args.pat_model)])
     image = parse_image(data, name, args.memory)
     cmdline = f"{args.image} {args.append}"     # as QEMU builds it: file name, space, -append
     machine.load_multiboot(image, cmdline)
@@ -123,6 +125,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet and result.reason != "exit":
         print(f"svmemu: {result.message} (rip {result.rip:#x})", file=sys.stderr)
     return result.status & 0xFF
+
+
+def _add_pat_option(p: argparse.ArgumentParser) -> None:
+    from svm_ext.pat import MODELS
+    p.add_argument("--pat-model", choices=MODELS, default="architectural",
+                   help="how L1 and L2 PATs relate under nested paging (default: architectural)")
 
 
 # ---- snapshots ----------------------------------------------------------------------------------
@@ -177,7 +185,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     snap = snapshot.read(args.snapshot_file)
     tracer = _open_tracer(args)
     machine = Machine(snap.ram_size, stdout=sys.stdout.buffer, tracer=tracer,
-                      extensions=[SvmExtension()])
+                      extensions=[SvmExtension(pat_model=args.pat_model)])
     snapshot.restore(machine, snap)
     result = machine.run(max_insns=limit, timeout=args.timeout)
     sys.stdout.flush()
