@@ -1,19 +1,35 @@
-"""Multiboot v1: find the header, place the kernel, build the information block.
+"""Multiboot v1, loaded exactly as ``qemu-system-x86_64 -kernel IMAGE`` (QEMU 7.2) loads it.
 
-Behaves like `qemu-system-x86_64 -kernel IMAGE`: a.out-kludge images (header flag 16) are loaded
-from the addresses in the header; otherwise the image must be ELF (32 or 64-bit) and its PT_LOAD
-segments go to their physical addresses. Every way an image can be wrong is an ImageError with
-one sentence, never an exception from deep inside.
+The image: the header (magic 0x1BADB002, flags, checksum) is searched at 4-byte steps in the
+first 8192 - 48 bytes (QEMU stops there so the whole header fits in its 8 KiB buffer).  A file
+QEMU would take for a Linux kernel ("HdrS" at 0x202) is refused.  With flags bit 16 (a.out
+kludge) the header's addresses place the file; otherwise the file must be ELF (emu/loader/elf.py).
+Header flag bits other than 16 are ignored, as QEMU ignores them (it only warns about bit 2,
+video mode).  On top of QEMU we refuse what would break the machine instead of the guest:
+segments outside RAM, in the first 4 KiB, in the information area or the EBDA/VGA/BIOS hole
+below 1 MiB, overlapping each other; an entry point outside RAM.
+
+The information block: measured on QEMU 7.2 (guests/mbinfo.S, ``-m 128``): flags 0x24F (memory,
+boot device, cmdline, modules (none), memory map, boot loader name), mem_lower 639,
+mem_upper = KiB of the usable RAM from 1 MiB (the firmware keeps the top 128 KiB below the RAM
+end), boot_device 0x8000FFFF, cmdline = "<kernel path as given> <-append text>" (see
+``qemu_cmdline``), the memory map in ``memory_map``, EBX = 0x9500.
+Deliberate differences (pointer values only; guests must follow pointers, not expect them):
+QEMU's firmware builds the memory map at 0x9000 and puts the command line and loader name after
+the kernel's bss; we keep everything in one block at 0x9500 (MBI, map, command line, name), so a
+kernel's bss can never clobber them.  The boot loader name is "svmemu" (QEMU says "qemu"), so a
+guest can tell where it runs.
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
 
-from ..errors import ImageError
+from emu.errors import ImageError, OptionError
 
 MULTIBOOT_MAGIC = 0x1BADB002
-HEADER_SEARCH = 8192
+BOOTLOADER_MAGIC = 0x2BADB002
+HEADER_SEARCH = 8192 - 48
 FLAG_AOUT_KLUDGE = 1 << 16
 
 MBI_FLAG_MEM = 1 << 0
@@ -22,112 +38,174 @@ MBI_FLAG_CMDLINE = 1 << 2
 MBI_FLAG_MODS = 1 << 3
 MBI_FLAG_MMAP = 1 << 6
 MBI_FLAG_LOADER_NAME = 1 << 9
+MBI_FLAGS = (MBI_FLAG_MEM | MBI_FLAG_BOOT_DEVICE | MBI_FLAG_CMDLINE | MBI_FLAG_MODS
+             | MBI_FLAG_MMAP | MBI_FLAG_LOADER_NAME)
 MBI_SIZE = 0x58
 MMAP_AVAILABLE = 1
 MMAP_RESERVED = 2
 
-# Where the information block and its strings go: low memory that no image may overlap.
-MBI_ADDR = 0x9000
+MBI_ADDR = 0x9500
+"""Where the machine places build_mbi's bytes and what EBX holds at entry (QEMU's address)."""
 MBI_AREA_END = 0xA000
+"""End of the area reserved for the information block; no image may load into [MBI_ADDR, here)."""
 BOOT_DEVICE_NONE = 0x8000FFFF
 LOADER_NAME = b"svmemu\0"
+LOW_RAM_END = 0x9FC00           # 639 KiB of conventional memory; the EBDA follows
+FIRMWARE_RESERVED_TOP = 0x20000  # QEMU's firmware reserves the top 128 KiB of low RAM
+MIN_RAM = 2 << 20
+
+# Ranges no image may load into: the real-mode IVT/BDA page, the information block, and the
+# EBDA/VGA/BIOS hole below 1 MiB.
+_FORBIDDEN = [(0, 0x1000, "the first 4 KiB"),
+              (MBI_ADDR, MBI_AREA_END, "the multiboot information area"),
+              (LOW_RAM_END, 0x100000, "the EBDA/VGA/BIOS area below 1 MiB")]
 
 
 @dataclass
 class BootImage:
-    entry: int
-    segments: list[tuple[int, bytes]] = field(default_factory=list)
+    """What to copy into RAM and where the 32-bit entry starts."""
+
+    entry: int                                   # 32-bit physical entry point
+    segments: list[tuple[int, bytes]] = field(default_factory=list)  # (phys addr, bytes + bss)
 
 
-def _find_header(data: bytes) -> tuple[int, int]:
-    for off in range(0, min(len(data), HEADER_SEARCH) - 11, 4):
-        magic, flags, checksum = struct.unpack_from("<III", data, off)
-        if magic == MULTIBOOT_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
-            return off, flags
-    raise ImageError("no multiboot header (magic 0x1BADB002 with a valid checksum) "
-                     "in the first 8 KiB")
+def qemu_cmdline(image_path: str, append: str = "") -> str:
+    """The command line QEMU passes: the -kernel argument as typed, a space, the -append text
+    (so the line ends in a space when there is no -append)."""
+    return f"{image_path} {append}"
 
 
-def _check_placement(segments: list[tuple[int, bytes]], entry: int, ram_size: int) -> None:
-    if not segments:
-        raise ImageError("the image has nothing to load")
-    for addr, blob in segments:
-        end = addr + len(blob)
-        if addr < 0x1000 or end > ram_size:
-            raise ImageError(f"segment {addr:#x}-{end:#x} lies outside the {ram_size >> 20} MiB of "
-                             "RAM (or in the first 4 KiB)")
-        if addr < MBI_AREA_END and end > MBI_ADDR:
-            raise ImageError(f"segment {addr:#x}-{end:#x} overlaps the multiboot information "
-                             f"area {MBI_ADDR:#x}-{MBI_AREA_END:#x}")
-    if not any(a <= entry < a + len(b) for a, b in segments):
-        raise ImageError(f"entry point {entry:#x} is not inside any loaded segment")
+def _ram_split(ram_size: int) -> tuple[int, int]:
+    """RAM below and above 4 GiB, split as QEMU's pc machine does (3 GiB below once the RAM
+    reaches 3.5 GiB)."""
+    low = ram_size if ram_size < 0xE0000000 else 0xC0000000
+    return low, ram_size - low
 
 
-def _aout(data: bytes, hdr: int, ram_size: int) -> BootImage:
-    if hdr + 32 > len(data):
-        raise ImageError("multiboot header is truncated (a.out kludge fields missing)")
-    header_addr, load_addr, load_end, bss_end, entry = struct.unpack_from("<5I", data, hdr + 12)
-    if load_addr > header_addr:
-        raise ImageError("multiboot header: load_addr is above header_addr")
-    start = hdr - (header_addr - load_addr)
-    if start < 0:
-        raise ImageError("multiboot header: header_addr/load_addr point before the file start")
-    if load_end:
-        if load_end < load_addr:
-            raise ImageError("multiboot header: load_end_addr is below load_addr")
-        size = load_end - load_addr
-        if start + size > len(data):
-            raise ImageError(f"image is truncated: the header asks for {size:#x} bytes from file "
-                             f"offset {start:#x}, the file has {len(data):#x}")
-    else:
-        size = len(data) - start
-    blob = data[start:start + size]
-    if bss_end:
-        if bss_end < load_addr + size:
-            raise ImageError("multiboot header: bss_end_addr is below the end of the load")
-        blob += bytes(bss_end - load_addr - size)
-    segments = [(load_addr, blob)]
-    _check_placement(segments, entry, ram_size)
-    return BootImage(entry, segments)
-
-
-def parse_image(data: bytes, name: str, ram_size: int) -> BootImage:
-    """Parse a multiboot kernel image into what must be placed in RAM and where to start."""
-    if not data:
-        raise ImageError(f"{name}: the file is empty")
-    hdr, flags = _find_header(data)
-    if flags & FLAG_AOUT_KLUDGE:
-        return _aout(data, hdr, ram_size)
-    if data[:4] != b"\x7fELF":
-        raise ImageError(f"{name}: multiboot header has no a.out kludge (flag 16) and the file "
-                         "is not ELF")
-    from .elf import load_elf
-    entry, segments = load_elf(data, name)
-    _check_placement(segments, entry, ram_size)
-    return BootImage(entry, segments)
+def _check_ram(ram_size: int) -> None:
+    if ram_size < MIN_RAM:
+        raise OptionError(f"RAM size {ram_size:#x} is below the {MIN_RAM >> 20} MiB multiboot needs")
 
 
 def memory_map(ram_size: int) -> list[tuple[int, int, int]]:
-    """(base, length, type) entries: conventional memory, the EBDA/BIOS holes, extended RAM."""
-    return [(0, 0x9FC00, MMAP_AVAILABLE), (0x9FC00, 0x400, MMAP_RESERVED),
-            (0xF0000, 0x10000, MMAP_RESERVED), (0x100000, ram_size - 0x100000, MMAP_AVAILABLE)]
+    """(base, length, type) as QEMU 7.2 (SeaBIOS e820, qemu64 AMD CPU) reports it."""
+    _check_ram(ram_size)
+    low, high = _ram_split(ram_size)
+    entries = [(0, LOW_RAM_END, MMAP_AVAILABLE),
+               (LOW_RAM_END, 0x400, MMAP_RESERVED),
+               (0xF0000, 0x10000, MMAP_RESERVED),
+               (0x100000, low - 0x100000 - FIRMWARE_RESERVED_TOP, MMAP_AVAILABLE),
+               (low - FIRMWARE_RESERVED_TOP, FIRMWARE_RESERVED_TOP, MMAP_RESERVED),
+               (0xFFFC0000, 0x40000, MMAP_RESERVED)]                # BIOS flash
+    if high:
+        entries.append((1 << 32, high, MMAP_AVAILABLE))
+    entries.append((0xFD00000000, 0x300000000, MMAP_RESERVED))      # AMD HyperTransport hole
+    return entries
 
 
-def build_mbi(ram_size: int, cmdline: str, base: int) -> bytes:
-    """The multiboot information block for physical address `base`, strings and map after it."""
-    mmap = b"".join(struct.pack("<IQQI", 20, b, length, t) for b, length, t in memory_map(ram_size))
+def build_mbi(ram_size: int, cmdline: str, base: int = MBI_ADDR) -> bytes:
+    """The bytes to place at physical ``base`` (EBX = base): information block, memory map,
+    command line, boot loader name."""
+    entries = memory_map(ram_size)
+    mmap = b"".join(struct.pack("<IQQI", 20, b, n, t) for b, n, t in entries)
     cmd = cmdline.encode("utf-8", "replace") + b"\0"
     mmap_addr = base + MBI_SIZE
     cmd_addr = mmap_addr + len(mmap)
     name_addr = cmd_addr + len(cmd)
-    if name_addr + len(LOADER_NAME) > MBI_AREA_END:
-        raise ImageError("the command line is too long for the multiboot information area")
-    flags = (MBI_FLAG_MEM | MBI_FLAG_BOOT_DEVICE | MBI_FLAG_CMDLINE | MBI_FLAG_MODS
-             | MBI_FLAG_MMAP | MBI_FLAG_LOADER_NAME)
+    if name_addr + len(LOADER_NAME) > base + (MBI_AREA_END - MBI_ADDR):
+        raise OptionError(f"the command line ({len(cmd) - 1} bytes) does not fit in the multiboot "
+                          f"information area")
+    mem_upper = entries[3][1] >> 10
     info = bytearray(MBI_SIZE)
-    struct.pack_into("<IIIII", info, 0, flags, 640, (ram_size >> 10) - 1024, BOOT_DEVICE_NONE,
-                     cmd_addr)
-    struct.pack_into("<II", info, 20, 0, 0)                   # no modules
+    struct.pack_into("<8I", info, 0, MBI_FLAGS, LOW_RAM_END >> 10, mem_upper, BOOT_DEVICE_NONE,
+                     cmd_addr, 0, cmd_addr, 0)   # no modules; mods_addr as QEMU: where they'd go
     struct.pack_into("<II", info, 44, len(mmap), mmap_addr)
     struct.pack_into("<I", info, 64, name_addr)
     return bytes(info) + mmap + cmd + LOADER_NAME
+
+
+def _find_header(data: bytes, name: str) -> tuple[int, int]:
+    for off in range(0, min(len(data) - 11, HEADER_SEARCH), 4):
+        magic, flags, checksum = struct.unpack_from("<III", data, off)
+        if magic == MULTIBOOT_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
+            return off, flags
+    if any(struct.unpack_from("<I", data, o)[0] == MULTIBOOT_MAGIC
+           for o in range(0, min(len(data) - 3, HEADER_SEARCH), 4)):
+        raise ImageError(f"{name}: no multiboot header: the magic 0x1BADB002 is there but the "
+                         f"checksum is wrong")
+    raise ImageError(f"{name}: no multiboot header (magic 0x1BADB002 with a valid checksum) in "
+                     f"the first 8 KiB")
+
+
+def _aout(data: bytes, hdr: int, name: str) -> tuple[int, list[tuple[int, bytes]]]:
+    if hdr + 32 > len(data):
+        raise ImageError(f"{name}: the multiboot header is truncated (a.out kludge fields missing)")
+    header_addr, load_addr, load_end, bss_end, entry = struct.unpack_from("<5I", data, hdr + 12)
+    if header_addr < load_addr:
+        raise ImageError(f"{name}: multiboot header_addr {header_addr:#x} is below load_addr "
+                         f"{load_addr:#x}")
+    if header_addr - load_addr > hdr:
+        raise ImageError(f"{name}: multiboot header_addr/load_addr put the load before the start "
+                         f"of the file")
+    start = hdr - (header_addr - load_addr)
+    if load_end:
+        if load_end < load_addr:
+            raise ImageError(f"{name}: multiboot load_end_addr {load_end:#x} is below load_addr")
+        size = load_end - load_addr
+        if start + size > len(data):
+            raise ImageError(f"{name}: the image is truncated: the header loads {size:#x} bytes "
+                             f"from file offset {start:#x}, the file has {len(data):#x}")
+    else:
+        size = len(data) - start
+    if load_addr + size > 1 << 32:
+        raise ImageError(f"{name}: the kernel does not fit below 4 GiB")
+    blob = data[start:start + size]
+    if bss_end:
+        if bss_end < load_addr + size:
+            raise ImageError(f"{name}: multiboot bss_end_addr {bss_end:#x} is below the end of the "
+                             f"loaded part {load_addr + size:#x}")
+        blob += bytes(bss_end - load_addr - size)
+    return entry, [(load_addr, blob)]
+
+
+def _check_placement(segments: list[tuple[int, bytes]], entry: int, ram_size: int,
+                     name: str) -> None:
+    low, _ = _ram_split(ram_size)
+    spans = sorted((a, a + len(b)) for a, b in segments if b)
+    for start, end in spans:
+        if end > low:
+            raise ImageError(f"{name}: segment {start:#x}-{end:#x} lies outside the "
+                             f"{ram_size >> 20} MiB of RAM")
+        for fstart, fend, what in _FORBIDDEN:
+            if start < fend and end > fstart:
+                raise ImageError(f"{name}: segment {start:#x}-{end:#x} overlaps {what} "
+                                 f"({fstart:#x}-{fend:#x})")
+    for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+        if s2 < e1:
+            raise ImageError(f"{name}: segments {s1:#x}-{e1:#x} and {s2:#x}-{e2:#x} overlap")
+    if entry >= low:
+        raise ImageError(f"{name}: entry point {entry:#x} lies outside the {ram_size >> 20} MiB "
+                         f"of RAM")
+
+
+def parse_image(data: bytes, name: str, ram_size: int) -> BootImage:
+    """What to load and where to start, for a multiboot v1 kernel file's bytes."""
+    _check_ram(ram_size)
+    if not data:
+        raise ImageError(f"{name}: the file is empty")
+    if len(data) >= 0x206 and data[0x202:0x206] == b"HdrS":
+        raise ImageError(f"{name}: this is a Linux kernel (boot protocol), not a multiboot image")
+    hdr, flags = _find_header(data, name)
+    if flags & FLAG_AOUT_KLUDGE:
+        entry, segments = _aout(data, hdr, name)
+    elif data[:4] != b"\x7fELF":
+        raise ImageError(f"{name}: the multiboot header has no a.out kludge (flag 16) and the "
+                         f"file is not ELF")
+    else:
+        from emu.loader.elf import load_elf
+        entry, segments = load_elf(data, name)
+    segments = [(a, b) for a, b in segments if b]
+    if not segments:
+        raise ImageError(f"{name}: the image loads nothing")
+    _check_placement(segments, entry, ram_size, name)
+    return BootImage(entry, segments)

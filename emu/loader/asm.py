@@ -1,0 +1,811 @@
+"""Assembling guest sources (Intel syntax) into the flat multiboot image that QEMU and svmemu boot.
+
+keystone-engine 0.9.2 does the encoding; everything around it is ours, because keystone on its own
+is not safe to hand user text:
+
+* it cannot read files (``.include``), reports errors without a line number, and a ``.macro`` or
+  ``.rept`` it expands itself would hide where the error came from; so includes, macros and
+  repeats are expanded here and every statement keeps its origin (file, line, macro chain);
+* some inputs hang it or kill the process (an unterminated string, a line starting with ``:``,
+  an integer literal wider than 64 bits, ``.align`` by a huge or non-power-of-two value, a huge
+  ``.fill``); those are refused before keystone sees them;
+* some inputs it encodes silently wrong, checked after assembly by decoding each statement's
+  bytes with capstone (see ``_check_statement``):
+  - in 64-bit code ``[0x10070]`` or ``[CONST]`` (a number, not a label) becomes RIP-relative and
+    ``[0xFEE00000]`` a sign-extended disp32: refused, the user is told to use a register base;
+  - in 32-bit code ``lgdt/lidt/sgdt/sidt`` get a 0x66 prefix (a 24-bit base): we drop it;
+  - ``ljmp sel:off`` in 32-bit code is a 16-bit far jump: we encode ``EA off32 sel16`` ourselves;
+  - ``iret`` is the 16-bit ``66 CF``; ``sysret`` is the 64-bit form: both rewritten to their usual
+    meaning (``iret`` = ``CF``, ``sysret`` = ``0F 07``, ``sysretq`` = ``48 0F 07``);
+  - a data directive whose value does not fit (``.word 0x10000``) emits nothing at all: refused;
+  - the SVM instructions are unknown to it: encoded as bytes here.
+
+Source conventions (what the guests and the prelude rely on):
+
+* ``#`` and ``;`` start a comment; one statement per line; labels are identifiers (``.Lx`` for
+  local ones, numeric labels ``1:`` are not supported by keystone).
+* ``.include "file"`` searches the including file's directory, then ``include_dirs`` (guests/);
+  a file is included once, later ``.include`` of it are skipped.
+* ``.macro name a, b=default`` ... ``.endm``; ``\\a`` is replaced by the argument, ``\\@`` by a
+  number unique to each expansion, ``\\()`` by nothing.  ``.rept N`` ... ``.endr`` repeats.
+* ``.code32`` / ``.code64`` switch the mode (the file starts in 64-bit mode).
+* ``.bss`` / ``.text``: lines under ``.bss`` are moved after all code and must emit only zeros
+  (labels, ``.space``, ``.align``); they are not stored in the image.  The assembler defines
+  ``__image_start`` (the load address), ``__bss_start`` (end of the stored image) and
+  ``__bss_end``, which the multiboot header in the prelude uses for its a.out-kludge fields.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from emu.errors import AsmError
+
+IMAGE_BASE = 0x100000
+"""Physical load address of every assembled image (multiboot loads kernels at 1 MiB)."""
+
+GUESTS_DIR = Path(__file__).resolve().parents[2] / "guests"
+
+_MAX_INCLUDE_DEPTH = 16
+_MAX_MACRO_DEPTH = 64
+_MAX_REPEAT = 1 << 16
+_MAX_FILL = 16 << 20  # a bigger .space/.fill makes keystone crawl; no guest needs one
+_MAX_ALIGN = 1 << 21
+
+_IDENT = r"[A-Za-z_.$][\w.$]*"
+_LABEL_RE = re.compile(rf"\s*({_IDENT})\s*:(?!:)")
+_NUM_RE = re.compile(r"(?<![\w.$])(0[xX][0-9A-Fa-f]+|0[bB][01]+|[0-9][0-9A-Fa-f]*[hH]|[0-9]+)(?![\w.$])")
+_INTERNAL_PREFIX = "__svmemu_"
+
+# Instructions keystone does not know or gets wrong, as bytes.  Operand lists are the implicit
+# operands an assembler accepts (AMD writes "VMRUN rAX"), normalised to lower case, no spaces.
+_FIXED_BYTES: dict[str, tuple[tuple[str, ...], bytes]] = {
+    "vmrun": (("", "rax", "eax"), b"\x0f\x01\xd8"),
+    "vmmcall": (("",), b"\x0f\x01\xd9"),
+    "vmload": (("", "rax", "eax"), b"\x0f\x01\xda"),
+    "vmsave": (("", "rax", "eax"), b"\x0f\x01\xdb"),
+    "stgi": (("",), b"\x0f\x01\xdc"),
+    "clgi": (("",), b"\x0f\x01\xdd"),
+    "skinit": (("", "eax"), b"\x0f\x01\xde"),
+    "invlpga": (("", "rax,ecx", "eax,ecx"), b"\x0f\x01\xdf"),
+    "iret": (("",), b"\xcf"),
+    "iretd": (("",), b"\xcf"),
+    "sysret": (("",), b"\x0f\x07"),
+    "sysretl": (("",), b"\x0f\x07"),
+    "sysretd": (("",), b"\x0f\x07"),
+    "sysretq": (("",), b"\x48\x0f\x07"),
+    "lretq": (("",), b"\x48\xcb"),
+}
+
+_DATA_SIZES = {".byte": 1, ".word": 2, ".short": 2, ".2byte": 2, ".value": 2, ".long": 4,
+               ".int": 4, ".4byte": 4, ".quad": 8, ".8byte": 8}
+_ZERO_FILL = {".space", ".skip", ".zero", ".fill"}
+_ALIGN = {".align", ".balign", ".p2align"}
+_PASS_DIRECTIVES = (set(_DATA_SIZES) | _ZERO_FILL | _ALIGN
+                    | {".ascii", ".asciz", ".string", ".equ", ".set", ".globl", ".global"})
+_REFUSED_DIRECTIVES = {
+    ".org": "keystone cannot assemble .org; use .space or .align",
+    ".section": "there are no sections; use .bss / .text",
+    ".data": "there are no sections; use .bss / .text",
+    ".code16": "16-bit code is not supported",
+    ".incbin": ".incbin is not supported",
+    ".att_syntax": "sources are Intel syntax",
+}
+
+_KS_MESSAGES = {
+    "KS_ERR_ASM_MNEMONICFAIL": "unknown instruction or wrong operands for it",
+    "KS_ERR_ASM_INVALIDOPERAND": "invalid operand",
+    "KS_ERR_ASM_SYMBOL_REDEFINED": "symbol defined twice",
+    "KS_ERR_ASM_DIRECTIVE_VALUE_RANGE": "value out of range",
+    "KS_ERR_ASM_EXPR_TOKEN": "unexpected token in expression",
+    "KS_ERR_ASM_FIXUP_INVALID": "target out of reach",
+}
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a statement came from, for error messages: the line the user wrote, plus the
+    macro definitions it went through (innermost last)."""
+
+    path: str
+    line: int
+    via: tuple[str, ...] = ()
+
+    def error(self, message: str) -> AsmError:
+        if self.via:
+            message = f"{message} (in {', '.join(self.via)})"
+        return AsmError(self.path, self.line, message)
+
+
+@dataclass
+class _Stmt:
+    text: str
+    origin: Origin
+    labels: list[str] = field(default_factory=list)
+    body: str = ""
+    mode: int = 64
+    kind: str = "insn"  # insn | data | other | fixed
+    shown: str = ""     # the statement as written (body is rewritten), for messages
+    fixup: str = ""     # "strip66" for 32-bit descriptor-table instructions
+
+
+@dataclass
+class Assembly:
+    """An assembled image, with what a debugger or tracer wants to know about it."""
+
+    image: bytes
+    base: int
+    bss_end: int
+    symbols: dict[str, int]
+    lines: list[tuple[int, int, Origin]]  # (address, size, origin) per statement, in address order
+
+
+@dataclass
+class _Macro:
+    name: str
+    params: list[tuple[str, str | None]]
+    body: list[tuple[str, Origin]]
+    origin: Origin
+
+
+# ---------------------------------------------------------------------------------------------
+# Lexical helpers
+
+
+def _strip_comment(line: str, origin: Origin) -> str:
+    """Remove a trailing comment, respecting string and character literals (which may contain
+    '#' or ';'), and refuse unterminated literals: keystone hangs on them."""
+    quote = ""
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if quote:
+            if c == "\\":
+                i += 2
+                continue
+            if c == quote:
+                quote = ""
+        elif c in "\"'":
+            quote = c
+        elif c in "#;":
+            return line[:i].rstrip()
+        i += 1
+    if quote:
+        raise origin.error("unterminated string or character literal")
+    return line.rstrip()
+
+
+def _split_args(text: str) -> list[str]:
+    """Split on top-level commas (not inside brackets, parentheses or quotes)."""
+    parts: list[str] = []
+    depth = 0
+    quote = ""
+    cur = ""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            cur += c
+            if c == "\\" and i + 1 < len(text):
+                cur += text[i + 1]
+                i += 2
+                continue
+            if c == quote:
+                quote = ""
+        elif c in "\"'":
+            quote = c
+            cur += c
+        elif c in "[(":
+            depth += 1
+            cur += c
+        elif c in "])":
+            depth -= 1
+            cur += c
+        elif c == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    parts.append(cur.strip())
+    return parts
+
+
+def _outside_strings(text: str) -> str:
+    """The text with string/char literal contents blanked, for syntax checks on the rest."""
+    return re.sub(r"\"(\\.|[^\"\\])*\"|'(\\.|[^'\\])*'", lambda m: '""', text)
+
+
+def _eval_int(expr: str, consts: dict[str, int] | None = None) -> int | None:
+    """Value of an expression made of integer literals, arithmetic and constants already
+    defined by ``.equ``/``=`` with such values; None when it needs labels (only keystone knows
+    those)."""
+    e = expr.strip()
+    if consts:
+        e = re.sub(rf"(?<![\w.$])({_IDENT})(?![\w.$])",
+                   lambda m: f"({consts[m.group(1)]})" if m.group(1) in consts else m.group(1), e)
+    if not e or not re.fullmatch(r"[\s0-9A-Fa-fxXbBhH+\-*/%()<>|&^~]*", e):
+        return None
+    e = _NUM_RE.sub(lambda m: str(_parse_num(m.group(1))), e).replace("/", "//")
+    if re.search(r"[A-Za-z]", e):
+        return None
+    try:
+        value = eval(e, {"__builtins__": {}}, {})  # noqa: S307 - only digits and operators remain
+    except Exception:  # noqa: BLE001 - any malformed arithmetic simply is "not a constant"
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _parse_num(tok: str) -> int:
+    t = tok.lower()
+    if t.startswith("0x"):
+        return int(t[2:], 16)
+    if t.startswith("0b"):
+        return int(t[2:], 2)
+    if t.endswith("h"):
+        return int(t[:-1], 16)
+    return int(t, 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 1: includes, macros, repeats -> a flat list of (text, origin)
+
+
+class _Expander:
+    def __init__(self, include_dirs: list[Path]) -> None:
+        self.include_dirs = include_dirs
+        self.macros: dict[str, _Macro] = {}
+        self.counter = 0
+        self.out: list[tuple[str, Origin]] = []
+        self.included: set[Path] = set()
+        self.stack: list[Path] = []
+
+    def read_file(self, path: Path, display: str, origin: Origin | None, depth: int) -> None:
+        """Include-once: a file already read is skipped, so library files can include what
+        they need without guards; a file including itself (directly or not) is an error."""
+        key = path.resolve()
+        if key in self.stack:
+            raise (origin or Origin(display, 0)).error(f"{display} includes itself")
+        if key in self.included:
+            return
+        if depth > _MAX_INCLUDE_DEPTH:
+            raise (origin or Origin(display, 0)).error("includes nested too deeply")
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            if origin is None:
+                raise AsmError(display, 0, f"cannot read file: {e.strerror or e}") from None
+            raise origin.error(f"cannot read include file {display}: {e.strerror or e}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise AsmError(display, line, "not UTF-8 text") from None
+        lines = [(_strip_comment(l, Origin(display, n)), Origin(display, n))
+                 for n, l in enumerate(text.splitlines(), 1)]
+        self.included.add(key)
+        self.stack.append(key)
+        self.expand(lines, path.parent, depth, 0)
+        self.stack.pop()
+
+    def find_include(self, name: str, here: Path) -> Path | None:
+        for d in [here, *self.include_dirs]:
+            p = d / name
+            if p.is_file():
+                return p
+        return None
+
+    def expand(self, lines: list[tuple[str, Origin]], here: Path, depth: int, mdepth: int) -> None:
+        i = 0
+        while i < len(lines):
+            text, origin = lines[i]
+            i += 1
+            stripped = text.strip()
+            if not stripped:
+                continue
+            word = stripped.split(None, 1)[0].lower()
+            rest = stripped[len(word):].strip()
+            if word == ".include":
+                m = re.fullmatch(r'"([^"]+)"', rest)
+                if not m:
+                    raise origin.error('.include needs a quoted file name: .include "file"')
+                p = self.find_include(m.group(1), here)
+                if p is None:
+                    raise origin.error(f"include file not found: {m.group(1)}")
+                self.read_file(p, str(p), origin, depth + 1)
+            elif word == ".macro":
+                body, i = self._collect(lines, i, origin, ".macro", ".endm")
+                self._define(rest, body, origin)
+            elif word in (".endm", ".endr"):
+                raise origin.error(f"{word} without a matching opening directive")
+            elif word == ".rept":
+                body, i = self._collect(lines, i, origin, ".rept", ".endr")
+                n = _eval_int(rest)
+                if n is None or not 0 <= n <= _MAX_REPEAT:
+                    raise origin.error(f".rept count must be a number from 0 to {_MAX_REPEAT}")
+                for _ in range(n):
+                    self.expand(body, here, depth, mdepth)
+            else:
+                label_end = 0
+                while m := _LABEL_RE.match(stripped, label_end):
+                    label_end = m.end()
+                after = stripped[label_end:].strip()
+                name = after.split(None, 1)[0] if after else ""
+                if name in self.macros:
+                    if label_end:
+                        self.out.append((stripped[:label_end], origin))
+                    self._invoke(self.macros[name], after[len(name):].strip(), origin, here,
+                                 depth, mdepth)
+                else:
+                    self.out.append((stripped, origin))
+
+    def _collect(self, lines: list[tuple[str, Origin]], i: int, origin: Origin, opener: str,
+                 closer: str) -> tuple[list[tuple[str, Origin]], int]:
+        """Body lines up to the matching closer (nested openers of the same kind count)."""
+        level = 1
+        body = []
+        while i < len(lines):
+            text, o = lines[i]
+            i += 1
+            w = text.strip().split(None, 1)[0].lower() if text.strip() else ""
+            if w == opener:
+                level += 1
+            elif w == closer:
+                level -= 1
+                if level == 0:
+                    return body, i
+            body.append((text, o))
+        raise origin.error(f"{opener} without {closer}")
+
+    def _define(self, spec: str, body: list[tuple[str, Origin]], origin: Origin) -> None:
+        m = re.match(rf"({_IDENT})\s*(.*)$", spec)
+        if not m:
+            raise origin.error(".macro needs a name")
+        name, params_text = m.group(1), m.group(2).strip()
+        params: list[tuple[str, str | None]] = []
+        if params_text:
+            for p in re.split(r"\s*,\s*|\s+(?=[A-Za-z_])", params_text):
+                pm = re.fullmatch(r"([A-Za-z_]\w*)(?:\s*=\s*(.*))?", p.strip())
+                if not pm:
+                    raise origin.error(f"bad macro parameter '{p.strip()}'")
+                params.append((pm.group(1), pm.group(2)))
+        if name in self.macros:
+            raise origin.error(f"macro '{name}' already defined at "
+                               f"{self.macros[name].origin.path}:{self.macros[name].origin.line}")
+        self.macros[name] = _Macro(name, params, body, origin)
+
+    def _invoke(self, macro: _Macro, args_text: str, origin: Origin, here: Path, depth: int,
+                mdepth: int) -> None:
+        if mdepth >= _MAX_MACRO_DEPTH:
+            raise origin.error(f"macro '{macro.name}' expands itself too deeply")
+        args = _split_args(args_text) if args_text else []
+        if len(args) > len(macro.params):
+            raise origin.error(f"macro '{macro.name}' takes {len(macro.params)} arguments, "
+                               f"got {len(args)}")
+        values: dict[str, str] = {}
+        for k, (pname, default) in enumerate(macro.params):
+            v = args[k] if k < len(args) and args[k] != "" else default
+            if v is None:
+                raise origin.error(f"macro '{macro.name}': missing argument '{pname}'")
+            values[pname] = v
+        self.counter += 1
+        unique = str(self.counter)
+
+        def subst(m: re.Match[str]) -> str:
+            key = m.group(1)
+            if key == "@":
+                return unique
+            if key == "()":
+                return ""
+            return values.get(key, m.group(0))
+
+        body = []
+        for text, o in macro.body:
+            new = re.sub(r"\\(@|\(\)|[A-Za-z_]\w*)", subst, text)
+            # Errors point at the invocation the user wrote; the macro line is added as context.
+            inner = Origin(origin.path, origin.line,
+                           origin.via + (f"macro {macro.name} at {o.path}:{o.line}",))
+            body.append((new, inner))
+        self.expand(body, here, depth, mdepth + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 2: classify, rewrite, guard
+
+
+def _classify(exp: list[tuple[str, Origin]]) -> tuple[list[_Stmt], list[_Stmt]]:
+    """Split into text and bss statements, tracking the mode, rewriting what keystone gets wrong
+    and refusing what makes it hang or crash."""
+    text: list[_Stmt] = []
+    bss: list[_Stmt] = []
+    mode = 64
+    section = text
+    seen: dict[str, Origin] = {}
+    consts: dict[str, int] = {}
+    for line, origin in exp:
+        pos = 0
+        labels = []
+        while m := _LABEL_RE.match(line, pos):
+            labels.append(m.group(1))
+            pos = m.end()
+        body = line[pos:].strip()
+        for lab in labels:
+            if lab.startswith(_INTERNAL_PREFIX) or lab in ("__bss_start", "__bss_end",
+                                                          "__image_start"):
+                raise origin.error(f"label name '{lab}' is reserved by the assembler")
+            if lab in seen:
+                o = seen[lab]
+                raise origin.error(f"label '{lab}' already defined at {o.path}:{o.line}")
+            seen[lab] = origin
+        if re.match(r"\d+\s*:", body):
+            raise origin.error("numeric labels (1:) are not supported by keystone; use .Lname:")
+        if body.startswith(":"):
+            raise origin.error("label without a name")
+        word = body.split(None, 1)[0].lower() if body else ""
+        rest = body[len(word):].strip()
+        st = _Stmt(line, origin, labels, body, mode, shown=body)
+        if word in (".code32", ".code64"):
+            if rest:
+                raise origin.error(f"{word} takes no operand")
+            mode = 32 if word == ".code32" else 64
+            st.kind = "other"
+            section.append(st)
+            continue
+        if word in (".bss", ".text"):
+            if labels:
+                raise origin.error(f"a label cannot be on a {word} line")
+            section = bss if word == ".bss" else text
+            continue
+        _guard_syntax(body, origin)
+        assign = re.fullmatch(rf"({_IDENT})\s*=\s*(.+)", body)
+        if word in (".equ", ".set"):
+            assign = re.fullmatch(rf"({_IDENT})\s*,\s*(.+)", rest)
+            if not assign:
+                raise origin.error(f"{word} needs NAME, VALUE")
+        if assign:
+            value = _eval_int(assign.group(2), consts)
+            if value is not None:
+                consts[assign.group(1)] = value
+            else:
+                consts.pop(assign.group(1), None)
+            st.kind = "other"
+        elif word.startswith("."):
+            _check_directive(word, rest, origin, section is bss, consts)
+            st.kind = "data" if word in _DATA_SIZES else "other"
+        elif word:
+            if section is bss:
+                raise origin.error("instructions cannot go in .bss")
+            _rewrite_insn(st, word, rest)
+        else:
+            st.kind = "other"
+        section.append(st)
+    return text, bss
+
+
+def _guard_syntax(body: str, origin: Origin) -> None:
+    code = _outside_strings(body)
+    for o, c in ("[]", "()"):
+        depth = 0
+        for ch in code:
+            depth += (ch == o) - (ch == c)
+            if depth < 0:
+                break
+        if depth != 0:
+            raise origin.error(f"unbalanced '{o}{c}'")
+    for m in _NUM_RE.finditer(code):
+        try:
+            v = _parse_num(m.group(1))
+        except ValueError:
+            continue
+        if v >= 1 << 64:
+            raise origin.error(f"number {m.group(1)} does not fit in 64 bits")
+
+
+def _check_directive(word: str, rest: str, origin: Origin, in_bss: bool,
+                     consts: dict[str, int]) -> None:
+    if word in _REFUSED_DIRECTIVES:
+        raise origin.error(f"{word}: {_REFUSED_DIRECTIVES[word]}")
+    if word not in _PASS_DIRECTIVES:
+        raise origin.error(f"unsupported directive {word}")
+    args = _split_args(rest) if rest else []
+    if word in _DATA_SIZES and any(a == "" for a in args):
+        raise origin.error(f"{word}: empty value in list")
+    if word in _ALIGN:
+        n = _eval_int(args[0], consts) if args else None
+        if word == ".p2align":
+            ok = n is not None and 0 <= n <= 21
+        else:
+            ok = n is not None and 0 < n <= _MAX_ALIGN and n & (n - 1) == 0
+        if not ok:
+            raise origin.error(f"{word} needs a constant power of two up to {_MAX_ALIGN:#x}"
+                               if word != ".p2align" else ".p2align needs a constant 0..21")
+        if len(args) > 1:
+            raise origin.error(f"keystone 0.9.2 misplaces {word} padding given a fill value; "
+                               f"write {word} {args[0]}")
+    if word in _ZERO_FILL:
+        n = _eval_int(args[0], consts) if args else None
+        if n is None or not 0 <= n <= _MAX_FILL:
+            raise origin.error(f"{word} needs a constant size from 0 to {_MAX_FILL:#x}")
+        if word == ".fill" and len(args) > 1:
+            size = _eval_int(args[1], consts)
+            if size is None or size not in (1, 2, 4, 8):
+                raise origin.error(".fill size must be 1, 2, 4 or 8")
+    if in_bss and (word not in _ZERO_FILL | _ALIGN | {".equ", ".set", ".globl", ".global"}
+                   or word in _ZERO_FILL and len(args) > 1):
+        raise origin.error(f"{word} {rest} cannot go in .bss (only labels, .space N, .align N)")
+
+
+def _rewrite_insn(st: _Stmt, word: str, rest: str) -> None:
+    ops = re.sub(r"\s+", "", rest.lower())
+    if word in _FIXED_BYTES:
+        allowed, code = _FIXED_BYTES[word]
+        if ops not in allowed:
+            raise st.origin.error(f"{word} takes no explicit operands other than "
+                                  f"{' or '.join(a for a in allowed if a) or 'none'}")
+        if word == "lretq" and st.mode == 32:
+            raise st.origin.error("lretq does not exist in 32-bit code")
+        st.body = ".byte " + ",".join(f"{b:#04x}" for b in code)
+        st.kind = "fixed"
+        return
+    if "[" not in rest and (word == "ljmp" or word == "jmp" and ":" in rest):
+        m = re.fullmatch(r"\s*([^:,]+?)\s*[:,]\s*(.+?)\s*", rest)
+        if not m:
+            raise st.origin.error("far jump syntax: ljmp SELECTOR:TARGET")
+        if st.mode == 64:
+            raise st.origin.error("a direct far jump does not exist in 64-bit code; "
+                                  "push the selector and target and use retfq")
+        st.body = f".byte 0xea\n.long {m.group(2)}\n.word {m.group(1)}"
+        st.kind = "fixed"
+        return
+    if st.mode == 32 and word in ("lgdt", "lidt", "sgdt", "sidt"):
+        st.fixup = "strip66"
+
+
+# ---------------------------------------------------------------------------------------------
+# Keystone
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """keystone's LLVM core prints its own diagnostics on fd 2; the user gets ours instead."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _ks_asm(source: str) -> bytes:
+    """Assemble at IMAGE_BASE; raises keystone.KsError.
+
+    Never with a symbol resolver: once any keystone instance in the process has had one,
+    later assemblies lay out ``.align`` wrongly (measured on 0.9.2), so undefined symbols are
+    diagnosed without it (_locate_error)."""
+    from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+
+    ks = Ks(KS_ARCH_X86, KS_MODE_64)
+    with _quiet_stderr():
+        encoding, _ = ks.asm(source.encode("utf-8"), IMAGE_BASE)
+    return bytes(encoding or [])
+
+
+def _ks_message(err: Exception) -> str:
+    text = str(err)
+    for key, msg in _KS_MESSAGES.items():
+        if key in text:
+            return msg
+    return text.split(" (KS_ERR")[0].strip().lower() or "does not assemble"
+
+
+def _render(stmts: list[_Stmt], with_labels: bool) -> str:
+    out = []
+    for i, st in enumerate(stmts):
+        if with_labels:
+            out.append(f"{_INTERNAL_PREFIX}L{i}:")
+        out.extend(f"{lab}:" for lab in st.labels)
+        out.append(st.body)
+    return "\n".join(out)
+
+
+_REGISTER = re.compile(
+    r"(?i)([re]?[abcd]x|[abcd][lh]|[re]?(si|di|sp|bp|ip)|[sd]il|[sb]pl|r\d+[dwb]?|[c-gs]s|"
+    r"cr\d|dr\d|[xy]mm\d+|st|ptr|byte|word|dword|qword|fword|tbyte|xmmword|offset|rel|abs)")
+
+
+def _try_prefix(stmts: list[_Stmt], n: int, defined: set[str], extra: tuple[str, ...] = ()
+                ) -> Exception | None:
+    """Assemble the first n statements, with every label the whole source defines later
+    stubbed as a constant, so a forward reference is not mistaken for the error."""
+    seen = {lab for st in stmts[:n] for lab in st.labels}
+    stubs = [f"{name} = {IMAGE_BASE:#x}" for name in sorted((defined - seen) | set(extra))]
+    try:
+        _ks_asm(_render(stmts[:n], False) + "\n" + "\n".join(stubs))
+    except Exception as e:  # noqa: BLE001 - any keystone failure marks the prefix bad
+        return e
+    return None
+
+
+def _locate_error(stmts: list[_Stmt], err: Exception) -> AsmError:
+    """keystone names no line: find the first statement whose prefix fails (bisection)."""
+    if not stmts:
+        return AsmError("<source>", 0, _ks_message(err))
+    defined = {lab for st in stmts for lab in st.labels}
+    consts: set[str] = set()
+    for st in stmts:
+        m = re.match(rf"(?:\.equ|\.set)\s+({_IDENT})|({_IDENT})\s*=", st.body)
+        if m:
+            consts.add(m.group(1) or m.group(2))
+    lo, hi = 1, len(stmts)
+    found: tuple[int, Exception] | None = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        e = _try_prefix(stmts, mid, defined)
+        if e is not None:
+            found = (mid, e)
+            hi = mid - 1
+        else:
+            lo = mid + 1
+    if found is None:
+        return stmts[-1].origin.error(_ks_message(err))
+    n, e = found
+    st = stmts[n - 1]
+    if "SYMBOL_MISSING" in str(e):
+        tokens = re.findall(rf"(?<![\w.$]){_IDENT}(?![\w.$])", _outside_strings(st.body))
+        for tok in dict.fromkeys(tokens[1:] if st.kind == "insn" else tokens):
+            if tok in defined or tok in consts or _REGISTER.fullmatch(tok):
+                continue
+            if _try_prefix(stmts, n, defined, (tok,)) is None:
+                return st.origin.error(f"undefined symbol '{tok}'")
+        return st.origin.error(f"undefined symbol in: {st.shown}")
+    msg = _ks_message(e)
+    if ">>" in st.body or "<<" in st.body:
+        msg += (" (keystone 0.9.2 rejects a shift inside parentheses and any shift of a label "
+                "in an instruction operand)")
+    return st.origin.error(f"{msg}: {st.shown}")
+
+
+def _check_statement(st: _Stmt, addr: int, data: bytes) -> None:
+    """Catch keystone's silent mis-encodings, statement by statement."""
+    if st.kind == "data":
+        word = st.body.split(None, 1)[0].lower()
+        rest = st.body[len(word):].strip()
+        want = _DATA_SIZES[word] * (len(_split_args(rest)) if rest else 0)
+        if len(data) != want:
+            raise st.origin.error(f"{word}: a value does not fit in {_DATA_SIZES[word]} byte(s)")
+        return
+    if st.kind != "insn":
+        return
+    from capstone import CS_ARCH_X86, CS_MODE_32, CS_MODE_64, Cs
+    from capstone.x86 import X86_OP_MEM, X86_REG_INVALID, X86_REG_RIP
+
+    cs = Cs(CS_ARCH_X86, CS_MODE_64 if st.mode == 64 else CS_MODE_32)
+    cs.detail = True
+    insns = list(cs.disasm(data, addr))
+    if not data or sum(i.size for i in insns) != len(data):
+        raise st.origin.error(f"keystone produced no valid encoding for: {st.shown}")
+    if st.mode != 64:
+        return
+    for insn in insns:
+        for op in insn.operands:
+            if op.type != X86_OP_MEM:
+                continue
+            mem = op.mem
+            if mem.base == X86_REG_RIP and "rip" not in st.body.lower():
+                raise st.origin.error(
+                    "keystone 0.9.2 encodes an absolute numeric address as RIP-relative in "
+                    "64-bit code; load the address into a register and use it as the base "
+                    f"(e.g. mov rbx, ADDR / [rbx]): {st.shown}")
+            if (mem.base == X86_REG_INVALID and mem.index == X86_REG_INVALID and mem.disp < 0
+                    and insn.bytes[0] not in (0xA0, 0xA1, 0xA2, 0xA3)):
+                raise st.origin.error(
+                    "this absolute address is at or above 2 GiB and would be sign-extended; "
+                    f"load it into a register and use it as the base: {st.shown}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def assemble_text(source: str, path: str = "<string>", include_dirs: list[str] | None = None
+                  ) -> Assembly:
+    """Assemble source text as if read from ``path`` (includes resolve relative to its folder)."""
+    dirs = [Path(d) for d in include_dirs] if include_dirs is not None else [GUESTS_DIR]
+    exp = _Expander(dirs)
+    lines = [(_strip_comment(l, Origin(path, n)), Origin(path, n))
+             for n, l in enumerate(source.splitlines(), 1)]
+    exp.expand(lines, Path(path).parent, 0, 0)
+    return _assemble(exp.out)
+
+
+def assemble(path: str, include_dirs: list[str] | None = None) -> Assembly:
+    """Assemble a source file into an image plus symbols and a line table."""
+    dirs = [Path(d) for d in include_dirs] if include_dirs is not None else [GUESTS_DIR]
+    exp = _Expander(dirs)
+    exp.read_file(Path(path), path, None, 0)
+    return _assemble(exp.out)
+
+
+def assemble_source(path: str) -> bytes:
+    """The flat multiboot image (a.out kludge, loaded at 1 MiB) that QEMU and svmemu boot."""
+    return assemble(path).image
+
+
+def _rename_dot_labels(stmts: list[_Stmt]) -> dict[str, str]:
+    """keystone 0.9.2 rejects a label starting with '.' inside [...] ("invalid operand"), so
+    every such label is renamed, in definitions and uses (outside strings)."""
+    names = {lab for st in stmts for lab in st.labels if lab.startswith(".")}
+    if not names:
+        return {}
+    rename = {n: f"{_INTERNAL_PREFIX}dot_{n[1:]}" for n in names}
+    token = re.compile(r"(?<![\w.$])\.[A-Za-z_$][\w.$]*")
+    literal = re.compile(r"\"(\\.|[^\"\\])*\"|'(\\.|[^'\\])*'")
+    for st in stmts:
+        st.labels = [rename.get(lab, lab) for lab in st.labels]
+        if "." in st.body:
+            parts = []
+            pos = 0
+            for m in literal.finditer(st.body):
+                parts.append(token.sub(lambda t: rename.get(t.group(0), t.group(0)),
+                                       st.body[pos:m.start()]))
+                parts.append(m.group(0))
+                pos = m.end()
+            parts.append(token.sub(lambda t: rename.get(t.group(0), t.group(0)), st.body[pos:]))
+            st.body = "".join(parts)
+    return {v: k for k, v in rename.items()}
+
+
+def _assemble(exp: list[tuple[str, Origin]]) -> Assembly:
+    text, bss = _classify(exp)
+    original = _rename_dot_labels(text + bss)
+    bss_first = len(text)
+    marker = Origin("<assembler>", 0)
+    stmts = text + [_Stmt("", marker, ["__bss_start"], kind="other")] + bss + [
+        _Stmt("", marker, ["__bss_end"], kind="other")]
+    # In case the bss ends in 32-bit mode, the table's .quad are mode independent.
+    source = (f"__image_start = {IMAGE_BASE:#x}\n" + _render(stmts, True) + "\n"
+              + f"{_INTERNAL_PREFIX}end:\n"
+              + "\n".join(f".quad {_INTERNAL_PREFIX}L{i}" for i in range(len(stmts)))
+              + f"\n.quad {_INTERNAL_PREFIX}end\n")
+    try:
+        out = _ks_asm(source)
+    except Exception as e:  # noqa: BLE001 - keystone raises KsError; all become AsmError
+        raise _locate_error(stmts, e) from None
+    n = len(stmts) + 1
+    if len(out) < 8 * n:
+        raise AsmError("<assembler>", 0, "internal error: line table missing from output")
+    table = [int.from_bytes(out[len(out) - 8 * n + 8 * k: len(out) - 8 * n + 8 * k + 8], "little")
+             for k in range(n)]
+    addrs = table
+    body = bytearray(out[: len(out) - 8 * n])
+    if len(body) != table[-1] - IMAGE_BASE or any(
+            not IMAGE_BASE <= a <= table[-1] for a in addrs):
+        raise AsmError("<assembler>", 0, "internal error: inconsistent line table")
+    symbols: dict[str, int] = {}
+    line_table: list[tuple[int, int, Origin]] = []
+    for k, st in enumerate(stmts):
+        start, end = addrs[k], addrs[k + 1]
+        chunk = bytes(body[start - IMAGE_BASE: end - IMAGE_BASE])
+        for lab in st.labels:
+            symbols[original.get(lab, lab)] = start
+        if st.fixup == "strip66" and chunk[:1] == b"\x66":
+            chunk = chunk[1:] + b"\x90"
+            body[start - IMAGE_BASE: end - IMAGE_BASE] = chunk
+        if st.origin.path != "<assembler>":
+            _check_statement(st, start, chunk)
+            line_table.append((start, end - start, st.origin))
+    bss_start = addrs[bss_first]
+    bss_end = addrs[len(stmts) - 1]
+    symbols.update(__image_start=IMAGE_BASE, __bss_start=bss_start, __bss_end=bss_end)
+    return Assembly(bytes(body[: bss_start - IMAGE_BASE]), IMAGE_BASE, bss_end, symbols, line_table)
