@@ -97,20 +97,10 @@ def _load_image_bytes(path: str) -> tuple[bytes, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .loader.multiboot import parse_image
-    from .trace import Tracer, parse_categories
     from svm_ext.extension import SvmExtension
 
     data, name = _load_image_bytes(args.image)
-    tracer = None
-    if args.trace:
-        cats = parse_categories(args.trace)
-        try:
-            out = open(args.trace_file, "w") if args.trace_file else sys.stderr
-        except OSError as e:
-            raise OptionError(f"cannot open trace file {args.trace_file}: {e.strerror}")
-        tracer = Tracer(cats, out)
-    elif args.trace_file:
-        raise OptionError("--trace-file needs --trace")
+    tracer = _open_tracer(args)
     machine = Machine(args.memory, stdout=sys.stdout.buffer, tracer=tracer,
                       extensions=[SvmExtension(pat_model=args.pat_model)])
     image = parse_image(data, name, args.memory)

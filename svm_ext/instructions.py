@@ -55,12 +55,17 @@ def vmcb_operand(ext: "SvmExtension") -> int | None:
     return pa
 
 
-def vmload(ext: "SvmExtension", code: int) -> None:
+def _operand_save_area(ext: "SvmExtension"):
+    """The save area of the VMCB that rAX names, or None when the operand check raised."""
     pa = vmcb_operand(ext)
-    if pa is None:
+    return None if pa is None else Vmcb(ext.machine.mem.view, pa).save
+
+
+def vmload(ext: "SvmExtension", code: int) -> None:
+    save = _operand_save_area(ext)
+    if save is None:
         return
     m = ext.machine
-    save = Vmcb(m.mem.view, pa).save
     ctx = m.ctx.save()
     for name, index in _SEG_FIELDS:
         ctx.set_seg(index, Segment.from_vmcb(*getattr(save, name)))
@@ -71,11 +76,10 @@ def vmload(ext: "SvmExtension", code: int) -> None:
 
 
 def vmsave(ext: "SvmExtension", code: int) -> None:
-    pa = vmcb_operand(ext)
-    if pa is None:
+    save = _operand_save_area(ext)
+    if save is None:
         return
     m = ext.machine
-    save = Vmcb(m.mem.view, pa).save
     ctx = m.ctx.save()
     for name, index in _SEG_FIELDS:
         seg = ctx.seg(index)

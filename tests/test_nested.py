@@ -145,3 +145,48 @@ def test_hlt_intercept():
     img = nested_image(ONCE, "hlt", vmcb12(misc1=INTERCEPT_HLT))
     m, ext, res, vm = run(img)
     assert vm.exitcode == VMEXIT_HLT and vm.nrip == L2_CODE + 1
+
+
+def test_vmload_then_vmsave_moves_fs_and_syscall_msrs():
+    # L1: VMLOAD from vmcb12 (prepared with FS.base and LSTAR), read them back through the CPU,
+    # then VMSAVE into a second page.
+    l1 = """
+        mov rax, rdi
+        vmload
+        mov ecx, 0xC0000100
+        rdmsr
+        shl rdx, 32
+        or rax, rdx
+        mov r14, rax
+        mov ecx, 0xC0000082
+        rdmsr
+        shl rdx, 32
+        or rax, rdx
+        mov r15, rax
+        mov rax, 0x410000
+        vmsave
+    """ + EXIT_PASS
+    vm = vmcb12(fs=(0x10, 0xC93, 0xFFFFFFFF, 0x12345000), lstar=0xFFFFFFFF81000000,
+                star=0x0023001000000000)
+    m, ext, res, _ = run(nested_image(l1, "vmmcall", vm))
+    assert res.reason == "exit", res
+    assert reg(m, UC_X86_REG_R14) == 0x12345000
+    assert reg(m, UC_X86_REG_R15) == 0xFFFFFFFF81000000
+    saved = Vmcb(m.mem.view, 0x410000).save
+    assert saved.fs.base == 0x12345000 and saved.fs.selector == 0x10
+    assert saved.lstar == 0xFFFFFFFF81000000 and saved.star == 0x0023001000000000
+
+
+def test_vmload_with_misaligned_rax_is_gp():
+    l1 = "lea rax, [rdi + 8]\n vmload\n mov r15, 0xBAD\n" + EXIT_PASS
+    m, ext, res, _ = run(nested_image(l1, "vmmcall", vmcb12(), idt={13: gate64(handler(0))},
+                                      handlers=["mov r14, [rsp]\n" + EXIT_PASS]))
+    assert res.reason == "exit"
+    assert reg(m, UC_X86_REG_R15) != 0xBAD and reg(m, UC_X86_REG_R14) == 0
+
+
+def test_stgi_clgi_set_gif():
+    m, ext, res, _ = run(nested_image("clgi\n" + EXIT_PASS, "vmmcall", vmcb12()))
+    assert not ext.state.gif
+    m, ext, res, _ = run(nested_image("clgi\n stgi\n" + EXIT_PASS, "vmmcall", vmcb12()))
+    assert ext.state.gif
