@@ -85,10 +85,14 @@ class SvmExtension(Extension, ExitRouter):
     def level(self) -> str:
         return "L2" if self.state.in_l2 else "L1"
 
-    def trace(self, text: str) -> None:
+    def tracing(self) -> bool:
         t = self.machine.tracer
-        if t is not None and t.on("exits"):
-            t.line("exits", self.machine.where(), text)
+        return t is not None and t.on("exits")
+
+    def trace(self, text: str, where: str | None = None) -> None:
+        """One `exits` trace line; `where` is the location captured before a world switch."""
+        if self.tracing():
+            self.machine.tracer.line("exits", where or self.machine.where(), text)
 
     @staticmethod
     def exit_name(code: int) -> str:

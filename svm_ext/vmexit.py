@@ -35,6 +35,7 @@ _QQ = struct.Struct("<Q")
 def vmexit(ext: "SvmExtension", exitcode: int, info1: int = 0, info2: int = 0,
            intinfo: int = 0, nrip: int = 0) -> None:
     m, st = ext.machine, ext.state
+    where = m.where() if ext.tracing() else None
     ctx = m.ctx.save()
     vm = Vmcb(m.mem.view, st.vmcb12_pa)
     # Step 1
@@ -51,7 +52,8 @@ def vmexit(ext: "SvmExtension", exitcode: int, info1: int = 0, info2: int = 0,
     st.stats["vmexit"] += 1
     m.tsc_offset = 0
     ext.trace(f"#VMEXIT {ext.exit_name(exitcode)} info1 {info1:#x} info2 {info2:#x}"
-              + (f" intinfo {intinfo:#x}" if intinfo else "") + f" -> L1 rip {st.l1_next_rip:#x}")
+              + (f" intinfo {intinfo:#x}" if intinfo else "") + f" -> L1 rip {st.l1_next_rip:#x}",
+              where)
     m.world_changed("L2", "L1")
 
 
@@ -111,7 +113,7 @@ def restore_host(ext: "SvmExtension", ctx: Context) -> None:
     flush_tlb(uc)
 
 
-def fail_vmrun(ext: "SvmExtension", rule: str) -> None:
+def fail_vmrun(ext: "SvmExtension", rule: str, where: str | None = None) -> None:
     """Consistency checks failed: #VMEXIT with VMEXIT_INVALID before any L2 instruction, so L1
     simply continues after its VMRUN with EXITCODE = -1 in vmcb12."""
     m, st = ext.machine, ext.state
@@ -124,5 +126,5 @@ def fail_vmrun(ext: "SvmExtension", rule: str) -> None:
     st.stats["vmexit"] += 1
     m.uc.reg_write(UC_X86_REG_RIP, st.l1_next_rip)
     ext.trace(f"vmrun vmcb12 {st.vmcb12_pa:#x} failed its consistency checks: {rule} "
-              "-> VMEXIT_INVALID")
+              "-> VMEXIT_INVALID", where)
     ext.last_invalid_reason = rule

@@ -46,6 +46,7 @@ _CRDR = struct.Struct("<HHHH")
 
 def vmrun(ext: "SvmExtension", code: int = 0) -> None:
     m = ext.machine
+    where = m.where() if ext.tracing() else None
     ctx = m.ctx.save()
     # Step 1
     pa = check_instruction(ext, ctx.mode_bits())
@@ -59,7 +60,7 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
     failure = checks.run_checks(cache, ext.caps, host_cr0=ctx.cr(0),
                                 check_g_pat=ext.pat.checks_g_pat)
     if failure is not None:
-        vmexit.fail_vmrun(ext, failure)
+        vmexit.fail_vmrun(ext, failure, where)
         return
     # Step 5
     load_guest(ext, cache)
@@ -74,7 +75,7 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
     ext.pat.on_vmrun(ext, cache)
     m.tsc_offset = cache.tsc_offset
     ext.trace(f"vmrun vmcb12 {pa:#x} -> L2 rip {cache.rip:#x}"
-              + (" (nested paging)" if checks.nested_paging_enabled(cache, ext.caps) else ""))
+              + (" (nested paging)" if checks.nested_paging_enabled(cache, ext.caps) else ""), where)
     m.world_changed("L1", "L2")
     # Step 7
     if cache.eventinj & EVENTINJ_V:

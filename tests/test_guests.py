@@ -64,3 +64,16 @@ def test_mbinfo_guest_sees_our_information_block():
     flags, mem_lower, mem_upper = struct.unpack_from("<III", m.ram, 0x9500)
     assert f"# flags {flags:#018x}" in out
     assert mem_lower == 639 and (mem_upper + 1024) * 1024 == (128 << 20) - (128 << 10)
+
+
+def test_trace_exits_names_worlds_and_the_broken_rule(tmp_path, capsys):
+    from emu.cli import main
+    trace = tmp_path / "exits.txt"
+    status = main(["run", "-q", "--trace", "exits", "--trace-file", str(trace),
+                   str(GUESTS_DIR / "svm_world_switch.S")])
+    capsys.readouterr()
+    assert status == 1
+    lines = trace.read_text().splitlines()
+    assert lines[0].startswith("exits [L1 64 cpl0]") and "vmrun vmcb12 0x800000" in lines[0]
+    assert lines[1].startswith("exits [L2 64 cpl0]") and "#VMEXIT VMMCALL" in lines[1]
+    assert "VMEXIT_INVALID" in lines[-1] and "ASID is zero" in lines[-1]
