@@ -10,13 +10,14 @@ from __future__ import annotations
 import mmap
 import struct
 
-from unicorn import Uc
+from unicorn import Uc, UcError
 
 from . import paging
 from .arch_bits import CR0_PG
 from .hw_switch import (CS, HF2_NPT, NPT_MODE_LMA, NPT_MODE_NXE, NPT_MODE_PAE, OFF_HFLAGS2,
                         OFF_NESTED_CR3, OFF_NESTED_PG_MODE, Context)
 from .arch_bits import CR4_PAE, EFER_LMA, EFER_NXE, CR0_WP
+from .errors import Unsupported
 from .hostvm import MAXPHYADDR
 from .interrupts import GP, PF, Fault
 
@@ -33,29 +34,38 @@ class GuestMemory:
         self.view = memoryview(ram)
 
     # ---- physical ---------------------------------------------------------------------------------
+    def _unbacked(self, pa: int, size: int, what: str) -> Unsupported:
+        return Unsupported(f"{what} of physical address {pa:#x}+{size} (no RAM or device there)")
+
     def read_phys(self, pa: int, size: int) -> bytes:
         if 0 <= pa and pa + size <= self.size:
             return bytes(self.view[pa:pa + size])
-        return bytes(self.uc.mem_read(pa, size))
+        try:
+            return bytes(self.uc.mem_read(pa, size))
+        except UcError:
+            raise self._unbacked(pa, size, "read")
 
     def write_phys(self, pa: int, data: bytes) -> None:
-        self.uc.mem_write(pa, data)
+        try:
+            self.uc.mem_write(pa, data)
+        except UcError:
+            raise self._unbacked(pa, len(data), "write")
 
     def read_u64(self, pa: int) -> int:
         if 0 <= pa and pa + 8 <= self.size:
             return _Q.unpack_from(self.view, pa)[0]
-        return _Q.unpack(bytes(self.uc.mem_read(pa, 8)))[0]
+        return _Q.unpack(self.read_phys(pa, 8))[0]
 
     def read_u32(self, pa: int) -> int:
         if 0 <= pa and pa + 4 <= self.size:
             return _L.unpack_from(self.view, pa)[0]
-        return _L.unpack(bytes(self.uc.mem_read(pa, 4)))[0]
+        return _L.unpack(self.read_phys(pa, 4))[0]
 
     def write_u64(self, pa: int, value: int) -> None:
-        self.uc.mem_write(pa, _Q.pack(value))
+        self.write_phys(pa, _Q.pack(value))
 
     def write_u32(self, pa: int, value: int) -> None:
-        self.uc.mem_write(pa, _L.pack(value))
+        self.write_phys(pa, _L.pack(value))
 
     # ---- linear -----------------------------------------------------------------------------------
     def regs(self) -> paging.PagingRegs:
