@@ -249,3 +249,29 @@ def self_check(uc: Uc) -> None:
     uc.reg_write(UC_X86_REG_R13, old_r13)
     if not ok:
         raise UnsupportedUnicorn("unicorn's saved-context layout differs from the pinned 2.1.4 layout")
+
+
+class RegBatch:
+    """A fixed set of registers read or written in one C call with prebuilt ctypes arrays.
+
+    The binding's reg_read_batch costs ~1.5 us per register in Python overhead (measured 9 us
+    for six); this costs ~0.5 us for the batch, which matters on the world-switch path."""
+
+    def __init__(self, uc: Uc, regs: list[int]) -> None:
+        from unicorn.unicorn_py3 import unicorn as lib
+        self._uclib = lib.uclib
+        self._uch = uc._uch
+        n = self.n = len(regs)
+        self._ids = (ctypes.c_int * n)(*regs)
+        self._vals = (ctypes.c_uint64 * n)()
+        base = ctypes.addressof(self._vals)
+        self._ptrs = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
+
+    def read(self) -> tuple[int, ...]:
+        self._uclib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, self.n)
+        return tuple(self._vals)
+
+    def write(self, *values: int) -> None:
+        for i, v in enumerate(values):
+            self._vals[i] = v & 0xFFFFFFFFFFFFFFFF
+        self._uclib.uc_reg_write_batch(self._uch, self._ids, self._ptrs, self.n)

@@ -7,10 +7,12 @@ make, so a bad stack during delivery faults exactly like hardware.
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
 import struct
 
-from unicorn import Uc, UcError
+from unicorn import UC_PROT_READ, Uc, UcError
+from unicorn.unicorn_py3 import unicorn as _unicorn_lib
 
 from . import paging
 from .arch_bits import CR0_PG
@@ -22,6 +24,19 @@ from .hostvm import MAXPHYADDR
 from .interrupts import GP, PF, Fault
 
 _Q = struct.Struct("<Q")
+_uclib = _unicorn_lib.uclib
+_uclib.uc_vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p,
+                                ctypes.c_size_t]
+_uclib.uc_vmem_read.restype = ctypes.c_int
+
+
+def _vmem_read(uc: Uc, va: int, size: int) -> bytes | None:
+    """Read through the CPU's current paging (debug walk: no faults, no A/D updates); None if
+    any byte is unmapped, so the caller can fall back to the exact walker."""
+    buf = ctypes.create_string_buffer(size)
+    if _uclib.uc_vmem_read(uc._uch, va & 0xFFFFFFFFFFFFFFFF, UC_PROT_READ, buf, size) != 0:
+        return None
+    return buf.raw
 _L = struct.Struct("<I")
 
 
@@ -130,9 +145,16 @@ class GuestMemory:
             off += n
 
     def read_code(self, rip: int, size: int) -> bytes:
-        """Instruction bytes at CS:RIP, stopping early at an unmapped page."""
+        """Instruction bytes at CS:RIP, stopping early at an unmapped page.
+
+        Without nested paging, Unicorn's debug translation (C, no side effects, 0.5 us) does the
+        walk; under nested paging it would raise a nested fault by longjmp, so ours does."""
         ctx = self.ctx.save()
         va = ctx.seg(CS).base + rip if ctx.mode_bits() != 64 else rip
+        if not ctx.u32(OFF_HFLAGS2) & HF2_NPT:
+            got = _vmem_read(self.uc, va, size)
+            if got is not None:
+                return got
         out = b""
         for v, n in self._chunks(va, size):
             try:

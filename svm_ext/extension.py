@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import capstone
-from unicorn.x86_const import UC_X86_REG_RCX, UC_X86_REG_RIP
+from unicorn.x86_const import (UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS,
+                               UC_X86_REG_RIP)
 
 from emu import hostvm
 from emu.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
 from emu.errors import Unsupported
 from emu.extension import ExitRouter, Extension
+from emu.hw_switch import OFF_EIP, RegBatch
 from emu.interrupts import HAS_ERROR_CODE, PF, Event, Kind
 from emu.machine import STATUS_UNSUPPORTED, Machine
 from emu.msr import EFER_SVME, GeneralProtection
@@ -48,6 +50,24 @@ _INSTRUCTION_EXITS = frozenset(range(0x00, 0x40)) | frozenset(range(0x65, 0x7D))
     range(0x80, 0x90))
 
 
+_TWO_BYTE = frozenset({0x08, 0x09, 0x30, 0x31, 0x32, 0x33, 0xA2})   # INVD WBINVD WRMSR RDTSC RDMSR RDPMC CPUID
+
+
+def fixed_length(code: bytes) -> int:
+    """Length of the prefix-free, fixed-size encodings most intercepts stop on (0 if unsure):
+    0F 01 /reg-form (VMRUN..INVLPGA, RDTSCP, MONITOR, MWAIT, XSETBV, ...), the two-byte 0F xx
+    system instructions, HLT and PAUSE. Anything else is decoded in full."""
+    if len(code) >= 3 and code[0] == 0x0F and code[1] == 0x01 and code[2] >= 0xC0:
+        return 3
+    if len(code) >= 2 and code[0] == 0x0F and code[1] in _TWO_BYTE:
+        return 2
+    if code[:1] == b"\xF4":
+        return 1
+    if code[:2] == b"\xF3\x90":
+        return 2
+    return 0
+
+
 class SvmExtension(Extension, ExitRouter):
     name = "svm"
 
@@ -63,6 +83,9 @@ class SvmExtension(Extension, ExitRouter):
     # ---- wiring -------------------------------------------------------------------------------
     def attach(self, machine: Machine) -> None:
         self.machine = machine
+        # Registers the world switch moves that the context blob holds only lazily or not at all.
+        self.dr_flags = RegBatch(machine.uc, [UC_X86_REG_DR7, UC_X86_REG_DR6, UC_X86_REG_RFLAGS])
+        self.host_flags = RegBatch(machine.uc, [UC_X86_REG_RFLAGS, UC_X86_REG_DR7])
         machine.cpuid.set_bits(0x80000001, 2, CPUID_80000001_ECX_SVM)
         machine.cpuid.set_leaf(LEAF_SVM_FEATURES, 0, (SVM_REVISION, SVM_NUM_ASIDS, 0,
                                                       SVM_FEATURE_NP | SVM_FEATURE_NRIPS))
@@ -200,9 +223,12 @@ class SvmExtension(Extension, ExitRouter):
     def next_rip(self) -> int:
         """nRIP: the address after the intercepted instruction (decoded, so prefixes count)."""
         m = self.machine
-        rip = m.uc.reg_read(UC_X86_REG_RIP)
         ctx = m.ctx.save()
+        rip = ctx.u64(OFF_EIP)
         code = m.mem.read_code(rip, 15)
+        length = fixed_length(code)
+        if length:
+            return rip + length
         for ins in self._cs[ctx.mode_bits()].disasm(code, rip, 1):
             return rip + ins.size
         return 0

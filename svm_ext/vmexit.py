@@ -21,7 +21,7 @@ from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF_EFER, 
                            OFF_INTERCEPT, OFF_NESTED_PG_MODE, OFF_REGS, OFF_VM_VMCB, SS, Context,
                            Segment, SEG_SIZE, OFF_SEGS)
 
-from .vmcb import VMEXIT_INVALID, Vmcb, VMCB_SIZE
+from .vmcb import FIELDS, VMEXIT_INVALID, Vmcb, VMCB_SIZE
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
@@ -57,24 +57,36 @@ def vmexit(ext: "SvmExtension", exitcode: int, info1: int = 0, info2: int = 0,
     m.world_changed("L2", "L1")
 
 
+# The save-area runs #VMEXIT writes, each packed in one call (offsets from vmcb.FIELDS).
+_OFF = {name: off for name, off, _ in FIELDS}
+_SEGS4 = struct.Struct("<" + "HHIQ" * 4)        # ES CS SS DS, contiguous
+_DTR = struct.Struct("<HHIQ")
+_CTRL = struct.Struct("<7Q")                     # CR4 CR3 CR0 DR7 DR6 RFLAGS RIP, contiguous
+assert [_OFF[n] for n in ("es", "cs", "ss", "ds")] == [_OFF["es"] + 16 * i for i in range(4)]
+assert [_OFF[n] for n in ("cr4", "cr3", "cr0", "dr7", "dr6", "rflags", "rip")] == \
+    [_OFF["cr4"] + 8 * i for i in range(7)]
+
+
 def store_guest(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
-    uc = ext.machine.uc
-    save = vm.save
-    for name, index in (("es", ES), ("cs", CS), ("ss", SS), ("ds", DS)):
+    m = ext.machine
+    buf, base = m.mem.view, ext.state.vmcb12_pa
+    dr7, dr6, rflags = ext.dr_flags.read()
+    rip, rsp, rax = ctx.u64(OFF_EIP), ctx.u64(OFF_REGS + 4 * 8), ctx.u64(OFF_REGS)
+    segs = []
+    for index in (ES, CS, SS, DS):
         seg = ctx.seg(index)
-        setattr(save, name, (seg.selector, seg.vmcb_attrib, seg.limit, seg.base))
+        segs += (seg.selector, seg.vmcb_attrib, seg.limit, seg.base)
+    _SEGS4.pack_into(buf, base + _OFF["es"], *segs)
     gdtr, idtr = ctx.seg(GDTR), ctx.seg(IDTR)
-    save.gdtr = (0, 0, gdtr.limit, gdtr.base)
-    save.idtr = (0, 0, idtr.limit, idtr.base)
-    save.efer = ctx.efer
-    save.cr0, save.cr2, save.cr3, save.cr4 = ctx.cr(0), ctx.cr(2), ctx.cr(3), ctx.cr(4)
-    save.dr6 = uc.reg_read(UC_X86_REG_DR6)
-    save.dr7 = uc.reg_read(UC_X86_REG_DR7)
-    save.rflags = uc.reg_read(UC_X86_REG_RFLAGS)
-    save.rip = uc.reg_read(UC_X86_REG_RIP)
-    save.rsp = uc.reg_read(UC_X86_REG_RSP)
-    save.rax = uc.reg_read(UC_X86_REG_RAX)
-    save.cpl = ctx.cpl
+    _DTR.pack_into(buf, base + _OFF["gdtr"], 0, 0, gdtr.limit, gdtr.base)
+    _DTR.pack_into(buf, base + _OFF["idtr"], 0, 0, idtr.limit, idtr.base)
+    buf[base + _OFF["cpl"]] = ctx.cpl
+    _QQ.pack_into(buf, base + _OFF["efer"], ctx.efer)
+    _CTRL.pack_into(buf, base + _OFF["cr4"], ctx.cr(4), ctx.cr(3), ctx.cr(0), dr7, dr6, rflags,
+                    rip)
+    _QQ.pack_into(buf, base + _OFF["rsp"], rsp)
+    _QQ.pack_into(buf, base + _OFF["rax"], rax)
+    _QQ.pack_into(buf, base + _OFF["cr2"], ctx.cr(2))
 
 
 def store_exit_info(vm: Vmcb, exitcode: int, info1: int, info2: int, intinfo: int,
@@ -107,10 +119,8 @@ def restore_host(ext: "SvmExtension", ctx: Context) -> None:
     ctx.set_u64(OFF_REGS + 0 * 8, _QQ.unpack_from(host, OFF_REGS + 0 * 8)[0])
     ctx.set_u64(OFF_REGS + 4 * 8, _QQ.unpack_from(host, OFF_REGS + 4 * 8)[0])
     ctx.restore()
-    uc = m.uc
-    uc.reg_write(UC_X86_REG_RFLAGS, st.l1_rflags)
-    uc.reg_write(UC_X86_REG_DR7, HOST_DR7)
-    flush_tlb(uc)
+    ext.host_flags.write(st.l1_rflags, HOST_DR7)
+    flush_tlb(m.uc)
 
 
 def fail_vmrun(ext: "SvmExtension", rule: str, where: str | None = None) -> None:

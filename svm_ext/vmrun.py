@@ -31,7 +31,7 @@ from emu.interrupts import GP, Event, Kind
 from emu.arch_bits import CR4_PAE, EFER_LMA, EFER_NXE
 
 from . import checks
-from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
+from .vmcb import (FIELDS, EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE, Vmcb,
                    Vmcb12Cache, read_cache)
 from . import vmexit
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from .extension import SvmExtension
 
 VMCB02 = hostvm.SCRATCH
+_OFF = {name: off for name, off, _ in FIELDS}
+_INTERCEPTS = struct.Struct("<HHHHIII")     # CR/DR read/write, exceptions, misc1, misc2
+_MAPS = struct.Struct("<QQ")                # IOPM_BASE_PA, MSRPM_BASE_PA
 VMRUN_LENGTH = 3
 _CRDR = struct.Struct("<HHHH")
 
@@ -107,8 +110,8 @@ def save_host_state(ext: "SvmExtension", vmcb12_pa: int) -> None:
     it in L0 instead is invisible to L1 and survives L2 scribbling over the hsave page."""
     m, st = ext.machine, ext.state
     st.l1_host = bytes(m.ctx.view)
-    st.l1_next_rip = m.uc.reg_read(UC_X86_REG_RIP) + VMRUN_LENGTH
-    st.l1_rflags = m.uc.reg_read(UC_X86_REG_RFLAGS)   # lazily split in the blob: ask Unicorn
+    st.l1_next_rip = m.ctx.u64(OFF_EIP) + VMRUN_LENGTH
+    st.l1_rflags = ext.dr_flags.read()[2]    # lazily split in the blob: ask Unicorn
     st.vmcb12_pa = vmcb12_pa
 
 
@@ -119,18 +122,15 @@ def build_vmcb02(ext: "SvmExtension", c: Vmcb12Cache, npt: bool) -> tuple[int, i
     l0_misc = struct.unpack_from("<Q", m.hostvm.view(hostvm.VMCB01, VMCB_SIZE),
                                  hostvm.VMCB_INTERCEPT_MISC)[0]
     misc = l0_misc | c.intercept_misc1 | (c.intercept_misc2 << 32)
-    vm = Vmcb(m.hostvm.view(VMCB02, VMCB_SIZE))
-    vm.clear()
-    vm.intercept_cr_read, vm.intercept_cr_write = c.intercept_cr_read, c.intercept_cr_write
-    vm.intercept_dr_read, vm.intercept_dr_write = c.intercept_dr_read, c.intercept_dr_write
-    vm.intercept_exceptions = 0xFFFFFFFF
-    vm.intercept_misc1, vm.intercept_misc2 = misc & 0xFFFFFFFF, misc >> 32
-    vm.msrpm_base_pa = hostvm.MSRPM01
-    vm.iopm_base_pa = hostvm.IOPM01   # never consulted by Unicorn; see extension.on_io
-    vm.guest_asid = c.guest_asid
-    if npt:
-        vm.np_enable = 1
-        vm.n_cr3 = c.n_cr3
+    buf = m.hostvm.view(VMCB02, VMCB_SIZE)
+    _INTERCEPTS.pack_into(buf, _OFF["intercept_cr_read"], c.intercept_cr_read,
+                          c.intercept_cr_write, c.intercept_dr_read, c.intercept_dr_write,
+                          0xFFFFFFFF, misc & 0xFFFFFFFF, misc >> 32)
+    # IOPM: never consulted by Unicorn (see extension.on_io).
+    _MAPS.pack_into(buf, _OFF["iopm_base_pa"], hostvm.IOPM01, hostvm.MSRPM01)
+    struct.pack_into("<I", buf, _OFF["guest_asid"], c.guest_asid)
+    struct.pack_into("<Q", buf, _OFF["nested_ctl"], 1 if npt else 0)
+    struct.pack_into("<Q", buf, _OFF["n_cr3"], c.n_cr3 if npt else 0)
     return misc, 0xFFFFFFFF
 
 
@@ -170,11 +170,8 @@ def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
         ctx.set_u32(OFF_NESTED_PG_MODE, 0)
     ctx.set_u32(OFF_HFLAGS2, hf2)
     ctx.restore()
-    uc = m.uc
-    uc.reg_write(UC_X86_REG_RFLAGS, c.rflags)
-    uc.reg_write(UC_X86_REG_DR7, c.dr7)
-    uc.reg_write(UC_X86_REG_DR6, c.dr6)
-    flush_tlb(uc)
+    ext.dr_flags.write(c.dr7, c.dr6, c.rflags)
+    flush_tlb(m.uc)
 
 
 _INJECT_KIND = {EVENTINJ_TYPE_EXCEPTION: Kind.EXCEPTION, EVENTINJ_TYPE_NMI: Kind.EXTERNAL,
