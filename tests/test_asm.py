@@ -119,6 +119,8 @@ def test_moffs_and_labels_and_rip_are_absolute_and_fine():
 @pytest.mark.parametrize("src,needle", [
     ('.ascii "abc', "unterminated"),            # hangs keystone
     ("x: :", "label without a name"),            # hangs keystone
+    ("< nop", "must start with"),                # hangs keystone
+    (".asciz \\-tr", "unexpected character"),   # hangs keystone
     (".quad 0x1ffffffffffffffff", "64 bits"),    # hangs keystone
     (".align 0x100000000", "power of two"),     # SIGFPE in keystone
     (".align 3", "power of two"),
@@ -231,3 +233,14 @@ def test_guests_assemble_into_bootable_images(guest):
     assert addr == IMAGE_BASE and data[:len(a.image)] == a.image
     assert addr + len(data) == a.bss_end and not any(data[len(a.image):])
     assert "main" in a.symbols
+
+
+def test_error_after_the_prelude_names_the_guest_line(tmp_path):
+    """An unencodable operand in a guest body must be reported there, not in the prelude's
+    multiboot header (whose layout symbols the error search has to stub)."""
+    src = tmp_path / "bad.S"
+    src.write_text('.include "prelude.inc"\nmain:\n    mov rdi, 0x800000\n'
+                   '    mov qword ptr [rdi + 0x568], 0xFFFF0FF0\n    ret\n')
+    with pytest.raises(AsmError) as e:
+        assemble(str(src), [str(GUESTS_DIR)])
+    assert e.value.path.endswith("bad.S") and e.value.line == 4

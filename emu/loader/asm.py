@@ -6,18 +6,28 @@ is not safe to hand user text:
 * it cannot read files (``.include``), reports errors without a line number, and a ``.macro`` or
   ``.rept`` it expands itself would hide where the error came from; so includes, macros and
   repeats are expanded here and every statement keeps its origin (file, line, macro chain);
-* some inputs hang it or kill the process (an unterminated string, a line starting with ``:``,
-  an integer literal wider than 64 bits, ``.align`` by a huge or non-power-of-two value, a huge
-  ``.fill``); those are refused before keystone sees them;
+* some inputs hang it or kill the process: an unterminated string, a statement starting with
+  anything but a letter, '_' or '.' (``:``, ``<``, ``|``, ``\\``...), a stray backslash or other
+  odd character, an integer literal wider than 64 bits, ``.align`` by a huge value (SIGFPE), a
+  huge ``.fill``; all are refused before keystone sees them (found by fuzzing the guests);
+* once any keystone instance in the process has had a symbol resolver, later assemblies lay out
+  ``.align`` wrongly: we never install one (undefined symbols are found by bisection);
 * some inputs it encodes silently wrong, checked after assembly by decoding each statement's
-  bytes with capstone (see ``_check_statement``):
+  bytes with capstone (see ``_check_statement``), or rewritten before:
   - in 64-bit code ``[0x10070]`` or ``[CONST]`` (a number, not a label) becomes RIP-relative and
-    ``[0xFEE00000]`` a sign-extended disp32: refused, the user is told to use a register base;
+    ``[0xFEE00000]`` a sign-extended disp32: refused, the user is told to use a register base
+    (``mov eax, [0x10070]`` is the absolute moffs form and fine; ``[label]`` is absolute too);
   - in 32-bit code ``lgdt/lidt/sgdt/sidt`` get a 0x66 prefix (a 24-bit base): we drop it;
   - ``ljmp sel:off`` in 32-bit code is a 16-bit far jump: we encode ``EA off32 sel16`` ourselves;
   - ``iret`` is the 16-bit ``66 CF``; ``sysret`` is the 64-bit form: both rewritten to their usual
     meaning (``iret`` = ``CF``, ``sysret`` = ``0F 07``, ``sysretq`` = ``48 0F 07``);
   - a data directive whose value does not fit (``.word 0x10000``) emits nothing at all: refused;
+  - ``[reg]``/``[label]`` is still fine, but a label starting with '.' inside ``[...]`` is an
+    "invalid operand": such labels are renamed behind the user's back;
+  - ``.align N, FILL`` puts its padding in the wrong place: refused (plain ``.align N`` pads
+    code with NOPs, which is correct);
+  - a shift inside parentheses, or of a label, in an instruction operand does not assemble: the
+    error says so;
   - the SVM instructions are unknown to it: encoded as bytes here.
 
 Source conventions (what the guests and the prelude rely on):
@@ -29,8 +39,8 @@ Source conventions (what the guests and the prelude rely on):
 * ``.macro name a, b=default`` ... ``.endm``; ``\\a`` is replaced by the argument, ``\\@`` by a
   number unique to each expansion, ``\\()`` by nothing.  ``.rept N`` ... ``.endr`` repeats.
 * ``.code32`` / ``.code64`` switch the mode (the file starts in 64-bit mode).
-* ``.bss`` / ``.text``: lines under ``.bss`` are moved after all code and must emit only zeros
-  (labels, ``.space``, ``.align``); they are not stored in the image.  The assembler defines
+* ``.bss`` / ``.text``: lines under ``.bss`` (labels, ``.space N``, ``.align N``, ``.equ``) are
+  moved after all code and are not stored in the image; the loader zeroes them.  The assembler defines
   ``__image_start`` (the load address), ``__bss_start`` (end of the stored image) and
   ``__bss_end``, which the multiboot header in the prelude uses for its a.out-kludge fields.
 """
@@ -445,6 +455,10 @@ def _classify(exp: list[tuple[str, Origin]]) -> tuple[list[_Stmt], list[_Stmt]]:
             raise origin.error("numeric labels (1:) are not supported by keystone; use .Lname:")
         if body.startswith(":"):
             raise origin.error("label without a name")
+        if body and not re.match(r"[A-Za-z_.]", body):
+            # keystone 0.9.2 hangs on a statement that starts with any other character
+            raise origin.error(f"a statement must start with an instruction, a directive or a "
+                               f"label: {body}")
         word = body.split(None, 1)[0].lower() if body else ""
         rest = body[len(word):].strip()
         st = _Stmt(line, origin, labels, body, mode, shown=body)
@@ -488,6 +502,11 @@ def _classify(exp: list[tuple[str, Origin]]) -> tuple[list[_Stmt], list[_Stmt]]:
 
 def _guard_syntax(body: str, origin: Origin) -> None:
     code = _outside_strings(body)
+    bad = re.search(r"[^A-Za-z0-9_.$\s\[\]()+\-*/%<>|&^~,:=!\"']", code)
+    if bad:
+        # keystone 0.9.2 hangs on some stray characters (a backslash, for one); refuse them all
+        hint = " (an unknown macro parameter?)" if bad.group(0) == "\\" else ""
+        raise origin.error(f"unexpected character '{bad.group(0)}'{hint}: {body}")
     for o, c in ("[]", "()"):
         depth = 0
         for ch in code:
@@ -624,12 +643,18 @@ _REGISTER = re.compile(
     r"cr\d|dr\d|[xy]mm\d+|st|ptr|byte|word|dword|qword|fword|tbyte|xmmword|offset|rel|abs)")
 
 
+_LAYOUT_SYMBOLS = ("__image_start", "__bss_start", "__bss_end")
+
+
 def _try_prefix(stmts: list[_Stmt], n: int, defined: set[str], extra: tuple[str, ...] = ()
                 ) -> Exception | None:
     """Assemble the first n statements, with every label the whole source defines later
     stubbed as a constant, so a forward reference is not mistaken for the error."""
     seen = {lab for st in stmts[:n] for lab in st.labels}
-    stubs = [f"{name} = {IMAGE_BASE:#x}" for name in sorted((defined - seen) | set(extra))]
+    # The layout symbols _assemble defines around the source are stubbed too, or every prefix
+    # that reaches the multiboot header would fail for them and hide the real error.
+    stubs = [f"{name} = {IMAGE_BASE:#x}" for name in
+             sorted(((defined | set(_LAYOUT_SYMBOLS)) - seen) | set(extra))]
     try:
         _ks_asm(_render(stmts[:n], False) + "\n" + "\n".join(stubs))
     except Exception as e:  # noqa: BLE001 - any keystone failure marks the prefix bad
