@@ -1,9 +1,10 @@
 """ELF kernels for multiboot, loaded the way QEMU 7.2's ``-kernel`` loads them.
 
 QEMU takes segments at their physical address (p_paddr), ignores PT_LOAD entries with p_memsz 0,
-zero-fills p_memsz beyond p_filesz, and accepts only e_machine EM_386 (ELF32 or ELF64); an
-EM_X86_64 file is refused ("Cannot load x86-64 image, give a 32bit one"), and so do we, so that an
-image that boots here boots on QEMU too.  The entry is e_entry, except that when it falls inside
+and zero-fills p_memsz beyond p_filesz. It accepts only e_machine EM_386 and refuses EM_X86_64
+("Cannot load x86-64 image, give a 32bit one"); we load those too, because a 64-bit kernel linked
+as ELF64 with a 32-bit multiboot entry is a common, valid way to build one (README notes that
+QEMU will not boot such an image).  The entry is e_entry, except that when it falls inside
 the file part of an executable segment whose p_vaddr differs from p_paddr it is moved to the
 physical address (QEMU's rule for kernels linked at a higher virtual address).
 """
@@ -47,10 +48,7 @@ def load_elf(data: bytes, name: str) -> tuple[int, list[tuple[int, bytes]]]:
     except (ELFError, ELFParseError, struct.error, ValueError, KeyError, IndexError,
             TypeError, OverflowError, AttributeError, AssertionError) as e:
         raise ImageError(f"{name}: bad or truncated ELF file ({type(e).__name__}: {e})") from None
-    if machine == "EM_X86_64":
-        raise ImageError(f"{name}: x86-64 ELF kernels are not loaded (QEMU neither): link the "
-                         f"multiboot kernel as ELF32, or ELF64 with e_machine EM_386")
-    if machine != "EM_386":
+    if machine not in ("EM_386", "EM_X86_64"):
         raise ImageError(f"{name}: bad ELF machine {machine} (a multiboot kernel is i386)")
     segments: list[tuple[int, bytes]] = []
     for ph in headers:
