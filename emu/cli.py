@@ -106,7 +106,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     image = parse_image(data, name, args.memory)
     cmdline = f"{args.image} {args.append}"     # as QEMU builds it: file name, space, -append
     machine.load_multiboot(image, cmdline)
-    result: RunResult = machine.run(max_insns=_insn_limit(args), timeout=args.timeout)
+    return _run_and_report(machine, tracer, args, _insn_limit(args))
+
+
+def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Namespace,
+                    limit: int | None) -> int:
+    """Run, then end the way every run ends: flush, snapshot if asked, one summary line."""
+    result: RunResult = machine.run(max_insns=limit, timeout=args.timeout)
     sys.stdout.flush()
     if tracer:
         tracer.close()
@@ -177,15 +183,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     machine = Machine(snap.ram_size, stdout=sys.stdout.buffer, tracer=tracer,
                       extensions=[SvmExtension(pat_model=args.pat_model)])
     snapshot.restore(machine, snap)
-    result = machine.run(max_insns=limit, timeout=args.timeout)
-    sys.stdout.flush()
-    if tracer:
-        tracer.close()
-    if args.snapshot:
-        return _end_with_snapshot(machine, result, args)
-    if not args.quiet and result.reason != "exit":
-        print(f"svmemu: {result.message} (rip {result.rip:#x})", file=sys.stderr)
-    return result.status & 0xFF
+    return _run_and_report(machine, tracer, args, limit)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
