@@ -114,7 +114,7 @@ class Machine:
             hostvm.VMEXIT_CPUID: self._exit_cpuid,
             hostvm.VMEXIT_RDTSC: self._exit_rdtsc,
             hostvm.VMEXIT_RDTSCP: self._exit_rdtscp,
-            hostvm.VMEXIT_INTN: self._exit_intn,
+            hostvm.VMEXIT_SWINT: self._exit_intn,
             hostvm.VMEXIT_HLT: self._exit_hlt,
             hostvm.VMEXIT_SHUTDOWN: lambda code: self.shutdown("shutdown (triple fault)"),
         }
@@ -264,8 +264,8 @@ class Machine:
                 return
             if handler is not None:
                 handler(code)
-            elif hostvm.VMEXIT_EXCP_BASE <= code < hostvm.VMEXIT_INTR:
-                self._exit_exception(code - hostvm.VMEXIT_EXCP_BASE)
+            elif hostvm.VMEXIT_EXCP0 <= code < hostvm.VMEXIT_INTR:
+                self._exit_exception(code - hostvm.VMEXIT_EXCP0)
             else:
                 raise Unsupported(f"event {intno:#x} at rip {uc.reg_read(UC_X86_REG_RIP):#x}")
         except Unsupported as e:
