@@ -61,22 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("image", help="multiboot kernel (a.out kludge or ELF) or a .S guest source")
     run.add_argument("--append", default="", help="kernel command line, as QEMU's -append")
     run.add_argument("-m", "--memory", type=_size, default=128 << 20, help="guest RAM (default 128M)")
-    run.add_argument("--trace", default="", help="comma list of: insn, exits, io, msr, exc, all")
-    run.add_argument("--trace-file", help="write the trace here instead of stderr")
-    run.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
-    run.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
-    run.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
-    _add_snapshot_options(run)
-    _add_pat_option(run)
+    _add_execution_options(run)
     resume = sub.add_parser("resume", help="continue a machine from a snapshot file")
     resume.add_argument("snapshot_file", metavar="FILE", help="a snapshot written by --snapshot")
-    resume.add_argument("--trace", default="", help="comma list of: insn, exits, io, msr, exc, all")
-    resume.add_argument("--trace-file", help="write the trace here instead of stderr")
-    resume.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
-    resume.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
-    resume.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
-    _add_snapshot_options(resume)
-    _add_pat_option(resume)
+    _add_execution_options(resume)
     build = sub.add_parser("build", help="assemble a .S guest into the multiboot image QEMU boots")
     build.add_argument("source")
     build.add_argument("-o", "--output", required=True)
@@ -121,6 +109,17 @@ def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Na
     if not args.quiet and result.reason != "exit":
         print(f"svmemu: {result.message} (rip {result.rip:#x})", file=sys.stderr)
     return result.status & 0xFF
+
+
+def _add_execution_options(p: argparse.ArgumentParser) -> None:
+    """What `run` and `resume` share: tracing, limits, snapshots, the PAT model."""
+    p.add_argument("--trace", default="", help="comma list of: insn, exits, io, msr, exc, all")
+    p.add_argument("--trace-file", help="write the trace here instead of stderr")
+    p.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
+    p.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
+    _add_snapshot_options(p)
+    _add_pat_option(p)
 
 
 def _add_pat_option(p: argparse.ArgumentParser) -> None:
