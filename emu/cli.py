@@ -84,7 +84,7 @@ def _load_image_bytes(path: str) -> tuple[bytes, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .loader.multiboot import parse_image
+    from .loader.multiboot import parse_image, qemu_cmdline
     from svm_ext.extension import SvmExtension
 
     data, name = _load_image_bytes(args.image)
@@ -92,8 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     machine = Machine(args.memory, stdout=sys.stdout.buffer, tracer=tracer,
                       extensions=[SvmExtension(pat_model=args.pat_model)])
     image = parse_image(data, name, args.memory)
-    cmdline = f"{args.image} {args.append}"     # as QEMU builds it: file name, space, -append
-    machine.load_multiboot(image, cmdline)
+    machine.load_multiboot(image, qemu_cmdline(args.image, args.append))
     return _run_and_report(machine, tracer, args, _insn_limit(args))
 
 

@@ -7,7 +7,10 @@ machine object and uses only these entry points on it:
   VMMCALL, ...); the handler runs in the INTR hook with RIP at the instruction.
 - `machine.msrs.register(index, read, write)` and `machine.msrs.efer_writable`, `efer_write_hooks`.
 - `machine.cpuid.set_leaf / set_bits / overrides`.
-- `machine.raise_exception(vector, error_code)`, `machine.stop(reason, message)`.
+- `machine.raise_exception(vector, error_code)`, `machine.deliver_event(event, rip)`,
+  `machine.stop(reason, status, message)`, `machine.shutdown(message)`.
+- `machine.router`: an ExitRouter (below) that sees exits, exceptions, nested faults, port I/O
+  and shutdown first while a nested guest runs.
 - `machine.world_observers`: called with (old_level, new_level) on every world switch.
 - snapshot sections: `snapshot_state` / `load_snapshot_state` below.
 """

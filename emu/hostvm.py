@@ -18,6 +18,9 @@ import struct
 
 from unicorn import Uc, UC_PROT_ALL
 
+from .arch_bits import EFER_SVME
+from .msr import MSR_EFER
+
 # ---- Hardware exit codes L0 sees (AMD APM vol. 2, appendix C; names as the APM gives them) ----
 VMEXIT_EXCP0 = 0x40
 VMEXIT_INTR = 0x60
@@ -64,9 +67,7 @@ VMCB_SAVE_RIP = 0x578
 VMCB_SAVE_RSP = 0x5D8
 VMCB_SAVE_RAX = 0x5F8
 
-MSR_EFER = 0xC0000080
-MSR_VM_HSAVE_PA = 0xC0010117
-EFER_SVME = 1 << 12
+MSR_VM_HSAVE_PA = 0xC0010117   # the SVM MSR the boot trampoline's VMRUN needs
 
 # ---- L0-private physical layout ----
 MAXPHYADDR = 40

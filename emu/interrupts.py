@@ -16,6 +16,7 @@ from unicorn import Uc
 from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP, UC_X86_REG_RSP
 
 from .errors import Unsupported
+from .paging import is_canonical
 from .hw_switch import (CS, DESC_B, DESC_DPL_SHIFT, DESC_L, DESC_P, DESC_S, GDTR, HF_LMA, IDTR,
                         LDTR, SS, TR, Context, Segment, OFF_CR)
 
@@ -91,11 +92,6 @@ class LinearMemory(Protocol):
 
 def _u(data: bytes) -> int:
     return int.from_bytes(data, "little")
-
-
-def _canonical(va: int) -> bool:
-    top = va >> 47
-    return top == 0 or top == 0x1FFFF
 
 
 class Deliverer:
@@ -239,14 +235,14 @@ class Deliverer:
             sp = _u(self.mem.read_linear(tss.base + off, 8, 0))
         else:
             sp = rsp
-        if not _canonical(sp):
+        if not is_canonical(sp):
             raise Fault(SS_FAULT, self._ext(ev))
         sp &= ~0xF
         frame = [old_ss.selector, rsp, rflags, old_cs.selector, rip]
         if ev.error_code is not None:
             frame.append(ev.error_code)
         sp = self._push(sp, frame, 8, new_cpl)
-        if not _canonical(target):
+        if not is_canonical(target):
             raise Fault(GP, self._ext(ev))
         cs.selector = (selector & ~3) | new_cpl
         ctx.set_seg(CS, cs)

@@ -9,14 +9,13 @@ continues without leaving `emu_start`; events that change control flow across pr
 from __future__ import annotations
 
 import mmap
-import sys
 import time
 import ctypes
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable
 
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_INTR, UC_HOOK_INSN,
-                     UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_READ_UNMAPPED)
+                     UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED)
 from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_REG_RAX,
                                UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP,
                                UC_X86_REG_RFLAGS)
@@ -29,13 +28,16 @@ from .devices.serial import Serial16550
 from .errors import ImageError, OptionError, Unsupported
 from .extension import Extension, ExitRouter
 from .hostvm import HostVm
-from .hw_switch import CS, OFF_VM_VMCB, Context, self_check
+from .hw_switch import OFF_VM_VMCB, Context, self_check
 from .interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
                          Shutdown)
 from .memory import GuestMemory
 from .paging import NestedFault
-from .msr import GeneralProtection, MsrFile, MSR_EFER, MSR_TSC
+from .msr import GeneralProtection, MsrFile
 from .trace import Tracer
+
+if TYPE_CHECKING:
+    from .loader.multiboot import BootImage
 
 # Process exit status for each way a run ends. Guest-chosen statuses (isa-debug-exit) are always
 # odd, so ours are even and cannot be confused with them.
@@ -173,7 +175,7 @@ class Machine:
         self._finish(reason, status, message)
 
     # ---- loading ----------------------------------------------------------------------------------
-    def load_multiboot(self, image: "BootImage", cmdline: str) -> None:  # noqa: F821
+    def load_multiboot(self, image: "BootImage", cmdline: str) -> None:
         from .loader.multiboot import MBI_ADDR, build_mbi
         for addr, data in image.segments:
             if addr < 0 or addr + len(data) > self.ram_size:
@@ -433,12 +435,12 @@ class Machine:
     # ---- event delivery ---------------------------------------------------------------------------
     def _deliver(self, event: Event, return_rip: int, injected: bool = False) -> None:
         router = self.router
-        intercept = None
-        if router is not None:
-            def intercept(current: Event, outer: Event | None) -> bool:
-                if injected and current is event:
-                    return False
-                return router.on_exception(current, outer)
+
+        def intercept(current: Event, outer: Event | None) -> bool:
+            # An injected event is never itself intercepted; what its delivery raises can be.
+            if router is None or (injected and current is event):
+                return False
+            return router.on_exception(current, outer)
         try:
             final = self.deliverer.deliver(event, return_rip, intercept)
         except Shutdown as e:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from . import memtype
-from .arch_bits import EFER_FFXSR, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME
+from .paging import is_canonical
+from .arch_bits import EFER_FFXSR, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME  # noqa: F401 (re-exported)
 
 MSR_TSC = 0x10
 MSR_APIC_BASE = 0x1B
@@ -56,11 +57,6 @@ class MsrOwner:
     write: Writer
 
 
-def _canonical(v: int) -> bool:
-    top = v >> 47
-    return top == 0 or top == 0x1FFFF
-
-
 class MsrFile:
     """Index → owner. Extensions add owners (e.g. the SVM MSRs) with `register`."""
 
@@ -80,7 +76,7 @@ class MsrFile:
             self._cpu_backed(index, lambda v: True)
         for index in (MSR_LSTAR, MSR_CSTAR, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE,
                       MSR_SYSENTER_ESP, MSR_SYSENTER_EIP):
-            self._cpu_backed(index, _canonical)
+            self._cpu_backed(index, is_canonical)
         self._cpu_backed(MSR_SFMASK, lambda v: v >> 32 == 0)
         self._cpu_backed(MSR_TSC_AUX, lambda v: v >> 32 == 0)
         self._install_mtrrs()

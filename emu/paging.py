@@ -202,6 +202,12 @@ class Translation:
         return self.pa & ~(self.page_size - 1)
 
 
+def is_canonical(va: int) -> bool:
+    """Bits 63:47 all equal (48-bit linear addresses; APM vol. 2, 5.3.1)."""
+    top = va >> 47
+    return top == 0 or top == (1 << 17) - 1
+
+
 class NonCanonicalAddress(Exception):
     """A long-mode linear address that is not canonical: #GP/#SS, never #PF, so not ours to
     report as a page fault (APM vol. 2, 5.3.1)."""
@@ -408,8 +414,7 @@ def _walk_core(
     acc = _access_bits(access, id_bit)
     if mode is PagingMode.LONG4:
         if canonical:
-            top = va >> 47
-            if top not in (0, (1 << 17) - 1):
+            if not is_canonical(va):
                 raise NonCanonicalAddress(va)
         elif va >> 52:
             raise ValueError(f"guest physical address {va:#x} wider than 52 bits")

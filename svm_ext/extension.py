@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import capstone
-from unicorn.x86_const import (UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS,
-                               UC_X86_REG_RIP)
+from unicorn.x86_const import UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS
 
 from emu import hostvm
 from emu.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
@@ -26,13 +25,12 @@ from . import instructions, intercepts, pat, vmrun as vmrun_mod
 from .checks import HostCaps
 from .state import NestedState
 from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
-                   EVENTINJ_TYPE_SOFT_INT, EVENTINJ_V, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO,
-                   VMEXIT_MSR, VMEXIT_NPF, VMEXIT_SHUTDOWN, exit_name, iopm_intercepted,
-                   read_cache)
+                   EVENTINJ_TYPE_SOFT_INT, EVENTINJ_V, VMEXIT_EXCP0, VMEXIT_INTR,
+                   VMEXIT_MSR, VMEXIT_NPF, VMEXIT_SHUTDOWN, exit_name, iopm_intercepted)
 from .vmexit import vmexit
 
 MSR_VM_CR = 0xC0010114
-MSR_VM_HSAVE_PA = 0xC0010117
+MSR_VM_HSAVE_PA = hostvm.MSR_VM_HSAVE_PA
 VM_CR_DPD = 1 << 0
 VM_CR_R_INIT = 1 << 1
 VM_CR_DIS_A20M = 1 << 2
@@ -155,10 +153,10 @@ class SvmExtension(Extension, ExitRouter):
                 raise Unsupported("nested page fault with nested paging off")
             return False
         info2 = 0
-        if code in (VMEXIT_NPF, VMEXIT_IOIO):
+        if code == VMEXIT_NPF:
             info2 = m.hostvm.exitinfo2(vmrun_mod.VMCB02)
         nrip = self.next_rip() if code in _INSTRUCTION_EXITS else 0
-        if code not in (VMEXIT_MSR, VMEXIT_IOIO, VMEXIT_NPF):
+        if code not in (VMEXIT_MSR, VMEXIT_NPF):
             info1 = 0          # no decode assists are reported, so no instruction details
         vmexit(self, code, info1, info2, 0, nrip)
         return True

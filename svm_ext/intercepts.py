@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .vmcb import (INTERCEPT_IOIO_PROT, INTERCEPT_MSR_PROT, VMEXIT_CR0_READ, VMEXIT_DR0_READ,
-                   VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_MSR, VMEXIT_NPF, VMEXIT_VMRUN,
+from .vmcb import (INTERCEPT_IOIO_PROT, INTERCEPT_MSR_PROT, VMEXIT_DR0_READ,
+                   VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_MSR, VMEXIT_NPF, VMEXIT_VMRUN,
                    Vmcb12Cache, msrpm_intercepted)
 
 ReadPhys = Callable[[int, int], bytes]
@@ -57,8 +57,6 @@ def l1_wants(c: Vmcb12Cache, code: int, info1: int, msr_index: int,
         return exception(c, code - VMEXIT_EXCP0)
     if code == VMEXIT_MSR:
         return msr(c, msr_index, info1 == 1, read_phys)
-    if code == VMEXIT_IOIO:
-        return ioio(c)
     if code == VMEXIT_NPF:
         return bool(c.np_enable)
     if code < VMEXIT_VMRUN + 32:

@@ -17,7 +17,6 @@ class NestedState:
     l1_host: bytes = b""           # L1's CPU context at VMRUN: the host state #VMEXIT restores
     l1_next_rip: int = 0
     l1_rflags: int = 0
-    injected: int = 0              # EVENTINJ being delivered at entry (EXITINTINFO if it faults)
     stats: dict[str, int] = field(default_factory=lambda: {"vmrun": 0, "vmexit": 0})
 
     def to_dict(self) -> dict:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from unicorn.x86_const import (UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RAX, UC_X86_REG_RFLAGS,
-                               UC_X86_REG_RIP, UC_X86_REG_RSP)
+from unicorn.x86_const import UC_X86_REG_RIP
 
 from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF_EFER, OFF_EIP, OFF_HFLAGS2,
                            OFF_INTERCEPT, OFF_NESTED_PG_MODE, OFF_REGS, OFF_VM_VMCB, SS, Context,
-                           Segment, SEG_SIZE, OFF_SEGS)
+                           SEG_SIZE, OFF_SEGS)
 
-from .vmcb import FIELDS, VMEXIT_INVALID, Vmcb, VMCB_SIZE
+from .vmcb import FIELDS, VMEXIT_INVALID, Vmcb
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
@@ -48,7 +47,6 @@ def vmexit(ext: "SvmExtension", exitcode: int, info1: int = 0, info2: int = 0,
     # Step 4
     st.gif = False
     st.in_l2 = False
-    st.injected = 0
     st.stats["vmexit"] += 1
     m.tsc_offset = 0
     ext.trace(f"#VMEXIT {ext.exit_name(exitcode)} info1 {info1:#x} info2 {info2:#x}"

@@ -18,8 +18,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from unicorn.x86_const import (UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RAX, UC_X86_REG_RFLAGS,
-                               UC_X86_REG_RIP)
+from unicorn.x86_const import UC_X86_REG_RAX
 
 from emu import hostvm
 from emu.errors import Unsupported
@@ -32,7 +31,7 @@ from emu.arch_bits import CR4_PAE, EFER_LMA, EFER_NXE
 
 from . import checks
 from .vmcb import (FIELDS, EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
-                   EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE, Vmcb,
+                   EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
                    Vmcb12Cache, read_cache)
 from . import vmexit
 
@@ -187,6 +186,5 @@ def inject_event(ext: "SvmExtension", c: Vmcb12Cache) -> None:
     vector, etype = ev & 0xFF, (ev >> 8) & 7
     err = (ev >> 32) if ev & EVENTINJ_EV else None
     event = Event(vector, _INJECT_KIND.get(etype, Kind.EXTERNAL), err)
-    ext.state.injected = ev & 0xFFFFFFFFFFFFFFFF
     return_rip = c.nrip if etype == EVENTINJ_TYPE_SOFT_INT and c.nrip else c.rip
     ext.machine.deliver_event(event, return_rip, injected=True)

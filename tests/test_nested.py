@@ -190,3 +190,24 @@ def test_stgi_clgi_set_gif():
     assert not ext.state.gif
     m, ext, res, _ = run(nested_image("clgi\n stgi\n" + EXIT_PASS, "vmmcall", vmcb12()))
     assert ext.state.gif
+
+
+def test_invlpga_drops_a_stale_translation():
+    # L1 reads through VA 0x600000, remaps that 2 MiB page to 0x800000 behind the TLB's back,
+    # then INVLPGA (rAX = VA, ECX = ASID): the next read must see the new mapping.
+    l1 = """
+        mov rbx, 0x600000
+        mov qword ptr [rbx], 0x1111
+        mov rcx, 0x800000
+        mov qword ptr [rcx], 0x2222
+        mov r14, [rbx]
+        mov rax, 0x22000 + 3 * 8
+        mov qword ptr [rax], 0x800087
+        mov rax, 0x600000
+        xor ecx, ecx
+        invlpga
+        mov r15, [rbx]
+    """ + EXIT_PASS
+    m, ext, res, _ = run(nested_image(l1, "vmmcall", vmcb12()))
+    assert res.reason == "exit", res
+    assert reg(m, UC_X86_REG_R14) == 0x1111 and reg(m, UC_X86_REG_R15) == 0x2222

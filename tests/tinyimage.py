@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from keystone import Ks, KS_ARCH_X86, KS_MODE_32, KS_MODE_64
 
+from emu.loader.asm import FIXED_BYTES
+
 ENTRY = 0x100000
 GDT = 0x101000
 TSS = 0x102000
@@ -31,14 +33,14 @@ _ks32 = Ks(KS_ARCH_X86, KS_MODE_32)
 _ks64 = Ks(KS_ARCH_X86, KS_MODE_64)
 
 
-_SVM = dict(vmrun=0xD8, vmmcall=0xD9, vmload=0xDA, vmsave=0xDB, stgi=0xDC, clgi=0xDD,
-            skinit=0xDE, invlpga=0xDF)
+# The SVM instructions as the product's assembler spells them (one table, emu/loader/asm.py).
+_SVM = {name: enc for name, (_, enc) in FIXED_BYTES.items() if enc[:2] == b"\x0f\x01"}
 
 
 def _svm_bytes(src: str) -> str:
     """keystone does not know the SVM instructions: spell them as bytes."""
-    for name, op in _SVM.items():
-        src = re.sub(rf"\b{name}\b", f".byte 0x0f, 0x01, {op:#x}", src)
+    for name, enc in _SVM.items():
+        src = re.sub(rf"\b{name}\b", ".byte " + ", ".join(f"{b:#x}" for b in enc), src)
     return src
 
 

@@ -73,7 +73,7 @@ _INTERNAL_PREFIX = "__svmemu_"
 
 # Instructions keystone does not know or gets wrong, as bytes.  Operand lists are the implicit
 # operands an assembler accepts (AMD writes "VMRUN rAX"), normalised to lower case, no spaces.
-_FIXED_BYTES: dict[str, tuple[tuple[str, ...], bytes]] = {
+FIXED_BYTES: dict[str, tuple[tuple[str, ...], bytes]] = {
     "vmrun": (("", "rax", "eax"), b"\x0f\x01\xd8"),
     "vmmcall": (("",), b"\x0f\x01\xd9"),
     "vmload": (("", "rax", "eax"), b"\x0f\x01\xda"),
@@ -560,8 +560,8 @@ def _check_directive(word: str, rest: str, origin: Origin, in_bss: bool,
 
 def _rewrite_insn(st: _Stmt, word: str, rest: str) -> None:
     ops = re.sub(r"\s+", "", rest.lower())
-    if word in _FIXED_BYTES:
-        allowed, code = _FIXED_BYTES[word]
+    if word in FIXED_BYTES:
+        allowed, code = FIXED_BYTES[word]
         if ops not in allowed:
             raise st.origin.error(f"{word} takes no explicit operands other than "
                                   f"{' or '.join(a for a in allowed if a) or 'none'}")
