@@ -309,6 +309,23 @@ def mtrr_msr_valid(index: int, value: int, maxphyaddr: int = 40) -> bool:
 #
 # Both tables are written out cell by cell, as the APM presents them, rather than derived from a
 # precedence rule: a rule would hide exactly the irregular cells (UC- vs WC, WC+) that matter.
+#
+# Sources, checked cell by cell (issue 4; the APM's own tables are not in our reference corpus,
+# so each cell rests on what the sources below agree on):
+# - PAT x MTRR: APM vol. 2, 7.8.3. Cross-checked against Bochs cpu/paging.cc resolve_memtype()
+#   and the Intel SDM vol. 3A Table 11-7, which agree with every cell here except the ones the
+#   AMD table marks CD (UC- over WT/WP/WB, WT over WC/WP, WP over WC/WT): Intel and Bochs say
+#   UC (or WP for WP-over-WT) there. CD is uncacheable too, but honours cache hits, which is
+#   AMD's wording for an uncacheable type that arises from page attributes.
+# - guest x host: APM vol. 2, 15.25.8 and the text quoted on kvm@vger ("the intent is for the
+#   VMM to use its PAT type to simulate guest MTRRs"), so each row is the PAT x MTRR row of the
+#   same type with the host type as the MTRR. Where that is not so (guest WC over host
+#   WT/WP/WB gives WC+, not WC; guest UC- over host WB gives CD, which a later MTRR WC no longer
+#   turns into WC) is confirmed by SimpleSvm's (tandasat) analysis of NPT leaves left at host
+#   PAT WB. The host UC- column is our reading: host UC- acts as an uncacheable type that
+#   honours hits (CD) except for guest UC (UC) and guest WC (WC, as PAT WC beats any MTRR).
+# - MTRR overlaps: APM vol. 2, 7.7.3; Bochs memtype_by_mtrr() applies the same WT+WB rule and
+#   leaves the other mixed pairs undefined, where we choose UC (see mtrr_type).
 
 _MTRR_COLUMNS = (UC, WC, WT, WP, WB)
 

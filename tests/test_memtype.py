@@ -411,3 +411,20 @@ def test_effective_rejects_reserved_pat_entry() -> None:
 @given(pat=st.integers(0, (1 << 64) - 1))
 def test_pat_valid_matches_bytewise(pat: int) -> None:
     assert pat_valid(pat) == all(((pat >> (8 * i)) & 0xFF) in (0, 1, 4, 5, 6, 7) for i in range(8))
+
+
+# Every PAT entry type in every PAT slot, through the PTE index, against every MTRR type: the
+# effective type is the table cell for that pair (natively), and under nested paging with a
+# host leaf selecting WB in hPAT it is the guest x host cell for WB, then met with the MTRRs.
+@pytest.mark.parametrize("pat_t,mtrr_t,expect",
+                         [c for c in parse(PAT_X_MTRR) if c[0] not in (CD, WC_PLUS)])
+@pytest.mark.parametrize("slot", range(8))
+def test_effective_every_pat_type_every_slot(pat_t: int, mtrr_t: int, expect: int,
+                                             slot: int) -> None:
+    pat = (PAT_RESET & ~(0xFF << (8 * slot))) | (pat_t << (8 * slot))
+    m = enabled(mtrr_t)
+    assert effective_type(slot, pat, m, 0x1000_0000) == expect
+    guest_host = dict(((g, h), v) for g, h, v in parse(GUEST_X_HOST))
+    combined = guest_host[(pat_t, WB)]
+    nested = effective_type(slot, pat, m, 0x1000_0000, host_pat=PAT_RESET, host_pat_idx=0)
+    assert nested == dict(((p, t), v) for p, t, v in parse(PAT_X_MTRR))[(combined, mtrr_t)]
