@@ -24,6 +24,7 @@ from . import hostvm
 from .cpuid import Cpuid
 from .devices.base import PortDevice
 from .devices.debug_exit import DebugExit
+from .devices.fw_cfg import FwCfg
 from .devices.serial import Serial16550
 from .errors import ImageError, OptionError, Unsupported
 from .extension import Extension, ExitRouter
@@ -109,6 +110,7 @@ class Machine:
         self.serial = Serial16550(stdout)
         self.add_device(self.serial)
         self.add_device(DebugExit(self._guest_exit))
+        self.add_device(FwCfg(ram_size))
         self.world_observers: list[Callable[[str, str], None]] = []
         self.router: ExitRouter | None = None
         self._exits: dict[int, Callable[[int], None]] = {

@@ -32,9 +32,9 @@ QEMU_KNOWN_WRONG: dict[str, dict[str, str]] = {
     },
 }
 
-TAP_GUESTS = ["hello", "longmode", "msr", "exceptions", "mbinfo", "svm_world_switch"]
+TAP_GUESTS = ["hello", "longmode", "msr", "exceptions", "mbinfo", "svm_world_switch", "fw_cfg"]
 EXPECTED_COUNTS = {"hello": 1, "longmode": 15, "msr": 17, "exceptions": 22, "mbinfo": 8,
-                   "svm_world_switch": 11}
+                   "svm_world_switch": 11, "fw_cfg": 6}
 
 
 @pytest.fixture(scope="module")
