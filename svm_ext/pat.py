@@ -4,7 +4,8 @@
   loaded from vmcb12.g_pat at VMRUN and stored back at #VMEXIT; L1's PAT (hPAT) never changes.
 - swap: the seed series' implementation: one storage location; VMRUN parks L1's value and loads
   g_pat, #VMEXIT stores the storage into g_pat and puts L1's value back. The guest cannot tell.
-- shared: before the series (and QEMU TCG today): one PAT, g_pat ignored and never checked.
+- shared: before the series (and QEMU TCG today): one PAT, g_pat ignored and never checked,
+  and (as on TCG) a reserved type written to PAT is stored, not refused with #GP.
 
 Why swap equals architectural: in both, while L2 runs with nested paging every PAT access sees
 gPAT and nothing else can observe hPAT (L1 is not running); at #VMEXIT both write gPAT to g_pat
@@ -143,8 +144,15 @@ class Swap(PatModel):
 
 
 class Shared(PatModel):
+    """QEMU TCG's PAT, check for check: one register for L1 and L2, g_pat neither checked, loaded
+    nor stored, and WRMSR(PAT) storing reserved types instead of raising #GP (KVM before the
+    series did raise it; TCG does not). So a guest fails under `shared` exactly what it fails on
+    QEMU, which tests/test_pat_guest.py compares."""
     name = "shared"
     checks_g_pat = False
+
+    def wrmsr(self, value: int) -> None:
+        self._set_storage(value & 0xFFFFFFFFFFFFFFFF)
 
     def place(self, hpat: int, gpat: int, valid: bool) -> None:
         # One PAT: L2 with nested paging was seeing gPAT, so that is what the register holds.

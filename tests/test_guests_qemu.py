@@ -30,6 +30,28 @@ QEMU_KNOWN_WRONG: dict[str, dict[str, str]] = {
         "RDMSR 0x12345 (unimplemented) raises #GP": "TCG reads unknown MSRs as 0",
         "WRMSR 0x12345 (unimplemented) raises #GP": "TCG ignores writes to unknown MSRs",
     },
+    "svm_pat": {
+        "L2's RDMSR(PAT) reads vmcb12.g_pat": "TCG has one PAT: L2 reads L1's, g_pat is not loaded",
+        "#VMEXIT stores L2's PAT in vmcb12.g_pat": "TCG's #VMEXIT never writes g_pat",
+        "L1's PAT is unchanged across VMRUN and #VMEXIT": "TCG has one PAT: L2's write is L1's",
+        "re-entry loads g_pat as #VMEXIT stored it": "TCG does not load g_pat at VMRUN",
+        "re-entry loads the g_pat L1 edited": "TCG does not load g_pat at VMRUN",
+        "g_pat with type 2 in PA0 fails VMRUN with VMEXIT_INVALID":
+            "TCG's VMRUN does not check g_pat",
+        "g_pat with type 8 in PA7 fails VMRUN with VMEXIT_INVALID":
+            "TCG's VMRUN does not check g_pat",
+        "L2 never ran with a reserved g_pat": "TCG's VMRUN does not check g_pat, so L2 runs",
+        "reserved WRMSR(PAT) in L2 exits with EXCP13 when L1 intercepts #GP":
+            "TCG's WRMSR(PAT) accepts reserved types: no #GP to intercept",
+        "the EXCP13 exit's guest RIP is the WRMSR": "no #GP: the exit is L2's later VMMCALL",
+        "L1's PAT is unchanged by L2's reserved WRMSR": "TCG stores the reserved value in the one PAT",
+        "reserved WRMSR(PAT) in L2 without the intercept reaches L2's #GP handler":
+            "TCG's WRMSR(PAT) accepts reserved types",
+        "L2's #GP has error code 0": "TCG raises no #GP",
+        "L2's PAT is still g_pat after its #GP": "TCG stored the reserved value (and had no gPAT)",
+        "L1's PAT is unchanged after L2 handled its #GP":
+            "TCG stores the reserved value in the one PAT",
+    },
     "svm_checks": {
         "EXITCODE is -1 in all 64 bits":
             "TCG stores VMEXIT_INVALID as 32-bit -1 (0xFFFFFFFF) in the 64-bit EXITCODE",
@@ -37,9 +59,10 @@ QEMU_KNOWN_WRONG: dict[str, dict[str, str]] = {
 }
 
 TAP_GUESTS = ["hello", "longmode", "msr", "exceptions", "mbinfo", "svm_world_switch", "fw_cfg",
+              "svm_pat",
               "svm_checks"]
 EXPECTED_COUNTS = {"hello": 1, "longmode": 15, "msr": 17, "exceptions": 22, "mbinfo": 8,
-                   "svm_world_switch": 11, "fw_cfg": 6,
+                   "svm_world_switch": 11, "fw_cfg": 6, "svm_pat": 30,
                    "svm_checks": 55}
 
 
