@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue a machine from a snapshot file")
     resume.add_argument("snapshot_file", metavar="FILE", help="a snapshot written by --snapshot")
     _add_execution_options(resume)
+    mt = sub.add_parser("memtype", help="the memory type of a virtual address in a snapshot, "
+                        "step by step")
+    mt.add_argument("snapshot_file", metavar="SNAPSHOT", help="a snapshot written by --snapshot")
+    mt.add_argument("va", metavar="VA", type=_address, help="virtual address (0x... or decimal)")
+    mt.add_argument("--world", choices=("L1", "L2", "current"), default="current",
+                    help="whose address it is (default: the world running in the snapshot)")
+    _add_pat_option(mt)
     build = sub.add_parser("build", help="assemble a .S guest into the multiboot image QEMU boots")
     build.add_argument("source")
     build.add_argument("-o", "--output", required=True)
@@ -184,6 +191,29 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _run_and_report(machine, tracer, args, limit)
 
 
+def cmd_memtype(args: argparse.Namespace) -> int:
+    from . import snapshot
+    from .memquery import effective_memtype
+    from svm_ext.extension import SvmExtension
+
+    snap = snapshot.read(args.snapshot_file)
+    machine = Machine(snap.ram_size, stdout=None,
+                      extensions=[SvmExtension(pat_model=args.pat_model)])
+    snapshot.restore(machine, snap)
+    print(effective_memtype(machine, args.va, args.world).describe())
+    return 0
+
+
+def _address(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address")
+    if not 0 <= v < 1 << 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a 64-bit address")
+    return v
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from .loader.asm import assemble_source
     image = assemble_source(args.source)
@@ -198,7 +228,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "resume": cmd_resume, "build": cmd_build}[args.command](args)
+        return {"run": cmd_run, "resume": cmd_resume, "build": cmd_build,
+                "memtype": cmd_memtype}[args.command](args)
     except SvmemuError as e:
         print(f"svmemu: error: {e}", file=sys.stderr)
         return STATUS_BAD_INPUT

@@ -13,13 +13,35 @@ machine object and uses only these entry points on it:
   and shutdown first while a nested guest runs.
 - `machine.world_observers`: called with (old_level, new_level) on every world switch.
 - snapshot sections: `snapshot_state` / `load_snapshot_state` below.
+- memory types: `world_paging` below tells queries and `--trace mem` how a world translates
+  and which PAT its page tables index (the machine alone knows only L1 and its one PAT).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from .paging import PagingRegs
 
 if TYPE_CHECKING:
     from .machine import Machine
+
+
+@dataclass(frozen=True)
+class WorldPaging:
+    """How one world turns its linear addresses into system-physical ones and which PAT types
+    them (APM vol. 2, 7.8 and 15.25.8). With nested paging ``ncr3`` is set: the world's own
+    walk gives a guest-physical address, the nested table (in the host's paging mode
+    ``host_regs``) gives the system-physical one, and the nested leaf indexes ``host_pat``."""
+
+    world: str                     # "L1" or "L2"
+    regs: PagingRegs               # the world's own CR0/CR3/CR4/EFER
+    pat: int                       # the PAT the world's leaves index
+    pat_name: str                  # which register that is: "PAT", "hPAT", "gPAT", ...
+    ncr3: Optional[int] = None     # nested page table root, None without nested paging
+    host_regs: Optional[PagingRegs] = None
+    host_pat: Optional[int] = None
+    host_cr0: int = 0
 
 
 class ExitRouter:
@@ -57,6 +79,11 @@ class Extension:
     def level(self) -> str:
         """The world now running, for traces and the debugger ("L1", "L2")."""
         return "L1"
+
+    def world_paging(self, world: str) -> Optional[WorldPaging]:
+        """The paging and PAT of ``world`` ("L1"/"L2") as things stand, whichever world is
+        running; None when this extension has no say (the machine then answers for L1)."""
+        return None
 
     def snapshot_state(self) -> dict[str, Any]:
         return {}

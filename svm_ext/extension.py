@@ -14,14 +14,14 @@ from unicorn.x86_const import UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RCX, UC
 from emu import hostvm
 from emu.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
 from emu.errors import Unsupported
-from emu.extension import ExitRouter, Extension
+from emu.extension import ExitRouter, Extension, WorldPaging
 from emu.hw_switch import OFF_EIP, RegBatch
 from emu.interrupts import HAS_ERROR_CODE, PF, Event, Kind
 from emu.machine import STATUS_UNSUPPORTED, Machine
 from emu.msr import EFER_SVME, GeneralProtection
 from emu.paging import NestedFault
 
-from . import instructions, intercepts, pat, vmrun as vmrun_mod
+from . import instructions, intercepts, memview, pat, vmrun as vmrun_mod
 from .checks import HostCaps
 from .state import NestedState
 from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
@@ -230,6 +230,9 @@ class SvmExtension(Extension, ExitRouter):
         for ins in self._cs[ctx.mode_bits()].disasm(code, rip, 1):
             return rip + ins.size
         return 0
+
+    def world_paging(self, world: str) -> "WorldPaging | None":
+        return memview.world_paging(self, world)
 
     # ---- snapshots ------------------------------------------------------------------------------
     def snapshot_state(self) -> dict[str, Any]:
