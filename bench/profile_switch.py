@@ -1,0 +1,214 @@
+"""Where a VMRUN/#VMEXIT round trip spends its time (workload 3, world_switch.S).
+
+Two views, both on the same image:
+  * a step breakdown: the world-switch steps of svm_ext are wrapped, for this run only, in a
+    timer (wrapper overhead calibrated and subtracted); inclusive microseconds per round trip,
+    and what is left (Unicorn running L1/L2 code, the hook dispatch, emu_start/stop) as the rest;
+  * cProfile's own-time top list, for the functions the breakdown does not name.
+Nothing in emu/ or svm_ext/ is changed: the wrappers replace module attributes and are removed.
+"""
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import svm_ext.checks
+import svm_ext.extension
+import svm_ext.intercepts
+import svm_ext.vmexit
+import svm_ext.vmrun
+from emu.loader.multiboot import parse_image
+from emu.machine import Machine
+from svm_ext.extension import SvmExtension
+
+from . import workloads
+from .runners import RAM
+
+
+@dataclass
+class Step:
+    name: str            # as shown, indented by depth
+    depth: int
+    calls: int
+    seconds: float       # inclusive, wrapper overhead removed
+
+
+class _Timers:
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        calls, seconds, clock = self.calls, self.seconds, time.perf_counter
+        calls[name], seconds[name] = 0, 0.0
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[name] += clock() - t0
+                calls[name] += 1
+        return timed
+
+
+@contextmanager
+def _patched(obj: Any, attr: str, timers: _Timers, name: str) -> Iterator[None]:
+    own = attr in vars(obj)          # a module global, or an instance's own attribute
+    old = getattr(obj, attr)
+    setattr(obj, attr, timers.wrap(name, old))
+    try:
+        yield
+    finally:
+        if own:
+            setattr(obj, attr, old)
+        else:
+            delattr(obj, attr)       # a bound method shadowed on the instance: unshadow it
+
+
+# (label, depth, where the function lives, attribute), in the order a round trip runs them.
+# Modules are patched before the machine is built (the extension binds its VMRUN handler when
+# it attaches); "ext", "pat", "ctx" and "machine" name the run's instances.
+_STEPS: list[tuple[str, int, Any, str]] = [
+    ("on_exit: L2's VMMCALL reaches L0 (router)", 0, "ext", "on_exit"),
+    ("intercepts.l1_wants", 1, svm_ext.intercepts, "l1_wants"),
+    ("next_rip (decode for NRIP)", 1, "ext", "next_rip"),
+    ("vmexit (#VMEXIT to L1)", 1, svm_ext.extension, "vmexit"),
+    ("store_guest", 2, svm_ext.vmexit, "store_guest"),
+    ("store_exit_info", 2, svm_ext.vmexit, "store_exit_info"),
+    ("pat.on_vmexit", 2, "pat", "on_vmexit"),
+    ("restore_host", 2, svm_ext.vmexit, "restore_host"),
+    ("flush_tlb (#VMEXIT)", 3, svm_ext.vmexit, "flush_tlb"),
+    ("world_changed (observers)", 2, "machine", "world_changed"),
+    ("vmrun: L1's VMRUN reaches L0", 0, svm_ext.vmrun, "vmrun"),
+    ("check_instruction", 1, svm_ext.vmrun, "check_instruction"),
+    ("read_vmcb12", 1, svm_ext.vmrun, "read_vmcb12"),
+    ("save_host_state", 1, svm_ext.vmrun, "save_host_state"),
+    ("checks.run_checks", 1, svm_ext.checks, "run_checks"),
+    ("load_guest", 1, svm_ext.vmrun, "load_guest"),
+    ("build_vmcb02", 2, svm_ext.vmrun, "build_vmcb02"),
+    ("flush_tlb (VMRUN)", 2, svm_ext.vmrun, "flush_tlb"),
+    ("pat.on_vmrun", 1, "pat", "on_vmrun"),
+    ("ctx.save = context_update (all callers)", 0, "ctx", "save"),
+    ("ctx.restore = context_restore (all callers)", 0, "ctx", "restore"),
+]
+
+# What each part is, and what would remove its cost (see RESULTS.md).
+REMEDY = {
+    "on_exit: L2's VMMCALL reaches L0 (router)":
+        "also runs for L1's own VMRUN exit (returns at once); its ctx.save is repeated by "
+        "next_rip and vmexit: save once per exit and pass the Context down",
+    "next_rip (decode for NRIP)":
+        "a third context_update plus a guest-virtual code read; the exit code already fixes the "
+        "length for VMMCALL/VMRUN/CPUID/RDMSR without prefixes: read the 15 bytes only when the "
+        "opcode byte at RIP is a prefix",
+    "store_guest":
+        "builds 6 Segment objects and their attrib properties; one Struct.unpack_from of the "
+        "4 contiguous segment caches plus a bit-shuffle table would do it in two calls",
+    "restore_host":
+        "copies 6 segments and recomputes hflags field by field; L1's whole saved blob is at "
+        "hand, so copy L2's GPRs (and FS/GS/TR/LDTR, which #VMEXIT keeps) into it and restore "
+        "that blob: one memmove and a few fields",
+    "load_guest":
+        "about 25 separate pack_into/set_* calls into the blob, a Segment object per segment, "
+        "hflags rebuilt bit by bit; one precompiled Struct per contiguous span (ES..DS caches, "
+        "CR0..CR4, controls) and hflags from a small lookup would halve it",
+    "check_instruction":
+        "uc.reg_read(RAX) through the binding (~1.5 us); RAX is already in the just-saved "
+        "context blob (OFF_REGS)",
+    "flush_tlb (VMRUN)":
+        "needed: Unicorn's softmmu TLB is not tagged by ASID; only a tagged TLB (a Unicorn "
+        "change) removes it",
+    "flush_tlb (#VMEXIT)": "as for VMRUN",
+    "save_host_state": "bytes() copy of the 6 KiB blob; could copy into a preallocated buffer",
+    "ctx.save = context_update (all callers)":
+        "about 5 per round trip (0.4 us each); 2 are needed (one per exit)",
+}
+
+
+def _machine(image: bytes) -> tuple[Machine, SvmExtension]:
+    ext = SvmExtension()
+    m = Machine(RAM, stdout=None, extensions=[ext])
+    m.load_multiboot(parse_image(image, "bench.bin", RAM), "bench.bin ")
+    return m, ext
+
+
+def _calibrate(timers: _Timers) -> float:
+    """Seconds one wrapper adds around a call (subtracted from every inclusive time)."""
+    def nothing() -> None:
+        return None
+    probe = _Timers()
+    f = probe.wrap("x", nothing)
+    n = 50_000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        f()
+    wrapped = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(n):
+        nothing()
+    bare = time.perf_counter() - t0
+    return max(0.0, (wrapped - bare) / n)
+
+
+def breakdown(iters: int) -> tuple[float, list[Step], float]:
+    """(µs per round trip unwrapped, steps, µs per round trip with wrappers)."""
+    image = workloads.build(workloads.by_key("switch"), iters)
+    base = workloads.build(workloads.by_key("switch"), 1)
+    # Unwrapped cost, for reference.
+    t_n = min(_timed_run(image)[0] for _ in range(2))
+    t_1 = min(_timed_run(base)[0] for _ in range(2))
+    plain = (t_n - t_1) / (iters - 1)
+    timers = _Timers()
+    with ExitStack() as stack:
+        for label, _, obj, attr in _STEPS:
+            if not isinstance(obj, str):
+                stack.enter_context(_patched(obj, attr, timers, label))
+        m, ext = _machine(image)
+        named = {"ext": ext, "pat": ext.pat, "ctx": m.ctx, "machine": m}
+        for label, _, obj, attr in _STEPS:
+            if isinstance(obj, str):
+                stack.enter_context(_patched(named[obj], attr, timers, label))
+        t0 = time.perf_counter()
+        res = m.run(timeout=600)
+        total = time.perf_counter() - t0
+        out = bytes(m.serial.output).decode("utf-8", "replace")
+        problem = workloads.completed(res.status, out, workloads.by_key("switch").checks)
+        if problem:
+            raise RuntimeError(f"profiled run broken: {problem}")
+    overhead = _calibrate(timers)
+    # Nested wrappers: a step's inclusive time also holds its children's wrapper overhead.
+    steps = []
+    for label, depth, _, _ in _STEPS:
+        calls = timers.calls[label]
+        steps.append(Step(label, depth, calls, max(0.0, timers.seconds[label] - calls * overhead)))
+    return plain * 1e6, steps, total / iters * 1e6
+
+
+def _timed_run(image: bytes) -> tuple[float, str]:
+    m, _ = _machine(image)
+    t0 = time.perf_counter()
+    m.run(timeout=600)
+    return time.perf_counter() - t0, bytes(m.serial.output).decode()
+
+
+def cprofile_top(iters: int, limit: int = 25) -> str:
+    """cProfile's top functions by own time for `iters` round trips (inflated by the profiler;
+    read it for proportions)."""
+    image = workloads.build(workloads.by_key("switch"), iters)
+    m, _ = _machine(image)
+    prof = cProfile.Profile()
+    prof.enable()
+    m.run(timeout=600)
+    prof.disable()
+    buf = io.StringIO()
+    stats = pstats.Stats(prof, stream=buf)
+    stats.sort_stats("tottime").print_stats(limit)
+    lines = [line for line in buf.getvalue().splitlines() if line.strip()]
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+    return "\n".join(lines[start:]).replace("/work/main/", "")

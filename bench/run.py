@@ -1,0 +1,388 @@
+"""svmemu benchmarks (issue 5): svmemu against raw Unicorn and QEMU TCG on the same bytes.
+
+    python bench/run.py                  # everything but the test suite; writes bench/RESULTS.md
+    python bench/run.py --suite          # also time the test suite (~60 s)
+    python bench/run.py --quick          # scaled-down counts, a smoke run; writes nothing
+    python bench/run.py --only switch --repeat 5
+
+Each workload image is built twice, with N iterations and with 1; each engine runs both
+`--repeat` times, and the cost per iteration is (median(N) - median(1)) / (N - 1), so boot
+costs cancel. A run counts only if the guest finished with all its checks passed; a broken run
+is reported as such, never timed. Numbers never fail anything: this prints and records them.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+if __package__ in (None, ""):       # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import unicorn  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from bench import profile_switch, runners, workloads  # noqa: E402
+from bench.workloads import Workload  # noqa: E402
+from emu.loader.asm import GUESTS_DIR, assemble_source  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "RESULTS.md"
+SVMEMU_CLI = [sys.executable, "-m", "emu.cli"]
+SECTIONS = ("l1", "l2", "switch", "msr", "guests", "memory", "profile", "suite")
+GUEST_STATUS = {"triplefault": 4}      # svmemu status a bundled guest must end with (default 1)
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+@dataclass
+class Cost:
+    """Seconds per iteration, or why there is no number."""
+    per_iter: float | None = None
+    error: str | None = None
+    n: list[float] = field(default_factory=list)
+    one: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    title: str
+    unit: str
+    iters: int
+    svmemu: Cost
+    raw: Cost | None
+    qemu: Cost | None
+
+
+def measure(run: Callable[[bytes], runners.Run], w: Workload, iters: int, repeat: int) -> Cost:
+    img_n, img_1 = workloads.build(w, iters), workloads.build(w, 1)
+    cost = Cost()
+    for _ in range(repeat):
+        for img, acc, n in ((img_1, cost.one, 1), (img_n, cost.n, iters)):
+            try:
+                r = run(img)
+            except Exception as e:        # noqa: BLE001 - reported in the table, not raised
+                cost.error = f"{n} iterations: {type(e).__name__}: {e}"
+                return cost
+            problem = workloads.completed(r.status, r.output, w.checks)
+            if problem:
+                cost.error = f"{n} iterations: {problem}"
+                return cost
+            acc.append(r.seconds)
+    cost.per_iter = (statistics.median(cost.n) - statistics.median(cost.one)) / (iters - 1)
+    return cost
+
+
+def workload_rows(w: Workload, iters: int, repeat: int, qemu: bool) -> list[Row]:
+    rows = []
+    raw = None if w.nested else measure(runners.raw_unicorn, w, iters, repeat)
+    q = measure(runners.qemu, w, iters, repeat) if qemu else None
+    for model in w.pat_models:
+        console.print(f"  {w.key}: svmemu ({model}) x{repeat}, {iters:,} {w.unit}s", style="dim")
+        sv = measure(lambda img, m=model: runners.svmemu(img, m), w, iters, repeat)
+        title = w.title if len(w.pat_models) == 1 else f"{w.title} [{model}]"
+        rows.append(Row(title, w.unit, iters, sv, raw, q))
+    return rows
+
+
+# ---- formatting ------------------------------------------------------------------------------
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1e-6:
+        return f"{seconds * 1e9:.2f} ns"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.2f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_cost(c: Cost | None) -> str:
+    if c is None:
+        return "n/a"
+    if c.error:
+        return "BROKEN"
+    return fmt_time(c.per_iter)
+
+
+def ratio(num: Cost | None, den: Cost | None) -> str:
+    if not num or not den or num.per_iter is None or den.per_iter is None or den.per_iter <= 0:
+        return "-"
+    return f"{num.per_iter / den.per_iter:.2f}"
+
+
+HEADERS = ["workload", "iterations", "svmemu / iter", "raw Unicorn / iter", "QEMU TCG / iter",
+           "QEMU/svmemu", "raw/svmemu"]
+
+
+def row_cells(r: Row) -> list[str]:
+    return [r.title, f"{r.iters:,} {r.unit}s", fmt_cost(r.svmemu), fmt_cost(r.raw),
+            fmt_cost(r.qemu), ratio(r.qemu, r.svmemu), ratio(r.raw, r.svmemu)]
+
+
+def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
+    t = Table(title=title)
+    for i, h in enumerate(headers):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# ---- bundled guests, memory, suite -------------------------------------------------------------
+def _process(cmd: list[str], timeout: float = 300.0) -> tuple[float, int, str]:
+    """(wall seconds, status, stdout and stderr) of one child process."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+    return time.perf_counter() - t0, p.returncode, out.decode("utf-8", "replace")
+
+
+def _max_rss(cmd: list[str], timeout: float = 300.0) -> tuple[int, int]:
+    """(max RSS in KiB, status) of one child, from wait4's rusage."""
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, cwd=REPO)
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            p.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_maxrss, p.returncode
+        if time.monotonic() > deadline:
+            p.kill()
+        time.sleep(0.02)
+
+
+def guest_rows(repeat: int, qemu: bool, tmp: Path) -> list[list[str]]:
+    rows = []
+    for src in sorted(GUESTS_DIR.glob("*.S")):
+        name = src.stem
+        img = tmp / f"{name}.bin"
+        img.write_bytes(assemble_source(str(src)))
+        want = GUEST_STATUS.get(name, 1)
+        sv, qm = [], []
+        sv_status = q_status = None
+        for _ in range(repeat):
+            t, sv_status, _ = _process(SVMEMU_CLI + ["run", str(img), "-q"])
+            sv.append(t)
+            if qemu:
+                r = runners.qemu(img.read_bytes(), timeout=60)
+                q_status = r.status
+                qm.append(r.seconds)
+        ok = "ok" if sv_status == want else f"BROKEN (want {want})"
+        sv_t, q_t = statistics.median(sv), (statistics.median(qm) if qm else None)
+        rows.append([name, f"{sv_status} {ok}", fmt_time(sv_t),
+                     "-" if q_status is None else str(q_status), fmt_time(q_t),
+                     f"{q_t / sv_t:.2f}" if q_t else "-"])
+    return rows
+
+
+def memory_rows(tmp: Path, qemu: bool) -> list[list[str]]:
+    ram = runners.RAM
+    touch = tmp / "memtouch.bin"
+    touch.write_bytes(workloads.build_memtouch(ram))
+    idle = tmp / "idle.bin"
+    idle.write_bytes(workloads.build(workloads.by_key("l1"), 1))
+    rows = []
+    for label, img in (("every page of RAM written", touch), ("boot and exit (RAM untouched)", idle)):
+        kib, status = _max_rss(SVMEMU_CLI + ["run", str(img), "-m", f"{ram >> 20}M", "-q"])
+        q = "-"
+        if qemu and runners.QEMU:
+            qkib, _ = _max_rss([runners.QEMU, *runners.QEMU_ARGS, "-kernel", str(img)])
+            q = f"{qkib / 1024:.0f} MiB"
+        rows.append([label, f"{ram >> 20} MiB", f"{kib / 1024:.0f} MiB",
+                     f"{kib * 1024 / ram:.2f}x" + ("" if status == 1 else f" (status {status}!)"),
+                     q])
+    return rows
+
+
+def suite_line() -> tuple[float, str]:
+    t, status, out = _process([sys.executable, "-m", "pytest", "-q", "tests/", "-x",
+                                  "-p", "no:cacheprovider"], timeout=1800)
+    last = [line for line in out.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
+    return t, f"{last[0]} (status {status})"
+
+
+# ---- machine facts, RESULTS.md ---------------------------------------------------------------
+def machine_facts() -> list[str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    qemu_v = "not installed"
+    if runners.QEMU:
+        qemu_v = subprocess.run([runners.QEMU, "--version"], capture_output=True,
+                                text=True).stdout.splitlines()[0]
+    return [f"svmemu source: {source_revision()}",
+            f"CPU: {cpu}, {os.cpu_count()} logical CPUs, load average "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at start",
+            f"Python {platform.python_version()}, unicorn {unicorn.__version__}, {qemu_v}",
+            f"{platform.system()} {platform.release()}"]
+
+
+def source_revision() -> str:
+    """The commit measured, and whether emu/ or svm_ext/ had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "emu", "svm_ext"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("SVMEMU_BENCH_SOURCE", "not a git checkout")
+    return f"commit {head}" + (" with uncommitted changes in emu/ or svm_ext/" if dirty else "")
+
+
+def profile_section(iters: int, top_iters: int) -> tuple[list[list[str]], str, float, float]:
+    plain, steps, wrapped = profile_switch.breakdown(iters)
+    rows = []
+    for s in steps:
+        per = s.seconds / iters * 1e6 if s.calls else 0.0
+        rows.append([("· " * s.depth) + s.name, f"{s.calls / iters:.1f}", f"{per:.2f}",
+                     profile_switch.REMEDY.get(s.name, "")])
+    return rows, profile_switch.cprofile_top(top_iters), plain, wrapped
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="scaled-down counts (a smoke run)")
+    ap.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 3, "
+                    "--quick 1)")
+    ap.add_argument("--only", action="append", choices=SECTIONS, help="only this part "
+                    "(repeatable)")
+    ap.add_argument("--suite", action="store_true", help="also time the test suite (~60 s)")
+    ap.add_argument("--no-qemu", action="store_true", help="skip the QEMU columns")
+    ap.add_argument("--results", help="write the report here (default bench/RESULTS.md; "
+                    "--quick writes none unless given)")
+    args = ap.parse_args(argv)
+    repeat = args.repeat or (1 if args.quick else 3)
+    if repeat < 1:
+        ap.error("--repeat must be at least 1")
+    only = set(args.only or [s for s in SECTIONS if s != "suite" or args.suite])
+    qemu = not args.no_qemu and runners.QEMU is not None
+    results = Path(args.results) if args.results else (None if args.quick else RESULTS)
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    facts = machine_facts()
+    console.print(f"[bold]svmemu benchmarks[/bold] {started:%Y-%m-%d %H:%M} UTC; "
+                  f"repeat {repeat}{', quick' if args.quick else ''}")
+    for f in facts:
+        console.print("  " + f, style="dim")
+    md = [f"# svmemu benchmark results\n\n{started:%Y-%m-%d %H:%M} UTC, `python bench/run.py"
+          f"{' --quick' if args.quick else ''}{' --suite' if args.suite else ''}` "
+          f"(repeat {repeat}).\n", *[f"- {f}" for f in facts], ""]
+
+    rows: list[Row] = []
+    for w in workloads.WORKLOADS:
+        if w.key in only:
+            rows += workload_rows(w, w.quick if args.quick else w.full, repeat, qemu)
+    if rows:
+        cells = [row_cells(r) for r in rows]
+        console.print(rich_table("cost per iteration (ratio > 1: svmemu faster)", HEADERS, cells))
+        md += ["## Workloads", "", "Cost per iteration after subtracting a 1-iteration build of "
+               "the same image (medians). QEMU/svmemu > 1 means svmemu is faster than QEMU TCG; "
+               "raw/svmemu is the share of bare Unicorn's speed svmemu keeps (goal ≥ 0.95).", "",
+               md_table(HEADERS, cells), ""]
+        broken = [(r.title, name, c.error) for r in rows
+                  for name, c in (("svmemu", r.svmemu), ("raw Unicorn", r.raw), ("QEMU", r.qemu))
+                  if c is not None and c.error]
+        for title, name, err in broken:
+            console.print(f"[red]BROKEN[/red] {title} on {name}: {err}")
+        if broken:
+            md += ["Broken runs (not timed):", ""] + [f"- {t} on {n}: {e}" for t, n, e in broken]
+            md.append("")
+
+    with tempfile.TemporaryDirectory(prefix="svmemu-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        if "guests" in only:
+            console.print("  bundled guests", style="dim")
+            gh = ["guest", "svmemu status", "svmemu process", "QEMU status", "QEMU process",
+                  "QEMU/svmemu"]
+            g = guest_rows(repeat, qemu, tmp)
+            console.print(rich_table("bundled guests: whole process, wall time", gh, g))
+            md += ["## Bundled guests", "", "Wall time of one whole process (`svmemu run x.bin` "
+                   "including Python start-up and imports, against `qemu-system-x86_64 -kernel "
+                   "x.bin`), median. Status: 1 = all checks passed; QEMU 3 = some checks fail "
+                   "on QEMU TCG (tests/test_guests_qemu.py lists why); triplefault: svmemu 4 "
+                   "(shutdown), QEMU 0.", "", md_table(gh, g), ""]
+        if "memory" in only:
+            console.print("  memory", style="dim")
+            mh = ["guest", "guest RAM", "svmemu max RSS", "RSS / guest RAM", "QEMU max RSS"]
+            mrows = memory_rows(tmp, qemu)
+            console.print(rich_table("memory (goal: RSS < 2x guest RAM)", mh, mrows))
+            md += ["## Memory", "", "Peak resident set of `svmemu run -m 128M` (wait4 "
+                   "ru_maxrss), for a guest that writes every page of its RAM and for one that "
+                   "boots and exits. Goal: below 2x guest RAM.", "", md_table(mh, mrows), ""]
+    if "suite" in only:
+        console.print("  test suite", style="dim")
+        t, line = suite_line()
+        console.print(f"test suite: {t:.1f} s: {line}")
+        md += ["## Test suite", "", f"`python -m pytest -q tests/ -x -p no:cacheprovider`: "
+               f"{t:.1f} s wall ({line}).", ""]
+    if "profile" in only:
+        console.print("  world-switch profile", style="dim")
+        iters = 2000 if args.quick else 20000
+        prow, top, plain, wrapped = profile_section(iters, 1000 if args.quick else 5000)
+        ph = ["step (· = inside the one above)", "calls/trip", "µs/trip", "what would remove it"]
+        console.print(rich_table(f"world switch: {plain:.1f} µs per round trip unprofiled",
+                                 ph[:3], [r[:3] for r in prow]))
+        python_us = sum(float(r[2]) for r, s in zip(prow, profile_switch._STEPS)
+                        if s[1] == 0 and not s[0].startswith("ctx."))
+        md += ["## World-switch profile", "",
+               f"Workload 3 (`world_switch.S`, {iters:,} round trips). Unprofiled: "
+               f"**{plain:.1f} µs** per round trip (QEMU TCG: see the table above). With a timer "
+               f"around each step below: {wrapped:.1f} µs; the times are inclusive (a step "
+               "includes the indented ones under it) with the timer's own cost subtracted, so "
+               "they are a little inflated (nested timers) and add up to about "
+               f"{python_us:.1f} µs of Python per round trip; the rest of the unprofiled "
+               "time is Unicorn itself (the L1 and L2 instructions, raising the intercept, "
+               "re-finding translated code after each TLB flush) and the ctypes hook dispatch.",
+               "", md_table(ph, prow), "", "cProfile, own time, "
+               f"{1000 if args.quick else 5000:,} round trips (profiler overhead inflates small "
+               "functions; read it for proportions):", "", "```", top, "```", ""]
+    md += ["## Notes", "",
+           "- Workloads are bench/guests/*.S, assembled by svmemu's assembler with the iteration "
+           "count substituted; the same bytes boot on QEMU "
+           "(`-accel tcg -cpu qemu64,+svm,+npt -m 128 -device isa-debug-exit,iobase=0xf4,iosize=4`).",
+           "- svmemu is timed in-process (`Machine.run`), raw Unicorn around `emu_start`, QEMU as "
+           "a whole process; the 1-iteration subtraction removes each one's boot cost.",
+           "- Raw Unicorn: a bare `UC_MODE_32` instance, RAM mapped, multiboot EAX/EBX, and two "
+           "IN/OUT instruction hooks (COM1 always ready, isa-debug-exit stops); no SVM, no "
+           "intercepts. Only the L1 loop runs there (the nested workloads need svmemu's SVM).",
+           "- Workload 3 has no nested paging; workload 4 turns it on (so the PAT models' gPAT "
+           "work at VMRUN/#VMEXIT is on the path) and each trip is L1's MSR intercept of L2's "
+           "RDMSR(PAT) rather than VMMCALL.",
+           "- The machine is shared (2 cores, other work running): expect noise of 10-20%.", ""]
+    if results is not None:
+        results.write_text("\n".join(md))
+        console.print(f"wrote {results.relative_to(REPO) if results.is_relative_to(REPO) else results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
