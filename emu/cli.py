@@ -119,7 +119,7 @@ def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Na
 
 def _add_execution_options(p: argparse.ArgumentParser) -> None:
     """What `run` and `resume` share: tracing, limits, snapshots, the PAT model."""
-    p.add_argument("--trace", default="", help="comma list of: insn, exits, io, msr, exc, all")
+    p.add_argument("--trace", default="", help="comma list of: insn, exits, io, msr, exc, mem, all")
     p.add_argument("--trace-file", help="write the trace here instead of stderr")
     p.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
     p.add_argument("--timeout", type=_positive_float, help="stop after N seconds")

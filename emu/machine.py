@@ -208,6 +208,9 @@ class Machine:
             extra.append(uc.hook_add(UC_HOOK_CODE, self._count_insn))
         if self.tracer and self.tracer.on("insn"):
             extra.append(uc.hook_add(UC_HOOK_CODE, self._trace_insn))
+        if self.tracer and self.tracer.on("mem"):
+            from .memtrace import MemTrace
+            extra += MemTrace(self).install(uc)
         deadline = time.monotonic() + timeout if timeout else None
         begin = self._start
         try:

@@ -1,7 +1,8 @@
-"""Human-readable traces, selected by category (`--trace insn,exits,io,msr,exc`).
+"""Human-readable traces, selected by category (`--trace insn,exits,io,msr,exc,mem`).
 
-Only `insn` costs anything on the hot path (a per-instruction hook, installed only when asked);
-the other categories are written from handlers that run anyway.
+Only `insn` and `mem` cost anything on the hot path (per-instruction and per-access hooks,
+installed only when asked; `mem` is emu/memtrace.py); the other categories are written from
+handlers that run anyway.
 """
 from __future__ import annotations
 
