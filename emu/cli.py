@@ -106,10 +106,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Namespace,
                     limit: int | None) -> int:
     """Run, then end the way every run ends: flush, snapshot if asked, one summary line."""
+    outputs = _open_coverage(args, machine)
     result: RunResult = machine.run(max_insns=limit, timeout=args.timeout)
     sys.stdout.flush()
     if tracer:
         tracer.close()
+    for out in outputs:
+        out.close()
     if args.snapshot:
         return _end_with_snapshot(machine, result, args)
     if not args.quiet and result.reason != "exit":
@@ -124,6 +127,9 @@ def _add_execution_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
     p.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
+    p.add_argument("--coverage", metavar="drcov:FILE",
+                   help="write block coverage (drcov v2, one module per address space)")
+    p.add_argument("--tenet", metavar="FILE", help="write a Tenet trace (per-instruction hook)")
     _add_snapshot_options(p)
     _add_pat_option(p)
 
@@ -162,6 +168,20 @@ def _end_with_snapshot(machine: Machine, result: RunResult, args: argparse.Names
     print(f"svmemu: snapshot after {args.snapshot_at} instructions written to {args.snapshot} "
           f"(rip {result.rip:#x})", file=sys.stderr)
     return 0
+
+
+def _open_coverage(args: argparse.Namespace, machine: Machine) -> list:
+    """The coverage outputs asked for, attached; their hooks exist only when asked."""
+    from .coverage import open_output, parse_spec
+    name = getattr(args, "image", None) or args.snapshot_file
+    outputs = []
+    if args.coverage:
+        outputs.append(open_output(*parse_spec(args.coverage), name))
+    if args.tenet:
+        outputs.append(open_output("tenet", args.tenet, name))
+    for out in outputs:
+        out.attach(machine)
+    return outputs
 
 
 def _open_tracer(args: argparse.Namespace) -> "Tracer | None":

@@ -152,6 +152,14 @@ class Machine:
     def level(self) -> str:
         return self.extensions[0].level() if self.extensions else "L1"
 
+    def address_space(self) -> str:
+        """The address space running now (coverage keys code on it; see Extension)."""
+        return self.extensions[0].address_space() if self.extensions else "L1"
+
+    def exit_handler(self, code: int) -> Callable[[int], None] | None:
+        """The handler registered for exit `code`, so a tool (the fuzzer) can wrap it."""
+        return self._exits.get(code)
+
     def raise_exception(self, vector: int, error_code: int | None = None,
                         cr2: int | None = None) -> None:
         """Deliver a hardware exception at the current RIP (the faulting instruction)."""

@@ -106,6 +106,12 @@ class SvmExtension(Extension, ExitRouter):
     def level(self) -> str:
         return "L2" if self.state.in_l2 else "L1"
 
+    def address_space(self) -> str:
+        st = self.state
+        if st.in_l2 and st.vmcb12 is not None:
+            return f"L2.asid{st.vmcb12.guest_asid}"
+        return "L1"
+
     def tracing(self) -> bool:
         t = self.machine.tracer
         return t is not None and t.on("exits")
