@@ -80,6 +80,11 @@ class Extension:
         """The world now running, for traces and the debugger ("L1", "L2")."""
         return "L1"
 
+    def address_space(self) -> str:
+        """A name for the address space now running, unique per guest context (e.g. "L2.asid1"):
+        coverage files keep code of different spaces apart even at equal addresses."""
+        return self.level()
+
     def world_paging(self, world: str) -> Optional[WorldPaging]:
         """The paging and PAT of ``world`` ("L1"/"L2") as things stand, whichever world is
         running; None when this extension has no say (the machine then answers for L1)."""
