@@ -21,7 +21,7 @@ from emu.machine import STATUS_UNSUPPORTED, Machine
 from emu.msr import EFER_SVME, GeneralProtection
 from emu.paging import NestedFault
 
-from . import instructions, intercepts, memview, pat, vmrun as vmrun_mod
+from . import instructions, intercepts, memview, npf, pat, vmrun as vmrun_mod
 from .checks import HostCaps
 from .state import NestedState
 from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
@@ -159,8 +159,8 @@ class SvmExtension(Extension, ExitRouter):
                 raise Unsupported("nested page fault with nested paging off")
             return False
         info2 = 0
-        if code == VMEXIT_NPF:
-            info2 = m.hostvm.exitinfo2(vmrun_mod.VMCB02)
+        if code == VMEXIT_NPF:     # Unicorn gives the low 32 bits only: npf.py completes them
+            info1, info2 = npf.exit_info(self, info1, m.hostvm.exitinfo2(vmrun_mod.VMCB02))
         nrip = self.next_rip() if code in _INSTRUCTION_EXITS else 0
         if code not in (VMEXIT_MSR, VMEXIT_NPF):
             info1 = 0          # no decode assists are reported, so no instruction details
