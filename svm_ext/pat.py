@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from emu import memtype
+from emu.errors import SnapshotError
 from emu.msr import MSR_PAT, GeneralProtection
 
 from . import checks
@@ -77,10 +78,18 @@ class PatModel:
     def load_state(self, d: dict) -> None:
         """Rule for snapshots without gPAT (format 1): the PAT register held whatever the world
         then running saw, so it becomes hPAT when L1 ran and gPAT when L2 ran with nested paging;
-        L1's hPAT is then unknown and is taken to be the same value."""
-        hpat = int(d["hpat"])
-        valid = bool(d.get("gpat_valid", False))
-        gpat = int(d.get("gpat", hpat))
+        L1's hPAT is then unknown and is taken to be the same value (before the series L1 and
+        L2 shared that one register, so this is what L1 would have found at #VMEXIT anyway).
+
+        Values are checked only for being 64-bit: a snapshot taken under `shared` may hold a
+        reserved type, which that model stores. A live gPAT outside L2 is a damaged snapshot."""
+        hpat = _u64(d["hpat"], "hpat")
+        valid = d.get("gpat_valid", False)
+        if type(valid) is not bool:
+            raise SnapshotError(f"the PAT section's gpat_valid is {valid!r}, not true or false")
+        gpat = _u64(d.get("gpat", hpat), "gpat")
+        if valid and not self.ext.state.in_l2:
+            raise SnapshotError("the PAT section has a live gPAT but the snapshot is not in L2")
         self.place(hpat, gpat, valid)
 
     def place(self, hpat: int, gpat: int, valid: bool) -> None:
@@ -158,6 +167,12 @@ class Shared(PatModel):
         # One PAT: L2 with nested paging was seeing gPAT, so that is what the register holds.
         self._set_storage(gpat if valid else hpat)
         self.gpat, self.gpat_valid = gpat, False
+
+
+def _u64(v: object, what: str) -> int:
+    if type(v) is not int or not 0 <= v < 1 << 64:
+        raise SnapshotError(f"the PAT section's {what} is {v!r}, not a 64-bit value")
+    return v
 
 
 def make(name: str) -> PatModel:
