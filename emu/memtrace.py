@@ -44,7 +44,7 @@ class MemTrace:
         Python binding has no after-read hook), which is what the read returns for RAM."""
         try:
             r = memtype_for(self.machine, world_paging(self.machine), va)
-        except SvmemuError as e:
+        except (SvmemuError, ValueError) as e:    # a trace line must never stop the guest
             return f"{'write' if write else 'read '} size {size} va {va:#x} (no translation: {e})"
         if not write:
             value = self._peek(r.spa, size)
