@@ -107,7 +107,7 @@ def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Na
                     limit: int | None) -> int:
     """Run, then end the way every run ends: flush, snapshot if asked, one summary line."""
     outputs = _open_coverage(args, machine)
-    result: RunResult = machine.run(max_insns=limit, timeout=args.timeout)
+    result: RunResult = _run(machine, args, limit)
     sys.stdout.flush()
     if tracer:
         tracer.close()
@@ -132,12 +132,39 @@ def _add_execution_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tenet", metavar="FILE", help="write a Tenet trace (per-instruction hook)")
     _add_snapshot_options(p)
     _add_pat_option(p)
+    _add_gdb_options(p)
 
 
 def _add_pat_option(p: argparse.ArgumentParser) -> None:
     from svm_ext.pat import MODELS
     p.add_argument("--pat-model", choices=MODELS, default="architectural",
                    help="how L1 and L2 PATs relate under nested paging (default: architectural)")
+
+
+# ---- the gdb stub -------------------------------------------------------------------------------
+
+def _add_gdb_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", dest="gdb_default", action="store_true",
+                   help="gdb stub on tcp::1234 (shorthand for --gdb tcp::1234), as QEMU's -s")
+    p.add_argument("-S", dest="gdb_wait", action="store_true",
+                   help="wait for gdb before the first instruction, as QEMU's -S")
+    p.add_argument("--gdb", metavar="tcp:[HOST]:PORT",
+                   help="gdb stub listening there (empty host: localhost; port 0: any free port)")
+
+
+def _run(machine: Machine, args: argparse.Namespace, limit: int | None) -> RunResult:
+    """Run the guest, under the gdb stub when one was asked for."""
+    spec = args.gdb or ("tcp::1234" if args.gdb_default else None)
+    if spec is None:
+        if args.gdb_wait:
+            raise OptionError("-S waits for gdb: give -s or --gdb too")
+        return machine.run(max_insns=limit, timeout=args.timeout)
+    if limit is not None or args.timeout is not None:
+        raise OptionError("the gdb stub cannot be combined with --max-insns, --timeout or "
+                          "--snapshot-at")
+    from .gdbstub import GdbStub, parse_address
+    host, port = parse_address(spec)
+    return GdbStub(machine, host, port, wait=args.gdb_wait).serve()
 
 
 # ---- snapshots ----------------------------------------------------------------------------------

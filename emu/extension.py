@@ -90,6 +90,21 @@ class Extension:
         running; None when this extension has no say (the machine then answers for L1)."""
         return None
 
+    # ---- what the debugger (emu/gdbstub.py) asks about worlds ---------------------------------
+    def world_summary(self) -> str:
+        """One line for `monitor world`: the world running and what defines it."""
+        return self.level()
+
+    def control_block(self) -> list[tuple[str, int]]:
+        """The control block of the nested guest running or last run (for SVM the VMCB), field by
+        field under the architecture's names, as guest memory holds it now; [] when none."""
+        return []
+
+    def last_exit(self) -> Optional[str]:
+        """Why the nested guest last stopped running (exit code by name, exit information), for
+        the debugger's stop messages; None before the first exit."""
+        return None
+
     def snapshot_state(self) -> dict[str, Any]:
         return {}
 

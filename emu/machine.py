@@ -128,6 +128,7 @@ class Machine:
             self._exits[code] = self._exit_undefined_opcode
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
+        self._pause: str | None = None     # a debugger stop requested (see `pause`)
         self._hooks = [
             uc.hook_add(UC_HOOK_INTR, self._on_intr),
             uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
@@ -183,6 +184,13 @@ class Machine:
 
     def stop(self, reason: str, status: int, message: str) -> None:
         self._finish(reason, status, message)
+
+    def pause(self, message: str) -> None:
+        """Stop at the next instruction boundary for a debugger, after finishing any event in
+        flight (a VMRUN's injected event, an exception being delivered): `run` returns reason
+        "pause" and the next `run` continues exactly there. `stop` instead ends the run as is."""
+        self._pause = message
+        self.uc.emu_stop()
 
     # ---- loading ----------------------------------------------------------------------------------
     def load_multiboot(self, image: "BootImage", cmdline: str) -> None:
@@ -243,6 +251,8 @@ class Machine:
                     pending()
                 elif self._result is None and deadline is not None and time.monotonic() >= deadline:
                     self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
+                if self._pause is not None and self._result is None:
+                    self._finish("pause", STATUS_LIMIT, self._pause)
                 begin = uc.reg_read(UC_X86_REG_RIP)
         except Unsupported as e:
             self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
@@ -250,6 +260,7 @@ class Machine:
             for h in extra:
                 uc.hook_del(h)
             self._start = uc.reg_read(UC_X86_REG_RIP)
+            self._pause = None
         result, self._result = self._result, None
         assert result is not None
         return result

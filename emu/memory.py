@@ -115,6 +115,27 @@ class GuestMemory:
         except paging.NonCanonicalAddress:
             raise Fault(GP, 0)
 
+    def debug_translate(self, va: int) -> int:
+        """Linear -> physical as a debugger sees it (gdb's m/M packets): the current paging,
+        nested paging included, with no A/D updates and no protection checks, so a debugger can
+        read kernel pages and patch read-only code without changing what the guest observes.
+        Uses the context as last saved. Raises Fault (#PF/#GP) or NestedFault when unmapped."""
+        regs = self.regs()
+        access = paging.Access(ac=True)
+        try:
+            if self.ctx.u32(OFF_HFLAGS2) & HF2_NPT:
+                return paging.walk_2d(self.read_u64, regs, self.ctx.u64(OFF_NESTED_CR3), va, access,
+                                      host=self._nested_host(), read_u32=self.read_u32,
+                                      maxphyaddr=MAXPHYADDR).hpa
+            if not regs.cr0 & CR0_PG:
+                return va & 0xFFFFFFFF
+            return paging.walk(self.read_u64, regs, va, access, read_u32=self.read_u32,
+                               maxphyaddr=MAXPHYADDR).pa
+        except paging.PageFault as pf:
+            raise Fault(PF, pf.error_code, va)
+        except paging.NonCanonicalAddress:
+            raise Fault(GP, 0)
+
     def _nested_host(self) -> paging.PagingRegs:
         """The host paging mode Unicorn's nested walk uses, as VMRUN recorded it."""
         mode = self.ctx.u32(OFF_NESTED_PG_MODE)

@@ -22,6 +22,7 @@ from emu.msr import EFER_SVME, GeneralProtection
 from emu.paging import NestedFault
 
 from . import instructions, intercepts, memview, npf, pat, vmrun as vmrun_mod
+from . import debugview
 from .checks import HostCaps
 from .state import NestedState
 from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
@@ -105,6 +106,15 @@ class SvmExtension(Extension, ExitRouter):
 
     def level(self) -> str:
         return "L2" if self.state.in_l2 else "L1"
+
+    def world_summary(self) -> str:
+        return debugview.world_summary(self)
+
+    def control_block(self) -> list[tuple[str, int]]:
+        return debugview.control_block(self)
+
+    def last_exit(self) -> str | None:
+        return debugview.last_exit(self)
 
     def address_space(self) -> str:
         st = self.state
