@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--world", choices=("L1", "L2", "current"), default="current",
                     help="whose address it is (default: the world running in the snapshot)")
     _add_pat_option(mt)
+    from .fuzz.command import add_parser as add_fuzz_parser
+    add_fuzz_parser(sub, _size, _positive_int, _positive_float)
     build = sub.add_parser("build", help="assemble a .S guest into the multiboot image QEMU boots")
     build.add_argument("source")
     build.add_argument("-o", "--output", required=True)
@@ -272,11 +274,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fuzz(args: argparse.Namespace) -> int:
+    from .fuzz.command import cmd_fuzz
+    return cmd_fuzz(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"run": cmd_run, "resume": cmd_resume, "build": cmd_build,
-                "memtype": cmd_memtype}[args.command](args)
+                "memtype": cmd_memtype, "fuzz": _cmd_fuzz}[args.command](args)
     except SvmemuError as e:
         print(f"svmemu: error: {e}", file=sys.stderr)
         return STATUS_BAD_INPUT

@@ -123,16 +123,22 @@ def _capture(machine: "Machine", ram: Any) -> Snapshot:
     )
 
 
-def restore(machine: "Machine", snap: Snapshot) -> None:
-    """Put `machine` in the state `snap` holds; the next `machine.run()` continues from it."""
+def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
+            flush_code: bool = True) -> None:
+    """Put `machine` in the state `snap` holds; the next `machine.run()` continues from it.
+
+    The fast reset (emu/fastreset.py) restores RAM itself (`restore_ram=False`) and flushes
+    translated code only when the run rewrote a code page (`flush_code=False` otherwise)."""
     _check_compatible(machine, snap)
-    machine.ram[:] = snap.ram
+    if restore_ram:
+        machine.ram[:] = snap.ram
     machine.hostvm.buf[:] = snap.l0
     ctx = machine.ctx
     ctx.view[:] = snap.cpu
     ctx.restore()
     uc = machine.uc
-    uc.ctl_flush_tb()
+    if flush_code:
+        uc.ctl_flush_tb()
     uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
     values = machine.msrs.values
     values.clear()

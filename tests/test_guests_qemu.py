@@ -60,10 +60,10 @@ QEMU_KNOWN_WRONG: dict[str, dict[str, str]] = {
 
 TAP_GUESTS = ["hello", "longmode", "msr", "exceptions", "mbinfo", "svm_world_switch", "fw_cfg",
               "svm_pat",
-              "svm_checks"]
+              "svm_checks", "svm_fuzz_target"]
 EXPECTED_COUNTS = {"hello": 1, "longmode": 15, "msr": 17, "exceptions": 22, "mbinfo": 8,
                    "svm_world_switch": 11, "fw_cfg": 6, "svm_pat": 30,
-                   "svm_checks": 55}
+                   "svm_checks": 55, "svm_fuzz_target": 4}
 
 
 @pytest.fixture(scope="module")
