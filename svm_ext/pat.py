@@ -143,11 +143,14 @@ class Swap(PatModel):
         if checks.nested_paging_enabled(c, ext.caps):
             self.parked_hpat = self._storage()
             self._set_storage(c.g_pat)
-            self.gpat_valid = True
+            self.gpat, self.gpat_valid = c.g_pat, True
 
     def on_vmexit(self, ext: "SvmExtension", vm: Vmcb) -> None:
+        # The last gPAT is kept (as `architectural` keeps its register) so that state(), and so
+        # a snapshot section, is the same in both models between runs too.
         if self.gpat_valid:
-            vm.save.g_pat = self._storage()
+            self.gpat = self._storage()
+            vm.save.g_pat = self.gpat
             self._set_storage(self.parked_hpat)
             self.gpat_valid = False
 
