@@ -75,7 +75,7 @@ def _patched(obj: Any, attr: str, timers: _Timers, name: str) -> Iterator[None]:
 # Modules are patched before the machine is built (the extension binds its VMRUN handler when
 # it attaches); "ext", "pat", "ctx" and "machine" name the run's instances.
 _STEPS: list[tuple[str, int, Any, str]] = [
-    ("on_exit: L2's VMMCALL reaches L0 (router)", 0, "ext", "on_exit"),
+    ("on_exit: L2's exit reaches L0 (router)", 0, "ext", "on_exit"),
     ("intercepts.l1_wants", 1, svm_ext.intercepts, "l1_wants"),
     ("next_rip (decode for NRIP)", 1, "ext", "next_rip"),
     ("vmexit (#VMEXIT to L1)", 1, svm_ext.extension, "vmexit"),
@@ -100,13 +100,15 @@ _STEPS: list[tuple[str, int, Any, str]] = [
 
 # What each part is, and what would remove its cost (see RESULTS.md).
 REMEDY = {
-    "on_exit: L2's VMMCALL reaches L0 (router)":
+    "on_exit: L2's exit reaches L0 (router)":
         "also runs for L1's own VMRUN exit (returns at once); its ctx.save is repeated by "
         "next_rip and vmexit: save once per exit and pass the Context down",
     "next_rip (decode for NRIP)":
-        "a third context_update plus a guest-virtual code read; the exit code already fixes the "
-        "length for VMMCALL/VMRUN/CPUID/RDMSR without prefixes: read the 15 bytes only when the "
-        "opcode byte at RIP is a prefix",
+        "a third context_update plus a guest-virtual code read: without nested paging Unicorn's "
+        "debug translation (C); with it, memory.read_code walks guest and nested tables in "
+        "Python (the large cost in workload 4). A small (CR3, nCR3, page) -> host page cache "
+        "dropped on every TLB flush, or reading only when the byte at RIP is a prefix (the "
+        "exit code fixes VMMCALL/RDMSR/CPUID lengths otherwise), would remove it",
     "store_guest":
         "builds 6 Segment objects and their attrib properties; one Struct.unpack_from of the "
         "4 contiguous segment caches plus a bit-shuffle table would do it in two calls",
@@ -156,10 +158,12 @@ def _calibrate(timers: _Timers) -> float:
     return max(0.0, (wrapped - bare) / n)
 
 
-def breakdown(iters: int) -> tuple[float, list[Step], float]:
-    """(µs per round trip unwrapped, steps, µs per round trip with wrappers)."""
-    image = workloads.build(workloads.by_key("switch"), iters)
-    base = workloads.build(workloads.by_key("switch"), 1)
+def breakdown(iters: int, key: str = "switch") -> tuple[float, list[Step], float]:
+    """(µs per round trip unwrapped, steps, µs per round trip with wrappers) for workload `key`
+    (a round-trip workload, with the architectural PAT model)."""
+    w = workloads.by_key(key)
+    image = workloads.build(w, iters)
+    base = workloads.build(w, 1)
     # Unwrapped cost, for reference.
     t_n = min(_timed_run(image)[0] for _ in range(2))
     t_1 = min(_timed_run(base)[0] for _ in range(2))
@@ -178,7 +182,7 @@ def breakdown(iters: int) -> tuple[float, list[Step], float]:
         res = m.run(timeout=600)
         total = time.perf_counter() - t0
         out = bytes(m.serial.output).decode("utf-8", "replace")
-        problem = workloads.completed(res.status, out, workloads.by_key("switch").checks)
+        problem = workloads.completed(res.status, out, w.checks)
         if problem:
             raise RuntimeError(f"profiled run broken: {problem}")
     overhead = _calibrate(timers)
@@ -191,16 +195,17 @@ def breakdown(iters: int) -> tuple[float, list[Step], float]:
 
 
 def _timed_run(image: bytes) -> tuple[float, str]:
+    """CPU seconds of one run (as bench/runners.py measures svmemu)."""
     m, _ = _machine(image)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     m.run(timeout=600)
-    return time.perf_counter() - t0, bytes(m.serial.output).decode()
+    return time.process_time() - t0, bytes(m.serial.output).decode()
 
 
-def cprofile_top(iters: int, limit: int = 25) -> str:
-    """cProfile's top functions by own time for `iters` round trips (inflated by the profiler;
-    read it for proportions)."""
-    image = workloads.build(workloads.by_key("switch"), iters)
+def cprofile_top(iters: int, limit: int = 25, key: str = "switch") -> str:
+    """cProfile's top functions by own time for `iters` round trips of workload `key` (inflated
+    by the profiler; read it for proportions)."""
+    image = workloads.build(workloads.by_key(key), iters)
     m, _ = _machine(image)
     prof = cProfile.Profile()
     prof.enable()

@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -147,34 +146,6 @@ def md_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 # ---- bundled guests, memory, suite -------------------------------------------------------------
-def _process(cmd: list[str], timeout: float = 300.0) -> tuple[float, int, str]:
-    """(wall seconds, status, stdout and stderr) of one child process."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        out, _ = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, _ = p.communicate()
-    return time.perf_counter() - t0, p.returncode, out.decode("utf-8", "replace")
-
-
-def _max_rss(cmd: list[str], timeout: float = 300.0) -> tuple[int, int]:
-    """(max RSS in KiB, status) of one child, from wait4's rusage."""
-    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, cwd=REPO)
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-        if pid:
-            p.returncode = os.waitstatus_to_exitcode(status)
-            return usage.ru_maxrss, p.returncode
-        if time.monotonic() > deadline:
-            p.kill()
-        time.sleep(0.02)
-
-
 def guest_rows(repeat: int, qemu: bool, tmp: Path) -> list[list[str]]:
     rows = []
     for src in sorted(GUESTS_DIR.glob("*.S")):
@@ -185,8 +156,9 @@ def guest_rows(repeat: int, qemu: bool, tmp: Path) -> list[list[str]]:
         sv, qm = [], []
         sv_status = q_status = None
         for _ in range(repeat):
-            t, sv_status, _ = _process(SVMEMU_CLI + ["run", str(img), "-q"])
-            sv.append(t)
+            c = runners.child(SVMEMU_CLI + ["run", str(img), "-q"], 120, cwd=str(REPO))
+            sv_status = c.status
+            sv.append(c.cpu)
             if qemu:
                 r = runners.qemu(img.read_bytes(), timeout=60)
                 q_status = r.status
@@ -207,10 +179,12 @@ def memory_rows(tmp: Path, qemu: bool) -> list[list[str]]:
     idle.write_bytes(workloads.build(workloads.by_key("l1"), 1))
     rows = []
     for label, img in (("every page of RAM written", touch), ("boot and exit (RAM untouched)", idle)):
-        kib, status = _max_rss(SVMEMU_CLI + ["run", str(img), "-m", f"{ram >> 20}M", "-q"])
+        c = runners.child(SVMEMU_CLI + ["run", str(img), "-m", f"{ram >> 20}M", "-q"], 300,
+                          cwd=str(REPO))
+        kib, status = c.max_rss_kib, c.status
         q = "-"
         if qemu and runners.QEMU:
-            qkib, _ = _max_rss([runners.QEMU, *runners.QEMU_ARGS, "-kernel", str(img)])
+            qkib = runners.child([runners.QEMU, *runners.QEMU_ARGS, "-kernel", str(img)]).max_rss_kib
             q = f"{qkib / 1024:.0f} MiB"
         rows.append([label, f"{ram >> 20} MiB", f"{kib / 1024:.0f} MiB",
                      f"{kib * 1024 / ram:.2f}x" + ("" if status == 1 else f" (status {status}!)"),
@@ -218,11 +192,12 @@ def memory_rows(tmp: Path, qemu: bool) -> list[list[str]]:
     return rows
 
 
-def suite_line() -> tuple[float, str]:
-    t, status, out = _process([sys.executable, "-m", "pytest", "-q", "tests/", "-x",
-                                  "-p", "no:cacheprovider"], timeout=1800)
-    last = [line for line in out.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
-    return t, f"{last[0]} (status {status})"
+def suite_line() -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds, pytest's summary line) of the whole test suite."""
+    c = runners.child([sys.executable, "-m", "pytest", "-q", "tests/", "-x",
+                       "-p", "no:cacheprovider"], 1800, cwd=str(REPO))
+    last = [line for line in c.output.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
+    return c.wall, c.cpu, f"{last[0]} (status {c.status})"
 
 
 # ---- machine facts, RESULTS.md ---------------------------------------------------------------
@@ -258,14 +233,23 @@ def source_revision() -> str:
     return f"commit {head}" + (" with uncommitted changes in emu/ or svm_ext/" if dirty else "")
 
 
-def profile_section(iters: int, top_iters: int) -> tuple[list[list[str]], str, float, float]:
-    plain, steps, wrapped = profile_switch.breakdown(iters)
-    rows = []
-    for s in steps:
-        per = s.seconds / iters * 1e6 if s.calls else 0.0
-        rows.append([("· " * s.depth) + s.name, f"{s.calls / iters:.1f}", f"{per:.2f}",
-                     profile_switch.REMEDY.get(s.name, "")])
-    return rows, profile_switch.cprofile_top(top_iters), plain, wrapped
+def profile_section(iters: int) -> tuple[list[list[str]], dict[str, tuple[float, float, float]]]:
+    """Step rows for workloads 3 and 4 side by side, and per workload (unprofiled µs, µs with
+    timers, summed top-level Python µs)."""
+    per: dict[str, list[str]] = {}
+    totals = {}
+    for key in ("switch", "msr"):
+        plain, steps, wrapped = profile_switch.breakdown(iters, key)
+        top_level = 0.0
+        for s in steps:
+            us = s.seconds / iters * 1e6
+            per.setdefault(s.name, [("· " * s.depth) + s.name]).append(
+                f"{us:.2f}" + ("" if abs(s.calls / iters - 1) < 0.01 else f" ({s.calls / iters:.0f} calls)"))
+            if s.depth == 0 and not s.name.startswith("ctx."):
+                top_level += us
+        totals[key] = (plain, wrapped, top_level)
+    rows = [cells + [profile_switch.REMEDY.get(name, "")] for name, cells in per.items()]
+    return rows, totals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,11 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         if "guests" in only:
             console.print("  bundled guests", style="dim")
-            gh = ["guest", "svmemu status", "svmemu process", "QEMU status", "QEMU process",
+            gh = ["guest", "svmemu status", "svmemu CPU", "QEMU status", "QEMU CPU",
                   "QEMU/svmemu"]
             g = guest_rows(repeat, qemu, tmp)
-            console.print(rich_table("bundled guests: whole process, wall time", gh, g))
-            md += ["## Bundled guests", "", "Wall time of one whole process (`svmemu run x.bin` "
+            console.print(rich_table("bundled guests: whole process, CPU time", gh, g))
+            md += ["## Bundled guests", "", "CPU time of one whole process (`svmemu run x.bin` "
                    "including Python start-up and imports, against `qemu-system-x86_64 -kernel "
                    "x.bin`), median. Status: 1 = all checks passed; QEMU 3 = some checks fail "
                    "on QEMU TCG (tests/test_guests_qemu.py lists why); triplefault: svmemu 4 "
@@ -340,44 +324,54 @@ def main(argv: list[str] | None = None) -> int:
                    "boots and exits. Goal: below 2x guest RAM.", "", md_table(mh, mrows), ""]
     if "suite" in only:
         console.print("  test suite", style="dim")
-        t, line = suite_line()
-        console.print(f"test suite: {t:.1f} s: {line}")
+        wall, cpu, line = suite_line()
+        console.print(f"test suite: {wall:.1f} s wall, {cpu:.1f} s CPU: {line}")
         md += ["## Test suite", "", f"`python -m pytest -q tests/ -x -p no:cacheprovider`: "
-               f"{t:.1f} s wall ({line}).", ""]
+               f"{wall:.1f} s wall, {cpu:.1f} s CPU (pytest and its children) ({line}).", ""]
     if "profile" in only:
         console.print("  world-switch profile", style="dim")
         iters = 2000 if args.quick else 20000
-        prow, top, plain, wrapped = profile_section(iters, 1000 if args.quick else 5000)
-        ph = ["step (· = inside the one above)", "calls/trip", "µs/trip", "what would remove it"]
-        console.print(rich_table(f"world switch: {plain:.1f} µs per round trip unprofiled",
-                                 ph[:3], [r[:3] for r in prow]))
-        python_us = sum(float(r[2]) for r, s in zip(prow, profile_switch._STEPS)
-                        if s[1] == 0 and not s[0].startswith("ctx."))
+        top_iters = 1000 if args.quick else 5000
+        prow, totals = profile_section(iters)
+        ph = ["step (· = inside the one above)", "µs/trip, VMMCALL", "µs/trip, RDMSR + NPT",
+              "what would remove it"]
+        console.print(rich_table("world-switch profile (µs per round trip, inclusive, with "
+                                 "timers)", ph[:3], [r[:3] for r in prow]))
+        (p3, w3, py3), (p4, w4, py4) = totals["switch"], totals["msr"]
         md += ["## World-switch profile", "",
-               f"Workload 3 (`world_switch.S`, {iters:,} round trips). Unprofiled: "
-               f"**{plain:.1f} µs** per round trip (QEMU TCG: see the table above). With a timer "
-               f"around each step below: {wrapped:.1f} µs; the times are inclusive (a step "
-               "includes the indented ones under it) with the timer's own cost subtracted, so "
-               "they are a little inflated (nested timers) and add up to about "
-               f"{python_us:.1f} µs of Python per round trip; the rest of the unprofiled "
-               "time is Unicorn itself (the L1 and L2 instructions, raising the intercept, "
-               "re-finding translated code after each TLB flush) and the ctypes hook dispatch.",
-               "", md_table(ph, prow), "", "cProfile, own time, "
-               f"{1000 if args.quick else 5000:,} round trips (profiler overhead inflates small "
-               "functions; read it for proportions):", "", "```", top, "```", ""]
+               f"Workloads 3 (`world_switch.S`) and 4 (`world_switch_msr.S`, architectural "
+               f"model), {iters:,} round trips each. Unprofiled: **{p3:.1f} µs** and "
+               f"**{p4:.1f} µs** per round trip. With a timer around each step below: "
+               f"{w3:.1f} and {w4:.1f} µs. Times are inclusive (a step includes the indented "
+               "ones under it), with one timer's own cost subtracted per call, so they are "
+               "somewhat inflated by the nested timers; the top-level Python steps add up to "
+               f"about {py3:.1f} and {py4:.1f} µs. The rest of the unprofiled time is Unicorn "
+               "itself (the L1 and L2 instructions, raising the intercept, finding translated "
+               "code again after each TLB flush) and the ctypes hook dispatch.", "",
+               md_table(ph, prow), ""]
+        for key, name in (("switch", "workload 3"), ("msr", "workload 4")):
+            top = profile_switch.cprofile_top(top_iters, 18, key)
+            md += [f"cProfile, own time, {name}, {top_iters:,} round trips (profiler overhead "
+                   "inflates small functions; read it for proportions):", "", "```", top, "```",
+                   ""]
     md += ["## Notes", "",
            "- Workloads are bench/guests/*.S, assembled by svmemu's assembler with the iteration "
            "count substituted; the same bytes boot on QEMU "
            "(`-accel tcg -cpu qemu64,+svm,+npt -m 128 -device isa-debug-exit,iobase=0xf4,iosize=4`).",
-           "- svmemu is timed in-process (`Machine.run`), raw Unicorn around `emu_start`, QEMU as "
-           "a whole process; the 1-iteration subtraction removes each one's boot cost.",
+           "- Times are CPU seconds (user + system), not wall time: the machine is shared, and "
+           "wall time there measures the neighbours too. svmemu is timed in-process "
+           "(`Machine.run`), raw Unicorn around `emu_start`, QEMU as a whole process (all "
+           "threads, from wait4); the 1-iteration subtraction removes each one's boot cost.",
            "- Raw Unicorn: a bare `UC_MODE_32` instance, RAM mapped, multiboot EAX/EBX, and two "
            "IN/OUT instruction hooks (COM1 always ready, isa-debug-exit stops); no SVM, no "
            "intercepts. Only the L1 loop runs there (the nested workloads need svmemu's SVM).",
            "- Workload 3 has no nested paging; workload 4 turns it on (so the PAT models' gPAT "
            "work at VMRUN/#VMEXIT is on the path) and each trip is L1's MSR intercept of L2's "
            "RDMSR(PAT) rather than VMMCALL.",
-           "- The machine is shared (2 cores, other work running): expect noise of 10-20%.", ""]
+           "- The machine is shared (2 cores, other work running): even CPU time varies by "
+           "10-20% between runs (caches, frequency).",
+           "- The profile's per-step times use a wall clock (a CPU clock costs ~0.9 µs per read, "
+           "more than many steps), so they are only as quiet as the machine was.", ""]
     if results is not None:
         results.write_text("\n".join(md))
         console.print(f"wrote {results.relative_to(REPO) if results.is_relative_to(REPO) else results}")

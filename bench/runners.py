@@ -1,10 +1,12 @@
 """Run one image on svmemu, on raw Unicorn, or on QEMU TCG, and time it.
 
 Each runner returns a `Run`: the seconds measured, the process-style exit status and the serial
-output, so the caller can check the guest completed before trusting the time. What is timed:
+output, so the caller can check the guest completed before trusting the time. What is timed, in
+CPU seconds (user + system), because the machines this runs on are shared and wall time there
+measures the neighbours as much as us:
   svmemu       Machine.run() in this process (image already loaded);
   raw Unicorn  emu_start() of a bare UC_MODE_32 instance on the same RAM contents;
-  QEMU         the whole qemu-system-x86_64 process.
+  QEMU         the whole qemu-system-x86_64 process, all its threads (wait4's rusage).
 Boot costs differ between them, which is why run.py subtracts a 1-iteration build of each image.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
@@ -33,18 +36,49 @@ LSR_THRE_TEMT = 0x60
 
 @dataclass
 class Run:
-    seconds: float
+    seconds: float       # CPU seconds
     status: int
     output: str
+
+
+@dataclass
+class Child:
+    cpu: float           # user + system seconds of the child (all its threads)
+    wall: float
+    status: int          # -1 if it was killed at the timeout
+    output: str          # stdout
+    max_rss_kib: int
+
+
+def child(cmd: list[str], timeout: float = 600.0, cwd: str | None = None) -> Child:
+    """Run a process to its end and return what wait4 says about it."""
+    with tempfile.TemporaryFile() as out:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                             stderr=subprocess.DEVNULL, cwd=cwd)
+        killer = threading.Timer(timeout, p.kill)
+        killer.start()
+        try:
+            _, wstatus, usage = os.wait4(p.pid, 0)
+        finally:
+            killer.cancel()
+        wall = time.perf_counter() - t0
+        status = os.waitstatus_to_exitcode(wstatus)
+        p.returncode = status          # reaped here: keep Popen from waiting again
+        out.seek(0)
+        text = out.read().decode("utf-8", "replace")
+    if status < 0:
+        status, text = -1, text + "\n(killed: timed out or signalled)"
+    return Child(usage.ru_utime + usage.ru_stime, wall, status, text, usage.ru_maxrss)
 
 
 def svmemu(image: bytes, pat_model: str = "architectural", ram: int = RAM,
            timeout: float = 600.0) -> Run:
     m = Machine(ram, stdout=None, extensions=[SvmExtension(pat_model=pat_model)])
     m.load_multiboot(parse_image(image, "bench.bin", ram), "bench.bin ")
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     res = m.run(timeout=timeout)
-    t = time.perf_counter() - t0
+    t = time.process_time() - t0
     return Run(t, res.status, bytes(m.serial.output).decode("utf-8", "replace"))
 
 
@@ -76,12 +110,12 @@ def raw_unicorn(image: bytes, ram: int = RAM) -> Run:
 
     hooks = [uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, UC_X86_INS_IN),
              uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, UC_X86_INS_OUT)]
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         uc.emu_start(boot.entry, 0xFFFFFFFF)
     except Exception as e:   # a broken run is reported, not timed
         out += f"\nraw unicorn stopped: {e}\n".encode()
-    t = time.perf_counter() - t0
+    t = time.process_time() - t0
     for h in hooks:
         uc.hook_del(h)
     return Run(t, status[0], out.decode("utf-8", "replace"))
@@ -94,14 +128,7 @@ def qemu(image: bytes, timeout: float = 600.0) -> Run:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(image)
-        t0 = time.perf_counter()
-        try:
-            p = subprocess.run([QEMU, *QEMU_ARGS, "-kernel", path], stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            return Run(time.perf_counter() - t0, -1,
-                       (e.stdout or b"").decode("utf-8", "replace") + "\n(timed out)")
-        t = time.perf_counter() - t0
-        return Run(t, p.returncode, p.stdout.decode("utf-8", "replace"))
+        c = child([QEMU, *QEMU_ARGS, "-kernel", path], timeout)
+        return Run(c.cpu, c.status, c.output)
     finally:
         os.unlink(path)
