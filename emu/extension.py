@@ -19,7 +19,7 @@ machine object and uses only these entry points on it:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .paging import PagingRegs
 
@@ -65,9 +65,11 @@ class ExitRouter:
     def on_shutdown(self, reason: str) -> bool:
         return False
 
-    def on_io(self, port: int, size: int, is_in: bool) -> bool:
-        """A port access (from the IN/OUT hook, RIP at the instruction); True: do not perform it."""
-        return False
+    def on_io(self, port: int, size: int, is_in: bool) -> Optional[Callable[[], None]]:
+        """A port access (from the IN/OUT hook, RIP at the instruction). To take it as an exit
+        before the instruction, return the action to run once the machine has undone the
+        instruction (RIP back at it, registers as before); None lets the access happen."""
+        return None
 
 
 class Extension:

@@ -22,6 +22,7 @@ from .arch_bits import EFER_SVME
 from .msr import MSR_EFER
 
 # ---- Hardware exit codes L0 sees (AMD APM vol. 2, appendix C; names as the APM gives them) ----
+VMEXIT_DR7_WRITE = 0x37
 VMEXIT_EXCP0 = 0x40
 VMEXIT_INTR = 0x60
 VMEXIT_RDTSC = 0x6E
@@ -46,6 +47,7 @@ VMEXIT_NPF = 0x400
 UC_EXIT_BASE = 0x100
 
 # ---- The VMCB fields vmcb01 needs (APM vol. 2, appendix B) ----
+VMCB_INTERCEPT_DR_WRITE = 0x006      # 16 bits: bit n intercepts MOV to DRn
 VMCB_INTERCEPT_EXCEPTIONS = 0x008
 VMCB_INTERCEPT_MISC = 0x00C          # 64-bit view: bit (exit code - 0x60)
 VMCB_IOPM_BASE_PA = 0x040
@@ -91,6 +93,11 @@ L0_INTERCEPTED_EXITS = (
     VMEXIT_SHUTDOWN, VMEXIT_VMRUN, VMEXIT_VMMCALL, VMEXIT_VMLOAD, VMEXIT_VMSAVE, VMEXIT_STGI,
     VMEXIT_CLGI, VMEXIT_SKINIT, VMEXIT_RDTSCP,
 )
+
+
+# DR7 writes: Unicorn recomputes its hidden HF_IOBPT flag from DR7 on every guest write, and L0
+# needs that flag kept (emu/io_trap.py), so L0 sees every DR7 write, in L1 and L2 alike.
+L0_DR_WRITE_INTERCEPTS = 1 << 7
 
 
 def intercept_bit(exit_code: int) -> int:
@@ -144,6 +151,7 @@ class HostVm:
         trampoline address to start execution at."""
         vm = bytearray(0x1000)
         struct.pack_into("<I", vm, VMCB_INTERCEPT_EXCEPTIONS, 0xFFFFFFFF)
+        struct.pack_into("<H", vm, VMCB_INTERCEPT_DR_WRITE, L0_DR_WRITE_INTERCEPTS)
         misc = 0
         for code in L0_INTERCEPTED_EXITS:
             misc |= intercept_bit(code)

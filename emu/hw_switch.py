@@ -35,7 +35,8 @@ OFF_VM_HSAVE = 4832
 OFF_ERROR_CODE = 5384
 OFF_VM_VMCB = 5504
 OFF_INTERCEPT = 5520
-OFF_INTERCEPT_CRDR = 5528
+OFF_INTERCEPT_CRDR = 5528   # u16 each: CR read, CR write, DR read, DR write
+OFF_INTERCEPT_DR_WRITE = OFF_INTERCEPT_CRDR + 6
 OFF_INTERCEPT_EXC = 5536
 OFF_NESTED_CR3 = 5544
 OFF_NESTED_PG_MODE = 5552
@@ -52,6 +53,7 @@ HF_TS = 1 << 11
 HF_SVME = 1 << 20
 HF_OSFXSR = 1 << 22
 HF_SMAP = 1 << 23
+HF_IOBPT = 1 << 24       # translate I/O instructions with a call to the I/O-breakpoint helper
 HF2_GIF = 1 << 0
 HF2_NPT = 1 << 6
 # How Unicorn's nested walk reads the host paging mode (set from L1's state at VMRUN).
@@ -133,6 +135,14 @@ class Context:
 
     def restore(self) -> None:
         self.uc.context_restore(self.ctx)
+
+    def set_rip(self, rip: int) -> None:
+        """Move RIP from inside a hook. `reg_write(RIP)` there would also set Unicorn's
+        skip_sync_pc_on_exit for the rest of `emu_start`, after which IN/OUT and memory hooks
+        see a stale RIP; writing the saved context's copy does not."""
+        self.save()
+        self.set_u64(OFF_EIP, rip)
+        self.restore()
 
     # ---- fields -------------------------------------------------------------------------
     def u32(self, off: int) -> int:

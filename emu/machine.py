@@ -9,6 +9,7 @@ continues without leaving `emu_start`; events that change control flow across pr
 from __future__ import annotations
 
 import mmap
+import struct
 import time
 import ctypes
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ from .devices.serial import Serial16550
 from .errors import ImageError, OptionError, Unsupported
 from .extension import Extension, ExitRouter
 from .hostvm import HostVm
-from .hw_switch import OFF_VM_VMCB, Context, self_check
+from .hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context, self_check
+from .io_trap import IoTrap
 from .interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
                          Shutdown)
 from .memory import GuestMemory
@@ -99,6 +101,7 @@ class Machine:
         self.ctx = Context(uc)
         self.mem = GuestMemory(uc, self.ram, ram_size, self.ctx)
         self.deliverer = Deliverer(uc, self.ctx, self.mem)
+        self.io_trap = IoTrap(uc, self.ctx)
         self.tracer = tracer
         self.tsc = 0
         self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
@@ -120,6 +123,7 @@ class Machine:
             hostvm.VMEXIT_RDTSCP: self._exit_rdtscp,
             hostvm.VMEXIT_SWINT: self._exit_intn,
             hostvm.VMEXIT_HLT: self._exit_hlt,
+            hostvm.VMEXIT_DR7_WRITE: self._exit_dr7_write,
             hostvm.VMEXIT_SHUTDOWN: lambda code: self.shutdown("shutdown (triple fault)"),
         }
         for code in (hostvm.VMEXIT_VMRUN, hostvm.VMEXIT_VMMCALL, hostvm.VMEXIT_VMLOAD,
@@ -203,10 +207,12 @@ class Machine:
         mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR)
         self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
+        self.io_trap.set_flag()
 
     def resume_at(self, rip: int) -> None:
         """Make the next `run` continue at `rip` (after a snapshot restore)."""
         self._start = rip
+        self.io_trap.set_flag()      # snapshots from before the flag existed lack it
 
     # ---- running ----------------------------------------------------------------------------------
     def run(self, *, max_insns: int | None = None, timeout: float | None = None) -> RunResult:
@@ -247,8 +253,10 @@ class Machine:
                                      f"{uc.reg_read(UC_X86_REG_RIP):#x}")
                     break
                 pending, self._pending = self._pending, None
-                if pending is not None and self._result is None:
-                    pending()
+                if pending is not None:
+                    while pending is not None and self._result is None:
+                        pending()     # may itself stop and defer (an instruction run alone)
+                        pending, self._pending = self._pending, None
                 elif self._result is None and deadline is not None and time.monotonic() >= deadline:
                     self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
                 if self._pause is not None and self._result is None:
@@ -280,10 +288,13 @@ class Machine:
 
     # ---- hooks --------------------------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:
+        code = intno - hostvm.UC_EXIT_BASE
+        if code == hostvm.VMEXIT_EXCP0 + DB and self.io_trap.armed:
+            self._io_trap_fired()
+            return
         if self._result is not None:
             uc.emu_stop()
             return
-        code = intno - hostvm.UC_EXIT_BASE
         handler = self._exits.get(code)
         try:
             if self.router is not None and self.router.on_exit(code):
@@ -310,7 +321,7 @@ class Machine:
         return f"[{self.level()} {ctx.mode_bits()} cpl{ctx.cpl}] {self.uc.reg_read(UC_X86_REG_RIP):#x}"
 
     def _advance(self, length: int) -> None:
-        self.uc.reg_write(UC_X86_REG_RIP, self.uc.reg_read(UC_X86_REG_RIP) + length)
+        self.ctx.set_rip(self.uc.reg_read(UC_X86_REG_RIP) + length)
 
     def _exit_exception(self, vector: int) -> None:
         ctx = self.ctx.save()
@@ -408,24 +419,75 @@ class Machine:
         self._defer(lambda: self._deliver(ev, rip + length))
 
     def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
-        if self._result is not None or (self.router is not None
-                                        and self.router.on_io(port, size, True)):
-            return (1 << (8 * size)) - 1
+        if self._result is not None or self._io_exit(port, size, True):
+            return (1 << (8 * size)) - 1     # undone when the trap fires
         dev = self.ports.get(port)
         value = dev.read(port, size) if dev else (1 << (8 * size)) - 1
         self._trace_io("in", port, size, value, dev)
+        if self._result is not None:
+            self.io_trap.arm(port, undo=False, action=None)
         return value
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
-        # After a stop (e.g. isa-debug-exit) the rest of the translation block still executes;
-        # its port I/O must not reach devices.
-        if self._result is not None or (self.router is not None
-                                        and self.router.on_io(port, size, False)):
+        if self._result is not None or self._io_exit(port, size, False):
             return
         dev = self.ports.get(port)
         self._trace_io("out", port, size, value, dev)
         if dev:
             dev.write(port, size, value)
+        if self._result is not None:
+            # The device ended the run (isa-debug-exit): stop before the next instruction
+            # rather than at the end of the translation block.
+            self.io_trap.arm(port, undo=False, action=None)
+
+    def _io_exit(self, port: int, size: int, is_in: bool) -> bool:
+        """Does a hypervisor take this access as an exit *before* the instruction? Then the
+        access is not performed, the instruction is undone and the exit happens at its RIP."""
+        if self.router is None:
+            return False
+        try:
+            action = self.router.on_io(port, size, is_in)
+            if action is None:
+                return False
+            if not self.io_trap.arm(port, undo=True, action=action):
+                raise Unsupported(f"port {port:#x} access at rip "
+                                  f"{self.uc.reg_read(UC_X86_REG_RIP):#x} must exit to the "
+                                  "hypervisor, but the code was translated without I/O traps")
+        except Unsupported as e:
+            self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
+        return True
+
+    def _io_trap_fired(self) -> None:
+        """The #DB that an armed I/O trap raised right after its instruction (emu/io_trap.py)."""
+        action = self.io_trap.take()
+        if action is None or self._result is not None:
+            self.uc.emu_stop()
+            return
+        try:
+            action()
+        except Unsupported as e:
+            self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
+
+    def _exit_dr7_write(self, code: int) -> None:
+        """MOV to DR7, which L0 intercepts only to keep HF_IOBPT (emu/io_trap.py): run the
+        instruction alone with the intercept lifted, so Unicorn applies it in full (breakpoints,
+        #GP/#UD checks), then put intercept and flag back."""
+        rip = self.uc.reg_read(UC_X86_REG_RIP)
+        self._defer(lambda: self._run_dr7_write(rip))
+
+    def _run_dr7_write(self, rip: int) -> None:
+        ctx = self.ctx.save()
+        intercepts = ctx.u32(OFF_INTERCEPT_DR_WRITE) & 0xFFFF
+        struct.pack_into("<H", ctx.view, OFF_INTERCEPT_DR_WRITE,
+                         intercepts & ~hostvm.L0_DR_WRITE_INTERCEPTS)
+        ctx.restore()
+        try:
+            self.uc.emu_start(rip, _UNTIL, count=1)
+        finally:
+            ctx = self.ctx.save()
+            struct.pack_into("<H", ctx.view, OFF_INTERCEPT_DR_WRITE, intercepts)
+            ctx.restore()
+            self.io_trap.set_flag()
 
     def _trace_io(self, direction: str, port: int, size: int, value: int,
                   dev: PortDevice | None) -> None:

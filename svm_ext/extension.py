@@ -6,10 +6,11 @@ consistency checks in checks.py, the VMCB layout in vmcb.py.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import capstone
-from unicorn.x86_const import UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS
+from unicorn.x86_const import (UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS,
+                               UC_X86_REG_RIP)
 
 from emu import hostvm
 from emu.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
@@ -17,17 +18,17 @@ from emu.errors import Unsupported
 from emu.extension import ExitRouter, Extension, WorldPaging
 from emu.hw_switch import OFF_EIP, RegBatch
 from emu.interrupts import HAS_ERROR_CODE, PF, Event, Kind
-from emu.machine import STATUS_UNSUPPORTED, Machine
+from emu.machine import Machine
 from emu.msr import EFER_SVME, GeneralProtection
 from emu.paging import NestedFault
 
-from . import instructions, intercepts, memview, npf, pat, vmrun as vmrun_mod
+from . import instructions, intercepts, ioio, memview, npf, pat, vmrun as vmrun_mod
 from . import debugview
 from .checks import HostCaps
 from .state import NestedState
 from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
                    EVENTINJ_TYPE_SOFT_INT, EVENTINJ_V, VMEXIT_EXCP0, VMEXIT_INTR,
-                   VMEXIT_MSR, VMEXIT_NPF, VMEXIT_SHUTDOWN, exit_name, iopm_intercepted)
+                   VMEXIT_IOIO, VMEXIT_MSR, VMEXIT_NPF, VMEXIT_SHUTDOWN, exit_name)
 from .vmexit import vmexit
 
 MSR_VM_CR = 0xC0010114
@@ -201,20 +202,24 @@ class SvmExtension(Extension, ExitRouter):
             return True
         return False
 
-    def on_io(self, port: int, size: int, is_in: bool) -> bool:
-        """L1 intercepting L2's port I/O needs a stop *before* the instruction, which Unicorn's
-        IN/OUT hooks cannot give; rather than perform an access L1 asked to see, stop clearly."""
+    def on_io(self, port: int, size: int, is_in: bool) -> Callable[[], None] | None:
+        """An L2 port access that L1's IOPM intercepts becomes a #VMEXIT(IOIO) at the IN/OUT,
+        with nothing performed (APM 15.10.2); EXITINFO2 and NRIP are the next RIP."""
         st = self.state
         c = st.vmcb12
-        if not st.in_l2 or c is None or not intercepts.ioio(c):
-            return False
-        iopm = self.machine.mem.read_phys(c.iopm_base_pa & ~0xFFF, 0x3000)
-        if not iopm_intercepted(iopm, port, size):
-            return False
-        self.machine.stop("unsupported", STATUS_UNSUPPORTED,
-                          f"unsupported: L2 {'IN from' if is_in else 'OUT to'} port {port:#x} "
-                          "intercepted by L1's IOPM (IOIO intercepts are not implemented yet)")
-        return True
+        m = self.machine
+        if not st.in_l2 or c is None or not intercepts.ioio(c, port, size, m.mem.read_phys):
+            return None
+        rip = m.uc.reg_read(UC_X86_REG_RIP)      # synced for the hook; the blob's copy is not
+        insn = ioio.decode(m.mem.read_code(rip, 15), m.ctx.save().mode_bits())
+        if insn is None:
+            raise Unsupported(f"port access at rip {rip:#x} is not an IN/OUT/INS/OUTS")
+        if insn.string and insn.is_in:
+            raise Unsupported(f"INS from port {port:#x} at rip {rip:#x}, which L1's "
+                              "IOPM intercepts (Unicorn stores to ES:rDI before the I/O hook, so "
+                              "the instruction cannot be undone)")
+        info1, nrip = insn.exitinfo1(port, size), rip + insn.length
+        return lambda: vmexit(self, VMEXIT_IOIO, info1, nrip, 0, nrip)
 
     def _intinfo(self, during: Event | None) -> int:
         """EXITINTINFO: the event whose delivery the exit interrupted, as the APM encodes it."""

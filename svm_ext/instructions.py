@@ -30,7 +30,7 @@ _SEG_FIELDS = (("fs", FS), ("gs", GS), ("tr", TR), ("ldtr", LDTR))
 
 def _advance(ext: "SvmExtension") -> None:
     uc = ext.machine.uc
-    uc.reg_write(UC_X86_REG_RIP, uc.reg_read(UC_X86_REG_RIP) + INSN_LENGTH)
+    ext.machine.ctx.set_rip(uc.reg_read(UC_X86_REG_RIP) + INSN_LENGTH)
 
 
 def vmcb_operand(ext: "SvmExtension") -> int | None:

@@ -9,7 +9,7 @@ from typing import Callable
 
 from .vmcb import (INTERCEPT_IOIO_PROT, INTERCEPT_MSR_PROT, VMEXIT_DR0_READ,
                    VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_MSR, VMEXIT_NPF, VMEXIT_VMRUN,
-                   Vmcb12Cache, msrpm_intercepted)
+                   Vmcb12Cache, iopm_intercepted, msrpm_intercepted)
 
 ReadPhys = Callable[[int, int], bytes]
 
@@ -42,9 +42,11 @@ def msr(c: Vmcb12Cache, index: int, write: bool, read_phys: ReadPhys) -> bool:
     return msrpm_intercepted(_MapReader(read_phys, c.msrpm_base_pa & ~0xFFF), index, write)
 
 
-def ioio(c: Vmcb12Cache) -> bool:
-    """IOIO_PROT: L1 wants the port accesses its IOPM marks (checked by the caller)."""
-    return bool(c.intercept_misc1 & INTERCEPT_IOIO_PROT)
+def ioio(c: Vmcb12Cache, port: int, size: int, read_phys: ReadPhys) -> bool:
+    """IOIO_PROT plus L1's IOPM: the bit of every port byte the access touches."""
+    if not c.intercept_misc1 & INTERCEPT_IOIO_PROT:
+        return False
+    return iopm_intercepted(_MapReader(read_phys, c.iopm_base_pa & ~0xFFF), port, size)
 
 
 def l1_wants(c: Vmcb12Cache, code: int, info1: int, msr_index: int,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from unicorn.x86_const import UC_X86_REG_RIP
 
 from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF_EFER, OFF_EIP, OFF_HFLAGS2,
                            OFF_INTERCEPT, OFF_NESTED_PG_MODE, OFF_REGS, OFF_VM_VMCB, SS, Context,
@@ -132,7 +131,7 @@ def fail_vmrun(ext: "SvmExtension", rule: str, where: str | None = None) -> None
     vm.exitintinfo = 0
     st.gif = False
     st.stats["vmexit"] += 1
-    m.uc.reg_write(UC_X86_REG_RIP, st.l1_next_rip)
+    m.ctx.set_rip(st.l1_next_rip)
     ext.trace(f"vmrun vmcb12 {st.vmcb12_pa:#x} failed its consistency checks: {rule} "
               "-> VMEXIT_INVALID", where)
     ext.last_invalid_reason = rule

@@ -123,7 +123,8 @@ def build_vmcb02(ext: "SvmExtension", c: Vmcb12Cache, npt: bool) -> tuple[int, i
     misc = l0_misc | c.intercept_misc1 | (c.intercept_misc2 << 32)
     buf = m.hostvm.view(VMCB02, VMCB_SIZE)
     _INTERCEPTS.pack_into(buf, _OFF["intercept_cr_read"], c.intercept_cr_read,
-                          c.intercept_cr_write, c.intercept_dr_read, c.intercept_dr_write,
+                          c.intercept_cr_write, c.intercept_dr_read,
+                          c.intercept_dr_write | hostvm.L0_DR_WRITE_INTERCEPTS,
                           0xFFFFFFFF, misc & 0xFFFFFFFF, misc >> 32)
     # IOPM: never consulted by Unicorn (see extension.on_io).
     _MAPS.pack_into(buf, _OFF["iopm_base_pa"], hostvm.IOPM01, hostvm.MSRPM01)
@@ -154,7 +155,7 @@ def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
     # Controls Unicorn enforces in C.
     ctx.set_u64(OFF_INTERCEPT, misc)
     _CRDR.pack_into(ctx.view, OFF_INTERCEPT_CRDR, c.intercept_cr_read, c.intercept_cr_write,
-                    c.intercept_dr_read, c.intercept_dr_write)
+                    c.intercept_dr_read, c.intercept_dr_write | hostvm.L0_DR_WRITE_INTERCEPTS)
     ctx.set_u32(OFF_INTERCEPT_EXC, exceptions)
     ctx.set_u64(OFF_VM_VMCB, VMCB02)
     hf2 = ctx.u32(OFF_HFLAGS2) & ~HF2_NPT
