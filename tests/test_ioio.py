@@ -162,3 +162,28 @@ def test_decode_prefixes():
     assert not d.rep and d.is_in and d.length == 2          # REP is ignored on IN/OUT
     assert ioio.decode(b"\x90", 64) is None
     assert d.exitinfo1(0x3f8, 1) & (IOIO_A16 | IOIO_A32 | IOIO_A64) == IOIO_A64
+
+
+def test_svm_ioio_guest_exit_log_matches_the_apm():
+    """The bundled guest's own log of every #VMEXIT (guests/svm.inc), read from RAM."""
+    import struct
+    from tests.test_guests import boot
+    m, ext, res, out = boot("svm_ioio")
+    assert res.reason == "exit" and res.status == 1, out
+    count = struct.unpack_from("<Q", m.ram, 0x8FFFF8)[0]
+    log = {}
+    for i in range(count):
+        code, info1, info2, intinfo, nrip, rip, tag, _ = struct.unpack_from("<8Q", m.ram,
+                                                                            0x900000 + 64 * i)
+        log[tag] = (code, info1, info2, nrip, rip)
+    a64 = IOIO_A64
+    assert log[1][:2] == (VMEXIT_IOIO, 0x00800010 | a64)
+    assert log[2][:2] == (VMEXIT_IOIO, 0x00710021 | a64)
+    assert log[4][:2] == (VMEXIT_IOIO, 0x0080001C | a64)
+    assert log[5][:2] == (VMEXIT_IOIO, 0xFFFF0020 | a64)
+    for tag in (1, 2, 3, 4, 5):
+        code, info1, info2, nrip, rip = log[tag]
+        assert nrip == info2 > rip              # EXITINFO2 and NRIP: the next instruction
+    assert [log[t][:2] for t in (7, 8, 10, 11)] == [(0x7C, 0), (0x7C, 1), (0x7C, 0), (0x7C, 0)]
+    assert log[6][0] == log[9][0] == log[12][0] == 0x81
+    assert ext.state.stats["vmexit"] == count
