@@ -27,7 +27,7 @@ import select
 import socket
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UcError
 from unicorn.x86_const import UC_X86_REG_RIP
@@ -39,6 +39,7 @@ from .gdb_packets import INTERRUPT, Connection
 from .hw_switch import HF_GUEST, flush_tlb
 from .interrupts import Fault
 from .paging import NestedFault
+from .reverse import REPLAY, SCAN, Recorder
 
 if TYPE_CHECKING:
     from .machine import Machine, RunResult
@@ -103,7 +104,10 @@ class GdbStub:
         self._last_stop = Stop(SIGTRAP)
         self._last_world = machine.level()
         self._xml = gdb_regs.target_xml().encode()
-        self.extra_commands: dict[str, Callable[[str], str | None]] = {}
+        self.rec = Recorder(machine, stop=self._rec_stop, bp_at=self._code_bps.__contains__,
+                            watch_hit=self._pop_watch, interrupted=self._interrupted)
+        self.monitor.add("record", self._monitor_record,
+                         "on|off|status: record for reverse-stepi/reverse-continue")
         machine.world_observers.append(self._on_world)
 
     # ---- the outer loop ---------------------------------------------------------------------
@@ -170,6 +174,7 @@ class GdbStub:
         for key in list(self._watches):
             self._remove_watch(*key)
         self.break_on.clear()
+        self.rec.stop()
         if self.conn is not None:
             self.conn.close()
             self.conn = None
@@ -243,6 +248,8 @@ class GdbStub:
             return _KILL
         if head == "H" or head == "T":
             return "OK"
+        if pkt in ("bs", "bc"):
+            return self._reverse(pkt == "bs")
         if pkt.startswith("vCont"):
             return self._vcont(pkt)
         if pkt == "vKill" or pkt.startswith("vKill;"):
@@ -254,7 +261,7 @@ class GdbStub:
     def _query(self, pkt: str) -> str:
         if pkt.startswith("qSupported"):
             return (f"PacketSize={PACKET_SIZE:x};qXfer:features:read+;swbreak+;hwbreak+;"
-                    "QStartNoAckMode+;vContSupported+")
+                    "QStartNoAckMode+;vContSupported+;ReverseStep+;ReverseContinue+")
         if pkt == "QStartNoAckMode":
             assert self.conn is not None
             self.conn.send("OK")
@@ -398,6 +405,8 @@ class GdbStub:
             self.m.pause(stop.note or "debugger stop")
 
     def _on_breakpoint(self, uc, address: int, size: int, _data: object) -> None:
+        if self.rec.active:
+            return                             # the recorder's hook sees every instruction
         if self._skip == address:              # the breakpoint we are resuming from
             self._skip = None
             return
@@ -423,7 +432,7 @@ class GdbStub:
 
     def _after_watch(self, uc, address: int, size: int, _data: object) -> None:
         hit = self._watch_hit
-        if hit is not None and self._running:
+        if hit is not None and self._running and not self.rec.active:
             self._watch_hit = None
             self._request(Stop(SIGTRAP, f"{_WATCH_KIND[hit[0]]}:{hit[1]:x};"))
 
@@ -432,7 +441,10 @@ class GdbStub:
             return
         entering = _depth(new) > _depth(old)
         what = "vmrun" if entering else "vmexit"
-        if what not in self.break_on:
+        if what not in self.break_on or self.rec.active and self.rec.mode == REPLAY:
+            return
+        if self.rec.active and self.rec.mode == SCAN:
+            self.rec.world_switch()
             return
         if entering:
             note = f"stopped after VMRUN: {old} -> {new}"
@@ -463,7 +475,10 @@ class GdbStub:
         self._stop = None
         self._watch_hit = None
         step_hook = None
-        if step:
+        if self.rec.active:
+            self.rec.skip = self._skip
+            self.rec.stop_at = self.rec.icount + 1 if step else None
+        elif step:
             self._step_first = True
             step_hook = uc.hook_add(UC_HOOK_CODE, self._on_step)
             uc.ctl_flush_tb()
@@ -473,6 +488,7 @@ class GdbStub:
         finally:
             self._running = False
             self._skip = None
+            self.rec.stop_at = None
             if step_hook is not None:
                 uc.hook_del(step_hook)
                 uc.ctl_flush_tb()
@@ -485,15 +501,91 @@ class GdbStub:
         assert self.conn is not None
         while True:
             # A step is one instruction: no slice, so a slice boundary cannot split it.
-            result = self.m.run(timeout=None if step else SLICE)
+            # A recording is never sliced by time (see reverse.py); it polls Ctrl-C itself.
+            result = self.m.run(timeout=None if step or self.rec.active else SLICE)
             if result.reason not in ("pause", "timeout"):
                 return result
             if self._stop is not None:
                 return self._stop
+            if self.rec.checkpoint_due:
+                self.rec.take_checkpoint()
+                continue
             if result.reason == "pause":
                 return Stop(SIGTRAP)
             if self.conn.interrupted():
                 return Stop(SIGINT)
+
+    # ---- recording and reverse execution (emu/reverse.py) ---------------------------------------
+    def _rec_stop(self, kind: str, address: int) -> None:
+        if kind == "interrupt":
+            self._request(Stop(SIGINT))
+        elif kind == "bp":
+            kinds = self._code_bps.get(address, (0, {0}))[1]
+            self._request(Stop(SIGTRAP, "swbreak:;" if 0 in kinds else "hwbreak:;"))
+        elif kind == "step":
+            self._request(Stop(SIGTRAP))
+        else:
+            self._request(Stop(SIGTRAP, kind))        # a watchpoint's stop-reply pair
+
+    def _pop_watch(self) -> str | None:
+        hit, self._watch_hit = self._watch_hit, None
+        return None if hit is None else f"{_WATCH_KIND[hit[0]]}:{hit[1]:x};"
+
+    def _interrupted(self) -> bool:
+        return self.conn is not None and self.conn.interrupted()
+
+    def _monitor_record(self, args: list[str]) -> str:
+        if args == ["on"]:
+            self.rec.start()
+        elif args == ["off"]:
+            self.rec.stop()
+        elif args not in ([], ["status"]):
+            raise SvmemuError("usage: monitor record on|off|status")
+        return self.rec.status()
+
+    def _reverse(self, step: bool) -> "str | _Resumed":
+        assert self.conn is not None
+        rec = self.rec
+        if not rec.active:
+            self.conn.send("O" + "svmemu: reverse execution needs 'monitor record on' first\n"
+                           .encode().hex())
+            return "E01"
+        self._watch_hit = None
+        self._stop = None
+        try:
+            stop = self._step_back() if step else self._continue_back()
+        except SvmemuError as e:
+            self.conn.send("O" + f"svmemu: {e}\n".encode().hex())
+            return "E01"
+        finally:
+            self._stop = None
+            self._watch_hit = None
+        self._send_stop(stop)
+        return _Resumed(None)
+
+    def _step_back(self) -> Stop:
+        rec = self.rec
+        if rec.icount == 0:
+            return Stop(SIGTRAP, "replaylog:begin;")
+        rec.goto(rec.icount - 1)
+        return Stop(SIGTRAP)
+
+    def _continue_back(self) -> Stop:
+        rec = self.rec
+        cur = rec.icount
+        cps = [cp for cp in rec.checkpoints if cp.icount < cur]
+        for i in range(len(cps) - 1, -1, -1):
+            end = cps[i + 1].icount if i + 1 < len(cps) else cur
+            hits = [h for h in rec.scan(cps[i], end) if h[0] < cur]
+            if hits:
+                where, kind = hits[-1]
+                rec.goto(where)
+                if kind == "bp":
+                    kinds = self._code_bps.get(self.m.uc.reg_read(UC_X86_REG_RIP), (0, {0}))[1]
+                    return Stop(SIGTRAP, "swbreak:;" if 0 in kinds else "hwbreak:;")
+                return Stop(SIGTRAP, "" if kind == "world" else kind)
+        rec.goto(0)
+        return Stop(SIGTRAP, "replaylog:begin;")
 
     def _send_stop(self, stop: Stop) -> None:
         conn = self.conn

@@ -104,9 +104,11 @@ class Snapshot:
 
 # ---- in memory ------------------------------------------------------------------------------------
 
-def take(machine: "Machine") -> Snapshot:
-    """Capture the machine between runs (never from inside a hook: the run state is not in it)."""
-    return _capture(machine, bytes(machine.ram))
+def take(machine: "Machine", *, ram: bool = True) -> Snapshot:
+    """Capture the machine between runs (never from inside a hook: the run state is not in it).
+    `ram=False` leaves RAM out (an empty `ram`) for callers that keep RAM their own way (the
+    reverse-execution checkpoints keep only what differs from their first one)."""
+    return _capture(machine, bytes(machine.ram) if ram else b"")
 
 
 def _capture(machine: "Machine", ram: Any) -> Snapshot:

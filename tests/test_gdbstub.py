@@ -405,3 +405,74 @@ def test_register_writes_go_through_the_msr_checks():
     assert c.reg("pat") == 0x0007040600070401
     c.conn.send("k")
     served.join()
+
+
+# ---- reverse execution --------------------------------------------------------------------------
+
+@needs_gdb
+def test_gdb_reverse_stepi_across_a_vmexit_lands_back_in_l2():
+    s = CliStub()
+    out = run_gdb(s.port, "monitor record on", "monitor break-on vmexit", "continue",
+                  "info registers rip", "reverse-stepi", "info registers rip rbx", "monitor world",
+                  "stepi", "info registers rip", "monitor world", "monitor break-on off",
+                  f"break *{SYM['l2_entry']:#x}", "reverse-continue", "info registers rip",
+                  "delete", "reverse-continue", "info registers rip", "continue")
+    status, stdout, _ = s.finish()
+    after_exit = [a + 3 for a in vmrun_sites()]
+    rips = values(out, "rip")
+    assert rips[0] in after_exit                          # stopped in L1 after the #VMEXIT
+    assert rips[1] == SYM["l2_vmmcall"]                   # one instruction back: L2's VMMCALL
+    assert values(out, "rbx") == [0x4242]
+    assert "L2 running: vmcb12 at 0x800000" in out
+    assert rips[2] == rips[0]                             # and forward again through the exit
+    assert "L1 running" in out.split("L2 running", 1)[1]
+    assert rips[3] == SYM["l2_entry"]                     # reverse-continue to a breakpoint
+    assert "No more reverse-execution history" in out
+    assert rips[4] == IMAGE.entry                         # ... and to the start of the recording
+    # Replayed instructions printed nothing twice; the guest then finished as usual.
+    names = re.findall(r"^(?:not )?ok \d+ - (.*)$", stdout, re.M)
+    assert len(names) == len(set(names)) == 11 and "fail 0" in stdout and status == 1
+
+
+def test_reverse_steps_restore_registers_and_memory_across_checkpoints(monkeypatch):
+    """Checkpoints every 997 instructions, so going back restores one and replays; every state
+    seen going forward is seen again going back, and memory follows (vmcb12's EXITCODE)."""
+    from emu import reverse
+    monkeypatch.setattr(reverse, "CHECKPOINT_EVERY", 997)
+    m = guest_machine()
+    served = ThreadStub(m)
+    c = Client(served.port)
+    assert c.monitor("record on").startswith("recording: at instruction 0 of 0")
+    c.monitor("break-on vmexit")
+    assert c.ask("c").startswith("T05")
+    forward = [c.ask("g")]
+    for _ in range(3):
+        c.ask("s")
+        forward.append(c.ask("g"))
+    status = c.monitor("record status")
+    at = int(re.search(r"at instruction (\d+)", status).group(1))
+    assert int(re.search(r"(\d+) checkpoints", status).group(1)) == at // 997 + 1
+    exitcode = f"m{0x800070:x},8"
+    assert bytes.fromhex(c.ask(exitcode)) == struct.pack("<Q", 0x81)     # VMMCALL's exit code
+    for regs in reversed(forward[:-1]):
+        assert c.ask("bs").startswith("T05")
+        assert c.ask("g") == regs
+    assert c.ask("bs").startswith("T05")                 # before the VMMCALL: L2, no exit yet
+    assert c.reg("rip") == SYM["l2_vmmcall"] and "world:L2" in c.ask("?")
+    assert bytes.fromhex(c.ask(exitcode)) == bytes(8)    # L1 zeroed vmcb12 before the VMRUN
+    assert c.ask("s").startswith("T05")
+    assert c.ask("g") == forward[0]
+    assert bytes.fromhex(c.ask(exitcode)) == struct.pack("<Q", 0x81)
+    c.conn.send("k")
+    served.join()
+
+
+def test_reverse_needs_a_recording():
+    m = guest_machine()
+    served = ThreadStub(m)
+    c = Client(served.port)
+    assert "ReverseStep+" in c.ask("qSupported")
+    assert c.ask("bs") == "E01"
+    assert "needs 'monitor record on' first" in c.console
+    c.conn.send("k")
+    served.join()
