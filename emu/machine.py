@@ -372,6 +372,9 @@ class Machine:
         self.tsc = (value - self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
 
     def _exit_rdtsc(self, code: int) -> None:
+        if self.mem.read_code(self.uc.reg_read(UC_X86_REG_RIP), 3) == b"\x0F\x01\xF9":
+            self._exit_rdtscp(code)    # Unicorn 2.1.4 checks (and reports) RDTSCP as RDTSC
+            return
         t = self._read_tsc()
         self.uc.reg_write(UC_X86_REG_RAX, t & 0xFFFFFFFF)
         self.uc.reg_write(UC_X86_REG_RDX, t >> 32)

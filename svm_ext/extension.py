@@ -24,6 +24,7 @@ from emu.paging import NestedFault
 
 from . import instructions, intercepts, ioio, memview, npf, pat, vmrun as vmrun_mod
 from . import debugview
+from . import hw_quirks
 from .checks import HostCaps
 from .state import NestedState
 from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
@@ -165,6 +166,10 @@ class SvmExtension(Extension, ExitRouter):
         info1 = ctx.error_code
         msr_index = m.uc.reg_read(UC_X86_REG_RCX) & 0xFFFFFFFF if code == VMEXIT_MSR else 0
         assert st.vmcb12 is not None
+        if code in hw_quirks.CODES:     # where Unicorn's SVM is not the APM's
+            taken = hw_quirks.route(self, st.vmcb12, code)
+            if taken is not None:
+                return taken
         if not intercepts.l1_wants(st.vmcb12, code, info1, msr_index, m.mem.read_phys):
             if code == VMEXIT_NPF:
                 raise Unsupported("nested page fault with nested paging off")

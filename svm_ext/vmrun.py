@@ -29,7 +29,7 @@ from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, HF2_NPT, IDTR, NPT_MODE_
 from emu.interrupts import GP, Event, Kind
 from emu.arch_bits import CR4_PAE, EFER_LMA, EFER_NXE
 
-from . import checks
+from . import checks, hw_quirks
 from .vmcb import (FIELDS, EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
                    Vmcb12Cache, read_cache)
@@ -120,10 +120,10 @@ def build_vmcb02(ext: "SvmExtension", c: Vmcb12Cache, npt: bool) -> tuple[int, i
     m = ext.machine
     l0_misc = struct.unpack_from("<Q", m.hostvm.view(hostvm.VMCB01, VMCB_SIZE),
                                  hostvm.VMCB_INTERCEPT_MISC)[0]
-    misc = l0_misc | c.intercept_misc1 | (c.intercept_misc2 << 32)
+    misc = l0_misc | c.intercept_misc1 | (c.intercept_misc2 << 32) | hw_quirks.extra_misc(c)
     buf = m.hostvm.view(VMCB02, VMCB_SIZE)
     _INTERCEPTS.pack_into(buf, _OFF["intercept_cr_read"], c.intercept_cr_read,
-                          c.intercept_cr_write, c.intercept_dr_read,
+                          c.intercept_cr_write | hw_quirks.extra_cr_write(c), c.intercept_dr_read,
                           c.intercept_dr_write | hostvm.L0_DR_WRITE_INTERCEPTS,
                           0xFFFFFFFF, misc & 0xFFFFFFFF, misc >> 32)
     # IOPM: never consulted by Unicorn (see extension.on_io).
@@ -154,7 +154,7 @@ def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
     ctx.set_u64(OFF_REGS + 4 * 8, c.rsp)
     # Controls Unicorn enforces in C.
     ctx.set_u64(OFF_INTERCEPT, misc)
-    _CRDR.pack_into(ctx.view, OFF_INTERCEPT_CRDR, c.intercept_cr_read, c.intercept_cr_write,
+    _CRDR.pack_into(ctx.view, OFF_INTERCEPT_CRDR, c.intercept_cr_read, c.intercept_cr_write | hw_quirks.extra_cr_write(c),
                     c.intercept_dr_read, c.intercept_dr_write | hostvm.L0_DR_WRITE_INTERCEPTS)
     ctx.set_u32(OFF_INTERCEPT_EXC, exceptions)
     ctx.set_u64(OFF_VM_VMCB, VMCB02)

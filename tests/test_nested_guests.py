@@ -7,15 +7,26 @@ import io
 import struct
 from dataclasses import dataclass
 
+import pytest
+
 
 from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import parse_image
 from emu.machine import Machine
 from emu.trace import Tracer
 from svm_ext import checks
-from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_INVALID, VMEXIT_VMMCALL
+from svm_ext.extension import SVM_FEATURE_NRIPS, SvmExtension
+from svm_ext.vmcb import (INTERCEPT_CR0_SEL_WRITE, INTERCEPT_INTN, INTERCEPT_INVD,
+                          INTERCEPT_VMMCALL, INTERCEPT_VMRUN, INTERCEPT_WBINVD, VMEXIT_CLGI,
+                          VMEXIT_CPUID, VMEXIT_CR0_READ, VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE,
+                          VMEXIT_DR0_READ, VMEXIT_DR0_WRITE, VMEXIT_EXCP0, VMEXIT_HLT,
+                          VMEXIT_INVALID, VMEXIT_INVD, VMEXIT_INVLPG, VMEXIT_IRET, VMEXIT_MSR,
+                          VMEXIT_PAUSE, VMEXIT_POPF, VMEXIT_PUSHF, VMEXIT_RDTSC, VMEXIT_RDTSCP,
+                          VMEXIT_STGI, VMEXIT_SWINT, VMEXIT_VMLOAD, VMEXIT_VMMCALL, VMEXIT_VMRUN,
+                          VMEXIT_VMSAVE, VMEXIT_WBINVD, Vmcb, exit_name)
 from tests.conftest import parse_tap
+from tests.nested_image import L2_CODE
+from tests.tinyimage import asm64
 
 EXIT_LOG = 0x900000
 EXIT_LOG_COUNT = 0x8FFFF8
@@ -122,3 +133,117 @@ def test_svm_checks_counts_and_final_state():
     assert not g.ext.state.in_l2
     # The #GP at CPL 3 left L1 back in ring 0 and the last #VMEXIT left GIF clear.
     assert not g.ext.state.gif
+
+
+# ---------------------------------------------------------------------------- svm_intercepts
+# tag -> (EXITCODE, EXITINFO1, EXITINFO2, instruction length for NRIP or None for no NRIP).
+# No decode assists are reported (CPUID 8000_000A EDX[7] clear), so EXITINFO1 of CR/DR/INVLPG/
+# INTn exits is 0; NRIP save is reported, so every instruction intercept has NRIP = RIP + length.
+PF_ADDR = 0x100000000
+INTERCEPT_CASES = {
+    1: (VMEXIT_CR0_READ, 0, 0, 3), 2: (VMEXIT_CR0_READ + 3, 0, 0, 3),
+    3: (VMEXIT_CR0_READ + 4, 0, 0, 3), 4: (VMEXIT_VMMCALL, 0, 0, 3),
+    5: (VMEXIT_CR0_WRITE, 0, 0, 3), 6: (VMEXIT_CR0_WRITE + 3, 0, 0, 3),
+    7: (VMEXIT_CR0_WRITE + 4, 0, 0, 3), 8: (VMEXIT_VMMCALL, 0, 0, 3),
+    9: (VMEXIT_CR0_SEL_WRITE, 0, 0, 3), 10: (VMEXIT_CR0_WRITE, 0, 0, 3),
+    11: (VMEXIT_DR0_READ, 0, 0, 3), 12: (VMEXIT_DR0_READ + 7, 0, 0, 3),
+    13: (VMEXIT_DR0_WRITE + 1, 0, 0, 3), 14: (VMEXIT_DR0_WRITE + 6, 0, 0, 3),
+    15: (VMEXIT_VMMCALL, 0, 0, 3),
+    16: (VMEXIT_EXCP0 + 6, 0, 0, None), 17: (VMEXIT_EXCP0 + 3, 0, 0, None),
+    18: (VMEXIT_EXCP0 + 0, 0, 0, None), 19: (VMEXIT_EXCP0 + 14, 0, PF_ADDR, None),
+    20: (VMEXIT_EXCP0 + 14, 2, PF_ADDR + 8, None),
+    21: (VMEXIT_CPUID, 0, 0, 2), 22: (VMEXIT_HLT, 0, 0, 1), 23: (VMEXIT_INVLPG, 0, 0, 3),
+    24: (VMEXIT_RDTSC, 0, 0, 2), 25: (VMEXIT_RDTSCP, 0, 0, 3), 26: (VMEXIT_PAUSE, 0, 0, 2),
+    27: (VMEXIT_WBINVD, 0, 0, 2), 28: (VMEXIT_INVD, 0, 0, 2), 29: (VMEXIT_IRET, 0, 0, 2),
+    30: (VMEXIT_PUSHF, 0, 0, 1), 31: (VMEXIT_POPF, 0, 0, 1), 32: (VMEXIT_SWINT, 0, 0, 2),
+    33: (VMEXIT_VMMCALL, 0, 0, 3), 34: (VMEXIT_VMRUN, 0, 0, 3), 35: (VMEXIT_VMLOAD, 0, 0, 3),
+    36: (VMEXIT_VMSAVE, 0, 0, 3), 37: (VMEXIT_STGI, 0, 0, 3), 38: (VMEXIT_CLGI, 0, 0, 3),
+    39: (VMEXIT_MSR, 0, 0, 2), 40: (VMEXIT_VMMCALL, 0, 0, 3), 41: (VMEXIT_MSR, 1, 0, 2),
+    42: (VMEXIT_VMMCALL, 0, 0, 3), 43: (VMEXIT_MSR, 0, 0, 2), 44: (VMEXIT_MSR, 0, 0, 2),
+    45: (VMEXIT_VMMCALL, 0, 0, 3),
+}
+
+
+def test_svm_intercepts_cpuid_reports_nrip_save_and_no_decode_assists():
+    g = run_guest("svm_intercepts")
+    edx = g.machine.cpuid.query(0x8000000A, 0)[3]
+    assert edx & SVM_FEATURE_NRIPS and not edx & (1 << 7)
+
+
+@pytest.mark.parametrize("tag", sorted(INTERCEPT_CASES))
+def test_svm_intercepts_exit_fields(tag):
+    g = run_guest("svm_intercepts")
+    code, info1, info2, length = INTERCEPT_CASES[tag]
+    r = g.by_tag(tag)
+    assert (r.exitcode, r.info1, r.info2, r.intinfo) == (code, info1, info2, 0), \
+        (tag, exit_name(r.exitcode), hex(r.info1), hex(r.info2))
+    assert r.nrip == (0 if length is None else r.rip + length), (tag, hex(r.rip), hex(r.nrip))
+
+
+def test_svm_intercepts_every_step_logged_and_l1_back_in_control():
+    g = run_guest("svm_intercepts")
+    assert [r.tag for r in g.log] == sorted(INTERCEPT_CASES)
+    assert g.ext.state.stats == {"vmrun": len(INTERCEPT_CASES), "vmexit": len(INTERCEPT_CASES)}
+    assert not g.ext.state.in_l2
+
+
+# ---------------------------------------------------------------------------- regressions
+# Unicorn 2.1.4's SVM checks RDTSCP as RDTSC, INVD as WBINVD and INT3 as INTn, and has no
+# selective CR0 write intercept (svm_ext/hw_quirks.py, emu/machine.py).
+
+def test_rdtscp_in_l1_loads_tsc_aux_into_ecx():
+    from tests.nested_image import EXIT_PASS
+    from tests.tinyimage import long_mode_image
+    from unicorn.x86_const import UC_X86_REG_RCX, UC_X86_REG_R15
+    l1 = """
+        mov ecx, 0xC0000103
+        mov eax, 0x55
+        xor edx, edx
+        wrmsr
+        mov ecx, 0x77
+        rdtscp
+        mov r15, 0x1234
+    """ + EXIT_PASS
+    m = Machine(128 << 20, stdout=None, extensions=[SvmExtension()])
+    m.load_multiboot(long_mode_image(l1, {}, []), "test")
+    res = m.run(timeout=20)
+    assert res.reason == "exit"
+    assert m.uc.reg_read(UC_X86_REG_RCX) == 0x55          # TSC_AUX, not the untouched 0x77
+    assert m.uc.reg_read(UC_X86_REG_R15) == 0x1234        # the 3-byte instruction was skipped whole
+
+
+def _nested(l2: str, **vmcb):
+    from tests.nested_image import EXIT_PASS, nested_image, vmcb12
+    img = nested_image("mov rax, rdi\n vmrun\n" + EXIT_PASS, l2, vmcb12(**vmcb))
+    m = Machine(128 << 20, stdout=None, extensions=[SvmExtension()])
+    m.load_multiboot(img, "test")
+    res = m.run(timeout=20)
+    assert res.reason == "exit", res
+    from tests.nested_image import VMCB12
+    return m, Vmcb(m.mem.view, VMCB12)
+
+
+def test_int3_is_the_bp_exception_intercept_not_intn():
+    m, vm = _nested("int3\n vmmcall", exceptions=1 << 3, misc1=INTERCEPT_INTN)
+    assert vm.exitcode == VMEXIT_EXCP0 + 3 and vm.save.rip == L2_CODE
+    m, vm = _nested("int 0x30\n vmmcall", exceptions=1 << 3, misc1=INTERCEPT_INTN)
+    assert vm.exitcode == VMEXIT_SWINT and vm.nrip == L2_CODE + 2
+
+
+def test_invd_and_wbinvd_intercepts_are_told_apart():
+    m, vm = _nested("invd\n vmmcall", misc1=INTERCEPT_INVD)
+    assert vm.exitcode == VMEXIT_INVD and vm.save.rip == L2_CODE and vm.nrip == L2_CODE + 2
+    m, vm = _nested("invd\n wbinvd\n vmmcall", misc2=INTERCEPT_VMRUN | INTERCEPT_VMMCALL
+                    | INTERCEPT_WBINVD)
+    assert vm.exitcode == VMEXIT_WBINVD and vm.save.rip == L2_CODE + 2
+    m, vm = _nested("wbinvd\n invd\n vmmcall", misc1=INTERCEPT_INVD)
+    assert vm.exitcode == VMEXIT_INVD and vm.save.rip == L2_CODE + 2
+
+
+def test_selective_cr0_write_exits_only_beyond_ts_and_mp():
+    l2 = "mov rax, cr0\n xor rax, 0xA\n mov cr0, rax\n xor rax, 0x40000\n mov cr0, rax\n vmmcall"
+    m, vm = _nested(l2, misc1=INTERCEPT_CR0_SEL_WRITE)
+    assert vm.exitcode == VMEXIT_CR0_SEL_WRITE
+    assert vm.save.cr0 == 0x80010011 ^ 0xA                # the TS/MP write happened, AM's did not
+    first = len(asm64("mov rax, cr0\n xor rax, 0xA\n mov cr0, rax\n xor rax, 0x40000", L2_CODE))
+    assert vm.save.rip == L2_CODE + first and vm.nrip == L2_CODE + first + 3

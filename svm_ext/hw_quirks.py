@@ -1,0 +1,137 @@
+"""Intercepts that Unicorn 2.1.4's SVM (a QEMU 5-era TCG) checks or reports differently from the
+AMD APM, set right in our layer so that L1 sees what hardware would show it.
+
+* INT3 (CC), INTO (CE) and INT1/ICEBP (F1) reach L0 as VMEXIT_SWINT. They raise exceptions
+  (#BP, #OF, #DB): L1's exception intercepts (and ICEBP's own intercept) apply to them, and only
+  INT n (CD ib) is the INTn intercept (APM vol. 2, 15.9 and 15.12).
+* INVD is checked against the WBINVD intercept bit, so L0 asks vmcb02 for WBINVD exits whenever
+  L1 wants INVD and tells the two apart by opcode (0F 08 INVD, 0F 09 WBINVD).
+* RDTSCP is checked against the RDTSC intercept bit; L0 intercepts both anyway, the opcode
+  (0F 01 F9) says which it was.
+* The selective CR0 write intercept (CR0_SEL_WRITE, APM 15.9.1) does not exist there: when L1
+  asks for it, L0 intercepts every CR0 write of L2 and decides per write whether bits other than
+  CR0.TS and CR0.MP change.
+
+`route` gets these exits first; it returns True/False when it decided (took the exit, or left it
+to the machine), None for an exit that is not one of these cases.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from emu.errors import Unsupported
+from emu.hw_switch import OFF_EIP, OFF_REGS
+from emu.interrupts import BP, DB, OF
+
+from . import intercepts
+from .vmcb import (INTERCEPT_CR0_SEL_WRITE, INTERCEPT_INVD, INTERCEPT_WBINVD,
+                   VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE, VMEXIT_EXCP0, VMEXIT_ICEBP,
+                   VMEXIT_INVD, VMEXIT_RDTSC, VMEXIT_RDTSCP, VMEXIT_SWINT, VMEXIT_WBINVD,
+                   Vmcb12Cache)
+from .vmexit import vmexit
+
+if TYPE_CHECKING:
+    from .extension import SvmExtension
+
+CR0_MP = 1 << 1
+CR0_TS = 1 << 3
+_LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+_SWINT_EXCEPTION = {0xCC: BP, 0xCE: OF}
+CODES = frozenset({VMEXIT_SWINT, VMEXIT_WBINVD, VMEXIT_RDTSC, VMEXIT_CR0_WRITE})
+
+
+def extra_misc(c: Vmcb12Cache) -> int:
+    """Bits for vmcb02's 64-bit misc intercept word beyond L0's and L1's own."""
+    return INTERCEPT_WBINVD << 32 if c.intercept_misc1 & INTERCEPT_INVD else 0
+
+
+def extra_cr_write(c: Vmcb12Cache) -> int:
+    """Bits for vmcb02's CR write intercepts beyond L1's own."""
+    return 1 if c.intercept_misc1 & INTERCEPT_CR0_SEL_WRITE else 0
+
+
+def _decode(ext: "SvmExtension") -> tuple[bytes, int, int]:
+    """(opcode bytes after the prefixes, their offset from RIP, REX byte or 0)."""
+    m = ext.machine
+    ctx = m.ctx.save()
+    code = m.mem.read_code(ctx.u64(OFF_EIP), 15)
+    i, rex = 0, 0
+    while i < len(code) and code[i] in _LEGACY_PREFIXES:
+        i += 1
+    if ctx.mode_bits() == 64 and i < len(code) and code[i] & 0xF0 == 0x40:
+        rex = code[i]
+        i += 1
+    return code[i:], i, rex
+
+
+def route(ext: "SvmExtension", c: Vmcb12Cache, code: int) -> bool | None:
+    op, _, rex = _decode(ext)
+    if code == VMEXIT_SWINT:
+        return _software_interrupt(ext, c, op)
+    if code == VMEXIT_WBINVD:
+        real = VMEXIT_INVD if op[:2] == b"\x0F\x08" else VMEXIT_WBINVD
+        if intercepts.misc(c, real):
+            vmexit(ext, real, 0, 0, 0, ext.next_rip())
+        else:                       # only the other one was L1's: no effect in an emulator
+            _skip(ext, ext.next_rip())
+        return True
+    if code == VMEXIT_RDTSC and op[:3] == b"\x0F\x01\xF9":
+        if intercepts.misc(c, VMEXIT_RDTSCP):
+            vmexit(ext, VMEXIT_RDTSCP, 0, 0, 0, ext.next_rip())
+            return True
+        return False                # the machine's RDTSC handler knows RDTSCP by opcode too
+    if code == VMEXIT_CR0_WRITE and not intercepts.cr_access(c, code):
+        return _selective_cr0_write(ext, op, rex)
+    return None
+
+
+def _software_interrupt(ext: "SvmExtension", c: Vmcb12Cache, op: bytes) -> bool:
+    if op[:1] == b"\xF1":
+        if intercepts.misc(c, VMEXIT_ICEBP):
+            return _exit(ext, VMEXIT_ICEBP, ext.next_rip())
+        vector = DB
+    elif op[:1] in (b"\xCC", b"\xCE"):
+        vector = _SWINT_EXCEPTION[op[0]]
+    else:
+        return intercepts.misc(c, VMEXIT_SWINT) and _exit(ext, VMEXIT_SWINT, ext.next_rip())
+    if not intercepts.exception(c, vector):
+        return False                # delivered through L2's IDT by the machine
+    vmexit(ext, VMEXIT_EXCP0 + vector, 0, 0, 0, 0)
+    return True
+
+
+def _exit(ext: "SvmExtension", code: int, nrip: int) -> bool:
+    vmexit(ext, code, 0, 0, 0, nrip)
+    return True
+
+
+def _selective_cr0_write(ext: "SvmExtension", op: bytes, rex: int) -> bool:
+    """A CR0 write L1 watches only selectively: exit if it changes more than TS and MP, else
+    perform it for L2 (it then changes nothing but those two flags)."""
+    m = ext.machine
+    ctx = m.ctx.save()
+    old = ctx.cr(0)
+    if op[:2] == b"\x0F\x22" and len(op) > 2 and op[2] >> 6 == 3:
+        value = ctx.u64(OFF_REGS + 8 * ((op[2] & 7) | (rex & 1) << 3))
+        new = value if ctx.mode_bits() == 64 else value & 0xFFFFFFFF
+    elif op[:2] == b"\x0F\x06":                                 # CLTS
+        new = old & ~CR0_TS
+    elif op[:2] == b"\x0F\x01" and len(op) > 2 and op[2] >> 3 & 7 == 6 and op[2] >> 6 == 3:
+        src = ctx.u64(OFF_REGS + 8 * ((op[2] & 7) | (rex & 1) << 3))   # LMSW reg
+        new = (old & ~0xE) | (src & 0xF) | (old & 1)
+    else:
+        raise Unsupported(f"unsupported: CR0 write {op[:4].hex()} under L1's selective CR0 "
+                          "intercept (only MOV CR0, reg, CLTS and LMSW reg are decoded)")
+    nrip = ext.next_rip()
+    if (old ^ new) & ~(CR0_TS | CR0_MP):
+        return _exit(ext, VMEXIT_CR0_SEL_WRITE, nrip)
+    ctx.load_control_hflags(new, ctx.cr(4), ctx.efer, ctx.cpl)
+    ctx.set_u64(OFF_EIP, nrip)
+    ctx.restore()
+    return True
+
+
+def _skip(ext: "SvmExtension", nrip: int) -> None:
+    ctx = ext.machine.ctx.save()
+    ctx.set_u64(OFF_EIP, nrip)
+    ctx.restore()
