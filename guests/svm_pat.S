@@ -10,6 +10,7 @@
 #   - a reserved type in g_pat (2 in PA0, 8 in PA7) fails VMRUN with VMEXIT_INVALID, L2 not run;
 #   - a reserved WRMSR(PAT) in L2 raises #GP: an EXCP13 #VMEXIT when L1 intercepts #GP, else
 #     L2's own IDT handler; gPAT and L1's PAT keep their values;
+#   - L2's WRMSR(PAT) intercepted through L1's MSR permission map exits before writing gPAT;
 #   - without nested paging g_pat is ignored (not loaded, not checked, not stored) and L1 and L2
 #     share one PAT.
 # On QEMU TCG (one PAT, g_pat ignored, reserved PAT writes accepted) the checks listed in
@@ -21,6 +22,7 @@
 .equ NPT_PML4, 0x810000
 .equ NPT_PDPT, 0x811000
 .equ NPT_PD, 0x812000                   # four pages: 4 GiB of 2 MiB pages
+.equ MSRPM, 0x802000                    # 8 KiB
 .equ L2_STACK, 0x830000
 .equ MSR_PAT, 0x277
 .equ MSR_VM_HSAVE_PA, 0xC0010117
@@ -29,6 +31,7 @@
 .equ V_INTERCEPT_EXC, 0x008
 .equ V_INTERCEPT_MISC1, 0x00C
 .equ V_INTERCEPT_MISC2, 0x010
+.equ V_MSRPM_BASE, 0x048
 .equ V_ASID, 0x058
 .equ V_EXITCODE, 0x070
 .equ V_EXITINFO1, 0x078
@@ -52,7 +55,9 @@
 .equ V_GPAT, 0x668
 
 .equ EXIT_EXCP13, 0x4D
+.equ EXIT_MSR, 0x7C
 .equ EXIT_VMMCALL, 0x81
+.equ INTERCEPT_MSR_PROT, 1 << 28        # in V_INTERCEPT_MISC1
 
 # PAT values: HPAT is L1's, GPAT the g_pat L1 gives L2, NEWPAT what L2 writes, EDITPAT what L1
 # puts in g_pat between runs. All valid; BADPAT0 has type 2 in PA0, BADPAT7 type 8 in PA7.
@@ -190,6 +195,24 @@ main:
     mov rsi, HPAT
     check_eq rax, rsi, "L1's PAT is unchanged after L2 handled its #GP"
 
+    # ---- L1 intercepts L2's WRMSR(PAT) through its MSR permission map -----------------------
+    call init_msrpm
+    mov rdi, VMCB
+    wrpat HPAT
+    set_gpat GPAT
+    run_l2 l2_msr_intercepted
+    check_eq qword ptr [rdi + V_EXITCODE], EXIT_MSR, "L1's MSRPM turns L2's WRMSR(PAT) into #VMEXIT MSR"
+    check_eq qword ptr [rdi + V_EXITINFO1], 1, "the MSR exit's EXITINFO1 says write"
+    mov rsi, GPAT
+    check_eq qword ptr [rdi + V_GPAT], rsi, "an intercepted WRMSR(PAT) leaves gPAT alone"
+    add qword ptr [rdi + V_RIP], 2      # L1 "emulates" the WRMSR by skipping it
+    mov rax, VMCB
+    vmrun
+    mov rdi, VMCB
+    mov rsi, GPAT
+    check_eq qword ptr [rip + l2_pat1], rsi, "after the intercepted WRMSR L2 still reads g_pat"
+    and dword ptr [rdi + V_INTERCEPT_MISC1], 0xEFFFFFFF     # MSR_PROT off again
+
     # ---- nested paging off: one PAT, g_pat ignored -------------------------------------------
     mov qword ptr [rdi + V_NP_ENABLE], 0
     wrpat HPAT
@@ -234,6 +257,20 @@ build_npt:
     jnz .Lnpt_pdpt
     mov edi, NPT_PML4
     mov qword ptr [rdi], NPT_PDPT + 7
+    ret
+
+# init_msrpm: an MSR permission map that intercepts only WRMSR(PAT) (2 bits per MSR, the write
+# bit second: bit 2 * 0x277 + 1 of the first 2 KiB), and turn MSR_PROT on in the VMCB.
+init_msrpm:
+    mov edi, MSRPM
+    xor eax, eax
+    mov ecx, 1024
+    rep stosq
+    mov edi, MSRPM
+    or byte ptr [rdi + 0x9D], 0x80      # bit 0x4EF = 2 * 0x277 + 1
+    mov edi, VMCB
+    mov qword ptr [rdi + V_MSRPM_BASE], MSRPM
+    or dword ptr [rdi + V_INTERCEPT_MISC1], INTERCEPT_MSR_PROT
     ret
 
 # init_vmcb: a 64-bit L2 in L1's GDT, IDT, page tables; VMRUN and VMMCALL intercepted.
@@ -300,6 +337,15 @@ l2_bad_write:
     mov ecx, MSR_PAT
 l2_bad_wrmsr:
     wrmsr
+    vmmcall
+
+l2_msr_intercepted:
+    mov eax, NEWPAT & 0xFFFFFFFF
+    mov edx, NEWPAT >> 32
+    mov ecx, MSR_PAT
+    wrmsr
+    rdpat
+    mov [rip + l2_pat1], rax
     vmmcall
 
 l2_bad_write_handled:

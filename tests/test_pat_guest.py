@@ -15,7 +15,7 @@ from emu.loader.multiboot import parse_image
 from emu.machine import Machine
 from emu.msr import MSR_PAT
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_INVALID, VMEXIT_VMMCALL, Vmcb
+from svm_ext.vmcb import VMEXIT_EXCP0, VMEXIT_INVALID, VMEXIT_MSR, VMEXIT_VMMCALL, Vmcb
 from tests.conftest import QEMU, parse_tap, run_qemu
 from tests.test_guests_qemu import QEMU_KNOWN_WRONG
 
@@ -27,7 +27,7 @@ NEWPAT = 0x0005040100070406
 EDITPAT = 0x0404040404040404
 BADPAT0 = 0x0007040600070402
 PAT_RESET = 0x0007040600070406
-CHECKS = 30
+CHECKS = 34
 QEMU_FAILS = frozenset(QEMU_KNOWN_WRONG["svm_pat"])
 
 
@@ -161,15 +161,17 @@ def test_models_agree_on_every_architectural_value(model):
 def test_switch_sequence_and_final_state(model):
     r = run(model)
     to = [s.to for s in r.switches]
-    # 9 VMRUNs: two fail their checks (reserved g_pat) without a world switch.
-    assert to == ["L2", "L1"] * 7
+    # 11 VMRUNs: two fail their checks (reserved g_pat) without a world switch.
+    assert to == ["L2", "L1"] * 9
     codes = [s.exitcode for s in r.switches if s.to == "L1"]
-    assert codes == [VMEXIT_VMMCALL] * 3 + [0x4D] + [VMEXIT_VMMCALL] * 3
-    assert r.ext.state.stats == {"vmrun": 7, "vmexit": 9}
+    assert codes == ([VMEXIT_VMMCALL] * 3 + [VMEXIT_EXCP0 + 13, VMEXIT_VMMCALL, VMEXIT_MSR]
+                     + [VMEXIT_VMMCALL] * 3)
+    assert r.ext.state.stats == {"vmrun": 9, "vmexit": 11}
     assert "G_PAT" in (r.ext.last_invalid_reason or "")
-    # nested paging was on for the first five entries only
-    assert [s.gpat_valid for s in r.switches if s.to == "L2"] == [True] * 5 + [False] * 2
-    assert [s.gpat for s in r.switches if s.to == "L2"][:5] == [GPAT, NEWPAT, EDITPAT, GPAT, GPAT]
+    # nested paging was on for the first seven entries only
+    assert [s.gpat_valid for s in r.switches if s.to == "L2"] == [True] * 7 + [False] * 2
+    assert [s.gpat for s in r.switches if s.to == "L2"][:7] == \
+        [GPAT, NEWPAT, EDITPAT, GPAT, GPAT, GPAT, GPAT]
     vm = Vmcb(r.m.mem.view, VMCB)
     assert vm.save.g_pat == BADPAT0 and vm.exitcode == VMEXIT_VMMCALL   # NPT off: not checked
     assert r.ext.pat.hpat() == r.m.msrs.rdmsr(MSR_PAT) == PAT_RESET
@@ -178,8 +180,8 @@ def test_switch_sequence_and_final_state(model):
 
 def test_shared_switch_sequence():
     r = run("shared")
-    assert [s.to for s in r.switches] == ["L2", "L1"] * 9   # reserved g_pat runs L2 too
-    assert r.ext.state.stats == {"vmrun": 9, "vmexit": 9}
+    assert [s.to for s in r.switches] == ["L2", "L1"] * 11   # reserved g_pat runs L2 too
+    assert r.ext.state.stats == {"vmrun": 11, "vmexit": 11}
     assert r.ext.last_invalid_reason is None
     assert not any(s.gpat_valid for s in r.switches)
     assert VMEXIT_INVALID not in [s.exitcode for s in r.switches]

@@ -27,7 +27,7 @@ RAM = 16 << 20
 HPAT = 0x0007010600070406
 GPAT = 0x0606060606060606
 NEWPAT = 0x0005040100070406
-CHECKS = 30
+CHECKS = 34
 QEMU_FAILS = frozenset(QEMU_KNOWN_WRONG["svm_pat"])
 L2_READS_GPAT = "L2's RDMSR(PAT) reads vmcb12.g_pat"
 # Instructions L2 has run when the snapshot is taken: 1 = before its RDMSR(PAT), 11 = after its
