@@ -71,16 +71,26 @@ QEMU_KNOWN_WRONG: dict[str, dict[str, str]] = {
         "INVD: guest RIP is the instruction":
             "no INVD exit on TCG: the exit is the VMMCALL after it",
     },
+    "svm_vmload_vmsave": {
+        "VMSAVE in L2 without the intercept runs in L2":
+            "TCG's VMSAVE in a guest without nested paging always exits (virtual_vm_load_save_enabled), even when L1 neither intercepts it nor enables virtual VMSAVE",
+        "L2's VMSAVE stored L2's FS.base":
+            "TCG took a #VMEXIT instead of running L2's VMSAVE",
+        "L2's VMSAVE stored the LSTAR L2 left":
+            "TCG took a #VMEXIT instead of running L2's VMSAVE",
+    },
 }
 
 TAP_GUESTS = ["hello", "longmode", "msr", "exceptions", "mbinfo", "svm_world_switch", "fw_cfg",
               "svm_pat",
               "svm_checks", "svm_fuzz_target", "svm_ioio",
-              "svm_intercepts"]
+              "svm_intercepts",
+              "svm_vmload_vmsave"]
 EXPECTED_COUNTS = {"hello": 1, "longmode": 15, "msr": 17, "exceptions": 22, "mbinfo": 8,
                    "svm_world_switch": 11, "fw_cfg": 6, "svm_pat": 34,
                    "svm_checks": 55, "svm_fuzz_target": 4, "svm_ioio": 40,
-                   "svm_intercepts": 134}
+                   "svm_intercepts": 134,
+                   "svm_vmload_vmsave": 44}
 
 
 @pytest.fixture(scope="module")

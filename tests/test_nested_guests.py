@@ -247,3 +247,31 @@ def test_selective_cr0_write_exits_only_beyond_ts_and_mp():
     assert vm.save.cr0 == 0x80010011 ^ 0xA                # the TS/MP write happened, AM's did not
     first = len(asm64("mov rax, cr0\n xor rax, 0xA\n mov cr0, rax\n xor rax, 0x40000", L2_CODE))
     assert vm.save.rip == L2_CODE + first and vm.nrip == L2_CODE + first + 3
+
+
+# ---------------------------------------------------------------------------- svm_vmload_vmsave
+VMCB_B, VMCB_C, VMCB_ORIG = 0x808000, 0x809000, 0x80A000
+
+
+def test_vmload_vmsave_round_trip_in_guest_memory():
+    g = run_guest("svm_vmload_vmsave")
+    loaded, orig = Vmcb(g.machine.mem.view, VMCB_B).save, Vmcb(g.machine.mem.view, VMCB_ORIG).save
+    assert loaded.fs == (0x10, 0xC93, 0xFFFFF, 0x0000123456789000)
+    assert loaded.tr.selector == 0x20 and loaded.tr.attrib == 0x8B and loaded.tr.limit == 0x80
+    assert loaded.ldtr == (0x28, 0x82, 0x1F, 0x3000)
+    # What L1 had at boot (VMSAVE'd first) is back in the CPU at the end (VMLOAD'ed last).
+    cpu = g.machine.msrs.cpu
+    assert orig.tr.selector == 0x20 and orig.tr.limit == 103
+    for name, msr in (("lstar", 0xC0000082), ("kernel_gs_base", 0xC0000102),
+                      ("sysenter_eip", 0x176), ("star", 0xC0000081)):
+        assert cpu.read(msr) == getattr(orig, name), name
+    assert cpu.read(0xC0000100) == orig.fs.base
+
+
+def test_vmsave_in_l2_without_intercept_saved_l2_state():
+    g = run_guest("svm_vmload_vmsave")
+    assert [(r.tag, r.exitcode) for r in g.log] == [(1, VMEXIT_VMMCALL), (2, VMEXIT_VMMCALL)]
+    saved = Vmcb(g.machine.mem.view, VMCB_C).save
+    assert saved.fs.base == 0xB000 and saved.lstar == 0xA200 and saved.kernel_gs_base == 0xA100
+    vm = Vmcb(g.machine.mem.view, 0x800000)
+    assert vm.save.rip == g.log[1].rip and vm.nrip == g.log[1].nrip == g.log[1].rip + 3
