@@ -204,3 +204,25 @@ def test_nx_on_nested_mapping_of_guest_page_tables():
             "assert vm.exitcode == 0x81, hex(vm.exitcode)\n")
     r = subprocess.run([sys.executable, "-c", prog], capture_output=True, timeout=120)
     assert r.returncode == 0, r.returncode
+
+
+def test_implicit_access_falls_back_to_unicorn_bits_and_says_so():
+    """A descriptor-table read is not among the decoded candidates: Unicorn's low bits stand,
+    with bit 32 (the GDT read is a final-GPA access here), and `--trace exits` says so."""
+    import io
+    from emu.trace import Tracer
+    gdt = PAGE4K + 0x7000
+    root, npt_segs, _ = nested_table(lambda t: set_entry(t, gdt, 1, clear=P))
+    l2 = "mov ax, 0x10\n mov ds, ax\n vmmcall\n"
+    img = nested_image("mov rax, rdi\n vmrun\n" + EXIT_PASS, l2,
+                       vmcb12(cr3=0x30000, nested_ctl=1, n_cr3=root, gdtr=(0, 0, 0x47, gdt)))
+    img.segments += guest_tables() + npt_segs
+    out = io.StringIO()
+    m = Machine(64 << 20, stdout=None, tracer=Tracer(frozenset({"exits"}), out),
+                extensions=[SvmExtension()])
+    m.load_multiboot(img, "npf")
+    assert m.run(timeout=20).reason == "exit"
+    vm = Vmcb(m.mem.view, VMCB12)
+    assert vm.exitcode == VMEXIT_NPF
+    assert (vm.exitinfo1, vm.exitinfo2) == (GPA_BIT | PF_U, gdt + 0x10)
+    assert "no decoded access reproduces it" in out.getvalue()
