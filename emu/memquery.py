@@ -77,12 +77,13 @@ class MemtypeResult:
         out = [f"{self.world} va {self.va:#x}"]
         g = self.guest
         phys = "gpa" if self.nested else "pa"
+        walk, ptype = ("guest walk:", "guest type:") if self.nested else ("walk:", "PAT type:")
         if g.pat_index is None:
-            out.append(f"  guest walk:   paging off -> {phys} {self.pa:#x}")
+            out.append(f"  {walk:14}paging off -> {phys} {self.pa:#x}")
         else:
-            out.append(f"  guest walk:   level {g.level} leaf {g.entry:#018x} ({g.page_size >> 10} KiB"
+            out.append(f"  {walk:14}level {g.level} leaf {g.entry:#018x} ({g.page_size >> 10} KiB"
                        f" page) -> {phys} {self.pa:#x}")
-        out.append(f"  guest type:   {g.pat_pcd_pwt}"
+        out.append(f"  {ptype:14}{g.pat_pcd_pwt}"
                    + (f" -> {self.pat_name}[{g.pat_index}] of {self.pat:#018x}"
                       if g.pat_index is not None else "") + f" = {n(self.guest_type)}")
         if self.host is not None:
