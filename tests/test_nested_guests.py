@@ -23,7 +23,8 @@ from svm_ext.vmcb import (INTERCEPT_CR0_SEL_WRITE, INTERCEPT_INTN, INTERCEPT_INV
                           VMEXIT_INVALID, VMEXIT_INVD, VMEXIT_INVLPG, VMEXIT_IRET, VMEXIT_MSR,
                           VMEXIT_PAUSE, VMEXIT_POPF, VMEXIT_PUSHF, VMEXIT_RDTSC, VMEXIT_RDTSCP,
                           VMEXIT_STGI, VMEXIT_SWINT, VMEXIT_VMLOAD, VMEXIT_VMMCALL, VMEXIT_VMRUN,
-                          VMEXIT_VMSAVE, VMEXIT_WBINVD, Vmcb, exit_name)
+                          VMEXIT_VMSAVE, VMEXIT_WBINVD, Vmcb, exit_name,
+                          EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, eventinj_encode)
 from tests.conftest import parse_tap
 from tests.nested_image import L2_CODE
 from tests.tinyimage import asm64
@@ -275,3 +276,27 @@ def test_vmsave_in_l2_without_intercept_saved_l2_state():
     assert saved.fs.base == 0xB000 and saved.lstar == 0xA200 and saved.kernel_gs_base == 0xA100
     vm = Vmcb(g.machine.mem.view, 0x800000)
     assert vm.save.rip == g.log[1].rip and vm.nrip == g.log[1].nrip == g.log[1].rip + 3
+
+
+# ---------------------------------------------------------------------------- svm_event_inject
+def test_event_inject_delivered_events_leave_no_trace_in_the_vmcb():
+    g = run_guest("svm_event_inject")
+    assert [r.tag for r in g.log] == list(range(1, 10))
+    for r in g.log[:7]:
+        assert (r.exitcode, r.info1, r.info2, r.intinfo) == (VMEXIT_VMMCALL, 0, 0, 0), r.tag
+        assert r.nrip == r.rip + 3
+
+
+def test_event_inject_delivery_fault_reports_the_injected_event():
+    g = run_guest("svm_event_inject")
+    np_exit, pf_exit = g.by_tag(8), g.by_tag(9)
+    # INTR 0x41 through a not-present gate: #NP(0x41 << 3 | IDT | EXT), EXITINTINFO = the INTR.
+    assert (np_exit.exitcode, np_exit.info1) == (VMEXIT_EXCP0 + 11, 0x41 << 3 | 2 | 1)
+    assert np_exit.intinfo == eventinj_encode(0x41, EVENTINJ_TYPE_INTR)
+    assert np_exit.nrip == 0
+    # #GP(0x10) whose frame lands on a not-present page: #PF(write) at the first push below RSP.
+    assert (pf_exit.exitcode, pf_exit.info1) == (VMEXIT_EXCP0 + 14, 2)
+    assert 0x100000000 <= pf_exit.info2 < 0x100001000 and pf_exit.info2 % 8 == 0
+    assert pf_exit.intinfo == eventinj_encode(13, EVENTINJ_TYPE_EXCEPTION, 0x10)
+    vm = Vmcb(g.machine.mem.view, 0x800000)
+    assert vm.eventinj == 0 and vm.save.rsp == 0x100001000 and vm.save.rip == pf_exit.rip
