@@ -1,9 +1,9 @@
 """Intercepts that Unicorn 2.1.4's SVM (a QEMU 5-era TCG) checks or reports differently from the
 AMD APM, set right in our layer so that L1 sees what hardware would show it.
 
-* INT3 (CC), INTO (CE) and INT1/ICEBP (F1) reach L0 as VMEXIT_SWINT. They raise exceptions
-  (#BP, #OF, #DB): L1's exception intercepts (and ICEBP's own intercept) apply to them, and only
-  INT n (CD ib) is the INTn intercept (APM vol. 2, 15.9 and 15.12).
+* INT3 (CC) and INTO (CE) reach L0 as VMEXIT_SWINT. They raise exceptions (#BP, #OF): L1's
+  exception intercepts apply to them, and only INT n (CD ib) is the INTn intercept (APM vol. 2,
+  15.9 and 15.12). (INT1/ICEBP, F1, is not among them: Unicorn decodes it as #UD.)
 * INVD is checked against the WBINVD intercept bit, so L0 asks vmcb02 for WBINVD exits whenever
   L1 wants INVD and tells the two apart by opcode (0F 08 INVD, 0F 09 WBINVD).
 * RDTSCP is checked against the RDTSC intercept bit; L0 intercepts both anyway, the opcode
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 
 from emu.errors import Unsupported
 from emu.hw_switch import OFF_EIP, OFF_REGS
-from emu.interrupts import BP, DB, OF
+from emu.interrupts import BP, OF
 
 from . import intercepts
 from .vmcb import (INTERCEPT_CR0_SEL_WRITE, INTERCEPT_INVD, INTERCEPT_WBINVD,
-                   VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE, VMEXIT_EXCP0, VMEXIT_ICEBP,
+                   VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE, VMEXIT_EXCP0,
                    VMEXIT_INVD, VMEXIT_RDTSC, VMEXIT_RDTSCP, VMEXIT_SWINT, VMEXIT_WBINVD,
                    Vmcb12Cache)
 from .vmexit import vmexit
@@ -86,18 +86,12 @@ def route(ext: "SvmExtension", c: Vmcb12Cache, code: int) -> bool | None:
 
 
 def _software_interrupt(ext: "SvmExtension", c: Vmcb12Cache, op: bytes) -> bool:
-    if op[:1] == b"\xF1":
-        if intercepts.misc(c, VMEXIT_ICEBP):
-            return _exit(ext, VMEXIT_ICEBP, ext.next_rip())
-        vector = DB
-    elif op[:1] in (b"\xCC", b"\xCE"):
-        vector = _SWINT_EXCEPTION[op[0]]
-    else:
+    """INT3 and INTO: L1's exception intercepts (no NRIP, RIP at the instruction); INT n: the
+    INTn intercept. False leaves delivery through L2's IDT to the machine."""
+    vector = _SWINT_EXCEPTION.get(op[0]) if op else None
+    if vector is None:
         return intercepts.misc(c, VMEXIT_SWINT) and _exit(ext, VMEXIT_SWINT, ext.next_rip())
-    if not intercepts.exception(c, vector):
-        return False                # delivered through L2's IDT by the machine
-    vmexit(ext, VMEXIT_EXCP0 + vector, 0, 0, 0, 0)
-    return True
+    return intercepts.exception(c, vector) and _exit(ext, VMEXIT_EXCP0 + vector, 0)
 
 
 def _exit(ext: "SvmExtension", code: int, nrip: int) -> bool:

@@ -27,7 +27,7 @@ from svm_ext.vmcb import (INTERCEPT_CR0_SEL_WRITE, INTERCEPT_INTN, INTERCEPT_INV
                           EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, eventinj_encode)
 from tests.conftest import parse_tap
 from tests.nested_image import L2_CODE
-from tests.tinyimage import asm64
+from tests.tinyimage import asm64, gate64, handler
 
 EXIT_LOG = 0x900000
 EXIT_LOG_COUNT = 0x8FFFF8
@@ -123,8 +123,9 @@ def test_svm_checks_trace_names_the_rule_each_case_breaks():
     g = run_guest("svm_checks")
     failed = [line for line in g.trace.splitlines() if "VMEXIT_INVALID" in line]
     assert len(failed) == len(CHECK_CASES)
+    explanations = {r.name: r.explanation for r in checks.RULES_WITH_G_PAT}
     for line, (tag, rule) in zip(failed, sorted(CHECK_CASES.items())):
-        explanation = checks._rule(rule).explanation
+        explanation = explanations[rule.__name__]
         assert explanation in line, (tag, line)
 
 
@@ -213,9 +214,10 @@ def test_rdtscp_in_l1_loads_tsc_aux_into_ecx():
     assert m.uc.reg_read(UC_X86_REG_R15) == 0x1234        # the 3-byte instruction was skipped whole
 
 
-def _nested(l2: str, **vmcb):
+def _nested(l2: str, idt: dict | None = None, handlers: list[str] = (), **vmcb):
     from tests.nested_image import EXIT_PASS, nested_image, vmcb12
-    img = nested_image("mov rax, rdi\n vmrun\n" + EXIT_PASS, l2, vmcb12(**vmcb))
+    img = nested_image("mov rax, rdi\n vmrun\n" + EXIT_PASS, l2, vmcb12(**vmcb), idt=idt,
+                       handlers=handlers)
     m = Machine(128 << 20, stdout=None, extensions=[SvmExtension()])
     m.load_multiboot(img, "test")
     res = m.run(timeout=20)
@@ -229,6 +231,10 @@ def test_int3_is_the_bp_exception_intercept_not_intn():
     assert vm.exitcode == VMEXIT_EXCP0 + 3 and vm.save.rip == L2_CODE
     m, vm = _nested("int 0x30\n vmmcall", exceptions=1 << 3, misc1=INTERCEPT_INTN)
     assert vm.exitcode == VMEXIT_SWINT and vm.nrip == L2_CODE + 2
+    # Without the #BP intercept, INT3 goes through L2's IDT even when INTn is intercepted.
+    m, vm = _nested("int3\n vmmcall", misc1=INTERCEPT_INTN, idt={3: gate64(handler(0))},
+                    handlers=["add rsp, 0\n iretq"])
+    assert vm.exitcode == VMEXIT_VMMCALL and vm.save.rip == L2_CODE + 1
 
 
 def test_invd_and_wbinvd_intercepts_are_told_apart():
