@@ -2,7 +2,7 @@
 
 The base table was read off unicorn 2.1.4's EPYC model (so every feature bit it sets is one the
 translator really implements), then trimmed to what this machine models: no hypervisor bit (L1
-runs "on bare metal"), no local APIC until a device provides one, and no SVM until an extension
+runs "on bare metal"), no local APIC bits until the APIC device sets them (emu/irq.py), and no SVM until an extension
 adds it. Leaves not listed read as zeros, as on AMD parts.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ Regs = tuple[int, int, int, int]   # eax, ebx, ecx, edx
 
 CPUID_1_ECX_HYPERVISOR = 1 << 31
 CPUID_1_EDX_APIC = 1 << 9
+CPUID_1_ECX_X2APIC = 1 << 21
 CPUID_80000001_ECX_SVM = 1 << 2
 LEAF_SVM_FEATURES = 0x8000000A
 

@@ -12,6 +12,8 @@ machine object and uses only these entry points on it:
 - `machine.router`: an ExitRouter (below) that sees exits, exceptions, nested faults, port I/O
   and shutdown first while a nested guest runs.
 - `machine.world_observers`: called with (old_level, new_level) on every world switch.
+- `machine.interrupt_check()`: something that gates interrupts changed (STGI, a VMRUN that
+  set V_IRQ): look for a deliverable interrupt at the next instruction boundary.
 - snapshot sections: `snapshot_state` / `load_snapshot_state` below.
 - memory types: `world_paging` below tells queries and `--trace mem` how a world translates
   and which PAT its page tables index (the machine alone knows only L1 and its one PAT).
@@ -44,6 +46,12 @@ class WorldPaging:
     host_cr0: int = 0
 
 
+# What `ExitRouter.on_interrupt_window` did at an interrupt point (emu/irq.py).
+WINDOW_NONE = 0       # nothing to do
+WINDOW_WANTED = 1     # an interrupt waits for RFLAGS.IF / the interrupt shadow: open a window
+WINDOW_TAKEN = 2      # it delivered or exited: RIP or the world changed
+
+
 class ExitRouter:
     """Gets first sight of events while a nested guest runs, so it can turn them into #VMEXITs.
 
@@ -64,6 +72,26 @@ class ExitRouter:
 
     def on_shutdown(self, reason: str) -> bool:
         return False
+
+    # ---- interrupts (emu/irq.py) -------------------------------------------------------------
+    def gif(self) -> bool:
+        """The global interrupt flag: False holds every interrupt pending (CLGI)."""
+        return True
+
+    def physical_if(self) -> bool | None:
+        """The flag that masks physical interrupts now, when it is not the running guest's
+        RFLAGS.IF (a nested guest with V_INTR_MASKING: the host's IF); None otherwise."""
+        return None
+
+    def on_interrupt(self, vector: int) -> bool:
+        """A physical interrupt can be taken now; True: the router took it as an exit (it then
+        stays pending in the APIC)."""
+        return False
+
+    def on_interrupt_window(self) -> int:
+        """An interrupt point after physical interrupts were considered: deliver a virtual
+        interrupt if one can be taken. Returns WINDOW_NONE, WINDOW_WANTED or WINDOW_TAKEN."""
+        return WINDOW_NONE
 
     def on_io(self, port: int, size: int, is_in: bool) -> Optional[Callable[[], None]]:
         """A port access (from the IN/OUT hook, RIP at the instruction). To take it as an exit

@@ -25,6 +25,7 @@ from .msr import MSR_EFER
 VMEXIT_DR7_WRITE = 0x37
 VMEXIT_EXCP0 = 0x40
 VMEXIT_INTR = 0x60
+VMEXIT_VINTR = 0x64       # L0's interrupt window (emu/irq_window.py)
 VMEXIT_RDTSC = 0x6E
 VMEXIT_CPUID = 0x72
 VMEXIT_SWINT = 0x75

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_INTR, UC_HOOK_INSN,
                      UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED)
 from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_REG_RAX,
-                               UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP,
-                               UC_X86_REG_RFLAGS)
+                               UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP)
 
 from . import hostvm
 from .cpuid import Cpuid
@@ -30,6 +29,7 @@ from .devices.serial import Serial16550
 from .errors import ImageError, OptionError, Unsupported
 from .extension import Extension, ExitRouter
 from .hostvm import HostVm
+from .irq import InterruptController
 from .hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context, self_check
 from .io_trap import IoTrap
 from .interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
@@ -114,6 +114,9 @@ class Machine:
         self.add_device(self.serial)
         self.add_device(DebugExit(self._guest_exit))
         self.add_device(FwCfg(ram_size))
+        self.irq = InterruptController(self)     # local APIC, interrupt points, virtual time
+        self.apic = self.irq.apic
+        self.devices.append(self.apic)
         self.world_observers: list[Callable[[str, str], None]] = []
         self.router: ExitRouter | None = None
         self._exits: dict[int, Callable[[int], None]] = {
@@ -176,7 +179,12 @@ class Machine:
         itself intercepted; exceptions raised while delivering it can be."""
         self._defer(lambda: self._deliver(event, return_rip, injected))
 
+    def interrupt_check(self) -> None:
+        """Something gating interrupts changed (GIF, V_IRQ): look at the next boundary."""
+        self.irq.changed()
+
     def world_changed(self, old: str, new: str) -> None:
+        self.irq.window.resync()
         for observer in self.world_observers:
             observer(old, new)
 
@@ -237,6 +245,11 @@ class Machine:
         begin = self._start
         try:
             while self._result is None:
+                if self.irq.point():          # interrupts, HLT wake-up (emu/irq.py)
+                    begin = uc.reg_read(UC_X86_REG_RIP)
+                if self._result is not None:
+                    break
+                count = self.irq.slice()
                 left_us = 0
                 if deadline is not None:
                     left = deadline - time.monotonic()
@@ -245,13 +258,14 @@ class Machine:
                         break
                     left_us = max(1, int(left * 1e6))
                 try:
-                    uc.emu_start(begin, _UNTIL, timeout=left_us)
+                    uc.emu_start(begin, _UNTIL, timeout=left_us, count=count)
                 except UcError as e:
                     if self._result is None:
                         self._finish("unsupported", STATUS_UNSUPPORTED,
                                      f"unsupported: CPU stopped with {e} at rip "
                                      f"{uc.reg_read(UC_X86_REG_RIP):#x}")
                     break
+                self.irq.slice_done(count, self._pending is None and self._result is None)
                 pending, self._pending = self._pending, None
                 if pending is not None:
                     while pending is not None and self._result is None:
@@ -294,6 +308,9 @@ class Machine:
             return
         if self._result is not None:
             uc.emu_stop()
+            return
+        if code == hostvm.VMEXIT_VINTR and self.irq.window.armed:
+            self.irq.window_exit()          # our interrupt window opened
             return
         handler = self._exits.get(code)
         try:
@@ -389,13 +406,8 @@ class Machine:
         self._advance(3)
 
     def _exit_hlt(self, code: int) -> None:
-        rflags = self.uc.reg_read(UC_X86_REG_RFLAGS)
         self._advance(1)
-        if rflags & (1 << 9):
-            self._finish("halt", STATUS_HALTED,
-                         "guest halted waiting for an interrupt, and no device can raise one")
-        else:
-            self._finish("halt", STATUS_HALTED, "guest halted with interrupts disabled")
+        self.irq.halt()       # wait for an interrupt at the next interrupt point
 
     def _exit_undefined_opcode(self, code: int) -> None:
         """SVM instructions with no extension to implement them behave as on a CPU without SVM."""

@@ -1,0 +1,227 @@
+"""The local APIC: register semantics on the device, and the guests that drive it through the
+machine (xAPIC MMIO, x2APIC MSRs, timer on virtual time, delivery through the IDT)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from emu.devices.apic import (APIC_BASE_EN, APIC_BASE_EXTD, APIC_EOI, APIC_ICR_LO, APIC_LVT_TIMER,
+                              APIC_PPR, APIC_SVR, APIC_TIMER_CCR, APIC_TIMER_DCR, APIC_TIMER_ICR,
+                              APIC_TPR, ApicError, LocalApic, divisor)
+from emu.loader.asm import GUESTS_DIR, assemble_source
+from emu.loader.multiboot import parse_image
+from emu.machine import Machine
+from emu.msr import MSR_APIC_BASE
+from tests.conftest import parse_tap
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0
+        self.changes = 0
+
+    def apic(self) -> LocalApic:
+        def advance(n: int) -> None:
+            self.t += n
+        def changed() -> None:
+            self.changes += 1
+        a = LocalApic(lambda: self.t, advance, changed)
+        a.write_reg(APIC_SVR, 0x1FF)
+        return a
+
+
+def test_divide_configuration():
+    assert [divisor(v) for v in (0x0, 0x1, 0x2, 0x3, 0x8, 0x9, 0xA, 0xB)] == \
+        [2, 4, 8, 16, 32, 64, 128, 1]
+
+
+def test_priority_tpr_and_eoi():
+    a = Clock().apic()
+    a.write_reg(APIC_ICR_LO, 0x44000 | 0x41)
+    a.write_reg(APIC_ICR_LO, 0x44000 | 0x72)
+    assert a.pending() == 0x72
+    a.write_reg(APIC_TPR, 0x70)               # class 7 masks 0x72, and 0x41
+    assert a.pending() is None and a.read_reg(APIC_PPR) == 0x70
+    a.write_reg(APIC_TPR, 0)
+    a.acknowledge(0x72)
+    assert a.read_reg(APIC_PPR) == 0x70       # in service sets the processor priority
+    assert a.pending() is None                # 0x41 waits behind 0x72 in service
+    a.write_reg(APIC_EOI, 0)
+    assert a.isr == 0 and a.pending() == 0x41
+
+
+def test_illegal_vector_sets_esr_and_is_dropped():
+    a = Clock().apic()
+    a.write_reg(APIC_ICR_LO, 0x44000 | 0x05)
+    assert a.irr == 0 and a.esr & 0x20
+
+
+def test_other_destinations_are_unsupported_not_ignored():
+    from emu.errors import Unsupported
+    a = Clock().apic()
+    with pytest.raises(Unsupported):
+        a.write_reg(APIC_ICR_LO, 0xC4000 | 0x40)     # all excluding self
+    with pytest.raises(Unsupported):
+        a.write_reg(APIC_ICR_LO, 0x44000 | 0x400 | 0x40)   # NMI delivery mode
+
+
+def test_one_shot_timer_counts_virtual_time():
+    c = Clock()
+    a = c.apic()
+    a.write_reg(APIC_TIMER_DCR, 0x0)          # divide by 2
+    a.write_reg(APIC_LVT_TIMER, 0x30)
+    a.write_reg(APIC_TIMER_ICR, 100)
+    assert a.deadline() == 200
+    c.t = 150
+    assert a.current_count(c.t) == 25
+    a.tick(199)
+    assert a.irr == 0
+    a.tick(200)
+    assert a.irr == 1 << 0x30 and a.deadline() is None and a.current_count(300) == 0
+
+
+def test_periodic_timer_reloads():
+    c = Clock()
+    a = c.apic()
+    a.write_reg(APIC_TIMER_DCR, 0xB)
+    a.write_reg(APIC_LVT_TIMER, 0x20000 | 0x31)
+    a.write_reg(APIC_TIMER_ICR, 50)
+    for period in range(1, 4):
+        a.tick(50 * period)
+        assert a.irr == 1 << 0x31
+        a.acknowledge(0x31)
+        a.write_reg(APIC_EOI, 0)
+        assert a.deadline() == 50 * (period + 1)
+    assert a.current_count(160) == 40
+
+
+def test_ccr_read_advances_time_so_polling_terminates():
+    c = Clock()
+    a = c.apic()
+    a.write_reg(APIC_TIMER_DCR, 0xB)
+    a.write_reg(APIC_TIMER_ICR, 5000)
+    reads = 0
+    while a.read_reg(APIC_TIMER_CCR):
+        reads += 1
+    assert reads == 4 and c.t == 5000
+
+
+def test_x2apic_msrs_and_mode_rules():
+    a = Clock().apic()
+    with pytest.raises(ApicError):
+        a.read_msr(0x802)                     # not in x2APIC mode
+    with pytest.raises(ApicError):
+        a.write_base_msr(0xFEE00000 | APIC_BASE_EXTD, 40)      # EXTD without EN
+    a.write_base_msr(0xFEE00000 | APIC_BASE_EN | APIC_BASE_EXTD, 40)
+    assert a.mmio_base() is None
+    assert a.read_msr(0x803) & 0xFF == 0x10
+    a.write_msr(0x83F, 0x55)                  # SELF_IPI
+    assert a.pending() == 0x55
+    with pytest.raises(ApicError):
+        a.write_msr(0x80B, 1)                 # EOI must be written with 0
+    with pytest.raises(ApicError):
+        a.read_msr(0x80B)                     # EOI is write-only
+    with pytest.raises(ApicError):
+        a.write_base_msr(0xFEE00000 | APIC_BASE_EN, 40)        # x2APIC -> xAPIC directly
+
+
+def boot(source: str, tmp_path: Path | None = None):
+    if tmp_path is not None:
+        path = tmp_path / "g.S"
+        path.write_text(source)
+        path = str(path)
+    else:
+        path = source
+    m = Machine(128 << 20, stdout=None)
+    m.load_multiboot(parse_image(assemble_source(path), path, m.ram_size), path)
+    res = m.run(timeout=60)
+    return m, res, bytes(m.serial.output).decode()
+
+
+def test_apic_guest_passes_and_leaves_the_apic_idle():
+    m, res, out = boot(str(GUESTS_DIR / "apic.S"))
+    checks = parse_tap(out)
+    assert res.reason == "exit" and res.status == 1, out
+    assert len(checks) == 26 and all(c.ok for c in checks.values()), out
+    apic = m.apic
+    assert apic.irr == 0 and apic.isr == 0
+    assert apic.deadline() is None
+    assert apic.lvt[APIC_LVT_TIMER] == 0x10051
+    assert apic.read_reg(APIC_SVR) == 0x1FF
+
+
+def test_apic_guest_is_reproducible_run_to_run():
+    """Virtual time: the same guest sees the same timer counts and interrupt points."""
+    runs = [boot(str(GUESTS_DIR / "apic.S")) for _ in range(2)]
+    (m1, _, out1), (m2, _, out2) = runs
+    assert out1 == out2
+    assert m1.tsc == m2.tsc and m1.tsc > 0
+
+
+X2APIC_GUEST = r'''
+.include "prelude.inc"
+main:
+    set_idt_handler 0x66, handler
+    mov eax, 1
+    cpuid
+    check_mask rcx, 0x200000, 0x200000, "CPUID.1:ECX reports x2APIC"
+    mov ecx, 0x1b
+    rdmsr
+    or eax, 0xc00
+    wrmsr
+    mov ecx, 0x80f
+    mov eax, 0x1ff
+    xor edx, edx
+    wrmsr
+    mov ecx, 0x802
+    rdmsr
+    check_eq rax, 0, "x2APIC ID"
+    cli
+    mov ecx, 0x83f
+    mov eax, 0x66
+    wrmsr
+    sti
+    nop
+    cli
+    check_eq [count], 1, "SELF_IPI delivered"
+    expect_fault .Lr
+    mov ecx, 0x80b
+    mov eax, 1
+    wrmsr
+.Lr:
+    check_eq [fault_vector], 13, "EOI with a non-zero value raises #GP"
+    ret
+handler:
+    inc qword ptr [count]
+    push rcx
+    push rax
+    push rdx
+    mov ecx, 0x80b
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    pop rdx
+    pop rax
+    pop rcx
+    iretq
+.bss
+count: .space 8
+.text
+'''
+
+
+def test_x2apic_guest(tmp_path):
+    src = X2APIC_GUEST.replace('.include "prelude.inc"', f'.include "{GUESTS_DIR}/prelude.inc"')
+    m, res, out = boot(src, tmp_path)
+    checks = parse_tap(out)
+    assert len(checks) == 4 and all(c.ok for c in checks.values()), out
+    assert m.msrs.rdmsr(MSR_APIC_BASE) & APIC_BASE_EXTD
+    assert m.apic.isr == 0 and m.apic.irr == 0
+
+
+def test_cpuid_apic_bit_follows_global_enable():
+    m = Machine(128 << 20, stdout=None)
+    assert m.cpuid.query(1, 0)[3] & (1 << 9)
+    m.msrs.wrmsr(MSR_APIC_BASE, 0xFEE00000)                    # EN clear
+    assert not m.cpuid.query(1, 0)[3] & (1 << 9)
