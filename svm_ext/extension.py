@@ -27,6 +27,7 @@ from . import debugview
 from . import hw_quirks
 from .checks import HostCaps
 from .state import NestedState
+from .switch_cache import SwitchCache
 from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
                    EVENTINJ_TYPE_SOFT_INT, EVENTINJ_V, VMEXIT_EXCP0, VMEXIT_INTR,
                    VMEXIT_IOIO, VMEXIT_MSR, VMEXIT_NPF, VMEXIT_SHUTDOWN, exit_name)
@@ -74,6 +75,7 @@ class SvmExtension(Extension, ExitRouter):
 
     def __init__(self, pat_model: str = "architectural") -> None:
         self.state = NestedState()
+        self.switch_cache = SwitchCache()
         self.pat = pat.make(pat_model)
         self.caps = HostCaps()
         self.last_invalid_reason: str | None = None
@@ -266,6 +268,7 @@ class SvmExtension(Extension, ExitRouter):
 
     def load_snapshot_state(self, state: dict[str, Any]) -> None:
         self.state = NestedState.from_dict(state["nested"])
+        self.switch_cache.clear()       # derived from the context being replaced
         pat_state = dict(state["pat"])
         if "gpat" not in pat_state:   # format 1: see PatModel.load_state
             c = self.state.vmcb12

@@ -19,6 +19,7 @@ from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF_EFER, 
                            OFF_INTERCEPT, OFF_NESTED_PG_MODE, OFF_REGS, OFF_VM_VMCB, SS, Context,
                            SEG_SIZE, OFF_SEGS)
 
+from . import switch_cache
 from .vmcb import FIELDS, VMEXIT_INVALID, Vmcb
 
 if TYPE_CHECKING:
@@ -36,13 +37,14 @@ def vmexit(ext: "SvmExtension", exitcode: int, info1: int = 0, info2: int = 0,
     where = m.where() if ext.tracing() else None
     ctx = m.ctx.save()
     vm = Vmcb(m.mem.view, st.vmcb12_pa)
-    # Step 1
-    store_guest(ext, ctx, vm)
+    # Step 1 (the switch cache skips re-encoding what cannot have changed)
+    switch_cache.store_guest(ext, vm, lambda: store_guest(ext, ctx, vm))
     # Step 2
     store_exit_info(vm, exitcode, info1, info2, intinfo, nrip)
     # Step 3
     ext.pat.on_vmexit(ext, vm)
-    restore_host(ext, ctx)
+    switch_cache.restore_host(ext, lambda: restore_host(ext, ctx),
+                              lambda: restore_host_volatile(ext, ctx))
     # Step 4
     st.gif = False
     st.in_l2 = False
@@ -99,7 +101,7 @@ def store_exit_info(vm: Vmcb, exitcode: int, info1: int, info2: int, intinfo: in
 def restore_host(ext: "SvmExtension", ctx: Context) -> None:
     """Load L1's host state (APM 15.6: segments ES/CS/SS/DS, GDTR, IDTR, CR0/3/4, EFER, RFLAGS,
     RIP, RSP, RAX, CPL 0, DR7 with breakpoints off) into the current context."""
-    m, st = ext.machine, ext.state
+    st = ext.state
     host = memoryview(st.l1_host)
     for index in (ES, CS, SS, DS, GDTR, IDTR):
         off = OFF_SEGS + index * SEG_SIZE
@@ -112,12 +114,20 @@ def restore_host(ext: "SvmExtension", ctx: Context) -> None:
     ctx.view[_CONTROLS] = host[_CONTROLS]
     ctx.set_u64(OFF_VM_VMCB, _QQ.unpack_from(host, OFF_VM_VMCB)[0])
     ctx.set_u32(OFF_HFLAGS2, struct.unpack_from("<I", host, OFF_HFLAGS2)[0])
+    restore_host_volatile(ext, ctx)
+
+
+def restore_host_volatile(ext: "SvmExtension", ctx: Context) -> None:
+    """The host fields every #VMEXIT moves one by one (the switch cache replays the rest):
+    RIP after the VMRUN, RAX, RSP, RFLAGS, DR7."""
+    st = ext.state
+    host = memoryview(st.l1_host)
     ctx.set_u64(OFF_EIP, st.l1_next_rip)
     ctx.set_u64(OFF_REGS + 0 * 8, _QQ.unpack_from(host, OFF_REGS + 0 * 8)[0])
     ctx.set_u64(OFF_REGS + 4 * 8, _QQ.unpack_from(host, OFF_REGS + 4 * 8)[0])
     ctx.restore()
     ext.host_flags.write(st.l1_rflags, HOST_DR7)
-    flush_tlb(m.uc)
+    flush_tlb(ext.machine.uc)
 
 
 def fail_vmrun(ext: "SvmExtension", rule: str, where: str | None = None) -> None:

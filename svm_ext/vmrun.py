@@ -29,7 +29,7 @@ from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, HF2_NPT, IDTR, NPT_MODE_
 from emu.interrupts import GP, Event, Kind
 from emu.arch_bits import CR4_PAE, EFER_LMA, EFER_NXE
 
-from . import checks, hw_quirks
+from . import checks, hw_quirks, switch_cache
 from .vmcb import (FIELDS, EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
                    Vmcb12Cache, read_cache)
@@ -64,8 +64,8 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
     if failure is not None:
         vmexit.fail_vmrun(ext, failure, where)
         return
-    # Step 5
-    load_guest(ext, cache)
+    # Step 5 (replayed from the switch cache when only volatile fields changed)
+    switch_cache.load_guest(ext, cache, lambda: load_guest(ext, cache))
     # Step 6
     st = ext.state
     st.gif = True

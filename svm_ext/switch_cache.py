@@ -1,0 +1,205 @@
+"""Replaying the last world switch when only the volatile registers changed.
+
+A hypervisor's run loop re-enters the same L2 over and over with a vmcb12 that differs from what
+the last #VMEXIT wrote only in RIP (and RAX, RSP, RFLAGS, DR6, DR7, CR2, which L2 changes as it
+runs). The full VMRUN decodes ~30 save-area and control fields into the CPU context; the full
+#VMEXIT encodes them back and reloads the host. Each time they compute what they computed the
+time before. This module memoises the three steps, one entry each:
+
+- VMRUN, `load_guest`: the context bytes it produced (REGIONS: segment caches, CR0/3/4, EFER,
+  hidden flags, the SVM controls Unicorn enforces), keyed by everything it read: vmcb12's bytes
+  with the volatile fields left out, and the host context it read;
+- #VMEXIT, `restore_host`: the REGIONS bytes it produced, keyed by the host context VMRUN kept and
+  the current hidden flags it carries over;
+- #VMEXIT, `store_guest`: its non-volatile output is a function of REGIONS alone, so when REGIONS
+  equal what the last full store encoded, and vmcb12 still holds that encoding untouched, only
+  the volatile fields need writing.
+
+A hit replays bytes the full path produced for the same inputs, so the result is the same by
+construction; volatile fields always go field by field. vmcb02 (L0 memory) is written only by the
+full VMRUN, for the one key cached. SVMEMU_SWITCH_VERIFY=1 runs the full path after every hit and
+fails loudly on any difference (tests/test_switch_cache.py runs the nested suites that way).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from emu.hw_switch import (ES, GDTR, OFF_CR, OFF_EFER, OFF_EFLAGS, OFF_EIP, OFF_HFLAGS,
+                           OFF_NESTED_PG_MODE, OFF_REGS, OFF_SEGS, OFF_VM_VMCB, SEG_SIZE, flush_tlb)
+
+from .vmcb import FIELDS
+
+if TYPE_CHECKING:
+    from .extension import SvmExtension
+    from .vmcb import Vmcb, Vmcb12Cache
+
+VERIFY = os.environ.get("SVMEMU_SWITCH_VERIFY") == "1"
+
+# Context regions a world switch loads wholesale (offsets into Unicorn's CPU state).
+REGIONS: tuple[tuple[int, int], ...] = (
+    (OFF_SEGS + ES * SEG_SIZE, 4 * SEG_SIZE),        # ES CS SS DS
+    (OFF_SEGS + GDTR * SEG_SIZE, 2 * SEG_SIZE),      # GDTR IDTR
+    (OFF_CR, 8),                                     # CR0
+    (OFF_CR + 24, 16),                               # CR3 CR4
+    (OFF_EFER, 8),
+    (OFF_HFLAGS, 8),                                 # hflags, hflags2
+    (OFF_VM_VMCB, OFF_NESTED_PG_MODE + 8 - OFF_VM_VMCB),   # vm_vmcb .. nested paging, v_tpr
+)
+
+_OFF = {name: off for name, off, _ in FIELDS}
+_VOLATILE = ("dr7", "dr6", "rflags", "rip", "rsp", "rax", "cr2")
+_SAVE_END = 0x700
+_DR_TO_RIP = struct.Struct("<4Q")                # dr7 dr6 rflags rip: contiguous in the save area
+_Q = struct.Struct("<Q")
+assert [_OFF[n] for n in ("dr7", "dr6", "rflags", "rip")] == [_OFF["dr7"] + 8 * i for i in range(4)]
+
+
+def _vmcb_ranges() -> tuple[tuple[int, int], ...]:
+    """vmcb12 bytes VMRUN reads, minus the volatile fields and the exit fields (0x70-0x8F,
+    0xC0 on: written by #VMEXIT or clean bits / NRIP / instruction bytes)."""
+    spans, start = [(0x000, 0x070), (0x090, 0x0C0)], 0x400
+    for lo in sorted(_OFF[n] for n in _VOLATILE):
+        if lo > start:
+            spans.append((start, lo))
+        start = max(start, lo + 8)
+    spans.append((start, _SAVE_END))
+    return tuple(spans)
+
+
+_VMCB_RANGES = _vmcb_ranges()
+
+
+def regions_of(view: memoryview) -> bytes:
+    return b"".join([view[off:off + n] for off, n in REGIONS])
+
+
+def _put_regions(view: memoryview, data: bytes) -> None:
+    pos = 0
+    for off, n in REGIONS:
+        view[off:off + n] = data[pos:pos + n]
+        pos += n
+
+
+def _vm_flag(view: memoryview) -> bytes:
+    """EFLAGS.VM, the one EFLAGS bit the hidden-flag recomputation reads."""
+    return b"\x01" if view[OFF_EFLAGS + 2] & 2 else b"\x00"
+
+
+def _vmcb_bytes(ext: "SvmExtension") -> bytes:
+    buf, pa = ext.machine.mem.view, ext.state.vmcb12_pa
+    return pa.to_bytes(8, "little") + b"".join([buf[pa + lo:pa + hi] for lo, hi in _VMCB_RANGES])
+
+
+@dataclass
+class SwitchCache:
+    enter_key: bytes = b""
+    enter_regions: bytes = b""
+    exit_key: bytes = b""
+    exit_regions: bytes = b""
+    stored_key: bytes = b""          # vmcb12's bytes right after the last full store ...
+    stored_regions: bytes = b""      # ... which encoded these context bytes
+    hits: dict[str, int] = field(default_factory=lambda: {"enter": 0, "store": 0, "restore": 0})
+
+    def clear(self) -> None:
+        self.enter_key = self.exit_key = self.stored_key = b""
+
+
+# ---- VMRUN: load_guest -------------------------------------------------------------------------
+def load_guest(ext: "SvmExtension", c: "Vmcb12Cache", full: Callable[[], None]) -> None:
+    """VMRUN step 5. `full` is vmrun.load_guest for this cache; the host context is saved."""
+    cache, view = ext.switch_cache, ext.machine.ctx.view
+    if c.vintr:                  # virtual interrupts: the load also depends on interrupt state
+        cache.enter_key = b""
+        full()
+        return
+    key = _vmcb_bytes(ext) + regions_of(view) + _vm_flag(view)
+    if key == cache.enter_key:
+        cache.hits["enter"] += 1
+        before = bytes(view) if VERIFY else b""
+        _put_regions(view, cache.enter_regions)
+        _load_volatile(ext, c)
+        if VERIFY:
+            _verify_replay(ext, before, full, "VMRUN load_guest")
+        return
+    full()
+    cache.enter_key, cache.enter_regions = key, regions_of(ext.machine.ctx.save().view)
+
+
+def _load_volatile(ext: "SvmExtension", c: "Vmcb12Cache") -> None:
+    ctx = ext.machine.ctx
+    ctx.set_u64(OFF_EIP, c.rip)
+    ctx.set_u64(OFF_REGS, c.rax)
+    ctx.set_u64(OFF_REGS + 4 * 8, c.rsp)
+    ctx.set_u64(OFF_CR + 16, c.cr2)
+    ctx.restore()
+    ext.dr_flags.write(c.dr7, c.dr6, c.rflags)
+    flush_tlb(ext.machine.uc)
+
+
+# ---- #VMEXIT: store_guest ----------------------------------------------------------------------
+def store_guest(ext: "SvmExtension", vm: "Vmcb", full: Callable[[], None]) -> None:
+    """#VMEXIT step 1; the guest context is saved in machine.ctx."""
+    cache, m = ext.switch_cache, ext.machine
+    regions = regions_of(m.ctx.view)
+    if regions == cache.stored_regions and _vmcb_bytes(ext) == cache.stored_key:
+        cache.hits["store"] += 1
+        _store_volatile(ext)
+        if VERIFY:
+            mid = bytes(m.mem.view[ext.state.vmcb12_pa:ext.state.vmcb12_pa + 0x1000])
+            full()
+            after = bytes(m.mem.view[ext.state.vmcb12_pa:ext.state.vmcb12_pa + 0x1000])
+            _same("#VMEXIT store_guest", mid, after)
+        return
+    full()
+    cache.stored_regions, cache.stored_key = regions, _vmcb_bytes(ext)
+
+
+def _store_volatile(ext: "SvmExtension") -> None:
+    m = ext.machine
+    ctx, buf, base = m.ctx, m.mem.view, ext.state.vmcb12_pa
+    dr7, dr6, rflags = ext.dr_flags.read()
+    _DR_TO_RIP.pack_into(buf, base + _OFF["dr7"], dr7, dr6, rflags, ctx.u64(OFF_EIP))
+    _Q.pack_into(buf, base + _OFF["rsp"], ctx.u64(OFF_REGS + 4 * 8))
+    _Q.pack_into(buf, base + _OFF["rax"], ctx.u64(OFF_REGS))
+    _Q.pack_into(buf, base + _OFF["cr2"], ctx.cr(2))
+
+
+# ---- #VMEXIT: restore_host ---------------------------------------------------------------------
+def restore_host(ext: "SvmExtension", full: Callable[[], None],
+                 volatile: Callable[[], None]) -> None:
+    """#VMEXIT step 3. `full` is vmexit.restore_host; `volatile` moves RIP/RAX/RSP/RFLAGS/DR7
+    from the host state and restores the context (the tail every path shares)."""
+    cache, view = ext.switch_cache, ext.machine.ctx.view
+    key = (regions_of(memoryview(ext.state.l1_host)) + bytes(view[OFF_HFLAGS:OFF_HFLAGS + 4])
+           + _vm_flag(view))
+    if key == cache.exit_key:
+        cache.hits["restore"] += 1
+        before = bytes(view) if VERIFY else b""
+        _put_regions(view, cache.exit_regions)
+        volatile()
+        if VERIFY:
+            _verify_replay(ext, before, full, "#VMEXIT restore_host")
+        return
+    full()
+    cache.exit_key, cache.exit_regions = key, regions_of(ext.machine.ctx.save().view)
+
+
+# ---- verification --------------------------------------------------------------------------------
+def _verify_replay(ext: "SvmExtension", before: bytes, full: Callable[[], None], what: str) -> None:
+    """Run the full step from the same starting context and compare the whole CPU context."""
+    m = ext.machine
+    replayed = bytes(m.ctx.save().view)
+    m.ctx.view[:] = before
+    m.ctx.restore()
+    full()
+    _same(what, replayed, bytes(m.ctx.save().view))
+
+
+def _same(what: str, fast: bytes, full: bytes) -> None:
+    if fast != full:
+        diff = [i for i in range(min(len(fast), len(full))) if fast[i] != full[i]]
+        raise AssertionError(f"switch cache: {what} differs from the full path at context/VMCB "
+                             f"offsets {[hex(i) for i in diff[:16]]}")
