@@ -332,6 +332,44 @@ main:
     prep
     mov ecx, 0x174                              # the bit is set but MSR_PROT is not
     step_none 45, l2_rdmsr, RDMSR 0x174 without MSR_PROT not intercepted
+
+    # ---------------------------------------------------------------- more CRs and DR7
+    prep
+    mov word ptr [rdi + V_CR_READ], 0x0004
+    step 46, l2_cr2r, l2_cr2r_end, EXIT_CR0_READ + 2, MOV from CR2
+    prep
+    mov word ptr [rdi + V_CR_WRITE], 0x0100
+    mov rbx, cr8
+    step 47, l2_cr8w, l2_cr8w_end, EXIT_CR0_WRITE + 8, MOV to CR8
+    prep
+    mov word ptr [rdi + V_DR_WRITE], 0x0080
+    mov ebx, 0x700
+    step 48, l2_dr7w, l2_dr7w_end, EXIT_DR0_WRITE + 7, MOV to DR7
+    check_eq qword ptr [rdi + V_DR7], 0x400, "MOV to DR7 intercepted: DR7 unchanged"
+    prep
+    mov ebx, 0x700
+    step_none 49, l2_dr7w, MOV to DR7 not intercepted
+    check_eq qword ptr [rdi + V_DR7], 0x700, "MOV to DR7 not intercepted: L2's DR7 written"
+
+    # ---------------------------------------------------------------- RDPMC, INVLPGA, SHUTDOWN
+    prep
+    or dword ptr [rdi + V_INTERCEPT_MISC1], I1_RDPMC
+    xor ecx, ecx
+    step 50, l2_rdpmc, l2_rdpmc_end, EXIT_RDPMC, RDPMC
+    prep
+    or dword ptr [rdi + V_INTERCEPT_MISC1], I1_INVLPGA
+    mov qword ptr [rdi + V_RAX], 0x200000
+    mov ecx, 1
+    step 51, l2_invlpga, l2_invlpga_end, EXIT_INVLPGA, INVLPGA
+
+    prep
+    mov qword ptr [rip + fault_resume], 0       # no safety net: L2's IDT is empty
+    or dword ptr [rdi + V_INTERCEPT_MISC1], I1_SHUTDOWN
+    mov dword ptr [rdi + V_IDTR + 4], 0
+    lea rax, [rip + l2_ud2]
+    mov [rdi + V_RIP], rax
+    run_l2 52
+    check_exit EXIT_SHUTDOWN, "triple fault in L2 (empty IDT): SHUTDOWN exit"
     ret
 
 # ---------------------------------------------------------------- L2
@@ -346,7 +384,7 @@ l2_cr3r_end: vmmcall
 l2_cr4r: mov rdx, cr4
 l2_cr4r_end: vmmcall
 l2_cr2r: mov rbx, cr2
-    vmmcall
+l2_cr2r_end: vmmcall
 l2_cr0w: mov cr0, rbx
 l2_cr0w_end: vmmcall
 l2_cr3w: mov cr3, rcx
@@ -411,6 +449,14 @@ l2_rdmsr: rdmsr
 l2_rdmsr_end: vmmcall
 l2_wrmsr: wrmsr
 l2_wrmsr_end: vmmcall
+l2_cr8w: mov cr8, rbx
+l2_cr8w_end: vmmcall
+l2_dr7w: mov dr7, rbx
+l2_dr7w_end: vmmcall
+l2_rdpmc: rdpmc
+l2_rdpmc_end: vmmcall
+l2_invlpga: invlpga
+l2_invlpga_end: vmmcall
 
 .bss
 .align 8
