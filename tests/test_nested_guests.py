@@ -16,15 +16,15 @@ from emu.machine import Machine
 from emu.trace import Tracer
 from svm_ext import checks
 from svm_ext.extension import SVM_FEATURE_NRIPS, SvmExtension
-from svm_ext.vmcb import (INTERCEPT_CR0_SEL_WRITE, INTERCEPT_INTN, INTERCEPT_INVD,
-                          INTERCEPT_VMMCALL, INTERCEPT_VMRUN, INTERCEPT_WBINVD, VMEXIT_CLGI,
-                          VMEXIT_CPUID, VMEXIT_CR0_READ, VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE,
-                          VMEXIT_DR0_READ, VMEXIT_DR0_WRITE, VMEXIT_EXCP0, VMEXIT_HLT,
-                          VMEXIT_INVALID, VMEXIT_INVD, VMEXIT_INVLPG, VMEXIT_INVLPGA, VMEXIT_IRET, VMEXIT_MSR,
-                          VMEXIT_PAUSE, VMEXIT_POPF, VMEXIT_PUSHF, VMEXIT_RDPMC, VMEXIT_RDTSC, VMEXIT_RDTSCP,
-                          VMEXIT_SHUTDOWN, VMEXIT_STGI, VMEXIT_SWINT, VMEXIT_VMLOAD, VMEXIT_VMMCALL, VMEXIT_VMRUN,
-                          VMEXIT_VMSAVE, VMEXIT_WBINVD, Vmcb, exit_name,
-                          EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, eventinj_encode)
+from svm_ext.vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, INTERCEPT_CR0_SEL_WRITE,
+                          INTERCEPT_INTN, INTERCEPT_INVD, INTERCEPT_VMMCALL, INTERCEPT_VMRUN,
+                          INTERCEPT_WBINVD, VMEXIT_CLGI, VMEXIT_CPUID, VMEXIT_CR0_READ,
+                          VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE, VMEXIT_DR0_READ, VMEXIT_DR0_WRITE,
+                          VMEXIT_EXCP0, VMEXIT_HLT, VMEXIT_INVALID, VMEXIT_INVD, VMEXIT_INVLPG,
+                          VMEXIT_INVLPGA, VMEXIT_IRET, VMEXIT_MSR, VMEXIT_PAUSE, VMEXIT_POPF,
+                          VMEXIT_PUSHF, VMEXIT_RDPMC, VMEXIT_RDTSC, VMEXIT_RDTSCP, VMEXIT_SHUTDOWN,
+                          VMEXIT_STGI, VMEXIT_SWINT, VMEXIT_VMLOAD, VMEXIT_VMMCALL, VMEXIT_VMRUN,
+                          VMEXIT_VMSAVE, VMEXIT_WBINVD, Vmcb, eventinj_encode, exit_name)
 from tests.conftest import parse_tap
 from tests.nested_image import L2_CODE
 from tests.tinyimage import asm64, gate64, handler
