@@ -40,6 +40,7 @@ OFF_INTERCEPT_DR_WRITE = OFF_INTERCEPT_CRDR + 6
 OFF_INTERCEPT_EXC = 5536
 OFF_NESTED_CR3 = 5544
 OFF_NESTED_PG_MODE = 5552
+OFF_V_TPR = 5556         # u8: what MOV CR8 writes; what it reads under HF2_VINTR
 
 ES, CS, SS, DS, FS, GS, LDTR, TR, GDTR, IDTR = range(10)
 SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr", "gdtr", "idtr")
@@ -55,6 +56,7 @@ HF_OSFXSR = 1 << 22
 HF_SMAP = 1 << 23
 HF_IOBPT = 1 << 24       # translate I/O instructions with a call to the I/O-breakpoint helper
 HF2_GIF = 1 << 0
+HF2_VINTR = 1 << 3      # V_INTR_MASKING in effect: CR8 reads V_TPR
 HF2_NPT = 1 << 6
 # How Unicorn's nested walk reads the host paging mode (set from L1's state at VMRUN).
 NPT_MODE_PAE, NPT_MODE_LMA, NPT_MODE_NXE = 1 << 0, 1 << 1, 1 << 2

@@ -32,7 +32,7 @@ from unicorn import UcError
 from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP
 
 from .cpuid import CPUID_1_ECX_X2APIC, CPUID_1_EDX_APIC, Regs
-from .devices.apic import APIC_MMIO_SIZE, ApicError, LocalApic
+from .devices.apic import APIC_LVT_TIMER, APIC_MMIO_SIZE, LVT_MASKED, ApicError, LocalApic
 from .errors import Unsupported
 from .extension import WINDOW_TAKEN, WINDOW_WANTED
 from .hw_switch import HF_INHIBIT_IRQ, OFF_HFLAGS
@@ -170,6 +170,13 @@ class InterruptController:
                    f"value {value:#x}")
 
     # ---- the points --------------------------------------------------------------------------
+    def check_soon(self) -> None:
+        """From an exit handler (STGI, VMRUN): stop at this boundary and look (the window alone
+        would not do for a nested guest whose physical interrupts follow the host's IF)."""
+        self.window.arm()
+        self._kicked = True
+        self.m.uc.emu_stop()
+
     def changed(self) -> None:
         """Something may have become deliverable (IRR, TPR, EOI, GIF, a timer armed): look at
         the next point. It only opens the interrupt window: the CPU leaves at the first
@@ -255,6 +262,9 @@ class InterruptController:
             action = router.on_interrupt_window()
             if action == WINDOW_TAKEN:
                 self.window.disarm()
+                pending, m._pending = m._pending, None      # a delivery it asked for
+                if pending is not None:
+                    pending()
                 return True
             want_window = want_window or action == WINDOW_WANTED
         if want_window:
@@ -268,8 +278,8 @@ class InterruptController:
         """The instruction bound for the next emu_start (0: unbounded)."""
         self._kicked = False
         deadline = self.apic.deadline()
-        if deadline is None:
-            return 0
+        if deadline is None or self.apic.lvt[APIC_LVT_TIMER] & LVT_MASKED:
+            return 0          # a masked timer interrupts nobody: CCR reads alone move its time
         return max(1, min(deadline - self.m.tsc, MAX_SLICE))
 
     def slice_done(self, count: int, quiet: bool) -> None:

@@ -180,8 +180,9 @@ class Machine:
         self._defer(lambda: self._deliver(event, return_rip, injected))
 
     def interrupt_check(self) -> None:
-        """Something gating interrupts changed (GIF, V_IRQ): look at the next boundary."""
-        self.irq.changed()
+        """Something gating interrupts changed (GIF, V_IRQ): look at the next boundary. Only
+        from exit handlers (the INTR hook), never from MMIO callbacks."""
+        self.irq.check_soon()
 
     def world_changed(self, old: str, new: str) -> None:
         self.irq.window.resync()

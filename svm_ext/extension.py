@@ -25,6 +25,7 @@ from emu.paging import NestedFault
 from . import instructions, intercepts, ioio, memview, npf, pat, vmrun as vmrun_mod
 from . import debugview
 from . import hw_quirks
+from . import vintr
 from .checks import HostCaps
 from .state import NestedState
 from .switch_cache import SwitchCache
@@ -201,6 +202,19 @@ class SvmExtension(Extension, ExitRouter):
             return False
         vmexit(self, VMEXIT_NPF, fault.exitinfo1, fault.exitinfo2, self._intinfo(during))
         return True
+
+    # ---- interrupts (vintr.py; the machine asks at its interrupt points) ----------------------
+    def gif(self) -> bool:
+        return self.state.gif
+
+    def physical_if(self) -> bool | None:
+        return vintr.physical_if(self)
+
+    def on_interrupt(self, vector: int) -> bool:
+        return vintr.on_interrupt(self, vector)
+
+    def on_interrupt_window(self) -> int:
+        return vintr.window(self)
 
     def on_shutdown(self, reason: str) -> bool:
         st = self.state

@@ -92,6 +92,7 @@ def vmsave(ext: "SvmExtension", code: int) -> None:
 def stgi(ext: "SvmExtension", code: int) -> None:
     ext.state.gif = True
     _advance(ext)
+    ext.machine.interrupt_check()      # interrupts held while GIF was 0 may now be taken
 
 
 def clgi(ext: "SvmExtension", code: int) -> None:

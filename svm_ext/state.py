@@ -17,6 +17,8 @@ class NestedState:
     l1_host: bytes = b""           # L1's CPU context at VMRUN: the host state #VMEXIT restores
     l1_next_rip: int = 0
     l1_rflags: int = 0
+    v_irq: bool = False            # a virtual interrupt for L2 still pending (vmcb12 V_IRQ)
+    v_tpr: int = 0                 # V_TPR while L2 runs without V_INTR_MASKING
     stats: dict[str, int] = field(default_factory=lambda: {"vmrun": 0, "vmexit": 0})
 
     def to_dict(self) -> dict:
@@ -24,7 +26,7 @@ class NestedState:
                     vmcb12_pa=self.vmcb12_pa,
                     vmcb12=self.vmcb12.to_bytes().hex() if self.vmcb12 is not None else None,
                     l1_host=self.l1_host.hex(), l1_next_rip=self.l1_next_rip,
-                    l1_rflags=self.l1_rflags)
+                    l1_rflags=self.l1_rflags, v_irq=self.v_irq, v_tpr=self.v_tpr)
 
     @classmethod
     def from_dict(cls, d: dict) -> "NestedState":
@@ -33,4 +35,5 @@ class NestedState:
                    in_l2=bool(d["in_l2"]), vmcb12_pa=int(d["vmcb12_pa"]),
                    vmcb12=read_cache(bytes.fromhex(raw)) if raw else None,
                    l1_host=bytes.fromhex(d["l1_host"]), l1_next_rip=int(d["l1_next_rip"]),
-                   l1_rflags=int(d.get("l1_rflags", 2)))
+                   l1_rflags=int(d.get("l1_rflags", 2)), v_irq=bool(d.get("v_irq", False)),
+                   v_tpr=int(d.get("v_tpr", 0)))

@@ -19,7 +19,7 @@ from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF_EFER, 
                            OFF_INTERCEPT, OFF_NESTED_PG_MODE, OFF_REGS, OFF_VM_VMCB, SS, Context,
                            SEG_SIZE, OFF_SEGS)
 
-from . import switch_cache
+from . import switch_cache, vintr
 from .vmcb import FIELDS, VMEXIT_INVALID, Vmcb
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ def vmexit(ext: "SvmExtension", exitcode: int, info1: int = 0, info2: int = 0,
     switch_cache.store_guest(ext, vm, lambda: store_guest(ext, ctx, vm))
     # Step 2
     store_exit_info(vm, exitcode, info1, info2, intinfo, nrip)
+    vintr.store(ext, ctx, vm)      # V_IRQ, V_TPR, interrupt shadow
     # Step 3
     ext.pat.on_vmexit(ext, vm)
     switch_cache.restore_host(ext, lambda: restore_host(ext, ctx),

@@ -33,7 +33,7 @@ from . import checks, hw_quirks, switch_cache
 from .vmcb import (FIELDS, EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
                    Vmcb12Cache, read_cache)
-from . import vmexit
+from . import vintr, vmexit
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
@@ -79,6 +79,7 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
     ext.trace(f"vmrun vmcb12 {pa:#x} -> L2 rip {cache.rip:#x}"
               + (" (nested paging)" if checks.nested_paging_enabled(cache, ext.caps) else ""), where)
     m.world_changed("L1", "L2")
+    vintr.on_vmrun(ext, cache)     # V_IRQ, V_TPR; GIF=1 may let an interrupt in at once
     # Step 7
     if cache.eventinj & EVENTINJ_V:
         inject_event(ext, cache)

@@ -1,0 +1,93 @@
+"""Interrupts while L2 runs (AMD APM vol. 2, 15.21 "Interrupt and Local APIC Support").
+
+Physical interrupts come from the machine's APIC (emu/irq.py asks the router at each interrupt
+point):
+  * with V_INTR_MASKING=1 the host's RFLAGS.IF at VMRUN (HIF) masks them, not L2's IF, and
+    L2's CR8 reaches V_TPR only (Unicorn does the CR8 part in C once HF2_VINTR is set);
+    with V_INTR_MASKING=0 L2's own IF does;
+  * if vmcb12 intercepts INTR, the interrupt causes #VMEXIT(INTR) and stays pending in the APIC
+    (GIF is then 0 until L1's STGI, after which L1 takes it through its IDT); otherwise it is
+    delivered through L2's IDT.
+Virtual interrupts (V_IRQ set in vmcb12 at VMRUN) are taken when GIF=1, L2's IF=1, no interrupt
+shadow, and V_IGN_TPR=1 or V_INTR_PRIO > V_TPR: with the VINTR intercept as #VMEXIT(VINTR) (V_IRQ
+stays set), otherwise by delivering V_INTR_VECTOR through L2's IDT and clearing V_IRQ.
+#VMEXIT writes V_IRQ, V_TPR and the interrupt shadow back into vmcb12.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP
+
+from emu.extension import WINDOW_NONE, WINDOW_TAKEN, WINDOW_WANTED
+from emu.hw_switch import HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS2, OFF_V_TPR, Context
+from emu.interrupts import RFLAGS_IF, Event, Kind
+
+from . import intercepts
+from .vmcb import VMEXIT_INTR, VMEXIT_VINTR, Vmcb, Vmcb12Cache
+from . import vmexit as vmexit_mod
+
+if TYPE_CHECKING:
+    from .extension import SvmExtension
+
+
+def on_vmrun(ext: "SvmExtension", c: Vmcb12Cache) -> None:
+    """VMRUN step 6: take V_IRQ/V_TPR from vmcb12; let the machine look for interrupts (GIF
+    is now 1, and a pending one may exit at once)."""
+    st, m = ext.state, ext.machine
+    st.v_irq = bool(c.v_irq)
+    st.v_tpr = c.v_tpr & 0xF
+    if c.v_intr_masking:
+        ctx = m.ctx.save()
+        ctx.set_u32(OFF_HFLAGS2, ctx.u32(OFF_HFLAGS2) | HF2_VINTR)
+        ctx.view[OFF_V_TPR] = st.v_tpr
+        ctx.restore()
+    m.interrupt_check()
+
+
+def store(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
+    """#VMEXIT: V_IRQ still pending, V_TPR as L2 left it, and the interrupt shadow."""
+    st = ext.state
+    c = st.vmcb12
+    if c is not None and c.v_intr_masking:
+        st.v_tpr = ctx.view[OFF_V_TPR] & 0xF
+    vm.v_irq = int(st.v_irq)
+    vm.v_tpr = st.v_tpr
+    vm.interrupt_shadow = 1 if ctx.hflags & HF_INHIBIT_IRQ else 0
+
+
+def physical_if(ext: "SvmExtension") -> bool | None:
+    st = ext.state
+    c = st.vmcb12
+    if st.in_l2 and c is not None and c.v_intr_masking:
+        return bool(st.l1_rflags & RFLAGS_IF)
+    return None
+
+
+def on_interrupt(ext: "SvmExtension", vector: int) -> bool:
+    st = ext.state
+    c = st.vmcb12
+    if st.in_l2 and c is not None and intercepts.misc(c, VMEXIT_INTR):
+        vmexit_mod.vmexit(ext, VMEXIT_INTR)
+        return True
+    return False
+
+
+def window(ext: "SvmExtension") -> int:
+    """A virtual interrupt for L2, if one is pending and can be taken now."""
+    st, m = ext.state, ext.machine
+    c = st.vmcb12
+    if not st.in_l2 or c is None or not st.v_irq:
+        return WINDOW_NONE
+    ctx = m.ctx.save()
+    v_tpr = ctx.view[OFF_V_TPR] & 0xF if c.v_intr_masking else st.v_tpr
+    if not c.v_ign_tpr and c.v_intr_prio <= v_tpr:
+        return WINDOW_NONE
+    if not m.uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_IF or ctx.hflags & HF_INHIBIT_IRQ:
+        return WINDOW_WANTED
+    if intercepts.misc(c, VMEXIT_VINTR):
+        vmexit_mod.vmexit(ext, VMEXIT_VINTR)
+        return WINDOW_TAKEN
+    st.v_irq = False
+    m.deliver_event(Event(c.v_intr_vector, Kind.EXTERNAL), m.uc.reg_read(UC_X86_REG_RIP))
+    return WINDOW_TAKEN

@@ -1,0 +1,139 @@
+"""External interrupts into L1 and around L2: interrupt shadow, POPF, HLT, GIF, the INTR and
+VINTR intercepts and V_IRQ, checked by guests and by the VMCB/APIC state they leave."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from emu.loader.asm import GUESTS_DIR, assemble_source
+from emu.loader.multiboot import parse_image
+from emu.machine import Machine
+from svm_ext.extension import SvmExtension
+from svm_ext.vmcb import VMEXIT_INTR, VMEXIT_VINTR, VMEXIT_VMMCALL, Vmcb
+from tests.conftest import parse_tap
+
+EXIT_LOG, EXIT_LOG_COUNT, VMCB = 0x900000, 0x8FFFF8, 0x800000
+
+
+def boot(path: str, nested: bool = True):
+    ext = SvmExtension()
+    m = Machine(128 << 20, stdout=None, extensions=[ext] if nested else [])
+    m.load_multiboot(parse_image(assemble_source(path), path, m.ram_size), path)
+    res = m.run(timeout=60)
+    return m, ext, res, bytes(m.serial.output).decode()
+
+
+def guest(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "g.S"
+    path.write_text(f'.include "{GUESTS_DIR}/prelude.inc"\n' + body)
+    return str(path)
+
+
+def test_svm_interrupts_guest_and_the_exits_it_saw():
+    m, ext, res, out = boot(str(GUESTS_DIR / "svm_interrupts.S"))
+    checks = parse_tap(out)
+    assert res.reason == "exit" and res.status == 1, out
+    assert len(checks) == 25 and all(c.ok for c in checks.values()), out
+    count = struct.unpack_from("<Q", m.ram, EXIT_LOG_COUNT)[0]
+    records = [struct.unpack_from("<8Q", m.ram, EXIT_LOG + 64 * i) for i in range(count)]
+    by_tag = {r[6]: r for r in records}
+    assert [by_tag[t][0] for t in range(1, 8)] == [
+        VMEXIT_INTR, VMEXIT_VMMCALL, VMEXIT_VMMCALL, VMEXIT_VMMCALL, VMEXIT_VINTR,
+        VMEXIT_VMMCALL, VMEXIT_VMMCALL]
+    intr = by_tag[1]
+    assert intr[1] == intr[2] == intr[3] == 0          # EXITINFO1/2, EXITINTINFO
+    vm = Vmcb(m.mem.view, VMCB)
+    assert vm.v_irq == 0 and vm.v_tpr == 1            # the last run took its V_IRQ
+    assert vm.interrupt_shadow == 0
+    assert ext.state.gif and not ext.state.in_l2
+    assert m.apic.irr == 0 and m.apic.isr == 0
+    assert ext.state.stats["vmrun"] == 7
+
+
+SHADOW = r'''
+.equ APIC, 0xfee00000
+main:
+    mov r15, APIC
+    mov dword ptr [r15 + 0xf0], 0x1ff
+    set_idt_handler 0x40, handler
+    cli
+    mov dword ptr [r15 + 0x300], 0x44040
+    xor eax, eax
+    sti
+    mov eax, 1
+    mov eax, 2
+    cli
+    check_eq [seen], 1, "taken after the one instruction in the STI shadow"
+    mov dword ptr [r15 + 0x300], 0x44040
+    mov eax, 5
+    push 0x202
+    popfq
+    mov eax, 6
+    cli
+    check_eq [seen], 5, "POPF setting IF: taken at the next boundary"
+    ret
+handler:
+    mov [rip + seen], rax
+    mov dword ptr [r15 + 0xb0], 0
+    iretq
+.bss
+seen: .space 8
+.text
+'''
+
+
+def test_interrupt_shadow_and_popf(tmp_path):
+    m, ext, res, out = boot(guest(tmp_path, SHADOW), nested=False)
+    checks = parse_tap(out)
+    assert len(checks) == 2 and all(c.ok for c in checks.values()), out
+
+
+HALT_IF0 = r'''
+main:
+    mov r15, 0xfee00000
+    mov dword ptr [r15 + 0xf0], 0x1ff
+    mov dword ptr [r15 + 0x3e0], 0xb
+    mov dword ptr [r15 + 0x320], 0x40
+    mov dword ptr [r15 + 0x380], 1000
+    cli
+    hlt
+    ret
+'''
+
+
+def test_hlt_with_interrupts_disabled_stops_even_with_a_timer(tmp_path):
+    m, ext, res, out = boot(guest(tmp_path, HALT_IF0), nested=False)
+    assert res.reason == "halt" and "interrupts disabled" in res.message
+    assert m.apic.irr == 1 << 0x40          # the timer did fire into IRR at its deadline
+    assert m.tsc >= 1000
+
+
+HALT_WAKE = r'''
+main:
+    mov r15, 0xfee00000
+    mov dword ptr [r15 + 0xf0], 0x1ff
+    set_idt_handler 0x41, handler
+    mov dword ptr [r15 + 0x3e0], 0xb
+    mov dword ptr [r15 + 0x320], 0x41
+    mov dword ptr [r15 + 0x380], 123456
+    sti
+    hlt
+    cli
+    check_eq [count], 1, "HLT woke on the timer"
+    ret
+handler:
+    inc qword ptr [rip + count]
+    mov dword ptr [r15 + 0xb0], 0
+    iretq
+.bss
+count: .space 8
+.text
+'''
+
+
+def test_hlt_jumps_virtual_time_to_the_deadline(tmp_path):
+    m, ext, res, out = boot(guest(tmp_path, HALT_WAKE), nested=False)
+    assert parse_tap(out)["HLT woke on the timer"].ok, out
+    # the timer was started at some TSC t0 < 123456 ticks ago... exactly at its deadline:
+    start = m.apic.timer_base
+    assert m.apic.deadline() is None and start + 123456 <= m.tsc < start + 123456 + 10000
