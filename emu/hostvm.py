@@ -23,6 +23,8 @@ from .msr import MSR_EFER
 
 # ---- Hardware exit codes L0 sees (AMD APM vol. 2, appendix C; names as the APM gives them) ----
 VMEXIT_DR7_WRITE = 0x37
+VMEXIT_CR0_READ = 0x00     # .. CR15: + n
+VMEXIT_CR0_WRITE = 0x10
 VMEXIT_EXCP0 = 0x40
 VMEXIT_INTR = 0x60
 VMEXIT_VINTR = 0x64       # L0's interrupt window (emu/irq_window.py)
@@ -48,6 +50,8 @@ VMEXIT_NPF = 0x400
 UC_EXIT_BASE = 0x100
 
 # ---- The VMCB fields vmcb01 needs (APM vol. 2, appendix B) ----
+VMCB_INTERCEPT_CR_READ = 0x000       # 16 bits: bit n intercepts MOV from CRn
+VMCB_INTERCEPT_CR_WRITE = 0x002      # 16 bits: bit n intercepts MOV to CRn
 VMCB_INTERCEPT_DR_WRITE = 0x006      # 16 bits: bit n intercepts MOV to DRn
 VMCB_INTERCEPT_EXCEPTIONS = 0x008
 VMCB_INTERCEPT_MISC = 0x00C          # 64-bit view: bit (exit code - 0x60)
@@ -99,6 +103,8 @@ L0_INTERCEPTED_EXITS = (
 # DR7 writes: Unicorn recomputes its hidden HF_IOBPT flag from DR7 on every guest write, and L0
 # needs that flag kept (emu/io_trap.py), so L0 sees every DR7 write, in L1 and L2 alike.
 L0_DR_WRITE_INTERCEPTS = 1 << 7
+# CR8 is the APIC's TPR[7:4]; Unicorn has no APIC and reads CR8 as 0, so L0 emulates it (irq.py).
+L0_CR_INTERCEPTS = 1 << 8
 
 
 def intercept_bit(exit_code: int) -> int:
@@ -153,6 +159,7 @@ class HostVm:
         vm = bytearray(0x1000)
         struct.pack_into("<I", vm, VMCB_INTERCEPT_EXCEPTIONS, 0xFFFFFFFF)
         struct.pack_into("<H", vm, VMCB_INTERCEPT_DR_WRITE, L0_DR_WRITE_INTERCEPTS)
+        struct.pack_into("<HH", vm, VMCB_INTERCEPT_CR_READ, L0_CR_INTERCEPTS, L0_CR_INTERCEPTS)
         misc = 0
         for code in L0_INTERCEPTED_EXITS:
             misc |= intercept_bit(code)

@@ -32,14 +32,20 @@ from typing import TYPE_CHECKING
 
 import capstone
 from unicorn import UcError
-from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP
+from unicorn.x86_const import (UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R11,
+                               UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15,
+                               UC_X86_REG_RAX, UC_X86_REG_RBP, UC_X86_REG_RBX, UC_X86_REG_RCX,
+                               UC_X86_REG_RDI, UC_X86_REG_RDX, UC_X86_REG_RFLAGS, UC_X86_REG_RIP,
+                               UC_X86_REG_RSI, UC_X86_REG_RSP)
 
 from .cpuid import CPUID_1_ECX_X2APIC, CPUID_1_EDX_APIC, Regs
-from .devices.apic import APIC_LVT_TIMER, APIC_MMIO_SIZE, LVT_MASKED, ApicError, LocalApic
+from . import hostvm
+from .devices.apic import (APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
+                          LocalApic)
 from .errors import Unsupported
 from .extension import WINDOW_TAKEN, WINDOW_WANTED
 from .hw_switch import HF_INHIBIT_IRQ, OFF_HFLAGS
-from .interrupts import RFLAGS_IF, Event, Kind
+from .interrupts import GP, RFLAGS_IF, Event, Kind
 from .irq_window import Window
 from .msr import MSR_APIC_BASE, GeneralProtection
 
@@ -47,6 +53,10 @@ if TYPE_CHECKING:
     from .machine import Machine
 
 MAX_SLICE = 1 << 20        # instructions per bounded run while a timer is armed
+_GPRS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RBX, UC_X86_REG_RSP,
+         UC_X86_REG_RBP, UC_X86_REG_RSI, UC_X86_REG_RDI, UC_X86_REG_R8, UC_X86_REG_R9,
+         UC_X86_REG_R10, UC_X86_REG_R11, UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14,
+         UC_X86_REG_R15)
 
 
 class InterruptController:
@@ -171,6 +181,41 @@ class InterruptController:
         if t is not None and t.on("io"):
             t.line("io", self.m.where(), f"apic {op} offset {offset:#05x} size {size} "
                    f"value {value:#x}")
+
+    # ---- MOV CR8 ---------------------------------------------------------------------------------
+    def register_exits(self) -> None:
+        """CR8 reads and writes, which vmcb01 intercepts (hostvm.L0_CR_INTERCEPTS)."""
+        self.m.register_exit(hostvm.VMEXIT_CR0_READ + 8, self._cr8_exit)
+        self.m.register_exit(hostvm.VMEXIT_CR0_WRITE + 8, self._cr8_exit)
+
+    def _cr8_exit(self, code: int) -> None:
+        """MOV reg, CR8 / MOV CR8, reg (or LOCK MOV CR0, AMD's AltMovCr8 spelling): CR8 is
+        TPR[7:4] (APM 16.6.4); writing bits 63:4 raises #GP(0)."""
+        m = self.m
+        uc = m.uc
+        rip = uc.reg_read(UC_X86_REG_RIP)
+        code_bytes = m.mem.read_code(rip, 15)
+        i = 0
+        rex = 0
+        bits = m.ctx.save().mode_bits()
+        while code_bytes[i] in (0xF0, 0x66, 0x67, 0x2E, 0x3E, 0x26, 0x36, 0x64, 0x65, 0xF2, 0xF3):
+            i += 1
+        if bits == 64 and code_bytes[i] & 0xF0 == 0x40:
+            rex = code_bytes[i]
+            i += 1
+        if code_bytes[i] != 0x0F or code_bytes[i + 1] not in (0x20, 0x22):
+            raise Unsupported(f"unsupported: CR8 access by {code_bytes[:i + 3].hex()} at {rip:#x}")
+        modrm = code_bytes[i + 2]
+        reg = _GPRS[(modrm & 7) | ((rex & 1) << 3)]
+        if code_bytes[i + 1] == 0x22:
+            value = uc.reg_read(reg) & (0xFFFFFFFFFFFFFFFF if bits == 64 else 0xFFFFFFFF)
+            if value >> 4:
+                m.raise_exception(GP, 0)
+                return
+            self.apic.write_reg(APIC_TPR, value << 4)
+        else:
+            uc.reg_write(reg, self.apic.tpr >> 4)
+        uc.reg_write(UC_X86_REG_RIP, rip + i + 3)
 
     # ---- the points --------------------------------------------------------------------------
     def check_soon(self) -> None:

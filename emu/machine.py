@@ -133,6 +133,7 @@ class Machine:
                      hostvm.VMEXIT_VMSAVE, hostvm.VMEXIT_STGI, hostvm.VMEXIT_CLGI,
                      hostvm.VMEXIT_SKINIT, hostvm.VMEXIT_INVLPGA):
             self._exits[code] = self._exit_undefined_opcode
+        self.irq.register_exits()           # MOV CR8 (the TPR)
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
         self._pause: str | None = None     # a debugger stop requested (see `pause`)

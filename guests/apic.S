@@ -1,6 +1,7 @@
 # apic.S: the local APIC through its xAPIC page at 0xFEE00000, as an OS uses it.
 # Checks: CPUID reports an APIC; IA32_APIC_BASE holds the default base with EN and BSP; version
-# 0x1X; ID 0; SVR enables the APIC; TPR reads back and sets PPR; a self-IPI (ICR, self
+# 0x1X; ID 0; SVR enables the APIC; TPR reads back and sets PPR; CR8 is TPR[7:4] (reserved bits
+# raise #GP: QEMU TCG takes them, tests/test_guests_qemu.py says so); a self-IPI (ICR, self
 # shorthand) waits in IRR while IF=0 and is taken after STI, with its ISR bit set in the handler
 # and cleared by EOI; a vector at or below the TPR class stays pending until TPR is lowered; two
 # pending vectors are taken highest first; the timer in one-shot mode fires once and leaves the
@@ -74,7 +75,22 @@ main:
     check_mask rax, 0xff, 0x20, "TPR reads back"
     apic_rd APIC_PPR
     check_mask rax, 0xf0, 0x20, "PPR follows TPR with nothing in service"
-    apic_wr APIC_TPR, 0
+    apic_wr APIC_TPR, 0x30
+    mov rax, cr8
+    check_eq rax, 3, "CR8 reads TPR[7:4]"
+    mov eax, 6
+    mov cr8, rax
+    apic_rd APIC_TPR
+    check_mask rax, 0xff, 0x60, "CR8 writes TPR[7:4]"
+    xor eax, eax
+    mov cr8, rax
+    apic_rd APIC_TPR
+    check_eq rax, 0, "CR8 = 0 clears TPR"
+    expect_fault .Lcr8_gp
+    mov eax, 0x10
+    mov cr8, rax
+.Lcr8_gp:
+    check_eq [fault_vector], 13, "CR8 write with bits 63:4 set raises #GP"
 
     # --- self-IPI, held while IF=0 ---
     cli
