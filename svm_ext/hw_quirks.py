@@ -50,8 +50,8 @@ def extra_cr_write(c: Vmcb12Cache) -> int:
     return 1 if c.intercept_misc1 & INTERCEPT_CR0_SEL_WRITE else 0
 
 
-def _decode(ext: "SvmExtension") -> tuple[bytes, int, int]:
-    """(opcode bytes after the prefixes, their offset from RIP, REX byte or 0)."""
+def _decode(ext: "SvmExtension") -> tuple[bytes, bytes, int]:
+    """(opcode bytes after the prefixes, the legacy prefixes, REX byte or 0)."""
     m = ext.machine
     ctx = m.ctx.save()
     code = m.mem.read_code(ctx.u64(OFF_EIP), 15)
@@ -61,11 +61,11 @@ def _decode(ext: "SvmExtension") -> tuple[bytes, int, int]:
     if ctx.mode_bits() == 64 and i < len(code) and code[i] & 0xF0 == 0x40:
         rex = code[i]
         i += 1
-    return code[i:], i, rex
+    return code[i:], code[:i - (1 if rex else 0)], rex
 
 
 def route(ext: "SvmExtension", c: Vmcb12Cache, code: int) -> bool | None:
-    op, _, rex = _decode(ext)
+    op, prefixes, rex = _decode(ext)
     if code == VMEXIT_SWINT:
         return _software_interrupt(ext, c, op)
     if code == VMEXIT_WBINVD:
@@ -80,7 +80,7 @@ def route(ext: "SvmExtension", c: Vmcb12Cache, code: int) -> bool | None:
             vmexit(ext, VMEXIT_RDTSCP, 0, 0, 0, ext.next_rip())
             return True
         return False                # the machine's RDTSC handler knows RDTSCP by opcode too
-    if code == VMEXIT_CR0_WRITE and not intercepts.cr_access(c, code):
+    if code == VMEXIT_CR0_WRITE and 0xF0 not in prefixes and not intercepts.cr_access(c, code):
         return _selective_cr0_write(ext, op, rex)
     return None
 
