@@ -88,6 +88,10 @@ class ExitRouter:
         stays pending in the APIC)."""
         return False
 
+    def on_nmi(self) -> bool:
+        """An NMI can be taken now; True: the router took it as an exit (it stays pending)."""
+        return False
+
     def on_interrupt_window(self) -> int:
         """An interrupt point after physical interrupts were considered: deliver a virtual
         interrupt if one can be taken. Returns WINDOW_NONE, WINDOW_WANTED or WINDOW_TAKEN."""

@@ -56,6 +56,7 @@ HF_OSFXSR = 1 << 22
 HF_SMAP = 1 << 23
 HF_IOBPT = 1 << 24       # translate I/O instructions with a call to the I/O-breakpoint helper
 HF2_GIF = 1 << 0
+HF2_NMI = 1 << 2        # NMIs blocked: set by NMI delivery, cleared by IRET
 HF2_VINTR = 1 << 3      # V_INTR_MASKING in effect: CR8 reads V_TPR
 HF2_NPT = 1 << 6
 # How Unicorn's nested walk reads the host paging mode (set from L1's state at VMRUN).

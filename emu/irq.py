@@ -44,8 +44,8 @@ from .devices.apic import (APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED,
                           LocalApic)
 from .errors import Unsupported
 from .extension import WINDOW_TAKEN, WINDOW_WANTED
-from .hw_switch import HF_INHIBIT_IRQ, OFF_HFLAGS
-from .interrupts import GP, RFLAGS_IF, Event, Kind
+from .hw_switch import HF2_NMI, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS2
+from .interrupts import GP, NMI, RFLAGS_IF, Event, Kind
 from .irq_window import Window
 from .msr import MSR_APIC_BASE, GeneralProtection
 
@@ -70,8 +70,7 @@ class InterruptController:
         self._mapped: int | None = None
         self._in_mmio = False
         self._want_kick = False
-        self._skip: tuple[int, int] | None = None
-        self._replay: tuple[int, int, int, int] | None = None
+        self._replay: tuple[int, int, int] | None = None
         self._cs: dict[int, capstone.Cs] = {}
         msrs = machine.msrs
         msrs.register(MSR_APIC_BASE, lambda: self.apic.base_msr, self._write_base)
@@ -122,15 +121,15 @@ class InterruptController:
         self._mapped = new
 
     # MMIO and the kick. Unicorn checks for exit requests after every memory access and then
-    # restarts the accessing instruction, so a write that makes an interrupt deliverable cannot
-    # simply ask to stop: the write would happen twice (two EOIs). When the guest can take the
-    # interrupt (IF=1) and the instruction is a plain MOV store (what APIC drivers use), the
-    # write kicks, and the VINTR exit that follows at the same RIP is moved past the store,
-    # which is all that was left of the instruction. Otherwise no kick: the interrupt is seen
-    # at the next return to Unicorn's main loop. A restarted access that still arrives (same
-    # RIP, offset and value) is dropped.
+    # restarts the accessing instruction (its PC restored precisely), so a write that makes an
+    # interrupt deliverable cannot simply stop emulation: the write would happen twice (two
+    # EOIs). It stops anyway, and remembers the access; where emulation stops (the window exit
+    # or the next interrupt point) RIP is that instruction again, and if it is a plain MOV store
+    # (what APIC drivers use; its store is all it does) RIP moves past it. Any other instruction
+    # is restarted and the repeated access (same offset, size, value) is dropped once. (RIP read
+    # inside an MMIO callback is not precise without a code hook, so it is not used.)
     def _mmio_read(self, uc, offset: int, size: int, _data: object) -> int:
-        self._in_mmio = True          # a read never kicks (timer expiry seen by a CCR read)
+        self._in_mmio = True          # a read never stops (timer expiry seen by a CCR read)
         try:
             value = self.apic.mmio_read(offset, size)
         finally:
@@ -140,8 +139,7 @@ class InterruptController:
         return value
 
     def _mmio_write(self, uc, offset: int, size: int, value: int, _data: object) -> None:
-        rip = uc.reg_read(UC_X86_REG_RIP)
-        key = (rip, offset, size, value)
+        key = (offset, size, value)
         if self._replay == key:
             self._replay = None
             return
@@ -152,12 +150,23 @@ class InterruptController:
             self.apic.mmio_write(offset, size, value)
         finally:
             self._in_mmio = False
-        if self._want_kick and uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_IF:
-            length = self._store_length(rip)
-            if length:
-                self._skip = (rip, rip + length)
-                self._replay = key
-                self.window.kick()
+        if self._want_kick:
+            self._replay = key
+            self._kicked = True
+            uc.emu_stop()
+
+    def _finish_store(self) -> bool:
+        """At a stop after a kicked MMIO write: move RIP past it if it was a plain MOV store."""
+        if self._replay is None:
+            return False
+        uc = self.m.uc
+        rip = uc.reg_read(UC_X86_REG_RIP)
+        length = self._store_length(rip)
+        if not length:
+            return False
+        uc.reg_write(UC_X86_REG_RIP, rip + length)
+        self._replay = None
+        return True
 
     def _store_length(self, rip: int) -> int:
         """Length of the instruction at `rip` if it is a MOV to memory, else 0."""
@@ -247,11 +256,7 @@ class InterruptController:
 
     def window_exit(self) -> None:
         """Unicorn's VINTR exit on our armed window: the guest can take an interrupt now."""
-        uc = self.m.uc
-        if self._skip is not None and uc.reg_read(UC_X86_REG_RIP) == self._skip[0]:
-            uc.reg_write(UC_X86_REG_RIP, self._skip[1])      # the kicked store completed
-            self._replay = None
-        self._skip = None
+        self._finish_store()
         self.window.disarm()
         self._kicked = True
         self.m.uc.emu_stop()
@@ -259,6 +264,7 @@ class InterruptController:
     def point(self) -> bool:
         """An interrupt point, emulation stopped. True when RIP or the world changed."""
         m = self.m
+        moved = self._finish_store()
         self.apic.tick(m.tsc)
         took = self._evaluate()
         if self.halted and not took:
@@ -274,7 +280,7 @@ class InterruptController:
                        "can raise one" if rflags & RFLAGS_IF else
                        "guest halted with interrupts disabled")
         self.halted = False
-        return took
+        return took or moved
 
     def _interruptible(self) -> bool | None:
         """Can the CPU take a physical interrupt now? None: blocked in a way no window opens
@@ -294,6 +300,8 @@ class InterruptController:
         if router is not None and not router.gif():
             self.window.disarm()
             return False
+        if self.apic.nmi_pending and self._take_nmi():
+            return True
         want_window = False
         vector = self.apic.pending()
         if vector is not None:
@@ -320,6 +328,24 @@ class InterruptController:
         else:
             self.window.disarm()
         return False
+
+    def _take_nmi(self) -> bool:
+        """NMI: not masked by IF or TPR; blocked from its delivery until the next IRET (Unicorn's
+        IRET clears HF2_NMI), and while blocked it waits for the next interrupt point, since an
+        IRET is no exit. A nested hypervisor intercepting NMI gets #VMEXIT(NMI) instead."""
+        m = self.m
+        ctx = m.ctx.save()
+        if ctx.u32(OFF_HFLAGS2) & HF2_NMI:
+            return False
+        self.window.disarm()
+        if m.router is not None and m.router.on_nmi():
+            return True
+        self.apic.nmi_pending = False
+        m._deliver(Event(NMI, Kind.EXTERNAL), m.uc.reg_read(UC_X86_REG_RIP))
+        ctx = m.ctx.save()
+        ctx.set_u32(OFF_HFLAGS2, ctx.u32(OFF_HFLAGS2) | HF2_NMI)
+        ctx.restore()
+        return True
 
     # ---- time slices ---------------------------------------------------------------------------
     def slice(self) -> int:

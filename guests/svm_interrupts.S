@@ -9,6 +9,8 @@
 #  * V_IRQ: a virtual interrupt is delivered to L2 when it sets IF, and V_IRQ reads back clear;
 #    with the VINTR intercept it exits with #VMEXIT(VINTR) instead and V_IRQ stays set;
 #    V_INTR_PRIO not above V_TPR holds it (unless V_IGN_TPR).
+#  * NMI (a self-NMI through the ICR): taken with IF=0, held by GIF=0, #VMEXIT(NMI) when
+#    intercepted (and still pending afterwards: STGI lets L1 take it).
 # Every check also passes on QEMU 7.2 TCG.
 .include "prelude.inc"
 .include "svm.inc"
@@ -27,6 +29,8 @@
 .equ I1_VINTR, 1 << 4
 .equ EXIT_INTR, 0x60
 .equ EXIT_VINTR, 0x64
+.equ EXIT_NMI, 0x61
+.equ ICR_SELF_NMI, 0x44400                  # shorthand self, level assert, NMI
 
 # vintr_setup VALUE_LOW32: V_INTR fields, vector VEC_VIRT.
 .macro vintr_setup low
@@ -142,6 +146,30 @@ main:
     run_l2 7
     check_eq [virt_count], 2, "V_INTR_PRIO 2 is taken under V_TPR 1"
     stgi
+
+    # ---- NMI: IF does not mask it, GIF=0 holds it, the NMI intercept exits with it
+    set_idt_handler 2, nmi_handler
+    cli
+    mov dword ptr [r15 + APIC_ICR_LO], ICR_SELF_NMI
+    jmp .Lnmi1                              # end the block: QEMU looks at interrupts here
+.Lnmi1:
+    check_eq [nmi_count], 1, "a self-NMI is taken with IF=0"
+    clgi
+    mov dword ptr [r15 + APIC_ICR_LO], ICR_SELF_NMI
+    jmp .Lnmi2
+.Lnmi2:
+    check_eq [nmi_count], 1, "GIF=0 holds the NMI"
+    lea rdi, [rip + l2_spin]
+    call vmcb_init
+    mov rdi, VMCB
+    or dword ptr [rdi + V_INTERCEPT_MISC1], I1_NMI
+    run_l2 8
+    check_exit EXIT_NMI, "VMRUN with an NMI pending exits with NMI"
+    check_eq [nmi_count], 1, "the NMI exit does not deliver it"
+    stgi
+    jmp .Lnmi3
+.Lnmi3:
+    check_eq [nmi_count], 2, "STGI lets L1 take the NMI"
     ret
 
 # ---- L2 code
@@ -174,6 +202,10 @@ phys_handler:
     pop rax
     iretq
 
+nmi_handler:
+    inc qword ptr [rip + nmi_count]
+    iretq
+
 virt_handler:
     push rax
     inc qword ptr [rip + virt_count]
@@ -187,4 +219,5 @@ in_l2:          .space 8
 seen_in_l2:     .space 8
 phys_count:     .space 8
 virt_count:     .space 8
+nmi_count:      .space 8
 .text

@@ -213,6 +213,9 @@ class SvmExtension(Extension, ExitRouter):
     def on_interrupt(self, vector: int) -> bool:
         return vintr.on_interrupt(self, vector)
 
+    def on_nmi(self) -> bool:
+        return vintr.on_nmi(self)
+
     def on_interrupt_window(self) -> int:
         return vintr.window(self)
 

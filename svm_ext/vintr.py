@@ -8,6 +8,8 @@ point):
   * if vmcb12 intercepts INTR, the interrupt causes #VMEXIT(INTR) and stays pending in the APIC
     (GIF is then 0 until L1's STGI, after which L1 takes it through its IDT); otherwise it is
     delivered through L2's IDT.
+NMIs (an APIC self-NMI) exit with #VMEXIT(NMI) when vmcb12 intercepts NMI, else go through L2's
+IDT; GIF=0 holds them too.
 Virtual interrupts (V_IRQ set in vmcb12 at VMRUN) are taken when GIF=1, L2's IF=1, no interrupt
 shadow, and V_IGN_TPR=1 or V_INTR_PRIO > V_TPR: with the VINTR intercept as #VMEXIT(VINTR) (V_IRQ
 stays set), otherwise by delivering V_INTR_VECTOR through L2's IDT and clearing V_IRQ.
@@ -24,7 +26,7 @@ from emu.hw_switch import HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS2, OFF_V_TPR, Con
 from emu.interrupts import RFLAGS_IF, Event, Kind
 
 from . import intercepts
-from .vmcb import VMEXIT_INTR, VMEXIT_VINTR, Vmcb, Vmcb12Cache
+from .vmcb import VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, Vmcb, Vmcb12Cache
 from . import vmexit as vmexit_mod
 
 if TYPE_CHECKING:
@@ -69,6 +71,15 @@ def on_interrupt(ext: "SvmExtension", vector: int) -> bool:
     c = st.vmcb12
     if st.in_l2 and c is not None and intercepts.misc(c, VMEXIT_INTR):
         vmexit_mod.vmexit(ext, VMEXIT_INTR)
+        return True
+    return False
+
+
+def on_nmi(ext: "SvmExtension") -> bool:
+    st = ext.state
+    c = st.vmcb12
+    if st.in_l2 and c is not None and intercepts.misc(c, VMEXIT_NMI):
+        vmexit_mod.vmexit(ext, VMEXIT_NMI)
         return True
     return False
 

@@ -63,7 +63,13 @@ def test_other_destinations_are_unsupported_not_ignored():
     with pytest.raises(Unsupported):
         a.write_reg(APIC_ICR_LO, 0xC4000 | 0x40)     # all excluding self
     with pytest.raises(Unsupported):
-        a.write_reg(APIC_ICR_LO, 0x44000 | 0x400 | 0x40)   # NMI delivery mode
+        a.write_reg(APIC_ICR_LO, 0x44000 | 0x500 | 0x40)   # INIT delivery mode
+
+
+def test_self_nmi_is_pending_apart_from_irr():
+    a = Clock().apic()
+    a.write_reg(APIC_ICR_LO, 0x44000 | 0x400 | 0x40)        # NMI: the vector is ignored
+    assert a.nmi_pending and a.irr == 0 and a.pending() is None
 
 
 def test_one_shot_timer_counts_virtual_time():

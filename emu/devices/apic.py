@@ -72,6 +72,7 @@ LVT_TIMER_ONE_SHOT, LVT_TIMER_PERIODIC = 0, 1
 LVT_DELIVERY_STATUS = 1 << 12
 ICR_DELIVERY_MODE_SHIFT = 8
 ICR_DELIVERY_FIXED = 0
+ICR_DELIVERY_NMI = 4
 ICR_LEVEL_ASSERT = 1 << 14
 ICR_SHORTHAND_SHIFT = 18
 ICR_DEST_NONE, ICR_DEST_SELF, ICR_DEST_ALL, ICR_DEST_OTHERS = 0, 1, 2, 3
@@ -125,6 +126,7 @@ class LocalApic(PortDevice):
         self.tmr = 0
         self.esr = 0
         self.icr = 0
+        self.nmi_pending = False   # an NMI sent to self, not yet taken by the CPU
         self.lvt = {off: LVT_MASKED for off in _LVT_OFFSETS}
         self.timer_initial = 0
         self.dcr = 0
@@ -212,14 +214,18 @@ class LocalApic(PortDevice):
         mode = (icr >> ICR_DELIVERY_MODE_SHIFT) & 7
         shorthand = (icr >> ICR_SHORTHAND_SHIFT) & 3
         dest = icr >> 32 if self.x2apic else icr >> 56
-        if mode != ICR_DELIVERY_FIXED:
-            raise Unsupported(f"unsupported: APIC ICR delivery mode {mode} (only fixed IPIs to "
-                              "this CPU are modelled)")
+        if mode not in (ICR_DELIVERY_FIXED, ICR_DELIVERY_NMI):
+            raise Unsupported(f"unsupported: APIC ICR delivery mode {mode} (only fixed and NMI "
+                              "IPIs to this CPU are modelled)")
         to_self = shorthand in (ICR_DEST_SELF, ICR_DEST_ALL) or (
             shorthand == ICR_DEST_NONE and not icr & (1 << 11) and dest == self.apic_id)
         if shorthand == ICR_DEST_OTHERS or not to_self:
             raise Unsupported(f"unsupported: IPI to another CPU (ICR {icr:#x}); one CPU is "
                               "modelled")
+        if mode == ICR_DELIVERY_NMI:          # the vector field is ignored
+            self.nmi_pending = True
+            self.changed()
+            return
         if vector < 16:
             self.esr |= ESR_SEND_ILLEGAL_VECTOR
             return
@@ -422,7 +428,7 @@ class LocalApic(PortDevice):
     # ---- snapshots -----------------------------------------------------------------------------
     _FIELDS = ("base_msr", "apic_id", "tpr", "ldr", "dfr", "svr", "isr", "irr", "tmr", "esr",
                "icr", "timer_initial", "dcr", "timer_running", "timer_base", "timer_first",
-               "timer_fired")
+               "timer_fired", "nmi_pending")
 
     def state(self) -> dict:
         d = {name: getattr(self, name) for name in self._FIELDS}
@@ -433,7 +439,8 @@ class LocalApic(PortDevice):
         old = self.mmio_base()
         for name in self._FIELDS:
             value = state[name]
-            setattr(self, name, bool(value) if name == "timer_running" else int(value))
+            setattr(self, name, bool(value) if name in ("timer_running", "nmi_pending")
+                    else int(value))
         self.lvt = {int(k): int(v) for k, v in state["lvt"].items()}
         if self.mmio_base() != old:
             self.remap(old, self.mmio_base())
