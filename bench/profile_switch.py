@@ -10,6 +10,7 @@ Nothing in emu/ or svm_ext/ is changed: the wrappers replace module attributes a
 from __future__ import annotations
 
 import cProfile
+import importlib
 import io
 import pstats
 import time
@@ -17,17 +18,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-import svm_ext.checks
-import svm_ext.extension
-import svm_ext.intercepts
-import svm_ext.vmexit
-import svm_ext.vmrun
 from emu.loader.multiboot import parse_image
 from emu.machine import Machine
 from svm_ext.extension import SvmExtension
 
 from . import workloads
-from .runners import RAM
+from .runners import RAM, guarded_run
 
 
 @dataclass
@@ -72,31 +68,104 @@ def _patched(obj: Any, attr: str, timers: _Timers, name: str) -> Iterator[None]:
 
 
 # (label, depth, where the function lives, attribute), in the order a round trip runs them.
-# Modules are patched before the machine is built (the extension binds its VMRUN handler when
-# it attaches); "ext", "pat", "ctx" and "machine" name the run's instances.
-_STEPS: list[tuple[str, int, Any, str]] = [
+# "mod:NAME" is a module, patched before the machine is built (the extension binds its VMRUN
+# handler when it attaches); "ext", "pat", "ctx" and "machine" name the run's instances. A step
+# whose function does not exist in the tree being measured is left out, so the profile follows
+# the code as it changes.
+_STEPS: list[tuple[str, int, str, str]] = [
     ("on_exit: L2's exit reaches L0 (router)", 0, "ext", "on_exit"),
-    ("intercepts.l1_wants", 1, svm_ext.intercepts, "l1_wants"),
+    ("intercepts.l1_wants", 1, "mod:svm_ext.intercepts", "l1_wants"),
     ("next_rip (decode for NRIP)", 1, "ext", "next_rip"),
-    ("vmexit (#VMEXIT to L1)", 1, svm_ext.extension, "vmexit"),
-    ("store_guest", 2, svm_ext.vmexit, "store_guest"),
-    ("store_exit_info", 2, svm_ext.vmexit, "store_exit_info"),
+    ("vmexit (#VMEXIT to L1)", 1, "mod:svm_ext.extension", "vmexit"),
+    ("switch_cache.store_guest", 2, "mod:svm_ext.switch_cache", "store_guest"),
+    ("store_guest (full)", 3, "mod:svm_ext.vmexit", "store_guest"),
+    ("store_exit_info", 2, "mod:svm_ext.vmexit", "store_exit_info"),
+    ("vintr.store", 2, "mod:svm_ext.vintr", "store"),
     ("pat.on_vmexit", 2, "pat", "on_vmexit"),
-    ("restore_host", 2, svm_ext.vmexit, "restore_host"),
-    ("flush_tlb (#VMEXIT)", 3, svm_ext.vmexit, "flush_tlb"),
+    ("switch_cache.restore_host", 2, "mod:svm_ext.switch_cache", "restore_host"),
+    ("restore_host (full)", 3, "mod:svm_ext.vmexit", "restore_host"),
+    ("restore_host_volatile", 3, "mod:svm_ext.vmexit", "restore_host_volatile"),
+    ("flush_tlb (#VMEXIT)", 4, "mod:svm_ext.vmexit", "flush_tlb"),
     ("world_changed (observers)", 2, "machine", "world_changed"),
-    ("vmrun: L1's VMRUN reaches L0", 0, svm_ext.vmrun, "vmrun"),
-    ("check_instruction", 1, svm_ext.vmrun, "check_instruction"),
-    ("read_vmcb12", 1, svm_ext.vmrun, "read_vmcb12"),
-    ("save_host_state", 1, svm_ext.vmrun, "save_host_state"),
-    ("checks.run_checks", 1, svm_ext.checks, "run_checks"),
-    ("load_guest", 1, svm_ext.vmrun, "load_guest"),
-    ("build_vmcb02", 2, svm_ext.vmrun, "build_vmcb02"),
-    ("flush_tlb (VMRUN)", 2, svm_ext.vmrun, "flush_tlb"),
+    ("vmrun: L1's VMRUN reaches L0", 0, "mod:svm_ext.vmrun", "vmrun"),
+    ("check_instruction", 1, "mod:svm_ext.vmrun", "check_instruction"),
+    ("read_vmcb12", 1, "mod:svm_ext.vmrun", "read_vmcb12"),
+    ("save_host_state", 1, "mod:svm_ext.vmrun", "save_host_state"),
+    ("checks.run_checks", 1, "mod:svm_ext.checks", "run_checks"),
+    ("switch_cache.load_guest", 1, "mod:svm_ext.switch_cache", "load_guest"),
+    ("load_guest (full)", 2, "mod:svm_ext.vmrun", "load_guest"),
+    ("build_vmcb02", 3, "mod:svm_ext.vmrun", "build_vmcb02"),
+    ("flush_tlb (VMRUN, full load)", 3, "mod:svm_ext.vmrun", "flush_tlb"),
+    ("flush_tlb (VMRUN, replayed load)", 2, "mod:svm_ext.switch_cache", "flush_tlb"),
     ("pat.on_vmrun", 1, "pat", "on_vmrun"),
+    ("vintr.on_vmrun", 1, "mod:svm_ext.vintr", "on_vmrun"),
     ("ctx.save = context_update (all callers)", 0, "ctx", "save"),
     ("ctx.restore = context_restore (all callers)", 0, "ctx", "restore"),
 ]
+
+
+def _module(where: str) -> Any | None:
+    try:
+        return importlib.import_module(where[4:])
+    except ImportError:
+        return None
+
+
+# What each part is, and what would remove its cost (written against the code of 2026-11-25;
+# RESULTS.md shows them next to the measured shares).
+REMEDY = {
+    "on_exit: L2's exit reaches L0 (router)":
+        "runs for every exit (L1's own VMRUN too, returning at once) and saves the context; "
+        "next_rip and vmexit save it again: one save per exit, passed down, drops two copies",
+    "intercepts.l1_wants":
+        "MSR exits read one MSRPM byte through read_phys; cheap",
+    "next_rip (decode for NRIP)":
+        "another context save, then the instruction bytes at RIP: without nested paging "
+        "Unicorn's debug translation (C), with it memory.read_code walks guest and nested "
+        "tables in Python (paging.walk_2d): the largest cost of workload 4. Remove: keep the "
+        "last code-page translation per (CR3, nCR3, paging mode) and revalidate it by "
+        "re-reading the few entries on its path, or read the bytes only when the exit code's "
+        "instruction can carry prefixes",
+    "switch_cache.store_guest":
+        "a hit builds two keys by joining ~10 memoryview slices (regions_of, _vmcb_bytes) and "
+        "writes the volatile fields; comparing the slices in place would avoid the joins",
+    "store_exit_info": "four exit fields, NRIP, EVENTINJ: a few pack_into calls",
+    "vintr.store":
+        "three Vmcb bit-field properties (read-modify-write each) for V_IRQ, V_TPR and the "
+        "interrupt shadow; one pack of the V_INTR word and one byte would do",
+    "switch_cache.restore_host":
+        "a hit rebuilds its key from L1's saved blob (regions_of joins 7 slices) every exit; "
+        "the key can only change when save_host_state stores a new blob: compute it there",
+    "restore_host_volatile":
+        "RIP/RAX/RSP into the blob, context_restore, a register batch for RFLAGS/DR7, a TLB "
+        "flush: all needed; the flush is the only part Unicorn could make cheaper (no ASID tags)",
+    "flush_tlb (#VMEXIT)":
+        "needed: Unicorn's softmmu TLB is not tagged by ASID; only a tagged TLB (a Unicorn "
+        "change) removes it",
+    "flush_tlb (VMRUN, replayed load)": "as for #VMEXIT",
+    "flush_tlb (VMRUN, full load)": "as for #VMEXIT",
+    "check_instruction":
+        "rAX through the binding's reg_read (~1.5 µs); the just-saved context blob has it",
+    "read_vmcb12": "one Struct unpack of the whole VMCB into a named tuple",
+    "save_host_state":
+        "bytes() copies the ~6 KiB context blob and a register batch reads RFLAGS; copying "
+        "into a preallocated bytearray avoids the allocation",
+    "checks.run_checks": "the consistency checks as pure predicates; cheap",
+    "switch_cache.load_guest":
+        "a hit joins the vmcb12 key (_vmcb_bytes: ~8 slices of guest RAM) and the context "
+        "regions, then replays; comparing slices in place would avoid the joins",
+    "vintr.on_vmrun":
+        "machine.interrupt_check() on every VMRUN (GIF becomes 1); skippable when no "
+        "interrupt source is pending",
+    "pat.on_vmrun": "the PAT model's VMRUN step (architectural: load gPAT); cheap",
+    "pat.on_vmexit": "the PAT model's #VMEXIT step (store gPAT to g_pat); cheap",
+    "world_changed (observers)": "trace/observer callbacks; cheap when none is registered",
+    "ctx.save = context_update (all callers)":
+        "~5 per round trip, each a 6 KiB memcpy plus a ctypes call; 2 are needed (one per "
+        "exit) if the saved Context is passed down",
+    "ctx.restore = context_restore (all callers)": "2 per round trip: needed",
+}
+
 
 # What each part is, and what would remove its cost (see RESULTS.md).
 REMEDY = {
@@ -169,17 +238,23 @@ def breakdown(iters: int, key: str = "switch") -> tuple[float, list[Step], float
     t_1 = min(_timed_run(base)[0] for _ in range(2))
     plain = (t_n - t_1) / (iters - 1)
     timers = _Timers()
+    present = []
     with ExitStack() as stack:
-        for label, _, obj, attr in _STEPS:
-            if not isinstance(obj, str):
+        for step in _STEPS:
+            label, _, where, attr = step
+            obj = _module(where) if where.startswith("mod:") else None
+            if obj is not None and hasattr(obj, attr):
                 stack.enter_context(_patched(obj, attr, timers, label))
+                present.append(step)
         m, ext = _machine(image)
         named = {"ext": ext, "pat": ext.pat, "ctx": m.ctx, "machine": m}
-        for label, _, obj, attr in _STEPS:
-            if isinstance(obj, str):
-                stack.enter_context(_patched(named[obj], attr, timers, label))
+        for step in _STEPS:
+            label, _, where, attr = step
+            if where in named and hasattr(named[where], attr):
+                stack.enter_context(_patched(named[where], attr, timers, label))
+                present.append(step)
         t0 = time.perf_counter()
-        res = m.run(timeout=600)
+        res = guarded_run(m)
         total = time.perf_counter() - t0
         out = bytes(m.serial.output).decode("utf-8", "replace")
         problem = workloads.completed(res.status, out, w.checks)
@@ -188,7 +263,7 @@ def breakdown(iters: int, key: str = "switch") -> tuple[float, list[Step], float
     overhead = _calibrate(timers)
     # Nested wrappers: a step's inclusive time also holds its children's wrapper overhead.
     steps = []
-    for label, depth, _, _ in _STEPS:
+    for label, depth, _, _ in sorted(present, key=_STEPS.index):
         calls = timers.calls[label]
         steps.append(Step(label, depth, calls, max(0.0, timers.seconds[label] - calls * overhead)))
     return plain * 1e6, steps, total / iters * 1e6
@@ -198,7 +273,7 @@ def _timed_run(image: bytes) -> tuple[float, str]:
     """CPU seconds of one run (as bench/runners.py measures svmemu)."""
     m, _ = _machine(image)
     t0 = time.process_time()
-    m.run(timeout=600)
+    guarded_run(m)
     return time.process_time() - t0, bytes(m.serial.output).decode()
 
 
@@ -209,7 +284,7 @@ def cprofile_top(iters: int, limit: int = 25, key: str = "switch") -> str:
     m, _ = _machine(image)
     prof = cProfile.Profile()
     prof.enable()
-    m.run(timeout=600)
+    guarded_run(m)
     prof.disable()
     buf = io.StringIO()
     stats = pstats.Stats(prof, stream=buf)

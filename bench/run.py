@@ -29,6 +29,7 @@ if __package__ in (None, ""):       # run as a script: make the repository impor
 
 import unicorn  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench import profile_switch, runners, workloads  # noqa: E402
@@ -135,7 +136,7 @@ def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
     for i, h in enumerate(headers):
         t.add_column(h, justify="left" if i == 0 else "right")
     for r in rows:
-        t.add_row(*r)
+        t.add_row(*(escape(c) for c in r))
     return t
 
 
@@ -233,22 +234,26 @@ def source_revision() -> str:
     return f"commit {head}" + (" with uncommitted changes in emu/ or svm_ext/" if dirty else "")
 
 
-def profile_section(iters: int) -> tuple[list[list[str]], dict[str, tuple[float, float, float]]]:
-    """Step rows for workloads 3 and 4 side by side, and per workload (unprofiled µs, µs with
-    timers, summed top-level Python µs)."""
+def profile_section(iters: int) -> tuple[list[list[str]], dict[str, tuple[float, float]]]:
+    """Step rows for workloads 3 and 4 side by side, and per workload (unprofiled CPU µs per
+    round trip, the top-level Python steps' share of the profiled run)."""
     per: dict[str, list[str]] = {}
     totals = {}
     for key in ("switch", "msr"):
         plain, steps, wrapped = profile_switch.breakdown(iters, key)
+        wall = wrapped * iters / 1e6          # the profiled run's wall seconds
         top_level = 0.0
         for s in steps:
-            us = s.seconds / iters * 1e6
+            share = s.seconds / wall
+            calls = "" if abs(s.calls / iters - 1) < 0.01 else f", {s.calls / iters:.3g} calls"
             per.setdefault(s.name, [("· " * s.depth) + s.name]).append(
-                f"{us:.2f}" + ("" if abs(s.calls / iters - 1) < 0.01 else f" ({s.calls / iters:.0f} calls)"))
+                f"{100 * share:.1f}% ≈ {share * plain:.1f}{calls}")
             if s.depth == 0 and not s.name.startswith("ctx."):
-                top_level += us
-        totals[key] = (plain, wrapped, top_level)
-    rows = [cells + [profile_switch.REMEDY.get(name, "")] for name, cells in per.items()]
+                top_level += share
+        totals[key] = (plain, top_level)
+    width = 1 + len(totals)
+    rows = [cells + ["-"] * (width - len(cells)) + [profile_switch.REMEDY.get(name, "")]
+            for name, cells in per.items()]
     return rows, totals
 
 
@@ -333,21 +338,23 @@ def main(argv: list[str] | None = None) -> int:
         iters = 2000 if args.quick else 20000
         top_iters = 1000 if args.quick else 5000
         prow, totals = profile_section(iters)
-        ph = ["step (· = inside the one above)", "µs/trip, VMMCALL", "µs/trip, RDMSR + NPT",
-              "what would remove it"]
-        console.print(rich_table("world-switch profile (µs per round trip, inclusive, with "
-                                 "timers)", ph[:3], [r[:3] for r in prow]))
-        (p3, w3, py3), (p4, w4, py4) = totals["switch"], totals["msr"]
+        ph = ["step (· = inside the one above)", "VMMCALL trip: share ≈ µs",
+              "RDMSR + NPT trip: share ≈ µs", "what it is / what would remove it"]
+        console.print(rich_table("world-switch profile (share of the profiled run ≈ µs per "
+                                 "round trip)", ph[:3], [r[:3] for r in prow]))
+        (p3, py3), (p4, py4) = totals["switch"], totals["msr"]
         md += ["## World-switch profile", "",
                f"Workloads 3 (`world_switch.S`) and 4 (`world_switch_msr.S`, architectural "
                f"model), {iters:,} round trips each. Unprofiled: **{p3:.1f} µs** and "
-               f"**{p4:.1f} µs** per round trip. With a timer around each step below: "
-               f"{w3:.1f} and {w4:.1f} µs. Times are inclusive (a step includes the indented "
-               "ones under it), with one timer's own cost subtracted per call, so they are "
-               "somewhat inflated by the nested timers; the top-level Python steps add up to "
-               f"about {py3:.1f} and {py4:.1f} µs. The rest of the unprofiled time is Unicorn "
-               "itself (the L1 and L2 instructions, raising the intercept, finding translated "
-               "code again after each TLB flush) and the ctypes hook dispatch.", "",
+               f"**{p4:.1f} µs** of CPU per round trip. A timer wraps each step below (wall "
+               "clock: a CPU clock costs ~0.9 µs a read, more than many steps); each cell is "
+               "the step's share of the profiled run, inclusive (a step includes the indented "
+               "ones under it, one timer's own cost subtracted per call), and that share of "
+               "the unprofiled cost in µs. Shares survive a loaded machine better than times "
+               "do; nested timers still inflate the small steps. The top-level Python steps "
+               f"take {100 * py3:.0f}% and {100 * py4:.0f}% of the run; the rest is Unicorn "
+               "(the L1 and L2 instructions, raising the intercept, finding translated code "
+               "again after each TLB flush), the ctypes hook dispatch and the run loop.", "",
                md_table(ph, prow), ""]
         for key, name in (("switch", "workload 3"), ("msr", "workload 4")):
             top = profile_switch.cprofile_top(top_iters, 18, key)

@@ -51,14 +51,17 @@ def test_memtouch_guest_writes_every_page():
     assert workloads.completed(r.status, r.output, 1) is None, r.output
 
 
-def test_profile_wraps_the_world_switch_steps():
+def test_profile_wraps_the_world_switch_entry_points():
     iters = 40
     plain, steps, wrapped = profile_switch.breakdown(iters)
     calls = {s.name: s.calls for s in steps}
-    for name in ("vmrun: L1's VMRUN reaches L0", "load_guest", "vmexit (#VMEXIT to L1)",
-                 "store_guest", "restore_host", "next_rip (decode for NRIP)", "read_vmcb12"):
+    # The entry points every version of the switch has; inner steps follow the code (a step
+    # whose function is gone is left out of the profile rather than breaking it).
+    for name in ("vmrun: L1's VMRUN reaches L0", "vmexit (#VMEXIT to L1)",
+                 "next_rip (decode for NRIP)", "read_vmcb12", "check_instruction"):
         assert calls[name] == iters, (name, calls[name])
-    assert all(s.seconds >= 0 for s in steps)
+    assert calls["on_exit: L2's exit reaches L0 (router)"] >= 2 * iters
+    assert all(s.seconds >= 0 for s in steps) and plain > 0
 
 
 def test_run_writes_a_results_file(tmp_path):
