@@ -167,41 +167,6 @@ REMEDY = {
 }
 
 
-# What each part is, and what would remove its cost (see RESULTS.md).
-REMEDY = {
-    "on_exit: L2's exit reaches L0 (router)":
-        "also runs for L1's own VMRUN exit (returns at once); its ctx.save is repeated by "
-        "next_rip and vmexit: save once per exit and pass the Context down",
-    "next_rip (decode for NRIP)":
-        "a third context_update plus a guest-virtual code read: without nested paging Unicorn's "
-        "debug translation (C); with it, memory.read_code walks guest and nested tables in "
-        "Python (the large cost in workload 4). A small (CR3, nCR3, page) -> host page cache "
-        "dropped on every TLB flush, or reading only when the byte at RIP is a prefix (the "
-        "exit code fixes VMMCALL/RDMSR/CPUID lengths otherwise), would remove it",
-    "store_guest":
-        "builds 6 Segment objects and their attrib properties; one Struct.unpack_from of the "
-        "4 contiguous segment caches plus a bit-shuffle table would do it in two calls",
-    "restore_host":
-        "copies 6 segments and recomputes hflags field by field; L1's whole saved blob is at "
-        "hand, so copy L2's GPRs (and FS/GS/TR/LDTR, which #VMEXIT keeps) into it and restore "
-        "that blob: one memmove and a few fields",
-    "load_guest":
-        "about 25 separate pack_into/set_* calls into the blob, a Segment object per segment, "
-        "hflags rebuilt bit by bit; one precompiled Struct per contiguous span (ES..DS caches, "
-        "CR0..CR4, controls) and hflags from a small lookup would halve it",
-    "check_instruction":
-        "uc.reg_read(RAX) through the binding (~1.5 us); RAX is already in the just-saved "
-        "context blob (OFF_REGS)",
-    "flush_tlb (VMRUN)":
-        "needed: Unicorn's softmmu TLB is not tagged by ASID; only a tagged TLB (a Unicorn "
-        "change) removes it",
-    "flush_tlb (#VMEXIT)": "as for VMRUN",
-    "save_host_state": "bytes() copy of the 6 KiB blob; could copy into a preallocated buffer",
-    "ctx.save = context_update (all callers)":
-        "about 5 per round trip (0.4 us each); 2 are needed (one per exit)",
-}
-
-
 def _machine(image: bytes) -> tuple[Machine, SvmExtension]:
     ext = SvmExtension()
     m = Machine(RAM, stdout=None, extensions=[ext])
