@@ -14,6 +14,7 @@ import importlib
 import io
 import pstats
 import time
+from pathlib import Path
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -256,4 +257,6 @@ def cprofile_top(iters: int, limit: int = 25, key: str = "switch") -> str:
     stats.sort_stats("tottime").print_stats(limit)
     lines = [line for line in buf.getvalue().splitlines() if line.strip()]
     start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
-    return "\n".join(lines[start:]).replace("/work/main/", "")
+    text = "\n".join(lines[start:]).replace(str(Path(__file__).resolve().parents[1]) + "/", "")
+    return text.replace(str(Path(pstats.__file__).parent) + "/", "").replace(
+        str(Path(importlib.import_module("unicorn").__file__).parents[1]) + "/", "")
