@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import unicorn
 from unicorn import Uc
+from unicorn.unicorn_py3 import unicorn as _binding
 from unicorn.x86_const import UC_X86_REG_RIP, UC_X86_REG_R13
 
 PINNED_UNICORN = "2.1.4"
@@ -128,16 +129,21 @@ class Context:
     def __init__(self, uc: Uc) -> None:
         self.uc = uc
         self.ctx = uc.context_save()
+        # The binding's context_update/restore wrap these two C calls; called directly they
+        # cost one Python call less each, and the world switch makes several.
+        uch, blob, lib = uc._uch, self.ctx.context, _binding.uclib
+        self._save = lambda: lib.uc_context_save(uch, blob)
+        self._restore = lambda: lib.uc_context_restore(uch, blob)
         addr = self.ctx.context.value
         size = struct.unpack("<Q", ctypes.string_at(addr, 8))[0]
         self.view = memoryview((ctypes.c_char * size).from_address(addr + _DATA_OFF)).cast("B")
 
     def save(self) -> "Context":
-        self.uc.context_update(self.ctx)
+        self._save()
         return self
 
     def restore(self) -> None:
-        self.uc.context_restore(self.ctx)
+        self._restore()
 
     def set_rip(self, rip: int) -> None:
         """Move RIP from inside a hook. `reg_write(RIP)` there would also set Unicorn's
@@ -239,12 +245,17 @@ class Context:
         self.set_u32(OFF_HFLAGS, hf)
 
 
+_TLB_FLUSH = (unicorn.unicorn_const.UC_CTL_IO_WRITE << 30) | unicorn.unicorn_const.UC_CTL_TLB_FLUSH
+_uclib = _binding.uclib
+
+
 def flush_tlb(uc: Uc) -> None:
-    """Drop every cached translation (the binding has no wrapper for UC_CTL_TLB_FLUSH).
+    """Drop every cached translation (the binding has no wrapper for UC_CTL_TLB_FLUSH, and its
+    generic `ctl` costs several Python calls, so uc_ctl is called directly).
 
     Needed whenever CR3, paging mode or nested paging change behind Unicorn's back (world
     switches, INVLPGA, context restores): the softmmu TLB is not tagged by address space."""
-    uc.ctl(unicorn.unicorn_const.UC_CTL_TLB_FLUSH, unicorn.unicorn_const.UC_CTL_IO_WRITE)
+    _uclib.uc_ctl(uc._uch, _TLB_FLUSH)
 
 
 def self_check(uc: Uc) -> None:

@@ -62,6 +62,9 @@ _OFF = {name: off for name, off, _ in FIELDS}
 _SEGS4 = struct.Struct("<" + "HHIQ" * 4)        # ES CS SS DS, contiguous
 _DTR = struct.Struct("<HHIQ")
 _CTRL = struct.Struct("<7Q")                     # CR4 CR3 CR0 DR7 DR6 RFLAGS RIP, contiguous
+_EXIT_INFO = struct.Struct("<4Q")                # EXITCODE EXITINFO1 EXITINFO2 EXITINTINFO
+assert [_OFF[n] for n in ("exitcode", "exitinfo1", "exitinfo2", "exitintinfo")] == \
+    [_OFF["exitcode"] + 8 * i for i in range(4)]
 assert [_OFF[n] for n in ("es", "cs", "ss", "ds")] == [_OFF["es"] + 16 * i for i in range(4)]
 assert [_OFF[n] for n in ("cr4", "cr3", "cr0", "dr7", "dr6", "rflags", "rip")] == \
     [_OFF["cr4"] + 8 * i for i in range(7)]
@@ -91,12 +94,11 @@ def store_guest(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
 
 def store_exit_info(vm: Vmcb, exitcode: int, info1: int, info2: int, intinfo: int,
                     nrip: int) -> None:
-    vm.exitcode = exitcode & 0xFFFFFFFFFFFFFFFF
-    vm.exitinfo1 = info1 & 0xFFFFFFFFFFFFFFFF
-    vm.exitinfo2 = info2 & 0xFFFFFFFFFFFFFFFF
-    vm.exitintinfo = intinfo
-    vm.nrip = nrip
-    vm.eventinj = 0        # the injected event was taken (or reported in EXITINTINFO)
+    buf, base, mask = vm._buf, vm._base, 0xFFFFFFFFFFFFFFFF
+    _EXIT_INFO.pack_into(buf, base + _OFF["exitcode"], exitcode & mask, info1 & mask,
+                         info2 & mask, intinfo)
+    _QQ.pack_into(buf, base + _OFF["nrip"], nrip)
+    _QQ.pack_into(buf, base + _OFF["eventinj"], 0)   # taken, or reported in EXITINTINFO
 
 
 def restore_host(ext: "SvmExtension", ctx: Context) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from unicorn.x86_const import UC_X86_REG_RAX
 
 from emu import hostvm
 from emu.errors import Unsupported
@@ -51,7 +50,7 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
     where = m.where() if ext.tracing() else None
     ctx = m.ctx.save()
     # Step 1
-    pa = check_instruction(ext, ctx.mode_bits())
+    pa = check_instruction(ext, ctx.mode_bits(), ctx.u64(OFF_REGS))
     if pa is None:
         return
     # Step 2
@@ -85,10 +84,10 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
         inject_event(ext, cache)
 
 
-def check_instruction(ext: "SvmExtension", mode_bits: int) -> int | None:
+def check_instruction(ext: "SvmExtension", mode_bits: int, rax: int) -> int | None:
     """rAX must be a 4 KiB-aligned physical address below MAXPHYADDR, else #GP(0)."""
     m = ext.machine
-    pa = m.uc.reg_read(UC_X86_REG_RAX)
+    pa = rax
     if mode_bits != 64:
         pa &= 0xFFFFFFFF
     if pa & 0xFFF or pa >> ext.caps.maxphyaddr:
