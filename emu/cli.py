@@ -290,6 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("svmemu: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Whoever read our output left (`svmemu run ... | head`): end quietly, with the status
+        # of a command that SIGPIPE ended, and keep Python's exit-time flush from failing too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as e:  # a bug in svmemu: one line, and the details only on request
         if os.environ.get("SVMEMU_DEBUG"):
             raise

@@ -3,6 +3,7 @@ traceback; run limits end runaway guests."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,13 @@ def test_trace_file_lists_exceptions_and_io(tmp_path, capsys):
     assert status == STATUS_SHUTDOWN
     text = trace.read_text()
     assert "out port 0x0080" in text and "no device" in text
+
+
+def test_output_pipe_closed_early_ends_quietly():
+    """`svmemu run guest | head -c 1`: no 'internal error' when the reader goes away."""
+    import subprocess
+    import sys
+    proc = subprocess.run(f"{sys.executable} -m emu.cli run guests/svm_world_switch.S | head -c 1",
+                          shell=True, capture_output=True, text=True, cwd=str(Path(__file__).resolve().parent.parent))
+    assert proc.stdout == "o"
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
