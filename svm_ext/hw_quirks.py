@@ -12,6 +12,12 @@ AMD APM, set right in our layer so that L1 sees what hardware would show it.
   asks for it, L0 intercepts every CR0 write of L2 and decides per write whether bits other than
   CR0.TS and CR0.MP change.
 
+One is not an intercept but a crash: Unicorn's nested walk dereferences a null pointer when a
+nested leaf mapping one of the guest's *page tables* has NX set (EFER.NXE on in the host).
+`guard_nested_nx` catches the common form of it at VMRUN (the nested mapping of L2's CR3 page)
+and stops with "unsupported:" instead of taking the process down; lower-level tables are not
+scanned, since the guest can move them at any time.
+
 `route` gets these exits first; it returns True/False when it decided (took the exit, or left it
 to the machine), None for an exit that is not one of these cases.
 """
@@ -19,8 +25,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from emu.arch_bits import EFER_NXE
 from emu.errors import Unsupported
 from emu.hw_switch import OFF_EIP, OFF_REGS
+from emu.paging import NestedFault, walk_nested
 from emu.interrupts import BP, OF
 
 from . import intercepts
@@ -129,3 +137,23 @@ def _skip(ext: "SvmExtension", nrip: int) -> None:
     ctx = ext.machine.ctx.save()
     ctx.set_u64(OFF_EIP, nrip)
     ctx.restore()
+
+
+CR0_PG = 1 << 31
+
+
+def guard_nested_nx(ext: "SvmExtension", c: Vmcb12Cache, host_efer: int) -> None:
+    """Stop before Unicorn 2.1.4 would crash (see module doc): L2 pages with its own tables under
+    nested paging, the host has EFER.NXE, and the nested leaf over L2's CR3 page is NX."""
+    m = ext.machine
+    if not c.cr0 & CR0_PG or not host_efer & EFER_NXE:
+        return
+    mem = m.mem
+    try:
+        t = walk_nested(mem.read_u64, c.n_cr3 & ~0xFFF, c.cr3 & ~0xFFF, host=mem._nested_host())
+    except (NestedFault, ValueError, Unsupported):
+        return          # not mapped: the walk itself ends in #NPF, which Unicorn survives
+    if t.nx:
+        raise Unsupported(f"nested paging maps L2's page-table root (GPA {c.cr3 & ~0xFFF:#x}) "
+                          "no-execute; Unicorn 2.1.4 crashes walking guest tables through an NX "
+                          "nested mapping (map guest page tables executable in the nested table)")

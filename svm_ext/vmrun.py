@@ -165,6 +165,7 @@ def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
         ctx.set_u32(OFF_NESTED_PG_MODE, (NPT_MODE_PAE if host_cr4 & CR4_PAE else 0)
                     | (NPT_MODE_LMA if host_efer & EFER_LMA else 0)
                     | (NPT_MODE_NXE if host_efer & EFER_NXE else 0))
+        hw_quirks.guard_nested_nx(ext, c, host_efer)
     else:
         ctx.set_u64(OFF_NESTED_CR3, 0)
         ctx.set_u32(OFF_NESTED_PG_MODE, 0)
