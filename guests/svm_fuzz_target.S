@@ -1,13 +1,14 @@
 # svm_fuzz_target.S: an L1 hypervisor with a planted bug in its VMMCALL exit handler, the target
 # of the fuzzing recipe in README.md ("Fuzzing").
 #
-# L2 reads one request from `fuzz_input` (u64 command, u64 index) and makes a hypercall:
+# L2 reads one request from `fuzz_input` (u8 index, then u32 command) and makes a hypercall:
 # VMMCALL with RAX = command, RBX = index. L1's handler answers "PING" and, for the command
 # "SVM!", resets one of its 16 per-hypercall statistics counters: stats[index] = 0. The bounds
 # check is off by one (index <= 16 passes), and stats[16] is the copy of L1's IDTR that the exit
 # path reloads after every #VMEXIT (a habit carried over from VMX, where VM exits truncate the
 # IDT limit). So "SVM!" with index 16 zeroes L1's IDT limit; the next exception L1 takes
 # (its own closing self-check expects a #GP) cannot be delivered, nor can the #DF: triple fault.
+# `fuzz_done` follows that self-check, before any output: a fuzzer can end each input there.
 # With the benign request in the image ("PING"), every check passes on svmemu and on QEMU.
 #
 # `shared_load` is called by L2 and by L1 at the same address: coverage keeps the two apart.
@@ -125,15 +126,16 @@ main:
     add qword ptr [rdi + V_RIP], 3
     jmp .Lrun
 .Lnot_vmmcall:
-    check_eq rax, EXIT_HLT, "L2 ends with HLT"
-    check_eq [hc_count], 1, "L2 made one hypercall"
-    check_eq [last_answer], 0x474e4f50, "PING answered with PONG"
-
+    mov [rip + last_exit], rax
     # L1's own closing self-check: VMRUN with a misaligned VMCB address raises #GP.
     expect_fault .Lgp
     mov rax, VMCB + 8
     vmrun
 .Lgp:
+fuzz_done:
+    check_eq [last_exit], EXIT_HLT, "L2 ends with HLT"
+    check_eq [hc_count], 1, "L2 made one hypercall"
+    check_eq [last_answer], 0x474e4f50, "PING answered with PONG"
     check_eq [fault_vector], 13, "VMRUN with a misaligned rAX raises #GP"
     ret
 
@@ -175,23 +177,23 @@ shared_load:
 l2_entry:
     lea rdi, [rip + fuzz_input]
     call shared_load
-    mov rsi, rax
-    lea rdi, [rip + fuzz_input + 8]
-    call shared_load
-    mov rbx, rax
-    mov rax, rsi
+    movzx ebx, al
+    shr rax, 8
+    mov eax, eax
     vmmcall
     hlt
 
 default_request:
+    .byte 3
     .ascii "PING"
-    .long 0
-    .quad 3
+    .byte 0, 0, 0
+    .quad 0
 
 .bss
 .align 16
 fuzz_input:     .space 16                  # the request L2 sends; a fuzzer writes here
 hc_count:       .space 8
+last_exit:      .space 8
 last_answer:    .space 8
 .align 16
 stats:          .space NSTATS * 8

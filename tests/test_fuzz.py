@@ -12,9 +12,9 @@ from emu.fuzz.command import STATUS_CRASH, build_harness
 from emu.loader.asm import assemble
 
 TARGET = str(Path(__file__).resolve().parent.parent / "guests" / "svm_fuzz_target.S")
-CRASH = b"SVM!\0\0\0\0" + struct.pack("<Q", 16)      # the planted bug: index 16
-BENIGN = b"PING\0\0\0\0" + struct.pack("<Q", 3)
-IN_BOUNDS = b"SVM!\0\0\0\0" + struct.pack("<Q", 15)   # the magic path, index in bounds
+CRASH = b"\x10SVM!"                # the planted bug: index 16, command "SVM!"
+BENIGN = b"\x03PING"
+IN_BOUNDS = b"\x0fSVM!"            # the magic path, index in bounds
 MEM_OPTS = ["--input-at", "fuzz_input:16", "--start-at", "l2_entry", "--crash-on", "triple-fault"]
 
 
@@ -119,3 +119,13 @@ def test_bad_fuzz_options_are_one_line(tmp_path, capsys, opts, text):
     err = capsys.readouterr().err
     assert status == 2 and text in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_end_at_stops_each_input_before_the_guest_reports():
+    h = _harness(*MEM_OPTS, "--end-at", "fuzz_done", "--crash-on", "serial=ok")
+    benign = h.run_input(BENIGN)
+    assert not benign.crashed and benign.result.reason == "end"
+    assert benign.result.rip == assemble(TARGET).symbols["fuzz_done"]
+    crash = h.run_input(CRASH)
+    assert crash.crashed and "triple fault" in crash.why
+    assert not h.run_input(IN_BOUNDS).crashed

@@ -32,6 +32,8 @@ def add_parser(sub, size_type, positive_int, positive_float) -> None:
                        help="write each input over these fields of the vmcb12 of the next VMRUN")
     p.add_argument("--start-at", "--snapshot-at-symbol", dest="start_at",
                    metavar="ADDR|SYMBOL", help="run until RIP reaches this, then snapshot")
+    p.add_argument("--end-at", action="append", default=[], metavar="ADDR|SYMBOL",
+                   help="an input's run ends when RIP reaches this (repeatable)")
     p.add_argument("--crash-on", action="append", default=[], metavar="RULE",
                    help="triple-fault | status=N | serial=REGEX | vmexit=CODE (repeatable; "
                         "default triple-fault)")
@@ -133,7 +135,7 @@ def build_harness(args: argparse.Namespace) -> Harness:
         result = machine.run()
         if result.reason != "breakpoint":
             raise OptionError(f"--input-vmcb: the guest never reached a VMRUN ({result.message})")
-    harness.arm()
+    harness.arm([_address(a, symbols, "--end-at") for a in args.end_at])
     return harness
 
 
@@ -164,6 +166,8 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--input-vmcb", args.input_vmcb]
     if args.start_at:
         argv += ["--start-at", args.start_at]
+    for end in args.end_at:
+        argv += ["--end-at", end]
     for rule in args.crash_on:
         argv += ["--crash-on", rule]
     if args.input_timeout:

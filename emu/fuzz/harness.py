@@ -153,10 +153,18 @@ class Harness:
                               f"{result.message} (rip {result.rip:#x})")
         return result
 
-    def arm(self) -> None:
-        """The machine is at the start point: prepare the placement and take the reset point."""
+    def arm(self, end_at: list[int] = ()) -> None:
+        """The machine is at the start point: prepare the placement and take the reset point.
+        Reaching an `end_at` address ends an input's run (not a crash): Unicorn instruments only
+        those addresses, so the rest of the code runs unhooked."""
         self.placement.prepare(self.machine)
         self.reset_point = ResetPoint(self.machine, self.code_ranges)
+        m = self.machine
+        for address in end_at:
+            m.uc.hook_add(UC_HOOK_CODE, self._on_end, None, address, address)
+
+    def _on_end(self, uc, address: int, size: int, _data: object) -> None:
+        self.machine.stop("end", 0, f"end point {address:#x} reached")
 
     def prepare_input(self, data: bytes) -> None:
         assert self.reset_point is not None
