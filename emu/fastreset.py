@@ -30,7 +30,7 @@ image's segments (`code_ranges`) plus the page of every block Unicorn links whil
 block). Code entered only through unchained jumps (returns, indirect jumps) on a page outside
 the image, rewritten and executed within one input, is the one case this can miss.
 
-Linux only (memfd_create, MAP_FIXED, MADV_DONTNEED, /proc/self/pagemap).
+Linux only (memfd_create, MAP_FIXED, MADV_DONTNEED).
 """
 from __future__ import annotations
 
@@ -59,7 +59,6 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
                        ctypes.c_long]
 _libc.madvise.restype = ctypes.c_int
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_MAP_FAILED = ctypes.c_void_p(-1).value
 _uclib.uc_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                                       ctypes.POINTER(ctypes.c_uint64)]
 _uclib.uc_vmem_translate.restype = ctypes.c_int
@@ -76,7 +75,7 @@ class ResetPoint:
         size = machine.ram_size
         self._fd = os.memfd_create("svmemu-ram")
         os.ftruncate(self._fd, size)
-        view = memoryview(machine.ram)
+        view = memoryview(self.snap.ram)
         step = 64 << 20
         for off in range(0, size, step):
             os.pwrite(self._fd, view[off:off + step], off)

@@ -147,3 +147,36 @@ def test_tenet_lines_for_a_known_sequence(tmp_path, capsys):
     assert body[4][0] == {"rcx": 0x1234, "rip": BODY + 20}
     assert body[5][0] == {"rcx": 0x1235, "rip": BODY + 24}
     assert body[6][0] == {"rax": 0x1200, "rip": BODY + 26}
+
+
+def test_code_run_by_l1_and_l2_at_one_address_is_in_both_modules(tmp_path, capsys):
+    """svm_fuzz_target's `shared_load` is called by L2 and by L1: same address, two modules."""
+    src = GUESTS / "svm_fuzz_target.S"
+    out = tmp_path / "cov.drcov"
+    status = main(["run", str(src), "--coverage", f"drcov:{out}", "-q"])
+    capsys.readouterr()
+    assert status == 1
+    modules, blocks = read_drcov(out.read_bytes())
+    sym = assemble(str(src)).symbols
+    l1 = _covered(modules, blocks, "@L1")
+    l2 = _covered(modules, blocks, "@L2.asid1")
+    assert sym["shared_load"] in l1 and sym["shared_load"] in l2
+    assert sym["l2_entry"] in l2 and sym["l2_entry"] not in l1
+    assert _contains(l1, blocks, modules, "@L1", sym["handle_vmmcall"])
+    assert not _contains(l2, blocks, modules, "@L2.asid1", sym["handle_vmmcall"])
+
+
+def test_tenet_writes_one_file_per_address_space(tmp_path, capsys):
+    src = GUESTS / "svm_world_switch.S"
+    trace = tmp_path / "t.tenet"
+    status = main(["run", str(src), "--tenet", str(trace), "-q"])
+    capsys.readouterr()
+    assert status == 1
+    sym = assemble(str(src)).symbols
+    l1 = [_parse_tenet(l)[0] for l in trace.read_text().splitlines()]
+    l2 = [_parse_tenet(l)[0] for l in (tmp_path / "t.tenet.L2.asid1").read_text().splitlines()]
+    assert l2[0]["rip"] == sym["l2_entry"] and len(l2[0]) == 17      # a full first line
+    assert l2[1] == {"rbx": 0x4242, "rip": sym["l2_vmmcall"]}
+    l2_code = {sym["l2_entry"], sym["l2_vmmcall"], sym["l2_ud2"]}
+    assert not l2_code & {r["rip"] for r in l1}
+    assert sym["main"] in {r["rip"] for r in l1}
