@@ -12,8 +12,9 @@ machine object and uses only these entry points on it:
 - `machine.router`: an ExitRouter (below) that sees exits, exceptions, nested faults, port I/O
   and shutdown first while a nested guest runs.
 - `machine.world_observers`: called with (old_level, new_level) on every world switch.
-- `machine.interrupt_check()`: something that gates interrupts changed (STGI, a VMRUN that
-  set V_IRQ): look for a deliverable interrupt at the next instruction boundary.
+- `machine.interrupt_check(virtual)`: something that gates interrupts changed (STGI, VMRUN):
+  look for a deliverable interrupt at the next instruction boundary (`virtual`: the extension
+  has a virtual interrupt of its own pending, e.g. V_IRQ).
 - snapshot sections: `snapshot_state` / `load_snapshot_state` below.
 - memory types: `world_paging` below tells queries and `--trace mem` how a world translates
   and which PAT its page tables index (the machine alone knows only L1 and its one PAT).

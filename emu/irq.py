@@ -227,9 +227,12 @@ class InterruptController:
         uc.reg_write(UC_X86_REG_RIP, rip + i + 3)
 
     # ---- the points --------------------------------------------------------------------------
-    def check_soon(self) -> None:
+    def check_soon(self, virtual: bool = False) -> None:
         """From an exit handler (STGI, VMRUN): stop at this boundary and look (the window alone
-        would not do for a nested guest whose physical interrupts follow the host's IF)."""
+        would not do for a nested guest whose physical interrupts follow the host's IF). Free
+        when nothing is pending: world switches call it every time."""
+        if not (virtual or self.apic.irr or self.apic.nmi_pending):
+            return
         self.window.arm()
         self._kicked = True
         self.m.uc.emu_stop()

@@ -180,10 +180,11 @@ class Machine:
         itself intercepted; exceptions raised while delivering it can be."""
         self._defer(lambda: self._deliver(event, return_rip, injected))
 
-    def interrupt_check(self) -> None:
-        """Something gating interrupts changed (GIF, V_IRQ): look at the next boundary. Only
-        from exit handlers (the INTR hook), never from MMIO callbacks."""
-        self.irq.check_soon()
+    def interrupt_check(self, virtual: bool = False) -> None:
+        """Something gating interrupts changed (GIF, V_IRQ): look at the next boundary if an
+        interrupt is pending (`virtual`: the extension has one of its own). Only from exit
+        handlers (the INTR hook), never from MMIO callbacks."""
+        self.irq.check_soon(virtual)
 
     def world_changed(self, old: str, new: str) -> None:
         self.irq.window.resync()

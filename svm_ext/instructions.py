@@ -92,7 +92,8 @@ def vmsave(ext: "SvmExtension", code: int) -> None:
 def stgi(ext: "SvmExtension", code: int) -> None:
     ext.state.gif = True
     _advance(ext)
-    ext.machine.interrupt_check()      # interrupts held while GIF was 0 may now be taken
+    # interrupts held while GIF was 0 may now be taken (V_IRQ too, for an L2 that runs STGI)
+    ext.machine.interrupt_check(virtual=ext.state.in_l2 and ext.state.v_irq)
 
 
 def clgi(ext: "SvmExtension", code: int) -> None:

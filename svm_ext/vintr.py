@@ -17,6 +17,7 @@ stays set), otherwise by delivering V_INTR_VECTOR through L2's IDT and clearing 
 """
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP
@@ -26,11 +27,19 @@ from emu.hw_switch import HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS2, OFF_V_TPR, Con
 from emu.interrupts import RFLAGS_IF, Event, Kind
 
 from . import intercepts
-from .vmcb import VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, Vmcb, Vmcb12Cache
+from .vmcb import BITFIELDS, FIELDS, VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, Vmcb, Vmcb12Cache
 from . import vmexit as vmexit_mod
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
+
+_Q = struct.Struct("<Q")
+_OFF = {name: off for name, off, _ in FIELDS}
+_OFF_VINTR, _OFF_INT_STATE = _OFF["vintr"], _OFF["int_state"]
+_BITS = {name: (shift, width) for name, _, shift, width in BITFIELDS}
+V_TPR_MASK = (1 << _BITS["v_tpr"][1]) - 1
+V_IRQ_BIT = 1 << _BITS["v_irq"][0]
+INTERRUPT_SHADOW = 1 << _BITS["interrupt_shadow"][0]
 
 
 def on_vmrun(ext: "SvmExtension", c: Vmcb12Cache) -> None:
@@ -44,7 +53,7 @@ def on_vmrun(ext: "SvmExtension", c: Vmcb12Cache) -> None:
         ctx.set_u32(OFF_HFLAGS2, ctx.u32(OFF_HFLAGS2) | HF2_VINTR)
         ctx.view[OFF_V_TPR] = st.v_tpr
         ctx.restore()
-    m.interrupt_check()
+    m.interrupt_check(virtual=st.v_irq)
 
 
 def store(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
@@ -53,9 +62,12 @@ def store(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
     c = st.vmcb12
     if c is not None and c.v_intr_masking:
         st.v_tpr = ctx.view[OFF_V_TPR] & 0xF
-    vm.v_irq = int(st.v_irq)
-    vm.v_tpr = st.v_tpr
-    vm.interrupt_shadow = 1 if ctx.hflags & HF_INHIBIT_IRQ else 0
+    # On the world-switch path: two packed words rather than three read-modify-write properties.
+    buf, base = vm._buf, vm._base
+    vintr = _Q.unpack_from(buf, base + _OFF_VINTR)[0] & ~(V_TPR_MASK | V_IRQ_BIT)
+    _Q.pack_into(buf, base + _OFF_VINTR, vintr | st.v_tpr | (V_IRQ_BIT if st.v_irq else 0))
+    _Q.pack_into(buf, base + _OFF_INT_STATE,
+                 INTERRUPT_SHADOW if ctx.hflags & HF_INHIBIT_IRQ else 0)
 
 
 def physical_if(ext: "SvmExtension") -> bool | None:
