@@ -12,6 +12,7 @@ machine object and uses only these entry points on it:
 - `machine.router`: an ExitRouter (below) that sees exits, exceptions, nested faults, port I/O
   and shutdown first while a nested guest runs.
 - `machine.world_observers`: called with (old_level, new_level) on every world switch.
+- `machine.claim_cr8()`: the world just entered uses the APIC's TPR as its CR8.
 - `machine.interrupt_check(virtual)`: something that gates interrupts changed (STGI, VMRUN):
   look for a deliverable interrupt at the next instruction boundary (`virtual`: the extension
   has a virtual interrupt of its own pending, e.g. V_IRQ).

@@ -27,7 +27,7 @@ import struct
 from unicorn import Uc
 from unicorn.x86_const import UC_X86_REG_RIP
 
-from .hw_switch import OFF_EIP, OFF_INTERCEPT, UnsupportedUnicorn
+from .hw_switch import OFF_EIP, OFF_INTERCEPT, OFF_INTERCEPT_CRDR, UnsupportedUnicorn
 
 _UC_CPU = 440
 _CPU_INTERRUPT_REQUEST = 28
@@ -50,6 +50,8 @@ class Window:
         self._request = ctypes.c_uint32.from_address(cpu + _CPU_INTERRUPT_REQUEST)
         self._kick = ctypes.c_uint16.from_address(env + _ENV_ICOUNT_DECR_HIGH)
         self._intercept = ctypes.c_uint64.from_address(env + OFF_INTERCEPT)
+        self._cr_read = ctypes.c_uint16.from_address(env + OFF_INTERCEPT_CRDR)
+        self._cr_write = ctypes.c_uint16.from_address(env + OFF_INTERCEPT_CRDR + 2)
         self.armed = False
 
     def arm(self, kick: bool = True) -> None:
@@ -71,6 +73,11 @@ class Window:
     def disarm(self) -> None:
         self.armed = False
         self._request.value &= ~CPU_INTERRUPT_VIRQ
+
+    def intercept_cr(self, n: int) -> None:
+        """Make MOV to/from CRn of the running world exit (live, like the VINTR bit)."""
+        self._cr_read.value |= 1 << n
+        self._cr_write.value |= 1 << n
 
     def resync(self) -> None:
         """After a context restore: the restored intercepts may lack the VINTR bit, and a

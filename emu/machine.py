@@ -186,6 +186,11 @@ class Machine:
         handlers (the INTR hook), never from MMIO callbacks."""
         self.irq.check_soon(virtual)
 
+    def claim_cr8(self) -> None:
+        """The world now running reaches the APIC's TPR through CR8 (no V_INTR_MASKING): L0
+        intercepts its CR8 accesses as it does L1's. The next world switch undoes it."""
+        self.irq.window.intercept_cr(8)
+
     def world_changed(self, old: str, new: str) -> None:
         self.irq.window.resync()
         for observer in self.world_observers:

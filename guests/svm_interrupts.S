@@ -9,6 +9,7 @@
 #  * V_IRQ: a virtual interrupt is delivered to L2 when it sets IF, and V_IRQ reads back clear;
 #    with the VINTR intercept it exits with #VMEXIT(VINTR) instead and V_IRQ stays set;
 #    V_INTR_PRIO not above V_TPR holds it (unless V_IGN_TPR).
+#  * CR8 in L2 is the APIC's TPR without V_INTR_MASKING, and V_TPR (stored back by #VMEXIT) with it.
 #  * NMI (a self-NMI through the ICR): taken with IF=0, held by GIF=0, #VMEXIT(NMI) when
 #    intercepted (and still pending afterwards: STGI lets L1 take it).
 # Every check also passes on QEMU 7.2 TCG.
@@ -16,6 +17,7 @@
 .include "svm.inc"
 
 .equ APIC, 0xfee00000
+.equ APIC_TPR, 0x80
 .equ APIC_EOI, 0xb0
 .equ APIC_SVR, 0xf0
 .equ APIC_ICR_LO, 0x300
@@ -170,6 +172,27 @@ main:
     jmp .Lnmi3
 .Lnmi3:
     check_eq [nmi_count], 2, "STGI lets L1 take the NMI"
+
+    # ---- CR8 in L2: the APIC's TPR without V_INTR_MASKING, V_TPR with it
+    lea rdi, [rip + l2_cr8]
+    call vmcb_init
+    mov rdi, VMCB
+    run_l2 9
+    check_eq [l2_cr8_read], 3, "L2 without V_INTR_MASKING reads back its CR8"
+    mov eax, [r15 + APIC_TPR]
+    check_eq rax, 0x30, "and its CR8 write reached the APIC's TPR"
+    mov dword ptr [r15 + APIC_TPR], 0
+    stgi
+    lea rdi, [rip + l2_cr8]
+    call vmcb_init
+    mov rdi, VMCB
+    vintr_setup VI_MASKING
+    run_l2 10
+    check_eq [l2_cr8_read], 3, "L2 with V_INTR_MASKING reads back its CR8"
+    check_mask qword ptr [rdi + V_VINTR], 0xff, 3, "which #VMEXIT stores in V_TPR"
+    mov eax, [r15 + APIC_TPR]
+    check_eq rax, 0, "and the APIC's TPR is untouched"
+    stgi
     ret
 
 # ---- L2 code
@@ -180,6 +203,13 @@ l2_spin:                                    # never runs when the INTR exit come
     dec ecx
     jnz .Lspin
     mov qword ptr [rip + in_l2], 0
+    vmmcall
+
+l2_cr8:
+    mov eax, 3
+    mov cr8, rax
+    mov rax, cr8
+    mov [rip + l2_cr8_read], rax
     vmmcall
 
 l2_sti:
@@ -220,4 +250,5 @@ seen_in_l2:     .space 8
 phys_count:     .space 8
 virt_count:     .space 8
 nmi_count:      .space 8
+l2_cr8_read:    .space 8
 .text

@@ -4,7 +4,7 @@ Physical interrupts come from the machine's APIC (emu/irq.py asks the router at 
 point):
   * with V_INTR_MASKING=1 the host's RFLAGS.IF at VMRUN (HIF) masks them, not L2's IF, and
     L2's CR8 reaches V_TPR only (Unicorn does the CR8 part in C once HF2_VINTR is set);
-    with V_INTR_MASKING=0 L2's own IF does;
+    with V_INTR_MASKING=0 L2's own IF does, and L2's CR8 is the APIC's TPR (L0 intercepts it);
   * if vmcb12 intercepts INTR, the interrupt causes #VMEXIT(INTR) and stays pending in the APIC
     (GIF is then 0 until L1's STGI, after which L1 takes it through its IDT); otherwise it is
     delivered through L2's IDT.
@@ -53,6 +53,8 @@ def on_vmrun(ext: "SvmExtension", c: Vmcb12Cache) -> None:
         ctx.set_u32(OFF_HFLAGS2, ctx.u32(OFF_HFLAGS2) | HF2_VINTR)
         ctx.view[OFF_V_TPR] = st.v_tpr
         ctx.restore()
+    else:
+        m.claim_cr8()          # L2's CR8 is the physical TPR (an L1 intercept still wins)
     m.interrupt_check(virtual=st.v_irq)
 
 

@@ -102,7 +102,7 @@ EXPECTED_COUNTS = {"hello": 1, "longmode": 15, "msr": 17, "exceptions": 22, "mbi
                    "svm_intercepts": 153,
                    "svm_vmload_vmsave": 44,
                    "svm_event_inject": 36,
-                   "apic": 30, "svm_interrupts": 30}
+                   "apic": 30, "svm_interrupts": 35}
 
 
 @pytest.fixture(scope="module")
