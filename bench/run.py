@@ -411,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
            "10-20% between runs (caches, frequency).",
            "- Findings that hold across runs (2026-11-25): raw Unicorn is itself slower than "
            "QEMU 7.2 TCG on the ALU loop (its core is QEMU 5.0 plus per-block exit checks), so "
-           "the L1/L2 loop ratio to QEMU is bounded by Unicorn, not by svmemu, which keeps raw "
-           "Unicorn's speed. `Machine.run(timeout=...)` / `svmemu run --timeout` use Unicorn's "
+           "the L1/L2 loop ratio to QEMU is bounded by Unicorn, not by svmemu, which stays "
+           "within the noise of raw Unicorn (raw/svmemu 0.91 and 1.07 in two runs). `Machine.run(timeout=...)` / `svmemu run --timeout` use Unicorn's "
            "emu_start timeout, whose helper thread polls: the L1 loop then costs ~1.7x the CPU "
            "(30M iterations: 0.085 s against 0.050 s), so the bench runs without it (a "
            "watchdog thread instead) and so could the product. The PAT model changes the "
