@@ -14,7 +14,7 @@ from unicorn.x86_const import (UC_X86_REG_CR2, UC_X86_REG_R8, UC_X86_REG_R9, UC_
 
 from emu.machine import STATUS_SHUTDOWN, Machine
 from svm_ext.extension import SvmExtension
-from tests.tinyimage import (asm64, BODY, IST1_STACK, KSTACK, RSP0_STACK, SEL_CODE64, SEL_DATA,
+from tests.tinyimage import (asm64, BODY, IST1_STACK, KSTACK, RSP0_STACK, SEL_CODE64,
                              SEL_UCODE64, SEL_UDATA, gate64, handler, long_mode_image)
 
 EXIT = "mov al, 0\n out 0xf4, al\n"

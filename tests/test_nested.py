@@ -4,16 +4,14 @@ Each test runs a small L1 (tests/nested_image.py) and then inspects vmcb12 in gu
 the registers, not only what L1 concluded."""
 from __future__ import annotations
 
-import struct
-
 import pytest
-from unicorn.x86_const import (UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_R12, UC_X86_REG_R13,
+from unicorn.x86_const import (UC_X86_REG_RBX, UC_X86_REG_R12, UC_X86_REG_R13,
                                UC_X86_REG_R14, UC_X86_REG_R15)
 
 from emu.machine import Machine
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import (INTERCEPT_CPUID, INTERCEPT_HLT, INTERCEPT_MSR_PROT, INTERCEPT_VMMCALL,
-                          INTERCEPT_VMRUN, VMEXIT_CPUID, VMEXIT_EXCP0, VMEXIT_HLT, VMEXIT_INVALID,
+from svm_ext.vmcb import (INTERCEPT_CPUID, INTERCEPT_HLT, INTERCEPT_MSR_PROT,
+                          VMEXIT_CPUID, VMEXIT_EXCP0, VMEXIT_HLT, VMEXIT_INVALID,
                           VMEXIT_MSR, VMEXIT_VMMCALL, Vmcb, msrpm_bit_offset)
 from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12
 from tests.tinyimage import asm64, gate64, handler

@@ -24,7 +24,7 @@ from emu.hw_switch import (CS, HF_GUEST, OFF_EFER, OFF_HFLAGS, OFF_INTERCEPT, OF
                            OFF_VM_VMCB, SS, TR)
 from emu.machine import Machine
 from svm_ext.extension import SvmExtension
-from tests.tinyimage import ENTRY, gate64, handler, long_mode_image, to_elf32
+from tests.tinyimage import gate64, handler, long_mode_image, to_elf32
 
 ITER = 64
 RAM = 16 << 20

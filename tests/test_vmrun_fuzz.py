@@ -18,7 +18,7 @@ from emu.devices.base import PortDevice
 from emu.machine import Machine
 from svm_ext.extension import SvmExtension
 from svm_ext.vmcb import FIELDS, VMEXIT_INVALID, VMCB_SIZE, Vmcb, read_cache
-from tests.nested_image import L2_CODE, VMCB12, nested_image, vmcb12
+from tests.nested_image import VMCB12, nested_image, vmcb12
 
 EXAMPLES = int(os.environ.get("SVMEMU_FUZZ_EXAMPLES", "10000"))
 SIGNAL_PORT = 0x80
