@@ -39,6 +39,7 @@ _OFF_VINTR, _OFF_INT_STATE = _OFF["vintr"], _OFF["int_state"]
 _BITS = {name: (shift, width) for name, _, shift, width in BITFIELDS}
 V_TPR_MASK = (1 << _BITS["v_tpr"][1]) - 1
 V_IRQ_BIT = 1 << _BITS["v_irq"][0]
+V_INTR_MASKING_BIT = 1 << _BITS["v_intr_masking"][0]
 INTERRUPT_SHADOW = 1 << _BITS["interrupt_shadow"][0]
 
 
@@ -46,9 +47,10 @@ def on_vmrun(ext: "SvmExtension", c: Vmcb12Cache) -> None:
     """VMRUN step 6: take V_IRQ/V_TPR from vmcb12; let the machine look for interrupts (GIF
     is now 1, and a pending one may exit at once)."""
     st, m = ext.state, ext.machine
-    st.v_irq = bool(c.v_irq)
-    st.v_tpr = c.v_tpr & 0xF
-    if c.v_intr_masking:
+    vintr = c.vintr                    # one word: this runs on every VMRUN
+    st.v_irq = bool(vintr & V_IRQ_BIT)
+    st.v_tpr = vintr & 0xF
+    if vintr & V_INTR_MASKING_BIT:
         ctx = m.ctx.save()
         ctx.set_u32(OFF_HFLAGS2, ctx.u32(OFF_HFLAGS2) | HF2_VINTR)
         ctx.view[OFF_V_TPR] = st.v_tpr
@@ -62,7 +64,7 @@ def store(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
     """#VMEXIT: V_IRQ still pending, V_TPR as L2 left it, and the interrupt shadow."""
     st = ext.state
     c = st.vmcb12
-    if c is not None and c.v_intr_masking:
+    if c is not None and c.vintr & V_INTR_MASKING_BIT:
         st.v_tpr = ctx.view[OFF_V_TPR] & 0xF
     # On the world-switch path: two packed words rather than three read-modify-write properties.
     buf, base = vm._buf, vm._base
