@@ -252,3 +252,9 @@ def test_snapshot_mid_timer_resumes_to_the_same_end():
         assert res.reason == "exit" and res.status == 1
         assert bytes(m2.serial.output).decode() == out_whole
         assert m2.apic.deadline() is None and m2.apic.isr == 0
+
+
+def test_timer_lvt_keeps_only_one_shot_and_periodic_modes():
+    a = Clock().apic()
+    a.write_reg(APIC_LVT_TIMER, 0x40000 | 0x20000 | 0x1000 | 0x45)   # bit 18, periodic, status
+    assert a.read_reg(APIC_LVT_TIMER) == 0x20045

@@ -81,9 +81,11 @@ ESR_RECV_ILLEGAL_VECTOR = 1 << 6
 
 TIME_PER_CCR_READ = 1000           # virtual TSC ticks one current-count read takes (= RDTSC's)
 
+# Writable LVT bits; the timer's bit 18 (TSC-deadline mode elsewhere) is reserved on this
+# APIC, whose CPUID reports no TSC-deadline timer.
 _LVT_OFFSETS = (APIC_LVT_TIMER, APIC_LVT_THERMAL, APIC_LVT_PERF, APIC_LVT_LINT0, APIC_LVT_LINT1,
                 APIC_LVT_ERROR)
-_LVT_WRITABLE = {APIC_LVT_TIMER: 0x700FF, APIC_LVT_THERMAL: 0x107FF, APIC_LVT_PERF: 0x107FF,
+_LVT_WRITABLE = {APIC_LVT_TIMER: 0x300FF, APIC_LVT_THERMAL: 0x107FF, APIC_LVT_PERF: 0x107FF,
                  APIC_LVT_LINT0: 0x1A7FF, APIC_LVT_LINT1: 0x1A7FF, APIC_LVT_ERROR: 0x100FF}
 _READ_ONLY = frozenset({APIC_VERSION, APIC_PPR, APIC_APR, APIC_RRD, APIC_TIMER_CCR}
                        | {APIC_ISR + 0x10 * i for i in range(8)}
