@@ -112,8 +112,8 @@ def _module(where: str) -> Any | None:
         return None
 
 
-# What each part is, and what would remove its cost (written against the code of 2026-11-25;
-# RESULTS.md shows them next to the measured shares).
+# What each part is, and what would remove its cost (written against the code of 2026-11-25,
+# commit 599e08c; RESULTS.md shows them next to the measured shares).
 REMEDY = {
     "on_exit: L2's exit reaches L0 (router)":
         "runs for every exit (L1's own VMRUN too, returning at once) and saves the context; "
@@ -131,9 +131,7 @@ REMEDY = {
         "a hit builds two keys by joining ~10 memoryview slices (regions_of, _vmcb_bytes) and "
         "writes the volatile fields; comparing the slices in place would avoid the joins",
     "store_exit_info": "four exit fields, NRIP, EVENTINJ: a few pack_into calls",
-    "vintr.store":
-        "three Vmcb bit-field properties (read-modify-write each) for V_IRQ, V_TPR and the "
-        "interrupt shadow; one pack of the V_INTR word and one byte would do",
+    "vintr.store": "V_IRQ/V_TPR and the interrupt shadow as two packed words; cheap",
     "switch_cache.restore_host":
         "a hit rebuilds its key from L1's saved blob (regions_of joins 7 slices) every exit; "
         "the key can only change when save_host_state stores a new blob: compute it there",
@@ -145,8 +143,7 @@ REMEDY = {
         "change) removes it",
     "flush_tlb (VMRUN, replayed load)": "as for #VMEXIT",
     "flush_tlb (VMRUN, full load)": "as for #VMEXIT",
-    "check_instruction":
-        "rAX through the binding's reg_read (~1.5 µs); the just-saved context blob has it",
+    "check_instruction": "rAX from the saved context, alignment and range checks; cheap",
     "read_vmcb12": "one Struct unpack of the whole VMCB into a named tuple",
     "save_host_state":
         "bytes() copies the ~6 KiB context blob and a register batch reads RFLAGS; copying "
@@ -156,14 +153,14 @@ REMEDY = {
         "a hit joins the vmcb12 key (_vmcb_bytes: ~8 slices of guest RAM) and the context "
         "regions, then replays; comparing slices in place would avoid the joins",
     "vintr.on_vmrun":
-        "machine.interrupt_check() on every VMRUN (GIF becomes 1); skippable when no "
-        "interrupt source is pending",
+        "V_IRQ/V_TPR from one word, CR8 ownership, and an interrupt check (which returns at "
+        "once when nothing is pending)",
     "pat.on_vmrun": "the PAT model's VMRUN step (architectural: load gPAT); cheap",
     "pat.on_vmexit": "the PAT model's #VMEXIT step (store gPAT to g_pat); cheap",
     "world_changed (observers)": "trace/observer callbacks; cheap when none is registered",
     "ctx.save = context_update (all callers)":
-        "~5 per round trip, each a 6 KiB memcpy plus a ctypes call; 2 are needed (one per "
-        "exit) if the saved Context is passed down",
+        "~5 per round trip (on_exit, next_rip, vmexit, vmrun, ...), each a 6 KiB memcpy plus a "
+        "ctypes call; 2 are needed (one per exit) if the saved Context is passed down",
     "ctx.restore = context_restore (all callers)": "2 per round trip: needed",
 }
 

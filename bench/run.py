@@ -65,34 +65,52 @@ class Row:
     qemu: Cost | None
 
 
-def measure(run: Callable[[bytes], runners.Run], w: Workload, iters: int, repeat: int) -> Cost:
+def measure_all(engines: dict[str, Callable[[bytes], runners.Run]], w: Workload, iters: int,
+                repeat: int) -> dict[str, Cost]:
+    """Each engine's cost per iteration. The engines take turns within every repetition, so a
+    drift in the machine (frequency, neighbours) lands on all of them alike."""
     img_n, img_1 = workloads.build(w, iters), workloads.build(w, 1)
-    cost = Cost()
+    costs = {name: Cost() for name in engines}
     for _ in range(repeat):
-        for img, acc, n in ((img_1, cost.one, 1), (img_n, cost.n, iters)):
-            try:
-                r = run(img)
-            except Exception as e:        # noqa: BLE001 - reported in the table, not raised
-                cost.error = f"{n} iterations: {type(e).__name__}: {e}"
-                return cost
-            problem = workloads.completed(r.status, r.output, w.checks)
-            if problem:
-                cost.error = f"{n} iterations: {problem}"
-                return cost
-            acc.append(r.seconds)
-    cost.per_iter = (statistics.median(cost.n) - statistics.median(cost.one)) / (iters - 1)
-    return cost
+        for name, run in engines.items():
+            cost = costs[name]
+            if cost.error:
+                continue
+            for img, acc, n in ((img_1, cost.one, 1), (img_n, cost.n, iters)):
+                try:
+                    r = run(img)
+                except Exception as e:    # noqa: BLE001 - reported in the table, not raised
+                    cost.error = f"{n} iterations: {type(e).__name__}: {e}"
+                    break
+                problem = workloads.completed(r.status, r.output, w.checks)
+                if problem:
+                    cost.error = f"{n} iterations: {problem}"
+                    break
+                acc.append(r.seconds)
+    for cost in costs.values():
+        if not cost.error:
+            cost.per_iter = (statistics.median(cost.n) - statistics.median(cost.one)) / (iters - 1)
+    return costs
+
+
+def measure(run: Callable[[bytes], runners.Run], w: Workload, iters: int, repeat: int) -> Cost:
+    return measure_all({"run": run}, w, iters, repeat)["run"]
 
 
 def workload_rows(w: Workload, iters: int, repeat: int, qemu: bool) -> list[Row]:
+    engines: dict[str, Callable[[bytes], runners.Run]] = {
+        model: (lambda img, m=model: runners.svmemu(img, m)) for model in w.pat_models}
+    if not w.nested:
+        engines["raw"] = runners.raw_unicorn
+    if qemu:
+        engines["qemu"] = runners.qemu
+    console.print(f"  {w.key}: {', '.join(engines)} x{repeat}, {iters:,} {w.unit}s", style="dim")
+    costs = measure_all(engines, w, iters, repeat)
     rows = []
-    raw = None if w.nested else measure(runners.raw_unicorn, w, iters, repeat)
-    q = measure(runners.qemu, w, iters, repeat) if qemu else None
     for model in w.pat_models:
-        console.print(f"  {w.key}: svmemu ({model}) x{repeat}, {iters:,} {w.unit}s", style="dim")
-        sv = measure(lambda img, m=model: runners.svmemu(img, m), w, iters, repeat)
         title = w.title if len(w.pat_models) == 1 else f"{w.title} [{model}]"
-        rows.append(Row(w.key, title, w.unit, iters, sv, raw, q))
+        rows.append(Row(w.key, title, w.unit, iters, costs[model], costs.get("raw"),
+                        costs.get("qemu")))
     return rows
 
 
@@ -397,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
            "- Workloads are bench/guests/*.S, assembled by svmemu's assembler with the iteration "
            "count substituted; the same bytes boot on QEMU "
            "(`-accel tcg -cpu qemu64,+svm,+npt -m 128 -device isa-debug-exit,iobase=0xf4,iosize=4`).",
+           "- svmemu, raw Unicorn and QEMU take turns within each repetition (1 and N iterations "
+           "each), so drift in the machine lands on all of them alike.",
            "- Times are CPU seconds (user + system), not wall time: the machine is shared, and "
            "wall time there measures the neighbours too. svmemu is timed in-process "
            "(`Machine.run`), raw Unicorn around `emu_start`, QEMU as a whole process (all "
@@ -412,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
            "- Findings that hold across runs (2026-11-25): raw Unicorn is itself slower than "
            "QEMU 7.2 TCG on the ALU loop (its core is QEMU 5.0 plus per-block exit checks), so "
            "the L1/L2 loop ratio to QEMU is bounded by Unicorn, not by svmemu, which stays "
-           "within the noise of raw Unicorn (raw/svmemu 0.91 and 1.07 in two runs). `Machine.run(timeout=...)` / `svmemu run --timeout` use Unicorn's "
+           "within the noise of raw Unicorn (raw/svmemu 0.88-1.07 in runs that measured the "
+           "engines one after the other; 1.01 interleaved, 5 rounds). `Machine.run(timeout=...)` / `svmemu run --timeout` use Unicorn's "
            "emu_start timeout, whose helper thread polls: the L1 loop then costs ~1.7x the CPU "
            "(30M iterations: 0.085 s against 0.050 s), so the bench runs without it (a "
            "watchdog thread instead) and so could the product. The PAT model changes the "
