@@ -13,104 +13,22 @@
 #
 # `shared_load` is called by L2 and by L1 at the same address: coverage keeps the two apart.
 .include "prelude.inc"
+.include "svm.inc"
 
-.equ VMCB, 0x800000
-.equ HSAVE, 0x801000
-.equ L2_STACK, 0x820000
-.equ MSR_EFER, 0xC0000080
-.equ MSR_VM_HSAVE_PA, 0xC0010117
-
-.equ V_INTERCEPT_EXC, 0x008
-.equ V_INTERCEPT_MISC1, 0x00C
-.equ V_INTERCEPT_MISC2, 0x010
-.equ V_ASID, 0x058
-.equ V_EXITCODE, 0x070
-.equ V_ES, 0x400
-.equ V_CS, 0x410
-.equ V_SS, 0x420
-.equ V_DS, 0x430
-.equ V_GDTR, 0x460
-.equ V_IDTR, 0x480
-.equ V_EFER, 0x4D0
-.equ V_CR4, 0x548
-.equ V_CR3, 0x550
-.equ V_CR0, 0x558
-.equ V_DR7, 0x560
-.equ V_DR6, 0x568
-.equ V_RFLAGS, 0x570
-.equ V_RIP, 0x578
-.equ V_RSP, 0x5D8
-.equ V_RAX, 0x5F8
-.equ V_GPAT, 0x668
-
-.equ EXIT_VMMCALL, 0x81
-.equ EXIT_HLT, 0x78
 .equ NSTATS, 16
 
-.macro set_seg off, selattr
-    mov dword ptr [rdi + \off], \selattr
-    mov dword ptr [rdi + \off + 4], 0xFFFFFFFF
-    mov qword ptr [rdi + \off + 8], 0
-.endm
-
 main:
-    mov ecx, MSR_EFER
-    rdmsr
-    or eax, 0x1000
-    wrmsr
-    mov ecx, MSR_VM_HSAVE_PA
-    mov eax, HSAVE
-    xor edx, edx
-    wrmsr
+    call svm_enable
     sidt [rip + host_idtr]
     mov rax, [rip + default_request]
     mov [rip + fuzz_input], rax
     mov rax, [rip + default_request + 8]
     mov [rip + fuzz_input + 8], rax
 
+    lea rdi, [rip + l2_entry]
+    call vmcb_init                                          # VMRUN and VMMCALL intercepted
     mov rdi, VMCB
-    xor eax, eax
-    mov ecx, 512
-    rep stosq
-    mov rdi, VMCB
-    mov dword ptr [rdi + V_INTERCEPT_MISC1], 0x01000000    # HLT
-    mov dword ptr [rdi + V_INTERCEPT_MISC2], 0x3           # VMRUN, VMMCALL
-    mov dword ptr [rdi + V_ASID], 1
-    set_seg V_CS, 0x0A9B0008
-    set_seg V_DS, 0x0C930010
-    set_seg V_ES, 0x0C930010
-    set_seg V_SS, 0x0C930010
-    sub rsp, 16
-    sgdt [rsp]
-    movzx eax, word ptr [rsp]
-    mov [rdi + V_GDTR + 4], eax
-    mov rax, [rsp + 2]
-    mov [rdi + V_GDTR + 8], rax
-    sidt [rsp]
-    movzx eax, word ptr [rsp]
-    mov [rdi + V_IDTR + 4], eax
-    mov rax, [rsp + 2]
-    mov [rdi + V_IDTR + 8], rax
-    add rsp, 16
-    mov ecx, MSR_EFER
-    rdmsr
-    mov [rdi + V_EFER], eax
-    mov rax, cr0
-    mov [rdi + V_CR0], rax
-    mov rax, cr3
-    mov [rdi + V_CR3], rax
-    mov rax, cr4
-    mov [rdi + V_CR4], rax
-    mov qword ptr [rdi + V_RFLAGS], 2
-    lea rax, [rip + l2_entry]
-    mov [rdi + V_RIP], rax
-    mov rax, L2_STACK
-    mov [rdi + V_RSP], rax
-    mov eax, 0xFFFF0FF0
-    mov [rdi + V_DR6], rax
-    mov qword ptr [rdi + V_DR7], 0x400
-    mov rax, 0x0007040600070406
-    mov [rdi + V_GPAT], rax
+    mov dword ptr [rdi + V_INTERCEPT_MISC1], I1_HLT
 
 # The exit loop: run L2 until it halts.
 .Lrun:
