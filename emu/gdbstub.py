@@ -12,8 +12,12 @@ The guest runs in the main thread, as it does without a debugger. While gdb is a
   (measured on 2.1.4: the following instructions run), so while any watchpoint exists one code
   hook on every address turns the recorded hit into a stop right after the accessing
   instruction, as x86 data breakpoints trap. The cost exists only while watchpoints do;
-- Ctrl-C: the guest runs in slices of `SLICE` seconds (Unicorn's own timeout), and between
-  slices the socket is polled. Slicing changes nothing the guest can observe: time is virtual.
+- Ctrl-C: while the guest runs, a watcher thread waits on gdb's socket and pauses the machine
+  (`Machine.pause`, which Unicorn's emu_stop makes safe from another thread) when Ctrl-C comes.
+  The guest is never cut into wall-clock time slices: a slice that ends early would be charged
+  as virtual time differently from run to run (the APIC timer's instruction-bounded slices), so
+  a guest under gdb would not behave as it does without. The same thread notices a gdb
+  connecting while the guest runs freely (`-s` without `-S`).
 - world switches: `monitor break-on vmrun|vmexit` stops right after the switch, in the new
   world, through `machine.world_observers`; stop replies carry `world:L1|L2` and gdb prints a
   line whenever the world differs from the previous stop.
@@ -23,11 +27,13 @@ or checking protection (`GuestMemory.debug_translate`). Registers: see gdb_regs.
 """
 from __future__ import annotations
 
+import os
 import select
 import socket
 import sys
+import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UcError
 from unicorn.x86_const import UC_X86_REG_RIP
@@ -45,7 +51,6 @@ if TYPE_CHECKING:
     from .machine import Machine, RunResult
 
 SIGINT, SIGILL, SIGTRAP, SIGSEGV = 2, 4, 5, 11
-SLICE = 0.05                 # seconds the guest runs between two looks at the socket
 DEFAULT_PORT = 1234
 PACKET_SIZE = 0x4000
 _PAGE = 0x1000
@@ -124,8 +129,9 @@ class GdbStub:
                 self._accept(None)
             while True:
                 if self.conn is None:
-                    result = self.m.run(timeout=SLICE)
-                    if result.reason not in ("timeout", "pause"):
+                    with _Watcher(self.m, self.listener, lambda: True):
+                        result = self.m.run()
+                    if result.reason != "pause":
                         return result
                     self._accept(0.0)
                     continue
@@ -499,21 +505,23 @@ class GdbStub:
 
     def _run(self, step: bool) -> "Stop | RunResult":
         assert self.conn is not None
+        conn = self.conn
         while True:
-            # A step is one instruction: no slice, so a slice boundary cannot split it.
-            # A recording is never sliced by time (see reverse.py); it polls Ctrl-C itself.
-            result = self.m.run(timeout=None if step or self.rec.active else SLICE)
-            if result.reason not in ("pause", "timeout"):
+            if step or self.rec.active:
+                # A step is one instruction. A recording polls Ctrl-C from its counting hook, so
+                # that no stop can fall between counting an instruction and executing it.
+                result = self.m.run()
+            else:
+                with _Watcher(self.m, conn.sock, conn.interrupted):
+                    result = self.m.run()
+            if result.reason != "pause":
                 return result
             if self._stop is not None:
                 return self._stop
             if self.rec.checkpoint_due:
                 self.rec.take_checkpoint()
                 continue
-            if result.reason == "pause":
-                return Stop(SIGTRAP)
-            if self.conn.interrupted():
-                return Stop(SIGINT)
+            return Stop(SIGINT)                  # the watcher's pause: Ctrl-C (or gdb left)
 
     # ---- recording and reverse execution (emu/reverse.py) ---------------------------------------
     def _rec_stop(self, kind: str, address: int) -> None:
@@ -611,6 +619,40 @@ class GdbStub:
             conn.send(f"W{result.status & 0xFF:02x}")
         else:
             conn.send(f"X{SIGSEGV if result.reason == 'shutdown' else SIGILL:02x}")
+
+
+class _Watcher:
+    """Waits in a thread until `sock` is readable and `fire()` agrees, then pauses the machine;
+    leaving the `with` block wakes it through a pipe and joins it. Only this thread touches the
+    socket while the guest runs."""
+
+    def __init__(self, machine: "Machine", sock: socket.socket, fire: Callable[[], bool]) -> None:
+        self.m, self.sock, self.fire = machine, sock, fire
+        self._r, self._w = os.pipe()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "_Watcher":
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        fired = self.fire()                  # Ctrl-C may have come with the resume packet
+        while not fired:
+            ready, _, _ = select.select([self.sock, self._r], [], [])
+            if self._r in ready:
+                return
+            fired = self.fire()
+        self.m.pause("interrupted")
+        # An emu_stop that lands between two emu_start calls of the run loop is forgotten by
+        # Unicorn; repeat it until the run has returned.
+        while not select.select([self._r], [], [], 0.01)[0]:
+            self.m.uc.emu_stop()
+
+    def __exit__(self, *exc: object) -> None:
+        os.write(self._w, b"x")
+        self._thread.join()
+        os.close(self._r)
+        os.close(self._w)
 
 
 @dataclass

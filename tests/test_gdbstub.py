@@ -106,8 +106,8 @@ def printed(out: str) -> list[int]:
 class ThreadStub:
     """A machine served by GdbStub on a thread (the test drives it from outside)."""
 
-    def __init__(self, machine: Machine) -> None:
-        self.stub = GdbStub(machine, "127.0.0.1", 0, wait=True, log=io.StringIO())
+    def __init__(self, machine: Machine, wait: bool = True) -> None:
+        self.stub = GdbStub(machine, "127.0.0.1", 0, wait=wait, log=io.StringIO())
         self.port = self.stub.port
         self.result = None
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -241,6 +241,24 @@ def test_ctrl_c_stops_a_guest_that_never_stops():
     rip = c.reg("rip")
     assert code_is_jmp_self(c, rip)
     c.conn.send("k")
+    assert served.join().reason == "killed"
+
+
+def test_gdb_attaching_to_a_running_guest_stops_it():
+    """-s without -S: the guest runs until gdb connects, then stops (QEMU's habit)."""
+    m = Machine(64 << 20, stdout=None, extensions=[SvmExtension()])
+    m.load_multiboot(long_mode_image("spin:\n jmp spin\n"), "spin")
+    served = ThreadStub(m, wait=False)
+    c = Client(served.port)
+    assert c.ask("?").startswith("T05")
+    assert code_is_jmp_self(c, c.reg("rip"))
+    c.conn.send("D")
+    assert c.reply() == "OK"
+    c.conn.close()
+    again = Client(served.port)              # the guest ran on; a second gdb stops it again
+    assert again.ask("?").startswith("T05")
+    assert code_is_jmp_self(again, again.reg("rip"))
+    again.conn.send("k")
     assert served.join().reason == "killed"
 
 
