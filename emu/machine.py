@@ -273,7 +273,12 @@ class Machine:
                                      f"unsupported: CPU stopped with {e} at rip "
                                      f"{uc.reg_read(UC_X86_REG_RIP):#x}")
                     break
-                self.irq.slice_done(count, self._pending is None and self._result is None)
+                # The slice ran out only if nothing else stopped it: not an event, the end of
+                # the run, a debugger pause or the wall-clock timeout (virtual time must not
+                # advance for instructions that never ran).
+                self.irq.slice_done(count, self._pending is None and self._result is None
+                                    and self._pause is None
+                                    and (deadline is None or time.monotonic() < deadline))
                 pending, self._pending = self._pending, None
                 if pending is not None:
                     while pending is not None and self._result is None:
