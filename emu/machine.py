@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+import threading
 import time
 import ctypes
 from dataclasses import dataclass
@@ -82,6 +83,30 @@ class _UnicornMsrs:
     def write(self, index: int, value: int) -> None:
         with self.vm.msr_passthrough(index):
             self.uc.msr_write(index, value)
+
+
+class _Watchdog:
+    """Ends `run` at its deadline from a thread. Unicorn's own emu_start timeout polls from a
+    helper thread that cost the L1 loop ~1.7x CPU (bench/RESULTS.md); this one sleeps until
+    the deadline, then asks for a stop every 50 ms until the run loop has noticed (a stop that
+    lands between two emu_start calls would otherwise be lost)."""
+
+    def __init__(self, uc: Uc, deadline: float) -> None:
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(uc, deadline), daemon=True,
+                                        name="svmemu-timeout")
+        self._thread.start()
+
+    def _watch(self, uc: Uc, deadline: float) -> None:
+        if self._finished.wait(max(0.0, deadline - time.monotonic())):
+            return
+        while not self._finished.is_set():
+            uc.emu_stop()
+            self._finished.wait(0.05)
+
+    def done(self) -> None:
+        self._finished.set()
+        self._thread.join()
 
 
 class Machine:
@@ -250,6 +275,7 @@ class Machine:
             from .memtrace import MemTrace
             extra += MemTrace(self).install(uc)
         deadline = time.monotonic() + timeout if timeout else None
+        watchdog = _Watchdog(uc, deadline) if deadline is not None else None
         begin = self._start
         try:
             while self._result is None:
@@ -258,15 +284,11 @@ class Machine:
                 if self._result is not None:
                     break
                 count = self.irq.slice()
-                left_us = 0
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
-                        break
-                    left_us = max(1, int(left * 1e6))
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
+                    break
                 try:
-                    uc.emu_start(begin, _UNTIL, timeout=left_us, count=count)
+                    uc.emu_start(begin, _UNTIL, count=count)
                 except UcError as e:
                     if self._result is None:
                         self._finish("unsupported", STATUS_UNSUPPORTED,
@@ -292,6 +314,8 @@ class Machine:
         except Unsupported as e:
             self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
         finally:
+            if watchdog is not None:
+                watchdog.done()
             for h in extra:
                 uc.hook_del(h)
             self._start = uc.reg_read(UC_X86_REG_RIP)
