@@ -83,19 +83,19 @@ def physical_if(ext: "SvmExtension") -> bool | None:
 
 
 def on_interrupt(ext: "SvmExtension", vector: int) -> bool:
-    st = ext.state
-    c = st.vmcb12
-    if st.in_l2 and c is not None and intercepts.misc(c, VMEXIT_INTR):
-        vmexit_mod.vmexit(ext, VMEXIT_INTR)
-        return True
-    return False
+    return _exit_if_intercepted(ext, VMEXIT_INTR)
 
 
 def on_nmi(ext: "SvmExtension") -> bool:
+    return _exit_if_intercepted(ext, VMEXIT_NMI)
+
+
+def _exit_if_intercepted(ext: "SvmExtension", code: int) -> bool:
+    """INTR and NMI while L2 runs: #VMEXIT(code) if L1 intercepts it (the event stays pending)."""
     st = ext.state
     c = st.vmcb12
-    if st.in_l2 and c is not None and intercepts.misc(c, VMEXIT_NMI):
-        vmexit_mod.vmexit(ext, VMEXIT_NMI)
+    if st.in_l2 and c is not None and intercepts.misc(c, code):
+        vmexit_mod.vmexit(ext, code)
         return True
     return False
 
