@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from unicorn.x86_const import UC_X86_REG_R12, UC_X86_REG_R13
 
+from emu.loader.asm import GUESTS_DIR
 from emu.machine import Machine
 from emu import snapshot
 from svm_ext import switch_cache
@@ -103,7 +104,7 @@ def test_snapshot_restore_starts_the_cache_afresh(monkeypatch):
     assert not ext.switch_cache.enter_key and not ext.switch_cache.exit_key
 
 
-@pytest.mark.parametrize("guest", ["svm_world_switch", "svm_ioio", "svm_pat", "svm_checks"])
+@pytest.mark.parametrize("guest", sorted(p.stem for p in GUESTS_DIR.glob("svm_*.S")))
 def test_bundled_hypervisors_agree_with_the_full_path(guest, monkeypatch):
     from tests.test_guests import boot
     monkeypatch.setattr(switch_cache, "VERIFY", True)
