@@ -26,7 +26,7 @@ from . import instructions, intercepts, ioio, memview, npf, pat, vmrun as vmrun_
 from . import debugview
 from . import hw_quirks
 from . import vintr
-from .checks import HostCaps
+from .checks import HostCaps, nested_paging_enabled
 from .state import NestedState
 from .switch_cache import SwitchCache
 from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
@@ -289,6 +289,7 @@ class SvmExtension(Extension, ExitRouter):
         pat_state = dict(state["pat"])
         if "gpat" not in pat_state:   # format 1: see PatModel.load_state
             c = self.state.vmcb12
-            pat_state["gpat_valid"] = bool(self.state.in_l2 and c is not None and c.np_enable)
+            pat_state["gpat_valid"] = bool(self.state.in_l2 and c is not None
+                                          and nested_paging_enabled(c, self.caps))
         self.pat.load_state(pat_state)
 
