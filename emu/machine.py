@@ -248,6 +248,7 @@ class Machine:
         mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR)
         self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
+        self.uc.reg_write(UC_X86_REG_RIP, self._start)   # so a snapshot taken now resumes here
         self.io_trap.set_flag()
 
     def resume_at(self, rip: int) -> None:

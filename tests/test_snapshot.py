@@ -594,3 +594,19 @@ def test_nested_guest_resumes_like_straight_run(nested_paging):
         snapshot.restore(m, snap)
         assert observe(m, m.run(timeout=30)) == full, n
     assert levels == {"L1", "L2"}
+
+
+def test_snapshot_taken_before_the_first_run_boots_the_guest():
+    """Taken right after loading, before any instruction ran: the restored machine boots."""
+    from emu import snapshot
+    from emu.loader.asm import GUESTS_DIR, assemble_source
+    from emu.loader.multiboot import parse_image as parse
+    path = str(GUESTS_DIR / "hello.S")
+    m = Machine(128 << 20, stdout=None)
+    m.load_multiboot(parse(assemble_source(path), path, m.ram_size), path)
+    snap = snapshot.take(m)
+    m2 = Machine(128 << 20, stdout=None)
+    snapshot.restore(m2, snap)
+    res = m2.run(timeout=20)
+    assert res.reason == "exit" and res.status == 1, res
+    assert b"ok 1" in bytes(m2.serial.output)
