@@ -51,9 +51,10 @@ def vmexit(ext: "SvmExtension", exitcode: int, info1: int = 0, info2: int = 0,
     st.in_l2 = False
     st.stats["vmexit"] += 1
     m.tsc_offset = 0
-    ext.trace(f"#VMEXIT {ext.exit_name(exitcode)} info1 {info1:#x} info2 {info2:#x}"
-              + (f" intinfo {intinfo:#x}" if intinfo else "") + f" -> L1 rip {st.l1_next_rip:#x}",
-              where)
+    if where is not None:        # tracing: format the line only then (hot path)
+        ext.trace(f"#VMEXIT {ext.exit_name(exitcode)} info1 {info1:#x} info2 {info2:#x}"
+                  + (f" intinfo {intinfo:#x}" if intinfo else "")
+                  + f" -> L1 rip {st.l1_next_rip:#x}", where)
     m.world_changed("L2", "L1")
 
 

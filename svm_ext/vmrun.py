@@ -75,8 +75,10 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
         flush_tlb(m.uc)
     ext.pat.on_vmrun(ext, cache)
     m.tsc_offset = cache.tsc_offset
-    ext.trace(f"vmrun vmcb12 {pa:#x} -> L2 rip {cache.rip:#x}"
-              + (" (nested paging)" if checks.nested_paging_enabled(cache, ext.caps) else ""), where)
+    if where is not None:        # tracing: format the line only then (hot path)
+        ext.trace(f"vmrun vmcb12 {pa:#x} -> L2 rip {cache.rip:#x}"
+                  + (" (nested paging)" if checks.nested_paging_enabled(cache, ext.caps) else ""),
+                  where)
     m.world_changed("L1", "L2")
     vintr.on_vmrun(ext, cache)     # V_IRQ, V_TPR; GIF=1 may let an interrupt in at once
     # Step 7
