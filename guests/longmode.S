@@ -6,10 +6,7 @@
 .include "prelude.inc"
 
 main:
-    mov ecx, MSR_EFER
-    rdmsr
-    shl rdx, 32
-    or rax, rdx
+    rdmsr64 MSR_EFER
     check_mask rax, 0x500, 0x500, "EFER.LME and EFER.LMA set"
     mov rax, cr0
     check_mask rax, 0x80010001, 0x80010001, "CR0.PG, CR0.WP and CR0.PE set"

@@ -12,23 +12,6 @@
 .equ MSR_MTRR_DEF_TYPE, 0x2ff
 .equ PAT_DEFAULT, 0x0007040600070406
 
-# rdmsr64 MSR -> rax (edx:eax joined); clobbers rcx, rdx.
-.macro rdmsr64 msr
-    mov ecx, \msr
-    rdmsr
-    shl rdx, 32
-    or rax, rdx
-.endm
-
-# wrmsr64 MSR, VALUE; clobbers rax, rcx, rdx.
-.macro wrmsr64 msr, value
-    mov ecx, \msr
-    mov rax, \value
-    mov rdx, rax
-    shr rdx, 32
-    wrmsr
-.endm
-
 # pat_reserved VALUE, "name", "name2": WRMSR(PAT, VALUE) must #GP and leave PAT as it was.
 .macro pat_reserved value, name, name2
     expect_fault .Lpat_resume\@

@@ -157,10 +157,7 @@ l2_rdpat:
     xor edx, edx
 l2_wrstar:
     wrmsr
-    mov ecx, MSR_STAR
-    rdmsr
-    shl rdx, 32
-    or rax, rdx
+    rdmsr64 MSR_STAR
     mov r12, rax
     vmmcall
     mov ecx, MSR_VM_CR

@@ -33,23 +33,6 @@
 .equ T_SYSENTER_ESP, 0x201000
 .equ T_SYSENTER_EIP, 0x301000
 
-# rdmsr64 MSR: rax = the MSR (rcx, rdx clobbered)
-.macro rdmsr64 msr
-    mov ecx, \msr
-    rdmsr
-    shl rdx, 32
-    or rax, rdx
-.endm
-
-# wrmsr64 MSR, VALUE (rax, rcx, rdx clobbered)
-.macro wrmsr64 msr, value
-    mov ecx, \msr
-    mov rax, \value
-    mov rdx, rax
-    shr rdx, 32
-    wrmsr
-.endm
-
 # same OFF, "name": the qword at OFF is equal in VMCB_B (loaded) and VMCB_C (saved)
 .macro same off, name
     mov rsi, VMCB_B
