@@ -7,18 +7,18 @@
 .equ ITERS, @ITERS@
 
 main:
-    lea rsi, [rip + l2_entry]
-    xor r8d, r8d
-    call svm_init
+    call svm_enable
+    lea rdi, [rip + l2_entry]
+    call vmcb_init
     call npt_init
     xor edx, edx
     xor ebx, ebx
     mov rcx, ITERS
-    lea rax, [rip + vmcb]
+    mov eax, VMCB
     vmrun
-    lea rdi, [rip + vmcb]
-    check_eq qword ptr [rdi + V_EXITCODE], VMEXIT_VMMCALL, "L2 left with VMMCALL"
-    check_eq qword ptr [rdi + V_NP_ENABLE], 1, "nested paging was on"
+    mov edi, VMCB
+    check_eq qword ptr [rdi + V_EXITCODE], EXIT_VMMCALL, "L2 left with VMMCALL"
+    check_eq qword ptr [rdi + V_NESTED_CTL], 1, "nested paging was on"
     check_eq rdx, @SUM@, "L2 loop sum"
     check_eq rbx, @X3@, "L2 loop count"
     ret

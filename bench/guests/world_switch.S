@@ -7,22 +7,22 @@
 .equ ITERS, @ITERS@
 
 main:
-    lea rsi, [rip + l2_entry]
-    xor r8d, r8d
-    call svm_init
+    call svm_enable
+    lea rdi, [rip + l2_entry]
+    call vmcb_init
     xor r12d, r12d
     mov r15, ITERS
-    lea rdi, [rip + vmcb]
+    mov edi, VMCB
 .Lround_trip:
     mov rax, rdi
     vmrun
-    cmp qword ptr [rdi + V_EXITCODE], VMEXIT_VMMCALL
+    cmp qword ptr [rdi + V_EXITCODE], EXIT_VMMCALL
     jne .Ldone
     add qword ptr [rdi + V_RIP], 3
     dec r15
     jnz .Lround_trip
 .Ldone:
-    check_eq qword ptr [rdi + V_EXITCODE], VMEXIT_VMMCALL, "every #VMEXIT is VMMCALL"
+    check_eq qword ptr [rdi + V_EXITCODE], EXIT_VMMCALL, "every #VMEXIT is VMMCALL"
     check_eq r12, ITERS, "L2 entered ITERS times"
     ret
 

@@ -8,19 +8,21 @@
 .equ ITERS, @ITERS@
 
 main:
-    lea rsi, [rip + l2_entry]
-    mov r8d, INTERCEPT_MSR_PROT
-    call svm_init
+    call svm_enable
+    lea rdi, [rip + l2_entry]
+    call vmcb_init
     call npt_init
-    lea rdi, [rip + bench_msrpm]
+    mov edi, VMCB
+    or dword ptr [rdi + V_INTERCEPT_MISC1], I1_MSR_PROT
+    mov edi, MSRPM                          # zero in RAM; mark what L1 wants to see
     or byte ptr [rdi + 0x9D], 0x40          # MSR 0x277 read: bit 2 * 0x277 of the map
     xor r12d, r12d
     mov r15, ITERS
-    lea rdi, [rip + vmcb]
+    mov edi, VMCB
 .Lround_trip:
     mov rax, rdi
     vmrun
-    cmp qword ptr [rdi + V_EXITCODE], VMEXIT_MSR
+    cmp qword ptr [rdi + V_EXITCODE], EXIT_MSR
     jne .Ldone
     cmp qword ptr [rdi + V_EXITINFO1], 0
     jne .Ldone
@@ -28,13 +30,13 @@ main:
     dec r15
     jnz .Lround_trip
 .Ldone:
-    check_eq qword ptr [rdi + V_EXITCODE], VMEXIT_MSR, "every #VMEXIT is an MSR intercept"
+    check_eq qword ptr [rdi + V_EXITCODE], EXIT_MSR, "every #VMEXIT is an MSR intercept"
     check_eq qword ptr [rdi + V_EXITINFO1], 0, "every intercepted MSR access is a read"
     check_eq r12, ITERS, "L2 entered ITERS times"
     ret
 
 l2_entry:
     inc r12
-    mov ecx, MSR_PAT
+    mov ecx, 0x277                          # RDMSR(PAT)
     rdmsr
     jmp l2_entry
