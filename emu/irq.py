@@ -42,6 +42,7 @@ from .cpuid import CPUID_1_ECX_X2APIC, CPUID_1_EDX_APIC, Regs
 from . import hostvm
 from .devices.apic import (APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
                           LocalApic)
+from .decode import MAX_INSN_LENGTH, split_prefixes
 from .errors import Unsupported
 from .extension import WINDOW_TAKEN, WINDOW_WANTED
 from .hw_switch import HF2_NMI, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS2
@@ -203,20 +204,15 @@ class InterruptController:
         m = self.m
         uc = m.uc
         rip = uc.reg_read(UC_X86_REG_RIP)
-        code_bytes = m.mem.read_code(rip, 15)
-        i = 0
-        rex = 0
+        code_bytes = m.mem.read_code(rip, MAX_INSN_LENGTH)
         bits = m.ctx.save().mode_bits()
-        while code_bytes[i] in (0xF0, 0x66, 0x67, 0x2E, 0x3E, 0x26, 0x36, 0x64, 0x65, 0xF2, 0xF3):
-            i += 1
-        if bits == 64 and code_bytes[i] & 0xF0 == 0x40:
-            rex = code_bytes[i]
-            i += 1
-        if code_bytes[i] != 0x0F or code_bytes[i + 1] not in (0x20, 0x22):
-            raise Unsupported(f"unsupported: CR8 access by {code_bytes[:i + 3].hex()} at {rip:#x}")
-        modrm = code_bytes[i + 2]
+        p = split_prefixes(code_bytes, bits)
+        i, rex, op = p.length, p.rex, p.opcode
+        if op[:1] != b"\x0F" or op[1:2] not in (b"\x20", b"\x22") or len(op) < 3:
+            raise Unsupported(f"CR8 access by {code_bytes[:i + 3].hex()} at {rip:#x}")
+        modrm = op[2]
         reg = _GPRS[(modrm & 7) | ((rex & 1) << 3)]
-        if code_bytes[i + 1] == 0x22:
+        if op[1] == 0x22:
             value = uc.reg_read(reg) & (0xFFFFFFFFFFFFFFFF if bits == 64 else 0xFFFFFFFF)
             if value >> 4:
                 m.raise_exception(GP, 0)
@@ -224,7 +220,7 @@ class InterruptController:
             self.apic.write_reg(APIC_TPR, value << 4)
         else:
             uc.reg_write(reg, self.apic.tpr >> 4)
-        uc.reg_write(UC_X86_REG_RIP, rip + i + 3)
+        m.ctx.set_rip(rip + i + 3)            # not reg_write: see Context.set_rip
 
     # ---- the points --------------------------------------------------------------------------
     def check_soon(self, virtual: bool = False) -> None:

@@ -23,6 +23,7 @@ from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, U
 
 from . import hostvm
 from .cpuid import Cpuid
+from .decode import MAX_INSN_LENGTH, split_prefixes
 from .devices.base import PortDevice
 from .devices.debug_exit import DebugExit
 from .devices.fw_cfg import FwCfg
@@ -453,12 +454,9 @@ class Machine:
 
     def _exit_intn(self, code: int) -> None:
         rip = self.uc.reg_read(UC_X86_REG_RIP)
-        insn = self.mem.read_code(rip, 15)
-        i = 0
-        while i < 14 and insn[i] in (0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF2, 0xF3) \
-                or (insn[i] & 0xF0 == 0x40 and self.ctx.save().mode_bits() == 64):
-            i += 1
-        op = insn[i]
+        insn = self.mem.read_code(rip, MAX_INSN_LENGTH)
+        i = split_prefixes(insn, self.ctx.save().mode_bits()).length
+        op = insn[i] if i < len(insn) else -1
         if op == 0xCC:
             ev, length = Event(BP, Kind.SOFTWARE), i + 1
         elif op == 0xCD:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from emu.arch_bits import EFER_NXE
+from emu.decode import MAX_INSN_LENGTH, split_prefixes
 from emu.errors import Unsupported
 from emu.hw_switch import OFF_EIP, OFF_REGS
 from emu.paging import NestedFault, walk_nested
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 CR0_MP = 1 << 1
 CR0_TS = 1 << 3
-_LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 _SWINT_EXCEPTION = {0xCC: BP, 0xCE: OF}
 CODES = frozenset({VMEXIT_SWINT, VMEXIT_WBINVD, VMEXIT_RDTSC, VMEXIT_CR0_WRITE})
 
@@ -62,14 +62,8 @@ def _decode(ext: "SvmExtension") -> tuple[bytes, bytes, int]:
     """(opcode bytes after the prefixes, the legacy prefixes, REX byte or 0)."""
     m = ext.machine
     ctx = m.ctx.save()
-    code = m.mem.read_code(ctx.u64(OFF_EIP), 15)
-    i, rex = 0, 0
-    while i < len(code) and code[i] in _LEGACY_PREFIXES:
-        i += 1
-    if ctx.mode_bits() == 64 and i < len(code) and code[i] & 0xF0 == 0x40:
-        rex = code[i]
-        i += 1
-    return code[i:], code[:i - (1 if rex else 0)], rex
+    p = split_prefixes(m.mem.read_code(ctx.u64(OFF_EIP), MAX_INSN_LENGTH), ctx.mode_bits())
+    return p.opcode, p.prefixes, p.rex
 
 
 def route(ext: "SvmExtension", c: Vmcb12Cache, code: int) -> bool | None:

@@ -187,3 +187,14 @@ def test_svm_ioio_guest_exit_log_matches_the_apm():
     assert [log[t][:2] for t in (7, 8, 10, 11)] == [(0x7C, 0), (0x7C, 1), (0x7C, 0), (0x7C, 0)]
     assert log[6][0] == log[9][0] == log[12][0] == 0x81
     assert ext.state.stats["vmexit"] == count
+
+
+def test_intercepted_out_after_a_cr8_write_exits_at_the_right_rip():
+    """MOV CR8 in L2 (the APIC's TPR, emulated by L0) must not leave later I/O hooks with a
+    stale RIP: the OUT after it exits at the OUT, not at the MOV CR8."""
+    before = "xor eax, eax\n mov cr8, rax\n nop\n nop\n mov dx, 0x80"
+    l2 = f"{before}\n out dx, al\n hlt"
+    m, ext, res, vm = run_nested(l2, iopm_with(0x80))
+    assert res.reason == "exit", res
+    at = offset_of(before)
+    assert vm.exitcode == VMEXIT_IOIO and vm.save.rip == at and vm.exitinfo2 == at + 1

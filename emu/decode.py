@@ -1,0 +1,27 @@
+"""Instruction prefixes, for the handlers that must look at an instruction's bytes (INTn, MOV CR8,
+the intercepts Unicorn reports under another name). One place, so the rule "legacy prefixes in
+any order, then at most one REX, only in 64-bit code" is written once."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+MAX_INSN_LENGTH = 15
+
+
+class Prefixed(NamedTuple):
+    opcode: bytes       # the bytes from the opcode on
+    prefixes: bytes     # the legacy prefixes
+    rex: int            # the REX byte, or 0
+    length: int         # bytes before the opcode (legacy prefixes and REX)
+
+
+def split_prefixes(code: bytes, mode_bits: int) -> Prefixed:
+    i = 0
+    while i < len(code) and i < MAX_INSN_LENGTH - 1 and code[i] in LEGACY_PREFIXES:
+        i += 1
+    legacy, rex = code[:i], 0
+    if mode_bits == 64 and i < len(code) and code[i] & 0xF0 == 0x40:
+        rex = code[i]
+        i += 1
+    return Prefixed(code[i:], legacy, rex, i)
