@@ -286,6 +286,8 @@ class SvmExtension(Extension, ExitRouter):
     def load_snapshot_state(self, state: dict[str, Any]) -> None:
         self.state = NestedState.from_dict(state["nested"])
         self.switch_cache.clear()       # derived from the context being replaced
+        st = self.state                 # VMRUN set the running guest's TSC_OFFSET; #VMEXIT clears it
+        self.machine.tsc_offset = st.vmcb12.tsc_offset if st.in_l2 and st.vmcb12 else 0
         pat_state = dict(state["pat"])
         if "gpat" not in pat_state:   # format 1: see PatModel.load_state
             c = self.state.vmcb12

@@ -610,3 +610,19 @@ def test_snapshot_taken_before_the_first_run_boots_the_guest():
     res = m2.run(timeout=20)
     assert res.reason == "exit" and res.status == 1, res
     assert b"ok 1" in bytes(m2.serial.output)
+
+
+def test_snapshot_in_l2_keeps_the_tsc_offset():
+    """L2's RDTSC adds vmcb12.TSC_OFFSET; a snapshot taken in L2 restores with it."""
+    from emu import snapshot
+    from svm_ext.extension import SvmExtension
+    from tests.nested_image import nested_image, vmcb12
+    img = nested_image("mov rax, rdi\n vmrun\n hlt", "spin: jmp spin", vmcb12(tsc_offset=1 << 40))
+    m = Machine(128 << 20, stdout=None, extensions=[SvmExtension()])
+    m.load_multiboot(img, "t")
+    assert m.run(max_insns=300).reason == "max-insns" and m.level() == "L2"
+    assert m.tsc_offset == 1 << 40
+    snap = snapshot.take(m)
+    m2 = Machine(128 << 20, stdout=None, extensions=[SvmExtension()])
+    snapshot.restore(m2, snap)
+    assert m2.level() == "L2" and m2.tsc_offset == 1 << 40
