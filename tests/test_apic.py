@@ -102,6 +102,20 @@ def test_periodic_timer_reloads():
     assert a.current_count(160) == 40
 
 
+def test_periodic_timer_far_behind_catches_up_in_one_step():
+    """Virtual time jumped ten million periods (a HLT, a TSC write): one interrupt, the count
+    of elapsed periods exact, the next deadline after `now`, and no loop over every period."""
+    c = Clock()
+    a = c.apic()
+    a.write_reg(APIC_TIMER_DCR, 0xB)          # divide by 1
+    a.write_reg(APIC_LVT_TIMER, 0x20000 | 0x31)
+    a.write_reg(APIC_TIMER_ICR, 50)
+    now = 50 * 10_000_000 + 7
+    a.tick(now)
+    assert a.irr == 1 << 0x31
+    assert a.timer_fired == 10_000_000 and a.deadline() == 50 * 10_000_001 > now
+
+
 def test_ccr_read_advances_time_so_polling_terminates():
     c = Clock()
     a = c.apic()

@@ -253,18 +253,18 @@ class LocalApic(PortDevice):
     def tick(self, now: int) -> None:
         """Fire every expiry up to `now` (the IRR holds one bit per vector, so at most one
         timer interrupt is ever outstanding)."""
-        while self.timer_running:
-            due = self.deadline()
-            assert due is not None
-            if due > now:
-                return
+        due = self.deadline()
+        if due is None or due > now:
+            return
+        if self._timer_mode() == LVT_TIMER_PERIODIC and self.timer_initial:
+            # Every period that ended by `now`, counted at once: time can jump far (HLT, a
+            # WRMSR to the TSC) and one interrupt stands for all of them.
+            self.timer_fired += (now - due) // (self.timer_initial * divisor(self.dcr)) + 1
+        else:
             self.timer_fired += 1
-            if self._timer_mode() != LVT_TIMER_PERIODIC or self.timer_initial == 0:
-                self.timer_running = False
-            if not self.lvt[APIC_LVT_TIMER] & LVT_MASKED:
-                self.accept(self.lvt[APIC_LVT_TIMER] & 0xFF)
-            if self.timer_running and self.deadline() == due:
-                return
+            self.timer_running = False
+        if not self.lvt[APIC_LVT_TIMER] & LVT_MASKED:
+            self.accept(self.lvt[APIC_LVT_TIMER] & 0xFF)
 
     def current_count(self, now: int) -> int:
         if not self.timer_running:
