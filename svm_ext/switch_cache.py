@@ -113,10 +113,6 @@ class SwitchCache:
 def load_guest(ext: "SvmExtension", c: "Vmcb12Cache", full: Callable[[], None]) -> None:
     """VMRUN step 5. `full` is vmrun.load_guest for this cache; the host context is saved."""
     cache, view = ext.switch_cache, ext.machine.ctx.view
-    if c.vintr:                  # virtual interrupts: the load also depends on interrupt state
-        cache.enter_key = b""
-        full()
-        return
     key = _vmcb_bytes(ext) + regions_of(view) + _vm_flag(view)
     if key == cache.enter_key:
         cache.hits["enter"] += 1

@@ -42,11 +42,11 @@ l2: inc r13
 """
 
 
-def run(verify: bool, monkeypatch: pytest.MonkeyPatch):
+def run(verify: bool, monkeypatch: pytest.MonkeyPatch, **fields):
     monkeypatch.setattr(switch_cache, "VERIFY", verify)
     ext = SvmExtension()
     m = Machine(128 << 20, stdout=None, extensions=[ext])
-    m.load_multiboot(nested_image(L1, L2, vmcb12()), "t")
+    m.load_multiboot(nested_image(L1, L2, vmcb12(**fields)), "t")
     res = m.run(timeout=30)
     assert res.reason == "exit", res
     return m, ext
@@ -64,6 +64,14 @@ def test_loop_hits_every_step_and_matches_the_full_path(monkeypatch):
     assert vm.save.cr2 == N and vm.save.rax == N and vm.save.cr4 & 0x200
     vmmcall_at = L2_CODE + len(asm64(L2.split("vmmcall")[0], L2_CODE))
     assert vm.save.rip == vmmcall_at + 3               # L1 stepped over the last VMMCALL
+
+
+def test_v_intr_masking_hypervisor_hits_too(monkeypatch):
+    """Real hypervisors set V_INTR_MASKING (vintr bit 24) and a V_TPR: still replayed, still
+    equal to the full path."""
+    m, ext = run(True, monkeypatch, vintr=(1 << 24) | 3)
+    assert ext.switch_cache.hits["enter"] >= N - 4
+    assert Vmcb(m.mem.view, VMCB12).vintr & ((1 << 24) | 0xF) == (1 << 24) | 3
 
 
 def test_same_vmcb_and_registers_without_the_cache(monkeypatch):
