@@ -33,7 +33,6 @@ MSR_KERNEL_GS_BASE = 0xC0000102
 MSR_TSC_AUX = 0xC0000103
 
 PAT_POWER_ON = memtype.PAT_RESET
-APIC_BASE_DEFAULT = 0xFEE00000 | (1 << 11) | (1 << 8)   # enabled, BSP
 
 
 class GeneralProtection(Exception):
@@ -57,6 +56,13 @@ class MsrOwner:
     write: Writer
 
 
+def check_pat_write(value: int) -> None:
+    """WRMSR(PAT) with a reserved memory type in any entry raises #GP (APM vol. 2, 7.8.2);
+    every PAT register (the one PAT, hPAT, gPAT) obeys it."""
+    if not memtype.pat_valid(value):
+        raise GeneralProtection(f"WRMSR PAT: reserved memory type in {value:#018x}")
+
+
 class MsrFile:
     """Index → owner. Extensions add owners (e.g. the SVM MSRs) with `register`."""
 
@@ -67,11 +73,10 @@ class MsrFile:
         self.owners: dict[int, MsrOwner] = {}
         self.efer_writable = EFER_SCE | EFER_LME | EFER_NXE | EFER_FFXSR
         self.efer_write_hooks: list[Callable[[int, int], None]] = []
-        self.values: dict[int, int] = {MSR_PAT: PAT_POWER_ON, MSR_APIC_BASE: APIC_BASE_DEFAULT}
+        self.values: dict[int, int] = {MSR_PAT: PAT_POWER_ON}   # APIC_BASE: the APIC (irq.py)
         self.register(MSR_TSC, tsc, set_tsc)
         self.register(MSR_EFER, lambda: cpu.read(MSR_EFER), self._write_efer)
         self.register(MSR_PAT, lambda: self.values[MSR_PAT], self._write_pat)
-        self.register(MSR_APIC_BASE, lambda: self.values[MSR_APIC_BASE], self._write_apic_base)
         for index in (MSR_STAR, MSR_SYSENTER_CS):
             self._cpu_backed(index, lambda v: True)
         for index in (MSR_LSTAR, MSR_CSTAR, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE,
@@ -127,15 +132,8 @@ class MsrFile:
         self.cpu.write(MSR_EFER, value)
 
     def _write_pat(self, value: int) -> None:
-        if not memtype.pat_valid(value):
-            raise GeneralProtection(f"WRMSR PAT: reserved memory type in {value:#018x}")
+        check_pat_write(value)
         self.values[MSR_PAT] = value
-
-    def _write_apic_base(self, value: int) -> None:
-        # bits 7:0, 9, 10 reserved (no x2APIC yet), and address bits above MAXPHYADDR.
-        if value & 0x6FF or value >> self.maxphyaddr:
-            raise GeneralProtection(f"WRMSR APIC_BASE: reserved bits in {value:#x}")
-        self.values[MSR_APIC_BASE] = value
 
     def _install_mtrrs(self) -> None:
         self.values[MSR_MTRRCAP] = memtype.MTRRCAP_DEFAULT

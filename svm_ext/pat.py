@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from emu import memtype
 from emu.errors import SnapshotError
-from emu.msr import MSR_PAT, GeneralProtection
+from emu.msr import MSR_PAT, check_pat_write
 
 from . import checks
 from .vmcb import Vmcb, Vmcb12Cache
@@ -57,8 +57,7 @@ class PatModel:
         return self._storage()
 
     def wrmsr(self, value: int) -> None:
-        if not memtype.pat_valid(value):
-            raise GeneralProtection(f"WRMSR PAT: reserved memory type in {value:#018x}")
+        check_pat_write(value)
         self._set_storage(value)
 
     def on_vmrun(self, ext: "SvmExtension", c: Vmcb12Cache) -> None:
@@ -104,8 +103,7 @@ class Architectural(PatModel):
         return self.gpat if self.gpat_valid else self._storage()
 
     def wrmsr(self, value: int) -> None:
-        if not memtype.pat_valid(value):
-            raise GeneralProtection(f"WRMSR PAT: reserved memory type in {value:#018x}")
+        check_pat_write(value)
         if self.gpat_valid:
             self.gpat = value
         else:
