@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 from unicorn import Uc
 from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP, UC_X86_REG_RSP
 
+from .arch_bits import RFLAGS_AC
 from .errors import Unsupported
 from .paging import is_canonical
 from .hw_switch import (CS, DESC_B, DESC_DPL_SHIFT, DESC_L, DESC_P, DESC_S, GDTR, HF_LMA, IDTR,
@@ -34,7 +35,6 @@ RFLAGS_IF = 1 << 9
 RFLAGS_NT = 1 << 14
 RFLAGS_RF = 1 << 16
 RFLAGS_VM = 1 << 17
-RFLAGS_AC = 1 << 18
 
 GATE_TASK = 0x5
 GATE_INT16, GATE_TRAP16 = 0x6, 0x7

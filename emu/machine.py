@@ -38,7 +38,7 @@ from .interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Even
                          Shutdown)
 from .memory import GuestMemory
 from .paging import NestedFault
-from .msr import GeneralProtection, MsrFile
+from .msr import MSR_TSC_AUX, GeneralProtection, MsrFile
 from .trace import Tracer
 
 if TYPE_CHECKING:
@@ -364,10 +364,6 @@ class Machine:
         except Unsupported as e:
             self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
 
-    def _trace_exit(self, text: str) -> None:
-        if self.tracer and self.tracer.on("exits"):
-            self.tracer.line("exits", self._where(), text)
-
     def where(self) -> str:
         """Where the CPU is, for trace lines: world, mode, CPL, RIP."""
         return self._where()
@@ -437,7 +433,6 @@ class Machine:
         self._advance(2)
 
     def _exit_rdtscp(self, code: int) -> None:
-        from .msr import MSR_TSC_AUX
         t = self._read_tsc()
         self.uc.reg_write(UC_X86_REG_RAX, t & 0xFFFFFFFF)
         self.uc.reg_write(UC_X86_REG_RDX, t >> 32)

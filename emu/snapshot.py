@@ -55,11 +55,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import unicorn
-from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.x86_const import UC_X86_REG_RIP
 
 from .errors import SnapshotError
-from .hw_switch import OFF_EIP
+from .hw_switch import OFF_EIP, flush_tlb
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -141,7 +140,7 @@ def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
     uc = machine.uc
     if flush_code:
         uc.ctl_flush_tb()
-    uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+    flush_tlb(uc)
     values = machine.msrs.values
     values.clear()
     values.update(snap.msrs)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emu.arch_bits import EFER_NXE
+from emu.arch_bits import CR0_MP, CR0_PG, CR0_TS, EFER_NXE
 from emu.decode import MAX_INSN_LENGTH, split_prefixes
 from emu.errors import Unsupported
 from emu.hw_switch import OFF_EIP, OFF_REGS
@@ -42,8 +42,6 @@ from .vmexit import vmexit
 if TYPE_CHECKING:
     from .extension import SvmExtension
 
-CR0_MP = 1 << 1
-CR0_TS = 1 << 3
 _SWINT_EXCEPTION = {0xCC: BP, 0xCE: OF}
 CODES = frozenset({VMEXIT_SWINT, VMEXIT_WBINVD, VMEXIT_RDTSC, VMEXIT_CR0_WRITE})
 
@@ -133,7 +131,6 @@ def _skip(ext: "SvmExtension", nrip: int) -> None:
     ctx.restore()
 
 
-CR0_PG = 1 << 31
 
 
 def guard_nested_nx(ext: "SvmExtension", c: Vmcb12Cache, host_efer: int) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Optional
 
-from emu.arch_bits import CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_NXE
+from emu.arch_bits import CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_NXE
 from emu.extension import WorldPaging
 from emu.hw_switch import OFF_CR, OFF_EFER
 from emu.paging import PagingRegs
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from .extension import SvmExtension
 
 _Q = struct.Struct("<Q")
-_CR0_PE = 1
 
 
 def _blob_regs(blob: bytes) -> PagingRegs:
@@ -45,7 +44,7 @@ def _cpu_regs(ext: "SvmExtension") -> PagingRegs:
 
 def _nested_host(l1: PagingRegs) -> PagingRegs:
     """The paging mode the nested table is walked in: the host's (L1's) at VMRUN (15.25.5)."""
-    return PagingRegs(cr0=CR0_PG | CR0_WP | _CR0_PE, cr3=0, cr4=l1.cr4 & CR4_PAE,
+    return PagingRegs(cr0=CR0_PG | CR0_WP | CR0_PE, cr3=0, cr4=l1.cr4 & CR4_PAE,
                       efer=l1.efer & (EFER_LMA | EFER_NXE))
 
 
