@@ -180,11 +180,9 @@ def memtype_for(machine: "Machine", view: WorldPaging, va: int) -> MemtypeResult
         assert view.host_pat is not None
         host_type = _type(view.host_pat, host.pat_index)
         combined = memtype.combine_guest_host(guest_type, host_type)
-    effective = memtype.effective_type(
-        guest.pat_index, view.pat, mtrrs, spa, cr0_cd=bool(view.regs.cr0 & CR0_CD),
-        host_pat=view.host_pat if host is not None else None,
-        host_pat_idx=host.pat_index if host is not None else None,
-        host_cr0_cd=bool(host is not None and view.host_cr0 & CR0_CD), maxphyaddr=MAXPHYADDR)
+    # memtype.effective_type's rule, from the parts already computed above.
+    effective = memtype.CD if cd else memtype.combine_pat_mtrr(
+        combined if combined is not None else guest_type, mtrr)
     return MemtypeResult(view.world, va, pa, spa, guest, view.pat_name, view.pat, guest_type,
                          host, view.host_pat, host_type, combined, mtrr, cd, effective)
 
