@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from unicorn.x86_const import UC_X86_REG_RAX, UC_X86_REG_RIP
+from unicorn.x86_const import UC_X86_REG_RIP
 
 from emu import paging
 from emu.errors import Unsupported
-from emu.hw_switch import FS, GS, LDTR, TR, flush_tlb, HF2_NPT, OFF_HFLAGS2, OFF_NESTED_CR3, Segment
+from emu.hw_switch import (FS, GS, LDTR, TR, flush_tlb, HF2_NPT, OFF_HFLAGS2, OFF_NESTED_CR3,
+                           OFF_REGS, Context, Segment)
 from emu.interrupts import GP, UD
 from emu.msr import (MSR_CSTAR, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, MSR_STAR,
                      MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP)
@@ -33,11 +34,12 @@ def _advance(ext: "SvmExtension") -> None:
     ext.machine.ctx.set_rip(uc.reg_read(UC_X86_REG_RIP) + INSN_LENGTH)
 
 
-def vmcb_operand(ext: "SvmExtension") -> int | None:
-    """The physical address in rAX, checked as VMRUN/VMLOAD/VMSAVE check it (#GP(0))."""
+def vmcb_operand(ext: "SvmExtension", ctx: "Context | None" = None) -> int | None:
+    """The physical address in rAX, checked as VMRUN/VMLOAD/VMSAVE check it (#GP(0)).
+    `ctx`: the context the caller has already saved (the exit's), to save it only once."""
     m = ext.machine
-    ctx = m.ctx.save()
-    pa = m.uc.reg_read(UC_X86_REG_RAX)
+    ctx = ctx or m.ctx.save()
+    pa = ctx.u64(OFF_REGS)           # rAX
     if ctx.mode_bits() != 64:
         pa &= 0xFFFFFFFF
     if pa & 0xFFF or pa >> ext.caps.maxphyaddr:

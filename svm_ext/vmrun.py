@@ -20,15 +20,14 @@ from typing import TYPE_CHECKING
 
 
 from emu import hostvm
-from emu.errors import Unsupported
 from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, HF2_NPT, IDTR, NPT_MODE_LMA, NPT_MODE_NXE,
                            NPT_MODE_PAE, OFF_CR, OFF_EIP, OFF_HFLAGS2, OFF_INTERCEPT,
                            OFF_INTERCEPT_CRDR, OFF_INTERCEPT_EXC, OFF_NESTED_CR3,
-                           OFF_NESTED_PG_MODE, OFF_REGS, OFF_VM_VMCB, SS, Segment)
-from emu.interrupts import GP, Event, Kind
+                           OFF_NESTED_PG_MODE, OFF_REGS, OFF_VM_VMCB, SS, Context, Segment)
+from emu.interrupts import Event, Kind
 from emu.arch_bits import CR4_PAE, EFER_LMA, EFER_NXE
 
-from . import checks, hw_quirks, switch_cache
+from . import checks, hw_quirks, instructions, switch_cache
 from .vmcb import (FIELDS, EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
                    Vmcb12Cache, read_cache)
@@ -50,7 +49,7 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
     where = m.where() if ext.tracing() else None
     ctx = m.ctx.save()
     # Step 1
-    pa = check_instruction(ext, ctx.mode_bits(), ctx.u64(OFF_REGS))
+    pa = check_instruction(ext, ctx)
     if pa is None:
         return
     # Step 2
@@ -86,18 +85,10 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
         inject_event(ext, cache)
 
 
-def check_instruction(ext: "SvmExtension", mode_bits: int, rax: int) -> int | None:
-    """rAX must be a 4 KiB-aligned physical address below MAXPHYADDR, else #GP(0)."""
-    m = ext.machine
-    pa = rax
-    if mode_bits != 64:
-        pa &= 0xFFFFFFFF
-    if pa & 0xFFF or pa >> ext.caps.maxphyaddr:
-        m.raise_exception(GP, 0)
-        return None
-    if pa + VMCB_SIZE > m.ram_size:
-        raise Unsupported(f"VMRUN with a VMCB at {pa:#x}, outside RAM")
-    return pa
+def check_instruction(ext: "SvmExtension", ctx: Context) -> int | None:
+    """rAX must be a 4 KiB-aligned physical address below MAXPHYADDR, else #GP(0): the operand
+    rule VMRUN shares with VMLOAD/VMSAVE."""
+    return instructions.vmcb_operand(ext, ctx)
 
 
 def read_vmcb12(ext: "SvmExtension", pa: int) -> Vmcb12Cache:
