@@ -29,9 +29,9 @@ from . import vintr
 from .checks import HostCaps, nested_paging_enabled
 from .state import NestedState
 from .switch_cache import SwitchCache
-from .vmcb import (EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
-                   EVENTINJ_TYPE_SOFT_INT, EVENTINJ_V, VMEXIT_EXCP0, VMEXIT_INTR,
-                   VMEXIT_IOIO, VMEXIT_MSR, VMEXIT_NPF, VMEXIT_SHUTDOWN, exit_name)
+from .vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
+                   EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_MSR,
+                   VMEXIT_NPF, VMEXIT_SHUTDOWN, eventinj_encode, exit_name)
 from .vmexit import vmexit
 
 MSR_VM_CR = 0xC0010114
@@ -258,10 +258,7 @@ class SvmExtension(Extension, ExitRouter):
             etype = EVENTINJ_TYPE_NMI
         else:
             etype = EVENTINJ_TYPE_INTR
-        info = during.vector | (etype << 8) | EVENTINJ_V
-        if during.error_code is not None:
-            info |= EVENTINJ_EV | (during.error_code << 32)
-        return info
+        return eventinj_encode(during.vector, etype, during.error_code)
 
     def next_rip(self) -> int:
         """nRIP: the address after the intercepted instruction (decoded, so prefixes count)."""

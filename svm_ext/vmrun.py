@@ -28,9 +28,9 @@ from emu.interrupts import Event, Kind
 from emu.arch_bits import CR4_PAE, EFER_LMA, EFER_NXE
 
 from . import checks, hw_quirks, instructions, switch_cache
-from .vmcb import (FIELDS, EVENTINJ_EV, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
+from .vmcb import (FIELDS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
-                   Vmcb12Cache, read_cache)
+                   Vmcb12Cache, eventinj_decode, read_cache)
 from . import vintr, vmexit
 
 if TYPE_CHECKING:
@@ -177,9 +177,7 @@ def inject_event(ext: "SvmExtension", c: Vmcb12Cache) -> None:
 
     The injected event itself is never intercepted; an exception raised while delivering it can
     be, and then EXITINTINFO reports the injected event."""
-    ev = c.eventinj
-    vector, etype = ev & 0xFF, (ev >> 8) & 7
-    err = (ev >> 32) if ev & EVENTINJ_EV else None
+    _, vector, etype, err = eventinj_decode(c.eventinj)
     event = Event(vector, _INJECT_KIND.get(etype, Kind.EXTERNAL), err)
     return_rip = c.nrip if etype == EVENTINJ_TYPE_SOFT_INT and c.nrip else c.rip
     ext.machine.deliver_event(event, return_rip, injected=True)
