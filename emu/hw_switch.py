@@ -34,6 +34,7 @@ OFF_CR = OFF_SEGS + 10 * SEG_SIZE   # cr[0..4], u64 each
 OFF_EFER = 592
 OFF_VM_HSAVE = 4832
 OFF_ERROR_CODE = 5384
+OFF_DR = 5400            # dr[0..7], u64 each
 OFF_VM_VMCB = 5504
 OFF_INTERCEPT = 5520
 OFF_INTERCEPT_CRDR = 5528   # u16 each: CR read, CR write, DR read, DR write

@@ -130,6 +130,7 @@ class InterruptController:
     # is restarted and the repeated access (same offset, size, value) is dropped once. (RIP read
     # inside an MMIO callback is not precise without a code hook, so it is not used.)
     def _mmio_read(self, uc, offset: int, size: int, _data: object) -> int:
+        self.m.replay_sync()
         self._in_mmio = True          # a read never stops (timer expiry seen by a CCR read)
         try:
             value = self.apic.mmio_read(offset, size)
@@ -140,6 +141,7 @@ class InterruptController:
         return value
 
     def _mmio_write(self, uc, offset: int, size: int, value: int, _data: object) -> None:
+        self.m.replay_sync()
         key = (offset, size, value)
         if self._replay == key:
             self._replay = None

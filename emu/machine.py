@@ -37,6 +37,7 @@ from .io_trap import IoTrap
 from .interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
                          Shutdown)
 from .memory import GuestMemory
+from . import replay
 from .paging import NestedFault
 from .msr import MSR_TSC_AUX, GeneralProtection, MsrFile
 from .trace import Tracer
@@ -163,8 +164,15 @@ class Machine:
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
         self._pause: str | None = None     # a debugger stop requested (see `pause`)
+        # Exits reach Python through the C replay engine when it is built (emu/replay.py):
+        # world switches it has a recorded program for never leave C.
+        self.replay: replay.Engine | None = None
+        self.replay_listeners: list[Callable[[], None]] = []
+        self._replay_seen = 0
+        if replay.available():
+            self.replay = replay.Engine(uc, self.ctx, self._ram_addr, ram_size, self._on_intr_c)
         self._hooks = [
-            uc.hook_add(UC_HOOK_INTR, self._on_intr),
+            *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
             uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
             uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT),
             uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
@@ -174,6 +182,7 @@ class Machine:
         self.extensions = list(extensions)
         for ext in self.extensions:
             ext.attach(self)
+        self._own_hooks = len(uc._callbacks)
 
     # ---- extension entry points --------------------------------------------------------------------
     def register_exit(self, code: int, handler: Callable[[int], None]) -> None:
@@ -292,11 +301,13 @@ class Machine:
                 try:
                     uc.emu_start(begin, _UNTIL, count=count)
                 except UcError as e:
+                    self.replay_sync()
                     if self._result is None:
                         self._finish("unsupported", STATUS_UNSUPPORTED,
                                      f"unsupported: CPU stopped with {e} at rip "
                                      f"{uc.reg_read(UC_X86_REG_RIP):#x}")
                     break
+                self.replay_sync()
                 # The slice ran out only if nothing else stopped it: not an event, the end of
                 # the run, a debugger pause or the wall-clock timeout (virtual time must not
                 # advance for instructions that never ran).
@@ -316,6 +327,7 @@ class Machine:
         except Unsupported as e:
             self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
         finally:
+            self.replay_sync()
             if watchdog is not None:
                 watchdog.done()
             for h in extra:
@@ -338,6 +350,40 @@ class Machine:
 
     def _guest_exit(self, status: int) -> None:
         self._finish("exit", status, f"guest wrote {status >> 1:#x} to isa-debug-exit")
+
+    # ---- the replay engine (emu/replay.py) ----------------------------------------------------------
+    def replay_sync(self) -> None:
+        """Python is about to run: bring state that mirrors the CPU up to date if programs ran
+        since it last did, and stop programs from running on Python state that may now change.
+        Every Python entry point calls this first (hooks, MMIO callbacks, the run loop)."""
+        e = self.replay
+        if e is None:
+            return
+        if e.seq != self._replay_seen:
+            self._replay_seen = e.seq
+            for listener in self.replay_listeners:
+                listener()
+        e.state = 0
+
+    def replay_ready(self) -> bool:
+        """May programs run from here on? Not while anything else wants Python to see every
+        event: a trace, a debugger's or fuzzer's hooks, a pending interrupt or I/O trap, a stop."""
+        e = self.replay
+        return (e is not None and e.enabled and self.tracer is None and not self.world_observers
+                and len(self.uc._callbacks) == self._own_hooks and self._result is None
+                and self._pending is None and self._pause is None and not self.io_trap.armed
+                and not self.irq.window.armed and not self.apic.irr and not self.apic.nmi_pending)
+
+    def _on_intr_c(self, uc: Uc, intno: int, _data: object) -> None:
+        """The Python hook behind the C one: the binding's exception handling, which a raw
+        ctypes callback does not have (an exception stops emulation and emu_start re-raises it)."""
+        try:
+            self.replay_sync()
+            self._on_intr(uc, intno, _data)
+        except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
+            if uc._hook_exception is None:
+                uc._hook_exception = e
+            uc.emu_stop()
 
     # ---- hooks --------------------------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:
@@ -465,6 +511,7 @@ class Machine:
         self._defer(lambda: self._deliver(ev, rip + length))
 
     def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
+        self.replay_sync()
         if self._result is not None or self._io_exit(port, size, True):
             return (1 << (8 * size)) - 1     # undone when the trap fires
         dev = self.ports.get(port)
@@ -475,6 +522,7 @@ class Machine:
         return value
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
+        self.replay_sync()
         if self._result is not None or self._io_exit(port, size, False):
             return
         dev = self.ports.get(port)
@@ -530,6 +578,7 @@ class Machine:
         try:
             self.uc.emu_start(rip, _UNTIL, count=1)
         finally:
+            self.replay_sync()
             ctx = self.ctx.save()
             struct.pack_into("<H", ctx.view, OFF_INTERCEPT_DR_WRITE, intercepts)
             ctx.restore()
@@ -543,6 +592,7 @@ class Machine:
 
     def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int,
                      _data: object) -> bool:
+        self.replay_sync()
         kind = {19: "read", 20: "write", 21: "fetch"}.get(access, "access")
         self._finish("unsupported", STATUS_UNSUPPORTED,
                      f"unsupported: {kind} of physical address {address:#x} (no RAM or device "

@@ -27,7 +27,9 @@ from . import debugview
 from . import hw_quirks
 from . import vintr
 from .checks import HostCaps, nested_paging_enabled
+from .fast_switch import FastSwitch
 from .state import NestedState
+from . import switch_cache
 from .switch_cache import SwitchCache
 from .vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
                    EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_MSR,
@@ -108,6 +110,10 @@ class SvmExtension(Extension, ExitRouter):
                               (hostvm.VMEXIT_SKINIT, instructions.skinit)):
             machine.register_exit(code, lambda code, h=handler: h(self, code))
         machine.router = self
+        # Repeated world switches replayed in C (fast_switch.py); not while the switch cache is
+        # being verified against the full path, which needs every switch in Python.
+        self.fast = (FastSwitch(self, machine.replay)
+                     if machine.replay is not None and not switch_cache.VERIFY else None)
 
     def level(self) -> str:
         return "L2" if self.state.in_l2 else "L1"
@@ -173,7 +179,11 @@ class SvmExtension(Extension, ExitRouter):
             taken = hw_quirks.route(self, st.vmcb12, code)
             if taken is not None:
                 return taken
-        if not intercepts.l1_wants(st.vmcb12, code, info1, msr_index, m.mem.read_phys):
+        before = (self.fast.begin(st.vmcb12_pa)
+                  if self.fast is not None and code != VMEXIT_NPF else None)
+        reads: list[tuple[int, bytes]] = []     # what the decision read: a program's guards
+        read_phys = m.mem.read_phys if before is None else self._recording_reader(reads)
+        if not intercepts.l1_wants(st.vmcb12, code, info1, msr_index, read_phys):
             if code == VMEXIT_NPF:
                 raise Unsupported("nested page fault with nested paging off")
             return False
@@ -183,8 +193,20 @@ class SvmExtension(Extension, ExitRouter):
         nrip = self.next_rip() if code in _INSTRUCTION_EXITS else 0
         if code not in (VMEXIT_MSR, VMEXIT_NPF):
             info1 = 0          # no decode assists are reported, so no instruction details
+        rip = ctx.u64(OFF_EIP)
         vmexit(self, code, info1, info2, 0, nrip)
+        if self.fast is not None:
+            self.fast.exit_done(before, code, rip, nrip, reads)
         return True
+
+    def _recording_reader(self, reads: list[tuple[int, bytes]]) -> Callable[[int, int], bytes]:
+        read = self.machine.mem.read_phys
+
+        def read_phys(pa: int, n: int) -> bytes:
+            data = bytes(read(pa, n))
+            reads.append((pa, data))
+            return data
+        return read_phys
 
     def on_exception(self, event: Event, during: Event | None) -> bool:
         st = self.state
@@ -283,6 +305,8 @@ class SvmExtension(Extension, ExitRouter):
     def load_snapshot_state(self, state: dict[str, Any]) -> None:
         self.state = NestedState.from_dict(state["nested"])
         self.switch_cache.clear()       # derived from the context being replaced
+        if self.fast is not None:
+            self.fast.clear()
         st = self.state                 # VMRUN set the running guest's TSC_OFFSET; #VMEXIT clears it
         self.machine.tsc_offset = st.vmcb12.tsc_offset if st.in_l2 and st.vmcb12 else 0
         pat_state = dict(state["pat"])

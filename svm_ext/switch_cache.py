@@ -71,7 +71,7 @@ def _vmcb_ranges() -> tuple[tuple[int, int], ...]:
     return tuple(spans)
 
 
-_VMCB_RANGES = _vmcb_ranges()
+VMCB_RANGES = _vmcb_ranges()
 
 
 def regions_of(view: memoryview) -> bytes:
@@ -92,7 +92,7 @@ def _vm_flag(view: memoryview) -> bytes:
 
 def _vmcb_bytes(ext: "SvmExtension") -> bytes:
     buf, pa = ext.machine.mem.view, ext.state.vmcb12_pa
-    return pa.to_bytes(8, "little") + b"".join([buf[pa + lo:pa + hi] for lo, hi in _VMCB_RANGES])
+    return pa.to_bytes(8, "little") + b"".join([buf[pa + lo:pa + hi] for lo, hi in VMCB_RANGES])
 
 
 @dataclass

@@ -52,6 +52,7 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
     pa = check_instruction(ext, ctx)
     if pa is None:
         return
+    before = ext.fast.begin(pa) if ext.fast is not None else None
     # Step 2
     cache = read_vmcb12(ext, pa)
     # Step 3
@@ -83,6 +84,8 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
     # Step 7
     if cache.eventinj & EVENTINJ_V:
         inject_event(ext, cache)
+    elif ext.fast is not None:         # replayable next time (fast_switch.py)
+        ext.fast.vmrun_done(before, pa)
 
 
 def check_instruction(ext: "SvmExtension", ctx: Context) -> int | None:

@@ -1,0 +1,308 @@
+"""World switches recorded as replay programs (emu/replay.py), so that repeated ones run in C.
+
+A hypervisor's run loop performs the same two switches over and over: L2 exits for the same
+reason at the same RIP, L1 handles it and re-enters with a vmcb12 that differs only in the
+volatile fields. After the Python path handles such a VMRUN or reflected #VMEXIT, this module
+records what it did as a program for the C engine:
+
+- guards on everything the Python path read: the CPU context regions a world switch loads
+  (switch_cache.REGIONS), vmcb12's non-volatile bytes, the exit's own inputs (error code, RIP,
+  ECX and the MSRPM byte for an MSR exit, the intercepted instruction's bytes and every paging
+  entry their translation went through, for NRIP), L1's saved host state, and the *Python-side*
+  state: an id (the engine's `state` word) of everything the handler reads or writes outside the
+  CPU (GIF, the PAT model's registers, TSC_OFFSET, ...), which the machine clears whenever Python
+  runs and this module sets only at the end of a world switch it handled;
+- effects: the bytes the Python path produced for the non-volatile part (recorded from its
+  result), the volatile fields moved one by one (RIP, RSP, RAX, CR2 and, through Unicorn's
+  register API, RFLAGS, DR6, DR7), L1's host state kept in a buffer, a context restore and a TLB
+  flush, exactly as vmrun.py and vmexit.py do them.
+
+Recording double-checks itself: if the Python path changed any byte of the CPU context or of
+vmcb12 outside the spans a program replays, no program is recorded (that switch stays in Python).
+The Python-side state the C path leaves behind is brought up to date (`sync`) the moment Python
+next runs, before anything looks at it: the fields recorded with the program's state id, plus the
+volatile ones the program kept in buffers (L1's context and RFLAGS, the vmcb12 VMRUN read).
+
+The result is the Python path's by construction; tests/test_fast_switch.py runs every nested
+guest with and without the engine and compares everything guest-visible.
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from unicorn.x86_const import UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RFLAGS
+
+from emu import hostvm
+from emu.hw_switch import (OFF_CR, OFF_DR, OFF_EFLAGS, OFF_EIP, OFF_ERROR_CODE, OFF_HFLAGS,
+                           OFF_REGS, OFF_V_TPR)
+from emu.msr import MSR_PAT
+from emu.replay import Engine, Program
+
+from .switch_cache import REGIONS, VMCB_RANGES
+from .vmcb import FIELDS, VMCB_SIZE, read_cache
+from .vmexit import HOST_DR7
+
+if TYPE_CHECKING:
+    from .extension import SvmExtension
+
+_OFF = {name: off for name, off, _ in FIELDS}
+_RIP, _RSP, _RAX, _CR2 = OFF_EIP, OFF_REGS + 4 * 8, OFF_REGS, OFF_CR + 16
+_EFLAGS_VM = 1 << 17
+_DR_SPAN = (OFF_DR, 8 * 8)
+# Context bytes besides REGIONS that the VMRUN / #VMEXIT programs write: the moved registers, and
+# what Unicorn's register writes of RFLAGS (flags and their lazy parts up to hflags) and DR6/DR7
+# touch.
+_MOVED = ((_RIP, 8), (_RAX, 8), (_RSP, 8), (OFF_EFLAGS, OFF_HFLAGS - OFF_EFLAGS), _DR_SPAN)
+_ENTER_WRITES = REGIONS + ((OFF_V_TPR, 1),) + _MOVED + ((_CR2, 8),)
+_EXIT_WRITES = REGIONS + _MOVED
+# vmcb12 fields a #VMEXIT writes: the save-area fields store_guest encodes, the exit fields,
+# V_IRQ/V_TPR and the interrupt shadow, g_pat (PAT models). The volatile ones go from the CPU.
+_VOLATILE_SAVE = ("rip", "rsp", "rax", "cr2", "dr7", "dr6", "rflags")
+_EXIT_FIELDS = (("es", 64), ("gdtr", 16), ("idtr", 16), ("cpl", 1), ("efer", 8), ("cr4", 24),
+                ("exitcode", 32), ("eventinj", 8), ("nrip", 8), ("vintr", 16), ("g_pat", 8))
+_Q = struct.Struct("<Q")
+# Slots in the engine buffer this module owns.
+_SLOT_L1_RFLAGS, _SLOT_VMRUNS, _SLOT_VMEXITS, _SLOT_HOST_DR7 = range(4)
+_MAX_STATES = 4096
+
+
+def _spans_differ_outside(a: bytes, b: bytes, allowed: tuple[tuple[int, int], ...]) -> bool:
+    """Whether a and b differ anywhere outside the allowed (offset, length) spans."""
+    mask = bytearray(len(a))
+    for off, n in allowed:
+        mask[off:off + n] = b"\x01" * n
+    return any(x != y and not mask[i] for i, (x, y) in enumerate(zip(a, b)))
+
+
+@dataclass
+class Pending:
+    """What a world switch handled in Python looked like before it ran."""
+    state_id: int
+    blob: bytes
+    vmcb12_pa: int
+    vmcb12: bytes
+
+
+class FastSwitch:
+    def __init__(self, ext: "SvmExtension", engine: Engine) -> None:
+        self.ext, self.engine = ext, engine
+        m = ext.machine
+        self.blob_size = len(m.ctx.view)
+        self.l1_host, self.l1_host_addr = engine.buffer(self.blob_size)
+        self.vmcb12_copy, self.vmcb12_copy_addr = engine.buffer(VMCB_SIZE)
+        self.slots, self.slots_addr = engine.buffer(8 * 4)
+        _Q.pack_into(self.slots, 8 * _SLOT_HOST_DR7, HOST_DR7)
+        self._ids: dict[tuple, int] = {}
+        self._states: dict[int, tuple] = {}
+        self._counted = (0, 0)
+        m.replay_listeners.append(self.sync)
+
+    def _slot(self, n: int) -> int:
+        return self.slots_addr + 8 * n
+
+    # ---- the Python-side state a program's id stands for -------------------------------------
+    def _python_state(self) -> tuple:
+        ext = self.ext
+        st, pat, c = ext.state, ext.pat, ext.state.vmcb12
+        key = b"".join(c.to_bytes()[lo:hi] for lo, hi in VMCB_RANGES) if c is not None else b""
+        return (st.gif, st.vm_cr, st.hsave_pa, st.in_l2, st.vmcb12_pa, key, st.l1_next_rip,
+                st.v_irq, st.v_tpr, pat.gpat, pat.gpat_valid, pat.parked_hpat,
+                ext.machine.msrs.values[MSR_PAT], ext.machine.tsc_offset)
+
+    def _apply(self, s: tuple) -> None:
+        ext = self.ext
+        st, pat = ext.state, ext.pat
+        (st.gif, st.vm_cr, st.hsave_pa, st.in_l2, st.vmcb12_pa, _, st.l1_next_rip, st.v_irq,
+         st.v_tpr, pat.gpat, pat.gpat_valid, pat.parked_hpat, ext.machine.msrs.values[MSR_PAT],
+         ext.machine.tsc_offset) = s
+
+    def _state_id(self) -> int:
+        s = self._python_state()
+        sid = self._ids.get(s)
+        if sid is None:
+            if len(self._ids) >= _MAX_STATES:      # a guest that never repeats: start afresh
+                self._ids.clear()
+                self._states.clear()
+                self.engine.clear()
+            sid = self._ids[s] = len(self._ids) + 1
+            self._states[sid] = s
+        return sid
+
+    def sync(self) -> None:
+        """Python is about to run after replays: make its state what the C path left."""
+        s = self._states.get(self.engine.state)
+        if s is None:
+            return
+        self._apply(s)
+        st = self.ext.state
+        runs, exits = (_Q.unpack_from(self.slots, 8 * n)[0] for n in (_SLOT_VMRUNS, _SLOT_VMEXITS))
+        done_runs, done_exits = self._counted
+        if runs != done_runs:
+            st.stats["vmrun"] += runs - done_runs
+            st.l1_host = bytes(self.l1_host)
+            st.l1_rflags = _Q.unpack_from(self.slots, 8 * _SLOT_L1_RFLAGS)[0]
+            st.vmcb12 = read_cache(bytes(self.vmcb12_copy))
+        st.stats["vmexit"] += exits - done_exits
+        self._counted = (runs, exits)
+
+    # ---- recording ------------------------------------------------------------------------------
+    def clear(self) -> None:
+        """Forget every program (a snapshot replaced the state they were recorded from)."""
+        self.engine.clear()
+
+    def begin(self, pa: int) -> Pending | None:
+        """Before a world switch in Python (context saved): its inputs, if it may be recorded;
+        `pa` is the vmcb12 it works on."""
+        m = self.ext.machine
+        if not m.replay_ready() or not 0 <= pa <= len(m.mem.view) - VMCB_SIZE:
+            return None
+        return Pending(self._state_id(), bytes(m.ctx.view), pa,
+                       bytes(m.mem.view[pa:pa + VMCB_SIZE]))
+
+    def arm(self) -> None:
+        """The world switch is done: let programs recorded from the current Python state run."""
+        ext, m = self.ext, self.ext.machine
+        st = ext.state
+        if st.l1_host:
+            ctypes.memmove(self.l1_host_addr, st.l1_host, len(st.l1_host))
+        _Q.pack_into(self.slots, 8 * _SLOT_L1_RFLAGS, st.l1_rflags)
+        self.engine.state = self._state_id() if m.replay_ready() else 0
+
+    def vmrun_done(self, before: Pending | None, vmcb12_pa: int) -> None:
+        """A VMRUN loaded L2 (no event injected): record it as the VMRUN program."""
+        if before is not None:
+            program = self._vmrun_program(before, vmcb12_pa)
+            if program is not None:
+                self.engine.set_program(hostvm.UC_EXIT_BASE + hostvm.VMEXIT_VMRUN, program)
+        self.arm()
+
+    def _vmrun_program(self, before: Pending, pa: int) -> Program | None:
+        e, m = self.engine, self.ext.machine
+        after = bytes(m.ctx.save().view)
+        vmcb = e.ram_addr(pa, VMCB_SIZE)
+        if (vmcb is None or bytes(m.mem.view[pa:pa + VMCB_SIZE]) != before.vmcb12[:VMCB_SIZE]
+                or len(before.vmcb12) != VMCB_SIZE
+                or _spans_differ_outside(before.blob, after, _ENTER_WRITES)):
+            return None
+        blob, old, new = e.blob, before.blob, after
+        p = Program().save()
+        p.eq64(e.state_addr, before.state_id)
+        p.eq64(blob + _RAX, pa)
+        p.eq64(blob + _RIP, _Q.unpack_from(old, _RIP)[0])
+        p.eq64(blob + OFF_EFLAGS, _Q.unpack_from(old, OFF_EFLAGS)[0], _EFLAGS_VM)
+        for off, n in REGIONS:
+            p.same(blob + off, old[off:off + n])
+        v12 = before.vmcb12
+        for lo, hi in VMCB_RANGES:
+            p.same(vmcb + lo, v12[lo:hi])
+        for name in ("dr6", "dr7"):        # checks.py: bits 63:32 must be zero
+            p.eq64(vmcb + _OFF[name], 0, 0xFFFFFFFF_00000000)
+        p.commit()
+        # Host state (vmrun.save_host_state), the vmcb12 copy behind ext.state.vmcb12.
+        p.copy(self.l1_host_addr, blob, self.blob_size)
+        p.reg_read(self._slot(_SLOT_L1_RFLAGS), UC_X86_REG_RFLAGS)
+        p.copy(self.vmcb12_copy_addr, vmcb, VMCB_SIZE)
+        # L2's state: what load_guest produced, then the volatile fields from vmcb12.
+        for off, n in REGIONS + ((OFF_V_TPR, 1),):
+            p.write(blob + off, new[off:off + n])
+        for ctx_off, name in ((_RIP, "rip"), (_RAX, "rax"), (_RSP, "rsp"), (_CR2, "cr2")):
+            p.copy(blob + ctx_off, vmcb + _OFF[name], 8)
+        p.restore()
+        for reg, name in ((UC_X86_REG_DR7, "dr7"), (UC_X86_REG_DR6, "dr6"),
+                          (UC_X86_REG_RFLAGS, "rflags")):
+            p.reg_write(vmcb + _OFF[name], reg)
+        p.flush_tlb()
+        self._finish(p, _SLOT_VMRUNS)
+        return p
+
+    def exit_done(self, before: Pending | None, code: int, rip: int, nrip: int,
+                  extra: list[tuple[int, bytes]]) -> None:
+        """A reflected #VMEXIT finished: record it. `extra`: (guest-physical address, bytes) of
+        memory the decision read besides vmcb12 (the MSRPM byte)."""
+        if before is not None:
+            program = self._exit_program(before, code, rip, nrip, extra)
+            if program is not None:
+                self.engine.set_program(hostvm.UC_EXIT_BASE + code, program)
+        self.arm()
+
+    def _exit_program(self, before: Pending, code: int, rip: int, nrip: int,
+                      extra: list[tuple[int, bytes]]) -> Program | None:
+        e, m, st = self.engine, self.ext.machine, self.ext.state
+        after = bytes(m.ctx.save().view)
+        pa = before.vmcb12_pa
+        vmcb = e.ram_addr(pa, VMCB_SIZE)
+        post = bytes(m.mem.view[pa:pa + VMCB_SIZE])
+        writes = [(_OFF[name], n) for name, n in _EXIT_FIELDS]
+        volatile = [(_OFF[name], 8) for name in _VOLATILE_SAVE]
+        if (vmcb is None or pa != st.vmcb12_pa or len(st.l1_host) != self.blob_size
+                or _spans_differ_outside(before.blob, after, _EXIT_WRITES)
+                or _spans_differ_outside(before.vmcb12, post, tuple(writes + volatile))):
+            return None
+        code_guards = self._code_guards(rip, nrip)
+        if code_guards is None:
+            return None
+        blob, old, new = e.blob, before.blob, after
+        p = Program().save()
+        p.eq64(e.state_addr, before.state_id)
+        p.eq64(blob + _RIP, rip)
+        p.eq64(blob + OFF_ERROR_CODE, _Q.unpack_from(old, OFF_ERROR_CODE)[0], 0xFFFFFFFF)
+        p.eq64(blob + OFF_EFLAGS, _Q.unpack_from(old, OFF_EFLAGS)[0], _EFLAGS_VM)
+        for off, n in REGIONS + ((OFF_V_TPR, 1),):
+            p.same(blob + off, old[off:off + n])
+        host = st.l1_host
+        for off, n in REGIONS:
+            p.same(self.l1_host_addr + off, host[off:off + n])
+        for lo, hi in VMCB_RANGES:
+            p.same(vmcb + lo, before.vmcb12[lo:hi])
+        for addr, data in extra + code_guards:
+            host_addr = e.ram_addr(addr, len(data))
+            if host_addr is None:
+                return None
+            p.same(host_addr, data)
+        if code == hostvm.VMEXIT_MSR:
+            p.eq64(blob + OFF_REGS + 8, _Q.unpack_from(old, OFF_REGS + 8)[0], 0xFFFFFFFF)
+        p.commit()
+        # vmcb12: the exit's constant fields as the Python path wrote them, then L2's volatile state.
+        for off, n in writes:
+            p.write(vmcb + off, post[off:off + n])
+        for ctx_off, name in ((_RIP, "rip"), (_RAX, "rax"), (_RSP, "rsp"), (_CR2, "cr2")):
+            p.copy(vmcb + _OFF[name], blob + ctx_off, 8)
+        for reg, name in ((UC_X86_REG_DR7, "dr7"), (UC_X86_REG_DR6, "dr6"),
+                          (UC_X86_REG_RFLAGS, "rflags")):
+            p.reg_read(vmcb + _OFF[name], reg)
+        # L1's state back (vmexit.restore_host): what the Python path produced, RAX/RSP from the
+        # host state kept at VMRUN, RIP after the VMRUN; RFLAGS and DR7 after the restore.
+        for off, n in REGIONS:
+            p.write(blob + off, new[off:off + n])
+        p.write(blob + _RIP, new[_RIP:_RIP + 8])
+        p.copy(blob + _RAX, self.l1_host_addr + _RAX, 8)
+        p.copy(blob + _RSP, self.l1_host_addr + _RSP, 8)
+        p.restore()
+        p.reg_write(self._slot(_SLOT_L1_RFLAGS), UC_X86_REG_RFLAGS)
+        p.reg_write(self._slot(_SLOT_HOST_DR7), UC_X86_REG_DR7)
+        p.flush_tlb()
+        self._finish(p, _SLOT_VMEXITS)
+        return p
+
+    def _code_guards(self, rip: int, nrip: int) -> list[tuple[int, bytes]] | None:
+        """Guards that keep NRIP right: the instruction's bytes, and every paging entry the
+        translation of RIP read (their values; CR3, nCR3 and the mode are in REGIONS)."""
+        if not nrip:
+            return []
+        mem = self.ext.machine.mem
+        path = mem.code_path(rip) if hasattr(mem, "code_path") else None
+        length = nrip - rip
+        if path is None or not 0 < length <= path.page_end:
+            return None
+        guards = [(path.pa, bytes(mem.view[path.pa:path.pa + length]))]
+        for addr, value, width in path.entries:
+            guards.append((addr, value.to_bytes(width, "little")))
+        return guards
+
+    def _finish(self, p: Program, counter: int) -> None:
+        """The tail every program shares: the Python-side state it leaves, and its count."""
+        p.set64(self.engine.state_addr, self._state_id())
+        p.add64(self._slot(counter), 1)

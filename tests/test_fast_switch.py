@@ -1,0 +1,157 @@
+"""World switches replayed in C (emu/replay.c, svm_ext/fast_switch.py) leave exactly what the
+Python path leaves: every guest below runs twice, with the engine and without it, and everything
+guest-visible and every piece of nested state must be the same, while the engine really did take
+the repeated switches."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import pytest
+
+from bench import workloads
+from emu import replay
+from emu.hw_switch import OFF_V_TPR
+from emu.loader.asm import GUESTS_DIR, assemble_source
+from emu.loader.multiboot import BootImage, parse_image
+from emu.machine import Machine
+from svm_ext.extension import SvmExtension
+from svm_ext.vmcb import INTERCEPT_CPUID, INTERCEPT_VMMCALL, INTERCEPT_VMRUN
+from tests.nested_image import EXIT_PASS, L2_CODE, nested_image, vmcb12
+
+pytestmark = pytest.mark.skipif(not replay.available(), reason="the C engine was not built")
+
+RAM = 128 << 20
+# Context bytes after V_TPR that differ between two machines even with the engine off (padding
+# in Unicorn's CPU state): nobody reads them.
+_NOISE_FROM = OFF_V_TPR + 1
+
+
+@dataclass
+class Outcome:
+    reason: str
+    status: int
+    output: bytes
+    ram: bytes
+    context: bytes
+    nested: dict
+    pat: dict
+    stats: dict
+    tsc_offset: int
+    replays: int
+
+
+def run(image: BootImage | bytes, fast: bool, pat_model: str = "architectural") -> Outcome:
+    ext = SvmExtension(pat_model)
+    m = Machine(RAM, stdout=None, extensions=[ext])
+    assert m.replay is not None
+    m.replay.enabled = fast
+    if isinstance(image, bytes):
+        image = parse_image(image, "guest", RAM)
+    m.load_multiboot(image, "guest ")
+    res = m.run(timeout=60)
+    snap = ext.snapshot_state()
+    nested = dict(snap["nested"])
+    nested["l1_host"] = nested["l1_host"][:2 * _NOISE_FROM]
+    return Outcome(res.reason, res.status, bytes(m.serial.output), bytes(m.ram),
+                   bytes(m.ctx.save().view)[:_NOISE_FROM], nested, snap["pat"],
+                   dict(ext.state.stats), m.tsc_offset, m.replay.replays)
+
+
+def same_with_and_without(image: BootImage | bytes, pat_model: str = "architectural") -> Outcome:
+    fast, slow = run(image, True, pat_model), run(image, False, pat_model)
+    assert slow.replays == 0
+    for name in ("reason", "status", "output", "context", "nested", "pat", "stats", "tsc_offset"):
+        assert getattr(fast, name) == getattr(slow, name), name
+    if fast.ram != slow.ram:
+        first = next(i for i, (a, b) in enumerate(zip(fast.ram, slow.ram)) if a != b)
+        pytest.fail(f"RAM differs first at {first:#x}")
+    return fast
+
+
+# ---- the benchmark hypervisors: a VMMCALL loop, and an RDMSR(PAT) loop under nested paging --------
+@pytest.mark.parametrize("key,model", [("switch", "architectural"), ("msr", "architectural"),
+                                       ("msr", "swap"), ("msr", "shared")])
+def test_benchmark_loops(key, model):
+    w = workloads.by_key(key)
+    trips = 300
+    out = same_with_and_without(workloads.build(w, trips), model)
+    assert out.status == workloads.EXIT_PASS_STATUS, out.output
+    # Both halves of nearly every round trip ran in C (the first ones record the programs).
+    assert out.replays >= 2 * trips - 10, out.replays
+
+
+# ---- a hypervisor whose L2 changes under the recorded programs ----------------------------------
+TRIPS = 48
+LOG = 0x600000
+# L2 runs CPUID (intercepted) at a fixed RIP. After 20 trips L1 rewrites it into CS-prefixed CPUID
+# (one byte longer, same RIP): NRIP must follow. Every 5th trip L1 reads its PAT (an L0 MSR
+# exit: Python runs between replays and must see the state the C path left); after trip 30 it
+# writes a new PAT (the Python-side state the programs were recorded from changes).
+L1_PATCHING = f"""
+    mov r12, 0
+    mov r14, {LOG}
+again:
+    mov rax, rdi
+    vmrun
+    mov rax, [rdi + 0xC8]
+    mov rbx, rax
+    sub rbx, [rdi + 0x578]
+    mov [r14 + r12 * 8], rbx
+    mov [rdi + 0x578], rax
+    inc r12
+    cmp r12, 20
+    jne no_patch
+    mov rbx, {L2_CODE + 3}
+    mov byte ptr [rbx], 0x2E
+    mov byte ptr [rbx + 1], 0x0F
+    mov byte ptr [rbx + 2], 0xA2
+    mov rbx, {L2_CODE}
+    mov [rdi + 0x578], rbx
+no_patch:
+    mov rax, r12
+    xor edx, edx
+    mov rbx, 5
+    div rbx
+    test rdx, rdx
+    jnz no_read
+    mov ecx, 0x277
+    rdmsr
+    mov [r14 + 0x800 + r12 * 8], eax
+no_read:
+    cmp r12, 30
+    jne no_write
+    mov ecx, 0x277
+    mov eax, 0x00070106
+    mov edx, 0x00070406
+    wrmsr
+no_write:
+    cmp r12, {TRIPS}
+    jb again
+""" + EXIT_PASS
+L2_CPUID = """
+l2: inc r13
+    cpuid
+    nop
+    jmp l2
+"""
+
+
+def test_code_rewritten_under_a_program_changes_nrip():
+    image = nested_image(L1_PATCHING, L2_CPUID,
+                         vmcb12(misc1=INTERCEPT_CPUID, misc2=INTERCEPT_VMRUN | INTERCEPT_VMMCALL))
+    out = same_with_and_without(image)
+    assert out.reason == "exit" and out.status == 1, out
+    lengths = struct.unpack_from(f"<{TRIPS}Q", out.ram, LOG)
+    assert lengths == (2,) * 20 + (3,) * (TRIPS - 20)
+    pats = struct.unpack_from(f"<{TRIPS + 1}Q", out.ram, LOG + 0x800)
+    assert [pats[n] & 0xFFFFFFFF for n in range(5, TRIPS + 1, 5)] == \
+        [0x00070406] * 6 + [0x00070106] * 3
+    assert out.replays > TRIPS, out.replays
+
+
+# ---- the bundled hypervisors: few repeats, but every one must come out the same -----------------
+@pytest.mark.parametrize("name", sorted(p.stem for p in GUESTS_DIR.glob("svm_*.S")))
+def test_bundled_guests(name):
+    path = str(GUESTS_DIR / f"{name}.S")
+    same_with_and_without(parse_image(assemble_source(path), path, RAM))
