@@ -62,6 +62,7 @@ __all__ = [
     "Translation",
     "Translation2D",
     "WalkStep",
+    "PathEntry",
     "READ",
     "WRITE",
     "FETCH",
@@ -69,6 +70,7 @@ __all__ = [
     "walk",
     "walk_nested",
     "walk_2d",
+    "walk_with_path",
     "pf_error_name",
 ]
 
@@ -742,3 +744,123 @@ def walk_2d(
         pending[key] = pending.get(key, 0) | bits
     _commit(pending, read_u64, write_u64, read_u32, write_u32)
     return Translation2D(va, gt.pa, nt.pa, gt, nt, tuple(table_walks))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dependency paths: what a translation read, so a cache can revalidate it instead of walking.
+
+
+class PathEntry(NamedTuple):
+    """One paging-structure entry a translation depends on.
+
+    ``addr`` is where the entry sits in (host-)physical memory: for a guest entry under nested
+    paging, the host-physical address the nested walk found for it, not its GPA. ``value`` is
+    its content after the walk's own A/D updates. ``width`` is 8, or 4 for a legacy 32-bit
+    (non-PAE) entry, guest or nested.
+    """
+
+    addr: int
+    value: int
+    width: int
+
+
+def _width(regs: PagingRegs) -> int:
+    return 4 if regs.mode is PagingMode.LEGACY else 8
+
+
+def _path_entries(
+    t: "Translation | Translation2D", guest: PagingRegs, host: Optional[PagingRegs]
+) -> tuple[PathEntry, ...]:
+    """Every entry read by the walk that produced ``t``, in read order, each once.
+
+    For a 2D walk that is, per guest level, the nested walk of the guest entry's GPA and then
+    the guest entry itself (at the HPA that walk produced), and finally the nested walk of the
+    final GPA. Walk steps carry the values as read, so callers must pass a walk that wrote
+    nothing (see :func:`walk_with_path`)."""
+    seen: dict[tuple[int, int], int] = {}     # (addr, width) -> value; dicts keep order
+    gw = _width(guest)
+    if isinstance(t, Translation2D):
+        nw = _width(host if host is not None else _DEFAULT_HOST)
+        if len(t.table_walks) != len(t.guest.walk):  # pragma: no cover - walk_2d invariant
+            raise AssertionError("one nested walk per guest entry")
+        for step, tw in zip(t.guest.walk, t.table_walks):
+            for s in tw.walk:
+                seen.setdefault((s.addr, nw), s.value)
+            seen.setdefault((tw.pa, gw), step.value)
+        for s in t.nested.walk:
+            seen.setdefault((s.addr, nw), s.value)
+    else:
+        for s in t.walk:
+            seen.setdefault((s.addr, gw), s.value)
+    return tuple(PathEntry(a, v, w) for (a, w), v in seen.items())
+
+
+class _WouldWrite(Exception):
+    pass
+
+
+def _refuse_write(_addr: int, _value: int) -> None:
+    raise _WouldWrite
+
+
+def walk_with_path(
+    read_u64: ReadFn,
+    regs: PagingRegs,
+    va: int,
+    access: Access = READ,
+    *,
+    ncr3: Optional[int] = None,
+    host: Optional[PagingRegs] = None,
+    read_u32: Optional[ReadFn] = None,
+    write_u64: Optional[WriteFn] = None,
+    write_u32: Optional[WriteFn] = None,
+    maxphyaddr: int = 40,
+    gbpages: bool = True,
+) -> tuple[int, Optional[tuple[PathEntry, ...]]]:
+    """Translate ``va`` exactly as :func:`walk` (``ncr3`` None) or :func:`walk_2d` would,
+    A/D updates and faults included, and also say what the translation depends on.
+
+    Returns ``(pa, path)``: ``pa`` is the committing walk's result (host-physical under nested
+    paging); ``path`` lists every entry (guest and nested) that a walk of ``va`` reads in the
+    state that walk left behind. Contract: with the same ``regs`` inputs, ``ncr3``, ``host`` and
+    ``access``, whenever every entry of ``path`` holds its recorded value, a walk of ``va``
+    returns ``pa`` and writes nothing. It holds by construction: a walk is a deterministic
+    function of the values it reads, and the path is taken from a second walk, made after the
+    commit, that is refused any write. When that second walk would write or lands elsewhere
+    (page tables overlapping so that an A/D update rewrites another entry on the path) there is
+    no such path and ``path`` is None: the caller must walk every time.
+    Raises what the walk raises (:class:`PageFault`, :class:`NestedFault`,
+    :class:`NonCanonicalAddress`, :class:`emu.errors.Unsupported`).
+    """
+
+    def translate(w64: Optional[WriteFn], w32: Optional[WriteFn]) -> "Translation | Translation2D":
+        if ncr3 is None:
+            return walk(read_u64, regs, va, access, read_u32=read_u32, write_u64=w64,
+                        write_u32=w32, maxphyaddr=maxphyaddr, gbpages=gbpages)
+        return walk_2d(read_u64, regs, ncr3, va, access, host=host, write_u64=w64,
+                       read_u32=read_u32, write_u32=w32, maxphyaddr=maxphyaddr, gbpages=gbpages)
+
+    wrote = False
+
+    def counted(write: Optional[WriteFn]) -> Optional[WriteFn]:
+        if write is None:
+            return None
+
+        def w(addr: int, value: int) -> None:
+            nonlocal wrote
+            wrote = True
+            write(addr, value)
+        return w
+
+    first = translate(counted(write_u64), counted(write_u32))
+    pa = first.pa if isinstance(first, Translation) else first.hpa
+    if not wrote:
+        # Nothing was committed, so the first walk's reads are the state as it stands.
+        return pa, _path_entries(first, regs, host)
+    try:
+        again = translate(_refuse_write, _refuse_write if write_u32 is not None else None)
+    except (_WouldWrite, PageFault, NestedFault):
+        return pa, None
+    if (again.pa if isinstance(again, Translation) else again.hpa) != pa:
+        return pa, None
+    return pa, _path_entries(again, regs, host)
