@@ -43,6 +43,7 @@ typedef int (*ctl_fn)(void *uc, int control, ...);
 typedef void (*intr_fn)(void *uc, uint32_t intno, void *user);
 
 #define N_INTNO 0x600
+#define PER_INTNO 4         /* programs kept per exit: several L2s, or one in several states */
 
 struct engine {
     void *uc;
@@ -57,7 +58,7 @@ struct engine {
     uint64_t fallbacks;
     uint64_t seq;           /* bumped by every completed program: Python syncs when it moved */
     uint64_t state;         /* programs guard on it and set it; Python clears it when it runs */
-    const struct op *programs[N_INTNO];
+    const struct op *programs[N_INTNO][PER_INTNO];
 };
 
 static int run(struct engine *e, const struct op *op)
@@ -114,11 +115,14 @@ static int run(struct engine *e, const struct op *op)
 void replay_intr(void *uc, uint32_t intno, void *user)
 {
     struct engine *e = (struct engine *)user;
-    const struct op *prog = intno < N_INTNO ? e->programs[intno] : NULL;
-    if (e->enabled && prog != NULL && run(e, prog)) {
-        e->replays++;
-        e->seq++;
-        return;
+    if (e->enabled && intno < N_INTNO) {
+        for (int i = 0; i < PER_INTNO && e->programs[intno][i] != NULL; i++) {
+            if (run(e, e->programs[intno][i])) {
+                e->replays++;
+                e->seq++;
+                return;
+            }
+        }
     }
     e->fallbacks++;
     e->fallback(uc, intno, user);

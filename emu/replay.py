@@ -35,6 +35,7 @@ from .hw_switch import _TLB_FLUSH, Context
 OP_END, OP_CMP, OP_EQ64, OP_COMMIT, OP_COPY, OP_SET64, OP_ADD64, OP_SAVE, OP_RESTORE, OP_FLUSH, \
     OP_REGREAD, OP_REGWRITE = range(12)
 N_INTNO = 0x600
+PER_INTNO = 4
 MASK64 = (1 << 64) - 1
 
 _INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
@@ -54,7 +55,7 @@ class _Engine(ctypes.Structure):
                 ("enabled", ctypes.c_uint64), ("replays", ctypes.c_uint64),
                 ("fallbacks", ctypes.c_uint64), ("seq", ctypes.c_uint64),
                 ("state", ctypes.c_uint64),
-                ("programs", ctypes.c_void_p * N_INTNO)]
+                ("programs", (ctypes.c_void_p * PER_INTNO) * N_INTNO)]
 
 
 def _load() -> ctypes.CDLL | None:
@@ -170,7 +171,7 @@ class Engine:
         self._fallback = _INTR_CB(lambda _uc, intno, _user: python_hook(uc, intno, None))
         e.fallback = ctypes.cast(self._fallback, ctypes.c_void_p).value
         e.enabled = 1
-        self._programs: dict[int, _Built] = {}
+        self._programs: dict[int, list[_Built]] = {}
         self.blob = ctx.ctx.context.value + 40        # the CPU state inside the context (hw_switch)
         self._state = ctypes.c_uint64.from_address(ctypes.addressof(e) + _Engine.state.offset)
         hook = ctypes.c_size_t()
@@ -203,18 +204,23 @@ class Engine:
     def fallbacks(self) -> int:
         return self._e.fallbacks
 
-    def set_program(self, intno: int, program: Program | None) -> None:
-        if program is None:
-            self._programs.pop(intno, None)
-            self._e.programs[intno] = None
-            return
-        built = program.build()
-        self._programs[intno] = built
-        self._e.programs[intno] = built.address
+    def add_program(self, intno: int, program: Program) -> None:
+        """Try `program` first for exit `intno`; the oldest of PER_INTNO is forgotten."""
+        kept = self._programs.setdefault(intno, [])
+        kept.insert(0, program.build())
+        del kept[PER_INTNO:]
+        self._publish(intno)
+
+    def _publish(self, intno: int) -> None:
+        kept = self._programs.get(intno, [])
+        slots = self._e.programs[intno]
+        for i in range(PER_INTNO):
+            slots[i] = kept[i].address if i < len(kept) else None
 
     def clear(self) -> None:
         for intno in list(self._programs):
-            self.set_program(intno, None)
+            del self._programs[intno]
+            self._publish(intno)
         self.state = 0
 
     # addresses for programs

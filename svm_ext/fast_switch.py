@@ -176,7 +176,7 @@ class FastSwitch:
         if before is not None:
             program = self._vmrun_program(before, vmcb12_pa)
             if program is not None:
-                self.engine.set_program(hostvm.UC_EXIT_BASE + hostvm.VMEXIT_VMRUN, program)
+                self.engine.add_program(hostvm.UC_EXIT_BASE + hostvm.VMEXIT_VMRUN, program)
         self.arm()
 
     def _vmrun_program(self, before: Pending, pa: int) -> Program | None:
@@ -225,7 +225,7 @@ class FastSwitch:
         if before is not None:
             program = self._exit_program(before, code, rip, nrip, extra)
             if program is not None:
-                self.engine.set_program(hostvm.UC_EXIT_BASE + code, program)
+                self.engine.add_program(hostvm.UC_EXIT_BASE + code, program)
         self.arm()
 
     def _exit_program(self, before: Pending, code: int, rip: int, nrip: int,
