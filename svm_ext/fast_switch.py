@@ -171,15 +171,18 @@ class FastSwitch:
         _Q.pack_into(self.slots, 8 * _SLOT_L1_RFLAGS, st.l1_rflags)
         self.engine.state = self._state_id() if m.replay_ready() else 0
 
-    def vmrun_done(self, before: Pending | None, vmcb12_pa: int) -> None:
-        """A VMRUN loaded L2 (no event injected): record it as the VMRUN program."""
-        if before is not None:
-            program = self._vmrun_program(before, vmcb12_pa)
+    def vmrun_done(self, before: Pending | None, vmcb12_pa: int,
+                   nested_entries: tuple[tuple[int, int], ...] | None) -> None:
+        """A VMRUN loaded L2 (no event injected): record it as the VMRUN program.
+        `nested_entries`: what hw_quirks.guard_nested_nx read (None: it cannot be replayed)."""
+        if before is not None and nested_entries is not None:
+            program = self._vmrun_program(before, vmcb12_pa, nested_entries)
             if program is not None:
                 self.engine.add_program(hostvm.UC_EXIT_BASE + hostvm.VMEXIT_VMRUN, program)
         self.arm()
 
-    def _vmrun_program(self, before: Pending, pa: int) -> Program | None:
+    def _vmrun_program(self, before: Pending, pa: int,
+                       nested_entries: tuple[tuple[int, int], ...]) -> Program | None:
         e, m = self.engine, self.ext.machine
         after = bytes(m.ctx.save().view)
         vmcb = e.ram_addr(pa, VMCB_SIZE)
@@ -200,6 +203,11 @@ class FastSwitch:
             p.same(vmcb + lo, v12[lo:hi])
         for name in ("dr6", "dr7"):        # checks.py: bits 63:32 must be zero
             p.eq64(vmcb + _OFF[name], 0, 0xFFFFFFFF_00000000)
+        for addr, value in nested_entries:
+            host = e.ram_addr(addr, 8)
+            if host is None:
+                return None
+            p.eq64(host, value)
         p.commit()
         # Host state (vmrun.save_host_state), the vmcb12 copy behind ext.state.vmcb12.
         p.copy(self.l1_host_addr, blob, self.blob_size)

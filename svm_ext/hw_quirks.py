@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emu.arch_bits import CR0_MP, CR0_PG, CR0_TS, EFER_NXE
+from emu.arch_bits import CR0_MP, CR0_PG, CR0_TS
 from emu.decode import MAX_INSN_LENGTH, split_prefixes
 from emu.errors import Unsupported
-from emu.hw_switch import OFF_EIP, OFF_REGS
+from emu.hw_switch import NPT_MODE_NXE, OFF_EIP, OFF_REGS
 from emu.paging import NestedFault, walk_nested
 from emu.interrupts import BP, OF
 
@@ -133,18 +133,24 @@ def _skip(ext: "SvmExtension", nrip: int) -> None:
 
 
 
-def guard_nested_nx(ext: "SvmExtension", c: Vmcb12Cache, host_efer: int) -> None:
+def guard_nested_nx(ext: "SvmExtension", c: Vmcb12Cache, host_mode: int,
+                    npt: bool) -> tuple[tuple[int, int], ...] | None:
     """Stop before Unicorn 2.1.4 would crash (see module doc): L2 pages with its own tables under
-    nested paging, the host has EFER.NXE, and the nested leaf over L2's CR3 page is NX."""
+    nested paging, the host has EFER.NXE, and the nested leaf over L2's CR3 page is NX.
+
+    Returns the nested entries (host-physical address, value) the verdict rests on, so a replay
+    of this VMRUN (fast_switch.py) can require them unchanged; None when it rests on more (the
+    walk faulted)."""
     m = ext.machine
-    if not c.cr0 & CR0_PG or not host_efer & EFER_NXE:
-        return
+    if not npt or not c.cr0 & CR0_PG or not host_mode & NPT_MODE_NXE:
+        return ()
     mem = m.mem
     try:
-        t = walk_nested(mem.read_u64, c.n_cr3 & ~0xFFF, c.cr3 & ~0xFFF, host=mem._nested_host())
+        t = walk_nested(mem.read_u64, c.n_cr3 & ~0xFFF, c.cr3 & ~0xFFF, host=mem._host(host_mode))
     except (NestedFault, ValueError, Unsupported):
-        return          # not mapped: the walk itself ends in #NPF, which Unicorn survives
+        return None     # not mapped: the walk itself ends in #NPF, which Unicorn survives
     if t.nx:
         raise Unsupported(f"nested paging maps L2's page-table root (GPA {c.cr3 & ~0xFFF:#x}) "
                           "no-execute; Unicorn 2.1.4 crashes walking guest tables through an NX "
                           "nested mapping (map guest page tables executable in the nested table)")
+    return tuple((step.addr, step.value) for step in t.walk)

@@ -63,7 +63,10 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
     if failure is not None:
         vmexit.fail_vmrun(ext, failure, where)
         return
-    # Step 5 (replayed from the switch cache when only volatile fields changed)
+    # Step 5 (replayed from the switch cache when only volatile fields changed), after the guard
+    # against a Unicorn crash, which reads nested entries no cache key covers
+    nx_entries = hw_quirks.guard_nested_nx(ext, cache, nested_pg_mode(ctx.cr(4), ctx.efer),
+                                           checks.nested_paging_enabled(cache, ext.caps))
     switch_cache.load_guest(ext, cache, lambda: load_guest(ext, cache))
     # Step 6
     st = ext.state
@@ -85,7 +88,7 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
     if cache.eventinj & EVENTINJ_V:
         inject_event(ext, cache)
     elif ext.fast is not None:         # replayable next time (fast_switch.py)
-        ext.fast.vmrun_done(before, pa)
+        ext.fast.vmrun_done(before, pa, nx_entries)
 
 
 def check_instruction(ext: "SvmExtension", ctx: Context) -> int | None:
@@ -130,6 +133,12 @@ def build_vmcb02(ext: "SvmExtension", c: Vmcb12Cache, npt: bool) -> tuple[int, i
     return misc, 0xFFFFFFFF
 
 
+def nested_pg_mode(host_cr4: int, host_efer: int) -> int:
+    """The host paging mode Unicorn's nested walk uses, taken from L1's state at VMRUN."""
+    return ((NPT_MODE_PAE if host_cr4 & CR4_PAE else 0) | (NPT_MODE_LMA if host_efer & EFER_LMA else 0)
+            | (NPT_MODE_NXE if host_efer & EFER_NXE else 0))
+
+
 def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
     """Put L2's state (vmcb12's save area) and the merged controls into the CPU context."""
     m = ext.machine
@@ -158,10 +167,7 @@ def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
     if npt:
         hf2 |= HF2_NPT
         ctx.set_u64(OFF_NESTED_CR3, c.n_cr3)
-        ctx.set_u32(OFF_NESTED_PG_MODE, (NPT_MODE_PAE if host_cr4 & CR4_PAE else 0)
-                    | (NPT_MODE_LMA if host_efer & EFER_LMA else 0)
-                    | (NPT_MODE_NXE if host_efer & EFER_NXE else 0))
-        hw_quirks.guard_nested_nx(ext, c, host_efer)
+        ctx.set_u32(OFF_NESTED_PG_MODE, nested_pg_mode(host_cr4, host_efer))
     else:
         ctx.set_u64(OFF_NESTED_CR3, 0)
         ctx.set_u32(OFF_NESTED_PG_MODE, 0)

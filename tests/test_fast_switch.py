@@ -155,3 +155,44 @@ def test_code_rewritten_under_a_program_changes_nrip():
 def test_bundled_guests(name):
     path = str(GUESTS_DIR / f"{name}.S")
     same_with_and_without(parse_image(assemble_source(path), path, RAM))
+
+
+# ---- the VMRUN guard against Unicorn's NX crash holds for replayed VMRUNs too ----------------------
+def test_nx_guard_holds_for_replayed_vmruns():
+    """hw_quirks.guard_nested_nx reads nested entries that no vmcb12 byte covers: a program
+    replaying VMRUN must require them unchanged. L1 loops (the VMRUN is replayed), then sets NX on
+    the nested leaf over L2's page-table root: the next VMRUN must stop with "unsupported:", not
+    crash. In a child process: a crash would take pytest down."""
+    import subprocess
+    import sys
+    prog = (
+        "from tests.test_npf import *\n"
+        "where = {}\n"
+        "root, segs, _ = nested_table(lambda t: where.update(addr=t.entry_addr(0, 2)))\n"
+        "l1 = L1_NXE + f'''\n"
+        "    mov r12, 0\n"
+        "again:\n"
+        "    mov rax, rdi\n"
+        "    vmrun\n"
+        "    add qword ptr [rdi + 0x578], 3\n"
+        "    inc r12\n"
+        "    cmp r12, 8\n"
+        "    jne skip\n"
+        "    mov rbx, {where['addr']}\n"
+        "    bts qword ptr [rbx], 63\n"
+        "skip:\n"
+        "    cmp r12, 12\n"
+        "    jb again\n"
+        "''' + EXIT_PASS\n"
+        "img = nested_image(l1, 'l2: vmmcall\\n jmp l2\\n', vmcb12(cr3=0x30000, nested_ctl=1,\n"
+        "                   n_cr3=root, efer=0x1D00))\n"
+        "img.segments += guest_tables() + segs\n"
+        "m = Machine(64 << 20, stdout=None, extensions=[SvmExtension()])\n"
+        "m.load_multiboot(img, 'npf')\n"
+        "res = m.run(timeout=20)\n"
+        "print(m.replay.replays, res.reason, res.message)\n")
+    r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    replays, reason, message = r.stdout.split(" ", 2)
+    assert reason == "unsupported" and "page-table root" in message, r.stdout
+    assert int(replays) >= 10, r.stdout
