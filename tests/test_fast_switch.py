@@ -17,7 +17,7 @@ from emu.loader.multiboot import BootImage, parse_image
 from emu.machine import Machine
 from svm_ext.extension import SvmExtension
 from svm_ext.vmcb import INTERCEPT_CPUID, INTERCEPT_VMMCALL, INTERCEPT_VMRUN
-from tests.nested_image import EXIT_PASS, L2_CODE, nested_image, vmcb12
+from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12
 
 pytestmark = pytest.mark.skipif(not replay.available(), reason="the C engine was not built")
 
@@ -196,3 +196,39 @@ def test_nx_guard_holds_for_replayed_vmruns():
     replays, reason, message = r.stdout.split(" ", 2)
     assert reason == "unsupported" and "page-table root" in message, r.stdout
     assert int(replays) >= 10, r.stdout
+
+
+# ---- two L2s in turn: a program each, both kept ------------------------------------------------
+SECOND_VMCB = 0x410000
+L1_TWO = f"""
+    mov rsi, rdi
+    mov r15, {SECOND_VMCB}
+    mov rdi, r15
+    mov rcx, 4096
+    rep movsb
+    mov rdi, {VMCB12}
+    mov dword ptr [r15 + 0x58], 2
+    mov r12, 0
+again:
+    mov rbx, rdi
+    test r12, 1
+    cmovnz rbx, r15
+    mov rax, rbx
+    vmrun
+    add qword ptr [rbx + 0x578], 3
+    inc r12
+    cmp r12, {TRIPS}
+    jb again
+""" + EXIT_PASS
+L2_VMMCALL = """
+l2: inc r13
+    vmmcall
+    jmp l2
+"""
+
+
+def test_two_guests_in_turn_both_replayed():
+    out = same_with_and_without(nested_image(L1_TWO, L2_VMMCALL, vmcb12()))
+    assert out.reason == "exit" and out.status == 1, out
+    assert out.stats == {"vmrun": TRIPS, "vmexit": TRIPS}
+    assert out.replays >= 2 * TRIPS - 8, out.replays
