@@ -109,6 +109,8 @@ def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Na
                     limit: int | None) -> int:
     """Run, then end the way every run ends: flush, snapshot if asked, one summary line."""
     outputs = _open_coverage(args, machine)
+    if args.no_replay and machine.replay is not None:
+        machine.replay.enabled = False
     result: RunResult = _run(machine, args, limit)
     sys.stdout.flush()
     if tracer:
@@ -129,6 +131,8 @@ def _add_execution_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
     p.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
+    p.add_argument("--no-replay", action="store_true",
+                   help="handle every world switch in Python (no C replay; for comparison)")
     p.add_argument("--coverage", metavar="drcov:FILE",
                    help="write block coverage (drcov v2, one module per address space)")
     p.add_argument("--tenet", metavar="FILE", help="write a Tenet trace (per-instruction hook)")

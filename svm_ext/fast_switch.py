@@ -175,7 +175,9 @@ class FastSwitch:
                    nested_entries: tuple[tuple[int, int], ...] | None) -> None:
         """A VMRUN loaded L2 (no event injected): record it as the VMRUN program.
         `nested_entries`: what hw_quirks.guard_nested_nx read (None: it cannot be replayed)."""
-        if before is not None and nested_entries is not None:
+        # Only a switch that left the machine quiet (no interrupt window opened, nothing pending)
+        # is all in its bytes: one that also asked the machine to look for an interrupt is not.
+        if before is not None and nested_entries is not None and self.ext.machine.replay_ready():
             program = self._vmrun_program(before, vmcb12_pa, nested_entries)
             if program is not None:
                 self.engine.add_program(hostvm.UC_EXIT_BASE + hostvm.VMEXIT_VMRUN, program)
@@ -230,7 +232,7 @@ class FastSwitch:
                   extra: list[tuple[int, bytes]]) -> None:
         """A reflected #VMEXIT finished: record it. `extra`: (guest-physical address, bytes) of
         memory the decision read besides vmcb12 (the MSRPM byte)."""
-        if before is not None:
+        if before is not None and self.ext.machine.replay_ready():    # quiet, as for VMRUN
             program = self._exit_program(before, code, rip, nrip, extra)
             if program is not None:
                 self.engine.add_program(hostvm.UC_EXIT_BASE + code, program)
