@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from typing import Callable
 
 from unicorn import Uc
@@ -38,6 +39,7 @@ N_INTNO = 0x600
 PER_INTNO = 4
 MASK64 = (1 << 64) - 1
 
+_OP_SIZE = 32
 _INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
 
 
@@ -56,6 +58,10 @@ class _Engine(ctypes.Structure):
                 ("fallbacks", ctypes.c_uint64), ("seq", ctypes.c_uint64),
                 ("state", ctypes.c_uint64),
                 ("programs", (ctypes.c_void_p * PER_INTNO) * N_INTNO)]
+
+
+_OP = struct.Struct("<IIQQQ")      # struct op, packed in one call per op (ctypes fields cost more)
+assert ctypes.sizeof(_Op) == _OP_SIZE == _OP.size
 
 
 def _load() -> ctypes.CDLL | None:
@@ -84,13 +90,9 @@ class Program:
 
     def __init__(self) -> None:
         self._ops: list[tuple[int, int, int, int, int]] = []
-        self._keep: list[object] = []          # constants the ops point at
+        self._consts = bytearray()             # the bytes ops compare with or copy from ...
+        self._const_ops: list[int] = []        # ... for these ops, whose b is an offset in it
         self._committed = False
-
-    def _const(self, data: bytes) -> int:
-        buf = ctypes.create_string_buffer(bytes(data), len(data) or 1)
-        self._keep.append(buf)
-        return ctypes.addressof(buf)
 
     def _add(self, code: int, length: int = 0, a: int = 0, b: int = 0, c: int = 0) -> "Program":
         if code in (OP_CMP, OP_EQ64) and self._committed:
@@ -98,10 +100,16 @@ class Program:
         self._ops.append((code, length, a & MASK64, b & MASK64, c & MASK64))
         return self
 
+    def _add_const(self, code: int, addr: int, data: bytes) -> "Program":
+        self._const_ops.append(len(self._ops))
+        self._add(code, len(data), addr, len(self._consts))
+        self._consts += data
+        return self
+
     # guards
     def same(self, addr: int, expected: bytes) -> "Program":
         """The len(expected) bytes at addr still equal `expected`."""
-        return self._add(OP_CMP, len(expected), addr, self._const(expected)) if expected else self
+        return self._add_const(OP_CMP, addr, expected) if expected else self
 
     def eq64(self, addr: int, value: int, mask: int = MASK64) -> "Program":
         return self._add(OP_EQ64, 0, addr, value & mask, mask)
@@ -115,7 +123,7 @@ class Program:
         return self._add(OP_COPY, n, dst, src)
 
     def write(self, dst: int, data: bytes) -> "Program":
-        return self.copy(dst, self._const(data), len(data)) if data else self
+        return self._add_const(OP_COPY, dst, data) if data else self
 
     def set64(self, dst: int, value: int) -> "Program":
         return self._add(OP_SET64, 0, dst, value)
@@ -141,13 +149,19 @@ class Program:
     def build(self) -> "_Built":
         if not self._committed:
             raise ValueError("a program needs commit() between its guards and its effects")
-        ops = (_Op * (len(self._ops) + 1))(*[_Op(*o) for o in self._ops], _Op(OP_END))
-        return _Built(ops, self._keep)
+        consts = ctypes.create_string_buffer(bytes(self._consts), len(self._consts) or 1)
+        base, ops = ctypes.addressof(consts), list(self._ops)
+        for i in self._const_ops:
+            code, length, a, b, c = ops[i]
+            ops[i] = (code, length, a, base + b, c)
+        array = (_Op * (len(ops) + 1))()
+        ctypes.memmove(array, b"".join([_OP.pack(*op) for op in ops]), _OP_SIZE * len(ops))
+        return _Built(array, consts)
 
 
 class _Built:
-    def __init__(self, ops: ctypes.Array, keep: list[object]) -> None:
-        self.ops, self.keep = ops, keep
+    def __init__(self, ops: ctypes.Array, consts: ctypes.Array) -> None:
+        self.ops, self.consts = ops, consts        # kept alive while C may read them
         self.address = ctypes.addressof(ops)
 
 

@@ -71,10 +71,12 @@ _MAX_STATES = 4096
 
 def _spans_differ_outside(a: bytes, b: bytes, allowed: tuple[tuple[int, int], ...]) -> bool:
     """Whether a and b differ anywhere outside the allowed (offset, length) spans."""
-    mask = bytearray(len(a))
+    if len(a) != len(b):
+        return True
+    ma, mb = bytearray(a), bytearray(b)
     for off, n in allowed:
-        mask[off:off + n] = b"\x01" * n
-    return any(x != y and not mask[i] for i, (x, y) in enumerate(zip(a, b)))
+        ma[off:off + n] = mb[off:off + n] = bytes(n)
+    return ma != mb
 
 
 @dataclass
@@ -98,6 +100,7 @@ class FastSwitch:
         self._ids: dict[tuple, int] = {}
         self._states: dict[int, tuple] = {}
         self._counted = (0, 0)
+        self._seen: set[tuple] = set()     # switches met once: recorded when met again
         m.replay_listeners.append(self.sync)
 
     def _slot(self, n: int) -> int:
@@ -118,6 +121,15 @@ class FastSwitch:
         (st.gif, st.vm_cr, st.hsave_pa, st.in_l2, st.vmcb12_pa, _, st.l1_next_rip, st.v_irq,
          st.v_tpr, pat.gpat, pat.gpat_valid, pat.parked_hpat, ext.machine.msrs.values[MSR_PAT],
          ext.machine.tsc_offset) = s
+
+    def _second_time(self, key: tuple) -> bool:
+        """Recording costs ~100 us: spend it on switches that repeat, not on every first one."""
+        if key in self._seen:
+            return True
+        if len(self._seen) >= _MAX_STATES:
+            self._seen.clear()
+        self._seen.add(key)
+        return False
 
     def _state_id(self) -> int:
         s = self._python_state()
@@ -177,7 +189,9 @@ class FastSwitch:
         `nested_entries`: what hw_quirks.guard_nested_nx read (None: it cannot be replayed)."""
         # Only a switch that left the machine quiet (no interrupt window opened, nothing pending)
         # is all in its bytes: one that also asked the machine to look for an interrupt is not.
-        if before is not None and nested_entries is not None and self.ext.machine.replay_ready():
+        if (before is not None and nested_entries is not None and self.ext.machine.replay_ready()
+                and self._second_time((hostvm.VMEXIT_VMRUN, vmcb12_pa, before.state_id,
+                                       _Q.unpack_from(before.blob, _RIP)[0]))):
             program = self._vmrun_program(before, vmcb12_pa, nested_entries)
             if program is not None:
                 self.engine.add_program(hostvm.UC_EXIT_BASE + hostvm.VMEXIT_VMRUN, program)
@@ -232,7 +246,8 @@ class FastSwitch:
                   extra: list[tuple[int, bytes]]) -> None:
         """A reflected #VMEXIT finished: record it. `extra`: (guest-physical address, bytes) of
         memory the decision read besides vmcb12 (the MSRPM byte)."""
-        if before is not None and self.ext.machine.replay_ready():    # quiet, as for VMRUN
+        if (before is not None and self.ext.machine.replay_ready()     # quiet, as for VMRUN
+                and self._second_time((code, rip, before.state_id))):
             program = self._exit_program(before, code, rip, nrip, extra)
             if program is not None:
                 self.engine.add_program(hostvm.UC_EXIT_BASE + code, program)

@@ -231,4 +231,4 @@ def test_two_guests_in_turn_both_replayed():
     out = same_with_and_without(nested_image(L1_TWO, L2_VMMCALL, vmcb12()))
     assert out.reason == "exit" and out.status == 1, out
     assert out.stats == {"vmrun": TRIPS, "vmexit": TRIPS}
-    assert out.replays >= 2 * TRIPS - 8, out.replays
+    assert out.replays >= 2 * TRIPS - 12, out.replays     # each recorded when met the second time
