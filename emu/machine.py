@@ -359,11 +359,13 @@ class Machine:
         e = self.replay
         if e is None:
             return
-        if e.seq != self._replay_seen:
-            self._replay_seen = e.seq
+        seq = e.seq_word.value
+        if seq != self._replay_seen:
+            self._replay_seen = seq
             for listener in self.replay_listeners:
                 listener()
-        e.state = 0
+        if e.state_word.value:
+            e.state_word.value = 0
 
     def replay_ready(self) -> bool:
         """May programs run from here on? Not while anything else wants Python to see every

@@ -188,6 +188,9 @@ class Engine:
         self._programs: dict[int, list[_Built]] = {}
         self.blob = ctx.ctx.context.value + 40        # the CPU state inside the context (hw_switch)
         self._state = ctypes.c_uint64.from_address(ctypes.addressof(e) + _Engine.state.offset)
+        # The two words Python checks on every entry (Machine.replay_sync), as direct handles.
+        self.seq_word = ctypes.c_uint64.from_address(ctypes.addressof(e) + _Engine.seq.offset)
+        self.state_word = self._state
         hook = ctypes.c_size_t()
         err = lib.uc_hook_add(uc._uch, ctypes.byref(hook), UC_HOOK_INTR,
                               ctypes.cast(_LIB.replay_intr, ctypes.c_void_p),
