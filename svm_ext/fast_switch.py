@@ -42,7 +42,7 @@ from emu.msr import MSR_PAT
 from emu.replay import Engine, Program
 
 from .switch_cache import REGIONS, VMCB_RANGES
-from .vmcb import FIELDS, VMCB_SIZE, read_cache
+from .vmcb import CACHE_STRUCT, FIELDS, VMCB_SIZE, read_cache
 from .vmexit import HOST_DR7
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class FastSwitch:
         m = ext.machine
         self.blob_size = len(m.ctx.view)
         self.l1_host, self.l1_host_addr = engine.buffer(self.blob_size)
-        self.vmcb12_copy, self.vmcb12_copy_addr = engine.buffer(VMCB_SIZE)
+        self.vmcb12_copy, self.vmcb12_copy_addr = engine.buffer(CACHE_STRUCT.size)
         self.slots, self.slots_addr = engine.buffer(8 * 4)
         _Q.pack_into(self.slots, 8 * _SLOT_HOST_DR7, HOST_DR7)
         self._ids: dict[tuple, int] = {}
@@ -228,7 +228,7 @@ class FastSwitch:
         # Host state (vmrun.save_host_state), the vmcb12 copy behind ext.state.vmcb12.
         p.copy(self.l1_host_addr, blob, self.blob_size)
         p.reg_read(self._slot(_SLOT_L1_RFLAGS), UC_X86_REG_RFLAGS)
-        p.copy(self.vmcb12_copy_addr, vmcb, VMCB_SIZE)
+        p.copy(self.vmcb12_copy_addr, vmcb, CACHE_STRUCT.size)     # what read_cache reads
         # L2's state: what load_guest produced, then the volatile fields from vmcb12.
         for off, n in REGIONS + ((OFF_V_TPR, 1),):
             p.write(blob + off, new[off:off + n])
