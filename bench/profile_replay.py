@@ -46,7 +46,6 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 
 def classify(dso: str, symbol: str) -> str:
-    text = f"{dso} {symbol}"
     for group, _, keys in GROUPS:
         if any(k in symbol for k in keys) or (group == "Python" and "python" in dso):
             return group
