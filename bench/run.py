@@ -32,7 +32,7 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench import profile_switch, runners, workloads  # noqa: E402
+from bench import profile_replay, profile_switch, runners, workloads  # noqa: E402
 from bench.workloads import Workload  # noqa: E402
 from emu.loader.asm import GUESTS_DIR, assemble_source  # noqa: E402
 
@@ -388,7 +388,22 @@ def main(argv: list[str] | None = None) -> int:
         console.print(rich_table("world-switch profile (share of the profiled run ≈ µs per "
                                  "round trip)", ph[:3], [r[:3] for r in prow]))
         (p3, py3), (p4, py4) = totals["switch"], totals["msr"]
-        md += ["## World-switch profile", "",
+        md += ["## World-switch profile: the replayed switch (C)", "",
+               "A round trip that repeats runs in C (emu/replay.c, programs recorded by "
+               "svm_ext/fast_switch.py). `python -m bench.profile_replay`: perf samples "
+               "(software clock) over 400,000 VMMCALL round trips, whole process, grouped by "
+               "symbol (start-up is in the Python row):", ""]
+        try:
+            counts, _ = profile_replay.profile("switch", 40_000 if args.quick else 400_000)
+            what = {g: w for g, w, _ in profile_replay.GROUPS}
+            md += [md_table(["part", "share of samples", "what it is"],
+                            [[g, f"{v:.1f}%", what.get(g, "")] for g, v in counts.most_common()]),
+                   ""]
+        except (SystemExit, subprocess.CalledProcessError) as e:
+            md += [f"(not measured: {e})", ""]
+        md += ["## World-switch profile: the Python path", "",
+               "What a switch costs when it is met for the first time, does not repeat, or runs "
+               "with `--no-replay` (this profile turns replay off). "
                f"Workloads 3 (`world_switch.S`) and 4 (`world_switch_msr.S`, architectural "
                f"model), {iters:,} round trips each. Unprofiled: **{p3:.1f} µs** and "
                f"**{p4:.1f} µs** of CPU per round trip. A timer wraps each step below (wall "
@@ -429,16 +444,16 @@ def main(argv: list[str] | None = None) -> int:
            "RDMSR(PAT) rather than VMMCALL.",
            "- The machine is shared (2 cores, other work running): even CPU time varies by "
            "10-20% between runs (caches, frequency).",
-           "- Findings that hold across runs (2026-11-25): raw Unicorn is itself slower than "
-           "QEMU 7.2 TCG on the ALU loop (its core is QEMU 5.0 plus per-block exit checks), so "
-           "the L1/L2 loop ratio to QEMU is bounded by Unicorn, not by svmemu, which stays "
-           "within the noise of raw Unicorn (raw/svmemu 0.88-1.07 in runs that measured the "
-           "engines one after the other; 1.01 interleaved, 5 rounds). `Machine.run(timeout=...)` / `svmemu run --timeout` use Unicorn's "
-           "emu_start timeout, whose helper thread polls: the L1 loop then costs ~1.7x the CPU "
-           "(30M iterations: 0.085 s against 0.050 s), so the bench runs without it (a "
-           "watchdog thread instead) and so could the product. The PAT model changes the "
-           "round trip by less than the noise. A bundled guest's process is ~150 ms of CPU, "
-           "nearly all Python start-up, imports and assembly, against QEMU's ~70 ms.",
+           "- Why the loops trail QEMU (bench/LOOPS.md, with the disassembly): raw Unicorn, "
+           "svmemu's L1 and svmemu's L2 run the same host code for the loop, byte for byte; "
+           "it differs from QEMU 7.2's only in Unicorn 2.1.4's call to "
+           "helper_check_exit_request at the start of every translated block (QEMU and "
+           "Unicorn 2.1.3: a 3-instruction inline test), ~0.5 ns per block, ~40% of the "
+           "loop. Replacing it in the live block gives 0.95-0.99 ns/iteration, faster than "
+           "QEMU. Closing it needs a decision on the pinned Unicorn (a rebuilt wheel, or "
+           "rewriting block entries at run time). The PAT model changes the round trip by "
+           "less than the noise. A bundled guest's process is ~150 ms of CPU, nearly all "
+           "Python start-up, imports and assembly, against QEMU's ~70 ms.",
            "- The profile's per-step times use a wall clock (a CPU clock costs ~0.9 µs per read, "
            "more than many steps), so they are only as quiet as the machine was.", ""]
     if results is not None:
