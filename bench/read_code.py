@@ -14,28 +14,13 @@ import statistics
 import time
 from typing import Any, Callable
 
-from emu.hw_switch import CS, HF2_NPT, OFF_HFLAGS2
-from emu.interrupts import Fault
+from emu.hw_switch import HF2_NPT, OFF_HFLAGS2
 from emu.loader.multiboot import parse_image
 from emu.machine import Machine
-from emu.memory import GuestMemory
 from svm_ext.extension import SvmExtension
 
 from . import workloads
 from .runners import RAM, guarded_run
-
-
-def walk_every_time(mem: GuestMemory, rip: int, size: int) -> bytes:
-    """read_code's nested-paging branch as it was before the cache: one full walk per page."""
-    ctx = mem.ctx.save()
-    va = ctx.seg(CS).base + rip if ctx.mode_bits() != 64 else rip
-    out = b""
-    for v, n in mem._chunks(va, size):
-        try:
-            out += mem.read_phys(mem.translate(v, user=ctx.cpl == 3, fetch=True), n)
-        except Fault:
-            break
-    return out
 
 
 def _cpu_per_call(fn: Callable[[], Any], calls: int) -> float:
@@ -56,12 +41,12 @@ def measure(calls: int, repeat: int) -> dict[str, list[float]]:
     def probe(rip: int, size: int) -> bytes:
         if not times and mem.ctx.save().u32(OFF_HFLAGS2) & HF2_NPT:
             want = original(rip, size)
-            assert walk_every_time(mem, rip, size) == want
+            assert mem.read_code_uncached(rip, size) == want
             cases = {
                 "cached read_code": lambda: original(rip, size),
                 "miss (cache emptied each call)": lambda: (mem._code_cache.clear(),
                                                            original(rip, size)),
-                "full 2D walk (before)": lambda: walk_every_time(mem, rip, size),
+                "full 2D walk (before)": lambda: mem.read_code_uncached(rip, size),
             }
             for _ in range(repeat):
                 for name, fn in cases.items():

@@ -344,8 +344,15 @@ class GuestMemory:
                 out += self.read_phys(pa, n)
             return out
         got = _vmem_read(self.uc, va, size)
-        if got is not None:
-            return got
+        return got if got is not None else self._read_code_walking(ctx, va, size)
+
+    def read_code_uncached(self, rip: int, size: int) -> bytes:
+        """read_code with a full walk per page and nothing remembered: the reference the code
+        cache is measured and tested against (bench/read_code.py, tests/test_code_path.py)."""
+        ctx = self.ctx.save()
+        return self._read_code_walking(ctx, self._code_va(ctx, rip), size)
+
+    def _read_code_walking(self, ctx: Context, va: int, size: int) -> bytes:
         out = b""
         for v, n in self._chunks(va, size):
             try:

@@ -339,26 +339,13 @@ def test_unstable_path_is_none(nested: bool) -> None:
 def test_unstable_path_read_code_as_before() -> None:
     rig = _overlapping_pae(True)
     snap = rig.snapshot()
-    want = [walk_every_time(rig.gm, rig.rip, 15) for _ in range(2)]
+    want = [rig.gm.read_code_uncached(rig.rip, 15) for _ in range(2)]
     rig.restore(snap)
     assert [rig.gm.read_code(rig.rip, 15) for _ in range(2)] == want
     assert want[0] == bytes(rig.m.ram[rig.pa:rig.pa + 7]) and want[1] == b""
 
 
 # --- read_code's cache --------------------------------------------------------------------------
-
-
-def walk_every_time(mem: GuestMemory, rip: int, size: int) -> bytes:
-    """read_code under nested paging as it was before the cache (one translate per page)."""
-    ctx = mem.ctx.save()
-    va = ctx.seg(CS).base + rip if ctx.mode_bits() != 64 else rip
-    out = b""
-    for v, n in mem._chunks(va, size):
-        try:
-            out += mem.read_phys(mem.translate(v, user=ctx.cpl == 3, fetch=True), n)
-        except Fault:
-            break
-    return out
 
 
 def _result(fn: Callable[[], bytes]) -> object:
@@ -400,7 +387,7 @@ def test_read_code_matches_full_walk_under_random_changes(case: Case) -> None:
     def compare(step: int) -> None:
         for rip, size in ((rig.rip, 15), (rig.rip, 3), (rig.rip + 7, 15)):
             snap = rig.snapshot()
-            want = _result(lambda: walk_every_time(gm, rip, size))
+            want = _result(lambda: gm.read_code_uncached(rip, size))
             after = rig.snapshot()
             rig.restore(snap)
             got = _result(lambda: gm.read_code(rip, size))
@@ -473,7 +460,7 @@ def test_real_l2_world() -> None:
     assert path is not None and path.nested and path.ncr3 == 0x20000
     assert path.pa == m.mem.translate(path.va, fetch=True)
     assert all(_value(m, e) == e.value for e in path.entries)
-    assert m.mem.read_code(rip, 15) == walk_every_time(m.mem, rip, 15) == m.mem.read_code(rip, 15)
+    assert m.mem.read_code(rip, 15) == m.mem.read_code_uncached(rip, 15) == m.mem.read_code(rip, 15)
 
 
 def test_walk_with_path_pure() -> None:
