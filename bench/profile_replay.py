@@ -18,35 +18,42 @@ import sys
 import tempfile
 from collections import Counter
 
-# (group, what it is, symbol substrings that belong to it), first match wins.
-GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+# (group, what it is, symbol substrings that belong to it, what would remove it); first match wins.
+GROUPS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("TLB flush", "memset of the softmmu TLB and the jump cache, twice per round trip "
      "(VMRUN and #VMEXIT: Unicorn's TLB is not tagged by ASID)",
-     ("memset", "tlb_flush")),
+     ("memset", "tlb_flush"),
+     "a TLB tagged by ASID in Unicorn (an upstream change); flushing only the MMU indexes in "
+     "use would halve it but uc_ctl flushes all"),
     ("context copies", "uc_context_save/restore (5.5 KiB each), L1's host state and vmcb12 "
-     "copies in the programs", ("memmove", "memcpy", "uc_context")),
+     "copies in the programs", ("memmove", "memcpy", "uc_context"),
+     "patching the live CPU state in place (its address is known: emu/irq_window.py) instead of "
+     "save/restore; keeping only the host-state regions a #VMEXIT reads"),
     ("guards", "the programs' comparisons (memcmp) and the interpreter loop",
-     ("memcmp", "replay_intr")),
+     ("memcmp", "replay_intr"),
+     "fewer, larger compares (vmcb12's ranges are ~1.5 KiB); hashing instead is not exact"),
     ("TLB refill", "Unicorn refilling the TLB after the flush: page walks, nested walks",
      ("tlb_fill", "tlb_set_page", "flatview", "address_space", "ldq_phys", "ldl_phys",
       "get_physical_address", "qemu_map_ram", "iotlb", "mmu_translate", "load_helper",
-      "store_helper", "_mmu_")),
+      "store_helper", "_mmu_"), "goes with the flush"),
     ("finding code", "looking up translated blocks again after the flush cleared the jump "
                      "cache", ("tb_htable", "tb_lookup", "tb_tc_cmp", "qht", "tb_find",
-                               "g_tree", "lookup_tb")),
+                               "g_tree", "lookup_tb"), "goes with the flush"),
     ("raising the exit", "the intercept check, longjmp out of the block, restoring the PC",
      ("svm", "cpu_loop_exit", "restore_state", "cpu_handle", "raise_", "longjmp", "sigsetjmp",
-      "vmexit", "check_intercept")),
+      "vmexit", "check_intercept"), "Unicorn's own cost of an intercept: stays"),
     ("register API", "uc_reg_read/write of RFLAGS, DR6, DR7", ("reg_read", "reg_write",
-                                                                "cpu_compute_eflags")),
-    ("Unicorn loop", "cpu_exec and the rest of Unicorn", ("unicorn", "cpu_exec", "helper_")),
+                                                                "cpu_compute_eflags"),
+     "writing the split EFLAGS fields directly (pinned offsets)"),
+    ("Unicorn loop", "cpu_exec and the rest of Unicorn", ("unicorn", "cpu_exec", "helper_"),
+     "stays"),
     ("Python", "start-up, the run loop, the first switches (recorded in Python)",
-     ("python", "Py", "_Py")),
+     ("python", "Py", "_Py"), "not per round trip: start-up and the first two switches"),
 )
 
 
 def classify(dso: str, symbol: str) -> str:
-    for group, _, keys in GROUPS:
+    for group, _, keys, _ in GROUPS:
         if any(k in symbol for k in keys) or (group == "Python" and "python" in dso):
             return group
     return "Unicorn loop" if "unicorn" in dso else "other (kernel, libc, JIT code)"
@@ -92,11 +99,25 @@ def main() -> None:
     ap.add_argument("--workload", choices=("switch", "msr"), default="switch")
     args = ap.parse_args()
     counts, _ = profile(args.workload, args.trips)
-    what = {g: w for g, w, _ in GROUPS}
-    print("| part | share of samples | what it is |")
-    print("| --- | --- | --- |")
+    for row in rows(counts, None):
+        print("| " + " | ".join(row) + " |")
+
+
+def rows(counts: Counter, trip_us: float | None) -> list[list[str]]:
+    """Table rows: part, share, ≈ µs per round trip (the share of the samples outside the
+    Python row, times `trip_us`), what it is, what would remove it."""
+    info = {g: (w, fix) for g, w, _, fix in GROUPS}
+    per_trip = 100.0 - counts.get("Python", 0.0)
+    out = []
     for group, share in counts.most_common():
-        print(f"| {group} | {share:.1f}% | {what.get(group, '')} |")
+        us = ("-" if trip_us is None or group == "Python" or per_trip <= 0
+              else f"{share / per_trip * trip_us:.2f}")
+        what, fix = info.get(group, ("", ""))
+        out.append([group, f"{share:.1f}%", us, what, fix])
+    return out
+
+
+HEADER = ["part", "share of samples", "≈ µs per round trip", "what it is", "what would remove it"]
 
 
 if __name__ == "__main__":

@@ -388,17 +388,19 @@ def main(argv: list[str] | None = None) -> int:
         console.print(rich_table("world-switch profile (share of the profiled run ≈ µs per "
                                  "round trip)", ph[:3], [r[:3] for r in prow]))
         (p3, py3), (p4, py4) = totals["switch"], totals["msr"]
+        trips = 40_000 if args.quick else 400_000
         md += ["## World-switch profile: the replayed switch (C)", "",
                "A round trip that repeats runs in C (emu/replay.c, programs recorded by "
                "svm_ext/fast_switch.py). `python -m bench.profile_replay`: perf samples "
-               "(software clock) over 400,000 VMMCALL round trips, whole process, grouped by "
-               "symbol (start-up is in the Python row):", ""]
+               f"(software clock) over {trips:,} VMMCALL round trips, whole process, grouped by "
+               "symbol; start-up is in the Python row, and the µs column spreads the measured "
+               "round trip (above) over the other rows by their share:", ""]
         try:
-            counts, _ = profile_replay.profile("switch", 40_000 if args.quick else 400_000)
-            what = {g: w for g, w, _ in profile_replay.GROUPS}
-            md += [md_table(["part", "share of samples", "what it is"],
-                            [[g, f"{v:.1f}%", what.get(g, "")] for g, v in counts.most_common()]),
-                   ""]
+            counts, _ = profile_replay.profile("switch", trips)
+            trip = next((r for r in rows if r.key == "switch"), None)
+            md += [md_table(profile_replay.HEADER, profile_replay.rows(
+                counts, trip.svmemu.per_iter * 1e6
+                if trip is not None and trip.svmemu.per_iter else None)), ""]
         except (SystemExit, subprocess.CalledProcessError) as e:
             md += [f"(not measured: {e})", ""]
         md += ["## World-switch profile: the Python path", "",
