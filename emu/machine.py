@@ -376,12 +376,13 @@ class Machine:
                 and self._pending is None and self._pause is None and not self.io_trap.armed
                 and not self.irq.window.armed and not self.apic.irr and not self.apic.nmi_pending)
 
-    def _on_intr_c(self, uc: Uc, intno: int, _data: object) -> None:
+    def _on_intr_c(self, _uch: int, intno: int, _user: int) -> None:
         """The Python hook behind the C one: the binding's exception handling, which a raw
         ctypes callback does not have (an exception stops emulation and emu_start re-raises it)."""
+        uc = self.uc
         try:
             self.replay_sync()
-            self._on_intr(uc, intno, _data)
+            self._on_intr(uc, intno, None)
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             if uc._hook_exception is None:
                 uc._hook_exception = e

@@ -169,7 +169,9 @@ class Engine:
     """The C hook, its programs and the buffers they use. One per machine."""
 
     def __init__(self, uc: Uc, ctx: Context, ram_addr: int, ram_size: int,
-                 python_hook: Callable[[Uc, int, object], None]) -> None:
+                 python_hook: Callable[[int, int, int], None]) -> None:
+        """`python_hook(uc_handle, intno, user)` gets every exit no program took (called
+        from C through ctypes: it must not raise)."""
         assert _LIB is not None
         self.uc, self.ram, self.ram_size = uc, ram_addr, ram_size
         lib = _binding.uclib
@@ -182,7 +184,7 @@ class Engine:
         e.reg_write = ctypes.cast(lib.uc_reg_write, ctypes.c_void_p).value
         e.ctl = ctypes.cast(lib.uc_ctl, ctypes.c_void_p).value
         e.flush_control = _TLB_FLUSH
-        self._fallback = _INTR_CB(lambda _uc, intno, _user: python_hook(uc, intno, None))
+        self._fallback = _INTR_CB(python_hook)
         e.fallback = ctypes.cast(self._fallback, ctypes.c_void_p).value
         e.enabled = 1
         self._programs: dict[int, list[_Built]] = {}

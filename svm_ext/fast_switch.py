@@ -101,6 +101,7 @@ class FastSwitch:
         self._states: dict[int, tuple] = {}
         self._counted = (0, 0)
         self._seen: set[tuple] = set()     # switches met once: recorded when met again
+        self._key_of: tuple = (None, b"")   # (vmcb12 cache, its non-volatile bytes)
         m.replay_listeners.append(self.sync)
 
     def _slot(self, n: int) -> int:
@@ -110,7 +111,10 @@ class FastSwitch:
     def _python_state(self) -> tuple:
         ext = self.ext
         st, pat, c = ext.state, ext.pat, ext.state.vmcb12
-        key = b"".join(c.to_bytes()[lo:hi] for lo, hi in VMCB_RANGES) if c is not None else b""
+        if c is not self._key_of[0]:          # a new vmcb12 cache only at VMRUN
+            self._key_of = (c, b"".join(c.to_bytes()[lo:hi] for lo, hi in VMCB_RANGES)
+                            if c is not None else b"")
+        key = self._key_of[1]
         return (st.gif, st.vm_cr, st.hsave_pa, st.in_l2, st.vmcb12_pa, key, st.l1_next_rip,
                 st.v_irq, st.v_tpr, pat.gpat, pat.gpat_valid, pat.parked_hpat,
                 ext.machine.msrs.values[MSR_PAT], ext.machine.tsc_offset)
@@ -177,11 +181,14 @@ class FastSwitch:
     def arm(self) -> None:
         """The world switch is done: let programs recorded from the current Python state run."""
         ext, m = self.ext, self.ext.machine
+        if not m.replay_ready():
+            self.engine.state = 0
+            return
         st = ext.state
         if st.l1_host:
             ctypes.memmove(self.l1_host_addr, st.l1_host, len(st.l1_host))
         _Q.pack_into(self.slots, 8 * _SLOT_L1_RFLAGS, st.l1_rflags)
-        self.engine.state = self._state_id() if m.replay_ready() else 0
+        self.engine.state = self._state_id()
 
     def vmrun_done(self, before: Pending | None, vmcb12_pa: int,
                    nested_entries: tuple[tuple[int, int], ...] | None) -> None:
