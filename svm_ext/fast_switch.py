@@ -185,8 +185,10 @@ class FastSwitch:
             self.engine.state = 0
             return
         st = ext.state
-        if st.l1_host:
-            ctypes.memmove(self.l1_host_addr, st.l1_host, len(st.l1_host))
+        if len(st.l1_host) != self.blob_size:     # none yet, or a damaged snapshot's
+            self.engine.state = 0
+            return
+        ctypes.memmove(self.l1_host_addr, st.l1_host, self.blob_size)
         _Q.pack_into(self.slots, 8 * _SLOT_L1_RFLAGS, st.l1_rflags)
         self.engine.state = self._state_id()
 
