@@ -22,8 +22,8 @@ from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12
 pytestmark = pytest.mark.skipif(not replay.available(), reason="the C engine was not built")
 
 RAM = 128 << 20
-# Context bytes after V_TPR that differ between two machines even with the engine off (padding
-# in Unicorn's CPU state): nobody reads them.
+# Context bytes after V_TPR differ between two machines even with the engine off: QEMU's
+# `retaddr`, a host return address Unicorn sets in its TLB-fill path before every use.
 _NOISE_FROM = OFF_V_TPR + 1
 
 
