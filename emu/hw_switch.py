@@ -24,6 +24,9 @@ _DATA_OFF = 40
 
 # CPUX86State offsets (QEMU 5.0 layout inside unicorn 2.1.4).
 OFF_REGS = 0            # 16 x u64
+OFF_RAX = OFF_REGS
+OFF_RCX = OFF_REGS + 1 * 8
+OFF_RSP = OFF_REGS + 4 * 8
 OFF_EIP = 128
 OFF_EFLAGS = 136
 OFF_HFLAGS = 176
@@ -31,6 +34,7 @@ OFF_HFLAGS2 = 180
 OFF_SEGS = 184          # ES CS SS DS FS GS, then LDT TR GDT IDT; 24 bytes each
 SEG_SIZE = 24
 OFF_CR = OFF_SEGS + 10 * SEG_SIZE   # cr[0..4], u64 each
+OFF_CR2 = OFF_CR + 2 * 8
 OFF_EFER = 592
 OFF_VM_HSAVE = 4832
 OFF_ERROR_CODE = 5384

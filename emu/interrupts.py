@@ -19,7 +19,7 @@ from .arch_bits import RFLAGS_AC
 from .errors import Unsupported
 from .paging import is_canonical
 from .hw_switch import (CS, DESC_B, DESC_DPL_SHIFT, DESC_L, DESC_P, DESC_S, GDTR, HF_LMA, IDTR,
-                        LDTR, SS, TR, Context, Segment, OFF_CR)
+                        LDTR, SS, TR, Context, Segment, OFF_CR2)
 
 # Vectors, as the APM names them.
 DE, DB, NMI, BP, OF, BR, UD, NM, DF, TS, NP, SS_FAULT, GP, PF, MF, AC, MC, XF = (
@@ -136,7 +136,7 @@ class Deliverer:
     def _deliver_once(self, ev: Event, return_rip: int, cr2: int | None) -> None:
         ctx = self.ctx.save()
         if cr2 is not None:
-            ctx.set_u64(OFF_CR + 16, cr2)
+            ctx.set_u64(OFF_CR2, cr2)
         rflags = self.uc.reg_read(UC_X86_REG_RFLAGS)
         rsp = self.uc.reg_read(UC_X86_REG_RSP)
         cr0 = ctx.cr(0)

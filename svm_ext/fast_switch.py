@@ -36,20 +36,19 @@ from typing import TYPE_CHECKING
 from unicorn.x86_const import UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RFLAGS
 
 from emu import hostvm
-from emu.hw_switch import (OFF_CR, OFF_DR, OFF_EFLAGS, OFF_EIP, OFF_ERROR_CODE, OFF_HFLAGS,
-                           OFF_REGS, OFF_V_TPR)
+from emu.hw_switch import (OFF_CR2, OFF_DR, OFF_EFLAGS, OFF_EIP, OFF_ERROR_CODE, OFF_HFLAGS,
+                           OFF_RAX, OFF_RCX, OFF_RSP, OFF_V_TPR)
 from emu.msr import MSR_PAT
 from emu.replay import Engine, Program
 
 from .switch_cache import REGIONS, VMCB_RANGES
-from .vmcb import CACHE_STRUCT, FIELDS, VMCB_SIZE, read_cache
+from .vmcb import CACHE_STRUCT, OFFSETS, VMCB_SIZE, read_cache
 from .vmexit import HOST_DR7
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
 
-_OFF = {name: off for name, off, _ in FIELDS}
-_RIP, _RSP, _RAX, _CR2 = OFF_EIP, OFF_REGS + 4 * 8, OFF_REGS, OFF_CR + 16
+_RIP, _RSP, _RAX, _CR2 = OFF_EIP, OFF_RSP, OFF_RAX, OFF_CR2
 _EFLAGS_VM = 1 << 17
 _DR_SPAN = (OFF_DR, 8 * 8)
 # Context bytes besides REGIONS that the VMRUN / #VMEXIT programs write: the moved registers, and
@@ -227,7 +226,7 @@ class FastSwitch:
         for lo, hi in VMCB_RANGES:
             p.same(vmcb + lo, v12[lo:hi])
         for name in ("dr6", "dr7"):        # checks.py: bits 63:32 must be zero
-            p.eq64(vmcb + _OFF[name], 0, 0xFFFFFFFF_00000000)
+            p.eq64(vmcb + OFFSETS[name], 0, 0xFFFFFFFF_00000000)
         for addr, value in nested_entries:
             host = e.ram_addr(addr, 8)
             if host is None:
@@ -242,11 +241,11 @@ class FastSwitch:
         for off, n in REGIONS + ((OFF_V_TPR, 1),):
             p.write(blob + off, new[off:off + n])
         for ctx_off, name in ((_RIP, "rip"), (_RAX, "rax"), (_RSP, "rsp"), (_CR2, "cr2")):
-            p.copy(blob + ctx_off, vmcb + _OFF[name], 8)
+            p.copy(blob + ctx_off, vmcb + OFFSETS[name], 8)
         p.restore()
         for reg, name in ((UC_X86_REG_DR7, "dr7"), (UC_X86_REG_DR6, "dr6"),
                           (UC_X86_REG_RFLAGS, "rflags")):
-            p.reg_write(vmcb + _OFF[name], reg)
+            p.reg_write(vmcb + OFFSETS[name], reg)
         p.flush_tlb()
         self._finish(p, _SLOT_VMRUNS)
         return p
@@ -269,8 +268,8 @@ class FastSwitch:
         pa = before.vmcb12_pa
         vmcb = e.ram_addr(pa, VMCB_SIZE)
         post = bytes(m.mem.view[pa:pa + VMCB_SIZE])
-        writes = [(_OFF[name], n) for name, n in _EXIT_FIELDS]
-        volatile = [(_OFF[name], 8) for name in _VOLATILE_SAVE]
+        writes = [(OFFSETS[name], n) for name, n in _EXIT_FIELDS]
+        volatile = [(OFFSETS[name], 8) for name in _VOLATILE_SAVE]
         if (vmcb is None or pa != st.vmcb12_pa or len(st.l1_host) != self.blob_size
                 or _spans_differ_outside(before.blob, after, _EXIT_WRITES)
                 or _spans_differ_outside(before.vmcb12, post, tuple(writes + volatile))):
@@ -297,16 +296,16 @@ class FastSwitch:
                 return None
             p.same(host_addr, data)
         if code == hostvm.VMEXIT_MSR:
-            p.eq64(blob + OFF_REGS + 8, _Q.unpack_from(old, OFF_REGS + 8)[0], 0xFFFFFFFF)
+            p.eq64(blob + OFF_RCX, _Q.unpack_from(old, OFF_RCX)[0], 0xFFFFFFFF)
         p.commit()
         # vmcb12: the exit's constant fields as the Python path wrote them, then L2's volatile state.
         for off, n in writes:
             p.write(vmcb + off, post[off:off + n])
         for ctx_off, name in ((_RIP, "rip"), (_RAX, "rax"), (_RSP, "rsp"), (_CR2, "cr2")):
-            p.copy(vmcb + _OFF[name], blob + ctx_off, 8)
+            p.copy(vmcb + OFFSETS[name], blob + ctx_off, 8)
         for reg, name in ((UC_X86_REG_DR7, "dr7"), (UC_X86_REG_DR6, "dr6"),
                           (UC_X86_REG_RFLAGS, "rflags")):
-            p.reg_read(vmcb + _OFF[name], reg)
+            p.reg_read(vmcb + OFFSETS[name], reg)
         # L1's state back (vmexit.restore_host): what the Python path produced, RAX/RSP from the
         # host state kept at VMRUN, RIP after the VMRUN; RFLAGS and DR7 after the restore.
         for off, n in REGIONS:

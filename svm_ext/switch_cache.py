@@ -27,10 +27,10 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from emu.hw_switch import (ES, GDTR, OFF_CR, OFF_EFER, OFF_EFLAGS, OFF_EIP, OFF_HFLAGS,
-                           OFF_NESTED_PG_MODE, OFF_REGS, OFF_SEGS, OFF_VM_VMCB, SEG_SIZE, flush_tlb)
+from emu.hw_switch import (ES, GDTR, OFF_CR, OFF_CR2, OFF_EFER, OFF_EFLAGS, OFF_EIP, OFF_HFLAGS,
+                           OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_SEGS, OFF_VM_VMCB, SEG_SIZE, flush_tlb)
 
-from .vmcb import FIELDS
+from .vmcb import OFFSETS
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
@@ -51,19 +51,18 @@ REGIONS: tuple[tuple[int, int], ...] = (
 # Not V_TPR (right after): VMRUN sets it outside load_guest (svm_ext/vintr.py) and #VMEXIT
 # leaves it as L2 had it, so it is nobody's output here.
 
-_OFF = {name: off for name, off, _ in FIELDS}
 _VOLATILE = ("dr7", "dr6", "rflags", "rip", "rsp", "rax", "cr2")
 _SAVE_END = 0x700
 _DR_TO_RIP = struct.Struct("<4Q")                # dr7 dr6 rflags rip: contiguous in the save area
 _Q = struct.Struct("<Q")
-assert [_OFF[n] for n in ("dr7", "dr6", "rflags", "rip")] == [_OFF["dr7"] + 8 * i for i in range(4)]
+assert [OFFSETS[n] for n in ("dr7", "dr6", "rflags", "rip")] == [OFFSETS["dr7"] + 8 * i for i in range(4)]
 
 
 def _vmcb_ranges() -> tuple[tuple[int, int], ...]:
     """vmcb12 bytes VMRUN reads, minus the volatile fields and the exit fields (0x70-0x8F,
     0xC0 on: written by #VMEXIT or clean bits / NRIP / instruction bytes)."""
     spans, start = [(0x000, 0x070), (0x090, 0x0C0)], 0x400
-    for lo in sorted(_OFF[n] for n in _VOLATILE):
+    for lo in sorted(OFFSETS[n] for n in _VOLATILE):
         if lo > start:
             spans.append((start, lo))
         start = max(start, lo + 8)
@@ -129,9 +128,9 @@ def load_guest(ext: "SvmExtension", c: "Vmcb12Cache", full: Callable[[], None]) 
 def _load_volatile(ext: "SvmExtension", c: "Vmcb12Cache") -> None:
     ctx = ext.machine.ctx
     ctx.set_u64(OFF_EIP, c.rip)
-    ctx.set_u64(OFF_REGS, c.rax)
-    ctx.set_u64(OFF_REGS + 4 * 8, c.rsp)
-    ctx.set_u64(OFF_CR + 16, c.cr2)
+    ctx.set_u64(OFF_RAX, c.rax)
+    ctx.set_u64(OFF_RSP, c.rsp)
+    ctx.set_u64(OFF_CR2, c.cr2)
     ctx.restore()
     ext.dr_flags.write(c.dr7, c.dr6, c.rflags)
     flush_tlb(ext.machine.uc)
@@ -159,10 +158,10 @@ def _store_volatile(ext: "SvmExtension") -> None:
     m = ext.machine
     ctx, buf, base = m.ctx, m.mem.view, ext.state.vmcb12_pa
     dr7, dr6, rflags = ext.dr_flags.read()
-    _DR_TO_RIP.pack_into(buf, base + _OFF["dr7"], dr7, dr6, rflags, ctx.u64(OFF_EIP))
-    _Q.pack_into(buf, base + _OFF["rsp"], ctx.u64(OFF_REGS + 4 * 8))
-    _Q.pack_into(buf, base + _OFF["rax"], ctx.u64(OFF_REGS))
-    _Q.pack_into(buf, base + _OFF["cr2"], ctx.cr(2))
+    _DR_TO_RIP.pack_into(buf, base + OFFSETS["dr7"], dr7, dr6, rflags, ctx.u64(OFF_EIP))
+    _Q.pack_into(buf, base + OFFSETS["rsp"], ctx.u64(OFF_RSP))
+    _Q.pack_into(buf, base + OFFSETS["rax"], ctx.u64(OFF_RAX))
+    _Q.pack_into(buf, base + OFFSETS["cr2"], ctx.cr(2))
 
 
 # ---- #VMEXIT: restore_host ---------------------------------------------------------------------

@@ -27,15 +27,14 @@ from emu.hw_switch import HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS2, OFF_V_TPR, Con
 from emu.interrupts import RFLAGS_IF, Event, Kind
 
 from . import intercepts
-from .vmcb import BITFIELDS, FIELDS, VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, Vmcb, Vmcb12Cache
+from .vmcb import BITFIELDS, OFFSETS, VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, Vmcb, Vmcb12Cache
 from . import vmexit as vmexit_mod
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
 
 _Q = struct.Struct("<Q")
-_OFF = {name: off for name, off, _ in FIELDS}
-_OFF_VINTR, _OFF_INT_STATE = _OFF["vintr"], _OFF["int_state"]
+_OFF_VINTR, _OFF_INT_STATE = OFFSETS["vintr"], OFFSETS["int_state"]
 _BITS = {name: (shift, width) for name, _, shift, width in BITFIELDS}
 V_TPR_MASK = (1 << _BITS["v_tpr"][1]) - 1
 V_IRQ_BIT = 1 << _BITS["v_irq"][0]

@@ -21,7 +21,7 @@ from collections import namedtuple
 from typing import Any, NamedTuple
 
 __all__ = [
-    "VMCB_SIZE", "SAVE_AREA", "FIELDS", "BITFIELDS", "SEGMENT_NAMES",
+    "VMCB_SIZE", "SAVE_AREA", "FIELDS", "OFFSETS", "BITFIELDS", "SEGMENT_NAMES",
     "Segment", "Vmcb", "VmcbSave", "Vmcb12Cache", "read_cache",
     "msrpm_bit_offset", "msrpm_intercepted", "iopm_intercepted",
     "eventinj_encode", "eventinj_decode", "ioio_exitinfo1", "exit_name",
@@ -116,6 +116,8 @@ FIELDS: tuple[tuple[str, int, str], ...] = (
     ("lastexcpto", 0x690, "Q"),
     ("spec_ctrl", 0x6E0, "Q"),
 )
+# Field name -> offset, for code that packs several fields at once.
+OFFSETS: dict[str, int] = {name: off for name, off, _ in FIELDS}
 
 # (name, word field, lowest bit, width). Derived read-only on the cache, read-modify-write on Vmcb.
 BITFIELDS: tuple[tuple[str, str, int, int], ...] = (

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 
 from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF_EFER, OFF_EIP, OFF_HFLAGS2,
-                           OFF_INTERCEPT, OFF_NESTED_PG_MODE, OFF_REGS, OFF_VM_VMCB, SS, Context,
+                           OFF_INTERCEPT, OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context,
                            SEG_SIZE, OFF_SEGS)
 
 from . import switch_cache, vintr
-from .vmcb import FIELDS, VMEXIT_INVALID, Vmcb
+from .vmcb import OFFSETS, VMEXIT_INVALID, Vmcb
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
@@ -59,47 +59,46 @@ def vmexit(ext: "SvmExtension", exitcode: int, info1: int = 0, info2: int = 0,
 
 
 # The save-area runs #VMEXIT writes, each packed in one call (offsets from vmcb.FIELDS).
-_OFF = {name: off for name, off, _ in FIELDS}
 _SEGS4 = struct.Struct("<" + "HHIQ" * 4)        # ES CS SS DS, contiguous
 _DTR = struct.Struct("<HHIQ")
 _CTRL = struct.Struct("<7Q")                     # CR4 CR3 CR0 DR7 DR6 RFLAGS RIP, contiguous
 _EXIT_INFO = struct.Struct("<4Q")                # EXITCODE EXITINFO1 EXITINFO2 EXITINTINFO
-assert [_OFF[n] for n in ("exitcode", "exitinfo1", "exitinfo2", "exitintinfo")] == \
-    [_OFF["exitcode"] + 8 * i for i in range(4)]
-assert [_OFF[n] for n in ("es", "cs", "ss", "ds")] == [_OFF["es"] + 16 * i for i in range(4)]
-assert [_OFF[n] for n in ("cr4", "cr3", "cr0", "dr7", "dr6", "rflags", "rip")] == \
-    [_OFF["cr4"] + 8 * i for i in range(7)]
+assert [OFFSETS[n] for n in ("exitcode", "exitinfo1", "exitinfo2", "exitintinfo")] == \
+    [OFFSETS["exitcode"] + 8 * i for i in range(4)]
+assert [OFFSETS[n] for n in ("es", "cs", "ss", "ds")] == [OFFSETS["es"] + 16 * i for i in range(4)]
+assert [OFFSETS[n] for n in ("cr4", "cr3", "cr0", "dr7", "dr6", "rflags", "rip")] == \
+    [OFFSETS["cr4"] + 8 * i for i in range(7)]
 
 
 def store_guest(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
     m = ext.machine
     buf, base = m.mem.view, ext.state.vmcb12_pa
     dr7, dr6, rflags = ext.dr_flags.read()
-    rip, rsp, rax = ctx.u64(OFF_EIP), ctx.u64(OFF_REGS + 4 * 8), ctx.u64(OFF_REGS)
+    rip, rsp, rax = ctx.u64(OFF_EIP), ctx.u64(OFF_RSP), ctx.u64(OFF_RAX)
     segs = []
     for index in (ES, CS, SS, DS):
         seg = ctx.seg(index)
         segs += (seg.selector, seg.vmcb_attrib, seg.limit, seg.base)
-    _SEGS4.pack_into(buf, base + _OFF["es"], *segs)
+    _SEGS4.pack_into(buf, base + OFFSETS["es"], *segs)
     gdtr, idtr = ctx.seg(GDTR), ctx.seg(IDTR)
-    _DTR.pack_into(buf, base + _OFF["gdtr"], 0, 0, gdtr.limit, gdtr.base)
-    _DTR.pack_into(buf, base + _OFF["idtr"], 0, 0, idtr.limit, idtr.base)
-    buf[base + _OFF["cpl"]] = ctx.cpl
-    _QQ.pack_into(buf, base + _OFF["efer"], ctx.efer)
-    _CTRL.pack_into(buf, base + _OFF["cr4"], ctx.cr(4), ctx.cr(3), ctx.cr(0), dr7, dr6, rflags,
+    _DTR.pack_into(buf, base + OFFSETS["gdtr"], 0, 0, gdtr.limit, gdtr.base)
+    _DTR.pack_into(buf, base + OFFSETS["idtr"], 0, 0, idtr.limit, idtr.base)
+    buf[base + OFFSETS["cpl"]] = ctx.cpl
+    _QQ.pack_into(buf, base + OFFSETS["efer"], ctx.efer)
+    _CTRL.pack_into(buf, base + OFFSETS["cr4"], ctx.cr(4), ctx.cr(3), ctx.cr(0), dr7, dr6, rflags,
                     rip)
-    _QQ.pack_into(buf, base + _OFF["rsp"], rsp)
-    _QQ.pack_into(buf, base + _OFF["rax"], rax)
-    _QQ.pack_into(buf, base + _OFF["cr2"], ctx.cr(2))
+    _QQ.pack_into(buf, base + OFFSETS["rsp"], rsp)
+    _QQ.pack_into(buf, base + OFFSETS["rax"], rax)
+    _QQ.pack_into(buf, base + OFFSETS["cr2"], ctx.cr(2))
 
 
 def store_exit_info(vm: Vmcb, exitcode: int, info1: int, info2: int, intinfo: int,
                     nrip: int) -> None:
     buf, base, mask = vm._buf, vm._base, 0xFFFFFFFFFFFFFFFF
-    _EXIT_INFO.pack_into(buf, base + _OFF["exitcode"], exitcode & mask, info1 & mask,
+    _EXIT_INFO.pack_into(buf, base + OFFSETS["exitcode"], exitcode & mask, info1 & mask,
                          info2 & mask, intinfo)
-    _QQ.pack_into(buf, base + _OFF["nrip"], nrip)
-    _QQ.pack_into(buf, base + _OFF["eventinj"], 0)   # taken, or reported in EXITINTINFO
+    _QQ.pack_into(buf, base + OFFSETS["nrip"], nrip)
+    _QQ.pack_into(buf, base + OFFSETS["eventinj"], 0)   # taken, or reported in EXITINTINFO
 
 
 def restore_host(ext: "SvmExtension", ctx: Context) -> None:
@@ -127,8 +126,8 @@ def restore_host_volatile(ext: "SvmExtension", ctx: Context) -> None:
     st = ext.state
     host = memoryview(st.l1_host)
     ctx.set_u64(OFF_EIP, st.l1_next_rip)
-    ctx.set_u64(OFF_REGS + 0 * 8, _QQ.unpack_from(host, OFF_REGS + 0 * 8)[0])
-    ctx.set_u64(OFF_REGS + 4 * 8, _QQ.unpack_from(host, OFF_REGS + 4 * 8)[0])
+    ctx.set_u64(OFF_RAX, _QQ.unpack_from(host, OFF_RAX)[0])
+    ctx.set_u64(OFF_RSP, _QQ.unpack_from(host, OFF_RSP)[0])
     ctx.restore()
     ext.host_flags.write(st.l1_rflags, HOST_DR7)
     flush_tlb(ext.machine.uc)

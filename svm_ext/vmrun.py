@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING
 
 from emu import hostvm
 from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, HF2_NPT, IDTR, NPT_MODE_LMA, NPT_MODE_NXE,
-                           NPT_MODE_PAE, OFF_CR, OFF_EIP, OFF_HFLAGS2, OFF_INTERCEPT,
+                           NPT_MODE_PAE, OFF_CR, OFF_CR2, OFF_EIP, OFF_HFLAGS2, OFF_INTERCEPT,
                            OFF_INTERCEPT_CRDR, OFF_INTERCEPT_EXC, OFF_NESTED_CR3,
-                           OFF_NESTED_PG_MODE, OFF_REGS, OFF_VM_VMCB, SS, Context, Segment)
+                           OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context, Segment)
 from emu.interrupts import Event, Kind
 from emu.arch_bits import CR4_PAE, EFER_LMA, EFER_NXE
 
 from . import checks, hw_quirks, instructions, switch_cache
-from .vmcb import (FIELDS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
+from .vmcb import (OFFSETS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
                    Vmcb12Cache, eventinj_decode, read_cache)
 from . import vintr, vmexit
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from .extension import SvmExtension
 
 VMCB02 = hostvm.SCRATCH
-_OFF = {name: off for name, off, _ in FIELDS}
 _INTERCEPTS = struct.Struct("<HHHHIII")     # CR/DR read/write, exceptions, misc1, misc2
 _MAPS = struct.Struct("<QQ")                # IOPM_BASE_PA, MSRPM_BASE_PA
 VMRUN_LENGTH = 3
@@ -121,15 +120,15 @@ def build_vmcb02(ext: "SvmExtension", c: Vmcb12Cache, npt: bool) -> tuple[int, i
                                  hostvm.VMCB_INTERCEPT_MISC)[0]
     misc = l0_misc | c.intercept_misc1 | (c.intercept_misc2 << 32) | hw_quirks.extra_misc(c)
     buf = m.hostvm.view(VMCB02, VMCB_SIZE)
-    _INTERCEPTS.pack_into(buf, _OFF["intercept_cr_read"], c.intercept_cr_read,
+    _INTERCEPTS.pack_into(buf, OFFSETS["intercept_cr_read"], c.intercept_cr_read,
                           c.intercept_cr_write | hw_quirks.extra_cr_write(c), c.intercept_dr_read,
                           c.intercept_dr_write | hostvm.L0_DR_WRITE_INTERCEPTS,
                           0xFFFFFFFF, misc & 0xFFFFFFFF, misc >> 32)
     # IOPM: never consulted by Unicorn (see extension.on_io).
-    _MAPS.pack_into(buf, _OFF["iopm_base_pa"], hostvm.IOPM01, hostvm.MSRPM01)
-    struct.pack_into("<I", buf, _OFF["guest_asid"], c.guest_asid)
-    struct.pack_into("<Q", buf, _OFF["nested_ctl"], 1 if npt else 0)
-    struct.pack_into("<Q", buf, _OFF["n_cr3"], c.n_cr3 if npt else 0)
+    _MAPS.pack_into(buf, OFFSETS["iopm_base_pa"], hostvm.IOPM01, hostvm.MSRPM01)
+    struct.pack_into("<I", buf, OFFSETS["guest_asid"], c.guest_asid)
+    struct.pack_into("<Q", buf, OFFSETS["nested_ctl"], 1 if npt else 0)
+    struct.pack_into("<Q", buf, OFFSETS["n_cr3"], c.n_cr3 if npt else 0)
     return misc, 0xFFFFFFFF
 
 
@@ -150,13 +149,13 @@ def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
         ctx.set_seg(index, Segment.from_vmcb(*seg))
     ctx.set_seg(GDTR, Segment(0, c.gdtr_base, c.gdtr_limit, 0))
     ctx.set_seg(IDTR, Segment(0, c.idtr_base, c.idtr_limit, 0))
-    ctx.set_u64(OFF_CR + 16, c.cr2)
+    ctx.set_u64(OFF_CR2, c.cr2)
     ctx.set_u64(OFF_CR + 24, c.cr3)
     ctx.load_control_hflags(c.cr0, c.cr4, c.efer, c.cpl)
     ctx.recompute_hflags(cpl=c.cpl)
     ctx.set_u64(OFF_EIP, c.rip)
-    ctx.set_u64(OFF_REGS + 0 * 8, c.rax)
-    ctx.set_u64(OFF_REGS + 4 * 8, c.rsp)
+    ctx.set_u64(OFF_RAX, c.rax)
+    ctx.set_u64(OFF_RSP, c.rsp)
     # Controls Unicorn enforces in C.
     ctx.set_u64(OFF_INTERCEPT, misc)
     _CRDR.pack_into(ctx.view, OFF_INTERCEPT_CRDR, c.intercept_cr_read, c.intercept_cr_write | hw_quirks.extra_cr_write(c),
