@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import capstone
-from unicorn.x86_const import (UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS,
+from unicorn.x86_const import (UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS,
                                UC_X86_REG_RIP)
 
 from emu import hostvm
@@ -90,7 +90,7 @@ class SvmExtension(Extension, ExitRouter):
     def attach(self, machine: Machine) -> None:
         self.machine = machine
         # Registers the world switch moves that the context blob holds only lazily or not at all.
-        self.dr_flags = RegBatch(machine.uc, [UC_X86_REG_DR7, UC_X86_REG_DR6, UC_X86_REG_RFLAGS])
+        self.dr_flags = RegBatch(machine.uc, [reg for reg, _ in switch_cache.VOLATILE_BY_REGISTER])
         self.host_flags = RegBatch(machine.uc, [UC_X86_REG_RFLAGS, UC_X86_REG_DR7])
         machine.cpuid.set_bits(0x80000001, 2, CPUID_80000001_ECX_SVM)
         machine.cpuid.set_leaf(LEAF_SVM_FEATURES, 0, (SVM_REVISION, SVM_NUM_ASIDS, 0,

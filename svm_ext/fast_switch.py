@@ -33,7 +33,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from unicorn.x86_const import UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RFLAGS
+from unicorn.x86_const import UC_X86_REG_DR7, UC_X86_REG_RFLAGS
 
 from emu import hostvm
 from emu.hw_switch import (OFF_CR2, OFF_DR, OFF_EFLAGS, OFF_EIP, OFF_ERROR_CODE, OFF_HFLAGS,
@@ -41,25 +41,23 @@ from emu.hw_switch import (OFF_CR2, OFF_DR, OFF_EFLAGS, OFF_EIP, OFF_ERROR_CODE,
 from emu.msr import MSR_PAT
 from emu.replay import Engine, Program
 
-from .switch_cache import REGIONS, VMCB_RANGES
+from .switch_cache import REGIONS, VMCB_RANGES, VOLATILE_BY_REGISTER, VOLATILE_IN_CONTEXT
 from .vmcb import CACHE_STRUCT, OFFSETS, VMCB_SIZE, read_cache
 from .vmexit import HOST_DR7
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
 
-_RIP, _RSP, _RAX, _CR2 = OFF_EIP, OFF_RSP, OFF_RAX, OFF_CR2
 _EFLAGS_VM = 1 << 17
 _DR_SPAN = (OFF_DR, 8 * 8)
 # Context bytes besides REGIONS that the VMRUN / #VMEXIT programs write: the moved registers, and
 # what Unicorn's register writes of RFLAGS (flags and their lazy parts up to hflags) and DR6/DR7
 # touch.
-_MOVED = ((_RIP, 8), (_RAX, 8), (_RSP, 8), (OFF_EFLAGS, OFF_HFLAGS - OFF_EFLAGS), _DR_SPAN)
-_ENTER_WRITES = REGIONS + ((OFF_V_TPR, 1),) + _MOVED + ((_CR2, 8),)
+_MOVED = ((OFF_EIP, 8), (OFF_RAX, 8), (OFF_RSP, 8), (OFF_EFLAGS, OFF_HFLAGS - OFF_EFLAGS), _DR_SPAN)
+_ENTER_WRITES = REGIONS + ((OFF_V_TPR, 1),) + _MOVED + ((OFF_CR2, 8),)
 _EXIT_WRITES = REGIONS + _MOVED
 # vmcb12 fields a #VMEXIT writes: the save-area fields store_guest encodes, the exit fields,
 # V_IRQ/V_TPR and the interrupt shadow, g_pat (PAT models). The volatile ones go from the CPU.
-_VOLATILE_SAVE = ("rip", "rsp", "rax", "cr2", "dr7", "dr6", "rflags")
 _EXIT_FIELDS = (("es", 64), ("gdtr", 16), ("idtr", 16), ("cpl", 1), ("efer", 8), ("cr4", 24),
                 ("exitcode", 32), ("eventinj", 8), ("nrip", 8), ("vintr", 16), ("g_pat", 8))
 _Q = struct.Struct("<Q")
@@ -199,7 +197,7 @@ class FastSwitch:
         # is all in its bytes: one that also asked the machine to look for an interrupt is not.
         if (before is not None and nested_entries is not None and self.ext.machine.replay_ready()
                 and self._second_time((hostvm.VMEXIT_VMRUN, vmcb12_pa, before.state_id,
-                                       _Q.unpack_from(before.blob, _RIP)[0]))):
+                                       _Q.unpack_from(before.blob, OFF_EIP)[0]))):
             program = self._vmrun_program(before, vmcb12_pa, nested_entries)
             if program is not None:
                 self.engine.add_program(hostvm.UC_EXIT_BASE + hostvm.VMEXIT_VMRUN, program)
@@ -217,8 +215,8 @@ class FastSwitch:
         blob, old, new = e.blob, before.blob, after
         p = Program().save()
         p.eq64(e.state_addr, before.state_id)
-        p.eq64(blob + _RAX, pa)
-        p.eq64(blob + _RIP, _Q.unpack_from(old, _RIP)[0])
+        p.eq64(blob + OFF_RAX, pa)
+        p.eq64(blob + OFF_EIP, _Q.unpack_from(old, OFF_EIP)[0])
         p.eq64(blob + OFF_EFLAGS, _Q.unpack_from(old, OFF_EFLAGS)[0], _EFLAGS_VM)
         for off, n in REGIONS:
             p.same(blob + off, old[off:off + n])
@@ -240,11 +238,10 @@ class FastSwitch:
         # L2's state: what load_guest produced, then the volatile fields from vmcb12.
         for off, n in REGIONS + ((OFF_V_TPR, 1),):
             p.write(blob + off, new[off:off + n])
-        for ctx_off, name in ((_RIP, "rip"), (_RAX, "rax"), (_RSP, "rsp"), (_CR2, "cr2")):
+        for ctx_off, name in VOLATILE_IN_CONTEXT:
             p.copy(blob + ctx_off, vmcb + OFFSETS[name], 8)
         p.restore()
-        for reg, name in ((UC_X86_REG_DR7, "dr7"), (UC_X86_REG_DR6, "dr6"),
-                          (UC_X86_REG_RFLAGS, "rflags")):
+        for reg, name in VOLATILE_BY_REGISTER:
             p.reg_write(vmcb + OFFSETS[name], reg)
         p.flush_tlb()
         self._finish(p, _SLOT_VMRUNS)
@@ -269,7 +266,7 @@ class FastSwitch:
         vmcb = e.ram_addr(pa, VMCB_SIZE)
         post = bytes(m.mem.view[pa:pa + VMCB_SIZE])
         writes = [(OFFSETS[name], n) for name, n in _EXIT_FIELDS]
-        volatile = [(OFFSETS[name], 8) for name in _VOLATILE_SAVE]
+        volatile = [(OFFSETS[name], 8) for _, name in VOLATILE_IN_CONTEXT + VOLATILE_BY_REGISTER]
         if (vmcb is None or pa != st.vmcb12_pa or len(st.l1_host) != self.blob_size
                 or _spans_differ_outside(before.blob, after, _EXIT_WRITES)
                 or _spans_differ_outside(before.vmcb12, post, tuple(writes + volatile))):
@@ -280,7 +277,7 @@ class FastSwitch:
         blob, old, new = e.blob, before.blob, after
         p = Program().save()
         p.eq64(e.state_addr, before.state_id)
-        p.eq64(blob + _RIP, rip)
+        p.eq64(blob + OFF_EIP, rip)
         p.eq64(blob + OFF_ERROR_CODE, _Q.unpack_from(old, OFF_ERROR_CODE)[0], 0xFFFFFFFF)
         p.eq64(blob + OFF_EFLAGS, _Q.unpack_from(old, OFF_EFLAGS)[0], _EFLAGS_VM)
         for off, n in REGIONS + ((OFF_V_TPR, 1),):
@@ -301,18 +298,17 @@ class FastSwitch:
         # vmcb12: the exit's constant fields as the Python path wrote them, then L2's volatile state.
         for off, n in writes:
             p.write(vmcb + off, post[off:off + n])
-        for ctx_off, name in ((_RIP, "rip"), (_RAX, "rax"), (_RSP, "rsp"), (_CR2, "cr2")):
+        for ctx_off, name in VOLATILE_IN_CONTEXT:
             p.copy(vmcb + OFFSETS[name], blob + ctx_off, 8)
-        for reg, name in ((UC_X86_REG_DR7, "dr7"), (UC_X86_REG_DR6, "dr6"),
-                          (UC_X86_REG_RFLAGS, "rflags")):
+        for reg, name in VOLATILE_BY_REGISTER:
             p.reg_read(vmcb + OFFSETS[name], reg)
         # L1's state back (vmexit.restore_host): what the Python path produced, RAX/RSP from the
         # host state kept at VMRUN, RIP after the VMRUN; RFLAGS and DR7 after the restore.
         for off, n in REGIONS:
             p.write(blob + off, new[off:off + n])
-        p.write(blob + _RIP, new[_RIP:_RIP + 8])
-        p.copy(blob + _RAX, self.l1_host_addr + _RAX, 8)
-        p.copy(blob + _RSP, self.l1_host_addr + _RSP, 8)
+        p.write(blob + OFF_EIP, new[OFF_EIP:OFF_EIP + 8])
+        p.copy(blob + OFF_RAX, self.l1_host_addr + OFF_RAX, 8)
+        p.copy(blob + OFF_RSP, self.l1_host_addr + OFF_RSP, 8)
         p.restore()
         p.reg_write(self._slot(_SLOT_L1_RFLAGS), UC_X86_REG_RFLAGS)
         p.reg_write(self._slot(_SLOT_HOST_DR7), UC_X86_REG_DR7)

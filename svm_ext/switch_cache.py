@@ -27,6 +27,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from unicorn.x86_const import UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RFLAGS
+
 from emu.hw_switch import (ES, GDTR, OFF_CR, OFF_CR2, OFF_EFER, OFF_EFLAGS, OFF_EIP, OFF_HFLAGS,
                            OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_SEGS, OFF_VM_VMCB, SEG_SIZE, flush_tlb)
 
@@ -51,7 +53,12 @@ REGIONS: tuple[tuple[int, int], ...] = (
 # Not V_TPR (right after): VMRUN sets it outside load_guest (svm_ext/vintr.py) and #VMEXIT
 # leaves it as L2 had it, so it is nobody's output here.
 
-_VOLATILE = ("dr7", "dr6", "rflags", "rip", "rsp", "rax", "cr2")
+# The volatile fields and where each lives in the CPU: at an offset of the context, or (lazily
+# split there) behind Unicorn's register API, in the order VMRUN writes them (DR7, DR6, RFLAGS).
+VOLATILE_IN_CONTEXT = ((OFF_EIP, "rip"), (OFF_RAX, "rax"), (OFF_RSP, "rsp"), (OFF_CR2, "cr2"))
+VOLATILE_BY_REGISTER = ((UC_X86_REG_DR7, "dr7"), (UC_X86_REG_DR6, "dr6"),
+                        (UC_X86_REG_RFLAGS, "rflags"))
+_VOLATILE = tuple(name for _, name in VOLATILE_IN_CONTEXT + VOLATILE_BY_REGISTER)
 _SAVE_END = 0x700
 _DR_TO_RIP = struct.Struct("<4Q")                # dr7 dr6 rflags rip: contiguous in the save area
 _Q = struct.Struct("<Q")
