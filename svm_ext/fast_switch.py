@@ -31,7 +31,7 @@ from __future__ import annotations
 import ctypes
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from unicorn.x86_const import UC_X86_REG_DR7, UC_X86_REG_RFLAGS
 
@@ -175,36 +175,44 @@ class FastSwitch:
         return Pending(self._state_id(), bytes(m.ctx.view), pa,
                        bytes(m.mem.view[pa:pa + VMCB_SIZE]))
 
-    def arm(self) -> None:
-        """The world switch is done: let programs recorded from the current Python state run."""
-        ext, m = self.ext, self.ext.machine
-        if not m.replay_ready():
-            self.engine.state = 0
-            return
-        st = ext.state
-        if len(st.l1_host) != self.blob_size:     # none yet, or a damaged snapshot's
+    def arm(self, state_id: int) -> None:
+        """The world switch is done: let programs recorded from Python state `state_id` run
+        (0: none may)."""
+        st = self.ext.state
+        if not state_id or len(st.l1_host) != self.blob_size:   # or a damaged snapshot's
             self.engine.state = 0
             return
         ctypes.memmove(self.l1_host_addr, st.l1_host, self.blob_size)
         _Q.pack_into(self.slots, 8 * _SLOT_L1_RFLAGS, st.l1_rflags)
-        self.engine.state = self._state_id()
+        self.engine.state = state_id
+
+    def _record_and_arm(self, intno: int, key: tuple | None,
+                        build: Callable[[int], Program | None]) -> None:
+        """The end of every world switch handled in Python. Only a switch that left the machine
+        quiet (no interrupt window opened, nothing pending) is all in its bytes, so only then is
+        it recorded (`key`: None if it cannot be, else what makes it the same switch, recorded
+        the second time it is met) and are programs let run."""
+        post = self._state_id() if self.ext.machine.replay_ready() else 0
+        if post and key is not None and self._second_time(key):
+            program = build(post)
+            if program is not None:
+                self.engine.add_program(intno, program)
+        self.arm(post)
 
     def vmrun_done(self, before: Pending | None, vmcb12_pa: int,
                    nested_entries: tuple[tuple[int, int], ...] | None) -> None:
         """A VMRUN loaded L2 (no event injected): record it as the VMRUN program.
         `nested_entries`: what hw_quirks.guard_nested_nx read (None: it cannot be replayed)."""
-        # Only a switch that left the machine quiet (no interrupt window opened, nothing pending)
-        # is all in its bytes: one that also asked the machine to look for an interrupt is not.
-        if (before is not None and nested_entries is not None and self.ext.machine.replay_ready()
-                and self._second_time((hostvm.VMEXIT_VMRUN, vmcb12_pa, before.state_id,
-                                       _Q.unpack_from(before.blob, OFF_EIP)[0]))):
-            program = self._vmrun_program(before, vmcb12_pa, nested_entries)
-            if program is not None:
-                self.engine.add_program(hostvm.UC_EXIT_BASE + hostvm.VMEXIT_VMRUN, program)
-        self.arm()
+        key = None
+        if before is not None and nested_entries is not None:
+            key = (hostvm.VMEXIT_VMRUN, vmcb12_pa, before.state_id,
+                   _Q.unpack_from(before.blob, OFF_EIP)[0])
+        self._record_and_arm(
+            hostvm.UC_EXIT_BASE + hostvm.VMEXIT_VMRUN, key,
+            lambda post: self._vmrun_program(before, vmcb12_pa, nested_entries, post))
 
     def _vmrun_program(self, before: Pending, pa: int,
-                       nested_entries: tuple[tuple[int, int], ...]) -> Program | None:
+                       nested_entries: tuple[tuple[int, int], ...], post_state: int) -> Program | None:
         e, m = self.engine, self.ext.machine
         after = bytes(m.ctx.save().view)
         vmcb = e.ram_addr(pa, VMCB_SIZE)
@@ -244,22 +252,19 @@ class FastSwitch:
         for reg, name in VOLATILE_BY_REGISTER:
             p.reg_write(vmcb + OFFSETS[name], reg)
         p.flush_tlb()
-        self._finish(p, _SLOT_VMRUNS)
+        self._finish(p, _SLOT_VMRUNS, post_state)
         return p
 
     def exit_done(self, before: Pending | None, code: int, rip: int, nrip: int,
                   extra: list[tuple[int, bytes]]) -> None:
         """A reflected #VMEXIT finished: record it. `extra`: (guest-physical address, bytes) of
         memory the decision read besides vmcb12 (the MSRPM byte)."""
-        if (before is not None and self.ext.machine.replay_ready()     # quiet, as for VMRUN
-                and self._second_time((code, rip, before.state_id))):
-            program = self._exit_program(before, code, rip, nrip, extra)
-            if program is not None:
-                self.engine.add_program(hostvm.UC_EXIT_BASE + code, program)
-        self.arm()
+        self._record_and_arm(
+            hostvm.UC_EXIT_BASE + code, None if before is None else (code, rip, before.state_id),
+            lambda post: self._exit_program(before, code, rip, nrip, extra, post))
 
     def _exit_program(self, before: Pending, code: int, rip: int, nrip: int,
-                      extra: list[tuple[int, bytes]]) -> Program | None:
+                      extra: list[tuple[int, bytes]], post_state: int) -> Program | None:
         e, m, st = self.engine, self.ext.machine, self.ext.state
         after = bytes(m.ctx.save().view)
         pa = before.vmcb12_pa
@@ -313,7 +318,7 @@ class FastSwitch:
         p.reg_write(self._slot(_SLOT_L1_RFLAGS), UC_X86_REG_RFLAGS)
         p.reg_write(self._slot(_SLOT_HOST_DR7), UC_X86_REG_DR7)
         p.flush_tlb()
-        self._finish(p, _SLOT_VMEXITS)
+        self._finish(p, _SLOT_VMEXITS, post_state)
         return p
 
     def _code_guards(self, rip: int, nrip: int) -> list[tuple[int, bytes]] | None:
@@ -331,7 +336,7 @@ class FastSwitch:
             guards.append((addr, value.to_bytes(width, "little")))
         return guards
 
-    def _finish(self, p: Program, counter: int) -> None:
+    def _finish(self, p: Program, counter: int, post_state: int) -> None:
         """The tail every program shares: the Python-side state it leaves, and its count."""
-        p.set64(self.engine.state_addr, self._state_id())
+        p.set64(self.engine.state_addr, post_state)
         p.add64(self._slot(counter), 1)
