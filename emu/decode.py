@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import capstone
+
 LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 MAX_INSN_LENGTH = 15
 
@@ -25,3 +27,17 @@ def split_prefixes(code: bytes, mode_bits: int) -> Prefixed:
         rex = code[i]
         i += 1
     return Prefixed(code[i:], legacy, rex, i)
+
+
+_MODES = {64: capstone.CS_MODE_64, 32: capstone.CS_MODE_32, 16: capstone.CS_MODE_16}
+_DECODERS: dict[tuple[int, bool], capstone.Cs] = {}
+
+
+def decoder(mode_bits: int, detail: bool = False) -> capstone.Cs:
+    """A capstone decoder for 16-, 32- or 64-bit code, made once per mode (and per `detail`:
+    operand details cost every decode, so only callers that read operands ask for them)."""
+    d = _DECODERS.get((mode_bits, detail))
+    if d is None:
+        d = _DECODERS[(mode_bits, detail)] = capstone.Cs(capstone.CS_ARCH_X86, _MODES[mode_bits])
+        d.detail = detail
+    return d

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import capstone
 from unicorn import UcError
 from unicorn.x86_const import (UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R11,
                                UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15,
@@ -42,7 +41,7 @@ from .cpuid import CPUID_1_ECX_X2APIC, CPUID_1_EDX_APIC, Regs
 from . import hostvm
 from .devices.apic import (APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
                           LocalApic)
-from .decode import MAX_INSN_LENGTH, split_prefixes
+from .decode import MAX_INSN_LENGTH, decoder, split_prefixes
 from .errors import Unsupported
 from .extension import WINDOW_TAKEN, WINDOW_WANTED
 from .hw_switch import HF2_NMI, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS2
@@ -72,7 +71,6 @@ class InterruptController:
         self._in_mmio = False
         self._want_kick = False
         self._replay: tuple[int, int, int] | None = None
-        self._cs: dict[int, capstone.Cs] = {}
         msrs = machine.msrs
         msrs.register(MSR_APIC_BASE, lambda: self.apic.base_msr, self._write_base)
         for index in self.apic.x2apic_msrs():
@@ -178,12 +176,7 @@ class InterruptController:
             code = m.mem.read_code(rip, 15)
         except Exception:
             return 0
-        bits = m.ctx.save().mode_bits()
-        cs = self._cs.get(bits)
-        if cs is None:
-            cs = self._cs[bits] = capstone.Cs(capstone.CS_ARCH_X86, {
-                64: capstone.CS_MODE_64, 32: capstone.CS_MODE_32, 16: capstone.CS_MODE_16}[bits])
-        for ins in cs.disasm(code, rip, 1):
+        for ins in decoder(m.ctx.save().mode_bits()).disasm(code, rip, 1):
             if ins.mnemonic == "mov" and "[" in ins.op_str.split(",")[0]:
                 return ins.size
         return 0

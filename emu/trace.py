@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-import capstone
+from .decode import decoder
 
 from .errors import OptionError
 
@@ -30,8 +30,6 @@ class Tracer:
     def __init__(self, categories: frozenset[str], out: TextIO) -> None:
         self.categories = categories
         self.out = out
-        self._cs = {bits: capstone.Cs(capstone.CS_ARCH_X86, mode) for bits, mode in
-                    ((16, capstone.CS_MODE_16), (32, capstone.CS_MODE_32), (64, capstone.CS_MODE_64))}
 
     def on(self, category: str) -> bool:
         return category in self.categories
@@ -40,7 +38,7 @@ class Tracer:
         self.out.write(f"{category:5} {prefix} {text}\n")
 
     def insn(self, prefix: str, bits: int, address: int, code: bytes) -> None:
-        for ins in self._cs[bits].disasm(code, address, 1):
+        for ins in decoder(bits).disasm(code, address, 1):
             self.out.write(f"insn  {prefix} {address:#018x}: {ins.mnemonic} {ins.op_str}\n")
             return
         self.out.write(f"insn  {prefix} {address:#018x}: (undecodable) {code.hex()}\n")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import capstone
+from emu.decode import decoder
 from unicorn.x86_const import (UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS,
                                UC_X86_REG_RIP)
 
@@ -82,9 +82,6 @@ class SvmExtension(Extension, ExitRouter):
         self.pat = pat.make(pat_model)
         self.caps = HostCaps()
         self.last_invalid_reason: str | None = None
-        self._cs = {64: capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64),
-                    32: capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32),
-                    16: capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_16)}
 
     # ---- wiring -------------------------------------------------------------------------------
     def attach(self, machine: Machine) -> None:
@@ -291,7 +288,7 @@ class SvmExtension(Extension, ExitRouter):
         length = fixed_length(code)
         if length:
             return rip + length
-        for ins in self._cs[ctx.mode_bits()].disasm(code, rip, 1):
+        for ins in decoder(ctx.mode_bits()).disasm(code, rip, 1):
             return rip + ins.size
         return 0
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
 
-import capstone
+from emu.decode import decoder
 from capstone import x86 as cs_x86
 from unicorn import x86_const
 
@@ -35,18 +35,6 @@ if TYPE_CHECKING:
 
 _LOW = 0xFFFFFFFF
 _SEG_INDEX = {"es": ES, "cs": CS, "ss": SS, "ds": DS, "fs": FS, "gs": GS}
-_DECODERS: dict[int, capstone.Cs] = {}
-
-
-def _decoder(bits: int) -> capstone.Cs:
-    d = _DECODERS.get(bits)
-    if d is None:
-        mode = {64: capstone.CS_MODE_64, 32: capstone.CS_MODE_32, 16: capstone.CS_MODE_16}[bits]
-        d = _DECODERS[bits] = capstone.Cs(capstone.CS_ARCH_X86, mode)
-        d.detail = True
-    return d
-
-
 def exit_info(ext: "SvmExtension", low_bits: int, gpa: int) -> tuple[int, int]:
     """(EXITINFO1, EXITINFO2) for the #NPF Unicorn reported with `low_bits` at `gpa`."""
     view = memview.world_paging(ext, "L2")
@@ -98,7 +86,7 @@ def _candidates(ext: "SvmExtension", low_bits: int) -> Iterator[tuple[int, pagin
     except Exception:            # RIP itself unreachable: the fetch above is the answer
         return
     yield (cs_base + rip + max(len(code), 1)) & mask, fetch
-    insn = next(_decoder(bits).disasm(code, rip, 1), None)
+    insn = next(decoder(bits, detail=True).disasm(code, rip, 1), None)
     if insn is None:
         return
     for gva in _operand_addresses(m, ctx, insn, bits):
