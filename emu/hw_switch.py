@@ -17,6 +17,8 @@ from unicorn import Uc
 from unicorn.unicorn_py3 import unicorn as _binding
 from unicorn.x86_const import UC_X86_REG_RIP, UC_X86_REG_R13
 
+from .arch_bits import CR4_PAE, EFER_LMA, EFER_NXE
+
 PINNED_UNICORN = "2.1.4"
 
 # offsetof(struct uc_context, data) on x86-64.
@@ -67,6 +69,14 @@ HF2_VINTR = 1 << 3      # V_INTR_MASKING in effect: CR8 reads V_TPR
 HF2_NPT = 1 << 6
 # How Unicorn's nested walk reads the host paging mode (set from L1's state at VMRUN).
 NPT_MODE_PAE, NPT_MODE_LMA, NPT_MODE_NXE = 1 << 0, 1 << 1, 1 << 2
+
+
+def nested_pg_mode(host_cr4: int, host_efer: int) -> int:
+    """The NPT_MODE_* bits Unicorn's nested walk reads, from the host's (L1's) CR4 and EFER at
+    VMRUN."""
+    return ((NPT_MODE_PAE if host_cr4 & CR4_PAE else 0)
+            | (NPT_MODE_LMA if host_efer & EFER_LMA else 0)
+            | (NPT_MODE_NXE if host_efer & EFER_NXE else 0))
 HF_CS32 = 1 << 4
 HF_SS32 = 1 << 5
 HF_ADDSEG = 1 << 6

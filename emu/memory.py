@@ -44,7 +44,7 @@ def _vmem_read(uc: Uc, va: int, size: int) -> bytes | None:
 _L = struct.Struct("<I")
 
 # The only register bits a page walk reads (paging.PagingRegs: mode, NXE, WP, SMEP, SMAP, PSE;
-# CR3 whole), and the nested-paging mode bits VMRUN records for the host (GuestMemory._host).
+# CR3 whole), and the nested-paging mode bits VMRUN records for the host (GuestMemory.host_regs).
 CR0_WALK = CR0_PG | CR0_WP
 CR4_WALK = CR4_PAE | CR4_PSE | CR4_LA57 | CR4_SMEP | CR4_SMAP
 EFER_WALK = EFER_LMA | EFER_NXE
@@ -206,10 +206,11 @@ class GuestMemory:
 
     def _nested_host(self) -> paging.PagingRegs:
         """The host paging mode Unicorn's nested walk uses, as VMRUN recorded it."""
-        return self._host(self.ctx.u32(OFF_NESTED_PG_MODE))
+        return self.host_regs(self.ctx.u32(OFF_NESTED_PG_MODE))
 
     @staticmethod
-    def _host(mode: int) -> paging.PagingRegs:
+    def host_regs(mode: int) -> paging.PagingRegs:
+        """The paging registers a nested walk uses for host paging mode `mode` (NPT_MODE_*)."""
         return paging.PagingRegs(cr0=CR0_PG | CR0_WP | 1, cr3=0,
                                  cr4=CR4_PAE if mode & NPT_MODE_PAE else 0,
                                  efer=(EFER_LMA if mode & NPT_MODE_LMA else 0)
@@ -270,7 +271,7 @@ class GuestMemory:
             return va & 0xFFFFFFFF, ()
         return paging.walk_with_path(
             self.read_u64, regs, va, access, ncr3=ncr3 if nested else None,
-            host=self._host(nmode) if nested else None, read_u32=self.read_u32,
+            host=self.host_regs(nmode) if nested else None, read_u32=self.read_u32,
             write_u64=self.write_u64, write_u32=self.write_u32, maxphyaddr=MAXPHYADDR)
 
     def code_path(self, rip: int) -> Optional[CodePath]:

@@ -122,10 +122,8 @@ def world_paging(machine: "Machine", world: str = "current") -> WorldPaging:
         if view is not None:
             return view
     if world == "L1" and current == "L1":
-        ctx = machine.ctx.save()
-        return WorldPaging("L1", paging.PagingRegs(cr0=ctx.cr(0), cr3=ctx.cr(3), cr4=ctx.cr(4),
-                                                   efer=ctx.efer),
-                           machine.msrs.values[memtype.MSR_PAT], "PAT")
+        machine.ctx.save()
+        return WorldPaging("L1", machine.mem.regs(), machine.msrs.values[memtype.MSR_PAT], "PAT")
     raise OptionError(f"there is no {world} to query: L1 has not entered a guest")
 
 

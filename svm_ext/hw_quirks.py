@@ -146,7 +146,7 @@ def guard_nested_nx(ext: "SvmExtension", c: Vmcb12Cache, host_mode: int,
         return ()
     mem = m.mem
     try:
-        t = walk_nested(mem.read_u64, c.n_cr3 & ~0xFFF, c.cr3 & ~0xFFF, host=mem._host(host_mode))
+        t = walk_nested(mem.read_u64, c.n_cr3 & ~0xFFF, c.cr3 & ~0xFFF, host=mem.host_regs(host_mode))
     except (NestedFault, ValueError, Unsupported):
         return None     # not mapped: the walk itself ends in #NPF, which Unicorn survives
     if t.nx:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Optional
 
-from emu.arch_bits import CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_NXE
 from emu.extension import WorldPaging
-from emu.hw_switch import OFF_CR, OFF_EFER
+from emu.hw_switch import OFF_CR, OFF_EFER, nested_pg_mode
+from emu.memory import GuestMemory
 from emu.paging import PagingRegs
 
 from . import checks
@@ -38,14 +38,13 @@ def _blob_regs(blob: bytes) -> PagingRegs:
 
 
 def _cpu_regs(ext: "SvmExtension") -> PagingRegs:
-    ctx = ext.machine.ctx.save()
-    return PagingRegs(cr0=ctx.cr(0), cr3=ctx.cr(3), cr4=ctx.cr(4), efer=ctx.efer)
+    ext.machine.ctx.save()
+    return ext.machine.mem.regs()
 
 
 def _nested_host(l1: PagingRegs) -> PagingRegs:
     """The paging mode the nested table is walked in: the host's (L1's) at VMRUN (15.25.5)."""
-    return PagingRegs(cr0=CR0_PG | CR0_WP | CR0_PE, cr3=0, cr4=l1.cr4 & CR4_PAE,
-                      efer=l1.efer & (EFER_LMA | EFER_NXE))
+    return GuestMemory.host_regs(nested_pg_mode(l1.cr4, l1.efer))
 
 
 def world_paging(ext: "SvmExtension", world: str) -> Optional[WorldPaging]:

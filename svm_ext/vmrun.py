@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING
 
 
 from emu import hostvm
-from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, HF2_NPT, IDTR, NPT_MODE_LMA, NPT_MODE_NXE,
-                           NPT_MODE_PAE, OFF_CR, OFF_CR2, OFF_EIP, OFF_HFLAGS2, OFF_INTERCEPT,
+from emu.hw_switch import (flush_tlb, nested_pg_mode, CS, DS, ES, GDTR, HF2_NPT, IDTR,
+                           OFF_CR, OFF_CR2, OFF_EIP, OFF_HFLAGS2, OFF_INTERCEPT,
                            OFF_INTERCEPT_CRDR, OFF_INTERCEPT_EXC, OFF_NESTED_CR3,
                            OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context, Segment)
 from emu.interrupts import Event, Kind
-from emu.arch_bits import CR4_PAE, EFER_LMA, EFER_NXE
 
 from . import checks, hw_quirks, instructions, switch_cache
 from .vmcb import (OFFSETS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
@@ -130,12 +129,6 @@ def build_vmcb02(ext: "SvmExtension", c: Vmcb12Cache, npt: bool) -> tuple[int, i
     struct.pack_into("<Q", buf, OFFSETS["nested_ctl"], 1 if npt else 0)
     struct.pack_into("<Q", buf, OFFSETS["n_cr3"], c.n_cr3 if npt else 0)
     return misc, 0xFFFFFFFF
-
-
-def nested_pg_mode(host_cr4: int, host_efer: int) -> int:
-    """The host paging mode Unicorn's nested walk uses, taken from L1's state at VMRUN."""
-    return ((NPT_MODE_PAE if host_cr4 & CR4_PAE else 0) | (NPT_MODE_LMA if host_efer & EFER_LMA else 0)
-            | (NPT_MODE_NXE if host_efer & EFER_NXE else 0))
 
 
 def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
