@@ -11,7 +11,8 @@ import sys
 from typing import TYPE_CHECKING, Sequence
 
 from emu.errors import OptionError, SvmemuError
-from emu.core.machine import STATUS_BAD_INPUT, Machine, RunResult
+from emu.core.machine import MAX_TIMEOUT, STATUS_BAD_INPUT, Machine, RunResult
+from emu.cli.output import guest_stdout
 
 if TYPE_CHECKING:
     from emu.core.trace import Tracer
@@ -46,6 +47,8 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number")
     if not v > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    if not v <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_TIMEOUT:.0f} seconds")
     return v
 
 
@@ -85,9 +88,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from emu.loader.multiboot import parse_image, qemu_cmdline
     from svm_ext.extension import SvmExtension
 
-    data, name = load_image_bytes(args.image)
+    data, name = load_image_bytes(args.image, args.memory)
     tracer = _open_tracer(args)
-    machine = Machine(args.memory, stdout=sys.stdout.buffer, tracer=tracer,
+    machine = Machine(args.memory, stdout=guest_stdout(), tracer=tracer,
                       extensions=[SvmExtension(pat_model=args.pat_model)])
     image = parse_image(data, name, args.memory)
     machine.load_multiboot(image, qemu_cmdline(args.image, args.append))
@@ -101,7 +104,7 @@ def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Na
     if args.no_replay and machine.replay is not None:
         machine.replay.enabled = False
     result: RunResult = _run(machine, args, limit)
-    sys.stdout.flush()
+    guest_stdout().flush()
     if tracer:
         tracer.close()
     for out in outputs:
@@ -210,11 +213,13 @@ def _open_tracer(args: argparse.Namespace) -> "Tracer | None":
     from emu.core.trace import Tracer, parse_categories
     if args.trace:
         cats = parse_categories(args.trace)
+        from emu.cli.output import NamedOutput
         try:
             out = open(args.trace_file, "w") if args.trace_file else sys.stderr
         except OSError as e:
             raise OptionError(f"cannot open trace file {args.trace_file}: {e.strerror}")
-        return Tracer(cats, out)
+        return Tracer(cats, NamedOutput(out, f"trace file {args.trace_file}" if args.trace_file
+                                        else "standard error (the trace)"))
     if args.trace_file:
         raise OptionError("--trace-file needs --trace")
     return None
@@ -227,7 +232,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     limit = _insn_limit(args)
     snap = snapshot.read(args.snapshot_file)
     tracer = _open_tracer(args)
-    machine = Machine(snap.ram_size, stdout=sys.stdout.buffer, tracer=tracer,
+    machine = Machine(snap.ram_size, stdout=guest_stdout(), tracer=tracer,
                       extensions=[SvmExtension(pat_model=args.pat_model)])
     snapshot.restore(machine, snap)
     return _run_and_report(machine, tracer, args, limit)

@@ -87,6 +87,10 @@ class _UnicornMsrs:
             self.uc.msr_write(index, value)
 
 
+# The longest wait the watchdog thread can make (threading.TIMEOUT_MAX, ~292 years).
+MAX_TIMEOUT = threading.TIMEOUT_MAX
+
+
 class _Watchdog:
     """Ends `run` at its deadline from a thread. Unicorn's own emu_start timeout polls from a
     helper thread that cost the L1 loop ~1.7x CPU (bench/RESULTS.md); this one sleeps until
@@ -273,8 +277,8 @@ class Machine:
             raise OptionError("no guest loaded")
         if max_insns is not None and max_insns <= 0:
             raise OptionError("--max-insns must be positive")
-        if timeout is not None and timeout <= 0:
-            raise OptionError("--timeout must be positive")
+        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
+            raise OptionError(f"--timeout must be positive and at most {MAX_TIMEOUT:.0f} seconds")
         uc = self.uc
         extra = []
         if max_insns is not None:
