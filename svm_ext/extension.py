@@ -14,7 +14,8 @@ from unicorn.x86_const import (UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS
 
 from emu.engine import hostvm
 from emu.core.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
-from emu.errors import Unsupported
+from emu.errors import SnapshotError, Unsupported
+from emu.core.snapshot_check import check_cpu
 from emu.core.extension import ExitRouter, Extension, WorldPaging
 from emu.engine.hw_switch import OFF_EIP, RegBatch
 from emu.core.interrupts import HAS_ERROR_CODE, PF, Event, Kind
@@ -305,8 +306,34 @@ class SvmExtension(Extension, ExitRouter):
     def snapshot_state(self) -> dict[str, Any]:
         return dict(nested=self.state.to_dict(), pat=self.pat.state())
 
+    def _check_snapshot_state(self, st: NestedState) -> None:
+        """A snapshot comes from anywhere: L2 state must be whole (vmcb12 cached and inside RAM,
+        L1's host context complete and itself valid), so that the #VMEXIT it will take restores
+        a real L1 instead of reading past RAM or loading a short context."""
+        ram = self.machine.ram_size
+        page = 0x1000
+
+        def bad(msg: str) -> SnapshotError:
+            return SnapshotError(f"the snapshot's nested SVM state is invalid: {msg}")
+
+        if st.vmcb12_pa % page or st.vmcb12_pa + page > ram:
+            raise bad(f"vmcb12 at {st.vmcb12_pa:#x} is not a page inside RAM")
+        if st.hsave_pa % page or st.hsave_pa >> 52:
+            raise bad(f"VM_HSAVE_PA {st.hsave_pa:#x} is not a page-aligned physical address")
+        if not 0 <= st.v_tpr <= 15:
+            raise bad(f"V_TPR {st.v_tpr} is outside 0-15")
+        if st.in_l2:
+            if st.vmcb12 is None:
+                raise bad("L2 is running but no vmcb12 is cached")
+            if len(st.l1_host) != len(self.machine.ctx.view):
+                raise bad(f"L1's saved host context is {len(st.l1_host)} bytes, not "
+                          f"{len(self.machine.ctx.view)}")
+            check_cpu(st.l1_host, "L1 host context")
+
     def load_snapshot_state(self, state: dict[str, Any]) -> None:
-        self.state = NestedState.from_dict(state["nested"])
+        nested = NestedState.from_dict(state["nested"])
+        self._check_snapshot_state(nested)
+        self.state = nested
         self.switch_cache.clear()       # derived from the context being replaced
         if self.fast is not None:
             self.fast.clear()
