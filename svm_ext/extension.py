@@ -17,7 +17,7 @@ from emu.core.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
 from emu.errors import Unsupported
 from emu.core.extension import ExitRouter, Extension, WorldPaging
 from emu.engine.hw_switch import OFF_EIP, RegBatch
-from emu.core.interrupts import HAS_ERROR_CODE, PF, Event, Kind
+from emu.core.interrupts import HAS_ERROR_CODE, PF, SX, SX_INIT_REDIRECTED, Event, Kind
 from emu.core.machine import Machine
 from emu.core.msr import EFER_SVME, GeneralProtection
 from emu.arch.paging import NestedFault
@@ -42,8 +42,7 @@ from .vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NM
                    VMEXIT_NPF, VMEXIT_SHUTDOWN, eventinj_encode, exit_name)
 from .vmexit import vmexit
 
-MSR_VM_CR = 0xC0010114
-MSR_VM_HSAVE_PA = hostvm.MSR_VM_HSAVE_PA
+from emu.core.msrs_amd import MSR_VM_CR, MSR_VM_HSAVE_PA  # noqa: E402
 VM_CR_DPD = 1 << 0
 VM_CR_R_INIT = 1 << 1
 VM_CR_DIS_A20M = 1 << 2
@@ -240,6 +239,21 @@ class SvmExtension(Extension, ExitRouter):
 
     def on_nmi(self) -> bool:
         return vintr.on_nmi(self)
+
+    def on_smi(self) -> bool:
+        return vintr.on_smi(self)
+
+    def on_init(self) -> bool:
+        """#VMEXIT(INIT) when L2 runs under the INIT intercept; else, with VM_CR.R_INIT set, the
+        INIT becomes #SX with error code 1 (APM vol. 2, 15.29 "Security Exception")."""
+        if vintr.on_init(self):
+            return True
+        if not self.state.vm_cr & VM_CR_R_INIT:
+            return False
+        m = self.machine
+        m.apic.init_pending = False
+        m._deliver(Event(SX, Kind.EXCEPTION, SX_INIT_REDIRECTED), m.uc.reg_read(UC_X86_REG_RIP))
+        return True
 
     def on_interrupt_window(self) -> int:
         return vintr.window(self)

@@ -40,6 +40,7 @@ from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.arch.paging import NestedFault
 from emu.core.msr import MSR_TSC_AUX, GeneralProtection, MsrFile
+from emu.core import msrs_amd
 from emu.core.trace import Tracer
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ class Machine:
         self.cpuid = Cpuid()
         self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
                             hostvm.MAXPHYADDR)
+        msrs_amd.install(self.msrs, self.cpuid)
         self.ports: dict[int, PortDevice] = {}
         self.devices: list[PortDevice] = []
         self.serial = Serial16550(stdout)
@@ -374,7 +376,7 @@ class Machine:
         return (e is not None and e.enabled and self.tracer is None and not self.world_observers
                 and len(self.uc._callbacks) == self._own_hooks and self._result is None
                 and self._pending is None and self._pause is None and not self.io_trap.armed
-                and not self.irq.window.armed and not self.apic.irr and not self.apic.nmi_pending)
+                and not self.irq.window.armed and not self.apic.irr and not self.apic.signal_pending)
 
     def _on_intr_c(self, _uch: int, intno: int, _user: int) -> None:
         """The Python hook behind the C one: the binding's exception handling, which a raw

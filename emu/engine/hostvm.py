@@ -19,7 +19,7 @@ import struct
 from unicorn import Uc, UC_PROT_ALL
 
 from emu.arch.bits import EFER_SVME
-from emu.core.msr import MSR_EFER
+from emu.core.msrs_amd import MSR_EFER, MSR_VM_HSAVE_PA
 
 # ---- Hardware exit codes L0 sees (AMD APM vol. 2, appendix C; names as the APM gives them) ----
 VMEXIT_DR7_WRITE = 0x37
@@ -74,7 +74,6 @@ VMCB_SAVE_RIP = 0x578
 VMCB_SAVE_RSP = 0x5D8
 VMCB_SAVE_RAX = 0x5F8
 
-MSR_VM_HSAVE_PA = 0xC0010117   # the SVM MSR the boot trampoline's VMRUN needs
 
 # ---- L0-private physical layout ----
 MAXPHYADDR = 40
