@@ -41,6 +41,7 @@ from emu.engine import replay
 from emu.arch.paging import NestedFault
 from emu.core.msr import MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
+from emu.core.control_regs import Cr4Writes
 from emu.core.trace import Tracer
 
 if TYPE_CHECKING:
@@ -163,6 +164,7 @@ class Machine:
                      hostvm.VMEXIT_SKINIT, hostvm.VMEXIT_INVLPGA):
             self._exits[code] = self._exit_undefined_opcode
         self.irq.register_exits()           # MOV CR8 (the TPR)
+        self.cr4_writes = Cr4Writes(self)     # MOV CR4: reserved bits #GP
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
         self._pause: str | None = None     # a debugger stop requested (see `pause`)

@@ -192,7 +192,8 @@ def _table() -> list[MsrSpec]:
                 present=_has_mca),
         MsrSpec(MSR_MCG_CTL, "MCG_CTL", "APM 2, 9.3.1.3", reset=(1 << 64) - 1,
                 check=_mc_ctl_check, present=_has_mca),
-        MsrSpec(MSR_DEBUGCTL, "DebugCtl", "APM 2, 13.1.1.6", valid=DEBUGCTL_VALID),
+        MsrSpec(MSR_DEBUGCTL, "DebugCtl", "APM 2, 13.1.1.6", valid=DEBUGCTL_VALID,
+                check=_debugctl_check),
         MsrSpec(MSR_LAST_BRANCH_FROM_IP, "LastBranchFromIP", "APM 2, 13.1.1.7", read_only=True),
         MsrSpec(MSR_LAST_BRANCH_TO_IP, "LastBranchToIP", "APM 2, 13.1.1.7", read_only=True),
         MsrSpec(MSR_LAST_EXCEPTION_FROM_IP, "LastIntFromIP", "APM 2, 13.1.1.7", read_only=True),
@@ -249,6 +250,15 @@ def _perf_ctl_check(v: int) -> str | None:
     if v & PERF_CTL_EN:
         raise Unsupported(f"performance counter enabled (PerfEvtSel {v:#x}): events are not "
                           "counted by svmemu")
+    return None
+
+
+def _debugctl_check(v: int) -> str | None:
+    """LBR (branch recording) and BTF (single-step on branches) change what the CPU records or
+    traps; svmemu models neither. The performance-monitor pin bits have nothing to drive."""
+    if v & (DEBUGCTL_LBR | DEBUGCTL_BTF):
+        raise Unsupported(f"DebugCtl {v:#x}: last-branch recording and branch single-step "
+                          "are not modelled")
     return None
 
 

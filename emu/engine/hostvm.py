@@ -104,6 +104,9 @@ L0_INTERCEPTED_EXITS = (
 L0_DR_WRITE_INTERCEPTS = 1 << 7
 # CR8 is the APIC's TPR[7:4]; Unicorn has no APIC and reads CR8 as 0, so L0 emulates it (irq.py).
 L0_CR_INTERCEPTS = 1 << 8
+# CR4 writes: Unicorn takes reserved CR4 bits silently; L0 checks them against the CPU model
+# (emu/core/control_regs.py).
+L0_CR_WRITE_INTERCEPTS = L0_CR_INTERCEPTS | 1 << 4
 
 
 def intercept_bit(exit_code: int) -> int:
@@ -158,7 +161,7 @@ class HostVm:
         vm = bytearray(0x1000)
         struct.pack_into("<I", vm, VMCB_INTERCEPT_EXCEPTIONS, 0xFFFFFFFF)
         struct.pack_into("<H", vm, VMCB_INTERCEPT_DR_WRITE, L0_DR_WRITE_INTERCEPTS)
-        struct.pack_into("<HH", vm, VMCB_INTERCEPT_CR_READ, L0_CR_INTERCEPTS, L0_CR_INTERCEPTS)
+        struct.pack_into("<HH", vm, VMCB_INTERCEPT_CR_READ, L0_CR_INTERCEPTS, L0_CR_WRITE_INTERCEPTS)
         misc = 0
         for code in L0_INTERCEPTED_EXITS:
             misc |= intercept_bit(code)
