@@ -39,7 +39,7 @@ from unicorn.x86_const import (UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_
 
 from emu.core.cpuid import CPUID_1_ECX_X2APIC, CPUID_1_EDX_APIC, Regs
 from emu.engine import hostvm
-from emu.core.devices.apic import (APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
+from emu.core.devices.apic import (APIC_BASE_EXTD, APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
                           LocalApic)
 from emu.arch.decode import MAX_INSN_LENGTH, decoder, split_prefixes
 from emu.errors import Unsupported
@@ -94,6 +94,8 @@ class InterruptController:
             raise GeneralProtection(str(e))
 
     def _write_base(self, value: int) -> None:
+        if value & APIC_BASE_EXTD and not self.m.cpuid.query(1, 0)[2] & CPUID_1_ECX_X2APIC:
+            raise GeneralProtection("IA32_APIC_BASE.EXTD set on a model without x2APIC")
         self._gp(self.apic.write_base_msr, value, self.m.msrs.maxphyaddr)
 
     def _cpuid(self, leaf: int, subleaf: int, regs: Regs) -> Regs:

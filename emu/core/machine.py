@@ -42,6 +42,7 @@ from emu.arch.paging import NestedFault
 from emu.core.msr import MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
 from emu.core.control_regs import Cr4Writes
+from emu.core.cpu_models import CpuModel
 from emu.core.trace import Tracer
 
 if TYPE_CHECKING:
@@ -115,7 +116,8 @@ class _Watchdog:
 
 class Machine:
     def __init__(self, ram_size: int = 128 << 20, *, stdout: BinaryIO | None = None,
-                 tracer: Tracer | None = None, extensions: Iterable[Extension] = ()) -> None:
+                 tracer: Tracer | None = None, extensions: Iterable[Extension] = (),
+                 cpu: CpuModel | None = None) -> None:
         if not _MIN_RAM <= ram_size <= _MAX_RAM or ram_size % 0x1000:
             raise OptionError(f"RAM size must be a multiple of 4 KiB between "
                               f"{_MIN_RAM >> 20} MiB and {_MAX_RAM >> 20} MiB")
@@ -134,7 +136,7 @@ class Machine:
         self.tracer = tracer
         self.tsc = 0
         self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
-        self.cpuid = Cpuid()
+        self.cpuid = Cpuid(cpu)
         self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
                             hostvm.MAXPHYADDR)
         msrs_amd.install(self.msrs, self.cpuid)
