@@ -340,3 +340,15 @@ def test_init_to_the_boot_cpu_stops_the_run(tmp_path):
     m, res, out = boot(INIT_SELF, tmp_path)
     assert res.reason == "unsupported" and "INIT" in res.message and "reset vector" in res.message
     assert "not reached" not in out
+
+
+def test_efer_bits_follow_the_model():
+    m = machine("EPYC,-nx")
+    efer = m.msrs.rdmsr(0xC0000080)
+    assert gp(m, "w", 0xC0000080, efer | 1 << 11)
+    m.msrs.wrmsr(0xC0000080, efer | 1)                               # SCE still there
+    m = machine()
+    m.msrs.wrmsr(0xC0000080, efer | (1 << 11) | 1)
+    assert m.msrs.rdmsr(0xC0000080) & 0x801 == 0x801
+    assert gp(m, "w", 0xC0000080, efer | 1 << 14)                    # FFXSR: EPYC reports none
+    assert gp(m, "w", 0xC0000080, efer | 1 << 13) and gp(m, "w", 0xC0000080, efer | 1 << 15)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from emu.arch import memtype
+from emu.arch.bits import EFER_FFXSR, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME
 from emu.errors import Unsupported
 
 if TYPE_CHECKING:
@@ -280,13 +281,32 @@ for _n in range(LEGACY_PERF_COUNTERS):
     ALIASES[MSR_CORE_PERF_CTL0 + 2 * _n + 1] = MSR_PERF_CTR0 + _n
 
 
+# EFER bits and the CPUID feature that makes each one writable (APM 2, 3.1.7).
+EFER_BY_FEATURE = {
+    EFER_SCE: (0x80000001, _EDX, 1 << 11),     # SYSCALL
+    EFER_LME: (0x80000001, _EDX, 1 << 29),     # long mode
+    EFER_NXE: (0x80000001, _EDX, 1 << 20),     # NX
+    EFER_SVME: (0x80000001, _ECX, 1 << 2),     # SVM
+    EFER_FFXSR: (0x80000001, _EDX, 1 << 25),   # FFXSR
+}
+
+
 def install(msrs: "MsrFile", cpuid: "Cpuid") -> None:
     """Register an owner for every STORED entry. Presence is asked of CPUID at each access, so
-    features that extensions add to CPUID later (SVM's TscRateMsr) count."""
+    features that extensions add to CPUID later (SVM's TscRateMsr) count. EFER bits of features
+    the model hides raise #GP like reserved ones."""
     for spec in TABLE:
         if spec.kind != STORED:
             continue
         msrs.register(spec.index, *_accessors(msrs, cpuid, spec))
+
+    def efer_gate(old: int, new: int) -> None:
+        from emu.core.msr import GeneralProtection
+        for bit, (leaf, reg, feature) in EFER_BY_FEATURE.items():
+            if new & bit and not old & bit and not cpuid.query(leaf, 0)[reg] & feature:
+                raise GeneralProtection(f"WRMSR EFER: bit {bit:#x} of a feature this model "
+                                        "does not have")
+    msrs.efer_write_hooks.insert(0, efer_gate)
 
 
 def _accessors(msrs: "MsrFile", cpuid: "Cpuid", spec: MsrSpec):
