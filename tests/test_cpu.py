@@ -352,3 +352,40 @@ def test_efer_bits_follow_the_model():
     assert m.msrs.rdmsr(0xC0000080) & 0x801 == 0x801
     assert gp(m, "w", 0xC0000080, efer | 1 << 14)                    # FFXSR: EPYC reports none
     assert gp(m, "w", 0xC0000080, efer | 1 << 13) and gp(m, "w", 0xC0000080, efer | 1 << 15)
+
+
+RDPMC_GUEST = r'''
+.include "prelude.inc"
+main:
+    wrmsr64 0xc0010005, 0x123456789a
+    mov ecx, 1
+    rdpmc
+    shl rdx, 32
+    or rax, rdx
+    check_eq rax, 0x123456789a, "RDPMC 1 reads PerfCtr1"
+    mov ecx, 4
+    expect_fault .L1
+    rdpmc
+.L1:
+    mov rax, [rip + fault_vector]
+    mov [rip + idx4], rax
+    mov ecx, 6
+    expect_fault .L2
+    rdpmc
+.L2:
+    check_eq [fault_vector], 13, "RDPMC 6 raises #GP"
+    ret
+.bss
+idx4: .space 8
+.text
+'''
+
+
+@pytest.mark.parametrize("cpu, idx4_faults", [("EPYC", True), ("EPYC,+perfctr-core", False)])
+def test_rdpmc_reads_the_counters(tmp_path, cpu, idx4_faults):
+    m, res, out = boot(RDPMC_GUEST, tmp_path, cpu)
+    checks = parse_tap(out)
+    assert res.reason == "exit" and len(checks) == 2 and all(c.ok for c in checks.values()), out
+    at = assemble(str(tmp_path / "g.S")).symbols["idx4"]
+    vector = int.from_bytes(m.ram[at:at + 8], "little")
+    assert vector == (13 if idx4_faults else (1 << 64) - 1)

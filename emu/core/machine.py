@@ -43,6 +43,7 @@ from emu.core.msr import MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
 from emu.core.control_regs import Cr4Writes
 from emu.core.cpu_models import CpuModel
+from emu.core.rdpmc import Rdpmc
 from emu.core.trace import Tracer
 
 if TYPE_CHECKING:
@@ -167,6 +168,7 @@ class Machine:
             self._exits[code] = self._exit_undefined_opcode
         self.irq.register_exits()           # MOV CR8 (the TPR)
         self.cr4_writes = Cr4Writes(self)     # MOV CR4: reserved bits #GP
+        self.rdpmc = Rdpmc(self)              # RDPMC: Unicorn's raises #UD
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
         self._pause: str | None = None     # a debugger stop requested (see `pause`)
