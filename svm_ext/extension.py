@@ -6,6 +6,7 @@ consistency checks in checks.py, the VMCB layout in vmcb.py.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 from emu.arch.decode import decoder
@@ -13,7 +14,9 @@ from unicorn.x86_const import (UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS
                                UC_X86_REG_RIP)
 
 from emu.engine import hostvm
+from emu.core.control_regs import cr4_allowed
 from emu.core.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
+from emu.core.msrs_amd import CPUID_80000001_EDX_LM, efer_allowed
 from emu.errors import Unsupported
 from emu.core.extension import ExitRouter, Extension, WorldPaging
 from emu.engine.hw_switch import OFF_EIP, RegBatch
@@ -98,6 +101,10 @@ class SvmExtension(Extension, ExitRouter):
         machine.cpuid.set_leaf(LEAF_SVM_FEATURES, 0, (SVM_REVISION, SVM_NUM_ASIDS, 0,
                                                       SVM_FEATURE_NP | SVM_FEATURE_NRIPS))
         machine.msrs.efer_writable |= EFER_SVME
+        self.caps = dataclasses.replace(      # VMRUN's checks follow the CPU model
+            self.caps, cr4_supported=cr4_allowed(machine.cpuid),
+            efer_supported=efer_allowed(machine.cpuid),
+            long_mode=bool(machine.cpuid.query(0x80000001, 0)[3] & CPUID_80000001_EDX_LM))
         machine.msrs.efer_write_hooks.append(self._efer_write)
         machine.msrs.register(MSR_VM_CR, lambda: self.state.vm_cr, self._write_vm_cr)
         machine.msrs.register(MSR_VM_HSAVE_PA, lambda: self.state.hsave_pa, self._write_hsave_pa)

@@ -389,3 +389,16 @@ def test_rdpmc_reads_the_counters(tmp_path, cpu, idx4_faults):
     at = assemble(str(tmp_path / "g.S")).symbols["idx4"]
     vector = int.from_bytes(m.ram[at:at + 8], "little")
     assert vector == (13 if idx4_faults else (1 << 64) - 1)
+
+
+def test_vmrun_checks_use_the_models_cr4_and_efer():
+    from svm_ext.checks import CR4_DEFAULT_SUPPORTED
+    from emu.arch.bits import CR4_OSXSAVE, CR4_SMEP, EFER_FFXSR, EFER_NXE, EFER_SVME
+    epyc, q64 = SvmExtension(), SvmExtension()
+    Machine(128 << 20, stdout=None, cpu=parse_cpu("EPYC"), extensions=[epyc])
+    Machine(128 << 20, stdout=None, cpu=parse_cpu("qemu64"), extensions=[q64])
+    assert epyc.caps.cr4_supported == CR4_DEFAULT_SUPPORTED
+    assert not q64.caps.cr4_supported & (CR4_OSXSAVE | CR4_SMEP)
+    for ext in (epyc, q64):
+        assert ext.caps.efer_supported & (EFER_NXE | EFER_SVME) == EFER_NXE | EFER_SVME
+        assert not ext.caps.efer_supported & EFER_FFXSR

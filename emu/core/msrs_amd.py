@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from emu.arch import memtype
-from emu.arch.bits import EFER_FFXSR, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME
+from emu.arch.bits import EFER_FFXSR, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME
 from emu.errors import Unsupported
 
 if TYPE_CHECKING:
@@ -284,11 +284,23 @@ for _n in range(LEGACY_PERF_COUNTERS):
 # EFER bits and the CPUID feature that makes each one writable (APM 2, 3.1.7).
 EFER_BY_FEATURE = {
     EFER_SCE: (0x80000001, _EDX, 1 << 11),     # SYSCALL
-    EFER_LME: (0x80000001, _EDX, 1 << 29),     # long mode
+    EFER_LME: (0x80000001, _EDX, 1 << 29),     # LM
     EFER_NXE: (0x80000001, _EDX, 1 << 20),     # NX
     EFER_SVME: (0x80000001, _ECX, 1 << 2),     # SVM
     EFER_FFXSR: (0x80000001, _EDX, 1 << 25),   # FFXSR
 }
+
+
+CPUID_80000001_EDX_LM = 1 << 29
+
+
+def efer_allowed(cpuid: "Cpuid") -> int:
+    """The EFER bits this model has: those of its features, and LMA (set by the CPU)."""
+    bits = EFER_LMA
+    for bit, (leaf, reg, feature) in EFER_BY_FEATURE.items():
+        if cpuid.query(leaf, 0)[reg] & feature:
+            bits |= bit
+    return bits
 
 
 def install(msrs: "MsrFile", cpuid: "Cpuid") -> None:
