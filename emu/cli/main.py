@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("image", help="multiboot kernel (a.out kludge or ELF) or a .S guest source")
     run.add_argument("--append", default="", help="kernel command line, as QEMU's -append")
     run.add_argument("-m", "--memory", type=_size, default=128 << 20, help="guest RAM (default 128M)")
+    run.add_argument("--cpu", "-cpu", default="EPYC", metavar="MODEL[,+feat,-feat...]",
+                     help="CPU model, as QEMU's -cpu: EPYC (default), max, qemu64; +name adds "
+                          "a feature svmemu implements, -name hides one")
     _add_execution_options(run)
     resume = sub.add_parser("resume", help="continue a machine from a snapshot file")
     resume.add_argument("snapshot_file", metavar="FILE", help="a snapshot written by --snapshot")
@@ -88,10 +91,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from emu.loader.multiboot import parse_image, qemu_cmdline
     from svm_ext.extension import SvmExtension
 
+    from emu.core.cpu_models import parse_cpu
+
+    cpu = parse_cpu(args.cpu)
     data, name = load_image_bytes(args.image, args.memory)
     tracer = _open_tracer(args)
-    machine = Machine(args.memory, stdout=guest_stdout(), tracer=tracer,
-                      extensions=[SvmExtension(pat_model=args.pat_model)])
+    machine = Machine(args.memory, stdout=guest_stdout(), tracer=tracer, cpu=cpu,
+                      extensions=[SvmExtension(pat_model=args.pat_model)] if cpu.svm else [])
     image = parse_image(data, name, args.memory)
     machine.load_multiboot(image, qemu_cmdline(args.image, args.append))
     return _run_and_report(machine, tracer, args, _insn_limit(args))

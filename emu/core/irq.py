@@ -39,7 +39,7 @@ from unicorn.x86_const import (UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_
 
 from emu.core.cpuid import CPUID_1_ECX_X2APIC, CPUID_1_EDX_APIC, Regs
 from emu.engine import hostvm
-from emu.core.devices.apic import (APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
+from emu.core.devices.apic import (APIC_BASE_EXTD, APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
                           LocalApic)
 from emu.arch.decode import MAX_INSN_LENGTH, decoder, split_prefixes
 from emu.errors import Unsupported
@@ -94,6 +94,8 @@ class InterruptController:
             raise GeneralProtection(str(e))
 
     def _write_base(self, value: int) -> None:
+        if value & APIC_BASE_EXTD and not self.m.cpuid.query(1, 0)[2] & CPUID_1_ECX_X2APIC:
+            raise GeneralProtection("IA32_APIC_BASE.EXTD set on a model without x2APIC")
         self._gp(self.apic.write_base_msr, value, self.m.msrs.maxphyaddr)
 
     def _cpuid(self, leaf: int, subleaf: int, regs: Regs) -> Regs:
@@ -222,7 +224,7 @@ class InterruptController:
         """From an exit handler (STGI, VMRUN): stop at this boundary and look (the window alone
         would not do for a nested guest whose physical interrupts follow the host's IF). Free
         when nothing is pending: world switches call it every time."""
-        if not (virtual or self.apic.irr or self.apic.nmi_pending):
+        if not (virtual or self.apic.irr or self.apic.signal_pending):
             return
         self.window.arm()
         self._kicked = True
@@ -294,6 +296,10 @@ class InterruptController:
         if router is not None and not router.gif():
             self.window.disarm()
             return False
+        if self.apic.smi_pending and self._take_smi():
+            return True
+        if self.apic.init_pending and self._take_init():
+            return True
         if self.apic.nmi_pending and self._take_nmi():
             return True
         want_window = False
@@ -322,6 +328,33 @@ class InterruptController:
         else:
             self.window.disarm()
         return False
+
+    def _take_smi(self) -> bool:
+        """SMI (APM vol. 2, 10.3): held while GIF=0; a nested hypervisor intercepting SMI gets
+        #VMEXIT(SMI) and the SMI stays pending until it sets GIF again. No SMM is modelled: an
+        SMI that reaches the CPU is taken by the platform's SMM handler, which on this PC (as
+        SeaBIOS's does for an SMI it did not ask for) returns at once with RSM and changes
+        nothing the guest can see. It is gone; `--trace exc` shows it. False: nothing changed."""
+        m = self.m
+        if m.router is not None and m.router.on_smi():
+            return True
+        self.apic.smi_pending = False
+        t = m.tracer
+        if t is not None and t.on("exc"):
+            t.line("exc", m.where(), "SMI taken by the platform's SMM handler (returns at once)")
+        return False
+
+    def _take_init(self) -> bool:
+        """INIT (APM vol. 2, 16.5 and 15.13.2): held while GIF=0; a nested hypervisor
+        intercepting INIT gets #VMEXIT(INIT) (the INIT stays pending), and with VM_CR.R_INIT set
+        it becomes #SX (the router decides both). Otherwise the processor enters INIT state; the
+        boot processor then restarts at the reset vector, i.e. in firmware, which this machine
+        does not have: that stops the run."""
+        m = self.m
+        if m.router is not None and m.router.on_init():
+            return True
+        raise Unsupported("INIT signal taken by the boot CPU (it would restart at "
+                          "the reset vector, in firmware svmemu does not model)")
 
     def _take_nmi(self) -> bool:
         """NMI: not masked by IF or TPR; blocked from its delivery until the next IRET (Unicorn's

@@ -40,6 +40,10 @@ from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.arch.paging import NestedFault
 from emu.core.msr import MSR_TSC_AUX, GeneralProtection, MsrFile
+from emu.core import msrs_amd
+from emu.core.control_regs import Cr4Writes
+from emu.core.cpu_models import CpuModel
+from emu.core.rdpmc import Rdpmc
 from emu.core.trace import Tracer
 
 if TYPE_CHECKING:
@@ -117,7 +121,8 @@ class _Watchdog:
 
 class Machine:
     def __init__(self, ram_size: int = 128 << 20, *, stdout: BinaryIO | None = None,
-                 tracer: Tracer | None = None, extensions: Iterable[Extension] = ()) -> None:
+                 tracer: Tracer | None = None, extensions: Iterable[Extension] = (),
+                 cpu: CpuModel | None = None) -> None:
         if not _MIN_RAM <= ram_size <= _MAX_RAM or ram_size % 0x1000:
             raise OptionError(f"RAM size must be a multiple of 4 KiB between "
                               f"{_MIN_RAM >> 20} MiB and {_MAX_RAM >> 20} MiB")
@@ -136,9 +141,10 @@ class Machine:
         self.tracer = tracer
         self.tsc = 0
         self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
-        self.cpuid = Cpuid()
+        self.cpuid = Cpuid(cpu)
         self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
                             hostvm.MAXPHYADDR)
+        msrs_amd.install(self.msrs, self.cpuid)
         self.ports: dict[int, PortDevice] = {}
         self.devices: list[PortDevice] = []
         self.serial = Serial16550(stdout)
@@ -165,6 +171,8 @@ class Machine:
                      hostvm.VMEXIT_SKINIT, hostvm.VMEXIT_INVLPGA):
             self._exits[code] = self._exit_undefined_opcode
         self.irq.register_exits()           # MOV CR8 (the TPR)
+        self.cr4_writes = Cr4Writes(self)     # MOV CR4: reserved bits #GP
+        self.rdpmc = Rdpmc(self)              # RDPMC: Unicorn's raises #UD
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
         self._pause: str | None = None     # a debugger stop requested (see `pause`)
@@ -378,7 +386,7 @@ class Machine:
         return (e is not None and e.enabled and self.tracer is None and not self.world_observers
                 and len(self.uc._callbacks) == self._own_hooks and self._result is None
                 and self._pending is None and self._pause is None and not self.io_trap.armed
-                and not self.irq.window.armed and not self.apic.irr and not self.apic.nmi_pending)
+                and not self.irq.window.armed and not self.apic.irr and not self.apic.signal_pending)
 
     def _on_intr_c(self, _uch: int, intno: int, _user: int) -> None:
         """The Python hook behind the C one: the binding's exception handling, which a raw
