@@ -354,6 +354,10 @@ class InterruptController:
         for timer in self.timers:
             timer.tick(now)
 
+    def tick_timers(self) -> None:
+        """Deliver every timer expiry up to now (before a guest reads interrupt state)."""
+        self._tick(self.m.tsc)
+
     def _next_deadline(self) -> int | None:
         """The earliest time any timer fires (device timers only when their line is routed)."""
         times = [t for t in (self.apic.deadline(), *(d.deadline() for d in self.timers))

@@ -550,6 +550,8 @@ class Machine:
         self._trace_io("out", port, size, value, dev)
         if dev:
             dev.write(port, size, value)
+        if self.apic.nmi_pending and self._result is None:
+            self.irq.check_soon()      # an NMI a device raised (I/O APIC) ignores IF
         if self._result is not None:
             # The device ended the run (isa-debug-exit): stop before the next instruction
             # rather than at the end of the translation block.

@@ -77,6 +77,7 @@ class IoApic(PortDevice):
     def __init__(self, apic: "LocalApic", changed: Callable[[], None] = lambda: None) -> None:
         self.apic = apic
         self.changed = changed
+        self.sync: Callable[[], None] = lambda: None   # bring timers' edges up to now
         self.reset()
 
     def reset(self) -> None:
@@ -179,6 +180,7 @@ class IoApic(PortDevice):
         self._service()
 
     def mmio_read(self, offset: int, size: int) -> int:
+        self.sync()
         if offset == IOREGSEL:
             value = self.ioregsel
         elif offset == IOWIN:

@@ -57,6 +57,7 @@ class PcPlatform:
         self.pic = PicPair(changed=self._pic_changed)
         self.ioapic = IoApic(apic)
         self.lines = InterruptLines(self.pic, self.ioapic, apic)
+        self.pic.sync = self.ioapic.sync = m.irq.tick_timers
         apic.extint = self.pic
         apic.on_level_eoi = self.ioapic.eoi
         m.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.ioapic)

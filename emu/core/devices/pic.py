@@ -205,6 +205,7 @@ class PicPair(PortDevice):
 
     def __init__(self, changed: Callable[[], None] = lambda: None) -> None:
         self.changed = changed
+        self.sync: Callable[[], None] = lambda: None   # bring timers' edges up to now
         self.master = Chip(True)
         self.slave = Chip(False)
         self.firmware_state()
@@ -276,6 +277,7 @@ class PicPair(PortDevice):
 
     # ---- ports ---------------------------------------------------------------------------
     def read(self, port: int, size: int) -> int:
+        self.sync()
         if port == ELCR_MASTER:
             return self.master.elcr
         if port == ELCR_SLAVE:

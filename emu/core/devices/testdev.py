@@ -2,7 +2,8 @@
 holds the last value written at any width and reads it back; a write to 0xE4 (QEMU's TLB
 "flush page") is accepted and needs nothing here; ports 0x2000-0x2017 drive interrupt lines
 0-23 (ISA IRQs through the 8259 and the I/O APIC; 16-23 on the I/O APIC alone) to the level
-written, which is how kvm-unit-tests raises device interrupts. svmemu always has it."""
+written, which is how kvm-unit-tests raises device interrupts (QEMU 7.2 aborts on lines
+16-23; here they reach their I/O APIC pins). svmemu always has it."""
 from __future__ import annotations
 
 from typing import Callable, Iterable
