@@ -67,6 +67,8 @@ class InterruptController:
         self.apic.remap = self._remap
         self.halted = False        # HLT executed; waiting at the next interrupt point
         self.timers: list = []     # devices with deadline()/tick(now) (the PIT), besides the APIC
+        self.time_window = False   # the window is armed only to start time slices at an STI
+        self._entering = False     # the slice runs L0's trampoline into L1
         self._kicked = False       # a stop we asked for (not a slice running out)
         self._mapped: int | None = None
         self._in_mmio = False
@@ -295,8 +297,17 @@ class InterruptController:
             return False
         return not m.ctx.save().hflags & HF_INHIBIT_IRQ
 
+    def release_time_window(self) -> None:
+        """A hypervisor is about to switch worlds in C: a window armed only for device time
+        is given up (see `slice`), as an armed window keeps the C replay off."""
+        if self.time_window:
+            self.time_window = False
+            if self.window.armed:
+                self.window.disarm()
+
     def _evaluate(self) -> bool:
         m = self.m
+        self.time_window = False
         router = m.router
         if router is not None and not router.gif():
             self.window.disarm()
@@ -379,17 +390,22 @@ class InterruptController:
         if deadline is not None and self.apic.lvt[APIC_LVT_TIMER] & LVT_MASKED:
             deadline = None   # a masked timer interrupts nobody: CCR reads alone move its time
         device = [t for t in (d.deadline() for d in self.timers) if t is not None]
+        if device and self.m.at_trampoline():
+            self._entering = True              # L0's instructions take no virtual time
+            return hostvm.TRAMPOLINE_INSNS     # enter L1 first: its IF decides
         if device:
             can = self._interruptible()
             if can:
                 deadline = min([deadline, *device] if deadline is not None else device)
             elif can is False and not self.window.armed and not self.m.svm_enabled():
                 self.window.arm(kick=False)
+                self.time_window = True
         if deadline is None:
             return 0
         return max(1, min(deadline - self.m.tsc, MAX_SLICE))
 
     def slice_done(self, count: int, quiet: bool) -> None:
         """After emu_start: a bounded run that stopped for no reason of ours ran out."""
-        if count and quiet and not self._kicked:
+        entering, self._entering = self._entering, False
+        if count and quiet and not self._kicked and not entering:
             self.m.tsc += count

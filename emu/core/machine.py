@@ -230,6 +230,11 @@ class Machine:
         """Is a hypervisor at work: a nested guest running, or EFER.SVME set in L1?"""
         return self.level() != "L1" or bool(self.msrs.rdmsr(MSR_EFER) & EFER_SVME)
 
+    def at_trampoline(self) -> bool:
+        """Before the guest's first instruction: the CPU is still in L0's trampoline (its
+        registers and intercepts are L0's; hostvm.TRAMPOLINE_INSNS instructions enter L1)."""
+        return self.uc.reg_read(UC_X86_REG_RIP) == hostvm.TRAMPOLINE
+
     def claim_cr8(self) -> None:
         """The world now running reaches the APIC's TPR through CR8 (no V_INTR_MASKING): L0
         intercepts its CR8 accesses as it does L1's. The next world switch undoes it."""
@@ -389,6 +394,8 @@ class Machine:
         """May programs run from here on? Not while anything else wants Python to see every
         event: a trace, a debugger's or fuzzer's hooks, a pending interrupt or I/O trap, a stop."""
         e = self.replay
+        if e is not None and e.enabled:
+            self.irq.release_time_window()
         return (e is not None and e.enabled and self.tracer is None and not self.world_observers
                 and len(self.uc._callbacks) == self._own_hooks and self._result is None
                 and self._pending is None and self._pause is None and not self.io_trap.armed

@@ -51,6 +51,10 @@ class OpenBus:
         self.regions[base] = top - base
         return True
 
+    def covers(self, address: int) -> bool:
+        """Is `address` in a hole mapped so far?"""
+        return any(b <= address < b + n for b, n in self.regions.items())
+
     def release(self, base: int, size: int) -> None:
         """Unmap the holes overlapping [base, base + size), for something real to go there."""
         for start, length in list(self.regions.items()):

@@ -73,6 +73,7 @@ class PcPlatform:
         self.port92 = SystemPortA(m.reset_request, self._a20)
         self.pm = PmBlock(now, advance, m.poweroff, PM_BASE_DEFAULT)
         self.pci = PciHost(m.reset_request, self._move_pm)
+        self.pm.moved = self._move_pm
         for dev in (self.pic, self.pit, self.kbc, self.cmos, PostPort(), self.port92,
                     PcTestdev(self.lines.set), self.pm, self.pci):
             m.add_device(dev)

@@ -37,7 +37,8 @@ class PmBlock(PortDevice):
         self.now = now
         self.advance = advance
         self.on_poweroff = on_poweroff
-        self.base = base
+        self.moved: Callable[[int | None], None] = lambda base: None   # re-decode the ports
+        self.base: int | None = base
         self.enable = 0
         self.control = 0
         self.sts = 0                  # status bits other than TMR_STS
@@ -91,7 +92,9 @@ class PmBlock(PortDevice):
                 "sts": self.sts, "tmr_epoch": self.tmr_epoch}
 
     def load_state(self, state: dict) -> None:
-        self.base = None if state["base"] is None else int(state["base"])
+        base = None if state["base"] is None else int(state["base"])
+        if base != self.base:
+            self.moved(base)
         self.enable = int(state["enable"])
         self.control = int(state["control"])
         self.sts = int(state["sts"])
