@@ -106,6 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Namespace,
                     limit: int | None) -> int:
     """Run, then end the way every run ends: flush, snapshot if asked, one summary line."""
+    machine.strict = args.strict
     outputs = _open_coverage(args, machine)
     if args.no_replay and machine.replay is not None:
         machine.replay.enabled = False
@@ -129,6 +130,9 @@ def _add_execution_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
     p.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at an access to a physical address with nothing behind it "
+                        "(a PC reads all-ones and drops the write)")
     p.add_argument("--no-replay", action="store_true",
                    help="handle every world switch in Python (no C replay; for comparison)")
     p.add_argument("--coverage", metavar="drcov:FILE",

@@ -27,6 +27,8 @@ from emu.arch.decode import MAX_INSN_LENGTH, split_prefixes
 from emu.core.devices.base import PortDevice
 from emu.core.devices.debug_exit import DebugExit
 from emu.core.devices.fw_cfg import FwCfg
+from emu.core.devices.open_bus import OpenBus
+from emu.core.devices.pc import PcPlatform
 from emu.core.devices.serial import Serial16550
 from emu.errors import ImageError, OptionError, Unsupported
 from emu.core.extension import Extension, ExitRouter
@@ -39,7 +41,7 @@ from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliver
 from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.arch.paging import NestedFault
-from emu.core.msr import MSR_TSC_AUX, GeneralProtection, MsrFile
+from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
 from emu.core.control_regs import Cr4Writes
 from emu.core.cpu_models import CpuModel
@@ -151,9 +153,12 @@ class Machine:
         self.add_device(self.serial)
         self.add_device(DebugExit(self._guest_exit))
         self.add_device(FwCfg(ram_size))
+        self.strict = False       # stop at accesses to physical addresses with nothing there
+        self.open_bus = OpenBus(self)
         self.irq = InterruptController(self)     # local APIC, interrupt points, virtual time
         self.apic = self.irq.apic
         self.devices.append(self.apic)
+        self.pc = PcPlatform(self)               # PIC, PIT, I/O APIC, CMOS, PCI, ... (pc.py)
         self.world_observers: list[Callable[[str, str], None]] = []
         self.router: ExitRouter | None = None
         self._exits: dict[int, Callable[[int], None]] = {
@@ -233,6 +238,15 @@ class Machine:
         handlers (the INTR hook), never from MMIO callbacks."""
         self.irq.check_soon(virtual)
 
+    def svm_enabled(self) -> bool:
+        """Is a hypervisor at work: a nested guest running, or EFER.SVME set in L1?"""
+        return self.level() != "L1" or bool(self.msrs.rdmsr(MSR_EFER) & EFER_SVME)
+
+    def at_trampoline(self) -> bool:
+        """Before the guest's first instruction: the CPU is still in L0's trampoline (its
+        registers and intercepts are L0's; hostvm.TRAMPOLINE_INSNS instructions enter L1)."""
+        return self.uc.reg_read(UC_X86_REG_RIP) == hostvm.TRAMPOLINE
+
     def claim_cr8(self) -> None:
         """The world now running reaches the APIC's TPR through CR8 (no V_INTR_MASKING): L0
         intercepts its CR8 accesses as it does L1's. The next world switch undoes it."""
@@ -251,6 +265,15 @@ class Machine:
 
     def stop(self, reason: str, status: int, message: str) -> None:
         self._finish(reason, status, message)
+
+    def reset_request(self, message: str) -> None:
+        """A device asked for a machine reset. The run ends there, as QEMU's with -no-reboot
+        (how kvm-unit-tests and our tests run it) ends with a triple fault's reset."""
+        self._finish("reset", STATUS_SHUTDOWN, message)
+
+    def poweroff(self, message: str) -> None:
+        """ACPI power-off: QEMU exits with status 0, and so does the run."""
+        self._finish("poweroff", STATUS_HALTED, message)
 
     def pause(self, message: str) -> None:
         """Stop at the next instruction boundary for a debugger, after finishing any event in
@@ -383,10 +406,12 @@ class Machine:
         """May programs run from here on? Not while anything else wants Python to see every
         event: a trace, a debugger's or fuzzer's hooks, a pending interrupt or I/O trap, a stop."""
         e = self.replay
+        if e is not None and e.enabled:
+            self.irq.release_time_window()
         return (e is not None and e.enabled and self.tracer is None and not self.world_observers
                 and len(self.uc._callbacks) == self._own_hooks and self._result is None
                 and self._pending is None and self._pause is None and not self.io_trap.armed
-                and not self.irq.window.armed and not self.apic.irr and not self.apic.signal_pending)
+                and not self.irq.window.armed and not self.apic.signalled())
 
     def _on_intr_c(self, _uch: int, intno: int, _user: int) -> None:
         """The Python hook behind the C one: the binding's exception handling, which a raw
@@ -544,6 +569,8 @@ class Machine:
         self._trace_io("out", port, size, value, dev)
         if dev:
             dev.write(port, size, value)
+        if self.apic.nmi_pending and self._result is None:
+            self.irq.check_soon()      # an NMI a device raised (I/O APIC) ignores IF
         if self._result is not None:
             # The device ended the run (isa-debug-exit): stop before the next instruction
             # rather than at the end of the translation block.
@@ -609,6 +636,8 @@ class Machine:
                      _data: object) -> bool:
         self.replay_sync()
         kind = {19: "read", 20: "write", 21: "fetch"}.get(access, "access")
+        if not self.strict and kind != "fetch" and self.open_bus.cover(address):
+            return True           # retried: it reads all-ones now (devices/open_bus.py)
         self._finish("unsupported", STATUS_UNSUPPORTED,
                      f"unsupported: {kind} of physical address {address:#x} (no RAM or device "
                      f"there) at rip {uc.reg_read(UC_X86_REG_RIP):#x}")

@@ -85,6 +85,7 @@ HSAVE01 = L0_BASE + 0x1000
 MSRPM01 = L0_BASE + 0x2000      # 8 KiB
 IOPM01 = L0_BASE + 0x4000       # 12 KiB
 TRAMPOLINE = L0_BASE + 0x8000
+TRAMPOLINE_INSNS = 3      # the trampoline's instructions, ending with the VMRUN into L1
 SCRATCH = L0_BASE + 0x9000      # free for extensions (vmcb02, ...)
 
 MSRPM_SIZE = 0x2000
@@ -188,7 +189,7 @@ class HostVm:
         struct.pack_into("<Q", vm, VMCB_SAVE_RSP, 0)
         struct.pack_into("<Q", vm, VMCB_SAVE_RAX, magic)
         self.view(VMCB01, 0x1000)[:] = vm
-        # mov ebx, mbi; mov rax, VMCB01; vmrun
+        # mov ebx, mbi; mov rax, VMCB01; vmrun  (TRAMPOLINE_INSNS instructions)
         tramp = (b"\xBB" + struct.pack("<I", mbi) + b"\x48\xB8" + struct.pack("<Q", VMCB01)
                  + b"\x0F\x01\xD8")
         self.view(TRAMPOLINE, len(tramp))[:] = tramp

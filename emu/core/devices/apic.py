@@ -86,6 +86,13 @@ LVT_MASKED = 1 << 16
 LVT_TIMER_MODE_SHIFT = 17
 LVT_TIMER_ONE_SHOT, LVT_TIMER_PERIODIC = 0, 1
 LVT_DELIVERY_STATUS = 1 << 12
+LVT_DELIVERY_MODE_SHIFT = 8
+LVT_DELIVERY_EXTINT = 7
+# What SeaBIOS leaves in the BSP's APIC (measured under QEMU 7.2): software-enabled, LINT0 the
+# 8259's virtual wire (ExtINT, level), LINT1 the NMI pin (NMI, level).
+FIRMWARE_SVR = 0x1FF
+FIRMWARE_LINT0 = 0x8700
+FIRMWARE_LINT1 = 0x8400
 ICR_DELIVERY_MODE_SHIFT = 8
 ICR_DELIVERY_FIXED = 0
 ICR_DELIVERY_LOWEST = 1
@@ -191,6 +198,10 @@ class LocalApic(PortDevice):
         self.base_msr = APIC_DEFAULT_BASE | APIC_BASE_EN | APIC_BASE_BSP
         self.remap: Callable[[int | None, int | None], None] = lambda old, new: None
         self.bus: ApicBus | None = None
+        # The 8259's INTR output on LINT0 (intr(), vector(), acknowledge()), and who hears the
+        # EOI of a level-triggered vector (the I/O APIC): wired by the machine.
+        self.extint = None
+        self.on_level_eoi: Callable[[int], None] = lambda vector: None
         self.reset()
         ApicBus().attach(self)
 
@@ -208,6 +219,8 @@ class LocalApic(PortDevice):
         self.nmi_pending = False   # an NMI sent to this CPU, not yet taken by it
         self.init_pending = False  # an INIT signal, likewise
         self.smi_pending = False   # an SMI, likewise
+        self.extint_pending = False   # an I/O APIC ExtINT message, not yet acknowledged
+        self._from_extint = False     # pending() last answered with the 8259's vector
         self.lvt = {off: LVT_MASKED for off in _LVT_OFFSETS}
         self.timer_initial = 0
         self.dcr = 0
@@ -268,31 +281,79 @@ class LocalApic(PortDevice):
         isrv = self.isr.bit_length() - 1 if self.isr else 0
         return self.tpr if (self.tpr >> 4) >= (isrv >> 4) else isrv & 0xF0
 
+    def firmware_state(self) -> None:
+        """The registers as SeaBIOS hands the BSP's APIC to a kernel."""
+        self.svr = FIRMWARE_SVR
+        self.lvt[APIC_LVT_LINT0] = FIRMWARE_LINT0
+        self.lvt[APIC_LVT_LINT1] = FIRMWARE_LINT1
+
+    def lint0_accepts(self) -> bool:
+        """Does the 8259's INTR reach the CPU? Through LINT0 unmasked in ExtINT mode, or
+        directly when the APIC is globally disabled (as QEMU wires it)."""
+        lvt = self.lvt[APIC_LVT_LINT0]
+        return not self.enabled or (not lvt & LVT_MASKED and
+                                    (lvt >> LVT_DELIVERY_MODE_SHIFT) & 7 == LVT_DELIVERY_EXTINT)
+
+    def _extint(self) -> bool:
+        return self.extint is not None and (
+            self.extint_pending or (self.lint0_accepts() and self.extint.intr()))
+
+    def signalled(self) -> bool:
+        """Is anything asking for the CPU's attention (cheap; not priority-checked)?"""
+        return bool(self.irr) or self.signal_pending or self._extint()
+
     def pending(self) -> int | None:
-        """The vector the APIC presents to the CPU, if any: highest IRR above the PPR class."""
-        if not self.irr or not self.enabled:
-            return None
-        vector = self.irr.bit_length() - 1
-        if (vector >> 4) <= (self.ppr() >> 4):
-            return None
-        return vector
+        """The vector the APIC presents to the CPU, if any: highest IRR above the PPR class;
+        else an ExtINT (the 8259 through LINT0, or an I/O APIC ExtINT message), whose vector
+        the interrupt acknowledge fetches from the 8259 regardless of the PPR."""
+        self._from_extint = False
+        if self.irr and self.enabled:
+            vector = self.irr.bit_length() - 1
+            if (vector >> 4) > (self.ppr() >> 4):
+                return vector
+        if self._extint():
+            self._from_extint = True
+            return self.extint.vector()
+        return None
 
     def acknowledge(self, vector: int) -> None:
-        """The CPU took `vector` through its IDT: it moves from IRR to ISR."""
+        """The CPU took `vector` through its IDT: it moves from IRR to ISR (or, for an ExtINT,
+        the 8259's acknowledge cycle moves its IRQ to its own ISR)."""
+        if self._from_extint:
+            self._from_extint = False
+            self.extint_pending = False
+            self.extint.acknowledge()
+            return
         self.irr &= ~(1 << vector)
         self.isr |= 1 << vector
 
-    def accept(self, vector: int) -> None:
-        """A fixed interrupt arrives (timer or self-IPI)."""
+    def accept(self, vector: int, level: bool = False) -> None:
+        """A fixed interrupt arrives (timer, self-IPI, I/O APIC); TMR records its trigger mode
+        so that its EOI is broadcast to the I/O APIC when level-triggered."""
         if vector < 16:
             self.esr |= ESR_RECV_ILLEGAL_VECTOR
             return
         self.irr |= 1 << vector
+        if level:
+            self.tmr |= 1 << vector
+        else:
+            self.tmr &= ~(1 << vector)
+        self.changed()
+
+    def raise_nmi(self) -> None:
+        self.nmi_pending = True
+        self.changed()
+
+    def raise_extint(self) -> None:
+        self.extint_pending = True
         self.changed()
 
     def eoi(self) -> None:
         if self.isr:
-            self.isr &= ~(1 << (self.isr.bit_length() - 1))
+            vector = self.isr.bit_length() - 1
+            self.isr &= ~(1 << vector)
+            if self.tmr >> vector & 1:
+                self.on_level_eoi(vector)
             self.changed()
 
     def send_ipi(self, icr: int) -> None:
@@ -533,8 +594,8 @@ class LocalApic(PortDevice):
     # ---- snapshots -----------------------------------------------------------------------------
     _FIELDS = ("base_msr", "apic_id", "tpr", "ldr", "dfr", "svr", "isr", "irr", "tmr", "esr",
                "icr", "timer_initial", "dcr", "timer_running", "timer_base", "timer_first",
-               "timer_fired", "nmi_pending", "init_pending", "smi_pending")
-    _FLAGS = ("timer_running", "nmi_pending", "init_pending", "smi_pending")
+               "timer_fired", "nmi_pending", "init_pending", "smi_pending", "extint_pending")
+    _FLAGS = ("timer_running", "nmi_pending", "init_pending", "smi_pending", "extint_pending")
 
     def state(self) -> dict:
         d = {name: getattr(self, name) for name in self._FIELDS}
@@ -544,7 +605,9 @@ class LocalApic(PortDevice):
     def load_state(self, state: dict) -> None:
         old = self.mmio_base()
         for name in self._FIELDS:
-            value = state.get(name, 0) if name in ("init_pending", "smi_pending") else state[name]
+            # init/smi/extint pending are absent from older snapshots
+            value = (state.get(name, 0) if name in ("init_pending", "smi_pending", "extint_pending")
+                     else state[name])
             setattr(self, name, bool(value) if name in self._FLAGS else int(value))
         self.lvt = {int(k): int(v) for k, v in state["lvt"].items()}
         if self.mmio_base() != old:
