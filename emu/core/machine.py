@@ -113,11 +113,13 @@ class _Watchdog:
 
 class Machine:
     def __init__(self, ram_size: int = 128 << 20, *, stdout: BinaryIO | None = None,
-                 tracer: Tracer | None = None, extensions: Iterable[Extension] = ()) -> None:
+                 tracer: Tracer | None = None, extensions: Iterable[Extension] = (),
+                 cpus: int = 1) -> None:
         if not _MIN_RAM <= ram_size <= _MAX_RAM or ram_size % 0x1000:
             raise OptionError(f"RAM size must be a multiple of 4 KiB between "
                               f"{_MIN_RAM >> 20} MiB and {_MAX_RAM >> 20} MiB")
         self.ram_size = ram_size
+        self.cpus = cpus          # the one CPU count: fw_cfg, the MP table and the MADT use it
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(UC_CPU_X86_EPYC)
         self_check(uc)
@@ -140,7 +142,7 @@ class Machine:
         self.serial = Serial16550(stdout)
         self.add_device(self.serial)
         self.add_device(DebugExit(self._guest_exit))
-        self.add_device(FwCfg(ram_size))
+        self.add_device(FwCfg(ram_size, cpus))
         self.irq = InterruptController(self)     # local APIC, interrupt points, virtual time
         self.apic = self.irq.apic
         self.devices.append(self.apic)
@@ -249,7 +251,9 @@ class Machine:
 
     # ---- loading ----------------------------------------------------------------------------------
     def load_multiboot(self, image: "BootImage", cmdline: str) -> None:
+        from emu.core import firmware
         from emu.loader.multiboot import MBI_ADDR, build_mbi
+        firmware.install(self)       # BDA, MP and ACPI tables, MTRRs: what SeaBIOS leaves
         for addr, data in image.segments:
             if addr < 0 or addr + len(data) > self.ram_size:
                 raise ImageError(f"segment at {addr:#x}+{len(data):#x} is outside the "

@@ -25,6 +25,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from emu.core.firmware.layout import (E820_RAM, E820_RESERVED, FIRMWARE_RESERVED_TOP,  # noqa: F401
+                                     LOW_RAM_END, MIN_RAM, e820_map, ram_layout)
 from emu.errors import ImageError, OptionError
 
 MULTIBOOT_MAGIC = 0x1BADB002
@@ -41,8 +43,8 @@ MBI_FLAG_LOADER_NAME = 1 << 9
 MBI_FLAGS = (MBI_FLAG_MEM | MBI_FLAG_BOOT_DEVICE | MBI_FLAG_CMDLINE | MBI_FLAG_MODS
              | MBI_FLAG_MMAP | MBI_FLAG_LOADER_NAME)
 MBI_SIZE = 0x58
-MMAP_AVAILABLE = 1
-MMAP_RESERVED = 2
+MMAP_AVAILABLE = E820_RAM
+MMAP_RESERVED = E820_RESERVED
 
 MBI_ADDR = 0x9500
 """Where the machine places build_mbi's bytes and what EBX holds at entry (QEMU's address)."""
@@ -50,9 +52,6 @@ MBI_AREA_END = 0xA000
 """End of the area reserved for the information block; no image may load into [MBI_ADDR, here)."""
 BOOT_DEVICE_NONE = 0x8000FFFF
 LOADER_NAME = b"svmemu\0"
-LOW_RAM_END = 0x9FC00           # 639 KiB of conventional memory; the EBDA follows
-FIRMWARE_RESERVED_TOP = 0x20000  # QEMU's firmware reserves the top 128 KiB of low RAM
-MIN_RAM = 2 << 20
 
 # Ranges no image may load into: the real-mode IVT/BDA page, the information block, and the
 # EBDA/VGA/BIOS hole below 1 MiB.
@@ -76,10 +75,9 @@ def qemu_cmdline(image_path: str, append: str = "") -> str:
 
 
 def _ram_split(ram_size: int) -> tuple[int, int]:
-    """RAM below and above 4 GiB, split as QEMU's pc machine does (3 GiB below once the RAM
-    reaches 3.5 GiB)."""
-    low = ram_size if ram_size < 0xE0000000 else 0xC0000000
-    return low, ram_size - low
+    """RAM below and above 4 GiB, split as QEMU's pc machine does (emu/core/firmware/layout.py)."""
+    lay = ram_layout(ram_size)
+    return lay.below_4g, lay.above_4g
 
 
 def _check_ram(ram_size: int) -> None:
@@ -90,17 +88,7 @@ def _check_ram(ram_size: int) -> None:
 def memory_map(ram_size: int) -> list[tuple[int, int, int]]:
     """(base, length, type) as QEMU 7.2 (SeaBIOS e820, qemu64 AMD CPU) reports it."""
     _check_ram(ram_size)
-    low, high = _ram_split(ram_size)
-    entries = [(0, LOW_RAM_END, MMAP_AVAILABLE),
-               (LOW_RAM_END, 0x400, MMAP_RESERVED),
-               (0xF0000, 0x10000, MMAP_RESERVED),
-               (0x100000, low - 0x100000 - FIRMWARE_RESERVED_TOP, MMAP_AVAILABLE),
-               (low - FIRMWARE_RESERVED_TOP, FIRMWARE_RESERVED_TOP, MMAP_RESERVED),
-               (0xFFFC0000, 0x40000, MMAP_RESERVED)]                # BIOS flash
-    if high:
-        entries.append((1 << 32, high, MMAP_AVAILABLE))
-    entries.append((0xFD00000000, 0x300000000, MMAP_RESERVED))      # AMD HyperTransport hole
-    return entries
+    return e820_map(ram_size)
 
 
 def build_mbi(ram_size: int, cmdline: str, base: int = MBI_ADDR) -> bytes:
@@ -171,12 +159,14 @@ def _aout(data: bytes, hdr: int, name: str) -> tuple[int, list[tuple[int, bytes]
 def _check_placement(segments: list[tuple[int, bytes]], entry: int, ram_size: int,
                      name: str) -> None:
     low, _ = _ram_split(ram_size)
+    top = low - FIRMWARE_RESERVED_TOP
+    forbidden = _FORBIDDEN + [(top, low, "the firmware's ACPI tables at the top of low RAM")]
     spans = sorted((a, a + len(b)) for a, b in segments if b)
     for start, end in spans:
         if end > low:
             raise ImageError(f"{name}: segment {start:#x}-{end:#x} lies outside the "
                              f"{ram_size >> 20} MiB of RAM")
-        for fstart, fend, what in _FORBIDDEN:
+        for fstart, fend, what in forbidden:
             if start < fend and end > fstart:
                 raise ImageError(f"{name}: segment {start:#x}-{end:#x} overlaps {what} "
                                  f"({fstart:#x}-{fend:#x})")
