@@ -95,14 +95,14 @@ TAP_GUESTS = ["hello", "longmode", "msr", "exceptions", "mbinfo", "svm_world_swi
               "svm_intercepts",
               "svm_vmload_vmsave",
               "svm_event_inject",
-              "apic", "svm_interrupts"]
+              "apic", "svm_interrupts", "firmware"]
 EXPECTED_COUNTS = {"hello": 1, "longmode": 15, "msr": 17, "exceptions": 22, "mbinfo": 8,
                    "svm_world_switch": 11, "fw_cfg": 6, "svm_pat": 34,
                    "svm_checks": 55, "svm_fuzz_target": 4, "svm_ioio": 40,
                    "svm_intercepts": 153,
                    "svm_vmload_vmsave": 44,
                    "svm_event_inject": 36,
-                   "apic": 30, "svm_interrupts": 35}
+                   "apic": 30, "svm_interrupts": 35, "firmware": 46}
 
 
 @pytest.fixture(scope="module")

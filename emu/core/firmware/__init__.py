@@ -19,6 +19,8 @@ from emu.core.firmware.mptable import build_mptable
 from emu.core.firmware.mtrr import seabios_mtrrs
 from emu.errors import OptionError
 
+MAX_XAPIC_CPUS = 255      # APIC ids 0..254; 0xFF is the broadcast id
+
 if TYPE_CHECKING:
     from emu.core.machine import Machine
 
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
 def firmware_contents(ram_size: int, cpus: int,
                       cpuid_1: tuple[int, int, int, int]) -> list[tuple[int, bytes]]:
     """(physical address, bytes) of every structure the firmware leaves in RAM."""
+    if not 1 <= cpus <= MAX_XAPIC_CPUS:
+        raise OptionError(f"the firmware tables describe 1 to {MAX_XAPIC_CPUS} CPUs (8-bit "
+                          f"xAPIC ids), not {cpus}")
     lay = ram_layout(ram_size)
     try:
         acpi = build_acpi(cpus, lay.firmware_top, FIRMWARE_RESERVED_TOP)
