@@ -43,6 +43,7 @@ from emu.core.msr import MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core.trace import Tracer
 
 if TYPE_CHECKING:
+    from emu.loader.modules import ModuleLayout
     from emu.loader.multiboot import BootImage
 
 # Process exit status for each way a run ends. Guest-chosen statuses (isa-debug-exit) are always
@@ -250,7 +251,8 @@ class Machine:
         self.uc.emu_stop()
 
     # ---- loading ----------------------------------------------------------------------------------
-    def load_multiboot(self, image: "BootImage", cmdline: str) -> None:
+    def load_multiboot(self, image: "BootImage", cmdline: str,
+                       modules: "ModuleLayout | None" = None) -> None:
         from emu.core import firmware
         from emu.loader.multiboot import MBI_ADDR, build_mbi
         firmware.install(self)       # BDA, MP and ACPI tables, MTRRs: what SeaBIOS leaves
@@ -259,7 +261,13 @@ class Machine:
                 raise ImageError(f"segment at {addr:#x}+{len(data):#x} is outside the "
                                  f"{self.ram_size >> 20} MiB of RAM")
             self.ram[addr:addr + len(data)] = data
-        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR)
+        if modules is None:                  # none: mods_addr still says where they would go
+            from emu.loader.modules import place_modules
+            modules = place_modules(image, cmdline, "", [], self.ram_size)
+        for addr, data in modules.blobs:
+            self.ram[addr:addr + len(data)] = data
+        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR, mods_count=modules.count,
+                        mods_addr=modules.mods_addr)
         self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
         self.uc.reg_write(UC_X86_REG_RIP, self._start)   # so a snapshot taken now resumes here

@@ -53,6 +53,9 @@ MBI_AREA_END = 0xA000
 BOOT_DEVICE_NONE = 0x8000FFFF
 LOADER_NAME = b"svmemu\0"
 
+ROM_WINDOW_START = 0xA0000      # VGA window, option ROMs, BIOS: nothing a kernel load can change
+ROM_WINDOW_END = 0x100000
+
 # Ranges no image may load into: the real-mode IVT/BDA page, the information block, and the
 # EBDA/VGA/BIOS hole below 1 MiB.
 _FORBIDDEN = [(0, 0x1000, "the first 4 KiB"),
@@ -66,6 +69,13 @@ class BootImage:
 
     entry: int                                   # 32-bit physical entry point
     segments: list[tuple[int, bytes]] = field(default_factory=list)  # (phys addr, bytes + bss)
+    load_start: int | None = None                # the span QEMU counts as the kernel (modules
+    load_end: int | None = None                  # follow it), segments dropped included
+
+    def span(self) -> tuple[int, int]:
+        if self.load_start is not None and self.load_end is not None:
+            return self.load_start, self.load_end
+        return (min(a for a, _ in self.segments), max(a + len(b) for a, b in self.segments))
 
 
 def qemu_cmdline(image_path: str, append: str = "") -> str:
@@ -91,9 +101,11 @@ def memory_map(ram_size: int) -> list[tuple[int, int, int]]:
     return e820_map(ram_size)
 
 
-def build_mbi(ram_size: int, cmdline: str, base: int = MBI_ADDR) -> bytes:
+def build_mbi(ram_size: int, cmdline: str, base: int = MBI_ADDR, *, mods_count: int = 0,
+              mods_addr: int | None = None) -> bytes:
     """The bytes to place at physical ``base`` (EBX = base): information block, memory map,
-    command line, boot loader name."""
+    command line, boot loader name.  Modules (emu/loader/modules.py) are described by their
+    count and the address of their array."""
     entries = memory_map(ram_size)
     mmap = b"".join(struct.pack("<IQQI", 20, b, n, t) for b, n, t in entries)
     cmd = cmdline.encode("utf-8", "replace") + b"\0"
@@ -106,7 +118,7 @@ def build_mbi(ram_size: int, cmdline: str, base: int = MBI_ADDR) -> bytes:
     mem_upper = entries[3][1] >> 10
     info = bytearray(MBI_SIZE)
     struct.pack_into("<8I", info, 0, MBI_FLAGS, LOW_RAM_END >> 10, mem_upper, BOOT_DEVICE_NONE,
-                     cmd_addr, 0, cmd_addr, 0)   # no modules; mods_addr as QEMU: where they'd go
+                     cmd_addr, mods_count, cmd_addr if mods_addr is None else mods_addr, 0)
     struct.pack_into("<II", info, 44, len(mmap), mmap_addr)
     struct.pack_into("<I", info, 64, name_addr)
     return bytes(info) + mmap + cmd + LOADER_NAME
@@ -197,5 +209,32 @@ def parse_image(data: bytes, name: str, ram_size: int) -> BootImage:
     segments = [(a, b) for a, b in segments if b]
     if not segments:
         raise ImageError(f"{name}: the image loads nothing")
+    start, end = min(a for a, _ in segments), max(a + len(b) for a, b in segments)
+    if not flags & FLAG_AOUT_KLUDGE:
+        if ROM_WINDOW_START <= entry < ROM_WINDOW_END:
+            raise ImageError(f"{name}: entry point {entry:#x} lies in the VGA/BIOS window "
+                             f"{ROM_WINDOW_START:#x}-{ROM_WINDOW_END:#x}")
+        segments = _drop_rom_window(segments)
+        if not segments:
+            raise ImageError(f"{name}: the image loads nothing outside 0xA0000-0xFFFFF")
     _check_placement(segments, entry, ram_size, name)
-    return BootImage(entry, segments)
+    return BootImage(entry, segments, start, end)
+
+
+def _drop_rom_window(segments: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """ELF segment bytes aimed at [0xA0000, 1 MiB) are not stored.  A default GNU ld puts the ELF
+    headers in a PT_LOAD of their own just below the first section (0xFF000 for a kernel
+    linked at 1 MiB); QEMU loads the kernel there after the firmware has write-protected its
+    shadow of the BIOS area, so those bytes vanish (as they would in the VGA window) and the
+    kernel boots.  Here they vanish too, and the firmware's tables in that area survive."""
+    out = []
+    for addr, data in segments:
+        end = addr + len(data)
+        if end <= ROM_WINDOW_START or addr >= ROM_WINDOW_END:
+            out.append((addr, data))
+            continue
+        if addr < ROM_WINDOW_START:
+            out.append((addr, data[:ROM_WINDOW_START - addr]))
+        if end > ROM_WINDOW_END:
+            out.append((ROM_WINDOW_END, data[ROM_WINDOW_END - addr:]))
+    return out
