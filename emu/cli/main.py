@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="boot a multiboot image or an assembly source (.S)")
     run.add_argument("image", help="multiboot kernel (a.out kludge or ELF) or a .S guest source")
-    run.add_argument("--append", default="", help="kernel command line, as QEMU's -append")
+    run.add_argument("--append", default="", help="kernel command line, as QEMU's -append "
+                     "(a value may begin with '-')")
+    run.add_argument("--initrd", default="", metavar='"FILE ARGS,FILE2 ARGS"',
+                     help="multiboot modules, as QEMU's -initrd (',,' is a literal comma)")
     run.add_argument("-m", "--memory", type=_size, default=128 << 20, help="guest RAM (default 128M)")
     run.add_argument("--cpu", "-cpu", default="EPYC", metavar="MODEL[,+feat,-feat...]",
                      help="CPU model, as QEMU's -cpu: EPYC (default), max, qemu64; +name adds "
@@ -99,7 +102,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     machine = Machine(args.memory, stdout=guest_stdout(), tracer=tracer, cpu=cpu,
                       extensions=[SvmExtension(pat_model=args.pat_model)] if cpu.svm else [])
     image = parse_image(data, name, args.memory)
-    machine.load_multiboot(image, qemu_cmdline(args.image, args.append))
+    cmdline = qemu_cmdline(args.image, args.append)
+    modules = None
+    if args.initrd:
+        from emu.loader.modules import place_modules, read_modules
+        modules = place_modules(image, cmdline, args.initrd, read_modules(args.initrd),
+                                args.memory)
+    machine.load_multiboot(image, cmdline, modules)
     return _run_and_report(machine, tracer, args, _insn_limit(args))
 
 
@@ -287,8 +296,25 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
     return cmd_fuzz(args)
 
 
+_VALUE_OPTIONS = ("--append", "--initrd")
+
+
+def _join_values(argv: Sequence[str]) -> list[str]:
+    """`--append -x` as `--append=-x`: argparse would take a value beginning with '-' for an
+    option; these two options always take the next word as their value, as QEMU's do."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in _VALUE_OPTIONS and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_values(sys.argv[1:] if argv is None else argv))
     try:
         return {"run": cmd_run, "resume": cmd_resume, "build": cmd_build,
                 "memtype": cmd_memtype, "fuzz": _cmd_fuzz}[args.command](args)

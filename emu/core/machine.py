@@ -49,6 +49,7 @@ from emu.core.rdpmc import Rdpmc
 from emu.core.trace import Tracer
 
 if TYPE_CHECKING:
+    from emu.loader.modules import ModuleLayout
     from emu.loader.multiboot import BootImage
 
 # Process exit status for each way a run ends. Guest-chosen statuses (isa-debug-exit) are always
@@ -124,11 +125,12 @@ class _Watchdog:
 class Machine:
     def __init__(self, ram_size: int = 128 << 20, *, stdout: BinaryIO | None = None,
                  tracer: Tracer | None = None, extensions: Iterable[Extension] = (),
-                 cpu: CpuModel | None = None) -> None:
+                 cpu: CpuModel | None = None, cpus: int = 1) -> None:
         if not _MIN_RAM <= ram_size <= _MAX_RAM or ram_size % 0x1000:
             raise OptionError(f"RAM size must be a multiple of 4 KiB between "
                               f"{_MIN_RAM >> 20} MiB and {_MAX_RAM >> 20} MiB")
         self.ram_size = ram_size
+        self.cpus = cpus          # the one CPU count: fw_cfg, the MP table and the MADT use it
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(UC_CPU_X86_EPYC)
         self_check(uc)
@@ -152,7 +154,7 @@ class Machine:
         self.serial = Serial16550(stdout)
         self.add_device(self.serial)
         self.add_device(DebugExit(self._guest_exit))
-        self.add_device(FwCfg(ram_size))
+        self.add_device(FwCfg(ram_size, cpus))
         self.strict = False       # stop at accesses to physical addresses with nothing there
         self.open_bus = OpenBus(self)
         self.irq = InterruptController(self)     # local APIC, interrupt points, virtual time
@@ -283,14 +285,23 @@ class Machine:
         self.uc.emu_stop()
 
     # ---- loading ----------------------------------------------------------------------------------
-    def load_multiboot(self, image: "BootImage", cmdline: str) -> None:
+    def load_multiboot(self, image: "BootImage", cmdline: str,
+                       modules: "ModuleLayout | None" = None) -> None:
+        from emu.core import firmware
         from emu.loader.multiboot import MBI_ADDR, build_mbi
+        firmware.install(self)       # BDA, MP and ACPI tables, MTRRs: what SeaBIOS leaves
         for addr, data in image.segments:
             if addr < 0 or addr + len(data) > self.ram_size:
                 raise ImageError(f"segment at {addr:#x}+{len(data):#x} is outside the "
                                  f"{self.ram_size >> 20} MiB of RAM")
             self.ram[addr:addr + len(data)] = data
-        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR)
+        if modules is None:                  # none: mods_addr still says where they would go
+            from emu.loader.modules import place_modules
+            modules = place_modules(image, cmdline, "", [], self.ram_size)
+        for addr, data in modules.blobs:
+            self.ram[addr:addr + len(data)] = data
+        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR, mods_count=modules.count,
+                        mods_addr=modules.mods_addr)
         self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
         self.uc.reg_write(UC_X86_REG_RIP, self._start)   # so a snapshot taken now resumes here
