@@ -70,6 +70,7 @@ class InterruptController:
         self._mapped: int | None = None
         self._in_mmio = False
         self._want_kick = False
+        self._unbounded = True     # the current emu_start has no instruction bound
         self._replay: tuple[int, int, int] | None = None
         msrs = machine.msrs
         msrs.register(MSR_APIC_BASE, lambda: self.apic.base_msr, self._write_base)
@@ -236,6 +237,21 @@ class InterruptController:
         self.window.arm(kick=not self._in_mmio)
         if self._in_mmio:
             self._want_kick = True
+        elif self._window_not_enough():
+            self._kicked = True
+            self.m.uc.emu_stop()
+
+    def _window_not_enough(self) -> bool:
+        """The window brings the CPU back when the running guest's IF lets an interrupt in.
+        That is not enough when the event does not follow that IF (an NMI; a nested guest
+        whose physical interrupts follow the host's IF: they may exit while the guest's IF is
+        0), nor for a timer armed while Unicorn runs unbounded (its slices start at a stop)."""
+        if self.apic.nmi_pending:
+            return True
+        router = self.m.router
+        if router is not None and router.physical_if() is not None:
+            return True
+        return self._unbounded and self.apic.deadline() is not None
 
     def halt(self) -> None:
         """HLT (RIP already past it): wait at the next interrupt point. An STI shadow that
@@ -346,7 +362,8 @@ class InterruptController:
         """The instruction bound for the next emu_start (0: unbounded)."""
         self._kicked = False
         deadline = self.apic.deadline()
-        if deadline is None or self.apic.lvt[APIC_LVT_TIMER] & LVT_MASKED:
+        self._unbounded = deadline is None or bool(self.apic.lvt[APIC_LVT_TIMER] & LVT_MASKED)
+        if self._unbounded:
             return 0          # a masked timer interrupts nobody: CCR reads alone move its time
         return max(1, min(deadline - self.m.tsc, MAX_SLICE))
 
