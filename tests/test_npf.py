@@ -190,6 +190,36 @@ def test_fetch_without_nxe_has_no_id_bit():
     assert (vm.exitinfo1, vm.exitinfo2) == (GPA_BIT | PF_U, PAGE4K + 0x40)
 
 
+def test_reserved_bit_unicorn_does_not_check_is_npf_not_an_internal_error():
+    """Bit 8 of a nested PML4E is reserved (MBZ) on AMD; Unicorn's nested walk lets it pass and
+    reports L2's intercepted VMMCALL, but fetching that instruction walks L2's PML4 through the
+    faulty entry: the exit is #NPF on the guest table (kvm-unit-tests svm_npt_rsvd_bits_test),
+    not the intercept, and not an escaped fault while computing NRIP."""
+    m, vm, root = run_npf("vmmcall\n", lambda t: set_entry(t, 0x30000, 4, add=1 << 8))
+    assert vm.exitcode == VMEXIT_NPF, hex(vm.exitcode)
+    assert (hex(vm.exitinfo1), hex(vm.exitinfo2)) == (
+        hex(GPT_BIT | PF_P | PF_W | PF_U | PF_RSV), hex(0x30000))
+
+
+def test_fetch_with_host_smep_reports_id_bit():
+    """With L1's CR4.SMEP set and EFER.NXE clear, a fetch's #NPF still reports I/D: the host's
+    SMEP makes I/D defined for the nested walk (kvm-unit-tests svm_npt_rsvd_bits_test checks
+    every host NX/SMEP pair). SMEP refuses nothing there: nested accesses are user accesses.
+    The host registers are the ones #NPF decoding walks with (svm_ext/memview)."""
+    from emu.arch.bits import CR4_SMEP
+    from svm_ext.memview import _nested_host
+    root, _, mem = nested_table(lambda t: set_entry(t, PAGE4K + 0x5000, 1, add=1 << 51))
+    l1 = paging.PagingRegs(cr0=0x80000011, cr3=0x20000, cr4=0x20, efer=0x500)
+    for cr4, id_bit in ((0x20, 0), (0x20 | CR4_SMEP, PF_ID)):
+        host = _nested_host(paging.PagingRegs(cr0=l1.cr0, cr3=l1.cr3, cr4=cr4, efer=l1.efer))
+        with pytest.raises(paging.NestedFault) as e:
+            paging.walk_nested(mem.r64, root, PAGE4K + 0x5000, paging.FETCH, host=host)
+        assert hex(e.value.exitinfo1) == hex(GPA_BIT | PF_P | PF_U | PF_RSV | id_bit)
+        # a fetch from an ordinary page goes through: SMEP never refuses a nested access
+        assert paging.walk_nested(mem.r64, root, PAGE4K + 0x6000, paging.FETCH,
+                                  host=host).pa == PAGE4K + 0x6000
+
+
 def test_nx_on_nested_mapping_of_guest_page_tables_stops_instead_of_crashing():
     """Unicorn 2.1.4 dereferences NULL (SIGSEGV in get_hphys) when the nested translation of a
     guest page-table page has NX set: it clears PAGE_EXEC in a prot pointer that page-table
