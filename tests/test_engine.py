@@ -3,8 +3,9 @@ that svmemu still runs, and says so, on the stock wheel's library.
 
 0001 (code-page tracking) lets stores skip the slow path on pages without translated code: code
 rewritten by the guest through the same or another mapping, by another world, by Python, or by
-a snapshot restore must still be the code that runs. 0002 (inline exit-request test) must keep
-every way of stopping a run working: a hook's emu_stop, the timeout's watchdog thread.
+a snapshot restore must still be the code that runs. 0002 and 0004 (exit-request tests inline at
+block start, and after an access only in its slow path) must keep every way of stopping a run
+working: a block, memory or MMIO hook's emu_stop, the timeout's watchdog thread.
 0003 is tested in tests/test_npf.py (NX nested leaves over guest page tables).
 
 These run on whichever engine the suite runs on (CI: the patched one, SVMEMU_ENGINE=patched);
@@ -204,6 +205,91 @@ def test_block_hook_calling_emu_stop_stops_a_self_chained_loop():
     assert len(seen) == 1000
     assert uc.reg_read(UC_X86_REG_RIP) == 0x1000
     assert uc.reg_read(UC_X86_REG_RAX) in (999, 1000)
+
+
+_HOOKED_LOOP = """
+    mov rsi, 0x8000
+    xor rcx, rcx
+top:
+    inc rcx
+    mov [rsi], rcx
+    mov [rsi + 8], rcx
+    mov rax, [rsi + 16]
+    add rax, 1
+    mov [rsi + 16], rax
+    jmp top
+"""
+
+
+@pytest.mark.parametrize("kind, want", [
+    # (RIP, RCX, the three qwords at 0x8000): what stock unicorn 2.1.4 leaves (measured there)
+    ("write", (0x100D, 3, [3, 2, 2])),      # 7th write = 3rd round's first store, done; PC on it
+    ("read", (0x1014, 7, [7, 7, 6])),       # 7th read = 7th round's load; PC on it
+])
+def test_memory_hook_calling_emu_stop_stops_at_the_access(kind, want):
+    """A UC_HOOK_MEM_* callback calling emu_stop ends the run at the accessing instruction, with
+    the state stock unicorn leaves: the exit-request test after an access now runs only in the
+    access's slow path (0004), where every hooked access goes."""
+    from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+    from unicorn.x86_const import UC_X86_REG_RCX
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 1 << 20)
+    uc.mem_write(0x1000, asm64(_HOOKED_LOOP, 0x1000))
+    calls = []
+
+    def hook(uc: Uc, _access: int, _addr: int, _size: int, _value: int, _data: object) -> None:
+        calls.append(1)
+        if len(calls) == 7:
+            uc.emu_stop()
+
+    uc.hook_add(UC_HOOK_MEM_WRITE if kind == "write" else UC_HOOK_MEM_READ, hook,
+                begin=0x8000, end=0x8FFF)
+    uc.emu_start(0x1000, 0xFFFF)
+    mem = uc.mem_read(0x8000, 24)
+    got = (uc.reg_read(UC_X86_REG_RIP), uc.reg_read(UC_X86_REG_RCX),
+           [int.from_bytes(mem[i:i + 8], "little") for i in (0, 8, 16)])
+    assert got == want
+    assert len(calls) == 7
+
+
+def test_mmio_callback_calling_emu_stop_stops_at_the_access():
+    """The same through an MMIO region (svmemu's APIC page is one; unicorn splits 8-byte MMIO
+    accesses in two callbacks): the 4th callback, in the first 8-byte MMIO load, stops the run on
+    that load, before its value reaches RAX; stock unicorn leaves the same state (measured
+    there)."""
+    from unicorn.x86_const import UC_X86_REG_RCX
+    code = asm64("""
+        mov rsi, 0x20000
+        xor rcx, rcx
+    top:
+        inc rcx
+        mov [rsi], rcx
+        mov qword ptr [0x8000], rcx
+        mov rax, [rsi + 8]
+        jmp top
+    """, 0x1000)
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(0x1000, code)
+    calls = []
+
+    def read(uc: Uc, _off: int, _size: int, _data: object) -> int:
+        calls.append("r")
+        if len(calls) == 4:
+            uc.emu_stop()
+        return 0x77
+
+    def write(uc: Uc, _off: int, _size: int, _value: int, _data: object) -> None:
+        calls.append("w")
+        if len(calls) == 4:
+            uc.emu_stop()
+
+    uc.mmio_map(0x20000, 0x1000, read, None, write, None)
+    uc.emu_start(0x1000, 0xFFFF)
+    assert (uc.reg_read(UC_X86_REG_RIP), uc.reg_read(UC_X86_REG_RCX),
+            uc.reg_read(UC_X86_REG_RAX)) == (0x1017, 1, 0)
+    assert int.from_bytes(uc.mem_read(0x8000, 8), "little") == 1
+    assert len(calls) == 4
 
 
 def test_timeout_stops_an_endless_guest_loop():
