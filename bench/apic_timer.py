@@ -1,5 +1,5 @@
 """What an armed APIC timer costs: the run loop bounds emu_start by the ticks left to the
-deadline (emu/irq.py), and Unicorn counts instructions with a per-instruction hook of its own.
+deadline (emu/core/irq.py), and Unicorn counts instructions with a per-instruction hook of its own.
 
     python bench/apic_timer.py [ITERATIONS]
 
@@ -19,7 +19,7 @@ if __package__ in (None, ""):
 
 from emu.loader.asm import GUESTS_DIR, assemble_source  # noqa: E402
 from emu.loader.multiboot import parse_image  # noqa: E402
-from emu.machine import Machine  # noqa: E402
+from emu.core.machine import Machine  # noqa: E402
 
 GUEST = r'''
 .include "{prelude}"

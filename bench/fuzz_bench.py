@@ -1,5 +1,5 @@
 """Fuzzing throughput on the bundled target (guests/svm_fuzz_target.S): executions per second
-with the fast snapshot reset (emu/fastreset.py) against a reboot per input (a fresh machine,
+with the fast snapshot reset (emu/core/fastreset.py) against a reboot per input (a fresh machine,
 boot, run to the start point, then the input) and against a full-RAM snapshot restore.
 
     python bench/fuzz_bench.py [N]
@@ -15,9 +15,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from emu import snapshot  # noqa: E402
-from emu.cli import build_parser  # noqa: E402
-from emu.fuzz.command import build_harness  # noqa: E402
+from emu.core import snapshot  # noqa: E402
+from emu.cli.main import build_parser  # noqa: E402
+from emu.cli.fuzz import build_harness  # noqa: E402
 
 TARGET = str(ROOT / "guests" / "svm_fuzz_target.S")
 INPUTS = [b"\x03PING", b"\x10SVM!"]           # benign; the planted bug
@@ -51,10 +51,10 @@ def full_restore(n: int) -> float:
 def reboot(n: int) -> float:
     """A fresh machine per input: boot the (pre-assembled) image, run to the start point, place
     the input, run. No snapshot at all, as a harness without one would."""
-    from emu.fuzz.harness import Harness, MemoryPlacement, parse_crash_rules
+    from emu.tools.fuzz.harness import Harness, MemoryPlacement, parse_crash_rules
     from emu.loader.asm import assemble
     from emu.loader.multiboot import parse_image
-    from emu.machine import Machine
+    from emu.core.machine import Machine
     from svm_ext.extension import SvmExtension
     asm = assemble(TARGET)
     rules = parse_crash_rules(["triple-fault"], lambda k, v: False)

@@ -2,7 +2,7 @@
 round-trip workload, samples grouped by what they are doing.
 
 The Python profile (bench/profile_switch.py) no longer sees a repeated round trip: it runs in
-C (emu/replay.c). This samples the whole process with perf, subtracts nothing, and attributes
+C (emu/engine/replay.c). This samples the whole process with perf, subtracts nothing, and attributes
 each sample by symbol; the run is long enough (400,000 round trips) that start-up (assembling,
 imports) is a few percent. Needs `perf` (Debian: linux-perf); prints a markdown table.
 
@@ -27,7 +27,7 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "use would halve it but uc_ctl flushes all"),
     ("context copies", "uc_context_save/restore (5.5 KiB each), L1's host state and vmcb12 "
      "copies in the programs", ("memmove", "memcpy", "uc_context"),
-     "patching the live CPU state in place (its address is known: emu/irq_window.py) instead of "
+     "patching the live CPU state in place (its address is known: emu/engine/irq_window.py) instead of "
      "save/restore; keeping only the host-state regions a #VMEXIT reads"),
     ("guards", "the programs' comparisons (memcmp) and the interpreter loop",
      ("memcmp", "replay_intr"),

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from emu.loader.multiboot import parse_image
-from emu.machine import Machine
+from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
 
-from . import workloads
-from .runners import RAM, guarded_run
+from bench import workloads
+from bench.runners import RAM, guarded_run
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Micro-benchmark of GuestMemory.read_code under nested paging (the NRIP decode of every L2
 exit): the cached path (revalidate the remembered code page by its entries) against the full
-2D walk read_code made before (emu.paging.walk_2d through GuestMemory.translate, per page).
+2D walk read_code made before (emu.arch.paging.walk_2d through GuestMemory.translate, per page).
 
 It runs workload 4 (world_switch_msr.S) until L2's first intercepted RDMSR reaches read_code,
 then, in that exit's real context, times N calls of each way, repeated; CPU time
@@ -14,13 +14,13 @@ import statistics
 import time
 from typing import Any, Callable
 
-from emu.hw_switch import HF2_NPT, OFF_HFLAGS2
+from emu.engine.hw_switch import HF2_NPT, OFF_HFLAGS2
 from emu.loader.multiboot import parse_image
-from emu.machine import Machine
+from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
 
-from . import workloads
-from .runners import RAM, guarded_run
+from bench import workloads
+from bench.runners import RAM, guarded_run
 
 
 def _cpu_per_call(fn: Callable[[], Any], calls: int) -> float:

@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         (p3, py3), (p4, py4) = totals["switch"], totals["msr"]
         trips = 40_000 if args.quick else 400_000
         md += ["## World-switch profile: the replayed switch (C)", "",
-               "A round trip that repeats runs in C (emu/replay.c, programs recorded by "
+               "A round trip that repeats runs in C (emu/engine/replay.c, programs recorded by "
                "svm_ext/fast_switch.py). `python -m bench.profile_replay`: perf samples "
                f"(software clock) over {trips:,} VMMCALL round trips, whole process, grouped by "
                "symbol; start-up is in the Python row, and the µs column spreads the measured "

@@ -23,7 +23,7 @@ from unicorn import Uc, UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_32
 from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_REG_EAX, UC_X86_REG_EBX
 
 from emu.loader.multiboot import MBI_ADDR, build_mbi, parse_image
-from emu.machine import MULTIBOOT_MAGIC, STATUS_LIMIT, Machine, RunResult
+from emu.core.machine import MULTIBOOT_MAGIC, STATUS_LIMIT, Machine, RunResult
 from svm_ext.extension import SvmExtension
 
 RAM = 128 << 20

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
-from emu.arch_bits import (
+from emu.arch.bits import (
     CR0_CD,
     CR0_NW,
     CR0_PE,
@@ -54,7 +54,7 @@ from emu.arch_bits import (
     EFER_SCE,
     EFER_SVME,
 )
-from emu.memtype import PAT_TYPES
+from emu.arch.memtype import PAT_TYPES
 from svm_ext.vmcb import (
     EVENTINJ_TYPE_EXCEPTION,
     EVENTINJ_TYPE_INTR,
@@ -149,7 +149,7 @@ _PAT_LOW = 0x0101_0101_0101_0101
 
 def g_pat_valid(pat: int) -> bool:
     """All eight PA fields hold a supported type and their reserved bits are zero: the same
-    answer as emu.memtype.pat_valid (the WRMSR #GP rule), without a per-byte loop, because VMRUN
+    answer as emu.arch.memtype.pat_valid (the WRMSR #GP rule), without a per-byte loop, because VMRUN
     asks it every time. Type 2 or 3 is the only pattern with bit 1 set and bit 2 clear, once bits
     7:3 are known zero."""
     if pat & _PAT_RESERVED_FIELD_BITS or pat >> 64:

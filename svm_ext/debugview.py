@@ -1,6 +1,6 @@
 """What the debugger shows of nested SVM: the world line, the VMCB field by field, the last exit.
 
-The gdb stub (emu/gdbstub.py) knows no SVM; it asks through the Extension entry points
+The gdb stub (emu/tools/gdb/stub.py) knows no SVM; it asks through the Extension entry points
 `world_summary`, `control_block` and `last_exit`, which delegate here. Everything is read, never
 written: looking at a guest in the debugger must not change what it does next.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-from . import checks
+from svm_ext import checks
 from .vmcb import Vmcb, exit_name, read_cache
 
 if TYPE_CHECKING:

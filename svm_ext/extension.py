@@ -8,28 +8,34 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from emu.decode import decoder
+from emu.arch.decode import decoder
 from unicorn.x86_const import (UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS,
                                UC_X86_REG_RIP)
 
-from emu import hostvm
-from emu.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
+from emu.engine import hostvm
+from emu.core.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
 from emu.errors import Unsupported
-from emu.extension import ExitRouter, Extension, WorldPaging
-from emu.hw_switch import OFF_EIP, RegBatch
-from emu.interrupts import HAS_ERROR_CODE, PF, Event, Kind
-from emu.machine import Machine
-from emu.msr import EFER_SVME, GeneralProtection
-from emu.paging import NestedFault
+from emu.core.extension import ExitRouter, Extension, WorldPaging
+from emu.engine.hw_switch import OFF_EIP, RegBatch
+from emu.core.interrupts import HAS_ERROR_CODE, PF, Event, Kind
+from emu.core.machine import Machine
+from emu.core.msr import EFER_SVME, GeneralProtection
+from emu.arch.paging import NestedFault
 
-from . import instructions, intercepts, ioio, memview, npf, pat, vmrun as vmrun_mod
-from . import debugview
-from . import hw_quirks
-from . import vintr
+from svm_ext import instructions
+from svm_ext import intercepts
+from svm_ext import ioio
+from svm_ext import memview
+from svm_ext import npf
+from svm_ext import pat
+from svm_ext import vmrun as vmrun_mod
+from svm_ext import debugview
+from svm_ext import hw_quirks
+from svm_ext import vintr
 from .checks import HostCaps, nested_paging_enabled
 from .fast_switch import FastSwitch
 from .state import NestedState
-from . import switch_cache
+from svm_ext import switch_cache
 from .switch_cache import SwitchCache
 from .vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
                    EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_MSR,

@@ -1,4 +1,4 @@
-"""World switches recorded as replay programs (emu/replay.py), so that repeated ones run in C.
+"""World switches recorded as replay programs (emu/engine/replay.py), so that repeated ones run in C.
 
 A hypervisor's run loop performs the same two switches over and over: L2 exits for the same
 reason at the same RIP, L1 handles it and re-enters with a vmcb12 that differs only in the
@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Callable
 
 from unicorn.x86_const import UC_X86_REG_DR7, UC_X86_REG_RFLAGS
 
-from emu import hostvm
-from emu.hw_switch import (OFF_CR2, OFF_DR, OFF_EFLAGS, OFF_EIP, OFF_ERROR_CODE, OFF_HFLAGS,
+from emu.engine import hostvm
+from emu.engine.hw_switch import (OFF_CR2, OFF_DR, OFF_EFLAGS, OFF_EIP, OFF_ERROR_CODE, OFF_HFLAGS,
                            OFF_RAX, OFF_RCX, OFF_RSP, OFF_V_TPR)
-from emu.msr import MSR_PAT
-from emu.replay import Engine, Program
+from emu.core.msr import MSR_PAT
+from emu.engine.replay import Engine, Program
 
 from .switch_cache import REGIONS, VMCB_RANGES, VOLATILE_BY_REGISTER, VOLATILE_IN_CONTEXT
 from .vmcb import CACHE_STRUCT, OFFSETS, VMCB_SIZE, read_cache

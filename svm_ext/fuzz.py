@@ -15,10 +15,10 @@ import struct
 
 from unicorn.x86_const import UC_X86_REG_RAX
 
-from emu import hostvm
+from emu.engine import hostvm
 from emu.errors import OptionError
-from emu.fuzz.harness import REASON_CRASH, Placement
-from emu.machine import Machine
+from emu.tools.fuzz.harness import REASON_CRASH, Placement
+from emu.core.machine import Machine
 
 from .extension import SvmExtension
 from .vmcb import FIELDS, exit_name

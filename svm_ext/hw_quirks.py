@@ -27,15 +27,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emu.arch_bits import CR0_MP, CR0_PG, CR0_TS
-from emu.decode import MAX_INSN_LENGTH, split_prefixes
+from emu.arch.bits import CR0_MP, CR0_PG, CR0_TS
+from emu.arch.decode import MAX_INSN_LENGTH, split_prefixes
 from emu.engine.unicorn_build import loader as engine_loader
 from emu.errors import Unsupported
-from emu.hw_switch import NPT_MODE_NXE, OFF_EIP, OFF_REGS
-from emu.paging import NestedFault, walk_nested
-from emu.interrupts import BP, OF
+from emu.engine.hw_switch import NPT_MODE_NXE, OFF_EIP, OFF_REGS
+from emu.arch.paging import NestedFault, walk_nested
+from emu.core.interrupts import BP, OF
 
-from . import intercepts
+from svm_ext import intercepts
 from .vmcb import (INTERCEPT_CR0_SEL_WRITE, INTERCEPT_INVD, INTERCEPT_WBINVD,
                    VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE, VMEXIT_EXCP0,
                    VMEXIT_INVD, VMEXIT_RDTSC, VMEXIT_RDTSCP, VMEXIT_SWINT, VMEXIT_WBINVD,

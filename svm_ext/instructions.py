@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 from unicorn.x86_const import UC_X86_REG_RIP
 
-from emu import paging
+from emu.arch import paging
 from emu.errors import Unsupported
-from emu.hw_switch import (FS, GS, LDTR, TR, flush_tlb, HF2_NPT, OFF_HFLAGS2, OFF_NESTED_CR3,
+from emu.engine.hw_switch import (FS, GS, LDTR, TR, flush_tlb, HF2_NPT, OFF_HFLAGS2, OFF_NESTED_CR3,
                            OFF_REGS, Context, Segment)
-from emu.interrupts import GP, UD
-from emu.msr import (MSR_CSTAR, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, MSR_STAR,
+from emu.core.interrupts import GP, UD
+from emu.core.msr import (MSR_CSTAR, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, MSR_STAR,
                      MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP)
 
 from .vmcb import VMCB_SIZE, Vmcb

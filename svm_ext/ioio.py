@@ -1,7 +1,7 @@
 """IOIO intercepts (APM vol. 2, 15.10): which L2 port accesses exit to L1, and EXITINFO1/2.
 
 The hardware checks the IOPM before the instruction does anything; the machine gives us that
-order (emu/io_trap.py): the access is not performed, the instruction is undone, and the exit
+order (emu/engine/io_trap.py): the access is not performed, the instruction is undone, and the exit
 happens with RIP at the IN/OUT. EXITINFO1 needs the instruction's prefixes, so it is decoded here
 (a few opcodes, no general decoder needed).
 """

@@ -15,12 +15,12 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Optional
 
-from emu.extension import WorldPaging
-from emu.hw_switch import OFF_CR, OFF_EFER, nested_pg_mode
-from emu.memory import GuestMemory
-from emu.paging import PagingRegs
+from emu.core.extension import WorldPaging
+from emu.engine.hw_switch import OFF_CR, OFF_EFER, nested_pg_mode
+from emu.core.memory import GuestMemory
+from emu.arch.paging import PagingRegs
 
-from . import checks
+from svm_ext import checks
 from .vmcb import Vmcb12Cache, read_cache
 
 if TYPE_CHECKING:

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
 
-from emu.decode import decoder
+from emu.arch.decode import decoder
 from capstone import x86 as cs_x86
 from unicorn import x86_const
 
-from emu import paging
-from emu.arch_bits import NPF_GUEST_PAGE
-from emu.hostvm import MAXPHYADDR
-from emu.hw_switch import CS, DS, ES, FS, GS, SS
+from emu.arch import paging
+from emu.arch.bits import NPF_GUEST_PAGE
+from emu.engine.hostvm import MAXPHYADDR
+from emu.engine.hw_switch import CS, DS, ES, FS, GS, SS
 
-from . import memview
+from svm_ext import memview
 
 if TYPE_CHECKING:
     from .extension import SvmExtension

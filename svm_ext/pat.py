@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emu import memtype
+from emu.arch import memtype
 from emu.errors import SnapshotError
-from emu.msr import MSR_PAT, check_pat_write
+from emu.core.msr import MSR_PAT, check_pat_write
 
-from . import checks
+from svm_ext import checks
 from .vmcb import Vmcb, Vmcb12Cache
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable
 
 from unicorn.x86_const import UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RFLAGS
 
-from emu.hw_switch import (ES, GDTR, OFF_CR, OFF_CR2, OFF_EFER, OFF_EFLAGS, OFF_EIP, OFF_HFLAGS,
+from emu.engine.hw_switch import (ES, GDTR, OFF_CR, OFF_CR2, OFF_EFER, OFF_EFLAGS, OFF_EIP, OFF_HFLAGS,
                            OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_SEGS, OFF_VM_VMCB, SEG_SIZE, flush_tlb)
 
 from .vmcb import OFFSETS

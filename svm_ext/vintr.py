@@ -1,6 +1,6 @@
 """Interrupts while L2 runs (AMD APM vol. 2, 15.21 "Interrupt and Local APIC Support").
 
-Physical interrupts come from the machine's APIC (emu/irq.py asks the router at each interrupt
+Physical interrupts come from the machine's APIC (emu/core/irq.py asks the router at each interrupt
 point):
   * with V_INTR_MASKING=1 the host's RFLAGS.IF at VMRUN (HIF) masks them, not L2's IF, and
     L2's CR8 reaches V_TPR only (Unicorn does the CR8 part in C once HF2_VINTR is set);
@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 
 from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP
 
-from emu.extension import WINDOW_NONE, WINDOW_TAKEN, WINDOW_WANTED
-from emu.hw_switch import HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS2, OFF_V_TPR, Context
-from emu.interrupts import RFLAGS_IF, Event, Kind
+from emu.core.extension import WINDOW_NONE, WINDOW_TAKEN, WINDOW_WANTED
+from emu.engine.hw_switch import HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS2, OFF_V_TPR, Context
+from emu.core.interrupts import RFLAGS_IF, Event, Kind
 
-from . import intercepts
+from svm_ext import intercepts
 from .vmcb import BITFIELDS, OFFSETS, VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, Vmcb, Vmcb12Cache
-from . import vmexit as vmexit_mod
+from svm_ext import vmexit as vmexit_mod
 
 if TYPE_CHECKING:
     from .extension import SvmExtension

@@ -236,8 +236,8 @@ INTERCEPT_IDLE_HLT = 1 << 6
 # ---------------------------------------------------------------------------------------------
 # Exit codes (APM vol. 2, appendix C).
 # ---------------------------------------------------------------------------------------------
-# Exit codes L0 itself intercepts are defined once, with the hardware L0 drives (emu/hostvm.py).
-from emu.hostvm import (  # noqa: E402,F401
+# Exit codes L0 itself intercepts are defined once, with the hardware L0 drives (emu/engine/hostvm.py).
+from emu.engine.hostvm import (  # noqa: E402,F401
     VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_RDTSC, VMEXIT_CPUID,
     VMEXIT_SWINT, VMEXIT_HLT, VMEXIT_INVLPGA, VMEXIT_IOIO,
     VMEXIT_MSR, VMEXIT_SHUTDOWN, VMEXIT_VMRUN, VMEXIT_VMMCALL,

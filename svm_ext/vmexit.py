@@ -15,11 +15,11 @@ import struct
 from typing import TYPE_CHECKING
 
 
-from emu.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF_EFER, OFF_EIP, OFF_HFLAGS2,
+from emu.engine.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF_EFER, OFF_EIP, OFF_HFLAGS2,
                            OFF_INTERCEPT, OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context,
                            SEG_SIZE, OFF_SEGS)
 
-from . import switch_cache, vintr
+from svm_ext import switch_cache, vintr
 from .vmcb import OFFSETS, VMEXIT_INVALID, Vmcb
 
 if TYPE_CHECKING:

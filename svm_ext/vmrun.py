@@ -19,18 +19,18 @@ import struct
 from typing import TYPE_CHECKING
 
 
-from emu import hostvm
-from emu.hw_switch import (flush_tlb, nested_pg_mode, CS, DS, ES, GDTR, HF2_NPT, IDTR,
+from emu.engine import hostvm
+from emu.engine.hw_switch import (flush_tlb, nested_pg_mode, CS, DS, ES, GDTR, HF2_NPT, IDTR,
                            OFF_CR, OFF_CR2, OFF_EIP, OFF_HFLAGS2, OFF_INTERCEPT,
                            OFF_INTERCEPT_CRDR, OFF_INTERCEPT_EXC, OFF_NESTED_CR3,
                            OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context, Segment)
-from emu.interrupts import Event, Kind
+from emu.core.interrupts import Event, Kind
 
-from . import checks, hw_quirks, instructions, switch_cache
+from svm_ext import checks, hw_quirks, instructions, switch_cache
 from .vmcb import (OFFSETS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
                    Vmcb12Cache, eventinj_decode, read_cache)
-from . import vintr, vmexit
+from svm_ext import vintr, vmexit
 
 if TYPE_CHECKING:
     from .extension import SvmExtension

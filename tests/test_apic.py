@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from emu.devices.apic import (APIC_BASE_EN, APIC_BASE_EXTD, APIC_EOI, APIC_ICR_LO, APIC_LVT_TIMER,
+from emu.core.devices.apic import (APIC_BASE_EN, APIC_BASE_EXTD, APIC_EOI, APIC_ICR_LO, APIC_LVT_TIMER,
                               APIC_PPR, APIC_SVR, APIC_TIMER_CCR, APIC_TIMER_DCR, APIC_TIMER_ICR,
                               APIC_TPR, ApicError, LocalApic, divisor)
 from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import parse_image
-from emu.machine import Machine
-from emu.msr import MSR_APIC_BASE
+from emu.core.machine import Machine
+from emu.core.msr import MSR_APIC_BASE
 from tests.conftest import parse_tap
 
 
@@ -255,7 +255,7 @@ def test_cpuid_apic_bit_follows_global_enable():
 def test_snapshot_mid_timer_resumes_to_the_same_end():
     """The APIC (timer, IRR/ISR, virtual time) is part of a snapshot: stopping anywhere and
     resuming in a fresh machine ends exactly as the uninterrupted run."""
-    from emu import snapshot
+    from emu.core import snapshot
     path = str(GUESTS_DIR / "apic.S")
     image = assemble_source(path)
     whole, _, out_whole = boot(path)

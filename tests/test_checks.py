@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emu import arch_bits as A
-from emu.memtype import pat_valid
+from emu.arch import bits as A
+from emu.arch.memtype import pat_valid
 from svm_ext import checks as K
 from svm_ext import vmcb as V
 from svm_ext.checks import HostCaps, all_failures, passes_all, run_checks

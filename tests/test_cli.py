@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from emu.cli import main
-from emu.machine import STATUS_BAD_INPUT, STATUS_LIMIT, STATUS_SHUTDOWN
+from emu.cli.main import main
+from emu.core.machine import STATUS_BAD_INPUT, STATUS_LIMIT, STATUS_SHUTDOWN
 from tests.tinyimage import ENTRY, asm32
 
 

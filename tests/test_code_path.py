@@ -17,15 +17,15 @@ from typing import Callable, Optional
 
 import pytest
 
-from emu.arch_bits import (CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP, EFER_LMA,
+from emu.arch.bits import (CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP, EFER_LMA,
                            EFER_LME, EFER_NXE)
-from emu.hw_switch import (CS, HF2_NPT, HF_CPL_MASK, HF_CS64, NPT_MODE_LMA, NPT_MODE_NXE,
+from emu.engine.hw_switch import (CS, HF2_NPT, HF_CPL_MASK, HF_CS64, NPT_MODE_LMA, NPT_MODE_NXE,
                            NPT_MODE_PAE, OFF_CR, OFF_EFER, OFF_HFLAGS, OFF_HFLAGS2,
                            OFF_NESTED_CR3, OFF_NESTED_PG_MODE)
-from emu.interrupts import Fault
-from emu.machine import Machine
-from emu.memory import CodePath, GuestMemory
-from emu.paging import NestedFault, PathEntry
+from emu.core.interrupts import Fault
+from emu.core.machine import Machine
+from emu.core.memory import CodePath, GuestMemory
+from emu.arch.paging import NestedFault, PathEntry
 from tests.test_paging import NX, PS, Mem, Tables
 
 P, RW, US, A = 1, 2, 4, 0x20
@@ -464,9 +464,9 @@ def test_real_l2_world() -> None:
 
 
 def test_walk_with_path_pure() -> None:
-    """emu.paging.walk_with_path on a bytearray: with no write callback nothing is written and the
+    """emu.arch.paging.walk_with_path on a bytearray: with no write callback nothing is written and the
     path holds the values as they are; with one, the values after the Accessed updates."""
-    from emu.paging import FETCH, walk, walk_with_path
+    from emu.arch.paging import FETCH, walk, walk_with_path
     from tests.test_paging import long_regs
     mem = Mem()
     tb = Tables(mem, "long")

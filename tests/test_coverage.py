@@ -6,7 +6,7 @@ import re
 import struct
 from pathlib import Path
 
-from emu.cli import main
+from emu.cli.main import main
 from emu.loader.asm import assemble
 from tests.tinyimage import BODY, long_mode_image, to_elf32
 

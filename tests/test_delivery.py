@@ -12,7 +12,7 @@ from unicorn.x86_const import (UC_X86_REG_CR2, UC_X86_REG_R8, UC_X86_REG_R9, UC_
                                UC_X86_REG_R11, UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14,
                                UC_X86_REG_R15)
 
-from emu.machine import STATUS_SHUTDOWN, Machine
+from emu.core.machine import STATUS_SHUTDOWN, Machine
 from svm_ext.extension import SvmExtension
 from tests.tinyimage import (asm64, BODY, IST1_STACK, KSTACK, RSP0_STACK, SEL_CODE64,
                              SEL_UCODE64, SEL_UDATA, gate64, handler, long_mode_image)

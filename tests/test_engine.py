@@ -21,9 +21,9 @@ import pytest
 from unicorn import UC_ARCH_X86, UC_HOOK_BLOCK, UC_MODE_64, Uc
 from unicorn.x86_const import UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_RAX, UC_X86_REG_RIP
 
-from emu import snapshot
+from emu.core import snapshot
 from emu.engine.unicorn_build import build, loader
-from emu.machine import Machine
+from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
 from tests.nested_image import EXIT_PASS, L2_CODE, nested_image, vmcb12
 from tests.tinyimage import BODY, asm64, long_mode_image, to_elf32

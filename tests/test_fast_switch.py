@@ -1,4 +1,4 @@
-"""World switches replayed in C (emu/replay.c, svm_ext/fast_switch.py) leave exactly what the
+"""World switches replayed in C (emu/engine/replay.c, svm_ext/fast_switch.py) leave exactly what the
 Python path leaves: every guest below runs twice, with the engine and without it, and everything
 guest-visible and every piece of nested state must be the same, while the engine really did take
 the repeated switches."""
@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import pytest
 
 from bench import workloads
-from emu import replay
-from emu.hw_switch import OFF_V_TPR
+from emu.engine import replay
+from emu.engine.hw_switch import OFF_V_TPR
 from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import BootImage, parse_image
-from emu.machine import Machine
+from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
 from svm_ext.vmcb import INTERCEPT_CPUID, INTERCEPT_VMMCALL, INTERCEPT_VMRUN
 from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from emu.cli import build_parser, main
-from emu.fuzz.command import STATUS_CRASH, build_harness
+from emu.cli.main import build_parser, main
+from emu.cli.fuzz import STATUS_CRASH, build_harness
 from emu.loader.asm import assemble
 
 TARGET = str(Path(__file__).resolve().parent.parent / "guests" / "svm_fuzz_target.S")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.fuzz.command import STATUS_CRASH
+from emu.cli.fuzz import STATUS_CRASH
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "guests" / "svm_fuzz_target.S"
@@ -22,7 +22,7 @@ OPTS = ["--input-at", "fuzz_input:16", "--start-at", "l2_entry", "--end-at", "fu
 
 def _unicornafl_missing() -> str | None:
     try:
-        from emu.fuzz.afl import load_unicornafl
+        from emu.tools.fuzz.afl import load_unicornafl
         load_unicornafl()
     except Exception as e:
         return str(e)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import struct
 
-from emu.devices.fw_cfg import (FW_CFG_ID, FW_CFG_NB_CPUS, FW_CFG_PORT_DATA, FW_CFG_PORT_SEL,
+from emu.core.devices.fw_cfg import (FW_CFG_ID, FW_CFG_NB_CPUS, FW_CFG_PORT_DATA, FW_CFG_PORT_SEL,
                                 FW_CFG_RAM_SIZE, FW_CFG_SIGNATURE, FwCfg)
 from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import parse_image
-from emu.machine import Machine
+from emu.core.machine import Machine
 from tests.conftest import parse_tap
 
 

@@ -1,4 +1,4 @@
-"""The gdb stub (emu/gdbstub.py): Debian's gdb in batch mode against `svmemu run --gdb`, and a raw
+"""The gdb stub (emu/tools/gdb/stub.py): Debian's gdb in batch mode against `svmemu run --gdb`, and a raw
 socket client for the packet layer.
 
 Expected values come from the guest's source (symbols and bytes from our assembler, decoded by
@@ -20,13 +20,13 @@ from pathlib import Path
 import capstone
 import pytest
 
-from emu import memtype
-from emu.gdb_packets import INTERRUPT, Connection, checksum, frame, unescape
-from emu.gdb_regs import REGISTERS, target_xml
-from emu.gdbstub import GdbStub
+from emu.arch import memtype
+from emu.tools.gdb.packets import INTERRUPT, Connection, checksum, frame, unescape
+from emu.tools.gdb.regs import REGISTERS, target_xml
+from emu.tools.gdb.stub import GdbStub
 from emu.loader.asm import assemble, assemble_source
 from emu.loader.multiboot import parse_image
-from emu.machine import Machine
+from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
 from tests.tinyimage import long_mode_image
 
@@ -455,7 +455,7 @@ def test_gdb_reverse_stepi_across_a_vmexit_lands_back_in_l2():
 def test_reverse_steps_restore_registers_and_memory_across_checkpoints(monkeypatch):
     """Checkpoints every 997 instructions, so going back restores one and replays; every state
     seen going forward is seen again going back, and memory follows (vmcb12's EXITCODE)."""
-    from emu import reverse
+    from emu.tools.gdb import reverse
     monkeypatch.setattr(reverse, "CHECKPOINT_EVERY", 997)
     m = guest_machine()
     served = ThreadStub(m)

@@ -8,7 +8,7 @@ import pytest
 
 from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import parse_image
-from emu.machine import STATUS_SHUTDOWN, Machine
+from emu.core.machine import STATUS_SHUTDOWN, Machine
 from svm_ext.extension import SvmExtension
 from svm_ext.vmcb import VMEXIT_INVALID, Vmcb
 from tests.conftest import parse_tap
@@ -67,7 +67,7 @@ def test_mbinfo_guest_sees_our_information_block():
 
 
 def test_trace_exits_names_worlds_and_the_broken_rule(tmp_path, capsys):
-    from emu.cli import main
+    from emu.cli.main import main
     trace = tmp_path / "exits.txt"
     status = main(["run", "-q", "--trace", "exits", "--trace-file", str(trace),
                    str(GUESTS_DIR / "svm_world_switch.S")])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import parse_image
-from emu.machine import Machine
+from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
 from svm_ext.vmcb import VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, VMEXIT_VMMCALL, Vmcb
 from tests.conftest import parse_tap

@@ -1,4 +1,4 @@
-"""IOIO intercepts through L1's IOPM, and precise stops at port I/O (emu/io_trap.py).
+"""IOIO intercepts through L1's IOPM, and precise stops at port I/O (emu/engine/io_trap.py).
 
 Unicorn 2.1.4 never consults the IOPM and runs the rest of a translation block after an IN/OUT
 hook; these tests pin down that svmemu nevertheless exits *before* an intercepted instruction,
@@ -10,8 +10,8 @@ import pytest
 from unicorn.x86_const import (UC_X86_REG_DR0, UC_X86_REG_DR7, UC_X86_REG_R12, UC_X86_REG_R13,
                                UC_X86_REG_RBX, UC_X86_REG_RSI)
 
-from emu.hw_switch import HF_IOBPT
-from emu.machine import STATUS_UNSUPPORTED, Machine
+from emu.engine.hw_switch import HF_IOBPT
+from emu.core.machine import STATUS_UNSUPPORTED, Machine
 from svm_ext import ioio
 from svm_ext.extension import SvmExtension
 from svm_ext.vmcb import (INTERCEPT_IOIO_PROT, IOIO_A16, IOIO_A32, IOIO_A64, IOIO_REP, IOIO_STR,

@@ -1,4 +1,4 @@
-"""Memory-type queries (emu/memquery.py) on real machines: L1 alone, L2 without and with nested
+"""Memory-type queries (emu/tools/memquery.py) on real machines: L1 alone, L2 without and with nested
 paging, under each PAT model, queried while L2 runs and after it exited; and `svmemu memtype`
 on a snapshot. Expected types come from the APM tables as transcribed in tests/test_memtype.py,
 not from the implementation.
@@ -12,12 +12,12 @@ import struct
 
 import pytest
 
-from emu import memtype
-from emu.cli import main
+from emu.arch import memtype
+from emu.cli.main import main
 from emu.errors import OptionError
-from emu.machine import Machine
-from emu.memquery import NotMapped, effective_memtype
-from emu import snapshot
+from emu.core.machine import Machine
+from emu.tools.memquery import NotMapped, effective_memtype
+from emu.core import snapshot
 from svm_ext.extension import SvmExtension
 from tests.nested_image import EXIT_PASS, nested_image, vmcb12
 from tests.test_memtype import GUEST_X_HOST, PAT_X_MTRR, parse

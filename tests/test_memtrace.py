@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from emu import memtrace
-from emu.machine import Machine
-from emu.trace import Tracer
+from emu.tools import memtrace
+from emu.core.machine import Machine
+from emu.core.trace import Tracer
 from svm_ext.extension import SvmExtension
 from tests.nested_image import ENABLE_SVM, EXIT_PASS, L2_CODE, nested_image, vmcb12
 from tests.test_memquery import GPAT_BASE, L1_SETUP, VA, with_tables
@@ -75,7 +75,7 @@ def test_no_memory_hook_unless_asked(monkeypatch):
 
 
 def test_trace_mem_from_cli(tmp_path):
-    from emu.cli import main
+    from emu.cli.main import main
     from tests.tinyimage import long_mode_image, to_elf32
     out, img = tmp_path / "trace.txt", tmp_path / "t.bin"
     img.write_bytes(to_elf32(long_mode_image("mov qword ptr [0x300000], 7\n" + EXIT_PASS)))

@@ -1,4 +1,4 @@
-"""Tests for emu/memtype.py. The expected combination tables are written out here cell by cell
+"""Tests for emu/arch/memtype.py. The expected combination tables are written out here cell by cell
 from the APM (vol. 2, 7.8.3 and 15.25.8, Table 15-19) as a separate transcription, not read
 back from the implementation's lookup tables."""
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emu.memtype import (
+from emu.arch.memtype import (
     CD,
     FIXED_MTRR_MSRS,
     MSR_MTRRCAP,

@@ -8,7 +8,7 @@ import pytest
 from unicorn.x86_const import (UC_X86_REG_RBX, UC_X86_REG_R12, UC_X86_REG_R13,
                                UC_X86_REG_R14, UC_X86_REG_R15)
 
-from emu.machine import Machine
+from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
 from svm_ext.vmcb import (INTERCEPT_CPUID, INTERCEPT_HLT, INTERCEPT_MSR_PROT,
                           VMEXIT_CPUID, VMEXIT_EXCP0, VMEXIT_HLT, VMEXIT_INVALID,

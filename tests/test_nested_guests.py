@@ -12,8 +12,8 @@ import pytest
 
 from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import parse_image
-from emu.machine import Machine
-from emu.trace import Tracer
+from emu.core.machine import Machine
+from emu.core.trace import Tracer
 from svm_ext import checks
 from svm_ext.extension import SVM_FEATURE_NRIPS, SvmExtension
 from svm_ext.vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, INTERCEPT_CR0_SEL_WRITE,
@@ -194,7 +194,7 @@ def test_svm_intercepts_every_step_logged_and_l1_back_in_control():
 
 # ---------------------------------------------------------------------------- regressions
 # Unicorn 2.1.4's SVM checks RDTSCP as RDTSC, INVD as WBINVD and INT3 as INTn, and has no
-# selective CR0 write intercept (svm_ext/hw_quirks.py, emu/machine.py).
+# selective CR0 write intercept (svm_ext/hw_quirks.py, emu/core/machine.py).
 
 def test_rdtscp_in_l1_loads_tsc_aux_into_ecx():
     from tests.nested_image import EXIT_PASS

@@ -15,9 +15,9 @@ import struct
 
 import pytest
 
-from emu import paging
-from emu.arch_bits import NPF_GUEST_PAGE as GPA_BIT, NPF_GUEST_TABLE as GPT_BIT
-from emu.machine import Machine
+from emu.arch import paging
+from emu.arch.bits import NPF_GUEST_PAGE as GPA_BIT, NPF_GUEST_TABLE as GPT_BIT
+from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
 from svm_ext.vmcb import VMEXIT_NPF, VMEXIT_VMMCALL, Vmcb
 from tests.nested_image import EXIT_PASS, VMCB12, nested_image, vmcb12
@@ -271,7 +271,7 @@ def test_implicit_access_falls_back_to_unicorn_bits_and_says_so():
     """A descriptor-table read is not among the decoded candidates: Unicorn's low bits stand,
     with bit 32 (the GDT read is a final-GPA access here), and `--trace exits` says so."""
     import io
-    from emu.trace import Tracer
+    from emu.core.trace import Tracer
     gdt = PAGE4K + 0x7000
     root, npt_segs, _ = nested_table(lambda t: set_entry(t, gdt, 1, clear=P))
     l2 = "mov ax, 0x10\n mov ds, ax\n vmmcall\n"

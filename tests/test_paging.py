@@ -1,4 +1,4 @@
-"""Tests for emu/paging.py: page tables are built by hand in a bytearray for each mode, and the
+"""Tests for emu/arch/paging.py: page tables are built by hand in a bytearray for each mode, and the
 expected error codes are written from the APM (vol. 2, 8.4.2; 15.25.6), not from the walker."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emu.arch_bits import (
+from emu.arch.bits import (
     CR0_PG,
     CR0_WP,
     CR4_LA57,
@@ -20,7 +20,7 @@ from emu.arch_bits import (
     EFER_NXE,
 )
 from emu.errors import Unsupported
-from emu.paging import (
+from emu.arch.paging import (
     FETCH,
     READ,
     WRITE,

@@ -30,9 +30,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from unicorn import x86_const as X
 
-from emu import snapshot
-from emu.machine import Machine
-from emu.msr import MSR_PAT
+from emu.core import snapshot
+from emu.core.machine import Machine
+from emu.core.msr import MSR_PAT
 from svm_ext import pat
 from svm_ext.extension import SvmExtension
 from tests.nested_image import HSAVE, L2_CODE, VMCB12, nested_image, vmcb12
@@ -238,7 +238,7 @@ class Rig:
 
 @lru_cache(maxsize=None)
 def rig(model: str, replay: bool = True) -> Rig:
-    """`replay`: whether repeated world switches may run in C (emu/replay.py); the reference
+    """`replay`: whether repeated world switches may run in C (emu/engine/replay.py); the reference
     runs below are all-Python, so the property also holds the C replay to the Python path."""
     ext = SvmExtension()
     ext.pat = MODELS[model]()          # before the machine attaches the extension

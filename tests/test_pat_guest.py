@@ -12,8 +12,8 @@ import pytest
 
 from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import parse_image
-from emu.machine import Machine
-from emu.msr import MSR_PAT
+from emu.core.machine import Machine
+from emu.core.msr import MSR_PAT
 from svm_ext.extension import SvmExtension
 from svm_ext.vmcb import VMEXIT_EXCP0, VMEXIT_INVALID, VMEXIT_MSR, VMEXIT_VMMCALL, Vmcb
 from tests.conftest import QEMU, parse_tap, run_qemu

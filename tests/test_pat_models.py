@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from unicorn.x86_const import UC_X86_REG_R14, UC_X86_REG_R15
 
-from emu.machine import Machine
+from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
 from svm_ext.vmcb import VMEXIT_VMMCALL, Vmcb
 from tests.nested_image import EXIT_PASS, VMCB12, nested_image, vmcb12

@@ -12,12 +12,12 @@ from __future__ import annotations
 import pytest
 from unicorn.unicorn_const import UC_HOOK_CODE
 
-from emu import snapshot
+from emu.core import snapshot
 from emu.errors import SnapshotError
 from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import parse_image
-from emu.machine import Machine
-from emu.msr import MSR_PAT
+from emu.core.machine import Machine
+from emu.core.msr import MSR_PAT
 from svm_ext.extension import SvmExtension
 from tests.conftest import parse_tap
 from tests.test_guests_qemu import QEMU_KNOWN_WRONG
@@ -226,7 +226,7 @@ def _first_l2_instruction_count() -> int:
 
 
 def test_cli_snapshot_in_l2_resumes_under_another_model(tmp_path, capsys, straight_output):
-    from emu.cli import main
+    from emu.cli.main import main
     n = _first_l2_instruction_count()
     m, _ = machine("swap")
     assert m.run(max_insns=n).reason == "max-insns" and m.level() == "L2"

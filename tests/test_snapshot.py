@@ -16,13 +16,13 @@ import unicorn
 from hypothesis import given, settings, strategies as st
 from unicorn import x86_const as X
 
-from emu import snapshot
+from emu.core import snapshot
 from emu.errors import SnapshotError
-from emu.extension import Extension
-from emu.hostvm import VMCB01
-from emu.hw_switch import (CS, HF_GUEST, OFF_EFER, OFF_HFLAGS, OFF_INTERCEPT, OFF_VM_HSAVE,
+from emu.core.extension import Extension
+from emu.engine.hostvm import VMCB01
+from emu.engine.hw_switch import (CS, HF_GUEST, OFF_EFER, OFF_HFLAGS, OFF_INTERCEPT, OFF_VM_HSAVE,
                            OFF_VM_VMCB, SS, TR)
-from emu.machine import Machine
+from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
 from tests.tinyimage import gate64, handler, long_mode_image, to_elf32
 
@@ -436,7 +436,7 @@ needs_loader = pytest.mark.skipif(not _have_loader(), reason="emu.loader.multibo
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
-    from emu.cli import main
+    from emu.cli.main import main
     status = main(list(argv))
     out, err = capsys.readouterr()
     return status, out, err
@@ -598,7 +598,7 @@ def test_nested_guest_resumes_like_straight_run(nested_paging):
 
 def test_snapshot_taken_before_the_first_run_boots_the_guest():
     """Taken right after loading, before any instruction ran: the restored machine boots."""
-    from emu import snapshot
+    from emu.core import snapshot
     from emu.loader.asm import GUESTS_DIR, assemble_source
     from emu.loader.multiboot import parse_image as parse
     path = str(GUESTS_DIR / "hello.S")
@@ -614,7 +614,7 @@ def test_snapshot_taken_before_the_first_run_boots_the_guest():
 
 def test_snapshot_in_l2_keeps_the_tsc_offset():
     """L2's RDTSC adds vmcb12.TSC_OFFSET; a snapshot taken in L2 restores with it."""
-    from emu import snapshot
+    from emu.core import snapshot
     from svm_ext.extension import SvmExtension
     from tests.nested_image import nested_image, vmcb12
     img = nested_image("mov rax, rdi\n vmrun\n hlt", "spin: jmp spin", vmcb12(tsc_offset=1 << 40))

@@ -6,8 +6,8 @@ import pytest
 from unicorn.x86_const import UC_X86_REG_R12, UC_X86_REG_R13
 
 from emu.loader.asm import GUESTS_DIR
-from emu.machine import Machine
-from emu import snapshot
+from emu.core.machine import Machine
+from emu.core import snapshot
 from svm_ext import switch_cache
 from svm_ext.extension import SvmExtension
 from svm_ext.vmcb import VMEXIT_VMMCALL, Vmcb

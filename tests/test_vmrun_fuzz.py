@@ -13,9 +13,9 @@ import os
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from emu import snapshot
-from emu.devices.base import PortDevice
-from emu.machine import Machine
+from emu.core import snapshot
+from emu.core.devices.base import PortDevice
+from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
 from svm_ext.vmcb import FIELDS, VMEXIT_INVALID, VMCB_SIZE, Vmcb, read_cache
 from tests.nested_image import VMCB12, nested_image, vmcb12

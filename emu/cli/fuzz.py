@@ -1,0 +1,201 @@
+"""`svmemu fuzz`: options, the machine up to its reset point, then one input or AFL++.
+
+The composition root for fuzzing, like cli.py for running: it is the one place that picks the
+nested-SVM extension and its fuzz pieces (svm_ext/fuzz.py)."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from emu.errors import OptionError
+from emu.core.machine import Machine
+from emu.tools.fuzz.harness import CrashRules, Harness, MemoryPlacement, Placement, parse_crash_rules
+
+STATUS_NO_CRASH = 0
+STATUS_CRASH = 10            # --run-input: the input crashed the guest (even: not a guest status)
+DEFAULT_PERSISTENT = 1000
+
+
+def add_parser(sub, size_type, positive_int, positive_float) -> None:
+    p = sub.add_parser("fuzz",
+                       help="fuzz a guest with AFL++ (or run one input with --run-input)")
+    p.add_argument("image", help="multiboot kernel or .S guest source")
+    p.add_argument("--append", default="", help="kernel command line")
+    p.add_argument("-m", "--memory", type=size_type, default=128 << 20, help="guest RAM")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--input-at", metavar="ADDR|SYMBOL[:MAXLEN]",
+                       help="write each input to guest memory here (MAXLEN default 4096)")
+    where.add_argument("--input-vmcb", metavar="FIELD[,FIELD...]",
+                       help="write each input over these fields of the vmcb12 of the next VMRUN")
+    p.add_argument("--start-at", "--snapshot-at-symbol", dest="start_at",
+                   metavar="ADDR|SYMBOL", help="run until RIP reaches this, then snapshot")
+    p.add_argument("--end-at", action="append", default=[], metavar="ADDR|SYMBOL",
+                   help="an input's run ends when RIP reaches this (repeatable)")
+    p.add_argument("--crash-on", action="append", default=[], metavar="RULE",
+                   help="triple-fault | status=N | serial=REGEX | vmexit=CODE (repeatable; "
+                        "default triple-fault)")
+    p.add_argument("--run-input", metavar="FILE", help="run this one input, say crash or not")
+    p.add_argument("--input-timeout", type=positive_float, metavar="SECONDS",
+                   help="per-input time limit (--run-input default 10 s; under AFL, -t)")
+    p.add_argument("-i", "--seeds", metavar="DIR", help="AFL++ seed directory")
+    p.add_argument("-o", "--output", metavar="DIR", help="AFL++ output directory")
+    p.add_argument("--duration", type=positive_int, metavar="SECONDS",
+                   help="stop AFL++ after this long (afl-fuzz -V)")
+    p.add_argument("--until-crash", action="store_true", help="stop AFL++ at the first crash")
+    p.add_argument("--afl-timeout", type=positive_int, metavar="MS",
+                   help="AFL++ per-input timeout (afl-fuzz -t)")
+    p.add_argument("--afl-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for afl-fuzz (repeatable)")
+    p.add_argument("--persistent", type=positive_int, default=DEFAULT_PERSISTENT,
+                   help=f"inputs per fork (default {DEFAULT_PERSISTENT})")
+    p.add_argument("--afl-child", metavar="FILE", help=argparse.SUPPRESS)
+    from svm_ext.pat import MODELS
+    p.add_argument("--pat-model", choices=MODELS, default="architectural")
+
+
+def _symbols(path: str) -> dict[str, int]:
+    if path.endswith((".S", ".s", ".asm")):
+        from emu.loader.asm import assemble
+        return assemble(path).symbols
+    try:
+        from elftools.elf.elffile import ELFFile
+        from elftools.elf.sections import SymbolTableSection
+        with open(path, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                return {}
+            f.seek(0)
+            elf = ELFFile(f)
+            return {s.name: s["st_value"] for sec in elf.iter_sections()
+                    if isinstance(sec, SymbolTableSection) for s in sec.iter_symbols() if s.name}
+    except Exception:
+        return {}
+
+
+def _address(text: str, symbols: dict[str, int], what: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        pass
+    if text in symbols:
+        return symbols[text]
+    raise OptionError(f"{what}: {text!r} is neither a number nor a symbol of the image")
+
+
+def _input_at(spec: str, symbols: dict[str, int]) -> MemoryPlacement:
+    where, _, maxlen = spec.partition(":")
+    size = 4096
+    if maxlen:
+        try:
+            size = int(maxlen, 0)
+        except ValueError:
+            raise OptionError(f"--input-at: MAXLEN {maxlen!r} is not a number")
+        if not 0 < size <= 1 << 20:
+            raise OptionError("--input-at: MAXLEN must be between 1 and 1 MiB")
+    return MemoryPlacement(_address(where, symbols, "--input-at"), size)
+
+
+def build_harness(args: argparse.Namespace) -> Harness:
+    from svm_ext.extension import SvmExtension
+    from svm_ext import fuzz as svm_fuzz
+    from emu.cli.image import load_image_bytes
+    from emu.loader.multiboot import parse_image, qemu_cmdline
+
+    data, name = load_image_bytes(args.image)
+    symbols = _symbols(args.image)
+    ext = SvmExtension(pat_model=args.pat_model)
+    machine = Machine(args.memory, stdout=None, extensions=[ext])
+    image = parse_image(data, name, args.memory)
+    machine.load_multiboot(image, qemu_cmdline(args.image, args.append))
+    vmrun = svm_fuzz.VmrunStop(machine, ext)
+
+    def extra_rule(kind: str, value: str) -> bool:
+        if kind == "vmexit" and value:
+            vmrun.crash_codes.add(svm_fuzz.parse_exit_code(value))
+            return True
+        return False
+    rules: CrashRules = parse_crash_rules(args.crash_on, extra_rule)
+    placement: Placement
+    if args.input_vmcb:
+        placement = svm_fuzz.VmcbPlacement([f.strip() for f in args.input_vmcb.split(",") if f.strip()])
+    else:
+        placement = _input_at(args.input_at, symbols)
+    timeout = args.input_timeout
+    if timeout is None and args.run_input:
+        timeout = 10.0
+    # Code lives in the loaded bytes, not in the zero fill after them (bss: stacks, variables).
+    code = [(a, len(d.rstrip(b"\0"))) for a, d in image.segments if d.strip(b"\0")]
+    harness = Harness(machine, placement, rules, code, timeout)
+    start = _address(args.start_at, symbols, "--start-at") if args.start_at else None
+    harness.run_to(start)
+    if args.input_vmcb:                   # the reset point is the next VMRUN
+        vmrun.armed = True
+        result = machine.run()
+        if result.reason != "breakpoint":
+            raise OptionError(f"--input-vmcb: the guest never reached a VMRUN ({result.message})")
+    harness.arm([_address(a, symbols, "--end-at") for a in args.end_at])
+    return harness
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    if args.afl_child:
+        from emu.tools.fuzz.afl import run_child
+        return run_child(build_harness(args), args.afl_child, args.persistent)
+    if args.run_input:
+        try:
+            data = Path(args.run_input).read_bytes()
+        except OSError as e:
+            raise OptionError(f"cannot read {args.run_input}: {e.strerror}")
+        verdict = build_harness(args).run_input(data)
+        print(f"svmemu: {'crash' if verdict.crashed else 'no crash'}: {verdict.why}",
+              file=sys.stderr)
+        return STATUS_CRASH if verdict.crashed else STATUS_NO_CRASH
+    return _drive_afl(args)
+
+
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    argv = ["fuzz", os.path.abspath(args.image), "-m", f"{args.memory >> 10}K",
+            "--persistent", str(args.persistent), "--pat-model", args.pat_model]
+    if args.append:
+        argv += ["--append", args.append]
+    if args.input_at:
+        argv += ["--input-at", args.input_at]
+    if args.input_vmcb:
+        argv += ["--input-vmcb", args.input_vmcb]
+    if args.start_at:
+        argv += ["--start-at", args.start_at]
+    for end in args.end_at:
+        argv += ["--end-at", end]
+    for rule in args.crash_on:
+        argv += ["--crash-on", rule]
+    if args.input_timeout:
+        argv += ["--input-timeout", str(args.input_timeout)]
+    return argv
+
+
+def _drive_afl(args: argparse.Namespace) -> int:
+    from emu.tools.fuzz.afl import afl_command, afl_environment, afl_fuzz_path, load_unicornafl
+    afl = afl_fuzz_path()
+    if afl is None:
+        raise OptionError("afl-fuzz is not on PATH (Debian: apt-get install afl++); "
+                          "--run-input FILE runs one input without it")
+    if not args.seeds or not args.output:
+        raise OptionError("fuzzing with AFL++ needs -i SEED_DIR and -o OUTPUT_DIR")
+    if not Path(args.seeds).is_dir() or not any(Path(args.seeds).iterdir()):
+        raise OptionError(f"seed directory {args.seeds} is missing or empty")
+    load_unicornafl()
+    build_harness(args)          # fail here, with one line, on anything the child would fail on
+    env = afl_environment()
+    if args.until_crash:
+        env["AFL_BENCH_UNTIL_CRASH"] = "1"
+    cmd = afl_command(afl, args.seeds, args.output, _child_argv(args), duration=args.duration,
+                      timeout_ms=args.afl_timeout, extra=args.afl_arg)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2])]
+                                        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    status = subprocess.run(cmd, env=env).returncode
+    crashes = sorted(p for p in Path(args.output).glob("*/crashes/id:*"))
+    print(f"svmemu: afl-fuzz ended with status {status}; {len(crashes)} crashing input(s)"
+          + (f" in {crashes[0].parent}" if crashes else ""), file=sys.stderr)
+    return 0 if status == 0 else status

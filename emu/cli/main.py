@@ -1,0 +1,320 @@
+"""`svmemu`: run and build guests.
+
+Every user error ends in one line on stderr and a non-zero status; a Python traceback means a bug
+in svmemu, and even then the user gets a one-line summary plus where to report it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Sequence
+
+from emu.errors import OptionError, SvmemuError
+from emu.core.machine import STATUS_BAD_INPUT, Machine, RunResult
+
+if TYPE_CHECKING:
+    from emu.core.trace import Tracer
+
+STATUS_INTERNAL = 70
+
+
+def _size(text: str) -> int:
+    """RAM size: plain MiB, or with a K/M/G suffix, as QEMU's -m accepts."""
+    t = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], None)
+    try:
+        return int(t[:-1]) * mult if mult else int(t) << 20
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad memory size {text!r} (examples: 128, 256M, 1G)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2, no usage dump
+        self.exit(STATUS_BAD_INPUT, f"svmemu: error: {message}\n")
+
+
+class _VersionAction(argparse.Action):
+    """Asks the binding which library it loaded, so the line is true even when the chosen
+    engine could not be loaded."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+        from emu.engine.unicorn_build import loader
+        try:
+            ours = version("svmemu")
+        except PackageNotFoundError:
+            ours = "(not installed)"
+        print(f"svmemu {ours}\nengine: {loader.current().describe()}")
+        parser.exit(0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="svmemu", description="x86-64 emulator with exact AMD SVM, on Unicorn")
+    p.add_argument("--version", action=_VersionAction, help="print svmemu's version and the "
+                   "Unicorn engine in use (svmemu's patched build or the stock wheel), and exit")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="boot a multiboot image or an assembly source (.S)")
+    run.add_argument("image", help="multiboot kernel (a.out kludge or ELF) or a .S guest source")
+    run.add_argument("--append", default="", help="kernel command line, as QEMU's -append")
+    run.add_argument("-m", "--memory", type=_size, default=128 << 20, help="guest RAM (default 128M)")
+    _add_execution_options(run)
+    resume = sub.add_parser("resume", help="continue a machine from a snapshot file")
+    resume.add_argument("snapshot_file", metavar="FILE", help="a snapshot written by --snapshot")
+    _add_execution_options(resume)
+    mt = sub.add_parser("memtype", help="the memory type of a virtual address in a snapshot, "
+                        "step by step")
+    mt.add_argument("snapshot_file", metavar="SNAPSHOT", help="a snapshot written by --snapshot")
+    mt.add_argument("va", metavar="VA", type=_address, help="virtual address (0x... or decimal)")
+    mt.add_argument("--world", choices=("L1", "L2", "current"), default="current",
+                    help="whose address it is (default: the world running in the snapshot)")
+    _add_pat_option(mt)
+    from emu.cli.fuzz import add_parser as add_fuzz_parser
+    add_fuzz_parser(sub, _size, _positive_int, _positive_float)
+    build = sub.add_parser("build", help="assemble a .S guest into the multiboot image QEMU boots")
+    build.add_argument("source")
+    build.add_argument("-o", "--output", required=True)
+    return p
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from emu.cli.image import load_image_bytes
+    from emu.loader.multiboot import parse_image, qemu_cmdline
+    from svm_ext.extension import SvmExtension
+
+    data, name = load_image_bytes(args.image)
+    tracer = _open_tracer(args)
+    machine = Machine(args.memory, stdout=sys.stdout.buffer, tracer=tracer,
+                      extensions=[SvmExtension(pat_model=args.pat_model)])
+    image = parse_image(data, name, args.memory)
+    machine.load_multiboot(image, qemu_cmdline(args.image, args.append))
+    return _run_and_report(machine, tracer, args, _insn_limit(args))
+
+
+def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Namespace,
+                    limit: int | None) -> int:
+    """Run, then end the way every run ends: flush, snapshot if asked, one summary line."""
+    outputs = _open_coverage(args, machine)
+    if args.no_replay and machine.replay is not None:
+        machine.replay.enabled = False
+    result: RunResult = _run(machine, args, limit)
+    sys.stdout.flush()
+    if tracer:
+        tracer.close()
+    for out in outputs:
+        out.close()
+    if args.snapshot:
+        return _end_with_snapshot(machine, result, args)
+    if not args.quiet and result.reason != "exit":
+        print(f"svmemu: {result.message} (rip {result.rip:#x})", file=sys.stderr)
+    return result.status & 0xFF
+
+
+def _add_execution_options(p: argparse.ArgumentParser) -> None:
+    """What `run` and `resume` share: tracing, limits, snapshots, the PAT model."""
+    p.add_argument("--trace", default="", help="comma list of: insn, exits, io, msr, exc, mem, all")
+    p.add_argument("--trace-file", help="write the trace here instead of stderr")
+    p.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
+    p.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
+    p.add_argument("--no-replay", action="store_true",
+                   help="handle every world switch in Python (no C replay; for comparison)")
+    p.add_argument("--coverage", metavar="drcov:FILE",
+                   help="write block coverage (drcov v2, one module per address space)")
+    p.add_argument("--tenet", metavar="FILE", help="write a Tenet trace (per-instruction hook)")
+    _add_snapshot_options(p)
+    _add_pat_option(p)
+    _add_gdb_options(p)
+
+
+def _add_pat_option(p: argparse.ArgumentParser) -> None:
+    from svm_ext.pat import MODELS
+    p.add_argument("--pat-model", choices=MODELS, default="architectural",
+                   help="how L1 and L2 PATs relate under nested paging (default: architectural)")
+
+
+# ---- the gdb stub -------------------------------------------------------------------------------
+
+def _add_gdb_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", dest="gdb_default", action="store_true",
+                   help="gdb stub on tcp::1234 (shorthand for --gdb tcp::1234), as QEMU's -s")
+    p.add_argument("-S", dest="gdb_wait", action="store_true",
+                   help="wait for gdb before the first instruction, as QEMU's -S")
+    p.add_argument("--gdb", metavar="tcp:[HOST]:PORT",
+                   help="gdb stub listening there (empty host: localhost; port 0: any free port)")
+
+
+def _run(machine: Machine, args: argparse.Namespace, limit: int | None) -> RunResult:
+    """Run the guest, under the gdb stub when one was asked for."""
+    spec = args.gdb or ("tcp::1234" if args.gdb_default else None)
+    if spec is None:
+        if args.gdb_wait:
+            raise OptionError("-S waits for gdb: give -s or --gdb too")
+        return machine.run(max_insns=limit, timeout=args.timeout)
+    if limit is not None or args.timeout is not None:
+        raise OptionError("the gdb stub cannot be combined with --max-insns, --timeout or "
+                          "--snapshot-at")
+    from emu.tools.gdb.stub import GdbStub, parse_address
+    host, port = parse_address(spec)
+    return GdbStub(machine, host, port, wait=args.gdb_wait).serve()
+
+
+# ---- snapshots ----------------------------------------------------------------------------------
+
+def _add_snapshot_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--snapshot-at", type=_positive_int, metavar="N",
+                   help="after N instructions, save a snapshot to --snapshot FILE and exit")
+    p.add_argument("--snapshot", metavar="FILE", help="where --snapshot-at writes the snapshot")
+
+
+def _insn_limit(args: argparse.Namespace) -> int | None:
+    """--snapshot-at is an instruction limit whose end is a snapshot rather than status 8."""
+    if (args.snapshot_at is None) != (args.snapshot is None):
+        raise OptionError("--snapshot-at and --snapshot must be given together")
+    if args.snapshot_at is not None and args.max_insns is not None:
+        raise OptionError("--snapshot-at and --max-insns cannot be combined")
+    return args.snapshot_at if args.snapshot_at is not None else args.max_insns
+
+
+def _end_with_snapshot(machine: Machine, result: RunResult, args: argparse.Namespace) -> int:
+    from emu.core import snapshot
+    if result.reason != "max-insns":
+        if not args.quiet:
+            print(f"svmemu: {result.message} (rip {result.rip:#x}) before instruction "
+                  f"{args.snapshot_at}; no snapshot written", file=sys.stderr)
+        return result.status & 0xFF
+    snapshot.save(machine, args.snapshot)
+    print(f"svmemu: snapshot after {args.snapshot_at} instructions written to {args.snapshot} "
+          f"(rip {result.rip:#x})", file=sys.stderr)
+    return 0
+
+
+def _open_coverage(args: argparse.Namespace, machine: Machine) -> list:
+    """The coverage outputs asked for, attached; their hooks exist only when asked."""
+    from emu.tools.coverage import open_output, parse_spec
+    name = getattr(args, "image", None) or args.snapshot_file
+    outputs = []
+    if args.coverage:
+        outputs.append(open_output(*parse_spec(args.coverage), name))
+    if args.tenet:
+        outputs.append(open_output("tenet", args.tenet, name))
+    for out in outputs:
+        out.attach(machine)
+    return outputs
+
+
+def _open_tracer(args: argparse.Namespace) -> "Tracer | None":
+    from emu.core.trace import Tracer, parse_categories
+    if args.trace:
+        cats = parse_categories(args.trace)
+        try:
+            out = open(args.trace_file, "w") if args.trace_file else sys.stderr
+        except OSError as e:
+            raise OptionError(f"cannot open trace file {args.trace_file}: {e.strerror}")
+        return Tracer(cats, out)
+    if args.trace_file:
+        raise OptionError("--trace-file needs --trace")
+    return None
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from emu.core import snapshot
+    from svm_ext.extension import SvmExtension
+
+    limit = _insn_limit(args)
+    snap = snapshot.read(args.snapshot_file)
+    tracer = _open_tracer(args)
+    machine = Machine(snap.ram_size, stdout=sys.stdout.buffer, tracer=tracer,
+                      extensions=[SvmExtension(pat_model=args.pat_model)])
+    snapshot.restore(machine, snap)
+    return _run_and_report(machine, tracer, args, limit)
+
+
+def cmd_memtype(args: argparse.Namespace) -> int:
+    from emu.core import snapshot
+    from emu.tools.memquery import effective_memtype
+    from svm_ext.extension import SvmExtension
+
+    snap = snapshot.read(args.snapshot_file)
+    machine = Machine(snap.ram_size, stdout=None,
+                      extensions=[SvmExtension(pat_model=args.pat_model)])
+    snapshot.restore(machine, snap)
+    print(effective_memtype(machine, args.va, args.world).describe())
+    return 0
+
+
+def _address(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address")
+    if not 0 <= v < 1 << 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a 64-bit address")
+    return v
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from emu.loader.asm import assemble_source
+    image = assemble_source(args.source)
+    try:
+        with open(args.output, "wb") as f:
+            f.write(image)
+    except OSError as e:
+        raise OptionError(f"cannot write {args.output}: {e.strerror}")
+    return 0
+
+
+def _cmd_fuzz(args: argparse.Namespace) -> int:
+    from emu.cli.fuzz import cmd_fuzz
+    return cmd_fuzz(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "resume": cmd_resume, "build": cmd_build,
+                "memtype": cmd_memtype, "fuzz": _cmd_fuzz}[args.command](args)
+    except SvmemuError as e:
+        print(f"svmemu: error: {e}", file=sys.stderr)
+        return STATUS_BAD_INPUT
+    except KeyboardInterrupt:
+        print("svmemu: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Whoever read our output left (`svmemu run ... | head`): end quietly, with the status
+        # of a command that SIGPIPE ended, and keep Python's exit-time flush from failing too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as e:  # a bug in svmemu: one line, and the details only on request
+        if os.environ.get("SVMEMU_DEBUG"):
+            raise
+        print(f"svmemu: internal error: {type(e).__name__}: {e} "
+              f"(set SVMEMU_DEBUG=1 for the traceback)", file=sys.stderr)
+        return STATUS_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,448 @@
+"""The local APIC (AMD APM vol. 2, ch. 16): xAPIC MMIO, x2APIC MSRs, self-IPIs and the timer.
+
+One CPU, so the APIC's only interrupt sources are itself: the LVT timer and self-IPIs through the
+ICR. Interrupts are accepted into IRR; the machine asks `pending()` for the vector to deliver
+(the highest IRR vector whose priority class is above PPR) and calls `acknowledge()` when the CPU
+takes it (IRR -> ISR); EOI retires the highest ISR vector.
+
+The clock. The timer counts the machine's virtual time, `machine.tsc` (the TSC without its
+offset), divided by the divide configuration: one timer tick per TSC tick at divide-by-1. That
+time advances only at points the machine sees anyway (see Machine.run): each RDTSC/RDTSCP/RDMSR
+of the TSC, each read of the current-count register (TIME_PER_CCR_READ, so a polling loop makes
+progress), HLT (which jumps to the next deadline), and, while the timer is armed, the run loop
+runs the guest in slices bounded by an instruction count, each slice worth as many ticks as it may
+execute instructions. So a given guest sees the same counts and the same interrupt points on
+every run; nothing depends on the host's speed.
+
+Registers not modelled (thermal, performance-counter, LINT0/1 and error LVTs) hold what is
+written; nothing raises them. ICR delivery modes other than fixed, and destinations other than
+this APIC, stop the run with "unsupported:".
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from emu.errors import Unsupported
+from emu.core.devices.base import PortDevice
+
+# IA32_APIC_BASE (MSR 0x1B) bits.
+APIC_BASE_BSP = 1 << 8
+APIC_BASE_EXTD = 1 << 10           # x2APIC mode
+APIC_BASE_EN = 1 << 11             # APIC global enable
+APIC_BASE_ADDR_MASK = ~0xFFF
+APIC_DEFAULT_BASE = 0xFEE00000
+APIC_MMIO_SIZE = 0x1000
+
+# Register offsets in the xAPIC page; the x2APIC MSR is X2APIC_MSR_BASE + (offset >> 4).
+APIC_ID = 0x020
+APIC_VERSION = 0x030
+APIC_TPR = 0x080
+APIC_APR = 0x090
+APIC_PPR = 0x0A0
+APIC_EOI = 0x0B0
+APIC_RRD = 0x0C0
+APIC_LDR = 0x0D0
+APIC_DFR = 0x0E0
+APIC_SVR = 0x0F0
+APIC_ISR = 0x100                   # 8 registers, 0x10 apart
+APIC_TMR = 0x180
+APIC_IRR = 0x200
+APIC_ESR = 0x280
+APIC_ICR_LO = 0x300
+APIC_ICR_HI = 0x310
+APIC_LVT_TIMER = 0x320
+APIC_LVT_THERMAL = 0x330
+APIC_LVT_PERF = 0x340
+APIC_LVT_LINT0 = 0x350
+APIC_LVT_LINT1 = 0x360
+APIC_LVT_ERROR = 0x370
+APIC_TIMER_ICR = 0x380             # initial count
+APIC_TIMER_CCR = 0x390             # current count
+APIC_TIMER_DCR = 0x3E0             # divide configuration
+X2APIC_SELF_IPI = 0x3F0            # x2APIC only (MSR 0x83F)
+
+X2APIC_MSR_BASE = 0x800
+X2APIC_MSR_ICR = 0x830             # 64-bit ICR in x2APIC mode
+
+APIC_VERSION_VALUE = 0x00050010    # version 0x10 (integrated APIC), max LVT entry 5
+SVR_APIC_ENABLED = 1 << 8
+LVT_MASKED = 1 << 16
+LVT_TIMER_MODE_SHIFT = 17
+LVT_TIMER_ONE_SHOT, LVT_TIMER_PERIODIC = 0, 1
+LVT_DELIVERY_STATUS = 1 << 12
+ICR_DELIVERY_MODE_SHIFT = 8
+ICR_DELIVERY_FIXED = 0
+ICR_DELIVERY_NMI = 4
+ICR_LEVEL_ASSERT = 1 << 14
+ICR_SHORTHAND_SHIFT = 18
+ICR_DEST_NONE, ICR_DEST_SELF, ICR_DEST_ALL, ICR_DEST_OTHERS = 0, 1, 2, 3
+ESR_SEND_ILLEGAL_VECTOR = 1 << 5
+ESR_RECV_ILLEGAL_VECTOR = 1 << 6
+
+TIME_PER_CCR_READ = 1000           # virtual TSC ticks one current-count read takes (= RDTSC's)
+
+# Writable LVT bits; the timer's bit 18 (TSC-deadline mode elsewhere) is reserved on this
+# APIC, whose CPUID reports no TSC-deadline timer.
+_LVT_OFFSETS = (APIC_LVT_TIMER, APIC_LVT_THERMAL, APIC_LVT_PERF, APIC_LVT_LINT0, APIC_LVT_LINT1,
+                APIC_LVT_ERROR)
+_LVT_WRITABLE = {APIC_LVT_TIMER: 0x300FF, APIC_LVT_THERMAL: 0x107FF, APIC_LVT_PERF: 0x107FF,
+                 APIC_LVT_LINT0: 0x1A7FF, APIC_LVT_LINT1: 0x1A7FF, APIC_LVT_ERROR: 0x100FF}
+_READ_ONLY = frozenset({APIC_VERSION, APIC_PPR, APIC_APR, APIC_RRD, APIC_TIMER_CCR}
+                       | {APIC_ISR + 0x10 * i for i in range(8)}
+                       | {APIC_TMR + 0x10 * i for i in range(8)}
+                       | {APIC_IRR + 0x10 * i for i in range(8)})
+
+
+class ApicError(Exception):
+    """An access the architecture answers with #GP (x2APIC MSRs)."""
+
+
+def divisor(dcr: int) -> int:
+    """Divide configuration bits 3,1:0 -> 2, 4, ..., 128, and 0b111 -> 1."""
+    code = ((dcr >> 1) & 4) | (dcr & 3)
+    return 1 if code == 7 else 2 << code
+
+
+class LocalApic(PortDevice):
+    """One local APIC. `now` reads the machine's virtual time; `changed` is called whenever an
+    interrupt may have become deliverable (the machine then looks at `pending()`)."""
+    name = "apic"
+
+    def __init__(self, now: Callable[[], int], advance: Callable[[int], None],
+                 changed: Callable[[], None]) -> None:
+        self.now = now
+        self.advance = advance
+        self.changed = changed
+        self.base_msr = APIC_DEFAULT_BASE | APIC_BASE_EN | APIC_BASE_BSP
+        self.remap: Callable[[int | None, int | None], None] = lambda old, new: None
+        self.reset()
+
+    def reset(self) -> None:
+        self.apic_id = 0
+        self.tpr = 0
+        self.ldr = 0
+        self.dfr = 0xFFFFFFFF
+        self.svr = 0xFF
+        self.isr = 0
+        self.irr = 0
+        self.tmr = 0
+        self.esr = 0
+        self.icr = 0
+        self.nmi_pending = False   # an NMI sent to self, not yet taken by the CPU
+        self.lvt = {off: LVT_MASKED for off in _LVT_OFFSETS}
+        self.timer_initial = 0
+        self.dcr = 0
+        self.timer_running = False
+        self.timer_base = 0        # virtual time the count started from `timer_first`
+        self.timer_first = 0
+        self.timer_fired = 0       # periods completed since timer_base
+
+    # ---- mode -------------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_msr & APIC_BASE_EN)
+
+    @property
+    def x2apic(self) -> bool:
+        return bool(self.base_msr & APIC_BASE_EXTD)
+
+    @property
+    def software_enabled(self) -> bool:
+        return bool(self.svr & SVR_APIC_ENABLED)
+
+    def mmio_base(self) -> int | None:
+        """Where the xAPIC page decodes, or None (globally disabled or in x2APIC mode)."""
+        if not self.enabled or self.x2apic:
+            return None
+        return self.base_msr & APIC_BASE_ADDR_MASK & 0xFFFFFFFFFFFFFFFF
+
+    def write_base_msr(self, value: int, maxphyaddr: int) -> None:
+        """IA32_APIC_BASE: reserved bits, and the mode transitions the architecture forbids
+        (x2APIC without enable, x2APIC back to xAPIC without disabling first), raise #GP."""
+        if value & 0x6FF & ~APIC_BASE_EXTD or value >> maxphyaddr:
+            raise ApicError(f"reserved bits in {value:#x}")
+        en, extd = bool(value & APIC_BASE_EN), bool(value & APIC_BASE_EXTD)
+        if extd and not en:
+            raise ApicError("x2APIC mode with the APIC disabled")
+        if self.x2apic and en and not extd:
+            raise ApicError("x2APIC to xAPIC without disabling the APIC first")
+        if not self.enabled and extd and en:
+            raise ApicError("disabled to x2APIC without passing through xAPIC")
+        old = self.mmio_base()
+        value = (value & ~APIC_BASE_BSP) | (self.base_msr & APIC_BASE_BSP)
+        was_enabled = self.enabled
+        self.base_msr = value
+        if was_enabled and not self.enabled:
+            self.reset()           # global disable resets the APIC's state
+        if not was_enabled and self.enabled:
+            self.reset()
+        if self.mmio_base() != old:
+            self.remap(old, self.mmio_base())
+
+    # ---- interrupts --------------------------------------------------------------------------
+    def ppr(self) -> int:
+        isrv = self.isr.bit_length() - 1 if self.isr else 0
+        return self.tpr if (self.tpr >> 4) >= (isrv >> 4) else isrv & 0xF0
+
+    def pending(self) -> int | None:
+        """The vector the APIC presents to the CPU, if any: highest IRR above the PPR class."""
+        if not self.irr or not self.enabled:
+            return None
+        vector = self.irr.bit_length() - 1
+        if (vector >> 4) <= (self.ppr() >> 4):
+            return None
+        return vector
+
+    def acknowledge(self, vector: int) -> None:
+        """The CPU took `vector` through its IDT: it moves from IRR to ISR."""
+        self.irr &= ~(1 << vector)
+        self.isr |= 1 << vector
+
+    def accept(self, vector: int) -> None:
+        """A fixed interrupt arrives (timer or self-IPI)."""
+        if vector < 16:
+            self.esr |= ESR_RECV_ILLEGAL_VECTOR
+            return
+        self.irr |= 1 << vector
+        self.changed()
+
+    def eoi(self) -> None:
+        if self.isr:
+            self.isr &= ~(1 << (self.isr.bit_length() - 1))
+            self.changed()
+
+    def send_ipi(self, icr: int) -> None:
+        vector = icr & 0xFF
+        mode = (icr >> ICR_DELIVERY_MODE_SHIFT) & 7
+        shorthand = (icr >> ICR_SHORTHAND_SHIFT) & 3
+        dest = icr >> 32 if self.x2apic else icr >> 56
+        if mode not in (ICR_DELIVERY_FIXED, ICR_DELIVERY_NMI):
+            raise Unsupported(f"unsupported: APIC ICR delivery mode {mode} (only fixed and NMI "
+                              "IPIs to this CPU are modelled)")
+        to_self = shorthand in (ICR_DEST_SELF, ICR_DEST_ALL) or (
+            shorthand == ICR_DEST_NONE and not icr & (1 << 11) and dest == self.apic_id)
+        if shorthand == ICR_DEST_OTHERS or not to_self:
+            raise Unsupported(f"unsupported: IPI to another CPU (ICR {icr:#x}); one CPU is "
+                              "modelled")
+        if mode == ICR_DELIVERY_NMI:          # the vector field is ignored
+            self.nmi_pending = True
+            self.changed()
+            return
+        if vector < 16:
+            self.esr |= ESR_SEND_ILLEGAL_VECTOR
+            return
+        self.accept(vector)
+
+    # ---- timer -------------------------------------------------------------------------------
+    def _timer_mode(self) -> int:
+        return (self.lvt[APIC_LVT_TIMER] >> LVT_TIMER_MODE_SHIFT) & 3
+
+    def _start_timer(self, count: int) -> None:
+        self.timer_running = count != 0
+        self.timer_base = self.now()
+        self.timer_first = count
+        self.timer_fired = 0
+
+    def deadline(self) -> int | None:
+        """The virtual time of the next timer expiry, or None when the timer is idle."""
+        if not self.timer_running:
+            return None
+        ticks = self.timer_first + self.timer_fired * self.timer_initial
+        return self.timer_base + ticks * divisor(self.dcr)
+
+    def tick(self, now: int) -> None:
+        """Fire every expiry up to `now` (the IRR holds one bit per vector, so at most one
+        timer interrupt is ever outstanding)."""
+        due = self.deadline()
+        if due is None or due > now:
+            return
+        if self._timer_mode() == LVT_TIMER_PERIODIC and self.timer_initial:
+            # Every period that ended by `now`, counted at once: time can jump far (HLT, a
+            # WRMSR to the TSC) and one interrupt stands for all of them.
+            self.timer_fired += (now - due) // (self.timer_initial * divisor(self.dcr)) + 1
+        else:
+            self.timer_fired += 1
+            self.timer_running = False
+        if not self.lvt[APIC_LVT_TIMER] & LVT_MASKED:
+            self.accept(self.lvt[APIC_LVT_TIMER] & 0xFF)
+
+    def current_count(self, now: int) -> int:
+        if not self.timer_running:
+            return 0
+        elapsed = (now - self.timer_base) // divisor(self.dcr)
+        if elapsed < self.timer_first:
+            return self.timer_first - elapsed
+        if self._timer_mode() == LVT_TIMER_PERIODIC and self.timer_initial:
+            return self.timer_initial - (elapsed - self.timer_first) % self.timer_initial
+        return 0
+
+    # ---- register file -------------------------------------------------------------------------
+    def read_reg(self, off: int) -> int:
+        """A 32-bit register by xAPIC offset (x2APIC reads go through read_msr)."""
+        self.tick(self.now())
+        if off == APIC_ID:
+            return self.apic_id if self.x2apic else self.apic_id << 24
+        if off == APIC_VERSION:
+            return APIC_VERSION_VALUE
+        if off == APIC_TPR:
+            return self.tpr
+        if off == APIC_APR:
+            return 0
+        if off == APIC_PPR:
+            return self.ppr()
+        if off == APIC_LDR:
+            return self.ldr
+        if off == APIC_DFR:
+            return self.dfr
+        if off == APIC_SVR:
+            return self.svr
+        for base, bits in ((APIC_ISR, self.isr), (APIC_TMR, self.tmr), (APIC_IRR, self.irr)):
+            if base <= off < base + 0x80 and off % 0x10 == 0:
+                return (bits >> (32 * ((off - base) >> 4))) & 0xFFFFFFFF
+        if off == APIC_ESR:
+            return self.esr
+        if off == APIC_ICR_LO:
+            return self.icr & 0xFFFFFFFF
+        if off == APIC_ICR_HI:
+            return self.icr >> 32
+        if off in self.lvt:
+            return self.lvt[off]
+        if off == APIC_TIMER_ICR:
+            return self.timer_initial
+        if off == APIC_TIMER_CCR:
+            self.advance(TIME_PER_CCR_READ)
+            now = self.now()
+            self.tick(now)
+            return self.current_count(now)
+        if off == APIC_TIMER_DCR:
+            return self.dcr
+        return 0
+
+    def write_reg(self, off: int, value: int) -> None:
+        value &= 0xFFFFFFFF
+        self.tick(self.now())
+        if off == APIC_ID and not self.x2apic:
+            self.apic_id = value >> 24
+        elif off == APIC_TPR:
+            self.tpr = value & 0xFF
+            self.changed()
+        elif off == APIC_EOI:
+            self.eoi()
+        elif off == APIC_LDR and not self.x2apic:
+            self.ldr = value & 0xFF000000
+        elif off == APIC_DFR and not self.x2apic:
+            self.dfr = value | 0x0FFFFFFF
+        elif off == APIC_SVR:
+            self.svr = value & 0x13FF
+            if not self.software_enabled:
+                for lvt in self.lvt:
+                    self.lvt[lvt] |= LVT_MASKED
+            self.changed()
+        elif off == APIC_ESR:
+            self.esr = 0           # a write clears the error status
+        elif off == APIC_ICR_HI and not self.x2apic:
+            self.icr = (self.icr & 0xFFFFFFFF) | ((value & 0xFF000000) << 32)
+        elif off == APIC_ICR_LO:
+            self.icr = (self.icr & ~0xFFFFFFFF) | (value & 0xCDFFF)
+            self.send_ipi(self.icr)
+        elif off in self.lvt:
+            value &= _LVT_WRITABLE[off]
+            if not self.software_enabled:
+                value |= LVT_MASKED
+            self.lvt[off] = value
+        elif off == APIC_TIMER_ICR:
+            self.timer_initial = value
+            self._start_timer(value)
+            self.changed()
+        elif off == APIC_TIMER_DCR:
+            now = self.now()
+            count = self.current_count(now)
+            fired = self.timer_running
+            self.dcr = value & 0xB
+            if fired:                 # keep the count, continue at the new rate
+                self.timer_base, self.timer_first, self.timer_fired = now, count, 0
+                self.timer_running = count != 0
+            self.changed()
+
+    # ---- xAPIC MMIO ----------------------------------------------------------------------------
+    def mmio_read(self, offset: int, size: int) -> int:
+        reg = offset & ~0xF
+        value = self.read_reg(reg) if reg not in (APIC_EOI, X2APIC_SELF_IPI) else 0
+        shift = 8 * (offset & 3)
+        return (value >> shift) & ((1 << (8 * size)) - 1)
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        if offset & 0xF:
+            return              # only the aligned dword of each register decodes writes
+        reg = offset & ~0xF
+        if reg in _READ_ONLY or reg == X2APIC_SELF_IPI:
+            return
+        self.write_reg(reg, value)
+
+    # ---- x2APIC MSRs --------------------------------------------------------------------------
+    def x2apic_msrs(self) -> Iterable[int]:
+        regs = {APIC_ID, APIC_VERSION, APIC_TPR, APIC_PPR, APIC_EOI, APIC_LDR, APIC_SVR, APIC_ESR,
+                APIC_ICR_LO, APIC_TIMER_ICR, APIC_TIMER_CCR, APIC_TIMER_DCR, X2APIC_SELF_IPI}
+        regs |= set(_LVT_OFFSETS)
+        regs |= {base + 0x10 * i for base in (APIC_ISR, APIC_TMR, APIC_IRR) for i in range(8)}
+        return sorted(X2APIC_MSR_BASE + (r >> 4) for r in regs)
+
+    def read_msr(self, index: int) -> int:
+        if not self.x2apic:
+            raise ApicError(f"RDMSR {index:#x}: the APIC is not in x2APIC mode")
+        reg = (index - X2APIC_MSR_BASE) << 4
+        if reg in (APIC_EOI, X2APIC_SELF_IPI):
+            raise ApicError(f"RDMSR {index:#x}: write-only x2APIC register")
+        if reg == APIC_ICR_LO:
+            return self.icr
+        if reg == APIC_LDR:
+            return ((self.apic_id >> 4) << 16) | (1 << (self.apic_id & 0xF))   # cluster, bit
+        return self.read_reg(reg)
+
+    def write_msr(self, index: int, value: int) -> None:
+        if not self.x2apic:
+            raise ApicError(f"WRMSR {index:#x}: the APIC is not in x2APIC mode")
+        reg = (index - X2APIC_MSR_BASE) << 4
+        if reg in _READ_ONLY or reg in (APIC_ID, APIC_LDR):
+            raise ApicError(f"WRMSR {index:#x}: read-only x2APIC register")
+        if reg == APIC_ICR_LO:
+            self.icr = value & 0xFFFFFFFF_000CCFFF
+            self.send_ipi(self.icr)
+            return
+        if value >> 32:
+            raise ApicError(f"WRMSR {index:#x}: reserved bits in {value:#x}")
+        if reg == APIC_EOI:
+            if value:
+                raise ApicError("WRMSR x2APIC EOI with a non-zero value")
+            self.eoi()
+        elif reg == X2APIC_SELF_IPI:
+            if value & ~0xFF:
+                raise ApicError(f"WRMSR x2APIC SELF_IPI: reserved bits in {value:#x}")
+            if value < 16:
+                self.esr |= ESR_SEND_ILLEGAL_VECTOR
+            else:
+                self.accept(value)
+        elif reg == APIC_ESR and value:
+            raise ApicError("WRMSR x2APIC ESR with a non-zero value")
+        else:
+            self.write_reg(reg, value)
+
+    # ---- snapshots -----------------------------------------------------------------------------
+    _FIELDS = ("base_msr", "apic_id", "tpr", "ldr", "dfr", "svr", "isr", "irr", "tmr", "esr",
+               "icr", "timer_initial", "dcr", "timer_running", "timer_base", "timer_first",
+               "timer_fired", "nmi_pending")
+
+    def state(self) -> dict:
+        d = {name: getattr(self, name) for name in self._FIELDS}
+        d["lvt"] = {str(k): v for k, v in self.lvt.items()}
+        return d
+
+    def load_state(self, state: dict) -> None:
+        old = self.mmio_base()
+        for name in self._FIELDS:
+            value = state[name]
+            setattr(self, name, bool(value) if name in ("timer_running", "nmi_pending")
+                    else int(value))
+        self.lvt = {int(k): int(v) for k, v in state["lvt"].items()}
+        if self.mmio_base() != old:
+            self.remap(old, self.mmio_base())

@@ -1,0 +1,356 @@
+"""External interrupts: where the local APIC meets the CPU (AMD APM vol. 2, 8.7 and 15.21).
+
+The machine examines interrupts only at *interrupt points*, which cost nothing while no interrupt
+is pending:
+  * the top of every pass of the run loop, i.e. wherever emulation stopped (exception delivery,
+    world switches that stop, a device that asked for a look, a time slice ending);
+  * the interrupt window (irq_window.py): if an interrupt is pending but RFLAGS.IF=0 or an
+    interrupt shadow blocks it, Unicorn's VINTR exit stops emulation at the first instruction
+    boundary where it can be taken (after STI plus one instruction, POPF, IRET, ...);
+  * HLT: the CPU halts until an interrupt arrives; virtual time jumps to the timer's deadline.
+
+At a point an interrupt is taken when GIF=1 (the extension's `ExitRouter.gif`), the APIC
+presents a vector above its PPR (TPR and in-service priority), and the CPU is interruptible
+(RFLAGS.IF=1 and no shadow; or, for a nested guest with V_INTR_MASKING, the host's IF as the
+extension reports it). A nested hypervisor may take it first as a #VMEXIT(INTR) (then it stays
+pending in IRR); otherwise it is acknowledged (IRR -> ISR) and delivered through the running
+guest's IDT as an external interrupt. The extension then gets its own turn for virtual
+interrupts (V_IRQ) through `ExitRouter.on_interrupt_window`.
+
+Virtual time (`machine.tsc`) and the timer: see devices/apic.py. While the APIC timer is armed
+the run loop bounds each `emu_start` with an instruction count no larger than the ticks left to
+the deadline (at most MAX_SLICE); a slice that runs out adds its count to virtual time, so
+between other events one instruction is one tick. Unicorn implements the bound with an internal
+per-instruction counter hook, so code runs slower while an unmasked timer is armed: measured by
+bench/apic_timer.py, 1.7 ns per instruction without a timer, 2.2 with a masked one (never
+bounded), 25 with a periodic timer interrupting (about 14x). A timer armed from an MMIO write
+with IF=0 is bounded only from the next interrupt point (it cannot interrupt before IF=1).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unicorn import UcError
+from unicorn.x86_const import (UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R11,
+                               UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15,
+                               UC_X86_REG_RAX, UC_X86_REG_RBP, UC_X86_REG_RBX, UC_X86_REG_RCX,
+                               UC_X86_REG_RDI, UC_X86_REG_RDX, UC_X86_REG_RFLAGS, UC_X86_REG_RIP,
+                               UC_X86_REG_RSI, UC_X86_REG_RSP)
+
+from emu.core.cpuid import CPUID_1_ECX_X2APIC, CPUID_1_EDX_APIC, Regs
+from emu.engine import hostvm
+from emu.core.devices.apic import (APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
+                          LocalApic)
+from emu.arch.decode import MAX_INSN_LENGTH, decoder, split_prefixes
+from emu.errors import Unsupported
+from emu.core.extension import WINDOW_TAKEN, WINDOW_WANTED
+from emu.engine.hw_switch import HF2_NMI, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS2
+from emu.core.interrupts import GP, NMI, RFLAGS_IF, Event, Kind
+from emu.engine.irq_window import Window
+from emu.core.msr import MSR_APIC_BASE, GeneralProtection
+
+if TYPE_CHECKING:
+    from emu.core.machine import Machine
+
+MAX_SLICE = 1 << 20        # instructions per bounded run while a timer is armed
+_GPRS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RBX, UC_X86_REG_RSP,
+         UC_X86_REG_RBP, UC_X86_REG_RSI, UC_X86_REG_RDI, UC_X86_REG_R8, UC_X86_REG_R9,
+         UC_X86_REG_R10, UC_X86_REG_R11, UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14,
+         UC_X86_REG_R15)
+
+
+class InterruptController:
+    def __init__(self, machine: "Machine") -> None:
+        self.m = machine
+        self.window = Window(machine.uc)
+        self.apic = LocalApic(self._now, self._advance, self.changed)
+        self.apic.remap = self._remap
+        self.halted = False        # HLT executed; waiting at the next interrupt point
+        self._kicked = False       # a stop we asked for (not a slice running out)
+        self._mapped: int | None = None
+        self._in_mmio = False
+        self._want_kick = False
+        self._replay: tuple[int, int, int] | None = None
+        msrs = machine.msrs
+        msrs.register(MSR_APIC_BASE, lambda: self.apic.base_msr, self._write_base)
+        for index in self.apic.x2apic_msrs():
+            msrs.register(index, lambda i=index: self._gp(self.apic.read_msr, i),
+                          lambda v, i=index: self._gp(self.apic.write_msr, i, v))
+        machine.cpuid.overrides.append(self._cpuid)
+        self._remap(None, self.apic.mmio_base())
+
+    # ---- wiring ----------------------------------------------------------------------------
+    def _now(self) -> int:
+        return self.m.tsc
+
+    def _advance(self, ticks: int) -> None:
+        self.m.tsc += ticks
+
+    @staticmethod
+    def _gp(fn, *args):
+        try:
+            return fn(*args)
+        except ApicError as e:
+            raise GeneralProtection(str(e))
+
+    def _write_base(self, value: int) -> None:
+        self._gp(self.apic.write_base_msr, value, self.m.msrs.maxphyaddr)
+
+    def _cpuid(self, leaf: int, subleaf: int, regs: Regs) -> Regs:
+        """CPUID 1: EDX.APIC follows IA32_APIC_BASE.EN (as on hardware); x2APIC is supported."""
+        if leaf != 1:
+            return regs
+        a, b, c, d = regs
+        d = d | CPUID_1_EDX_APIC if self.apic.enabled else d & ~CPUID_1_EDX_APIC
+        return a, b, c | CPUID_1_ECX_X2APIC, d
+
+    def _remap(self, old: int | None, new: int | None) -> None:
+        uc = self.m.uc
+        if self._mapped is not None:
+            uc.mem_unmap(self._mapped, APIC_MMIO_SIZE)
+            self._mapped = None
+        if new is None:
+            return
+        if new < self.m.ram_size:
+            raise Unsupported(f"unsupported: APIC page moved to {new:#x}, inside RAM")
+        try:
+            uc.mmio_map(new, APIC_MMIO_SIZE, self._mmio_read, None, self._mmio_write, None)
+        except UcError as e:
+            raise Unsupported(f"unsupported: APIC page at {new:#x} ({e})")
+        self._mapped = new
+
+    # MMIO and the kick. Unicorn checks for exit requests after every memory access and then
+    # restarts the accessing instruction (its PC restored precisely), so a write that makes an
+    # interrupt deliverable cannot simply stop emulation: the write would happen twice (two
+    # EOIs). It stops anyway, and remembers the access; where emulation stops (the window exit
+    # or the next interrupt point) RIP is that instruction again, and if it is a plain MOV store
+    # (what APIC drivers use; its store is all it does) RIP moves past it. Any other instruction
+    # is restarted and the repeated access (same offset, size, value) is dropped once. (RIP read
+    # inside an MMIO callback is not precise without a code hook, so it is not used.)
+    def _mmio_read(self, uc, offset: int, size: int, _data: object) -> int:
+        self.m.replay_sync()
+        self._in_mmio = True          # a read never stops (timer expiry seen by a CCR read)
+        try:
+            value = self.apic.mmio_read(offset, size)
+        finally:
+            self._in_mmio = False
+        self._replay = None
+        self._trace("read", offset, size, value)
+        return value
+
+    def _mmio_write(self, uc, offset: int, size: int, value: int, _data: object) -> None:
+        self.m.replay_sync()
+        key = (offset, size, value)
+        if self._replay == key:
+            self._replay = None
+            return
+        self._replay = None
+        self._trace("write", offset, size, value)
+        self._in_mmio, self._want_kick = True, False
+        try:
+            self.apic.mmio_write(offset, size, value)
+        finally:
+            self._in_mmio = False
+        if self._want_kick:
+            self._replay = key
+            self._kicked = True
+            uc.emu_stop()
+
+    def _finish_store(self) -> bool:
+        """At a stop after a kicked MMIO write: move RIP past it if it was a plain MOV store."""
+        if self._replay is None:
+            return False
+        uc = self.m.uc
+        rip = uc.reg_read(UC_X86_REG_RIP)
+        length = self._store_length(rip)
+        if not length:
+            return False
+        uc.reg_write(UC_X86_REG_RIP, rip + length)
+        self._replay = None
+        return True
+
+    def _store_length(self, rip: int) -> int:
+        """Length of the instruction at `rip` if it is a MOV to memory, else 0."""
+        m = self.m
+        try:
+            code = m.mem.read_code(rip, 15)
+        except Exception:
+            return 0
+        for ins in decoder(m.ctx.save().mode_bits()).disasm(code, rip, 1):
+            if ins.mnemonic == "mov" and "[" in ins.op_str.split(",")[0]:
+                return ins.size
+        return 0
+
+    def _trace(self, op: str, offset: int, size: int, value: int) -> None:
+        t = self.m.tracer
+        if t is not None and t.on("io"):
+            t.line("io", self.m.where(), f"apic {op} offset {offset:#05x} size {size} "
+                   f"value {value:#x}")
+
+    # ---- MOV CR8 ---------------------------------------------------------------------------------
+    def register_exits(self) -> None:
+        """CR8 reads and writes, which vmcb01 intercepts (hostvm.L0_CR_INTERCEPTS)."""
+        self.m.register_exit(hostvm.VMEXIT_CR0_READ + 8, self._cr8_exit)
+        self.m.register_exit(hostvm.VMEXIT_CR0_WRITE + 8, self._cr8_exit)
+
+    def _cr8_exit(self, code: int) -> None:
+        """MOV reg, CR8 / MOV CR8, reg (or LOCK MOV CR0, AMD's AltMovCr8 spelling): CR8 is
+        TPR[7:4] (APM 16.6.4); writing bits 63:4 raises #GP(0)."""
+        m = self.m
+        uc = m.uc
+        rip = uc.reg_read(UC_X86_REG_RIP)
+        code_bytes = m.mem.read_code(rip, MAX_INSN_LENGTH)
+        bits = m.ctx.save().mode_bits()
+        p = split_prefixes(code_bytes, bits)
+        i, rex, op = p.length, p.rex, p.opcode
+        if op[:1] != b"\x0F" or op[1:2] not in (b"\x20", b"\x22") or len(op) < 3:
+            raise Unsupported(f"CR8 access by {code_bytes[:i + 3].hex()} at {rip:#x}")
+        modrm = op[2]
+        reg = _GPRS[(modrm & 7) | ((rex & 1) << 3)]
+        if op[1] == 0x22:
+            value = uc.reg_read(reg) & (0xFFFFFFFFFFFFFFFF if bits == 64 else 0xFFFFFFFF)
+            if value >> 4:
+                m.raise_exception(GP, 0)
+                return
+            self.apic.write_reg(APIC_TPR, value << 4)
+        else:
+            uc.reg_write(reg, self.apic.tpr >> 4)
+        m.ctx.set_rip(rip + i + 3)            # not reg_write: see Context.set_rip
+
+    # ---- the points --------------------------------------------------------------------------
+    def check_soon(self, virtual: bool = False) -> None:
+        """From an exit handler (STGI, VMRUN): stop at this boundary and look (the window alone
+        would not do for a nested guest whose physical interrupts follow the host's IF). Free
+        when nothing is pending: world switches call it every time."""
+        if not (virtual or self.apic.irr or self.apic.nmi_pending):
+            return
+        self.window.arm()
+        self._kicked = True
+        self.m.uc.emu_stop()
+
+    def changed(self) -> None:
+        """Something may have become deliverable (IRR, TPR, EOI, GIF, a timer armed): look at
+        the next point. It only opens the interrupt window: the CPU leaves at the first
+        boundary where it can take an interrupt, and the point there decides. Inside an MMIO
+        write the kick is left to `_mmio_write`."""
+        self.window.arm(kick=not self._in_mmio)
+        if self._in_mmio:
+            self._want_kick = True
+
+    def halt(self) -> None:
+        """HLT (RIP already past it): wait at the next interrupt point. An STI shadow that
+        covered the HLT ends with it."""
+        ctx = self.m.ctx.save()
+        if ctx.hflags & HF_INHIBIT_IRQ:
+            ctx.set_u32(OFF_HFLAGS, ctx.hflags & ~HF_INHIBIT_IRQ)
+            ctx.restore()
+        self.halted = True
+        self._kicked = True
+        self.m.uc.emu_stop()
+
+    def window_exit(self) -> None:
+        """Unicorn's VINTR exit on our armed window: the guest can take an interrupt now."""
+        self._finish_store()
+        self.window.disarm()
+        self._kicked = True
+        self.m.uc.emu_stop()
+
+    def point(self) -> bool:
+        """An interrupt point, emulation stopped. True when RIP or the world changed."""
+        m = self.m
+        moved = self._finish_store()
+        self.apic.tick(m.tsc)
+        took = self._evaluate()
+        if self.halted and not took:
+            deadline = self.apic.deadline()
+            if deadline is not None:
+                m.tsc = max(m.tsc, deadline)
+                self.apic.tick(m.tsc)
+                took = self._evaluate()
+            if not took:
+                rflags = m.uc.reg_read(UC_X86_REG_RFLAGS)
+                from emu.core.machine import STATUS_HALTED
+                m.stop("halt", STATUS_HALTED, "guest halted waiting for an interrupt, and no device "
+                       "can raise one" if rflags & RFLAGS_IF else
+                       "guest halted with interrupts disabled")
+        self.halted = False
+        return took or moved
+
+    def _interruptible(self) -> bool | None:
+        """Can the CPU take a physical interrupt now? None: blocked in a way no window opens
+        (a nested guest under V_INTR_MASKING whose host had IF=0)."""
+        m = self.m
+        router = m.router
+        host_if = router.physical_if() if router is not None else None
+        if host_if is not None:
+            return True if host_if else None
+        if not m.uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_IF:
+            return False
+        return not m.ctx.save().hflags & HF_INHIBIT_IRQ
+
+    def _evaluate(self) -> bool:
+        m = self.m
+        router = m.router
+        if router is not None and not router.gif():
+            self.window.disarm()
+            return False
+        if self.apic.nmi_pending and self._take_nmi():
+            return True
+        want_window = False
+        vector = self.apic.pending()
+        if vector is not None:
+            can = self._interruptible()
+            if can:
+                self.window.disarm()
+                if router is not None and router.on_interrupt(vector):
+                    return True
+                self.apic.acknowledge(vector)
+                m._deliver(Event(vector, Kind.EXTERNAL), m.uc.reg_read(UC_X86_REG_RIP))
+                return True
+            want_window = can is False
+        if router is not None:
+            action = router.on_interrupt_window()
+            if action == WINDOW_TAKEN:
+                self.window.disarm()
+                pending, m._pending = m._pending, None      # a delivery it asked for
+                if pending is not None:
+                    pending()
+                return True
+            want_window = want_window or action == WINDOW_WANTED
+        if want_window:
+            self.window.arm()
+        else:
+            self.window.disarm()
+        return False
+
+    def _take_nmi(self) -> bool:
+        """NMI: not masked by IF or TPR; blocked from its delivery until the next IRET (Unicorn's
+        IRET clears HF2_NMI), and while blocked it waits for the next interrupt point, since an
+        IRET is no exit. A nested hypervisor intercepting NMI gets #VMEXIT(NMI) instead."""
+        m = self.m
+        ctx = m.ctx.save()
+        if ctx.u32(OFF_HFLAGS2) & HF2_NMI:
+            return False
+        self.window.disarm()
+        if m.router is not None and m.router.on_nmi():
+            return True
+        self.apic.nmi_pending = False
+        m._deliver(Event(NMI, Kind.EXTERNAL), m.uc.reg_read(UC_X86_REG_RIP))
+        ctx = m.ctx.save()
+        ctx.set_u32(OFF_HFLAGS2, ctx.u32(OFF_HFLAGS2) | HF2_NMI)
+        ctx.restore()
+        return True
+
+    # ---- time slices ---------------------------------------------------------------------------
+    def slice(self) -> int:
+        """The instruction bound for the next emu_start (0: unbounded)."""
+        self._kicked = False
+        deadline = self.apic.deadline()
+        if deadline is None or self.apic.lvt[APIC_LVT_TIMER] & LVT_MASKED:
+            return 0          # a masked timer interrupts nobody: CCR reads alone move its time
+        return max(1, min(deadline - self.m.tsc, MAX_SLICE))
+
+    def slice_done(self, count: int, quiet: bool) -> None:
+        """After emu_start: a bounded run that stopped for no reason of ours ran out."""
+        if count and quiet and not self._kicked:
+            self.m.tsc += count

@@ -1,0 +1,645 @@
+"""The machine: Unicorn as the CPU, L0 in Python, and the run loop.
+
+L1 runs as a guest of Unicorn's SVM under vmcb01 (see hostvm.py), so translated code runs at
+TCG speed and only the events L0 owns reach Python, as `INTR 0x100 + exit code` with RIP at the
+instruction. Cheap events (MSR, CPUID, RDTSC, port I/O) are emulated inside the hook and the guest
+continues without leaving `emu_start`; events that change control flow across privilege levels
+(exception delivery) or end the run stop emulation, and the loop in `run` finishes them.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+import threading
+import time
+import ctypes
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable
+
+from emu.engine.unicorn_build import loader as engine_loader
+from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_INTR, UC_HOOK_INSN,
+                     UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED)
+from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_REG_RAX,
+                               UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP)
+
+from emu.engine import hostvm
+from emu.core.cpuid import Cpuid
+from emu.arch.decode import MAX_INSN_LENGTH, split_prefixes
+from emu.core.devices.base import PortDevice
+from emu.core.devices.debug_exit import DebugExit
+from emu.core.devices.fw_cfg import FwCfg
+from emu.core.devices.serial import Serial16550
+from emu.errors import ImageError, OptionError, Unsupported
+from emu.core.extension import Extension, ExitRouter
+from emu.engine.hostvm import HostVm
+from emu.core.irq import InterruptController
+from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context, self_check
+from emu.engine.io_trap import IoTrap
+from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
+                         Shutdown)
+from emu.core.memory import GuestMemory
+from emu.engine import replay
+from emu.arch.paging import NestedFault
+from emu.core.msr import MSR_TSC_AUX, GeneralProtection, MsrFile
+from emu.core.trace import Tracer
+
+if TYPE_CHECKING:
+    from emu.loader.multiboot import BootImage
+
+# Process exit status for each way a run ends. Guest-chosen statuses (isa-debug-exit) are always
+# odd, so ours are even and cannot be confused with them.
+STATUS_HALTED = 0
+STATUS_BAD_INPUT = 2
+STATUS_SHUTDOWN = 4
+STATUS_UNSUPPORTED = 6
+STATUS_LIMIT = 8
+
+MULTIBOOT_MAGIC = 0x2BADB002
+TSC_STEP = 1000          # virtual TSC ticks per read: deterministic, monotonic
+_UNTIL = 0xFFFF_FFFF_FFFF_FFFF
+_MIN_RAM = 2 << 20
+_MAX_RAM = 3 << 30
+
+
+@dataclass
+class RunResult:
+    reason: str          # exit | halt | shutdown | unsupported | timeout | max-insns
+    status: int          # the process exit status svmemu uses
+    message: str
+    rip: int
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+class _UnicornMsrs:
+    """The MSRs that live in Unicorn's CPU, reached while L1 is in guest mode."""
+
+    def __init__(self, uc: Uc, vm: HostVm) -> None:
+        self.uc = uc
+        self.vm = vm
+
+    def read(self, index: int) -> int:
+        with self.vm.msr_passthrough(index):
+            return self.uc.msr_read(index)
+
+    def write(self, index: int, value: int) -> None:
+        with self.vm.msr_passthrough(index):
+            self.uc.msr_write(index, value)
+
+
+class _Watchdog:
+    """Ends `run` at its deadline from a thread. Unicorn's own emu_start timeout polls from a
+    helper thread that cost the L1 loop ~1.7x CPU (bench/RESULTS.md); this one sleeps until
+    the deadline, then asks for a stop every 50 ms until the run loop has noticed (a stop that
+    lands between two emu_start calls would otherwise be lost)."""
+
+    def __init__(self, uc: Uc, deadline: float) -> None:
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(uc, deadline), daemon=True,
+                                        name="svmemu-timeout")
+        self._thread.start()
+
+    def _watch(self, uc: Uc, deadline: float) -> None:
+        if self._finished.wait(max(0.0, deadline - time.monotonic())):
+            return
+        while not self._finished.is_set():
+            uc.emu_stop()
+            self._finished.wait(0.05)
+
+    def done(self) -> None:
+        self._finished.set()
+        self._thread.join()
+
+
+class Machine:
+    def __init__(self, ram_size: int = 128 << 20, *, stdout: BinaryIO | None = None,
+                 tracer: Tracer | None = None, extensions: Iterable[Extension] = ()) -> None:
+        if not _MIN_RAM <= ram_size <= _MAX_RAM or ram_size % 0x1000:
+            raise OptionError(f"RAM size must be a multiple of 4 KiB between "
+                              f"{_MIN_RAM >> 20} MiB and {_MAX_RAM >> 20} MiB")
+        self.ram_size = ram_size
+        engine_loader.tell_if_stock()
+        uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_cpu_model(UC_CPU_X86_EPYC)
+        self_check(uc)
+        self.ram = mmap.mmap(-1, ram_size)
+        self._ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
+        uc.mem_map_ptr(0, ram_size, UC_PROT_ALL, self._ram_addr)
+        self.hostvm = HostVm(uc)
+        self.ctx = Context(uc)
+        self.mem = GuestMemory(uc, self.ram, ram_size, self.ctx)
+        self.deliverer = Deliverer(uc, self.ctx, self.mem)
+        self.io_trap = IoTrap(uc, self.ctx)
+        self.tracer = tracer
+        self.tsc = 0
+        self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
+        self.cpuid = Cpuid()
+        self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
+                            hostvm.MAXPHYADDR)
+        self.ports: dict[int, PortDevice] = {}
+        self.devices: list[PortDevice] = []
+        self.serial = Serial16550(stdout)
+        self.add_device(self.serial)
+        self.add_device(DebugExit(self._guest_exit))
+        self.add_device(FwCfg(ram_size))
+        self.irq = InterruptController(self)     # local APIC, interrupt points, virtual time
+        self.apic = self.irq.apic
+        self.devices.append(self.apic)
+        self.world_observers: list[Callable[[str, str], None]] = []
+        self.router: ExitRouter | None = None
+        self._exits: dict[int, Callable[[int], None]] = {
+            hostvm.VMEXIT_MSR: self._exit_msr,
+            hostvm.VMEXIT_CPUID: self._exit_cpuid,
+            hostvm.VMEXIT_RDTSC: self._exit_rdtsc,
+            hostvm.VMEXIT_RDTSCP: self._exit_rdtscp,
+            hostvm.VMEXIT_SWINT: self._exit_intn,
+            hostvm.VMEXIT_HLT: self._exit_hlt,
+            hostvm.VMEXIT_DR7_WRITE: self._exit_dr7_write,
+            hostvm.VMEXIT_SHUTDOWN: lambda code: self.shutdown("shutdown (triple fault)"),
+        }
+        for code in (hostvm.VMEXIT_VMRUN, hostvm.VMEXIT_VMMCALL, hostvm.VMEXIT_VMLOAD,
+                     hostvm.VMEXIT_VMSAVE, hostvm.VMEXIT_STGI, hostvm.VMEXIT_CLGI,
+                     hostvm.VMEXIT_SKINIT, hostvm.VMEXIT_INVLPGA):
+            self._exits[code] = self._exit_undefined_opcode
+        self.irq.register_exits()           # MOV CR8 (the TPR)
+        self._result: RunResult | None = None
+        self._pending: Callable[[], None] | None = None
+        self._pause: str | None = None     # a debugger stop requested (see `pause`)
+        # Exits reach Python through the C replay engine when it is built (emu/engine/replay.py):
+        # world switches it has a recorded program for never leave C.
+        self.replay: replay.Engine | None = None
+        self.replay_listeners: list[Callable[[], None]] = []
+        self._replay_seen = 0
+        if replay.available():
+            self.replay = replay.Engine(uc, self.ctx, self._ram_addr, ram_size, self._on_intr_c)
+        self._hooks = [
+            *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
+            uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
+            uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT),
+            uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
+        ]
+        self._insn_budget: int | None = None
+        self._start: int | None = None
+        self.extensions = list(extensions)
+        for ext in self.extensions:
+            ext.attach(self)
+        self._own_hooks = len(uc._callbacks)
+
+    # ---- extension entry points --------------------------------------------------------------------
+    def register_exit(self, code: int, handler: Callable[[int], None]) -> None:
+        self._exits[code] = handler
+
+    def add_device(self, dev: PortDevice) -> None:
+        self.devices.append(dev)
+        for port in dev.ports():
+            self.ports[port] = dev
+
+    def level(self) -> str:
+        return self.extensions[0].level() if self.extensions else "L1"
+
+    def address_space(self) -> str:
+        """The address space running now (coverage keys code on it; see Extension)."""
+        return self.extensions[0].address_space() if self.extensions else "L1"
+
+    def exit_handler(self, code: int) -> Callable[[int], None] | None:
+        """The handler registered for exit `code`, so a tool (the fuzzer) can wrap it."""
+        return self._exits.get(code)
+
+    def raise_exception(self, vector: int, error_code: int | None = None,
+                        cr2: int | None = None) -> None:
+        """Deliver a hardware exception at the current RIP (the faulting instruction)."""
+        rip = self.uc.reg_read(UC_X86_REG_RIP)
+        self._defer(lambda: self._deliver(Event(vector, Kind.EXCEPTION, error_code, cr2), rip))
+
+    def deliver_event(self, event: Event, return_rip: int, injected: bool = False) -> None:
+        """Deliver `event` once emulation has stopped. An injected event (EVENTINJ) is never
+        itself intercepted; exceptions raised while delivering it can be."""
+        self._defer(lambda: self._deliver(event, return_rip, injected))
+
+    def interrupt_check(self, virtual: bool = False) -> None:
+        """Something gating interrupts changed (GIF, V_IRQ): look at the next boundary if an
+        interrupt is pending (`virtual`: the extension has one of its own). Only from exit
+        handlers (the INTR hook), never from MMIO callbacks."""
+        self.irq.check_soon(virtual)
+
+    def claim_cr8(self) -> None:
+        """The world now running reaches the APIC's TPR through CR8 (no V_INTR_MASKING): L0
+        intercepts its CR8 accesses as it does L1's. The next world switch undoes it."""
+        self.irq.window.intercept_cr(8)
+
+    def world_changed(self, old: str, new: str) -> None:
+        self.irq.window.resync()
+        for observer in self.world_observers:
+            observer(old, new)
+
+    def shutdown(self, message: str) -> None:
+        """The processor shuts down (triple fault), unless a hypervisor intercepts it."""
+        if self.router is not None and self.router.on_shutdown(message):
+            return
+        self._finish("shutdown", STATUS_SHUTDOWN, message)
+
+    def stop(self, reason: str, status: int, message: str) -> None:
+        self._finish(reason, status, message)
+
+    def pause(self, message: str) -> None:
+        """Stop at the next instruction boundary for a debugger, after finishing any event in
+        flight (a VMRUN's injected event, an exception being delivered): `run` returns reason
+        "pause" and the next `run` continues exactly there. `stop` instead ends the run as is."""
+        self._pause = message
+        self.uc.emu_stop()
+
+    # ---- loading ----------------------------------------------------------------------------------
+    def load_multiboot(self, image: "BootImage", cmdline: str) -> None:
+        from emu.loader.multiboot import MBI_ADDR, build_mbi
+        for addr, data in image.segments:
+            if addr < 0 or addr + len(data) > self.ram_size:
+                raise ImageError(f"segment at {addr:#x}+{len(data):#x} is outside the "
+                                 f"{self.ram_size >> 20} MiB of RAM")
+            self.ram[addr:addr + len(data)] = data
+        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR)
+        self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
+        self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
+        self.uc.reg_write(UC_X86_REG_RIP, self._start)   # so a snapshot taken now resumes here
+        self.io_trap.set_flag()
+
+    def resume_at(self, rip: int) -> None:
+        """Make the next `run` continue at `rip` (after a snapshot restore)."""
+        self._start = rip
+        self.io_trap.set_flag()      # snapshots from before the flag existed lack it
+
+    # ---- running ----------------------------------------------------------------------------------
+    def run(self, *, max_insns: int | None = None, timeout: float | None = None) -> RunResult:
+        """Run until the guest exits, halts, shuts down or a limit is reached."""
+        if self._start is None:
+            raise OptionError("no guest loaded")
+        if max_insns is not None and max_insns <= 0:
+            raise OptionError("--max-insns must be positive")
+        if timeout is not None and timeout <= 0:
+            raise OptionError("--timeout must be positive")
+        uc = self.uc
+        extra = []
+        if max_insns is not None:
+            self._insn_budget = max_insns
+            extra.append(uc.hook_add(UC_HOOK_CODE, self._count_insn))
+        if self.tracer and self.tracer.on("insn"):
+            extra.append(uc.hook_add(UC_HOOK_CODE, self._trace_insn))
+        if self.tracer and self.tracer.on("mem"):
+            from emu.tools.memtrace import MemTrace
+            extra += MemTrace(self).install(uc)
+        deadline = time.monotonic() + timeout if timeout else None
+        watchdog = _Watchdog(uc, deadline) if deadline is not None else None
+        begin = self._start
+        try:
+            while self._result is None:
+                if self.irq.point():          # interrupts, HLT wake-up (emu/core/irq.py)
+                    begin = uc.reg_read(UC_X86_REG_RIP)
+                if self._result is not None:
+                    break
+                count = self.irq.slice()
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
+                    break
+                try:
+                    uc.emu_start(begin, _UNTIL, count=count)
+                except UcError as e:
+                    self.replay_sync()
+                    if self._result is None:
+                        self._finish("unsupported", STATUS_UNSUPPORTED,
+                                     f"unsupported: CPU stopped with {e} at rip "
+                                     f"{uc.reg_read(UC_X86_REG_RIP):#x}")
+                    break
+                self.replay_sync()
+                # The slice ran out only if nothing else stopped it: not an event, the end of
+                # the run, a debugger pause or the wall-clock timeout (virtual time must not
+                # advance for instructions that never ran).
+                self.irq.slice_done(count, self._pending is None and self._result is None
+                                    and self._pause is None
+                                    and (deadline is None or time.monotonic() < deadline))
+                pending, self._pending = self._pending, None
+                if pending is not None:
+                    while pending is not None and self._result is None:
+                        pending()     # may itself stop and defer (an instruction run alone)
+                        pending, self._pending = self._pending, None
+                elif self._result is None and deadline is not None and time.monotonic() >= deadline:
+                    self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
+                if self._pause is not None and self._result is None:
+                    self._finish("pause", STATUS_LIMIT, self._pause)
+                begin = uc.reg_read(UC_X86_REG_RIP)
+        except Unsupported as e:
+            self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
+        finally:
+            self.replay_sync()
+            if watchdog is not None:
+                watchdog.done()
+            for h in extra:
+                uc.hook_del(h)
+            self._start = uc.reg_read(UC_X86_REG_RIP)
+            self._pause = None
+        result, self._result = self._result, None
+        assert result is not None
+        return result
+
+    def _finish(self, reason: str, status: int, message: str) -> None:
+        if self._result is None:
+            self._result = RunResult(reason, status, message, self.uc.reg_read(UC_X86_REG_RIP))
+        self.uc.emu_stop()
+
+    def _defer(self, action: Callable[[], None]) -> None:
+        """Finish an event outside the hook: emulation stops first, so the state is final."""
+        self._pending = action
+        self.uc.emu_stop()
+
+    def _guest_exit(self, status: int) -> None:
+        self._finish("exit", status, f"guest wrote {status >> 1:#x} to isa-debug-exit")
+
+    # ---- the replay engine (emu/engine/replay.py) ----------------------------------------------------------
+    def replay_sync(self) -> None:
+        """Python is about to run: bring state that mirrors the CPU up to date if programs ran
+        since it last did, and stop programs from running on Python state that may now change.
+        Every Python entry point calls this first (hooks, MMIO callbacks, the run loop)."""
+        e = self.replay
+        if e is None:
+            return
+        seq = e.seq_word.value
+        if seq != self._replay_seen:
+            self._replay_seen = seq
+            for listener in self.replay_listeners:
+                listener()
+        if e.state_word.value:
+            e.state_word.value = 0
+
+    def replay_ready(self) -> bool:
+        """May programs run from here on? Not while anything else wants Python to see every
+        event: a trace, a debugger's or fuzzer's hooks, a pending interrupt or I/O trap, a stop."""
+        e = self.replay
+        return (e is not None and e.enabled and self.tracer is None and not self.world_observers
+                and len(self.uc._callbacks) == self._own_hooks and self._result is None
+                and self._pending is None and self._pause is None and not self.io_trap.armed
+                and not self.irq.window.armed and not self.apic.irr and not self.apic.nmi_pending)
+
+    def _on_intr_c(self, _uch: int, intno: int, _user: int) -> None:
+        """The Python hook behind the C one: the binding's exception handling, which a raw
+        ctypes callback does not have (an exception stops emulation and emu_start re-raises it)."""
+        uc = self.uc
+        try:
+            self.replay_sync()
+            self._on_intr(uc, intno, None)
+        except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
+            if uc._hook_exception is None:
+                uc._hook_exception = e
+            uc.emu_stop()
+
+    # ---- hooks --------------------------------------------------------------------------------------
+    def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:
+        code = intno - hostvm.UC_EXIT_BASE
+        if code == hostvm.VMEXIT_EXCP0 + DB and self.io_trap.armed:
+            self._io_trap_fired()
+            return
+        if self._result is not None:
+            uc.emu_stop()
+            return
+        if code == hostvm.VMEXIT_VINTR and self.irq.window.armed:
+            self.irq.window_exit()          # our interrupt window opened
+            return
+        handler = self._exits.get(code)
+        try:
+            if self.router is not None and self.router.on_exit(code):
+                return
+            if handler is not None:
+                handler(code)
+            elif hostvm.VMEXIT_EXCP0 <= code < hostvm.VMEXIT_INTR:
+                self._exit_exception(code - hostvm.VMEXIT_EXCP0)
+            else:
+                raise Unsupported(f"event {intno:#x} at rip {uc.reg_read(UC_X86_REG_RIP):#x}")
+        except Unsupported as e:
+            self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
+
+    def where(self) -> str:
+        """Where the CPU is, for trace lines: world, mode, CPL, RIP."""
+        return self._where()
+
+    def _where(self) -> str:
+        ctx = self.ctx.save()
+        return f"[{self.level()} {ctx.mode_bits()} cpl{ctx.cpl}] {self.uc.reg_read(UC_X86_REG_RIP):#x}"
+
+    def _advance(self, length: int) -> None:
+        self.ctx.set_rip(self.uc.reg_read(UC_X86_REG_RIP) + length)
+
+    def _exit_exception(self, vector: int) -> None:
+        ctx = self.ctx.save()
+        err = ctx.error_code if vector in HAS_ERROR_CODE else None
+        cr2 = self.hostvm.exitinfo2(ctx.u64(OFF_VM_VMCB)) if vector == PF else None
+        self.raise_exception(vector, err, cr2)
+
+    def _exit_msr(self, code: int) -> None:
+        uc = self.uc
+        write = self.ctx.save().error_code == 1
+        index = uc.reg_read(UC_X86_REG_RCX) & 0xFFFFFFFF
+        try:
+            if write:
+                value = ((uc.reg_read(UC_X86_REG_RDX) & 0xFFFFFFFF) << 32) | (
+                    uc.reg_read(UC_X86_REG_RAX) & 0xFFFFFFFF)
+                self.msrs.wrmsr(index, value)
+            else:
+                value = self.msrs.rdmsr(index)
+                uc.reg_write(UC_X86_REG_RAX, value & 0xFFFFFFFF)
+                uc.reg_write(UC_X86_REG_RDX, value >> 32)
+        except GeneralProtection as e:
+            if self.tracer and self.tracer.on("msr"):
+                self.tracer.line("msr", self._where(), f"{'wrmsr' if write else 'rdmsr'} "
+                                 f"{index:#x} -> #GP ({e})")
+            self.raise_exception(GP, 0)
+            return
+        if self.tracer and self.tracer.on("msr"):
+            self.tracer.line("msr", self._where(),
+                             f"{'wrmsr' if write else 'rdmsr'} {index:#x} {'<-' if write else '->'} {value:#x}")
+        self._advance(2)
+
+    def _exit_cpuid(self, code: int) -> None:
+        uc = self.uc
+        leaf = uc.reg_read(UC_X86_REG_RAX) & 0xFFFFFFFF
+        sub = uc.reg_read(UC_X86_REG_RCX) & 0xFFFFFFFF
+        a, b, c, d = self.cpuid.query(leaf, sub)
+        uc.reg_write(UC_X86_REG_RAX, a)
+        uc.reg_write(UC_X86_REG_RBX, b)
+        uc.reg_write(UC_X86_REG_RCX, c)
+        uc.reg_write(UC_X86_REG_RDX, d)
+        self._advance(2)
+
+    def _read_tsc(self) -> int:
+        self.tsc += TSC_STEP
+        return (self.tsc + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+
+    def _write_tsc(self, value: int) -> None:
+        self.tsc = (value - self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+
+    def _exit_rdtsc(self, code: int) -> None:
+        if self.mem.read_code(self.uc.reg_read(UC_X86_REG_RIP), 3) == b"\x0F\x01\xF9":
+            self._exit_rdtscp(code)    # Unicorn 2.1.4 checks (and reports) RDTSCP as RDTSC
+            return
+        t = self._read_tsc()
+        self.uc.reg_write(UC_X86_REG_RAX, t & 0xFFFFFFFF)
+        self.uc.reg_write(UC_X86_REG_RDX, t >> 32)
+        self._advance(2)
+
+    def _exit_rdtscp(self, code: int) -> None:
+        t = self._read_tsc()
+        self.uc.reg_write(UC_X86_REG_RAX, t & 0xFFFFFFFF)
+        self.uc.reg_write(UC_X86_REG_RDX, t >> 32)
+        self.uc.reg_write(UC_X86_REG_RCX, self.msrs.rdmsr(MSR_TSC_AUX))
+        self._advance(3)
+
+    def _exit_hlt(self, code: int) -> None:
+        self._advance(1)
+        self.irq.halt()       # wait for an interrupt at the next interrupt point
+
+    def _exit_undefined_opcode(self, code: int) -> None:
+        """SVM instructions with no extension to implement them behave as on a CPU without SVM."""
+        self.raise_exception(UD)
+
+    def _exit_intn(self, code: int) -> None:
+        rip = self.uc.reg_read(UC_X86_REG_RIP)
+        insn = self.mem.read_code(rip, MAX_INSN_LENGTH)
+        i = split_prefixes(insn, self.ctx.save().mode_bits()).length
+        op = insn[i] if i < len(insn) else -1
+        if op == 0xCC:
+            ev, length = Event(BP, Kind.SOFTWARE), i + 1
+        elif op == 0xCD:
+            ev, length = Event(insn[i + 1], Kind.SOFTWARE), i + 2
+        elif op == 0xCE:
+            ev, length = Event(OF, Kind.SOFTWARE), i + 1
+        elif op == 0xF1:
+            ev, length = Event(DB, Kind.SOFTWARE, icebp=True), i + 1
+        else:
+            raise Unsupported(f"software interrupt with opcode {insn[:i + 2].hex()}")
+        self._defer(lambda: self._deliver(ev, rip + length))
+
+    def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
+        self.replay_sync()
+        if self._result is not None or self._io_exit(port, size, True):
+            return (1 << (8 * size)) - 1     # undone when the trap fires
+        dev = self.ports.get(port)
+        value = dev.read(port, size) if dev else (1 << (8 * size)) - 1
+        self._trace_io("in", port, size, value, dev)
+        if self._result is not None:
+            self.io_trap.arm(port, undo=False, action=None)
+        return value
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
+        self.replay_sync()
+        if self._result is not None or self._io_exit(port, size, False):
+            return
+        dev = self.ports.get(port)
+        self._trace_io("out", port, size, value, dev)
+        if dev:
+            dev.write(port, size, value)
+        if self._result is not None:
+            # The device ended the run (isa-debug-exit): stop before the next instruction
+            # rather than at the end of the translation block.
+            self.io_trap.arm(port, undo=False, action=None)
+
+    def _io_exit(self, port: int, size: int, is_in: bool) -> bool:
+        """Does a hypervisor take this access as an exit *before* the instruction? Then the
+        access is not performed, the instruction is undone and the exit happens at its RIP."""
+        if self.router is None:
+            return False
+        try:
+            action = self.router.on_io(port, size, is_in)
+            if action is None:
+                return False
+            if not self.io_trap.arm(port, undo=True, action=action):
+                raise Unsupported(f"port {port:#x} access at rip "
+                                  f"{self.uc.reg_read(UC_X86_REG_RIP):#x} must exit to the "
+                                  "hypervisor, but the code was translated without I/O traps")
+        except Unsupported as e:
+            self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
+        return True
+
+    def _io_trap_fired(self) -> None:
+        """The #DB that an armed I/O trap raised right after its instruction (emu/engine/io_trap.py)."""
+        action = self.io_trap.take()
+        if action is None or self._result is not None:
+            self.uc.emu_stop()
+            return
+        try:
+            action()
+        except Unsupported as e:
+            self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
+
+    def _exit_dr7_write(self, code: int) -> None:
+        """MOV to DR7, which L0 intercepts only to keep HF_IOBPT (emu/engine/io_trap.py): run the
+        instruction alone with the intercept lifted, so Unicorn applies it in full (breakpoints,
+        #GP/#UD checks), then put intercept and flag back."""
+        rip = self.uc.reg_read(UC_X86_REG_RIP)
+        self._defer(lambda: self._run_dr7_write(rip))
+
+    def _run_dr7_write(self, rip: int) -> None:
+        ctx = self.ctx.save()
+        intercepts = ctx.u32(OFF_INTERCEPT_DR_WRITE) & 0xFFFF
+        struct.pack_into("<H", ctx.view, OFF_INTERCEPT_DR_WRITE,
+                         intercepts & ~hostvm.L0_DR_WRITE_INTERCEPTS)
+        ctx.restore()
+        try:
+            self.uc.emu_start(rip, _UNTIL, count=1)
+        finally:
+            self.replay_sync()
+            ctx = self.ctx.save()
+            struct.pack_into("<H", ctx.view, OFF_INTERCEPT_DR_WRITE, intercepts)
+            ctx.restore()
+            self.io_trap.set_flag()
+
+    def _trace_io(self, direction: str, port: int, size: int, value: int,
+                  dev: PortDevice | None) -> None:
+        if self.tracer and self.tracer.on("io"):
+            self.tracer.line("io", self._where(), f"{direction} port {port:#06x} size {size} "
+                             f"value {value:#x} ({dev.name if dev else 'no device'})")
+
+    def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int,
+                     _data: object) -> bool:
+        self.replay_sync()
+        kind = {19: "read", 20: "write", 21: "fetch"}.get(access, "access")
+        self._finish("unsupported", STATUS_UNSUPPORTED,
+                     f"unsupported: {kind} of physical address {address:#x} (no RAM or device "
+                     f"there) at rip {uc.reg_read(UC_X86_REG_RIP):#x}")
+        return False
+
+    def _count_insn(self, uc: Uc, address: int, size: int, _data: object) -> None:
+        assert self._insn_budget is not None
+        self._insn_budget -= 1
+        if self._insn_budget < 0:
+            self._finish("max-insns", STATUS_LIMIT, "instruction limit (--max-insns) reached")
+
+    def _trace_insn(self, uc: Uc, address: int, size: int, _data: object) -> None:
+        ctx = self.ctx.save()
+        try:
+            code = self.mem.read_code(address, size)
+        except Fault:
+            code = b""
+        self.tracer.insn(f"[{self.level()} {ctx.mode_bits()} cpl{ctx.cpl}]", ctx.mode_bits(),
+                         address, code)
+
+    # ---- event delivery ---------------------------------------------------------------------------
+    def _deliver(self, event: Event, return_rip: int, injected: bool = False) -> None:
+        router = self.router
+
+        def intercept(current: Event, outer: Event | None) -> bool:
+            # An injected event is never itself intercepted; what its delivery raises can be.
+            if router is None or (injected and current is event):
+                return False
+            return router.on_exception(current, outer)
+        try:
+            final = self.deliverer.deliver(event, return_rip, intercept)
+        except Shutdown as e:
+            self.shutdown(f"shutdown (triple fault): {e}")
+            return
+        except NestedFault as nf:
+            if router is None or not router.on_nested_fault(nf, event):
+                raise Unsupported(f"nested page fault outside a nested guest: {nf}")
+            return
+        if final is None:
+            return
+        if self.tracer and self.tracer.on("exc"):
+            self.tracer.line("exc", self._where(), f"delivered {final.describe()} "
+                             f"(return rip {return_rip:#x})" +
+                             (f", escalated from {event.describe()}" if final is not event else ""))

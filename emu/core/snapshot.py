@@ -1,0 +1,424 @@
+"""Snapshots of a whole machine: take/restore in memory, save/load to a file.
+
+A snapshot is everything a guest can observe, so a restored machine continues exactly as the
+original would have: guest RAM, the L0-private region (vmcb01, MSRPM, IOPM, trampoline and the
+extension's vmcb02), Unicorn's CPU context blob, the MSRs that live in Python, the virtual TSC,
+the CPUID table, every device's registers and every extension's section.
+
+What Unicorn's context blob does *not* hold, and how restore makes up for it:
+- translated code: RAM is rewritten behind Unicorn's back, so every translation block is flushed
+  (a guest that patched its own code after the snapshot would otherwise run the patched code);
+- the soft TLB: CR3 is restored by a plain copy, so cached translations of page tables that the
+  restore just reverted would survive; the TLB is flushed explicitly;
+- CPUState outside CPUX86State (halted, exception_index, interrupt_request): none of them is live
+  between runs, because vmcb01 intercepts HLT and the machine delivers every event itself;
+- the machine's own run state (`_pending`, `_result`): snapshots are only taken between runs,
+  when both are empty; the RIP to resume at is the blob's RIP.
+
+The blob itself (5568 bytes: CPUX86State up to the SVM fields) holds no host pointers: two fresh
+instances save byte-identical blobs, so a blob from another process restores safely.
+
+Device and extension sections must be plain data (dict with str keys, list, int, str, bool,
+None, float, bytes); bytes are kept as bytes through the file.
+
+In-memory snapshots keep RAM as one `bytes` object: a reset is one memcpy, which is what fuzzing
+needs first. (Later: dirty-page tracking so a reset copies only the pages the run wrote.)
+
+File format (little-endian), `FORMAT_VERSION` = 2:
+
+    magic  b"SVMEMUSN"
+    u32    format version
+    u32    number of sections
+    per section: 4-byte tag, u8 encoding (0 raw, 1 zlib), 3 zero bytes,
+                 u64 stored length, u64 decoded length, stored bytes
+    32-byte SHA-256 of every byte before it
+
+Sections: HEAD (JSON: RAM size, unicorn version, context size), CPU0 (the context blob), L0RG
+(the L0-private region, zlib), RAMR (runs of non-zero 4 KiB pages, u32 first page and u32 count
+each), RAMD (those pages concatenated, zlib), MACH (JSON: MSRs, TSC, CPUID, devices, extensions).
+RAM is stored sparsely because a 128 MiB guest is mostly zeros and zlib alone spends ~0.3 s each
+way on them.
+
+Version 1 is the same container whose extension sections predate gPAT: the svm extension's
+section has no `gpat` fields, and the extension applies its documented legacy rule. The loader
+reads both and tells each extension which one it got through the `"format_version"` key of the
+state it hands to `load_snapshot_state`.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import unicorn
+from unicorn.x86_const import UC_X86_REG_RIP
+
+from emu.errors import SnapshotError
+from emu.engine.hw_switch import OFF_EIP, flush_tlb
+
+if TYPE_CHECKING:
+    from emu.core.machine import Machine
+
+MAGIC = b"SVMEMUSN"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+
+PAGE = 0x1000
+_CHUNK = 1 << 20
+_ZERO_PAGE = bytes(PAGE)
+_ZERO_CHUNK = bytes(_CHUNK)
+_PREFIX = struct.Struct("<8sII")
+_SECTION = struct.Struct("<4sB3xQQ")
+_RUN = struct.Struct("<II")
+_DIGEST = 32
+_MAX_RAM = 4 << 30     # above any machine's RAM: bounds what a crafted header can allocate
+_RAW, _ZLIB = 0, 1
+_BYTES_TAG = "__bytes__"
+
+
+@dataclass
+class Snapshot:
+    """One machine state. `ram` is the whole of guest RAM; the dicts are private copies."""
+    ram_size: int
+    ram: bytes | bytearray
+    l0: bytes
+    cpu: bytes
+    msrs: dict[int, int]
+    tsc: int
+    cpuid: list[list[int]]
+    devices: list[tuple[str, dict[str, Any]]]
+    extensions: dict[str, dict[str, Any]]
+    unicorn_version: str = unicorn.__version__
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def rip(self) -> int:
+        """Where execution continues after a restore."""
+        return struct.unpack_from("<Q", self.cpu, OFF_EIP)[0]
+
+
+# ---- in memory ------------------------------------------------------------------------------------
+
+def take(machine: "Machine", *, ram: bool = True) -> Snapshot:
+    """Capture the machine between runs (never from inside a hook: the run state is not in it).
+    `ram=False` leaves RAM out (an empty `ram`) for callers that keep RAM their own way (the
+    reverse-execution checkpoints keep only what differs from their first one)."""
+    return _capture(machine, bytes(machine.ram) if ram else b"")
+
+
+def _capture(machine: "Machine", ram: Any) -> Snapshot:
+    return Snapshot(
+        ram_size=machine.ram_size,
+        ram=ram,
+        l0=bytes(machine.hostvm.buf),
+        cpu=_context_bytes(machine),
+        msrs=dict(machine.msrs.values),
+        tsc=machine.tsc,
+        cpuid=[[leaf, sub, *regs] for (leaf, sub), regs in sorted(machine.cpuid.table.items())],
+        devices=[(dev.name, copy.deepcopy(dev.state())) for dev in machine.devices],
+        extensions={ext.name: copy.deepcopy(ext.snapshot_state()) for ext in machine.extensions},
+    )
+
+
+def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
+            flush_code: bool = True) -> None:
+    """Put `machine` in the state `snap` holds; the next `machine.run()` continues from it.
+
+    The fast reset (emu/core/fastreset.py) restores RAM itself (`restore_ram=False`) and flushes
+    translated code only when the run rewrote a code page (`flush_code=False` otherwise)."""
+    _check_compatible(machine, snap)
+    if restore_ram:
+        machine.ram[:] = snap.ram
+    machine.hostvm.buf[:] = snap.l0
+    ctx = machine.ctx
+    ctx.view[:] = snap.cpu
+    ctx.restore()
+    uc = machine.uc
+    if flush_code:
+        uc.ctl_flush_tb()
+    flush_tlb(uc)
+    values = machine.msrs.values
+    values.clear()
+    values.update(snap.msrs)
+    machine.tsc = snap.tsc
+    machine.cpuid.table = {(row[0], row[1]): tuple(row[2:6]) for row in snap.cpuid}
+    for dev, (name, state) in zip(machine.devices, snap.devices):
+        _load_section(f"device {name}", dev.load_state, state, None)
+    # Extensions come last: they may read RAM and the CPU state (vmcb12, L1's saved state).
+    for ext in machine.extensions:
+        _load_section(f"extension {ext.name}", ext.load_snapshot_state,
+                      snap.extensions[ext.name], snap.format_version)
+    machine.resume_at(uc.reg_read(UC_X86_REG_RIP))
+
+
+def _load_section(what: str, load: Callable[[dict[str, Any]], None], state: dict[str, Any],
+                  version: int | None) -> None:
+    """Hand a section to its owner as a private copy (a snapshot is restored many times), and turn
+    a section its owner cannot read into a SnapshotError; the machine is then half-restored."""
+    state = copy.deepcopy(state)
+    if version is not None:
+        state["format_version"] = version
+    try:
+        load(state)
+    except SnapshotError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise SnapshotError(f"the snapshot's {what} section is malformed "
+                            f"({type(e).__name__}: {e})")
+
+
+def _context_bytes(machine: "Machine") -> bytes:
+    return bytes(machine.ctx.save().view)
+
+
+def _check_compatible(machine: "Machine", snap: Snapshot) -> None:
+    if snap.ram_size != machine.ram_size:
+        raise SnapshotError(f"the snapshot has {_mib(snap.ram_size)} of RAM but this machine has "
+                            f"{_mib(machine.ram_size)}")
+    if snap.unicorn_version != unicorn.__version__:
+        raise SnapshotError(f"the snapshot was taken with unicorn {snap.unicorn_version}, whose CPU "
+                            f"state this svmemu (unicorn {unicorn.__version__}) cannot restore")
+    if len(snap.cpu) != len(machine.ctx.view):
+        raise SnapshotError(f"the snapshot's CPU context is {len(snap.cpu)} bytes, but this "
+                            f"unicorn's is {len(machine.ctx.view)}")
+    if len(snap.ram) != snap.ram_size or len(snap.l0) != len(machine.hostvm.buf):
+        raise SnapshotError("the snapshot's memory images do not have the sizes its header states")
+    have = [dev.name for dev in machine.devices]
+    want = [name for name, _ in snap.devices]
+    if have != want:
+        raise SnapshotError(f"the snapshot has devices {', '.join(want) or 'none'} but this machine "
+                            f"has {', '.join(have) or 'none'}")
+    have = sorted(ext.name for ext in machine.extensions)
+    want = sorted(snap.extensions)
+    if have != want:
+        raise SnapshotError(f"the snapshot has extensions {', '.join(want) or 'none'} but this "
+                            f"machine has {', '.join(have) or 'none'}")
+
+
+def _mib(n: int) -> str:
+    return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n:#x} bytes"
+
+
+# ---- files ----------------------------------------------------------------------------------------
+
+def save(machine: "Machine", path: str) -> None:
+    """Write the machine's current state to `path` (see the module docstring for the format)."""
+    # Encoding reads RAM once, so it can read the live mapping instead of a 128 MiB copy.
+    data = encode(_capture(machine, machine.ram))
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise SnapshotError(f"cannot write snapshot {path}: {e.strerror}")
+
+
+def load(machine: "Machine", path: str) -> Snapshot:
+    """Restore `machine` from the snapshot file at `path`; returns the snapshot read."""
+    snap = read(path)
+    restore(machine, snap)
+    return snap
+
+
+def read(path: str) -> Snapshot:
+    """Read and verify a snapshot file without touching any machine (resume sizes RAM from it)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}")
+    return decode(data, path)
+
+
+def encode(snap: Snapshot, *, format_version: int | None = None) -> bytes:
+    """The file bytes for `snap`, labelled with the version its sections follow (a snapshot read
+    from a version-1 file stays version 1). Overriding `format_version` exists for tests of legacy
+    loading: the caller then vouches that the sections match that version."""
+    if format_version is None:
+        format_version = snap.format_version
+    runs, pages = _sparse(snap.ram)
+    head = {"ram_size": snap.ram_size, "unicorn": snap.unicorn_version, "context_size": len(snap.cpu),
+            "l0_size": len(snap.l0)}
+    mach = {"msrs": {f"{k:#x}": v for k, v in sorted(snap.msrs.items())}, "tsc": snap.tsc,
+            "cpuid": snap.cpuid, "devices": [[n, s] for n, s in snap.devices],
+            "extensions": snap.extensions}
+    sections = [
+        (b"HEAD", _RAW, _json(head)),
+        (b"CPU0", _RAW, snap.cpu),
+        (b"L0RG", _ZLIB, snap.l0),
+        (b"RAMR", _RAW, b"".join(_RUN.pack(first, count) for first, count in runs)),
+        (b"RAMD", _ZLIB, pages),
+        (b"MACH", _ZLIB, _json(mach)),
+    ]
+    out = [_PREFIX.pack(MAGIC, format_version, len(sections))]
+    for tag, enc, raw in sections:
+        stored = zlib.compress(raw, 1) if enc == _ZLIB else bytes(raw)
+        out.append(_SECTION.pack(tag, enc, len(stored), len(raw)))
+        out.append(stored)
+    body = b"".join(out)
+    return body + hashlib.sha256(body).digest()
+
+
+def decode(data: bytes, name: str = "snapshot") -> Snapshot:
+    """Parse and verify file bytes; every defect becomes one SnapshotError sentence."""
+    if len(data) < _PREFIX.size + _DIGEST or data[:8] != MAGIC:
+        if data[:8] == MAGIC:
+            raise SnapshotError(f"{name} is truncated")
+        raise SnapshotError(f"{name} is not an svmemu snapshot (wrong magic)")
+    _magic, version, count = _PREFIX.unpack_from(data)
+    body, digest = memoryview(data)[:-_DIGEST], data[-_DIGEST:]
+    if hashlib.sha256(body).digest() != digest:
+        if version not in READABLE_VERSIONS:
+            raise SnapshotError(f"{name} has format version {version}, which this svmemu cannot "
+                                f"read (it reads {_versions()}), or is corrupt")
+        raise SnapshotError(f"{name} is corrupt or truncated (checksum mismatch)")
+    if version not in READABLE_VERSIONS:
+        raise SnapshotError(f"{name} has format version {version}, which this svmemu cannot read "
+                            f"(it reads {_versions()})")
+    try:
+        return _parse(body, version, count)
+    except SnapshotError as e:
+        raise SnapshotError(f"{name}: {e}")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error, zlib.error,
+            OverflowError, RecursionError) as e:
+        raise SnapshotError(f"{name} is malformed ({type(e).__name__} while decoding it)")
+
+
+def _versions() -> str:
+    return ", ".join(str(v) for v in READABLE_VERSIONS)
+
+
+def _parse(body: memoryview, version: int, count: int) -> Snapshot:
+    sections: dict[bytes, bytes] = {}
+    pos = _PREFIX.size
+    for _ in range(count):
+        if pos + _SECTION.size > len(body):
+            raise SnapshotError(f"it ends inside the table of its {count} sections")
+        tag, enc, stored, raw_len = _SECTION.unpack_from(body, pos)
+        pos += _SECTION.size
+        if pos + stored > len(body):
+            raise SnapshotError(f"section {tag!r} runs past the end of the file")
+        chunk = body[pos:pos + stored]
+        pos += stored
+        if enc == _RAW:
+            raw = bytes(chunk)
+        elif enc == _ZLIB:
+            d = zlib.decompressobj()
+            raw = d.decompress(chunk, raw_len + 1)
+            if not d.eof or d.unused_data:
+                raise SnapshotError(f"section {tag!r} is not one complete zlib stream")
+        else:
+            raise SnapshotError(f"section {tag!r} has unknown encoding {enc}")
+        if len(raw) != raw_len:
+            raise SnapshotError(f"section {tag!r} decodes to {len(raw)} bytes, not {raw_len}")
+        if tag in sections:
+            raise SnapshotError(f"section {tag!r} appears twice")
+        sections[tag] = raw
+    if pos != len(body):
+        raise SnapshotError("there are stray bytes after the last section")
+    for tag in (b"HEAD", b"CPU0", b"L0RG", b"RAMR", b"RAMD", b"MACH"):
+        if tag not in sections:
+            raise SnapshotError(f"section {tag.decode()} is missing")
+    head = _unjson(sections[b"HEAD"])
+    ram_size = _int(head["ram_size"])
+    if ram_size <= 0 or ram_size % PAGE or ram_size > _MAX_RAM:
+        raise SnapshotError(f"RAM size {ram_size:#x} is not a positive multiple of 4 KiB")
+    cpu = sections[b"CPU0"]
+    if len(cpu) != _int(head["context_size"]) or len(sections[b"L0RG"]) != _int(head["l0_size"]):
+        raise SnapshotError("the CPU or L0 section size disagrees with the header")
+    ram = _unsparse(ram_size, sections[b"RAMR"], sections[b"RAMD"])
+    mach = _unjson(sections[b"MACH"])
+    devices = [(str(n), dict(s)) for n, s in mach["devices"]]
+    extensions = {str(k): dict(v) for k, v in dict(mach["extensions"]).items()}
+    cpuid = [[_int(x) for x in row] for row in mach["cpuid"]]
+    if any(len(row) != 6 for row in cpuid):
+        raise SnapshotError("a CPUID row does not have six values")
+    return Snapshot(ram_size=ram_size, ram=ram, l0=sections[b"L0RG"], cpu=cpu,
+                    msrs={int(k, 16): _int(v) for k, v in dict(mach["msrs"]).items()},
+                    tsc=_int(mach["tsc"]), cpuid=cpuid, devices=devices, extensions=extensions,
+                    unicorn_version=str(head["unicorn"]), format_version=version)
+
+
+def _int(v: Any) -> int:
+    if type(v) is not int:
+        raise SnapshotError(f"expected an integer, found {type(v).__name__}")
+    return v
+
+
+def _sparse(ram: bytes | bytearray) -> tuple[list[tuple[int, int]], bytes]:
+    """Runs of non-zero pages and their bytes: zero chunks are skipped by one memcmp each."""
+    mv = memoryview(ram)
+    runs: list[tuple[int, int]] = []
+    parts: list[bytes] = []
+    size = len(ram)
+    for base in range(0, size, _CHUNK):
+        end = min(base + _CHUNK, size)
+        if ram[base:end] == _ZERO_CHUNK[:end - base]:
+            continue
+        for addr in range(base, end, PAGE):
+            if ram[addr:addr + PAGE] == _ZERO_PAGE:
+                continue
+            page = addr // PAGE
+            if runs and runs[-1][0] + runs[-1][1] == page:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            else:
+                runs.append((page, 1))
+    for first, count in runs:
+        parts.append(mv[first * PAGE:(first + count) * PAGE])
+    return runs, b"".join(parts)
+
+
+def _unsparse(ram_size: int, runs_raw: bytes, pages: bytes) -> bytearray:
+    if len(runs_raw) % _RUN.size:
+        raise SnapshotError("the RAM page table has a partial entry")
+    ram = bytearray(ram_size)
+    pos = 0
+    limit = ram_size // PAGE
+    for first, count in _RUN.iter_unpack(runs_raw):
+        if count == 0 or first + count > limit:
+            raise SnapshotError(f"RAM pages {first:#x}+{count:#x} lie outside the RAM size")
+        n = count * PAGE
+        if pos + n > len(pages):
+            raise SnapshotError("the RAM data is shorter than its page table says")
+        ram[first * PAGE:first * PAGE + n] = pages[pos:pos + n]
+        pos += n
+    if pos != len(pages):
+        raise SnapshotError("the RAM data is longer than its page table says")
+    return ram  # a bytearray: restore copies from it, and converting would cost another copy
+
+
+# ---- JSON with bytes ------------------------------------------------------------------------------
+# Extension sections are plain data; bytes (cached VMCB areas and the like) are tagged so they come
+# back as bytes rather than as a string the extension would have to recognise.
+
+def _encode_value(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {_BYTES_TAG: bytes(v).hex()}
+    if isinstance(v, dict):
+        return {str(k): _encode_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_encode_value(x) for x in v]
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    raise TypeError(f"snapshot state holds a {type(v).__name__}, which is not plain data")
+
+
+def _decode_value(v: Any) -> Any:
+    if isinstance(v, dict):
+        if len(v) == 1 and _BYTES_TAG in v:
+            return bytes.fromhex(v[_BYTES_TAG])
+        return {k: _decode_value(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode_value(x) for x in v]
+    return v
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(_encode_value(obj), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _unjson(raw: bytes) -> Any:
+    return _decode_value(json.loads(raw.decode("utf-8")))

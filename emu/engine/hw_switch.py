@@ -1,0 +1,323 @@
+"""Unicorn's saved CPU context, read and patched in place.
+
+Unicorn gives no API for segment descriptor caches, hidden flags, the pending error code or the
+SVM state of its CPU, yet exception delivery and world switches must change all of them at once.
+We therefore edit the `uc_context` blob (QEMU 5.0's CPUX86State as compiled into unicorn 2.1.4)
+and restore it. The offsets below are pinned to unicorn==2.1.4 and verified by `self_check()` when
+a machine starts, so a different build fails loudly instead of corrupting guest state.
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+
+import unicorn
+from unicorn import Uc
+from unicorn.unicorn_py3 import unicorn as _binding
+from unicorn.x86_const import UC_X86_REG_RIP, UC_X86_REG_R13
+
+from emu.arch.bits import CR4_PAE, EFER_LMA, EFER_NXE
+
+PINNED_UNICORN = "2.1.4"
+
+# offsetof(struct uc_context, data) on x86-64.
+_DATA_OFF = 40
+
+# CPUX86State offsets (QEMU 5.0 layout inside unicorn 2.1.4).
+OFF_REGS = 0            # 16 x u64
+OFF_RAX = OFF_REGS
+OFF_RCX = OFF_REGS + 1 * 8
+OFF_RSP = OFF_REGS + 4 * 8
+OFF_EIP = 128
+OFF_EFLAGS = 136
+OFF_HFLAGS = 176
+OFF_HFLAGS2 = 180
+OFF_SEGS = 184          # ES CS SS DS FS GS, then LDT TR GDT IDT; 24 bytes each
+SEG_SIZE = 24
+OFF_CR = OFF_SEGS + 10 * SEG_SIZE   # cr[0..4], u64 each
+OFF_CR2 = OFF_CR + 2 * 8
+OFF_EFER = 592
+OFF_VM_HSAVE = 4832
+OFF_ERROR_CODE = 5384
+OFF_DR = 5400            # dr[0..7], u64 each
+OFF_VM_VMCB = 5504
+OFF_INTERCEPT = 5520
+OFF_INTERCEPT_CRDR = 5528   # u16 each: CR read, CR write, DR read, DR write
+OFF_INTERCEPT_DR_WRITE = OFF_INTERCEPT_CRDR + 6
+OFF_INTERCEPT_EXC = 5536
+OFF_NESTED_CR3 = 5544
+OFF_NESTED_PG_MODE = 5552
+OFF_V_TPR = 5556         # u8: what MOV CR8 writes; what it reads under HF2_VINTR
+
+ES, CS, SS, DS, FS, GS, LDTR, TR, GDTR, IDTR = range(10)
+SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr", "gdtr", "idtr")
+
+# QEMU hidden-flag bits that depend on segment and control state.
+HF_CPL_MASK = 3
+HF_INHIBIT_IRQ = 1 << 3
+HF_MP = 1 << 9
+HF_EM = 1 << 10
+HF_TS = 1 << 11
+HF_SVME = 1 << 20
+HF_OSFXSR = 1 << 22
+HF_SMAP = 1 << 23
+HF_IOBPT = 1 << 24       # translate I/O instructions with a call to the I/O-breakpoint helper
+HF2_GIF = 1 << 0
+HF2_NMI = 1 << 2        # NMIs blocked: set by NMI delivery, cleared by IRET
+HF2_VINTR = 1 << 3      # V_INTR_MASKING in effect: CR8 reads V_TPR
+HF2_NPT = 1 << 6
+# How Unicorn's nested walk reads the host paging mode (set from L1's state at VMRUN).
+NPT_MODE_PAE, NPT_MODE_LMA, NPT_MODE_NXE = 1 << 0, 1 << 1, 1 << 2
+
+
+def nested_pg_mode(host_cr4: int, host_efer: int) -> int:
+    """The NPT_MODE_* bits Unicorn's nested walk reads, from the host's (L1's) CR4 and EFER at
+    VMRUN."""
+    return ((NPT_MODE_PAE if host_cr4 & CR4_PAE else 0)
+            | (NPT_MODE_LMA if host_efer & EFER_LMA else 0)
+            | (NPT_MODE_NXE if host_efer & EFER_NXE else 0))
+HF_CS32 = 1 << 4
+HF_SS32 = 1 << 5
+HF_ADDSEG = 1 << 6
+HF_PE = 1 << 7
+HF_LMA = 1 << 14
+HF_CS64 = 1 << 15
+HF_GUEST = 1 << 21
+
+# Descriptor-cache flag bits (the descriptor's high dword, as QEMU keeps it).
+DESC_TYPE_SHIFT = 8
+DESC_S = 1 << 12
+DESC_DPL_SHIFT = 13
+DESC_P = 1 << 15
+DESC_L = 1 << 21
+DESC_B = 1 << 22
+DESC_G = 1 << 23
+DESC_FLAG_MASK = 0x00F0FF00
+
+_SEG = struct.Struct("<I4xQII")   # selector, base, limit, flags
+
+
+@dataclass
+class Segment:
+    """A segment register with its hidden part, in descriptor-cache form."""
+    selector: int
+    base: int
+    limit: int
+    flags: int
+
+    @property
+    def dpl(self) -> int:
+        return (self.flags >> DESC_DPL_SHIFT) & 3
+
+    @property
+    def vmcb_attrib(self) -> int:
+        """The 12-bit packed attribute form the VMCB uses."""
+        return ((self.flags >> 8) & 0xFF) | ((self.flags >> 12) & 0xF00)
+
+    @classmethod
+    def from_vmcb(cls, selector: int, attrib: int, limit: int, base: int) -> "Segment":
+        return cls(selector, base, limit, ((attrib & 0xFF) << 8) | ((attrib & 0xF00) << 12))
+
+    @classmethod
+    def from_descriptor(cls, selector: int, raw: int) -> "Segment":
+        """Decode an 8-byte GDT/LDT descriptor (base/limit expanded as the CPU caches them)."""
+        lo, hi = raw & 0xFFFFFFFF, raw >> 32
+        base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
+        limit = (lo & 0xFFFF) | (hi & 0xF0000)
+        if hi & DESC_G:
+            limit = (limit << 12) | 0xFFF
+        return cls(selector, base, limit, hi & DESC_FLAG_MASK)
+
+
+class UnsupportedUnicorn(RuntimeError):
+    """The installed unicorn is not the build whose context layout we rely on."""
+
+
+class Context:
+    """One reusable saved context and a writable view of its bytes.
+
+    Reusing a single `UcContext` (context_update, not context_save) keeps the switch path free of
+    allocation; the view lets struct.pack_into patch fields without copying the ~6 KiB blob.
+    """
+
+    def __init__(self, uc: Uc) -> None:
+        self.uc = uc
+        self.ctx = uc.context_save()
+        # The binding's context_update/restore wrap these two C calls; called directly they
+        # cost one Python call less each, and the world switch makes several.
+        uch, blob, lib = uc._uch, self.ctx.context, _binding.uclib
+        self._save = lambda: lib.uc_context_save(uch, blob)
+        self._restore = lambda: lib.uc_context_restore(uch, blob)
+        addr = self.ctx.context.value
+        size = struct.unpack("<Q", ctypes.string_at(addr, 8))[0]
+        self.view = memoryview((ctypes.c_char * size).from_address(addr + _DATA_OFF)).cast("B")
+
+    def save(self) -> "Context":
+        self._save()
+        return self
+
+    def restore(self) -> None:
+        self._restore()
+
+    def set_rip(self, rip: int) -> None:
+        """Move RIP from inside a hook. `reg_write(RIP)` there would also set Unicorn's
+        skip_sync_pc_on_exit for the rest of `emu_start`, after which IN/OUT and memory hooks
+        see a stale RIP; writing the saved context's copy does not."""
+        self.save()
+        self.set_u64(OFF_EIP, rip)
+        self.restore()
+
+    # ---- fields -------------------------------------------------------------------------
+    def u32(self, off: int) -> int:
+        return struct.unpack_from("<I", self.view, off)[0]
+
+    def u64(self, off: int) -> int:
+        return struct.unpack_from("<Q", self.view, off)[0]
+
+    def set_u32(self, off: int, value: int) -> None:
+        struct.pack_into("<I", self.view, off, value & 0xFFFFFFFF)
+
+    def set_u64(self, off: int, value: int) -> None:
+        struct.pack_into("<Q", self.view, off, value & 0xFFFFFFFFFFFFFFFF)
+
+    @property
+    def hflags(self) -> int:
+        return self.u32(OFF_HFLAGS)
+
+    @property
+    def cpl(self) -> int:
+        return self.u32(OFF_HFLAGS) & HF_CPL_MASK
+
+    @property
+    def error_code(self) -> int:
+        """The error code / EXITINFO1 of the event that reached the INTR hook."""
+        return self.u32(OFF_ERROR_CODE)
+
+    def cr(self, n: int) -> int:
+        return self.u64(OFF_CR + 8 * n)
+
+    @property
+    def efer(self) -> int:
+        return self.u64(OFF_EFER)
+
+    def seg(self, index: int) -> Segment:
+        return Segment(*_SEG.unpack_from(self.view, OFF_SEGS + index * SEG_SIZE))
+
+    def set_seg(self, index: int, seg: Segment) -> None:
+        _SEG.pack_into(self.view, OFF_SEGS + index * SEG_SIZE, seg.selector, seg.base,
+                       seg.limit & 0xFFFFFFFF, seg.flags)
+
+    def mode_bits(self) -> int:
+        """16, 32 or 64: the operand-size mode code is executing in."""
+        hf = self.hflags
+        if hf & HF_CS64:
+            return 64
+        return 32 if hf & HF_CS32 else 16
+
+    def load_control_hflags(self, cr0: int, cr4: int, efer: int, cpl: int) -> None:
+        """Set the hidden flags that follow from CR0/CR4/EFER and CPL, as loading them whole
+        (a world switch) does; segment-derived bits are recomputed after."""
+        hf = self.hflags & ~(HF_CPL_MASK | HF_INHIBIT_IRQ | HF_PE | HF_MP | HF_EM | HF_TS | HF_LMA
+                             | HF_SVME | HF_OSFXSR | HF_SMAP)
+        hf |= cpl & 3
+        if cr0 & 1:
+            hf |= HF_PE
+        hf |= ((cr0 >> 1) & 7) * HF_MP     # MP, EM, TS are CR0 bits 1..3, HF bits 9..11
+        if efer & (1 << 10):
+            hf |= HF_LMA
+        if efer & (1 << 12):
+            hf |= HF_SVME
+        if cr4 & (1 << 9):
+            hf |= HF_OSFXSR
+        if cr4 & (1 << 21):
+            hf |= HF_SMAP
+        self.set_u32(OFF_HFLAGS, hf)
+        self.set_u64(OFF_CR + 0, cr0)
+        self.set_u64(OFF_CR + 32, cr4)
+        self.set_u64(OFF_EFER, efer)
+
+    def recompute_hflags(self, cpl: int | None = None) -> None:
+        """Derive CPL, CS32/SS32/CS64 and ADDSEG from the segment caches, as a real segment load
+        would; needed after patching CS/SS behind Unicorn's back. A world switch passes the CPL it
+        loads (the VMCB's), which then wins over SS.DPL."""
+        hf = self.hflags & ~(HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_CS64 | HF_ADDSEG)
+        cs, ss = self.seg(CS), self.seg(SS)
+        cr0 = self.cr(0)
+        hf |= (ss.dpl if cr0 & 1 else 0) if cpl is None else cpl
+        if hf & HF_LMA and cs.flags & DESC_L:
+            hf |= HF_CS32 | HF_SS32 | HF_CS64
+        else:
+            if cs.flags & DESC_B:
+                hf |= HF_CS32
+            if ss.flags & DESC_B:
+                hf |= HF_SS32
+            eflags_vm = self.u64(OFF_EFLAGS) & (1 << 17)
+            if not (cr0 & 1) or eflags_vm or not (hf & HF_CS32):
+                hf |= HF_ADDSEG
+            elif self.seg(DS).base | self.seg(ES).base | ss.base:
+                hf |= HF_ADDSEG
+        self.set_u32(OFF_HFLAGS, hf)
+
+
+_TLB_FLUSH = (unicorn.unicorn_const.UC_CTL_IO_WRITE << 30) | unicorn.unicorn_const.UC_CTL_TLB_FLUSH
+_uclib = _binding.uclib
+
+
+def flush_tlb(uc: Uc) -> None:
+    """Drop every cached translation (the binding has no wrapper for UC_CTL_TLB_FLUSH, and its
+    generic `ctl` costs several Python calls, so uc_ctl is called directly).
+
+    Needed whenever CR3, paging mode or nested paging change behind Unicorn's back (world
+    switches, INVLPGA, context restores): the softmmu TLB is not tagged by address space."""
+    _uclib.uc_ctl(uc._uch, _TLB_FLUSH)
+
+
+def self_check(uc: Uc) -> None:
+    """Prove the pinned offsets against the running library before trusting them."""
+    if unicorn.__version__ != PINNED_UNICORN:
+        raise UnsupportedUnicorn(
+            f"svmemu needs unicorn=={PINNED_UNICORN} (found {unicorn.__version__}): "
+            "its saved-context layout is part of our hardware model")
+    old_rip, old_r13 = uc.reg_read(UC_X86_REG_RIP), uc.reg_read(UC_X86_REG_R13)
+    uc.reg_write(UC_X86_REG_RIP, 0x1234_5678_9ABC)
+    uc.reg_write(UC_X86_REG_R13, 0x0BAD_F00D_CAFE)
+    ctx = Context(uc).save()
+    ok = ctx.u64(OFF_EIP) == 0x1234_5678_9ABC and ctx.u64(OFF_REGS + 13 * 8) == 0x0BAD_F00D_CAFE
+    uc.reg_write(UC_X86_REG_RIP, old_rip)
+    uc.reg_write(UC_X86_REG_R13, old_r13)
+    if not ok:
+        raise UnsupportedUnicorn("unicorn's saved-context layout differs from the pinned 2.1.4 layout")
+
+
+class RegBatch:
+    """A fixed set of registers read or written in one C call with prebuilt ctypes arrays.
+
+    The binding's reg_read_batch costs ~1.5 us per register in Python overhead (measured 9 us
+    for six); this costs ~0.5 us for the batch, which matters on the world-switch path."""
+
+    def __init__(self, uc: Uc, regs: list[int]) -> None:
+        from unicorn.unicorn_py3 import unicorn as lib
+        self._uclib = lib.uclib
+        self._uch = uc._uch
+        n = self.n = len(regs)
+        self._ids = (ctypes.c_int * n)(*regs)
+        self._vals = (ctypes.c_uint64 * n)()
+        base = ctypes.addressof(self._vals)
+        self._ptrs = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
+        # The value array moves through one Struct call: item by item through ctypes costs
+        # ~0.2 us per register, and the world switch moves two batches each way.
+        self._packed = struct.Struct(f"<{n}Q")
+        self._read_args = self._write_args = (self._uch, self._ids, self._ptrs, n)
+
+    def read(self) -> tuple[int, ...]:
+        self._uclib.uc_reg_read_batch(*self._read_args)
+        return self._packed.unpack_from(self._vals)
+
+    def write(self, *values: int) -> None:
+        """Write all n registers (values in the order given at construction)."""
+        try:
+            self._packed.pack_into(self._vals, 0, *values)
+        except struct.error:      # negative or wider than 64 bits: as the register holds it
+            self._packed.pack_into(self._vals, 0, *[v & 0xFFFFFFFFFFFFFFFF for v in values])
+        self._uclib.uc_reg_write_batch(*self._write_args)

@@ -1,0 +1,266 @@
+"""Replaying recorded exit handling in C (emu/engine/replay.c), so that a repeated world switch never
+reaches Python.
+
+The machine's exits arrive through one UC_HOOK_INTR. With the engine installed, that hook is C: it
+looks up the *program* recorded for the exit's number and runs it. A program is two parts:
+
+- guards: byte comparisons over the CPU context blob, guest RAM and L0 buffers, and one over the
+  engine's `state` word. They must pin down everything the Python handler would read, so that
+  the handler would do exactly what it did when the program was recorded;
+- effects, after `commit()`: copies (from the context, guest RAM, constants recorded from the
+  slow path's result), register reads/writes Unicorn does not keep in the blob (RFLAGS, DR6,
+  DR7), a context restore and a TLB flush.
+
+If a guard fails, nothing has changed and the exit goes to the Python hook as before. Programs
+are built by whoever owns the semantics (svm_ext/fast_switch.py for nested SVM); this module only
+runs them and keeps Python's view in step (`seq`: bumped by each replay, so Python code that
+mirrors CPU-side state knows to refresh it before it looks).
+
+The `state` word is how a chain of replays stays exact without Python: a recorder sets it to an
+id of the Python-side state it left behind, each program guards on the id it was recorded from and
+sets the id it leaves; the machine clears it (to 0, no program matches) whenever Python runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from typing import Callable
+
+from unicorn import Uc
+from unicorn.unicorn_const import UC_HOOK_INTR
+from unicorn.unicorn_py3 import unicorn as _binding
+
+from emu.engine.hw_switch import _TLB_FLUSH, Context
+
+OP_END, OP_CMP, OP_EQ64, OP_COMMIT, OP_COPY, OP_SET64, OP_ADD64, OP_SAVE, OP_RESTORE, OP_FLUSH, \
+    OP_REGREAD, OP_REGWRITE = range(12)
+N_INTNO = 0x600
+PER_INTNO = 4
+MASK64 = (1 << 64) - 1
+
+_OP_SIZE = 32
+_INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
+
+
+class _Op(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint32), ("len", ctypes.c_uint32),
+                ("a", ctypes.c_uint64), ("b", ctypes.c_uint64), ("c", ctypes.c_uint64)]
+
+
+class _Engine(ctypes.Structure):
+    _fields_ = [("uc", ctypes.c_void_p), ("ctx", ctypes.c_void_p),
+                ("save", ctypes.c_void_p), ("restore", ctypes.c_void_p),
+                ("reg_read", ctypes.c_void_p), ("reg_write", ctypes.c_void_p),
+                ("ctl", ctypes.c_void_p), ("flush_control", ctypes.c_int64),
+                ("fallback", ctypes.c_void_p),
+                ("enabled", ctypes.c_uint64), ("replays", ctypes.c_uint64),
+                ("fallbacks", ctypes.c_uint64), ("seq", ctypes.c_uint64),
+                ("state", ctypes.c_uint64),
+                ("programs", (ctypes.c_void_p * PER_INTNO) * N_INTNO)]
+
+
+_OP = struct.Struct("<IIQQQ")      # struct op, packed in one call per op (ctypes fields cost more)
+assert ctypes.sizeof(_Op) == _OP_SIZE == _OP.size
+
+
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get("SVMEMU_REPLAY", "1") == "0":
+        return None
+    try:
+        from emu.engine import _replay  # built by setup.py (pip install)
+    except ImportError:
+        return None
+    lib = ctypes.CDLL(_replay.__file__)
+    lib.replay_intr.restype = None
+    return lib
+
+
+_LIB = _load()
+
+
+def available() -> bool:
+    """Whether the C engine was built (pip install builds it; without it svmemu runs the same,
+    with every exit in Python)."""
+    return _LIB is not None
+
+
+class Program:
+    """A program under construction. Addresses are absolute host addresses (see Engine.ram)."""
+
+    def __init__(self) -> None:
+        self._ops: list[tuple[int, int, int, int, int]] = []
+        self._consts = bytearray()             # the bytes ops compare with or copy from ...
+        self._const_ops: list[int] = []        # ... for these ops, whose b is an offset in it
+        self._committed = False
+
+    def _add(self, code: int, length: int = 0, a: int = 0, b: int = 0, c: int = 0) -> "Program":
+        if code in (OP_CMP, OP_EQ64) and self._committed:
+            raise ValueError("a guard after commit() could fail after effects")
+        self._ops.append((code, length, a & MASK64, b & MASK64, c & MASK64))
+        return self
+
+    def _add_const(self, code: int, addr: int, data: bytes) -> "Program":
+        self._const_ops.append(len(self._ops))
+        self._add(code, len(data), addr, len(self._consts))
+        self._consts += data
+        return self
+
+    # guards
+    def same(self, addr: int, expected: bytes) -> "Program":
+        """The len(expected) bytes at addr still equal `expected`."""
+        return self._add_const(OP_CMP, addr, expected) if expected else self
+
+    def eq64(self, addr: int, value: int, mask: int = MASK64) -> "Program":
+        return self._add(OP_EQ64, 0, addr, value & mask, mask)
+
+    def commit(self) -> "Program":
+        self._committed = True
+        return self._add(OP_COMMIT)
+
+    # effects
+    def copy(self, dst: int, src: int, n: int) -> "Program":
+        return self._add(OP_COPY, n, dst, src)
+
+    def write(self, dst: int, data: bytes) -> "Program":
+        return self._add_const(OP_COPY, dst, data) if data else self
+
+    def set64(self, dst: int, value: int) -> "Program":
+        return self._add(OP_SET64, 0, dst, value)
+
+    def add64(self, dst: int, inc: int) -> "Program":
+        return self._add(OP_ADD64, 0, dst, inc)
+
+    def save(self) -> "Program":
+        return self._add(OP_SAVE)
+
+    def restore(self) -> "Program":
+        return self._add(OP_RESTORE)
+
+    def flush_tlb(self) -> "Program":
+        return self._add(OP_FLUSH)
+
+    def reg_read(self, dst: int, reg: int) -> "Program":
+        return self._add(OP_REGREAD, 0, dst, reg)
+
+    def reg_write(self, src: int, reg: int) -> "Program":
+        return self._add(OP_REGWRITE, 0, src, reg)
+
+    def build(self) -> "_Built":
+        if not self._committed:
+            raise ValueError("a program needs commit() between its guards and its effects")
+        consts = ctypes.create_string_buffer(bytes(self._consts), len(self._consts) or 1)
+        base, ops = ctypes.addressof(consts), list(self._ops)
+        for i in self._const_ops:
+            code, length, a, b, c = ops[i]
+            ops[i] = (code, length, a, base + b, c)
+        array = (_Op * (len(ops) + 1))()
+        ctypes.memmove(array, b"".join([_OP.pack(*op) for op in ops]), _OP_SIZE * len(ops))
+        return _Built(array, consts)
+
+
+class _Built:
+    def __init__(self, ops: ctypes.Array, consts: ctypes.Array) -> None:
+        self.ops, self.consts = ops, consts        # kept alive while C may read them
+        self.address = ctypes.addressof(ops)
+
+
+class Engine:
+    """The C hook, its programs and the buffers they use. One per machine."""
+
+    def __init__(self, uc: Uc, ctx: Context, ram_addr: int, ram_size: int,
+                 python_hook: Callable[[int, int, int], None]) -> None:
+        """`python_hook(uc_handle, intno, user)` gets every exit no program took (called
+        from C through ctypes: it must not raise)."""
+        assert _LIB is not None
+        self.uc, self.ram, self.ram_size = uc, ram_addr, ram_size
+        lib = _binding.uclib
+        e = self._e = _Engine()
+        e.uc = uc._uch.value
+        e.ctx = ctx.ctx.context.value
+        for name in ("save", "restore"):
+            setattr(e, name, ctypes.cast(getattr(lib, f"uc_context_{name}"), ctypes.c_void_p).value)
+        e.reg_read = ctypes.cast(lib.uc_reg_read, ctypes.c_void_p).value
+        e.reg_write = ctypes.cast(lib.uc_reg_write, ctypes.c_void_p).value
+        e.ctl = ctypes.cast(lib.uc_ctl, ctypes.c_void_p).value
+        e.flush_control = _TLB_FLUSH
+        self._fallback = _INTR_CB(python_hook)
+        e.fallback = ctypes.cast(self._fallback, ctypes.c_void_p).value
+        e.enabled = 1
+        self._programs: dict[int, list[_Built]] = {}
+        self.blob = ctx.ctx.context.value + 40        # the CPU state inside the context (hw_switch)
+        self._state = ctypes.c_uint64.from_address(ctypes.addressof(e) + _Engine.state.offset)
+        # The two words Python checks on every entry (Machine.replay_sync), as direct handles.
+        self.seq_word = ctypes.c_uint64.from_address(ctypes.addressof(e) + _Engine.seq.offset)
+        self.state_word = self._state
+        hook = ctypes.c_size_t()
+        err = lib.uc_hook_add(uc._uch, ctypes.byref(hook), UC_HOOK_INTR,
+                              ctypes.cast(_LIB.replay_intr, ctypes.c_void_p),
+                              ctypes.c_void_p(ctypes.addressof(e)), ctypes.c_uint64(1),
+                              ctypes.c_uint64(0))
+        if err:
+            raise RuntimeError(f"uc_hook_add for the replay engine failed: {err}")
+        self.hook = hook.value
+
+    # the engine's words
+    @property
+    def enabled(self) -> bool:
+        return bool(self._e.enabled)
+
+    @enabled.setter
+    def enabled(self, on: bool) -> None:
+        self._e.enabled = 1 if on else 0
+
+    @property
+    def seq(self) -> int:
+        return self._e.seq
+
+    @property
+    def replays(self) -> int:
+        return self._e.replays
+
+    @property
+    def fallbacks(self) -> int:
+        return self._e.fallbacks
+
+    def add_program(self, intno: int, program: Program) -> None:
+        """Try `program` first for exit `intno`; the oldest of PER_INTNO is forgotten."""
+        kept = self._programs.setdefault(intno, [])
+        kept.insert(0, program.build())
+        del kept[PER_INTNO:]
+        self._publish(intno)
+
+    def _publish(self, intno: int) -> None:
+        kept = self._programs.get(intno, [])
+        slots = self._e.programs[intno]
+        for i in range(PER_INTNO):
+            slots[i] = kept[i].address if i < len(kept) else None
+
+    def clear(self) -> None:
+        for intno in list(self._programs):
+            del self._programs[intno]
+            self._publish(intno)
+        self.state = 0
+
+    # addresses for programs
+    def ram_addr(self, pa: int, n: int) -> int | None:
+        """Host address of guest-physical [pa, pa+n), or None outside RAM."""
+        return self.ram + pa if 0 <= pa and pa + n <= self.ram_size else None
+
+    @staticmethod
+    def buffer(n: int) -> tuple[ctypes.Array, int]:
+        """A buffer programs may read and write; the caller keeps the array alive."""
+        buf = (ctypes.c_ubyte * n)()
+        return buf, ctypes.addressof(buf)
+
+    @property
+    def state(self) -> int:
+        return self._state.value
+
+    @state.setter
+    def state(self, value: int) -> None:
+        self._state.value = value
+
+    @property
+    def state_addr(self) -> int:
+        return ctypes.addressof(self._state)

@@ -1,0 +1,130 @@
+"""`monitor ...` commands of the gdb stub: the machine's view that gdb itself has no words for.
+
+Each command reads state and returns text; none changes what the guest will do, except
+`break-on`, which only decides where the debugger stops. World-specific knowledge comes from the
+extension interface (`world_summary`, `control_block`, `last_exit`, `world_paging`).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from emu.arch import paging
+from emu.errors import SvmemuError
+from emu.engine.hostvm import MAXPHYADDR
+from emu.tools.memquery import NotMapped, effective_memtype, world_paging
+
+if TYPE_CHECKING:
+    from emu.tools.gdb.stub import GdbStub
+    from emu.core.machine import Machine
+
+_LEVEL_NAMES = {4: "PML4E", 3: "PDPE", 2: "PDE", 1: "PTE"}
+BREAK_EVENTS = ("vmrun", "vmexit")
+
+
+class Monitor:
+    def __init__(self, machine: "Machine", stub: "GdbStub") -> None:
+        self.m = machine
+        self.stub = stub
+        self.commands: dict[str, tuple[Callable[[list[str]], str], str]] = {
+            "help": (self.help, "this list"),
+            "world": (self.world, "which world runs (L1/L2) and what defines it"),
+            "vmcb": (self.vmcb, "the current (or last) nested guest's control block, by field"),
+            "npt-walk": (self.npt_walk, "GPA: the nested page walk of a guest-physical address"),
+            "memtype": (self.memtype, "VA [L1|L2]: the memory type an access to VA gets, and why"),
+            "break-on": (self.break_on, "vmrun|vmexit|off ...: also stop right after world switches"),
+        }
+
+    def add(self, name: str, handler: Callable[[list[str]], str], doc: str) -> None:
+        """Commands that live in other modules (reverse execution) register here."""
+        self.commands[name] = (handler, doc)
+
+    def execute(self, line: str) -> str:
+        words = line.split()
+        if not words:
+            return self.help([])
+        entry = self.commands.get(words[0])
+        if entry is None:
+            return f"unknown monitor command {words[0]!r}; try 'monitor help'"
+        try:
+            return entry[0](words[1:])
+        except (SvmemuError, ValueError) as e:
+            return f"error: {e}"
+
+    # ---- commands ---------------------------------------------------------------------------
+    def help(self, args: list[str]) -> str:
+        width = max(len(n) for n in self.commands)
+        return "\n".join(f"{n.ljust(width)}  {doc}" for n, (_, doc) in self.commands.items())
+
+    def world(self, args: list[str]) -> str:
+        for ext in self.m.extensions:
+            return ext.world_summary()
+        return f"{self.m.level()} running (no extension: there is no nested guest)"
+
+    def vmcb(self, args: list[str]) -> str:
+        fields: list[tuple[str, int]] = []
+        for ext in self.m.extensions:
+            fields = ext.control_block()
+            if fields:
+                break
+        if not fields:
+            return "no nested guest has been entered yet"
+        width = max(len(n) for n, _ in fields)
+        return "\n".join(f"{n.ljust(width)} = {v:#x}" for n, v in fields)
+
+    def npt_walk(self, args: list[str]) -> str:
+        if len(args) != 1:
+            raise SvmemuError("usage: monitor npt-walk GPA")
+        gpa = _number(args[0])
+        try:
+            view = world_paging(self.m, "L2")
+        except SvmemuError:
+            return "no nested guest has been entered yet, so there is no nested page table"
+        if view.ncr3 is None:
+            return "the nested guest runs without nested paging (NP_ENABLE=0)"
+        mem = self.m.mem
+        lines = [f"nested walk of gpa {gpa:#x} from nCR3 {view.ncr3:#x}"]
+        try:
+            t = paging.walk_nested(mem.read_u64, view.ncr3, gpa, paging.READ, host=view.host_regs,
+                                   read_u32=mem.read_u32, maxphyaddr=MAXPHYADDR)
+        except paging.NestedFault as nf:
+            lines += _steps(nf.walk)
+            lines.append(f"-> #VMEXIT(NPF) exitinfo1 {nf.exitinfo1:#x}: {nf}")
+            return "\n".join(lines)
+        lines += _steps(t.walk)
+        rights = ("U" if t.user else "S") + ("W" if t.writable else "R") + ("-NX" if t.nx else "")
+        lines.append(f"-> spa {t.pa:#x} ({t.page_size >> 10} KiB page, {rights}, "
+                     f"PAT index {t.pat_index})")
+        return "\n".join(lines)
+
+    def memtype(self, args: list[str]) -> str:
+        if not 1 <= len(args) <= 2:
+            raise SvmemuError("usage: monitor memtype VA [L1|L2]")
+        world = args[1] if len(args) == 2 else "current"
+        try:
+            return effective_memtype(self.m, _number(args[0]), world).describe()
+        except NotMapped as e:
+            return str(e)
+
+    def break_on(self, args: list[str]) -> str:
+        if not args:
+            return "stopping on: " + (", ".join(sorted(self.stub.break_on)) or "no world switch")
+        for word in args:
+            if word == "off":
+                self.stub.break_on.clear()
+            elif word in BREAK_EVENTS:
+                self.stub.break_on.add(word)
+            else:
+                raise SvmemuError(f"break-on takes {', '.join(BREAK_EVENTS)} or off, not {word!r}")
+        return "stopping on: " + (", ".join(sorted(self.stub.break_on)) or "no world switch")
+
+
+def _number(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise SvmemuError(f"{text!r} is not a number (write hex as 0x...)")
+
+
+def _steps(walk: tuple[paging.WalkStep, ...]) -> list[str]:
+    return [f"  {_LEVEL_NAMES.get(s.level, f'level {s.level}'):5} at spa {s.addr:#x} = "
+            f"{s.value:#018x}" for s in walk]
