@@ -346,3 +346,42 @@ def test_this_process_runs_on_the_engine_it_chose():
     assert eng.kind == loader.select().kind
     if os.environ.get(loader.ENV) == "patched":
         assert eng.kind == "patched"
+
+
+def test_without_a_built_engine_svmemu_falls_back_to_stock_and_says_so_once(tmp_path):
+    """What a machine without cmake or a compiler gets: no library in the cache, SVMEMU_ENGINE
+    unset (auto): the stock wheel runs the guest, with one line on stderr."""
+    env = dict(os.environ, SVMEMU_CACHE_DIR=str(tmp_path))
+    env.pop("SVMEMU_ENGINE", None)
+    env.pop("LIBUNICORN_PATH", None)
+    r = subprocess.run([sys.executable, "-m", "emu.cli", "run", "guests/hello.S"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.count("running on the stock unicorn 2.1.4 wheel (the patched engine is "
+                          "not built)") == 1, r.stderr
+
+
+def test_engine_build_without_tools_fails_in_one_line_and_install_goes_on(monkeypatch, tmp_path,
+                                                                        capsys):
+    monkeypatch.setenv("SVMEMU_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)
+    with pytest.raises(build.BuildError, match="missing cmake, make, a C compiler"):
+        build.build()
+    assert build.build_engine(optional=True) is None
+    assert "will run on the stock unicorn engine" in capsys.readouterr().err
+
+
+def test_patches_apply_exactly_or_not_at_all(tmp_path):
+    """The applier used by the build (no patch/git needed): a hunk whose context does not match
+    stops the build instead of landing somewhere else."""
+    from emu.engine.unicorn_build.patching import PatchError, apply_patch
+    (tmp_path / "a").mkdir()
+    f = tmp_path / "a" / "x.c"
+    f.write_text("one\ntwo\nthree\n")
+    diff = ("header text\n\ndiff --git a/a/x.c b/a/x.c\n--- a/a/x.c\n+++ b/a/x.c\n"
+            "@@ -1,3 +1,3 @@\n one\n-two\n+TWO\n three\n")
+    apply_patch(diff, tmp_path)
+    assert f.read_text() == "one\nTWO\nthree\n"
+    with pytest.raises(PatchError, match="hunk 1 does not apply"):
+        apply_patch(diff, tmp_path)
+    assert f.read_text() == "one\nTWO\nthree\n"

@@ -203,7 +203,8 @@ def build_engine(optional: bool = True, jobs: int = 2) -> Path | None:
         return None
     try:
         return build(jobs=jobs, say=lambda m: print(m, file=sys.stderr))
-    except BuildError as e:
+    except (BuildError, OSError, subprocess.SubprocessError) as e:
+        # OSError: an unwritable cache, a full disk; the install must go on without the engine.
         if not optional:
             raise
         print(f"svmemu: warning: {e}; svmemu will run on the stock unicorn engine",
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(build(jobs=args.jobs, force=args.force,
                     say=lambda m: print(m, file=sys.stderr)))
-    except BuildError as e:
+    except (BuildError, OSError) as e:
         print(f"svmemu: error: {e}", file=sys.stderr)
         return 1
     return 0
