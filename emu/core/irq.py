@@ -111,7 +111,7 @@ class InterruptController:
             self._mapped = None
         if new is None:
             return
-        if new < self.m.ram_size:
+        if self.m.layout.overlaps(new, APIC_MMIO_SIZE):
             raise Unsupported(f"unsupported: APIC page moved to {new:#x}, inside RAM")
         try:
             uc.mmio_map(new, APIC_MMIO_SIZE, self._mmio_read, None, self._mmio_write, None)
