@@ -137,7 +137,7 @@ def _find_header(data: bytes, name: str) -> tuple[int, int]:
                      f"the first 8 KiB")
 
 
-def _aout(data: bytes, hdr: int, name: str) -> tuple[int, list[tuple[int, bytes]]]:
+def _aout(data: bytes, hdr: int, name: str, limit: int) -> tuple[int, list[tuple[int, bytes]]]:
     if hdr + 32 > len(data):
         raise ImageError(f"{name}: the multiboot header is truncated (a.out kludge fields missing)")
     header_addr, load_addr, load_end, bss_end, entry = struct.unpack_from("<5I", data, hdr + 12)
@@ -164,6 +164,9 @@ def _aout(data: bytes, hdr: int, name: str) -> tuple[int, list[tuple[int, bytes]
         if bss_end < load_addr + size:
             raise ImageError(f"{name}: multiboot bss_end_addr {bss_end:#x} is below the end of the "
                              f"loaded part {load_addr + size:#x}")
+        if bss_end > limit:              # checked before the bss is allocated
+            raise ImageError(f"{name}: multiboot bss_end_addr {bss_end:#x} lies outside RAM "
+                             f"(below 4 GiB it ends at {limit:#x})")
         blob += bytes(bss_end - load_addr - size)
     return entry, [(load_addr, blob)]
 
@@ -199,13 +202,13 @@ def parse_image(data: bytes, name: str, ram_size: int) -> BootImage:
         raise ImageError(f"{name}: this is a Linux kernel (boot protocol), not a multiboot image")
     hdr, flags = _find_header(data, name)
     if flags & FLAG_AOUT_KLUDGE:
-        entry, segments = _aout(data, hdr, name)
+        entry, segments = _aout(data, hdr, name, _ram_split(ram_size)[0])
     elif data[:4] != b"\x7fELF":
         raise ImageError(f"{name}: the multiboot header has no a.out kludge (flag 16) and the "
                          f"file is not ELF")
     else:
         from emu.loader.elf import load_elf
-        entry, segments = load_elf(data, name)
+        entry, segments = load_elf(data, name, _ram_split(ram_size)[0])
     segments = [(a, b) for a, b in segments if b]
     if not segments:
         raise ImageError(f"{name}: the image loads nothing")
