@@ -27,6 +27,7 @@ from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE, IoApic
 from emu.core.devices.kbc import KBC_IRQ, KeyboardController
 from emu.core.devices.pci import PM_BASE_DEFAULT, PciHost
 from emu.core.devices.pic import PicPair
+from emu.core.devices.apm import ApmControl
 from emu.core.devices.pit import PIT_IRQ, Pit8254
 from emu.core.devices.pm_timer import PmBlock
 from emu.core.devices.port92 import SystemPortA
@@ -71,7 +72,7 @@ class PcPlatform:
         self.pci = PciHost(m.reset_request, self._move_pm)
         self.pm.moved = self._move_pm
         for dev in (self.pic, self.pit, self.kbc, self.cmos, PostPort(), self.port92,
-                    PcTestdev(self.lines.set), self.pm, self.pci):
+                    PcTestdev(self.lines.set), self.pm, self.pci, ApmControl(self.pm)):
             m.add_device(dev)
         m.devices.append(self.ioapic)
 
