@@ -239,7 +239,7 @@ def memory_rows(tmp: Path, qemu: bool) -> tuple[list[list[str]], float]:
     for size in ("4G", "16G", "64G"):
         c = runners.child(SVMEMU_CLI + ["run", big, "-m", size, "-q"], 300, cwd=str(REPO))
         gib = int(size[:-1])
-        rows.append([f"bigmem.S: 3 qwords above 4 GiB written", f"{gib} GiB",
+        rows.append(["bigmem.S: 3 qwords above 4 GiB written", f"{gib} GiB",
                      f"{c.max_rss_kib / 1024:.0f} MiB",
                      f"{c.max_rss_kib * 1024 / (gib << 30):.4f}x"
                      + ("" if c.status == 1 else f" (status {c.status}!)"), "-"])
