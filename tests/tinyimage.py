@@ -64,6 +64,10 @@ class Image:
     entry: int
     segments: list[tuple[int, bytes]] = field(default_factory=list)
 
+    def span(self) -> tuple[int, int]:
+        """Where the image lies, as emu.loader.multiboot.BootImage.span (module placement)."""
+        return (min(a for a, _ in self.segments), max(a + len(b) for a, b in self.segments))
+
 
 HANDLERS = 0x210000   # handler i is placed at HANDLERS + 0x100 * i
 

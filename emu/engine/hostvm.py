@@ -19,7 +19,7 @@ import struct
 from unicorn import Uc, UC_PROT_ALL
 
 from emu.arch.bits import EFER_SVME
-from emu.core.msr import MSR_EFER
+from emu.core.msrs_amd import MSR_EFER, MSR_VM_HSAVE_PA
 
 # ---- Hardware exit codes L0 sees (AMD APM vol. 2, appendix C; names as the APM gives them) ----
 VMEXIT_DR7_WRITE = 0x37
@@ -29,6 +29,7 @@ VMEXIT_EXCP0 = 0x40
 VMEXIT_INTR = 0x60
 VMEXIT_VINTR = 0x64       # L0's interrupt window (emu/engine/irq_window.py)
 VMEXIT_RDTSC = 0x6E
+VMEXIT_RDPMC = 0x6F
 VMEXIT_CPUID = 0x72
 VMEXIT_SWINT = 0x75
 VMEXIT_HLT = 0x78
@@ -74,7 +75,6 @@ VMCB_SAVE_RIP = 0x578
 VMCB_SAVE_RSP = 0x5D8
 VMCB_SAVE_RAX = 0x5F8
 
-MSR_VM_HSAVE_PA = 0xC0010117   # the SVM MSR the boot trampoline's VMRUN needs
 
 # ---- L0-private physical layout ----
 MAXPHYADDR = 40
@@ -85,6 +85,7 @@ HSAVE01 = L0_BASE + 0x1000
 MSRPM01 = L0_BASE + 0x2000      # 8 KiB
 IOPM01 = L0_BASE + 0x4000       # 12 KiB
 TRAMPOLINE = L0_BASE + 0x8000
+TRAMPOLINE_INSNS = 3      # the trampoline's instructions, ending with the VMRUN into L1
 SCRATCH = L0_BASE + 0x9000      # free for extensions (vmcb02, ...)
 
 MSRPM_SIZE = 0x2000
@@ -94,7 +95,7 @@ _MSRPM_RANGES = ((0x00000000, 0x000), (0xC0000000, 0x800), (0xC0010000, 0x1000))
 # No VMEXIT_IOIO: Unicorn 2.1.4 never checks the I/O permission map (its translator's I/O check
 # returns early), so port I/O is seen only through the IN/OUT hooks.
 L0_INTERCEPTED_EXITS = (
-    VMEXIT_RDTSC, VMEXIT_CPUID, VMEXIT_SWINT, VMEXIT_HLT, VMEXIT_INVLPGA, VMEXIT_MSR,
+    VMEXIT_RDTSC, VMEXIT_RDPMC, VMEXIT_CPUID, VMEXIT_SWINT, VMEXIT_HLT, VMEXIT_INVLPGA, VMEXIT_MSR,
     VMEXIT_SHUTDOWN, VMEXIT_VMRUN, VMEXIT_VMMCALL, VMEXIT_VMLOAD, VMEXIT_VMSAVE, VMEXIT_STGI,
     VMEXIT_CLGI, VMEXIT_SKINIT, VMEXIT_RDTSCP,
 )
@@ -105,6 +106,9 @@ L0_INTERCEPTED_EXITS = (
 L0_DR_WRITE_INTERCEPTS = 1 << 7
 # CR8 is the APIC's TPR[7:4]; Unicorn has no APIC and reads CR8 as 0, so L0 emulates it (irq.py).
 L0_CR_INTERCEPTS = 1 << 8
+# CR4 writes: Unicorn takes reserved CR4 bits silently; L0 checks them against the CPU model
+# (emu/core/control_regs.py).
+L0_CR_WRITE_INTERCEPTS = L0_CR_INTERCEPTS | 1 << 4
 
 
 def intercept_bit(exit_code: int) -> int:
@@ -159,7 +163,7 @@ class HostVm:
         vm = bytearray(0x1000)
         struct.pack_into("<I", vm, VMCB_INTERCEPT_EXCEPTIONS, 0xFFFFFFFF)
         struct.pack_into("<H", vm, VMCB_INTERCEPT_DR_WRITE, L0_DR_WRITE_INTERCEPTS)
-        struct.pack_into("<HH", vm, VMCB_INTERCEPT_CR_READ, L0_CR_INTERCEPTS, L0_CR_INTERCEPTS)
+        struct.pack_into("<HH", vm, VMCB_INTERCEPT_CR_READ, L0_CR_INTERCEPTS, L0_CR_WRITE_INTERCEPTS)
         misc = 0
         for code in L0_INTERCEPTED_EXITS:
             misc |= intercept_bit(code)
@@ -185,7 +189,7 @@ class HostVm:
         struct.pack_into("<Q", vm, VMCB_SAVE_RSP, 0)
         struct.pack_into("<Q", vm, VMCB_SAVE_RAX, magic)
         self.view(VMCB01, 0x1000)[:] = vm
-        # mov ebx, mbi; mov rax, VMCB01; vmrun
+        # mov ebx, mbi; mov rax, VMCB01; vmrun  (TRAMPOLINE_INSNS instructions)
         tramp = (b"\xBB" + struct.pack("<I", mbi) + b"\x48\xB8" + struct.pack("<Q", VMCB01)
                  + b"\x0F\x01\xD8")
         self.view(TRAMPOLINE, len(tramp))[:] = tramp

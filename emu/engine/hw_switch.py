@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import unicorn
 from unicorn import Uc
 from unicorn.unicorn_py3 import unicorn as _binding
-from unicorn.x86_const import UC_X86_REG_RIP, UC_X86_REG_R13
+from unicorn.x86_const import UC_X86_REG_FPSW, UC_X86_REG_RIP, UC_X86_REG_R13
 
 from emu.arch.bits import CR4_PAE, EFER_LMA, EFER_NXE
 
@@ -38,6 +38,8 @@ SEG_SIZE = 24
 OFF_CR = OFF_SEGS + 10 * SEG_SIZE   # cr[0..4], u64 each
 OFF_CR2 = OFF_CR + 2 * 8
 OFF_EFER = 592
+OFF_FPSTT = 604          # u32: the x87 stack top (FSW.TOP), an index into fpregs[8]
+OFF_FPTAGS = 612         # u8[8]: 1 = empty, 0 = valid
 OFF_VM_HSAVE = 4832
 OFF_ERROR_CODE = 5384
 OFF_DR = 5400            # dr[0..7], u64 each
@@ -280,12 +282,16 @@ def self_check(uc: Uc) -> None:
             f"svmemu needs unicorn=={PINNED_UNICORN} (found {unicorn.__version__}): "
             "its saved-context layout is part of our hardware model")
     old_rip, old_r13 = uc.reg_read(UC_X86_REG_RIP), uc.reg_read(UC_X86_REG_R13)
+    old_fpsw = uc.reg_read(UC_X86_REG_FPSW)
     uc.reg_write(UC_X86_REG_RIP, 0x1234_5678_9ABC)
     uc.reg_write(UC_X86_REG_R13, 0x0BAD_F00D_CAFE)
+    uc.reg_write(UC_X86_REG_FPSW, 5 << 11)          # TOP = 5
     ctx = Context(uc).save()
-    ok = ctx.u64(OFF_EIP) == 0x1234_5678_9ABC and ctx.u64(OFF_REGS + 13 * 8) == 0x0BAD_F00D_CAFE
+    ok = (ctx.u64(OFF_EIP) == 0x1234_5678_9ABC and ctx.u64(OFF_REGS + 13 * 8) == 0x0BAD_F00D_CAFE
+          and ctx.u32(OFF_FPSTT) == 5)
     uc.reg_write(UC_X86_REG_RIP, old_rip)
     uc.reg_write(UC_X86_REG_R13, old_r13)
+    uc.reg_write(UC_X86_REG_FPSW, old_fpsw)
     if not ok:
         raise UnsupportedUnicorn("unicorn's saved-context layout differs from the pinned 2.1.4 layout")
 
