@@ -55,7 +55,7 @@ from emu.arch.bits import (
     EFER_SVME,
 )
 from emu.arch.memtype import PAT_TYPES
-from svm_ext.vmcb import (
+from emu.arch.vmcb import (
     EVENTINJ_TYPE_EXCEPTION,
     EVENTINJ_TYPE_INTR,
     EVENTINJ_TYPE_NMI,

@@ -13,7 +13,9 @@ from unicorn.x86_const import (UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS
                                UC_X86_REG_RIP)
 
 from emu.engine import hostvm
+from emu.arch.vmcb import VMEXIT_CLGI, VMEXIT_INVLPGA, VMEXIT_SKINIT, VMEXIT_STGI, VMEXIT_VMLOAD, VMEXIT_VMMCALL, VMEXIT_VMRUN, VMEXIT_VMSAVE
 from emu.core.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
+from emu.arch.msrs import MSR_VM_CR, MSR_VM_HSAVE_PA
 from emu.errors import Unsupported
 from emu.core.extension import ExitRouter, Extension, WorldPaging
 from emu.engine.hw_switch import OFF_EIP, RegBatch
@@ -37,13 +39,11 @@ from .fast_switch import FastSwitch
 from .state import NestedState
 from svm_ext import switch_cache
 from .switch_cache import SwitchCache
-from .vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
+from emu.arch.vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
                    EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_MSR,
                    VMEXIT_NPF, VMEXIT_SHUTDOWN, eventinj_encode, exit_name)
 from .vmexit import vmexit
 
-MSR_VM_CR = 0xC0010114
-MSR_VM_HSAVE_PA = hostvm.MSR_VM_HSAVE_PA
 VM_CR_DPD = 1 << 0
 VM_CR_R_INIT = 1 << 1
 VM_CR_DIS_A20M = 1 << 2
@@ -103,14 +103,14 @@ class SvmExtension(Extension, ExitRouter):
         machine.msrs.register(MSR_VM_CR, lambda: self.state.vm_cr, self._write_vm_cr)
         machine.msrs.register(MSR_VM_HSAVE_PA, lambda: self.state.hsave_pa, self._write_hsave_pa)
         self.pat.attach(self)
-        for code, handler in ((hostvm.VMEXIT_VMRUN, vmrun_mod.vmrun),
-                              (hostvm.VMEXIT_VMLOAD, instructions.vmload),
-                              (hostvm.VMEXIT_VMSAVE, instructions.vmsave),
-                              (hostvm.VMEXIT_STGI, instructions.stgi),
-                              (hostvm.VMEXIT_CLGI, instructions.clgi),
-                              (hostvm.VMEXIT_INVLPGA, instructions.invlpga),
-                              (hostvm.VMEXIT_VMMCALL, instructions.vmmcall),
-                              (hostvm.VMEXIT_SKINIT, instructions.skinit)):
+        for code, handler in ((VMEXIT_VMRUN, vmrun_mod.vmrun),
+                              (VMEXIT_VMLOAD, instructions.vmload),
+                              (VMEXIT_VMSAVE, instructions.vmsave),
+                              (VMEXIT_STGI, instructions.stgi),
+                              (VMEXIT_CLGI, instructions.clgi),
+                              (VMEXIT_INVLPGA, instructions.invlpga),
+                              (VMEXIT_VMMCALL, instructions.vmmcall),
+                              (VMEXIT_SKINIT, instructions.skinit)):
             machine.register_exit(code, lambda code, h=handler: h(self, code))
         machine.router = self
         # Repeated world switches replayed in C (fast_switch.py); not while the switch cache is

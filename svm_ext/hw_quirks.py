@@ -33,7 +33,7 @@ from emu.arch.paging import NestedFault, walk_nested
 from emu.core.interrupts import BP, OF
 
 from svm_ext import intercepts
-from .vmcb import (INTERCEPT_CR0_SEL_WRITE, INTERCEPT_INVD, INTERCEPT_WBINVD,
+from emu.arch.vmcb import (INTERCEPT_CR0_SEL_WRITE, INTERCEPT_INVD, INTERCEPT_WBINVD,
                    VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE, VMEXIT_EXCP0,
                    VMEXIT_INVD, VMEXIT_RDTSC, VMEXIT_RDTSCP, VMEXIT_SWINT, VMEXIT_WBINVD,
                    Vmcb12Cache)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .vmcb import (INTERCEPT_IOIO_PROT, INTERCEPT_MSR_PROT, VMEXIT_DR0_READ,
+from emu.arch.vmcb import (INTERCEPT_IOIO_PROT, INTERCEPT_MSR_PROT, VMEXIT_DR0_READ,
                    VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_MSR, VMEXIT_NPF, VMEXIT_VMRUN,
                    Vmcb12Cache, iopm_intercepted, msrpm_intercepted)
 

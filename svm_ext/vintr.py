@@ -24,10 +24,11 @@ from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP
 
 from emu.core.extension import WINDOW_NONE, WINDOW_TAKEN, WINDOW_WANTED
 from emu.engine.hw_switch import HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS2, OFF_V_TPR, Context
-from emu.core.interrupts import RFLAGS_IF, Event, Kind
+from emu.arch.bits import RFLAGS_IF
+from emu.core.interrupts import Event, Kind
 
 from svm_ext import intercepts
-from .vmcb import BITFIELDS, OFFSETS, VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, Vmcb, Vmcb12Cache
+from emu.arch.vmcb import BITFIELDS, OFFSETS, VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, Vmcb, Vmcb12Cache
 from svm_ext import vmexit as vmexit_mod
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ from emu.engine.hw_switch import (flush_tlb, nested_pg_mode, CS, DS, ES, GDTR, H
 from emu.core.interrupts import Event, Kind
 
 from svm_ext import checks, hw_quirks, instructions, switch_cache
-from .vmcb import (OFFSETS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
+from emu.arch.vmcb import (OFFSETS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
                    Vmcb12Cache, eventinj_decode, read_cache)
 from svm_ext import vintr, vmexit
@@ -116,7 +116,7 @@ def build_vmcb02(ext: "SvmExtension", c: Vmcb12Cache, npt: bool) -> tuple[int, i
     paging). Returns the merged intercept vectors (misc as one 64-bit word, exceptions)."""
     m = ext.machine
     l0_misc = struct.unpack_from("<Q", m.hostvm.view(hostvm.VMCB01, VMCB_SIZE),
-                                 hostvm.VMCB_INTERCEPT_MISC)[0]
+                                 OFFSETS["intercept_misc1"])[0]
     misc = l0_misc | c.intercept_misc1 | (c.intercept_misc2 << 32) | hw_quirks.extra_misc(c)
     buf = m.hostvm.view(VMCB02, VMCB_SIZE)
     _INTERCEPTS.pack_into(buf, OFFSETS["intercept_cr_read"], c.intercept_cr_read,

@@ -10,7 +10,7 @@ from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import parse_image
 from emu.core.machine import STATUS_SHUTDOWN, Machine
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_INVALID, Vmcb
+from emu.arch.vmcb import VMEXIT_INVALID, Vmcb
 from tests.conftest import parse_tap
 
 TAP_GUESTS = sorted(p.stem for p in GUESTS_DIR.glob("*.S") if p.stem != "triplefault")

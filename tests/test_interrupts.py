@@ -9,7 +9,7 @@ from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import parse_image
 from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, VMEXIT_VMMCALL, Vmcb
+from emu.arch.vmcb import VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, VMEXIT_VMMCALL, Vmcb
 from tests.conftest import parse_tap
 
 EXIT_LOG, EXIT_LOG_COUNT, VMCB = 0x900000, 0x8FFFF8, 0x800000

@@ -14,7 +14,7 @@ from emu.engine.hw_switch import HF_IOBPT
 from emu.core.machine import STATUS_UNSUPPORTED, Machine
 from svm_ext import ioio
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import (INTERCEPT_IOIO_PROT, IOIO_A16, IOIO_A32, IOIO_A64, IOIO_REP, IOIO_STR,
+from emu.arch.vmcb import (INTERCEPT_IOIO_PROT, IOIO_A16, IOIO_A32, IOIO_A64, IOIO_REP, IOIO_STR,
                           IOIO_SZ8, IOIO_SZ16, IOIO_SZ32, IOIO_TYPE_IN, VMEXIT_IOIO, Vmcb)
 from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12
 from tests.tinyimage import asm64, long_mode_image

@@ -10,7 +10,7 @@ from unicorn.x86_const import (UC_X86_REG_RBX, UC_X86_REG_R12, UC_X86_REG_R13,
 
 from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import (INTERCEPT_CPUID, INTERCEPT_HLT, INTERCEPT_MSR_PROT,
+from emu.arch.vmcb import (INTERCEPT_CPUID, INTERCEPT_HLT, INTERCEPT_MSR_PROT,
                           VMEXIT_CPUID, VMEXIT_EXCP0, VMEXIT_HLT, VMEXIT_INVALID,
                           VMEXIT_MSR, VMEXIT_VMMCALL, Vmcb, msrpm_bit_offset)
 from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12

@@ -19,7 +19,7 @@ from emu.arch import paging
 from emu.arch.bits import NPF_GUEST_PAGE as GPA_BIT, NPF_GUEST_TABLE as GPT_BIT
 from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_NPF, Vmcb
+from emu.arch.vmcb import VMEXIT_NPF, Vmcb
 from tests.nested_image import EXIT_PASS, VMCB12, nested_image, vmcb12
 from tests.test_paging import Mem, Tables
 

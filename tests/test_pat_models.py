@@ -9,7 +9,7 @@ from unicorn.x86_const import UC_X86_REG_R14, UC_X86_REG_R15
 
 from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_VMMCALL, Vmcb
+from emu.arch.vmcb import VMEXIT_VMMCALL, Vmcb
 from tests.nested_image import EXIT_PASS, VMCB12, nested_image, vmcb12
 
 HPAT = 0x0007040600070406

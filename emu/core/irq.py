@@ -45,7 +45,8 @@ from emu.arch.decode import MAX_INSN_LENGTH, decoder, split_prefixes
 from emu.errors import Unsupported
 from emu.core.extension import WINDOW_TAKEN, WINDOW_WANTED
 from emu.engine.hw_switch import HF2_NMI, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS2
-from emu.core.interrupts import GP, NMI, RFLAGS_IF, Event, Kind
+from emu.arch.bits import RFLAGS_IF
+from emu.core.interrupts import GP, NMI, Event, Kind
 from emu.engine.irq_window import Window
 from emu.core.msr import MSR_APIC_BASE, GeneralProtection
 

@@ -17,7 +17,8 @@ from unicorn import Uc
 from unicorn.unicorn_py3 import unicorn as _binding
 from unicorn.x86_const import UC_X86_REG_RIP, UC_X86_REG_R13
 
-from emu.arch.bits import CR4_PAE, EFER_LMA, EFER_NXE
+from emu.arch.bits import (CR0_PE, CR4_OSFXSR, CR4_PAE, CR4_SMAP, EFER_LMA, EFER_NXE, EFER_SVME,
+                           RFLAGS_VM)
 
 PINNED_UNICORN = "2.1.4"
 
@@ -221,16 +222,16 @@ class Context:
         hf = self.hflags & ~(HF_CPL_MASK | HF_INHIBIT_IRQ | HF_PE | HF_MP | HF_EM | HF_TS | HF_LMA
                              | HF_SVME | HF_OSFXSR | HF_SMAP)
         hf |= cpl & 3
-        if cr0 & 1:
+        if cr0 & CR0_PE:
             hf |= HF_PE
         hf |= ((cr0 >> 1) & 7) * HF_MP     # MP, EM, TS are CR0 bits 1..3, HF bits 9..11
-        if efer & (1 << 10):
+        if efer & EFER_LMA:
             hf |= HF_LMA
-        if efer & (1 << 12):
+        if efer & EFER_SVME:
             hf |= HF_SVME
-        if cr4 & (1 << 9):
+        if cr4 & CR4_OSFXSR:
             hf |= HF_OSFXSR
-        if cr4 & (1 << 21):
+        if cr4 & CR4_SMAP:
             hf |= HF_SMAP
         self.set_u32(OFF_HFLAGS, hf)
         self.set_u64(OFF_CR + 0, cr0)
@@ -244,7 +245,7 @@ class Context:
         hf = self.hflags & ~(HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_CS64 | HF_ADDSEG)
         cs, ss = self.seg(CS), self.seg(SS)
         cr0 = self.cr(0)
-        hf |= (ss.dpl if cr0 & 1 else 0) if cpl is None else cpl
+        hf |= (ss.dpl if cr0 & CR0_PE else 0) if cpl is None else cpl
         if hf & HF_LMA and cs.flags & DESC_L:
             hf |= HF_CS32 | HF_SS32 | HF_CS64
         else:
@@ -252,8 +253,8 @@ class Context:
                 hf |= HF_CS32
             if ss.flags & DESC_B:
                 hf |= HF_SS32
-            eflags_vm = self.u64(OFF_EFLAGS) & (1 << 17)
-            if not (cr0 & 1) or eflags_vm or not (hf & HF_CS32):
+            eflags_vm = self.u64(OFF_EFLAGS) & RFLAGS_VM
+            if not (cr0 & CR0_PE) or eflags_vm or not (hf & HF_CS32):
                 hf |= HF_ADDSEG
             elif self.seg(DS).base | self.seg(ES).base | ss.base:
                 hf |= HF_ADDSEG
