@@ -32,7 +32,9 @@ from emu.errors import ImageError, OptionError, Unsupported
 from emu.core.extension import Extension, ExitRouter
 from emu.engine.hostvm import HostVm
 from emu.core.irq import InterruptController
-from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context, self_check
+from emu.engine import binding
+from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context
+from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
 from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
                          Shutdown)
@@ -120,7 +122,7 @@ class Machine:
         self.ram_size = ram_size
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(UC_CPU_X86_EPYC)
-        self_check(uc)
+        self_check()
         self.ram = mmap.mmap(-1, ram_size)
         self._ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
         uc.mem_map_ptr(0, ram_size, UC_PROT_ALL, self._ram_addr)
@@ -182,7 +184,7 @@ class Machine:
         self.extensions = list(extensions)
         for ext in self.extensions:
             ext.attach(self)
-        self._own_hooks = len(uc._callbacks)
+        self._own_hooks = binding.hook_count(uc)
 
     # ---- extension entry points --------------------------------------------------------------------
     def register_exit(self, code: int, handler: Callable[[int], None]) -> None:
@@ -372,7 +374,7 @@ class Machine:
         event: a trace, a debugger's or fuzzer's hooks, a pending interrupt or I/O trap, a stop."""
         e = self.replay
         return (e is not None and e.enabled and self.tracer is None and not self.world_observers
-                and len(self.uc._callbacks) == self._own_hooks and self._result is None
+                and binding.hook_count(self.uc) == self._own_hooks and self._result is None
                 and self._pending is None and self._pause is None and not self.io_trap.armed
                 and not self.irq.window.armed and not self.apic.irr and not self.apic.nmi_pending)
 
@@ -384,9 +386,7 @@ class Machine:
             self.replay_sync()
             self._on_intr(uc, intno, None)
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
-            if uc._hook_exception is None:
-                uc._hook_exception = e
-            uc.emu_stop()
+            binding.stop_with_exception(uc, e)
 
     # ---- hooks --------------------------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:
