@@ -33,8 +33,10 @@ from unicorn.unicorn_const import UC_HOOK_INTR
 from emu.engine import binding
 from emu.engine.hw_switch import CONTEXT_DATA_OFF, Context
 
+OPCODES = ("OP_END", "OP_CMP", "OP_EQ64", "OP_COMMIT", "OP_COPY", "OP_SET64", "OP_ADD64", "OP_SAVE",
+           "OP_RESTORE", "OP_FLUSH", "OP_REGREAD", "OP_REGWRITE")
 OP_END, OP_CMP, OP_EQ64, OP_COMMIT, OP_COPY, OP_SET64, OP_ADD64, OP_SAVE, OP_RESTORE, OP_FLUSH, \
-    OP_REGREAD, OP_REGWRITE = range(12)
+    OP_REGREAD, OP_REGWRITE = range(len(OPCODES))
 N_INTNO = 0x600
 PER_INTNO = 4
 MASK64 = (1 << 64) - 1
@@ -64,6 +66,39 @@ _OP = struct.Struct("<IIQQQ")      # struct op, packed in one call per op (ctype
 assert ctypes.sizeof(_Op) == _OP_SIZE == _OP.size
 
 
+class ReplayAbiMismatch(RuntimeError):
+    """The built engine and this module disagree on a struct layout or an opcode."""
+
+
+def expected_abi() -> dict[str, int]:
+    """What replay.c's replay_abi() must report: this module's ctypes layouts and numbers."""
+    abi = {"sizeof(op)": ctypes.sizeof(_Op), "sizeof(engine)": ctypes.sizeof(_Engine),
+           "N_INTNO": N_INTNO, "PER_INTNO": PER_INTNO}
+    for prefix, struct_type in (("op", _Op), ("engine", _Engine)):
+        for name, _ in struct_type._fields_:
+            abi[f"{prefix}.{name}"] = getattr(struct_type, name).offset
+    abi.update({name: value for value, name in enumerate(OPCODES)})
+    return abi
+
+
+def check_abi(lib: ctypes.CDLL) -> None:
+    """Refuse a library whose struct layouts or opcodes are not this module's."""
+    try:
+        lib.replay_abi.restype = ctypes.c_char_p
+    except AttributeError:
+        raise ReplayAbiMismatch("emu/engine/_replay predates replay_abi(); rebuild it with "
+                                "`pip install -e .`") from None
+    reported = dict(word.split("=") for word in lib.replay_abi().decode().split())
+    got = {name: int(value) for name, value in reported.items()}
+    want = expected_abi()
+    if got != want:
+        diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+        raise ReplayAbiMismatch(
+            "emu/engine/_replay was built from a replay.c that disagrees with replay.py on "
+            + ", ".join(f"{k} (C {got.get(k)}, Python {want.get(k)})" for k in diff)
+            + "; rebuild it with `pip install -e .`")
+
+
 def _load() -> ctypes.CDLL | None:
     if os.environ.get("SVMEMU_REPLAY", "1") == "0":
         return None
@@ -72,6 +107,7 @@ def _load() -> ctypes.CDLL | None:
     except ImportError:
         return None
     lib = ctypes.CDLL(_replay.__file__)
+    check_abi(lib)
     lib.replay_intr.restype = None
     return lib
 
