@@ -23,6 +23,11 @@ class OptionError(SvmemuError):
     """A command-line or API option with a bad value."""
 
 
+class OutputError(SvmemuError):
+    """An output svmemu cannot write (a full disk, /dev/full, a closed standard output): the run
+    stops, since what it would report is lost."""
+
+
 class SnapshotError(SvmemuError):
     """A snapshot that is corrupt, truncated or not ours."""
 

@@ -8,6 +8,7 @@ emu/arch/vmcb.py.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 from emu.arch.decode import decoder
@@ -15,13 +16,17 @@ from unicorn.x86_const import (UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS
                                UC_X86_REG_RIP)
 
 from emu.engine import hostvm
-from emu.arch.vmcb import VMEXIT_CLGI, VMEXIT_INVLPGA, VMEXIT_SKINIT, VMEXIT_STGI, VMEXIT_VMLOAD, VMEXIT_VMMCALL, VMEXIT_VMRUN, VMEXIT_VMSAVE
-from emu.core.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
+from emu.arch.vmcb import (VMEXIT_CLGI, VMEXIT_INVLPGA, VMEXIT_SKINIT, VMEXIT_STGI, VMEXIT_VMLOAD,
+                           VMEXIT_VMMCALL, VMEXIT_VMRUN, VMEXIT_VMSAVE)
 from emu.arch.msrs import MSR_VM_CR, MSR_VM_HSAVE_PA
-from emu.errors import Unsupported
+from emu.core.control_regs import cr4_allowed
+from emu.core.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
+from emu.core.msrs_amd import CPUID_80000001_EDX_LM, efer_allowed
+from emu.errors import SnapshotError, Unsupported
+from emu.core.snapshot_check import check_cpu
 from emu.core.extension import ExitRouter, Extension, WorldPaging
 from emu.engine.hw_switch import OFF_EIP, RegBatch
-from emu.core.interrupts import HAS_ERROR_CODE, PF, Event, Kind
+from emu.core.interrupts import HAS_ERROR_CODE, PF, SX, SX_INIT_REDIRECTED, Event, Kind
 from emu.core.machine import Machine
 from emu.core.msr import EFER_SVME, GeneralProtection
 from emu.arch.paging import NestedFault
@@ -100,6 +105,10 @@ class SvmExtension(Extension, ExitRouter):
         machine.cpuid.set_leaf(LEAF_SVM_FEATURES, 0, (SVM_REVISION, SVM_NUM_ASIDS, 0,
                                                       SVM_FEATURE_NP | SVM_FEATURE_NRIPS))
         machine.msrs.efer_writable |= EFER_SVME
+        self.caps = dataclasses.replace(      # VMRUN's checks follow the CPU model
+            self.caps, cr4_supported=cr4_allowed(machine.cpuid),
+            efer_supported=efer_allowed(machine.cpuid),
+            long_mode=bool(machine.cpuid.query(0x80000001, 0)[3] & CPUID_80000001_EDX_LM))
         machine.msrs.efer_write_hooks.append(self._efer_write)
         machine.msrs.register(MSR_VM_CR, lambda: self.state.vm_cr, self._write_vm_cr)
         machine.msrs.register(MSR_VM_HSAVE_PA, lambda: self.state.hsave_pa, self._write_hsave_pa)
@@ -243,6 +252,21 @@ class SvmExtension(Extension, ExitRouter):
     def on_nmi(self) -> bool:
         return vintr.on_nmi(self)
 
+    def on_smi(self) -> bool:
+        return vintr.on_smi(self)
+
+    def on_init(self) -> bool:
+        """#VMEXIT(INIT) when L2 runs under the INIT intercept; else, with VM_CR.R_INIT set, the
+        INIT becomes #SX with error code 1 (APM vol. 2, 15.29 "Security Exception")."""
+        if vintr.on_init(self):
+            return True
+        if not self.state.vm_cr & VM_CR_R_INIT:
+            return False
+        m = self.machine
+        m.apic.init_pending = False
+        m._deliver(Event(SX, Kind.EXCEPTION, SX_INIT_REDIRECTED), m.uc.reg_read(UC_X86_REG_RIP))
+        return True
+
     def on_interrupt_window(self) -> int:
         return vintr.window(self)
 
@@ -308,8 +332,34 @@ class SvmExtension(Extension, ExitRouter):
     def snapshot_state(self) -> dict[str, Any]:
         return dict(nested=self.state.to_dict(), pat=self.pat.state())
 
+    def _check_snapshot_state(self, st: NestedState) -> None:
+        """A snapshot comes from anywhere: L2 state must be whole (vmcb12 cached and inside RAM,
+        L1's host context complete and itself valid), so that the #VMEXIT it will take restores
+        a real L1 instead of reading past RAM or loading a short context."""
+        ram = self.machine.ram_size
+        page = 0x1000
+
+        def bad(msg: str) -> SnapshotError:
+            return SnapshotError(f"the snapshot's nested SVM state is invalid: {msg}")
+
+        if st.vmcb12_pa % page or st.vmcb12_pa + page > ram:
+            raise bad(f"vmcb12 at {st.vmcb12_pa:#x} is not a page inside RAM")
+        if st.hsave_pa % page or st.hsave_pa >> 52:
+            raise bad(f"VM_HSAVE_PA {st.hsave_pa:#x} is not a page-aligned physical address")
+        if not 0 <= st.v_tpr <= 15:
+            raise bad(f"V_TPR {st.v_tpr} is outside 0-15")
+        if st.in_l2:
+            if st.vmcb12 is None:
+                raise bad("L2 is running but no vmcb12 is cached")
+            if len(st.l1_host) != len(self.machine.ctx.view):
+                raise bad(f"L1's saved host context is {len(st.l1_host)} bytes, not "
+                          f"{len(self.machine.ctx.view)}")
+            check_cpu(st.l1_host, "L1 host context")
+
     def load_snapshot_state(self, state: dict[str, Any]) -> None:
-        self.state = NestedState.from_dict(state["nested"])
+        nested = NestedState.from_dict(state["nested"])
+        self._check_snapshot_state(nested)
+        self.state = nested
         self.switch_cache.clear()       # derived from the context being replaced
         if self.fast is not None:
             self.fast.clear()

@@ -27,7 +27,8 @@ from emu.engine.hw_switch import HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS2, OFF_V_T
 from emu.arch.bits import RFLAGS_IF
 from emu.core.interrupts import Event, Kind
 
-from emu.arch.vmcb import BITFIELDS, OFFSETS, VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, Vmcb, Vmcb12Cache
+from emu.arch.vmcb import (BITFIELDS, OFFSETS, VMEXIT_INIT, VMEXIT_INTR, VMEXIT_NMI, VMEXIT_SMI,
+                           VMEXIT_VINTR, Vmcb, Vmcb12Cache)
 from svm_ext import reflect
 
 if TYPE_CHECKING:
@@ -89,8 +90,16 @@ def on_nmi(ext: "SvmExtension") -> bool:
     return _exit_if_intercepted(ext, VMEXIT_NMI)
 
 
+def on_smi(ext: "SvmExtension") -> bool:
+    return _exit_if_intercepted(ext, VMEXIT_SMI)
+
+
+def on_init(ext: "SvmExtension") -> bool:
+    return _exit_if_intercepted(ext, VMEXIT_INIT)
+
+
 def _exit_if_intercepted(ext: "SvmExtension", code: int) -> bool:
-    """INTR and NMI while L2 runs: #VMEXIT(code) if L1 intercepts it (the event stays pending)."""
+    """INTR, NMI, SMI and INIT while L2 runs: #VMEXIT(code) if L1 intercepts it (the event stays pending)."""
     st = ext.state
     c = st.vmcb12
     if st.in_l2 and c is not None and reflect.exit_handled(c, code):

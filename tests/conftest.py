@@ -47,10 +47,12 @@ def parse_tap(output: str) -> dict[str, TapLine]:
 
 
 def run_qemu(image: Path, append: str | None = None, timeout: float = 10.0,
-             kernel_arg: str | None = None, cwd: Path | None = None) -> QemuRun:
-    """Boot ``image`` with -kernel (``kernel_arg`` is the path as typed, default the full path)."""
+             kernel_arg: str | None = None, cwd: Path | None = None,
+             extra: list[str] | None = None) -> QemuRun:
+    """Boot ``image`` with -kernel (``kernel_arg`` is the path as typed, default the full path;
+    ``extra``: more QEMU options, e.g. devices a guest needs)."""
     assert QEMU is not None
-    cmd = [QEMU, *QEMU_MACHINE, "-kernel", kernel_arg or str(image)]
+    cmd = [QEMU, *QEMU_MACHINE, *(extra or []), "-kernel", kernel_arg or str(image)]
     if append is not None:
         cmd += ["-append", append]
     try:

@@ -384,11 +384,11 @@ def test_vmcb01_lands_at_apm_offsets() -> None:
     assert tramp == hostvm.TRAMPOLINE
     assert struct.unpack_from("<I", vm, 0x008)[0] == 0xFFFF_FFFF        # every exception
     misc = q(0x00C)
-    for code in (0x72, 0x7C, 0x78, 0x75, 0x7F, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87):
+    for code in (0x6F, 0x72, 0x7C, 0x78, 0x75, 0x7F, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87):
         assert misc >> (code - 0x60) & 1, hex(code)
     assert not misc >> (0x7B - 0x60) & 1                                 # IOIO: hooks, not IOPM
     assert struct.unpack_from("<H", vm, 0x006)[0] == 1 << 7               # DR7 writes
-    assert struct.unpack_from("<HH", vm, 0x000) == (1 << 8, 1 << 8)       # CR8 read, write
+    assert struct.unpack_from("<HH", vm, 0x000) == (1 << 8, 1 << 8 | 1 << 4)  # CR8 r/w, CR4 write
     assert (q(0x040), q(0x048)) == (hostvm.IOPM01, hostvm.MSRPM01)
     assert struct.unpack_from("<I", vm, 0x058)[0] == 1
     assert struct.unpack_from("<HHIQ", vm, 0x410) == (0x10, 0xC9B, 0xFFFF_FFFF, 0)

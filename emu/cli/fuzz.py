@@ -103,7 +103,7 @@ def build_harness(args: argparse.Namespace) -> Harness:
     from emu.cli.image import load_image_bytes
     from emu.loader.multiboot import parse_image, qemu_cmdline
 
-    data, name = load_image_bytes(args.image)
+    data, name = load_image_bytes(args.image, args.memory)
     symbols = _symbols(args.image)
     ext = SvmExtension(pat_model=args.pat_model)
     machine = Machine(args.memory, stdout=None, extensions=[ext])

@@ -39,7 +39,7 @@ from unicorn.x86_const import (UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_
 
 from emu.core.cpuid import CPUID_1_ECX_X2APIC, CPUID_1_EDX_APIC, Regs
 from emu.engine import hostvm
-from emu.core.devices.apic import (APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
+from emu.core.devices.apic import (APIC_BASE_EXTD, APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
                           LocalApic)
 from emu.arch.decode import MAX_INSN_LENGTH, decoder, split_prefixes
 from emu.errors import Unsupported
@@ -67,6 +67,9 @@ class InterruptController:
         self.apic = LocalApic(self._now, self._advance, self.changed)
         self.apic.remap = self._remap
         self.halted = False        # HLT executed; waiting at the next interrupt point
+        self.timers: list = []     # devices with deadline()/tick(now) (the PIT), besides the APIC
+        self.time_window = False   # the window is armed only to start time slices at an STI
+        self._entering = False     # the slice runs L0's trampoline into L1
         self._kicked = False       # a stop we asked for (not a slice running out)
         self._mapped: int | None = None
         self._in_mmio = False
@@ -95,6 +98,8 @@ class InterruptController:
             raise GeneralProtection(str(e))
 
     def _write_base(self, value: int) -> None:
+        if value & APIC_BASE_EXTD and not self.m.cpuid.query(1, 0)[2] & CPUID_1_ECX_X2APIC:
+            raise GeneralProtection("IA32_APIC_BASE.EXTD set on a model without x2APIC")
         self._gp(self.apic.write_base_msr, value, self.m.msrs.maxphyaddr)
 
     def _cpuid(self, leaf: int, subleaf: int, regs: Regs) -> Regs:
@@ -114,8 +119,10 @@ class InterruptController:
             return
         if new < self.m.ram_size:
             raise Unsupported(f"unsupported: APIC page moved to {new:#x}, inside RAM")
+        self.m.open_bus.release(new, APIC_MMIO_SIZE)
         try:
-            uc.mmio_map(new, APIC_MMIO_SIZE, self._mmio_read, None, self._mmio_write, None)
+            uc.mmio_map(new, APIC_MMIO_SIZE, self._mmio_read, self.apic, self._mmio_write,
+                        self.apic)
         except UcError as e:
             raise Unsupported(f"unsupported: APIC page at {new:#x} ({e})")
         self._mapped = new
@@ -128,28 +135,32 @@ class InterruptController:
     # (what APIC drivers use; its store is all it does) RIP moves past it. Any other instruction
     # is restarted and the repeated access (same offset, size, value) is dropped once. (RIP read
     # inside an MMIO callback is not precise without a code hook, so it is not used.)
-    def _mmio_read(self, uc, offset: int, size: int, _data: object) -> int:
+    def map_mmio(self, base: int, size: int, dev) -> None:
+        """Map an interrupt-raising MMIO device (the I/O APIC) with the APIC's write rules."""
+        self.m.uc.mmio_map(base, size, self._mmio_read, dev, self._mmio_write, dev)
+
+    def _mmio_read(self, uc, offset: int, size: int, dev) -> int:
         self.m.replay_sync()
         self._in_mmio = True          # a read never stops (timer expiry seen by a CCR read)
         try:
-            value = self.apic.mmio_read(offset, size)
+            value = dev.mmio_read(offset, size)
         finally:
             self._in_mmio = False
         self._replay = None
-        self._trace("read", offset, size, value)
+        self._trace(dev.name, "read", offset, size, value)
         return value
 
-    def _mmio_write(self, uc, offset: int, size: int, value: int, _data: object) -> None:
+    def _mmio_write(self, uc, offset: int, size: int, value: int, dev) -> None:
         self.m.replay_sync()
-        key = (offset, size, value)
+        key = (dev.name, offset, size, value)
         if self._replay == key:
             self._replay = None
             return
         self._replay = None
-        self._trace("write", offset, size, value)
+        self._trace(dev.name, "write", offset, size, value)
         self._in_mmio, self._want_kick = True, False
         try:
-            self.apic.mmio_write(offset, size, value)
+            dev.mmio_write(offset, size, value)
         finally:
             self._in_mmio = False
         if self._want_kick:
@@ -182,10 +193,10 @@ class InterruptController:
                 return ins.size
         return 0
 
-    def _trace(self, op: str, offset: int, size: int, value: int) -> None:
+    def _trace(self, name: str, op: str, offset: int, size: int, value: int) -> None:
         t = self.m.tracer
         if t is not None and t.on("io"):
-            t.line("io", self.m.where(), f"apic {op} offset {offset:#05x} size {size} "
+            t.line("io", self.m.where(), f"{name} {op} offset {offset:#05x} size {size} "
                    f"value {value:#x}")
 
     # ---- MOV CR8 ---------------------------------------------------------------------------------
@@ -223,7 +234,7 @@ class InterruptController:
         """From an exit handler (STGI, VMRUN): stop at this boundary and look (the window alone
         would not do for a nested guest whose physical interrupts follow the host's IF). Free
         when nothing is pending: world switches call it every time."""
-        if not (virtual or self.apic.irr or self.apic.nmi_pending):
+        if not (virtual or self.apic.signalled()):
             return
         self.window.arm()
         self._kicked = True
@@ -260,13 +271,13 @@ class InterruptController:
         """An interrupt point, emulation stopped. True when RIP or the world changed."""
         m = self.m
         moved = self._finish_store()
-        self.apic.tick(m.tsc)
+        self._tick(m.tsc)
         took = self._evaluate()
         if self.halted and not took:
-            deadline = self.apic.deadline()
+            deadline = self._next_deadline()
             if deadline is not None:
                 m.tsc = max(m.tsc, deadline)
-                self.apic.tick(m.tsc)
+                self._tick(m.tsc)
                 took = self._evaluate()
             if not took:
                 rflags = m.uc.reg_read(UC_X86_REG_RFLAGS)
@@ -289,12 +300,25 @@ class InterruptController:
             return False
         return not m.ctx.save().hflags & HF_INHIBIT_IRQ
 
+    def release_time_window(self) -> None:
+        """A hypervisor is about to switch worlds in C: a window armed only for device time
+        is given up (see `slice`), as an armed window keeps the C replay off."""
+        if self.time_window:
+            self.time_window = False
+            if self.window.armed:
+                self.window.disarm()
+
     def _evaluate(self) -> bool:
         m = self.m
+        self.time_window = False
         router = m.router
         if router is not None and not router.gif():
             self.window.disarm()
             return False
+        if self.apic.smi_pending and self._take_smi():
+            return True
+        if self.apic.init_pending and self._take_init():
+            return True
         if self.apic.nmi_pending and self._take_nmi():
             return True
         want_window = False
@@ -324,6 +348,33 @@ class InterruptController:
             self.window.disarm()
         return False
 
+    def _take_smi(self) -> bool:
+        """SMI (APM vol. 2, 10.3): held while GIF=0; a nested hypervisor intercepting SMI gets
+        #VMEXIT(SMI) and the SMI stays pending until it sets GIF again. No SMM is modelled: an
+        SMI that reaches the CPU is taken by the platform's SMM handler, which on this PC (as
+        SeaBIOS's does for an SMI it did not ask for) returns at once with RSM and changes
+        nothing the guest can see. It is gone; `--trace exc` shows it. False: nothing changed."""
+        m = self.m
+        if m.router is not None and m.router.on_smi():
+            return True
+        self.apic.smi_pending = False
+        t = m.tracer
+        if t is not None and t.on("exc"):
+            t.line("exc", m.where(), "SMI taken by the platform's SMM handler (returns at once)")
+        return False
+
+    def _take_init(self) -> bool:
+        """INIT (APM vol. 2, 16.5 and 15.13.2): held while GIF=0; a nested hypervisor
+        intercepting INIT gets #VMEXIT(INIT) (the INIT stays pending), and with VM_CR.R_INIT set
+        it becomes #SX (the router decides both). Otherwise the processor enters INIT state; the
+        boot processor then restarts at the reset vector, i.e. in firmware, which this machine
+        does not have: that stops the run."""
+        m = self.m
+        if m.router is not None and m.router.on_init():
+            return True
+        raise Unsupported("INIT signal taken by the boot CPU (it would restart at "
+                          "the reset vector, in firmware svmemu does not model)")
+
     def _take_nmi(self) -> bool:
         """NMI: not masked by IF or TPR; blocked from its delivery until the next IRET (Unicorn's
         IRET clears HF2_NMI), and while blocked it waits for the next interrupt point, since an
@@ -343,15 +394,52 @@ class InterruptController:
         return True
 
     # ---- time slices ---------------------------------------------------------------------------
+    def _tick(self, now: int) -> None:
+        self.apic.tick(now)
+        for timer in self.timers:
+            timer.tick(now)
+
+    def tick_timers(self) -> None:
+        """Deliver every timer expiry up to now (before a guest reads interrupt state)."""
+        self._tick(self.m.tsc)
+
+    def _next_deadline(self) -> int | None:
+        """The earliest time any timer fires (device timers only when their line is routed)."""
+        times = [t for t in (self.apic.deadline(), *(d.deadline() for d in self.timers))
+                 if t is not None]
+        return min(times) if times else None
+
     def slice(self) -> int:
-        """The instruction bound for the next emu_start (0: unbounded)."""
+        """The instruction bound for the next emu_start (0: unbounded).
+
+        Device timers (the PIT) bound it only while the CPU can take their interrupt: their
+        line is routed, and the CPU is interruptible here. With IF=0 the interrupt window is
+        armed instead (free until IF becomes 1), so a guest's STI ends the unbounded run at the
+        point where bounding starts -- except under a hypervisor (EFER.SVME), where an armed
+        window would keep world switches off the C replay path: there a device timer's time
+        counts from the next interrupt point after IF=1. Time always advances at RDTSC, at
+        device reads and at HLT, so polling and waiting guests progress without slices."""
         self._kicked = False
         deadline = self.apic.deadline()
-        if deadline is None or self.apic.lvt[APIC_LVT_TIMER] & LVT_MASKED:
-            return 0          # a masked timer interrupts nobody: CCR reads alone move its time
+        if deadline is not None and self.apic.lvt[APIC_LVT_TIMER] & LVT_MASKED:
+            deadline = None   # a masked timer interrupts nobody: CCR reads alone move its time
+        device = [t for t in (d.deadline() for d in self.timers) if t is not None]
+        if device and self.m.at_trampoline():
+            self._entering = True              # L0's instructions take no virtual time
+            return hostvm.TRAMPOLINE_INSNS     # enter L1 first: its IF decides
+        if device:
+            can = self._interruptible()
+            if can:
+                deadline = min([deadline, *device] if deadline is not None else device)
+            elif can is False and not self.window.armed and not self.m.svm_enabled():
+                self.window.arm(kick=False)
+                self.time_window = True
+        if deadline is None:
+            return 0
         return max(1, min(deadline - self.m.tsc, MAX_SLICE))
 
     def slice_done(self, count: int, quiet: bool) -> None:
         """After emu_start: a bounded run that stopped for no reason of ours ran out."""
-        if count and quiet and not self._kicked:
+        entering, self._entering = self._entering, False
+        if count and quiet and not self._kicked and not entering:
             self.m.tsc += count

@@ -27,6 +27,8 @@ from emu.arch.decode import MAX_INSN_LENGTH, split_prefixes
 from emu.core.devices.base import PortDevice
 from emu.core.devices.debug_exit import DebugExit
 from emu.core.devices.fw_cfg import FwCfg
+from emu.core.devices.open_bus import OpenBus
+from emu.core.devices.pc import PcPlatform
 from emu.core.devices.serial import Serial16550
 from emu.errors import ImageError, OptionError, Unsupported
 from emu.core.extension import Extension, ExitRouter
@@ -41,10 +43,15 @@ from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliver
 from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.arch.paging import NestedFault
-from emu.core.msr import MSR_TSC_AUX, GeneralProtection, MsrFile
+from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, MsrFile
+from emu.core import msrs_amd
+from emu.core.control_regs import Cr4Writes
+from emu.core.cpu_models import CpuModel
+from emu.core.rdpmc import Rdpmc
 from emu.core.trace import Tracer
 
 if TYPE_CHECKING:
+    from emu.loader.modules import ModuleLayout
     from emu.loader.multiboot import BootImage
 
 # Process exit status for each way a run ends. Guest-chosen statuses (isa-debug-exit) are always
@@ -89,6 +96,10 @@ class _UnicornMsrs:
             self.uc.msr_write(index, value)
 
 
+# The longest wait the watchdog thread can make (threading.TIMEOUT_MAX, ~292 years).
+MAX_TIMEOUT = threading.TIMEOUT_MAX
+
+
 class _Watchdog:
     """Ends `run` at its deadline from a thread. Unicorn's own emu_start timeout polls from a
     helper thread that cost the L1 loop ~1.7x CPU (bench/RESULTS.md); this one sleeps until
@@ -115,11 +126,13 @@ class _Watchdog:
 
 class Machine:
     def __init__(self, ram_size: int = 128 << 20, *, stdout: BinaryIO | None = None,
-                 tracer: Tracer | None = None, extensions: Iterable[Extension] = ()) -> None:
+                 tracer: Tracer | None = None, extensions: Iterable[Extension] = (),
+                 cpu: CpuModel | None = None, cpus: int = 1) -> None:
         if not _MIN_RAM <= ram_size <= _MAX_RAM or ram_size % 0x1000:
             raise OptionError(f"RAM size must be a multiple of 4 KiB between "
                               f"{_MIN_RAM >> 20} MiB and {_MAX_RAM >> 20} MiB")
         self.ram_size = ram_size
+        self.cpus = cpus          # the one CPU count: fw_cfg, the MP table and the MADT use it
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(UC_CPU_X86_EPYC)
         self_check()
@@ -134,18 +147,22 @@ class Machine:
         self.tracer = tracer
         self.tsc = 0
         self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
-        self.cpuid = Cpuid()
+        self.cpuid = Cpuid(cpu)
         self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
                             hostvm.MAXPHYADDR)
+        msrs_amd.install(self.msrs, self.cpuid)
         self.ports: dict[int, PortDevice] = {}
         self.devices: list[PortDevice] = []
         self.serial = Serial16550(stdout)
         self.add_device(self.serial)
         self.add_device(DebugExit(self._guest_exit))
-        self.add_device(FwCfg(ram_size))
+        self.add_device(FwCfg(ram_size, cpus))
+        self.strict = False       # stop at accesses to physical addresses with nothing there
+        self.open_bus = OpenBus(self)
         self.irq = InterruptController(self)     # local APIC, interrupt points, virtual time
         self.apic = self.irq.apic
         self.devices.append(self.apic)
+        self.pc = PcPlatform(self)               # PIC, PIT, I/O APIC, CMOS, PCI, ... (pc.py)
         self.world_observers: list[Callable[[str, str], None]] = []
         self.router: ExitRouter | None = None
         self._exits: dict[int, Callable[[int], None]] = {
@@ -163,6 +180,8 @@ class Machine:
                      hostvm.VMEXIT_SKINIT, hostvm.VMEXIT_INVLPGA):
             self._exits[code] = self._exit_undefined_opcode
         self.irq.register_exits()           # MOV CR8 (the TPR)
+        self.cr4_writes = Cr4Writes(self)     # MOV CR4: reserved bits #GP
+        self.rdpmc = Rdpmc(self)              # RDPMC: Unicorn's raises #UD
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
         self._pause: str | None = None     # a debugger stop requested (see `pause`)
@@ -223,6 +242,15 @@ class Machine:
         handlers (the INTR hook), never from MMIO callbacks."""
         self.irq.check_soon(virtual)
 
+    def svm_enabled(self) -> bool:
+        """Is a hypervisor at work: a nested guest running, or EFER.SVME set in L1?"""
+        return self.level() != "L1" or bool(self.msrs.rdmsr(MSR_EFER) & EFER_SVME)
+
+    def at_trampoline(self) -> bool:
+        """Before the guest's first instruction: the CPU is still in L0's trampoline (its
+        registers and intercepts are L0's; hostvm.TRAMPOLINE_INSNS instructions enter L1)."""
+        return self.uc.reg_read(UC_X86_REG_RIP) == hostvm.TRAMPOLINE
+
     def claim_cr8(self) -> None:
         """The world now running reaches the APIC's TPR through CR8 (no V_INTR_MASKING): L0
         intercepts its CR8 accesses as it does L1's. The next world switch undoes it."""
@@ -242,6 +270,15 @@ class Machine:
     def stop(self, reason: str, status: int, message: str) -> None:
         self._finish(reason, status, message)
 
+    def reset_request(self, message: str) -> None:
+        """A device asked for a machine reset. The run ends there, as QEMU's with -no-reboot
+        (how kvm-unit-tests and our tests run it) ends with a triple fault's reset."""
+        self._finish("reset", STATUS_SHUTDOWN, message)
+
+    def poweroff(self, message: str) -> None:
+        """ACPI power-off: QEMU exits with status 0, and so does the run."""
+        self._finish("poweroff", STATUS_HALTED, message)
+
     def pause(self, message: str) -> None:
         """Stop at the next instruction boundary for a debugger, after finishing any event in
         flight (a VMRUN's injected event, an exception being delivered): `run` returns reason
@@ -250,14 +287,23 @@ class Machine:
         self.uc.emu_stop()
 
     # ---- loading ----------------------------------------------------------------------------------
-    def load_multiboot(self, image: "BootImage", cmdline: str) -> None:
+    def load_multiboot(self, image: "BootImage", cmdline: str,
+                       modules: "ModuleLayout | None" = None) -> None:
+        from emu.core import firmware
         from emu.loader.multiboot import MBI_ADDR, build_mbi
+        firmware.install(self)       # BDA, MP and ACPI tables, MTRRs: what SeaBIOS leaves
         for addr, data in image.segments:
             if addr < 0 or addr + len(data) > self.ram_size:
                 raise ImageError(f"segment at {addr:#x}+{len(data):#x} is outside the "
                                  f"{self.ram_size >> 20} MiB of RAM")
             self.ram[addr:addr + len(data)] = data
-        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR)
+        if modules is None:                  # none: mods_addr still says where they would go
+            from emu.loader.modules import place_modules
+            modules = place_modules(image, cmdline, "", [], self.ram_size)
+        for addr, data in modules.blobs:
+            self.ram[addr:addr + len(data)] = data
+        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR, mods_count=modules.count,
+                        mods_addr=modules.mods_addr)
         self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
         self.uc.reg_write(UC_X86_REG_RIP, self._start)   # so a snapshot taken now resumes here
@@ -275,8 +321,8 @@ class Machine:
             raise OptionError("no guest loaded")
         if max_insns is not None and max_insns <= 0:
             raise OptionError("--max-insns must be positive")
-        if timeout is not None and timeout <= 0:
-            raise OptionError("--timeout must be positive")
+        if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
+            raise OptionError(f"--timeout must be positive and at most {MAX_TIMEOUT:.0f} seconds")
         uc = self.uc
         extra = []
         if max_insns is not None:
@@ -373,10 +419,12 @@ class Machine:
         """May programs run from here on? Not while anything else wants Python to see every
         event: a trace, a debugger's or fuzzer's hooks, a pending interrupt or I/O trap, a stop."""
         e = self.replay
+        if e is not None and e.enabled:
+            self.irq.release_time_window()
         return (e is not None and e.enabled and self.tracer is None and not self.world_observers
                 and binding.hook_count(self.uc) == self._own_hooks and self._result is None
                 and self._pending is None and self._pause is None and not self.io_trap.armed
-                and not self.irq.window.armed and not self.apic.irr and not self.apic.nmi_pending)
+                and not self.irq.window.armed and not self.apic.signalled())
 
     def _on_intr_c(self, _uch: int, intno: int, _user: int) -> None:
         """The Python hook behind the C one: the binding's exception handling, which a raw
@@ -532,6 +580,8 @@ class Machine:
         self._trace_io("out", port, size, value, dev)
         if dev:
             dev.write(port, size, value)
+        if self.apic.nmi_pending and self._result is None:
+            self.irq.check_soon()      # an NMI a device raised (I/O APIC) ignores IF
         if self._result is not None:
             # The device ended the run (isa-debug-exit): stop before the next instruction
             # rather than at the end of the translation block.
@@ -597,6 +647,8 @@ class Machine:
                      _data: object) -> bool:
         self.replay_sync()
         kind = {19: "read", 20: "write", 21: "fetch"}.get(access, "access")
+        if not self.strict and kind != "fetch" and self.open_bus.cover(address):
+            return True           # retried: it reads all-ones now (devices/open_bus.py)
         self._finish("unsupported", STATUS_UNSUPPORTED,
                      f"unsupported: {kind} of physical address {address:#x} (no RAM or device "
                      f"there) at rip {uc.reg_read(UC_X86_REG_RIP):#x}")

@@ -58,6 +58,7 @@ import unicorn
 from unicorn.x86_const import UC_X86_REG_RIP
 
 from emu.errors import SnapshotError
+from emu.core.snapshot_check import check_cpu
 from emu.engine.hw_switch import OFF_EIP, flush_tlb
 
 if TYPE_CHECKING:
@@ -77,6 +78,11 @@ _RUN = struct.Struct("<II")
 _DIGEST = 32
 _MAX_RAM = 4 << 30     # above any machine's RAM: bounds what a crafted header can allocate
 _RAW, _ZLIB = 0, 1
+# The most each section can decode to: its own size for the fixed ones, RAM for the RAM data,
+# and a generous bound for the JSON ones (a real MACH section is a few KiB).
+_MAX_JSON = 64 << 20
+_MAX_SECTION = {b"HEAD": 1 << 16, b"CPU0": 1 << 16, b"L0RG": 16 << 20, b"RAMR": _MAX_RAM // PAGE * 8,
+                b"RAMD": _MAX_RAM, b"MACH": _MAX_JSON}
 _BYTES_TAG = "__bytes__"
 
 
@@ -166,7 +172,8 @@ def _load_section(what: str, load: Callable[[dict[str, Any]], None], state: dict
         load(state)
     except SnapshotError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
+            struct.error) as e:
         raise SnapshotError(f"the snapshot's {what} section is malformed "
                             f"({type(e).__name__}: {e})")
 
@@ -187,6 +194,7 @@ def _check_compatible(machine: "Machine", snap: Snapshot) -> None:
                             f"unicorn's is {len(machine.ctx.view)}")
     if len(snap.ram) != snap.ram_size or len(snap.l0) != len(machine.hostvm.buf):
         raise SnapshotError("the snapshot's memory images do not have the sizes its header states")
+    check_cpu(snap.cpu)
     have = [dev.name for dev in machine.devices]
     want = [name for name, _ in snap.devices]
     if have != want:
@@ -292,7 +300,7 @@ def _versions() -> str:
 
 
 def _parse(body: memoryview, version: int, count: int) -> Snapshot:
-    sections: dict[bytes, bytes] = {}
+    table: dict[bytes, tuple[int, memoryview, int]] = {}
     pos = _PREFIX.size
     for _ in range(count):
         if pos + _SECTION.size > len(body):
@@ -301,24 +309,24 @@ def _parse(body: memoryview, version: int, count: int) -> Snapshot:
         pos += _SECTION.size
         if pos + stored > len(body):
             raise SnapshotError(f"section {tag!r} runs past the end of the file")
-        chunk = body[pos:pos + stored]
-        pos += stored
-        if enc == _RAW:
-            raw = bytes(chunk)
-        elif enc == _ZLIB:
-            d = zlib.decompressobj()
-            raw = d.decompress(chunk, raw_len + 1)
-            if not d.eof or d.unused_data:
-                raise SnapshotError(f"section {tag!r} is not one complete zlib stream")
-        else:
-            raise SnapshotError(f"section {tag!r} has unknown encoding {enc}")
-        if len(raw) != raw_len:
-            raise SnapshotError(f"section {tag!r} decodes to {len(raw)} bytes, not {raw_len}")
-        if tag in sections:
+        if tag in table:
             raise SnapshotError(f"section {tag!r} appears twice")
-        sections[tag] = raw
+        if tag not in _MAX_SECTION:
+            raise SnapshotError(f"section {tag!r} is not a section of format {version}")
+        table[tag] = (enc, body[pos:pos + stored], raw_len)
+        pos += stored
     if pos != len(body):
         raise SnapshotError("there are stray bytes after the last section")
+    # Sizes are checked before anything is inflated (a small zlib stream can claim gigabytes):
+    # the fixed sections against fixed bounds, the RAM ones against the RAM size HEAD states.
+    bounds = dict(_MAX_SECTION)
+    if b"HEAD" in table:
+        head_ram = _unjson(_inflate(b"HEAD", *table[b"HEAD"], bounds[b"HEAD"])).get("ram_size")
+        if type(head_ram) is int and 0 < head_ram <= _MAX_RAM:
+            bounds[b"RAMD"] = head_ram
+            bounds[b"RAMR"] = head_ram // PAGE * _RUN.size
+    sections = {tag: _inflate(tag, enc, chunk, raw_len, bounds.get(tag, 0))
+                for tag, (enc, chunk, raw_len) in table.items()}
     for tag in (b"HEAD", b"CPU0", b"L0RG", b"RAMR", b"RAMD", b"MACH"):
         if tag not in sections:
             raise SnapshotError(f"section {tag.decode()} is missing")
@@ -340,6 +348,25 @@ def _parse(body: memoryview, version: int, count: int) -> Snapshot:
                     msrs={int(k, 16): _int(v) for k, v in dict(mach["msrs"]).items()},
                     tsc=_int(mach["tsc"]), cpuid=cpuid, devices=devices, extensions=extensions,
                     unicorn_version=str(head["unicorn"]), format_version=version)
+
+
+def _inflate(tag: bytes, enc: int, chunk: memoryview, raw_len: int, bound: int) -> bytes:
+    """A section's bytes, refusing one that claims more than `bound` before inflating it."""
+    if raw_len > bound:
+        raise SnapshotError(f"section {tag!r} claims {raw_len} bytes, more than a snapshot of "
+                            f"this machine can hold ({bound})")
+    if enc == _RAW:
+        raw = bytes(chunk)
+    elif enc == _ZLIB:
+        d = zlib.decompressobj()
+        raw = d.decompress(chunk, raw_len + 1)
+        if not d.eof or d.unused_data:
+            raise SnapshotError(f"section {tag!r} is not one complete zlib stream")
+    else:
+        raise SnapshotError(f"section {tag!r} has unknown encoding {enc}")
+    if len(raw) != raw_len:
+        raise SnapshotError(f"section {tag!r} decodes to {len(raw)} bytes, not {raw_len}")
+    return raw
 
 
 def _int(v: Any) -> int:

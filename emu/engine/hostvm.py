@@ -22,8 +22,8 @@ from emu.arch.bits import CR0_ET, CR0_PE, DR6_RESET, DR7_RESET, EFER_SVME, RFLAG
 from emu.arch.vmcb import (  # noqa: F401  (the exit codes L0 handles, reached as hostvm.VMEXIT_*)
     MSRPM_SIZE, IOPM_SIZE, VMCB_SIZE, Segment, Vmcb, intercept_misc_bit, msrpm_bit_offset,
     VMEXIT_CR0_READ, VMEXIT_CR0_WRITE, VMEXIT_DR7_WRITE, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_VINTR,
-    VMEXIT_RDTSC, VMEXIT_CPUID, VMEXIT_SWINT, VMEXIT_HLT, VMEXIT_INVLPGA, VMEXIT_IOIO, VMEXIT_MSR,
-    VMEXIT_SHUTDOWN, VMEXIT_VMRUN, VMEXIT_VMMCALL, VMEXIT_VMLOAD, VMEXIT_VMSAVE, VMEXIT_STGI,
+    VMEXIT_RDTSC, VMEXIT_RDPMC, VMEXIT_CPUID, VMEXIT_SWINT, VMEXIT_HLT, VMEXIT_INVLPGA, VMEXIT_IOIO,
+    VMEXIT_MSR, VMEXIT_SHUTDOWN, VMEXIT_VMRUN, VMEXIT_VMMCALL, VMEXIT_VMLOAD, VMEXIT_VMSAVE, VMEXIT_STGI,
     VMEXIT_CLGI, VMEXIT_SKINIT, VMEXIT_RDTSCP, VMEXIT_NPF,
 )
 from emu.arch.msrs import MSR_EFER, MSR_VM_HSAVE_PA
@@ -41,12 +41,13 @@ HSAVE01 = L0_BASE + 0x1000
 MSRPM01 = L0_BASE + 0x2000      # 8 KiB
 IOPM01 = L0_BASE + 0x4000       # 12 KiB
 TRAMPOLINE = L0_BASE + 0x8000
+TRAMPOLINE_INSNS = 3      # the trampoline's instructions, ending with the VMRUN into L1
 SCRATCH = L0_BASE + 0x9000      # free for extensions (vmcb02, ...)
 
 # No VMEXIT_IOIO: Unicorn 2.1.4 never checks the I/O permission map (its translator's I/O check
 # returns early), so port I/O is seen only through the IN/OUT hooks.
 L0_INTERCEPTED_EXITS = (
-    VMEXIT_RDTSC, VMEXIT_CPUID, VMEXIT_SWINT, VMEXIT_HLT, VMEXIT_INVLPGA, VMEXIT_MSR,
+    VMEXIT_RDTSC, VMEXIT_RDPMC, VMEXIT_CPUID, VMEXIT_SWINT, VMEXIT_HLT, VMEXIT_INVLPGA, VMEXIT_MSR,
     VMEXIT_SHUTDOWN, VMEXIT_VMRUN, VMEXIT_VMMCALL, VMEXIT_VMLOAD, VMEXIT_VMSAVE, VMEXIT_STGI,
     VMEXIT_CLGI, VMEXIT_SKINIT, VMEXIT_RDTSCP,
 )
@@ -57,6 +58,9 @@ L0_INTERCEPTED_EXITS = (
 L0_DR_WRITE_INTERCEPTS = 1 << 7
 # CR8 is the APIC's TPR[7:4]; Unicorn has no APIC and reads CR8 as 0, so L0 emulates it (irq.py).
 L0_CR_INTERCEPTS = 1 << 8
+# CR4 writes: Unicorn takes reserved CR4 bits silently; L0 checks them against the CPU model
+# (emu/core/control_regs.py).
+L0_CR_WRITE_INTERCEPTS = L0_CR_INTERCEPTS | 1 << 4
 
 
 class HostVm:
@@ -95,7 +99,7 @@ class HostVm:
         vm = Vmcb(raw)
         vm.intercept_exceptions = 0xFFFFFFFF
         vm.intercept_dr_write = L0_DR_WRITE_INTERCEPTS
-        vm.intercept_cr_read = vm.intercept_cr_write = L0_CR_INTERCEPTS
+        vm.intercept_cr_read, vm.intercept_cr_write = L0_CR_INTERCEPTS, L0_CR_WRITE_INTERCEPTS
         misc = 0
         for code in L0_INTERCEPTED_EXITS:
             misc |= intercept_misc_bit(code)
@@ -119,7 +123,7 @@ class HostVm:
         save.rsp = 0
         save.rax = magic
         self.view(VMCB01, VMCB_SIZE)[:] = raw
-        # mov ebx, mbi; mov rax, VMCB01; vmrun
+        # mov ebx, mbi; mov rax, VMCB01; vmrun  (TRAMPOLINE_INSNS instructions)
         tramp = (b"\xBB" + struct.pack("<I", mbi) + b"\x48\xB8" + struct.pack("<Q", VMCB01)
                  + b"\x0F\x01\xD8")
         self.view(TRAMPOLINE, len(tramp))[:] = tramp

@@ -40,6 +40,8 @@ SEG_SIZE = 24
 OFF_CR = OFF_SEGS + 10 * SEG_SIZE   # cr[0..4], u64 each
 OFF_CR2 = OFF_CR + 2 * 8
 OFF_EFER = 592
+OFF_FPSTT = 604          # u32: the x87 stack top (FSW.TOP), an index into fpregs[8]
+OFF_FPTAGS = 612         # u8[8]: 1 = empty, 0 = valid
 OFF_VM_HSAVE = 4832
 OFF_ERROR_CODE = 5384
 OFF_DR = 5400            # dr[0..7], u64 each

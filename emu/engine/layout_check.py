@@ -125,6 +125,8 @@ def _registers(uc: Uc, ctx: H.Context, p: _Probe) -> None:
         uc.reg_write(reg, 0xD000 + i)
     uc.reg_write(X.UC_X86_REG_DR6, DR6_RESET | 1)
     uc.reg_write(X.UC_X86_REG_DR7, DR7_RESET | 0x300)     # LE | GE: enable nothing
+    uc.reg_write(X.UC_X86_REG_FPSW, 5 << 11)              # TOP = 5
+    uc.reg_write(X.UC_X86_REG_FPTAG, 0xFFF3)              # register 1 valid, the rest empty
     uc.msr_write(MSR_EFER, uc.msr_read(MSR_EFER) | EFER_SVME | EFER_NXE)
     uc.msr_write(MSR_VM_HSAVE_PA, _HSAVE)
     ctx.save()
@@ -143,6 +145,9 @@ def _registers(uc: Uc, ctx: H.Context, p: _Probe) -> None:
             p.expect(f"DR{n} at OFF_DR", ctx.u64(H.OFF_DR + 8 * n), uc.reg_read(reg))
     p.expect("OFF_EFER", ctx.u64(H.OFF_EFER), uc.msr_read(MSR_EFER))
     p.expect("OFF_VM_HSAVE", ctx.u64(H.OFF_VM_HSAVE), _HSAVE)
+    p.expect("OFF_FPSTT", ctx.u32(H.OFF_FPSTT), 5)
+    p.expect("OFF_FPTAGS", int.from_bytes(ctx.view[H.OFF_FPTAGS:H.OFF_FPTAGS + 8], "little"),
+             0x0101_0101_0101_0001)
     hf = ctx.u32(H.OFF_HFLAGS)
     p.expect("OFF_HFLAGS (HF_TS, HF_OSFXSR)", hf & (H.HF_TS | H.HF_OSFXSR), H.HF_TS | H.HF_OSFXSR)
     uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) & ~CR0_TS)

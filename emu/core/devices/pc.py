@@ -1,0 +1,99 @@
+"""The PC around the CPU, as QEMU's pc machine (i440FX + PIIX) presents it to a kernel after
+SeaBIOS: which device sits where and how their interrupt lines and clocks are wired.
+
+  ports 0x20/0x21, 0xA0/0xA1, 0x4D0/0x4D1   8259 pair + ELCR        pic.py
+  ports 0x40-0x43, 0x61                     8254 PIT, port B         pit.py
+  ports 0x60, 0x64                          8042 keyboard controller kbc.py
+  ports 0x70/0x71                           RTC and CMOS             cmos.py
+  port 0x80                                 POST codes               post.py
+  port 0x92                                 fast A20 and reset       port92.py
+  ports 0xE0-0xE7, 0x2000-0x2017            QEMU pc-testdev          testdev.py
+  ports 0x600-0x63F                         ACPI PM block and timer  pm_timer.py
+  ports 0xCF8-0xCFF                         PCI configuration        pci.py
+  0xFEC00000                                I/O APIC                 ioapic.py
+  holes in the physical address space       all-ones                 open_bus.py
+
+Interrupts: ISA lines go to the 8259 and the I/O APIC (gsi.py); the 8259's INTR reaches the
+local APIC's LINT0 (ExtINT); the local APIC broadcasts EOIs of level-triggered vectors to the
+I/O APIC. Clocks: clock.py.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from emu.core.devices.cmos import Cmos
+from emu.core.devices.gsi import InterruptLines
+from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE, IoApic
+from emu.core.devices.kbc import KBC_IRQ, KeyboardController
+from emu.core.devices.pci import PM_BASE_DEFAULT, PciHost
+from emu.core.devices.pic import PicPair
+from emu.core.devices.pit import PIT_IRQ, Pit8254
+from emu.core.devices.pm_timer import PmBlock
+from emu.core.devices.port92 import SystemPortA
+from emu.core.devices.post import PostPort
+from emu.core.devices.testdev import PcTestdev
+from emu.errors import Unsupported
+
+if TYPE_CHECKING:
+    from emu.core.machine import Machine
+
+# QEMU's pc machine keeps RAM below 4 GiB under LOWMEM_LIMIT when there is at least
+# LOWMEM_SPLIT of it (the rest goes above 4 GiB).
+LOWMEM_SPLIT = 0xE0000000
+LOWMEM_LIMIT = 0xC0000000
+
+
+def ram_split(ram_size: int) -> tuple[int, int]:
+    """(RAM below 4 GiB, RAM above 4 GiB) as QEMU's pc machine lays them out."""
+    below = LOWMEM_LIMIT if ram_size >= LOWMEM_SPLIT else ram_size
+    return below, ram_size - below
+
+
+class PcPlatform:
+    def __init__(self, m: "Machine") -> None:
+        self.m = m
+        apic = m.apic
+        apic.firmware_state()
+        self.pic = PicPair(changed=self._pic_changed)
+        self.ioapic = IoApic(apic)
+        self.lines = InterruptLines(self.pic, self.ioapic, apic)
+        self.pic.sync = self.ioapic.sync = m.irq.tick_timers
+        apic.extint = self.pic
+        apic.on_level_eoi = self.ioapic.eoi
+        m.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.ioapic)
+
+        now, advance = m.irq._now, m.irq._advance
+        self.pit = Pit8254(now, advance, lambda level: self.lines.set(PIT_IRQ, level),
+                           lambda: self.lines.routed(PIT_IRQ))
+        m.irq.timers.append(self.pit)
+        below, above = ram_split(m.ram_size)
+        self.cmos = Cmos(now, below, above)
+        self.kbc = KeyboardController(m.reset_request, self._a20,
+                                      lambda level: self.lines.set(KBC_IRQ, level))
+        self.port92 = SystemPortA(m.reset_request, self._a20)
+        self.pm = PmBlock(now, advance, m.poweroff, PM_BASE_DEFAULT)
+        self.pci = PciHost(m.reset_request, self._move_pm)
+        self.pm.moved = self._move_pm
+        for dev in (self.pic, self.pit, self.kbc, self.cmos, PostPort(), self.port92,
+                    PcTestdev(self.lines.set), self.pm, self.pci):
+            m.add_device(dev)
+        m.devices.append(self.ioapic)
+
+    def _pic_changed(self) -> None:
+        if self.pic.intr():
+            self.m.irq.changed()
+
+    @staticmethod
+    def _a20(enabled: bool) -> None:
+        if not enabled:
+            raise Unsupported("unsupported: the guest disabled the A20 gate (svmemu keeps "
+                              "address bit 20 unmasked)")
+
+    def _move_pm(self, base: int | None) -> None:
+        m = self.m
+        for port in self.pm.ports():
+            if m.ports.get(port) is self.pm:
+                del m.ports[port]
+        self.pm.base = base
+        for port in self.pm.ports():
+            m.ports[port] = self.pm
