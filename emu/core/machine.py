@@ -31,6 +31,8 @@ from emu.core.devices.open_bus import OpenBus
 from emu.core.devices.pc import PcPlatform
 from emu.core.devices.serial import Serial16550
 from emu.errors import ImageError, OptionError, Unsupported
+from emu.errors import (STATUS_BAD_INPUT, STATUS_HALTED, STATUS_LIMIT,  # noqa: F401 (re-exported)
+                        STATUS_SHUTDOWN, STATUS_UNSUPPORTED)
 from emu.core.extension import Extension, ExitRouter
 from emu.engine.hostvm import HostVm
 from emu.core.irq import InterruptController
@@ -54,13 +56,6 @@ if TYPE_CHECKING:
     from emu.loader.modules import ModuleLayout
     from emu.loader.multiboot import BootImage
 
-# Process exit status for each way a run ends. Guest-chosen statuses (isa-debug-exit) are always
-# odd, so ours are even and cannot be confused with them.
-STATUS_HALTED = 0
-STATUS_BAD_INPUT = 2
-STATUS_SHUTDOWN = 4
-STATUS_UNSUPPORTED = 6
-STATUS_LIMIT = 8
 
 MULTIBOOT_MAGIC = 0x2BADB002
 TSC_STEP = 1000          # virtual TSC ticks per read: deterministic, monotonic
@@ -145,6 +140,9 @@ class Machine:
         self.deliverer = Deliverer(uc, self.ctx, self.mem)
         self.io_trap = IoTrap(uc, self.ctx)
         self.tracer = tracer
+        # Installers of per-run memory hooks (the `mem` trace, emu/tools/memtrace.py): called at
+        # the start of each run, their hooks removed at its end.
+        self.memory_hooks: list[Callable[[Uc], list[int]]] = []
         self.tsc = 0
         self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
         self.cpuid = Cpuid(cpu)
@@ -330,9 +328,10 @@ class Machine:
             extra.append(uc.hook_add(UC_HOOK_CODE, self._count_insn))
         if self.tracer and self.tracer.on("insn"):
             extra.append(uc.hook_add(UC_HOOK_CODE, self._trace_insn))
-        if self.tracer and self.tracer.on("mem"):
-            from emu.tools.memtrace import MemTrace
-            extra += MemTrace(self).install(uc)
+        if self.tracer and self.tracer.on("mem") and not self.memory_hooks:
+            raise OptionError("the mem trace needs emu.tools.memtrace.attach(machine)")
+        for install in self.memory_hooks:
+            extra += install(uc)
         deadline = time.monotonic() + timeout if timeout else None
         watchdog = _Watchdog(uc, deadline) if deadline is not None else None
         begin = self._start

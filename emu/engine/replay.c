@@ -162,9 +162,9 @@ const char *replay_abi(void)
 
 /* A CPython module only so that setuptools builds and installs the library; it is loaded with
  * ctypes (emu/engine/replay.py) and exports nothing to Python. */
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_replay", NULL, -1, NULL};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "creplay", NULL, -1, NULL};
 
-PyMODINIT_FUNC PyInit__replay(void)
+PyMODINIT_FUNC PyInit_creplay(void)
 {
     return PyModule_Create(&module);
 }

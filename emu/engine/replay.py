@@ -86,7 +86,7 @@ def check_abi(lib: ctypes.CDLL) -> None:
     try:
         lib.replay_abi.restype = ctypes.c_char_p
     except AttributeError:
-        raise ReplayAbiMismatch("emu/engine/_replay predates replay_abi(); rebuild it with "
+        raise ReplayAbiMismatch("emu/engine/creplay predates replay_abi(); rebuild it with "
                                 "`pip install -e .`") from None
     reported = dict(word.split("=") for word in lib.replay_abi().decode().split())
     got = {name: int(value) for name, value in reported.items()}
@@ -94,7 +94,7 @@ def check_abi(lib: ctypes.CDLL) -> None:
     if got != want:
         diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
         raise ReplayAbiMismatch(
-            "emu/engine/_replay was built from a replay.c that disagrees with replay.py on "
+            "emu/engine/creplay was built from a replay.c that disagrees with replay.py on "
             + ", ".join(f"{k} (C {got.get(k)}, Python {want.get(k)})" for k in diff)
             + "; rebuild it with `pip install -e .`")
 
@@ -103,10 +103,10 @@ def _load() -> ctypes.CDLL | None:
     if os.environ.get("SVMEMU_REPLAY", "1") == "0":
         return None
     try:
-        from emu.engine import _replay  # built by setup.py (pip install)
+        from emu.engine import creplay  # built by setup.py (pip install)
     except ImportError:
         return None
-    lib = ctypes.CDLL(_replay.__file__)
+    lib = ctypes.CDLL(creplay.__file__)
     check_abi(lib)
     lib.replay_intr.restype = None
     return lib
