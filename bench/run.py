@@ -27,6 +27,7 @@ from typing import Callable
 if __package__ in (None, ""):       # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import emu  # noqa: E402,F401  (first: chooses the Unicorn engine, ours when built)
 import unicorn  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
@@ -35,11 +36,12 @@ from rich.table import Table  # noqa: E402
 from bench import profile_replay, profile_switch, runners, workloads  # noqa: E402
 from bench.workloads import Workload  # noqa: E402
 from emu.loader.asm import GUESTS_DIR, assemble_source  # noqa: E402
+from emu.engine.unicorn_build import loader as engine_loader  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS.md"
 SVMEMU_CLI = [sys.executable, "-m", "emu.cli"]
-SECTIONS = ("l1", "l2", "switch", "msr", "guests", "memory", "profile", "suite")
+SECTIONS = ("l1", "l2", "memloop", "switch", "msr", "guests", "memory", "profile", "suite")
 GUEST_STATUS = {"triplefault": 4}      # svmemu status a bundled guest must end with (default 1)
 
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -206,6 +208,7 @@ def goal_rows(rows: list[Row], rss_ratio: float | None) -> list[list[str]]:
             ("L1 loop: QEMU cost / svmemu cost", 1.0, ratio_of("l1", "qemu")),
             ("L1 loop: raw Unicorn cost / svmemu cost", 0.95, ratio_of("l1", "raw")),
             ("L2 loop under NPT: QEMU / svmemu", 1.0, ratio_of("l2", "qemu")),
+            ("L1 memory loop: QEMU / svmemu", 1.0, ratio_of("memloop", "qemu")),
             ("world-switch round trip: QEMU / svmemu", 1.0, ratio_of("switch", "qemu"))):
         if value is not None:
             out.append([goal, f"≥ {target:g}", f"{value:.2f}", "yes" if value >= target else "no"])
@@ -263,6 +266,7 @@ def machine_facts() -> list[str]:
             f"CPU: {cpu}, {os.cpu_count()} logical CPUs, load average "
             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at start",
             f"Python {platform.python_version()}, unicorn {unicorn.__version__}, {qemu_v}",
+            f"engine (svmemu and raw Unicorn): {engine_loader.current().describe()}",
             f"{platform.system()} {platform.release()}"]
 
 

@@ -203,7 +203,15 @@ class SvmExtension(Extension, ExitRouter):
         info2 = 0
         if code == VMEXIT_NPF:     # Unicorn gives the low 32 bits only: npf.py completes them
             info1, info2 = npf.exit_info(self, info1, m.hostvm.exitinfo2(vmrun_mod.VMCB02))
-        nrip = self.next_rip() if code in _INSTRUCTION_EXITS else 0
+        try:
+            nrip = self.next_rip() if code in _INSTRUCTION_EXITS else 0
+        except NestedFault as fault:
+            # Fetching the instruction itself faults in the nested walk (Unicorn ran it from a
+            # translation it kept): the fetch comes before any intercept of the instruction, so
+            # the exit is that #NPF (APM vol. 2, 15.25.6).
+            info1, info2 = npf.exit_info(self, fault.exitinfo1 & 0xFFFFFFFF, fault.exitinfo2)
+            reflect.reflect(self, VMEXIT_NPF, info1, info2)
+            return True
         if code not in (VMEXIT_MSR, VMEXIT_NPF):
             info1 = 0          # no decode assists are reported, so no instruction details
         rip = ctx.u64(OFF_EIP)

@@ -12,8 +12,10 @@ AMD APM, set right in our layer so that L1 sees what hardware would show it.
   asks for it, L0 intercepts every CR0 write of L2 and decides per write whether bits other than
   CR0.TS and CR0.MP change.
 
-One is not an intercept but a crash: Unicorn's nested walk dereferences a null pointer when a
-nested leaf mapping one of the guest's *page tables* has NX set (EFER.NXE on in the host).
+One is not an intercept but a crash of the stock engine: Unicorn 2.1.4's nested walk
+dereferences a null pointer when a nested leaf mapping one of the guest's *page tables* has NX
+set (EFER.NXE on in the host). svmemu's own engine fixes it (emu/engine/unicorn_build,
+0003-nested-walk-null-prot.patch) and the walk completes as the APM says. On the stock engine
 `guard_nested_nx` catches the common form of it at VMRUN (the nested mapping of L2's CR3 page)
 and stops with "unsupported:" instead of taking the process down; lower-level tables are not
 scanned, since the guest can move them at any time.
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from emu.arch.bits import CR0_MP, CR0_PG, CR0_TS
 from emu.arch.decode import MAX_INSN_LENGTH, split_prefixes
+from emu.engine.unicorn_build import loader as engine_loader
 from emu.errors import Unsupported
 from emu.engine.hw_switch import NPT_MODE_NXE, OFF_EIP, OFF_REGS
 from emu.arch.paging import NestedFault, walk_nested
@@ -122,16 +125,21 @@ def _skip(ext: "SvmExtension", nrip: int) -> None:
 
 
 
+# The engine's nested walk survives NX nested leaves over guest page tables (patched engine).
+_ENGINE_WALKS_NX = engine_loader.has_fix("nested-walk-nx")
+
+
 def guard_nested_nx(ext: "SvmExtension", c: Vmcb12Cache, host_mode: int,
                     npt: bool) -> tuple[tuple[int, int], ...] | None:
-    """Stop before Unicorn 2.1.4 would crash (see module doc): L2 pages with its own tables under
-    nested paging, the host has EFER.NXE, and the nested leaf over L2's CR3 page is NX.
+    """Stop before stock Unicorn 2.1.4 would crash (see module doc): L2 pages with its own tables
+    under nested paging, the host has EFER.NXE, and the nested leaf over L2's CR3 page is NX.
+    Nothing to guard on svmemu's engine, whose walk completes.
 
     Returns the nested entries (host-physical address, value) the verdict rests on, so a replay
     of this VMRUN (fast_switch.py) can require them unchanged; None when it rests on more (the
     walk faulted)."""
     m = ext.machine
-    if not npt or not c.cr0 & CR0_PG or not host_mode & NPT_MODE_NXE:
+    if not npt or not c.cr0 & CR0_PG or not host_mode & NPT_MODE_NXE or _ENGINE_WALKS_NX:
         return ()
     mem = m.mem
     try:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 
 from emu.engine import hostvm
+from emu.arch.paging import canonical
 from emu.engine.hw_switch import (flush_tlb, nested_pg_mode, CS, DS, ES, GDTR, HF2_NPT, IDTR,
                            OFF_CR, OFF_CR2, OFF_EIP, OFF_HFLAGS2, OFF_INTERCEPT,
                            OFF_INTERCEPT_CRDR, OFF_INTERCEPT_EXC, OFF_NESTED_CR3,
@@ -137,10 +138,15 @@ def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
     npt = checks.nested_paging_enabled(c, ext.caps)
     merged = build_vmcb02(ext, c, npt)
     host_cr4, host_efer = ctx.cr(4), ctx.efer
-    for index, seg in ((ES, c.es), (CS, c.cs), (SS, c.ss), (DS, c.ds)):
-        ctx.set_seg(index, Segment.from_vmcb(*seg))
-    ctx.set_seg(GDTR, Segment(0, c.gdtr_base, c.gdtr_limit, 0))
-    ctx.set_seg(IDTR, Segment(0, c.idtr_base, c.idtr_limit, 0))
+    # No consistency check names segment or descriptor-table bases, so VMRUN accepts
+    # non-canonical ones. They are entered canonical (bits 63:48 copied from bit 47): Unicorn
+    # adds the CS base to RIP even in 64-bit mode, where a non-canonical one would make every
+    # fetch #GP. (A canonical non-zero CS base in 64-bit mode stays a known difference.)
+    for index, (selector, attrib, limit, base) in ((ES, c.es), (CS, c.cs), (SS, c.ss),
+                                                   (DS, c.ds)):
+        ctx.set_seg(index, Segment.from_vmcb(selector, attrib, limit, canonical(base)))
+    ctx.set_seg(GDTR, Segment(0, canonical(c.gdtr_base), c.gdtr_limit, 0))
+    ctx.set_seg(IDTR, Segment(0, canonical(c.idtr_base), c.idtr_limit, 0))
     ctx.set_u64(OFF_CR2, c.cr2)
     ctx.set_u64(OFF_CR + 24, c.cr3)
     ctx.load_control_hflags(c.cr0, c.cr4, c.efer, c.cpl)

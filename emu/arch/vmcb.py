@@ -436,6 +436,9 @@ def ioio_exitinfo1(port: int, size: int, is_in: bool, addr_size: int = 64, strin
 # ---------------------------------------------------------------------------------------------
 MSRPM_SIZE = 0x2000          # 8 KiB
 IOPM_SIZE = 0x3000           # 12 KiB: 64 Ki port bits plus room for accesses that run past 0xFFFF
+# The IOPM bytes a port access can read: 64 Ki port bits and the byte a multi-byte access at
+# port 0xFFFF runs into ("2 contiguous 4KB pages + 1 byte"); VMRUN's range check covers these.
+IOPM_EXTENT = 0x2001
 # (first MSR, last MSR, byte offset of its vector in the map). Two bits per MSR: read, then write.
 MSRPM_RANGES: tuple[tuple[int, int, int], ...] = (
     (0x0000_0000, 0x0000_1FFF, 0x0000),

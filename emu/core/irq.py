@@ -74,6 +74,7 @@ class InterruptController:
         self._mapped: int | None = None
         self._in_mmio = False
         self._want_kick = False
+        self._unbounded = True     # the current emu_start has no instruction bound
         self._replay: tuple[int, int, int] | None = None
         msrs = machine.msrs
         msrs.register(MSR_APIC_BASE, lambda: self.apic.base_msr, self._write_base)
@@ -248,6 +249,21 @@ class InterruptController:
         self.window.arm(kick=not self._in_mmio)
         if self._in_mmio:
             self._want_kick = True
+        elif self._window_not_enough():
+            self._kicked = True
+            self.m.uc.emu_stop()
+
+    def _window_not_enough(self) -> bool:
+        """The window brings the CPU back when the running guest's IF lets an interrupt in.
+        That is not enough when the event does not follow that IF (an NMI; a nested guest
+        whose physical interrupts follow the host's IF: they may exit while the guest's IF is
+        0), nor for a timer armed while Unicorn runs unbounded (its slices start at a stop)."""
+        if self.apic.nmi_pending:
+            return True
+        router = self.m.router
+        if router is not None and router.physical_if() is not None:
+            return True
+        return self._unbounded and self.apic.deadline() is not None
 
     def halt(self) -> None:
         """HLT (RIP already past it): wait at the next interrupt point. An STI shadow that
@@ -425,6 +441,7 @@ class InterruptController:
         device = [t for t in (d.deadline() for d in self.timers) if t is not None]
         if device and self.m.at_trampoline():
             self._entering = True              # L0's instructions take no virtual time
+            self._unbounded = False
             return hostvm.TRAMPOLINE_INSNS     # enter L1 first: its IF decides
         if device:
             can = self._interruptible()
@@ -433,6 +450,7 @@ class InterruptController:
             elif can is False and not self.window.armed and not self.m.svm_enabled():
                 self.window.arm(kick=False)
                 self.time_window = True
+        self._unbounded = deadline is None
         if deadline is None:
             return 0
         return max(1, min(deadline - self.m.tsc, MAX_SLICE))

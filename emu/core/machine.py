@@ -16,6 +16,7 @@ import ctypes
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable
 
+from emu.engine.unicorn_build import loader as engine_loader
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_INTR, UC_HOOK_INSN,
                      UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED)
 from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_REG_RAX,
@@ -128,6 +129,7 @@ class Machine:
                               f"{_MIN_RAM >> 20} MiB and {_MAX_RAM >> 20} MiB")
         self.ram_size = ram_size
         self.cpus = cpus          # the one CPU count: fw_cfg, the MP table and the MADT use it
+        engine_loader.tell_if_stock()
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(UC_CPU_X86_EPYC)
         self_check()

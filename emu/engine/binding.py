@@ -34,6 +34,11 @@ HOOK_MEM_ACCESS_CFUNC = _py3.HOOK_MEM_ACCESS_CFUNC
 """The ctypes callback type of a memory-access hook."""
 
 
+def library_path() -> str | None:
+    """The file the binding loaded libunicorn from."""
+    return getattr(LIB, "_name", None)
+
+
 def handle(uc: Uc) -> ctypes.c_void_p:
     """The uc_engine pointer, for direct libunicorn calls."""
     return uc._uch
