@@ -63,10 +63,6 @@ def gate64(offset: int, selector: int = SEL_CODE64, ist: int = 0, gtype: int = 0
 # The loader's own image type, so the machine treats a test image as it treats a file's.
 Image = BootImage
 
-    def span(self) -> tuple[int, int]:
-        """Where the image lies, as emu.loader.multiboot.BootImage.span (module placement)."""
-        return (min(a for a, _ in self.segments), max(a + len(b) for a, b in self.segments))
-
 
 HANDLERS = 0x210000   # handler i is placed at HANDLERS + 0x100 * i
 
