@@ -94,6 +94,7 @@ class SvmExtension(Extension, ExitRouter):
         self.pat = pat.make(pat_model)
         self.caps = HostCaps()
         self.last_invalid_reason: str | None = None
+        self.explained_rules: set[str] = set()   # consistency rules already told on stderr
 
     # ---- wiring -------------------------------------------------------------------------------
     def attach(self, machine: Machine) -> None:

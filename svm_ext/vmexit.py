@@ -12,6 +12,7 @@ TR, LDTR and the MSRs VMLOAD/VMSAVE move keep L2's values, exactly as on hardwar
 from __future__ import annotations
 
 import struct
+import sys
 from typing import TYPE_CHECKING
 
 
@@ -149,3 +150,15 @@ def fail_vmrun(ext: "SvmExtension", rule: str, where: str | None = None) -> None
     ext.trace(f"vmrun vmcb12 {st.vmcb12_pa:#x} failed its consistency checks: {rule} "
               "-> VMEXIT_INVALID", where)
     ext.last_invalid_reason = rule
+    _explain_once(ext, rule, where)
+
+
+def _explain_once(ext: "SvmExtension", rule: str, where: str | None) -> None:
+    """A failed VMRUN is silent to L1 except for EXITCODE = -1, which is easy to miss: tell the
+    user which rule (and APM section) it broke, once per rule, unless -q or an exits trace
+    (which already says it) is on."""
+    if not ext.machine.explain or ext.tracing() or rule in ext.explained_rules:
+        return
+    ext.explained_rules.add(rule)
+    print(f"svmemu: VMRUN at {where or ext.machine.where()} failed its consistency checks "
+          f"(VMEXIT_INVALID): {rule}", file=sys.stderr)

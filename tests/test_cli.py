@@ -146,3 +146,15 @@ def test_exit_status_guest_chains_in_the_shell():
                           f" > /dev/null && echo chained", shell=True, capture_output=True,
                           text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "chained", proc.stderr
+
+
+def test_failed_vmrun_is_explained_on_stderr_by_default(capsys):
+    """guests/svm_checks.S breaks each consistency rule on purpose; each rule is told once, with
+    its APM section, and -q keeps stderr silent."""
+    status, _, err = run_cli(capsys, "run", "guests/svm_checks.S")
+    assert status == 1                      # the guest passed: it saw VMEXIT_INVALID each time
+    told = [l for l in err.splitlines() if "failed its consistency checks" in l]
+    assert any("EFER.SVME is zero" in l and "§15.5.1" in l for l in told), err
+    assert len(told) == len(set(l.split("): ", 1)[1] for l in told)) > 5
+    status, _, err = run_cli(capsys, "run", "-q", "guests/svm_checks.S")
+    assert status == 1 and err == ""

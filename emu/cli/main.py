@@ -137,6 +137,7 @@ def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Na
                     limit: int | None) -> int:
     """Run, then end the way every run ends: flush, snapshot if asked, one summary line."""
     machine.strict = args.strict
+    machine.explain = not args.quiet
     outputs = _open_coverage(args, machine)
     if args.no_replay and machine.replay is not None:
         machine.replay.enabled = False

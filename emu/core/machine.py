@@ -162,6 +162,7 @@ class Machine:
         self.add_device(DebugExit(self._guest_exit))
         self.add_device(FwCfg(ram_size, cpus))
         self.strict = False       # stop at accesses to physical addresses with nothing there
+        self.explain = True       # one stderr line per surprising event a user should hear of (-q: off)
         self.open_bus = OpenBus(self)
         self.irq = InterruptController(self)     # local APIC, interrupt points, virtual time
         self.apic = self.irq.apic
