@@ -336,9 +336,19 @@ main:
 '''
 
 
-def test_init_to_the_boot_cpu_stops_the_run(tmp_path):
+def test_init_to_the_boot_cpu_restarts_the_machine(tmp_path):
+    """INIT of the boot CPU restarts it in the firmware, which reboots (CMOS shutdown status
+    0): the run ends as a reset does."""
     m, res, out = boot(INIT_SELF, tmp_path)
-    assert res.reason == "unsupported" and "INIT" in res.message and "reset vector" in res.message
+    assert res.reason == "reset" and res.status == 4 and "INIT" in res.message, res
+    assert "not reached" not in out
+
+
+def test_init_with_a_resume_code_stops_unsupported(tmp_path):
+    src = INIT_SELF.replace("main:\n", "main:\n    mov al, 0x0f\n    out 0x70, al\n"
+                            "    mov al, 0x0a\n    out 0x71, al\n")
+    m, res, out = boot(src, tmp_path)
+    assert res.reason == "unsupported" and "40:67" in res.message, res
     assert "not reached" not in out
 
 
