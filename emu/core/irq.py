@@ -133,7 +133,7 @@ class InterruptController:
     # interrupt deliverable cannot simply stop emulation: the write would happen twice (two
     # EOIs). It stops anyway, and remembers the access; where emulation stops (the window exit
     # or the next interrupt point) RIP is that instruction again, and if it is a plain MOV store
-    # (what APIC drivers use; its store is all it does) RIP moves past it. Any other instruction
+    # (what APIC drivers use, MOVABS moffs included; its store is all it does) RIP moves past it. Any other instruction
     # is restarted and the repeated access (same offset, size, value) is dropped once. (RIP read
     # inside an MMIO callback is not precise without a code hook, so it is not used.)
     def map_mmio(self, base: int, size: int, dev) -> None:
@@ -170,7 +170,8 @@ class InterruptController:
             uc.emu_stop()
 
     def _finish_store(self) -> bool:
-        """At a stop after a kicked MMIO write: move RIP past it if it was a plain MOV store."""
+        """At a stop after a kicked MMIO write: move RIP past it if it was a plain MOV (or
+        MOVABS) store."""
         if self._replay is None:
             return False
         uc = self.m.uc
@@ -190,7 +191,7 @@ class InterruptController:
         except Exception:
             return 0
         for ins in decoder(m.ctx.save().mode_bits()).disasm(code, rip, 1):
-            if ins.mnemonic == "mov" and "[" in ins.op_str.split(",")[0]:
+            if ins.mnemonic in ("mov", "movabs") and "[" in ins.op_str.split(",")[0]:
                 return ins.size
         return 0
 
