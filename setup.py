@@ -31,5 +31,5 @@ class BuildExtAndEngine(build_ext):
         _engine_build_module().build_engine(optional=True, jobs=2)
 
 
-setup(ext_modules=[Extension("emu.engine._replay", sources=["emu/engine/replay.c"], optional=True)],
+setup(ext_modules=[Extension("emu.engine.creplay", sources=["emu/engine/replay.c"], optional=True)],
       cmdclass={"build_ext": BuildExtAndEngine})

@@ -1,4 +1,4 @@
-"""svmemu benchmarks (issue 5): svmemu against raw Unicorn and QEMU TCG on the same bytes.
+"""svmemu benchmarks: svmemu against raw Unicorn and QEMU TCG on the same bytes.
 
     python bench/run.py                  # everything but the test suite; writes bench/RESULTS.md
     python bench/run.py --suite          # also time the test suite (~60 s)
@@ -194,7 +194,7 @@ def guest_rows(repeat: int, qemu: bool, tmp: Path) -> list[list[str]]:
 
 
 def goal_rows(rows: list[Row], rss_ratio: float | None) -> list[list[str]]:
-    """Issue 5's goals against this run's numbers."""
+    """The speed goals against this run's numbers."""
     def ratio_of(key: str, other: str) -> float | None:
         for r in rows:
             if r.key == key:
@@ -438,9 +438,9 @@ def main(argv: list[str] | None = None) -> int:
                    ""]
     goals = goal_rows(rows, rss_ratio)
     if goals:
-        gh = ["goal (issue 5)", "target", "this run", "met"]
-        console.print(rich_table("issue 5 goals", gh, goals))
-        md += ["## Goals (issue 5)", "", md_table(gh, goals), ""]
+        gh = ["goal", "target", "this run", "met"]
+        console.print(rich_table("speed goals", gh, goals))
+        md += ["## Goals", "", md_table(gh, goals), ""]
     md += ["## Notes", "",
            "- Workloads are bench/guests/*.S, assembled by svmemu's assembler with the iteration "
            "count substituted; the same bytes boot on QEMU "

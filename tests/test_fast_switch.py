@@ -16,7 +16,7 @@ from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import BootImage, parse_image
 from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import INTERCEPT_CPUID, INTERCEPT_VMMCALL, INTERCEPT_VMRUN
+from emu.arch.vmcb import INTERCEPT_CPUID, INTERCEPT_VMMCALL, INTERCEPT_VMRUN
 from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12
 
 pytestmark = pytest.mark.skipif(not replay.available(), reason="the C engine was not built")

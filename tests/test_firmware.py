@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 import subprocess
 
+from tests import harness
 import pytest
 
 from emu.arch import memtype
@@ -17,9 +18,7 @@ from emu.core.firmware.mtrr import seabios_mtrrs
 from emu.core.machine import Machine
 from emu.errors import OptionError
 from emu.loader.asm import GUESTS_DIR, assemble_source
-from emu.loader.multiboot import parse_image
 from emu.tools.memquery import effective_memtype
-from svm_ext.extension import SvmExtension
 from tests.conftest import QEMU, QEMU_MACHINE, parse_tap
 
 # The PCI functions with an interrupt pin on QEMU's default pc machine, as SeaBIOS lists them
@@ -47,10 +46,8 @@ def comments(output: str) -> dict[str, str]:
 
 
 def run_svmemu(image) -> tuple[Machine, str]:
-    m = Machine(128 << 20, stdout=None, extensions=[SvmExtension()])
-    m.load_multiboot(parse_image(image.read_bytes(), str(image), m.ram_size), "firmware.bin ")
-    res = m.run(timeout=60)
-    out = bytes(m.serial.output).decode()
+    b = harness.boot(str(image), cmdline="firmware.bin ", timeout=60)
+    m, res, out = b.machine, b.result, b.serial
     assert res.reason == "exit" and res.status == 1, (res, out)
     return m, out
 

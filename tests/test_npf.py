@@ -3,7 +3,7 @@ RSVD, ID and bit 32 (fault on the final guest-physical address) or bit 33 (fault
 page-table access), EXITINFO2 = the faulting GPA; nested leaves of 4 KiB, 2 MiB and 1 GiB.
 
 The expected values are written here from the APM, then cross-checked against our software
-walker (emu/paging.walk_2d) on the machine's memory, so a wrong value in either shows up.
+walker (emu/arch/paging.walk_2d) on the machine's memory, so a wrong value in either shows up.
 
 Layout (all in L1-physical memory): L2's own page tables at 0x30000 (identity, 2 MiB pages,
 plus the special entries below); the nested table at 0x700000+, built by tests/test_paging's
@@ -19,7 +19,7 @@ from emu.arch import paging
 from emu.arch.bits import NPF_GUEST_PAGE as GPA_BIT, NPF_GUEST_TABLE as GPT_BIT
 from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_NPF, VMEXIT_VMMCALL, Vmcb
+from emu.arch.vmcb import VMEXIT_NPF, VMEXIT_VMMCALL, Vmcb
 from tests.nested_image import EXIT_PASS, VMCB12, nested_image, vmcb12
 from tests.test_paging import Mem, Tables
 

@@ -121,6 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     tracer = _open_tracer(args)
     machine = Machine(args.memory, stdout=guest_stdout(), tracer=tracer, cpu=cpu,
                       extensions=[SvmExtension(pat_model=args.pat_model)] if cpu.svm else [])
+    _attach_tools(machine, tracer)
     image = parse_image(data, name, args.memory)
     cmdline = qemu_cmdline(args.image, args.append)
     modules = None
@@ -264,6 +265,13 @@ def _open_tracer(args: argparse.Namespace) -> "Tracer | None":
     return None
 
 
+def _attach_tools(machine: Machine, tracer: "Tracer | None") -> None:
+    """The tools a run's options ask for that hook the machine (`--trace mem`)."""
+    if tracer is not None and tracer.on("mem"):
+        from emu.tools import memtrace
+        memtrace.attach(machine)
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from emu.core import snapshot
     from svm_ext.extension import SvmExtension
@@ -273,6 +281,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     tracer = _open_tracer(args)
     machine = Machine(snap.ram_size, stdout=guest_stdout(), tracer=tracer,
                       extensions=[SvmExtension(pat_model=args.pat_model)])
+    _attach_tools(machine, tracer)
     snapshot.restore(machine, snap)
     return _run_and_report(machine, tracer, args, limit)
 

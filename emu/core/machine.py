@@ -32,10 +32,14 @@ from emu.core.devices.open_bus import OpenBus
 from emu.core.devices.pc import PcPlatform
 from emu.core.devices.serial import Serial16550
 from emu.errors import ImageError, OptionError, Unsupported
+from emu.errors import (STATUS_BAD_INPUT, STATUS_HALTED, STATUS_LIMIT,  # noqa: F401 (re-exported)
+                        STATUS_SHUTDOWN, STATUS_UNSUPPORTED)
 from emu.core.extension import Extension, ExitRouter
 from emu.engine.hostvm import HostVm
 from emu.core.irq import InterruptController
-from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context, self_check
+from emu.engine import binding
+from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context
+from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
 from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
                          Shutdown)
@@ -54,13 +58,6 @@ if TYPE_CHECKING:
     from emu.loader.modules import ModuleLayout
     from emu.loader.multiboot import BootImage
 
-# Process exit status for each way a run ends. Guest-chosen statuses (isa-debug-exit) are always
-# odd, so ours are even and cannot be confused with them.
-STATUS_HALTED = 0
-STATUS_BAD_INPUT = 2
-STATUS_SHUTDOWN = 4
-STATUS_UNSUPPORTED = 6
-STATUS_LIMIT = 8
 
 MULTIBOOT_MAGIC = 0x2BADB002
 TSC_STEP = 1000          # virtual TSC ticks per read: deterministic, monotonic
@@ -133,7 +130,7 @@ class Machine:
         engine_loader.tell_if_stock()
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(UC_CPU_X86_EPYC)
-        self_check(uc)
+        self_check()
         # One host mapping covers guest-physical [0, layout.end): host offset = guest address,
         # the PCI hole included but never mapped into Unicorn or touched. Private anonymous
         # memory: reading a page never touched maps the shared zero page, so only what the
@@ -149,6 +146,9 @@ class Machine:
         self.deliverer = Deliverer(uc, self.ctx, self.mem)
         self.io_trap = IoTrap(uc, self.ctx)
         self.tracer = tracer
+        # Installers of per-run memory hooks (the `mem` trace, emu/tools/memtrace.py): called at
+        # the start of each run, their hooks removed at its end.
+        self.memory_hooks: list[Callable[[Uc], list[int]]] = []
         self.tsc = 0
         self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
         self.cpuid = Cpuid(cpu)
@@ -208,7 +208,7 @@ class Machine:
         self.extensions = list(extensions)
         for ext in self.extensions:
             ext.attach(self)
-        self._own_hooks = len(uc._callbacks)
+        self._own_hooks = binding.hook_count(uc)
 
     # ---- extension entry points --------------------------------------------------------------------
     def register_exit(self, code: int, handler: Callable[[int], None]) -> None:
@@ -335,9 +335,10 @@ class Machine:
             extra.append(uc.hook_add(UC_HOOK_CODE, self._count_insn))
         if self.tracer and self.tracer.on("insn"):
             extra.append(uc.hook_add(UC_HOOK_CODE, self._trace_insn))
-        if self.tracer and self.tracer.on("mem"):
-            from emu.tools.memtrace import MemTrace
-            extra += MemTrace(self).install(uc)
+        if self.tracer and self.tracer.on("mem") and not self.memory_hooks:
+            raise OptionError("the mem trace needs emu.tools.memtrace.attach(machine)")
+        for install in self.memory_hooks:
+            extra += install(uc)
         deadline = time.monotonic() + timeout if timeout else None
         watchdog = _Watchdog(uc, deadline) if deadline is not None else None
         begin = self._start
@@ -427,7 +428,7 @@ class Machine:
         if e is not None and e.enabled:
             self.irq.release_time_window()
         return (e is not None and e.enabled and self.tracer is None and not self.world_observers
-                and len(self.uc._callbacks) == self._own_hooks and self._result is None
+                and binding.hook_count(self.uc) == self._own_hooks and self._result is None
                 and self._pending is None and self._pause is None and not self.io_trap.armed
                 and not self.irq.window.armed and not self.apic.signalled())
 
@@ -439,9 +440,7 @@ class Machine:
             self.replay_sync()
             self._on_intr(uc, intno, None)
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
-            if uc._hook_exception is None:
-                uc._hook_exception = e
-            uc.emu_stop()
+            binding.stop_with_exception(uc, e)
 
     # ---- hooks --------------------------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:

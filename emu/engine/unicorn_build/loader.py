@@ -97,8 +97,8 @@ def _classify_loaded(ours: str | None) -> Engine:
 
 
 def _loaded_library_path() -> str | None:
-    from unicorn.unicorn_py3 import unicorn as binding
-    return getattr(binding.uclib, "_name", None)
+    from emu.engine import binding      # imports unicorn: only once the engine is chosen
+    return binding.library_path()
 
 
 def current() -> Engine:
