@@ -6,7 +6,6 @@ behaviour here (a 16 GiB guest must not cost 16 GiB), so it is asserted, read fr
 accounting of the child process; no time is asserted."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -20,26 +19,21 @@ GUEST = str(GUESTS_DIR / "bigmem.S")
 RSS_LIMIT_KIB = 512 << 10          # far below any guest size tested here
 
 
-class _RusagePopen(subprocess.Popen):
-    """Popen that keeps the child's rusage (peak RSS) when it is reaped."""
-
-    maxrss = -1
-
-    def _try_wait(self, wait_flags):  # type: ignore[override]
-        try:
-            pid, status, usage = os.wait4(self.pid, wait_flags)
-        except ChildProcessError:
-            return self.pid, 0
-        if pid == self.pid:
-            self.maxrss = usage.ru_maxrss
-        return pid, status
+# The child's peak RSS as the kernel accounts it. It is measured by a small intermediate Python
+# process, not by the test process itself: a child's ru_maxrss includes the RSS of the process
+# that forked it, up to its exec, so a child of a big pytest process would report pytest's size.
+_MEASURE = ("import os, subprocess, sys\n"
+            "p = subprocess.Popen(sys.argv[1:])\n"
+            "_, status, usage = os.wait4(p.pid, 0)\n"
+            "sys.stderr.write(f'\\nmaxrss={usage.ru_maxrss}\\n')\n"
+            "sys.exit(os.waitstatus_to_exitcode(status))\n")
 
 
 def svmemu(*args: str) -> tuple[int, str, str, int]:
-    p = _RusagePopen([sys.executable, "-m", "emu.cli", *args], stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    out, err = p.communicate(timeout=300)
-    return p.returncode, out.decode(), err.decode(), p.maxrss
+    p = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "emu.cli", *args],
+                       capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
+    err, _, rss = p.stderr.decode().rpartition("\nmaxrss=")
+    return p.returncode, p.stdout.decode(), err, int(rss)
 
 
 @pytest.mark.parametrize("mem", ["4G", "16G"])
