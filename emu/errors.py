@@ -1,6 +1,14 @@
 """Errors the user can cause. The CLI turns each into one line on stderr and a non-zero exit;
 anything else escaping is a bug in svmemu."""
 
+# Process exit status for each way a run ends. Guest-chosen statuses (isa-debug-exit) are always
+# odd, so ours are even and cannot be confused with them.
+STATUS_HALTED = 0
+STATUS_BAD_INPUT = 2
+STATUS_SHUTDOWN = 4
+STATUS_UNSUPPORTED = 6
+STATUS_LIMIT = 8
+
 
 class SvmemuError(Exception):
     """Base of every error caused by user input; str(e) is the message shown to the user."""
@@ -21,6 +29,11 @@ class AsmError(SvmemuError):
 
 class OptionError(SvmemuError):
     """A command-line or API option with a bad value."""
+
+
+class OutputError(SvmemuError):
+    """An output svmemu cannot write (a full disk, /dev/full, a closed standard output): the run
+    stops, since what it would report is lost."""
 
 
 class SnapshotError(SvmemuError):

@@ -15,7 +15,7 @@ The sources, in order:
 ``host_cr0`` is L1's CR0 at the VMRUN (the APM's hCR0), which one rule needs; pass None when it
 is not known and that rule is skipped.
 
-Where the APM is silent we do not invent a check. Two things the brief asked about that the APM
+Where the APM is silent we do not invent a check. Two things one might expect checked that the APM
 does not list, and that we therefore do NOT reject:
   * NP_ENABLE set on a CPU that does not report nested paging. No VMEXIT_INVALID is documented;
     the bit is ignored (``nested_paging_enabled`` is what the rest of svm_ext must use).
@@ -55,14 +55,14 @@ from emu.arch.bits import (
     EFER_SVME,
 )
 from emu.arch.memtype import PAT_TYPES
-from svm_ext.vmcb import (
+from emu.arch.vmcb import (
     EVENTINJ_TYPE_EXCEPTION,
     EVENTINJ_TYPE_INTR,
     EVENTINJ_TYPE_NMI,
     EVENTINJ_TYPE_SOFT_INT,
     EVENTINJ_V,
     INTERCEPT_VMRUN,
-    IOPM_SIZE,
+    IOPM_EXTENT,
     MSRPM_SIZE,
     SEG_ATTR_DB,
     SEG_ATTR_L,
@@ -247,10 +247,15 @@ def vmrun_intercept_clear(c: Vmcb12Cache, caps: HostCaps, host_cr0: int | None) 
 
 
 def _map_beyond(base: int, size: int, maxphyaddr: int) -> bool:
-    # The low 12 bits of the base are ignored. Every byte of the map must have an address below
-    # 2^MAXPHYADDR; the first byte that does not is what "extends to ... the maximum supported
-    # physical address" means to us.
-    return ((base & _PAGE_MASK) + size - 1) >> maxphyaddr != 0
+    # The low 12 bits of the base are ignored. "Extends to a physical address greater than or
+    # equal to the maximum supported physical address": the maximum supported address is
+    # 2^MAXPHYADDR - 1, so a map whose last byte sits there is already illegal (an 8 KiB MSRPM
+    # at 2^MAXPHYADDR - 8 KiB fails VMRUN, as kvm-unit-tests' svm_guest_state_test checks).
+    return _map_last_byte(base, size) >= (1 << maxphyaddr) - 1
+
+
+def _map_last_byte(base: int, size: int) -> int:
+    return (base & _PAGE_MASK) + size - 1
 
 
 def msrpm_beyond_maxphyaddr(c: Vmcb12Cache, caps: HostCaps, host_cr0: int | None) -> bool:
@@ -262,11 +267,11 @@ def msrpm_beyond_maxphyaddr(c: Vmcb12Cache, caps: HostCaps, host_cr0: int | None
 
 
 def iopm_beyond_maxphyaddr(c: Vmcb12Cache, caps: HostCaps, host_cr0: int | None) -> bool:
-    """The IO permission map (12 KiB at IOPM_BASE_PA) extends beyond the maximum supported
-    physical address (APM vol. 2 §15.5.1).
+    """The IO permission map at IOPM_BASE_PA extends beyond the maximum supported physical
+    address (APM vol. 2 §15.5.1); its extent is what a port access can read (IOPM_EXTENT).
 
     Checked whether or not IOIO_PROT is intercepted: the APM does not make it conditional."""
-    return _map_beyond(c.iopm_base_pa, IOPM_SIZE, caps.maxphyaddr)
+    return _map_beyond(c.iopm_base_pa, IOPM_EXTENT, caps.maxphyaddr)
 
 
 def asid_zero(c: Vmcb12Cache, caps: HostCaps, host_cr0: int | None) -> bool:
@@ -381,8 +386,8 @@ def passes_all(c: Vmcb12Cache, caps: HostCaps, host_cr0: int | None = None,
                       or (c.cs_attrib & (SEG_ATTR_L | SEG_ATTR_DB)) == (SEG_ATTR_L | SEG_ATTR_DB)):
         return False
     if (not c.intercept_misc2 & INTERCEPT_VMRUN
-            or ((c.msrpm_base_pa & _PAGE_MASK) + MSRPM_SIZE - 1) >> maxpa
-            or ((c.iopm_base_pa & _PAGE_MASK) + IOPM_SIZE - 1) >> maxpa):
+            or _map_last_byte(c.msrpm_base_pa, MSRPM_SIZE) >= (1 << maxpa) - 1
+            or _map_last_byte(c.iopm_base_pa, IOPM_EXTENT) >= (1 << maxpa) - 1):
         return False
     e = c.eventinj
     if e & EVENTINJ_V:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from unicorn.x86_const import UC_X86_REG_RIP
 
 from emu.arch import paging
+from emu.arch.paging import canonical
 from emu.errors import Unsupported
 from emu.engine.hw_switch import (FS, GS, LDTR, TR, flush_tlb, HF2_NPT, OFF_HFLAGS2, OFF_NESTED_CR3,
                            OFF_REGS, Context, Segment)
@@ -16,7 +17,7 @@ from emu.core.interrupts import GP, UD
 from emu.core.msr import (MSR_CSTAR, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, MSR_STAR,
                      MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP)
 
-from .vmcb import VMCB_SIZE, Vmcb
+from emu.arch.vmcb import VMCB_SIZE, Vmcb
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
@@ -69,11 +70,15 @@ def vmload(ext: "SvmExtension", code: int) -> None:
         return
     m = ext.machine
     ctx = m.ctx.save()
+    # The bases VMLOAD loads become canonical (bit 47 copied up), as a segment load or
+    # WRMSR(KERNEL_GS_BASE) could only have made them: VMSAVE then finds them canonical.
     for name, index in _SEG_FIELDS:
-        ctx.set_seg(index, Segment.from_vmcb(*getattr(save, name)))
+        selector, attrib, limit, base = getattr(save, name)
+        ctx.set_seg(index, Segment.from_vmcb(selector, attrib, limit, canonical(base)))
     ctx.restore()
     for name, index in _MSR_FIELDS:
-        m.msrs.cpu.write(index, getattr(save, name))
+        value = getattr(save, name)
+        m.msrs.cpu.write(index, canonical(value) if index == MSR_KERNEL_GS_BASE else value)
     _advance(ext)
 
 

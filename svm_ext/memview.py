@@ -13,15 +13,17 @@ as it would be entered again (its state as the last #VMEXIT saved it, g_pat for 
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
 from emu.core.extension import WorldPaging
+from emu.arch.bits import CR4_SMEP
 from emu.engine.hw_switch import OFF_CR, OFF_EFER, nested_pg_mode
 from emu.core.memory import GuestMemory
 from emu.arch.paging import PagingRegs
 
 from svm_ext import checks
-from .vmcb import Vmcb12Cache, read_cache
+from emu.arch.vmcb import Vmcb12Cache, read_cache
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
@@ -43,8 +45,13 @@ def _cpu_regs(ext: "SvmExtension") -> PagingRegs:
 
 
 def _nested_host(l1: PagingRegs) -> PagingRegs:
-    """The paging mode the nested table is walked in: the host's (L1's) at VMRUN (15.25.5)."""
-    return GuestMemory.host_regs(nested_pg_mode(l1.cr4, l1.efer))
+    """The paging mode the nested table is walked in: the host's (L1's) at VMRUN (15.25.5).
+    The host's CR4.SMEP comes along: a nested walk's accesses are all user accesses, so SMEP
+    never refuses one, but with SMEP on a fetch's #NPF reports I/D even when EFER.NXE is 0, as
+    the walker does for a native #PF (paging._id_bit) and as AMD parts do (kvm-unit-tests'
+    svm_npt_rsvd_bits_test checks every host NX/SMEP combination)."""
+    host = GuestMemory.host_regs(nested_pg_mode(l1.cr4, l1.efer))
+    return replace(host, cr4=host.cr4 | (l1.cr4 & CR4_SMEP))
 
 
 def world_paging(ext: "SvmExtension", world: str) -> Optional[WorldPaging]:

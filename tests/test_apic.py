@@ -8,7 +8,8 @@ import pytest
 
 from emu.core.devices.apic import (APIC_BASE_EN, APIC_BASE_EXTD, APIC_EOI, APIC_ICR_LO, APIC_LVT_TIMER,
                               APIC_PPR, APIC_SVR, APIC_TIMER_CCR, APIC_TIMER_DCR, APIC_TIMER_ICR,
-                              APIC_TPR, ApicError, LocalApic, divisor)
+                              APIC_TPR, APIC_ICR_HI, APIC_LDR, APIC_DFR, ApicError, LocalApic,
+                              divisor)
 from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import parse_image
 from emu.core.machine import Machine
@@ -57,13 +58,76 @@ def test_illegal_vector_sets_esr_and_is_dropped():
     assert a.irr == 0 and a.esr & 0x20
 
 
-def test_other_destinations_are_unsupported_not_ignored():
+ALL_BUT_SELF, ALL, SELF = 0xC0000, 0x80000, 0x40000
+FIXED, LOWEST, SMI, NMI, INIT, STARTUP = 0x000, 0x100, 0x200, 0x400, 0x500, 0x600
+ASSERT, LOGICAL = 0x4000, 0x800
+
+
+def _signals(a: LocalApic) -> tuple[int, bool, bool, bool]:
+    return a.irr, a.nmi_pending, a.init_pending, a.smi_pending
+
+
+@pytest.mark.parametrize("mode", [FIXED, LOWEST, SMI, NMI, INIT, STARTUP])
+def test_all_but_self_reaches_no_one_on_one_cpu(mode):
+    """The start-up broadcast of INIT and SIPI (and any other all-excluding-self IPI) has no
+    other processor to reach: nothing arrives here, nothing stops."""
+    a = Clock().apic()
+    a.write_reg(APIC_ICR_LO, ALL_BUT_SELF | ASSERT | mode | 0x40)
+    assert _signals(a) == (0, False, False, False)
+
+
+def test_physical_destination_of_another_apic_reaches_no_one():
+    a = Clock().apic()
+    a.write_reg(APIC_ICR_HI, 1 << 24)                     # APIC ID 1: not present
+    a.write_reg(APIC_ICR_LO, ASSERT | INIT)
+    a.write_reg(APIC_ICR_LO, ASSERT | FIXED | 0x40)
+    assert _signals(a) == (0, False, False, False)
+    a.write_reg(APIC_ICR_HI, 0)                           # ID 0: this one
+    a.write_reg(APIC_ICR_LO, ASSERT | FIXED | 0x41)
+    a.write_reg(APIC_ICR_HI, 0xFF << 24)                  # physical broadcast
+    a.write_reg(APIC_ICR_LO, ASSERT | FIXED | 0x42)
+    assert a.irr == (1 << 0x41) | (1 << 0x42)
+
+
+def test_logical_destination_flat_and_cluster():
+    a = Clock().apic()
+    a.write_reg(APIC_LDR, 0x02 << 24)                     # logical ID bit 1
+    a.write_reg(APIC_ICR_HI, 0x01 << 24)
+    a.write_reg(APIC_ICR_LO, LOGICAL | ASSERT | FIXED | 0x40)
+    assert a.irr == 0                                     # flat: no common bit
+    a.write_reg(APIC_ICR_HI, 0x03 << 24)
+    a.write_reg(APIC_ICR_LO, LOGICAL | ASSERT | FIXED | 0x41)
+    assert a.irr == 1 << 0x41
+    a.write_reg(APIC_DFR, 0x0FFFFFFF)                     # cluster model
+    a.write_reg(APIC_LDR, 0x12 << 24)                     # cluster 1, member bit 1
+    a.write_reg(APIC_ICR_HI, 0x22 << 24)                  # cluster 2
+    a.write_reg(APIC_ICR_LO, LOGICAL | ASSERT | FIXED | 0x42)
+    assert not a.irr & 1 << 0x42
+    a.write_reg(APIC_ICR_HI, 0x16 << 24)                  # cluster 1, bits 1 and 2
+    a.write_reg(APIC_ICR_LO, LOGICAL | ASSERT | FIXED | 0x43)
+    assert a.irr & 1 << 0x43
+
+
+def test_self_ipis_of_each_mode_arrive_as_their_signal():
+    a = Clock().apic()
+    a.write_reg(APIC_ICR_LO, SELF | ASSERT | LOWEST | 0x50)
+    assert _signals(a) == (1 << 0x50, False, False, False)
+    a.write_reg(APIC_ICR_LO, ALL | ASSERT | SMI)
+    assert a.smi_pending and not a.init_pending
+    a.write_reg(APIC_ICR_LO, SELF | ASSERT | INIT)
+    assert a.init_pending
+    b = Clock().apic()
+    b.write_reg(APIC_ICR_LO, SELF | INIT | 0x8000)        # INIT level de-assert: ignored
+    b.write_reg(APIC_ICR_LO, SELF | ASSERT | STARTUP | 0x10)   # SIPI: not waiting for one
+    assert _signals(b) == (0, False, False, False)
+
+
+def test_reserved_delivery_modes_stop_the_run():
     from emu.errors import Unsupported
     a = Clock().apic()
-    with pytest.raises(Unsupported):
-        a.write_reg(APIC_ICR_LO, 0xC4000 | 0x40)     # all excluding self
-    with pytest.raises(Unsupported):
-        a.write_reg(APIC_ICR_LO, 0x44000 | 0x500 | 0x40)   # INIT delivery mode
+    for mode in (0x300, 0x700):
+        with pytest.raises(Unsupported):
+            a.write_reg(APIC_ICR_LO, SELF | ASSERT | mode | 0x40)
 
 
 def test_self_nmi_is_pending_apart_from_irr():

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from emu.arch import bits as A
 from emu.arch.memtype import pat_valid
 from svm_ext import checks as K
-from svm_ext import vmcb as V
+from emu.arch import vmcb as V
 from svm_ext.checks import HostCaps, all_failures, passes_all, run_checks
-from svm_ext.vmcb import Vmcb12Cache
+from emu.arch.vmcb import Vmcb12Cache
 
 CAPS = HostCaps(maxphyaddr=40)
 TOP = 1 << 40
@@ -201,12 +201,19 @@ def test_cs_l_and_d_needs_pae_too() -> None:
 
 
 def test_permission_map_edges() -> None:
-    assert _ok(BASE._replace(msrpm_base_pa=TOP - 0x2000))
-    assert _ok(BASE._replace(msrpm_base_pa=TOP - 0x2000 + 0xFFF))    # low 12 bits ignored
+    # The maximum supported physical address is TOP - 1: a map whose last byte is there is
+    # already beyond it (kvm-unit-tests' svm_guest_state_test, test_msrpm_iopm_bitmap_addrs).
+    assert _ok(BASE._replace(msrpm_base_pa=TOP - 0x3000))
+    assert not _ok(BASE._replace(msrpm_base_pa=TOP - 0x2000))
+    assert not _ok(BASE._replace(msrpm_base_pa=TOP - 0x2000 + 1))    # low 12 bits ignored
+    assert _ok(BASE._replace(msrpm_base_pa=TOP - 0x3000 + 0xFFF))
     assert not _ok(BASE._replace(msrpm_base_pa=TOP - 0x1000))
+    # The IOPM's extent is the 8 KiB + 1 byte a port access can read.
+    assert _ok(BASE._replace(iopm_base_pa=TOP - 0x4000))
     assert _ok(BASE._replace(iopm_base_pa=TOP - 0x3000))
     assert _ok(BASE._replace(iopm_base_pa=TOP - 0x2002))             # masks to TOP - 0x3000
     assert not _ok(BASE._replace(iopm_base_pa=TOP - 0x2000))
+    assert not _ok(BASE._replace(iopm_base_pa=TOP - 0x1000))
     # Checked even when the corresponding intercept is off.
     c = BASE._replace(intercept_misc1=0, msrpm_base_pa=TOP)
     assert not _ok(c)

@@ -5,22 +5,19 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from emu.loader.asm import GUESTS_DIR, assemble_source
-from emu.loader.multiboot import parse_image
+from tests import harness
+from emu.loader.asm import GUESTS_DIR
 from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, VMEXIT_VMMCALL, Vmcb
+from emu.arch.vmcb import VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, VMEXIT_VMMCALL, Vmcb
 from tests.conftest import parse_tap
 
 EXIT_LOG, EXIT_LOG_COUNT, VMCB = 0x900000, 0x8FFFF8, 0x800000
 
 
 def boot(path: str, nested: bool = True):
-    ext = SvmExtension()
-    m = Machine(128 << 20, stdout=None, extensions=[ext] if nested else [])
-    m.load_multiboot(parse_image(assemble_source(path), path, m.ram_size), path)
-    res = m.run(timeout=60)
-    return m, ext, res, bytes(m.serial.output).decode()
+    b = harness.boot(path, nested=nested, cmdline=path, timeout=60)
+    return b.machine, b.ext, b.result, b.serial
 
 
 def guest(tmp_path: Path, body: str) -> str:
@@ -140,3 +137,94 @@ def test_hlt_jumps_virtual_time_to_the_deadline(tmp_path):
     # the timer was started at some TSC t0 < 123456 ticks ago... exactly at its deadline:
     start = m.apic.timer_base
     assert m.apic.deadline() is None and start + 123456 <= m.tsc < start + 123456 + 10000
+
+
+# x2APIC: ICR (MSR 0x830) self-NMI with IF=0. An NMI ignores IF, so it is taken before the
+# instruction after the WRMSR, not at some later exit (kvm-unit-tests svm "nmi").
+NMI_X2APIC = r'''
+main:
+    set_idt_handler 2, nmi_handler
+    mov ecx, 0x1b
+    rdmsr
+    or eax, 0xc00
+    wrmsr
+    mov ecx, 0x80f
+    mov eax, 0x1ff
+    xor edx, edx
+    wrmsr
+    cli
+    mov ecx, 0x830
+    mov eax, 0x44400
+    wrmsr
+    mov rax, [rip + seen]
+    mov [rip + seen_next], rax
+    check_eq [seen_next], 1, "self-NMI taken before the next instruction with IF=0"
+    ret
+nmi_handler:
+    mov qword ptr [rip + seen], 1
+    iretq
+.bss
+seen: .space 8
+seen_next: .space 8
+.text
+'''
+
+
+def test_x2apic_self_nmi_is_taken_at_once_with_if_clear(tmp_path):
+    m, ext, res, out = boot(guest(tmp_path, NMI_X2APIC), nested=False)
+    checks = parse_tap(out)
+    assert len(checks) == 1 and all(c.ok for c in checks.values()), out
+    assert not m.apic.nmi_pending
+
+
+def test_intr_exit_under_v_intr_masking_while_l2_has_if_clear():
+    """L1 runs L2 with the host's IF=1 (CLGI; STI; VMRUN), V_INTR_MASKING=1 and the INTR
+    intercept; L2 (IF=0) arms the x2APIC timer and spins. The timer interrupt is masked by the
+    host's IF, not L2's (APM vol. 2, 15.21.1), so it causes #VMEXIT(INTR) and stays pending
+    in IRR (kvm-unit-tests svm "interrupt", "intercepted interrupt while running guest")."""
+    from unicorn.x86_const import UC_X86_REG_R13
+    from svm_ext.vmcb import INTERCEPT_INTR
+    from tests.nested_image import EXIT_PASS, VMCB12, nested_image, vmcb12
+    l1 = """
+        mov ecx, 0x1b
+        rdmsr
+        or eax, 0xc00
+        wrmsr
+        mov ecx, 0x80f
+        mov eax, 0x1ff
+        xor edx, edx
+        wrmsr
+        clgi
+        sti
+        mov rax, rdi
+        vmrun
+        cli
+        stgi
+    """ + EXIT_PASS
+    l2 = """
+        mov ecx, 0x83e
+        mov eax, 0xb
+        xor edx, edx
+        wrmsr
+        mov ecx, 0x832
+        mov eax, 0x40
+        wrmsr
+        mov ecx, 0x838
+        mov eax, 1000
+        wrmsr
+    spin:
+        inc r13
+        cmp r13, 100000000
+        jb spin
+        vmmcall
+    """
+    v_intr_masking = 1 << 24
+    img = nested_image(l1, l2, vmcb12(misc1=INTERCEPT_INTR, vintr=v_intr_masking))
+    m = Machine(128 << 20, stdout=None, extensions=[SvmExtension()])
+    m.load_multiboot(img, "intr")
+    res = m.run(timeout=60)
+    assert res.reason == "exit", res
+    vm = Vmcb(m.mem.view, VMCB12)
+    assert vm.exitcode == VMEXIT_INTR, hex(vm.exitcode)
+    assert m.uc.reg_read(UC_X86_REG_R13) < 100000000     # it did not run to its VMMCALL
+    assert m.apic.irr == 1 << 0x40                       # still pending for L1

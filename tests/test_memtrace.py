@@ -32,6 +32,8 @@ def traced(categories, model="architectural", npt=True):
     l2 = L2_BEFORE + L2_STORE + L2_LOAD + "vmmcall\n"
     m = Machine(64 << 20, stdout=None, tracer=Tracer(frozenset(categories), out),
                 extensions=[SvmExtension(pat_model=model)])
+    if "mem" in categories:
+        memtrace.attach(m)
     m.load_multiboot(with_tables(nested_image(l1, l2, vmcb12(**fields))), "memtrace")
     assert m.run(timeout=20).reason == "exit"
     return out.getvalue().splitlines()
@@ -78,8 +80,14 @@ def test_trace_mem_from_cli(tmp_path):
     from emu.cli.main import main
     from tests.tinyimage import long_mode_image, to_elf32
     out, img = tmp_path / "trace.txt", tmp_path / "t.bin"
-    img.write_bytes(to_elf32(long_mode_image("mov qword ptr [0x300000], 7\n" + EXIT_PASS)))
+    # RAM is WB under the MTRRs the firmware left; with MTRRdefType.E cleared, all is UC.
+    img.write_bytes(to_elf32(long_mode_image(
+        "mov qword ptr [0x300000], 7\n"
+        "mov ecx, 0x2ff\nxor eax, eax\nxor edx, edx\nwrmsr\n"
+        "mov qword ptr [0x300000], 8\n" + EXIT_PASS)))
     assert main(["run", str(img), "--trace", "mem", "--trace-file", str(out), "-q"]) == 1
     text = out.read_text()
     assert re.search(r"^mem   \[L1 64 cpl0\] 0x[0-9a-f]+ write size 8 value 0x7 va 0x300000 "
+                     r"pa 0x300000 type WB\+mtrr WB = WB$", text, re.M), text[-500:]
+    assert re.search(r"^mem   \[L1 64 cpl0\] 0x[0-9a-f]+ write size 8 value 0x8 va 0x300000 "
                      r"pa 0x300000 type WB\+mtrr UC = UC$", text, re.M), text[-500:]

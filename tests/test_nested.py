@@ -4,13 +4,12 @@ Each test runs a small L1 (tests/nested_image.py) and then inspects vmcb12 in gu
 the registers, not only what L1 concluded."""
 from __future__ import annotations
 
+from tests import harness
 import pytest
 from unicorn.x86_const import (UC_X86_REG_RBX, UC_X86_REG_R12, UC_X86_REG_R13,
                                UC_X86_REG_R14, UC_X86_REG_R15)
 
-from emu.core.machine import Machine
-from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import (INTERCEPT_CPUID, INTERCEPT_HLT, INTERCEPT_MSR_PROT,
+from emu.arch.vmcb import (INTERCEPT_CPUID, INTERCEPT_HLT, INTERCEPT_MSR_PROT,
                           VMEXIT_CPUID, VMEXIT_EXCP0, VMEXIT_HLT, VMEXIT_INVALID,
                           VMEXIT_MSR, VMEXIT_VMMCALL, Vmcb, msrpm_bit_offset)
 from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12
@@ -36,12 +35,8 @@ ONCE = "mov rax, rdi\n vmrun\n mov r14, rax\n" + EXIT_PASS
 
 
 def run(img, ext=None):
-    ext = ext or SvmExtension()
-    m = Machine(128 << 20, stdout=None, extensions=[ext])
-    m.load_multiboot(img, "test")
-    res = m.run(timeout=20)
-    vm = Vmcb(m.mem.view, VMCB12)
-    return m, ext, res, vm
+    b = harness.boot(img, ext=ext)
+    return b.machine, b.ext, b.result, b.vmcb12
 
 
 def reg(m, r):
@@ -173,6 +168,39 @@ def test_vmload_then_vmsave_moves_fs_and_syscall_msrs():
     saved = Vmcb(m.mem.view, 0x410000).save
     assert saved.fs.base == 0x12345000 and saved.fs.selector == 0x10
     assert saved.lstar == 0xFFFFFFFF81000000 and saved.star == 0x0023001000000000
+
+
+def test_vmload_makes_the_bases_it_loads_canonical():
+    """VMLOAD from a VMCB whose FS/GS/TR/LDTR bases and KERNEL_GS_BASE are not canonical loads
+    them canonical (bit 47 copied up); VMSAVE then writes those (kvm-unit-tests
+    svm_guest_state_test, test_canonicalization)."""
+    l1 = "mov rax, rdi\n vmload\n mov rax, 0x410000\n vmsave\n" + EXIT_PASS
+    vm = vmcb12(fs=(0, 0xC93, 0xFFFF, 0xAAAA000012345000),
+                gs=(0, 0xC93, 0xFFFF, 0xAAAA800000001000),
+                tr=(0, 0x8B, 0x67, 0x5555000000002000),
+                ldtr=(0, 0x82, 0xFFFF, 0x0001800000003000),
+                kernel_gs_base=0xAAAA000000004000)
+    m, ext, res, _ = run(nested_image(l1, "vmmcall", vm))
+    assert res.reason == "exit", res
+    saved = Vmcb(m.mem.view, 0x410000).save
+    assert hex(saved.fs.base) == hex(0x12345000)
+    assert hex(saved.gs.base) == hex(0xFFFF800000001000)
+    assert hex(saved.tr.base) == hex(0x2000)
+    assert hex(saved.ldtr.base) == hex(0xFFFF800000003000)
+    assert hex(saved.kernel_gs_base) == hex(0x4000)
+
+
+@pytest.mark.parametrize("field", ["es", "cs", "ss", "ds"])
+def test_vmrun_with_a_non_canonical_segment_base_runs_l2(field):
+    """No consistency check names segment bases: VMRUN enters L2, which runs to its VMMCALL
+    (kvm-unit-tests svm_guest_state_test, "Successful VMRUN with noncanonical CS.base"); in
+    64-bit mode the base of CS is not used, so the code is fetched where RIP says."""
+    l2 = "push rax\n pop rax\n vmmcall"
+    sel, attr = (0x08, 0xA9B) if field == "cs" else (0x10, 0xC93)
+    vm = vmcb12(**{field: (sel, attr, 0xFFFFFFFF, 0xAAAA000000000000)})
+    m, ext, res, vm = run(nested_image(ONCE, l2, vm))
+    assert res.reason == "exit", res
+    assert vm.exitcode == VMEXIT_VMMCALL, hex(vm.exitcode)
 
 
 def test_vmload_with_misaligned_rax_is_gp():

@@ -54,6 +54,7 @@ from emu.errors import Unsupported
 
 __all__ = [
     "Access",
+    "canonical",
     "NestedFault",
     "NonCanonicalAddress",
     "PageFault",
@@ -208,6 +209,12 @@ def is_canonical(va: int) -> bool:
     """Bits 63:47 all equal (48-bit linear addresses; APM vol. 2, 5.3.1)."""
     top = va >> 47
     return top == 0 or top == (1 << 17) - 1
+
+
+def canonical(va: int) -> int:
+    """`va` with bits 63:48 copied from bit 47: the canonical form of a 48-bit linear address."""
+    va &= (1 << 48) - 1
+    return va | (0xFFFF << 48) if va >> 47 else va
 
 
 class NonCanonicalAddress(Exception):

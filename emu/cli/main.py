@@ -11,7 +11,8 @@ import sys
 from typing import TYPE_CHECKING, Sequence
 
 from emu.errors import OptionError, SvmemuError
-from emu.core.machine import STATUS_BAD_INPUT, Machine, RunResult
+from emu.core.machine import MAX_TIMEOUT, STATUS_BAD_INPUT, Machine, RunResult
+from emu.cli.output import guest_stdout
 
 if TYPE_CHECKING:
     from emu.core.trace import Tracer
@@ -46,6 +47,8 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number")
     if not v > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    if not v <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_TIMEOUT:.0f} seconds")
     return v
 
 
@@ -54,13 +57,39 @@ class _Parser(argparse.ArgumentParser):
         self.exit(STATUS_BAD_INPUT, f"svmemu: error: {message}\n")
 
 
+class _VersionAction(argparse.Action):
+    """Asks the binding which library it loaded, so the line is true even when the chosen
+    engine could not be loaded."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+        from emu.engine.unicorn_build import loader
+        try:
+            ours = version("svmemu")
+        except PackageNotFoundError:
+            ours = "(not installed)"
+        print(f"svmemu {ours}\nengine: {loader.current().describe()}")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="svmemu", description="x86-64 emulator with exact AMD SVM, on Unicorn")
+    p.add_argument("--version", action=_VersionAction, help="print svmemu's version and the "
+                   "Unicorn engine in use (svmemu's patched build or the stock wheel), and exit")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="boot a multiboot image or an assembly source (.S)")
     run.add_argument("image", help="multiboot kernel (a.out kludge or ELF) or a .S guest source")
-    run.add_argument("--append", default="", help="kernel command line, as QEMU's -append")
+    run.add_argument("--append", default="", help="kernel command line, as QEMU's -append "
+                     "(a value may begin with '-')")
+    run.add_argument("--initrd", default="", metavar='"FILE ARGS,FILE2 ARGS"',
+                     help="multiboot modules, as QEMU's -initrd (',,' is a literal comma)")
     run.add_argument("-m", "--memory", type=_size, default=128 << 20, help="guest RAM (default 128M)")
+    run.add_argument("--cpu", "-cpu", default="EPYC", metavar="MODEL[,+feat,-feat...]",
+                     help="CPU model, as QEMU's -cpu: EPYC (default), max, qemu64; +name adds "
+                          "a feature svmemu implements, -name hides one")
     _add_execution_options(run)
     resume = sub.add_parser("resume", help="continue a machine from a snapshot file")
     resume.add_argument("snapshot_file", metavar="FILE", help="a snapshot written by --snapshot")
@@ -85,12 +114,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from emu.loader.multiboot import parse_image, qemu_cmdline
     from svm_ext.extension import SvmExtension
 
-    data, name = load_image_bytes(args.image)
+    from emu.core.cpu_models import parse_cpu
+
+    cpu = parse_cpu(args.cpu)
+    data, name = load_image_bytes(args.image, args.memory)
     tracer = _open_tracer(args)
-    machine = Machine(args.memory, stdout=sys.stdout.buffer, tracer=tracer,
-                      extensions=[SvmExtension(pat_model=args.pat_model)])
+    machine = Machine(args.memory, stdout=guest_stdout(), tracer=tracer, cpu=cpu,
+                      extensions=[SvmExtension(pat_model=args.pat_model)] if cpu.svm else [])
+    _attach_tools(machine, tracer)
     image = parse_image(data, name, args.memory)
-    machine.load_multiboot(image, qemu_cmdline(args.image, args.append))
+    cmdline = qemu_cmdline(args.image, args.append)
+    modules = None
+    if args.initrd:
+        from emu.loader.modules import place_modules, read_modules
+        modules = place_modules(image, cmdline, args.initrd, read_modules(args.initrd),
+                                args.memory)
+    machine.load_multiboot(image, cmdline, modules)
     return _run_and_report(machine, tracer, args, _insn_limit(args))
 
 
@@ -102,7 +141,7 @@ def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Na
     if args.no_replay and machine.replay is not None:
         machine.replay.enabled = False
     result: RunResult = _run(machine, args, limit)
-    sys.stdout.flush()
+    guest_stdout().flush()
     if tracer:
         tracer.close()
     for out in outputs:
@@ -214,14 +253,23 @@ def _open_tracer(args: argparse.Namespace) -> "Tracer | None":
     from emu.core.trace import Tracer, parse_categories
     if args.trace:
         cats = parse_categories(args.trace)
+        from emu.cli.output import NamedOutput
         try:
             out = open(args.trace_file, "w") if args.trace_file else sys.stderr
         except OSError as e:
             raise OptionError(f"cannot open trace file {args.trace_file}: {e.strerror}")
-        return Tracer(cats, out)
+        return Tracer(cats, NamedOutput(out, f"trace file {args.trace_file}" if args.trace_file
+                                        else "standard error (the trace)"))
     if args.trace_file:
         raise OptionError("--trace-file needs --trace")
     return None
+
+
+def _attach_tools(machine: Machine, tracer: "Tracer | None") -> None:
+    """The tools a run's options ask for that hook the machine (`--trace mem`)."""
+    if tracer is not None and tracer.on("mem"):
+        from emu.tools import memtrace
+        memtrace.attach(machine)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -231,8 +279,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     limit = _insn_limit(args)
     snap = snapshot.read(args.snapshot_file)
     tracer = _open_tracer(args)
-    machine = Machine(snap.ram_size, stdout=sys.stdout.buffer, tracer=tracer,
+    machine = Machine(snap.ram_size, stdout=guest_stdout(), tracer=tracer,
                       extensions=[SvmExtension(pat_model=args.pat_model)])
+    _attach_tools(machine, tracer)
     snapshot.restore(machine, snap)
     return _run_and_report(machine, tracer, args, limit)
 
@@ -276,8 +325,25 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
     return cmd_fuzz(args)
 
 
+_VALUE_OPTIONS = ("--append", "--initrd")
+
+
+def _join_values(argv: Sequence[str]) -> list[str]:
+    """`--append -x` as `--append=-x`: argparse would take a value beginning with '-' for an
+    option; these two options always take the next word as their value, as QEMU's do."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in _VALUE_OPTIONS and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_values(sys.argv[1:] if argv is None else argv))
     try:
         return {"run": cmd_run, "resume": cmd_resume, "build": cmd_build,
                 "memtype": cmd_memtype, "fuzz": _cmd_fuzz}[args.command](args)

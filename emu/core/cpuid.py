@@ -1,13 +1,15 @@
 """The CPU identity svmemu reports.
 
-The base table was read off unicorn 2.1.4's EPYC model (so every feature bit it sets is one the
-translator really implements), then trimmed to what this machine models: no hypervisor bit (L1
-runs "on bare metal"), no local APIC bits until the APIC device sets them (emu/core/irq.py), and no SVM until an extension
-adds it. Leaves not listed read as zeros, as on AMD parts.
+The base table is the selected CPU model's (emu/core/cpu_models.py), trimmed to what this
+machine models: no local APIC bit until the APIC device sets it (emu/core/irq.py), and no SVM
+until an extension adds it. Features the model hides are masked last, after every override.
+Leaves not listed read as zeros, as on AMD parts.
 """
 from __future__ import annotations
 
 from typing import Callable
+
+from emu.core.cpu_models import CpuModel
 
 Regs = tuple[int, int, int, int]   # eax, ebx, ecx, edx
 
@@ -17,22 +19,6 @@ CPUID_1_ECX_X2APIC = 1 << 21
 CPUID_80000001_ECX_SVM = 1 << 2
 LEAF_SVM_FEATURES = 0x8000000A
 
-_EPYC: dict[tuple[int, int], Regs] = {
-    (0x0, 0): (0x0000000D, 0x68747541, 0x444D4163, 0x69746E65),      # AuthenticAMD
-    (0x1, 0): (0x00800F12, 0x00000800, 0xCED8220B, 0x078BFBFD),
-    (0x7, 0): (0x00000000, 0x00980189, 0x00000000, 0x00000000),
-    (0xD, 0): (0x00000007, 0x00000240, 0x00000340, 0x00000000),
-    (0xD, 1): (0x00000005, 0x00000000, 0x00000000, 0x00000000),
-    (0x80000000, 0): (0x80000008, 0x68747541, 0x444D4163, 0x69746E65),
-    (0x80000001, 0): (0x00800F12, 0x00000000, 0x00000075, 0x2DD3FBFD),
-    (0x80000002, 0): (0x6D657673, 0x50207565, 0x20205043, 0x20202020),  # "svmemu PC"
-    (0x80000003, 0): (0x20202020, 0x20202020, 0x20202020, 0x20202020),
-    (0x80000004, 0): (0x20202020, 0x20202020, 0x20202020, 0x00202020),
-    (0x80000005, 0): (0x01FF01FF, 0x01FF01FF, 0x20080140, 0x40040140),
-    (0x80000006, 0): (0x00000000, 0x42004200, 0x02006140, 0x00000000),
-    (0x80000007, 0): (0, 0, 0, 0),
-    (0x80000008, 0): (0x00003028, 0x00000000, 0x00000000, 0x00000000),  # 48-bit VA, 40-bit PA
-}
 _SUBLEAF_INDEXED = {0x7, 0xD}
 
 Override = Callable[[int, int, Regs], Regs]
@@ -41,10 +27,12 @@ Override = Callable[[int, int, Regs], Regs]
 class Cpuid:
     """Leaf table plus extension overrides (an extension that adds SVM sets its bit and leaf)."""
 
-    def __init__(self) -> None:
-        self.table = dict(_EPYC)
+    def __init__(self, model: CpuModel | None = None) -> None:
+        self.model = model if model is not None else CpuModel()
+        self.table = dict(self.model.table)
         eax, ebx, ecx, edx = self.table[(1, 0)]
         self.table[(1, 0)] = (eax, ebx, ecx & ~CPUID_1_ECX_HYPERVISOR, edx & ~CPUID_1_EDX_APIC)
+        self._hide = self.model.hide
         eax, ebx, ecx, edx = self.table[(0x80000001, 0)]
         self.table[(0x80000001, 0)] = (eax, ebx, ecx & ~CPUID_80000001_ECX_SVM, edx)
         self.overrides: list[Override] = []
@@ -67,6 +55,6 @@ class Cpuid:
         regs = self.table.get(key, (0, 0, 0, 0))
         for override in self.overrides:
             regs = override(leaf, subleaf, regs)
-        return regs
+        return self._hide(regs, key[0], key[1])
 
 

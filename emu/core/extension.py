@@ -94,6 +94,15 @@ class ExitRouter:
         """An NMI can be taken now; True: the router took it as an exit (it stays pending)."""
         return False
 
+    def on_smi(self) -> bool:
+        """An SMI can be taken now; True: the router took it as an exit (it stays pending)."""
+        return False
+
+    def on_init(self) -> bool:
+        """An INIT can be taken now; True: the router took it (an exit, after which it stays
+        pending, or a redirection it consumed: the router then clears `apic.init_pending`)."""
+        return False
+
     def on_interrupt_window(self) -> int:
         """An interrupt point after physical interrupts were considered: deliver a virtual
         interrupt if one can be taken. Returns WINDOW_NONE, WINDOW_WANTED or WINDOW_TAKEN."""

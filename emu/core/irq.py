@@ -39,13 +39,14 @@ from unicorn.x86_const import (UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_
 
 from emu.core.cpuid import CPUID_1_ECX_X2APIC, CPUID_1_EDX_APIC, Regs
 from emu.engine import hostvm
-from emu.core.devices.apic import (APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
+from emu.core.devices.apic import (APIC_BASE_EXTD, APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
                           LocalApic)
 from emu.arch.decode import MAX_INSN_LENGTH, decoder, split_prefixes
-from emu.errors import Unsupported
+from emu.errors import STATUS_HALTED, Unsupported
 from emu.core.extension import WINDOW_TAKEN, WINDOW_WANTED
 from emu.engine.hw_switch import HF2_NMI, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS2
-from emu.core.interrupts import GP, NMI, RFLAGS_IF, Event, Kind
+from emu.arch.bits import RFLAGS_IF
+from emu.core.interrupts import GP, NMI, Event, Kind
 from emu.engine.irq_window import Window
 from emu.core.msr import MSR_APIC_BASE, GeneralProtection
 
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from emu.core.machine import Machine
 
 MAX_SLICE = 1 << 20        # instructions per bounded run while a timer is armed
-_GPRS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RBX, UC_X86_REG_RSP,
+GPRS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RBX, UC_X86_REG_RSP,
          UC_X86_REG_RBP, UC_X86_REG_RSI, UC_X86_REG_RDI, UC_X86_REG_R8, UC_X86_REG_R9,
          UC_X86_REG_R10, UC_X86_REG_R11, UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14,
          UC_X86_REG_R15)
@@ -73,6 +74,7 @@ class InterruptController:
         self._mapped: int | None = None
         self._in_mmio = False
         self._want_kick = False
+        self._unbounded = True     # the current emu_start has no instruction bound
         self._replay: tuple[int, int, int] | None = None
         msrs = machine.msrs
         msrs.register(MSR_APIC_BASE, lambda: self.apic.base_msr, self._write_base)
@@ -97,6 +99,8 @@ class InterruptController:
             raise GeneralProtection(str(e))
 
     def _write_base(self, value: int) -> None:
+        if value & APIC_BASE_EXTD and not self.m.cpuid.query(1, 0)[2] & CPUID_1_ECX_X2APIC:
+            raise GeneralProtection("IA32_APIC_BASE.EXTD set on a model without x2APIC")
         self._gp(self.apic.write_base_msr, value, self.m.msrs.maxphyaddr)
 
     def _cpuid(self, leaf: int, subleaf: int, regs: Regs) -> Regs:
@@ -114,7 +118,7 @@ class InterruptController:
             self._mapped = None
         if new is None:
             return
-        if new < self.m.ram_size:
+        if self.m.layout.overlaps(new, APIC_MMIO_SIZE):
             raise Unsupported(f"unsupported: APIC page moved to {new:#x}, inside RAM")
         self.m.open_bus.release(new, APIC_MMIO_SIZE)
         try:
@@ -215,7 +219,7 @@ class InterruptController:
         if op[:1] != b"\x0F" or op[1:2] not in (b"\x20", b"\x22") or len(op) < 3:
             raise Unsupported(f"CR8 access by {code_bytes[:i + 3].hex()} at {rip:#x}")
         modrm = op[2]
-        reg = _GPRS[(modrm & 7) | ((rex & 1) << 3)]
+        reg = GPRS[(modrm & 7) | ((rex & 1) << 3)]
         if op[1] == 0x22:
             value = uc.reg_read(reg) & (0xFFFFFFFFFFFFFFFF if bits == 64 else 0xFFFFFFFF)
             if value >> 4:
@@ -245,6 +249,21 @@ class InterruptController:
         self.window.arm(kick=not self._in_mmio)
         if self._in_mmio:
             self._want_kick = True
+        elif self._window_not_enough():
+            self._kicked = True
+            self.m.uc.emu_stop()
+
+    def _window_not_enough(self) -> bool:
+        """The window brings the CPU back when the running guest's IF lets an interrupt in.
+        That is not enough when the event does not follow that IF (an NMI; a nested guest
+        whose physical interrupts follow the host's IF: they may exit while the guest's IF is
+        0), nor for a timer armed while Unicorn runs unbounded (its slices start at a stop)."""
+        if self.apic.nmi_pending:
+            return True
+        router = self.m.router
+        if router is not None and router.physical_if() is not None:
+            return True
+        return self._unbounded and self.apic.deadline() is not None
 
     def halt(self) -> None:
         """HLT (RIP already past it): wait at the next interrupt point. An STI shadow that
@@ -278,7 +297,6 @@ class InterruptController:
                 took = self._evaluate()
             if not took:
                 rflags = m.uc.reg_read(UC_X86_REG_RFLAGS)
-                from emu.core.machine import STATUS_HALTED
                 m.stop("halt", STATUS_HALTED, "guest halted waiting for an interrupt, and no device "
                        "can raise one" if rflags & RFLAGS_IF else
                        "guest halted with interrupts disabled")
@@ -312,6 +330,10 @@ class InterruptController:
         if router is not None and not router.gif():
             self.window.disarm()
             return False
+        if self.apic.smi_pending and self._take_smi():
+            return True
+        if self.apic.init_pending and self._take_init():
+            return True
         if self.apic.nmi_pending and self._take_nmi():
             return True
         want_window = False
@@ -340,6 +362,33 @@ class InterruptController:
         else:
             self.window.disarm()
         return False
+
+    def _take_smi(self) -> bool:
+        """SMI (APM vol. 2, 10.3): held while GIF=0; a nested hypervisor intercepting SMI gets
+        #VMEXIT(SMI) and the SMI stays pending until it sets GIF again. No SMM is modelled: an
+        SMI that reaches the CPU is taken by the platform's SMM handler, which on this PC (as
+        SeaBIOS's does for an SMI it did not ask for) returns at once with RSM and changes
+        nothing the guest can see. It is gone; `--trace exc` shows it. False: nothing changed."""
+        m = self.m
+        if m.router is not None and m.router.on_smi():
+            return True
+        self.apic.smi_pending = False
+        t = m.tracer
+        if t is not None and t.on("exc"):
+            t.line("exc", m.where(), "SMI taken by the platform's SMM handler (returns at once)")
+        return False
+
+    def _take_init(self) -> bool:
+        """INIT (APM vol. 2, 16.5 and 15.13.2): held while GIF=0; a nested hypervisor
+        intercepting INIT gets #VMEXIT(INIT) (the INIT stays pending), and with VM_CR.R_INIT set
+        it becomes #SX (the router decides both). Otherwise the processor enters INIT state; the
+        boot processor then restarts at the reset vector, i.e. in firmware, which this machine
+        does not have: that stops the run."""
+        m = self.m
+        if m.router is not None and m.router.on_init():
+            return True
+        raise Unsupported("INIT signal taken by the boot CPU (it would restart at "
+                          "the reset vector, in firmware svmemu does not model)")
 
     def _take_nmi(self) -> bool:
         """NMI: not masked by IF or TPR; blocked from its delivery until the next IRET (Unicorn's
@@ -392,6 +441,7 @@ class InterruptController:
         device = [t for t in (d.deadline() for d in self.timers) if t is not None]
         if device and self.m.at_trampoline():
             self._entering = True              # L0's instructions take no virtual time
+            self._unbounded = False
             return hostvm.TRAMPOLINE_INSNS     # enter L1 first: its IF decides
         if device:
             can = self._interruptible()
@@ -400,6 +450,7 @@ class InterruptController:
             elif can is False and not self.window.armed and not self.m.svm_enabled():
                 self.window.arm(kick=False)
                 self.time_window = True
+        self._unbounded = deadline is None
         if deadline is None:
             return 0
         return max(1, min(deadline - self.m.tsc, MAX_SLICE))

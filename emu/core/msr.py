@@ -3,7 +3,8 @@
 Unicorn at CPL0 never raises #GP from RDMSR/WRMSR (reserved PAT types are taken silently, unknown
 MSRs read 0); here every MSR has an owner that validates the value and an unknown index raises
 #GP, as hardware does. MSRs that Unicorn's CPU actually uses (EFER, the SYSCALL and segment-base
-MSRs) are forwarded to it, so translated code sees them; the rest live in Python.
+MSRs) are forwarded to it, so translated code sees them; the rest live in Python. Which MSRs
+exist, with their APM references, is the table in msrs_amd.py.
 """
 from __future__ import annotations
 
@@ -14,23 +15,14 @@ from emu.arch import memtype
 from emu.arch.paging import is_canonical
 from emu.arch.bits import EFER_FFXSR, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME  # noqa: F401 (re-exported)
 
-MSR_TSC = 0x10
-MSR_APIC_BASE = 0x1B
+from emu.core.msrs_amd import (MSR_APIC_BASE, MSR_CSTAR, MSR_EFER, MSR_FS_BASE,  # noqa: F401
+                               MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, MSR_STAR,
+                               MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, MSR_TSC,
+                               MSR_TSC_AUX)
+
 MSR_MTRRCAP = memtype.MSR_MTRRCAP
-MSR_SYSENTER_CS = 0x174
-MSR_SYSENTER_ESP = 0x175
-MSR_SYSENTER_EIP = 0x176
 MSR_PAT = memtype.MSR_PAT
 MSR_MTRR_DEF_TYPE = memtype.MSR_MTRRDEFTYPE
-MSR_EFER = 0xC0000080
-MSR_STAR = 0xC0000081
-MSR_LSTAR = 0xC0000082
-MSR_CSTAR = 0xC0000083
-MSR_SFMASK = 0xC0000084
-MSR_FS_BASE = 0xC0000100
-MSR_GS_BASE = 0xC0000101
-MSR_KERNEL_GS_BASE = 0xC0000102
-MSR_TSC_AUX = 0xC0000103
 
 PAT_POWER_ON = memtype.PAT_RESET
 

@@ -21,8 +21,9 @@ PT_LOAD = 1
 PF_X = 1
 
 
-def load_elf(data: bytes, name: str) -> tuple[int, list[tuple[int, bytes]]]:
-    """Entry point and (physical address, bytes with zero-filled bss) per loadable segment."""
+def load_elf(data: bytes, name: str, limit: int = 1 << 32) -> tuple[int, list[tuple[int, bytes]]]:
+    """Entry point and (physical address, bytes with zero-filled bss) per loadable segment.
+    A segment must end below `limit` (the RAM below 4 GiB), checked before its bss is allocated."""
     from elftools.common.exceptions import ELFError, ELFParseError
     from elftools.elf.elffile import ELFFile
 
@@ -64,6 +65,9 @@ def load_elf(data: bytes, name: str) -> tuple[int, list[tuple[int, bytes]]]:
             raise ImageError(f"{name}: a segment lies beyond the end of the file (truncated?)")
         if paddr + memsz > 1 << 32:
             raise ImageError(f"{name}: segment at {paddr:#x} is beyond 4 GiB")
+        if paddr + memsz > limit:
+            raise ImageError(f"{name}: segment {paddr:#x}-{paddr + memsz:#x} lies outside RAM "
+                             f"(below 4 GiB it ends at {limit:#x})")
         if (vaddr != paddr and vaddr <= entry < vaddr + filesz
                 and int(ph["p_flags"]) & PF_X):
             entry = entry - vaddr + paddr

@@ -10,7 +10,8 @@ segments outside RAM, in the first 4 KiB, in the information area or the EBDA/VG
 below 1 MiB, overlapping each other; an entry point outside RAM.
 
 The information block: measured on QEMU 7.2 (guests/mbinfo.S, ``-m 128``): flags 0x24F (memory,
-boot device, cmdline, modules (none), memory map, boot loader name), mem_lower 639,
+boot device, cmdline, modules (emu/loader/modules.py: count and array address as QEMU sets
+them, also with none), memory map, boot loader name), mem_lower 639,
 mem_upper = KiB of the usable RAM from 1 MiB (the firmware keeps the top 128 KiB below the RAM
 end), boot_device 0x8000FFFF, cmdline = "<kernel path as given> <-append text>" (see
 ``qemu_cmdline``), the memory map in ``memory_map``, EBX = 0x9500.
@@ -25,6 +26,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from emu.core.firmware.layout import (E820_RAM, E820_RESERVED, FIRMWARE_RESERVED_TOP,  # noqa: F401
+                                     LOW_RAM_END, MIN_RAM, e820_map, ram_layout)
 from emu.errors import ImageError, OptionError
 
 MULTIBOOT_MAGIC = 0x1BADB002
@@ -41,8 +44,8 @@ MBI_FLAG_LOADER_NAME = 1 << 9
 MBI_FLAGS = (MBI_FLAG_MEM | MBI_FLAG_BOOT_DEVICE | MBI_FLAG_CMDLINE | MBI_FLAG_MODS
              | MBI_FLAG_MMAP | MBI_FLAG_LOADER_NAME)
 MBI_SIZE = 0x58
-MMAP_AVAILABLE = 1
-MMAP_RESERVED = 2
+MMAP_AVAILABLE = E820_RAM
+MMAP_RESERVED = E820_RESERVED
 
 MBI_ADDR = 0x9500
 """Where the machine places build_mbi's bytes and what EBX holds at entry (QEMU's address)."""
@@ -50,9 +53,9 @@ MBI_AREA_END = 0xA000
 """End of the area reserved for the information block; no image may load into [MBI_ADDR, here)."""
 BOOT_DEVICE_NONE = 0x8000FFFF
 LOADER_NAME = b"svmemu\0"
-LOW_RAM_END = 0x9FC00           # 639 KiB of conventional memory; the EBDA follows
-FIRMWARE_RESERVED_TOP = 0x20000  # QEMU's firmware reserves the top 128 KiB of low RAM
-MIN_RAM = 2 << 20
+
+ROM_WINDOW_START = 0xA0000      # VGA window, option ROMs, BIOS: nothing a kernel load can change
+ROM_WINDOW_END = 0x100000
 
 # Ranges no image may load into: the real-mode IVT/BDA page, the information block, and the
 # EBDA/VGA/BIOS hole below 1 MiB.
@@ -67,6 +70,13 @@ class BootImage:
 
     entry: int                                   # 32-bit physical entry point
     segments: list[tuple[int, bytes]] = field(default_factory=list)  # (phys addr, bytes + bss)
+    load_start: int | None = None                # the span QEMU counts as the kernel (modules
+    load_end: int | None = None                  # follow it), segments dropped included
+
+    def span(self) -> tuple[int, int]:
+        if self.load_start is not None and self.load_end is not None:
+            return self.load_start, self.load_end
+        return (min(a for a, _ in self.segments), max(a + len(b) for a, b in self.segments))
 
 
 def qemu_cmdline(image_path: str, append: str = "") -> str:
@@ -76,10 +86,9 @@ def qemu_cmdline(image_path: str, append: str = "") -> str:
 
 
 def _ram_split(ram_size: int) -> tuple[int, int]:
-    """RAM below and above 4 GiB, split as QEMU's pc machine does (3 GiB below once the RAM
-    reaches 3.5 GiB)."""
-    low = ram_size if ram_size < 0xE0000000 else 0xC0000000
-    return low, ram_size - low
+    """RAM below and above 4 GiB, split as QEMU's pc machine does (emu/core/firmware/layout.py)."""
+    lay = ram_layout(ram_size)
+    return lay.below_4g, lay.above_4g
 
 
 def _check_ram(ram_size: int) -> None:
@@ -90,22 +99,14 @@ def _check_ram(ram_size: int) -> None:
 def memory_map(ram_size: int) -> list[tuple[int, int, int]]:
     """(base, length, type) as QEMU 7.2 (SeaBIOS e820, qemu64 AMD CPU) reports it."""
     _check_ram(ram_size)
-    low, high = _ram_split(ram_size)
-    entries = [(0, LOW_RAM_END, MMAP_AVAILABLE),
-               (LOW_RAM_END, 0x400, MMAP_RESERVED),
-               (0xF0000, 0x10000, MMAP_RESERVED),
-               (0x100000, low - 0x100000 - FIRMWARE_RESERVED_TOP, MMAP_AVAILABLE),
-               (low - FIRMWARE_RESERVED_TOP, FIRMWARE_RESERVED_TOP, MMAP_RESERVED),
-               (0xFFFC0000, 0x40000, MMAP_RESERVED)]                # BIOS flash
-    if high:
-        entries.append((1 << 32, high, MMAP_AVAILABLE))
-    entries.append((0xFD00000000, 0x300000000, MMAP_RESERVED))      # AMD HyperTransport hole
-    return entries
+    return e820_map(ram_size)
 
 
-def build_mbi(ram_size: int, cmdline: str, base: int = MBI_ADDR) -> bytes:
+def build_mbi(ram_size: int, cmdline: str, base: int = MBI_ADDR, *, mods_count: int = 0,
+              mods_addr: int | None = None) -> bytes:
     """The bytes to place at physical ``base`` (EBX = base): information block, memory map,
-    command line, boot loader name."""
+    command line, boot loader name.  Modules (emu/loader/modules.py) are described by their
+    count and the address of their array."""
     entries = memory_map(ram_size)
     mmap = b"".join(struct.pack("<IQQI", 20, b, n, t) for b, n, t in entries)
     cmd = cmdline.encode("utf-8", "replace") + b"\0"
@@ -118,7 +119,7 @@ def build_mbi(ram_size: int, cmdline: str, base: int = MBI_ADDR) -> bytes:
     mem_upper = entries[3][1] >> 10
     info = bytearray(MBI_SIZE)
     struct.pack_into("<8I", info, 0, MBI_FLAGS, LOW_RAM_END >> 10, mem_upper, BOOT_DEVICE_NONE,
-                     cmd_addr, 0, cmd_addr, 0)   # no modules; mods_addr as QEMU: where they'd go
+                     cmd_addr, mods_count, cmd_addr if mods_addr is None else mods_addr, 0)
     struct.pack_into("<II", info, 44, len(mmap), mmap_addr)
     struct.pack_into("<I", info, 64, name_addr)
     return bytes(info) + mmap + cmd + LOADER_NAME
@@ -137,7 +138,7 @@ def _find_header(data: bytes, name: str) -> tuple[int, int]:
                      f"the first 8 KiB")
 
 
-def _aout(data: bytes, hdr: int, name: str) -> tuple[int, list[tuple[int, bytes]]]:
+def _aout(data: bytes, hdr: int, name: str, limit: int) -> tuple[int, list[tuple[int, bytes]]]:
     if hdr + 32 > len(data):
         raise ImageError(f"{name}: the multiboot header is truncated (a.out kludge fields missing)")
     header_addr, load_addr, load_end, bss_end, entry = struct.unpack_from("<5I", data, hdr + 12)
@@ -164,6 +165,9 @@ def _aout(data: bytes, hdr: int, name: str) -> tuple[int, list[tuple[int, bytes]
         if bss_end < load_addr + size:
             raise ImageError(f"{name}: multiboot bss_end_addr {bss_end:#x} is below the end of the "
                              f"loaded part {load_addr + size:#x}")
+        if bss_end > limit:              # checked before the bss is allocated
+            raise ImageError(f"{name}: multiboot bss_end_addr {bss_end:#x} lies outside RAM "
+                             f"(below 4 GiB it ends at {limit:#x})")
         blob += bytes(bss_end - load_addr - size)
     return entry, [(load_addr, blob)]
 
@@ -171,12 +175,14 @@ def _aout(data: bytes, hdr: int, name: str) -> tuple[int, list[tuple[int, bytes]
 def _check_placement(segments: list[tuple[int, bytes]], entry: int, ram_size: int,
                      name: str) -> None:
     low, _ = _ram_split(ram_size)
+    top = low - FIRMWARE_RESERVED_TOP
+    forbidden = _FORBIDDEN + [(top, low, "the firmware's ACPI tables at the top of low RAM")]
     spans = sorted((a, a + len(b)) for a, b in segments if b)
     for start, end in spans:
         if end > low:
             raise ImageError(f"{name}: segment {start:#x}-{end:#x} lies outside the "
                              f"{ram_size >> 20} MiB of RAM")
-        for fstart, fend, what in _FORBIDDEN:
+        for fstart, fend, what in forbidden:
             if start < fend and end > fstart:
                 raise ImageError(f"{name}: segment {start:#x}-{end:#x} overlaps {what} "
                                  f"({fstart:#x}-{fend:#x})")
@@ -197,15 +203,42 @@ def parse_image(data: bytes, name: str, ram_size: int) -> BootImage:
         raise ImageError(f"{name}: this is a Linux kernel (boot protocol), not a multiboot image")
     hdr, flags = _find_header(data, name)
     if flags & FLAG_AOUT_KLUDGE:
-        entry, segments = _aout(data, hdr, name)
+        entry, segments = _aout(data, hdr, name, _ram_split(ram_size)[0])
     elif data[:4] != b"\x7fELF":
         raise ImageError(f"{name}: the multiboot header has no a.out kludge (flag 16) and the "
                          f"file is not ELF")
     else:
         from emu.loader.elf import load_elf
-        entry, segments = load_elf(data, name)
+        entry, segments = load_elf(data, name, _ram_split(ram_size)[0])
     segments = [(a, b) for a, b in segments if b]
     if not segments:
         raise ImageError(f"{name}: the image loads nothing")
+    start, end = min(a for a, _ in segments), max(a + len(b) for a, b in segments)
+    if not flags & FLAG_AOUT_KLUDGE:
+        if ROM_WINDOW_START <= entry < ROM_WINDOW_END:
+            raise ImageError(f"{name}: entry point {entry:#x} lies in the VGA/BIOS window "
+                             f"{ROM_WINDOW_START:#x}-{ROM_WINDOW_END:#x}")
+        segments = _drop_rom_window(segments)
+        if not segments:
+            raise ImageError(f"{name}: the image loads nothing outside 0xA0000-0xFFFFF")
     _check_placement(segments, entry, ram_size, name)
-    return BootImage(entry, segments)
+    return BootImage(entry, segments, start, end)
+
+
+def _drop_rom_window(segments: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """ELF segment bytes aimed at [0xA0000, 1 MiB) are not stored.  A default GNU ld puts the ELF
+    headers in a PT_LOAD of their own just below the first section (0xFF000 for a kernel
+    linked at 1 MiB); QEMU loads the kernel there after the firmware has write-protected its
+    shadow of the BIOS area, so those bytes vanish (as they would in the VGA window) and the
+    kernel boots.  Here they vanish too, and the firmware's tables in that area survive."""
+    out = []
+    for addr, data in segments:
+        end = addr + len(data)
+        if end <= ROM_WINDOW_START or addr >= ROM_WINDOW_END:
+            out.append((addr, data))
+            continue
+        if addr < ROM_WINDOW_START:
+            out.append((addr, data[:ROM_WINDOW_START - addr]))
+        if end > ROM_WINDOW_END:
+            out.append((ROM_WINDOW_END, data[ROM_WINDOW_END - addr:]))
+    return out

@@ -1,7 +1,6 @@
 """The local APIC (AMD APM vol. 2, ch. 16): xAPIC MMIO, x2APIC MSRs, self-IPIs and the timer.
 
-One CPU, so the APIC's only interrupt sources are itself: the LVT timer and self-IPIs through the
-ICR. Interrupts are accepted into IRR; the machine asks `pending()` for the vector to deliver
+Interrupts are accepted into IRR; the machine asks `pending()` for the vector to deliver
 (the highest IRR vector whose priority class is above PPR) and calls `acknowledge()` when the CPU
 takes it (IRR -> ISR); EOI retires the highest ISR vector.
 
@@ -15,8 +14,25 @@ execute instructions. So a given guest sees the same counts and the same interru
 every run; nothing depends on the host's speed.
 
 Registers not modelled (thermal, performance-counter, LINT0/1 and error LVTs) hold what is
-written; nothing raises them. ICR delivery modes other than fixed, and destinations other than
-this APIC, stop the run with "unsupported:".
+written; nothing raises them.
+
+IPIs (APM vol. 2, 16.5). A write of the ICR's low half sends one: the destination (shorthand,
+physical or logical destination mode, flat or cluster model, broadcast) is resolved against every
+APIC on the `ApicBus`, then each target receives it by its delivery mode, as hardware delivers
+it to the CPUs that exist. The machine has one CPU, so "all excluding self" and a destination
+naming another APIC reach no one, and the message is simply gone, as on a machine with no other
+processor. What reaches this CPU:
+  * fixed: IRR; lowest priority: the target with the lowest arbitration priority (TPR, then
+    APIC ID) accepts it as a fixed interrupt;
+  * NMI: a pending NMI;
+  * INIT (level assert): a pending INIT signal; INIT level de-assert is a synchronisation
+    message that modern processors ignore; the CPU side (emu/core/irq.py) decides what the INIT
+    does (an SVM #VMEXIT(INIT) when intercepted, held while GIF=0, #SX when VM_CR.R_INIT is set);
+  * SMI: a pending SMI, taken by the CPU side likewise;
+  * start-up (SIPI): only a processor waiting for SIPI after an INIT acts on it; this CPU never
+    waits (the boot processor runs), so it is ignored, as hardware ignores it.
+Delivery modes 3 (remote read, gone on current processors) and 7 (reserved) stop the run with
+"unsupported:".
 """
 from __future__ import annotations
 
@@ -79,12 +95,23 @@ FIRMWARE_LINT0 = 0x8700
 FIRMWARE_LINT1 = 0x8400
 ICR_DELIVERY_MODE_SHIFT = 8
 ICR_DELIVERY_FIXED = 0
+ICR_DELIVERY_LOWEST = 1
+ICR_DELIVERY_SMI = 2
+ICR_DELIVERY_REMOTE_READ = 3
 ICR_DELIVERY_NMI = 4
+ICR_DELIVERY_INIT = 5
+ICR_DELIVERY_STARTUP = 6
+ICR_DEST_LOGICAL = 1 << 11
 ICR_LEVEL_ASSERT = 1 << 14
+ICR_TRIGGER_LEVEL = 1 << 15
 ICR_SHORTHAND_SHIFT = 18
 ICR_DEST_NONE, ICR_DEST_SELF, ICR_DEST_ALL, ICR_DEST_OTHERS = 0, 1, 2, 3
 ESR_SEND_ILLEGAL_VECTOR = 1 << 5
 ESR_RECV_ILLEGAL_VECTOR = 1 << 6
+
+XAPIC_BROADCAST = 0xFF
+X2APIC_BROADCAST = 0xFFFFFFFF
+DFR_MODEL_FLAT = 0xF
 
 TIME_PER_CCR_READ = 1000           # virtual TSC ticks one current-count read takes (= RDTSC's)
 
@@ -110,6 +137,54 @@ def divisor(dcr: int) -> int:
     return 1 if code == 7 else 2 << code
 
 
+class ApicBus:
+    """The APICs of the machine and the message delivery between them: a destination set is
+    resolved here, then each target receives the message. One APIC today; the resolution and
+    delivery already take any number."""
+
+    def __init__(self) -> None:
+        self.apics: list["LocalApic"] = []
+
+    def attach(self, apic: "LocalApic") -> None:
+        self.apics.append(apic)
+        apic.bus = self
+
+    def targets(self, source: "LocalApic", icr: int) -> list["LocalApic"]:
+        """The APICs an IPI from `source` with this ICR reaches (APM vol. 2, 16.5, 16.6)."""
+        shorthand = (icr >> ICR_SHORTHAND_SHIFT) & 3
+        if shorthand == ICR_DEST_SELF:
+            return [source]
+        if shorthand == ICR_DEST_ALL:
+            return list(self.apics)
+        if shorthand == ICR_DEST_OTHERS:
+            return [a for a in self.apics if a is not source]
+        dest = icr >> 32 if source.x2apic else (icr >> 56) & 0xFF
+        logical = bool(icr & ICR_DEST_LOGICAL)
+        return [a for a in self.apics if a.matches(dest, logical, source.x2apic)]
+
+    def send(self, source: "LocalApic", icr: int) -> None:
+        mode = (icr >> ICR_DELIVERY_MODE_SHIFT) & 7
+        if mode in (ICR_DELIVERY_REMOTE_READ, 7):
+            raise Unsupported(f"APIC ICR delivery mode {mode} (ICR {icr:#x}): "
+                              "remote read and the reserved mode are not modelled")
+        vector = icr & 0xFF
+        if mode in (ICR_DELIVERY_FIXED, ICR_DELIVERY_LOWEST) and vector < 16:
+            source.esr |= ESR_SEND_ILLEGAL_VECTOR
+            return
+        targets = self.targets(source, icr)
+        if mode == ICR_DELIVERY_LOWEST and targets:
+            targets = [min(targets, key=lambda a: (a.tpr, a.apic_id))]
+        if mode == ICR_DELIVERY_INIT and not icr & ICR_LEVEL_ASSERT:
+            return              # INIT level de-assert: no effect on current processors
+        self.deliver(mode, vector, targets)
+
+    @staticmethod
+    def deliver(mode: int, vector: int, targets: Iterable["LocalApic"]) -> None:
+        """Hand one message to each target APIC."""
+        for apic in targets:
+            apic.receive(mode, vector)
+
+
 class LocalApic(PortDevice):
     """One local APIC. `now` reads the machine's virtual time; `changed` is called whenever an
     interrupt may have become deliverable (the machine then looks at `pending()`)."""
@@ -122,11 +197,13 @@ class LocalApic(PortDevice):
         self.changed = changed
         self.base_msr = APIC_DEFAULT_BASE | APIC_BASE_EN | APIC_BASE_BSP
         self.remap: Callable[[int | None, int | None], None] = lambda old, new: None
+        self.bus: ApicBus | None = None
         # The 8259's INTR output on LINT0 (intr(), vector(), acknowledge()), and who hears the
         # EOI of a level-triggered vector (the I/O APIC): wired by the machine.
         self.extint = None
         self.on_level_eoi: Callable[[int], None] = lambda vector: None
         self.reset()
+        ApicBus().attach(self)
 
     def reset(self) -> None:
         self.apic_id = 0
@@ -139,7 +216,9 @@ class LocalApic(PortDevice):
         self.tmr = 0
         self.esr = 0
         self.icr = 0
-        self.nmi_pending = False   # an NMI sent to self, not yet taken by the CPU
+        self.nmi_pending = False   # an NMI sent to this CPU, not yet taken by it
+        self.init_pending = False  # an INIT signal, likewise
+        self.smi_pending = False   # an SMI, likewise
         self.extint_pending = False   # an I/O APIC ExtINT message, not yet acknowledged
         self._from_extint = False     # pending() last answered with the 8259's vector
         self.lvt = {off: LVT_MASKED for off in _LVT_OFFSETS}
@@ -158,6 +237,11 @@ class LocalApic(PortDevice):
     @property
     def x2apic(self) -> bool:
         return bool(self.base_msr & APIC_BASE_EXTD)
+
+    @property
+    def signal_pending(self) -> bool:
+        """An NMI, INIT or SMI waits for the CPU (none of them masked by IF or the TPR)."""
+        return self.nmi_pending or self.init_pending or self.smi_pending
 
     @property
     def software_enabled(self) -> bool:
@@ -216,7 +300,7 @@ class LocalApic(PortDevice):
 
     def signalled(self) -> bool:
         """Is anything asking for the CPU's attention (cheap; not priority-checked)?"""
-        return bool(self.irr) or self.nmi_pending or self._extint()
+        return bool(self.irr) or self.signal_pending or self._extint()
 
     def pending(self) -> int | None:
         """The vector the APIC presents to the CPU, if any: highest IRR above the PPR class;
@@ -273,26 +357,45 @@ class LocalApic(PortDevice):
             self.changed()
 
     def send_ipi(self, icr: int) -> None:
-        vector = icr & 0xFF
-        mode = (icr >> ICR_DELIVERY_MODE_SHIFT) & 7
-        shorthand = (icr >> ICR_SHORTHAND_SHIFT) & 3
-        dest = icr >> 32 if self.x2apic else icr >> 56
-        if mode not in (ICR_DELIVERY_FIXED, ICR_DELIVERY_NMI):
-            raise Unsupported(f"unsupported: APIC ICR delivery mode {mode} (only fixed and NMI "
-                              "IPIs to this CPU are modelled)")
-        to_self = shorthand in (ICR_DEST_SELF, ICR_DEST_ALL) or (
-            shorthand == ICR_DEST_NONE and not icr & (1 << 11) and dest == self.apic_id)
-        if shorthand == ICR_DEST_OTHERS or not to_self:
-            raise Unsupported(f"unsupported: IPI to another CPU (ICR {icr:#x}); one CPU is "
-                              "modelled")
-        if mode == ICR_DELIVERY_NMI:          # the vector field is ignored
+        assert self.bus is not None
+        self.bus.send(self, icr)
+
+    def matches(self, dest: int, logical: bool, x2apic: bool) -> bool:
+        """Is this APIC named by `dest` (APM vol. 2, 16.6.1-16.6.2; x2APIC: its extension)?"""
+        if x2apic:
+            if dest == X2APIC_BROADCAST:
+                return True
+            if not logical:
+                return dest == self.apic_id
+            ldr = self.x2apic_ldr()
+            return dest >> 16 == ldr >> 16 and bool(dest & ldr & 0xFFFF)
+        if dest == XAPIC_BROADCAST:
+            return True
+        if not logical:
+            return dest == self.apic_id
+        ldr = self.ldr >> 24
+        if self.dfr >> 28 == DFR_MODEL_FLAT:
+            return bool(dest & ldr)
+        return dest >> 4 == ldr >> 4 and bool(dest & ldr & 0xF)     # cluster model
+
+    def x2apic_ldr(self) -> int:
+        """The x2APIC logical ID, derived from the APIC ID: cluster in 31:16, one bit in 15:0."""
+        return ((self.apic_id >> 4) << 16) | (1 << (self.apic_id & 0xF))
+
+    def receive(self, mode: int, vector: int) -> None:
+        """A message from the bus arrives at this APIC."""
+        if mode in (ICR_DELIVERY_FIXED, ICR_DELIVERY_LOWEST):
+            self.accept(vector)
+        elif mode == ICR_DELIVERY_NMI:          # the vector field is ignored
             self.nmi_pending = True
             self.changed()
-            return
-        if vector < 16:
-            self.esr |= ESR_SEND_ILLEGAL_VECTOR
-            return
-        self.accept(vector)
+        elif mode == ICR_DELIVERY_INIT:
+            self.init_pending = True
+            self.changed()
+        elif mode == ICR_DELIVERY_SMI:
+            self.smi_pending = True
+            self.changed()
+        # ICR_DELIVERY_STARTUP: this processor is never waiting for SIPI, so it ignores it.
 
     # ---- timer -------------------------------------------------------------------------------
     def _timer_mode(self) -> int:
@@ -457,7 +560,7 @@ class LocalApic(PortDevice):
         if reg == APIC_ICR_LO:
             return self.icr
         if reg == APIC_LDR:
-            return ((self.apic_id >> 4) << 16) | (1 << (self.apic_id & 0xF))   # cluster, bit
+            return self.x2apic_ldr()
         return self.read_reg(reg)
 
     def write_msr(self, index: int, value: int) -> None:
@@ -491,7 +594,8 @@ class LocalApic(PortDevice):
     # ---- snapshots -----------------------------------------------------------------------------
     _FIELDS = ("base_msr", "apic_id", "tpr", "ldr", "dfr", "svr", "isr", "irr", "tmr", "esr",
                "icr", "timer_initial", "dcr", "timer_running", "timer_base", "timer_first",
-               "timer_fired", "nmi_pending", "extint_pending")
+               "timer_fired", "nmi_pending", "init_pending", "smi_pending", "extint_pending")
+    _FLAGS = ("timer_running", "nmi_pending", "init_pending", "smi_pending", "extint_pending")
 
     def state(self) -> dict:
         d = {name: getattr(self, name) for name in self._FIELDS}
@@ -501,9 +605,10 @@ class LocalApic(PortDevice):
     def load_state(self, state: dict) -> None:
         old = self.mmio_base()
         for name in self._FIELDS:
-            value = state.get(name, False)   # extint_pending: absent from older snapshots
-            setattr(self, name, bool(value) if name in ("timer_running", "nmi_pending",
-                                                        "extint_pending") else int(value))
+            # init/smi/extint pending are absent from older snapshots
+            value = (state.get(name, 0) if name in ("init_pending", "smi_pending", "extint_pending")
+                     else state[name])
+            setattr(self, name, bool(value) if name in self._FLAGS else int(value))
         self.lvt = {int(k): int(v) for k, v in state["lvt"].items()}
         if self.mmio_base() != old:
             self.remap(old, self.mmio_base())

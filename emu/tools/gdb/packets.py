@@ -114,7 +114,7 @@ class Connection:
                     self._queue.append(unescape(body).decode("latin-1"))
             elif c == ord("-"):
                 del buf[0]
-                if self._last_sent:
+                if self.ack and self._last_sent:   # without acks a '-' is line noise
                     self._write(self._last_sent)
             else:                               # '+' and line noise
                 del buf[0]

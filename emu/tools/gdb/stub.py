@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Callable, TextIO
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UcError
 from unicorn.x86_const import UC_X86_REG_RIP
 
-from emu.tools.gdb import regs as gdb_regs
+from emu.tools.gdb import args, regs as gdb_regs
 from emu.errors import OptionError, SvmemuError, Unsupported
 from emu.tools.gdb.monitor import Monitor
 from emu.tools.gdb.packets import INTERRUPT, Connection
@@ -196,11 +196,7 @@ class GdbStub:
                 return None
             if pkt == INTERRUPT:
                 continue                         # already stopped
-            try:
-                outcome = self._dispatch(pkt)
-            except (SvmemuError, Fault, NestedFault, UcError) as e:
-                conn.send(f"E.{e}" if pkt.startswith(("q", "Q")) else "E01")
-                continue
+            outcome = self.answer(pkt)
             if outcome is _DETACH:
                 conn.send("OK")
                 self._detach()
@@ -216,6 +212,21 @@ class GdbStub:
             if outcome is not _ALREADY_SENT:
                 conn.send(outcome)
 
+    def answer(self, pkt: str) -> "str | _Resumed | object":
+        """What one packet gets: its reply, or what the session must do next. A packet that
+        cannot be carried out is answered with an E-packet (with the reason, for queries), so a
+        malformed or hostile packet never ends the session."""
+        try:
+            return self._dispatch(pkt)
+        except (SvmemuError, Fault, NestedFault, UcError) as e:
+            return f"E.{e}" if pkt.startswith(("q", "Q")) else "E01"
+        except (ValueError, IndexError, KeyError, OverflowError, UnicodeError) as e:
+            # Every argument is parsed by emu.tools.gdb.args; reaching here is a stub bug, which
+            # is reported on stderr while the session goes on.
+            print(f"svmemu: gdb stub: internal error on packet {pkt[:40]!r}: "
+                  f"{type(e).__name__}: {e}", file=sys.stderr)
+            return "E01"
+
     def _dispatch(self, pkt: str) -> "str | _Resumed | object":
         head = pkt[:1]
         if head == "?":
@@ -223,28 +234,34 @@ class GdbStub:
         if head == "g":
             return gdb_regs.all_bytes(self.regs).hex()
         if head == "G":
-            return self._write_all(bytes.fromhex(pkt[1:]))
+            return self._write_all(args.hex_bytes(pkt[1:], "G"))
         if head == "p":
-            return self.regs.read_bytes(int(pkt[1:], 16)).hex()
+            return self.regs.read_bytes(args.hex_int(pkt[1:], "p register", 16)).hex()
         if head == "P":
-            num, value = pkt[1:].split("=", 1)
-            self.regs.write_bytes(int(num, 16), bytes.fromhex(value))
+            num, value = args.split(pkt[1:], "=", 2, "P")
+            self.regs.write_bytes(args.hex_int(num, "P register", 16),
+                                  args.hex_bytes(value, "P value"))
             return "OK"
         if head == "m":
-            addr, length = (int(x, 16) for x in pkt[1:].split(","))
+            addr, length = args.address_range(pkt[1:], "m")
             return self._read_memory(addr, min(length, PACKET_SIZE // 2)).hex()
         if head == "M":
-            where, data = pkt[1:].split(":", 1)
-            addr, length = (int(x, 16) for x in where.split(","))
-            raw = bytes.fromhex(data)
+            where, data = args.split(pkt[1:], ":", 2, "M")
+            addr, length = args.address_range(where, "M")
+            raw = args.hex_bytes(data, "M data")
             if len(raw) != length:
                 return "E01"
             self._write_memory(addr, raw)
             return "OK"
         if head in ("c", "C", "s", "S"):
             step = head in ("s", "S")
-            arg = pkt[1:].split(";")[-1] if head in ("C", "S") and ";" in pkt else pkt[1:]
-            addr = int(arg, 16) if arg and head in ("c", "s") else None
+            addr = None
+            if head in ("C", "S"):               # Csig[;addr]: the signal is not delivered
+                sig, _, where = pkt[1:].partition(";")
+                args.hex_int(sig, f"{head} signal", 8)
+                addr = args.hex_int(where, f"{head} address") if where else None
+            elif pkt[1:]:
+                addr = args.hex_int(pkt[1:], f"{head} address")
             return self._resume(step, addr)
         if head in ("Z", "z"):
             return self._breakpoint(head == "Z", pkt[1:])
@@ -274,10 +291,10 @@ class GdbStub:
             self.conn.ack = False
             return _ALREADY_SENT
         if pkt.startswith("qXfer:features:read:"):
-            annex, span = pkt[len("qXfer:features:read:"):].split(":", 1)
+            annex, span = args.split(pkt[len("qXfer:features:read:"):], ":", 2, "qXfer")
             if annex != "target.xml":
                 return "E00"
-            off, length = (int(x, 16) for x in span.split(","))
+            off, length = args.address_range(span, "qXfer")
             chunk = self._xml[off:off + length]
             return ("l" if off + length >= len(self._xml) else "m") + chunk.decode()
         if pkt == "qAttached":
@@ -291,7 +308,7 @@ class GdbStub:
         if pkt.startswith("qSymbol"):
             return "OK"
         if pkt.startswith("qRcmd,"):
-            text = bytes.fromhex(pkt[len("qRcmd,"):]).decode("utf-8", "replace")
+            text = args.hex_bytes(pkt[len("qRcmd,"):], "qRcmd").decode("utf-8", "replace")
             out = self.monitor.execute(text)
             if not out:
                 return "OK"
@@ -341,9 +358,13 @@ class GdbStub:
         self.m.uc.ctl_flush_tb()          # the bytes may be code that was already translated
 
     # ---- breakpoints and watchpoints --------------------------------------------------------
-    def _breakpoint(self, insert: bool, args: str) -> str:
-        kind_s, addr_s, size_s = args.split(";")[0].split(",")[:3]
-        kind, addr, size = int(kind_s), int(addr_s, 16), int(size_s, 16)
+    def _breakpoint(self, insert: bool, spec: str) -> str:
+        kind_s, addr_s, size_s = args.split(spec.split(";")[0], ",", 3, "Z/z")
+        kind = args.hex_int(kind_s, "Z/z type", 8)
+        addr = args.hex_int(addr_s, "Z/z address")
+        size = args.hex_int(size_s, "Z/z length", 32)
+        if "," in size_s:
+            raise args.PacketError("Z/z: too many fields")
         if kind in (0, 1):
             if insert:
                 self._insert_code_bp(kind, addr)
