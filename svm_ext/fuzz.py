@@ -84,7 +84,7 @@ class VmcbPlacement(Placement):
 
     def prepare(self, machine: Machine) -> None:
         pa = machine.uc.reg_read(UC_X86_REG_RAX)
-        if pa & 0xFFF or pa + 0x1000 > machine.ram_size:
+        if pa & 0xFFF or not machine.layout.is_ram(pa, 0x1000):
             raise OptionError(f"--input-vmcb: the VMRUN at the start point has rAX {pa:#x}, not "
                               "a VMCB in RAM")
         self.pa = pa

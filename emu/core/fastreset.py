@@ -69,13 +69,12 @@ class ResetPoint:
             raise Unsupported("unsupported: fast reset needs Linux (memfd_create)")
         self.machine = machine
         self.snap = snapshot.take(machine)
-        size = machine.ram_size
+        size = len(machine.ram)          # the whole host mapping (RAM and the PCI hole)
         self._fd = os.memfd_create("svmemu-ram")
-        os.ftruncate(self._fd, size)
+        os.ftruncate(self._fd, size)     # sparse: chunks never written read as zeros, cost nothing
         view = memoryview(self.snap.ram)
-        step = 64 << 20
-        for off in range(0, size, step):
-            os.pwrite(self._fd, view[off:off + step], off)
+        for off in snapshot.nonzero_chunks(self.snap.ram):
+            os.pwrite(self._fd, view[off:off + snapshot.CHUNK], off)
         addr = machine._ram_addr
         got = _libc.mmap(addr, size, mmap.PROT_READ | mmap.PROT_WRITE,
                          mmap.MAP_PRIVATE | 0x10, self._fd, 0)     # 0x10: MAP_FIXED

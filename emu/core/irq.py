@@ -118,7 +118,7 @@ class InterruptController:
             self._mapped = None
         if new is None:
             return
-        if new < self.m.ram_size:
+        if self.m.layout.overlaps(new, APIC_MMIO_SIZE):
             raise Unsupported(f"unsupported: APIC page moved to {new:#x}, inside RAM")
         self.m.open_bus.release(new, APIC_MMIO_SIZE)
         try:

@@ -43,6 +43,7 @@ from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
 from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
                          Shutdown)
+from emu.core.firmware.layout import ram_layout
 from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.arch.paging import NestedFault
@@ -61,8 +62,7 @@ if TYPE_CHECKING:
 MULTIBOOT_MAGIC = 0x2BADB002
 TSC_STEP = 1000          # virtual TSC ticks per read: deterministic, monotonic
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF
-_MIN_RAM = 2 << 20
-_MAX_RAM = 3 << 30
+_MAP_NORESERVE = 0x4000   # Linux: no swap reserved; pages exist once the guest touches them
 
 
 @dataclass
@@ -124,21 +124,25 @@ class Machine:
     def __init__(self, ram_size: int = 128 << 20, *, stdout: BinaryIO | None = None,
                  tracer: Tracer | None = None, extensions: Iterable[Extension] = (),
                  cpu: CpuModel | None = None, cpus: int = 1) -> None:
-        if not _MIN_RAM <= ram_size <= _MAX_RAM or ram_size % 0x1000:
-            raise OptionError(f"RAM size must be a multiple of 4 KiB between "
-                              f"{_MIN_RAM >> 20} MiB and {_MAX_RAM >> 20} MiB")
+        self.layout = ram_layout(ram_size)       # QEMU's pc split around the PCI hole
         self.ram_size = ram_size
         self.cpus = cpus          # the one CPU count: fw_cfg, the MP table and the MADT use it
         engine_loader.tell_if_stock()
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(UC_CPU_X86_EPYC)
         self_check()
-        self.ram = mmap.mmap(-1, ram_size)
+        # One host mapping covers guest-physical [0, layout.end): host offset = guest address,
+        # the PCI hole included but never mapped into Unicorn or touched. Private anonymous
+        # memory: reading a page never touched maps the shared zero page, so only what the
+        # guest writes becomes resident (a shared mapping would allocate on reads too).
+        self.ram = mmap.mmap(-1, self.layout.end, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
         self._ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
-        uc.mem_map_ptr(0, ram_size, UC_PROT_ALL, self._ram_addr)
+        for base, length in self.layout.ranges:
+            uc.mem_map_ptr(base, length, UC_PROT_ALL, self._ram_addr + base)
         self.hostvm = HostVm(uc)
         self.ctx = Context(uc)
-        self.mem = GuestMemory(uc, self.ram, ram_size, self.ctx)
+        self.mem = GuestMemory(uc, self.ram, self.layout.below_4g, self.ctx,
+                               high_end=self.layout.end)
         self.deliverer = Deliverer(uc, self.ctx, self.mem)
         self.io_trap = IoTrap(uc, self.ctx)
         self.tracer = tracer
@@ -191,7 +195,8 @@ class Machine:
         self.replay_listeners: list[Callable[[], None]] = []
         self._replay_seen = 0
         if replay.available():
-            self.replay = replay.Engine(uc, self.ctx, self._ram_addr, ram_size, self._on_intr_c)
+            self.replay = replay.Engine(uc, self.ctx, self._ram_addr, self.layout.below_4g,
+                                        self._on_intr_c)
         self._hooks = [
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
             uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
@@ -293,7 +298,7 @@ class Machine:
         from emu.loader.multiboot import MBI_ADDR, build_mbi
         firmware.install(self)       # BDA, MP and ACPI tables, MTRRs: what SeaBIOS leaves
         for addr, data in image.segments:
-            if addr < 0 or addr + len(data) > self.ram_size:
+            if not self.layout.is_ram(addr, len(data)):
                 raise ImageError(f"segment at {addr:#x}+{len(data):#x} is outside the "
                                  f"{self.ram_size >> 20} MiB of RAM")
             self.ram[addr:addr + len(data)] = data

@@ -34,6 +34,7 @@ def _vmem_read(uc: Uc, va: int, size: int) -> bytes | None:
     any byte is unmapped, so the caller can fall back to the exact walker."""
     return binding.vmem_read(uc, va, size, UC_PROT_READ)
 _L = struct.Struct("<I")
+_FOUR_GIB = 1 << 32
 
 # The only register bits a page walk reads (paging.PagingRegs: mode, NXE, WP, SMEP, SMAP, PSE;
 # CR3 whole), and the nested-paging mode bits VMRUN records for the host (GuestMemory.host_regs).
@@ -95,10 +96,12 @@ class CodePath:
 
 
 class GuestMemory:
-    def __init__(self, uc: Uc, ram: mmap.mmap, size: int, ctx: Context) -> None:
+    def __init__(self, uc: Uc, ram: mmap.mmap, size: int, ctx: Context, *,
+                 high_end: int = 0) -> None:
         self.uc = uc
         self.ram = ram
-        self.size = size
+        self.size = size            # RAM from 0 (below the PCI hole); the host buffer's offsets
+        self.high_end = high_end    # are guest addresses, RAM from 4 GiB up to high_end too
         self.ctx = ctx
         self.view = memoryview(ram)
         # read_code under nested paging: (inputs, va page) -> (pa page, 8-byte entry addresses,
@@ -113,7 +116,7 @@ class GuestMemory:
         return Unsupported(f"{what} of physical address {pa:#x}+{size} (no RAM or device there)")
 
     def read_phys(self, pa: int, size: int) -> bytes:
-        if 0 <= pa and pa + size <= self.size:
+        if 0 <= pa and pa + size <= self.size or _FOUR_GIB <= pa and pa + size <= self.high_end:
             return bytes(self.view[pa:pa + size])
         try:
             return bytes(self.uc.mem_read(pa, size))

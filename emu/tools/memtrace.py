@@ -60,7 +60,7 @@ class MemTrace:
     def _peek(self, spa: int, size: int) -> int | None:
         if (spa & 0xFFF) + size <= 0x1000 and self.machine.open_bus.covers(spa):
             return (1 << (8 * size)) - 1          # nothing there: the bus reads all-ones
-        if (spa & 0xFFF) + size > 0x1000 or spa + size > self.machine.ram_size:
+        if (spa & 0xFFF) + size > 0x1000 or not self.machine.layout.is_ram(spa, size):
             return None          # crosses a page (the next may map elsewhere) or not RAM
         return int.from_bytes(self.machine.mem.view[spa:spa + size], "little")
 
