@@ -52,7 +52,7 @@ def memory_mib(value: str | None) -> int:
 def svmemu_command(run: Run, svmemu: list[str], cpu: str | None = None) -> list[str]:
     """`cpu`: what svmemu accepts of the entry's -cpu (see svmemu_cpu); -smp is 1."""
     mib = min(run.memory_mib(), SVMEMU_MAX_MEMORY_MIB)
-    cmd = [*svmemu, "run", str(run.kernel), "-m", f"{mib}M", "--timeout", f"{run.timeout:g}", "-q"]
+    cmd = [*svmemu, "run", str(run.kernel), "-m", f"{mib}M", "--timeout", f"{run.timeout:g}"]
     if cpu:
         cmd += ["--cpu", cpu]
     if run.append:
