@@ -1,4 +1,35 @@
-"""Only for the C replay engine (emu/engine/replay.c); everything else is in pyproject.toml."""
-from setuptools import Extension, setup
+"""The C parts: the replay engine (emu/engine/replay.c, an optional extension) and svmemu's own Unicorn
+engine (emu/engine/unicorn_build: unicorn 2.1.4's source + our patches, built into a per-user
+cache). Both are optional: without a compiler svmemu runs on the Python path and the stock
+unicorn wheel. Everything else is in pyproject.toml."""
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
 
-setup(ext_modules=[Extension("emu.engine._replay", sources=["emu/engine/replay.c"], optional=True)])
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ENGINE_DIR = Path(__file__).resolve().parent / "emu" / "engine" / "unicorn_build"
+
+
+def _engine_build_module():
+    """build.py without importing emu (whose __init__ would choose an engine): its folder is
+    loaded as a stand-alone package."""
+    spec = importlib.util.spec_from_file_location(
+        "_svmemu_unicorn_build", ENGINE_DIR / "__init__.py",
+        submodule_search_locations=[str(ENGINE_DIR)])
+    pkg = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = pkg
+    spec.loader.exec_module(pkg)
+    return importlib.import_module(spec.name + ".build")
+
+
+class BuildExtAndEngine(build_ext):
+    def run(self):
+        super().run()
+        _engine_build_module().build_engine(optional=True, jobs=2)
+
+
+setup(ext_modules=[Extension("emu.engine.creplay", sources=["emu/engine/replay.c"], optional=True)],
+      cmdclass={"build_ext": BuildExtAndEngine})

@@ -67,7 +67,7 @@ def profile(workload: str, trips: int) -> tuple[Counter, int]:
         data = os.path.join(tmp, "perf.data")
         code = ("from bench import workloads\n"
                 "from emu.loader.multiboot import parse_image\n"
-                "from emu.machine import Machine\n"
+                "from emu.core.machine import Machine\n"
                 "from svm_ext.extension import SvmExtension\n"
                 f"w = workloads.by_key({workload!r})\n"
                 f"image = parse_image(workloads.build(w, {trips}), 'bench', 128 << 20)\n"

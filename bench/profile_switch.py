@@ -77,7 +77,7 @@ _STEPS: list[tuple[str, int, str, str]] = [
     ("on_exit: L2's exit reaches L0 (router)", 0, "ext", "on_exit"),
     ("intercepts.l1_wants", 1, "mod:svm_ext.intercepts", "l1_wants"),
     ("next_rip (decode for NRIP)", 1, "ext", "next_rip"),
-    ("vmexit (#VMEXIT to L1)", 1, "mod:svm_ext.extension", "vmexit"),
+    ("vmexit (#VMEXIT to L1)", 1, "mod:svm_ext.reflect", "vmexit"),
     ("switch_cache.store_guest", 2, "mod:svm_ext.switch_cache", "store_guest"),
     ("store_guest (full)", 3, "mod:svm_ext.vmexit", "store_guest"),
     ("store_exit_info", 2, "mod:svm_ext.vmexit", "store_exit_info"),

@@ -36,6 +36,8 @@ WORKLOADS: tuple[Workload, ...] = (
              "iteration", 2, False),
     Workload("l2", "L2 ALU loop under NPT", "l2_loop.S", 100_000_000, 5_000_000,
              "iteration", 4, True),
+    Workload("memloop", "L1 memory loop (1 load + 2 stores/iter)", "mem_loop.S", 50_000_000,
+             2_000_000, "iteration", 3, False),
     Workload("switch", "VMRUN/#VMEXIT round trip (VMMCALL)", "world_switch.S", 200_000, 5_000,
              "round trip", 2, True),
     Workload("msr", "round trip, L1-intercepted RDMSR(PAT), NPT", "world_switch_msr.S", 200_000,

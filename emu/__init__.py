@@ -6,7 +6,8 @@ The folders are layers, each importing only from the ones below it:
 - ``emu.arch``: pure architecture (bit names, page walks, memory types, instruction decoding); no
   Unicorn, no machine.
 - ``emu.engine``: everything pinned to unicorn 2.1.4's internals (the saved-context layout, the
-  L0-private VMCB, the I/O trap, the interrupt window, the C replay engine).
+  L0-private VMCB, the I/O trap, the interrupt window, the C replay engine), and svmemu's own
+  build of that Unicorn (``emu.engine.unicorn_build``: patches, build, loader).
 - ``emu.core``: the machine (run loop, exit table, memory, interrupts, MSRs, CPUID, devices,
   snapshots).
 - ``emu.loader``: what turns a user's file into bytes in guest RAM (multiboot, ELF, assembly).
@@ -14,3 +15,9 @@ The folders are layers, each importing only from the ones below it:
   coverage, fuzzing).
 - ``emu.cli``: the ``svmemu`` command, the one place that composes emu with svm_ext.
 """
+
+# Before any module imports unicorn: point the binding at svmemu's engine when it is built
+# (emu/engine/unicorn_build/loader.py; SVMEMU_ENGINE=stock keeps the wheel's library).
+from .engine.unicorn_build import loader as _engine_loader
+
+_engine_loader.select()

@@ -1,6 +1,14 @@
 """Errors the user can cause. The CLI turns each into one line on stderr and a non-zero exit;
 anything else escaping is a bug in svmemu."""
 
+# Process exit status for each way a run ends. Guest-chosen statuses (isa-debug-exit) are always
+# odd, so ours are even and cannot be confused with them.
+STATUS_HALTED = 0
+STATUS_BAD_INPUT = 2
+STATUS_SHUTDOWN = 4
+STATUS_UNSUPPORTED = 6
+STATUS_LIMIT = 8
+
 
 class SvmemuError(Exception):
     """Base of every error caused by user input; str(e) is the message shown to the user."""

@@ -4,7 +4,8 @@
 # 0xF0000-0xFFFFF) and its configuration table (checksums, one processor entry per CPU that
 # fw_cfg reports, marked BSP, with CPUID 1's signature; the I/O APIC at 0xFEC00000; ISA IRQ0
 # on INTIN2); the RSDP (searched in 0xE0000-0xFFFFF), the RSDT and every table it lists
-# (checksums), the FADT (PM timer at port 0x608, SCI on IRQ 9, its DSDT and FACS), the MADT
+# (checksums), the FADT (PM timer at port 0x608, SCI on IRQ 9, ACPI mode entered through its
+# SMI_CMD port, its DSDT and FACS), the MADT
 # (one local APIC per CPU, the I/O APIC, the IRQ0 -> GSI 2 override, IRQ 9 level/high);
 # that the multiboot memory map reserves every table; the MTRRs (enabled, default WB, fixed
 # ranges, the PCI hole from 2 GiB UC).
@@ -233,6 +234,16 @@ main:
     check_eq rax, 4, "FADT: PM timer block is 4 bytes"
     movzx eax, word ptr [r12 + 46]
     check_eq rax, 9, "FADT: SCI on IRQ 9"
+    # ACPI mode: SCI_EN is clear until ACPI_ENABLE is written to SMI_CMD.
+    mov edx, dword ptr [r12 + 64]           # PM1a_CNT_BLK
+    in ax, dx
+    check_mask rax, 1, 0, "PM1a_CNT.SCI_EN clear at entry"
+    mov edx, dword ptr [r12 + 48]           # SMI_CMD
+    mov al, byte ptr [r12 + 52]             # ACPI_ENABLE
+    out dx, al
+    mov edx, dword ptr [r12 + 64]
+    in ax, dx
+    check_mask rax, 1, 1, "ACPI_ENABLE written to SMI_CMD sets SCI_EN"
     mov r13d, dword ptr [r12 + 40]          # DSDT
     mov [rip + dsdt], r13
     mov eax, dword ptr [r13]

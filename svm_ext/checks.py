@@ -15,7 +15,7 @@ The sources, in order:
 ``host_cr0`` is L1's CR0 at the VMRUN (the APM's hCR0), which one rule needs; pass None when it
 is not known and that rule is skipped.
 
-Where the APM is silent we do not invent a check. Two things the brief asked about that the APM
+Where the APM is silent we do not invent a check. Two things one might expect checked that the APM
 does not list, and that we therefore do NOT reject:
   * NP_ENABLE set on a CPU that does not report nested paging. No VMEXIT_INVALID is documented;
     the bit is ignored (``nested_paging_enabled`` is what the rest of svm_ext must use).
@@ -55,7 +55,7 @@ from emu.arch.bits import (
     EFER_SVME,
 )
 from emu.arch.memtype import PAT_TYPES
-from svm_ext.vmcb import (
+from emu.arch.vmcb import (
     EVENTINJ_TYPE_EXCEPTION,
     EVENTINJ_TYPE_INTR,
     EVENTINJ_TYPE_NMI,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from svm_ext import checks
-from .vmcb import Vmcb, exit_name, read_cache
+from emu.arch.vmcb import Vmcb, exit_name, read_cache
 
 if TYPE_CHECKING:
     from .extension import SvmExtension

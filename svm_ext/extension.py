@@ -1,8 +1,10 @@
 """Nested SVM plugged into the machine: identity, MSRs, instructions and the exit router.
 
-Where things live: VMRUN in vmrun.py, #VMEXIT in vmexit.py, "does L1 want this exit" in
-intercepts.py, VMLOAD/VMSAVE/STGI/CLGI/INVLPGA/VMMCALL in instructions.py, PAT models in pat.py,
-consistency checks in checks.py, the VMCB layout in vmcb.py.
+Where things live: VMRUN in vmrun.py; the way out of L2 in reflect.py ("does L1 want this exit"
+and the one call into #VMEXIT, vmexit.py); the per-class intercept predicates and the merge of
+L0's and L1's intercepts in intercepts.py; VMLOAD/VMSAVE/STGI/CLGI/INVLPGA/VMMCALL in
+instructions.py; PAT models in pat.py; consistency checks in checks.py; the VMCB layout in
+emu/arch/vmcb.py.
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from unicorn.x86_const import (UC_X86_REG_DR7, UC_X86_REG_RCX, UC_X86_REG_RFLAGS
                                UC_X86_REG_RIP)
 
 from emu.engine import hostvm
+from emu.arch.vmcb import (VMEXIT_CLGI, VMEXIT_INVLPGA, VMEXIT_SKINIT, VMEXIT_STGI, VMEXIT_VMLOAD,
+                           VMEXIT_VMMCALL, VMEXIT_VMRUN, VMEXIT_VMSAVE)
+from emu.arch.msrs import MSR_VM_CR, MSR_VM_HSAVE_PA
 from emu.core.control_regs import cr4_allowed
 from emu.core.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
 from emu.core.msrs_amd import CPUID_80000001_EDX_LM, efer_allowed
@@ -27,11 +32,11 @@ from emu.core.msr import EFER_SVME, GeneralProtection
 from emu.arch.paging import NestedFault
 
 from svm_ext import instructions
-from svm_ext import intercepts
 from svm_ext import ioio
 from svm_ext import memview
 from svm_ext import npf
 from svm_ext import pat
+from svm_ext import reflect
 from svm_ext import vmrun as vmrun_mod
 from svm_ext import debugview
 from svm_ext import hw_quirks
@@ -41,12 +46,10 @@ from .fast_switch import FastSwitch
 from .state import NestedState
 from svm_ext import switch_cache
 from .switch_cache import SwitchCache
-from .vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
+from emu.arch.vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
                    EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_MSR,
                    VMEXIT_NPF, VMEXIT_SHUTDOWN, eventinj_encode, exit_name)
-from .vmexit import vmexit
 
-from emu.core.msrs_amd import MSR_VM_CR, MSR_VM_HSAVE_PA  # noqa: E402
 VM_CR_DPD = 1 << 0
 VM_CR_R_INIT = 1 << 1
 VM_CR_DIS_A20M = 1 << 2
@@ -110,14 +113,14 @@ class SvmExtension(Extension, ExitRouter):
         machine.msrs.register(MSR_VM_CR, lambda: self.state.vm_cr, self._write_vm_cr)
         machine.msrs.register(MSR_VM_HSAVE_PA, lambda: self.state.hsave_pa, self._write_hsave_pa)
         self.pat.attach(self)
-        for code, handler in ((hostvm.VMEXIT_VMRUN, vmrun_mod.vmrun),
-                              (hostvm.VMEXIT_VMLOAD, instructions.vmload),
-                              (hostvm.VMEXIT_VMSAVE, instructions.vmsave),
-                              (hostvm.VMEXIT_STGI, instructions.stgi),
-                              (hostvm.VMEXIT_CLGI, instructions.clgi),
-                              (hostvm.VMEXIT_INVLPGA, instructions.invlpga),
-                              (hostvm.VMEXIT_VMMCALL, instructions.vmmcall),
-                              (hostvm.VMEXIT_SKINIT, instructions.skinit)):
+        for code, handler in ((VMEXIT_VMRUN, vmrun_mod.vmrun),
+                              (VMEXIT_VMLOAD, instructions.vmload),
+                              (VMEXIT_VMSAVE, instructions.vmsave),
+                              (VMEXIT_STGI, instructions.stgi),
+                              (VMEXIT_CLGI, instructions.clgi),
+                              (VMEXIT_INVLPGA, instructions.invlpga),
+                              (VMEXIT_VMMCALL, instructions.vmmcall),
+                              (VMEXIT_SKINIT, instructions.skinit)):
             machine.register_exit(code, lambda code, h=handler: h(self, code))
         machine.router = self
         # Repeated world switches replayed in C (fast_switch.py); not while the switch cache is
@@ -193,7 +196,7 @@ class SvmExtension(Extension, ExitRouter):
                   if self.fast is not None and code != VMEXIT_NPF else None)
         reads: list[tuple[int, bytes]] = []     # what the decision read: a program's guards
         read_phys = m.mem.read_phys if before is None else self._recording_reader(reads)
-        if not intercepts.l1_wants(st.vmcb12, code, info1, msr_index, read_phys):
+        if not reflect.exit_handled(st.vmcb12, code, read_phys, info1=info1, msr_index=msr_index):
             if code == VMEXIT_NPF:
                 raise Unsupported("nested page fault with nested paging off")
             return False
@@ -207,12 +210,12 @@ class SvmExtension(Extension, ExitRouter):
             # translation it kept): the fetch comes before any intercept of the instruction, so
             # the exit is that #NPF (APM vol. 2, 15.25.6).
             info1, info2 = npf.exit_info(self, fault.exitinfo1 & 0xFFFFFFFF, fault.exitinfo2)
-            vmexit(self, VMEXIT_NPF, info1, info2)
+            reflect.reflect(self, VMEXIT_NPF, info1, info2)
             return True
         if code not in (VMEXIT_MSR, VMEXIT_NPF):
             info1 = 0          # no decode assists are reported, so no instruction details
         rip = ctx.u64(OFF_EIP)
-        vmexit(self, code, info1, info2, 0, nrip)
+        reflect.reflect(self, code, info1, info2, 0, nrip)
         if self.fast is not None:
             self.fast.exit_done(before, code, rip, nrip, reads)
         return True
@@ -230,17 +233,18 @@ class SvmExtension(Extension, ExitRouter):
         st = self.state
         if not st.in_l2 or st.vmcb12 is None:
             return False
-        if not intercepts.exception(st.vmcb12, event.vector):
+        code = VMEXIT_EXCP0 + event.vector
+        if not reflect.exit_handled(st.vmcb12, code):
             return False
         info1 = (event.error_code or 0) if event.vector in HAS_ERROR_CODE else 0
         info2 = (event.cr2 or 0) if event.vector == PF else 0
-        vmexit(self, VMEXIT_EXCP0 + event.vector, info1, info2, self._intinfo(during))
+        reflect.reflect(self, code, info1, info2, self._intinfo(during))
         return True
 
     def on_nested_fault(self, fault: NestedFault, during: Any | None) -> bool:
         if not self.state.in_l2:
             return False
-        vmexit(self, VMEXIT_NPF, fault.exitinfo1, fault.exitinfo2, self._intinfo(during))
+        reflect.reflect(self, VMEXIT_NPF, fault.exitinfo1, fault.exitinfo2, self._intinfo(during))
         return True
 
     # ---- interrupts (vintr.py; the machine asks at its interrupt points) ----------------------
@@ -276,8 +280,8 @@ class SvmExtension(Extension, ExitRouter):
 
     def on_shutdown(self, reason: str) -> bool:
         st = self.state
-        if st.in_l2 and st.vmcb12 is not None and intercepts.misc(st.vmcb12, VMEXIT_SHUTDOWN):
-            vmexit(self, VMEXIT_SHUTDOWN)
+        if st.in_l2 and st.vmcb12 is not None and reflect.exit_handled(st.vmcb12, VMEXIT_SHUTDOWN):
+            reflect.reflect(self, VMEXIT_SHUTDOWN)
             return True
         return False
 
@@ -287,7 +291,8 @@ class SvmExtension(Extension, ExitRouter):
         st = self.state
         c = st.vmcb12
         m = self.machine
-        if not st.in_l2 or c is None or not intercepts.ioio(c, port, size, m.mem.read_phys):
+        if not st.in_l2 or c is None or not reflect.exit_handled(c, VMEXIT_IOIO, m.mem.read_phys,
+                                                                 port=port, size=size):
             return None
         rip = m.uc.reg_read(UC_X86_REG_RIP)      # synced for the hook; the blob's copy is not
         insn = ioio.decode(m.mem.read_code(rip, 15), m.ctx.save().mode_bits())
@@ -298,7 +303,7 @@ class SvmExtension(Extension, ExitRouter):
                               "IOPM intercepts (Unicorn stores to ES:rDI before the I/O hook, so "
                               "the instruction cannot be undone)")
         info1, nrip = insn.exitinfo1(port, size), rip + insn.length
-        return lambda: vmexit(self, VMEXIT_IOIO, info1, nrip, 0, nrip)
+        return lambda: reflect.reflect(self, VMEXIT_IOIO, info1, nrip, 0, nrip)
 
     def _intinfo(self, during: Event | None) -> int:
         """EXITINTINFO: the event whose delivery the exit interrupted, as the APM encodes it."""

@@ -36,13 +36,14 @@ from typing import TYPE_CHECKING, Callable
 from unicorn.x86_const import UC_X86_REG_DR7, UC_X86_REG_RFLAGS
 
 from emu.engine import hostvm
+from emu.arch.vmcb import VMEXIT_MSR, VMEXIT_VMRUN
 from emu.engine.hw_switch import (OFF_CR2, OFF_DR, OFF_EFLAGS, OFF_EIP, OFF_ERROR_CODE, OFF_HFLAGS,
                            OFF_RAX, OFF_RCX, OFF_RSP, OFF_V_TPR)
 from emu.core.msr import MSR_PAT
 from emu.engine.replay import Engine, Program
 
 from .switch_cache import REGIONS, VMCB_RANGES, VOLATILE_BY_REGISTER, VOLATILE_IN_CONTEXT
-from .vmcb import CACHE_STRUCT, OFFSETS, VMCB_SIZE, read_cache
+from emu.arch.vmcb import CACHE_STRUCT, OFFSETS, VMCB_SIZE, read_cache
 from .vmexit import HOST_DR7
 
 if TYPE_CHECKING:
@@ -205,10 +206,10 @@ class FastSwitch:
         `nested_entries`: what hw_quirks.guard_nested_nx read (None: it cannot be replayed)."""
         key = None
         if before is not None and nested_entries is not None:
-            key = (hostvm.VMEXIT_VMRUN, vmcb12_pa, before.state_id,
+            key = (VMEXIT_VMRUN, vmcb12_pa, before.state_id,
                    _Q.unpack_from(before.blob, OFF_EIP)[0])
         self._record_and_arm(
-            hostvm.UC_EXIT_BASE + hostvm.VMEXIT_VMRUN, key,
+            hostvm.UC_EXIT_BASE + VMEXIT_VMRUN, key,
             lambda post: self._vmrun_program(before, vmcb12_pa, nested_entries, post))
 
     def _vmrun_program(self, before: Pending, pa: int,
@@ -297,7 +298,7 @@ class FastSwitch:
             if host_addr is None:
                 return None
             p.same(host_addr, data)
-        if code == hostvm.VMEXIT_MSR:
+        if code == VMEXIT_MSR:
             p.eq64(blob + OFF_RCX, _Q.unpack_from(old, OFF_RCX)[0], 0xFFFFFFFF)
         p.commit()
         # vmcb12: the exit's constant fields as the Python path wrote them, then L2's volatile state.

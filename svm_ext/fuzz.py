@@ -15,13 +15,13 @@ import struct
 
 from unicorn.x86_const import UC_X86_REG_RAX
 
-from emu.engine import hostvm
+from emu.arch.vmcb import VMEXIT_VMRUN
 from emu.errors import OptionError
 from emu.tools.fuzz.harness import REASON_CRASH, Placement
 from emu.core.machine import Machine
 
 from .extension import SvmExtension
-from .vmcb import FIELDS, exit_name
+from emu.arch.vmcb import FIELDS, exit_name
 
 _EXITCODE = next(off for name, off, _ in FIELDS if name == "exitcode")
 _SIZES = {"seg": 16, "15s": 15}
@@ -49,8 +49,8 @@ class VmrunStop:
         self.ext = ext
         self.armed = False
         self.crash_codes: set[int] = set()
-        self._inner = machine.exit_handler(hostvm.VMEXIT_VMRUN)
-        machine.register_exit(hostvm.VMEXIT_VMRUN, self._on_vmrun)
+        self._inner = machine.exit_handler(VMEXIT_VMRUN)
+        machine.register_exit(VMEXIT_VMRUN, self._on_vmrun)
         machine.world_observers.append(self._on_world)
 
     def _on_vmrun(self, code: int) -> None:
@@ -84,7 +84,7 @@ class VmcbPlacement(Placement):
 
     def prepare(self, machine: Machine) -> None:
         pa = machine.uc.reg_read(UC_X86_REG_RAX)
-        if pa & 0xFFF or pa + 0x1000 > machine.ram_size:
+        if pa & 0xFFF or not machine.layout.is_ram(pa, 0x1000):
             raise OptionError(f"--input-vmcb: the VMRUN at the start point has rAX {pa:#x}, not "
                               "a VMCB in RAM")
         self.pa = pa

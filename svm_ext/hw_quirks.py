@@ -12,13 +12,16 @@ AMD APM, set right in our layer so that L1 sees what hardware would show it.
   asks for it, L0 intercepts every CR0 write of L2 and decides per write whether bits other than
   CR0.TS and CR0.MP change.
 
-One is not an intercept but a crash: Unicorn's nested walk dereferences a null pointer when a
-nested leaf mapping one of the guest's *page tables* has NX set (EFER.NXE on in the host).
+One is not an intercept but a crash of the stock engine: Unicorn 2.1.4's nested walk
+dereferences a null pointer when a nested leaf mapping one of the guest's *page tables* has NX
+set (EFER.NXE on in the host). svmemu's own engine fixes it (emu/engine/unicorn_build,
+0003-nested-walk-null-prot.patch) and the walk completes as the APM says. On the stock engine
 `guard_nested_nx` catches the common form of it at VMRUN (the nested mapping of L2's CR3 page)
 and stops with "unsupported:" instead of taking the process down; lower-level tables are not
 scanned, since the guest can move them at any time.
 
-`route` gets these exits first; it returns True/False when it decided (took the exit, or left it
+The extra intercepts vmcb02 needs for these cases are added by intercepts.recalc. `route` gets
+these exits first; it returns True/False when it decided (took the exit, or left it
 to the machine), None for an exit that is not one of these cases.
 """
 from __future__ import annotations
@@ -27,33 +30,22 @@ from typing import TYPE_CHECKING
 
 from emu.arch.bits import CR0_MP, CR0_PG, CR0_TS
 from emu.arch.decode import MAX_INSN_LENGTH, split_prefixes
+from emu.engine.unicorn_build import loader as engine_loader
 from emu.errors import Unsupported
 from emu.engine.hw_switch import NPT_MODE_NXE, OFF_EIP, OFF_REGS
 from emu.arch.paging import NestedFault, walk_nested
 from emu.core.interrupts import BP, OF
 
-from svm_ext import intercepts
-from .vmcb import (INTERCEPT_CR0_SEL_WRITE, INTERCEPT_INVD, INTERCEPT_WBINVD,
-                   VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE, VMEXIT_EXCP0,
+from svm_ext.reflect import exit_handled, reflect
+from emu.arch.vmcb import (VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE, VMEXIT_EXCP0,
                    VMEXIT_INVD, VMEXIT_RDTSC, VMEXIT_RDTSCP, VMEXIT_SWINT, VMEXIT_WBINVD,
                    Vmcb12Cache)
-from .vmexit import vmexit
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
 
 _SWINT_EXCEPTION = {0xCC: BP, 0xCE: OF}
 CODES = frozenset({VMEXIT_SWINT, VMEXIT_WBINVD, VMEXIT_RDTSC, VMEXIT_CR0_WRITE})
-
-
-def extra_misc(c: Vmcb12Cache) -> int:
-    """Bits for vmcb02's 64-bit misc intercept word beyond L0's and L1's own."""
-    return INTERCEPT_WBINVD << 32 if c.intercept_misc1 & INTERCEPT_INVD else 0
-
-
-def extra_cr_write(c: Vmcb12Cache) -> int:
-    """Bits for vmcb02's CR write intercepts beyond L1's own."""
-    return 1 if c.intercept_misc1 & INTERCEPT_CR0_SEL_WRITE else 0
 
 
 def _decode(ext: "SvmExtension") -> tuple[bytes, bytes, int]:
@@ -70,17 +62,17 @@ def route(ext: "SvmExtension", c: Vmcb12Cache, code: int) -> bool | None:
         return _software_interrupt(ext, c, op)
     if code == VMEXIT_WBINVD:
         real = VMEXIT_INVD if op[:2] == b"\x0F\x08" else VMEXIT_WBINVD
-        if intercepts.misc(c, real):
-            vmexit(ext, real, 0, 0, 0, ext.next_rip())
+        if exit_handled(c, real):
+            reflect(ext, real, 0, 0, 0, ext.next_rip())
         else:                       # only the other one was L1's: no effect in an emulator
             _skip(ext, ext.next_rip())
         return True
     if code == VMEXIT_RDTSC and op[:3] == b"\x0F\x01\xF9":
-        if intercepts.misc(c, VMEXIT_RDTSCP):
-            vmexit(ext, VMEXIT_RDTSCP, 0, 0, 0, ext.next_rip())
+        if exit_handled(c, VMEXIT_RDTSCP):
+            reflect(ext, VMEXIT_RDTSCP, 0, 0, 0, ext.next_rip())
             return True
         return False                # the machine's RDTSC handler knows RDTSCP by opcode too
-    if code == VMEXIT_CR0_WRITE and 0xF0 not in prefixes and not intercepts.cr_access(c, code):
+    if code == VMEXIT_CR0_WRITE and 0xF0 not in prefixes and not exit_handled(c, code):
         return _selective_cr0_write(ext, op, rex)
     return None
 
@@ -90,12 +82,12 @@ def _software_interrupt(ext: "SvmExtension", c: Vmcb12Cache, op: bytes) -> bool:
     INTn intercept. False leaves delivery through L2's IDT to the machine."""
     vector = _SWINT_EXCEPTION.get(op[0]) if op else None
     if vector is None:
-        return intercepts.misc(c, VMEXIT_SWINT) and _exit(ext, VMEXIT_SWINT, ext.next_rip())
-    return intercepts.exception(c, vector) and _exit(ext, VMEXIT_EXCP0 + vector, 0)
+        return exit_handled(c, VMEXIT_SWINT) and _exit(ext, VMEXIT_SWINT, ext.next_rip())
+    return exit_handled(c, VMEXIT_EXCP0 + vector) and _exit(ext, VMEXIT_EXCP0 + vector, 0)
 
 
 def _exit(ext: "SvmExtension", code: int, nrip: int) -> bool:
-    vmexit(ext, code, 0, 0, 0, nrip)
+    reflect(ext, code, 0, 0, 0, nrip)
     return True
 
 
@@ -133,16 +125,21 @@ def _skip(ext: "SvmExtension", nrip: int) -> None:
 
 
 
+# The engine's nested walk survives NX nested leaves over guest page tables (patched engine).
+_ENGINE_WALKS_NX = engine_loader.has_fix("nested-walk-nx")
+
+
 def guard_nested_nx(ext: "SvmExtension", c: Vmcb12Cache, host_mode: int,
                     npt: bool) -> tuple[tuple[int, int], ...] | None:
-    """Stop before Unicorn 2.1.4 would crash (see module doc): L2 pages with its own tables under
-    nested paging, the host has EFER.NXE, and the nested leaf over L2's CR3 page is NX.
+    """Stop before stock Unicorn 2.1.4 would crash (see module doc): L2 pages with its own tables
+    under nested paging, the host has EFER.NXE, and the nested leaf over L2's CR3 page is NX.
+    Nothing to guard on svmemu's engine, whose walk completes.
 
     Returns the nested entries (host-physical address, value) the verdict rests on, so a replay
     of this VMRUN (fast_switch.py) can require them unchanged; None when it rests on more (the
     walk faulted)."""
     m = ext.machine
-    if not npt or not c.cr0 & CR0_PG or not host_mode & NPT_MODE_NXE:
+    if not npt or not c.cr0 & CR0_PG or not host_mode & NPT_MODE_NXE or _ENGINE_WALKS_NX:
         return ()
     mem = m.mem
     try:

@@ -17,7 +17,7 @@ from emu.core.interrupts import GP, UD
 from emu.core.msr import (MSR_CSTAR, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, MSR_STAR,
                      MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP)
 
-from .vmcb import VMCB_SIZE, Vmcb
+from emu.arch.vmcb import VMCB_SIZE, Vmcb
 
 if TYPE_CHECKING:
     from .extension import SvmExtension

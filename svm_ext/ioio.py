@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .vmcb import ioio_exitinfo1
+from emu.arch.vmcb import ioio_exitinfo1
 
 _PREFIX_SEG = {0x26: 0, 0x2E: 1, 0x36: 2, 0x3E: 3, 0x64: 4, 0x65: 5}   # ES CS SS DS FS GS
 _OTHER_PREFIXES = frozenset({0xF0, 0xF2, 0xF3, 0x66, 0x67}) | frozenset(_PREFIX_SEG)

@@ -23,7 +23,7 @@ from emu.core.memory import GuestMemory
 from emu.arch.paging import PagingRegs
 
 from svm_ext import checks
-from .vmcb import Vmcb12Cache, read_cache
+from emu.arch.vmcb import Vmcb12Cache, read_cache
 
 if TYPE_CHECKING:
     from .extension import SvmExtension

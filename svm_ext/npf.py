@@ -7,7 +7,7 @@ address (NPF_GUEST_PAGE) or on the address of a guest page-table entry (NPF_GUES
 vmcb02 EXITINFO1 it should have written stays 0. (tests/test_npf.py shows both.)
 
 So at the exit (never on the hot path) we find the access that faulted and re-walk it with our
-own walker (emu/paging.walk_2d, side-effect free): the candidates are the linear addresses the
+own walker (emu/arch/paging.walk_2d, side-effect free): the candidates are the linear addresses the
 instruction at RIP touches (the fetch at RIP; its explicit memory operands, decoded by
 capstone; the stack slot a push/pop would use; RSI/RDI for string instructions). The first
 whose 2D walk fails at the same GPA with the same low bits gives EXITINFO1 whole; failing that,

@@ -22,7 +22,7 @@ from emu.errors import SnapshotError
 from emu.core.msr import MSR_PAT, check_pat_write
 
 from svm_ext import checks
-from .vmcb import Vmcb, Vmcb12Cache
+from emu.arch.vmcb import Vmcb, Vmcb12Cache
 
 if TYPE_CHECKING:
     from .extension import SvmExtension

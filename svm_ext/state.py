@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .vmcb import Vmcb12Cache, read_cache
+from emu.arch.vmcb import Vmcb12Cache, read_cache
 
 
 @dataclass

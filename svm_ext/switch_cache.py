@@ -32,11 +32,11 @@ from unicorn.x86_const import UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RFLAGS
 from emu.engine.hw_switch import (ES, GDTR, OFF_CR, OFF_CR2, OFF_EFER, OFF_EFLAGS, OFF_EIP, OFF_HFLAGS,
                            OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_SEGS, OFF_VM_VMCB, SEG_SIZE, flush_tlb)
 
-from .vmcb import OFFSETS
+from emu.arch.vmcb import OFFSETS
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
-    from .vmcb import Vmcb, Vmcb12Cache
+    from emu.arch.vmcb import Vmcb, Vmcb12Cache
 
 VERIFY = os.environ.get("SVMEMU_SWITCH_VERIFY") == "1"
 

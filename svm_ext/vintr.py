@@ -24,12 +24,12 @@ from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP
 
 from emu.core.extension import WINDOW_NONE, WINDOW_TAKEN, WINDOW_WANTED
 from emu.engine.hw_switch import HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS2, OFF_V_TPR, Context
-from emu.core.interrupts import RFLAGS_IF, Event, Kind
+from emu.arch.bits import RFLAGS_IF
+from emu.core.interrupts import Event, Kind
 
-from svm_ext import intercepts
-from .vmcb import (BITFIELDS, OFFSETS, VMEXIT_INIT, VMEXIT_INTR, VMEXIT_NMI, VMEXIT_SMI, VMEXIT_VINTR,
-                   Vmcb, Vmcb12Cache)
-from svm_ext import vmexit as vmexit_mod
+from emu.arch.vmcb import (BITFIELDS, OFFSETS, VMEXIT_INIT, VMEXIT_INTR, VMEXIT_NMI, VMEXIT_SMI,
+                           VMEXIT_VINTR, Vmcb, Vmcb12Cache)
+from svm_ext import reflect
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
@@ -102,8 +102,8 @@ def _exit_if_intercepted(ext: "SvmExtension", code: int) -> bool:
     """INTR, NMI, SMI and INIT while L2 runs: #VMEXIT(code) if L1 intercepts it (the event stays pending)."""
     st = ext.state
     c = st.vmcb12
-    if st.in_l2 and c is not None and intercepts.misc(c, code):
-        vmexit_mod.vmexit(ext, code)
+    if st.in_l2 and c is not None and reflect.exit_handled(c, code):
+        reflect.reflect(ext, code)
         return True
     return False
 
@@ -120,8 +120,8 @@ def window(ext: "SvmExtension") -> int:
         return WINDOW_NONE
     if not m.uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_IF or ctx.hflags & HF_INHIBIT_IRQ:
         return WINDOW_WANTED
-    if intercepts.misc(c, VMEXIT_VINTR):
-        vmexit_mod.vmexit(ext, VMEXIT_VINTR)
+    if reflect.exit_handled(c, VMEXIT_VINTR):
+        reflect.reflect(ext, VMEXIT_VINTR)
         return WINDOW_TAKEN
     st.v_irq = False
     m.deliver_event(Event(c.v_intr_vector, Kind.EXTERNAL), m.uc.reg_read(UC_X86_REG_RIP))

@@ -20,12 +20,13 @@ from emu.engine.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF
                            SEG_SIZE, OFF_SEGS)
 
 from svm_ext import switch_cache, vintr
-from .vmcb import OFFSETS, VMEXIT_INVALID, Vmcb
+from emu.arch.bits import DR7_RESET
+from emu.arch.vmcb import OFFSETS, VMEXIT_INVALID, Vmcb
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
 
-HOST_DR7 = 0x400
+HOST_DR7 = DR7_RESET     # #VMEXIT clears DR7 of the host, as RESET leaves it
 # Blob span holding the SVM controls Unicorn enforces (intercept words through nested_pg_mode).
 _CONTROLS = slice(OFF_INTERCEPT, OFF_NESTED_PG_MODE + 4)
 _QQ = struct.Struct("<Q")

@@ -27,8 +27,8 @@ from emu.engine.hw_switch import (flush_tlb, nested_pg_mode, CS, DS, ES, GDTR, H
                            OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context, Segment)
 from emu.core.interrupts import Event, Kind
 
-from svm_ext import checks, hw_quirks, instructions, switch_cache
-from .vmcb import (OFFSETS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
+from svm_ext import checks, hw_quirks, instructions, intercepts, switch_cache
+from emu.arch.vmcb import (OFFSETS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
                    Vmcb12Cache, eventinj_decode, read_cache)
 from svm_ext import vintr, vmexit
@@ -112,24 +112,23 @@ def save_host_state(ext: "SvmExtension", vmcb12_pa: int) -> None:
     st.vmcb12_pa = vmcb12_pa
 
 
-def build_vmcb02(ext: "SvmExtension", c: Vmcb12Cache, npt: bool) -> tuple[int, int]:
+def build_vmcb02(ext: "SvmExtension", c: Vmcb12Cache, npt: bool) -> intercepts.Merged:
     """vmcb02 in L0 memory: what Unicorn reads while L2 runs (permission maps, ASID, nested
-    paging). Returns the merged intercept vectors (misc as one 64-bit word, exceptions)."""
+    paging). Returns the merged intercept vectors."""
     m = ext.machine
     l0_misc = struct.unpack_from("<Q", m.hostvm.view(hostvm.VMCB01, VMCB_SIZE),
-                                 hostvm.VMCB_INTERCEPT_MISC)[0]
-    misc = l0_misc | c.intercept_misc1 | (c.intercept_misc2 << 32) | hw_quirks.extra_misc(c)
+                                 OFFSETS["intercept_misc1"])[0]
+    merged = intercepts.recalc(c, l0_misc)
     buf = m.hostvm.view(VMCB02, VMCB_SIZE)
-    _INTERCEPTS.pack_into(buf, OFFSETS["intercept_cr_read"], c.intercept_cr_read,
-                          c.intercept_cr_write | hw_quirks.extra_cr_write(c), c.intercept_dr_read,
-                          c.intercept_dr_write | hostvm.L0_DR_WRITE_INTERCEPTS,
-                          0xFFFFFFFF, misc & 0xFFFFFFFF, misc >> 32)
+    _INTERCEPTS.pack_into(buf, OFFSETS["intercept_cr_read"], merged.cr_read, merged.cr_write,
+                          merged.dr_read, merged.dr_write, merged.exceptions,
+                          merged.misc & 0xFFFFFFFF, merged.misc >> 32)
     # IOPM: never consulted by Unicorn (see extension.on_io).
     _MAPS.pack_into(buf, OFFSETS["iopm_base_pa"], hostvm.IOPM01, hostvm.MSRPM01)
     struct.pack_into("<I", buf, OFFSETS["guest_asid"], c.guest_asid)
     struct.pack_into("<Q", buf, OFFSETS["nested_ctl"], 1 if npt else 0)
     struct.pack_into("<Q", buf, OFFSETS["n_cr3"], c.n_cr3 if npt else 0)
-    return misc, 0xFFFFFFFF
+    return merged
 
 
 def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
@@ -137,7 +136,7 @@ def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
     m = ext.machine
     ctx = m.ctx  # saved at step 1: L1's context, patched into L2's below
     npt = checks.nested_paging_enabled(c, ext.caps)
-    misc, exceptions = build_vmcb02(ext, c, npt)
+    merged = build_vmcb02(ext, c, npt)
     host_cr4, host_efer = ctx.cr(4), ctx.efer
     # No consistency check names segment or descriptor-table bases, so VMRUN accepts
     # non-canonical ones. They are entered canonical (bits 63:48 copied from bit 47): Unicorn
@@ -156,10 +155,10 @@ def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
     ctx.set_u64(OFF_RAX, c.rax)
     ctx.set_u64(OFF_RSP, c.rsp)
     # Controls Unicorn enforces in C.
-    ctx.set_u64(OFF_INTERCEPT, misc)
-    _CRDR.pack_into(ctx.view, OFF_INTERCEPT_CRDR, c.intercept_cr_read, c.intercept_cr_write | hw_quirks.extra_cr_write(c),
-                    c.intercept_dr_read, c.intercept_dr_write | hostvm.L0_DR_WRITE_INTERCEPTS)
-    ctx.set_u32(OFF_INTERCEPT_EXC, exceptions)
+    ctx.set_u64(OFF_INTERCEPT, merged.misc)
+    _CRDR.pack_into(ctx.view, OFF_INTERCEPT_CRDR, merged.cr_read, merged.cr_write,
+                    merged.dr_read, merged.dr_write)
+    ctx.set_u32(OFF_INTERCEPT_EXC, merged.exceptions)
     ctx.set_u64(OFF_VM_VMCB, VMCB02)
     hf2 = ctx.u32(OFF_HFLAGS2) & ~HF2_NPT
     if npt:

@@ -11,6 +11,8 @@ from typing import Callable
 
 import pytest
 
+import emu  # noqa: F401  (first: chooses the Unicorn engine before any test module imports unicorn)
+
 QEMU = shutil.which("qemu-system-x86_64")
 QEMU_MACHINE = ["-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-m", "128", "-serial", "stdio",
                 "-display", "none", "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]

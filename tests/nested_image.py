@@ -6,7 +6,7 @@ tables and starts at L2_CODE in 64-bit mode.
 """
 from __future__ import annotations
 
-from svm_ext.vmcb import (INTERCEPT_VMMCALL, INTERCEPT_VMRUN, Vmcb, VMCB_SIZE)
+from emu.arch.vmcb import (INTERCEPT_VMMCALL, INTERCEPT_VMRUN, Vmcb, VMCB_SIZE)
 from tests.tinyimage import (GDT, IDT, SEL_CODE64, SEL_DATA, asm64, long_mode_image)
 
 VMCB12 = 0x400000

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from emu.arch import bits as A
 from emu.arch.memtype import pat_valid
 from svm_ext import checks as K
-from svm_ext import vmcb as V
+from emu.arch import vmcb as V
 from svm_ext.checks import HostCaps, all_failures, passes_all, run_checks
-from svm_ext.vmcb import Vmcb12Cache
+from emu.arch.vmcb import Vmcb12Cache
 
 CAPS = HostCaps(maxphyaddr=40)
 TOP = 1 << 40

@@ -109,13 +109,13 @@ def test_runaway_guest_limits(tmp_path, capsys):
 
 def test_trace_file_lists_exceptions_and_io(tmp_path, capsys):
     img = tmp_path / "k.bin"
-    img.write_bytes(aout_image("mov al, 1\n out 0x80, al\n lidt [0]\n ud2"))
+    img.write_bytes(aout_image("mov al, 1\n mov dx, 0x1230\n out dx, al\n lidt [0]\n ud2"))
     trace = tmp_path / "t.txt"
     status, out, err = run_cli(capsys, "run", "--trace", "io,exc", "--trace-file", str(trace),
                                str(img))
     assert status == STATUS_SHUTDOWN
     text = trace.read_text()
-    assert "out port 0x0080" in text and "no device" in text
+    assert "out port 0x1230" in text and "no device" in text
 
 
 def test_output_pipe_closed_early_ends_quietly():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 
+from tests import harness
 import pytest
 from unicorn.x86_const import (UC_X86_REG_CR2, UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10,
                                UC_X86_REG_R11, UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14,
@@ -32,9 +33,8 @@ RECORD = f"""
 
 
 def boot(image, **run):
-    m = Machine(128 << 20, stdout=None, extensions=[SvmExtension()])
-    m.load_multiboot(image, "test")
-    return m, m.run(timeout=20, **run)
+    b = harness.boot(image, **run)
+    return b.machine, b.result
 
 
 def after(src: str) -> int:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import struct
 
+from tests import harness
 import pytest
 
-from emu.loader.asm import GUESTS_DIR, assemble_source
-from emu.loader.multiboot import parse_image
-from emu.core.machine import STATUS_SHUTDOWN, Machine
-from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_INVALID, Vmcb
+from emu.loader.asm import GUESTS_DIR
+from emu.core.machine import STATUS_SHUTDOWN
+from emu.arch.vmcb import VMEXIT_INVALID, Vmcb
 from tests.conftest import parse_tap
 
 TAP_GUESTS = sorted(p.stem for p in GUESTS_DIR.glob("*.S") if p.stem != "triplefault")
@@ -18,11 +17,8 @@ TAP_GUESTS = sorted(p.stem for p in GUESTS_DIR.glob("*.S") if p.stem != "triplef
 
 def boot(name: str, pat_model: str = "architectural"):
     path = str(GUESTS_DIR / f"{name}.S")
-    ext = SvmExtension(pat_model=pat_model)
-    m = Machine(128 << 20, stdout=None, extensions=[ext])
-    m.load_multiboot(parse_image(assemble_source(path), path, m.ram_size), f"{path} ")
-    res = m.run(timeout=60)
-    return m, ext, res, bytes(m.serial.output).decode()
+    b = harness.boot(path, pat_model=pat_model, cmdline=f"{path} ", timeout=60)
+    return b.machine, b.ext, b.result, b.serial
 
 
 @pytest.mark.parametrize("guest", TAP_GUESTS)

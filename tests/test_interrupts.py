@@ -5,22 +5,19 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from emu.loader.asm import GUESTS_DIR, assemble_source
-from emu.loader.multiboot import parse_image
+from tests import harness
+from emu.loader.asm import GUESTS_DIR
 from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, VMEXIT_VMMCALL, Vmcb
+from emu.arch.vmcb import VMEXIT_INTR, VMEXIT_NMI, VMEXIT_VINTR, VMEXIT_VMMCALL, Vmcb
 from tests.conftest import parse_tap
 
 EXIT_LOG, EXIT_LOG_COUNT, VMCB = 0x900000, 0x8FFFF8, 0x800000
 
 
 def boot(path: str, nested: bool = True):
-    ext = SvmExtension()
-    m = Machine(128 << 20, stdout=None, extensions=[ext] if nested else [])
-    m.load_multiboot(parse_image(assemble_source(path), path, m.ram_size), path)
-    res = m.run(timeout=60)
-    return m, ext, res, bytes(m.serial.output).decode()
+    b = harness.boot(path, nested=nested, cmdline=path, timeout=60)
+    return b.machine, b.ext, b.result, b.serial
 
 
 def guest(tmp_path: Path, body: str) -> str:

@@ -6,6 +6,7 @@ with nothing performed, the exact EXITINFO1 encoding (APM 15.10.2), EXITINFO2 = 
 and no later instruction of the block executed."""
 from __future__ import annotations
 
+from tests import harness
 import pytest
 from unicorn.x86_const import (UC_X86_REG_DR0, UC_X86_REG_DR7, UC_X86_REG_R12, UC_X86_REG_R13,
                                UC_X86_REG_RBX, UC_X86_REG_RSI)
@@ -14,9 +15,9 @@ from emu.engine.hw_switch import HF_IOBPT
 from emu.core.machine import STATUS_UNSUPPORTED, Machine
 from svm_ext import ioio
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import (INTERCEPT_IOIO_PROT, IOIO_A16, IOIO_A32, IOIO_A64, IOIO_REP, IOIO_STR,
-                          IOIO_SZ8, IOIO_SZ16, IOIO_SZ32, IOIO_TYPE_IN, VMEXIT_IOIO, Vmcb)
-from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12
+from emu.arch.vmcb import (INTERCEPT_IOIO_PROT, IOIO_A16, IOIO_A32, IOIO_A64, IOIO_REP, IOIO_STR,
+                          IOIO_SZ8, IOIO_SZ16, IOIO_SZ32, IOIO_TYPE_IN, VMEXIT_IOIO)
+from tests.nested_image import EXIT_PASS, L2_CODE, nested_image, vmcb12
 from tests.tinyimage import asm64, long_mode_image
 
 ONCE = "mov rax, rdi\n vmrun\n mov r14, rax\n" + EXIT_PASS
@@ -31,11 +32,8 @@ def iopm_with(*ports: int) -> bytes:
 
 def run_nested(l2: str, iopm: bytes, l1: str = ONCE, **fields):
     img = nested_image(l1, l2, vmcb12(misc1=INTERCEPT_IOIO_PROT, **fields), iopm=iopm)
-    ext = SvmExtension()
-    m = Machine(128 << 20, stdout=None, extensions=[ext])
-    m.load_multiboot(img, "test")
-    res = m.run(timeout=20)
-    return m, ext, res, Vmcb(m.mem.view, VMCB12)
+    b = harness.boot(img)
+    return b.machine, b.ext, b.result, b.vmcb12
 
 
 def offset_of(prefix: str) -> int:

@@ -1,5 +1,5 @@
 """pyflakes over the whole tree: an undefined name or a forgotten import is a bug a test may
-never reach (session 1's INVLPGA called a function it never imported). A line marked
+never reach (INVLPGA once called a function it never imported). A line marked
 `# noqa` (an intended re-export or availability probe) is exempt."""
 from __future__ import annotations
 

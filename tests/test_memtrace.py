@@ -32,6 +32,8 @@ def traced(categories, model="architectural", npt=True):
     l2 = L2_BEFORE + L2_STORE + L2_LOAD + "vmmcall\n"
     m = Machine(64 << 20, stdout=None, tracer=Tracer(frozenset(categories), out),
                 extensions=[SvmExtension(pat_model=model)])
+    if "mem" in categories:
+        memtrace.attach(m)
     m.load_multiboot(with_tables(nested_image(l1, l2, vmcb12(**fields))), "memtrace")
     assert m.run(timeout=20).reason == "exit"
     return out.getvalue().splitlines()

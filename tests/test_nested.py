@@ -4,13 +4,12 @@ Each test runs a small L1 (tests/nested_image.py) and then inspects vmcb12 in gu
 the registers, not only what L1 concluded."""
 from __future__ import annotations
 
+from tests import harness
 import pytest
 from unicorn.x86_const import (UC_X86_REG_RBX, UC_X86_REG_R12, UC_X86_REG_R13,
                                UC_X86_REG_R14, UC_X86_REG_R15)
 
-from emu.core.machine import Machine
-from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import (INTERCEPT_CPUID, INTERCEPT_HLT, INTERCEPT_MSR_PROT,
+from emu.arch.vmcb import (INTERCEPT_CPUID, INTERCEPT_HLT, INTERCEPT_MSR_PROT,
                           VMEXIT_CPUID, VMEXIT_EXCP0, VMEXIT_HLT, VMEXIT_INVALID,
                           VMEXIT_MSR, VMEXIT_VMMCALL, Vmcb, msrpm_bit_offset)
 from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12
@@ -36,12 +35,8 @@ ONCE = "mov rax, rdi\n vmrun\n mov r14, rax\n" + EXIT_PASS
 
 
 def run(img, ext=None):
-    ext = ext or SvmExtension()
-    m = Machine(128 << 20, stdout=None, extensions=[ext])
-    m.load_multiboot(img, "test")
-    res = m.run(timeout=20)
-    vm = Vmcb(m.mem.view, VMCB12)
-    return m, ext, res, vm
+    b = harness.boot(img, ext=ext)
+    return b.machine, b.ext, b.result, b.vmcb12
 
 
 def reg(m, r):

@@ -16,7 +16,7 @@ from emu.core.machine import Machine
 from emu.core.trace import Tracer
 from svm_ext import checks
 from svm_ext.extension import SVM_FEATURE_NRIPS, SvmExtension
-from svm_ext.vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, INTERCEPT_CR0_SEL_WRITE,
+from emu.arch.vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, INTERCEPT_CR0_SEL_WRITE,
                           INTERCEPT_INTN, INTERCEPT_INVD, INTERCEPT_VMMCALL, INTERCEPT_VMRUN,
                           INTERCEPT_WBINVD, VMEXIT_CLGI, VMEXIT_CPUID, VMEXIT_CR0_READ,
                           VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE, VMEXIT_DR0_READ, VMEXIT_DR0_WRITE,

@@ -3,7 +3,7 @@ RSVD, ID and bit 32 (fault on the final guest-physical address) or bit 33 (fault
 page-table access), EXITINFO2 = the faulting GPA; nested leaves of 4 KiB, 2 MiB and 1 GiB.
 
 The expected values are written here from the APM, then cross-checked against our software
-walker (emu/paging.walk_2d) on the machine's memory, so a wrong value in either shows up.
+walker (emu/arch/paging.walk_2d) on the machine's memory, so a wrong value in either shows up.
 
 Layout (all in L1-physical memory): L2's own page tables at 0x30000 (identity, 2 MiB pages,
 plus the special entries below); the nested table at 0x700000+, built by tests/test_paging's
@@ -19,7 +19,7 @@ from emu.arch import paging
 from emu.arch.bits import NPF_GUEST_PAGE as GPA_BIT, NPF_GUEST_TABLE as GPT_BIT
 from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_NPF, Vmcb
+from emu.arch.vmcb import VMEXIT_NPF, VMEXIT_VMMCALL, Vmcb
 from tests.nested_image import EXIT_PASS, VMCB12, nested_image, vmcb12
 from tests.test_paging import Mem, Tables
 
@@ -220,27 +220,81 @@ def test_fetch_with_host_smep_reports_id_bit():
                                   host=host).pa == PAGE4K + 0x6000
 
 
-def test_nx_on_nested_mapping_of_guest_page_tables_stops_instead_of_crashing():
-    """Unicorn 2.1.4 dereferences NULL (SIGSEGV in get_hphys) when the nested translation of a
-    guest page-table page has NX set: it clears PAGE_EXEC in a prot pointer that page-table
-    walks pass as NULL. Here the 2 MiB nested leaf over GPA 0..2 MiB (L2's tables at 0x30000)
-    is NX: svmemu sees it at VMRUN (svm_ext/hw_quirks.guard_nested_nx) and stops with
-    "unsupported:". Run in a child process: a crash would take pytest down."""
+def _run_child(prog: str, engine: str):
+    """Runs `prog` in a child process on the named engine (SVMEMU_ENGINE): a crash of the
+    engine would take pytest down."""
+    import os
     import subprocess
     import sys
+    env = dict(os.environ, SVMEMU_ENGINE=engine)
+    return subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def _need_patched_engine():
+    from emu.engine.unicorn_build import build
+    if build.built_library() is None:
+        pytest.skip("svmemu's engine is not built (python -m emu.engine.unicorn_build)")
+
+
+_NX_OVER_ROOT = (
+    "from tests.test_npf import *\n"
+    "root, segs, _ = nested_table(lambda t: set_entry(t, 0, 2, add=NX))\n"
+    "img = nested_image(L1_NXE + 'mov rax, rdi\\n vmrun\\n' + EXIT_PASS,\n"
+    "                   read(PAGE4K + 0x28), vmcb12(cr3=0x30000, nested_ctl=1, n_cr3=root,\n"
+    "                                               efer=0x1D00))\n"
+    "img.segments += guest_tables() + segs + [(PAGE4K + 0x28, (0x5A17).to_bytes(8, 'little'))]\n"
+    "m = Machine(64 << 20, stdout=None, extensions=[SvmExtension()])\n"
+    "m.load_multiboot(img, 'npf')\n"
+    "res = m.run(timeout=20)\n"
+    "vm = Vmcb(m.mem.view, VMCB12)\n"
+    "print(res.reason, hex(vm.exitcode), hex(vm.save.rax), res.message)\n")
+
+
+def test_nx_nested_leaf_over_guest_root_table_stops_on_the_stock_engine():
+    """Stock Unicorn 2.1.4 dereferences NULL (SIGSEGV in get_hphys) when the nested translation
+    of a guest page-table page has NX set: it clears PAGE_EXEC in a prot pointer that
+    page-table walks pass as NULL. Here the 2 MiB nested leaf over GPA 0..2 MiB (L2's tables at
+    0x30000) is NX: on the stock engine svmemu sees it at VMRUN
+    (svm_ext/hw_quirks.guard_nested_nx) and stops with "unsupported:"."""
+    r = _run_child(_NX_OVER_ROOT, "stock")
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert r.stdout.startswith("unsupported ") and "page-table root" in r.stdout, r.stdout
+
+
+def test_nx_nested_leaf_over_guest_root_table_walks_on_our_engine():
+    """The same machine on svmemu's engine (0003-nested-walk-null-prot.patch): NX in a nested
+    entry forbids only instruction fetches from that guest-physical page (APM vol. 2, 15.25),
+    so L2's walk through its NX-mapped tables completes, its read returns the value stored at
+    the target and its VMMCALL reaches L1: no guard, no stop."""
+    _need_patched_engine()
+    r = _run_child(_NX_OVER_ROOT, "patched")
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    reason, code, rax = r.stdout.split()[:3]
+    assert (reason, int(code, 16), int(rax, 16)) == ("exit", VMEXIT_VMMCALL, 0x5A17), r.stdout
+
+
+def test_nx_nested_leaf_over_lower_guest_table_walks_on_our_engine():
+    """The case the stock engine's VMRUN guard cannot see: the NX nested leaf maps a lower-level
+    guest table (the 4 KiB table at GUEST_PT that maps TABLE_VA), reached only mid-run. The
+    stock engine crashes here; ours completes the walk and the read."""
+    _need_patched_engine()
     prog = ("from tests.test_npf import *\n"
-            "root, segs, _ = nested_table(lambda t: set_entry(t, 0, 2, add=NX))\n"
+            "root, segs, _ = nested_table(lambda t: set_entry(t, GUEST_PT, 1, add=NX))\n"
             "img = nested_image(L1_NXE + 'mov rax, rdi\\n vmrun\\n' + EXIT_PASS,\n"
-            "                   read(PAGE4K), vmcb12(cr3=0x30000, nested_ctl=1, n_cr3=root,\n"
-            "                                        efer=0x1D00))\n"
-            "img.segments += guest_tables() + segs\n"
+            "                   read(TABLE_VA + 0x30), vmcb12(cr3=0x30000, nested_ctl=1,\n"
+            "                                                n_cr3=root, efer=0x1D00))\n"
+            "img.segments += guest_tables() + segs + "
+            "[(TABLE_VA + 0x30, (0xC0DE).to_bytes(8, 'little'))]\n"
             "m = Machine(64 << 20, stdout=None, extensions=[SvmExtension()])\n"
             "m.load_multiboot(img, 'npf')\n"
             "res = m.run(timeout=20)\n"
-            "print(res.reason, res.message)\n")
-    r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120)
+            "vm = Vmcb(m.mem.view, VMCB12)\n"
+            "print(res.reason, hex(vm.exitcode), hex(vm.save.rax), res.message)\n")
+    r = _run_child(prog, "patched")
     assert r.returncode == 0, (r.returncode, r.stderr)
-    assert r.stdout.startswith("unsupported ") and "page-table root" in r.stdout, r.stdout
+    reason, code, rax = r.stdout.split()[:3]
+    assert (reason, int(code, 16), int(rax, 16)) == ("exit", VMEXIT_VMMCALL, 0xC0DE), r.stdout
 
 
 def test_implicit_access_falls_back_to_unicorn_bits_and_says_so():

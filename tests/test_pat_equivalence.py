@@ -358,6 +358,7 @@ def check_equivalent(model: str, program: list[tuple], cut_list: list) -> None:
     assert hopping(other, program, [(n, m, via) for n, m, via in cut_list]) == want
 
 
+@pytest.mark.slow       # the long one (~2 minutes); CI runs it: nothing deselects slow
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(programs, cuts)

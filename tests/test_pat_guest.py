@@ -15,7 +15,7 @@ from emu.loader.multiboot import parse_image
 from emu.core.machine import Machine
 from emu.core.msr import MSR_PAT
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_EXCP0, VMEXIT_INVALID, VMEXIT_MSR, VMEXIT_VMMCALL, Vmcb
+from emu.arch.vmcb import VMEXIT_EXCP0, VMEXIT_INVALID, VMEXIT_MSR, VMEXIT_VMMCALL, Vmcb
 from tests.conftest import QEMU, parse_tap, run_qemu
 from tests.test_guests_qemu import QEMU_KNOWN_WRONG
 

@@ -4,12 +4,13 @@ L1 sets its PAT to HPAT, runs L2 with g_pat = GPAT; L2 reads its PAT, writes NEW
 L1 then reads its PAT. The test reads both reads, vmcb12.g_pat and the emulator's registers."""
 from __future__ import annotations
 
+from tests import harness
 import pytest
 from unicorn.x86_const import UC_X86_REG_R14, UC_X86_REG_R15
 
 from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_VMMCALL, Vmcb
+from emu.arch.vmcb import VMEXIT_VMMCALL, Vmcb
 from tests.nested_image import EXIT_PASS, VMCB12, nested_image, vmcb12
 
 HPAT = 0x0007040600070406
@@ -44,12 +45,10 @@ NPT = dict(nested_ctl=1, n_cr3=0x20000, g_pat=GPAT)
 
 
 def run(model: str, **vmcb_fields):
-    ext = SvmExtension(pat_model=model)
-    m = Machine(64 << 20, stdout=None, extensions=[ext])
-    m.load_multiboot(nested_image(L1, L2, vmcb12(**vmcb_fields)), "pat")
-    res = m.run(timeout=20)
+    b = harness.boot(nested_image(L1, L2, vmcb12(**vmcb_fields)), pat_model=model, ram=64 << 20,
+                     cmdline="pat")
+    m, ext, res, vm = b.machine, b.ext, b.result, b.vmcb12
     assert res.reason == "exit", res
-    vm = Vmcb(m.mem.view, VMCB12)
     assert vm.exitcode == VMEXIT_VMMCALL
     return m, ext, vm, m.uc.reg_read(UC_X86_REG_R15), m.uc.reg_read(UC_X86_REG_R14)
 

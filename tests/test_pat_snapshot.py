@@ -1,4 +1,4 @@
-"""Snapshots and the PAT models (issue 4): a snapshot taken while L2 runs with nested paging keeps
+"""Snapshots and the PAT models: a snapshot taken while L2 runs with nested paging keeps
 hPAT, gPAT and the VALID_GPAT flag whatever the model's storage; it restores under any model and
 continues as the architecture says; a format-1 snapshot (no gPAT) restores by the rule in
 svm_ext/pat.py (PatModel.load_state, docs/pat-models.md); a damaged PAT section or a truncated

@@ -10,7 +10,7 @@ from emu.core.machine import Machine
 from emu.core import snapshot
 from svm_ext import switch_cache
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import VMEXIT_VMMCALL, Vmcb
+from emu.arch.vmcb import VMEXIT_VMMCALL, Vmcb
 from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12
 from tests.tinyimage import asm64
 

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from svm_ext import vmcb as V
-from svm_ext.vmcb import Segment, Vmcb, Vmcb12Cache, read_cache
+from emu.arch import vmcb as V
+from emu.arch.vmcb import Segment, Vmcb, Vmcb12Cache, read_cache
 
 # Offsets typed in again from the APM's tables (absolute, save area at 0x400), independently of
-# svm_ext/vmcb.py, so a slip in the one table is caught here.
+# emu/arch/vmcb.py, so a slip in the one table is caught here.
 APM_OFFSETS = {
     "intercept_cr_read": 0x000, "intercept_cr_write": 0x002, "intercept_dr_read": 0x004,
     "intercept_dr_write": 0x006, "intercept_exceptions": 0x008, "intercept_misc1": 0x00C,
@@ -315,3 +315,84 @@ def test_overlapping_table_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(V, "FIELDS", V.FIELDS + (("bogus", 0x074, "I"),))
     with pytest.raises(AssertionError):
         V._check_table()
+
+
+def _kind_size(kind: str) -> int:
+    return 16 if kind == "seg" else struct.calcsize("<" + kind)
+
+
+def test_fields_fit_their_area_and_do_not_overlap() -> None:
+    """The pattern of KVM's __unused_size_checks: control fields end before the save area,
+    save fields end inside the page, and no two fields share a byte."""
+    owner: dict[int, str] = {}
+    for name, off, kind in V.FIELDS:
+        end = off + _kind_size(kind)
+        if off < V.SAVE_AREA:
+            assert end <= V.SAVE_AREA, name
+        else:
+            assert end <= V.VMCB_SIZE, name
+        for byte in range(off, end):
+            assert byte not in owner, f"{name} overlaps {owner.get(byte)} at {byte:#x}"
+            owner[byte] = name
+    assert V.SAVE_AREA == 0x400 and V.VMCB_SIZE == 0x1000
+
+
+def test_bitfields_are_disjoint_within_their_word() -> None:
+    sizes = {name: _kind_size(kind) * 8 for name, _, kind in V.FIELDS}
+    used: dict[str, int] = {}
+    for name, word, shift, width in V.BITFIELDS:
+        mask = ((1 << width) - 1) << shift
+        assert shift + width <= sizes[word], name
+        assert not used.get(word, 0) & mask, name
+        used[word] = used.get(word, 0) | mask
+
+
+@pytest.mark.parametrize("word, shift, names", [
+    ("misc1", 0, ["INTR", "NMI", "SMI", "INIT", "VINTR", "CR0_SEL_WRITE", "IDTR_READ", "GDTR_READ",
+                  "LDTR_READ", "TR_READ", "IDTR_WRITE", "GDTR_WRITE", "LDTR_WRITE", "TR_WRITE",
+                  "RDTSC", "RDPMC", "PUSHF", "POPF", "CPUID", "RSM", "IRET", "INVD", "PAUSE",
+                  "HLT", "INVLPG", "INVLPGA", "TASK_SWITCH", "FERR_FREEZE", "SHUTDOWN"]),
+    ("misc2", 32, ["VMRUN", "VMMCALL", "VMLOAD", "VMSAVE", "STGI", "CLGI", "SKINIT", "RDTSCP",
+                   "ICEBP", "WBINVD", "MONITOR", "MWAIT", "MWAIT_CONDITIONAL", "XSETBV", "RDPRU",
+                   "EFER_WRITE_TRAP"]),
+])
+def test_misc_intercept_bits_follow_exit_codes(word: str, shift: int, names: list[str]) -> None:
+    """The word at 0x00C read as 64 bits numbers its intercepts in exit-code order; hostvm builds
+    vmcb01's intercepts and svm_ext merges vmcb12's through that rule."""
+    for name in names:
+        code = getattr(V, f"VMEXIT_{name}")
+        bit = getattr(V, f"INTERCEPT_{name}")
+        assert V.intercept_misc_bit(code) == bit << shift, name
+    assert V.intercept_misc_bit(V.VMEXIT_SWINT) == V.INTERCEPT_INTN
+    assert V.intercept_misc_bit(V.VMEXIT_IOIO) == V.INTERCEPT_IOIO_PROT
+    assert V.intercept_misc_bit(V.VMEXIT_MSR) == V.INTERCEPT_MSR_PROT
+    assert V.intercept_misc_bit(V.VMEXIT_CR0_WRITE_TRAP + 3) == 1 << (32 + 16 + 3)
+    with pytest.raises(ValueError):
+        V.intercept_misc_bit(V.VMEXIT_NPF)
+
+
+def test_vmcb01_lands_at_apm_offsets() -> None:
+    """L0's own VMCB, read back with offsets typed from the APM (not from the table)."""
+    from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+
+    from emu.engine import hostvm
+
+    host = hostvm.HostVm(Uc(UC_ARCH_X86, UC_MODE_64))
+    tramp = host.enter_multiboot(entry=0x10_0000, magic=0x2BADB002, mbi=0x9000)
+    vm = bytes(host.view(hostvm.VMCB01, 0x1000))
+    q = lambda off: struct.unpack_from("<Q", vm, off)[0]   # noqa: E731
+    assert tramp == hostvm.TRAMPOLINE
+    assert struct.unpack_from("<I", vm, 0x008)[0] == 0xFFFF_FFFF        # every exception
+    misc = q(0x00C)
+    for code in (0x6F, 0x72, 0x7C, 0x78, 0x75, 0x7F, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87):
+        assert misc >> (code - 0x60) & 1, hex(code)
+    assert not misc >> (0x7B - 0x60) & 1                                 # IOIO: hooks, not IOPM
+    assert struct.unpack_from("<H", vm, 0x006)[0] == 1 << 7               # DR7 writes
+    assert struct.unpack_from("<HH", vm, 0x000) == (1 << 8, 1 << 8 | 1 << 4)  # CR8 r/w, CR4 write
+    assert (q(0x040), q(0x048)) == (hostvm.IOPM01, hostvm.MSRPM01)
+    assert struct.unpack_from("<I", vm, 0x058)[0] == 1
+    assert struct.unpack_from("<HHIQ", vm, 0x410) == (0x10, 0xC9B, 0xFFFF_FFFF, 0)
+    assert struct.unpack_from("<HHIQ", vm, 0x420) == (0x18, 0xC93, 0xFFFF_FFFF, 0)
+    assert struct.unpack_from("<HHIQ", vm, 0x490) == (0, 0x8B, 0xFFFF, 0)
+    assert (q(0x4D0), q(0x558), q(0x568), q(0x560), q(0x570)) == (0, 0x11, 0xFFFF0FF0, 0x400, 2)
+    assert (q(0x578), q(0x5D8), q(0x5F8)) == (0x10_0000, 0, 0x2BADB002)

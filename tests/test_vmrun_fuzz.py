@@ -17,7 +17,7 @@ from emu.core import snapshot
 from emu.core.devices.base import PortDevice
 from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
-from svm_ext.vmcb import FIELDS, VMEXIT_INVALID, VMCB_SIZE, Vmcb, read_cache
+from emu.arch.vmcb import FIELDS, VMEXIT_INVALID, VMCB_SIZE, Vmcb, read_cache
 from tests.nested_image import VMCB12, nested_image, vmcb12
 
 EXAMPLES = int(os.environ.get("SVMEMU_FUZZ_EXAMPLES", "10000"))

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass, field
+
 
 from keystone import Ks, KS_ARCH_X86, KS_MODE_32, KS_MODE_64
 
 from emu.loader.asm import FIXED_BYTES
+from emu.loader.multiboot import BootImage
 
 ENTRY = 0x100000
 GDT = 0x101000
@@ -59,14 +60,8 @@ def gate64(offset: int, selector: int = SEL_CODE64, ist: int = 0, gtype: int = 0
                        offset >> 32, 0)
 
 
-@dataclass
-class Image:
-    entry: int
-    segments: list[tuple[int, bytes]] = field(default_factory=list)
-
-    def span(self) -> tuple[int, int]:
-        """What the module placement counts as the kernel (as loader.multiboot.BootImage)."""
-        return (min(a for a, _ in self.segments), max(a + len(b) for a, b in self.segments))
+# The loader's own image type, so the machine treats a test image as it treats a file's.
+Image = BootImage
 
 
 HANDLERS = 0x210000   # handler i is placed at HANDLERS + 0x100 * i

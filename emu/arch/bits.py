@@ -54,8 +54,26 @@ EFER_LMSLE = 1 << 13
 EFER_FFXSR = 1 << 14
 EFER_TCE = 1 << 15
 
-# RFLAGS (APM vol. 2, 3.1.6): only what paging needs (SMAP consults AC)
+# RFLAGS (APM vol. 2, 3.1.6)
+RFLAGS_CF = 1 << 0
+RFLAGS_FIXED = 1 << 1    # reserved, reads as one
+RFLAGS_TF = 1 << 8
+RFLAGS_IF = 1 << 9
+RFLAGS_DF = 1 << 10
+RFLAGS_NT = 1 << 14
+RFLAGS_RF = 1 << 16
+RFLAGS_VM = 1 << 17
 RFLAGS_AC = 1 << 18
+RFLAGS_VIF = 1 << 19
+RFLAGS_VIP = 1 << 20
+
+# Debug registers (APM vol. 2, 13.1.1): the values RESET leaves in DR6 and DR7, and the DR7
+# fields of breakpoint 0 (L0, R/W0 in bits 17:16 with 10b = I/O, LEN0 in bits 19:18)
+DR6_RESET = 0xFFFF0FF0
+DR7_RESET = 0x400        # bit 10 is reserved and reads as one
+DR7_L0 = 1 << 0
+DR7_RW0_SHIFT = 16
+DR7_RW_IO = 2
 
 # Page-translation-table entry fields (APM vol. 2, 5.4.1 and the entry figures of 5.3)
 PTE_P = 1 << 0

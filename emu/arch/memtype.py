@@ -310,7 +310,7 @@ def mtrr_msr_valid(index: int, value: int, maxphyaddr: int = 40) -> bool:
 # Both tables are written out cell by cell, as the APM presents them, rather than derived from a
 # precedence rule: a rule would hide exactly the irregular cells (UC- vs WC, WC+) that matter.
 #
-# Sources, checked cell by cell (issue 4; the APM's own tables are not in our reference corpus,
+# Sources, checked cell by cell (the APM's own tables are not in our reference corpus,
 # so each cell rests on what the sources below agree on):
 # - PAT x MTRR: APM vol. 2, 7.8.3. Cross-checked against Bochs cpu/paging.cc resolve_memtype()
 #   and the Intel SDM vol. 3A Table 11-7, which agree with every cell here except the ones the

@@ -118,8 +118,11 @@ def build_harness(args: argparse.Namespace) -> Harness:
         return False
     rules: CrashRules = parse_crash_rules(args.crash_on, extra_rule)
     placement: Placement
-    if args.input_vmcb:
-        placement = svm_fuzz.VmcbPlacement([f.strip() for f in args.input_vmcb.split(",") if f.strip()])
+    if args.input_vmcb is not None:
+        fields = [f.strip() for f in args.input_vmcb.split(",") if f.strip()]
+        if not fields:
+            raise OptionError("--input-vmcb needs at least one vmcb12 field name")
+        placement = svm_fuzz.VmcbPlacement(fields)
     else:
         placement = _input_at(args.input_at, symbols)
     timeout = args.input_timeout
@@ -130,7 +133,7 @@ def build_harness(args: argparse.Namespace) -> Harness:
     harness = Harness(machine, placement, rules, code, timeout)
     start = _address(args.start_at, symbols, "--start-at") if args.start_at else None
     harness.run_to(start)
-    if args.input_vmcb:                   # the reset point is the next VMRUN
+    if args.input_vmcb is not None:       # the reset point is the next VMRUN
         vmrun.armed = True
         result = machine.run()
         if result.reason != "breakpoint":
@@ -162,7 +165,7 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--append", args.append]
     if args.input_at:
         argv += ["--input-at", args.input_at]
-    if args.input_vmcb:
+    if args.input_vmcb is not None:
         argv += ["--input-vmcb", args.input_vmcb]
     if args.start_at:
         argv += ["--start-at", args.start_at]

@@ -57,8 +57,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(STATUS_BAD_INPUT, f"svmemu: error: {message}\n")
 
 
+class _VersionAction(argparse.Action):
+    """Asks the binding which library it loaded, so the line is true even when the chosen
+    engine could not be loaded."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+        from emu.engine.unicorn_build import loader
+        try:
+            ours = version("svmemu")
+        except PackageNotFoundError:
+            ours = "(not installed)"
+        print(f"svmemu {ours}\nengine: {loader.current().describe()}")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="svmemu", description="x86-64 emulator with exact AMD SVM, on Unicorn")
+    p.add_argument("--version", action=_VersionAction, help="print svmemu's version and the "
+                   "Unicorn engine in use (svmemu's patched build or the stock wheel), and exit")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="boot a multiboot image or an assembly source (.S)")
     run.add_argument("image", help="multiboot kernel (a.out kludge or ELF) or a .S guest source")
@@ -101,6 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     tracer = _open_tracer(args)
     machine = Machine(args.memory, stdout=guest_stdout(), tracer=tracer, cpu=cpu,
                       extensions=[SvmExtension(pat_model=args.pat_model)] if cpu.svm else [])
+    _attach_tools(machine, tracer)
     image = parse_image(data, name, args.memory)
     cmdline = qemu_cmdline(args.image, args.append)
     modules = None
@@ -244,6 +265,13 @@ def _open_tracer(args: argparse.Namespace) -> "Tracer | None":
     return None
 
 
+def _attach_tools(machine: Machine, tracer: "Tracer | None") -> None:
+    """The tools a run's options ask for that hook the machine (`--trace mem`)."""
+    if tracer is not None and tracer.on("mem"):
+        from emu.tools import memtrace
+        memtrace.attach(machine)
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from emu.core import snapshot
     from svm_ext.extension import SvmExtension
@@ -253,6 +281,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     tracer = _open_tracer(args)
     machine = Machine(snap.ram_size, stdout=guest_stdout(), tracer=tracer,
                       extensions=[SvmExtension(pat_model=args.pat_model)])
+    _attach_tools(machine, tracer)
     snapshot.restore(machine, snap)
     return _run_and_report(machine, tracer, args, limit)
 

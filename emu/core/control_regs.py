@@ -79,7 +79,7 @@ class Cr4Writes:
         return a, b, c & ~CPUID_1_ECX_OSXSAVE, d
 
     def _exit(self, code: int) -> None:
-        from emu.core.irq import _GPRS as GPRS
+        from emu.core.irq import GPRS
         m = self.m
         uc = m.uc
         rip = uc.reg_read(UC_X86_REG_RIP)

@@ -40,10 +40,10 @@ import os
 from typing import TYPE_CHECKING, Any, Iterable
 
 from unicorn import UC_HOOK_EDGE_GENERATED, UC_PROT_EXEC
-from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from emu.core import snapshot
 from emu.errors import Unsupported
+from emu.engine import binding
 from emu.engine.hw_switch import HF2_NPT, OFF_HFLAGS2
 
 if TYPE_CHECKING:
@@ -59,9 +59,6 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
                        ctypes.c_long]
 _libc.madvise.restype = ctypes.c_int
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_uclib.uc_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
-                                      ctypes.POINTER(ctypes.c_uint64)]
-_uclib.uc_vmem_translate.restype = ctypes.c_int
 
 
 class ResetPoint:
@@ -72,13 +69,12 @@ class ResetPoint:
             raise Unsupported("unsupported: fast reset needs Linux (memfd_create)")
         self.machine = machine
         self.snap = snapshot.take(machine)
-        size = machine.ram_size
+        size = len(machine.ram)          # the whole host mapping (RAM and the PCI hole)
         self._fd = os.memfd_create("svmemu-ram")
-        os.ftruncate(self._fd, size)
+        os.ftruncate(self._fd, size)     # sparse: chunks never written read as zeros, cost nothing
         view = memoryview(self.snap.ram)
-        step = 64 << 20
-        for off in range(0, size, step):
-            os.pwrite(self._fd, view[off:off + step], off)
+        for off in snapshot.nonzero_chunks(self.snap.ram):
+            os.pwrite(self._fd, view[off:off + snapshot.CHUNK], off)
         addr = machine._ram_addr
         got = _libc.mmap(addr, size, mmap.PROT_READ | mmap.PROT_WRITE,
                          mmap.MAP_PRIVATE | 0x10, self._fd, 0)     # 0x10: MAP_FIXED
@@ -112,11 +108,7 @@ class ResetPoint:
         under nested paging, where a failing walk raises a nested fault (memory.read_code)."""
         if self.machine.ctx.save().u32(OFF_HFLAGS2) & HF2_NPT:
             return None
-        out = ctypes.c_uint64()
-        if _uclib.uc_vmem_translate(self.machine.uc._uch, va, UC_PROT_EXEC,
-                                    ctypes.byref(out)) != 0:
-            return None
-        return out.value
+        return binding.vmem_translate(self.machine.uc, va, UC_PROT_EXEC)
 
     def code_changed(self) -> bool:
         """Did the run leave a code page different from the snapshot?"""

@@ -15,7 +15,8 @@ from typing import Callable, Protocol
 from unicorn import Uc
 from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP, UC_X86_REG_RSP
 
-from emu.arch.bits import RFLAGS_AC
+from emu.arch.bits import (RFLAGS_AC, RFLAGS_IF, RFLAGS_NT,
+                           RFLAGS_RF, RFLAGS_TF, RFLAGS_VM)
 from emu.errors import Unsupported
 from emu.arch.paging import is_canonical
 from emu.engine.hw_switch import (CS, DESC_B, DESC_DPL_SHIFT, DESC_L, DESC_P, DESC_S, GDTR, HF_LMA, IDTR,
@@ -31,12 +32,6 @@ VECTOR_NAMES = {DE: "#DE", DB: "#DB", NMI: "NMI", BP: "#BP", OF: "#OF", BR: "#BR
                 MF: "#MF", AC: "#AC", MC: "#MC", XF: "#XF", 20: "#VE", 21: "#CP", 29: "#VC", SX: "#SX"}
 HAS_ERROR_CODE = frozenset({DF, TS, NP, SS_FAULT, GP, PF, AC, 21, 29, SX})
 CONTRIBUTORY = frozenset({DE, TS, NP, SS_FAULT, GP})
-
-RFLAGS_TF = 1 << 8
-RFLAGS_IF = 1 << 9
-RFLAGS_NT = 1 << 14
-RFLAGS_RF = 1 << 16
-RFLAGS_VM = 1 << 17
 
 GATE_TASK = 0x5
 GATE_INT16, GATE_TRAP16 = 0x6, 0x7

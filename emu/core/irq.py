@@ -42,10 +42,11 @@ from emu.engine import hostvm
 from emu.core.devices.apic import (APIC_BASE_EXTD, APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
                           LocalApic)
 from emu.arch.decode import MAX_INSN_LENGTH, decoder, split_prefixes
-from emu.errors import Unsupported
+from emu.errors import STATUS_HALTED, Unsupported
 from emu.core.extension import WINDOW_TAKEN, WINDOW_WANTED
 from emu.engine.hw_switch import HF2_NMI, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS2
-from emu.core.interrupts import GP, NMI, RFLAGS_IF, Event, Kind
+from emu.arch.bits import RFLAGS_IF
+from emu.core.interrupts import GP, NMI, Event, Kind
 from emu.engine.irq_window import Window
 from emu.core.msr import MSR_APIC_BASE, GeneralProtection
 
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from emu.core.machine import Machine
 
 MAX_SLICE = 1 << 20        # instructions per bounded run while a timer is armed
-_GPRS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RBX, UC_X86_REG_RSP,
+GPRS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RBX, UC_X86_REG_RSP,
          UC_X86_REG_RBP, UC_X86_REG_RSI, UC_X86_REG_RDI, UC_X86_REG_R8, UC_X86_REG_R9,
          UC_X86_REG_R10, UC_X86_REG_R11, UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14,
          UC_X86_REG_R15)
@@ -117,7 +118,7 @@ class InterruptController:
             self._mapped = None
         if new is None:
             return
-        if new < self.m.ram_size:
+        if self.m.layout.overlaps(new, APIC_MMIO_SIZE):
             raise Unsupported(f"unsupported: APIC page moved to {new:#x}, inside RAM")
         self.m.open_bus.release(new, APIC_MMIO_SIZE)
         try:
@@ -218,7 +219,7 @@ class InterruptController:
         if op[:1] != b"\x0F" or op[1:2] not in (b"\x20", b"\x22") or len(op) < 3:
             raise Unsupported(f"CR8 access by {code_bytes[:i + 3].hex()} at {rip:#x}")
         modrm = op[2]
-        reg = _GPRS[(modrm & 7) | ((rex & 1) << 3)]
+        reg = GPRS[(modrm & 7) | ((rex & 1) << 3)]
         if op[1] == 0x22:
             value = uc.reg_read(reg) & (0xFFFFFFFFFFFFFFFF if bits == 64 else 0xFFFFFFFF)
             if value >> 4:
@@ -296,7 +297,6 @@ class InterruptController:
                 took = self._evaluate()
             if not took:
                 rflags = m.uc.reg_read(UC_X86_REG_RFLAGS)
-                from emu.core.machine import STATUS_HALTED
                 m.stop("halt", STATUS_HALTED, "guest halted waiting for an interrupt, and no device "
                        "can raise one" if rflags & RFLAGS_IF else
                        "guest halted with interrupts disabled")

@@ -16,6 +16,7 @@ import ctypes
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable
 
+from emu.engine.unicorn_build import loader as engine_loader
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_INTR, UC_HOOK_INSN,
                      UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED)
 from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_REG_RAX,
@@ -31,13 +32,18 @@ from emu.core.devices.open_bus import OpenBus
 from emu.core.devices.pc import PcPlatform
 from emu.core.devices.serial import Serial16550
 from emu.errors import ImageError, OptionError, Unsupported
+from emu.errors import (STATUS_BAD_INPUT, STATUS_HALTED, STATUS_LIMIT,  # noqa: F401 (re-exported)
+                        STATUS_SHUTDOWN, STATUS_UNSUPPORTED)
 from emu.core.extension import Extension, ExitRouter
 from emu.engine.hostvm import HostVm
 from emu.core.irq import InterruptController
-from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context, self_check
+from emu.engine import binding
+from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context
+from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
 from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
                          Shutdown)
+from emu.core.firmware.layout import ram_layout
 from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.arch.paging import NestedFault
@@ -52,19 +58,11 @@ if TYPE_CHECKING:
     from emu.loader.modules import ModuleLayout
     from emu.loader.multiboot import BootImage
 
-# Process exit status for each way a run ends. Guest-chosen statuses (isa-debug-exit) are always
-# odd, so ours are even and cannot be confused with them.
-STATUS_HALTED = 0
-STATUS_BAD_INPUT = 2
-STATUS_SHUTDOWN = 4
-STATUS_UNSUPPORTED = 6
-STATUS_LIMIT = 8
 
 MULTIBOOT_MAGIC = 0x2BADB002
 TSC_STEP = 1000          # virtual TSC ticks per read: deterministic, monotonic
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF
-_MIN_RAM = 2 << 20
-_MAX_RAM = 3 << 30
+_MAP_NORESERVE = 0x4000   # Linux: no swap reserved; pages exist once the guest touches them
 
 
 @dataclass
@@ -126,23 +124,31 @@ class Machine:
     def __init__(self, ram_size: int = 128 << 20, *, stdout: BinaryIO | None = None,
                  tracer: Tracer | None = None, extensions: Iterable[Extension] = (),
                  cpu: CpuModel | None = None, cpus: int = 1) -> None:
-        if not _MIN_RAM <= ram_size <= _MAX_RAM or ram_size % 0x1000:
-            raise OptionError(f"RAM size must be a multiple of 4 KiB between "
-                              f"{_MIN_RAM >> 20} MiB and {_MAX_RAM >> 20} MiB")
+        self.layout = ram_layout(ram_size)       # QEMU's pc split around the PCI hole
         self.ram_size = ram_size
         self.cpus = cpus          # the one CPU count: fw_cfg, the MP table and the MADT use it
+        engine_loader.tell_if_stock()
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(UC_CPU_X86_EPYC)
-        self_check(uc)
-        self.ram = mmap.mmap(-1, ram_size)
+        self_check()
+        # One host mapping covers guest-physical [0, layout.end): host offset = guest address,
+        # the PCI hole included but never mapped into Unicorn or touched. Private anonymous
+        # memory: reading a page never touched maps the shared zero page, so only what the
+        # guest writes becomes resident (a shared mapping would allocate on reads too).
+        self.ram = mmap.mmap(-1, self.layout.end, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
         self._ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
-        uc.mem_map_ptr(0, ram_size, UC_PROT_ALL, self._ram_addr)
+        for base, length in self.layout.ranges:
+            uc.mem_map_ptr(base, length, UC_PROT_ALL, self._ram_addr + base)
         self.hostvm = HostVm(uc)
         self.ctx = Context(uc)
-        self.mem = GuestMemory(uc, self.ram, ram_size, self.ctx)
+        self.mem = GuestMemory(uc, self.ram, self.layout.below_4g, self.ctx,
+                               high_end=self.layout.end)
         self.deliverer = Deliverer(uc, self.ctx, self.mem)
         self.io_trap = IoTrap(uc, self.ctx)
         self.tracer = tracer
+        # Installers of per-run memory hooks (the `mem` trace, emu/tools/memtrace.py): called at
+        # the start of each run, their hooks removed at its end.
+        self.memory_hooks: list[Callable[[Uc], list[int]]] = []
         self.tsc = 0
         self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
         self.cpuid = Cpuid(cpu)
@@ -189,7 +195,8 @@ class Machine:
         self.replay_listeners: list[Callable[[], None]] = []
         self._replay_seen = 0
         if replay.available():
-            self.replay = replay.Engine(uc, self.ctx, self._ram_addr, ram_size, self._on_intr_c)
+            self.replay = replay.Engine(uc, self.ctx, self._ram_addr, self.layout.below_4g,
+                                        self._on_intr_c)
         self._hooks = [
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
             uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
@@ -201,7 +208,7 @@ class Machine:
         self.extensions = list(extensions)
         for ext in self.extensions:
             ext.attach(self)
-        self._own_hooks = len(uc._callbacks)
+        self._own_hooks = binding.hook_count(uc)
 
     # ---- extension entry points --------------------------------------------------------------------
     def register_exit(self, code: int, handler: Callable[[int], None]) -> None:
@@ -291,7 +298,7 @@ class Machine:
         from emu.loader.multiboot import MBI_ADDR, build_mbi
         firmware.install(self)       # BDA, MP and ACPI tables, MTRRs: what SeaBIOS leaves
         for addr, data in image.segments:
-            if addr < 0 or addr + len(data) > self.ram_size:
+            if not self.layout.is_ram(addr, len(data)):
                 raise ImageError(f"segment at {addr:#x}+{len(data):#x} is outside the "
                                  f"{self.ram_size >> 20} MiB of RAM")
             self.ram[addr:addr + len(data)] = data
@@ -328,9 +335,10 @@ class Machine:
             extra.append(uc.hook_add(UC_HOOK_CODE, self._count_insn))
         if self.tracer and self.tracer.on("insn"):
             extra.append(uc.hook_add(UC_HOOK_CODE, self._trace_insn))
-        if self.tracer and self.tracer.on("mem"):
-            from emu.tools.memtrace import MemTrace
-            extra += MemTrace(self).install(uc)
+        if self.tracer and self.tracer.on("mem") and not self.memory_hooks:
+            raise OptionError("the mem trace needs emu.tools.memtrace.attach(machine)")
+        for install in self.memory_hooks:
+            extra += install(uc)
         deadline = time.monotonic() + timeout if timeout else None
         watchdog = _Watchdog(uc, deadline) if deadline is not None else None
         begin = self._start
@@ -420,7 +428,7 @@ class Machine:
         if e is not None and e.enabled:
             self.irq.release_time_window()
         return (e is not None and e.enabled and self.tracer is None and not self.world_observers
-                and len(self.uc._callbacks) == self._own_hooks and self._result is None
+                and binding.hook_count(self.uc) == self._own_hooks and self._result is None
                 and self._pending is None and self._pause is None and not self.io_trap.armed
                 and not self.irq.window.armed and not self.apic.signalled())
 
@@ -432,9 +440,7 @@ class Machine:
             self.replay_sync()
             self._on_intr(uc, intno, None)
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
-            if uc._hook_exception is None:
-                uc._hook_exception = e
-            uc.emu_stop()
+            binding.stop_with_exception(uc, e)
 
     # ---- hooks --------------------------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:

@@ -7,7 +7,6 @@ make, so a bad stack during delivery faults exactly like hardware.
 """
 from __future__ import annotations
 
-import ctypes
 import mmap
 import struct
 from dataclasses import dataclass
@@ -15,10 +14,10 @@ from functools import partial
 from typing import Optional
 
 from unicorn import UC_PROT_READ, Uc, UcError
-from unicorn.unicorn_py3 import unicorn as _unicorn_lib
 
 from emu.arch import paging
 from emu.arch.bits import CR0_PG
+from emu.engine import binding
 from emu.engine.hw_switch import (CS, HF2_NPT, HF_CPL_MASK, HF_CS64, NPT_MODE_LMA, NPT_MODE_NXE,
                         NPT_MODE_PAE, OFF_CR, OFF_EFER, OFF_HFLAGS, OFF_HFLAGS2, OFF_NESTED_CR3,
                         OFF_NESTED_PG_MODE, OFF_SEGS, SEG_SIZE, Context)
@@ -28,20 +27,14 @@ from emu.engine.hostvm import MAXPHYADDR
 from emu.core.interrupts import GP, PF, Fault
 
 _Q = struct.Struct("<Q")
-_uclib = _unicorn_lib.uclib
-_uclib.uc_vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p,
-                                ctypes.c_size_t]
-_uclib.uc_vmem_read.restype = ctypes.c_int
 
 
 def _vmem_read(uc: Uc, va: int, size: int) -> bytes | None:
     """Read through the CPU's current paging (debug walk: no faults, no A/D updates); None if
     any byte is unmapped, so the caller can fall back to the exact walker."""
-    buf = ctypes.create_string_buffer(size)
-    if _uclib.uc_vmem_read(uc._uch, va & 0xFFFFFFFFFFFFFFFF, UC_PROT_READ, buf, size) != 0:
-        return None
-    return buf.raw
+    return binding.vmem_read(uc, va, size, UC_PROT_READ)
 _L = struct.Struct("<I")
+_FOUR_GIB = 1 << 32
 
 # The only register bits a page walk reads (paging.PagingRegs: mode, NXE, WP, SMEP, SMAP, PSE;
 # CR3 whole), and the nested-paging mode bits VMRUN records for the host (GuestMemory.host_regs).
@@ -103,10 +96,12 @@ class CodePath:
 
 
 class GuestMemory:
-    def __init__(self, uc: Uc, ram: mmap.mmap, size: int, ctx: Context) -> None:
+    def __init__(self, uc: Uc, ram: mmap.mmap, size: int, ctx: Context, *,
+                 high_end: int = 0) -> None:
         self.uc = uc
         self.ram = ram
-        self.size = size
+        self.size = size            # RAM from 0 (below the PCI hole); the host buffer's offsets
+        self.high_end = high_end    # are guest addresses, RAM from 4 GiB up to high_end too
         self.ctx = ctx
         self.view = memoryview(ram)
         # read_code under nested paging: (inputs, va page) -> (pa page, 8-byte entry addresses,
@@ -121,7 +116,7 @@ class GuestMemory:
         return Unsupported(f"{what} of physical address {pa:#x}+{size} (no RAM or device there)")
 
     def read_phys(self, pa: int, size: int) -> bytes:
-        if 0 <= pa and pa + size <= self.size:
+        if 0 <= pa and pa + size <= self.size or _FOUR_GIB <= pa and pa + size <= self.high_end:
             return bytes(self.view[pa:pa + size])
         try:
             return bytes(self.uc.mem_read(pa, size))

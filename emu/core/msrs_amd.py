@@ -26,53 +26,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from emu.arch import memtype
 from emu.arch.bits import EFER_FFXSR, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME
 from emu.errors import Unsupported
+from emu.arch.msrs import (  # noqa: F401 (the indices, as the APM names them)
+    MSR_TSC, MSR_APIC_BASE, MSR_SPEC_CTRL, MSR_PRED_CMD, MSR_PATCH_LEVEL, MSR_MTRRCAP,
+    MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP, MSR_MCG_CAP, MSR_MCG_STATUS, MSR_MCG_CTL,
+    MSR_DEBUGCTL, MSR_LAST_BRANCH_FROM_IP, MSR_LAST_BRANCH_TO_IP, MSR_LAST_EXCEPTION_FROM_IP,
+    MSR_LAST_EXCEPTION_TO_IP, MSR_PAT, MSR_MTRR_DEF_TYPE, MSR_MC0_CTL, MSR_XSS, MSR_EFER, MSR_STAR,
+    MSR_LSTAR, MSR_CSTAR, MSR_SFMASK, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_TSC_AUX,
+    MSR_TSC_RATIO, MSR_PERF_CTL0, MSR_PERF_CTR0, MSR_SYSCFG, MSR_HWCR, MSR_VM_CR, MSR_VM_HSAVE_PA,
+    MSR_CORE_PERF_CTL0,
+)
 
 if TYPE_CHECKING:
     from emu.core.cpuid import Cpuid
     from emu.core.msr import MsrFile
-
-# ---- indices, as the APM names them ------------------------------------------------------------
-MSR_TSC = 0x10                         # TSC
-MSR_APIC_BASE = 0x1B                   # APIC_BASE
-MSR_SPEC_CTRL = 0x48                   # SPEC_CTRL
-MSR_PRED_CMD = 0x49                    # PRED_CMD
-MSR_PATCH_LEVEL = 0x8B                 # PATCH_LEVEL
-MSR_MTRRCAP = memtype.MSR_MTRRCAP        # MTRRcap
-MSR_SYSENTER_CS = 0x174
-MSR_SYSENTER_ESP = 0x175
-MSR_SYSENTER_EIP = 0x176
-MSR_MCG_CAP = 0x179
-MSR_MCG_STATUS = 0x17A
-MSR_MCG_CTL = 0x17B
-MSR_DEBUGCTL = 0x1D9                   # DebugCtl
-MSR_LAST_BRANCH_FROM_IP = 0x1DB        # LastBranchFromIP
-MSR_LAST_BRANCH_TO_IP = 0x1DC          # LastBranchToIP
-MSR_LAST_EXCEPTION_FROM_IP = 0x1DD     # LastIntFromIP
-MSR_LAST_EXCEPTION_TO_IP = 0x1DE       # LastIntToIP
-MSR_PAT = memtype.MSR_PAT
-MSR_MTRR_DEF_TYPE = memtype.MSR_MTRRDEFTYPE
-MSR_MC0_CTL = 0x400                    # MCi_CTL/STATUS/ADDR/MISC at 0x400 + 4i + 0..3
-MSR_XSS = 0xDA0
-MSR_EFER = 0xC0000080
-MSR_STAR = 0xC0000081
-MSR_LSTAR = 0xC0000082
-MSR_CSTAR = 0xC0000083
-MSR_SFMASK = 0xC0000084
-MSR_FS_BASE = 0xC0000100
-MSR_GS_BASE = 0xC0000101
-MSR_KERNEL_GS_BASE = 0xC0000102
-MSR_TSC_AUX = 0xC0000103
-MSR_TSC_RATIO = 0xC0000104
-MSR_PERF_CTL0 = 0xC0010000             # legacy PerfEvtSel0-3
-MSR_PERF_CTR0 = 0xC0010004             # legacy PerfCtr0-3
-MSR_SYSCFG = 0xC0010010
-MSR_HWCR = 0xC0010015
-MSR_VM_CR = 0xC0010114
-MSR_VM_HSAVE_PA = 0xC0010117
-MSR_CORE_PERF_CTL0 = 0xC0010200        # PerfEvtSeln at 0xC0010200 + 2n, PerfCtrn at + 2n + 1
 
 LEGACY_PERF_COUNTERS = 4
 CORE_PERF_COUNTERS = 6

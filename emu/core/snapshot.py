@@ -47,8 +47,10 @@ state it hands to `load_snapshot_state`.
 from __future__ import annotations
 
 import copy
+import ctypes
 import hashlib
 import json
+import mmap
 import struct
 import zlib
 from dataclasses import dataclass
@@ -57,7 +59,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import unicorn
 from unicorn.x86_const import UC_X86_REG_RIP
 
-from emu.errors import SnapshotError
+from emu.core.firmware.layout import MAX_RAM, check_ram_size, ram_layout
+from emu.errors import OptionError, SnapshotError
 from emu.core.snapshot_check import check_cpu
 from emu.engine.hw_switch import OFF_EIP, flush_tlb
 
@@ -70,13 +73,15 @@ READABLE_VERSIONS = (1, 2)
 
 PAGE = 0x1000
 _CHUNK = 1 << 20
+CHUNK = _CHUNK          # the granularity of nonzero_chunks
 _ZERO_PAGE = bytes(PAGE)
 _ZERO_CHUNK = bytes(_CHUNK)
 _PREFIX = struct.Struct("<8sII")
 _SECTION = struct.Struct("<4sB3xQQ")
 _RUN = struct.Struct("<II")
 _DIGEST = 32
-_MAX_RAM = 4 << 30     # above any machine's RAM: bounds what a crafted header can allocate
+_MAP_NORESERVE = 0x4000
+_MAX_RAM = ram_layout(MAX_RAM).end    # the largest RAM image (bounds what a header may ask for)
 _RAW, _ZLIB = 0, 1
 # The most each section can decode to: its own size for the fixed ones, RAM for the RAM data,
 # and a generous bound for the JSON ones (a real MACH section is a few KiB).
@@ -113,7 +118,77 @@ def take(machine: "Machine", *, ram: bool = True) -> Snapshot:
     """Capture the machine between runs (never from inside a hook: the run state is not in it).
     `ram=False` leaves RAM out (an empty `ram`) for callers that keep RAM their own way (the
     reverse-execution checkpoints keep only what differs from their first one)."""
-    return _capture(machine, bytes(machine.ram) if ram else b"")
+    return _capture(machine, copy_ram(machine.ram) if ram else b"")
+
+
+_BIG_RAM = 1 << 30
+_libc = ctypes.CDLL(None)
+_libc.memcmp.restype = ctypes.c_int
+_libc.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.restype = ctypes.c_int
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+def _address(buf: Any) -> int:
+    """Host address of a buffer's bytes (the caller keeps the buffer alive)."""
+    if isinstance(buf, bytes):
+        return ctypes.cast(ctypes.c_char_p(buf), ctypes.c_void_p).value or 0
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+def nonzero_chunks(buf: Any) -> list[int]:
+    """Start offsets of the CHUNK-sized pieces of ``buf`` holding a non-zero byte, compared in
+    place (memcmp, no copies).  A big buffer is a private mapping (ram_buffer, the machine's
+    RAM): chunks with no resident page (mincore) were never touched and are skipped unread,
+    so a 16 GiB image costs what its guest wrote."""
+    size, addr, zero = len(buf), _address(buf), _address(_ZERO_CHUNK)
+    candidates = range(0, size, _CHUNK)
+    if size > _BIG_RAM and addr % PAGE == 0:
+        pages = (size + PAGE - 1) // PAGE
+        vec = (ctypes.c_ubyte * pages)()
+        if _libc.mincore(addr, size, vec) == 0:
+            per = _CHUNK // PAGE
+            raw = bytes(vec)
+            candidates = [base for base in candidates
+                          if any(b & 1 for b in raw[base // PAGE:base // PAGE + per])]
+    return [base for base in candidates
+            if _libc.memcmp(addr + base, zero, min(_CHUNK, size - base))]
+
+
+def ram_buffer(size: int) -> Any:
+    """A zero-filled buffer for a RAM image: a bytearray, or beyond 1 GiB a private
+    no-reserve mapping, whose untouched pages cost nothing (a 16 GiB guest's image is mostly
+    pages it never wrote)."""
+    if size <= _BIG_RAM:
+        return bytearray(size)
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
+
+
+def copy_ram(ram: Any) -> Any:
+    """A copy of a RAM image: one memcpy up to 1 GiB; beyond, only the non-zero chunks are
+    written, so the copy's resident size follows what the guest touched, not its RAM size."""
+    size = len(ram)
+    if size <= _BIG_RAM:
+        return bytes(ram)
+    out = ram_buffer(size)
+    for base in nonzero_chunks(ram):
+        out[base:base + _CHUNK] = ram[base:base + _CHUNK]
+    return out
+
+
+def _restore_ram(machine: "Machine", image: Any) -> None:
+    """Copy a RAM image into the machine; beyond 1 GiB only the chunks that differ, so pages
+    neither side ever touched stay untouched."""
+    ram = machine.ram
+    size = len(ram)
+    if size <= _BIG_RAM:
+        ram[:] = image
+        return
+    here, there = _address(ram), _address(image)
+    for base in sorted(set(nonzero_chunks(ram)) | set(nonzero_chunks(image))):
+        n = min(_CHUNK, size - base)
+        if _libc.memcmp(here + base, there + base, n):
+            ram[base:base + n] = image[base:base + n]
 
 
 def _capture(machine: "Machine", ram: Any) -> Snapshot:
@@ -138,7 +213,7 @@ def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
     translated code only when the run rewrote a code page (`flush_code=False` otherwise)."""
     _check_compatible(machine, snap)
     if restore_ram:
-        machine.ram[:] = snap.ram
+        _restore_ram(machine, snap.ram)
     machine.hostvm.buf[:] = snap.l0
     ctx = machine.ctx
     ctx.view[:] = snap.cpu
@@ -192,7 +267,7 @@ def _check_compatible(machine: "Machine", snap: Snapshot) -> None:
     if len(snap.cpu) != len(machine.ctx.view):
         raise SnapshotError(f"the snapshot's CPU context is {len(snap.cpu)} bytes, but this "
                             f"unicorn's is {len(machine.ctx.view)}")
-    if len(snap.ram) != snap.ram_size or len(snap.l0) != len(machine.hostvm.buf):
+    if len(snap.ram) != ram_layout(snap.ram_size).end or len(snap.l0) != len(machine.hostvm.buf):
         raise SnapshotError("the snapshot's memory images do not have the sizes its header states")
     check_cpu(snap.cpu)
     have = [dev.name for dev in machine.devices]
@@ -332,12 +407,14 @@ def _parse(body: memoryview, version: int, count: int) -> Snapshot:
             raise SnapshotError(f"section {tag.decode()} is missing")
     head = _unjson(sections[b"HEAD"])
     ram_size = _int(head["ram_size"])
-    if ram_size <= 0 or ram_size % PAGE or ram_size > _MAX_RAM:
-        raise SnapshotError(f"RAM size {ram_size:#x} is not a positive multiple of 4 KiB")
+    try:
+        check_ram_size(ram_size)
+    except OptionError as e:
+        raise SnapshotError(f"the snapshot's RAM size: {e}") from None
     cpu = sections[b"CPU0"]
     if len(cpu) != _int(head["context_size"]) or len(sections[b"L0RG"]) != _int(head["l0_size"]):
         raise SnapshotError("the CPU or L0 section size disagrees with the header")
-    ram = _unsparse(ram_size, sections[b"RAMR"], sections[b"RAMD"])
+    ram = _unsparse(ram_layout(ram_size).end, sections[b"RAMR"], sections[b"RAMD"])
     mach = _unjson(sections[b"MACH"])
     devices = [(str(n), dict(s)) for n, s in mach["devices"]]
     extensions = {str(k): dict(v) for k, v in dict(mach["extensions"]).items()}
@@ -381,10 +458,8 @@ def _sparse(ram: bytes | bytearray) -> tuple[list[tuple[int, int]], bytes]:
     runs: list[tuple[int, int]] = []
     parts: list[bytes] = []
     size = len(ram)
-    for base in range(0, size, _CHUNK):
+    for base in nonzero_chunks(ram):
         end = min(base + _CHUNK, size)
-        if ram[base:end] == _ZERO_CHUNK[:end - base]:
-            continue
         for addr in range(base, end, PAGE):
             if ram[addr:addr + PAGE] == _ZERO_PAGE:
                 continue
@@ -401,7 +476,7 @@ def _sparse(ram: bytes | bytearray) -> tuple[list[tuple[int, int]], bytes]:
 def _unsparse(ram_size: int, runs_raw: bytes, pages: bytes) -> bytearray:
     if len(runs_raw) % _RUN.size:
         raise SnapshotError("the RAM page table has a partial entry")
-    ram = bytearray(ram_size)
+    ram = ram_buffer(ram_size)
     pos = 0
     limit = ram_size // PAGE
     for first, count in _RUN.iter_unpack(runs_raw):

@@ -1,7 +1,7 @@
 """Human-readable traces, selected by category (`--trace insn,exits,io,msr,exc,mem`).
 
 Only `insn` and `mem` cost anything on the hot path (per-instruction and per-access hooks,
-installed only when asked; `mem` is emu/tools/memtrace.py); the other categories are written from
+installed only when asked; `mem` is emu/tools/memtrace.py, which the caller attaches); the other categories are written from
 handlers that run anyway.
 """
 from __future__ import annotations

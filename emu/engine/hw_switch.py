@@ -3,8 +3,8 @@
 Unicorn gives no API for segment descriptor caches, hidden flags, the pending error code or the
 SVM state of its CPU, yet exception delivery and world switches must change all of them at once.
 We therefore edit the `uc_context` blob (QEMU 5.0's CPUX86State as compiled into unicorn 2.1.4)
-and restore it. The offsets below are pinned to unicorn==2.1.4 and verified by `self_check()` when
-a machine starts, so a different build fails loudly instead of corrupting guest state.
+and restore it. The offsets below are pinned to unicorn==2.1.4 and each is proven by
+emu/engine/layout_check.py when the first machine starts, so a different build fails loudly instead of corrupting guest state.
 """
 from __future__ import annotations
 
@@ -12,17 +12,19 @@ import ctypes
 import struct
 from dataclasses import dataclass
 
-import unicorn
 from unicorn import Uc
-from unicorn.unicorn_py3 import unicorn as _binding
-from unicorn.x86_const import UC_X86_REG_FPSW, UC_X86_REG_RIP, UC_X86_REG_R13
 
-from emu.arch.bits import CR4_PAE, EFER_LMA, EFER_NXE
+from emu.engine import binding
+from emu.engine.binding import RegBatch, flush_tlb  # noqa: F401 (re-exported for the switch code)
+
+from emu.arch.bits import (CR0_PE, CR4_OSFXSR, CR4_PAE, CR4_SMAP, EFER_LMA, EFER_NXE, EFER_SVME,
+                           RFLAGS_VM)
 
 PINNED_UNICORN = "2.1.4"
 
-# offsetof(struct uc_context, data) on x86-64.
-_DATA_OFF = 40
+# offsetof(struct uc_context, data) on x86-64: the CPUX86State copy follows a 40-byte header
+# whose first u64 is the size of that copy.
+CONTEXT_DATA_OFF = 40
 
 # CPUX86State offsets (QEMU 5.0 layout inside unicorn 2.1.4).
 OFF_REGS = 0            # 16 x u64
@@ -51,6 +53,14 @@ OFF_INTERCEPT_EXC = 5536
 OFF_NESTED_CR3 = 5544
 OFF_NESTED_PG_MODE = 5552
 OFF_V_TPR = 5556         # u8: what MOV CR8 writes; what it reads under HF2_VINTR
+
+# Outside the context: uc_struct -> CPUState -> CPUX86State, for the words the interrupt window
+# changes while the CPU runs (emu/engine/irq_window.py).
+OFF_UC_CPU = 440                    # struct uc_struct: the CPUState pointer
+OFF_CPU_ENV_PTR = 296               # CPUState: pointer to its CPUX86State
+OFF_CPU_INTERRUPT_REQUEST = 28      # CPUState: u32 interrupt_request
+OFF_ENV_ICOUNT_DECR_HIGH = -16 + 2  # u16 icount_decr.high, in the state just below CPUX86State
+CPU_INTERRUPT_VIRQ = 0x0100         # interrupt_request: a virtual interrupt is pending
 
 ES, CS, SS, DS, FS, GS, LDTR, TR, GDTR, IDTR = range(10)
 SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr", "gdtr", "idtr")
@@ -146,14 +156,10 @@ class Context:
     def __init__(self, uc: Uc) -> None:
         self.uc = uc
         self.ctx = uc.context_save()
-        # The binding's context_update/restore wrap these two C calls; called directly they
-        # cost one Python call less each, and the world switch makes several.
-        uch, blob, lib = uc._uch, self.ctx.context, _binding.uclib
-        self._save = lambda: lib.uc_context_save(uch, blob)
-        self._restore = lambda: lib.uc_context_restore(uch, blob)
-        addr = self.ctx.context.value
+        self._save, self._restore = binding.context_calls(uc, self.ctx)
+        addr = self.address = binding.context_address(self.ctx)
         size = struct.unpack("<Q", ctypes.string_at(addr, 8))[0]
-        self.view = memoryview((ctypes.c_char * size).from_address(addr + _DATA_OFF)).cast("B")
+        self.view = memoryview((ctypes.c_char * size).from_address(addr + CONTEXT_DATA_OFF)).cast("B")
 
     def save(self) -> "Context":
         self._save()
@@ -223,16 +229,16 @@ class Context:
         hf = self.hflags & ~(HF_CPL_MASK | HF_INHIBIT_IRQ | HF_PE | HF_MP | HF_EM | HF_TS | HF_LMA
                              | HF_SVME | HF_OSFXSR | HF_SMAP)
         hf |= cpl & 3
-        if cr0 & 1:
+        if cr0 & CR0_PE:
             hf |= HF_PE
         hf |= ((cr0 >> 1) & 7) * HF_MP     # MP, EM, TS are CR0 bits 1..3, HF bits 9..11
-        if efer & (1 << 10):
+        if efer & EFER_LMA:
             hf |= HF_LMA
-        if efer & (1 << 12):
+        if efer & EFER_SVME:
             hf |= HF_SVME
-        if cr4 & (1 << 9):
+        if cr4 & CR4_OSFXSR:
             hf |= HF_OSFXSR
-        if cr4 & (1 << 21):
+        if cr4 & CR4_SMAP:
             hf |= HF_SMAP
         self.set_u32(OFF_HFLAGS, hf)
         self.set_u64(OFF_CR + 0, cr0)
@@ -246,7 +252,7 @@ class Context:
         hf = self.hflags & ~(HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_CS64 | HF_ADDSEG)
         cs, ss = self.seg(CS), self.seg(SS)
         cr0 = self.cr(0)
-        hf |= (ss.dpl if cr0 & 1 else 0) if cpl is None else cpl
+        hf |= (ss.dpl if cr0 & CR0_PE else 0) if cpl is None else cpl
         if hf & HF_LMA and cs.flags & DESC_L:
             hf |= HF_CS32 | HF_SS32 | HF_CS64
         else:
@@ -254,76 +260,16 @@ class Context:
                 hf |= HF_CS32
             if ss.flags & DESC_B:
                 hf |= HF_SS32
-            eflags_vm = self.u64(OFF_EFLAGS) & (1 << 17)
-            if not (cr0 & 1) or eflags_vm or not (hf & HF_CS32):
+            eflags_vm = self.u64(OFF_EFLAGS) & RFLAGS_VM
+            if not (cr0 & CR0_PE) or eflags_vm or not (hf & HF_CS32):
                 hf |= HF_ADDSEG
             elif self.seg(DS).base | self.seg(ES).base | ss.base:
                 hf |= HF_ADDSEG
         self.set_u32(OFF_HFLAGS, hf)
 
 
-_TLB_FLUSH = (unicorn.unicorn_const.UC_CTL_IO_WRITE << 30) | unicorn.unicorn_const.UC_CTL_TLB_FLUSH
-_uclib = _binding.uclib
-
-
-def flush_tlb(uc: Uc) -> None:
-    """Drop every cached translation (the binding has no wrapper for UC_CTL_TLB_FLUSH, and its
-    generic `ctl` costs several Python calls, so uc_ctl is called directly).
-
-    Needed whenever CR3, paging mode or nested paging change behind Unicorn's back (world
-    switches, INVLPGA, context restores): the softmmu TLB is not tagged by address space."""
-    _uclib.uc_ctl(uc._uch, _TLB_FLUSH)
-
-
-def self_check(uc: Uc) -> None:
-    """Prove the pinned offsets against the running library before trusting them."""
-    if unicorn.__version__ != PINNED_UNICORN:
-        raise UnsupportedUnicorn(
-            f"svmemu needs unicorn=={PINNED_UNICORN} (found {unicorn.__version__}): "
-            "its saved-context layout is part of our hardware model")
-    old_rip, old_r13 = uc.reg_read(UC_X86_REG_RIP), uc.reg_read(UC_X86_REG_R13)
-    old_fpsw = uc.reg_read(UC_X86_REG_FPSW)
-    uc.reg_write(UC_X86_REG_RIP, 0x1234_5678_9ABC)
-    uc.reg_write(UC_X86_REG_R13, 0x0BAD_F00D_CAFE)
-    uc.reg_write(UC_X86_REG_FPSW, 5 << 11)          # TOP = 5
-    ctx = Context(uc).save()
-    ok = (ctx.u64(OFF_EIP) == 0x1234_5678_9ABC and ctx.u64(OFF_REGS + 13 * 8) == 0x0BAD_F00D_CAFE
-          and ctx.u32(OFF_FPSTT) == 5)
-    uc.reg_write(UC_X86_REG_RIP, old_rip)
-    uc.reg_write(UC_X86_REG_R13, old_r13)
-    uc.reg_write(UC_X86_REG_FPSW, old_fpsw)
-    if not ok:
-        raise UnsupportedUnicorn("unicorn's saved-context layout differs from the pinned 2.1.4 layout")
-
-
-class RegBatch:
-    """A fixed set of registers read or written in one C call with prebuilt ctypes arrays.
-
-    The binding's reg_read_batch costs ~1.5 us per register in Python overhead (measured 9 us
-    for six); this costs ~0.5 us for the batch, which matters on the world-switch path."""
-
-    def __init__(self, uc: Uc, regs: list[int]) -> None:
-        from unicorn.unicorn_py3 import unicorn as lib
-        self._uclib = lib.uclib
-        self._uch = uc._uch
-        n = self.n = len(regs)
-        self._ids = (ctypes.c_int * n)(*regs)
-        self._vals = (ctypes.c_uint64 * n)()
-        base = ctypes.addressof(self._vals)
-        self._ptrs = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
-        # The value array moves through one Struct call: item by item through ctypes costs
-        # ~0.2 us per register, and the world switch moves two batches each way.
-        self._packed = struct.Struct(f"<{n}Q")
-        self._read_args = self._write_args = (self._uch, self._ids, self._ptrs, n)
-
-    def read(self) -> tuple[int, ...]:
-        self._uclib.uc_reg_read_batch(*self._read_args)
-        return self._packed.unpack_from(self._vals)
-
-    def write(self, *values: int) -> None:
-        """Write all n registers (values in the order given at construction)."""
-        try:
-            self._packed.pack_into(self._vals, 0, *values)
-        except struct.error:      # negative or wider than 64 bits: as the register holds it
-            self._packed.pack_into(self._vals, 0, *[v & 0xFFFFFFFFFFFFFFFF for v in values])
-        self._uclib.uc_reg_write_batch(*self._write_args)
+def cpu_and_env(uc: Uc) -> tuple[int, int]:
+    """Addresses of the running CPU's CPUState and CPUX86State (0 when there is none yet)."""
+    cpu = struct.unpack("<Q", ctypes.string_at(binding.handle_address(uc) + OFF_UC_CPU, 8))[0]
+    env = struct.unpack("<Q", ctypes.string_at(cpu + OFF_CPU_ENV_PTR, 8))[0] if cpu else 0
+    return cpu, env

@@ -26,14 +26,11 @@ from unicorn import Uc
 from unicorn.x86_const import (UC_X86_REG_DR0, UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RAX,
                                UC_X86_REG_RDI, UC_X86_REG_RIP, UC_X86_REG_RSI)
 
+from emu.arch.bits import DR7_L0, DR7_RESET, DR7_RW0_SHIFT, DR7_RW_IO
 from emu.engine.hw_switch import HF_IOBPT, OFF_HFLAGS, Context, RegBatch
 
-# DR7 for "I/O breakpoint 0 enabled, one byte": L0 (bit 0), R/W0 = 10b (I/O, bits 17:16),
-# LEN0 = 00b, plus the reserved bit 10 that always reads 1.
-DR7_FIXED_1 = 1 << 10
-DR7_L0 = 1 << 0
-DR7_RW0_IO = 2 << 16
-_DR7_ARMED = DR7_FIXED_1 | DR7_L0 | DR7_RW0_IO
+# DR7 for "I/O breakpoint 0 enabled, one byte" (LEN0 = 00b), with the reserved bit that reads 1.
+_DR7_ARMED = DR7_RESET | DR7_L0 | (DR7_RW_IO << DR7_RW0_SHIFT)
 
 _SAVED = [UC_X86_REG_DR0, UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RAX, UC_X86_REG_RSI,
           UC_X86_REG_RDI, UC_X86_REG_RIP]

@@ -9,46 +9,33 @@ external interrupt. Arming costs nothing while IF stays 0; the exit reaches the 
 0x164 with RIP at the next instruction to execute.
 
 The request bit lives in QEMU's CPUState, which `context_save` does not cover, so it is written
-in place through pinned offsets (unicorn==2.1.4, checked by `Window.__init__`):
-  uc_struct.cpu ........................ +440
-  CPUState.interrupt_request ........... +28
-  CPUState.env_ptr ..................... +296 (the CPUX86State that context blobs copy)
-  IcountDecr (u16 high at +2) .......... env - 16: set to make translated code return to the
-                                         main loop (where interrupt requests are examined) at
-                                         the next block boundary, as QEMU's cpu_interrupt does.
+in place (CPUState.interrupt_request), together with the icount "high" word just below the
+CPUX86State, set to make translated code return to the main loop (where interrupt requests are
+examined) at the next block boundary, as QEMU's cpu_interrupt does. Those offsets are pinned with
+the context's (emu/engine/hw_switch.py) and proven with them at start-up.
 The VINTR intercept bit is patched into the live CPUX86State too; a context restore (world
 switch) rewrites it, so `resync()` must follow every world switch.
 """
 from __future__ import annotations
 
 import ctypes
-import struct
 
 from unicorn import Uc
-from unicorn.x86_const import UC_X86_REG_RIP
 
-from emu.engine.hw_switch import OFF_EIP, OFF_INTERCEPT, OFF_INTERCEPT_CRDR, UnsupportedUnicorn
+from emu.arch.vmcb import VMEXIT_VINTR, intercept_misc_bit
+from emu.engine.hw_switch import (CPU_INTERRUPT_VIRQ, OFF_CPU_INTERRUPT_REQUEST, OFF_ENV_ICOUNT_DECR_HIGH,
+                                  OFF_INTERCEPT, OFF_INTERCEPT_CRDR, UnsupportedUnicorn, cpu_and_env)
 
-_UC_CPU = 440
-_CPU_INTERRUPT_REQUEST = 28
-_CPU_ENV_PTR = 296
-_ENV_ICOUNT_DECR_HIGH = -16 + 2
-CPU_INTERRUPT_VIRQ = 0x0100
-VINTR_INTERCEPT_BIT = 1 << 4          # VMEXIT_VINTR - VMEXIT_INTR in the misc intercept word
+VINTR_INTERCEPT_BIT = intercept_misc_bit(VMEXIT_VINTR)
 
 
 class Window:
     def __init__(self, uc: Uc) -> None:
-        cpu = struct.unpack("<Q", ctypes.string_at(uc._uch.value + _UC_CPU, 8))[0]
-        env = struct.unpack("<Q", ctypes.string_at(cpu + _CPU_ENV_PTR, 8))[0] if cpu else 0
-        old = uc.reg_read(UC_X86_REG_RIP)
-        uc.reg_write(UC_X86_REG_RIP, 0x0DEC_AF00_1234)
-        ok = env != 0 and struct.unpack("<Q", ctypes.string_at(env + OFF_EIP, 8))[0] == 0x0DEC_AF00_1234
-        uc.reg_write(UC_X86_REG_RIP, old)
-        if not ok:
-            raise UnsupportedUnicorn("unicorn's CPUState layout differs from the pinned 2.1.4 layout")
-        self._request = ctypes.c_uint32.from_address(cpu + _CPU_INTERRUPT_REQUEST)
-        self._kick = ctypes.c_uint16.from_address(env + _ENV_ICOUNT_DECR_HIGH)
+        cpu, env = cpu_and_env(uc)
+        if not env:
+            raise UnsupportedUnicorn("unicorn engine has no CPU state to arm an interrupt window in")
+        self._request = ctypes.c_uint32.from_address(cpu + OFF_CPU_INTERRUPT_REQUEST)
+        self._kick = ctypes.c_uint16.from_address(env + OFF_ENV_ICOUNT_DECR_HIGH)
         self._intercept = ctypes.c_uint64.from_address(env + OFF_INTERCEPT)
         self._cr_read = ctypes.c_uint16.from_address(env + OFF_INTERCEPT_CRDR)
         self._cr_write = ctypes.c_uint16.from_address(env + OFF_INTERCEPT_CRDR + 2)

@@ -14,7 +14,9 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 enum {
@@ -128,11 +130,41 @@ void replay_intr(void *uc, uint32_t intno, void *user)
     e->fallback(uc, intno, user);
 }
 
+/* The layout and numbers Python must agree on, as "name=value" words: replay.py compares them
+ * with its own ctypes declarations when it loads the library and refuses a library built from a
+ * different replay.c, so the two sides cannot drift apart silently. */
+#define ABI(name, value) \
+    n += snprintf(abi + n, sizeof abi - (size_t)n, "%s=%llu ", name, (unsigned long long)(value))
+#define ABI_FIELD(type, field) ABI(#type "." #field, offsetof(struct type, field))
+
+const char *replay_abi(void)
+{
+    static char abi[2048];
+    int n = 0;
+    if (abi[0])
+        return abi;
+    ABI("sizeof(op)", sizeof(struct op));
+    ABI_FIELD(op, code); ABI_FIELD(op, len); ABI_FIELD(op, a); ABI_FIELD(op, b); ABI_FIELD(op, c);
+    ABI("sizeof(engine)", sizeof(struct engine));
+    ABI_FIELD(engine, uc); ABI_FIELD(engine, ctx); ABI_FIELD(engine, save);
+    ABI_FIELD(engine, restore); ABI_FIELD(engine, reg_read); ABI_FIELD(engine, reg_write);
+    ABI_FIELD(engine, ctl); ABI_FIELD(engine, flush_control); ABI_FIELD(engine, fallback);
+    ABI_FIELD(engine, enabled); ABI_FIELD(engine, replays); ABI_FIELD(engine, fallbacks);
+    ABI_FIELD(engine, seq); ABI_FIELD(engine, state); ABI_FIELD(engine, programs);
+    ABI("N_INTNO", N_INTNO);
+    ABI("PER_INTNO", PER_INTNO);
+    ABI("OP_END", OP_END); ABI("OP_CMP", OP_CMP); ABI("OP_EQ64", OP_EQ64);
+    ABI("OP_COMMIT", OP_COMMIT); ABI("OP_COPY", OP_COPY); ABI("OP_SET64", OP_SET64);
+    ABI("OP_ADD64", OP_ADD64); ABI("OP_SAVE", OP_SAVE); ABI("OP_RESTORE", OP_RESTORE);
+    ABI("OP_FLUSH", OP_FLUSH); ABI("OP_REGREAD", OP_REGREAD); ABI("OP_REGWRITE", OP_REGWRITE);
+    return abi;
+}
+
 /* A CPython module only so that setuptools builds and installs the library; it is loaded with
  * ctypes (emu/engine/replay.py) and exports nothing to Python. */
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_replay", NULL, -1, NULL};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "creplay", NULL, -1, NULL};
 
-PyMODINIT_FUNC PyInit__replay(void)
+PyMODINIT_FUNC PyInit_creplay(void)
 {
     return PyModule_Create(&module);
 }

@@ -29,12 +29,14 @@ from typing import Callable
 
 from unicorn import Uc
 from unicorn.unicorn_const import UC_HOOK_INTR
-from unicorn.unicorn_py3 import unicorn as _binding
 
-from emu.engine.hw_switch import _TLB_FLUSH, Context
+from emu.engine import binding
+from emu.engine.hw_switch import CONTEXT_DATA_OFF, Context
 
+OPCODES = ("OP_END", "OP_CMP", "OP_EQ64", "OP_COMMIT", "OP_COPY", "OP_SET64", "OP_ADD64", "OP_SAVE",
+           "OP_RESTORE", "OP_FLUSH", "OP_REGREAD", "OP_REGWRITE")
 OP_END, OP_CMP, OP_EQ64, OP_COMMIT, OP_COPY, OP_SET64, OP_ADD64, OP_SAVE, OP_RESTORE, OP_FLUSH, \
-    OP_REGREAD, OP_REGWRITE = range(12)
+    OP_REGREAD, OP_REGWRITE = range(len(OPCODES))
 N_INTNO = 0x600
 PER_INTNO = 4
 MASK64 = (1 << 64) - 1
@@ -64,14 +66,48 @@ _OP = struct.Struct("<IIQQQ")      # struct op, packed in one call per op (ctype
 assert ctypes.sizeof(_Op) == _OP_SIZE == _OP.size
 
 
+class ReplayAbiMismatch(RuntimeError):
+    """The built engine and this module disagree on a struct layout or an opcode."""
+
+
+def expected_abi() -> dict[str, int]:
+    """What replay.c's replay_abi() must report: this module's ctypes layouts and numbers."""
+    abi = {"sizeof(op)": ctypes.sizeof(_Op), "sizeof(engine)": ctypes.sizeof(_Engine),
+           "N_INTNO": N_INTNO, "PER_INTNO": PER_INTNO}
+    for prefix, struct_type in (("op", _Op), ("engine", _Engine)):
+        for name, _ in struct_type._fields_:
+            abi[f"{prefix}.{name}"] = getattr(struct_type, name).offset
+    abi.update({name: value for value, name in enumerate(OPCODES)})
+    return abi
+
+
+def check_abi(lib: ctypes.CDLL) -> None:
+    """Refuse a library whose struct layouts or opcodes are not this module's."""
+    try:
+        lib.replay_abi.restype = ctypes.c_char_p
+    except AttributeError:
+        raise ReplayAbiMismatch("emu/engine/creplay predates replay_abi(); rebuild it with "
+                                "`pip install -e .`") from None
+    reported = dict(word.split("=") for word in lib.replay_abi().decode().split())
+    got = {name: int(value) for name, value in reported.items()}
+    want = expected_abi()
+    if got != want:
+        diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+        raise ReplayAbiMismatch(
+            "emu/engine/creplay was built from a replay.c that disagrees with replay.py on "
+            + ", ".join(f"{k} (C {got.get(k)}, Python {want.get(k)})" for k in diff)
+            + "; rebuild it with `pip install -e .`")
+
+
 def _load() -> ctypes.CDLL | None:
     if os.environ.get("SVMEMU_REPLAY", "1") == "0":
         return None
     try:
-        from emu.engine import _replay  # built by setup.py (pip install)
+        from emu.engine import creplay  # built by setup.py (pip install)
     except ImportError:
         return None
-    lib = ctypes.CDLL(_replay.__file__)
+    lib = ctypes.CDLL(creplay.__file__)
+    check_abi(lib)
     lib.replay_intr.restype = None
     return lib
 
@@ -174,33 +210,27 @@ class Engine:
         from C through ctypes: it must not raise)."""
         assert _LIB is not None
         self.uc, self.ram, self.ram_size = uc, ram_addr, ram_size
-        lib = _binding.uclib
         e = self._e = _Engine()
-        e.uc = uc._uch.value
-        e.ctx = ctx.ctx.context.value
-        for name in ("save", "restore"):
-            setattr(e, name, ctypes.cast(getattr(lib, f"uc_context_{name}"), ctypes.c_void_p).value)
-        e.reg_read = ctypes.cast(lib.uc_reg_read, ctypes.c_void_p).value
-        e.reg_write = ctypes.cast(lib.uc_reg_write, ctypes.c_void_p).value
-        e.ctl = ctypes.cast(lib.uc_ctl, ctypes.c_void_p).value
-        e.flush_control = _TLB_FLUSH
+        e.uc = binding.handle_address(uc)
+        e.ctx = ctx.address
+        e.save = binding.c_function("uc_context_save")
+        e.restore = binding.c_function("uc_context_restore")
+        e.reg_read = binding.c_function("uc_reg_read")
+        e.reg_write = binding.c_function("uc_reg_write")
+        e.ctl = binding.c_function("uc_ctl")
+        e.flush_control = binding.TLB_FLUSH_CONTROL
         self._fallback = _INTR_CB(python_hook)
         e.fallback = ctypes.cast(self._fallback, ctypes.c_void_p).value
         e.enabled = 1
         self._programs: dict[int, list[_Built]] = {}
-        self.blob = ctx.ctx.context.value + 40        # the CPU state inside the context (hw_switch)
+        self.blob = ctx.address + CONTEXT_DATA_OFF    # the CPU state inside the context
         self._state = ctypes.c_uint64.from_address(ctypes.addressof(e) + _Engine.state.offset)
         # The two words Python checks on every entry (Machine.replay_sync), as direct handles.
         self.seq_word = ctypes.c_uint64.from_address(ctypes.addressof(e) + _Engine.seq.offset)
         self.state_word = self._state
-        hook = ctypes.c_size_t()
-        err = lib.uc_hook_add(uc._uch, ctypes.byref(hook), UC_HOOK_INTR,
-                              ctypes.cast(_LIB.replay_intr, ctypes.c_void_p),
-                              ctypes.c_void_p(ctypes.addressof(e)), ctypes.c_uint64(1),
-                              ctypes.c_uint64(0))
-        if err:
-            raise RuntimeError(f"uc_hook_add for the replay engine failed: {err}")
-        self.hook = hook.value
+        self.hook = binding.add_hook_raw(uc, UC_HOOK_INTR,
+                                         ctypes.cast(_LIB.replay_intr, ctypes.c_void_p).value,
+                                         ctypes.addressof(e))
 
     # the engine's words
     @property

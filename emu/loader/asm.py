@@ -46,6 +46,7 @@ Source conventions (what the guests and the prelude rely on):
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import re
@@ -63,6 +64,7 @@ GUESTS_DIR = Path(__file__).resolve().parents[2] / "guests"
 _MAX_INCLUDE_DEPTH = 16
 _MAX_MACRO_DEPTH = 64
 _MAX_REPEAT = 1 << 16
+_MAX_EXPANSION = 500_000   # lines after macros and .rept: ~100x the largest guest's
 _MAX_FILL = 16 << 20  # a bigger .space/.fill makes keystone crawl; no guest needs one
 _MAX_ALIGN = 1 << 21
 
@@ -230,10 +232,9 @@ def _outside_strings(text: str) -> str:
     return re.sub(r"\"(\\.|[^\"\\])*\"|'(\\.|[^'\\])*'", lambda m: '""', text)
 
 
-def _eval_int(expr: str, consts: dict[str, int] | None = None) -> int | None:
-    """Value of an expression made of integer literals, arithmetic and constants already
-    defined by ``.equ``/``=`` with such values; None when it needs labels (only keystone knows
-    those)."""
+def _numeric(expr: str, consts: dict[str, int] | None = None) -> str | None:
+    """The expression with constants and literals replaced by decimal numbers, or None when it
+    needs labels (only keystone knows those)."""
     e = expr.strip()
     if consts:
         e = re.sub(rf"(?<![\w.$])({_IDENT})(?![\w.$])",
@@ -243,11 +244,47 @@ def _eval_int(expr: str, consts: dict[str, int] | None = None) -> int | None:
     e = _NUM_RE.sub(lambda m: str(_parse_num(m.group(1))), e).replace("/", "//")
     if re.search(r"[A-Za-z]", e):
         return None
-    try:
-        value = eval(e, {"__builtins__": {}}, {})  # noqa: S307 - only digits and operators remain
-    except Exception:  # noqa: BLE001 - any malformed arithmetic simply is "not a constant"
+    return e
+
+
+def _eval_int(expr: str, consts: dict[str, int] | None = None) -> int | None:
+    """Value of an expression made of integer literals, arithmetic and constants already
+    defined by ``.equ``/``=`` with such values; None when it needs labels or cannot be
+    computed (``**``, a shift by more than 128, a value wider than 128 bits)."""
+    e = _numeric(expr, consts)
+    if e is None:
         return None
-    return value if isinstance(value, int) else None
+    try:
+        return _arith(ast.parse(e, mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, MemoryError):
+        return None
+
+# Integer arithmetic as the assembler's expressions have it. Python's eval would also take
+# ``**`` and shifts by millions, which hang or exhaust memory on one line of input.
+_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+           ast.Mult: lambda a, b: a * b, ast.FloorDiv: lambda a, b: a // b,
+           ast.Mod: lambda a, b: a % b, ast.LShift: lambda a, b: a << b,
+           ast.RShift: lambda a, b: a >> b, ast.BitOr: lambda a, b: a | b,
+           ast.BitAnd: lambda a, b: a & b, ast.BitXor: lambda a, b: a ^ b}
+_UNOPS = {ast.USub: lambda a: -a, ast.UAdd: lambda a: a, ast.Invert: lambda a: ~a}
+_MAX_BITS = 128        # wider than any operand; intermediate values beyond it are refused
+
+
+def _arith(node: ast.AST) -> int:
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        value = node.value
+    elif isinstance(node, ast.UnaryOp) and type(node.op) in _UNOPS:
+        value = _UNOPS[type(node.op)](_arith(node.operand))
+    elif isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left, right = _arith(node.left), _arith(node.right)
+        if isinstance(node.op, (ast.LShift, ast.RShift)) and not 0 <= right <= _MAX_BITS:
+            raise ValueError("shift count out of range")
+        value = _BINOPS[type(node.op)](left, right)
+    else:
+        raise ValueError("not integer arithmetic")
+    if value.bit_length() > _MAX_BITS:
+        raise ValueError("value too wide")
+    return value
 
 
 def _parse_num(tok: str) -> int:
@@ -270,6 +307,7 @@ class _Expander:
         self.include_dirs = include_dirs
         self.macros: dict[str, _Macro] = {}
         self.counter = 0
+        self.work = 0             # lines expanded so far, empty ones and .rept bodies included
         self.out: list[tuple[str, Origin]] = []
         self.included: set[Path] = set()
         self.stack: list[Path] = []
@@ -314,6 +352,10 @@ class _Expander:
         while i < len(lines):
             text, origin = lines[i]
             i += 1
+            self.work += 1
+            if self.work > _MAX_EXPANSION:
+                raise origin.error(f"macros and .rept expand to more than {_MAX_EXPANSION} lines "
+                                   f"(a runaway expansion?)")
             stripped = text.strip()
             if not stripped:
                 continue
@@ -338,6 +380,7 @@ class _Expander:
                 if n is None or not 0 <= n <= _MAX_REPEAT:
                     raise origin.error(f".rept count must be a number from 0 to {_MAX_REPEAT}")
                 for _ in range(n):
+                    self.work += 1          # an empty body repeated still costs a step
                     self.expand(body, here, depth, mdepth)
             else:
                 label_end = 0
@@ -484,6 +527,10 @@ def _classify(exp: list[tuple[str, Origin]]) -> tuple[list[_Stmt], list[_Stmt]]:
             value = _eval_int(assign.group(2), consts)
             if value is not None:
                 consts[assign.group(1)] = value
+            elif _numeric(assign.group(2), consts) is not None:
+                # Only numbers, yet no value: keystone would make up one.
+                raise origin.error(f"cannot compute {assign.group(2).strip()} (no '**' operator; "
+                                   f"shifts and values are limited to {_MAX_BITS} bits)")
             else:
                 consts.pop(assign.group(1), None)
             st.kind = "other"
@@ -720,8 +767,10 @@ def _check_statement(st: _Stmt, addr: int, data: bytes) -> None:
     insns = list(cs.disasm(data, addr))
     if not data or sum(i.size for i in insns) != len(data):
         raise st.origin.error(f"keystone produced no valid encoding for: {st.shown}")
+    _check_push_immediate(st, insns)
     if st.mode != 64:
         return
+    _check_rip_operand(st)
     for insn in insns:
         for op in insn.operands:
             if op.type != X86_OP_MEM:
@@ -737,6 +786,38 @@ def _check_statement(st: _Stmt, addr: int, data: bytes) -> None:
                 raise st.origin.error(
                     "this absolute address is at or above 2 GiB and would be sign-extended; "
                     f"load it into a register and use it as the base: {st.shown}")
+
+
+_GPRS = frozenset(
+    [f"r{n}{w}" for n in range(8, 16) for w in ("", "d", "w", "b")]
+    + [f"{p}{r}" for p in ("r", "e", "") for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")]
+    + ["al", "bl", "cl", "dl", "ah", "bh", "ch", "dh", "sil", "dil", "spl", "bpl", "rip", "eip"])
+
+
+def _check_rip_operand(st: _Stmt) -> None:
+    """RIP-relative addressing is ``[rip + disp]`` only (APM vol. 3, 1.7.5): keystone 0.9.2 drops
+    any other register written beside RIP (``[rip+rax]`` becomes ``[rip]``), so it is refused."""
+    for inner in re.findall(r"\[([^\]]*)\]", st.body.lower()):
+        names = re.findall(r"[a-z_.$][\w.$]*", inner)
+        if "rip" in names and sum(n in _GPRS for n in names) > 1:
+            raise st.origin.error(f"RIP-relative addressing takes no other register: {st.shown}")
+
+
+def _check_push_immediate(st: _Stmt, insns: list) -> None:
+    """``push IMM`` whose value has no encoding: keystone silently emits a 16-bit push (66 68) of
+    the low bits. A push of an immediate is sign-extended to the stack width (APM vol. 3, PUSH),
+    so the value must fit in a signed 32-bit field (or be a 32-bit pattern in 32-bit code)."""
+    words = st.body.split(None, 1)
+    if words[0].lower() != "push" or len(words) < 2 or "word" in words[1].lower():
+        return
+    value = _eval_int(words[1])
+    if value is None:
+        return
+    lo = -(1 << 31)
+    hi = (1 << 31) if st.mode == 64 else (1 << 32)
+    if not lo <= value < hi or any(i.bytes[0] == 0x66 for i in insns):
+        raise st.origin.error(f"push: the immediate {words[1].strip()} does not fit in the "
+                              f"sign-extended 32-bit field of PUSH: {st.shown}")
 
 
 # ---------------------------------------------------------------------------------------------

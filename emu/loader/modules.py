@@ -85,7 +85,11 @@ def place_modules(image: BootImage, cmdline: str, spec: str, modules: list[Modul
                   ram_size: int) -> ModuleLayout:
     """QEMU's placement after ``image`` (``cmdline`` is the kernel's full command line as the
     MBI gives it, ``spec`` the --initrd text)."""
-    load_start, load_end = image.span()
+    if isinstance(image, BootImage):
+        load_start, load_end = image.span()
+    else:                                # any object with entry and segments (tests build them)
+        load_start = min(a for a, _ in image.segments)
+        load_end = max(a + len(b) for a, b in image.segments)
     base = load_start + _page_align(load_end - load_start)
     strings = b"".join(m.cmdline.encode("utf-8", "replace") + b"\0" for m in modules)
     info_size = MB_MOD_SIZE * len(modules) + len(cmdline.encode("utf-8", "replace")) + 1

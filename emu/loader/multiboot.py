@@ -10,7 +10,8 @@ segments outside RAM, in the first 4 KiB, in the information area or the EBDA/VG
 below 1 MiB, overlapping each other; an entry point outside RAM.
 
 The information block: measured on QEMU 7.2 (guests/mbinfo.S, ``-m 128``): flags 0x24F (memory,
-boot device, cmdline, modules (none), memory map, boot loader name), mem_lower 639,
+boot device, cmdline, modules (emu/loader/modules.py: count and array address as QEMU sets
+them, also with none), memory map, boot loader name), mem_lower 639,
 mem_upper = KiB of the usable RAM from 1 MiB (the firmware keeps the top 128 KiB below the RAM
 end), boot_device 0x8000FFFF, cmdline = "<kernel path as given> <-append text>" (see
 ``qemu_cmdline``), the memory map in ``memory_map``, EBX = 0x9500.

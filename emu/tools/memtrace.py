@@ -2,7 +2,8 @@
 the memory type the access gets.
 
 This is the one place svmemu hooks memory accesses, so it exists only when the user asks for
-the `mem` category (Machine.run installs it then and removes it after). Each access is looked
+the `mem` category (`attach` registers it with the machine, whose runs install it and remove it
+after). Each access is looked
 up with the memory-type query (emu/tools/memquery.py) in the world that made it, so a line shows
 VA -> PA natively, VA -> GPA -> SPA under nested paging, and the effective type from the PAT
 that world uses. Instruction fetches are not traced: Unicorn 2.1.4 does not call fetch hooks
@@ -20,6 +21,11 @@ from emu.tools.memquery import memtype_for, world_paging
 
 if TYPE_CHECKING:
     from emu.core.machine import Machine
+
+
+def attach(machine: "Machine") -> None:
+    """Trace every data access of the machine's runs (the tracer must have the `mem` category)."""
+    machine.memory_hooks.append(MemTrace(machine).install)
 
 
 class MemTrace:
@@ -54,7 +60,7 @@ class MemTrace:
     def _peek(self, spa: int, size: int) -> int | None:
         if (spa & 0xFFF) + size <= 0x1000 and self.machine.open_bus.covers(spa):
             return (1 << (8 * size)) - 1          # nothing there: the bus reads all-ones
-        if (spa & 0xFFF) + size > 0x1000 or spa + size > self.machine.ram_size:
+        if (spa & 0xFFF) + size > 0x1000 or not self.machine.layout.is_ram(spa, size):
             return None          # crosses a page (the next may map elsewhere) or not RAM
         return int.from_bytes(self.machine.mem.view[spa:spa + size], "little")
 

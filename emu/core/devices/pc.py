@@ -27,26 +27,23 @@ from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE, IoApic
 from emu.core.devices.kbc import KBC_IRQ, KeyboardController
 from emu.core.devices.pci import PM_BASE_DEFAULT, PciHost
 from emu.core.devices.pic import PicPair
+from emu.core.devices.apm import ApmControl
 from emu.core.devices.pit import PIT_IRQ, Pit8254
 from emu.core.devices.pm_timer import PmBlock
 from emu.core.devices.port92 import SystemPortA
 from emu.core.devices.post import PostPort
 from emu.core.devices.testdev import PcTestdev
+from emu.core.firmware.layout import ram_layout
 from emu.errors import Unsupported
 
 if TYPE_CHECKING:
     from emu.core.machine import Machine
 
-# QEMU's pc machine keeps RAM below 4 GiB under LOWMEM_LIMIT when there is at least
-# LOWMEM_SPLIT of it (the rest goes above 4 GiB).
-LOWMEM_SPLIT = 0xE0000000
-LOWMEM_LIMIT = 0xC0000000
-
-
 def ram_split(ram_size: int) -> tuple[int, int]:
-    """(RAM below 4 GiB, RAM above 4 GiB) as QEMU's pc machine lays them out."""
-    below = LOWMEM_LIMIT if ram_size >= LOWMEM_SPLIT else ram_size
-    return below, ram_size - below
+    """(RAM below 4 GiB, RAM above 4 GiB) as QEMU's pc machine lays them out
+    (emu/core/firmware/layout.py holds the rule)."""
+    lay = ram_layout(ram_size)
+    return lay.below_4g, lay.above_4g
 
 
 class PcPlatform:
@@ -75,7 +72,7 @@ class PcPlatform:
         self.pci = PciHost(m.reset_request, self._move_pm)
         self.pm.moved = self._move_pm
         for dev in (self.pic, self.pit, self.kbc, self.cmos, PostPort(), self.port92,
-                    PcTestdev(self.lines.set), self.pm, self.pci):
+                    PcTestdev(self.lines.set), self.pm, self.pci, ApmControl(self.pm)):
             m.add_device(dev)
         m.devices.append(self.ioapic)
 

@@ -10,23 +10,25 @@ that memory.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from emu.core.firmware.acpi import build_acpi
 from emu.core.firmware.bda import bda_contents
 from emu.core.firmware.layout import FIRMWARE_RESERVED_TOP, ram_layout
-from emu.core.firmware.mptable import build_mptable
+from emu.core.firmware.mptable import PciInterrupt, build_mptable
 from emu.core.firmware.mtrr import seabios_mtrrs
 from emu.errors import OptionError
 
+PCI_INTERRUPT_LINE = 0x3C
+PCI_INTERRUPT_PIN = 0x3D
 MAX_XAPIC_CPUS = 255      # APIC ids 0..254; 0xFF is the broadcast id
 
 if TYPE_CHECKING:
     from emu.core.machine import Machine
 
 
-def firmware_contents(ram_size: int, cpus: int,
-                      cpuid_1: tuple[int, int, int, int]) -> list[tuple[int, bytes]]:
+def firmware_contents(ram_size: int, cpus: int, cpuid_1: tuple[int, int, int, int],
+                      pci_interrupts: tuple[PciInterrupt, ...] = ()) -> list[tuple[int, bytes]]:
     """(physical address, bytes) of every structure the firmware leaves in RAM."""
     if not 1 <= cpus <= MAX_XAPIC_CPUS:
         raise OptionError(f"the firmware tables describe 1 to {MAX_XAPIC_CPUS} CPUs (8-bit "
@@ -36,14 +38,29 @@ def firmware_contents(ram_size: int, cpus: int,
         acpi = build_acpi(cpus, lay.firmware_top, FIRMWARE_RESERVED_TOP)
     except ValueError as e:
         raise OptionError(f"firmware tables do not fit: {e}") from None
-    return bda_contents() + build_mptable(cpus, cpuid_1) + acpi
+    return bda_contents() + build_mptable(cpus, cpuid_1, pci_interrupts) + acpi
+
+
+def pci_interrupts(functions: dict[tuple[int, int], Any]) -> tuple[PciInterrupt, ...]:
+    """The MP table's PCI interrupt entries, as SeaBIOS derives them from bus 0: one per
+    device and pin of a function with an interrupt pin, to the I/O APIC input its interrupt
+    line names."""
+    out: dict[tuple[int, int], PciInterrupt] = {}
+    for (dev, _fn), f in sorted(functions.items()):
+        pin, line = f.space[PCI_INTERRUPT_PIN], f.space[PCI_INTERRUPT_LINE]
+        if pin and (dev, pin) not in out:
+            out[(dev, pin)] = PciInterrupt(dev, pin - 1, line)
+    return tuple(out.values())
 
 
 def install(machine: "Machine") -> None:
     """Write the firmware's tables into the machine's RAM and program its MTRRs."""
     lay = ram_layout(machine.ram_size)
     cpuid_1 = tuple(machine.cpuid.query(1, 0))
-    for addr, data in firmware_contents(machine.ram_size, machine.cpus, cpuid_1):  # type: ignore[arg-type]
+    pc = getattr(machine, "pc", None)
+    pci = pci_interrupts(pc.pci.functions) if pc is not None else ()
+    for addr, data in firmware_contents(machine.ram_size, machine.cpus, cpuid_1,  # type: ignore[arg-type]
+                                        pci):
         assert lay.is_ram(addr, len(data)), f"firmware data at {addr:#x} outside RAM"
         machine.ram[addr:addr + len(data)] = data
     machine.msrs.values.update(seabios_mtrrs(lay.below_4g, machine.msrs.maxphyaddr))

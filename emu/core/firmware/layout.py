@@ -72,7 +72,12 @@ class RamLayout:
         return self.below_4g - FIRMWARE_RESERVED_TOP
 
     def is_ram(self, pa: int, size: int = 1) -> bool:
+        """Is all of [pa, pa+size) RAM (in one range)?"""
         return any(b <= pa and pa + size <= b + n for b, n in self.ranges)
+
+    def overlaps(self, pa: int, size: int) -> bool:
+        """Is any of [pa, pa+size) RAM?"""
+        return any(pa < b + n and b < pa + size for b, n in self.ranges)
 
 
 def check_ram_size(size: int) -> None:
@@ -84,6 +89,8 @@ def check_ram_size(size: int) -> None:
 
 
 def _human(n: int) -> str:
+    if n == 0:
+        return "0"
     for unit, scale in (("G", GiB), ("M", MiB), ("K", KiB)):
         if n % scale == 0:
             return f"{n // scale}{unit}"

@@ -6,7 +6,9 @@ configuration table it points to.  Measured on QEMU 7.2 (dump of guest memory, -
 pointer at 0xF5BA0, table at 0xF5BB0, OEM "BOCHSCPU", product "0.1", spec revision 1.4, one
 processor entry per *package* (SeaBIOS lists only the first logical CPU of each package when
 CPUID.1:EDX.HTT is set), buses PCI (0) and ISA (1), I/O APIC id 0 version 0x11, then the
-interrupt assignments: one per PCI function with an interrupt pin, ISA IRQs 0-15 identity-mapped
+interrupt assignments: one per PCI device and pin with an interrupt (QEMU: the PIIX4 PM function
+00:01.3 INTA -> 9, which svmemu has too, and the e1000 00:03.0 INTA -> 11, which it has not),
+ISA IRQs 0-15 identity-mapped
 except IRQ0 -> INTIN2 and without 2 (the cascade) and 5, 9, 10, 11 (QEMU's PCI interrupt
 lines), then ExtINT on LINT0 of the BSP and NMI on LINT1 of every processor.
 """

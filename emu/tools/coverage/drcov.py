@@ -79,7 +79,8 @@ class DrcovOutput(CoverageOutput):
             for addr, size in blocks:
                 entries.append(BB_ENTRY.pack(addr - base, min(size, _MAX_BB), mid))
         lines.append(f"BB Table: {len(entries)} bbs")
-        return ("\n".join(lines) + "\n").encode() + b"".join(entries)
+        # Module paths are file names: bytes that are not UTF-8 go back out as they came in.
+        return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape") + b"".join(entries)
 
     def close(self) -> None:
         try:

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, TextIO
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ_AFTER, UC_HOOK_MEM_WRITE
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import HOOK_MEM_ACCESS_CFUNC
 
+from emu.engine import binding
+from emu.engine.binding import HOOK_MEM_ACCESS_CFUNC
 from emu.errors import OptionError
 from . import CoverageOutput, is_l0
 
@@ -60,7 +61,7 @@ class TenetOutput(CoverageOutput):
         self._read_cb = HOOK_MEM_ACCESS_CFUNC(
             lambda _uc, access, address, size, value, _key: self._on_read(address, size, value))
         self._hooks += [uc.hook_add(UC_HOOK_CODE, self._on_insn),
-                        uc._Uc__do_hook_add(UC_HOOK_MEM_READ_AFTER, self._read_cb, 1, 0),
+                        binding.add_mem_hook_cfunc(uc, UC_HOOK_MEM_READ_AFTER, self._read_cb),
                         uc.hook_add(UC_HOOK_MEM_WRITE, self._on_write)]
 
     def path_for(self, space: str) -> str:

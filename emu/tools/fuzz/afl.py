@@ -29,8 +29,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from unicorn import UC_HOOK_BLOCK
-from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
+from emu.engine import binding
 from emu.errors import OptionError
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def _find_hook_list(uc, handle: int) -> int:
     """Address of the {head, tail} list in uc_struct that holds `handle` (our only block hook),
     found by content: list items are {next, hook}, and a handle is its hook's address. Reads
     go through /proc/self/mem, so a stray value is a failed read, never a fault."""
-    base = ctypes.cast(uc._uch, ctypes.c_void_p).value
+    base = binding.handle_address(uc)
     fd, read_u64 = _reader()
     try:
         blob = os.pread(fd, _SCAN, base)
@@ -136,7 +136,7 @@ def _remove_other_hooks(uc, list_addr: int, keep: int) -> None:
     finally:
         os.close(fd)
     for hook in others:
-        _uclib.uc_hook_del(uc._uch, ctypes.c_size_t(hook))
+        binding.del_hook_raw(uc, hook)
 
 
 def run_child(harness: "Harness", input_file: str, persistent_iters: int) -> int:

@@ -52,7 +52,7 @@ class MemoryPlacement(Placement):
             except Fault:
                 raise OptionError(f"--input-at {self.address:#x}+{self.maxlen:#x}: linear address "
                                   f"{va:#x} is not mapped writable at the start point")
-            if pa + n > machine.ram_size:
+            if not machine.layout.is_ram(pa, n):
                 raise OptionError(f"--input-at {self.address:#x}: not backed by RAM")
             self._pieces.append((pa, n))
             va += n

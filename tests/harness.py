@@ -1,0 +1,60 @@
+"""One way for tests to boot something on svmemu: an assembly source (through the product's
+assembler), an image file, image bytes or a BootImage built in Python (tests/nested_image.py),
+with the usual options, returning everything a test asserts on."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from emu.arch.vmcb import Vmcb
+from emu.core.machine import Machine, RunResult
+from emu.core.trace import Tracer
+from emu.loader.asm import assemble_source
+from emu.loader.multiboot import BootImage, parse_image
+from svm_ext.extension import SvmExtension
+from tests.nested_image import VMCB12
+
+RAM = 128 << 20
+
+
+@dataclass
+class Booted:
+    """A finished run."""
+    machine: Machine
+    ext: SvmExtension | None        # None when booted without nested SVM
+    result: RunResult
+    serial: str                     # what the guest wrote to COM1
+
+    def vmcb(self, pa: int = VMCB12) -> Vmcb:
+        """A live view of the VMCB at guest-physical `pa` (default: nested_image's vmcb12)."""
+        return Vmcb(self.machine.mem.view, pa)
+
+    @property
+    def vmcb12(self) -> Vmcb:
+        return self.vmcb()
+
+
+def image_of(what: str | Path | bytes | BootImage, ram: int = RAM) -> BootImage:
+    """What `boot` loads: a .S file is assembled, any other path or bytes parsed as multiboot."""
+    if isinstance(what, BootImage):
+        return what
+    if isinstance(what, bytes):
+        return parse_image(what, "test", ram)
+    path = str(what)
+    data = assemble_source(path) if path.endswith(".S") else Path(path).read_bytes()
+    return parse_image(data, path, ram)
+
+
+def boot(what: str | Path | bytes | BootImage, *, nested: bool = True,
+         ext: SvmExtension | None = None, pat_model: str = "architectural", ram: int = RAM,
+         cmdline: str = "test", timeout: float = 20, tracer: Tracer | None = None,
+         **run: Any) -> Booted:
+    """Boot `what` on a fresh machine (with nested SVM unless nested=False; `ext` to pass one
+    built by the test) and run it to its end; `run` goes to Machine.run (max_insns, ...)."""
+    if nested and ext is None:
+        ext = SvmExtension(pat_model=pat_model)
+    m = Machine(ram, stdout=None, tracer=tracer, extensions=[ext] if nested else [])
+    m.load_multiboot(image_of(what, ram), cmdline)
+    result = m.run(timeout=timeout, **run)
+    return Booted(m, ext if nested else None, result, bytes(m.serial.output).decode())
