@@ -126,3 +126,23 @@ def test_output_pipe_closed_early_ends_quietly():
                           shell=True, capture_output=True, text=True, cwd=str(Path(__file__).resolve().parent.parent))
     assert proc.stdout == "o"
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_exit_status_guest_passes_the_guest_value_through(tmp_path, capsys):
+    img = tmp_path / "k.bin"
+    img.write_bytes(aout_image("""
+        mov al, 3
+        out 0xf4, al
+    """))
+    assert run_cli(capsys, "run", str(img))[0] == (3 << 1) | 1
+    assert run_cli(capsys, "run", "--exit-status", "guest", str(img))[0] == 3
+
+
+def test_exit_status_guest_chains_in_the_shell():
+    """A passing guest (the prelude writes 0) is a shell success, so `&&` runs the next step."""
+    import subprocess
+    import sys
+    proc = subprocess.run(f"{sys.executable} -m emu.cli run guests/hello.S --exit-status guest"
+                          f" > /dev/null && echo chained", shell=True, capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "chained", proc.stderr

@@ -150,6 +150,14 @@ def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Na
         return _end_with_snapshot(machine, result, args)
     if not args.quiet and result.reason != "exit":
         print(f"svmemu: {result.message} (rip {result.rip:#x})", file=sys.stderr)
+    return _process_status(result, args)
+
+
+def _process_status(result: RunResult, args: argparse.Namespace) -> int:
+    """QEMU's `(V << 1) | 1` by default; `--exit-status guest` passes V itself through, so that a
+    guest's 0 (pass) is a shell success and `svmemu run t.S --exit-status guest && ...` chains."""
+    if args.exit_status == "guest" and result.reason == "exit":
+        return (result.status >> 1) & 0xFF
     return result.status & 0xFF
 
 
@@ -160,6 +168,9 @@ def _add_execution_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
     p.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
+    p.add_argument("--exit-status", choices=("qemu", "guest"), default="qemu",
+                   help="qemu (default): a guest's isa-debug-exit value V ends the process with "
+                        "(V << 1) | 1; guest: with V itself (0 = pass)")
     p.add_argument("--strict", action="store_true",
                    help="stop at an access to a physical address with nothing behind it "
                         "(a PC reads all-ones and drops the write)")
