@@ -19,21 +19,25 @@ GUEST = str(GUESTS_DIR / "bigmem.S")
 RSS_LIMIT_KIB = 512 << 10          # far below any guest size tested here
 
 
-# The child's peak RSS as the kernel accounts it. It is measured by a small intermediate Python
-# process, not by the test process itself: a child's ru_maxrss includes the RSS of the process
-# that forked it, up to its exec, so a child of a big pytest process would report pytest's size.
-_MEASURE = ("import os, subprocess, sys\n"
-            "p = subprocess.Popen(sys.argv[1:])\n"
-            "_, status, usage = os.wait4(p.pid, 0)\n"
-            "sys.stderr.write(f'\\nmaxrss={usage.ru_maxrss}\\n')\n"
-            "sys.exit(os.waitstatus_to_exitcode(status))\n")
+# The child reports its own peak (VmHWM, which exec resets): a forked child's rusage would
+# count the parent's pages it shared before exec, and pytest's process is large.
+_CHILD = ("import sys; from emu.cli.main import main; rc = main(sys.argv[1:]); "
+          "hwm = open('/proc/self/status').read().split('VmHWM:')[1].split()[0]; "
+          "print('svmemu-peak-rss-kib', hwm, file=sys.stderr); sys.exit(rc)")
 
 
 def svmemu(*args: str) -> tuple[int, str, str, int]:
-    p = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "emu.cli", *args],
-                       capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
-    err, _, rss = p.stderr.decode().rpartition("\nmaxrss=")
-    return p.returncode, p.stdout.decode(), err, int(rss)
+    p = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, timeout=300,
+                       stdin=subprocess.DEVNULL)
+    err = p.stderr.decode()
+    rss = -1
+    lines = []
+    for line in err.splitlines(keepends=True):
+        if line.startswith("svmemu-peak-rss-kib "):
+            rss = int(line.split()[1])
+        else:
+            lines.append(line)
+    return p.returncode, p.stdout.decode(), "".join(lines), rss
 
 
 @pytest.mark.parametrize("mem", ["4G", "16G"])
@@ -66,7 +70,6 @@ def test_fast_reset_of_a_16g_guest_stays_small():
     """A reset point over 16 GiB: only the pages the guest wrote are copied into the reset
     image, and a reset drops what the run dirtied."""
     code = f"""
-import resource
 from emu.core.fastreset import ResetPoint
 from emu.core.machine import Machine
 from emu.loader.asm import assemble_source
@@ -81,7 +84,7 @@ for _ in range(2):
     assert res.reason == "exit" and res.status == 1, res
     oks += bytes(m.serial.output).count(b"ok ")
     point.reset()
-print("ok", oks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print("ok", oks, open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
     assert p.returncode == 0, p.stderr.decode()[-2000:]

@@ -336,9 +336,19 @@ main:
 '''
 
 
-def test_init_to_the_boot_cpu_stops_the_run(tmp_path):
+def test_init_to_the_boot_cpu_restarts_the_machine(tmp_path):
+    """INIT of the boot CPU restarts it in the firmware, which reboots (CMOS shutdown status
+    0): the run ends as a reset does."""
     m, res, out = boot(INIT_SELF, tmp_path)
-    assert res.reason == "unsupported" and "INIT" in res.message and "reset vector" in res.message
+    assert res.reason == "reset" and res.status == 4 and "INIT" in res.message, res
+    assert "not reached" not in out
+
+
+def test_init_with_a_resume_code_stops_unsupported(tmp_path):
+    src = INIT_SELF.replace("main:\n", "main:\n    mov al, 0x0f\n    out 0x70, al\n"
+                            "    mov al, 0x0a\n    out 0x71, al\n")
+    m, res, out = boot(src, tmp_path)
+    assert res.reason == "unsupported" and "40:67" in res.message, res
     assert "not reached" not in out
 
 
@@ -402,3 +412,35 @@ def test_vmrun_checks_use_the_models_cr4_and_efer():
     for ext in (epyc, q64):
         assert ext.caps.efer_supported & (EFER_NXE | EFER_SVME) == EFER_NXE | EFER_SVME
         assert not ext.caps.efer_supported & EFER_FFXSR
+
+
+MOVABS_ICR = r'''
+.include "prelude.inc"
+main:
+    set_idt_handler 0x66, handler
+    mov r15, 0xfee00000
+    mov dword ptr [r15 + 0xf0], 0x1ff
+    mov eax, 0x40066                            # fixed, vector 0x66, to self
+    sti
+    nop                                         # past STI's interrupt shadow
+    .byte 0xa3, 0x00, 0x03, 0xe0, 0xfe, 0x00, 0x00, 0x00, 0x00   # movabs [0xfee00300], eax
+    nop
+    cli
+    check_eq [count], 1, "a self-IPI sent by MOVABS to the ICR arrives once"
+    ret
+handler:
+    inc qword ptr [rip + count]
+    mov dword ptr [r15 + 0xb0], 0
+    iretq
+.bss
+count: .space 8
+.text
+'''
+
+
+def test_icr_store_by_movabs_sends_one_ipi(tmp_path):
+    """The store that sends an interrupt deliverable at once is completed, not restarted, also
+    when it is the moffs form (A3) compilers emit for constant addresses."""
+    m, res, out = boot(MOVABS_ICR, tmp_path)
+    checks = parse_tap(out)
+    assert res.reason == "exit" and len(checks) == 1 and all(c.ok for c in checks.values()), out

@@ -183,7 +183,7 @@ def test_intr_exit_under_v_intr_masking_while_l2_has_if_clear():
     host's IF, not L2's (APM vol. 2, 15.21.1), so it causes #VMEXIT(INTR) and stays pending
     in IRR (kvm-unit-tests svm "interrupt", "intercepted interrupt while running guest")."""
     from unicorn.x86_const import UC_X86_REG_R13
-    from svm_ext.vmcb import INTERCEPT_INTR
+    from emu.arch.vmcb import INTERCEPT_INTR
     from tests.nested_image import EXIT_PASS, VMCB12, nested_image, vmcb12
     l1 = """
         mov ecx, 0x1b

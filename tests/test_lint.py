@@ -36,3 +36,13 @@ def test_pyflakes_finds_nothing():
         for path in sorted((ROOT / pkg).rglob("*.py")):
             pyflakes_api.checkPath(str(path), rep)
     assert not rep.found, "\n".join(rep.found)
+
+
+def test_slow_tests_still_run_in_ci() -> None:
+    """`slow` marks a long test for people who deselect it by hand; CI and README's command must
+    not deselect it, or the long property tests would silently stop running."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    config = (ROOT / "pyproject.toml").read_text()
+    for text in (ci, config):
+        assert "not slow" not in text
+    assert "pytest -q" in ci

@@ -160,7 +160,7 @@ def test_ioapic_extint_fetches_the_vector_from_the_8259():
     assert apic.isr == 0 and pic.master.isr == 1 and not apic.extint_pending
 
 
-def test_ioapic_destinations_and_unsupported_modes():
+def test_ioapic_destinations_and_delivery_modes():
     apic, _, io = apic_with_pic()
     io.write_reg(0x10 + 2 * 4, 0x0061)                # fixed, physical destination 0
     io.set_irq(4, 1)
@@ -174,9 +174,15 @@ def test_ioapic_destinations_and_unsupported_modes():
     io.write_reg(0x10 + 2 * 6, 0x0963)                # lowest priority, logical 0x01: this CPU
     io.set_irq(6, 1)
     assert apic.irr >> 0x63 & 1
-    io.write_reg(0x10 + 2 * 7, 0x0500)                # INIT
+    io.write_reg(0x10 + 2 * 7, 0x0500)                # INIT: arrives as a pending INIT
+    io.set_irq(7, 1)
+    assert apic.init_pending and not apic.smi_pending
+    io.write_reg(0x10 + 2 * 8, 0x0200)                # SMI, likewise
+    io.set_irq(8, 1)
+    assert apic.smi_pending
+    io.write_reg(0x10 + 2 * 9, 0x0600)                # start-up: not an I/O APIC mode
     with pytest.raises(Unsupported):
-        io.set_irq(7, 1)
+        io.set_irq(9, 1)
 
 
 # ---- CMOS / RTC ----------------------------------------------------------------------------------

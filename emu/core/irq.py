@@ -39,6 +39,7 @@ from unicorn.x86_const import (UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_
 
 from emu.core.cpuid import CPUID_1_ECX_X2APIC, CPUID_1_EDX_APIC, Regs
 from emu.engine import hostvm
+from emu.core.devices.cmos import CMOS_SHUTDOWN_STATUS, SHUTDOWN_RESUME_CODES
 from emu.core.devices.apic import (APIC_BASE_EXTD, APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
                           LocalApic)
 from emu.arch.decode import MAX_INSN_LENGTH, decoder, split_prefixes
@@ -133,7 +134,7 @@ class InterruptController:
     # interrupt deliverable cannot simply stop emulation: the write would happen twice (two
     # EOIs). It stops anyway, and remembers the access; where emulation stops (the window exit
     # or the next interrupt point) RIP is that instruction again, and if it is a plain MOV store
-    # (what APIC drivers use; its store is all it does) RIP moves past it. Any other instruction
+    # (what APIC drivers use, MOVABS moffs included; its store is all it does) RIP moves past it. Any other instruction
     # is restarted and the repeated access (same offset, size, value) is dropped once. (RIP read
     # inside an MMIO callback is not precise without a code hook, so it is not used.)
     def map_mmio(self, base: int, size: int, dev) -> None:
@@ -170,7 +171,8 @@ class InterruptController:
             uc.emu_stop()
 
     def _finish_store(self) -> bool:
-        """At a stop after a kicked MMIO write: move RIP past it if it was a plain MOV store."""
+        """At a stop after a kicked MMIO write: move RIP past it if it was a plain MOV (or
+        MOVABS) store."""
         if self._replay is None:
             return False
         uc = self.m.uc
@@ -190,7 +192,7 @@ class InterruptController:
         except Exception:
             return 0
         for ins in decoder(m.ctx.save().mode_bits()).disasm(code, rip, 1):
-            if ins.mnemonic == "mov" and "[" in ins.op_str.split(",")[0]:
+            if ins.mnemonic in ("mov", "movabs") and "[" in ins.op_str.split(",")[0]:
                 return ins.size
         return 0
 
@@ -381,14 +383,21 @@ class InterruptController:
     def _take_init(self) -> bool:
         """INIT (APM vol. 2, 16.5 and 15.13.2): held while GIF=0; a nested hypervisor
         intercepting INIT gets #VMEXIT(INIT) (the INIT stays pending), and with VM_CR.R_INIT set
-        it becomes #SX (the router decides both). Otherwise the processor enters INIT state; the
-        boot processor then restarts at the reset vector, i.e. in firmware, which this machine
-        does not have: that stops the run."""
+        it becomes #SX (the router decides both). Otherwise the processor enters INIT state and
+        the boot processor restarts at the reset vector, in the firmware. The firmware reads the
+        CMOS shutdown status: a resume code sends it to the OS through 40:67, which svmemu
+        (having no firmware) does not model and stops on; any other value reboots the machine,
+        which ends the run as every reset does (Machine.reset_request, QEMU's -no-reboot)."""
         m = self.m
         if m.router is not None and m.router.on_init():
             return True
-        raise Unsupported("INIT signal taken by the boot CPU (it would restart at "
-                          "the reset vector, in firmware svmemu does not model)")
+        self.apic.init_pending = False
+        status = m.pc.cmos.ram[CMOS_SHUTDOWN_STATUS]
+        if status in SHUTDOWN_RESUME_CODES:
+            raise Unsupported(f"INIT of the boot CPU with CMOS shutdown status {status:#04x}: "
+                              "the firmware's resume through 40:67 is not modelled")
+        m.reset_request("INIT of the boot CPU: the firmware restarts the machine")
+        return True
 
     def _take_nmi(self) -> bool:
         """NMI: not masked by IF or TPR; blocked from its delivery until the next IRET (Unicorn's

@@ -768,6 +768,8 @@ def _check_statement(st: _Stmt, addr: int, data: bytes) -> None:
     if not data or sum(i.size for i in insns) != len(data):
         raise st.origin.error(f"keystone produced no valid encoding for: {st.shown}")
     _check_push_immediate(st, insns)
+    _check_immediates(st, insns)
+    _check_system_registers(st)
     if st.mode != 64:
         return
     _check_rip_operand(st)
@@ -818,6 +820,37 @@ def _check_push_immediate(st: _Stmt, insns: list) -> None:
     if not lo <= value < hi or any(i.bytes[0] == 0x66 for i in insns):
         raise st.origin.error(f"push: the immediate {words[1].strip()} does not fit in the "
                               f"sign-extended 32-bit field of PUSH: {st.shown}")
+
+
+def _check_immediates(st: _Stmt, insns: list) -> None:
+    """An immediate must fit the operand it is encoded for: keystone 0.9.2 keeps the low bits
+    (``mov al, 256`` is ``B0 00``, ``mov eax, 0x100000000`` loads 0). A constant operand is
+    compared with the immediate capstone decodes, modulo the operand size, and must lie in the
+    signed or unsigned range of that size (GNU as: "value too large for field")."""
+    from capstone.x86 import X86_OP_IMM
+    words = st.body.split(None, 1)
+    if len(words) < 2 or len(insns) != 1:
+        return
+    imms = [op for op in insns[0].operands if op.type == X86_OP_IMM]
+    consts = [v for v in (_eval_int(a) for a in _split_args(words[1])) if v is not None]
+    if len(imms) != 1 or len(consts) != 1:
+        return
+    bits = 8 * imms[0].size
+    value, mask = consts[0], (1 << bits) - 1
+    if not -(1 << (bits - 1)) <= value <= mask or (imms[0].imm & mask) != (value & mask):
+        raise st.origin.error(f"the immediate {value:#x} does not fit the {bits}-bit operand: "
+                              f"{st.shown}")
+
+
+_NO_SUCH_REGISTER = re.compile(r"\b(?:cr(?:1|[5-79]|1[0-5])|dr(?:[89]|1[0-5]))\b", re.I)
+
+
+def _check_system_registers(st: _Stmt) -> None:
+    """CR1, CR5-CR7, CR9-CR15 and DR8-DR15 do not exist (APM vol. 2, 3.1 and 13.1): keystone
+    encodes them with REX.R anyway, an instruction that raises #UD."""
+    m = _NO_SUCH_REGISTER.search(st.body)
+    if m:
+        raise st.origin.error(f"there is no register {m.group(0)}: {st.shown}")
 
 
 # ---------------------------------------------------------------------------------------------

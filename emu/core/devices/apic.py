@@ -101,6 +101,7 @@ ICR_DELIVERY_REMOTE_READ = 3
 ICR_DELIVERY_NMI = 4
 ICR_DELIVERY_INIT = 5
 ICR_DELIVERY_STARTUP = 6
+DELIVERY_EXTINT = 7                # I/O APIC and LVT only; reserved in the ICR
 ICR_DEST_LOGICAL = 1 << 11
 ICR_LEVEL_ASSERT = 1 << 14
 ICR_TRIGGER_LEVEL = 1 << 15
@@ -159,8 +160,16 @@ class ApicBus:
         if shorthand == ICR_DEST_OTHERS:
             return [a for a in self.apics if a is not source]
         dest = icr >> 32 if source.x2apic else (icr >> 56) & 0xFF
-        logical = bool(icr & ICR_DEST_LOGICAL)
-        return [a for a in self.apics if a.matches(dest, logical, source.x2apic)]
+        return self.match(dest, bool(icr & ICR_DEST_LOGICAL), source.x2apic)
+
+    def match(self, dest: int, logical: bool, x2apic: bool = False) -> list["LocalApic"]:
+        """The APICs a destination field names (an IPI's, or an I/O APIC entry's 8 bits)."""
+        return [a for a in self.apics if a.matches(dest, logical, x2apic)]
+
+    @staticmethod
+    def lowest_priority(targets: list["LocalApic"]) -> list["LocalApic"]:
+        """Lowest-priority arbitration: the target with the lowest TPR (then APIC ID) alone."""
+        return [min(targets, key=lambda a: (a.tpr, a.apic_id))] if targets else targets
 
     def send(self, source: "LocalApic", icr: int) -> None:
         mode = (icr >> ICR_DELIVERY_MODE_SHIFT) & 7
@@ -172,17 +181,19 @@ class ApicBus:
             source.esr |= ESR_SEND_ILLEGAL_VECTOR
             return
         targets = self.targets(source, icr)
-        if mode == ICR_DELIVERY_LOWEST and targets:
-            targets = [min(targets, key=lambda a: (a.tpr, a.apic_id))]
+        if mode == ICR_DELIVERY_LOWEST:
+            targets = self.lowest_priority(targets)
         if mode == ICR_DELIVERY_INIT and not icr & ICR_LEVEL_ASSERT:
             return              # INIT level de-assert: no effect on current processors
         self.deliver(mode, vector, targets)
 
     @staticmethod
-    def deliver(mode: int, vector: int, targets: Iterable["LocalApic"]) -> None:
-        """Hand one message to each target APIC."""
+    def deliver(mode: int, vector: int, targets: Iterable["LocalApic"],
+                level: bool = False) -> None:
+        """Hand one message to each target APIC (`level`: a level-triggered fixed interrupt,
+        from the I/O APIC)."""
         for apic in targets:
-            apic.receive(mode, vector)
+            apic.receive(mode, vector, level)
 
 
 class LocalApic(PortDevice):
@@ -382,13 +393,14 @@ class LocalApic(PortDevice):
         """The x2APIC logical ID, derived from the APIC ID: cluster in 31:16, one bit in 15:0."""
         return ((self.apic_id >> 4) << 16) | (1 << (self.apic_id & 0xF))
 
-    def receive(self, mode: int, vector: int) -> None:
+    def receive(self, mode: int, vector: int, level: bool = False) -> None:
         """A message from the bus arrives at this APIC."""
         if mode in (ICR_DELIVERY_FIXED, ICR_DELIVERY_LOWEST):
-            self.accept(vector)
+            self.accept(vector, level)
         elif mode == ICR_DELIVERY_NMI:          # the vector field is ignored
-            self.nmi_pending = True
-            self.changed()
+            self.raise_nmi()
+        elif mode == DELIVERY_EXTINT:           # from the I/O APIC: the 8259 gives the vector
+            self.raise_extint()
         elif mode == ICR_DELIVERY_INIT:
             self.init_pending = True
             self.changed()

@@ -34,6 +34,11 @@ RTC_DAY_OF_WEEK, RTC_DAY_OF_MONTH, RTC_MONTH, RTC_YEAR = 0x06, 0x07, 0x08, 0x09
 RTC_ALARMS = (0x01, 0x03, 0x05)
 RTC_REG_A, RTC_REG_B, RTC_REG_C, RTC_REG_D = 0x0A, 0x0B, 0x0C, 0x0D
 RTC_CENTURY = 0x32
+# The shutdown status byte: what the BIOS does after the CPU restarts at the reset vector.
+# 0x05, 0x0A, 0x0B and 0x0C resume the OS through the far pointer at 40:67 (SeaBIOS's
+# handle_resume, as the IBM PC BIOS did); any other value reboots the machine.
+CMOS_SHUTDOWN_STATUS = 0x0F
+SHUTDOWN_RESUME_CODES = frozenset({0x05, 0x0A, 0x0B, 0x0C})
 
 REG_A_UIP = 0x80
 REG_A_DEFAULT = 0x26

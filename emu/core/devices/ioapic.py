@@ -6,13 +6,14 @@ accesses), and the version-0x20 EOI register at 0x40 takes a vector. Registers: 
 0x11 + 2n the low and high halves of redirection entry n.
 
 A redirection entry routes its pin to the local APIC: vector, delivery mode (fixed, lowest
-priority -- the one CPU when it is in the destination --, NMI, ExtINT: the CPU fetches the vector
-from the 8259 with an interrupt acknowledge), destination (physical APIC ID or 0xFF; logical,
+priority -- arbitrated on the local APICs' bus --, SMI, NMI, INIT, ExtINT: the CPU fetches the
+vector from the 8259 with an interrupt acknowledge), destination (physical APIC ID or 0xFF; logical,
 matched against the APIC's LDR and DFR), trigger mode and mask. Edge-triggered pins deliver on
 a rising edge and drop edges while masked; level-triggered pins deliver while the line is high,
 setting Remote IRR until the CPU's EOI for that vector (the local APIC's EOI of a vector it
 accepted as level-triggered is broadcast here, or the EOI register is written); then, if the
-line is still high, it delivers again. SMI and INIT delivery stop the run as unsupported.
+line is still high, it delivers again. SMI and INIT arrive at the CPU as the IPIs of those modes
+do (devices/apic.py, ApicBus); modes 3 and 6 stop the run as unsupported.
 """
 from __future__ import annotations
 
@@ -57,18 +58,6 @@ DM_SMI = 2
 DM_NMI = 4
 DM_INIT = 5
 DM_EXTINT = 7
-
-
-def apic_matches(apic: "LocalApic", dest: int, logical: bool) -> bool:
-    """Is the one local APIC among the interrupt's destinations (8-bit xAPIC destinations)?"""
-    if not logical:
-        return dest in (0xFF, apic.apic_id & 0xFF)
-    if dest == 0xFF:
-        return True
-    ldr = (apic.ldr >> 24) & 0xFF
-    if (apic.dfr >> 28) == 0xF:                       # flat model
-        return bool(ldr & dest)
-    return (ldr >> 4) == (dest >> 4) and bool(ldr & dest & 0xF)     # cluster model
 
 
 class IoApic(PortDevice):
@@ -123,16 +112,16 @@ class IoApic(PortDevice):
     def _deliver(self, entry: int) -> None:
         mode = (entry >> RTE_DELMOD_SHIFT) & 7
         dest = entry >> RTE_DEST_SHIFT
-        if mode in (DM_SMI, DM_INIT) or mode not in (DM_FIXED, DM_LOWEST, DM_NMI, DM_EXTINT):
+        if mode not in (DM_FIXED, DM_LOWEST, DM_SMI, DM_NMI, DM_INIT, DM_EXTINT):
             raise Unsupported(f"unsupported: I/O APIC delivery mode {mode} (entry {entry:#x})")
-        if not apic_matches(self.apic, dest, bool(entry & RTE_DESTMOD_LOGICAL)):
-            return                   # no CPU in the destination: the message goes nowhere
-        if mode == DM_NMI:
-            self.apic.raise_nmi()
-        elif mode == DM_EXTINT:
-            self.apic.raise_extint()
-        else:
-            self.apic.accept(entry & RTE_VECTOR, level=bool(entry & RTE_TRIGGER_LEVEL))
+        # The local APICs' bus resolves the destination (none named: the message goes nowhere)
+        # and delivers by mode, SMI and INIT included, as an IPI of that mode would arrive.
+        bus = self.apic.bus
+        assert bus is not None
+        targets = bus.match(dest, bool(entry & RTE_DESTMOD_LOGICAL))
+        if mode == DM_LOWEST:
+            targets = bus.lowest_priority(targets)
+        bus.deliver(mode, entry & RTE_VECTOR, targets, level=bool(entry & RTE_TRIGGER_LEVEL))
 
     def eoi(self, vector: int) -> None:
         """An EOI for `vector` (local APIC broadcast or the EOI register): Remote IRR clears
