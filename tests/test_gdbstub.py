@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -236,6 +237,7 @@ def test_ctrl_c_stops_a_guest_that_never_stops():
     c.ask("QStartNoAckMode")
     c.conn.ack = False
     c.conn.send("c")
+    time.sleep(0.5)                          # let the guest get from its entry into the loop
     c.conn.sock.sendall(b"\x03")
     assert c.reply().startswith("T02")       # SIGINT, as gdb expects for Ctrl-C
     rip = c.reg("rip")
@@ -249,6 +251,7 @@ def test_gdb_attaching_to_a_running_guest_stops_it():
     m = Machine(64 << 20, stdout=None, extensions=[SvmExtension()])
     m.load_multiboot(long_mode_image("spin:\n jmp spin\n"), "spin")
     served = ThreadStub(m, wait=False)
+    time.sleep(0.5)                          # the guest runs on its own first, into its loop
     c = Client(served.port)
     assert c.ask("?").startswith("T05")
     assert code_is_jmp_self(c, c.reg("rip"))
