@@ -207,6 +207,27 @@ def test_block_hook_calling_emu_stop_stops_a_self_chained_loop():
     assert uc.reg_read(UC_X86_REG_RAX) in (999, 1000)
 
 
+def test_stop_from_another_thread_puts_the_pc_at_the_loop_with_a_code_hook_elsewhere():
+    """emu_stop from another thread while a self-chained block spins, with a UC_HOOK_CODE that
+    covers some other address (a gdb breakpoint does this): a chained block never stores its
+    PC, and code hooks only sync it for the instructions they cover, so the exit at block start
+    must put the PC at the block itself (the loop), not leave the one from before the loop."""
+    import threading
+    from unicorn import UC_HOOK_CODE
+    code = asm64("mov rcx, 5\n jmp spin\n nop\n spin:\n inc rax\n jmp spin\n", 0x1000)
+    spin = 0x1000 + len(code) - 5          # inc rax (3 bytes) + jmp spin (2 bytes)
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(0x1000, code)
+    uc.hook_add(UC_HOOK_CODE, lambda *_: None, None, 0x9000, 0x9000)
+    timer = threading.Timer(0.3, uc.emu_stop)
+    timer.start()
+    uc.emu_start(0x1000, 0xFFFF, timeout=20_000_000)
+    timer.join()
+    assert uc.reg_read(UC_X86_REG_RIP) == spin
+    assert uc.reg_read(UC_X86_REG_RAX) > 1000
+
+
 _HOOKED_LOOP = """
     mov rsi, 0x8000
     xor rcx, rcx
