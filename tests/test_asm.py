@@ -201,8 +201,9 @@ def test_macros_defaults_unique_labels_and_rept():
     assert ".macro without .endm" in str(err(".macro m a\nnop"))
 
 
-def test_comments_and_strings():
-    assert code('nop # c\nnop ; c\n.ascii "a#b;c"') == b"\x90\x90a#b;c"
+def test_comments_separators_and_strings():
+    """GNU as: '#' and /* */ are comments, ';' separates statements."""
+    assert code('nop # c\nnop ; int3\n.ascii "a#b;c/*"\n/* ret\n ret */ hlt') == b"\x90\x90\xcca#b;c/*\xf4"
 
 
 def test_bss_is_not_stored():

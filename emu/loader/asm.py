@@ -62,6 +62,7 @@ from emu.loader.gas.locallabels import is_internal as is_local_number
 from emu.loader.gas.macroargs import split_macro_args
 from emu.loader.gas.padding import code_padding
 
+from emu.loader.gas.lexer import LexError, statements
 from emu.loader.gas.link import IMAGE_BASE, SECTION_ORDER as _SECTION_ORDER
 
 GUESTS_DIR = Path(__file__).resolve().parents[2] / "guests"
@@ -187,27 +188,11 @@ class _Macro:
 # Lexical helpers
 
 
-def _strip_comment(line: str, origin: Origin) -> str:
-    """Remove a trailing comment, respecting string and character literals (which may contain
-    '#' or ';'), and refuse unterminated literals: keystone hangs on them."""
-    quote = ""
-    i = 0
-    while i < len(line):
-        c = line[i]
-        if quote:
-            if c == "\\":
-                i += 2
-                continue
-            if c == quote:
-                quote = ""
-        elif c in "\"'":
-            quote = c
-        elif c in "#;":
-            return line[:i].rstrip()
-        i += 1
-    if quote:
-        raise origin.error("unterminated string or character literal")
-    return line.rstrip()
+def _lex(text: str, path: str) -> list[tuple[str, Origin]]:
+    try:
+        return [(st, Origin(path, n)) for n, st in statements(text)]
+    except LexError as e:
+        raise AsmError(path, e.line, str(e)) from None
 
 
 def _split_args(text: str) -> list[str]:
@@ -367,8 +352,7 @@ class _Expander:
         except UnicodeDecodeError as e:
             line = raw[: e.start].count(b"\n") + 1
             raise AsmError(display, line, "not UTF-8 text") from None
-        lines = [(_strip_comment(l, Origin(display, n)), Origin(display, n))
-                 for n, l in enumerate(text.splitlines(), 1)]
+        lines = _lex(text, display)
         self.included.add(key)
         self.stack.append(key)
         self.expand(lines, path.parent, depth, 0)
@@ -715,10 +699,11 @@ def _classify(exp: list[tuple[str, Origin]]) -> dict[str, list[_Stmt]]:
     consts: dict[str, int] = {}
     for line, origin in exp:
         labels, body = _split_labels(line)
-        labels = [local.define(lab) if lab.isdigit() else lab for lab in labels]
         for lab in labels:
             if lab.startswith(_INTERNAL_PREFIX) or lab in _LAYOUT_SYMBOLS:
                 raise origin.error(f"label name '{lab}' is reserved by the assembler")
+        labels = [local.define(lab) if lab.isdigit() else lab for lab in labels]
+        for lab in labels:
             if lab in seen:
                 o = seen[lab]
                 raise origin.error(f"label '{lab}' already defined at {o.path}:{o.line}")
@@ -1181,8 +1166,7 @@ def assemble_text(source: str, path: str = "<string>", include_dirs: list[str] |
     """Assemble source text as if read from ``path`` (includes resolve relative to its folder)."""
     dirs = [Path(d) for d in include_dirs] if include_dirs is not None else [GUESTS_DIR]
     exp = _Expander(dirs)
-    lines = [(_strip_comment(l, Origin(path, n)), Origin(path, n))
-             for n, l in enumerate(source.splitlines(), 1)]
+    lines = _lex(source, path)
     exp.expand(lines, Path(path).parent, 0, 0)
     return _assemble(exp.out)
 
