@@ -134,3 +134,32 @@ def test_att_without_directive_is_read_as_gnu_as_reads_it():
 def test_errors_name_file_and_line(src, line, needle):
     e = err(src)
     assert e.line == line and needle in str(e)
+
+
+needs_cpp = pytest.mark.skipif(not __import__("shutil").which("cpp"), reason="cpp not installed")
+
+
+@needs_cpp
+def test_dot_S_goes_through_cpp_with_lines_kept(tmp_path):
+    (tmp_path / "defs.h").write_text("#define PORT 0xf4\n#define EXIT(v) mov eax, v; out PORT, eax\n"
+                                     "bad_in_header eax\n")
+    (tmp_path / "k.S").write_text('#include "defs.h"\n.intel_syntax noprefix\n# a comment\n'
+                                  "#ifdef NOT_DEFINED\n  bogus\n#endif\n  nop\n  EXIT(0)\n")
+    with pytest.raises(AsmError) as e:
+        assemble(str(tmp_path / "k.S"), [])
+    assert e.value.path.endswith("defs.h") and e.value.line == 3
+    (tmp_path / "defs.h").write_text("#define PORT 0xf4\n#define EXIT(v) mov eax, v; out PORT, eax\n")
+    assert assemble(str(tmp_path / "k.S"), []).image == bytes.fromhex("90" "b800000000" "e7f4")
+    (tmp_path / "e.S").write_text("nop\n#error no way\n")
+    with pytest.raises(AsmError, match="e.S:2: #error no way"):
+        assemble(str(tmp_path / "e.S"), [])
+
+
+def test_cpp_missing_is_one_clear_error(tmp_path, monkeypatch):
+    import emu.loader.gas.cpp as cpp
+    monkeypatch.setattr(cpp.shutil, "which", lambda name: None)
+    (tmp_path / "k.S").write_text("nop\n#define X 1\nmov eax, X\n")
+    with pytest.raises(AsmError, match=r"k.S:2: .*C preprocessor.*no cpp is installed"):
+        assemble(str(tmp_path / "k.S"), [])
+    (tmp_path / "plain.S").write_text("# only comments here\nnop\n")
+    assert assemble(str(tmp_path / "plain.S"), []).image == b"\x90"

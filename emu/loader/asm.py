@@ -56,6 +56,7 @@ from typing import Iterator
 
 from emu.errors import AsmError
 from emu.loader.gas.att import AttError, att_to_intel
+from emu.loader.gas.cpp import preprocess, uses_cpp
 from emu.loader.gas.intel import fold_constants, keystone_form, rewrite_operand
 from emu.loader.gas.locallabels import LocalLabels
 from emu.loader.gas.locallabels import is_internal as is_local_number
@@ -186,6 +187,20 @@ class _Macro:
 
 # ---------------------------------------------------------------------------------------------
 # Lexical helpers
+
+
+def _source_lines(text: str, path: str, include_dirs: list[str]) -> list[tuple[str, Origin]]:
+    """Statements with their origins, through the C preprocessor when the file uses it."""
+    first = uses_cpp(path, text)
+    if not first:
+        return _lex(text, path)
+    lines = preprocess(path, text, include_dirs, first)
+    try:
+        found = statements("\n".join(t for _, _, t in lines))
+    except LexError as e:
+        file, line, _ = lines[e.line - 1]
+        raise AsmError(file, line, str(e)) from None
+    return [(st, Origin(lines[n - 1][0], lines[n - 1][1])) for n, st in found]
 
 
 def _lex(text: str, path: str) -> list[tuple[str, Origin]]:
@@ -352,7 +367,7 @@ class _Expander:
         except UnicodeDecodeError as e:
             line = raw[: e.start].count(b"\n") + 1
             raise AsmError(display, line, "not UTF-8 text") from None
-        lines = _lex(text, display)
+        lines = _source_lines(text, display, [str(path.parent), *map(str, self.include_dirs)])
         self.included.add(key)
         self.stack.append(key)
         self.expand(lines, path.parent, depth, 0)
@@ -1166,7 +1181,7 @@ def assemble_text(source: str, path: str = "<string>", include_dirs: list[str] |
     """Assemble source text as if read from ``path`` (includes resolve relative to its folder)."""
     dirs = [Path(d) for d in include_dirs] if include_dirs is not None else [GUESTS_DIR]
     exp = _Expander(dirs)
-    lines = _lex(source, path)
+    lines = _source_lines(source, path, [str(Path(path).parent), *map(str, dirs)])
     exp.expand(lines, Path(path).parent, 0, 0)
     return _assemble(exp.out)
 
