@@ -14,7 +14,6 @@ from emu.engine.hostvm import MAXPHYADDR
 from emu.tools.memquery import NotMapped, effective_memtype, world_paging
 
 if TYPE_CHECKING:
-    from emu.tools.gdb.stub import GdbStub
     from emu.core.machine import Machine
 
 _LEVEL_NAMES = {4: "PML4E", 3: "PDPE", 2: "PDE", 1: "PTE"}
@@ -22,9 +21,10 @@ BREAK_EVENTS = ("vmrun", "vmexit")
 
 
 class Monitor:
-    def __init__(self, machine: "Machine", stub: "GdbStub") -> None:
+    def __init__(self, machine: "Machine", break_on: set[str]) -> None:
+        """`break_on` is the stub's own set of world-switch events to stop at; `break-on` edits it."""
         self.m = machine
-        self.stub = stub
+        self.stop_events = break_on
         self.commands: dict[str, tuple[Callable[[list[str]], str], str]] = {
             "help": (self.help, "this list"),
             "world": (self.world, "which world runs (L1/L2) and what defines it"),
@@ -107,15 +107,15 @@ class Monitor:
 
     def break_on(self, args: list[str]) -> str:
         if not args:
-            return "stopping on: " + (", ".join(sorted(self.stub.break_on)) or "no world switch")
+            return "stopping on: " + (", ".join(sorted(self.stop_events)) or "no world switch")
         for word in args:
             if word == "off":
-                self.stub.break_on.clear()
+                self.stop_events.clear()
             elif word in BREAK_EVENTS:
-                self.stub.break_on.add(word)
+                self.stop_events.add(word)
             else:
                 raise SvmemuError(f"break-on takes {', '.join(BREAK_EVENTS)} or off, not {word!r}")
-        return "stopping on: " + (", ".join(sorted(self.stub.break_on)) or "no world switch")
+        return "stopping on: " + (", ".join(sorted(self.stop_events)) or "no world switch")
 
 
 def _number(text: str) -> int:
