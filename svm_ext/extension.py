@@ -273,7 +273,7 @@ class SvmExtension(Extension, ExitRouter):
             return False
         m = self.machine
         m.apic.init_pending = False
-        m._deliver(Event(SX, Kind.EXCEPTION, SX_INIT_REDIRECTED), m.uc.reg_read(UC_X86_REG_RIP))
+        m.deliver_now(Event(SX, Kind.EXCEPTION, SX_INIT_REDIRECTED), m.uc.reg_read(UC_X86_REG_RIP))
         return True
 
     def on_interrupt_window(self) -> int:
@@ -363,7 +363,7 @@ class SvmExtension(Extension, ExitRouter):
             if len(st.l1_host) != len(self.machine.ctx.view):
                 raise bad(f"L1's saved host context is {len(st.l1_host)} bytes, not "
                           f"{len(self.machine.ctx.view)}")
-            check_cpu(st.l1_host, "L1 host context")
+            check_cpu(st.l1_host, self.machine.cpuid, "L1 host context")
 
     def load_snapshot_state(self, state: dict[str, Any]) -> None:
         nested = NestedState.from_dict(state["nested"])

@@ -96,7 +96,7 @@ def store_guest(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
 
 def store_exit_info(vm: Vmcb, exitcode: int, info1: int, info2: int, intinfo: int,
                     nrip: int) -> None:
-    buf, base, mask = vm._buf, vm._base, 0xFFFFFFFFFFFFFFFF
+    (buf, base), mask = vm.location, 0xFFFFFFFFFFFFFFFF
     _EXIT_INFO.pack_into(buf, base + OFFSETS["exitcode"], exitcode & mask, info1 & mask,
                          info2 & mask, intinfo)
     _QQ.pack_into(buf, base + OFFSETS["nrip"], nrip)

@@ -136,9 +136,9 @@ class Machine:
         # memory: reading a page never touched maps the shared zero page, so only what the
         # guest writes becomes resident (a shared mapping would allocate on reads too).
         self.ram = mmap.mmap(-1, self.layout.end, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
-        self._ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
+        self.ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
         for base, length in self.layout.ranges:
-            uc.mem_map_ptr(base, length, UC_PROT_ALL, self._ram_addr + base)
+            uc.mem_map_ptr(base, length, UC_PROT_ALL, self.ram_addr + base)
         self.hostvm = HostVm(uc)
         self.ctx = Context(uc)
         self.mem = GuestMemory(uc, self.ram, self.layout.below_4g, self.ctx,
@@ -196,7 +196,7 @@ class Machine:
         self.replay_listeners: list[Callable[[], None]] = []
         self._replay_seen = 0
         if replay.available():
-            self.replay = replay.Engine(uc, self.ctx, self._ram_addr, self.layout.below_4g,
+            self.replay = replay.Engine(uc, self.ctx, self.ram_addr, self.layout.below_4g,
                                         self._on_intr_c)
         self._hooks = [
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
@@ -241,6 +241,18 @@ class Machine:
         """Deliver `event` once emulation has stopped. An injected event (EVENTINJ) is never
         itself intercepted; exceptions raised while delivering it can be."""
         self._defer(lambda: self._deliver(event, return_rip, injected))
+
+    def deliver_now(self, event: Event, return_rip: int) -> None:
+        """Deliver `event` at once: only where emulation has already stopped (the interrupt
+        check at an instruction boundary)."""
+        self._deliver(event, return_rip)
+
+    def run_deferred(self) -> None:
+        """Finish now a delivery an exit handler deferred (`deliver_event`), if any: the
+        interrupt window's taker runs it at the boundary it stopped at."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending()
 
     def interrupt_check(self, virtual: bool = False) -> None:
         """Something gating interrupts changed (GIF, V_IRQ): look at the next boundary if an

@@ -37,7 +37,7 @@ from emu.core.firmware.layout import ram_layout
 from emu.errors import Unsupported
 
 if TYPE_CHECKING:
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 def ram_split(ram_size: int) -> tuple[int, int]:
     """(RAM below 4 GiB, RAM above 4 GiB) as QEMU's pc machine lays them out
@@ -47,7 +47,7 @@ def ram_split(ram_size: int) -> tuple[int, int]:
 
 
 class PcPlatform:
-    def __init__(self, m: "Machine") -> None:
+    def __init__(self, m: "Board") -> None:
         self.m = m
         apic = m.apic
         apic.firmware_state()
@@ -59,7 +59,7 @@ class PcPlatform:
         apic.on_level_eoi = self.ioapic.eoi
         m.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.ioapic)
 
-        now, advance = m.irq._now, m.irq._advance
+        now, advance = m.irq.now, m.irq.advance
         self.pit = Pit8254(now, advance, lambda level: self.lines.set(PIT_IRQ, level),
                            lambda: self.lines.routed(PIT_IRQ))
         m.irq.timers.append(self.pit)

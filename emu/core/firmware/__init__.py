@@ -24,7 +24,7 @@ PCI_INTERRUPT_PIN = 0x3D
 MAX_XAPIC_CPUS = 255      # APIC ids 0..254; 0xFF is the broadcast id
 
 if TYPE_CHECKING:
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 
 def firmware_contents(ram_size: int, cpus: int, cpuid_1: tuple[int, int, int, int],
@@ -53,7 +53,7 @@ def pci_interrupts(functions: dict[tuple[int, int], Any]) -> tuple[PciInterrupt,
     return tuple(out.values())
 
 
-def install(machine: "Machine") -> None:
+def install(machine: "Board") -> None:
     """Write the firmware's tables into the machine's RAM and program its MTRRs."""
     lay = ram_layout(machine.ram_size)
     cpuid_1 = tuple(machine.cpuid.query(1, 0))
