@@ -407,7 +407,8 @@ def test_vmrun_checks_use_the_models_cr4_and_efer():
     epyc, q64 = SvmExtension(), SvmExtension()
     Machine(128 << 20, stdout=None, cpu=parse_cpu("EPYC"), extensions=[epyc])
     Machine(128 << 20, stdout=None, cpu=parse_cpu("qemu64"), extensions=[q64])
-    assert epyc.caps.cr4_supported == CR4_DEFAULT_SUPPORTED
+    assert epyc.caps.cr4_supported == CR4_DEFAULT_SUPPORTED     # EPYC is the default model
+    assert epyc.caps.cr4_supported & (CR4_OSXSAVE | CR4_SMEP) == CR4_OSXSAVE | CR4_SMEP
     assert not q64.caps.cr4_supported & (CR4_OSXSAVE | CR4_SMEP)
     for ext in (epyc, q64):
         assert ext.caps.efer_supported & (EFER_NXE | EFER_SVME) == EFER_NXE | EFER_SVME
