@@ -143,6 +143,12 @@ class SvmExtension(Extension, ExitRouter):
     def last_exit(self) -> str | None:
         return debugview.last_exit(self)
 
+    def world_switches(self) -> tuple[int, int, dict[str, int]]:
+        st = self.state
+        by_name = {exit_name(code): n for code, n in sorted(st.exit_codes.items(),
+                                                            key=lambda kv: -kv[1])}
+        return st.stats["vmrun"], st.stats["vmexit"], by_name
+
     def address_space(self) -> str:
         st = self.state
         if st.in_l2 and st.vmcb12 is not None:

@@ -51,6 +51,7 @@ def vmexit(ext: "SvmExtension", exitcode: int, info1: int = 0, info2: int = 0,
     st.gif = False
     st.in_l2 = False
     st.stats["vmexit"] += 1
+    st.exit_codes[exitcode] = st.exit_codes.get(exitcode, 0) + 1
     m.tsc_offset = 0
     if where is not None:        # tracing: format the line only then (hot path)
         ext.trace(f"#VMEXIT {ext.exit_name(exitcode)} info1 {info1:#x} info2 {info2:#x}"
@@ -145,6 +146,7 @@ def fail_vmrun(ext: "SvmExtension", rule: str, where: str | None = None) -> None
     vm.exitintinfo = 0
     st.gif = False
     st.stats["vmexit"] += 1
+    st.exit_codes[VMEXIT_INVALID] = st.exit_codes.get(VMEXIT_INVALID, 0) + 1
     m.ctx.set_rip(st.l1_next_rip)
     ext.trace(f"vmrun vmcb12 {st.vmcb12_pa:#x} failed its consistency checks: {rule} "
               "-> VMEXIT_INVALID", where)
