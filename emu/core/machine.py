@@ -315,19 +315,21 @@ class Machine:
         from emu.core import firmware
         from emu.loader.multiboot import MBI_ADDR, build_mbi
         firmware.install(self)       # BDA, MP and ACPI tables, MTRRs: what SeaBIOS leaves
+        if modules is None:                  # none: mods_addr still says where they would go
+            from emu.loader.modules import place_modules
+            modules = place_modules(image, cmdline, "", [], self.ram_size)
+        # The information block first, the kernel after it: as in QEMU's option ROM, a kernel
+        # segment over the block's area wins.
+        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR, mods_count=modules.count,
+                        mods_addr=modules.mods_addr)
+        self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         for addr, data in image.segments:
             if not self.layout.is_ram(addr, len(data)):
                 raise ImageError(f"segment at {addr:#x}+{len(data):#x} is outside the "
                                  f"{self.ram_size >> 20} MiB of RAM")
             self.ram[addr:addr + len(data)] = data
-        if modules is None:                  # none: mods_addr still says where they would go
-            from emu.loader.modules import place_modules
-            modules = place_modules(image, cmdline, "", [], self.ram_size)
         for addr, data in modules.blobs:
             self.ram[addr:addr + len(data)] = data
-        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR, mods_count=modules.count,
-                        mods_addr=modules.mods_addr)
-        self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
         self.uc.reg_write(UC_X86_REG_RIP, self._start)   # so a snapshot taken now resumes here
         self.io_trap.set_flag()
