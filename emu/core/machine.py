@@ -41,7 +41,7 @@ from emu.engine import binding
 from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context
 from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
-from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
+from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Kind,
                          Shutdown)
 from emu.core.firmware.layout import ram_layout
 from emu.core.memory import GuestMemory
@@ -215,6 +215,11 @@ class Machine:
         for ext in self.extensions:
             ext.attach(self)
         self._own_hooks = binding.hook_count(uc)
+        # Work that must run between two emulation slices (hooks added or removed, with the
+        # translated code flushed): `between_slices` queues it and stops emulation.
+        self._between: list[Callable[[], None]] = []
+        if tracer is not None:
+            tracer.bind(self)
 
     # ---- extension entry points --------------------------------------------------------------------
     def register_exit(self, code: int, handler: Callable[[int], None]) -> None:
@@ -286,7 +291,12 @@ class Machine:
 
     def shutdown(self, message: str) -> None:
         """The processor shuts down (triple fault), unless a hypervisor intercepts it."""
-        if self.router is not None and self.router.on_shutdown(message):
+        where = self._where() if self.tracer is not None and self.tracer.on("exc") else None
+        intercepted = self.router is not None and self.router.on_shutdown(message)
+        if where is not None:
+            self.tracer.line("exc", where, f"{message}: " + (
+                "#VMEXIT(SHUTDOWN) to the hypervisor" if intercepted else "the CPU shuts down"))
+        if intercepted:
             return
         self._finish("shutdown", STATUS_SHUTDOWN, message)
 
@@ -301,6 +311,13 @@ class Machine:
     def poweroff(self, message: str) -> None:
         """ACPI power-off: QEMU exits with status 0, and so does the run."""
         self._finish("poweroff", STATUS_HALTED, message)
+
+    def between_slices(self, action: Callable[[], None]) -> None:
+        """Run `action` once emulation has stopped, before it continues where it stopped (from
+        hooks: adding a code hook needs the translated code flushed, which must not happen
+        under the code running)."""
+        self._between.append(action)
+        self.uc.emu_stop()
 
     def pause(self, message: str) -> None:
         """Stop at the next instruction boundary for a debugger, after finishing any event in
@@ -354,12 +371,10 @@ class Machine:
         if max_insns is not None or self.count_insns:
             self.insns_counted = True
             extra.append(uc.hook_add(UC_HOOK_CODE, self._count_insn))
-        if self.tracer and self.tracer.on("insn"):
-            extra.append(uc.hook_add(UC_HOOK_CODE, self._trace_insn))
         if self.tracer and self.tracer.on("mem") and not self.memory_hooks:
             raise OptionError("the mem trace needs emu.tools.memtrace.attach(machine)")
-        for install in self.memory_hooks:
-            extra += install(uc)
+        if self.tracer is not None:
+            self.tracer.run_started()       # its hooks, while its focus is open
         deadline = time.monotonic() + timeout if timeout else None
         watchdog = _Watchdog(uc, deadline) if deadline is not None else None
         begin = self._start
@@ -384,10 +399,10 @@ class Machine:
                     break
                 self.replay_sync()
                 # The slice ran out only if nothing else stopped it: not an event, the end of
-                # the run, a debugger pause or the wall-clock timeout (virtual time must not
-                # advance for instructions that never ran).
+                # the run, a debugger pause, work between slices or the wall-clock timeout
+                # (virtual time must not advance for instructions that never ran).
                 self.irq.slice_done(count, self._pending is None and self._result is None
-                                    and self._pause is None
+                                    and self._pause is None and not self._between
                                     and (deadline is None or time.monotonic() < deadline))
                 pending, self._pending = self._pending, None
                 if pending is not None:
@@ -398,6 +413,8 @@ class Machine:
                     self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
                 if self._pause is not None and self._result is None:
                     self._finish("pause", STATUS_LIMIT, self._pause)
+                while self._between:            # queued by hooks or by the pending work
+                    self._between.pop(0)()
                 begin = uc.reg_read(UC_X86_REG_RIP)
         except Unsupported as e:
             self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
@@ -407,6 +424,9 @@ class Machine:
                 watchdog.done()
             for h in extra:
                 uc.hook_del(h)
+            if self.tracer is not None:
+                self.tracer.run_ended()
+            self._between.clear()
             self._start = uc.reg_read(UC_X86_REG_RIP)
             self._pause = None
         result, self._result = self._result, None
@@ -690,14 +710,6 @@ class Machine:
             self._insn_budget = budget - 1
         self.insns += 1
 
-    def _trace_insn(self, uc: Uc, address: int, size: int, _data: object) -> None:
-        ctx = self.ctx.save()
-        try:
-            code = self.mem.read_code(address, size)
-        except Fault:
-            code = b""
-        self.tracer.insn(f"[{self.level()} {ctx.mode_bits()} cpl{ctx.cpl}]", ctx.mode_bits(),
-                         address, code)
 
     # ---- event delivery ---------------------------------------------------------------------------
     def _deliver(self, event: Event, return_rip: int, injected: bool = False) -> None:
@@ -708,8 +720,12 @@ class Machine:
             if router is None or (injected and current is event):
                 return False
             return router.on_exception(current, outer)
+        observe = None
+        if self.tracer is not None and self.tracer.on("exc"):
+            where = self._where()
+            observe = lambda text: self.tracer.line("exc", where, text)  # noqa: E731
         try:
-            final = self.deliverer.deliver(event, return_rip, intercept)
+            final = self.deliverer.deliver(event, return_rip, intercept, observe)
         except Shutdown as e:
             self.shutdown(f"shutdown (triple fault): {e}")
             return
