@@ -46,6 +46,7 @@ from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliver
 from emu.core.firmware.layout import ram_layout
 from emu.core.memory import GuestMemory
 from emu.engine import replay
+from emu.core.fast_exits import FastExits
 from emu.arch.paging import NestedFault
 from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
@@ -198,6 +199,8 @@ class Machine:
         if replay.available():
             self.replay = replay.Engine(uc, self.ctx, self.ram_addr, self.layout.below_4g,
                                         self._on_intr_c)
+        # L1's RDTSC and CPUID answered in C while nothing else would happen (fast_exits.py).
+        self.fast_exits = FastExits(self, TSC_STEP)
         self._hooks = [
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
             uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
@@ -388,6 +391,7 @@ class Machine:
                 if deadline is not None and time.monotonic() >= deadline:
                     self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
                     break
+                self.fast_exits.arm()
                 try:
                     uc.emu_start(begin, _UNTIL, count=count)
                 except UcError as e:
@@ -436,6 +440,7 @@ class Machine:
     def _finish(self, reason: str, status: int, message: str) -> None:
         if self._result is None:
             self._result = RunResult(reason, status, message, self.uc.reg_read(UC_X86_REG_RIP))
+        self.fast_exits.stop()
         self.uc.emu_stop()
 
     def _defer(self, action: Callable[[], None]) -> None:
@@ -454,6 +459,7 @@ class Machine:
         e = self.replay
         if e is None:
             return
+        self.fast_exits.disarm()
         seq = e.seq_word.value
         if seq != self._replay_seen:
             self._replay_seen = seq
@@ -480,6 +486,7 @@ class Machine:
         try:
             self.replay_sync()
             self._on_intr(uc, intno, None)
+            self.fast_exits.arm()
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(uc, e)
 
@@ -553,7 +560,8 @@ class Machine:
         uc = self.uc
         leaf = uc.reg_read(UC_X86_REG_RAX) & 0xFFFFFFFF
         sub = uc.reg_read(UC_X86_REG_RCX) & 0xFFFFFFFF
-        a, b, c, d = self.cpuid.query(leaf, sub)
+        a, b, c, d = regs = self.cpuid.query(leaf, sub)
+        self.fast_exits.remember_cpuid(leaf, sub, regs)
         uc.reg_write(UC_X86_REG_RAX, a)
         uc.reg_write(UC_X86_REG_RBX, b)
         uc.reg_write(UC_X86_REG_RCX, c)
