@@ -107,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_fuzz_parser(sub, _size, _positive_int, _positive_float)
     build = sub.add_parser("build", help="assemble a .S guest into the multiboot image QEMU boots")
     build.add_argument("source")
-    build.add_argument("-o", "--output", required=True)
+    build.add_argument("-o", "--output", required=True,
+                       help="the image: a flat multiboot file, or an ELF with symbols and a "
+                            "DWARF line table for gdb when the name ends in .elf")
+    build.add_argument("--elf", action="store_true", help="write an ELF whatever the name")
     return p
 
 
@@ -413,8 +416,12 @@ def _address(text: str) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from emu.loader.asm import assemble_source
-    image = assemble_source(args.source)
+    from emu.loader.asm import assemble
+    asm = assemble(args.source)
+    image = asm.image
+    if args.elf or args.output.endswith(".elf"):
+        from emu.loader.gas.elfout import write_elf
+        image = write_elf(asm, args.source)
     try:
         with open(args.output, "wb") as f:
             f.write(image)

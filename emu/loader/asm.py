@@ -1283,10 +1283,8 @@ def _assemble(exp: list[tuple[str, Origin]]) -> Assembly:
                 line_table.append((start, end - start, st.origin))
     bss_start = symbols["__bss_start"] if "__bss_start" in symbols else addrs[starts["bss"]]
     bss_end = addrs[len(stmts) - 1]
-    section_ranges = {}
-    bounds = [starts[name] for name in _SECTION_ORDER] + [len(stmts) - 1]
-    for i, name in enumerate(_SECTION_ORDER):
-        section_ranges[name] = (addrs[bounds[i]], addrs[bounds[i + 1]])
+    section_ranges = {name: (addrs[starts[name]], addrs[starts[name] + len(sections[name])])
+                      for name in _SECTION_ORDER}
     symbols.update(__image_start=IMAGE_BASE, __bss_start=bss_start, __bss_end=bss_end)
     return Assembly(bytes(body[: bss_start - IMAGE_BASE]), IMAGE_BASE, bss_end, symbols, line_table,
                     sorted(set(g for g in globals_ if g in symbols)), section_ranges)
