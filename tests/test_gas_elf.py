@@ -86,3 +86,15 @@ def test_gdb_breaks_at_a_function_by_name_and_shows_its_source(tmp_path):
     assert re.search(r"#1  0x[0-9a-f]+ in main \(\) at .*hello\.S:6", text), text
     assert 'print "Hello from an svmemu guest!\\n"' in text
     assert "puts in section .text" in text
+
+
+@pytest.mark.parametrize("kind", ["source", "elf"])
+def test_exit_trace_names_symbol_and_offset(kind, tmp_path):
+    source = GUESTS_DIR / "svm_world_switch.S"
+    image = str(source) if kind == "source" else str(build(tmp_path, source))
+    r = subprocess.run([sys.executable, "-m", "emu.cli", "run", image, "-q", "--trace", "exits"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    asm = assemble(str(source))
+    site = asm.symbols["l2_vmmcall"]
+    assert re.search(rf"^exits \[L2 64 cpl0\] {site:#x} <l2_vmmcall> #VMEXIT VMMCALL", r.stderr, re.M), r.stderr
+    assert re.search(r"^exits \[L1 64 cpl0\] 0x[0-9a-f]+ <main\+0x[0-9a-f]+> vmrun", r.stderr, re.M)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GUEST = ROOT / "guests" / "svm_world_switch.S"
 ASM = assemble(str(GUEST))
 SYM = ASM.symbols
-INSN = re.compile(r"^insn  \[(L\d) \d\d cpl\d\] (0x[0-9a-f]+): (.*)$", re.M)
+INSN = re.compile(r"^insn  \[(L\d) \d\d cpl\d\] (0x[0-9a-f]+)(?: <[^>]+>)?: (.*)$", re.M)
 _CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
 

@@ -351,8 +351,10 @@ def _open_tracer(args: argparse.Namespace, symbols: "Mapping[str, int]") -> "Tra
             out = open(args.trace_file, "w") if args.trace_file else sys.stderr
         except OSError as e:
             raise OptionError(f"cannot open trace file {args.trace_file}: {e.strerror}")
+        from emu.core.trace import SymbolMap
+        named = SymbolMap(dict(symbols.items())) if symbols else None
         return Tracer(cats, NamedOutput(out, f"trace file {args.trace_file}" if args.trace_file
-                                        else "standard error (the trace)"), focus)
+                                        else "standard error (the trace)"), focus, named)
     for option in ("trace_file", "trace_world", "trace_from", "trace_until", "trace_range"):
         if getattr(args, option):
             raise OptionError(f"--{option.replace('_', '-')} needs --trace")

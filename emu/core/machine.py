@@ -521,7 +521,9 @@ class Machine:
 
     def _where(self) -> str:
         ctx = self.ctx.save()
-        return f"[{self.level()} {ctx.mode_bits()} cpl{ctx.cpl}] {self.uc.reg_read(UC_X86_REG_RIP):#x}"
+        rip = self.uc.reg_read(UC_X86_REG_RIP)
+        named = self.tracer.symbolize(rip) if self.tracer is not None else ""
+        return f"[{self.level()} {ctx.mode_bits()} cpl{ctx.cpl}] {rip:#x}{named}"
 
     def _advance(self, length: int) -> None:
         self.ctx.set_rip(self.uc.reg_read(UC_X86_REG_RIP) + length)

@@ -118,9 +118,34 @@ def _addr(text: str, symbols: object) -> int:
     raise OptionError(f"--trace-range: {text!r} is neither an address nor a symbol of the image")
 
 
+class SymbolMap:
+    """Addresses as ``symbol+offset`` for trace lines, from an image's labels (a .S source) or
+    its ELF symbol table. An address is named only by the nearest symbol at or below it, and
+    only within ``reach`` bytes of it (beyond, the address is likely not the image's)."""
+
+    def __init__(self, symbols: "dict[str, int]", reach: int = 0x10000) -> None:
+        import bisect
+        self._bisect = bisect.bisect_right
+        named = sorted((v, n) for n, v in symbols.items()
+                       if not n.startswith(("__", ".L")) and v)
+        self.addrs = [v for v, _ in named]
+        self.names = [n for _, n in named]
+        self.reach = reach
+
+    def __call__(self, address: int) -> str:
+        """`` <name+0xoff>`` (with the leading space), or an empty string."""
+        k = self._bisect(self.addrs, address) - 1
+        if k < 0 or address - self.addrs[k] >= self.reach:
+            return ""
+        off = address - self.addrs[k]
+        return f" <{self.names[k]}+{off:#x}>" if off else f" <{self.names[k]}>"
+
+
 class Tracer:
-    def __init__(self, categories: frozenset[str], out: TextIO, focus: Focus | None = None) -> None:
+    def __init__(self, categories: frozenset[str], out: TextIO, focus: Focus | None = None,
+                 symbols: "Callable[[int], str] | None" = None) -> None:
         self.categories = categories
+        self.symbolize = symbols or (lambda address: "")
         self.out = out
         self.focus = focus or Focus()
         self.m: "Machine | None" = None
@@ -280,7 +305,8 @@ class Tracer:
 
     def insn(self, prefix: str, bits: int, address: int, code: bytes) -> None:
         for ins in decoder(bits).disasm(code, address, 1):
-            self.out.write(f"insn  {prefix} {address:#018x}: {ins.mnemonic} {ins.op_str}\n")
+            self.out.write(f"insn  {prefix} {address:#018x}{self.symbolize(address)}: "
+                           f"{ins.mnemonic} {ins.op_str}\n")
             return
         self.out.write(f"insn  {prefix} {address:#018x}: (undecodable) {code.hex()}\n")
 
