@@ -135,7 +135,7 @@ def test_moffs_only_where_gnu_as_uses_it_and_labels_and_rip():
     (".quad 1,", "empty value"),
     ("mov eax, [rax", "unbalanced"),            # keystone assembles [0]
     ("jmp 1b", "no local label 1: before 1b"),
-    (".org 0x100", ".org"),
+    (".space 0x200\n.org 0x100", "cannot move backwards"),
     (".section .foo", "other sections need a linker script"),
     (".frobnicate", "unsupported directive"),
     ("bogus eax", "unknown instruction"),

@@ -28,7 +28,7 @@ def err(src: str) -> AsmError:
 
 
 @needs_binutils
-@pytest.mark.parametrize("name", ["gnu_user.S", "att_sample.S"])
+@pytest.mark.parametrize("name", ["gnu_user.S", "att_sample.S", "org_sample.S"])
 def test_samples_equal_gnu_as(name, tmp_path):
     text = (DATA / name).read_text()
     assert assemble_text(text, name, []).image == gnu_image(text, tmp_path, [])

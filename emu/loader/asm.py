@@ -120,7 +120,6 @@ _ALIGN = {".align", ".balign", ".p2align"}
 _PASS_DIRECTIVES = (set(_DATA_SIZES) | _ZERO_FILL | _ALIGN
                     | {".ascii", ".asciz", ".string", ".equ", ".set", ".globl", ".global"})
 _REFUSED_DIRECTIVES = {
-    ".org": "keystone cannot assemble .org; use .space or .align",
     ".code16": "16-bit code is not supported",
 }
 
@@ -803,6 +802,17 @@ def _classify(exp: list[tuple[str, Origin]]) -> dict[str, list[_Stmt]]:
             else:
                 consts.pop(assign.group(1), None)
             st.kind = "other"
+        elif word == ".org":
+            args = _split_args(rest)
+            target = _eval_int(args[0], consts) if rest else None
+            if target is None or not 0 <= target <= _MAX_FILL:
+                raise origin.error(f".org needs a constant offset from 0 to {_MAX_FILL:#x} "
+                                   f"into the section")
+            if len(args) > 1 and _eval_int(args[1], consts) != 0:
+                raise origin.error(".org with a fill value other than 0 is not supported")
+            st.kind = "org"
+            st.align = target
+            st.body = ".space 0"
         elif word.startswith("."):
             _check_directive(word, rest, origin, current == "bss", consts)
             st.kind = ("data" if word in _DATA_SIZES else "align" if word in _ALIGN
@@ -1223,24 +1233,11 @@ def _rename_dot_labels(stmts: list[_Stmt]) -> dict[str, str]:
     return {v: k for k, v in rename.items()}
 
 
-def _assemble(exp: list[tuple[str, Origin]]) -> Assembly:
-    sections = _classify(exp)
-    marker = Origin("<assembler>", 0)
-    stmts: list[_Stmt] = []
-    starts: dict[str, int] = {}
-    for name in _SECTION_ORDER:
-        part = sections[name]
-        boundary = max([st.align for st in part if st.kind == "align"] + [1])
-        if name == "bss":
-            stmts.append(_Stmt("", marker, ["__bss_start"], kind="other", section=name))
-        if boundary > 1 and stmts:
-            # the linker aligns each section to its largest .align and fills the gap with zeros
-            stmts.append(_Stmt("", marker, [], body=f".align {boundary}", kind="align",
-                               section="gap", align=boundary))
-        starts[name] = len(stmts)
-        stmts.extend(part)
-    stmts.append(_Stmt("", marker, ["__bss_end"], kind="other", section="bss"))
-    original = _rename_dot_labels(stmts)
+_MAX_ORG_ROUNDS = 8
+
+
+def _layout(stmts: list[_Stmt]) -> tuple[bytearray, list[int]]:
+    """keystone's bytes for the statements and the address of each (one more: the end)."""
     # In case the bss ends in 32-bit mode, the table's .quad are mode independent.
     source = (f"__image_start = {IMAGE_BASE:#x}\n" + _render(stmts, True) + "\n"
               + f"{_INTERNAL_PREFIX}end:\n"
@@ -1259,6 +1256,50 @@ def _assemble(exp: list[tuple[str, Origin]]) -> Assembly:
     if len(body) != addrs[-1] - IMAGE_BASE or any(
             not IMAGE_BASE <= a <= addrs[-1] for a in addrs):
         raise AsmError("<assembler>", 0, "internal error: inconsistent line table")
+    return body, addrs
+
+
+def _assemble(exp: list[tuple[str, Origin]]) -> Assembly:
+    sections = _classify(exp)
+    marker = Origin("<assembler>", 0)
+    stmts: list[_Stmt] = []
+    starts: dict[str, int] = {}
+    for name in _SECTION_ORDER:
+        part = sections[name]
+        boundary = max([st.align for st in part if st.kind == "align"] + [1])
+        if name == "bss":
+            stmts.append(_Stmt("", marker, ["__bss_start"], kind="other", section=name))
+        if boundary > 1 and stmts:
+            # the linker aligns each section to its largest .align and fills the gap with zeros
+            stmts.append(_Stmt("", marker, [], body=f".align {boundary}", kind="align",
+                               section="gap", align=boundary))
+        starts[name] = len(stmts)
+        stmts.extend(part)
+    stmts.append(_Stmt("", marker, ["__bss_end"], kind="other", section="bss"))
+    original = _rename_dot_labels(stmts)
+    body, addrs = _layout(stmts)
+    orgs = [k for k, st in enumerate(stmts) if st.kind == "org"]
+    for _round in range(_MAX_ORG_ROUNDS):
+        # .org pads to an offset in its section: the padding is known only once everything
+        # before it is laid out, so it is sized and the source assembled again until stable
+        changed = False
+        for k in orgs:
+            st = stmts[k]
+            section_start = addrs[starts[st.section]]
+            fill = section_start + st.align - addrs[k]
+            current = addrs[k + 1] - addrs[k]
+            if fill < 0:
+                raise st.origin.error(f".org {st.shown.split(None, 1)[1]}: the location is "
+                                      f"already {addrs[k] - section_start:#x} bytes into the "
+                                      f"section (.org cannot move backwards)")
+            if fill != current:
+                st.body = f".space {fill}"
+                changed = True
+        if not changed:
+            break
+        body, addrs = _layout(stmts)
+    else:
+        raise stmts[orgs[0]].origin.error(".org: the layout does not settle")
     symbols: dict[str, int] = {}
     globals_: list[str] = []
     line_table: list[tuple[int, int, Origin]] = []
