@@ -28,7 +28,7 @@ def err(src: str) -> AsmError:
 
 
 @needs_binutils
-@pytest.mark.parametrize("name", ["gnu_user.S", "att_sample.S", "org_sample.S"])
+@pytest.mark.parametrize("name", ["gnu_user.S", "gnu_user_elf.S", "att_sample.S", "org_sample.S"])
 def test_samples_equal_gnu_as(name, tmp_path):
     text = (DATA / name).read_text()
     assert assemble_text(text, name, []).image == gnu_image(text, tmp_path, [])
@@ -38,6 +38,24 @@ def test_user_gnu_as_source_runs_unchanged():
     b = boot(str(DATA / "gnu_user.S"), nested=False)
     assert b.serial == "hello from GNU as\npass\n"
     assert (b.result.reason, b.result.status) == ("exit", 1)      # isa-debug-exit value 0
+
+
+def test_source_without_aout_kludge_boots_as_elf(tmp_path, qemu):
+    """`svmemu run` of a source whose multiboot header wants an ELF loader boots the ELF32 that
+    `svmemu build -o x.elf` writes, on svmemu and on QEMU."""
+    import subprocess
+    import sys
+    src = DATA / "gnu_user_elf.S"
+    root = DATA.parent.parent
+    r = subprocess.run([sys.executable, "-m", "emu.cli", "run", str(src), "-q"], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout) == (1, "hello from GNU as\npass\n"), r.stderr
+    elf = tmp_path / "k.elf"
+    subprocess.run([sys.executable, "-m", "emu.cli", "build", str(src), "-o", str(elf)], cwd=root,
+                   check=True, timeout=120)
+    assert elf.read_bytes()[4] == 1                               # ELFCLASS32
+    run = qemu(elf)
+    assert (run.status, run.output) == (1, "hello from GNU as\npass\n")
 
 
 def test_globl_symbol_keeps_its_value():

@@ -14,8 +14,13 @@ from emu.errors import ImageError
 def load_image_bytes(path: str, limit: int) -> tuple[bytes, str]:
     """The image's bytes and the name to show for it; `limit` is the guest's RAM size."""
     if path.endswith((".S", ".s", ".asm")):
-        from emu.loader.asm import assemble_source
-        return assemble_source(path), path
+        from emu.loader.asm import assemble
+        from emu.loader.gas.elfout import has_aout_kludge, write_elf
+        asm = assemble(path)
+        if has_aout_kludge(asm.image):
+            return asm.image, path
+        # A header without the a.out kludge is loaded from an ELF (as GNU ld would link it)
+        return write_elf(asm, path), path
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):

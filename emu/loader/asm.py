@@ -567,6 +567,8 @@ class _Expander:
         if any(v is None or v < 0 for v in nums):
             raise origin.error(".incbin skip and count must be non-negative constants")
         try:
+            if p.stat().st_size > _MAX_FILL + (nums[0] if nums else 0):
+                raise origin.error(f".incbin of more than {_MAX_FILL:#x} bytes")
             data = p.read_bytes()
         except OSError as e:
             raise origin.error(f"cannot read {m.group(1)}: {e.strerror or e}") from None

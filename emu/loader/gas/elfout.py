@@ -29,7 +29,7 @@ _SECTION_FLAGS = {"text": SHF_ALLOC | SHF_EXECINSTR | SHF_WRITE, "rodata": SHF_A
                   "data": SHF_ALLOC | SHF_WRITE, "bss": SHF_ALLOC | SHF_WRITE}
 
 
-def _has_aout_kludge(image: bytes) -> bool:
+def has_aout_kludge(image: bytes) -> bool:
     for off in range(0, min(len(image), 8192) - 11, 4):
         magic, flags, check = struct.unpack_from("<III", image, off)
         if magic == MULTIBOOT_MAGIC and (magic + flags + check) & 0xFFFFFFFF == 0:
@@ -51,7 +51,7 @@ class _Strings:
 
 def write_elf(asm: Assembly, source: str) -> bytes:
     """The ELF file for `asm`, assembled from `source` (named in the debug info)."""
-    is64 = _has_aout_kludge(asm.image)
+    is64 = has_aout_kludge(asm.image)
     base = asm.base
     sections = [(name, lo, hi) for name, (lo, hi) in asm.sections.items() if hi > lo]
     entry = next((asm.symbols[s] for s in ("_start", "_start32", "start") if s in asm.symbols), base)
