@@ -49,12 +49,14 @@ def image_of(what: str | Path | bytes | BootImage, ram: int = RAM) -> BootImage:
 def boot(what: str | Path | bytes | BootImage, *, nested: bool = True,
          ext: SvmExtension | None = None, pat_model: str = "architectural", ram: int = RAM,
          cmdline: str = "test", timeout: float = 20, tracer: Tracer | None = None,
-         **run: Any) -> Booted:
+         cpus: int = 1, quantum: int | None = None, **run: Any) -> Booted:
     """Boot `what` on a fresh machine (with nested SVM unless nested=False; `ext` to pass one
-    built by the test) and run it to its end; `run` goes to Machine.run (max_insns, ...)."""
+    built by the test; `cpus` as -smp) and run it to its end; `run` goes to Machine.run
+    (max_insns, ...)."""
     if nested and ext is None:
         ext = SvmExtension(pat_model=pat_model)
-    m = Machine(ram, stdout=None, tracer=tracer, extensions=[ext] if nested else [])
+    m = Machine(ram, stdout=None, tracer=tracer, extensions=[ext] if nested else [], cpus=cpus,
+                quantum=quantum)
     m.load_multiboot(image_of(what, ram), cmdline)
     result = m.run(timeout=timeout, **run)
     return Booted(m, ext if nested else None, result, bytes(m.serial.output).decode())
