@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from emu.core.cpuid import Cpuid
     from emu.core.devices.apic import LocalApic
     from emu.core.devices.base import PortDevice
+    from emu.core.devices.serial import Serial16550
     from emu.core.firmware.layout import RamLayout
     from emu.core.interrupts import Event
     from emu.core.memory import GuestMemory
@@ -42,6 +43,7 @@ class Board(Protocol):
     devices: list["PortDevice"]
     world_observers: list[Callable[[str, str], None]]
     apic: "LocalApic"
+    serial: "Serial16550"
     # Sibling parts, typed loosely: naming their classes here would tie them back to this file.
     router: Any            # emu.core.extension.ExitRouter | None
     irq: Any               # emu.core.irq.InterruptController

@@ -157,6 +157,11 @@ class Extension:
         the debugger's stop messages; None before the first exit."""
         return None
 
+    def world_switches(self) -> Optional[tuple[int, int, dict[str, int]]]:
+        """(entries into the nested guest, exits from it, exits by name) since the machine was
+        made, for the end-of-run summary; None when this extension switches no worlds."""
+        return None
+
     def snapshot_state(self) -> dict[str, Any]:
         return {}
 

@@ -242,6 +242,11 @@ class Machine:
             uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
         ]
         self._insn_budget: int | None = None
+        # Instructions run, counted only while a counting hook is in (an instruction limit, or
+        # count_insns: a Python hook per instruction, so never by default).
+        self.count_insns = False
+        self.insns = 0
+        self.insns_counted = False
         self._start: int | None = None
         self.extensions = list(extensions)
         for ext in self.extensions:
@@ -388,8 +393,9 @@ class Machine:
         uc = self.uc
         extra = []
         extra_ap: list[tuple[Machine, int]] = []
-        if max_insns is not None:
-            self._insn_budget = max_insns
+        self._insn_budget = max_insns
+        if max_insns is not None or self.count_insns:
+            self.insns_counted = True
             extra.append(uc.hook_add(UC_HOOK_CODE, self._count_insn))
         if self.tracer and self.tracer.on("insn"):
             extra.append(uc.hook_add(UC_HOOK_CODE, self._trace_insn))
@@ -405,7 +411,7 @@ class Machine:
             ap.strict, ap.explain = self.strict, self.explain
             if ap.replay is not None and self.replay is not None:
                 ap.replay.enabled = self.replay.enabled
-            if max_insns is not None:
+            if max_insns is not None or self.count_insns:   # one count for the machine
                 extra_ap.append((ap, ap.uc.hook_add(UC_HOOK_CODE, self._count_insn)))
             if self.tracer and self.tracer.on("insn"):
                 extra_ap.append((ap, ap.uc.hook_add(UC_HOOK_CODE, ap._trace_insn)))
@@ -790,10 +796,13 @@ class Machine:
         return False
 
     def _count_insn(self, uc: Uc, address: int, size: int, _data: object) -> None:
-        assert self._insn_budget is not None
-        self._insn_budget -= 1
-        if self._insn_budget < 0:
-            self._finish("max-insns", STATUS_LIMIT, "instruction limit (--max-insns) reached")
+        budget = self._insn_budget
+        if budget is not None:
+            if budget <= 0:
+                self._finish("max-insns", STATUS_LIMIT, "instruction limit (--max-insns) reached")
+                return
+            self._insn_budget = budget - 1
+        self.insns += 1
 
     def _trace_insn(self, uc: Uc, address: int, size: int, _data: object) -> None:
         ctx = self.ctx.save()
