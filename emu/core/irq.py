@@ -247,11 +247,28 @@ class InterruptController:
         self._kicked = True
         self.m.uc.emu_stop()
 
+    @property
+    def in_mmio(self) -> bool:
+        """Inside an MMIO callback of this CPU (a stop must wait for `_mmio_write`)."""
+        return self._in_mmio
+
+    def want_kick(self) -> None:
+        """From inside an MMIO write: stop once it is done (see `_mmio_write`)."""
+        self._want_kick = True
+
+    def kick(self) -> None:
+        """Stop at the next boundary for a reason of ours (not a slice running out)."""
+        self._kicked = True
+        self.m.uc.emu_stop()
+
     def changed(self) -> None:
         """Something may have become deliverable (IRR, TPR, EOI, GIF, a timer armed): look at
         the next point. It only opens the interrupt window: the CPU leaves at the first
         boundary where it can take an interrupt, and the point there decides. Inside an MMIO
-        write the kick is left to `_mmio_write`."""
+        write the kick is left to `_mmio_write`. With several CPUs, the one running now ends
+        its turn if this is another."""
+        if self.m.cpus > 1:
+            self.m.wake()
         self.window.arm(kick=not self._in_mmio)
         if self._in_mmio:
             self._want_kick = True

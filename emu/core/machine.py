@@ -145,6 +145,8 @@ class Machine:
         self.cpu_list.append(self)
         self.quantum = quantum if quantum is not None else DEFAULT_QUANTUM
         self.stale_code = False   # another CPU ran since this one last did (emu/core/smp.py)
+        self.running: Machine | None = None   # boot CPU: the CPU in its turn now
+        self.idle_turn = False    # the last turn found this CPU halted and ran nothing
         self.started = _boot is None   # an application processor starts at its SIPI
         engine_loader.tell_if_stock()
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
@@ -419,7 +421,8 @@ class Machine:
                 extra_ap += [(ap, h) for h in install(ap.uc)]
         try:
             if aps:
-                RoundRobin(self.cpu_list).run(lambda cpu: cpu._turn(deadline, timeout, cpu.quantum))
+                RoundRobin(self.cpu_list, self.quantum).run(
+                    lambda cpu, quantum, horizon: cpu._turn(deadline, timeout, quantum, horizon))
             else:
                 while self._result is None and self._turn(deadline, timeout):
                     pass
@@ -444,20 +447,28 @@ class Machine:
         assert result is not None
         return result
 
-    def _turn(self, deadline: float | None, timeout: float | None, quantum: int = 0) -> bool:
-        """One pass of the run loop: an interrupt point, then guest code until emulation stops
-        (at most `quantum` instructions when several CPUs take turns). False: the run ends."""
+    def _turn(self, deadline: float | None, timeout: float | None, quantum: int = 0,
+              horizon: int | None = None) -> bool:
+        """One pass of the run loop: an interrupt point, then guest code until emulation stops.
+        With several CPUs (emu/core/smp.py) at most `quantum` instructions (0: no bound, this
+        CPU runs alone), and none past virtual time `horizon` (another CPU's next timer).
+        False: the run ends."""
         uc = self.uc
         begin = self._begin
         if self.irq.point():          # interrupts, HLT wake-up (emu/core/irq.py)
             begin = self._begin = uc.reg_read(UC_X86_REG_RIP)
         if self._result is not None:
             return False
-        if self.irq.halted:           # several CPUs: halted until another's turn wakes it
+        self.idle_turn = self.irq.halted
+        if self.idle_turn:            # several CPUs: halted until another's turn wakes it
             return True
         count = self.irq.slice()
-        if quantum:
-            count = min(count, quantum) if count else quantum
+        if self.cpus > 1:
+            if quantum:
+                count = min(count, quantum) if count else quantum
+            if horizon is not None:
+                left = max(1, horizon - self.tsc)
+                count = min(count, left) if count else left
             if self.stale_code:       # another CPU ran, and may have written code this one ran
                 uc.ctl_flush_tb()
                 self.stale_code = False
@@ -496,6 +507,19 @@ class Machine:
         return True
 
     # ---- application processors --------------------------------------------------------------
+    def wake(self) -> None:
+        """Something may have made this CPU runnable (an IPI, a SIPI, an interrupt routed to
+        it): the CPU running now, if another, ends its turn at this instruction, so the
+        scheduler looks again (a CPU running alone runs unbounded until then)."""
+        runner = self.cpu_list[0].running
+        if runner is None or runner is self:
+            return
+        irq = runner.irq
+        if irq.in_mmio:
+            irq.want_kick()
+        else:
+            irq.kick()
+
     def start_up(self, vector: int) -> None:
         """A start-up IPI reached this application processor while it waited for one: it
         starts in real mode at vector * 0x1000 (CS = vector << 8, IP = 0), with the INIT
@@ -504,6 +528,7 @@ class Machine:
             raise Unsupported(f"unsupported: SIPI to CPU {self.cpu_index} after an INIT of the "
                               "running processor (re-starting a CPU is not modelled)")
         self.started = True
+        self.wake()
         self._start = self._begin = self.hostvm.enter_startup(vector)
         self.uc.reg_write(UC_X86_REG_RDX, self.cpuid.query(1, 0)[0])
         self.uc.reg_write(UC_X86_REG_RIP, self._start)

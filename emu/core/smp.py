@@ -3,8 +3,11 @@
 Each CPU is its own Unicorn engine over the one guest RAM (emu/core/machine.py builds them). They
 take turns in a fixed order, each turn one pass of its run loop bounded by the *quantum*, an
 instruction count (a turn also ends where that CPU's emulation stops for an event: an exception
-delivered, HLT, a world switch handled in Python). Which instructions run in a turn depends only on
-the guest's state, never on the host, so a run is the same every time.
+delivered, HLT, a world switch handled in Python, an IPI it sends to another CPU). A CPU that
+runs alone (every other one halted or waiting for SIPI, as application processors mostly idle)
+has no quantum: it runs at full speed up to the next timer deadline of the others, or until it
+sends them an interrupt. Which instructions run in a turn depends only on the guest's state,
+never on the host, so a run is the same every time.
 
 Time. Each CPU keeps its own virtual TSC (devices/apic.py explains the clock); a turn that runs its
 quantum out adds the quantum to it. A halted CPU takes no instructions: at its turn its clock
@@ -22,7 +25,7 @@ switch (bench/smp.py measures it); it is exact with no tracking of who wrote wha
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from emu.errors import STATUS_HALTED
 
@@ -33,39 +36,62 @@ class Cpu(Protocol):
     """What the scheduler uses of each CPU's machine."""
     tsc: int
     started: bool
-    irq: object
+    idle_turn: bool
+    running: "Cpu | None"
+    irq: Any
+    apic: Any
     _result: object
 
     def stop(self, reason: str, status: int, message: str) -> None: ...
 
 
-class RoundRobin:
-    def __init__(self, cpus: Sequence[Cpu]) -> None:
-        self.cpus = list(cpus)
+Turn = Callable[[Cpu, int, "int | None"], bool]
 
-    def run(self, turn: Callable[[Cpu], bool]) -> None:
-        """Give each started CPU its turn, in order, until the run ends."""
+
+class RoundRobin:
+    def __init__(self, cpus: Sequence[Cpu], quantum: int) -> None:
+        self.cpus = list(cpus)
+        self.quantum = quantum
+
+    def run(self, turn: Turn) -> None:
+        """Give each started CPU its turn, in order, until the run ends. `turn(cpu, quantum,
+        horizon)` runs one pass of that CPU's loop (quantum 0: no instruction bound)."""
         boot = self.cpus[0]
         jumped = False
-        while boot._result is None:
-            busy = False
-            for cpu in self.cpus:
-                if boot._result is not None:
-                    return
-                if not cpu.started:
-                    continue            # waiting for SIPI
-                irq = cpu.irq
-                if irq.halted:          # type: ignore[attr-defined]
-                    cpu.tsc = max(cpu.tsc, self.now())
-                if not turn(cpu):
-                    return
-                if not irq.halted:      # type: ignore[attr-defined]
-                    busy = True
-            if busy:
-                jumped = False
-                continue
-            if boot._result is None:
-                jumped = self._idle(jumped)
+        try:
+            while boot._result is None:
+                busy = False
+                for cpu in self.cpus:
+                    if boot._result is not None:
+                        return
+                    if not cpu.started:
+                        continue            # waiting for SIPI
+                    irq = cpu.irq
+                    if irq.halted:
+                        cpu.tsc = max(cpu.tsc, self.now())
+                    quantum, horizon = self._bounds(cpu)
+                    boot.running = cpu
+                    if not turn(cpu, quantum, horizon):
+                        return
+                    if not cpu.idle_turn:
+                        busy = True
+                if busy:
+                    jumped = False
+                    continue
+                if boot._result is None:
+                    jumped = self._idle(jumped)
+        finally:
+            boot.running = None
+
+    def _bounds(self, cpu: Cpu) -> tuple[int, int | None]:
+        """The quantum and time horizon of `cpu`'s turn. Alone (every other started CPU halted
+        with nothing signalled) it runs unbounded, up to the first deadline among the others'
+        timers: an IPI or SIPI it sends ends its turn there (Machine.wake)."""
+        others = [c for c in self.cpus if c is not cpu and c.started]
+        if any(not c.irq.halted or c.apic.signalled() for c in others):
+            return self.quantum, None
+        times = [t for t in (c.irq.next_deadline() for c in others) if t is not None]
+        return 0, (min(times) if times else None)
 
     def now(self) -> int:
         """The machine's time: the furthest any CPU's clock has gone."""

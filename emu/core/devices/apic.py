@@ -166,9 +166,15 @@ class ApicBus:
         dest = icr >> 32 if source.x2apic else (icr >> 56) & 0xFF
         return self.match(dest, bool(icr & ICR_DEST_LOGICAL), source.x2apic)
 
-    def match(self, dest: int, logical: bool, x2apic: bool = False) -> list["LocalApic"]:
-        """The APICs a destination field names (an IPI's, or an I/O APIC entry's 8 bits)."""
-        return [a for a in self.apics if a.matches(dest, logical, x2apic)]
+    def match(self, dest: int, logical: bool, x2apic: bool | None = None) -> list["LocalApic"]:
+        """The APICs a destination field names: an IPI's (`x2apic`: the sender's mode), or an
+        I/O APIC entry's 8 bits (`x2apic` None), which each APIC reads in its own mode: in
+        x2APIC mode as an x2APIC destination in cluster 0, 0xFF as the broadcast (as KVM)."""
+        if x2apic is not None:
+            return [a for a in self.apics if a.matches(dest, logical, x2apic)]
+        wide = X2APIC_BROADCAST if dest == XAPIC_BROADCAST else dest
+        return [a for a in self.apics
+                if (a.matches(wide, logical, True) if a.x2apic else a.matches(dest, logical, False))]
 
     @staticmethod
     def lowest_priority(targets: list["LocalApic"]) -> list["LocalApic"]:
