@@ -98,3 +98,16 @@ def test_exit_trace_names_symbol_and_offset(kind, tmp_path):
     site = asm.symbols["l2_vmmcall"]
     assert re.search(rf"^exits \[L2 64 cpl0\] {site:#x} <l2_vmmcall> #VMEXIT VMMCALL", r.stderr, re.M), r.stderr
     assert re.search(r"^exits \[L1 64 cpl0\] 0x[0-9a-f]+ <main\+0x[0-9a-f]+> vmrun", r.stderr, re.M)
+
+
+def test_flat_image_with_a_symbols_file(tmp_path):
+    flat, syms = tmp_path / "x.bin", tmp_path / "x.sym.elf"
+    r = subprocess.run([sys.executable, "-m", "emu.cli", "build", str(GUEST), "-o", str(flat),
+                        "--symbols", str(syms)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    asm = assemble(str(GUEST))
+    assert flat.read_bytes() == asm.image
+    with open(syms, "rb") as f:
+        names = {s.name for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols()}
+    assert {"main", "puts"} <= names

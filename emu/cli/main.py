@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the image: a flat multiboot file, or an ELF with symbols and a "
                             "DWARF line table for gdb when the name ends in .elf")
     build.add_argument("--elf", action="store_true", help="write an ELF whatever the name")
+    build.add_argument("--symbols", metavar="FILE",
+                       help="also write the ELF (symbols, line table) to FILE, for gdb")
     return p
 
 
@@ -453,9 +455,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     from emu.loader.asm import assemble
     asm = assemble(args.source)
     image = asm.image
+    from emu.loader.gas.elfout import write_elf
     if args.elf or args.output.endswith(".elf"):
-        from emu.loader.gas.elfout import write_elf
         image = write_elf(asm, args.source)
+    if args.symbols:
+        try:
+            with open(args.symbols, "wb") as f:
+                f.write(write_elf(asm, args.source))
+        except OSError as e:
+            raise OptionError(f"cannot write {args.symbols}: {e.strerror}")
     try:
         with open(args.output, "wb") as f:
             f.write(image)
