@@ -1,48 +1,47 @@
-"""Assembling guest sources (Intel syntax) into the flat multiboot image that QEMU and svmemu boot.
+"""Assembling GNU as sources into the flat multiboot image that QEMU and svmemu boot, with the
+bytes GNU as and ld would make (tests/test_gas_differential.py and test_gas_corpus.py compare).
 
-keystone-engine 0.9.2 does the encoding; everything around it is ours, because keystone on its own
-is not safe to hand user text:
+This module drives the pipeline; the GNU as dialect lives in ``emu/loader/gas/`` (cpp, lexer,
+macro arguments, local labels, AT&T translation, operand meaning, padding, section layout, ELF
+output). keystone-engine 0.9.2 does the encoding; everything around it is ours, because keystone
+on its own is not safe to hand user text:
 
 * it cannot read files (``.include``), reports errors without a line number, and a ``.macro`` or
-  ``.rept`` it expands itself would hide where the error came from; so includes, macros and
-  repeats are expanded here and every statement keeps its origin (file, line, macro chain);
+  ``.rept`` it expands itself would hide where the error came from; so includes, macros,
+  conditionals and repeats are expanded here and every statement keeps its origin (file, line,
+  macro chain);
 * some inputs hang it or kill the process: an unterminated string, a statement starting with
   anything but a letter, '_' or '.' (``:``, ``<``, ``|``, ``\\``...), a stray backslash or other
   odd character, an integer literal wider than 64 bits, ``.align`` by a huge value (SIGFPE), a
   huge ``.fill``; all are refused before keystone sees them (found by fuzzing the guests);
 * once any keystone instance in the process has had a symbol resolver, later assemblies lay out
   ``.align`` wrongly: we never install one (undefined symbols are found by bisection);
-* some inputs it encodes silently wrong, checked after assembly by decoding each statement's
-  bytes with capstone (see ``_check_statement``), or rewritten before:
-  - in 64-bit code ``[0x10070]`` or ``[CONST]`` (a number, not a label) becomes RIP-relative and
-    ``[0xFEE00000]`` a sign-extended disp32: refused, the user is told to use a register base
-    (``mov eax, [0x10070]`` is the absolute moffs form and fine; ``[label]`` is absolute too);
-  - in 32-bit code ``lgdt/lidt/sgdt/sidt`` get a 0x66 prefix (a 24-bit base): we drop it;
+* its meaning differs from GNU as's: it reads a bare label as an immediate and sees ``.globl``
+  symbols as 0, so operands are rewritten to GNU as's meaning (``gas/intel.py``) and ``.globl``
+  never reaches it;
+* some inputs it encodes differently from GNU as or silently wrong, rewritten before assembly,
+  patched after, or checked by decoding each statement's bytes with capstone
+  (``_check_statement``):
+  - absolute addresses in 64-bit code (RIP-relative or moffs64 in keystone) get GNU as's
+    ModRM+SIB disp32 (``riz*1 +``); constants are folded so displacements take disp8;
+  - in 32-bit code ``lgdt/lidt/sgdt/sidt`` get a 0x66 prefix: the FF-group instruction with the
+    same ModRM is assembled instead and its opcode patched to 0F 01;
   - ``ljmp sel:off`` in 32-bit code is a 16-bit far jump: we encode ``EA off32 sel16`` ourselves;
-  - ``iret`` is the 16-bit ``66 CF``; ``sysret`` is the 64-bit form: both rewritten to their usual
-    meaning (``iret`` = ``CF``, ``sysret`` = ``0F 07``, ``sysretq`` = ``48 0F 07``);
-  - a data directive whose value does not fit (``.word 0x10000``) emits nothing at all: refused;
-  - ``[reg]``/``[label]`` is still fine, but a label starting with '.' inside ``[...]`` is an
-    "invalid operand": such labels are renamed behind the user's back;
-  - ``.align N, FILL`` puts its padding in the wrong place: refused (plain ``.align N`` pads
-    code with NOPs, which is correct);
+  - ``iret``, ``sysret``, ``pushf``, ``popf``, ``lret``, ``int 3`` take GNU as's bytes;
+  - ``.align`` padding is rewritten with GNU as's long NOPs in code and zeros in data;
+  - a data directive whose value does not fit (``.word 0x10000``) emits nothing at all, an
+    immediate that does not fit is truncated: refused;
+  - a label starting with '.' inside ``[...]`` is an "invalid operand": such labels are renamed
+    behind the user's back;
+  - ``.align N, FILL`` puts its padding in the wrong place: refused;
   - a shift inside parentheses, or of a label, in an instruction operand does not assemble: the
     error says so;
   - the SVM instructions are unknown to it: encoded as bytes here.
 
-Source conventions (what the guests and the prelude rely on):
-
-* ``#`` and ``;`` start a comment; one statement per line; labels are identifiers (``.Lx`` for
-  local ones, numeric labels ``1:`` are not supported by keystone).
-* ``.include "file"`` searches the including file's directory, then ``include_dirs`` (guests/);
-  a file is included once, later ``.include`` of it are skipped.
-* ``.macro name a, b=default`` ... ``.endm``; ``\\a`` is replaced by the argument, ``\\@`` by a
-  number unique to each expansion, ``\\()`` by nothing.  ``.rept N`` ... ``.endr`` repeats.
-* ``.code32`` / ``.code64`` switch the mode (the file starts in 64-bit mode).
-* ``.bss`` / ``.text``: lines under ``.bss`` (labels, ``.space N``, ``.align N``, ``.equ``) are
-  moved after all code and are not stored in the image; the loader zeroes them.  The assembler defines
-  ``__image_start`` (the load address), ``__bss_start`` (end of the stored image) and
-  ``__bss_end``, which the multiboot header in the prelude uses for its a.out-kludge fields.
+Source conventions beyond GNU as's: ``.include`` of a file already included is skipped; a file
+starts in 64-bit mode (``as --64``) and in Intel syntax unless its first instruction is AT&T;
+the layout symbols ``__image_start``, ``__bss_start`` (end of the stored image) and
+``__bss_end`` are defined (``gas/link.py`` writes the equivalent ld script).
 """
 from __future__ import annotations
 
