@@ -136,7 +136,7 @@ ASM_BAD = [
     ".align 3", ".align 0", ".align 0x400000", ".align 4, 0x90", ".p2align 99", ".space -1",
     ".space 0x2000000", ".fill 1, 3", '.include "nonexistent.inc"', ".include nofile",
     '.include "SELF"', ".code16", ".unknown_directive", "mov eax, 99999999999999999999999",
-    "mov eax, 0x1ffffffffffffffffff", "1:", "label without colon and spaces here",
+    "mov eax, 0x1ffffffffffffffffff", "jmp 1b", "label without colon and spaces here",
     "jmp undefined_symbol", "call undefined_symbol", ".equ", ".equ X", "X =",
     ".bss\nnop", "db 1", "int 256",
     "mov cr9, rax", "mov dr8, rax", "mov al, 256", "mov ax, 0x10000", "add al, 300",

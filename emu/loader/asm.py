@@ -143,7 +143,11 @@ class Origin:
 
     def error(self, message: str) -> AsmError:
         if self.via:
-            message = f"{message} (in {', '.join(self.via)})"
+            via = list(self.via)
+            if len(via) > 4:
+                # a deep recursion: its outermost steps and where it ended
+                via = via[:2] + [f"... {len(via) - 3} more"] + via[-1:]
+            message = f"{message} (in {', '.join(via)})"
         return AsmError(self.path, self.line, message)
 
 
@@ -857,6 +861,9 @@ def _alignment(word: str, rest: str, consts: dict[str, int]) -> int:
 
 def _guard_syntax(body: str, origin: Origin) -> None:
     code = _outside_strings(body)
+    if "'" in code:
+        # GNU as's 'c (no closing quote) is not one keystone reads; some forms hang it
+        raise origin.error(f"a character literal needs its closing quote ('c'): {body}")
     bad = re.search(r"[^A-Za-z0-9_.$\s\[\]()+\-*/%<>|&^~,:=!\"']", code)
     if bad:
         # keystone 0.9.2 hangs on some stray characters (a backslash, for one); refuse them all
