@@ -32,6 +32,10 @@ VECTOR_NAMES = {DE: "#DE", DB: "#DB", NMI: "NMI", BP: "#BP", OF: "#OF", BR: "#BR
                 MF: "#MF", AC: "#AC", MC: "#MC", XF: "#XF", 20: "#VE", 21: "#CP", 29: "#VC", SX: "#SX"}
 HAS_ERROR_CODE = frozenset({DF, TS, NP, SS_FAULT, GP, PF, AC, 21, 29, SX})
 CONTRIBUTORY = frozenset({DE, TS, NP, SS_FAULT, GP})
+# Fault-class exceptions: the instruction restarts, so the RFLAGS image pushed for them has RF=1
+# (an instruction breakpoint on it does not fire again after IRET).  #DB is left out (svmemu
+# raises it for traps: single-step, data breakpoints), and so are traps and aborts.
+FAULT_CLASS = frozenset({DE, BR, UD, NM, TS, NP, SS_FAULT, GP, PF, MF, AC, XF})
 
 GATE_TASK = 0x5
 GATE_INT16, GATE_TRAP16 = 0x6, 0x7
@@ -135,6 +139,8 @@ class Deliverer:
         if cr2 is not None:
             ctx.set_u64(OFF_CR2, cr2)
         rflags = self.uc.reg_read(UC_X86_REG_RFLAGS)
+        if ev.kind is Kind.EXCEPTION and ev.vector in FAULT_CLASS:
+            rflags |= RFLAGS_RF
         rsp = self.uc.reg_read(UC_X86_REG_RSP)
         cr0 = ctx.cr(0)
         if not cr0 & 1:
