@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
+
 from tests import harness
 from emu.loader.asm import GUESTS_DIR
 from emu.core.machine import Machine
@@ -228,3 +230,29 @@ def test_intr_exit_under_v_intr_masking_while_l2_has_if_clear():
     assert vm.exitcode == VMEXIT_INTR, hex(vm.exitcode)
     assert m.uc.reg_read(UC_X86_REG_R13) < 100000000     # it did not run to its VMMCALL
     assert m.apic.irr == 1 << 0x40                       # still pending for L1
+
+
+@pytest.mark.parametrize("shadow", [0, 1])
+def test_interrupt_shadow_from_vmcb12_holds_a_virtual_interrupt_one_instruction(shadow):
+    """VMRUN with vmcb12's INTERRUPT_SHADOW set: a pending V_IRQ (IF=1, V_IGN_TPR) is not
+    taken before L2's first instruction, so the VINTR intercept exits with RIP past it; without
+    the shadow it exits at once (APM vol. 2, 15.21.5; kvm-unit-tests svm
+    virq_inject_within_shadow)."""
+    from emu.arch.vmcb import INTERCEPT_VINTR
+    from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12
+    l1 = """
+        mov rax, rdi
+        vmrun
+    """ + EXIT_PASS
+    l2 = "nop\n nop\n vmmcall\n"
+    v_irq, v_ign_tpr = 1 << 8, 1 << 20
+    img = nested_image(l1, l2, vmcb12(misc1=INTERCEPT_VINTR, vintr=v_irq | v_ign_tpr | (0x55 << 32),
+                                      int_state=shadow, rflags=0x202))
+    m = Machine(128 << 20, stdout=None, extensions=[SvmExtension()])
+    m.load_multiboot(img, "shadow")
+    res = m.run(timeout=60)
+    assert res.reason == "exit", res
+    vm = Vmcb(m.mem.view, VMCB12)
+    assert vm.exitcode == VMEXIT_VINTR, hex(vm.exitcode)
+    assert vm.save.rip == L2_CODE + shadow
+    assert vm.v_irq == 1 and vm.interrupt_shadow == 0
