@@ -93,10 +93,13 @@ def _exit(ext: "SvmExtension", code: int, nrip: int) -> bool:
 
 def _selective_cr0_write(ext: "SvmExtension", op: bytes, rex: int) -> bool:
     """A CR0 write L1 watches only selectively: exit if it changes more than TS and MP, else
-    perform it for L2 (it then changes nothing but those two flags)."""
+    perform it for L2 (it then changes nothing but those two flags).  LMSW is the exception:
+    under the selective intercept it exits whenever it changes any of the four bits it writes,
+    TS and MP included (KVM's nested SVM and kvm-unit-tests' sel_cr0_lmsw_intercept agree)."""
     m = ext.machine
     ctx = m.ctx.save()
     old = ctx.cr(0)
+    free = CR0_TS | CR0_MP
     if op[:2] == b"\x0F\x22" and len(op) > 2 and op[2] >> 6 == 3:
         value = ctx.u64(OFF_REGS + 8 * ((op[2] & 7) | (rex & 1) << 3))
         new = value if ctx.mode_bits() == 64 else value & 0xFFFFFFFF
@@ -105,11 +108,12 @@ def _selective_cr0_write(ext: "SvmExtension", op: bytes, rex: int) -> bool:
     elif op[:2] == b"\x0F\x01" and len(op) > 2 and op[2] >> 3 & 7 == 6 and op[2] >> 6 == 3:
         src = ctx.u64(OFF_REGS + 8 * ((op[2] & 7) | (rex & 1) << 3))   # LMSW reg
         new = (old & ~0xE) | (src & 0xF) | (old & 1)
+        free = 0
     else:
         raise Unsupported(f"unsupported: CR0 write {op[:4].hex()} under L1's selective CR0 "
                           "intercept (only MOV CR0, reg, CLTS and LMSW reg are decoded)")
     nrip = ext.next_rip()
-    if (old ^ new) & ~(CR0_TS | CR0_MP):
+    if (old ^ new) & ~free:
         return _exit(ext, VMEXIT_CR0_SEL_WRITE, nrip)
     ctx.load_control_hflags(new, ctx.cr(4), ctx.efer, ctx.cpl)
     ctx.set_u64(OFF_EIP, nrip)

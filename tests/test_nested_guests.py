@@ -259,6 +259,17 @@ def test_selective_cr0_write_exits_only_beyond_ts_and_mp():
     assert vm.save.rip == L2_CODE + first and vm.nrip == L2_CODE + first + 3
 
 
+def test_selective_cr0_intercept_catches_lmsw_changing_mp():
+    """LMSW under the selective intercept exits when it changes any bit it writes, MP too
+    (a MOV to CR0 changing only MP does not exit, above); an LMSW that changes nothing runs."""
+    l2 = "smsw eax\n lmsw ax\n xor eax, 2\n lmsw ax\n vmmcall"
+    m, vm = _nested(l2, misc1=INTERCEPT_CR0_SEL_WRITE)
+    assert vm.exitcode == VMEXIT_CR0_SEL_WRITE
+    first = len(asm64("smsw eax\n lmsw ax\n xor eax, 2", L2_CODE))
+    assert vm.save.rip == L2_CODE + first and vm.nrip == L2_CODE + first + 3
+    assert vm.save.cr0 == 0x80010011                     # MP not set: the write was intercepted
+
+
 # ---------------------------------------------------------------------------- svm_vmload_vmsave
 VMCB_B, VMCB_C, VMCB_ORIG = 0x808000, 0x809000, 0x80A000
 
