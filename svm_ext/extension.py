@@ -45,7 +45,8 @@ from .checks import HostCaps, nested_paging_enabled
 from .fast_switch import FastSwitch
 from .state import NestedState
 from svm_ext import switch_cache
-from .switch_cache import SwitchCache
+from .switch_cache import CachedSteps
+from .switch_steps import FullSteps
 from emu.arch.vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
                    EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_MSR,
                    VMEXIT_NPF, VMEXIT_SHUTDOWN, eventinj_encode, exit_name)
@@ -90,13 +91,18 @@ class SvmExtension(Extension, ExitRouter):
 
     def __init__(self, pat_model: str = "architectural") -> None:
         self.state = NestedState()
-        self.switch_cache = SwitchCache()
+        # The one seam of the world switch's heavy steps: cached, or FullSteps() to compute each.
+        self.steps: FullSteps = CachedSteps()
         self.pat = pat.make(pat_model)
         self.caps = HostCaps()
         self.last_invalid_reason: str | None = None
         self.explained_rules: set[str] = set()   # consistency rules already told on stderr
 
     # ---- wiring -------------------------------------------------------------------------------
+    def for_another_cpu(self) -> "SvmExtension":
+        """Each CPU has its own nested state (GIF, L2, vmcb12, hPAT/gPAT), same PAT model."""
+        return SvmExtension(pat_model=self.pat.name)
+
     def attach(self, machine: Machine) -> None:
         self.machine = machine
         # Registers the world switch moves that the context blob holds only lazily or not at all.
@@ -140,6 +146,12 @@ class SvmExtension(Extension, ExitRouter):
 
     def last_exit(self) -> str | None:
         return debugview.last_exit(self)
+
+    def world_switches(self) -> tuple[int, int, dict[str, int]]:
+        st = self.state
+        by_name = {exit_name(code): n for code, n in sorted(st.exit_codes.items(),
+                                                            key=lambda kv: -kv[1])}
+        return st.stats["vmrun"], st.stats["vmexit"], by_name
 
     def address_space(self) -> str:
         st = self.state
@@ -369,7 +381,7 @@ class SvmExtension(Extension, ExitRouter):
         nested = NestedState.from_dict(state["nested"])
         self._check_snapshot_state(nested)
         self.state = nested
-        self.switch_cache.clear()       # derived from the context being replaced
+        self.steps.clear()       # derived from the context being replaced
         if self.fast is not None:
             self.fast.clear()
         st = self.state                 # VMRUN set the running guest's TSC_OFFSET; #VMEXIT clears it

@@ -22,6 +22,8 @@ machine object and uses only these entry points on it:
 """
 from __future__ import annotations
 
+from emu.errors import Unsupported
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -121,6 +123,11 @@ class Extension:
     def attach(self, machine: "Board") -> None:
         """Register handlers; called once, before the guest is loaded."""
 
+    def for_another_cpu(self) -> "Extension":
+        """A new, unattached extension configured as this one, for another CPU of the machine
+        (`-smp N`): each CPU has its own."""
+        raise Unsupported(f"unsupported: the {self.name} extension with more than one CPU")
+
     def level(self) -> str:
         """The world now running, for traces and the debugger ("L1", "L2")."""
         return "L1"
@@ -148,6 +155,11 @@ class Extension:
     def last_exit(self) -> Optional[str]:
         """Why the nested guest last stopped running (exit code by name, exit information), for
         the debugger's stop messages; None before the first exit."""
+        return None
+
+    def world_switches(self) -> Optional[tuple[int, int, dict[str, int]]]:
+        """(entries into the nested guest, exits from it, exits by name) since the machine was
+        made, for the end-of-run summary; None when this extension switches no worlds."""
         return None
 
     def snapshot_state(self) -> dict[str, Any]:

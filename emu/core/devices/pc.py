@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emu.core.devices.cmos import Cmos
+from emu.core.devices.cmos import RTC_IRQ, Cmos
 from emu.core.devices.gsi import InterruptLines
 from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE, IoApic
 from emu.core.devices.kbc import KBC_IRQ, KeyboardController
@@ -31,6 +31,7 @@ from emu.core.devices.apm import ApmControl
 from emu.core.devices.pit import PIT_IRQ, Pit8254
 from emu.core.devices.pm_timer import PmBlock
 from emu.core.devices.port92 import SystemPortA
+from emu.core.devices.serial import COM1_IRQ
 from emu.core.devices.post import PostPort
 from emu.core.devices.testdev import PcTestdev
 from emu.core.firmware.layout import ram_layout
@@ -63,8 +64,12 @@ class PcPlatform:
         self.pit = Pit8254(now, advance, lambda level: self.lines.set(PIT_IRQ, level),
                            lambda: self.lines.routed(PIT_IRQ))
         m.irq.timers.append(self.pit)
+        m.serial.irq = lambda level: self.lines.set(COM1_IRQ, level)
         below, above = ram_split(m.ram_size)
         self.cmos = Cmos(now, below, above)
+        self.cmos.irq = lambda level: self.lines.set(RTC_IRQ, level)
+        self.cmos.routed = lambda: self.lines.routed(RTC_IRQ)
+        m.irq.timers.append(self.cmos)
         self.kbc = KeyboardController(m.reset_request, self._a20,
                                       lambda level: self.lines.set(KBC_IRQ, level))
         self.port92 = SystemPortA(m.reset_request, self._a20)
