@@ -242,3 +242,22 @@ def test_fault_frames_carry_rf_and_traps_do_not():
     assert ud_image & RFLAGS_RF
     assert not bp_image & RFLAGS_RF
     assert not in_handler & RFLAGS_RF
+
+
+def test_fault_delivering_int_n_returns_to_the_int_instruction():
+    """INT 0x21 through a not-present gate raises #NP (error: IDT, vector 0x21); the #NP frame
+    holds the INT instruction's own address, so a handler that fixes the gate re-runs it
+    (kvm-unit-tests eventinj "NP exception")."""
+    body = """
+        mov r15, 1
+        int 0x21
+        mov r15, 0x600D
+    """ + EXIT
+    handlers = ["mov rax, [rsp]\n mov [0x7000], rax\n mov rax, [rsp+8]\n mov [0x7008], rax\n"
+                " add qword ptr [rsp+8], 2\n add rsp, 8\n iretq"]
+    idt = {11: gate64(handler(0)), 0x21: gate64(handler(0), present=False)}
+    m, res = boot(long_mode_image(body, idt, handlers))
+    assert res.reason == "exit" and regs(m, "r15")[0] == 0x600D
+    err, rip = struct.unpack_from("<QQ", m.ram, 0x7000)
+    assert err == 0x21 * 8 + 2                                 # IDT bit, not EXT
+    assert rip == after("mov r15, 1")

@@ -58,6 +58,8 @@ class Event:
     error_code: int | None = None
     cr2: int | None = None          # set CR2 before delivery (page faults)
     icebp: bool = False             # INT1: a software-initiated #DB without the DPL check
+    insn_len: int = 0               # software events: their instruction's length; a fault while
+                                    # delivering one reports the instruction itself (it restarts)
 
     def describe(self) -> str:
         name = VECTOR_NAMES.get(self.vector, f"vector {self.vector:#x}")
@@ -124,6 +126,8 @@ class Deliverer:
                 self._deliver_once(current, return_rip, cr2)
                 return current
             except Fault as second:
+                if current.kind is Kind.SOFTWARE:
+                    return_rip -= current.insn_len
                 outer = current
                 met = Event(second.vector, Kind.EXCEPTION, second.error_code, second.cr2)
                 if current.vector == DF and current.kind is Kind.EXCEPTION:

@@ -430,6 +430,7 @@ class InterruptController:
         m = self.m
         ctx = m.ctx.save()
         if ctx.u32(OFF_HFLAGS2) & HF2_NMI:
+            m.wait_for_iret()
             return False
         self.window.disarm()
         if m.router is not None and m.router.on_nmi():
