@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable
 from emu.engine.unicorn_build import loader as engine_loader
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_INTR, UC_HOOK_INSN,
                      UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED)
-from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_REG_RAX,
+from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL, UC_X86_REG_RAX,
                                UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP)
 
 from emu.engine import hostvm
@@ -52,6 +52,7 @@ from emu.engine import replay
 from emu.core.fast_exits import FastExits
 from emu.arch.paging import NestedFault
 from emu.arch.vmcb import VMEXIT_IRET, intercept_misc_bit
+from emu.core.syscall import on_syscall
 from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
 from emu.core.control_regs import Cr4Writes
@@ -247,6 +248,7 @@ class Machine:
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
             uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
             uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT),
+            uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, UC_X86_INS_SYSCALL),
             uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
         ]
         self._insn_budget: int | None = None
@@ -760,6 +762,14 @@ class Machine:
             raise Unsupported(f"software interrupt with opcode {insn[:i + 2].hex()}")
         ev.insn_len = length
         self._defer(lambda: self._deliver(ev, rip + length))
+
+    def _on_syscall(self, uc: Uc, _data: object) -> None:
+        """Unicorn's SYSCALL only calls this hook (emu/core/syscall.py performs it)."""
+        self.replay_sync()
+        try:
+            on_syscall(self)
+        except Unsupported as e:
+            self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
 
     def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
         self.replay_sync()
