@@ -3,7 +3,7 @@ mode, and #UD with EFER.SCE clear."""
 from __future__ import annotations
 
 from unicorn.x86_const import (UC_X86_REG_CS, UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10,
-                               UC_X86_REG_R11, UC_X86_REG_R15, UC_X86_REG_SS)
+                               UC_X86_REG_R15, UC_X86_REG_SS)
 
 from tests import harness
 from tests.tinyimage import BODY, SEL_CODE64, asm64, gate64, handler, long_mode_image
