@@ -111,7 +111,7 @@ _bits(0x80000001, 0, EDX, {"syscall": 11, "nx": 20, "mmxext": 22, "fxsr-opt": 25
                            "rdtscp": 27, "lm": 29})
 _bits(0x80000001, 0, ECX, {"lahf-lm": 0, "cmp-legacy": 1, "svm": 2, "extapic": 3,
                            "cr8legacy": 4, "abm": 5, "sse4a": 6, "misalignsse": 7,
-                           "3dnowprefetch": 8, "osvw": 9, "topoext": 22, "perfctr-core": 23})
+                           "3dnowprefetch": 8, "osvw": 9, "skinit": 12, "topoext": 22, "perfctr-core": 23})
 _bits(0x80000008, 0, EBX, {"ibpb": 12, "ibrs": 14, "amd-stibp": 15, "amd-ssbd": 24})
 _bits(0x8000000A, 0, EDX, {"npt": 0, "lbrv": 1, "svm-lock": 2, "nrip-save": 3, "tsc-scale": 4,
                            "vmcb-clean": 5, "flushbyasid": 6, "decodeassists": 7,
