@@ -125,6 +125,8 @@ def window(ext: "SvmExtension") -> int:
     v_tpr = ctx.view[OFF_V_TPR] & 0xF if c.v_intr_masking else st.v_tpr
     if not c.v_ign_tpr and c.v_intr_prio <= v_tpr:
         return WINDOW_NONE
+    if c.v_gif_enable and not Vmcb(m.mem.view, st.vmcb12_pa).v_gif:
+        return WINDOW_NONE      # V_GIF=0 holds virtual interrupts (APM vol. 2, 15.33); STGI looks again
     if not m.uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_IF or ctx.hflags & HF_INHIBIT_IRQ:
         return WINDOW_WANTED
     if reflect.exit_handled(c, VMEXIT_VINTR):

@@ -322,3 +322,27 @@ def test_nmi_sent_in_an_nmi_handler_is_taken_right_after_its_iret(tmp_path):
     checks = parse_tap(out)
     assert len(checks) == 2 and all(c.ok for c in checks.values()), out
     assert not m.apic.nmi_pending
+
+
+
+def test_virtual_gif_written_by_l2_stgi_and_clgi_gates_a_virtual_interrupt():
+    """With V_GIF_ENABLE, L2's STGI/CLGI (not intercepted) write V_GIF, and V_GIF=0 holds a
+    pending V_IRQ: the VINTR intercept exits only after the STGI (APM vol. 2, 15.33;
+    kvm-unit-tests svm vgif)."""
+    from emu.arch.vmcb import INTERCEPT_VINTR
+    from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12
+    l1 = "mov rax, rdi\n vmrun\n" + EXIT_PASS
+    v_irq, v_gif, v_ign_tpr, v_gif_enable = 1 << 8, 1 << 9, 1 << 20, 1 << 25
+
+    def run(l2: str, vintr: int) -> Vmcb:
+        img = nested_image(l1, l2, vmcb12(misc1=INTERCEPT_VINTR, rflags=0x202, vintr=vintr))
+        m = Machine(128 << 20, stdout=None, extensions=[SvmExtension()])
+        assert m.cpuid.query(0x8000000A, 0)[3] & (1 << 16)        # vGIF advertised
+        m.load_multiboot(img, "vgif")
+        assert m.run(timeout=30).reason == "exit"
+        return Vmcb(m.mem.view, VMCB12)
+
+    vm = run("nop\n stgi\n nop\n vmmcall\n", v_irq | v_ign_tpr | v_gif_enable | (0x55 << 32))
+    assert vm.exitcode == VMEXIT_VINTR and vm.save.rip == L2_CODE + 1 + 3 and vm.v_gif == 1
+    vm = run("clgi\n vmmcall\n", v_gif | v_gif_enable)
+    assert vm.exitcode == VMEXIT_VMMCALL and vm.v_gif == 0
