@@ -101,7 +101,7 @@ _bits(1, 0, EDX, {"fpu": 0, "vme": 1, "de": 2, "pse": 3, "tsc": 4, "msr": 5, "pa
                   "sse2": 26})
 _bits(1, 0, ECX, {"pni": 0, "pclmulqdq": 1, "monitor": 3, "ssse3": 9, "fma": 12, "cx16": 13,
                   "pcid": 17, "sse4.1": 19, "sse4.2": 20, "x2apic": 21, "movbe": 22, "popcnt": 23,
-                  "aes": 25, "xsave": 26, "avx": 28, "f16c": 29, "rdrand": 30})
+                  "tsc-deadline": 24, "aes": 25, "xsave": 26, "avx": 28, "f16c": 29, "rdrand": 30})
 _bits(7, 0, EBX, {"fsgsbase": 0, "bmi1": 3, "avx2": 5, "smep": 7, "bmi2": 8, "erms": 9,
                   "invpcid": 10, "rdseed": 18, "adx": 19, "smap": 20, "clflushopt": 23,
                   "sha-ni": 29})
@@ -122,7 +122,7 @@ _ALIASES = {"sse3": "pni", "sse4_1": "sse4.1", "sse4_2": "sse4.2", "lahf_lm": "l
             "cr8-legacy": "cr8legacy", "sha_ni": "sha-ni", "fxsr_opt": "fxsr-opt"}
 # Implemented beyond EPYC's own bits: their MSRs are in msrs_amd.py, and they change nothing
 # else an emulator can show.
-_OPT_IN = ("perfctr-core", "ibpb", "ibrs", "amd-stibp", "amd-ssbd")
+_OPT_IN = ("perfctr-core", "ibpb", "ibrs", "amd-stibp", "amd-ssbd", "tsc-deadline", "x2apic")
 # SVM features: the SVM extension decides which it implements (its CPUID leaf); a model may
 # only hide them.
 _SVM_LEAF = 0x8000000A
