@@ -123,6 +123,10 @@ class SvmExtension(Extension, ExitRouter):
                               (VMEXIT_VMMCALL, instructions.vmmcall),
                               (VMEXIT_SKINIT, instructions.skinit)):
             machine.register_exit(code, lambda code, h=handler: h(self, code))
+        # L1's VMLOAD and VMSAVE move state between the CPU and a VMCB in RAM only: replayed
+        # world switches around them may go on in C (emu/core/fast_exits.py).
+        for code in (VMEXIT_VMLOAD, VMEXIT_VMSAVE):
+            machine.fast_exits.neutral_exit(code, instructions.INSN_LENGTH)
         machine.router = self
         # Repeated world switches replayed in C (fast_switch.py); not while the switch cache is
         # being verified against the full path, which needs every switch in Python.

@@ -65,6 +65,7 @@ _Q = struct.Struct("<Q")
 # Slots in the engine buffer this module owns.
 _SLOT_L1_RFLAGS, _SLOT_VMRUNS, _SLOT_VMEXITS, _SLOT_HOST_DR7 = range(4)
 _MAX_STATES = 4096
+_RECORDINGS_PER_KEY = 2
 
 
 def _spans_differ_outside(a: bytes, b: bytes, allowed: tuple[tuple[int, int], ...]) -> bool:
@@ -99,6 +100,7 @@ class FastSwitch:
         self._states: dict[int, tuple] = {}
         self._counted = (0, 0)
         self._seen: set[tuple] = set()     # switches met once: recorded when met again
+        self._recorded: dict[tuple, int] = {}   # switches recorded: how many times
         self._key_of: tuple = (None, b"")   # (vmcb12 cache, its non-volatile bytes)
         m.replay_listeners.append(self.sync)
 
@@ -140,6 +142,7 @@ class FastSwitch:
             if len(self._ids) >= _MAX_STATES:      # a guest that never repeats: start afresh
                 self._ids.clear()
                 self._states.clear()
+                self._recorded.clear()
                 self.engine.clear()
             sid = self._ids[s] = len(self._ids) + 1
             self._states[sid] = s
@@ -166,6 +169,7 @@ class FastSwitch:
     def clear(self) -> None:
         """Forget every program (a snapshot replaced the state they were recorded from)."""
         self.engine.clear()
+        self._recorded.clear()
 
     def begin(self, pa: int) -> Pending | None:
         """Before a world switch in Python (context saved): its inputs, if it may be recorded;
@@ -194,11 +198,23 @@ class FastSwitch:
         it recorded (`key`: None if it cannot be, else what makes it the same switch, recorded
         the second time it is met) and are programs let run."""
         post = self._state_id() if self.ext.machine.replay_ready() else 0
-        if post and key is not None and self._second_time(key):
+        if post and key is not None and self._second_time(key) and self._may_record(key):
             program = build(post)
             if program is not None:
                 self.engine.add_program(intno, program)
         self.arm(post)
+
+    def _may_record(self, key: tuple) -> bool:
+        """A switch met in Python again after its program was recorded did not replay (its
+        guards failed, or Python ran just before it): recording it once more may help (the
+        program kept may be an older state's), endlessly does not, at ~100 us a recording."""
+        n = self._recorded.get(key, 0)
+        if n >= _RECORDINGS_PER_KEY:
+            return False
+        if len(self._recorded) >= _MAX_STATES:
+            self._recorded.clear()
+        self._recorded[key] = n + 1
+        return True
 
     def vmrun_done(self, before: Pending | None, vmcb12_pa: int,
                    nested_entries: tuple[tuple[int, int], ...] | None) -> None:

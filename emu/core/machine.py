@@ -191,6 +191,7 @@ class Machine:
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
         self._pause: str | None = None     # a debugger stop requested (see `pause`)
+        self._by_l0 = False                # the last exit was answered by the machine's handler
         # Exits reach Python through the C replay engine when it is built (emu/engine/replay.py):
         # world switches it has a recorded program for never leave C.
         self.replay: replay.Engine | None = None
@@ -444,9 +445,14 @@ class Machine:
         ctypes callback does not have (an exception stops emulation and emu_start re-raises it)."""
         uc = self.uc
         try:
+            fast = self.fast_exits
+            state, rip = self.replay.state_word.value, fast.rip()
             self.replay_sync()
+            self._by_l0 = False
             self._on_intr(uc, intno, None)
-            self.fast_exits.arm()
+            if self._by_l0:
+                fast.after_exit(intno, state, rip)
+            fast.arm()
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(uc, e)
 
@@ -467,6 +473,7 @@ class Machine:
             if self.router is not None and self.router.on_exit(code):
                 return
             if handler is not None:
+                self._by_l0 = True
                 handler(code)
             elif hostvm.VMEXIT_EXCP0 <= code < hostvm.VMEXIT_INTR:
                 self._exit_exception(code - hostvm.VMEXIT_EXCP0)
