@@ -37,7 +37,7 @@ from unicorn.x86_const import UC_X86_REG_DR7, UC_X86_REG_RFLAGS
 
 from emu.engine import hostvm
 from emu.arch.vmcb import VMEXIT_MSR, VMEXIT_VMRUN
-from emu.engine.hw_switch import (OFF_CR2, OFF_DR, OFF_EFLAGS, OFF_EIP, OFF_ERROR_CODE, OFF_HFLAGS,
+from emu.engine.hw_switch import (OFF_CR2, OFF_DR, OFF_EFLAGS, OFF_EIP, OFF_ERROR_CODE, OFF_HFLAGS, OFF_VM_VMCB,
                            OFF_RAX, OFF_RCX, OFF_RSP, OFF_V_TPR)
 from emu.core.msr import MSR_PAT
 from emu.engine.replay import Engine, Program
@@ -215,6 +215,30 @@ class FastSwitch:
             self._recorded.clear()
         self._recorded[key] = n + 1
         return True
+
+    def gif_done(self, intno: int, before_state: int, rip: int, length: int) -> None:
+        """L1's STGI or CLGI (`length` bytes at `rip`) finished in Python, entered in Python
+        state `before_state` (0: none recorded). All either does is GIF and RIP, and STGI's look
+        for a pending interrupt, which finds none while programs may run (replay_ready): record
+        the program that moves RIP and the state id in C, so that a hypervisor's
+        CLGI / VMRUN / #VMEXIT / STGI loop stays there."""
+        m = self.ext.machine
+        if (not before_state or self.ext.state.in_l2 or not m.fast_exits.env
+                or m.ctx.save().u64(OFF_EIP) != rip + length):
+            return
+        post = self._state_id() if m.replay_ready() else 0
+        key = ("gif", intno, rip, before_state)
+        if post and self._second_time(key) and self._may_record(key):
+            env = m.fast_exits.env
+            p = Program()
+            p.eq64(self.engine.state_addr, before_state)
+            p.eq64(env + OFF_EIP, rip)
+            p.eq64(env + OFF_VM_VMCB, hostvm.VMCB01)
+            p.commit()
+            p.set64(env + OFF_EIP, rip + length)
+            p.set64(self.engine.state_addr, post)
+            self.engine.add_program(intno, p)
+        self.arm(post)
 
     def vmrun_done(self, before: Pending | None, vmcb12_pa: int,
                    nested_entries: tuple[tuple[int, int], ...] | None) -> None:

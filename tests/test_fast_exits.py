@@ -150,6 +150,7 @@ class Outcome:
     context: bytes
     tsc: int
     answered: tuple[int, int]
+    python_exits: int
 
 
 def run(image: "bytes | BootImage", fast: bool, nested: bool = False) -> Outcome:
@@ -162,7 +163,8 @@ def run(image: "bytes | BootImage", fast: bool, nested: bool = False) -> Outcome
     m.load_multiboot(image, "guest ")
     res = m.run(timeout=60)
     return Outcome(res.reason, res.status, bytes(m.serial.output), bytes(m.ram),
-                   bytes(m.ctx.save().view)[:_NOISE_FROM], m.tsc, m.fast_exits.answered)
+                   bytes(m.ctx.save().view)[:_NOISE_FROM], m.tsc, m.fast_exits.answered,
+                   m.replay.fallbacks)
 
 
 def same_with_and_without(image: "bytes | BootImage", nested: bool = False) -> Outcome:
@@ -268,3 +270,37 @@ def test_l2_rdtsc_programs_same_in_c_and_python(offset):
     assert all((b - offset) % (1 << 64) > a for a, b in zip(l1, l2[1:]))
     # Most of L2's and L1's reads were answered in C (programs recorded on the second trip).
     assert out.answered[0] > 2 * TRIPS - 20, out.answered
+
+
+L1_GIF = f"""
+    mov r14, {LOG}
+    xor r13, r13
+again:
+    clgi
+    mov rax, rdi
+    vmrun
+    stgi
+    add qword ptr [rdi + 0x578], 3
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov [r14 + 0x4000 + r13 * 8], rax
+    cmp r13, {TRIPS}
+    jb again
+""" + "mov al, 0\n out 0xf4, al\n"
+
+
+def test_clgi_vmrun_stgi_loop_stays_in_c():
+    """A hypervisor's CLGI / VMRUN / #VMEXIT / STGI loop with RDTSC on both sides: the same with
+    the C path on and off, and after the first trips nothing of it reaches Python."""
+    import struct
+    from tests.nested_image import nested_image, vmcb12
+    image = nested_image(L1_GIF, L2_TIMING, vmcb12(tsc_offset=0x5000))
+    fast = run(image, True, nested=True)
+    slow = run(image, False, nested=True)
+    for name in ("reason", "status", "output", "context", "tsc", "ram"):
+        assert getattr(fast, name) == getattr(slow, name), name
+    assert fast.reason == "exit" and fast.status == 1, fast
+    l2 = struct.unpack_from(f"<{TRIPS}Q", fast.ram, LOG)
+    assert all(b > a for a, b in zip(l2, l2[1:]))
+    assert fast.python_exits < 40, fast.python_exits

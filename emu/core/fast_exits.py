@@ -73,6 +73,7 @@ class FastExits:
     def __init__(self, machine: "Machine", tsc_step: int) -> None:
         self.m = machine
         self._fx = None
+        self.env = 0
         self._base: int | None = None      # fx.tsc when armed
         self._inputs: tuple = ()            # what the kept CPUID answers were computed from
         self._met: dict[tuple[int, int], int] = {}   # (state, RIP) of L2 RDTSCs: times met
@@ -104,6 +105,7 @@ class FastExits:
         self._env_cr4 = ctypes.c_uint64.from_address(env + OFF_CR + 4 * 8)
         self._env_eip = ctypes.c_uint64.from_address(env + OFF_EIP)
         self._env = env
+        self.env = env               # the live CPU state's address, for programs that use it
         self._armed_addr = ctypes.addressof(fx) + type(fx).armed.offset
 
     def _cpuid_inputs(self) -> tuple:

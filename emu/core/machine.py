@@ -197,6 +197,9 @@ class Machine:
         self.replay: replay.Engine | None = None
         self.replay_listeners: list[Callable[[], None]] = []
         self._replay_seen = 0
+        # The engine's state word when the exit being handled reached Python (before replay_sync
+        # cleared it): what a program recorded for this exit would guard on.
+        self.replay_entry_state = 0
         if replay.available():
             self.replay = replay.Engine(uc, self.ctx, self._ram_addr, self.layout.below_4g,
                                         self._on_intr_c)
@@ -447,6 +450,7 @@ class Machine:
         try:
             fast = self.fast_exits
             state, rip = self.replay.state_word.value, fast.rip()
+            self.replay_entry_state = state
             self.replay_sync()
             self._by_l0 = False
             self._on_intr(uc, intno, None)
