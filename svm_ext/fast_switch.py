@@ -64,6 +64,8 @@ _EXIT_FIELDS = (("es", 64), ("gdtr", 16), ("idtr", 16), ("cpl", 1), ("efer", 8),
 _Q = struct.Struct("<Q")
 # Slots in the engine buffer this module owns.
 _SLOT_L1_RFLAGS, _SLOT_VMRUNS, _SLOT_VMEXITS, _SLOT_HOST_DR7 = range(4)
+_FIRST_CODE_SLOT = 4          # then one counter per exit code a program was recorded for
+_CODE_SLOTS = 64
 _MAX_STATES = 4096
 _RECORDINGS_PER_KEY = 2
 
@@ -94,7 +96,9 @@ class FastSwitch:
         self.blob_size = len(m.ctx.view)
         self.l1_host, self.l1_host_addr = engine.buffer(self.blob_size)
         self.vmcb12_copy, self.vmcb12_copy_addr = engine.buffer(CACHE_STRUCT.size)
-        self.slots, self.slots_addr = engine.buffer(8 * 4)
+        self.slots, self.slots_addr = engine.buffer(8 * (_FIRST_CODE_SLOT + _CODE_SLOTS))
+        self._code_slot: dict[int, int] = {}       # exit code -> its counter's slot
+        self._code_counted: dict[int, int] = {}    # exit code -> replays already in the stats
         _Q.pack_into(self.slots, 8 * _SLOT_HOST_DR7, HOST_DR7)
         self._ids: dict[tuple, int] = {}
         self._states: dict[int, tuple] = {}
@@ -164,6 +168,11 @@ class FastSwitch:
             st.vmcb12 = read_cache(bytes(self.vmcb12_copy))
         st.stats["vmexit"] += exits - done_exits
         self._counted = (runs, exits)
+        for code, slot in self._code_slot.items():
+            n = _Q.unpack_from(self.slots, 8 * slot)[0]
+            if n != self._code_counted[code]:
+                st.exit_codes[code] = st.exit_codes.get(code, 0) + n - self._code_counted[code]
+                self._code_counted[code] = n
 
     # ---- recording ------------------------------------------------------------------------------
     def clear(self) -> None:
@@ -318,7 +327,8 @@ class FastSwitch:
                 or _spans_differ_outside(before.vmcb12, post, tuple(writes + volatile))):
             return None
         code_guards = self._code_guards(rip, nrip)
-        if code_guards is None:
+        code_slot = self._counter_for(code)
+        if code_guards is None or code_slot is None:
             return None
         blob, old, new = e.blob, before.blob, after
         p = Program().save()
@@ -359,8 +369,18 @@ class FastSwitch:
         p.reg_write(self._slot(_SLOT_L1_RFLAGS), UC_X86_REG_RFLAGS)
         p.reg_write(self._slot(_SLOT_HOST_DR7), UC_X86_REG_DR7)
         p.flush_tlb()
+        p.add64(self._slot(code_slot), 1)
         self._finish(p, _SLOT_VMEXITS, post_state)
         return p
+
+    def _counter_for(self, code: int) -> int | None:
+        """The slot counting replayed exits of `code` (exits by code in the run summary); None
+        when every slot is taken, and such an exit then stays in Python."""
+        slot = self._code_slot.get(code)
+        if slot is None and len(self._code_slot) < _CODE_SLOTS:
+            slot = self._code_slot[code] = _FIRST_CODE_SLOT + len(self._code_slot)
+            self._code_counted[code] = 0
+        return slot
 
     def _code_guards(self, rip: int, nrip: int) -> list[tuple[int, bytes]] | None:
         """Guards that keep NRIP right: the instruction's bytes, and every paging entry the

@@ -20,6 +20,7 @@ class NestedState:
     v_irq: bool = False            # a virtual interrupt for L2 still pending (vmcb12 V_IRQ)
     v_tpr: int = 0                 # V_TPR while L2 runs without V_INTR_MASKING
     stats: dict[str, int] = field(default_factory=lambda: {"vmrun": 0, "vmexit": 0})
+    exit_codes: dict[int, int] = field(default_factory=dict)   # #VMEXITs to L1 by EXITCODE
 
     def to_dict(self) -> dict:
         return dict(gif=self.gif, vm_cr=self.vm_cr, hsave_pa=self.hsave_pa, in_l2=self.in_l2,

@@ -450,7 +450,7 @@ def test_cli_run_snapshot_then_resume(tmp_path, capsys):
     full_status, full_out, _ = _cli(capsys, "run", str(image), "-m", "16")
     assert full_out == "abcdefghijklmnop" * 4 + "\n"
     status, first, err = _cli(capsys, "run", str(image), "-m", "16", "--snapshot-at", "2222",
-                              "--snapshot", snap)
+                              "--snapshot", snap, "-q")
     assert status == 0 and err.count("\n") == 1 and "snapshot after 2222 instructions" in err
     status, rest, _ = _cli(capsys, "resume", snap)
     assert status == full_status and first + rest == full_out
@@ -463,7 +463,7 @@ def test_cli_resume(tmp_path, capsys, straight):
     before = bytes(m.serial.output).decode()
     path = str(tmp_path / "a.snap")
     snapshot.save(m, path)
-    status, out, err = _cli(capsys, "resume", path)
+    status, out, err = _cli(capsys, "resume", path, "-q")
     assert status == straight["status"] and err == ""
     assert before + out == straight["serial"].decode()
 

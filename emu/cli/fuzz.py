@@ -57,21 +57,8 @@ def add_parser(sub, size_type, positive_int, positive_float) -> None:
 
 
 def _symbols(path: str) -> dict[str, int]:
-    if path.endswith((".S", ".s", ".asm")):
-        from emu.loader.asm import assemble
-        return assemble(path).symbols
-    try:
-        from elftools.elf.elffile import ELFFile
-        from elftools.elf.sections import SymbolTableSection
-        with open(path, "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                return {}
-            f.seek(0)
-            elf = ELFFile(f)
-            return {s.name: s["st_value"] for sec in elf.iter_sections()
-                    if isinstance(sec, SymbolTableSection) for s in sec.iter_symbols() if s.name}
-    except Exception:
-        return {}
+    from emu.cli.image import image_symbols
+    return image_symbols(path)
 
 
 def _address(text: str, symbols: dict[str, int], what: str) -> int:

@@ -30,3 +30,23 @@ def load_image_bytes(path: str, limit: int) -> tuple[bytes, str]:
     if len(data) > limit:                       # it grew while we read it
         raise ImageError(f"cannot load {path}: larger than the {limit >> 20} MiB of RAM")
     return data, path
+
+
+def image_symbols(path: str) -> dict[str, int]:
+    """Symbols a user may name instead of addresses: the assembler's labels for a source, the
+    symbol table of an ELF image; none for a flat image."""
+    if path.endswith((".S", ".s", ".asm")):
+        from emu.loader.asm import assemble
+        return assemble(path).symbols
+    try:
+        from elftools.elf.elffile import ELFFile
+        from elftools.elf.sections import SymbolTableSection
+        with open(path, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                return {}
+            f.seek(0)
+            elf = ELFFile(f)
+            return {s.name: s["st_value"] for sec in elf.iter_sections()
+                    if isinstance(sec, SymbolTableSection) for s in sec.iter_symbols() if s.name}
+    except Exception:
+        return {}

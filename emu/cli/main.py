@@ -15,6 +15,8 @@ from emu.core.machine import MAX_TIMEOUT, STATUS_BAD_INPUT, Machine, RunResult
 from emu.cli.output import guest_stdout
 
 if TYPE_CHECKING:
+    from typing import Mapping
+    from emu.core.events import EventSpec
     from emu.core.trace import Tracer
 
 STATUS_INTERNAL = 70
@@ -118,7 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cpu = parse_cpu(args.cpu)
     data, name = load_image_bytes(args.image, args.memory)
-    tracer = _open_tracer(args)
+    symbols = _lazy_symbols(args.image)
+    tracer = _open_tracer(args, symbols)
     machine = Machine(args.memory, stdout=guest_stdout(), tracer=tracer, cpu=cpu,
                       extensions=[SvmExtension(pat_model=args.pat_model)] if cpu.svm else [])
     _attach_tools(machine, tracer)
@@ -130,27 +133,63 @@ def cmd_run(args: argparse.Namespace) -> int:
         modules = place_modules(image, cmdline, args.initrd, read_modules(args.initrd),
                                 args.memory)
     machine.load_multiboot(image, cmdline, modules)
-    return _run_and_report(machine, tracer, args, _insn_limit(args))
+    return _run_and_report(machine, tracer, args, _insn_limit(args, symbols))
+
+
+def _lazy_symbols(path: str | None):
+    """The image's symbols, looked up only if an option names one (assembling costs time)."""
+    from emu.cli.image import image_symbols
+
+    class Symbols(dict):
+        loaded = False
+
+        def _load(self) -> None:
+            if not self.loaded:
+                self.loaded = True
+                if path is not None:
+                    self.update(image_symbols(path))
+
+        def __contains__(self, key: object) -> bool:
+            self._load()
+            return super().__contains__(key)
+
+        def __getitem__(self, key: str) -> int:
+            self._load()
+            return super().__getitem__(key)
+
+        def __bool__(self) -> bool:
+            self._load()
+            return len(self) > 0
+    return Symbols()
 
 
 def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Namespace,
-                    limit: int | None) -> int:
+                    limit: "tuple[int | None, EventSpec | None]") -> int:
     """Run, then end the way every run ends: flush, snapshot if asked, one summary line."""
+    import time
+    from emu.cli.summary import summary_line
     machine.strict = args.strict
     machine.explain = not args.quiet
+    machine.count_insns = args.count_insns
     outputs = _open_coverage(args, machine)
     if args.no_replay and machine.replay is not None:
         machine.replay.enabled = False
-    result: RunResult = _run(machine, args, limit)
+    insns, event = limit
+    watch = _watch_event(machine, event)
+    began = time.monotonic()
+    result: RunResult = _run(machine, args, insns)
+    seconds = time.monotonic() - began
+    if watch is not None:
+        watch.detach()
     guest_stdout().flush()
     if tracer:
         tracer.close()
     for out in outputs:
         out.close()
+    if not args.quiet:
+        print(summary_line(machine, result, seconds), file=sys.stderr)
     if args.snapshot:
-        return _end_with_snapshot(machine, result, args)
-    if not args.quiet and result.reason != "exit":
-        print(f"svmemu: {result.message} (rip {result.rip:#x})", file=sys.stderr)
+        return _end_with_snapshot(machine, result, args, event)
     return _process_status(result, args)
 
 
@@ -164,11 +203,25 @@ def _process_status(result: RunResult, args: argparse.Namespace) -> int:
 
 def _add_execution_options(p: argparse.ArgumentParser) -> None:
     """What `run` and `resume` share: tracing, limits, snapshots, the PAT model."""
-    p.add_argument("--trace", default="", help="comma list of: insn, exits, io, msr, exc, mem, all")
+    p.add_argument("--trace", default="",
+                   help="comma list of: insn, regs, exits, io, msr, exc, mem, all")
     p.add_argument("--trace-file", help="write the trace here instead of stderr")
+    p.add_argument("--trace-world", metavar="L1|L2|asidN[,...]",
+                   help="trace only while this world (or nested guest ASID) runs")
+    p.add_argument("--trace-range", action="append", default=[],
+                   metavar="START..END|START+LEN|SYMBOL",
+                   help="trace only code in these RIP ranges (a symbol: up to the next symbol; "
+                        "repeatable)")
+    p.add_argument("--trace-from", metavar="N|vmrun[:N]|vmexit[:N]|SYMBOL[:N]",
+                   help="start tracing after N instructions, at the Nth VMRUN/#VMEXIT or when "
+                        "RIP reaches a symbol")
+    p.add_argument("--trace-until", metavar="N|vmrun[:N]|vmexit[:N]|SYMBOL[:N]",
+                   help="stop tracing there (same forms as --trace-from)")
     p.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
     p.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
+    p.add_argument("--count-insns", action="store_true",
+                   help="count instructions for the summary line (a hook per instruction: slower)")
     p.add_argument("--exit-status", choices=("qemu", "guest"), default="qemu",
                    help="qemu (default): a guest's isa-debug-exit value V ends the process with "
                         "(V << 1) | 1; guest: with V itself (0 = pass)")
@@ -220,30 +273,54 @@ def _run(machine: Machine, args: argparse.Namespace, limit: int | None) -> RunRe
 # ---- snapshots ----------------------------------------------------------------------------------
 
 def _add_snapshot_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--snapshot-at", type=_positive_int, metavar="N",
-                   help="after N instructions, save a snapshot to --snapshot FILE and exit")
+    p.add_argument("--snapshot-at", metavar="N|vmrun[:N]|vmexit[:N]|SYMBOL[:N]|*ADDR[:N]",
+                   help="save a snapshot to --snapshot FILE and exit: after N instructions, "
+                        "right after the Nth VMRUN or #VMEXIT, or when RIP reaches a symbol or "
+                        "address (the Nth time) before that instruction runs")
     p.add_argument("--snapshot", metavar="FILE", help="where --snapshot-at writes the snapshot")
 
 
-def _insn_limit(args: argparse.Namespace) -> int | None:
-    """--snapshot-at is an instruction limit whose end is a snapshot rather than status 8."""
+def _insn_limit(args: argparse.Namespace,
+                symbols: "Mapping[str, int]") -> "tuple[int | None, EventSpec | None]":
+    """--snapshot-at N is an instruction limit whose end is a snapshot rather than status 8; an
+    event (vmrun:3, a symbol) is watched instead, and the run pauses there."""
+    from emu.core.events import parse_event
     if (args.snapshot_at is None) != (args.snapshot is None):
         raise OptionError("--snapshot-at and --snapshot must be given together")
-    if args.snapshot_at is not None and args.max_insns is not None:
-        raise OptionError("--snapshot-at and --max-insns cannot be combined")
-    return args.snapshot_at if args.snapshot_at is not None else args.max_insns
+    if args.snapshot_at is None:
+        return args.max_insns, None
+    if args.gdb or args.gdb_default:
+        raise OptionError("the gdb stub cannot be combined with --max-insns, --timeout or "
+                          "--snapshot-at")
+    event = parse_event(args.snapshot_at, symbols, "--snapshot-at")
+    if event.kind == "insns":
+        if args.max_insns is not None:
+            raise OptionError("--snapshot-at N and --max-insns cannot be combined")
+        return event.count, event
+    return args.max_insns, event
 
 
-def _end_with_snapshot(machine: Machine, result: RunResult, args: argparse.Namespace) -> int:
+def _watch_event(machine: Machine, event: "EventSpec | None"):
+    if event is None or event.kind == "insns":
+        return None
+    from emu.core.events import EventWatch
+    return EventWatch(machine, event, lambda: machine.pause(f"reached {event.describe()}"))
+
+
+def _end_with_snapshot(machine: Machine, result: RunResult, args: argparse.Namespace,
+                       event: "EventSpec") -> int:
     from emu.core import snapshot
-    if result.reason != "max-insns":
+    expected = "max-insns" if event.kind == "insns" else "pause"
+    if result.reason != expected:
         if not args.quiet:
-            print(f"svmemu: {result.message} (rip {result.rip:#x}) before instruction "
-                  f"{args.snapshot_at}; no snapshot written", file=sys.stderr)
+            print(f"svmemu: {result.message} (rip {result.rip:#x}) before {event.describe()}; "
+                  "no snapshot written", file=sys.stderr)
         return result.status & 0xFF
     snapshot.save(machine, args.snapshot)
-    print(f"svmemu: snapshot after {args.snapshot_at} instructions written to {args.snapshot} "
-          f"(rip {result.rip:#x})", file=sys.stderr)
+    where = (f"after {event.count} instructions" if event.kind == "insns"
+             else f"at {event.describe()}")
+    print(f"svmemu: snapshot {where} written to {args.snapshot} (rip {result.rip:#x}, "
+          f"{machine.level()})", file=sys.stderr)
     return 0
 
 
@@ -261,20 +338,34 @@ def _open_coverage(args: argparse.Namespace, machine: Machine) -> list:
     return outputs
 
 
-def _open_tracer(args: argparse.Namespace) -> "Tracer | None":
+def _open_tracer(args: argparse.Namespace, symbols: "Mapping[str, int]") -> "Tracer | None":
     from emu.core.trace import Tracer, parse_categories
     if args.trace:
         cats = parse_categories(args.trace)
+        focus = _trace_focus(args, symbols)
         from emu.cli.output import NamedOutput
         try:
             out = open(args.trace_file, "w") if args.trace_file else sys.stderr
         except OSError as e:
             raise OptionError(f"cannot open trace file {args.trace_file}: {e.strerror}")
         return Tracer(cats, NamedOutput(out, f"trace file {args.trace_file}" if args.trace_file
-                                        else "standard error (the trace)"))
-    if args.trace_file:
-        raise OptionError("--trace-file needs --trace")
+                                        else "standard error (the trace)"), focus)
+    for option in ("trace_file", "trace_world", "trace_from", "trace_until", "trace_range"):
+        if getattr(args, option):
+            raise OptionError(f"--{option.replace('_', '-')} needs --trace")
     return None
+
+
+def _trace_focus(args: argparse.Namespace, symbols: "Mapping[str, int]"):
+    from emu.core.events import parse_event
+    from emu.core.trace import Focus, parse_ranges, parse_worlds
+    ranges, names = parse_ranges(args.trace_range, symbols)
+    return Focus(worlds=parse_worlds(args.trace_world) if args.trace_world else frozenset(),
+                 ranges=ranges, names=names,
+                 start=parse_event(args.trace_from, symbols, "--trace-from")
+                 if args.trace_from else None,
+                 stop=parse_event(args.trace_until, symbols, "--trace-until")
+                 if args.trace_until else None)
 
 
 def _attach_tools(machine: Machine, tracer: "Tracer | None") -> None:
@@ -288,9 +379,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from emu.core import snapshot
     from svm_ext.extension import SvmExtension
 
-    limit = _insn_limit(args)
+    limit = _insn_limit(args, _lazy_symbols(None))
     snap = snapshot.read(args.snapshot_file)
-    tracer = _open_tracer(args)
+    tracer = _open_tracer(args, _lazy_symbols(None))
     machine = Machine(snap.ram_size, stdout=guest_stdout(), tracer=tracer,
                       extensions=[SvmExtension(pat_model=args.pat_model)])
     _attach_tools(machine, tracer)

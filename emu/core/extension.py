@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from emu.arch.paging import PagingRegs
 
 if TYPE_CHECKING:
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class ExitRouter:
 class Extension:
     name = "extension"
 
-    def attach(self, machine: "Machine") -> None:
+    def attach(self, machine: "Board") -> None:
         """Register handlers; called once, before the guest is loaded."""
 
     def level(self) -> str:
@@ -148,6 +148,11 @@ class Extension:
     def last_exit(self) -> Optional[str]:
         """Why the nested guest last stopped running (exit code by name, exit information), for
         the debugger's stop messages; None before the first exit."""
+        return None
+
+    def world_switches(self) -> Optional[tuple[int, int, dict[str, int]]]:
+        """(entries into the nested guest, exits from it, exits by name) since the machine was
+        made, for the end-of-run summary; None when this extension switches no worlds."""
         return None
 
     def snapshot_state(self) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from emu.engine import binding
 from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context
 from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
-from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
+from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Kind,
                          Shutdown)
 from emu.core.firmware.layout import ram_layout
 from emu.core.memory import GuestMemory
@@ -137,9 +137,9 @@ class Machine:
         # memory: reading a page never touched maps the shared zero page, so only what the
         # guest writes becomes resident (a shared mapping would allocate on reads too).
         self.ram = mmap.mmap(-1, self.layout.end, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
-        self._ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
+        self.ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
         for base, length in self.layout.ranges:
-            uc.mem_map_ptr(base, length, UC_PROT_ALL, self._ram_addr + base)
+            uc.mem_map_ptr(base, length, UC_PROT_ALL, self.ram_addr + base)
         self.hostvm = HostVm(uc)
         self.ctx = Context(uc)
         self.mem = GuestMemory(uc, self.ram, self.layout.below_4g, self.ctx,
@@ -201,7 +201,7 @@ class Machine:
         # cleared it): what a program recorded for this exit would guard on.
         self.replay_entry_state = 0
         if replay.available():
-            self.replay = replay.Engine(uc, self.ctx, self._ram_addr, self.layout.below_4g,
+            self.replay = replay.Engine(uc, self.ctx, self.ram_addr, self.layout.below_4g,
                                         self._on_intr_c)
         # L1's RDTSC and CPUID answered in C while nothing else would happen (fast_exits.py).
         self.fast_exits = FastExits(self, TSC_STEP)
@@ -212,11 +212,21 @@ class Machine:
             uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
         ]
         self._insn_budget: int | None = None
+        # Instructions run, counted only while a counting hook is in (an instruction limit, or
+        # count_insns: a Python hook per instruction, so never by default).
+        self.count_insns = False
+        self.insns = 0
+        self.insns_counted = False
         self._start: int | None = None
         self.extensions = list(extensions)
         for ext in self.extensions:
             ext.attach(self)
         self._own_hooks = binding.hook_count(uc)
+        # Work that must run between two emulation slices (hooks added or removed, with the
+        # translated code flushed): `between_slices` queues it and stops emulation.
+        self._between: list[Callable[[], None]] = []
+        if tracer is not None:
+            tracer.bind(self)
 
     # ---- extension entry points --------------------------------------------------------------------
     def register_exit(self, code: int, handler: Callable[[int], None]) -> None:
@@ -249,6 +259,18 @@ class Machine:
         itself intercepted; exceptions raised while delivering it can be."""
         self._defer(lambda: self._deliver(event, return_rip, injected))
 
+    def deliver_now(self, event: Event, return_rip: int) -> None:
+        """Deliver `event` at once: only where emulation has already stopped (the interrupt
+        check at an instruction boundary)."""
+        self._deliver(event, return_rip)
+
+    def run_deferred(self) -> None:
+        """Finish now a delivery an exit handler deferred (`deliver_event`), if any: the
+        interrupt window's taker runs it at the boundary it stopped at."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending()
+
     def interrupt_check(self, virtual: bool = False) -> None:
         """Something gating interrupts changed (GIF, V_IRQ): look at the next boundary if an
         interrupt is pending (`virtual`: the extension has one of its own). Only from exit
@@ -276,7 +298,12 @@ class Machine:
 
     def shutdown(self, message: str) -> None:
         """The processor shuts down (triple fault), unless a hypervisor intercepts it."""
-        if self.router is not None and self.router.on_shutdown(message):
+        where = self._where() if self.tracer is not None and self.tracer.on("exc") else None
+        intercepted = self.router is not None and self.router.on_shutdown(message)
+        if where is not None:
+            self.tracer.line("exc", where, f"{message}: " + (
+                "#VMEXIT(SHUTDOWN) to the hypervisor" if intercepted else "the CPU shuts down"))
+        if intercepted:
             return
         self._finish("shutdown", STATUS_SHUTDOWN, message)
 
@@ -292,6 +319,13 @@ class Machine:
         """ACPI power-off: QEMU exits with status 0, and so does the run."""
         self._finish("poweroff", STATUS_HALTED, message)
 
+    def between_slices(self, action: Callable[[], None]) -> None:
+        """Run `action` once emulation has stopped, before it continues where it stopped (from
+        hooks: adding a code hook needs the translated code flushed, which must not happen
+        under the code running)."""
+        self._between.append(action)
+        self.uc.emu_stop()
+
     def pause(self, message: str) -> None:
         """Stop at the next instruction boundary for a debugger, after finishing any event in
         flight (a VMRUN's injected event, an exception being delivered): `run` returns reason
@@ -305,19 +339,21 @@ class Machine:
         from emu.core import firmware
         from emu.loader.multiboot import MBI_ADDR, build_mbi
         firmware.install(self)       # BDA, MP and ACPI tables, MTRRs: what SeaBIOS leaves
+        if modules is None:                  # none: mods_addr still says where they would go
+            from emu.loader.modules import place_modules
+            modules = place_modules(image, cmdline, "", [], self.ram_size)
+        # The information block first, the kernel after it: as in QEMU's option ROM, a kernel
+        # segment over the block's area wins.
+        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR, mods_count=modules.count,
+                        mods_addr=modules.mods_addr)
+        self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         for addr, data in image.segments:
             if not self.layout.is_ram(addr, len(data)):
                 raise ImageError(f"segment at {addr:#x}+{len(data):#x} is outside the "
                                  f"{self.ram_size >> 20} MiB of RAM")
             self.ram[addr:addr + len(data)] = data
-        if modules is None:                  # none: mods_addr still says where they would go
-            from emu.loader.modules import place_modules
-            modules = place_modules(image, cmdline, "", [], self.ram_size)
         for addr, data in modules.blobs:
             self.ram[addr:addr + len(data)] = data
-        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR, mods_count=modules.count,
-                        mods_addr=modules.mods_addr)
-        self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
         self.uc.reg_write(UC_X86_REG_RIP, self._start)   # so a snapshot taken now resumes here
         self.io_trap.set_flag()
@@ -338,15 +374,14 @@ class Machine:
             raise OptionError(f"--timeout must be positive and at most {MAX_TIMEOUT:.0f} seconds")
         uc = self.uc
         extra = []
-        if max_insns is not None:
-            self._insn_budget = max_insns
+        self._insn_budget = max_insns
+        if max_insns is not None or self.count_insns:
+            self.insns_counted = True
             extra.append(uc.hook_add(UC_HOOK_CODE, self._count_insn))
-        if self.tracer and self.tracer.on("insn"):
-            extra.append(uc.hook_add(UC_HOOK_CODE, self._trace_insn))
         if self.tracer and self.tracer.on("mem") and not self.memory_hooks:
             raise OptionError("the mem trace needs emu.tools.memtrace.attach(machine)")
-        for install in self.memory_hooks:
-            extra += install(uc)
+        if self.tracer is not None:
+            self.tracer.run_started()       # its hooks, while its focus is open
         deadline = time.monotonic() + timeout if timeout else None
         watchdog = _Watchdog(uc, deadline) if deadline is not None else None
         begin = self._start
@@ -372,10 +407,10 @@ class Machine:
                     break
                 self.replay_sync()
                 # The slice ran out only if nothing else stopped it: not an event, the end of
-                # the run, a debugger pause or the wall-clock timeout (virtual time must not
-                # advance for instructions that never ran).
+                # the run, a debugger pause, work between slices or the wall-clock timeout
+                # (virtual time must not advance for instructions that never ran).
                 self.irq.slice_done(count, self._pending is None and self._result is None
-                                    and self._pause is None
+                                    and self._pause is None and not self._between
                                     and (deadline is None or time.monotonic() < deadline))
                 pending, self._pending = self._pending, None
                 if pending is not None:
@@ -386,6 +421,8 @@ class Machine:
                     self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
                 if self._pause is not None and self._result is None:
                     self._finish("pause", STATUS_LIMIT, self._pause)
+                while self._between:            # queued by hooks or by the pending work
+                    self._between.pop(0)()
                 begin = uc.reg_read(UC_X86_REG_RIP)
         except Unsupported as e:
             self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
@@ -395,6 +432,9 @@ class Machine:
                 watchdog.done()
             for h in extra:
                 uc.hook_del(h)
+            if self.tracer is not None:
+                self.tracer.run_ended()
+            self._between.clear()
             self._start = uc.reg_read(UC_X86_REG_RIP)
             self._pause = None
         result, self._result = self._result, None
@@ -681,19 +721,14 @@ class Machine:
         return False
 
     def _count_insn(self, uc: Uc, address: int, size: int, _data: object) -> None:
-        assert self._insn_budget is not None
-        self._insn_budget -= 1
-        if self._insn_budget < 0:
-            self._finish("max-insns", STATUS_LIMIT, "instruction limit (--max-insns) reached")
+        budget = self._insn_budget
+        if budget is not None:
+            if budget <= 0:
+                self._finish("max-insns", STATUS_LIMIT, "instruction limit (--max-insns) reached")
+                return
+            self._insn_budget = budget - 1
+        self.insns += 1
 
-    def _trace_insn(self, uc: Uc, address: int, size: int, _data: object) -> None:
-        ctx = self.ctx.save()
-        try:
-            code = self.mem.read_code(address, size)
-        except Fault:
-            code = b""
-        self.tracer.insn(f"[{self.level()} {ctx.mode_bits()} cpl{ctx.cpl}]", ctx.mode_bits(),
-                         address, code)
 
     # ---- event delivery ---------------------------------------------------------------------------
     def _deliver(self, event: Event, return_rip: int, injected: bool = False) -> None:
@@ -704,8 +739,12 @@ class Machine:
             if router is None or (injected and current is event):
                 return False
             return router.on_exception(current, outer)
+        observe = None
+        if self.tracer is not None and self.tracer.on("exc"):
+            where = self._where()
+            observe = lambda text: self.tracer.line("exc", where, text)  # noqa: E731
         try:
-            final = self.deliverer.deliver(event, return_rip, intercept)
+            final = self.deliverer.deliver(event, return_rip, intercept, observe)
         except Shutdown as e:
             self.shutdown(f"shutdown (triple fault): {e}")
             return

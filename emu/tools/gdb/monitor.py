@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from emu.arch import paging
+from emu.arch import paging, vmcb_text
 from emu.errors import SvmemuError
 from emu.engine.hostvm import MAXPHYADDR
+from emu.tools.gdb import physdump
 from emu.tools.memquery import NotMapped, effective_memtype, world_paging
 
 if TYPE_CHECKING:
-    from emu.tools.gdb.stub import GdbStub
+    from emu.tools.gdb.regs import RegisterFile
     from emu.core.machine import Machine
 
 _LEVEL_NAMES = {4: "PML4E", 3: "PDPE", 2: "PDE", 1: "PTE"}
@@ -22,13 +23,21 @@ BREAK_EVENTS = ("vmrun", "vmexit")
 
 
 class Monitor:
-    def __init__(self, machine: "Machine", stub: "GdbStub") -> None:
+    def __init__(self, machine: "Machine", break_on: set[str], regs: "RegisterFile") -> None:
+        """`break_on` is the stub's own set of world-switch events to stop at (`break-on` edits
+        it); `regs` its register file, so the decoded views read what gdb reads."""
         self.m = machine
-        self.stub = stub
+        self.stop_events = break_on
+        self.regs = regs
         self.commands: dict[str, tuple[Callable[[list[str]], str], str]] = {
             "help": (self.help, "this list"),
             "world": (self.world, "which world runs (L1/L2) and what defines it"),
-            "vmcb": (self.vmcb, "the current (or last) nested guest's control block, by field"),
+            "vmcb": (self.vmcb, "[FIELD|PREFIX ...]: the current (or last) nested guest's "
+                     "control block, flags and intercepts by name"),
+            "xp": (self.xp, "[/Nfu] ADDR: physical memory, as QEMU's xp (f: x, d, u, c; "
+                   "u: b, h, w, g)"),
+            "sysregs": (self.sysregs, "control registers, EFER, PAT, RFLAGS, descriptor tables, "
+                        "flags by name"),
             "npt-walk": (self.npt_walk, "GPA: the nested page walk of a guest-physical address"),
             "memtype": (self.memtype, "VA [L1|L2]: the memory type an access to VA gets, and why"),
             "break-on": (self.break_on, "vmrun|vmexit|off ...: also stop right after world switches"),
@@ -42,6 +51,9 @@ class Monitor:
         words = line.split()
         if not words:
             return self.help([])
+        if "/" in words[0]:                     # xp/4xg ADDR: the format rides on the name
+            name, _, fmt = words[0].partition("/")
+            words[0:1] = [name, "/" + fmt]
         entry = self.commands.get(words[0])
         if entry is None:
             return f"unknown monitor command {words[0]!r}; try 'monitor help'"
@@ -68,8 +80,37 @@ class Monitor:
                 break
         if not fields:
             return "no nested guest has been entered yet"
+        if args:
+            fields = _select(fields, args)
         width = max(len(n) for n, _ in fields)
-        return "\n".join(f"{n.ljust(width)} = {v:#x}" for n, v in fields)
+        lines = []
+        for n, v in fields:
+            words = vmcb_text.describe(n, v)
+            lines.append(f"{n.ljust(width)} = {v:#x}" + (f"  ({words})" if words else ""))
+        return "\n".join(lines)
+
+    def sysregs(self, args: list[str]) -> str:
+        """gdb lists CR0-CR4, EFER and PAT with the general registers (its x86 register groups
+        ignore the target description's `system` group); this is the decoded view."""
+        from unicorn.x86_const import UC_X86_REG_GDTR, UC_X86_REG_IDTR
+        from emu.tools.gdb.regs import INDEX
+        regs = self.regs
+        lines = [f"world  {self.m.level()}"]
+        for name in ("cr0", "cr2", "cr3", "cr4", "efer", "pat", "eflags"):
+            value = regs.read(INDEX[name])
+            words = vmcb_text.describe("rflags" if name == "eflags" else name, value) \
+                if name not in ("cr2", "cr3", "pat") else ""
+            lines.append(f"{name:6} {value:#018x}" + (f"  ({words})" if words else ""))
+        for name, reg in (("gdtr", UC_X86_REG_GDTR), ("idtr", UC_X86_REG_IDTR)):
+            _, base, limit, _ = self.m.uc.reg_read(reg)
+            lines.append(f"{name:6} base {base:#x} limit {limit:#x}")
+        return "\n".join(lines)
+
+    def xp(self, args: list[str]) -> str:
+        fmt, rest = ("", args) if not args or not args[0].startswith("/") else (args[0], args[1:])
+        if len(rest) != 1:
+            raise SvmemuError("usage: monitor xp[/Nfu] ADDR (e.g. xp/4xg 0x800000)")
+        return physdump.dump(self.m.mem, _number(rest[0]), fmt)
 
     def npt_walk(self, args: list[str]) -> str:
         if len(args) != 1:
@@ -107,15 +148,30 @@ class Monitor:
 
     def break_on(self, args: list[str]) -> str:
         if not args:
-            return "stopping on: " + (", ".join(sorted(self.stub.break_on)) or "no world switch")
+            return "stopping on: " + (", ".join(sorted(self.stop_events)) or "no world switch")
         for word in args:
             if word == "off":
-                self.stub.break_on.clear()
+                self.stop_events.clear()
             elif word in BREAK_EVENTS:
-                self.stub.break_on.add(word)
+                self.stop_events.add(word)
             else:
                 raise SvmemuError(f"break-on takes {', '.join(BREAK_EVENTS)} or off, not {word!r}")
-        return "stopping on: " + (", ".join(sorted(self.stub.break_on)) or "no world switch")
+        return "stopping on: " + (", ".join(sorted(self.stop_events)) or "no world switch")
+
+
+def _select(fields: list[tuple[str, int]], wanted: list[str]) -> list[tuple[str, int]]:
+    """Fields named exactly, or whose names begin with the word (`cs` gives cs_selector ...)."""
+    out: list[tuple[str, int]] = []
+    for word in wanted:
+        word = word.lower()
+        match = ([f for f in fields if f[0] == word]
+                 or [f for f in fields if f[0].startswith(word + "_")]
+                 or [f for f in fields if f[0].startswith(word)])
+        if not match:
+            raise SvmemuError(f"no VMCB field {word!r} (fields: "
+                              f"{', '.join(n for n, _ in fields)})")
+        out += [f for f in match if f not in out]
+    return out
 
 
 def _number(text: str) -> int:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Callable, TextIO
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UcError
 from unicorn.x86_const import UC_X86_REG_RIP
 
-from emu.tools.gdb import args, regs as gdb_regs
+from emu.tools.gdb import args, physdump, regs as gdb_regs
 from emu.errors import OptionError, SvmemuError, Unsupported
 from emu.tools.gdb.monitor import Monitor
 from emu.tools.gdb.packets import INTERRUPT, Connection
@@ -95,9 +95,10 @@ class GdbStub:
             raise OptionError(f"gdb stub cannot listen on {host}:{port}: {e.strerror or e}")
         self.host, self.port = host, self.listener.getsockname()[1]
         self.regs = gdb_regs.RegisterFile(machine)
-        self.monitor = Monitor(machine, self)
-        self.conn: Connection | None = None
         self.break_on: set[str] = set()          # "vmrun", "vmexit"
+        self.monitor = Monitor(machine, self.break_on, self.regs)
+        self.conn: Connection | None = None
+        self.phys_mode = False       # m/M address physical memory (Qqemu.PhyMemMode:1)
         self._code_bps: dict[int, tuple[int, set[int]]] = {}
         self._watches: dict[tuple[int, int, int], int] = {}
         self._watch_step: int | None = None
@@ -307,6 +308,16 @@ class GdbStub:
             return "l"
         if pkt.startswith("qSymbol"):
             return "OK"
+        if pkt == "qqemu.Supported":
+            return "PhyMemMode"
+        if pkt == "qqemu.PhyMemMode":
+            return "1" if self.phys_mode else "0"
+        if pkt.startswith("Qqemu.PhyMemMode:"):
+            mode = pkt[len("Qqemu.PhyMemMode:"):]
+            if mode not in ("0", "1"):
+                return "E22"
+            self.phys_mode = mode == "1"
+            return "OK"
         if pkt.startswith("qRcmd,"):
             text = args.hex_bytes(pkt[len("qRcmd,"):], "qRcmd").decode("utf-8", "replace")
             out = self.monitor.execute(text)
@@ -330,6 +341,8 @@ class GdbStub:
     def _read_memory(self, addr: int, length: int) -> bytes:
         """As much as is mapped from `addr` on; an error only if not even the first byte is."""
         mem = self.m.mem
+        if self.phys_mode:
+            return physdump.read(mem, addr, length)
         mem.ctx.save()
         out = b""
         while len(out) < length:
@@ -345,6 +358,10 @@ class GdbStub:
 
     def _write_memory(self, addr: int, data: bytes) -> None:
         mem = self.m.mem
+        if self.phys_mode:
+            physdump.write(mem, addr, data)
+            self.m.uc.ctl_flush_tb()
+            return
         mem.ctx.save()
         pieces = []
         pos = 0

@@ -1,0 +1,78 @@
+"""The debugger's views of SVM state, driven by Debian's gdb in batch mode: `monitor vmcb` with
+fields by name, intercepts and flags decoded; physical memory (`monitor xp`, QEMU's
+Qqemu.PhyMemMode packet); the control registers (`monitor sysregs`, `info registers`).
+
+Expected names come from the guest's source (svm_world_switch.S intercepts #UD, CPUID and HLT;
+svm.inc's vmcb_init VMRUN and VMMCALL) and from the architecture, not from svmemu's tables."""
+from __future__ import annotations
+
+import re
+
+from tests.test_gdbstub import SYM, V_RIP, CliStub, needs_gdb, printed, run_gdb, values
+
+
+
+@needs_gdb
+def test_monitor_vmcb_names_intercepts_flags_and_the_exit_code():
+    s = CliStub()
+    out = run_gdb(s.port, "monitor break-on vmrun", "continue",
+                  "monitor vmcb intercept efer cs guest_asid",
+                  "monitor break-on off", "monitor break-on vmexit", "continue",
+                  "monitor vmcb exitcode exitintinfo", "monitor vmcb no_such_field", "kill")
+    s.finish()
+    assert re.search(r"^intercept_exceptions\s+= 0x40  \(#UD\)$", out, re.M), out
+    assert re.search(r"^intercept_misc1\s+= 0x[0-9a-f]+  \(CPUID HLT\)$", out, re.M), out
+    assert re.search(r"^intercept_misc2\s+= 0x3  \(VMRUN VMMCALL\)$", out, re.M), out
+    assert re.search(r"^intercept_cr_read\s+= 0x0  \(none\)$", out, re.M), out
+    # L2 runs in long mode with L1's paging: EFER.LME, LMA and SVME (the architecture's
+    # requirement for VMRUN) are set in what L1 stored.
+    efer = re.search(r"^efer\s+= (0x[0-9a-f]+)  \((.*)\)$", out, re.M)
+    assert efer and set(efer.group(2).split()) >= {"LME", "LMA", "SVME"}
+    assert int(efer.group(1), 16) & (1 << 12)
+    assert re.search(r"^cs_selector\s+= 0x8$", out, re.M) and not re.search(r"^cstar", out, re.M)
+    assert re.search(r"^guest_asid\s+= 0x1$", out, re.M)
+    # The first #VMEXIT is L2's VMMCALL (exit code 0x81 in the APM's table).
+    assert re.search(r"^exitcode\s+= 0x81  \(VMMCALL\)$", out, re.M), out
+    assert re.search(r"^exitintinfo\s+= 0x0  \(none \(V=0\)\)$", out, re.M)
+    assert "no VMCB field 'no_such_field'" in out
+
+
+@needs_gdb
+def test_physical_memory_through_xp_and_phymemmode():
+    s = CliStub()
+    scratch = 0x900100
+    out = run_gdb(s.port, "monitor break-on vmrun", "continue",
+                  f"monitor xp/2xg {V_RIP - 8:#x}",
+                  "maintenance packet qqemu.PhyMemMode",
+                  "maintenance packet Qqemu.PhyMemMode:1",
+                  f"x/2xg {V_RIP - 8:#x}",
+                  f"set {{long}}{scratch:#x} = 0x1234567890",
+                  "maintenance packet Qqemu.PhyMemMode:0",
+                  f"monitor xp/1xg {scratch:#x}", f"monitor xp/2dw {scratch:#x}",
+                  "monitor xp/1xg 0x7fffffffff", "kill")
+    s.finish()
+    # vmcb12's RFLAGS then RIP (0x570, 0x578): L2 starts at l2_entry with only the fixed bit set.
+    assert f"{V_RIP - 8:016x}: 0x0000000000000002 {SYM['l2_entry']:#018x}" in out, out
+    assert 'received: "0"' in out and 'received: "OK"' in out
+    assert re.search(rf"{V_RIP - 8:#x}:\s+0x0000000000000002\s+{SYM['l2_entry']:#018x}", out)
+    assert f"{scratch:016x}: 0x0000001234567890" in out
+    assert f"{scratch:016x}: 878082192 18" in out                 # the same bytes as two dwords
+    assert "cannot read physical address 0x7fffffffff" in out
+
+
+@needs_gdb
+def test_control_registers_are_visible():
+    s = CliStub()
+    out = run_gdb(s.port, "monitor break-on vmrun", "continue", "monitor sysregs",
+                  "info registers cr0 cr4 efer", "p/x $cr3", "kill")
+    s.finish()
+    # In L2 (long mode, paging on): CR0.PE and PG, CR4.PAE, EFER.LMA, as the architecture
+    # requires of 64-bit mode.
+    cr0 = re.search(r"^cr0\s+(0x[0-9a-f]+)  \((.*)\)$", out, re.M)
+    assert cr0 and {"PE", "PG"} <= set(cr0.group(2).split())
+    assert int(cr0.group(1), 16) == values(out, "cr0")[0]
+    assert re.search(r"^cr4\s+0x[0-9a-f]+  \(.*\bPAE\b.*\)$", out, re.M)
+    assert re.search(r"^efer\s+0x[0-9a-f]+  \(.*\bLMA\b.*\)$", out, re.M)
+    assert "world  L2" in out
+    cr3 = int(re.search(r"^cr3\s+(0x[0-9a-f]+)$", out, re.M).group(1), 16)
+    assert printed(out) == [cr3]
