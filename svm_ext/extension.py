@@ -131,6 +131,12 @@ class SvmExtension(Extension, ExitRouter):
                               (VMEXIT_VMMCALL, instructions.vmmcall),
                               (VMEXIT_SKINIT, instructions.skinit)):
             machine.register_exit(code, lambda code, h=handler: h(self, code))
+        for code, handler in ((VMEXIT_STGI, instructions.stgi), (VMEXIT_CLGI, instructions.clgi)):
+            machine.register_exit(code, lambda code, h=handler: self._gif_insn(h, code))
+        # L1's VMLOAD and VMSAVE move state between the CPU and a VMCB in RAM only: replayed
+        # world switches around them may go on in C (emu/core/fast_exits.py).
+        for code in (VMEXIT_VMLOAD, VMEXIT_VMSAVE):
+            machine.fast_exits.neutral_exit(code, instructions.INSN_LENGTH)
         machine.router = self
         # Repeated world switches replayed in C (fast_switch.py); not while the switch cache is
         # being verified against the full path, which needs every switch in Python.
@@ -173,6 +179,15 @@ class SvmExtension(Extension, ExitRouter):
     @staticmethod
     def exit_name(code: int) -> str:
         return exit_name(code)
+
+    def _gif_insn(self, handler: Callable[["SvmExtension", int], None], code: int) -> None:
+        """STGI or CLGI, then (in L1) their replay program (fast_switch.gif_done)."""
+        m = self.machine
+        rip = m.ctx.save().u64(OFF_EIP)
+        handler(self, code)
+        if self.fast is not None:
+            self.fast.gif_done(hostvm.UC_EXIT_BASE + code, m.replay_entry_state, rip,
+                               instructions.INSN_LENGTH)
 
     # ---- MSRs -----------------------------------------------------------------------------------
     def _efer_write(self, old: int, new: int) -> None:

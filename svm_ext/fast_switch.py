@@ -37,7 +37,7 @@ from unicorn.x86_const import UC_X86_REG_DR7, UC_X86_REG_RFLAGS
 
 from emu.engine import hostvm
 from emu.arch.vmcb import VMEXIT_MSR, VMEXIT_VMRUN
-from emu.engine.hw_switch import (OFF_CR2, OFF_DR, OFF_EFLAGS, OFF_EIP, OFF_ERROR_CODE, OFF_HFLAGS,
+from emu.engine.hw_switch import (OFF_CR2, OFF_DR, OFF_EFLAGS, OFF_EIP, OFF_ERROR_CODE, OFF_HFLAGS, OFF_VM_VMCB,
                            OFF_RAX, OFF_RCX, OFF_RSP, OFF_V_TPR)
 from emu.core.msr import MSR_PAT
 from emu.engine.replay import Engine, Program
@@ -67,6 +67,7 @@ _SLOT_L1_RFLAGS, _SLOT_VMRUNS, _SLOT_VMEXITS, _SLOT_HOST_DR7 = range(4)
 _FIRST_CODE_SLOT = 4          # then one counter per exit code a program was recorded for
 _CODE_SLOTS = 64
 _MAX_STATES = 4096
+_RECORDINGS_PER_KEY = 2
 
 
 def _spans_differ_outside(a: bytes, b: bytes, allowed: tuple[tuple[int, int], ...]) -> bool:
@@ -103,6 +104,7 @@ class FastSwitch:
         self._states: dict[int, tuple] = {}
         self._counted = (0, 0)
         self._seen: set[tuple] = set()     # switches met once: recorded when met again
+        self._recorded: dict[tuple, int] = {}   # switches recorded: how many times
         self._key_of: tuple = (None, b"")   # (vmcb12 cache, its non-volatile bytes)
         m.replay_listeners.append(self.sync)
 
@@ -144,6 +146,7 @@ class FastSwitch:
             if len(self._ids) >= _MAX_STATES:      # a guest that never repeats: start afresh
                 self._ids.clear()
                 self._states.clear()
+                self._recorded.clear()
                 self.engine.clear()
             sid = self._ids[s] = len(self._ids) + 1
             self._states[sid] = s
@@ -175,6 +178,7 @@ class FastSwitch:
     def clear(self) -> None:
         """Forget every program (a snapshot replaced the state they were recorded from)."""
         self.engine.clear()
+        self._recorded.clear()
 
     def begin(self, pa: int) -> Pending | None:
         """Before a world switch in Python (context saved): its inputs, if it may be recorded;
@@ -203,10 +207,46 @@ class FastSwitch:
         it recorded (`key`: None if it cannot be, else what makes it the same switch, recorded
         the second time it is met) and are programs let run."""
         post = self._state_id() if self.ext.machine.replay_ready() else 0
-        if post and key is not None and self._second_time(key):
+        if post and key is not None and self._second_time(key) and self._may_record(key):
             program = build(post)
             if program is not None:
                 self.engine.add_program(intno, program)
+        self.arm(post)
+
+    def _may_record(self, key: tuple) -> bool:
+        """A switch met in Python again after its program was recorded did not replay (its
+        guards failed, or Python ran just before it): recording it once more may help (the
+        program kept may be an older state's), endlessly does not, at ~100 us a recording."""
+        n = self._recorded.get(key, 0)
+        if n >= _RECORDINGS_PER_KEY:
+            return False
+        if len(self._recorded) >= _MAX_STATES:
+            self._recorded.clear()
+        self._recorded[key] = n + 1
+        return True
+
+    def gif_done(self, intno: int, before_state: int, rip: int, length: int) -> None:
+        """L1's STGI or CLGI (`length` bytes at `rip`) finished in Python, entered in Python
+        state `before_state` (0: none recorded). All either does is GIF and RIP, and STGI's look
+        for a pending interrupt, which finds none while programs may run (replay_ready): record
+        the program that moves RIP and the state id in C, so that a hypervisor's
+        CLGI / VMRUN / #VMEXIT / STGI loop stays there."""
+        m = self.ext.machine
+        if (not before_state or self.ext.state.in_l2 or not m.fast_exits.env
+                or m.ctx.save().u64(OFF_EIP) != rip + length):
+            return
+        post = self._state_id() if m.replay_ready() else 0
+        key = ("gif", intno, rip, before_state)
+        if post and self._second_time(key) and self._may_record(key):
+            env = m.fast_exits.env
+            p = Program()
+            p.eq64(self.engine.state_addr, before_state)
+            p.eq64(env + OFF_EIP, rip)
+            p.eq64(env + OFF_VM_VMCB, hostvm.VMCB01)
+            p.commit()
+            p.set64(env + OFF_EIP, rip + length)
+            p.set64(self.engine.state_addr, post)
+            self.engine.add_program(intno, p)
         self.arm(post)
 
     def vmrun_done(self, before: Pending | None, vmcb12_pa: int,

@@ -13,7 +13,7 @@ from emu.core.machine import Machine
 from emu.engine import replay
 from emu.engine.hw_switch import OFF_V_TPR
 from emu.loader.asm import assemble_source
-from emu.loader.multiboot import parse_image
+from emu.loader.multiboot import BootImage, parse_image
 from svm_ext.extension import SvmExtension
 
 pytestmark = pytest.mark.skipif(not replay.available(), reason="the C engine was not built")
@@ -150,20 +150,24 @@ class Outcome:
     context: bytes
     tsc: int
     answered: tuple[int, int]
+    python_exits: int
 
 
-def run(image: bytes, fast: bool, nested: bool = False) -> Outcome:
+def run(image: "bytes | BootImage", fast: bool, nested: bool = False) -> Outcome:
     ext = [SvmExtension("architectural")] if nested else []
     m = Machine(RAM, stdout=None, extensions=ext)
     assert m.replay is not None
     m.replay.enabled = fast
-    m.load_multiboot(parse_image(image, "guest", RAM), "guest ")
+    if isinstance(image, bytes):
+        image = parse_image(image, "guest", RAM)
+    m.load_multiboot(image, "guest ")
     res = m.run(timeout=60)
     return Outcome(res.reason, res.status, bytes(m.serial.output), bytes(m.ram),
-                   bytes(m.ctx.save().view)[:_NOISE_FROM], m.tsc, m.fast_exits.answered)
+                   bytes(m.ctx.save().view)[:_NOISE_FROM], m.tsc, m.fast_exits.answered,
+                   m.replay.fallbacks)
 
 
-def same_with_and_without(image: bytes, nested: bool = False) -> Outcome:
+def same_with_and_without(image: "bytes | BootImage", nested: bool = False) -> Outcome:
     fast, slow = run(image, True, nested), run(image, False, nested)
     assert slow.answered == (0, 0)
     for name in ("reason", "status", "output", "context", "tsc"):
@@ -223,3 +227,80 @@ def test_nested_benchmark_loops_same(key):
     w = workloads.by_key(key)
     out = same_with_and_without(workloads.build(w, 200), nested=True)
     assert out.status == workloads.EXIT_PASS_STATUS, out.output
+
+
+# ---- L2's RDTSC: answered by programs, between world switches the C replay takes -----------------
+TRIPS = 300
+LOG = 0x600000
+L1_TIMING = f"""
+    mov r14, {LOG}
+    xor r13, r13
+again:
+    mov rax, rdi
+    vmrun
+    add qword ptr [rdi + 0x578], 3
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov [r14 + 0x4000 + r13 * 8], rax
+    cmp r13, {TRIPS}
+    jb again
+""" + "mov al, 0\n out 0xf4, al\n"
+L2_TIMING = """
+l2: rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov [r14 + r13 * 8], rax
+    inc r13
+    vmmcall
+    jmp l2
+"""
+
+
+@pytest.mark.parametrize("offset", [0, 0x123456789A, (1 << 64) - 0x10000])
+def test_l2_rdtsc_programs_same_in_c_and_python(offset):
+    import struct
+    from tests.nested_image import nested_image, vmcb12
+    image = nested_image(L1_TIMING, L2_TIMING, vmcb12(tsc_offset=offset))
+    out = same_with_and_without(image, nested=True)
+    assert out.reason == "exit" and out.status == 1, out
+    l2 = struct.unpack_from(f"<{TRIPS}Q", out.ram, LOG)
+    l1 = struct.unpack_from(f"<{TRIPS}Q", out.ram, LOG + 0x4000)
+    # L2 reads L1's TSC plus its offset, one read later than L1's previous one.
+    assert all((b - offset) % (1 << 64) > a for a, b in zip(l1, l2[1:]))
+    # Most of L2's and L1's reads were answered in C (programs recorded on the second trip).
+    assert out.answered[0] > 2 * TRIPS - 20, out.answered
+
+
+L1_GIF = f"""
+    mov r14, {LOG}
+    xor r13, r13
+again:
+    clgi
+    mov rax, rdi
+    vmrun
+    stgi
+    add qword ptr [rdi + 0x578], 3
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov [r14 + 0x4000 + r13 * 8], rax
+    cmp r13, {TRIPS}
+    jb again
+""" + "mov al, 0\n out 0xf4, al\n"
+
+
+def test_clgi_vmrun_stgi_loop_stays_in_c():
+    """A hypervisor's CLGI / VMRUN / #VMEXIT / STGI loop with RDTSC on both sides: the same with
+    the C path on and off, and after the first trips nothing of it reaches Python."""
+    import struct
+    from tests.nested_image import nested_image, vmcb12
+    image = nested_image(L1_GIF, L2_TIMING, vmcb12(tsc_offset=0x5000))
+    fast = run(image, True, nested=True)
+    slow = run(image, False, nested=True)
+    for name in ("reason", "status", "output", "context", "tsc", "ram"):
+        assert getattr(fast, name) == getattr(slow, name), name
+    assert fast.reason == "exit" and fast.status == 1, fast
+    l2 = struct.unpack_from(f"<{TRIPS}Q", fast.ram, LOG)
+    assert all(b > a for a, b in zip(l2, l2[1:]))
+    assert fast.python_exits < 40, fast.python_exits

@@ -22,6 +22,15 @@ makes that exact:
   overrides, the APIC's enable bit) can only change in Python: each arming compares them with
   what the kept answers were computed from, and forgets every answer if they moved.
 
+L2's RDTSC, when its hypervisor does not intercept it, is answered in C too, by replay programs
+(emu/engine/replay.py) this module records: the exit changes nothing of the Python-side state the
+world-switch programs stand for (the engine's `state` word: svm_ext/fast_switch.py), so after
+Python answered one the word is put back as it was, and the chain of replayed world switches
+around it goes on in C. A program answers the next RDTSC at the same RIP in the same state,
+guarded on everything the answer depended on: the state word (which pins the hypervisor's
+intercepts and the TSC offset), the world and paging registers, the instruction bytes and every
+paging entry the fetch of them went through (Memory.code_path).
+
 `svmemu run --no-replay` (or SVMEMU_REPLAY=0) turns the C hook off, and with it this: the
 Python path alone, the reference that tests/test_fast_exits.py compares against.
 """
@@ -31,8 +40,10 @@ import ctypes
 from typing import TYPE_CHECKING
 
 from emu.engine import binding, hostvm, replay
-from emu.engine.hw_switch import (HF2_NPT, HF_CS64, OFF_CR, OFF_EIP, OFF_HFLAGS, OFF_HFLAGS2,
-                                  OFF_RAX, OFF_RCX, OFF_SEGS, OFF_VM_VMCB, SEG_SIZE, cpu_and_env)
+from emu.arch.vmcb import VMEXIT_CPUID, VMEXIT_RDTSC
+from emu.engine.hw_switch import (HF2_NPT, HF_CS64, OFF_CR, OFF_EFER, OFF_EIP, OFF_HFLAGS,
+                                  OFF_HFLAGS2, OFF_NESTED_PG_MODE, OFF_RAX, OFF_RCX, OFF_SEGS,
+                                  OFF_VM_VMCB, SEG_SIZE, cpu_and_env)
 
 if TYPE_CHECKING:
     from emu.core.board import Board
@@ -44,6 +55,17 @@ _OFFSETS = {"rax": OFF_RAX, "rcx": OFF_RCX, "rdx": OFF_RAX + 2 * 8, "rbx": OFF_R
             "cs_base": OFF_SEGS + _CS * SEG_SIZE + 8, "vm_vmcb": OFF_VM_VMCB,
             "cr4": OFF_CR + 4 * 8}
 
+_EXIT_RDTSC = hostvm.UC_EXIT_BASE + VMEXIT_RDTSC
+# What an L2 RDTSC program guards in the live CPU state besides RIP: the CS descriptor cache,
+# CR0, CR3, CR4, EFER, hflags, and the world (the VMCB it runs under) with nested paging's CR3
+# and mode: the fetch's inputs.
+_WORLD_SPANS = ((OFF_SEGS + _CS * SEG_SIZE, SEG_SIZE), (OFF_CR, 8), (OFF_CR + 24, 16),
+                (OFF_EFER, 8), (OFF_HFLAGS, 8),
+                (OFF_VM_VMCB, OFF_NESTED_PG_MODE + 4 - OFF_VM_VMCB))
+_RDTSC = b"\x0F\x31"
+_RECORDINGS_PER_RIP = 2      # a program that keeps failing its guards is not recorded again
+_MAX_KEYS = 4096
+
 
 class FastExits:
     """The Python side of the C fast exits: arming, the TSC hand-over, the CPUID table."""
@@ -51,8 +73,15 @@ class FastExits:
     def __init__(self, machine: "Board", tsc_step: int) -> None:
         self.m = machine
         self._fx = None
+        self.env = 0
         self._base: int | None = None      # fx.tsc when armed
         self._inputs: tuple = ()            # what the kept CPUID answers were computed from
+        self._met: dict[tuple[int, int], int] = {}   # (state, RIP) of L2 RDTSCs: times met
+        # Exits whose handling by the machine's own handler changes no Python-side state a
+        # replay program stands for (only the CPU, guest RAM, the TSC), when the instruction
+        # completed (RIP moved past it): exit number -> (length, also in L2).
+        self._neutral: dict[int, tuple[int, bool]] = {
+            _EXIT_RDTSC: (2, True), hostvm.UC_EXIT_BASE + VMEXIT_CPUID: (2, True)}
         self._evict = 0
         e = machine.replay
         if e is None:
@@ -74,6 +103,10 @@ class FastExits:
         self._slots = fx.cpuid_slots
         self._env_vmcb = ctypes.c_uint64.from_address(env + OFF_VM_VMCB)
         self._env_cr4 = ctypes.c_uint64.from_address(env + OFF_CR + 4 * 8)
+        self._env_eip = ctypes.c_uint64.from_address(env + OFF_EIP)
+        self._env = env
+        self.env = env               # the live CPU state's address, for programs that use it
+        self._armed_addr = ctypes.addressof(fx) + type(fx).armed.offset
 
     def _cpuid_inputs(self) -> tuple:
         """What Cpuid.query reads besides (leaf, subleaf) and CR4: its table (replaced whole by
@@ -87,16 +120,22 @@ class FastExits:
         fx = self._fx
         return (fx.rdtsc, fx.cpuid) if fx is not None else (0, 0)
 
+    def _ready(self) -> bool:
+        m = self.m
+        return (m.replay.enabled and m.tracer is None and not m.world_observers
+                and binding.hook_count(m.uc) == m._own_hooks and m._result is None
+                and m._pending is None and m._pause is None and not m.io_trap.armed)
+
+    def rip(self) -> int:
+        """RIP as the CPU holds it (in a hook: the exiting instruction's)."""
+        return self._env_eip.value if self._fx is not None else 0
+
     def arm(self) -> None:
         """End of a Python entry: let C answer from here on if nothing else would happen."""
-        fx, m = self._fx, self.m
-        if fx is None or self._base is not None:
+        fx = self._fx
+        if fx is None or self._base is not None or not self._ready():
             return
-        e = m.replay
-        if not (e.enabled and m.tracer is None and not m.world_observers
-                and binding.hook_count(m.uc) == m._own_hooks and m._result is None
-                and m._pending is None and m._pause is None and not m.io_trap.armed):
-            return
+        m = self.m
         inputs = self._cpuid_inputs()
         if inputs != self._inputs:
             self._inputs = inputs
@@ -104,6 +143,66 @@ class FastExits:
         base = self._base = m.tsc & MASK64
         fx.tsc = base
         fx.armed = 1
+
+    def neutral_exit(self, code: int, length: int, in_l2: bool = False) -> None:
+        """Declare that the handler registered for exit `code` (Machine.register_exit), when
+        its instruction of `length` bytes completes in L1 (and in L2 if `in_l2`), changes no
+        Python-side state but what replay programs check themselves (CPU state, guest RAM)."""
+        self._neutral[hostvm.UC_EXIT_BASE + code] = (length, in_l2)
+
+    def after_exit(self, intno: int, state: int, rip: int) -> None:
+        """Python answered exit `intno` of the instruction at `rip` itself (the machine's own
+        handler, not a hypervisor's), with the engine's state word `state` before it. For a
+        neutral exit, put the word back (see the module's docstring) and, for L2's RDTSC,
+        record the program that answers it in C next time."""
+        fx = self._fx
+        if fx is None or not state:
+            return
+        neutral = self._neutral.get(intno)
+        if neutral is None or self._env_eip.value != rip + neutral[0] or not self._ready():
+            return
+        in_l2 = self._env_vmcb.value != hostvm.VMCB01
+        if in_l2 and not neutral[1]:
+            return
+        e = self.m.replay
+        if e.state:
+            return
+        e.state = state
+        if intno == _EXIT_RDTSC and in_l2:
+            self._record_rdtsc(state, rip)
+
+    def _record_rdtsc(self, state: int, rip: int) -> None:
+        key = (state, rip)
+        met = self._met.get(key, 0)
+        if met > _RECORDINGS_PER_RIP:
+            return
+        if len(self._met) >= _MAX_KEYS:
+            self._met.clear()
+        self._met[key] = met + 1
+        if not met:
+            return                          # recorded when met again: it repeats
+        m, e = self.m, self.m.replay
+        path = m.mem.code_path(rip)
+        if path is None or path.page_end < len(_RDTSC):
+            return
+        code = e.ram_addr(path.pa, len(_RDTSC))
+        if code is None or bytes(m.mem.view[path.pa:path.pa + len(_RDTSC)]) != _RDTSC:
+            return
+        p = replay.Program()
+        p.eq64(e.state_addr, state)
+        p.eq64(self._armed_addr, 1)
+        p.eq64(self._env + OFF_EIP, rip)
+        for off, n in _WORLD_SPANS:
+            p.same(self._env + off, ctypes.string_at(self._env + off, n))
+        p.same(code, _RDTSC)
+        for addr, value, width in path.entries:
+            host = e.ram_addr(addr, width)
+            if host is None:
+                return
+            p.same(host, value.to_bytes(width, "little"))
+        p.commit()
+        p.rdtsc(m.tsc_offset)
+        e.add_program(_EXIT_RDTSC, p)
 
     def stop(self) -> None:
         """The run is ending (possibly from another thread): answer nothing more in C. The TSC

@@ -236,11 +236,15 @@ class Machine:
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
         self._pause: str | None = None     # a debugger stop requested (see `pause`)
+        self._by_l0 = False                # the last exit was answered by the machine's handler
         # Exits reach Python through the C replay engine when it is built (emu/engine/replay.py):
         # world switches it has a recorded program for never leave C.
         self.replay: replay.Engine | None = None
         self.replay_listeners: list[Callable[[], None]] = []
         self._replay_seen = 0
+        # The engine's state word when the exit being handled reached Python (before replay_sync
+        # cleared it): what a program recorded for this exit would guard on.
+        self.replay_entry_state = 0
         if replay.available():
             self.replay = replay.Engine(uc, self.ctx, self.ram_addr, self.layout.below_4g,
                                         self._on_intr_c)
@@ -634,9 +638,15 @@ class Machine:
         ctypes callback does not have (an exception stops emulation and emu_start re-raises it)."""
         uc = self.uc
         try:
+            fast = self.fast_exits
+            state, rip = self.replay.state_word.value, fast.rip()
+            self.replay_entry_state = state
             self.replay_sync()
+            self._by_l0 = False
             self._on_intr(uc, intno, None)
-            self.fast_exits.arm()
+            if self._by_l0:
+                fast.after_exit(intno, state, rip)
+            fast.arm()
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(uc, e)
 
@@ -657,6 +667,7 @@ class Machine:
             if self.router is not None and self.router.on_exit(code):
                 return
             if handler is not None:
+                self._by_l0 = True
                 handler(code)
             elif hostvm.VMEXIT_EXCP0 <= code < hostvm.VMEXIT_INTR:
                 self._exit_exception(code - hostvm.VMEXIT_EXCP0)

@@ -11,7 +11,7 @@ import mmap
 import struct
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional
+from typing import Callable, Optional
 
 from unicorn import UC_PROT_READ, Uc, UcError
 
@@ -104,8 +104,9 @@ class GuestMemory:
         self.high_end = high_end    # are guest addresses, RAM from 4 GiB up to high_end too
         self.ctx = ctx
         self.view = memoryview(ram)
-        # read_code under nested paging: (inputs, va page) -> (pa page, 8-byte entry addresses,
-        # their values as 1-tuples, the same for 4-byte entries); see _code_pa.
+        # 2D translations (read_code, translate) under nested paging: (inputs, [access,] va page)
+        # -> (pa page, 8-byte entry addresses, their values as 1-tuples, the same for 4-byte
+        # entries); see _path_cached.
         self._code_cache: dict[tuple, tuple[int, tuple[int, ...], list[tuple[int]],
                                             tuple[int, ...], list[tuple[int]]]] = {}
         self._peek_q = partial(_Q.unpack_from, self.view)
@@ -158,11 +159,11 @@ class GuestMemory:
         if self.ctx.u32(OFF_HFLAGS2) & HF2_NPT:
             # A nested guest: its linear addresses go through its own paging and then nested
             # paging. A NestedFault propagates: it is a #VMEXIT(NPF) for the extension to raise.
+            # The page's translation is remembered with its path, as read_code's (_path_cached).
+            inputs = self._fetch_inputs(self.ctx)[:-1]
             try:
-                return paging.walk_2d(self.read_u64, regs, self.ctx.u64(OFF_NESTED_CR3), va, access,
-                                      host=self._nested_host(), write_u64=self.write_u64,
-                                      read_u32=self.read_u32, write_u32=self.write_u32,
-                                      maxphyaddr=MAXPHYADDR).hpa
+                return self._path_cached((inputs, access, va >> 12), va,
+                                         lambda: self._data_walk(inputs, access, va))
             except paging.PageFault as pf:
                 raise Fault(PF, pf.error_code, va)
             except paging.NonCanonicalAddress:
@@ -292,21 +293,37 @@ class GuestMemory:
 
     def _code_pa(self, inputs: tuple[bool, int, int, int, int, int, int, bool],
                  va: int) -> Optional[int]:
-        """read_code's translation under nested paging: the remembered page when its path still
-        holds (a few entry compares instead of a 2D walk), else the walk, remembered when it has
-        a stable path whose entries all lie in RAM. None for a #PF or #GP (read_code stops
-        there); #NPF propagates, as it always has."""
-        key = (inputs, va >> 12)
+        """read_code's translation under nested paging (see _path_cached). None for a #PF or
+        #GP (read_code stops there); #NPF propagates, as it always has."""
+        try:
+            return self._path_cached((inputs, va >> 12), va, lambda: self._fetch_walk(inputs, va))
+        except (paging.PageFault, paging.NonCanonicalAddress):
+            return None
+
+    def _data_walk(self, inputs: tuple, access: paging.Access,
+                   va: int) -> tuple[int, Optional[tuple[paging.PathEntry, ...]]]:
+        """translate's 2D walk of a data access, from the walk's inputs alone, with its path."""
+        _, cr3, ncr3, cr0, cr4, efer, nmode = inputs
+        return paging.walk_with_path(
+            self.read_u64, paging.PagingRegs(cr0=cr0, cr3=cr3, cr4=cr4, efer=efer), va, access,
+            ncr3=ncr3, host=self.host_regs(nmode), read_u32=self.read_u32,
+            write_u64=self.write_u64, write_u32=self.write_u32, maxphyaddr=MAXPHYADDR)
+
+    def _path_cached(self, key: tuple, va: int,
+                     walk: Callable[[], tuple[int, Optional[tuple[paging.PathEntry, ...]]]]
+                     ) -> int:
+        """A 2D translation of va's page under `key` (the walk's inputs, the access, the page):
+        the remembered page when its path still holds (a few entry compares instead of a 2D
+        walk; walk_with_path's contract: then a walk returns the same and writes nothing),
+        else `walk()`, remembered when it has a stable path whose entries all lie in RAM.
+        Raises what the walk raises."""
         hit = self._code_cache.get(key)
         if hit is not None:
             base, a8, v8, a4, v4 = hit
             if list(map(self._peek_q, a8)) == v8 and (not a4 or list(map(self._peek_l, a4)) == v4):
                 return base | (va & 0xFFF)
             del self._code_cache[key]
-        try:
-            pa, entries = self._fetch_walk(inputs, va)
-        except (paging.PageFault, paging.NonCanonicalAddress):
-            return None
+        pa, entries = walk()
         if entries is not None and all(e.addr + e.width <= self.size for e in entries):
             if len(self._code_cache) >= _CODE_CACHE_SIZE:
                 self._code_cache.clear()

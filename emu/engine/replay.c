@@ -32,6 +32,7 @@ enum {
     OP_FLUSH,      /* uc_ctl(TLB flush)                                        */
     OP_REGREAD,    /* uc_reg_read(register b) into *(u64 *)a                   */
     OP_REGWRITE,   /* uc_reg_write(register b) from *(u64 *)a                  */
+    OP_RDTSC,      /* the fast exits' RDTSC with TSC offset b (see fast_rdtsc)  */
 };
 
 struct op {
@@ -96,6 +97,21 @@ struct engine {
     const struct op *programs[N_INTNO][PER_INTNO];
 };
 
+#define ENV64(f, name) (*(uint64_t *)((f)->env + (f)->off[name]))
+#define ENV32(f, name) (*(uint32_t *)((f)->env + (f)->off[name]))
+
+/* RDTSC's effect, as Machine._exit_rdtsc: the TSC moves one step, RDX:EAX get it plus the
+ * world's TSC offset, RIP moves past the two bytes. Only while the fast exits are armed (the
+ * TSC is C's then): callers check. */
+static void do_rdtsc(struct fast *f, uint64_t offset, uint64_t rip)
+{
+    uint64_t t = (f->tsc += f->tsc_step) + offset;
+    ENV64(f, FX_OFF_RAX) = t & 0xFFFFFFFFu;
+    ENV64(f, FX_OFF_RDX) = t >> 32;
+    ENV64(f, FX_OFF_EIP) = rip + 2;
+    f->rdtsc++;
+}
+
 static int run(struct engine *e, const struct op *op)
 {
     uint64_t v;
@@ -140,31 +156,28 @@ static int run(struct engine *e, const struct op *op)
         case OP_REGWRITE:
             e->reg_write(e->uc, (int)op->b, (void *)op->a);
             break;
+        case OP_RDTSC:
+            do_rdtsc(&e->fx, op->b, ENV64(&e->fx, FX_OFF_EIP));
+            break;
         default:
             return 0;
         }
     }
 }
 
-#define ENV64(f, name) (*(uint64_t *)((f)->env + (f)->off[name]))
-#define ENV32(f, name) (*(uint32_t *)((f)->env + (f)->off[name]))
 
 /* L1's RDTSC, as Machine._exit_rdtsc does it: RDTSCP (which Unicorn reports as RDTSC) and a
  * code read that fails are left to Python. Returns 1 if answered. */
 static int fast_rdtsc(void *uc, struct fast *f)
 {
-    uint64_t rip = ENV64(f, FX_OFF_EIP), va, t;
+    uint64_t rip = ENV64(f, FX_OFF_EIP), va;
     uint8_t code[3];
     va = (ENV32(f, FX_OFF_HFLAGS) & f->hf_cs64) ? rip : ENV64(f, FX_OFF_CS_BASE) + rip;
     if (f->vmem_read(uc, va, 1 /* UC_PROT_READ */, code, 3) != 0)
         return 0;
     if (code[0] == 0x0F && code[1] == 0x01 && code[2] == 0xF9)
         return 0;
-    t = f->tsc += f->tsc_step;
-    ENV64(f, FX_OFF_RAX) = t & 0xFFFFFFFFu;
-    ENV64(f, FX_OFF_RDX) = t >> 32;
-    ENV64(f, FX_OFF_EIP) = rip + 2;
-    f->rdtsc++;
+    do_rdtsc(f, 0, rip);
     return 1;
 }
 
@@ -254,6 +267,7 @@ const char *replay_abi(void)
     ABI("OP_COMMIT", OP_COMMIT); ABI("OP_COPY", OP_COPY); ABI("OP_SET64", OP_SET64);
     ABI("OP_ADD64", OP_ADD64); ABI("OP_SAVE", OP_SAVE); ABI("OP_RESTORE", OP_RESTORE);
     ABI("OP_FLUSH", OP_FLUSH); ABI("OP_REGREAD", OP_REGREAD); ABI("OP_REGWRITE", OP_REGWRITE);
+    ABI("OP_RDTSC", OP_RDTSC);
     return abi;
 }
 

@@ -34,9 +34,9 @@ from emu.engine import binding
 from emu.engine.hw_switch import CONTEXT_DATA_OFF, Context
 
 OPCODES = ("OP_END", "OP_CMP", "OP_EQ64", "OP_COMMIT", "OP_COPY", "OP_SET64", "OP_ADD64", "OP_SAVE",
-           "OP_RESTORE", "OP_FLUSH", "OP_REGREAD", "OP_REGWRITE")
+           "OP_RESTORE", "OP_FLUSH", "OP_REGREAD", "OP_REGWRITE", "OP_RDTSC")
 OP_END, OP_CMP, OP_EQ64, OP_COMMIT, OP_COPY, OP_SET64, OP_ADD64, OP_SAVE, OP_RESTORE, OP_FLUSH, \
-    OP_REGREAD, OP_REGWRITE = range(len(OPCODES))
+    OP_REGREAD, OP_REGWRITE, OP_RDTSC = range(len(OPCODES))
 N_INTNO = 0x600
 PER_INTNO = 4
 MASK64 = (1 << 64) - 1
@@ -208,6 +208,11 @@ class Program:
 
     def reg_write(self, src: int, reg: int) -> "Program":
         return self._add(OP_REGWRITE, 0, src, reg)
+
+    def rdtsc(self, tsc_offset: int) -> "Program":
+        """RDTSC with this TSC offset, on the live CPU state (emu/core/fast_exits.py); only
+        after a guard that the fast exits are armed."""
+        return self._add(OP_RDTSC, 0, 0, tsc_offset)
 
     def build(self) -> "_Built":
         if not self._committed:
