@@ -70,20 +70,20 @@ def _patched(obj: Any, attr: str, timers: _Timers, name: str) -> Iterator[None]:
 
 # (label, depth, where the function lives, attribute), in the order a round trip runs them.
 # "mod:NAME" is a module, patched before the machine is built (the extension binds its VMRUN
-# handler when it attaches); "ext", "pat", "ctx" and "machine" name the run's instances. A step
+# handler when it attaches); "ext", "steps", "pat", "ctx" and "machine" name the run's instances. A step
 # whose function does not exist in the tree being measured is left out, so the profile follows
 # the code as it changes.
 _STEPS: list[tuple[str, int, str, str]] = [
     ("on_exit: L2's exit reaches L0 (router)", 0, "ext", "on_exit"),
     ("intercepts.l1_wants", 1, "mod:svm_ext.intercepts", "l1_wants"),
     ("next_rip (decode for NRIP)", 1, "ext", "next_rip"),
-    ("vmexit (#VMEXIT to L1)", 1, "mod:svm_ext.reflect", "vmexit"),
-    ("switch_cache.store_guest", 2, "mod:svm_ext.switch_cache", "store_guest"),
+    ("vmexit (#VMEXIT to L1)", 1, "mod:svm_ext.vmexit", "vmexit"),
+    ("switch_cache.store_guest", 2, "steps", "store_guest"),
     ("store_guest (full)", 3, "mod:svm_ext.vmexit", "store_guest"),
     ("store_exit_info", 2, "mod:svm_ext.vmexit", "store_exit_info"),
     ("vintr.store", 2, "mod:svm_ext.vintr", "store"),
     ("pat.on_vmexit", 2, "pat", "on_vmexit"),
-    ("switch_cache.restore_host", 2, "mod:svm_ext.switch_cache", "restore_host"),
+    ("switch_cache.restore_host", 2, "steps", "restore_host"),
     ("restore_host (full)", 3, "mod:svm_ext.vmexit", "restore_host"),
     ("restore_host_volatile", 3, "mod:svm_ext.vmexit", "restore_host_volatile"),
     ("flush_tlb (#VMEXIT)", 4, "mod:svm_ext.vmexit", "flush_tlb"),
@@ -93,7 +93,7 @@ _STEPS: list[tuple[str, int, str, str]] = [
     ("read_vmcb12", 1, "mod:svm_ext.vmrun", "read_vmcb12"),
     ("save_host_state", 1, "mod:svm_ext.vmrun", "save_host_state"),
     ("checks.run_checks", 1, "mod:svm_ext.checks", "run_checks"),
-    ("switch_cache.load_guest", 1, "mod:svm_ext.switch_cache", "load_guest"),
+    ("switch_cache.load_guest", 1, "steps", "load_guest"),
     ("load_guest (full)", 2, "mod:svm_ext.vmrun", "load_guest"),
     ("build_vmcb02", 3, "mod:svm_ext.vmrun", "build_vmcb02"),
     ("flush_tlb (VMRUN, full load)", 3, "mod:svm_ext.vmrun", "flush_tlb"),
@@ -212,7 +212,7 @@ def breakdown(iters: int, key: str = "switch") -> tuple[float, list[Step], float
                 stack.enter_context(_patched(obj, attr, timers, label))
                 present.append(step)
         m, ext = _machine(image)
-        named = {"ext": ext, "pat": ext.pat, "ctx": m.ctx, "machine": m}
+        named = {"ext": ext, "steps": ext.steps, "pat": ext.pat, "ctx": m.ctx, "machine": m}
         for step in _STEPS:
             label, _, where, attr = step
             if where in named and hasattr(named[where], attr):

@@ -27,31 +27,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
+from emu.core.control_regs import cr4_allowed
+from emu.core.cpuid import Cpuid
+from emu.core.msrs_amd import efer_allowed
 from emu.arch.bits import (
     CR0_CD,
     CR0_NW,
     CR0_PE,
     CR0_PG,
-    CR4_DE,
-    CR4_FSGSBASE,
-    CR4_MCE,
-    CR4_OSFXSR,
-    CR4_OSXMMEXCPT,
-    CR4_OSXSAVE,
     CR4_PAE,
-    CR4_PCE,
-    CR4_PGE,
-    CR4_PSE,
-    CR4_PVI,
-    CR4_SMAP,
-    CR4_SMEP,
-    CR4_TSD,
-    CR4_VME,
-    EFER_FFXSR,
     EFER_LMA,
     EFER_LME,
-    EFER_NXE,
-    EFER_SCE,
     EFER_SVME,
 )
 from emu.arch.memtype import PAT_TYPES
@@ -74,16 +60,11 @@ __all__ = [
     "all_failures", "g_pat_check", "nested_paging_enabled", "g_pat_valid", "pat_type_valid",
 ]
 
-# What the emulated CPU (Unicorn's QEMU 5.0 TCG on the EPYC model) implements. The CPUID module
-# should pass the exact set it reports; these defaults are the features TCG really executes.
-# Left out on purpose: UMIP, LA57, PCIDE, PKE, CET (TCG 5.0 or EPYC lacks them).
-CR4_DEFAULT_SUPPORTED = (
-    CR4_VME | CR4_PVI | CR4_TSD | CR4_DE | CR4_PSE | CR4_PAE | CR4_MCE | CR4_PGE | CR4_PCE
-    | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_FSGSBASE | CR4_OSXSAVE | CR4_SMEP | CR4_SMAP
-)
-# LMSLE is gone from Zen-class CPUs and TCE is not emulated by TCG, so both are MBZ here.
-# Bits 7:1 are not implemented by any AMD CPU; we treat them as MBZ like every other bit we lack.
-EFER_DEFAULT_SUPPORTED = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE | EFER_SVME | EFER_FFXSR
+# Without a machine (unit tests of the checks), the CPU L1 sees is the default model with SVM:
+# the CR4 and EFER bits are that model's, from the one place each is decided (MOV CR4's checks
+# and the MSR table), so VMRUN can never accept a bit the CPU would refuse or the reverse.
+CR4_DEFAULT_SUPPORTED = cr4_allowed(Cpuid())
+EFER_DEFAULT_SUPPORTED = efer_allowed(Cpuid()) | EFER_SVME
 
 # Vectors the APM defines as exceptions (Table 8-1): #DE #DB #BP #OF #BR #UD #NM #DF #TS #NP #SS
 # #GP #PF #MF #AC #MC #XF #CP #HV #VC #SX. Not exceptions: 2 (NMI is an interrupt), and the

@@ -45,7 +45,8 @@ from .checks import HostCaps, nested_paging_enabled
 from .fast_switch import FastSwitch
 from .state import NestedState
 from svm_ext import switch_cache
-from .switch_cache import SwitchCache
+from .switch_cache import CachedSteps
+from .switch_steps import FullSteps
 from emu.arch.vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
                    EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_MSR,
                    VMEXIT_NPF, VMEXIT_SHUTDOWN, eventinj_encode, exit_name)
@@ -90,7 +91,8 @@ class SvmExtension(Extension, ExitRouter):
 
     def __init__(self, pat_model: str = "architectural") -> None:
         self.state = NestedState()
-        self.switch_cache = SwitchCache()
+        # The one seam of the world switch's heavy steps: cached, or FullSteps() to compute each.
+        self.steps: FullSteps = CachedSteps()
         self.pat = pat.make(pat_model)
         self.caps = HostCaps()
         self.last_invalid_reason: str | None = None
@@ -279,7 +281,7 @@ class SvmExtension(Extension, ExitRouter):
             return False
         m = self.machine
         m.apic.init_pending = False
-        m._deliver(Event(SX, Kind.EXCEPTION, SX_INIT_REDIRECTED), m.uc.reg_read(UC_X86_REG_RIP))
+        m.deliver_now(Event(SX, Kind.EXCEPTION, SX_INIT_REDIRECTED), m.uc.reg_read(UC_X86_REG_RIP))
         return True
 
     def on_interrupt_window(self) -> int:
@@ -369,13 +371,13 @@ class SvmExtension(Extension, ExitRouter):
             if len(st.l1_host) != len(self.machine.ctx.view):
                 raise bad(f"L1's saved host context is {len(st.l1_host)} bytes, not "
                           f"{len(self.machine.ctx.view)}")
-            check_cpu(st.l1_host, "L1 host context")
+            check_cpu(st.l1_host, self.machine.cpuid, "L1 host context")
 
     def load_snapshot_state(self, state: dict[str, Any]) -> None:
         nested = NestedState.from_dict(state["nested"])
         self._check_snapshot_state(nested)
         self.state = nested
-        self.switch_cache.clear()       # derived from the context being replaced
+        self.steps.clear()       # derived from the context being replaced
         if self.fast is not None:
             self.fast.clear()
         st = self.state                 # VMRUN set the running guest's TSC_OFFSET; #VMEXIT clears it

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from emu.arch.vmcb import VMEXIT_IOIO, Vmcb12Cache
 from svm_ext import intercepts
 from svm_ext.intercepts import ReadPhys
-from svm_ext.vmexit import vmexit
+from svm_ext import vmexit as world_switch   # module: vmexit.py's #VMEXIT steps use vintr, which reflects
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
@@ -43,4 +43,4 @@ def exit_handled(c: Vmcb12Cache, code: int, read_phys: ReadPhys | None = None, *
 def reflect(ext: "SvmExtension", code: int, info1: int = 0, info2: int = 0, intinfo: int = 0,
             nrip: int = 0) -> None:
     """#VMEXIT(code) to L1 with EXITINFO1/2, EXITINTINFO and NRIP as given."""
-    vmexit(ext, code, info1, info2, intinfo, nrip)
+    world_switch.vmexit(ext, code, info1, info2, intinfo, nrip)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from unicorn.x86_const import UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RFLAGS
@@ -32,11 +31,15 @@ from unicorn.x86_const import UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RFLAGS
 from emu.engine.hw_switch import (ES, GDTR, OFF_CR, OFF_CR2, OFF_EFER, OFF_EFLAGS, OFF_EIP, OFF_HFLAGS,
                            OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_SEGS, OFF_VM_VMCB, SEG_SIZE, flush_tlb)
 
-from emu.arch.vmcb import OFFSETS
+from emu.arch.vmcb import OFFSETS, VMCB_SIZE
+
+from .switch_steps import FullSteps
+from .vmexit import restore_host_volatile
 
 if TYPE_CHECKING:
     from .extension import SvmExtension
     from emu.arch.vmcb import Vmcb, Vmcb12Cache
+    from emu.engine.hw_switch import Context
 
 VERIFY = os.environ.get("SVMEMU_SWITCH_VERIFY") == "1"
 
@@ -101,35 +104,68 @@ def _vmcb_bytes(ext: "SvmExtension") -> bytes:
     return pa.to_bytes(8, "little") + b"".join([buf[pa + lo:pa + hi] for lo, hi in VMCB_RANGES])
 
 
-@dataclass
-class SwitchCache:
-    enter_key: bytes = b""
-    enter_regions: bytes = b""
-    exit_key: bytes = b""
-    exit_regions: bytes = b""
-    stored_key: bytes = b""          # vmcb12's bytes right after the last full store ...
-    stored_regions: bytes = b""      # ... which encoded these context bytes
-    hits: dict[str, int] = field(default_factory=lambda: {"enter": 0, "store": 0, "restore": 0})
+class CachedSteps(FullSteps):
+    """The world switch's heavy steps, replayed when their inputs repeat (one entry each)."""
+
+    def __init__(self) -> None:
+        self.enter_key = self.enter_regions = b""
+        self.exit_key = self.exit_regions = b""
+        self.stored_key = b""          # vmcb12's bytes right after the last full store ...
+        self.stored_regions = b""      # ... which encoded these context bytes
+        self.hits: dict[str, int] = {"enter": 0, "store": 0, "restore": 0}
 
     def clear(self) -> None:
         self.enter_key = self.exit_key = self.stored_key = b""
 
+    # ---- VMRUN: load_guest ---------------------------------------------------------------------
+    def load_guest(self, ext: "SvmExtension", c: "Vmcb12Cache") -> None:
+        view = ext.machine.ctx.view        # the host context, saved
+        key = _vmcb_bytes(ext) + regions_of(view) + _vm_flag(view)
+        if key == self.enter_key:
+            self.hits["enter"] += 1
+            before = bytes(view) if VERIFY else b""
+            _put_regions(view, self.enter_regions)
+            _load_volatile(ext, c)
+            if VERIFY:
+                _verify_replay(ext, before, lambda: super(CachedSteps, self).load_guest(ext, c),
+                               "VMRUN load_guest")
+            return
+        super().load_guest(ext, c)
+        self.enter_key, self.enter_regions = key, regions_of(ext.machine.ctx.save().view)
 
-# ---- VMRUN: load_guest -------------------------------------------------------------------------
-def load_guest(ext: "SvmExtension", c: "Vmcb12Cache", full: Callable[[], None]) -> None:
-    """VMRUN step 5. `full` is vmrun.load_guest for this cache; the host context is saved."""
-    cache, view = ext.switch_cache, ext.machine.ctx.view
-    key = _vmcb_bytes(ext) + regions_of(view) + _vm_flag(view)
-    if key == cache.enter_key:
-        cache.hits["enter"] += 1
-        before = bytes(view) if VERIFY else b""
-        _put_regions(view, cache.enter_regions)
-        _load_volatile(ext, c)
-        if VERIFY:
-            _verify_replay(ext, before, full, "VMRUN load_guest")
-        return
-    full()
-    cache.enter_key, cache.enter_regions = key, regions_of(ext.machine.ctx.save().view)
+    # ---- #VMEXIT: store_guest ------------------------------------------------------------------
+    def store_guest(self, ext: "SvmExtension", ctx: "Context", vm: "Vmcb") -> None:
+        m = ext.machine                    # the guest context, saved
+        regions = regions_of(m.ctx.view)
+        if regions == self.stored_regions and _vmcb_bytes(ext) == self.stored_key:
+            self.hits["store"] += 1
+            _store_volatile(ext)
+            if VERIFY:
+                span = slice(ext.state.vmcb12_pa, ext.state.vmcb12_pa + VMCB_SIZE)
+                mid = bytes(m.mem.view[span])
+                super().store_guest(ext, ctx, vm)
+                _same("#VMEXIT store_guest", mid, bytes(m.mem.view[span]))
+            return
+        super().store_guest(ext, ctx, vm)
+        self.stored_regions, self.stored_key = regions, _vmcb_bytes(ext)
+
+    # ---- #VMEXIT: restore_host -----------------------------------------------------------------
+    def restore_host(self, ext: "SvmExtension", ctx: "Context") -> None:
+        view = ext.machine.ctx.view
+        key = (regions_of(memoryview(ext.state.l1_host)) + bytes(view[OFF_HFLAGS:OFF_HFLAGS + 4])
+               + _vm_flag(view))
+        if key == self.exit_key:
+            self.hits["restore"] += 1
+            before = bytes(view) if VERIFY else b""
+            _put_regions(view, self.exit_regions)
+            restore_host_volatile(ext, ctx)     # the tail every path shares
+            if VERIFY:
+                _verify_replay(ext, before,
+                               lambda: super(CachedSteps, self).restore_host(ext, ctx),
+                               "#VMEXIT restore_host")
+            return
+        super().restore_host(ext, ctx)
+        self.exit_key, self.exit_regions = key, regions_of(ext.machine.ctx.save().view)
 
 
 def _load_volatile(ext: "SvmExtension", c: "Vmcb12Cache") -> None:
@@ -143,24 +179,6 @@ def _load_volatile(ext: "SvmExtension", c: "Vmcb12Cache") -> None:
     flush_tlb(ext.machine.uc)
 
 
-# ---- #VMEXIT: store_guest ----------------------------------------------------------------------
-def store_guest(ext: "SvmExtension", vm: "Vmcb", full: Callable[[], None]) -> None:
-    """#VMEXIT step 1; the guest context is saved in machine.ctx."""
-    cache, m = ext.switch_cache, ext.machine
-    regions = regions_of(m.ctx.view)
-    if regions == cache.stored_regions and _vmcb_bytes(ext) == cache.stored_key:
-        cache.hits["store"] += 1
-        _store_volatile(ext)
-        if VERIFY:
-            mid = bytes(m.mem.view[ext.state.vmcb12_pa:ext.state.vmcb12_pa + 0x1000])
-            full()
-            after = bytes(m.mem.view[ext.state.vmcb12_pa:ext.state.vmcb12_pa + 0x1000])
-            _same("#VMEXIT store_guest", mid, after)
-        return
-    full()
-    cache.stored_regions, cache.stored_key = regions, _vmcb_bytes(ext)
-
-
 def _store_volatile(ext: "SvmExtension") -> None:
     m = ext.machine
     ctx, buf, base = m.ctx, m.mem.view, ext.state.vmcb12_pa
@@ -169,26 +187,6 @@ def _store_volatile(ext: "SvmExtension") -> None:
     _Q.pack_into(buf, base + OFFSETS["rsp"], ctx.u64(OFF_RSP))
     _Q.pack_into(buf, base + OFFSETS["rax"], ctx.u64(OFF_RAX))
     _Q.pack_into(buf, base + OFFSETS["cr2"], ctx.cr(2))
-
-
-# ---- #VMEXIT: restore_host ---------------------------------------------------------------------
-def restore_host(ext: "SvmExtension", full: Callable[[], None],
-                 volatile: Callable[[], None]) -> None:
-    """#VMEXIT step 3. `full` is vmexit.restore_host; `volatile` moves RIP/RAX/RSP/RFLAGS/DR7
-    from the host state and restores the context (the tail every path shares)."""
-    cache, view = ext.switch_cache, ext.machine.ctx.view
-    key = (regions_of(memoryview(ext.state.l1_host)) + bytes(view[OFF_HFLAGS:OFF_HFLAGS + 4])
-           + _vm_flag(view))
-    if key == cache.exit_key:
-        cache.hits["restore"] += 1
-        before = bytes(view) if VERIFY else b""
-        _put_regions(view, cache.exit_regions)
-        volatile()
-        if VERIFY:
-            _verify_replay(ext, before, full, "#VMEXIT restore_host")
-        return
-    full()
-    cache.exit_key, cache.exit_regions = key, regions_of(ext.machine.ctx.save().view)
 
 
 # ---- verification --------------------------------------------------------------------------------

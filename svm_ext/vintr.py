@@ -67,7 +67,7 @@ def store(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
     if c is not None and c.vintr & V_INTR_MASKING_BIT:
         st.v_tpr = ctx.view[OFF_V_TPR] & 0xF
     # On the world-switch path: two packed words rather than three read-modify-write properties.
-    buf, base = vm._buf, vm._base
+    buf, base = vm.location
     vintr = _Q.unpack_from(buf, base + _OFF_VINTR)[0] & ~(V_TPR_MASK | V_IRQ_BIT)
     _Q.pack_into(buf, base + _OFF_VINTR, vintr | st.v_tpr | (V_IRQ_BIT if st.v_irq else 0))
     _Q.pack_into(buf, base + _OFF_INT_STATE,

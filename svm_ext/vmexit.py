@@ -20,7 +20,7 @@ from emu.engine.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF
                            OFF_INTERCEPT, OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context,
                            SEG_SIZE, OFF_SEGS)
 
-from svm_ext import switch_cache, vintr
+from svm_ext import vintr
 from emu.arch.bits import DR7_RESET
 from emu.arch.vmcb import OFFSETS, VMEXIT_INVALID, Vmcb
 
@@ -39,15 +39,14 @@ def vmexit(ext: "SvmExtension", exitcode: int, info1: int = 0, info2: int = 0,
     where = m.where() if ext.tracing() else None
     ctx = m.ctx.save()
     vm = Vmcb(m.mem.view, st.vmcb12_pa)
-    # Step 1 (the switch cache skips re-encoding what cannot have changed)
-    switch_cache.store_guest(ext, vm, lambda: store_guest(ext, ctx, vm))
+    # Step 1 (through ext.steps: the switch cache skips re-encoding what cannot have changed)
+    ext.steps.store_guest(ext, ctx, vm)
     # Step 2
     store_exit_info(vm, exitcode, info1, info2, intinfo, nrip)
     vintr.store(ext, ctx, vm)      # V_IRQ, V_TPR, interrupt shadow
     # Step 3
     ext.pat.on_vmexit(ext, vm)
-    switch_cache.restore_host(ext, lambda: restore_host(ext, ctx),
-                              lambda: restore_host_volatile(ext, ctx))
+    ext.steps.restore_host(ext, ctx)
     # Step 4
     st.gif = False
     st.in_l2 = False
@@ -97,7 +96,7 @@ def store_guest(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
 
 def store_exit_info(vm: Vmcb, exitcode: int, info1: int, info2: int, intinfo: int,
                     nrip: int) -> None:
-    buf, base, mask = vm._buf, vm._base, 0xFFFFFFFFFFFFFFFF
+    (buf, base), mask = vm.location, 0xFFFFFFFFFFFFFFFF
     _EXIT_INFO.pack_into(buf, base + OFFSETS["exitcode"], exitcode & mask, info1 & mask,
                          info2 & mask, intinfo)
     _QQ.pack_into(buf, base + OFFSETS["nrip"], nrip)

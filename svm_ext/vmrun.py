@@ -27,7 +27,7 @@ from emu.engine.hw_switch import (flush_tlb, nested_pg_mode, CS, DS, ES, GDTR, H
                            OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context, Segment)
 from emu.core.interrupts import Event, Kind
 
-from svm_ext import checks, hw_quirks, instructions, intercepts, switch_cache
+from svm_ext import checks, hw_quirks, instructions, intercepts
 from emu.arch.vmcb import (OFFSETS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
                    Vmcb12Cache, eventinj_decode, read_cache)
@@ -62,11 +62,11 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
     if failure is not None:
         vmexit.fail_vmrun(ext, failure, where)
         return
-    # Step 5 (replayed from the switch cache when only volatile fields changed), after the guard
-    # against a Unicorn crash, which reads nested entries no cache key covers
+    # Step 5 (through ext.steps: the switch cache replays it when only volatile fields changed),
+    # after the guard against a Unicorn crash, which reads nested entries no cache key covers
     nx_entries = hw_quirks.guard_nested_nx(ext, cache, nested_pg_mode(ctx.cr(4), ctx.efer),
                                            checks.nested_paging_enabled(cache, ext.caps))
-    switch_cache.load_guest(ext, cache, lambda: load_guest(ext, cache))
+    ext.steps.load_guest(ext, cache)
     # Step 6
     st = ext.state
     st.gif = True

@@ -10,7 +10,8 @@ from typing import Any
 from emu.arch.vmcb import Vmcb
 from emu.core.machine import Machine, RunResult
 from emu.core.trace import Tracer
-from emu.loader.asm import assemble_source
+from emu.core.cpu_models import parse_cpu
+from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import BootImage, parse_image
 from svm_ext.extension import SvmExtension
 from tests.nested_image import VMCB12
@@ -35,6 +36,16 @@ class Booted:
         return self.vmcb()
 
 
+def source(tmp_path: Path, body: str, name: str = "guest.S") -> str:
+    """Write a guest source that may `.include "prelude.inc"` or `"svm.inc"` (the bundled
+    guests' shared code) into tmp_path; returns its path."""
+    for inc in ("prelude.inc", "svm.inc"):
+        body = body.replace(f'.include "{inc}"', f'.include "{GUESTS_DIR / inc}"')
+    path = tmp_path / name
+    path.write_text(body)
+    return str(path)
+
+
 def image_of(what: str | Path | bytes | BootImage, ram: int = RAM) -> BootImage:
     """What `boot` loads: a .S file is assembled, any other path or bytes parsed as multiboot."""
     if isinstance(what, BootImage):
@@ -49,12 +60,16 @@ def image_of(what: str | Path | bytes | BootImage, ram: int = RAM) -> BootImage:
 def boot(what: str | Path | bytes | BootImage, *, nested: bool = True,
          ext: SvmExtension | None = None, pat_model: str = "architectural", ram: int = RAM,
          cmdline: str = "test", timeout: float = 20, tracer: Tracer | None = None,
-         **run: Any) -> Booted:
-    """Boot `what` on a fresh machine (with nested SVM unless nested=False; `ext` to pass one
-    built by the test) and run it to its end; `run` goes to Machine.run (max_insns, ...)."""
+         cpu: str | None = None, strict: bool = False, **run: Any) -> Booted:
+    """Boot `what` on a fresh machine (with nested SVM unless nested=False or the `cpu` model
+    lacks it; `ext` to pass one built by the test) and run it to its end; `run` goes to
+    Machine.run (max_insns, ...). `cpu` is a --cpu spelling, `strict` is --strict."""
+    model = parse_cpu(cpu) if cpu is not None else None
+    nested = nested and (model is None or model.svm)
     if nested and ext is None:
         ext = SvmExtension(pat_model=pat_model)
-    m = Machine(ram, stdout=None, tracer=tracer, extensions=[ext] if nested else [])
+    m = Machine(ram, stdout=None, tracer=tracer, cpu=model, extensions=[ext] if nested else [])
+    m.strict = strict
     m.load_multiboot(image_of(what, ram), cmdline)
     result = m.run(timeout=timeout, **run)
     return Booted(m, ext if nested else None, result, bytes(m.serial.output).decode())

@@ -15,6 +15,7 @@ from emu.loader.multiboot import parse_image
 from emu.core.machine import Machine
 from emu.core.msr import MSR_APIC_BASE
 from tests.conftest import parse_tap
+from tests import harness
 
 
 class Clock:
@@ -211,16 +212,10 @@ def test_x2apic_msrs_and_mode_rules():
 
 
 def boot(source: str, tmp_path: Path | None = None):
-    if tmp_path is not None:
-        path = tmp_path / "g.S"
-        path.write_text(source)
-        path = str(path)
-    else:
-        path = source
-    m = Machine(128 << 20, stdout=None)
-    m.load_multiboot(parse_image(assemble_source(path), path, m.ram_size), path)
-    res = m.run(timeout=60)
-    return m, res, bytes(m.serial.output).decode()
+    """A bundled guest's path, or (with tmp_path) a guest's source text."""
+    path = harness.source(tmp_path, source) if tmp_path is not None else source
+    b = harness.boot(path, nested=False, cmdline=path, timeout=60)
+    return b.machine, b.result, b.serial
 
 
 def test_apic_guest_passes_and_leaves_the_apic_idle():

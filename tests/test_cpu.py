@@ -11,10 +11,10 @@ from emu.core.cpu_models import parse_cpu
 from emu.core.machine import Machine
 from emu.core.msr import GeneralProtection
 from emu.errors import OptionError, Unsupported
-from emu.loader.asm import GUESTS_DIR, assemble, assemble_source
-from emu.loader.multiboot import parse_image
+from emu.loader.asm import GUESTS_DIR, assemble
 from svm_ext.extension import SvmExtension
 from tests.conftest import parse_tap
+from tests import harness
 
 
 def machine(cpu: str = "EPYC", svm: bool = True) -> Machine:
@@ -191,14 +191,9 @@ def test_vm_cr_only_with_svm():
 
 # ---- guests -------------------------------------------------------------------------------------------
 def boot(source: str, tmp_path: Path, cpu: str = "EPYC"):
-    source = source.replace('.include "prelude.inc"', f'.include "{GUESTS_DIR}/prelude.inc"')
-    source = source.replace('.include "svm.inc"', f'.include "{GUESTS_DIR}/svm.inc"')
-    path = tmp_path / "g.S"
-    path.write_text(source)
-    m = machine(cpu)
-    m.load_multiboot(parse_image(assemble_source(str(path)), str(path), m.ram_size), str(path))
-    res = m.run(timeout=60)
-    return m, res, bytes(m.serial.output).decode()
+    path = harness.source(tmp_path, source, "g.S")
+    b = harness.boot(path, cpu=cpu, cmdline=path, timeout=60)
+    return b.machine, b.result, b.serial
 
 
 CR4_GUEST = r'''
@@ -407,7 +402,8 @@ def test_vmrun_checks_use_the_models_cr4_and_efer():
     epyc, q64 = SvmExtension(), SvmExtension()
     Machine(128 << 20, stdout=None, cpu=parse_cpu("EPYC"), extensions=[epyc])
     Machine(128 << 20, stdout=None, cpu=parse_cpu("qemu64"), extensions=[q64])
-    assert epyc.caps.cr4_supported == CR4_DEFAULT_SUPPORTED
+    assert epyc.caps.cr4_supported == CR4_DEFAULT_SUPPORTED     # EPYC is the default model
+    assert epyc.caps.cr4_supported & (CR4_OSXSAVE | CR4_SMEP) == CR4_OSXSAVE | CR4_SMEP
     assert not q64.caps.cr4_supported & (CR4_OSXSAVE | CR4_SMEP)
     for ext in (epyc, q64):
         assert ext.caps.efer_supported & (EFER_NXE | EFER_SVME) == EFER_NXE | EFER_SVME

@@ -19,8 +19,8 @@ from emu.core.devices.pm_timer import PmBlock
 from emu.core.machine import STATUS_SHUTDOWN, STATUS_UNSUPPORTED, Machine
 from emu.errors import Unsupported
 from emu.loader.asm import GUESTS_DIR, assemble_source
-from emu.loader.multiboot import parse_image
 from tests.conftest import QEMU, run_qemu
+from tests import harness
 
 
 class Clock:
@@ -233,14 +233,10 @@ def test_pm_timer_counts_at_3_579545_mhz_of_virtual_time():
 
 # ---- the machine -----------------------------------------------------------------------------------
 def boot_source(tmp_path, body: str, **kw) -> tuple[Machine, object, str]:
-    shutil.copy(GUESTS_DIR / "prelude.inc", tmp_path / "prelude.inc")
-    src = tmp_path / "guest.S"
-    src.write_text('.include "prelude.inc"\n' + body)
-    m = Machine(128 << 20, stdout=None)
-    m.strict = kw.get("strict", False)
-    m.load_multiboot(parse_image(assemble_source(str(src)), str(src), m.ram_size), "guest ")
-    res = m.run(timeout=60)
-    return m, res, bytes(m.serial.output).decode()
+    path = harness.source(tmp_path, '.include "prelude.inc"\n' + body)
+    b = harness.boot(path, nested=False, strict=kw.get("strict", False), cmdline="guest ",
+                     timeout=60)
+    return b.machine, b.result, b.serial
 
 
 RESETS = {

@@ -115,6 +115,9 @@ def test_cpu_context_that_contradicts_itself_is_refused(l2_snap, patch, words) -
 @pytest.mark.parametrize("off_name, value, words", [
     ("cr0", 1 << 40, "CR0"), ("cr0", (1 << 31) | (1 << 29), "CR0"), ("cr4", 1 << 12, "CR4"),
     ("efer", 1 << 20, "EFER"), ("cr3", 1 << 60, "CR3"), ("rip", 1 << 50, "RIP"),
+    # Architectural bits the CPU model lacks (EPYC: no UMIP, no FFXSR), as MOV CR4 and WRMSR
+    # EFER would refuse them.
+    ("cr4", 1 << 11, "CR4"), ("efer", 1 << 14, "EFER"),
 ])
 def test_illegal_control_register_is_refused(l2_snap, off_name, value, words) -> None:
     from emu.engine.hw_switch import OFF_CR, OFF_EFER, OFF_EIP

@@ -9,6 +9,7 @@ from emu.loader.asm import GUESTS_DIR
 from emu.core.machine import Machine
 from emu.core import snapshot
 from svm_ext import switch_cache
+from svm_ext.switch_steps import FullSteps
 from svm_ext.extension import SvmExtension
 from emu.arch.vmcb import VMEXIT_VMMCALL, Vmcb
 from tests.nested_image import EXIT_PASS, L2_CODE, VMCB12, nested_image, vmcb12
@@ -42,9 +43,11 @@ l2: inc r13
 """
 
 
-def run(verify: bool, monkeypatch: pytest.MonkeyPatch, **fields):
+def run(verify: bool, monkeypatch: pytest.MonkeyPatch, steps: FullSteps | None = None, **fields):
     monkeypatch.setattr(switch_cache, "VERIFY", verify)
     ext = SvmExtension()
+    if steps is not None:
+        ext.steps = steps
     m = Machine(128 << 20, stdout=None, extensions=[ext])
     m.load_multiboot(nested_image(L1, L2, vmcb12(**fields)), "t")
     res = m.run(timeout=30)
@@ -54,7 +57,7 @@ def run(verify: bool, monkeypatch: pytest.MonkeyPatch, **fields):
 
 def test_loop_hits_every_step_and_matches_the_full_path(monkeypatch):
     m, ext = run(True, monkeypatch)          # every hit re-done by the full path and compared
-    hits = ext.switch_cache.hits
+    hits = ext.steps.hits
     assert m.uc.reg_read(UC_X86_REG_R12) == N and m.uc.reg_read(UC_X86_REG_R13) == N
     # Misses: the first VMRUN, the one after the first exit (vmcb12 then holds the encoded
     # state), and the two around L1's CR4 edit (which changes L2's hidden flags too).
@@ -70,25 +73,14 @@ def test_v_intr_masking_hypervisor_hits_too(monkeypatch):
     """Real hypervisors set V_INTR_MASKING (vintr bit 24) and a V_TPR: still replayed, still
     equal to the full path."""
     m, ext = run(True, monkeypatch, vintr=(1 << 24) | 3)
-    assert ext.switch_cache.hits["enter"] >= N - 4
+    assert ext.steps.hits["enter"] >= N - 4
     assert Vmcb(m.mem.view, VMCB12).vintr & ((1 << 24) | 0xF) == (1 << 24) | 3
 
 
 def test_same_vmcb_and_registers_without_the_cache(monkeypatch):
     m1, e1 = run(False, monkeypatch)
-    monkeypatch.setattr(switch_cache.SwitchCache, "clear", lambda self: None)
-    calls = []
-    real = switch_cache.load_guest
-
-    def never_hit(ext, c, full):
-        ext.switch_cache.enter_key = b""         # force the full path every time
-        ext.switch_cache.exit_key = b""
-        ext.switch_cache.stored_key = b""
-        calls.append(1)
-        return real(ext, c, full)
-    monkeypatch.setattr(switch_cache, "load_guest", never_hit)
-    m2, e2 = run(False, monkeypatch)
-    assert calls and e2.switch_cache.hits == {"enter": 0, "store": 0, "restore": 0}
+    m2, e2 = run(False, monkeypatch, steps=FullSteps())
+    assert sum(e1.steps.hits.values()) > 0 and not hasattr(e2.steps, "hits")
     assert bytes(m1.mem.view[VMCB12:VMCB12 + 0x1000]) == bytes(m2.mem.view[VMCB12:VMCB12 + 0x1000])
     assert bytes(m1.ctx.save().view) == bytes(m2.ctx.save().view)
 
@@ -107,9 +99,9 @@ def test_verify_catches_a_wrong_replay(monkeypatch):
 def test_snapshot_restore_starts_the_cache_afresh(monkeypatch):
     m, ext = run(False, monkeypatch)
     snap = snapshot.take(m)
-    assert ext.switch_cache.enter_key
+    assert ext.steps.enter_key
     snapshot.restore(m, snap)
-    assert not ext.switch_cache.enter_key and not ext.switch_cache.exit_key
+    assert not ext.steps.enter_key and not ext.steps.exit_key
 
 
 @pytest.mark.parametrize("guest", sorted(p.stem for p in GUESTS_DIR.glob("svm_*.S")))
@@ -118,4 +110,4 @@ def test_bundled_hypervisors_agree_with_the_full_path(guest, monkeypatch):
     monkeypatch.setattr(switch_cache, "VERIFY", True)
     m, ext, res, out = boot(guest)
     assert res.reason == "exit" and res.status == 1, out
-    assert sum(ext.switch_cache.hits.values()) > 0
+    assert sum(ext.steps.hits.values()) > 0

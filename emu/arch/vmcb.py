@@ -535,6 +535,11 @@ class _Access:
         except TypeError:
             self._direct = False
 
+    @property
+    def location(self) -> tuple[Any, int]:
+        """(buffer, offset of the VMCB in it), for code that packs several fields in one call."""
+        return self._buf, self._base
+
     def _get(self, st: struct.Struct, off: int) -> tuple[Any, ...]:
         off += self._base
         if self._direct:

@@ -25,7 +25,7 @@ CPUID_1_ECX_OSXSAVE = 1 << 27
 
 if TYPE_CHECKING:
     from emu.core.cpuid import Cpuid, Regs
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 CR4_ALWAYS = (CR4_VME | CR4_PVI | CR4_TSD | CR4_DE | CR4_PSE | CR4_PAE | CR4_MCE | CR4_PGE
               | CR4_PCE | CR4_OSFXSR | CR4_OSXMMEXCPT)
@@ -64,7 +64,7 @@ def cr4_fault(value: int, allowed: int, efer: int, cr3: int) -> str | None:
 
 
 class Cr4Writes:
-    def __init__(self, machine: "Machine") -> None:
+    def __init__(self, machine: "Board") -> None:
         self.m = machine
         machine.register_exit(hostvm.VMEXIT_CR0_WRITE + 4, self._exit)
         machine.cpuid.overrides.append(self._cpuid)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from emu.arch.paging import PagingRegs
 
 if TYPE_CHECKING:
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class ExitRouter:
 class Extension:
     name = "extension"
 
-    def attach(self, machine: "Machine") -> None:
+    def attach(self, machine: "Board") -> None:
         """Register handlers; called once, before the guest is loaded."""
 
     def level(self) -> str:

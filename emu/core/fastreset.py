@@ -75,7 +75,7 @@ class ResetPoint:
         view = memoryview(self.snap.ram)
         for off in snapshot.nonzero_chunks(self.snap.ram):
             os.pwrite(self._fd, view[off:off + snapshot.CHUNK], off)
-        addr = machine._ram_addr
+        addr = machine.ram_addr
         got = _libc.mmap(addr, size, mmap.PROT_READ | mmap.PROT_WRITE,
                          mmap.MAP_PRIVATE | 0x10, self._fd, 0)     # 0x10: MAP_FIXED
         if got != addr:

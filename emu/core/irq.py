@@ -52,7 +52,7 @@ from emu.engine.irq_window import Window
 from emu.core.msr import MSR_APIC_BASE, GeneralProtection
 
 if TYPE_CHECKING:
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 MAX_SLICE = 1 << 20        # instructions per bounded run while a timer is armed
 GPRS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RBX, UC_X86_REG_RSP,
@@ -62,10 +62,10 @@ GPRS = (UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RBX, UC_X86_R
 
 
 class InterruptController:
-    def __init__(self, machine: "Machine") -> None:
+    def __init__(self, machine: "Board") -> None:
         self.m = machine
         self.window = Window(machine.uc)
-        self.apic = LocalApic(self._now, self._advance, self.changed)
+        self.apic = LocalApic(self.now, self.advance, self.changed)
         self.apic.remap = self._remap
         self.halted = False        # HLT executed; waiting at the next interrupt point
         self.timers: list = []     # devices with deadline()/tick(now) (the PIT), besides the APIC
@@ -86,10 +86,10 @@ class InterruptController:
         self._remap(None, self.apic.mmio_base())
 
     # ---- wiring ----------------------------------------------------------------------------
-    def _now(self) -> int:
+    def now(self) -> int:
         return self.m.tsc
 
-    def _advance(self, ticks: int) -> None:
+    def advance(self, ticks: int) -> None:
         self.m.tsc += ticks
 
     @staticmethod
@@ -347,16 +347,14 @@ class InterruptController:
                 if router is not None and router.on_interrupt(vector):
                     return True
                 self.apic.acknowledge(vector)
-                m._deliver(Event(vector, Kind.EXTERNAL), m.uc.reg_read(UC_X86_REG_RIP))
+                m.deliver_now(Event(vector, Kind.EXTERNAL), m.uc.reg_read(UC_X86_REG_RIP))
                 return True
             want_window = can is False
         if router is not None:
             action = router.on_interrupt_window()
             if action == WINDOW_TAKEN:
                 self.window.disarm()
-                pending, m._pending = m._pending, None      # a delivery it asked for
-                if pending is not None:
-                    pending()
+                m.run_deferred()      # a delivery it asked for
                 return True
             want_window = want_window or action == WINDOW_WANTED
         if want_window:
@@ -411,7 +409,7 @@ class InterruptController:
         if m.router is not None and m.router.on_nmi():
             return True
         self.apic.nmi_pending = False
-        m._deliver(Event(NMI, Kind.EXTERNAL), m.uc.reg_read(UC_X86_REG_RIP))
+        m.deliver_now(Event(NMI, Kind.EXTERNAL), m.uc.reg_read(UC_X86_REG_RIP))
         ctx = m.ctx.save()
         ctx.set_u32(OFF_HFLAGS2, ctx.u32(OFF_HFLAGS2) | HF2_NMI)
         ctx.restore()

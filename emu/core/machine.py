@@ -46,6 +46,7 @@ from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliver
 from emu.core.firmware.layout import ram_layout
 from emu.core.memory import GuestMemory
 from emu.engine import replay
+from emu.core.fast_exits import FastExits
 from emu.arch.paging import NestedFault
 from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
@@ -136,9 +137,9 @@ class Machine:
         # memory: reading a page never touched maps the shared zero page, so only what the
         # guest writes becomes resident (a shared mapping would allocate on reads too).
         self.ram = mmap.mmap(-1, self.layout.end, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
-        self._ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
+        self.ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
         for base, length in self.layout.ranges:
-            uc.mem_map_ptr(base, length, UC_PROT_ALL, self._ram_addr + base)
+            uc.mem_map_ptr(base, length, UC_PROT_ALL, self.ram_addr + base)
         self.hostvm = HostVm(uc)
         self.ctx = Context(uc)
         self.mem = GuestMemory(uc, self.ram, self.layout.below_4g, self.ctx,
@@ -196,8 +197,10 @@ class Machine:
         self.replay_listeners: list[Callable[[], None]] = []
         self._replay_seen = 0
         if replay.available():
-            self.replay = replay.Engine(uc, self.ctx, self._ram_addr, self.layout.below_4g,
+            self.replay = replay.Engine(uc, self.ctx, self.ram_addr, self.layout.below_4g,
                                         self._on_intr_c)
+        # L1's RDTSC and CPUID answered in C while nothing else would happen (fast_exits.py).
+        self.fast_exits = FastExits(self, TSC_STEP)
         self._hooks = [
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
             uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
@@ -251,6 +254,18 @@ class Machine:
         """Deliver `event` once emulation has stopped. An injected event (EVENTINJ) is never
         itself intercepted; exceptions raised while delivering it can be."""
         self._defer(lambda: self._deliver(event, return_rip, injected))
+
+    def deliver_now(self, event: Event, return_rip: int) -> None:
+        """Deliver `event` at once: only where emulation has already stopped (the interrupt
+        check at an instruction boundary)."""
+        self._deliver(event, return_rip)
+
+    def run_deferred(self) -> None:
+        """Finish now a delivery an exit handler deferred (`deliver_event`), if any: the
+        interrupt window's taker runs it at the boundary it stopped at."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending()
 
     def interrupt_check(self, virtual: bool = False) -> None:
         """Something gating interrupts changed (GIF, V_IRQ): look at the next boundary if an
@@ -320,19 +335,21 @@ class Machine:
         from emu.core import firmware
         from emu.loader.multiboot import MBI_ADDR, build_mbi
         firmware.install(self)       # BDA, MP and ACPI tables, MTRRs: what SeaBIOS leaves
+        if modules is None:                  # none: mods_addr still says where they would go
+            from emu.loader.modules import place_modules
+            modules = place_modules(image, cmdline, "", [], self.ram_size)
+        # The information block first, the kernel after it: as in QEMU's option ROM, a kernel
+        # segment over the block's area wins.
+        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR, mods_count=modules.count,
+                        mods_addr=modules.mods_addr)
+        self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         for addr, data in image.segments:
             if not self.layout.is_ram(addr, len(data)):
                 raise ImageError(f"segment at {addr:#x}+{len(data):#x} is outside the "
                                  f"{self.ram_size >> 20} MiB of RAM")
             self.ram[addr:addr + len(data)] = data
-        if modules is None:                  # none: mods_addr still says where they would go
-            from emu.loader.modules import place_modules
-            modules = place_modules(image, cmdline, "", [], self.ram_size)
         for addr, data in modules.blobs:
             self.ram[addr:addr + len(data)] = data
-        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR, mods_count=modules.count,
-                        mods_addr=modules.mods_addr)
-        self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
         self.uc.reg_write(UC_X86_REG_RIP, self._start)   # so a snapshot taken now resumes here
         self.io_trap.set_flag()
@@ -374,6 +391,7 @@ class Machine:
                 if deadline is not None and time.monotonic() >= deadline:
                     self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
                     break
+                self.fast_exits.arm()
                 try:
                     uc.emu_start(begin, _UNTIL, count=count)
                 except UcError as e:
@@ -422,6 +440,7 @@ class Machine:
     def _finish(self, reason: str, status: int, message: str) -> None:
         if self._result is None:
             self._result = RunResult(reason, status, message, self.uc.reg_read(UC_X86_REG_RIP))
+        self.fast_exits.stop()
         self.uc.emu_stop()
 
     def _defer(self, action: Callable[[], None]) -> None:
@@ -440,6 +459,7 @@ class Machine:
         e = self.replay
         if e is None:
             return
+        self.fast_exits.disarm()
         seq = e.seq_word.value
         if seq != self._replay_seen:
             self._replay_seen = seq
@@ -466,6 +486,7 @@ class Machine:
         try:
             self.replay_sync()
             self._on_intr(uc, intno, None)
+            self.fast_exits.arm()
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(uc, e)
 
@@ -539,7 +560,8 @@ class Machine:
         uc = self.uc
         leaf = uc.reg_read(UC_X86_REG_RAX) & 0xFFFFFFFF
         sub = uc.reg_read(UC_X86_REG_RCX) & 0xFFFFFFFF
-        a, b, c, d = self.cpuid.query(leaf, sub)
+        a, b, c, d = regs = self.cpuid.query(leaf, sub)
+        self.fast_exits.remember_cpuid(leaf, sub, regs)
         uc.reg_write(UC_X86_REG_RAX, a)
         uc.reg_write(UC_X86_REG_RBX, b)
         uc.reg_write(UC_X86_REG_RCX, c)

@@ -15,14 +15,11 @@ from emu.arch import memtype
 from emu.arch.paging import is_canonical
 from emu.arch.bits import EFER_FFXSR, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME  # noqa: F401 (re-exported)
 
-from emu.core.msrs_amd import (MSR_APIC_BASE, MSR_CSTAR, MSR_EFER, MSR_FS_BASE,  # noqa: F401
-                               MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, MSR_STAR,
-                               MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, MSR_TSC,
-                               MSR_TSC_AUX)
+from emu.arch.msrs import (  # noqa: F401 (re-exported to the MSR file's users)
+    MSR_APIC_BASE, MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR,
+    MSR_MTRRCAP, MSR_MTRR_DEF_TYPE, MSR_PAT, MSR_SFMASK, MSR_STAR, MSR_SYSENTER_CS,
+    MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, MSR_TSC, MSR_TSC_AUX)
 
-MSR_MTRRCAP = memtype.MSR_MTRRCAP
-MSR_PAT = memtype.MSR_PAT
-MSR_MTRR_DEF_TYPE = memtype.MSR_MTRRDEFTYPE
 
 PAT_POWER_ON = memtype.PAT_RESET
 

@@ -38,9 +38,10 @@ from emu.arch.msrs import (  # noqa: F401 (the indices, as the APM names them)
     MSR_CORE_PERF_CTL0,
 )
 
+from emu.core.msr import GeneralProtection, MsrFile
+
 if TYPE_CHECKING:
     from emu.core.cpuid import Cpuid
-    from emu.core.msr import MsrFile
 
 LEGACY_PERF_COUNTERS = 4
 CORE_PERF_COUNTERS = 6
@@ -281,7 +282,6 @@ def install(msrs: "MsrFile", cpuid: "Cpuid") -> None:
         msrs.register(spec.index, *_accessors(msrs, cpuid, spec))
 
     def efer_gate(old: int, new: int) -> None:
-        from emu.core.msr import GeneralProtection
         for bit, (leaf, reg, feature) in EFER_BY_FEATURE.items():
             if new & bit and not old & bit and not cpuid.query(leaf, 0)[reg] & feature:
                 raise GeneralProtection(f"WRMSR EFER: bit {bit:#x} of a feature this model "
@@ -290,7 +290,6 @@ def install(msrs: "MsrFile", cpuid: "Cpuid") -> None:
 
 
 def _accessors(msrs: "MsrFile", cpuid: "Cpuid", spec: MsrSpec):
-    from emu.core.msr import GeneralProtection
     slot = ALIASES.get(spec.index, spec.index)
     base = BY_INDEX[slot]
 

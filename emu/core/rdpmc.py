@@ -20,7 +20,7 @@ from emu.engine import hostvm
 from emu.engine.hw_switch import OFF_EIP
 
 if TYPE_CHECKING:
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 RDPMC_LENGTH = 2     # 0F 33
 
@@ -35,7 +35,7 @@ def counter_msr(index: int, core_counters: bool) -> int | None:
 
 
 class Rdpmc:
-    def __init__(self, machine: "Machine") -> None:
+    def __init__(self, machine: "Board") -> None:
         self.m = machine
         machine.register_exit(hostvm.VMEXIT_RDPMC, self._exit)
 

@@ -61,6 +61,7 @@ from unicorn.x86_const import UC_X86_REG_RIP
 
 from emu.core.firmware.layout import MAX_RAM, check_ram_size, ram_layout
 from emu.errors import OptionError, SnapshotError
+from emu.core.cpuid import Cpuid
 from emu.core.snapshot_check import check_cpu
 from emu.engine.hw_switch import OFF_EIP, flush_tlb
 
@@ -226,7 +227,7 @@ def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
     values.clear()
     values.update(snap.msrs)
     machine.tsc = snap.tsc
-    machine.cpuid.table = {(row[0], row[1]): tuple(row[2:6]) for row in snap.cpuid}
+    machine.cpuid.table = _snapshot_cpuid(machine, snap).table
     for dev, (name, state) in zip(machine.devices, snap.devices):
         _load_section(f"device {name}", dev.load_state, state, None)
     # Extensions come last: they may read RAM and the CPU state (vmcb12, L1's saved state).
@@ -269,7 +270,7 @@ def _check_compatible(machine: "Machine", snap: Snapshot) -> None:
                             f"unicorn's is {len(machine.ctx.view)}")
     if len(snap.ram) != ram_layout(snap.ram_size).end or len(snap.l0) != len(machine.hostvm.buf):
         raise SnapshotError("the snapshot's memory images do not have the sizes its header states")
-    check_cpu(snap.cpu)
+    check_cpu(snap.cpu, _snapshot_cpuid(machine, snap))
     have = [dev.name for dev in machine.devices]
     want = [name for name, _ in snap.devices]
     if have != want:
@@ -280,6 +281,14 @@ def _check_compatible(machine: "Machine", snap: Snapshot) -> None:
     if have != want:
         raise SnapshotError(f"the snapshot has extensions {', '.join(want) or 'none'} but this "
                             f"machine has {', '.join(have) or 'none'}")
+
+
+def _snapshot_cpuid(machine: "Machine", snap: Snapshot) -> Cpuid:
+    """The CPUID the restored machine will report: the snapshot's table under this model's
+    feature mask, which is what decides the CR4 and EFER bits its context may hold."""
+    cpuid = Cpuid(machine.cpuid.model)
+    cpuid.table = {(row[0], row[1]): tuple(row[2:6]) for row in snap.cpuid}
+    return cpuid
 
 
 def _mib(n: int) -> str:

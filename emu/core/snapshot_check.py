@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import struct
 
-from emu.arch.bits import (CR0_CD, CR0_EM, CR0_MP, CR0_NW, CR0_PE, CR0_PG, CR0_TS, CR4_DE,
-                           CR4_FSGSBASE, CR4_MCE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE,
-                           CR4_PAE, CR4_PCE, CR4_PCIDE, CR4_PGE, CR4_PSE, CR4_PVI, CR4_SMAP,
-                           CR4_SMEP, CR4_TSD, CR4_UMIP, CR4_VME, EFER_FFXSR, EFER_LMA, EFER_LME,
-                           EFER_LMSLE, EFER_NXE, EFER_SCE, EFER_SVME, EFER_TCE)
+from typing import TYPE_CHECKING
+
+from emu.arch.bits import (CR0_CD, CR0_EM, CR0_MP, CR0_NW, CR0_PE, CR0_PG, CR0_TS, CR4_OSFXSR,
+                           CR4_PAE, CR4_SMAP, EFER_LMA, EFER_SVME)
 from emu.arch.paging import is_canonical
+from emu.engine.hostvm import L0_EFER
 from emu.engine.hw_switch import (CS, DESC_B, DESC_L, HF2_GIF, HF2_NMI,
                                   HF2_NPT, HF2_VINTR, HF_CPL_MASK, HF_CS32, HF_CS64, HF_EM,
                                   HF_GUEST, HF_INHIBIT_IRQ, HF_IOBPT, HF_LMA, HF_MP, HF_OSFXSR,
@@ -24,7 +24,12 @@ from emu.engine.hw_switch import (CS, DESC_B, DESC_L, HF2_GIF, HF2_NMI,
                                   OFF_EFER, OFF_EIP, OFF_EFLAGS, OFF_FPSTT, OFF_FPTAGS,
                                   OFF_HFLAGS, OFF_HFLAGS2, OFF_SEGS, SEG_NAMES, SEG_SIZE, SS,
                                   HF_ADDSEG, DESC_DPL_SHIFT)
+from emu.core.control_regs import cr4_allowed
+from emu.core.msrs_amd import efer_allowed
 from emu.errors import SnapshotError
+
+if TYPE_CHECKING:
+    from emu.core.cpuid import Cpuid
 
 # Hidden flags Unicorn may hold while svmemu runs a guest. Everything else (SMM, vm86, MPX and
 # unnamed bits) is a mode svmemu never enters, so a snapshot cannot be in it.
@@ -35,20 +40,19 @@ HFLAGS_ALLOWED = (HF_CPL_MASK | HF_INHIBIT_IRQ | HF_CS32 | HF_SS32 | HF_ADDSEG |
 _HF2_HIF, _HF2_IGNNE = 1 << 1, 1 << 7
 HFLAGS2_ALLOWED = HF2_GIF | _HF2_HIF | HF2_NMI | HF2_VINTR | HF2_NPT | _HF2_IGNNE
 
-CR4_VALID = (CR4_VME | CR4_PVI | CR4_TSD | CR4_DE | CR4_PSE | CR4_PAE | CR4_MCE | CR4_PGE
-             | CR4_PCE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_UMIP | CR4_FSGSBASE | CR4_PCIDE
-             | CR4_OSXSAVE | CR4_SMEP | CR4_SMAP)
-EFER_VALID = (EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE | EFER_SVME | EFER_LMSLE | EFER_FFXSR
-              | EFER_TCE)
 _RFLAGS_RESERVED = ~0x3F7FD7 & ((1 << 64) - 1)      # bits 1 (must be one), 3, 5, 15, 22-63
 _RFLAGS_VM = 1 << 17
 FPU_STACK = 8
 _SEG = struct.Struct("<I4xQII")
 
 
-def check_cpu(cpu: bytes, what: str = "CPU context") -> None:
+def check_cpu(cpu: bytes, cpuid: "Cpuid", what: str = "CPU context") -> None:
     """Raise SnapshotError unless `cpu` is a context a real x86-64 run under svmemu could have
-    left: architecturally legal registers, and hidden flags that agree with them."""
+    left: architecturally legal registers, and hidden flags that agree with them. The CR4 and
+    EFER bits that may be set are the CPU model's (`cpuid`), as MOV CR4, WRMSR EFER and VMRUN's
+    checks allow them, and L0's own (a snapshot taken before the first instruction holds the
+    trampoline's context)."""
+    cr4_valid, efer_valid = cr4_allowed(cpuid), efer_allowed(cpuid) | L0_EFER
     def fail(msg: str) -> None:
         raise SnapshotError(f"the snapshot's {what} is invalid: {msg}")
 
@@ -73,12 +77,12 @@ def check_cpu(cpu: bytes, what: str = "CPU context") -> None:
         fail("CR0.NW is set without CR0.CD")
     if cr0 & CR0_PG and not cr0 & CR0_PE:
         fail("CR0.PG is set without CR0.PE")
-    if cr4 & ~CR4_VALID:
-        fail(f"CR4 {cr4:#x} sets a reserved or unsupported bit")
+    if cr4 & ~cr4_valid:
+        fail(f"CR4 {cr4:#x} sets a bit this CPU model does not have")
     if cr3 >> 52:
         fail(f"CR3 {cr3:#x} sets bits above the physical address width")
-    if efer & ~EFER_VALID:
-        fail(f"EFER {efer:#x} sets a reserved bit")
+    if efer & ~efer_valid:
+        fail(f"EFER {efer:#x} sets a bit this CPU model does not have")
     # EFER.LMA is not checked against LME and PG: L0's boot trampoline legitimately holds LMA
     # while it drops to 32-bit protected mode. What matters is that the hidden LMA flag agrees.
     long_mode = bool(cr0 & CR0_PG and efer & EFER_LMA)

@@ -18,7 +18,8 @@ import struct
 
 from unicorn import Uc, UC_PROT_ALL
 
-from emu.arch.bits import CR0_ET, CR0_PE, DR6_RESET, DR7_RESET, EFER_SVME, RFLAGS_FIXED
+from emu.arch.bits import (CR0_ET, CR0_PE, DR6_RESET, DR7_RESET, EFER_LMA, EFER_LME, EFER_SVME,
+                           RFLAGS_FIXED)
 from emu.arch.vmcb import (  # noqa: F401  (the exit codes L0 handles, reached as hostvm.VMEXIT_*)
     MSRPM_SIZE, IOPM_SIZE, VMCB_SIZE, Segment, Vmcb, intercept_misc_bit, msrpm_bit_offset,
     VMEXIT_CR0_READ, VMEXIT_CR0_WRITE, VMEXIT_DR7_WRITE, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_VINTR,
@@ -58,6 +59,9 @@ L0_INTERCEPTED_EXITS = (
 L0_DR_WRITE_INTERCEPTS = 1 << 7
 # CR8 is the APIC's TPR[7:4]; Unicorn has no APIC and reads CR8 as 0, so L0 emulates it (irq.py).
 L0_CR_INTERCEPTS = 1 << 8
+# L0's own EFER, which the context holds until the trampoline's VMRUN enters L1: Unicorn's
+# 64-bit mode and SVME for that VMRUN, whatever the CPU model offers L1.
+L0_EFER = EFER_LME | EFER_LMA | EFER_SVME
 # CR4 writes: Unicorn takes reserved CR4 bits silently; L0 checks them against the CPU model
 # (emu/core/control_regs.py).
 L0_CR_WRITE_INTERCEPTS = L0_CR_INTERCEPTS | 1 << 4

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 from unicorn import UcError
 
 if TYPE_CHECKING:
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 CHUNK = 1 << 20
 PAGE = 0x1000
 
 
 class OpenBus:
-    def __init__(self, machine: "Machine") -> None:
+    def __init__(self, machine: "Board") -> None:
         self.m = machine
         self.regions: dict[int, int] = {}       # base -> size of the holes mapped so far
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emu.core.devices.cmos import Cmos
+from emu.core.devices.cmos import RTC_IRQ, Cmos
 from emu.core.devices.gsi import InterruptLines
 from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE, IoApic
 from emu.core.devices.kbc import KBC_IRQ, KeyboardController
@@ -31,13 +31,14 @@ from emu.core.devices.apm import ApmControl
 from emu.core.devices.pit import PIT_IRQ, Pit8254
 from emu.core.devices.pm_timer import PmBlock
 from emu.core.devices.port92 import SystemPortA
+from emu.core.devices.serial import COM1_IRQ
 from emu.core.devices.post import PostPort
 from emu.core.devices.testdev import PcTestdev
 from emu.core.firmware.layout import ram_layout
 from emu.errors import Unsupported
 
 if TYPE_CHECKING:
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 def ram_split(ram_size: int) -> tuple[int, int]:
     """(RAM below 4 GiB, RAM above 4 GiB) as QEMU's pc machine lays them out
@@ -47,7 +48,7 @@ def ram_split(ram_size: int) -> tuple[int, int]:
 
 
 class PcPlatform:
-    def __init__(self, m: "Machine") -> None:
+    def __init__(self, m: "Board") -> None:
         self.m = m
         apic = m.apic
         apic.firmware_state()
@@ -59,12 +60,16 @@ class PcPlatform:
         apic.on_level_eoi = self.ioapic.eoi
         m.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.ioapic)
 
-        now, advance = m.irq._now, m.irq._advance
+        now, advance = m.irq.now, m.irq.advance
         self.pit = Pit8254(now, advance, lambda level: self.lines.set(PIT_IRQ, level),
                            lambda: self.lines.routed(PIT_IRQ))
         m.irq.timers.append(self.pit)
+        m.serial.irq = lambda level: self.lines.set(COM1_IRQ, level)
         below, above = ram_split(m.ram_size)
         self.cmos = Cmos(now, below, above)
+        self.cmos.irq = lambda level: self.lines.set(RTC_IRQ, level)
+        self.cmos.routed = lambda: self.lines.routed(RTC_IRQ)
+        m.irq.timers.append(self.cmos)
         self.kbc = KeyboardController(m.reset_request, self._a20,
                                       lambda level: self.lines.set(KBC_IRQ, level))
         self.port92 = SystemPortA(m.reset_request, self._a20)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from unicorn import UC_HOOK_BLOCK
 
 from emu.errors import OptionError
-from . import CoverageOutput, is_l0
+from .base import CoverageOutput, is_l0
 
 if TYPE_CHECKING:
     from unicorn import Uc

@@ -24,7 +24,7 @@ from unicorn import x86_const as X
 from emu.engine import binding
 from emu.engine.binding import HOOK_MEM_ACCESS_CFUNC
 from emu.errors import OptionError
-from . import CoverageOutput, is_l0
+from .base import CoverageOutput, is_l0
 
 if TYPE_CHECKING:
     from unicorn import Uc

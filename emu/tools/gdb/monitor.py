@@ -15,7 +15,7 @@ from emu.tools.gdb import physdump
 from emu.tools.memquery import NotMapped, effective_memtype, world_paging
 
 if TYPE_CHECKING:
-    from emu.tools.gdb.stub import GdbStub
+    from emu.tools.gdb.regs import RegisterFile
     from emu.core.machine import Machine
 
 _LEVEL_NAMES = {4: "PML4E", 3: "PDPE", 2: "PDE", 1: "PTE"}
@@ -23,9 +23,12 @@ BREAK_EVENTS = ("vmrun", "vmexit")
 
 
 class Monitor:
-    def __init__(self, machine: "Machine", stub: "GdbStub") -> None:
+    def __init__(self, machine: "Machine", break_on: set[str], regs: "RegisterFile") -> None:
+        """`break_on` is the stub's own set of world-switch events to stop at (`break-on` edits
+        it); `regs` its register file, so the decoded views read what gdb reads."""
         self.m = machine
-        self.stub = stub
+        self.stop_events = break_on
+        self.regs = regs
         self.commands: dict[str, tuple[Callable[[list[str]], str], str]] = {
             "help": (self.help, "this list"),
             "world": (self.world, "which world runs (L1/L2) and what defines it"),
@@ -91,7 +94,7 @@ class Monitor:
         ignore the target description's `system` group); this is the decoded view."""
         from unicorn.x86_const import UC_X86_REG_GDTR, UC_X86_REG_IDTR
         from emu.tools.gdb.regs import INDEX
-        regs = self.stub.regs
+        regs = self.regs
         lines = [f"world  {self.m.level()}"]
         for name in ("cr0", "cr2", "cr3", "cr4", "efer", "pat", "eflags"):
             value = regs.read(INDEX[name])
@@ -145,15 +148,15 @@ class Monitor:
 
     def break_on(self, args: list[str]) -> str:
         if not args:
-            return "stopping on: " + (", ".join(sorted(self.stub.break_on)) or "no world switch")
+            return "stopping on: " + (", ".join(sorted(self.stop_events)) or "no world switch")
         for word in args:
             if word == "off":
-                self.stub.break_on.clear()
+                self.stop_events.clear()
             elif word in BREAK_EVENTS:
-                self.stub.break_on.add(word)
+                self.stop_events.add(word)
             else:
                 raise SvmemuError(f"break-on takes {', '.join(BREAK_EVENTS)} or off, not {word!r}")
-        return "stopping on: " + (", ".join(sorted(self.stub.break_on)) or "no world switch")
+        return "stopping on: " + (", ".join(sorted(self.stop_events)) or "no world switch")
 
 
 def _select(fields: list[tuple[str, int]], wanted: list[str]) -> list[tuple[str, int]]:

@@ -95,9 +95,9 @@ class GdbStub:
             raise OptionError(f"gdb stub cannot listen on {host}:{port}: {e.strerror or e}")
         self.host, self.port = host, self.listener.getsockname()[1]
         self.regs = gdb_regs.RegisterFile(machine)
-        self.monitor = Monitor(machine, self)
-        self.conn: Connection | None = None
         self.break_on: set[str] = set()          # "vmrun", "vmexit"
+        self.monitor = Monitor(machine, self.break_on, self.regs)
+        self.conn: Connection | None = None
         self.phys_mode = False       # m/M address physical memory (Qqemu.PhyMemMode:1)
         self._code_bps: dict[int, tuple[int, set[int]]] = {}
         self._watches: dict[tuple[int, int, int], int] = {}

@@ -1,0 +1,69 @@
+"""The machine as the parts it is built from see it.
+
+The interrupt controller, the PC devices, firmware, the control-register and RDPMC exits and the
+extensions are constructed by `emu.core.machine.Machine` and call back into it. They name this
+protocol instead of `Machine`, so the machine imports its parts and no part imports the machine:
+what a part may use of the machine is exactly what is listed here.
+"""
+from __future__ import annotations
+
+import mmap
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+if TYPE_CHECKING:
+    from unicorn import Uc
+
+    from emu.core.cpuid import Cpuid
+    from emu.core.devices.apic import LocalApic
+    from emu.core.devices.base import PortDevice
+    from emu.core.devices.serial import Serial16550
+    from emu.core.firmware.layout import RamLayout
+    from emu.core.interrupts import Event
+    from emu.core.memory import GuestMemory
+    from emu.core.msr import MsrFile
+    from emu.core.trace import Tracer
+    from emu.engine.hw_switch import Context
+
+
+class Board(Protocol):
+    uc: "Uc"
+    ctx: "Context"
+    mem: "GuestMemory"
+    ram: mmap.mmap
+    ram_addr: int          # host address of `ram`, for the C engine
+    ram_size: int
+    layout: "RamLayout"
+    cpus: int
+    cpuid: "Cpuid"
+    msrs: "MsrFile"
+    tracer: "Tracer | None"
+    tsc: int
+    ports: dict[int, "PortDevice"]
+    devices: list["PortDevice"]
+    world_observers: list[Callable[[str, str], None]]
+    apic: "LocalApic"
+    serial: "Serial16550"
+    # Sibling parts, typed loosely: naming their classes here would tie them back to this file.
+    router: Any            # emu.core.extension.ExitRouter | None
+    irq: Any               # emu.core.irq.InterruptController
+    pc: Any                # emu.core.devices.pc.PcPlatform
+    open_bus: Any          # emu.core.devices.open_bus.OpenBus
+
+    def where(self) -> str: ...
+    def level(self) -> str: ...
+    def register_exit(self, code: int, handler: Callable[[int], None]) -> None: ...
+    def add_device(self, dev: "PortDevice") -> None: ...
+    def raise_exception(self, vector: int, error_code: int | None = None,
+                        cr2: int | None = None) -> None: ...
+    def deliver_event(self, event: "Event", return_rip: int, injected: bool = False) -> None: ...
+    def deliver_now(self, event: "Event", return_rip: int) -> None: ...
+    def run_deferred(self) -> None: ...
+    def interrupt_check(self, virtual: bool = False) -> None: ...
+    def svm_enabled(self) -> bool: ...
+    def at_trampoline(self) -> bool: ...
+    def claim_cr8(self) -> None: ...
+    def replay_sync(self) -> None: ...
+    def shutdown(self, message: str) -> None: ...
+    def stop(self, reason: str, status: int, message: str) -> None: ...
+    def reset_request(self, message: str) -> None: ...
+    def poweroff(self, message: str) -> None: ...
