@@ -16,7 +16,7 @@ from unicorn import UC_HOOK_CODE
 from emu.errors import OptionError
 
 if TYPE_CHECKING:
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 KINDS = ("vmrun", "vmexit")
 SYNTAX = "N (instructions), vmrun[:N], vmexit[:N], SYMBOL[:N] or *ADDRESS[:N]"
@@ -79,7 +79,7 @@ class EventWatch:
     """Calls `fire` once, when the event happens; for an address, before the instruction there
     runs; for a world switch, right after it, in the new world."""
 
-    def __init__(self, machine: "Machine", spec: EventSpec, fire: Callable[[], None],
+    def __init__(self, machine: "Board", spec: EventSpec, fire: Callable[[], None],
                  restarts: bool = False) -> None:
         """`restarts`: `fire` stops emulation before the instruction at the address, which
         then runs from the start again; its second arrival there is the same one."""

@@ -35,7 +35,7 @@ from emu.engine.hw_switch import (HF2_NPT, HF_CS64, OFF_CR, OFF_EIP, OFF_HFLAGS,
                                   OFF_RAX, OFF_RCX, OFF_SEGS, OFF_VM_VMCB, SEG_SIZE, cpu_and_env)
 
 if TYPE_CHECKING:
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 MASK64 = (1 << 64) - 1
 _CS = 1
@@ -48,7 +48,7 @@ _OFFSETS = {"rax": OFF_RAX, "rcx": OFF_RCX, "rdx": OFF_RAX + 2 * 8, "rbx": OFF_R
 class FastExits:
     """The Python side of the C fast exits: arming, the TSC hand-over, the CPUID table."""
 
-    def __init__(self, machine: "Machine", tsc_step: int) -> None:
+    def __init__(self, machine: "Board", tsc_step: int) -> None:
         self.m = machine
         self._fx = None
         self._base: int | None = None      # fx.tsc when armed

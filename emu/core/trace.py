@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from unicorn import Uc
 
     from emu.core.events import EventSpec, EventWatch
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 CATEGORIES = ("insn", "regs", "exits", "io", "msr", "exc", "mem")
 _PER_INSN = ("insn", "regs")
@@ -123,7 +123,7 @@ class Tracer:
         self.categories = categories
         self.out = out
         self.focus = focus or Focus()
-        self.m: "Machine | None" = None
+        self.m: "Board | None" = None
         self.window = self.focus.start is None     # between from and until
         self.world_ok = True
         self.hook_calls = 0          # per-instruction hook calls (what a focused trace costs)
@@ -135,7 +135,7 @@ class Tracer:
         self._refire: int | None = None
 
     # ---- the focus --------------------------------------------------------------------------
-    def bind(self, machine: "Machine") -> None:
+    def bind(self, machine: "Board") -> None:
         """Called by the machine it traces: world switches and events reach the focus."""
         from emu.core.events import EventWatch
         self.m = machine
