@@ -76,3 +76,24 @@ def test_control_registers_are_visible():
     assert "world  L2" in out
     cr3 = int(re.search(r"^cr3\s+(0x[0-9a-f]+)$", out, re.M).group(1), 16)
     assert printed(out) == [cr3]
+
+
+@needs_gdb
+def test_reverse_continue_stops_at_break_on_world_switches():
+    s = CliStub()
+    out = run_gdb(s.port, "monitor record on", "monitor break-on vmrun", "continue",
+                  "info registers rip", "continue", "info registers rip", "reverse-continue",
+                  "info registers rip", "monitor world", "reverse-continue", "info registers rip",
+                  "kill")
+    s.finish()
+    rips = values(out, "rip")
+    # Forward: right after the first VMRUN (L2's first instruction), then after the second
+    # (L1 stepped vmcb12's RIP over the 3-byte VMMCALL).
+    assert rips[:2] == [SYM["l2_entry"], SYM["l2_vmmcall"] + 3], out
+    # Back: to the first VMRUN's switch, not to the start of the recording ...
+    assert rips[2] == SYM["l2_entry"]
+    assert "svmemu: reverse: stopped after VMRUN: L1 -> L2" in out
+    assert "L2 running: vmcb12 at 0x800000" in out
+    # ... and only then, with no switch before it, to the start.
+    assert "No more reverse-execution history" in out
+    assert rips[3] not in (SYM["l2_entry"], SYM["l2_vmmcall"] + 3)
