@@ -56,7 +56,7 @@ main:
     # --- periodic interrupt, 1024 Hz ---
     cmos_wr 0x0b, 0x42                       # PIE, 24-hour, BCD
     wait_for 3
-    check_eq qword ptr [rtc_count], 3, "three periodic interrupts arrive"
+    check_eq "qword ptr [rtc_count]", 3, "three periodic interrupts arrive"
     mov rax, [rtc_first_c]
     check_eq rax, 0xc0, "status C in the handler: IRQF and PF"
     # --- update-ended interrupt: once a second; the 1024 Hz rate runs on with PIE off ---
@@ -65,7 +65,7 @@ main:
     mov qword ptr [rtc_count], 0
     mov qword ptr [rtc_first_c], 0
     wait_for 1
-    check_eq qword ptr [rtc_count], 1, "an update-ended interrupt arrives, no periodic one"
+    check_eq "qword ptr [rtc_count]", 1, "an update-ended interrupt arrives, no periodic one"
     mov rax, [rtc_first_c]
     check_eq rax, 0x90, "status C in the handler: IRQF and UF (no PF with PIE off)"
     cmos_wr 0x0a, 0x20                       # oscillator on, RS = 0: no periodic rate
@@ -79,7 +79,7 @@ main:
     mov qword ptr [rtc_count], 0
     mov qword ptr [rtc_first_c], 0
     wait_for 1
-    check_eq qword ptr [rtc_count], 1, "the alarm interrupt arrives"
+    check_eq "qword ptr [rtc_count]", 1, "the alarm interrupt arrives"
     mov rax, [rtc_first_c]
     and eax, 0xe0
     check_eq rax, 0xa0, "status C in the handler: IRQF and AF"

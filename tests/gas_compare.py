@@ -9,7 +9,6 @@ from pathlib import Path
 
 from emu.errors import AsmError
 from emu.loader.asm import assemble_text
-from emu.loader.gas.link import IMAGE_BASE
 from tests.gas_corpus import PREAMBLE, source
 from tests.gnu_as import GnuAsError, gnu_image
 
