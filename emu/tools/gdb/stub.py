@@ -96,7 +96,7 @@ class GdbStub:
         self.host, self.port = host, self.listener.getsockname()[1]
         self.regs = gdb_regs.RegisterFile(machine)
         self.break_on: set[str] = set()          # "vmrun", "vmexit"
-        self.monitor = Monitor(machine, self.break_on, self.regs)
+        self.monitor = Monitor(machine, self.break_on, self.regs, self.log)
         self.conn: Connection | None = None
         self.phys_mode = False       # m/M address physical memory (Qqemu.PhyMemMode:1)
         self._code_bps: dict[int, tuple[int, set[int]]] = {}
