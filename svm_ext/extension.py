@@ -99,6 +99,10 @@ class SvmExtension(Extension, ExitRouter):
         self.explained_rules: set[str] = set()   # consistency rules already told on stderr
 
     # ---- wiring -------------------------------------------------------------------------------
+    def for_another_cpu(self) -> "SvmExtension":
+        """Each CPU has its own nested state (GIF, L2, vmcb12, hPAT/gPAT), same PAT model."""
+        return SvmExtension(pat_model=self.pat.name)
+
     def attach(self, machine: Machine) -> None:
         self.machine = machine
         # Registers the world switch moves that the context blob holds only lazily or not at all.

@@ -60,15 +60,18 @@ def image_of(what: str | Path | bytes | BootImage, ram: int = RAM) -> BootImage:
 def boot(what: str | Path | bytes | BootImage, *, nested: bool = True,
          ext: SvmExtension | None = None, pat_model: str = "architectural", ram: int = RAM,
          cmdline: str = "test", timeout: float = 20, tracer: Tracer | None = None,
-         cpu: str | None = None, strict: bool = False, **run: Any) -> Booted:
+         cpu: str | None = None, strict: bool = False, cpus: int = 1,
+         quantum: int | None = None, **run: Any) -> Booted:
     """Boot `what` on a fresh machine (with nested SVM unless nested=False or the `cpu` model
     lacks it; `ext` to pass one built by the test) and run it to its end; `run` goes to
-    Machine.run (max_insns, ...). `cpu` is a --cpu spelling, `strict` is --strict."""
+    Machine.run (max_insns, ...). `cpu` is a --cpu spelling, `strict` is --strict, `cpus` is
+    -smp and `quantum` --quantum."""
     model = parse_cpu(cpu) if cpu is not None else None
     nested = nested and (model is None or model.svm)
     if nested and ext is None:
         ext = SvmExtension(pat_model=pat_model)
-    m = Machine(ram, stdout=None, tracer=tracer, cpu=model, extensions=[ext] if nested else [])
+    m = Machine(ram, stdout=None, tracer=tracer, cpu=model, extensions=[ext] if nested else [],
+                cpus=cpus, quantum=quantum)
     m.strict = strict
     m.load_multiboot(image_of(what, ram), cmdline)
     result = m.run(timeout=timeout, **run)

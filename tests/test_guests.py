@@ -13,11 +13,14 @@ from emu.arch.vmcb import VMEXIT_INVALID, Vmcb
 from tests.conftest import parse_tap
 
 TAP_GUESTS = sorted(p.stem for p in GUESTS_DIR.glob("*.S") if p.stem != "triplefault")
+# Guests written for several CPUs (tests/test_guests_qemu.py gives QEMU the same -smp).
+GUEST_CPUS = {"smp": 4}
 
 
 def boot(name: str, pat_model: str = "architectural"):
     path = str(GUESTS_DIR / f"{name}.S")
-    b = harness.boot(path, pat_model=pat_model, cmdline=f"{path} ", timeout=60)
+    b = harness.boot(path, pat_model=pat_model, cmdline=f"{path} ", timeout=60,
+                     cpus=GUEST_CPUS.get(name, 1))
     return b.machine, b.ext, b.result, b.serial
 
 

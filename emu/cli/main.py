@@ -42,6 +42,17 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _smp(text: str) -> int:
+    """QEMU's -smp: `N` or `cpus=N` (one package per CPU; sockets/cores/threads are not taken)."""
+    t = text.strip()
+    if t.startswith("cpus="):
+        t = t[5:]
+    if "," in t or "=" in t:
+        raise argparse.ArgumentTypeError(f"-smp {text!r}: only N or cpus=N is supported "
+                                         "(no sockets, cores, threads or maxcpus)")
+    return _positive_int(t)
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -92,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cpu", "-cpu", default="EPYC", metavar="MODEL[,+feat,-feat...]",
                      help="CPU model, as QEMU's -cpu: EPYC (default), max, qemu64; +name adds "
                           "a feature svmemu implements, -name hides one")
+    run.add_argument("-smp", "--smp", type=_smp, default=1, metavar="N",
+                     help="number of CPUs, as QEMU's -smp N (the boot CPU starts the others "
+                          "with INIT/SIPI)")
+    run.add_argument("--quantum", type=_positive_int, default=None, metavar="INSNS",
+                     help="with -smp: instructions each CPU runs in its turn (default "
+                          "20000); the interleaving is the same on every run")
     _add_execution_options(run)
     resume = sub.add_parser("resume", help="continue a machine from a snapshot file")
     resume.add_argument("snapshot_file", metavar="FILE", help="a snapshot written by --snapshot")
@@ -122,8 +139,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     data, name = load_image_bytes(args.image, args.memory)
     symbols = _lazy_symbols(args.image)
     tracer = _open_tracer(args, symbols)
+    _check_smp_options(args)
     machine = Machine(args.memory, stdout=guest_stdout(), tracer=tracer, cpu=cpu,
-                      extensions=[SvmExtension(pat_model=args.pat_model)] if cpu.svm else [])
+                      extensions=[SvmExtension(pat_model=args.pat_model)] if cpu.svm else [],
+                      cpus=args.smp, quantum=args.quantum)
     _attach_tools(machine, tracer)
     image = parse_image(data, name, args.memory)
     cmdline = qemu_cmdline(args.image, args.append)
@@ -161,6 +180,19 @@ def _lazy_symbols(path: str | None):
             self._load()
             return len(self) > 0
     return Symbols()
+
+
+def _check_smp_options(args: argparse.Namespace) -> None:
+    """What several CPUs cannot be combined with yet: one clear line, status 2."""
+    if args.quantum is not None and args.smp == 1:
+        raise OptionError("--quantum needs -smp N with N > 1")
+    if args.smp == 1:
+        return
+    for given, what in ((args.gdb or args.gdb_default or args.gdb_wait, "the gdb stub"),
+                        (args.snapshot, "--snapshot"), (args.coverage, "--coverage"),
+                        (args.tenet, "--tenet")):
+        if given:
+            raise OptionError(f"unsupported: {what} with -smp {args.smp} (one CPU only for now)")
 
 
 def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Namespace,

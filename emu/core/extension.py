@@ -22,6 +22,8 @@ machine object and uses only these entry points on it:
 """
 from __future__ import annotations
 
+from emu.errors import Unsupported
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -120,6 +122,11 @@ class Extension:
 
     def attach(self, machine: "Board") -> None:
         """Register handlers; called once, before the guest is loaded."""
+
+    def for_another_cpu(self) -> "Extension":
+        """A new, unattached extension configured as this one, for another CPU of the machine
+        (`-smp N`): each CPU has its own."""
+        raise Unsupported(f"unsupported: the {self.name} extension with more than one CPU")
 
     def level(self) -> str:
         """The world now running, for traces and the debugger ("L1", "L2")."""

@@ -65,7 +65,9 @@ class InterruptController:
     def __init__(self, machine: "Board") -> None:
         self.m = machine
         self.window = Window(machine.uc)
-        self.apic = LocalApic(self.now, self.advance, self.changed)
+        index = machine.cpu_index
+        self.apic = LocalApic(self.now, self.advance, self.changed, initial_id=index,
+                              bsp=index == 0)
         self.apic.remap = self._remap
         self.halted = False        # HLT executed; waiting at the next interrupt point
         self.timers: list = []     # devices with deadline()/tick(now) (the PIT), besides the APIC
@@ -105,11 +107,13 @@ class InterruptController:
         self._gp(self.apic.write_base_msr, value, self.m.msrs.maxphyaddr)
 
     def _cpuid(self, leaf: int, subleaf: int, regs: Regs) -> Regs:
-        """CPUID 1: EDX.APIC follows IA32_APIC_BASE.EN (as on hardware); x2APIC is supported."""
+        """CPUID 1: EDX.APIC follows IA32_APIC_BASE.EN (as on hardware); x2APIC is supported;
+        EBX[31:24] is this CPU's initial APIC ID."""
         if leaf != 1:
             return regs
         a, b, c, d = regs
         d = d | CPUID_1_EDX_APIC if self.apic.enabled else d & ~CPUID_1_EDX_APIC
+        b = (b & 0x00FFFFFF) | (self.apic.initial_id << 24)
         return a, b, c | CPUID_1_ECX_X2APIC, d
 
     def _remap(self, old: int | None, new: int | None) -> None:
@@ -243,11 +247,28 @@ class InterruptController:
         self._kicked = True
         self.m.uc.emu_stop()
 
+    @property
+    def in_mmio(self) -> bool:
+        """Inside an MMIO callback of this CPU (a stop must wait for `_mmio_write`)."""
+        return self._in_mmio
+
+    def want_kick(self) -> None:
+        """From inside an MMIO write: stop once it is done (see `_mmio_write`)."""
+        self._want_kick = True
+
+    def kick(self) -> None:
+        """Stop at the next boundary for a reason of ours (not a slice running out)."""
+        self._kicked = True
+        self.m.uc.emu_stop()
+
     def changed(self) -> None:
         """Something may have become deliverable (IRR, TPR, EOI, GIF, a timer armed): look at
         the next point. It only opens the interrupt window: the CPU leaves at the first
         boundary where it can take an interrupt, and the point there decides. Inside an MMIO
-        write the kick is left to `_mmio_write`."""
+        write the kick is left to `_mmio_write`. With several CPUs, the one running now ends
+        its turn if this is another."""
+        if self.m.cpus > 1:
+            self.m.wake()
         self.window.arm(kick=not self._in_mmio)
         if self._in_mmio:
             self._want_kick = True
@@ -292,6 +313,8 @@ class InterruptController:
         self._tick(m.tsc)
         took = self._evaluate()
         if self.halted and not took:
+            if m.cpus > 1:
+                return moved       # still halted: the scheduler (emu/core/smp.py) keeps time
             deadline = self._next_deadline()
             if deadline is not None:
                 m.tsc = max(m.tsc, deadline)
@@ -390,6 +413,9 @@ class InterruptController:
         if m.router is not None and m.router.on_init():
             return True
         self.apic.init_pending = False
+        if m.cpu_index != 0:
+            m.enter_wait_for_sipi()
+            return True
         status = m.pc.cmos.ram[CMOS_SHUTDOWN_STATUS]
         if status in SHUTDOWN_RESUME_CODES:
             raise Unsupported(f"INIT of the boot CPU with CMOS shutdown status {status:#04x}: "
@@ -424,6 +450,16 @@ class InterruptController:
     def tick_timers(self) -> None:
         """Deliver every timer expiry up to now (before a guest reads interrupt state)."""
         self._tick(self.m.tsc)
+
+    def next_deadline(self) -> int | None:
+        """When this CPU's timers (the APIC's, and on the boot CPU the routed device timers)
+        next fire, or None."""
+        return self._next_deadline()
+
+    def interruptible(self) -> bool:
+        """Could an external interrupt reach the CPU now (IF and shadow, or a nested guest's
+        host IF)?"""
+        return bool(self._interruptible())
 
     def _next_deadline(self) -> int | None:
         """The earliest time any timer fires (device timers only when their line is routed)."""

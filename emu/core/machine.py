@@ -23,7 +23,7 @@ from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, U
                                UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP)
 
 from emu.engine import hostvm
-from emu.core.cpuid import Cpuid
+from emu.core.cpuid import LEAF_XSAVE, Cpuid
 from emu.arch.decode import MAX_INSN_LENGTH, split_prefixes
 from emu.core.devices.base import PortDevice
 from emu.core.devices.debug_exit import DebugExit
@@ -38,12 +38,15 @@ from emu.core.extension import Extension, ExitRouter
 from emu.engine.hostvm import HostVm
 from emu.core.irq import InterruptController
 from emu.engine import binding
-from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context
+from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context, set_xsave_components
 from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
-from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Kind,
+from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
                          Shutdown)
+from emu.core.firmware import MAX_XAPIC_CPUS
 from emu.core.firmware.layout import ram_layout
+from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE
+from emu.core.smp import DEFAULT_QUANTUM, RoundRobin
 from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.core.fast_exits import FastExits
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
 
 
 MULTIBOOT_MAGIC = 0x2BADB002
+MAX_CPUS = MAX_XAPIC_CPUS     # APIC IDs 0..254 (xAPIC), as the firmware tables describe them
 TSC_STEP = 1000          # virtual TSC ticks per read: deterministic, monotonic
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF
 _MAP_NORESERVE = 0x4000   # Linux: no swap reserved; pages exist once the guest touches them
@@ -124,20 +128,41 @@ class _Watchdog:
 class Machine:
     def __init__(self, ram_size: int = 128 << 20, *, stdout: BinaryIO | None = None,
                  tracer: Tracer | None = None, extensions: Iterable[Extension] = (),
-                 cpu: CpuModel | None = None, cpus: int = 1) -> None:
+                 cpu: CpuModel | None = None, cpus: int = 1, quantum: int | None = None,
+                 _boot: "Machine | None" = None) -> None:
+        """One CPU and, unless `_boot` is given, the platform around it. With `cpus` > 1 the
+        boot CPU (this object) builds the application processors itself, one Machine each over
+        the same RAM and devices (`_boot` is that boot CPU); `quantum` is how many instructions
+        each CPU runs in its turn (emu/core/smp.py)."""
+        if not 1 <= cpus <= MAX_CPUS:
+            raise OptionError(f"-smp takes 1 to {MAX_CPUS} CPUs, not {cpus}")
+        if quantum is not None and quantum <= 0:
+            raise OptionError("the SMP quantum must be a positive instruction count")
         self.layout = ram_layout(ram_size)       # QEMU's pc split around the PCI hole
         self.ram_size = ram_size
         self.cpus = cpus          # the one CPU count: fw_cfg, the MP table and the MADT use it
+        self.cpu_index = len(_boot.cpu_list) if _boot is not None else 0
+        self.cpu_list: list[Machine] = _boot.cpu_list if _boot is not None else []
+        self.cpu_list.append(self)
+        self.quantum = quantum if quantum is not None else DEFAULT_QUANTUM
+        self.stale_code = False   # another CPU ran since this one last did (emu/core/smp.py)
+        self.running: Machine | None = None   # boot CPU: the CPU in its turn now
+        self.idle_turn = False    # the last turn found this CPU halted and ran nothing
+        self.started = _boot is None   # an application processor starts at its SIPI
         engine_loader.tell_if_stock()
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(UC_CPU_X86_EPYC)
-        self_check()
-        # One host mapping covers guest-physical [0, layout.end): host offset = guest address,
-        # the PCI hole included but never mapped into Unicorn or touched. Private anonymous
-        # memory: reading a page never touched maps the shared zero page, so only what the
-        # guest writes becomes resident (a shared mapping would allocate on reads too).
-        self.ram = mmap.mmap(-1, self.layout.end, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
-        self.ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
+        if _boot is None:
+            self_check()
+            # One host mapping covers guest-physical [0, layout.end): host offset = guest
+            # address, the PCI hole included but never mapped into Unicorn or touched. Private
+            # anonymous memory: reading a page never touched maps the shared zero page, so only
+            # what the guest writes becomes resident (a shared mapping would allocate on reads
+            # too). Every CPU's engine maps this same buffer.
+            self.ram = mmap.mmap(-1, self.layout.end, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
+            self.ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
+        else:
+            self.ram, self.ram_addr = _boot.ram, _boot.ram_addr
         for base, length in self.layout.ranges:
             uc.mem_map_ptr(base, length, UC_PROT_ALL, self.ram_addr + base)
         self.hostvm = HostVm(uc)
@@ -146,29 +171,44 @@ class Machine:
                                high_end=self.layout.end)
         self.deliverer = Deliverer(uc, self.ctx, self.mem)
         self.io_trap = IoTrap(uc, self.ctx)
-        self.tracer = tracer
+        self.tracer = tracer if _boot is None else _boot.tracer
         # Installers of per-run memory hooks (the `mem` trace, emu/tools/memtrace.py): called at
         # the start of each run, their hooks removed at its end.
         self.memory_hooks: list[Callable[[Uc], list[int]]] = []
         self.tsc = 0
         self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
-        self.cpuid = Cpuid(cpu)
+        self.cpuid = Cpuid(cpu if _boot is None else _boot.cpuid.model)
+        self.sync_cpu_features()
         self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
                             hostvm.MAXPHYADDR)
         msrs_amd.install(self.msrs, self.cpuid)
-        self.ports: dict[int, PortDevice] = {}
-        self.devices: list[PortDevice] = []
-        self.serial = Serial16550(stdout)
-        self.add_device(self.serial)
-        self.add_device(DebugExit(self._guest_exit))
-        self.add_device(FwCfg(ram_size, cpus))
         self.strict = False       # stop at accesses to physical addresses with nothing there
         self.explain = True       # one stderr line per surprising event a user should hear of (-q: off)
         self.open_bus = OpenBus(self)
-        self.irq = InterruptController(self)     # local APIC, interrupt points, virtual time
-        self.apic = self.irq.apic
-        self.devices.append(self.apic)
-        self.pc = PcPlatform(self)               # PIC, PIT, I/O APIC, CMOS, PCI, ... (pc.py)
+        if _boot is None:
+            self.ports: dict[int, PortDevice] = {}
+            self.devices: list[PortDevice] = []
+            self.serial = Serial16550(stdout)
+            self.add_device(self.serial)
+            self.add_device(DebugExit(self._guest_exit))
+            self.add_device(FwCfg(ram_size, cpus))
+            self.irq = InterruptController(self)     # local APIC, interrupt points, virtual time
+            self.apic = self.irq.apic
+            self.devices.append(self.apic)
+            self.pc = PcPlatform(self)               # PIC, PIT, I/O APIC, CMOS, PCI, ... (pc.py)
+        else:
+            # The platform is the boot CPU's: port devices, the I/O APIC (mapped into this CPU's
+            # engine too) and the APIC bus. The 8259's INTR reaches the boot CPU's LINT0 only.
+            self.ports, self.devices, self.serial = _boot.ports, [], _boot.serial
+            self.irq = InterruptController(self)
+            self.apic = self.irq.apic
+            self.devices.append(self.apic)
+            self.pc = _boot.pc
+            assert _boot.apic.bus is not None
+            _boot.apic.bus.attach(self.apic)
+            self.apic.on_level_eoi = self.pc.ioapic.eoi
+            self.apic.on_startup = self.start_up
+            self.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.pc.ioapic)
         self.world_observers: list[Callable[[str, str], None]] = []
         self.router: ExitRouter | None = None
         self._exits: dict[int, Callable[[int], None]] = {
@@ -223,6 +263,11 @@ class Machine:
         self._between: list[Callable[[], None]] = []
         if tracer is not None:
             tracer.bind(self)
+        self._begin = 0
+        if _boot is None:
+            for _ in range(cpus - 1):
+                Machine(ram_size, extensions=[ext.for_another_cpu() for ext in self.extensions],
+                        cpus=cpus, quantum=quantum, _boot=self)
 
     # ---- extension entry points --------------------------------------------------------------------
     def register_exit(self, code: int, handler: Callable[[int], None]) -> None:
@@ -254,6 +299,12 @@ class Machine:
         """Deliver `event` once emulation has stopped. An injected event (EVENTINJ) is never
         itself intercepted; exceptions raised while delivering it can be."""
         self._defer(lambda: self._deliver(event, return_rip, injected))
+
+    def sync_cpu_features(self) -> None:
+        """Tell Unicorn's own helpers what the model's CPUID says where they check features
+        themselves (XSETBV's XCR0 bits); again whenever the CPUID table is replaced."""
+        eax, _, _, edx = self.cpuid.query(LEAF_XSAVE, 0)
+        set_xsave_components(self.uc, eax | edx << 32)
 
     def deliver_now(self, event: Event, return_rip: int) -> None:
         """Deliver `event` at once: only where emulation has already stopped (the interrupt
@@ -335,6 +386,8 @@ class Machine:
         from emu.core import firmware
         from emu.loader.multiboot import MBI_ADDR, build_mbi
         firmware.install(self)       # BDA, MP and ACPI tables, MTRRs: what SeaBIOS leaves
+        for ap in self.cpu_list[1:]:
+            firmware.install_mtrrs(ap)   # SeaBIOS programs every CPU's MTRRs alike
         if modules is None:                  # none: mods_addr still says where they would go
             from emu.loader.modules import place_modules
             modules = place_modules(image, cmdline, "", [], self.ram_size)
@@ -370,6 +423,7 @@ class Machine:
             raise OptionError(f"--timeout must be positive and at most {MAX_TIMEOUT:.0f} seconds")
         uc = self.uc
         extra = []
+        extra_ap: list[tuple[Machine, int]] = []
         self._insn_budget = max_insns
         if max_insns is not None or self.count_insns:
             self.insns_counted = True
@@ -380,68 +434,158 @@ class Machine:
             self.tracer.run_started()       # its hooks, while its focus is open
         deadline = time.monotonic() + timeout if timeout else None
         watchdog = _Watchdog(uc, deadline) if deadline is not None else None
-        begin = self._start
+        self._begin = self._start
+        aps = self.cpu_list[1:]
+        for ap in aps:                 # what a run's options give every CPU
+            ap.strict, ap.explain = self.strict, self.explain
+            if ap.replay is not None and self.replay is not None:
+                ap.replay.enabled = self.replay.enabled
+            if max_insns is not None or self.count_insns:   # one count for the machine
+                extra_ap.append((ap, ap.uc.hook_add(UC_HOOK_CODE, self._count_insn)))
+            if self.tracer and self.tracer.on("insn"):
+                extra_ap.append((ap, ap.uc.hook_add(UC_HOOK_CODE, ap._trace_insn)))
+            for install in self.memory_hooks:
+                extra_ap += [(ap, h) for h in install(ap.uc)]
         try:
-            while self._result is None:
-                if self.irq.point():          # interrupts, HLT wake-up (emu/core/irq.py)
-                    begin = uc.reg_read(UC_X86_REG_RIP)
-                if self._result is not None:
-                    break
-                count = self.irq.slice()
-                if deadline is not None and time.monotonic() >= deadline:
-                    self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
-                    break
-                self.fast_exits.arm()
-                try:
-                    uc.emu_start(begin, _UNTIL, count=count)
-                except UcError as e:
-                    self.replay_sync()
-                    if self._result is None:
-                        self._finish("unsupported", STATUS_UNSUPPORTED,
-                                     f"unsupported: CPU stopped with {e} at rip "
-                                     f"{uc.reg_read(UC_X86_REG_RIP):#x}")
-                    break
-                self.replay_sync()
-                # The slice ran out only if nothing else stopped it: not an event, the end of
-                # the run, a debugger pause, work between slices or the wall-clock timeout
-                # (virtual time must not advance for instructions that never ran).
-                self.irq.slice_done(count, self._pending is None and self._result is None
-                                    and self._pause is None and not self._between
-                                    and (deadline is None or time.monotonic() < deadline))
-                pending, self._pending = self._pending, None
-                if pending is not None:
-                    while pending is not None and self._result is None:
-                        pending()     # may itself stop and defer (an instruction run alone)
-                        pending, self._pending = self._pending, None
-                elif self._result is None and deadline is not None and time.monotonic() >= deadline:
-                    self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
-                if self._pause is not None and self._result is None:
-                    self._finish("pause", STATUS_LIMIT, self._pause)
-                while self._between:            # queued by hooks or by the pending work
-                    self._between.pop(0)()
-                begin = uc.reg_read(UC_X86_REG_RIP)
+            if aps:
+                RoundRobin(self.cpu_list, self.quantum).run(
+                    lambda cpu, quantum, horizon: cpu._turn(deadline, timeout, quantum, horizon))
+            else:
+                while self._result is None and self._turn(deadline, timeout):
+                    pass
         except Unsupported as e:
             self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
         finally:
-            self.replay_sync()
+            for cpu in self.cpu_list:
+                cpu.replay_sync()
             if watchdog is not None:
                 watchdog.done()
             for h in extra:
                 uc.hook_del(h)
+            for ap, h in extra_ap:
+                ap.uc.hook_del(h)
             if self.tracer is not None:
                 self.tracer.run_ended()
             self._between.clear()
             self._start = uc.reg_read(UC_X86_REG_RIP)
             self._pause = None
         result, self._result = self._result, None
+        for ap in aps:
+            ap._result = None
+            if ap.started:
+                ap._start = ap.uc.reg_read(UC_X86_REG_RIP)
         assert result is not None
         return result
 
+    def _turn(self, deadline: float | None, timeout: float | None, quantum: int = 0,
+              horizon: int | None = None) -> bool:
+        """One pass of the run loop: an interrupt point, then guest code until emulation stops.
+        With several CPUs (emu/core/smp.py) at most `quantum` instructions (0: no bound, this
+        CPU runs alone), and none past virtual time `horizon` (another CPU's next timer).
+        False: the run ends."""
+        uc = self.uc
+        begin = self._begin
+        if self.irq.point():          # interrupts, HLT wake-up (emu/core/irq.py)
+            begin = self._begin = uc.reg_read(UC_X86_REG_RIP)
+        if self._result is not None:
+            return False
+        self.idle_turn = self.irq.halted
+        if self.idle_turn:            # several CPUs: halted until another's turn wakes it
+            return True
+        count = self.irq.slice()
+        if self.cpus > 1:
+            if quantum:
+                count = min(count, quantum) if count else quantum
+            if horizon is not None:
+                left = max(1, horizon - self.tsc)
+                count = min(count, left) if count else left
+            if self.stale_code:       # another CPU ran, and may have written code this one ran
+                uc.ctl_flush_tb()
+                self.stale_code = False
+            for other in self.cpu_list:
+                if other is not self:
+                    other.stale_code = True
+        if deadline is not None and time.monotonic() >= deadline:
+            self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
+            return False
+        self.fast_exits.arm()
+        try:
+            uc.emu_start(begin, _UNTIL, count=count)
+        except UcError as e:
+            self.replay_sync()
+            if self._result is None:
+                self._finish("unsupported", STATUS_UNSUPPORTED,
+                             f"unsupported: CPU stopped with {e} at rip "
+                             f"{uc.reg_read(UC_X86_REG_RIP):#x}")
+            return False
+        self.replay_sync()
+        # The slice ran out only if nothing else stopped it: not an event, the end of
+        # the run, a debugger pause, work between slices or the wall-clock timeout (virtual
+        # time must not advance for instructions that never ran).
+        self.irq.slice_done(count, self._pending is None and self._result is None
+                            and self._pause is None and not self._between
+                            and (deadline is None or time.monotonic() < deadline))
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            while pending is not None and self._result is None:
+                pending()     # may itself stop and defer (an instruction run alone)
+                pending, self._pending = self._pending, None
+        elif self._result is None and deadline is not None and time.monotonic() >= deadline:
+            self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
+        if self._pause is not None and self._result is None:
+            self._finish("pause", STATUS_LIMIT, self._pause)
+        while self._between:            # queued by hooks or by the pending work
+            self._between.pop(0)()
+        self._begin = uc.reg_read(UC_X86_REG_RIP)
+        return True
+
+    # ---- application processors --------------------------------------------------------------
+    def wake(self) -> None:
+        """Something may have made this CPU runnable (an IPI, a SIPI, an interrupt routed to
+        it): the CPU running now, if another, ends its turn at this instruction, so the
+        scheduler looks again (a CPU running alone runs unbounded until then)."""
+        runner = self.cpu_list[0].running
+        if runner is None or runner is self:
+            return
+        irq = runner.irq
+        if irq.in_mmio:
+            irq.want_kick()
+        else:
+            irq.kick()
+
+    def start_up(self, vector: int) -> None:
+        """A start-up IPI reached this application processor while it waited for one: it
+        starts in real mode at vector * 0x1000 (CS = vector << 8, IP = 0), with the INIT
+        state's registers (EDX = the CPUID family/model/stepping)."""
+        if self.started:
+            raise Unsupported(f"unsupported: SIPI to CPU {self.cpu_index} after an INIT of the "
+                              "running processor (re-starting a CPU is not modelled)")
+        self.started = True
+        self.wake()
+        self._start = self._begin = self.hostvm.enter_startup(vector)
+        self.uc.reg_write(UC_X86_REG_RDX, self.cpuid.query(1, 0)[0])
+        self.uc.reg_write(UC_X86_REG_RIP, self._start)
+        self.io_trap.set_flag()
+
+    def enter_wait_for_sipi(self) -> None:
+        """An INIT reached this application processor: it waits for SIPI. Only a processor
+        that has not yet started can do so here (its engine is still before L0's entry);
+        re-initialising one that runs is not modelled."""
+        if self.started:
+            raise Unsupported(f"unsupported: INIT of CPU {self.cpu_index} while it runs "
+                              "(re-initialising a started processor is not modelled)")
+        self.apic.wait_for_sipi = True
+
     def _finish(self, reason: str, status: int, message: str) -> None:
+        """End the run, for every CPU: the one running stops at once."""
         if self._result is None:
-            self._result = RunResult(reason, status, message, self.uc.reg_read(UC_X86_REG_RIP))
-        self.fast_exits.stop()
-        self.uc.emu_stop()
+            result = RunResult(reason, status, message, self.uc.reg_read(UC_X86_REG_RIP))
+            for cpu in self.cpu_list:
+                if cpu._result is None:
+                    cpu._result = result
+        for cpu in self.cpu_list:
+            cpu.fast_exits.stop()
+            cpu.uc.emu_stop()
 
     def _defer(self, action: Callable[[], None]) -> None:
         """Finish an event outside the hook: emulation stops first, so the state is final."""
@@ -521,7 +665,11 @@ class Machine:
 
     def _where(self) -> str:
         ctx = self.ctx.save()
-        return f"[{self.level()} {ctx.mode_bits()} cpl{ctx.cpl}] {self.uc.reg_read(UC_X86_REG_RIP):#x}"
+        return f"[{self._cpu_tag()}{self.level()} {ctx.mode_bits()} cpl{ctx.cpl}] {self.uc.reg_read(UC_X86_REG_RIP):#x}"
+
+    def _cpu_tag(self) -> str:
+        """`cpuN ` in trace lines of a machine with several CPUs."""
+        return f"cpu{self.cpu_index} " if self.cpus > 1 else ""
 
     def _advance(self, length: int) -> None:
         self.ctx.set_rip(self.uc.reg_read(UC_X86_REG_RIP) + length)
@@ -718,6 +866,14 @@ class Machine:
             self._insn_budget = budget - 1
         self.insns += 1
 
+    def _trace_insn(self, uc: Uc, address: int, size: int, _data: object) -> None:
+        ctx = self.ctx.save()
+        try:
+            code = self.mem.read_code(address, size)
+        except Fault:
+            code = b""
+        self.tracer.insn(f"[{self._cpu_tag()}{self.level()} {ctx.mode_bits()} cpl{ctx.cpl}]", ctx.mode_bits(),
+                         address, code)
 
     # ---- event delivery ---------------------------------------------------------------------------
     def _deliver(self, event: Event, return_rip: int, injected: bool = False) -> None:

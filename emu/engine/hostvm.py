@@ -18,7 +18,7 @@ import struct
 
 from unicorn import Uc, UC_PROT_ALL
 
-from emu.arch.bits import (CR0_ET, CR0_PE, DR6_RESET, DR7_RESET, EFER_LMA, EFER_LME, EFER_SVME,
+from emu.arch.bits import (CR0_CD, CR0_ET, CR0_NW, CR0_PE, DR6_RESET, DR7_RESET, EFER_LMA, EFER_LME, EFER_SVME,
                            RFLAGS_FIXED)
 from emu.arch.vmcb import (  # noqa: F401  (the exit codes L0 handles, reached as hostvm.VMEXIT_*)
     MSRPM_SIZE, IOPM_SIZE, VMCB_SIZE, Segment, Vmcb, intercept_misc_bit, msrpm_bit_offset,
@@ -99,6 +99,32 @@ class HostVm:
         Multiboot v1 machine state: 32-bit protected mode, flat CS/DS/ES/FS/GS/SS, paging off,
         interrupts off, EAX = magic, EBX = physical address of the info block. Returns the
         trampoline address to start execution at."""
+        vm, raw = self._vmcb01()
+        save = vm.save
+        save.cs = Segment(0x10, 0xC9B, 0xFFFFFFFF, 0)
+        save.es = save.ss = save.ds = save.fs = save.gs = Segment(0x18, 0xC93, 0xFFFFFFFF, 0)
+        save.cr0 = CR0_PE | CR0_ET
+        save.rip = entry
+        save.rax = magic
+        return self._enter(raw, mbi)
+
+    def enter_startup(self, vector: int) -> int:
+        """Build vmcb01 for an application processor that a start-up IPI with `vector` wakes
+        from wait-for-SIPI: the INIT state (APM vol. 2, 14.1.3: CR0 = CD|NW|ET, real mode,
+        segments with base 0 and limit 0xFFFF), then CS = vector << 8 with base
+        vector << 12, IP = 0. Returns the trampoline address to start execution at."""
+        vm, raw = self._vmcb01()
+        save = vm.save
+        save.cs = Segment(vector << 8, 0x09B, 0xFFFF, vector << 12)
+        save.es = save.ss = save.ds = save.fs = save.gs = Segment(0, 0x093, 0xFFFF, 0)
+        save.cr0 = CR0_CD | CR0_NW | CR0_ET
+        save.rip = 0
+        save.rax = 0
+        return self._enter(raw, 0)
+
+    @staticmethod
+    def _vmcb01() -> tuple[Vmcb, bytearray]:
+        """vmcb01 with L0's intercepts and the state both entries share."""
         raw = bytearray(VMCB_SIZE)
         vm = Vmcb(raw)
         vm.intercept_exceptions = 0xFFFFFFFF
@@ -112,23 +138,21 @@ class HostVm:
         vm.msrpm_base_pa = MSRPM01
         vm.guest_asid = 1
         save = vm.save
-        save.cs = Segment(0x10, 0xC9B, 0xFFFFFFFF, 0)
-        save.es = save.ss = save.ds = save.fs = save.gs = Segment(0x18, 0xC93, 0xFFFFFFFF, 0)
         save.gdtr = Segment(0, 0, 0xFFFF, 0)
         save.idtr = Segment(0, 0, 0x3FF, 0)
         save.ldtr = Segment(0, 0x82, 0xFFFF, 0)
         save.tr = Segment(0, 0x8B, 0xFFFF, 0)
         save.efer = 0
-        save.cr0 = CR0_PE | CR0_ET
         save.dr6 = DR6_RESET
         save.dr7 = DR7_RESET
         save.rflags = RFLAGS_FIXED
-        save.rip = entry
         save.rsp = 0
-        save.rax = magic
+        return vm, raw
+
+    def _enter(self, raw: bytearray, ebx: int) -> int:
         self.view(VMCB01, VMCB_SIZE)[:] = raw
-        # mov ebx, mbi; mov rax, VMCB01; vmrun  (TRAMPOLINE_INSNS instructions)
-        tramp = (b"\xBB" + struct.pack("<I", mbi) + b"\x48\xB8" + struct.pack("<Q", VMCB01)
+        # mov ebx, EBX; mov rax, VMCB01; vmrun  (TRAMPOLINE_INSNS instructions)
+        tramp = (b"\xBB" + struct.pack("<I", ebx) + b"\x48\xB8" + struct.pack("<Q", VMCB01)
                  + b"\x0F\x01\xD8")
         self.view(TRAMPOLINE, len(tramp))[:] = tramp
         self.uc.msr_write(MSR_EFER, self.uc.msr_read(MSR_EFER) | EFER_SVME)

@@ -32,6 +32,7 @@ class Run:
     timeout: float
     entry: str              # the cfg entry whose options it uses
     args_key: str = ""      # test_args before expansion (the QEMU cache key)
+    smp: int = 1            # the entry's CPU count (-smp)
 
     def memory_mib(self) -> int:
         return memory_mib(self.memory)
@@ -50,9 +51,11 @@ def memory_mib(value: str | None) -> int:
 
 
 def svmemu_command(run: Run, svmemu: list[str], cpu: str | None = None) -> list[str]:
-    """`cpu`: what svmemu accepts of the entry's -cpu (see svmemu_cpu); -smp is 1."""
+    """`cpu`: what svmemu accepts of the entry's -cpu (see svmemu_cpu); -smp is the entry's."""
     mib = min(run.memory_mib(), SVMEMU_MAX_MEMORY_MIB)
     cmd = [*svmemu, "run", str(run.kernel), "-m", f"{mib}M", "--timeout", f"{run.timeout:g}"]
+    if run.smp > 1:
+        cmd += ["-smp", str(run.smp)]
     if cpu:
         cmd += ["--cpu", cpu]
     if run.append:
@@ -113,7 +116,7 @@ def svmemu_cpu(cpu: str | None, svmemu: list[str], kernel: Path
 
 def qemu_command(run: Run) -> list[str]:
     cmd = [QEMU_BINARY, "-accel", "tcg", "-cpu", run.cpu or DEFAULT_CPU,
-           "-m", str(run.memory_mib()), "-smp", "1", "-kernel", str(run.kernel),
+           "-m", str(run.memory_mib()), "-smp", str(run.smp), "-kernel", str(run.kernel),
            "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-display", "none",
            "-serial", "stdio", "-no-reboot", "-nodefaults"]
     if run.append:

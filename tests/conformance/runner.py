@@ -73,7 +73,7 @@ def plan(suite: Path, sets: Sequence[str], timeout_cap: float | None
     groups: list[tuple[str, list[engines.Run]]] = []
     if "entries" in sets:
         runs = [engines.Run(e.name, suite / "x86" / e.file, e.append, e.cpu, e.memory,
-                            timeout(e.timeout), e.name, e.test_args)
+                            timeout(e.timeout), e.name, e.test_args, e.smp)
                 for e in entries if not cfg.exclusion(e)]
         groups.append(("Entries of x86/unittests.cfg", runs))
     for kernel, key in (("svm.flat", "svm"), ("svm_npt.flat", "npt")):
@@ -81,7 +81,7 @@ def plan(suite: Path, sets: Sequence[str], timeout_cap: float | None
             continue
         e = by_name[ALONE[kernel]]
         runs = [engines.Run(f"{kernel}:{name}", suite / "x86" / kernel, name, e.cpu, e.memory,
-                            timeout(cfg.DEFAULT_TIMEOUT_S), e.name, name)
+                            timeout(cfg.DEFAULT_TIMEOUT_S), e.name, name, e.smp)
                 for name in svmtests.list_tests(suite, kernel)]
         groups.append((f"{kernel} tests alone", runs))
     return groups, excluded
@@ -89,7 +89,8 @@ def plan(suite: Path, sets: Sequence[str], timeout_cap: float | None
 
 def qemu_key(run: engines.Run) -> str:
     digest = hashlib.sha1(run.kernel.read_bytes()).hexdigest()[:12]
-    return f"{run.id}|{digest}|{run.args_key}|{run.cpu}|{run.memory}"
+    smp = f"|smp{run.smp}" if run.smp > 1 else ""     # keys of one-CPU runs as they were
+    return f"{run.id}|{digest}|{run.args_key}|{run.cpu}|{run.memory}{smp}"
 
 
 def load_cache(path: Path) -> dict[str, dict]:
@@ -377,17 +378,17 @@ def header(suite: Path, args: argparse.Namespace, svmemu_cmd: list[str]) -> list
         "come from `tests/conformance/qemu-results.json`; `--rerun-qemu` measures them again).",
         "",
         "How each run is made:",
-        "- svmemu: `svmemu run KERNEL --cpu CPU -m MEM --append ARGS --timeout T`, with the "
+        "- svmemu: `svmemu run KERNEL --cpu CPU -m MEM -smp N --append ARGS --timeout T`, with the "
         "entry's `-cpu` less what svmemu refuses (a model it lacks becomes EPYC; features it "
         "does not implement, QEMU-only options such as `vendor=`): a cell says "
         "`(without ...)` then; `-m` above "
         f"{engines.SVMEMU_MAX_MEMORY_MIB} MiB is capped there (svmemu's RAM lies below the 4 GiB "
         "hole).",
-        "- QEMU TCG: `qemu-system-x86_64 -accel tcg -cpu CPU -m MEM -smp 1 -kernel KERNEL "
+        "- QEMU TCG: `qemu-system-x86_64 -accel tcg -cpu CPU -m MEM -smp N -kernel KERNEL "
         "-append ARGS -device isa-debug-exit,iobase=0xf4,iosize=4 -no-reboot -nodefaults`, "
         "with the entry's `-cpu` (default qemu64) and `-m` (default 128 MiB); its other options "
         "(`-machine`, `-overcommit`, devices) are not passed.",
-        "- Both run one CPU (`-smp 1`) whatever the entry asks for, until svmemu has several.",
+        "- Both run the entry's CPU count (`smp`, default 1).",
         "- Each test of svm.flat and svm_npt.flat also runs alone (`-append NAME`) with the "
         "options of the `svm` and `svm_npt` entries.",
         "- Time limit: the entry's `timeout` (default 90 s)"

@@ -18,19 +18,22 @@ written; nothing raises them.
 
 IPIs (APM vol. 2, 16.5). A write of the ICR's low half sends one: the destination (shorthand,
 physical or logical destination mode, flat or cluster model, broadcast) is resolved against every
-APIC on the `ApicBus`, then each target receives it by its delivery mode, as hardware delivers
-it to the CPUs that exist. The machine has one CPU, so "all excluding self" and a destination
-naming another APIC reach no one, and the message is simply gone, as on a machine with no other
-processor. What reaches this CPU:
+APIC on the `ApicBus` (one per CPU: `-smp N` gives APIC IDs 0..N-1), then each target receives it
+by its delivery mode, as hardware delivers it to the CPUs that exist. On a one-CPU machine
+"all excluding self" and a destination naming another APIC reach no one. What reaches a CPU:
   * fixed: IRR; lowest priority: the target with the lowest arbitration priority (TPR, then
     APIC ID) accepts it as a fixed interrupt;
   * NMI: a pending NMI;
   * INIT (level assert): a pending INIT signal; INIT level de-assert is a synchronisation
     message that modern processors ignore; the CPU side (emu/core/irq.py) decides what the INIT
-    does (an SVM #VMEXIT(INIT) when intercepted, held while GIF=0, #SX when VM_CR.R_INIT is set);
+    does (an SVM #VMEXIT(INIT) when intercepted, held while GIF=0, #SX when VM_CR.R_INIT is set,
+    else the boot CPU restarts the machine and an application processor waits for SIPI);
   * SMI: a pending SMI, taken by the CPU side likewise;
-  * start-up (SIPI): only a processor waiting for SIPI after an INIT acts on it; this CPU never
-    waits (the boot processor runs), so it is ignored, as hardware ignores it.
+  * start-up (SIPI): only a processor waiting for SIPI acts on it (`on_startup` starts it at
+    vector * 0x1000 in real mode); any other ignores it, as hardware does.
+An application processor waits for SIPI from power-on (as after the firmware's INIT). While it
+waits, an INIT changes nothing, NMIs and SMIs are dropped, and fixed interrupts stay in IRR
+until it runs with interrupts enabled.
 Delivery modes 3 (remote read, gone on current processors) and 7 (reserved) stop the run with
 "unsupported:".
 """
@@ -140,13 +143,14 @@ def divisor(dcr: int) -> int:
 
 class ApicBus:
     """The APICs of the machine and the message delivery between them: a destination set is
-    resolved here, then each target receives the message. One APIC today; the resolution and
-    delivery already take any number."""
+    resolved here, then each target receives the message."""
 
     def __init__(self) -> None:
         self.apics: list["LocalApic"] = []
 
     def attach(self, apic: "LocalApic") -> None:
+        if apic.bus is not None and apic.bus is not self:
+            apic.bus.apics.remove(apic)
         self.apics.append(apic)
         apic.bus = self
 
@@ -162,9 +166,15 @@ class ApicBus:
         dest = icr >> 32 if source.x2apic else (icr >> 56) & 0xFF
         return self.match(dest, bool(icr & ICR_DEST_LOGICAL), source.x2apic)
 
-    def match(self, dest: int, logical: bool, x2apic: bool = False) -> list["LocalApic"]:
-        """The APICs a destination field names (an IPI's, or an I/O APIC entry's 8 bits)."""
-        return [a for a in self.apics if a.matches(dest, logical, x2apic)]
+    def match(self, dest: int, logical: bool, x2apic: bool | None = None) -> list["LocalApic"]:
+        """The APICs a destination field names: an IPI's (`x2apic`: the sender's mode), or an
+        I/O APIC entry's 8 bits (`x2apic` None), which each APIC reads in its own mode: in
+        x2APIC mode as an x2APIC destination in cluster 0, 0xFF as the broadcast (as KVM)."""
+        if x2apic is not None:
+            return [a for a in self.apics if a.matches(dest, logical, x2apic)]
+        wide = X2APIC_BROADCAST if dest == XAPIC_BROADCAST else dest
+        return [a for a in self.apics
+                if (a.matches(wide, logical, True) if a.x2apic else a.matches(dest, logical, False))]
 
     @staticmethod
     def lowest_priority(targets: list["LocalApic"]) -> list["LocalApic"]:
@@ -202,11 +212,15 @@ class LocalApic(PortDevice):
     name = "apic"
 
     def __init__(self, now: Callable[[], int], advance: Callable[[int], None],
-                 changed: Callable[[], None]) -> None:
+                 changed: Callable[[], None], initial_id: int = 0, bsp: bool = True) -> None:
         self.now = now
         self.advance = advance
         self.changed = changed
-        self.base_msr = APIC_DEFAULT_BASE | APIC_BASE_EN | APIC_BASE_BSP
+        self.initial_id = initial_id        # the APIC ID the hardware assigns (CPU index)
+        self.base_msr = APIC_DEFAULT_BASE | APIC_BASE_EN | (APIC_BASE_BSP if bsp else 0)
+        # An application processor waits for SIPI until one starts it (`on_startup(vector)`).
+        self.wait_for_sipi = not bsp
+        self.on_startup: Callable[[int], None] = lambda vector: None
         self.remap: Callable[[int | None, int | None], None] = lambda old, new: None
         self.bus: ApicBus | None = None
         # The 8259's INTR output on LINT0 (intr(), vector(), acknowledge()), and who hears the
@@ -217,7 +231,7 @@ class LocalApic(PortDevice):
         ApicBus().attach(self)
 
     def reset(self) -> None:
-        self.apic_id = 0
+        self.apic_id = self.initial_id
         self.tpr = 0
         self.ldr = 0
         self.dfr = 0xFFFFFFFF
@@ -395,6 +409,13 @@ class LocalApic(PortDevice):
 
     def receive(self, mode: int, vector: int, level: bool = False) -> None:
         """A message from the bus arrives at this APIC."""
+        if self.wait_for_sipi:
+            if mode == ICR_DELIVERY_STARTUP:
+                self.wait_for_sipi = False
+                self.on_startup(vector)
+            elif mode in (ICR_DELIVERY_FIXED, ICR_DELIVERY_LOWEST):
+                self.accept(vector, level)
+            return                  # INIT: still waiting; NMI, SMI, ExtINT: dropped
         if mode in (ICR_DELIVERY_FIXED, ICR_DELIVERY_LOWEST):
             self.accept(vector, level)
         elif mode == ICR_DELIVERY_NMI:          # the vector field is ignored
@@ -407,7 +428,7 @@ class LocalApic(PortDevice):
         elif mode == ICR_DELIVERY_SMI:
             self.smi_pending = True
             self.changed()
-        # ICR_DELIVERY_STARTUP: this processor is never waiting for SIPI, so it ignores it.
+        # ICR_DELIVERY_STARTUP: a running processor ignores it.
 
     # ---- timer -------------------------------------------------------------------------------
     def _timer_mode(self) -> int:

@@ -64,4 +64,10 @@ def install(machine: "Board") -> None:
                                         pci):
         assert lay.is_ram(addr, len(data)), f"firmware data at {addr:#x} outside RAM"
         machine.ram[addr:addr + len(data)] = data
+    install_mtrrs(machine)
+
+
+def install_mtrrs(machine: "Board") -> None:
+    """Program one CPU's MTRRs as SeaBIOS leaves them (the same on every CPU)."""
+    lay = ram_layout(machine.ram_size)
     machine.msrs.values.update(seabios_mtrrs(lay.below_4g, machine.msrs.maxphyaddr))
