@@ -235,14 +235,18 @@ def _minimize(args: argparse.Namespace) -> int:
     env = afl_environment()
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2])]
                                         + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    cmd = [tmin, "-U", "-i", str(crash), "-o", str(out)]
-    if args.afl_timeout:
-        cmd += ["-t", str(args.afl_timeout)]
+    # The child is Python booting a machine: give its fork server and each run room on a busy
+    # host (afl-tmin's defaults, 10 s and 1 s, are for native targets).
+    env.setdefault("AFL_FORKSRV_INIT_TMOUT", "120000")
+    cmd = [tmin, "-U", "-i", str(crash), "-o", str(out), "-t", str(args.afl_timeout or 10000)]
     cmd += ["--", sys.executable, "-m", "emu.cli", *_child_argv(args, persistent=1),
             "--afl-child", "@@"]
-    status = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode
-    if status != 0 or not out.is_file():
-        raise OptionError(f"afl-tmin failed (status {status})")
+    run = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, errors="replace")
+    if run.returncode != 0 or not out.is_file():
+        last = [l for l in run.stdout.splitlines() if l.strip()][-1:]
+        raise OptionError(f"afl-tmin failed (status {run.returncode}): "
+                          f"{last[0].strip() if last else 'no output'}")
     after = build_harness(args).run_input(out.read_bytes())
     print(f"svmemu: minimized {crash.stat().st_size} -> {out.stat().st_size} bytes in {out} "
           f"({'still crashes: ' + after.why if after.crashed else 'NO LONGER CRASHES'})",
