@@ -42,13 +42,13 @@ from emu.arch.vmcb import (VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE, VMEXIT_EXCP0,
                    Vmcb12Cache)
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
 
 _SWINT_EXCEPTION = {0xCC: BP, 0xCE: OF}
 CODES = frozenset({VMEXIT_SWINT, VMEXIT_WBINVD, VMEXIT_RDTSC, VMEXIT_CR0_WRITE})
 
 
-def _decode(ext: "SvmExtension") -> tuple[bytes, bytes, int]:
+def _decode(ext: "Vcpu") -> tuple[bytes, bytes, int]:
     """(opcode bytes after the prefixes, the legacy prefixes, REX byte or 0)."""
     m = ext.machine
     ctx = m.ctx.save()
@@ -56,7 +56,7 @@ def _decode(ext: "SvmExtension") -> tuple[bytes, bytes, int]:
     return p.opcode, p.prefixes, p.rex
 
 
-def route(ext: "SvmExtension", c: Vmcb12Cache, code: int) -> bool | None:
+def route(ext: "Vcpu", c: Vmcb12Cache, code: int) -> bool | None:
     op, prefixes, rex = _decode(ext)
     if code == VMEXIT_SWINT:
         return _software_interrupt(ext, c, op)
@@ -77,7 +77,7 @@ def route(ext: "SvmExtension", c: Vmcb12Cache, code: int) -> bool | None:
     return None
 
 
-def _software_interrupt(ext: "SvmExtension", c: Vmcb12Cache, op: bytes) -> bool:
+def _software_interrupt(ext: "Vcpu", c: Vmcb12Cache, op: bytes) -> bool:
     """INT3 and INTO: L1's exception intercepts (no NRIP, RIP at the instruction); INT n: the
     INTn intercept. False leaves delivery through L2's IDT to the machine."""
     vector = _SWINT_EXCEPTION.get(op[0]) if op else None
@@ -86,12 +86,12 @@ def _software_interrupt(ext: "SvmExtension", c: Vmcb12Cache, op: bytes) -> bool:
     return exit_handled(c, VMEXIT_EXCP0 + vector) and _exit(ext, VMEXIT_EXCP0 + vector, 0)
 
 
-def _exit(ext: "SvmExtension", code: int, nrip: int) -> bool:
+def _exit(ext: "Vcpu", code: int, nrip: int) -> bool:
     reflect(ext, code, 0, 0, 0, nrip)
     return True
 
 
-def _selective_cr0_write(ext: "SvmExtension", op: bytes, rex: int) -> bool:
+def _selective_cr0_write(ext: "Vcpu", op: bytes, rex: int) -> bool:
     """A CR0 write L1 watches only selectively: exit if it changes more than TS and MP, else
     perform it for L2 (it then changes nothing but those two flags)."""
     m = ext.machine
@@ -117,7 +117,7 @@ def _selective_cr0_write(ext: "SvmExtension", op: bytes, rex: int) -> bool:
     return True
 
 
-def _skip(ext: "SvmExtension", nrip: int) -> None:
+def _skip(ext: "Vcpu", nrip: int) -> None:
     ctx = ext.machine.ctx.save()
     ctx.set_u64(OFF_EIP, nrip)
     ctx.restore()
@@ -129,7 +129,7 @@ def _skip(ext: "SvmExtension", nrip: int) -> None:
 _ENGINE_WALKS_NX = engine_loader.has_fix("nested-walk-nx")
 
 
-def guard_nested_nx(ext: "SvmExtension", c: Vmcb12Cache, host_mode: int,
+def guard_nested_nx(ext: "Vcpu", c: Vmcb12Cache, host_mode: int,
                     npt: bool) -> tuple[tuple[int, int], ...] | None:
     """Stop before stock Unicorn 2.1.4 would crash (see module doc): L2 pages with its own tables
     under nested paging, the host has EFER.NXE, and the nested leaf over L2's CR3 page is NX.

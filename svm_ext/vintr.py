@@ -32,7 +32,7 @@ from emu.arch.vmcb import (BITFIELDS, OFFSETS, VMEXIT_INIT, VMEXIT_INTR, VMEXIT_
 from svm_ext import reflect
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
 
 _Q = struct.Struct("<Q")
 _OFF_VINTR, _OFF_INT_STATE = OFFSETS["vintr"], OFFSETS["int_state"]
@@ -43,7 +43,7 @@ V_INTR_MASKING_BIT = 1 << _BITS["v_intr_masking"][0]
 INTERRUPT_SHADOW = 1 << _BITS["interrupt_shadow"][0]
 
 
-def on_vmrun(ext: "SvmExtension", c: Vmcb12Cache) -> None:
+def on_vmrun(ext: "Vcpu", c: Vmcb12Cache) -> None:
     """VMRUN step 6: take V_IRQ/V_TPR from vmcb12; let the machine look for interrupts (GIF
     is now 1, and a pending one may exit at once)."""
     st, m = ext.state, ext.machine
@@ -60,7 +60,7 @@ def on_vmrun(ext: "SvmExtension", c: Vmcb12Cache) -> None:
     m.interrupt_check(virtual=st.v_irq)
 
 
-def store(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
+def store(ext: "Vcpu", ctx: Context, vm: Vmcb) -> None:
     """#VMEXIT: V_IRQ still pending, V_TPR as L2 left it, and the interrupt shadow."""
     st = ext.state
     c = st.vmcb12
@@ -74,7 +74,7 @@ def store(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
                  INTERRUPT_SHADOW if ctx.hflags & HF_INHIBIT_IRQ else 0)
 
 
-def physical_if(ext: "SvmExtension") -> bool | None:
+def physical_if(ext: "Vcpu") -> bool | None:
     st = ext.state
     c = st.vmcb12
     if st.in_l2 and c is not None and c.v_intr_masking:
@@ -82,23 +82,23 @@ def physical_if(ext: "SvmExtension") -> bool | None:
     return None
 
 
-def on_interrupt(ext: "SvmExtension", vector: int) -> bool:
+def on_interrupt(ext: "Vcpu", vector: int) -> bool:
     return _exit_if_intercepted(ext, VMEXIT_INTR)
 
 
-def on_nmi(ext: "SvmExtension") -> bool:
+def on_nmi(ext: "Vcpu") -> bool:
     return _exit_if_intercepted(ext, VMEXIT_NMI)
 
 
-def on_smi(ext: "SvmExtension") -> bool:
+def on_smi(ext: "Vcpu") -> bool:
     return _exit_if_intercepted(ext, VMEXIT_SMI)
 
 
-def on_init(ext: "SvmExtension") -> bool:
+def on_init(ext: "Vcpu") -> bool:
     return _exit_if_intercepted(ext, VMEXIT_INIT)
 
 
-def _exit_if_intercepted(ext: "SvmExtension", code: int) -> bool:
+def _exit_if_intercepted(ext: "Vcpu", code: int) -> bool:
     """INTR, NMI, SMI and INIT while L2 runs: #VMEXIT(code) if L1 intercepts it (the event stays pending)."""
     st = ext.state
     c = st.vmcb12
@@ -108,7 +108,7 @@ def _exit_if_intercepted(ext: "SvmExtension", code: int) -> bool:
     return False
 
 
-def window(ext: "SvmExtension") -> int:
+def window(ext: "Vcpu") -> int:
     """A virtual interrupt for L2, if one is pending and can be taken now."""
     st, m = ext.state, ext.machine
     c = st.vmcb12
