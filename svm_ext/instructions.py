@@ -96,15 +96,32 @@ def vmsave(ext: "Vcpu", code: int) -> None:
     _advance(ext)
 
 
+def _virtual_gif(ext: "Vcpu") -> Vmcb | None:
+    """vmcb12 when L2 runs with V_GIF_ENABLE: its STGI and CLGI then set and clear V_GIF in
+    vmcb12's V_INTR word instead of the GIF (APM vol. 2, 15.33)."""
+    st = ext.state
+    if st.in_l2 and st.vmcb12 is not None and st.vmcb12.v_gif_enable:
+        return Vmcb(ext.machine.mem.view, st.vmcb12_pa)
+    return None
+
+
 def stgi(ext: "Vcpu", code: int) -> None:
-    ext.state.gif = True
+    vm = _virtual_gif(ext)
+    if vm is not None:
+        vm.v_gif = 1
+    else:
+        ext.state.gif = True
     _advance(ext)
     # interrupts held while GIF was 0 may now be taken (V_IRQ too, for an L2 that runs STGI)
     ext.machine.interrupt_check(virtual=ext.state.in_l2 and ext.state.v_irq)
 
 
 def clgi(ext: "Vcpu", code: int) -> None:
-    ext.state.gif = False
+    vm = _virtual_gif(ext)
+    if vm is not None:
+        vm.v_gif = 0
+    else:
+        ext.state.gif = False
     _advance(ext)
 
 

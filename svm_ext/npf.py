@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterator
 
 from emu.arch.decode import decoder
-from capstone import x86 as cs_x86
 from unicorn import x86_const
 
 from emu.arch import paging
@@ -101,6 +100,7 @@ def _candidates(ext: "Vcpu", low_bits: int) -> Iterator[tuple[int, paging.Access
 
 
 def _operand_addresses(m, ctx, insn, bits: int) -> Iterator[int]:
+    from capstone import x86 as cs_x86      # only here: decode.py imports capstone lazily
     for op in insn.operands:
         if op.type != cs_x86.X86_OP_MEM:
             continue

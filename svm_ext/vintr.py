@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP
 
 from emu.core.extension import WINDOW_NONE, WINDOW_TAKEN, WINDOW_WANTED
-from emu.engine.hw_switch import HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS2, OFF_V_TPR, Context
+from emu.engine.hw_switch import (HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS2, OFF_V_TPR,
+                                  Context)
 from emu.arch.bits import RFLAGS_IF
 from emu.core.interrupts import Event, Kind
 
@@ -50,12 +51,18 @@ def on_vmrun(ext: "Vcpu", c: Vmcb12Cache) -> None:
     vintr = c.vintr                    # one word: this runs on every VMRUN
     st.v_irq = bool(vintr & V_IRQ_BIT)
     st.v_tpr = vintr & 0xF
-    if vintr & V_INTR_MASKING_BIT:
+    shadow = c.int_state & INTERRUPT_SHADOW
+    if vintr & V_INTR_MASKING_BIT or shadow:
         ctx = m.ctx.save()
-        ctx.set_u32(OFF_HFLAGS2, ctx.u32(OFF_HFLAGS2) | HF2_VINTR)
-        ctx.view[OFF_V_TPR] = st.v_tpr
+        if vintr & V_INTR_MASKING_BIT:
+            ctx.set_u32(OFF_HFLAGS2, ctx.u32(OFF_HFLAGS2) | HF2_VINTR)
+            ctx.view[OFF_V_TPR] = st.v_tpr
+        if shadow:
+            # vmcb12's interrupt shadow holds off interrupts, virtual ones too, for L2's first
+            # instruction (APM vol. 2, 15.21.5); the world switch entered it cleared.
+            ctx.set_u32(OFF_HFLAGS, ctx.hflags | HF_INHIBIT_IRQ)
         ctx.restore()
-    else:
+    if not vintr & V_INTR_MASKING_BIT:
         m.claim_cr8()          # L2's CR8 is the physical TPR (an L1 intercept still wins)
     m.interrupt_check(virtual=st.v_irq)
 
@@ -118,6 +125,8 @@ def window(ext: "Vcpu") -> int:
     v_tpr = ctx.view[OFF_V_TPR] & 0xF if c.v_intr_masking else st.v_tpr
     if not c.v_ign_tpr and c.v_intr_prio <= v_tpr:
         return WINDOW_NONE
+    if c.v_gif_enable and not Vmcb(m.mem.view, st.vmcb12_pa).v_gif:
+        return WINDOW_NONE      # V_GIF=0 holds virtual interrupts (APM vol. 2, 15.33); STGI looks again
     if not m.uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_IF or ctx.hflags & HF_INHIBIT_IRQ:
         return WINDOW_WANTED
     if reflect.exit_handled(c, VMEXIT_VINTR):
