@@ -13,6 +13,7 @@ is reported as such, never timed. Numbers never fail anything: this prints and r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -314,6 +315,30 @@ def profile_section(iters: int) -> tuple[list[list[str]], dict[str, tuple[float,
     return rows, totals
 
 
+@contextlib.contextmanager
+def steps_progress(total: int, what: str):
+    """A transient bar on a terminal (which workload runs, how long so far); nothing otherwise,
+    so redirected output and CI logs stay as they were. Yields `advance(label)`."""
+    if not sys.stderr.isatty() or total == 0:
+        yield lambda label: None
+        return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+    bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.description}"), console=Console(file=sys.stderr),
+                   transient=True)
+    task = bar.add_task("", total=total)
+    started = [False]
+
+    def advance(label: str) -> None:
+        if started[0]:
+            bar.advance(task)
+        started[0] = True
+        bar.update(task, description=label)
+    with bar:
+        yield advance
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="scaled-down counts (a smoke run)")
@@ -344,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(repeat {repeat}).\n", *[f"- {f}" for f in facts], ""]
 
     rows: list[Row] = []
-    for w in workloads.WORKLOADS:
-        if w.key in only:
+    chosen = [w for w in workloads.WORKLOADS if w.key in only]
+    with steps_progress(len(chosen), "workloads") as advance:
+        for w in chosen:
+            advance(w.title)
             rows += workload_rows(w, w.quick if args.quick else w.full, repeat, qemu)
     if rows:
         cells = [row_cells(r) for r in rows]

@@ -161,6 +161,11 @@ class SvmExtension(Extension, ExitRouter):
                                                             key=lambda kv: -kv[1])}
         return st.stats["vmrun"], st.stats["vmexit"], by_name
 
+    def switches_so_far(self) -> int:
+        st = self.state
+        unsynced = self.fast.unsynced() if self.fast is not None else 0
+        return st.stats["vmrun"] + st.stats["vmexit"] + unsynced
+
     def address_space(self) -> str:
         st = self.state
         if st.in_l2 and st.vmcb12 is not None:

@@ -174,6 +174,11 @@ class FastSwitch:
                 st.exit_codes[code] = st.exit_codes.get(code, 0) + n - self._code_counted[code]
                 self._code_counted[code] = n
 
+    def unsynced(self) -> int:
+        """Switches replayed in C and not yet in the stats (read from any thread: progress)."""
+        runs, exits = (_Q.unpack_from(self.slots, 8 * n)[0] for n in (_SLOT_VMRUNS, _SLOT_VMEXITS))
+        return runs - self._counted[0] + exits - self._counted[1]
+
     # ---- recording ------------------------------------------------------------------------------
     def clear(self) -> None:
         """Forget every program (a snapshot replaced the state they were recorded from)."""

@@ -76,3 +76,43 @@ def test_control_registers_are_visible():
     assert "world  L2" in out
     cr3 = int(re.search(r"^cr3\s+(0x[0-9a-f]+)$", out, re.M).group(1), 16)
     assert printed(out) == [cr3]
+
+
+@needs_gdb
+def test_reverse_continue_stops_at_break_on_world_switches():
+    s = CliStub()
+    out = run_gdb(s.port, "monitor record on", "monitor break-on vmrun", "continue",
+                  "info registers rip", "continue", "info registers rip", "reverse-continue",
+                  "info registers rip", "monitor world", "reverse-continue", "info registers rip",
+                  "kill")
+    s.finish()
+    rips = values(out, "rip")
+    # Forward: right after the first VMRUN (L2's first instruction), then after the second
+    # (L1 stepped vmcb12's RIP over the 3-byte VMMCALL).
+    assert rips[:2] == [SYM["l2_entry"], SYM["l2_vmmcall"] + 3], out
+    # Back: to the first VMRUN's switch, not to the start of the recording ...
+    assert rips[2] == SYM["l2_entry"]
+    assert "svmemu: reverse: stopped after VMRUN: L1 -> L2" in out
+    assert "L2 running: vmcb12 at 0x800000" in out
+    # ... and only then, with no switch before it, to the start.
+    assert "No more reverse-execution history" in out
+    assert rips[3] not in (SYM["l2_entry"], SYM["l2_vmmcall"] + 3)
+
+
+@needs_gdb
+def test_monitor_trace_switches_tracing_on_and_off(tmp_path):
+    log = tmp_path / "trace.txt"
+    s = CliStub()
+    out = run_gdb(s.port, "monitor break-on vmrun", "continue", "monitor break-on off",
+                  f"monitor trace insn L2 {log}", "monitor trace", f"break *{SYM['l2_ud2']:#x}",
+                  "continue", "monitor trace off", "delete", "continue")
+    status, _, _ = s.finish()
+    assert "tracing insn in L2 to " in out and "tracing: insn" in out and "tracing off" in out
+    lines = log.read_text().splitlines()
+    # From the first VMRUN's stop to the ud2 breakpoint: L2's instructions before the ud2 (its
+    # VMMCALL and CPUID exits in between run L1 code, which the L2 focus leaves out).
+    addrs = [int(re.search(r"(0x[0-9a-f]+):", l).group(1), 16) for l in lines]
+    assert addrs[0] == SYM["l2_entry"] and SYM["l2_vmmcall"] in addrs
+    assert all(l.startswith("insn  [L2") for l in lines)
+    assert SYM["l2_ud2"] not in addrs                      # stopped before it; then off
+    assert status == 1

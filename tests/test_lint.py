@@ -11,7 +11,7 @@ pyflakes_api = pytest.importorskip("pyflakes.api")
 from pyflakes import reporter as pyflakes_reporter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("emu", "svm_ext", "tests", "bench")
+PACKAGES = ("emu", "svm_ext", "svmemu", "examples", "tests", "bench")
 
 
 class _Collect(pyflakes_reporter.Reporter):

@@ -41,7 +41,8 @@ def add_parser(sub, size_type, positive_int, positive_float) -> None:
     p.add_argument("--input-timeout", type=positive_float, metavar="SECONDS",
                    help="per-input time limit (--run-input default 10 s; under AFL, -t)")
     p.add_argument("-i", "--seeds", metavar="DIR", help="AFL++ seed directory")
-    p.add_argument("-o", "--output", metavar="DIR", help="AFL++ output directory")
+    p.add_argument("-o", "--output", metavar="DIR",
+                   help="AFL++ output directory (with --minimize: the minimized file)")
     p.add_argument("--duration", type=positive_int, metavar="SECONDS",
                    help="stop AFL++ after this long (afl-fuzz -V)")
     p.add_argument("--until-crash", action="store_true", help="stop AFL++ at the first crash")
@@ -51,6 +52,25 @@ def add_parser(sub, size_type, positive_int, positive_float) -> None:
                    help="extra argument for afl-fuzz (repeatable)")
     p.add_argument("--persistent", type=positive_int, default=DEFAULT_PERSISTENT,
                    help=f"inputs per fork (default {DEFAULT_PERSISTENT})")
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                   help="run N afl-fuzz instances on one output folder: a main (-M) and N-1 "
+                        "secondaries (-S), as AFL++ runs on N cores")
+    p.add_argument("--afl-name", default="", metavar="NAME",
+                   help="name the instances NAME-main, NAME-s1, ... (unique per machine when "
+                        "several machines sync one campaign)")
+    p.add_argument("--secondaries-only", action="store_true",
+                   help="start only secondaries (another machine runs the main instance)")
+    p.add_argument("--minimize", metavar="CRASH",
+                   help="shrink this crashing input with afl-tmin (it must crash with the same "
+                        "options) and write it to -o FILE (default CRASH.min)")
+    p.add_argument("--trace", default="", metavar="CATS",
+                   help="with --run-input: trace the input's run (categories as svmemu run)")
+    p.add_argument("--trace-file", help="with --run-input --trace: write the trace here")
+    p.add_argument("-s", dest="gdb_default", action="store_true",
+                   help="with --run-input: gdb stub on tcp::1234")
+    p.add_argument("-S", dest="gdb_wait", action="store_true",
+                   help="with --run-input: wait for gdb before the input's first instruction")
+    p.add_argument("--gdb", metavar="tcp:[HOST]:PORT", help="with --run-input: gdb stub here")
     p.add_argument("--afl-child", metavar="FILE", help=argparse.SUPPRESS)
     from svm_ext.pat import MODELS
     p.add_argument("--pat-model", choices=MODELS, default="architectural")
@@ -130,24 +150,113 @@ def build_harness(args: argparse.Namespace) -> Harness:
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
+    _check_replay_options(args)
     if args.afl_child:
         from emu.tools.fuzz.afl import run_child
         return run_child(build_harness(args), args.afl_child, args.persistent)
     if args.run_input:
-        try:
-            data = Path(args.run_input).read_bytes()
-        except OSError as e:
-            raise OptionError(f"cannot read {args.run_input}: {e.strerror}")
-        verdict = build_harness(args).run_input(data)
-        print(f"svmemu: {'crash' if verdict.crashed else 'no crash'}: {verdict.why}",
-              file=sys.stderr)
-        return STATUS_CRASH if verdict.crashed else STATUS_NO_CRASH
+        return _run_one(args)
+    if args.minimize:
+        return _minimize(args)
     return _drive_afl(args)
 
 
-def _child_argv(args: argparse.Namespace) -> list[str]:
+def _check_replay_options(args: argparse.Namespace) -> None:
+    gdb = args.gdb or args.gdb_default or args.gdb_wait
+    if (args.trace or args.trace_file or gdb) and not args.run_input:
+        raise OptionError("--trace, --trace-file, -s, -S and --gdb replay one input: give "
+                          "--run-input FILE")
+    if args.trace_file and not args.trace:
+        raise OptionError("--trace-file needs --trace")
+    if args.gdb_wait and not (args.gdb or args.gdb_default):
+        raise OptionError("-S waits for gdb: give -s or --gdb too")
+    if args.jobs > 1 and (args.run_input or args.minimize):
+        raise OptionError("--jobs runs AFL++; it does not apply to --run-input or --minimize")
+
+
+def _run_one(args: argparse.Namespace) -> int:
+    """One input, judged by the crash rules; under the tracer or gdb when asked, so a crash
+    AFL++ found replays where it can be looked at."""
+    try:
+        data = Path(args.run_input).read_bytes()
+    except OSError as e:
+        raise OptionError(f"cannot read {args.run_input}: {e.strerror}")
+    harness = build_harness(args)
+    m = harness.machine
+    tracer = None
+    if args.trace:
+        from emu.cli.output import NamedOutput
+        from emu.core.trace import Tracer, parse_categories
+        cats = parse_categories(args.trace)
+        try:
+            out = open(args.trace_file, "w") if args.trace_file else sys.stderr
+        except OSError as e:
+            raise OptionError(f"cannot open trace file {args.trace_file}: {e.strerror}")
+        tracer = Tracer(cats, NamedOutput(out, f"trace file {args.trace_file}"
+                                          if args.trace_file else "standard error (the trace)"))
+        if tracer.on("mem"):
+            from emu.tools import memtrace
+            memtrace.attach(m)
+        m.tracer = tracer
+        tracer.bind(m)
+    harness.prepare_input(data)
+    spec = args.gdb or ("tcp::1234" if args.gdb_default else None)
+    if spec is not None:
+        from emu.tools.gdb.stub import GdbStub, parse_address
+        host, port = parse_address(spec)
+        stub = GdbStub(m, host, port, wait=args.gdb_wait)
+        verdict = harness.execute(run=stub.serve)
+    else:
+        verdict = harness.execute()
+    if tracer is not None:
+        tracer.close()
+    print(f"svmemu: {'crash' if verdict.crashed else 'no crash'}: {verdict.why}",
+          file=sys.stderr)
+    return STATUS_CRASH if verdict.crashed else STATUS_NO_CRASH
+
+
+def _minimize(args: argparse.Namespace) -> int:
+    """afl-tmin on the crash, with the same target options; the result is checked to crash."""
+    import shutil
+    from emu.tools.fuzz.afl import afl_environment, load_unicornafl
+    tmin = shutil.which("afl-tmin")
+    if tmin is None:
+        raise OptionError("afl-tmin is not on PATH (Debian: apt-get install afl++)")
+    crash = Path(args.minimize)
+    if not crash.is_file():
+        raise OptionError(f"cannot read {args.minimize}: no such file")
+    out = Path(args.output) if args.output else crash.with_name(crash.name + ".min")
+    load_unicornafl()
+    harness = build_harness(args)        # one line, on anything the child would fail on
+    before = harness.run_input(crash.read_bytes())
+    if not before.crashed:
+        raise OptionError(f"{args.minimize} does not crash with these options ({before.why}); "
+                          "afl-tmin keeps only inputs that crash")
+    env = afl_environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2])]
+                                        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    # The child is Python booting a machine: give its fork server and each run room on a busy
+    # host (afl-tmin's defaults, 10 s and 1 s, are for native targets).
+    env.setdefault("AFL_FORKSRV_INIT_TMOUT", "120000")
+    cmd = [tmin, "-U", "-i", str(crash), "-o", str(out), "-t", str(args.afl_timeout or 10000)]
+    cmd += ["--", sys.executable, "-m", "emu.cli", *_child_argv(args, persistent=1),
+            "--afl-child", "@@"]
+    run = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, errors="replace")
+    if run.returncode != 0 or not out.is_file():
+        last = [l for l in run.stdout.splitlines() if l.strip()][-1:]
+        raise OptionError(f"afl-tmin failed (status {run.returncode}): "
+                          f"{last[0].strip() if last else 'no output'}")
+    after = build_harness(args).run_input(out.read_bytes())
+    print(f"svmemu: minimized {crash.stat().st_size} -> {out.stat().st_size} bytes in {out} "
+          f"({'still crashes: ' + after.why if after.crashed else 'NO LONGER CRASHES'})",
+          file=sys.stderr)
+    return 0 if after.crashed else STATUS_CRASH + 1
+
+
+def _child_argv(args: argparse.Namespace, persistent: int | None = None) -> list[str]:
     argv = ["fuzz", os.path.abspath(args.image), "-m", f"{args.memory >> 10}K",
-            "--persistent", str(args.persistent), "--pat-model", args.pat_model]
+            "--persistent", str(persistent or args.persistent), "--pat-model", args.pat_model]
     if args.append:
         argv += ["--append", args.append]
     if args.input_at:
@@ -180,12 +289,63 @@ def _drive_afl(args: argparse.Namespace) -> int:
     env = afl_environment()
     if args.until_crash:
         env["AFL_BENCH_UNTIL_CRASH"] = "1"
-    cmd = afl_command(afl, args.seeds, args.output, _child_argv(args), duration=args.duration,
-                      timeout_ms=args.afl_timeout, extra=args.afl_arg)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2])]
                                         + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    status = subprocess.run(cmd, env=env).returncode
+    if args.jobs == 1 and not args.afl_name and not args.secondaries_only:
+        cmd = afl_command(afl, args.seeds, args.output, _child_argv(args),
+                          duration=args.duration, timeout_ms=args.afl_timeout, extra=args.afl_arg)
+        status = subprocess.run(cmd, env=env).returncode
+    else:
+        status = _drive_instances(args, afl, env)
     crashes = sorted(p for p in Path(args.output).glob("*/crashes/id:*"))
     print(f"svmemu: afl-fuzz ended with status {status}; {len(crashes)} crashing input(s)"
           + (f" in {crashes[0].parent}" if crashes else ""), file=sys.stderr)
     return 0 if status == 0 else status
+
+
+def instance_names(jobs: int, prefix: str, secondaries_only: bool) -> list[str]:
+    """AFL++'s naming: one main, the rest secondaries, unique within the output folder."""
+    stem = f"{prefix}-" if prefix else ""
+    names = [] if secondaries_only else [f"{stem}main"]
+    names += [f"{stem}s{i}" for i in range(1, jobs + 1 - len(names))]
+    return names
+
+
+def _drive_instances(args: argparse.Namespace, afl: str, env: dict[str, str]) -> int:
+    """N afl-fuzz processes on one output folder; AFL++ syncs their queues through it. The
+    main instance keeps the terminal; secondaries log to OUTPUT/NAME.log. With --until-crash
+    the first instance to stop (it found a crash) stops the others."""
+    import signal
+    import time
+    from emu.tools.fuzz.afl import afl_command
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    procs: list[tuple[str, subprocess.Popen]] = []
+    try:
+        for name in instance_names(args.jobs, args.afl_name, args.secondaries_only):
+            role = ["-S", name] if not name.endswith("main") else ["-M", name]
+            cmd = afl_command(afl, args.seeds, args.output, _child_argv(args),
+                              duration=args.duration, timeout_ms=args.afl_timeout,
+                              extra=role + args.afl_arg)
+            main_ui = not procs and role[0] == "-M"
+            log = None if main_ui else open(Path(args.output) / f"{name}.log", "w")
+            procs.append((name, subprocess.Popen(cmd, env=env if main_ui else
+                                                 dict(env, AFL_NO_UI="1"),
+                                                 stdout=log, stderr=subprocess.STDOUT if log
+                                                 else None)))
+            if log is not None:
+                log.close()
+        while all(p.poll() is None for _, p in procs):
+            time.sleep(0.5)
+        if args.until_crash:
+            for _, p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+        statuses = [p.wait() for _, p in procs]
+    except KeyboardInterrupt:
+        for _, p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for _, p in procs:
+            p.wait()
+        raise
+    return next((s for s in statuses if s), 0)

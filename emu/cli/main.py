@@ -213,8 +213,13 @@ def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Na
         machine.replay.enabled = False
     insns, event = limit
     watch = _watch_event(machine, event)
+    from contextlib import nullcontext
+    from emu.cli.progress import RunProgress, wanted
+    show = wanted(args.quiet, bool(args.trace and not args.trace_file),
+                  bool(args.gdb or args.gdb_default))
     began = time.monotonic()
-    result: RunResult = _run(machine, args, insns)
+    with RunProgress(machine) if show else nullcontext():
+        result: RunResult = _run(machine, args, insns)
     seconds = time.monotonic() - began
     if watch is not None:
         watch.detach()

@@ -174,9 +174,10 @@ class Harness:
         self.placement.place(self.machine, data)
         self._serial_base = len(self.machine.serial.output)
 
-    def execute(self) -> Verdict:
+    def execute(self, run: "Callable[[], RunResult] | None" = None) -> Verdict:
+        """Run the placed input and judge it; `run` replaces the plain run (the gdb stub's)."""
         m = self.machine
-        result = m.run(timeout=self.input_timeout)
+        result = run() if run is not None else m.run(timeout=self.input_timeout)
         crashed, why = self.rules.judge(result, bytes(m.serial.output[self._serial_base:]))
         return Verdict(crashed, why, result)
 

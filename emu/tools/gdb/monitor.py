@@ -6,7 +6,9 @@ extension interface (`world_summary`, `control_block`, `last_exit`, `world_pagin
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import sys
+
+from typing import TYPE_CHECKING, Callable, TextIO
 
 from emu.arch import paging, vmcb_text
 from emu.errors import SvmemuError
@@ -23,10 +25,14 @@ BREAK_EVENTS = ("vmrun", "vmexit")
 
 
 class Monitor:
-    def __init__(self, machine: "Machine", break_on: set[str], regs: "RegisterFile") -> None:
+    def __init__(self, machine: "Machine", break_on: set[str], regs: "RegisterFile",
+                 log: "TextIO | None" = None) -> None:
         """`break_on` is the stub's own set of world-switch events to stop at (`break-on` edits
-        it); `regs` its register file, so the decoded views read what gdb reads."""
+        it); `regs` its register file, so the decoded views read what gdb reads; `log` where
+        `monitor trace` writes without a file (svmemu's stderr)."""
         self.m = machine
+        self.log = log if log is not None else sys.stderr
+        self._trace_file: "TextIO | None" = None        # `monitor trace ... FILE`
         self.stop_events = break_on
         self.regs = regs
         self.commands: dict[str, tuple[Callable[[list[str]], str], str]] = {
@@ -40,6 +46,8 @@ class Monitor:
                         "flags by name"),
             "npt-walk": (self.npt_walk, "GPA: the nested page walk of a guest-physical address"),
             "memtype": (self.memtype, "VA [L1|L2]: the memory type an access to VA gets, and why"),
+            "trace": (self.trace, "CATS [L1|L2|asidN] [FILE] | off: trace from here on "
+                      "(categories as --trace; to svmemu's stderr or FILE)"),
             "break-on": (self.break_on, "vmrun|vmexit|off ...: also stop right after world switches"),
         }
 
@@ -145,6 +153,45 @@ class Monitor:
             return effective_memtype(self.m, _number(args[0]), world).describe()
         except NotMapped as e:
             return str(e)
+
+    def trace(self, args: list[str]) -> str:
+        """Switch tracing on (or off) while stopped: the next continue or step traces."""
+        from emu.core.trace import Focus, Tracer, parse_categories, parse_worlds
+        m = self.m
+        if not args:
+            t = m.tracer
+            return ("tracing: " + ",".join(sorted(t.categories))) if t else "not tracing"
+        if m.tracer is not None:
+            m.tracer.close()
+            m.tracer = None
+        if self._trace_file is not None:
+            self._trace_file.close()
+            self._trace_file = None
+        if args == ["off"]:
+            return "tracing off"
+        cats = parse_categories(args[0])
+        worlds: frozenset[str] = frozenset()
+        path = None
+        for word in args[1:]:
+            if word.lower().startswith(("l1", "l2", "asid")) and "/" not in word:
+                worlds = parse_worlds(word)
+            else:
+                path = word
+        if "mem" in cats:
+            from emu.tools import memtrace
+            if not m.memory_hooks:
+                memtrace.attach(m)
+        try:
+            self._trace_file = open(path, "w", buffering=1) if path else None
+        except OSError as e:
+            raise SvmemuError(f"cannot open {path}: {e.strerror}")
+        out = self._trace_file or self.log
+        tracer = Tracer(cats, out, Focus(worlds=worlds))
+        m.tracer = tracer
+        tracer.bind(m)
+        where = f" to {path}" if path else " to svmemu's standard error"
+        return f"tracing {','.join(sorted(cats))}" + (f" in {', '.join(sorted(worlds))}"
+                                                       if worlds else "") + where
 
     def break_on(self, args: list[str]) -> str:
         if not args:

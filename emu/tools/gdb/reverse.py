@@ -167,10 +167,11 @@ class Recorder:
             if self.muted:
                 self._unmute()
 
-    def world_switch(self) -> None:
-        """A world switch a forward run would stop at (the stub asks only for those)."""
+    def world_switch(self, switch: str, what: str) -> None:
+        """A world switch a forward run would stop at (the stub asks only for those): `what`
+        is vmrun or vmexit, `switch` says which worlds ("L1 -> L2")."""
         if self.mode == SCAN:
-            self.hits.append((self.icount, "world"))
+            self.hits.append((self.icount, f"world:{what}:{switch}"))
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def take_checkpoint(self) -> None:

@@ -96,7 +96,7 @@ class GdbStub:
         self.host, self.port = host, self.listener.getsockname()[1]
         self.regs = gdb_regs.RegisterFile(machine)
         self.break_on: set[str] = set()          # "vmrun", "vmexit"
-        self.monitor = Monitor(machine, self.break_on, self.regs)
+        self.monitor = Monitor(machine, self.break_on, self.regs, self.log)
         self.conn: Connection | None = None
         self.phys_mode = False       # m/M address physical memory (Qqemu.PhyMemMode:1)
         self._code_bps: dict[int, tuple[int, set[int]]] = {}
@@ -481,14 +481,16 @@ class GdbStub:
             self._request(Stop(SIGTRAP, f"{_WATCH_KIND[hit[0]]}:{hit[1]:x};"))
 
     def _on_world(self, old: str, new: str) -> None:
-        if not self._running:
-            return
         entering = _depth(new) > _depth(old)
         what = "vmrun" if entering else "vmexit"
-        if what not in self.break_on or self.rec.active and self.rec.mode == REPLAY:
+        if what not in self.break_on:
             return
         if self.rec.active and self.rec.mode == SCAN:
-            self.rec.world_switch()
+            # reverse-continue replays history (outside any forward run) to find the last
+            # switch a forward run would have stopped at
+            self.rec.world_switch(f"{old} -> {new}", what)
+            return
+        if not self._running or self.rec.active and self.rec.mode == REPLAY:
             return
         if entering:
             note = f"stopped after VMRUN: {old} -> {new}"
@@ -629,7 +631,11 @@ class GdbStub:
                 if kind == "bp":
                     kinds = self._code_bps.get(self.m.uc.reg_read(UC_X86_REG_RIP), (0, {0}))[1]
                     return Stop(SIGTRAP, "swbreak:;" if 0 in kinds else "hwbreak:;")
-                return Stop(SIGTRAP, "" if kind == "world" else kind)
+                if kind.startswith("world:"):
+                    _, what, switch = kind.split(":", 2)
+                    name = "VMRUN" if what == "vmrun" else "#VMEXIT"
+                    return Stop(SIGTRAP, "", f"reverse: stopped after {name}: {switch}")
+                return Stop(SIGTRAP, kind)
         rec.goto(0)
         return Stop(SIGTRAP, "replaylog:begin;")
 
