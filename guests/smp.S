@@ -1,4 +1,4 @@
-# smp.S: several CPUs, as a kernel starts and uses them (run with -smp 4, on QEMU too).
+# smp.S: several CPUs, as a kernel starts and uses them (run with -smp 4 to 8, on QEMU too).
 # The boot CPU reads the CPU count from fw_cfg, copies a real-mode start-up trampoline to
 # 0x7000 and wakes the application processors with INIT and a start-up IPI (vector 7), both
 # broadcast to all excluding self, as kvm-unit-tests and Linux do. Each AP goes real mode ->
@@ -81,7 +81,14 @@ main:
     xor eax, eax
     in al, dx
     mov [rip + ncpus], rax
-    check_eq qword ptr [rip + ncpus], 4, "fw_cfg reports 4 CPUs"
+    xor ecx, ecx                           # 4 <= N <= MAX_CPUS: the checks below need it
+    cmp rax, 4
+    setae cl
+    xor edx, edx
+    cmp rax, MAX_CPUS
+    setbe dl
+    and ecx, edx
+    check_eq rcx, 1, "fw_cfg reports 4 to 8 CPUs"
     set_idt_handler VEC_PONG, pong_handler
     set_idt_handler VEC_BCAST, bcast_handler
     set_idt_handler VEC_LOGICAL, logical_handler
