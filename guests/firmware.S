@@ -10,7 +10,7 @@
 # that the multiboot memory map reserves every table; the MTRRs (enabled, default WB, fixed
 # ranges, the PCI hole from 2 GiB UC).
 # Printed for the tests to compare with QEMU byte for byte: "# mpc ...", "# madt ...",
-# "# fadt ..." (hex), "# rsdp-rev N", "# mtrr-var0 BASE MASK", and "# cpus N", "# cpuid1 EAX EBX ECX EDX" (what the
+# "# fadt ..." (hex), "# ivt V0 V8 V1C IRETBYTE", "# rsdp-rev N", "# mtrr-var0 BASE MASK", and "# cpus N", "# cpuid1 EAX EBX ECX EDX" (what the
 # MP table's processor entries are built from).
 .include "prelude.inc"
 
@@ -34,6 +34,24 @@ main:
     mov ebx, 0x9fc00
     movzx eax, byte ptr [rbx]
     check_eq rax, 1, "EBDA: size 1 KiB"
+
+    # ---- the real-mode IVT: the far pointers of vectors 0 (#DE), 8 (IRQ 0 at the BIOS's PIC
+    # base) and 0x1c (the user tick hook), then the byte at F000:FF53 (an IRET)
+    print "# ivt "
+    xor ebx, ebx
+    mov edi, dword ptr [rbx]
+    call puthex64
+    print " "
+    mov edi, dword ptr [rbx + 8 * 4]
+    call puthex64
+    print " "
+    mov edi, dword ptr [rbx + 0x1c * 4]
+    call puthex64
+    print " "
+    mov ebx, 0xfff53
+    movzx edi, byte ptr [rbx]
+    call puthex64
+    call newline
 
     # CPUs as fw_cfg reports them (selector 0x05, 16 bits).
     mov dx, 0x510

@@ -10,7 +10,7 @@
 .include "prelude.inc"
 
 .macro show label, value
-    print \label
+    print "\label"
     mov rdi, \value
     call puthex64
     call newline
@@ -30,7 +30,7 @@ main:
     show "# mem_upper ", rax
     shl rax, 10
     add rax, 0x100000
-    check_eq rax, 128 * 1024 * 1024 - 128 * 1024, "mem_upper*1KiB + 1MiB is RAM size - 128 KiB"
+    check_eq rax, 128*1024*1024-128*1024, "mem_upper*1KiB + 1MiB is RAM size - 128 KiB"
     mov eax, dword ptr [rbx + 12]
     show "# boot_device ", rax
     print "# cmdline '"

@@ -15,11 +15,11 @@
 # pat_reserved VALUE, "name", "name2": WRMSR(PAT, VALUE) must #GP and leave PAT as it was.
 .macro pat_reserved value, name, name2
     expect_fault .Lpat_resume\@
-    wrmsr64 MSR_PAT, \value
+    wrmsr64 MSR_PAT, "\value"
 .Lpat_resume\@:
-    check_eq [fault_vector], 13, \name
+    check_eq [fault_vector], 13, "\name"
     rdmsr64 MSR_PAT
-    check_eq rax, PAT_DEFAULT, \name2
+    check_eq rax, PAT_DEFAULT, "\name2"
     wrmsr64 MSR_PAT, PAT_DEFAULT
 .endm
 

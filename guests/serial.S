@@ -95,8 +95,8 @@ main:
     mov rax, [rbx + 8]
     and eax, 0x61
     check_eq rax, 0x61, "loopback: LSR reports data ready, THR and transmitter empty"
-    check_eq qword ptr [rbx + 16], 0xd0, "loopback: MSR mirrors OUT2->DCD, OUT1->RI, RTS->CTS"
-    check_eq qword ptr [rbx + 24], 0xae, "loopback: the byte sent is received"
+    check_eq "qword ptr [rbx + 16]", 0xd0, "loopback: MSR mirrors OUT2->DCD, OUT1->RI, RTS->CTS"
+    check_eq "qword ptr [rbx + 24]", 0xae, "loopback: the byte sent is received"
     mov rax, [rbx + 32]
     and eax, 1
     check_eq rax, 0, "loopback: reading RBR clears LSR.DR"
@@ -106,13 +106,13 @@ main:
     mov rax, [rbx + 48]
     and eax, 0x0f
     check_eq rax, 1, "IIR: no interrupt while IER is 0"
-    check_eq qword ptr [rbx + 56], 1, "enabling ETBEI with THR empty interrupts at once"
-    check_eq qword ptr [rbx + 104], 2, "the handler's IIR read names THR empty"
+    check_eq "qword ptr [rbx + 56]", 1, "enabling ETBEI with THR empty interrupts at once"
+    check_eq "qword ptr [rbx + 104]", 2, "the handler's IIR read names THR empty"
     mov rax, [rbx + 64]
     and eax, 0x0f
     check_eq rax, 1, "reading IIR acknowledged it"
-    check_eq qword ptr [rbx + 72], 1, "no second interrupt without a new byte"
-    check_eq qword ptr [rbx + 80], 2, "a byte sent raises THR empty again"
+    check_eq "qword ptr [rbx + 72]", 1, "no second interrupt without a new byte"
+    check_eq "qword ptr [rbx + 80]", 2, "a byte sent raises THR empty again"
     mov rax, [rbx + 88]
     and eax, 0x0f
     check_eq rax, 4, "IIR: received data outranks THR empty"

@@ -121,15 +121,15 @@ main:
     pause
     cmp [rip + arrived], rbx
     jne .Lwait_aps
-    check_eq qword ptr [rip + arrived], rbx, "every AP arrived"
+    check_eq "qword ptr [rip + arrived]", rbx, "every AP arrived"
     mov rax, [rip + ncpus]
     mov rcx, rax
     dec rcx
     imul rax, rcx
     shr rax, 1
-    check_eq qword ptr [rip + id_sum], rax, "the APs' APIC IDs are 1..N-1"
-    check_eq qword ptr [rip + id_mismatch], 0, "each AP's CPUID initial APIC ID is its APIC ID"
-    check_eq qword ptr [rip + bsp_flag_seen], 0, "IA32_APIC_BASE.BSP is clear on every AP"
+    check_eq "qword ptr [rip + id_sum]", rax, "the APs' APIC IDs are 1..N-1"
+    check_eq "qword ptr [rip + id_mismatch]", 0, "each AP's CPUID initial APIC ID is its APIC ID"
+    check_eq "qword ptr [rip + bsp_flag_seen]", 0, "IA32_APIC_BASE.BSP is clear on every AP"
 
     # Every CPU increments one counter INCS times with LOCK INC: none is lost.
     mov qword ptr [rip + go_inc], 1
@@ -143,7 +143,7 @@ main:
     pause
     cmp [rip + shared_count], rax
     jne .Lwait_inc
-    check_eq qword ptr [rip + shared_count], rax, "LOCK INC from every CPU loses no increment"
+    check_eq "qword ptr [rip + shared_count]", rax, "LOCK INC from every CPU loses no increment"
     sti
 
     # Ping-pong with CPU 1: each ping (fixed IPI) is answered by a pong before the next.
@@ -165,8 +165,8 @@ main:
     inc ebx
     cmp ebx, PINGS
     jb .Lping
-    check_eq qword ptr [rip + pings], PINGS, "CPU 1 took every ping"
-    check_eq qword ptr [rip + pongs], PINGS, "the boot CPU took every pong"
+    check_eq "qword ptr [rip + pings]", PINGS, "CPU 1 took every ping"
+    check_eq "qword ptr [rip + pongs]", PINGS, "the boot CPU took every pong"
 
     # Broadcast to all excluding self: every AP once, not the boot CPU.
     icr 0, ICR_ALLBUT_FIXED + VEC_BCAST
@@ -180,7 +180,7 @@ main:
     mov eax, 1
     shl rax, cl
     sub rax, 2                             # bits 1..N-1
-    check_eq qword ptr [rip + bcast_mask], rax, "all-excluding-self reached each AP, not self"
+    check_eq "qword ptr [rip + bcast_mask]", rax, "all-excluding-self reached each AP, not self"
 
     # Logical flat destination 0x0C: CPUs 2 and 3 (each AP set LDR = 1 << (24 + id)).
     icr 0x0c, ICR_LOGICAL_FIXED + VEC_LOGICAL
@@ -192,7 +192,7 @@ main:
 .Lsettle:
     pause
     loop .Lsettle
-    check_eq qword ptr [rip + logical_mask], 0x0c, "logical destination 0x0C reached CPUs 2 and 3"
+    check_eq "qword ptr [rip + logical_mask]", 0x0c, "logical destination 0x0C reached CPUs 2 and 3"
 
     # NMI to CPU 2.
     icr 2, ICR_PHYS_NMI
@@ -200,7 +200,7 @@ main:
     pause
     cmp qword ptr [rip + nmi_cpu], 0
     je .Lwait_nmi
-    check_eq qword ptr [rip + nmi_cpu], 2, "an NMI IPI reached CPU 2's NMI handler"
+    check_eq "qword ptr [rip + nmi_cpu]", 2, "an NMI IPI reached CPU 2's NMI handler"
 
     # A SIPI to a running AP is ignored: CPU 3 keeps its place (it would print again).
     mov rax, [rip + arrived]
@@ -211,7 +211,7 @@ main:
     pause
     loop .Lsipi_wait
     mov rax, [rip + arrived_before]
-    check_eq qword ptr [rip + arrived], rax, "a SIPI to a running AP is ignored"
+    check_eq "qword ptr [rip + arrived]", rax, "a SIPI to a running AP is ignored"
 
     # Cross-modification: the boot CPU runs patched_fn until CPU 1 has rewritten it.
     mov qword ptr [rip + go_patch], 1
@@ -291,7 +291,7 @@ ap_start32:
     mov eax, cr4
     or eax, 0x20
     mov cr4, eax
-    mov eax, pml4
+    mov eax, offset pml4
     mov cr3, eax
     mov ecx, MSR_EFER
     rdmsr

@@ -16,9 +16,9 @@
 # expect_invalid TAG, "case", "case: L2 did not run"
 .macro expect_invalid tag, name, name2
     mov qword ptr [rip + l2_marker], 0
-    run_l2 \tag
-    check_exit 0xFFFFFFFF, \name
-    check_eq [l2_marker], 0, \name2
+    run_l2 "\tag"
+    check_exit 0xFFFFFFFF, "\name"
+    check_eq [l2_marker], 0, "\name2"
 .endm
 
 # fresh: a valid VMCB again in rdi (every case breaks exactly one thing).
@@ -60,7 +60,7 @@ main:
     and dword ptr [rdi + V_EFER], ~0x1000
     expect_invalid 1, "EFER.SVME=0 in guest -> VMEXIT_INVALID", "EFER.SVME=0: L2 did not run"
     mov rdi, VMCB
-    check_eq qword ptr [rdi + V_EXITCODE], -1, "EXITCODE is -1 in all 64 bits"
+    check_eq "qword ptr [rdi + V_EXITCODE]", -1, "EXITCODE is -1 in all 64 bits"
 
     fresh
     mov rax, [rdi + V_CR0]

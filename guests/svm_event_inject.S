@@ -22,7 +22,7 @@
     mov qword ptr [rip + seen_vec], -1
     mov qword ptr [rip + seen_err], SEEN_NONE
     mov qword ptr [rip + seen_rip], 0
-    run_l2 \tag
+    run_l2 "\tag"
 .endm
 
 main:
@@ -37,8 +37,8 @@ main:
     lea rax, [rip + l2_site]
     check_eq [seen_rip], rax, "injected #GP: return RIP is VMCB.RIP"
     mov rdi, VMCB
-    check_mask qword ptr [rdi + V_EVENTINJ], EV_VALID, 0, "EVENTINJ.V is clear after the #VMEXIT"
-    check_mask qword ptr [rdi + V_EXITINTINFO], EV_VALID, 0, "EXITINTINFO.V is 0: nothing was interrupted"
+    check_mask "qword ptr [rdi + V_EVENTINJ]", EV_VALID, 0, "EVENTINJ.V is clear after the #VMEXIT"
+    check_mask "qword ptr [rdi + V_EXITINTINFO]", EV_VALID, 0, "EXITINTINFO.V is 0: nothing was interrupted"
 
     # ---- #PF with an error code; CR2 is what L1 put in the VMCB
     lea rdi, [rip + l2_site]
@@ -114,11 +114,11 @@ main:
     run_l2 8
     check_exit EXIT_EXCP0 + 11, "INTR through a not-present gate: #NP exit"
     mov rdi, VMCB
-    check_eq qword ptr [rdi + V_EXITINFO1], L2_NP_VECTOR * 8 + 3, "#NP exit: EXITINFO1 = IDT index | IDT | EXT"
+    check_eq "qword ptr [rdi + V_EXITINFO1]", L2_NP_VECTOR*8+3, "#NP exit: EXITINFO1 = IDT index | IDT | EXT"
     mov eax, EV_VALID | EV_INTR | L2_NP_VECTOR
-    check_eq qword ptr [rdi + V_EXITINTINFO], rax, "#NP exit: EXITINTINFO is the injected INTR 0x41"
+    check_eq "qword ptr [rdi + V_EXITINTINFO]", rax, "#NP exit: EXITINTINFO is the injected INTR 0x41"
     lea rax, [rip + l2_site]
-    check_eq qword ptr [rdi + V_RIP], rax, "#NP exit: guest RIP is still the site"
+    check_eq "qword ptr [rdi + V_RIP]", rax, "#NP exit: guest RIP is still the site"
     check_eq [seen_vec], -1, "#NP exit: no L2 handler ran"
 
     # ---- delivery fault: #GP(0x10) pushed onto a not-present stack page, #PF intercepted
@@ -133,13 +133,13 @@ main:
     run_l2 9
     check_exit EXIT_EXCP0 + 14, "#GP frame on a not-present stack: #PF exit"
     mov rdi, VMCB
-    check_eq qword ptr [rdi + V_EXITINFO1], 2, "#PF exit: error code 2 (a supervisor write, not present)"
+    check_eq "qword ptr [rdi + V_EXITINFO1]", 2, "#PF exit: error code 2 (a supervisor write, not present)"
     mov rax, [rdi + V_EXITINFO2]
     shr rax, 12
     mov rcx, 0x100000
     check_eq rax, rcx, "#PF exit: EXITINFO2 is in the stack page below RSP"
     mov rax, 0x0000001080000B0D
-    check_eq qword ptr [rdi + V_EXITINTINFO], rax, "#PF exit: EXITINTINFO is the injected #GP(0x10)"
+    check_eq "qword ptr [rdi + V_EXITINTINFO]", rax, "#PF exit: EXITINTINFO is the injected #GP(0x10)"
     check_eq [seen_vec], -1, "#PF exit: no L2 handler ran"
     ret
 

@@ -66,8 +66,8 @@ main:
     run_l2 1
     check_exit EXIT_INTR, "VMRUN with the interrupt pending exits with INTR"
     lea rax, [rip + l2_spin]
-    check_eq qword ptr [rdi + V_RIP], rax, "the INTR exit comes before L2's first instruction"
-    check_eq qword ptr [rdi + V_EXITINTINFO], 0, "EXITINTINFO is 0 for the INTR exit"
+    check_eq "qword ptr [rdi + V_RIP]", rax, "the INTR exit comes before L2's first instruction"
+    check_eq "qword ptr [rdi + V_EXITINTINFO]", 0, "EXITINTINFO is 0 for the INTR exit"
     nop
     nop
     check_eq [phys_count], 0, "GIF=0 after #VMEXIT still holds it"
@@ -116,7 +116,7 @@ main:
     check_exit EXIT_VMMCALL, "V_IRQ: L2 ran to VMMCALL"
     check_eq [virt_count], 1, "V_IRQ delivered V_INTR_VECTOR to L2"
     check_eq [seen_in_l2], 1, "virtual interrupt through L2's IDT"
-    check_mask qword ptr [rdi + V_VINTR], VI_IRQ, 0, "V_IRQ reads back clear once taken"
+    check_mask "qword ptr [rdi + V_VINTR]", VI_IRQ, 0, "V_IRQ reads back clear once taken"
     stgi
 
     # ---- V_IRQ with the VINTR intercept
@@ -128,7 +128,7 @@ main:
     run_l2 5
     check_exit EXIT_VINTR, "VINTR intercept: #VMEXIT(VINTR) when L2 sets IF"
     check_eq [virt_count], 1, "the virtual interrupt was not delivered"
-    check_mask qword ptr [rdi + V_VINTR], VI_IRQ, VI_IRQ, "V_IRQ stays set"
+    check_mask "qword ptr [rdi + V_VINTR]", VI_IRQ, VI_IRQ, "V_IRQ stays set"
     stgi
 
     # ---- V_TPR: priority 2 under V_TPR 5 is held; under V_TPR 1 it is taken
@@ -139,7 +139,7 @@ main:
     run_l2 6
     check_exit EXIT_VMMCALL, "V_TPR: L2 ran to VMMCALL"
     check_eq [virt_count], 1, "V_INTR_PRIO 2 is held by V_TPR 5"
-    check_mask qword ptr [rdi + V_VINTR], VI_IRQ, VI_IRQ, "V_IRQ still pending under V_TPR"
+    check_mask "qword ptr [rdi + V_VINTR]", VI_IRQ, VI_IRQ, "V_IRQ still pending under V_TPR"
     stgi
     lea rdi, [rip + l2_sti]
     call vmcb_init
@@ -189,7 +189,7 @@ main:
     vintr_setup VI_MASKING
     run_l2 10
     check_eq [l2_cr8_read], 3, "L2 with V_INTR_MASKING reads back its CR8"
-    check_mask qword ptr [rdi + V_VINTR], 0xff, 3, "which #VMEXIT stores in V_TPR"
+    check_mask "qword ptr [rdi + V_VINTR]", 0xff, 3, "which #VMEXIT stores in V_TPR"
     mov eax, [r15 + APIC_TPR]
     check_eq rax, 0, "and the APIC's TPR is untouched"
     stgi

@@ -33,30 +33,30 @@
 # to its next exit; check (n1) it is IOIO, (n2) EXITINFO1, (n3) the guest RIP is LABEL (the exit
 # came before the instruction) and (n4) EXITINFO2 is NEXT; resume there.
 .macro io_step tag, info1, label, next, n1, n2, n3, n4
-    run_l2 \tag
-    check_exit EXIT_IOIO, \n1
+    run_l2 "\tag"
+    check_exit EXIT_IOIO, "\n1"
     mov rax, [rdi + V_EXITINFO1]
     and rax, -0x381                         # clear the address-size bits 9:7 (IO_ASIZE_MASK)
     mov [rip + info1_got], rax
-    check_eq [info1_got], \info1, \n2
+    check_eq [info1_got], "\info1", "\n2"
     lea rax, [rip + \label]
     mov [rip + rip_want], rax
-    check_eq qword ptr [rdi + V_RIP], [rip_want], \n3
+    check_eq "qword ptr [rdi + V_RIP]", [rip_want], "\n3"
     lea rax, [rip + \next]
     mov [rip + rip_want], rax
-    check_eq qword ptr [rdi + V_EXITINFO2], [rip_want], \n4
+    check_eq "qword ptr [rdi + V_EXITINFO2]", [rip_want], "\n4"
     resume_at_info2
 .endm
 
 # msr_step TAG, INFO1, LABEL, "n1", "n2", "n3": an MSR exit (n1) with EXITINFO1 (n2) at LABEL
 # (n3); resume after it (RDMSR/WRMSR are 2 bytes).
 .macro msr_step tag, info1, label, n1, n2, n3
-    run_l2 \tag
-    check_exit EXIT_MSR, \n1
-    check_eq qword ptr [rdi + V_EXITINFO1], \info1, \n2
+    run_l2 "\tag"
+    check_exit EXIT_MSR, "\n1"
+    check_eq "qword ptr [rdi + V_EXITINFO1]", "\info1", "\n2"
     lea rax, [rip + \label]
     mov [rip + rip_want], rax
-    check_eq qword ptr [rdi + V_RIP], [rip_want], \n3
+    check_eq "qword ptr [rdi + V_RIP]", [rip_want], "\n3"
     add qword ptr [rdi + V_RIP], 2
 .endm
 
@@ -94,7 +94,7 @@ main:
     check_eq [info1_got], IO_A64, "OUT in 64-bit code: EXITINFO1 address size A64"
 
     io_step 2, 0x00710021, l2_in71, l2_in71_end, "IN AX,DX from 0x71 exits with IOIO", "IN AX,DX from 0x71: EXITINFO1", "IN AX,DX from 0x71: exit before the instruction", "IN AX,DX from 0x71: EXITINFO2 = next RIP"
-    check_eq qword ptr [rdi + V_RAX], 0x11223344, "intercepted IN left RAX untouched"
+    check_eq "qword ptr [rdi + V_RAX]", 0x11223344, "intercepted IN left RAX untouched"
 
     io_step 3, 0x007E0041, l2_in7e, l2_in7e_end, "IN EAX from 0x7E exits: 0x80 is among its bytes", "IN EAX from 0x7E: EXITINFO1", "IN EAX from 0x7E: exit before the instruction", "IN EAX from 0x7E: EXITINFO2 = next RIP"
     io_step 4, 0x0080001C, l2_outs, l2_outs_end, "REP OUTSB to 0x80 exits with IOIO", "REP OUTSB: EXITINFO1 with STR and REP", "REP OUTSB: exit before the instruction", "REP OUTSB: EXITINFO2 = next RIP"

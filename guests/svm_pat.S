@@ -38,7 +38,7 @@
 
 # wrpat VALUE: PAT = VALUE (clobbers rax, rcx, rdx).
 .macro wrpat value
-    wrmsr64 MSR_PAT, \value
+    wrmsr64 MSR_PAT, "\value"
 .endm
 
 # set_gpat VALUE: vmcb12.g_pat = VALUE (clobbers rax).
@@ -69,12 +69,12 @@ main:
     wrpat HPAT
     set_gpat GPAT
     enter_l2 l2_read_write
-    check_eq qword ptr [rdi + V_EXITCODE], EXIT_VMMCALL, "nested paging: L2 runs and exits by VMMCALL"
+    check_eq "qword ptr [rdi + V_EXITCODE]", EXIT_VMMCALL, "nested paging: L2 runs and exits by VMMCALL"
     mov rsi, GPAT
-    check_eq qword ptr [rip + l2_pat1], rsi, "L2's RDMSR(PAT) reads vmcb12.g_pat"
+    check_eq "qword ptr [rip + l2_pat1]", rsi, "L2's RDMSR(PAT) reads vmcb12.g_pat"
     mov rsi, NEWPAT
-    check_eq qword ptr [rip + l2_pat2], rsi, "L2's RDMSR(PAT) reads back its own WRMSR(PAT)"
-    check_eq qword ptr [rdi + V_GPAT], rsi, "#VMEXIT stores L2's PAT in vmcb12.g_pat"
+    check_eq "qword ptr [rip + l2_pat2]", rsi, "L2's RDMSR(PAT) reads back its own WRMSR(PAT)"
+    check_eq "qword ptr [rdi + V_GPAT]", rsi, "#VMEXIT stores L2's PAT in vmcb12.g_pat"
     rdpat
     mov rsi, HPAT
     check_eq rax, rsi, "L1's PAT is unchanged across VMRUN and #VMEXIT"
@@ -82,12 +82,12 @@ main:
 
     enter_l2 l2_read
     mov rsi, NEWPAT
-    check_eq qword ptr [rip + l2_pat1], rsi, "re-entry loads g_pat as #VMEXIT stored it"
+    check_eq "qword ptr [rip + l2_pat1]", rsi, "re-entry loads g_pat as #VMEXIT stored it"
     set_gpat EDITPAT
     enter_l2 l2_read
     mov rsi, EDITPAT
-    check_eq qword ptr [rip + l2_pat1], rsi, "re-entry loads the g_pat L1 edited"
-    check_eq qword ptr [rdi + V_GPAT], rsi, "g_pat keeps the edited value when L2 does not write"
+    check_eq "qword ptr [rip + l2_pat1]", rsi, "re-entry loads the g_pat L1 edited"
+    check_eq "qword ptr [rdi + V_GPAT]", rsi, "g_pat keeps the edited value when L2 does not write"
     rdpat
     mov rsi, HPAT
     check_eq rax, rsi, "L1's PAT is unchanged after the re-entries"
@@ -96,11 +96,11 @@ main:
     mov qword ptr [rip + l2_ran], 0
     set_gpat BADPAT0
     enter_l2 l2_mark
-    check_eq qword ptr [rdi + V_EXITCODE], -1, "g_pat with type 2 in PA0 fails VMRUN with VMEXIT_INVALID"
+    check_eq "qword ptr [rdi + V_EXITCODE]", -1, "g_pat with type 2 in PA0 fails VMRUN with VMEXIT_INVALID"
     set_gpat BADPAT7
     enter_l2 l2_mark
-    check_eq qword ptr [rdi + V_EXITCODE], -1, "g_pat with type 8 in PA7 fails VMRUN with VMEXIT_INVALID"
-    check_eq qword ptr [rip + l2_ran], 0, "L2 never ran with a reserved g_pat"
+    check_eq "qword ptr [rdi + V_EXITCODE]", -1, "g_pat with type 8 in PA7 fails VMRUN with VMEXIT_INVALID"
+    check_eq "qword ptr [rip + l2_ran]", 0, "L2 never ran with a reserved g_pat"
     rdpat
     mov rsi, HPAT
     check_eq rax, rsi, "L1's PAT is unchanged by the failed VMRUNs"
@@ -111,12 +111,12 @@ main:
     mov dword ptr [rdi + V_INTERCEPT_EXC], 1 << 13
     enter_l2 l2_bad_write
     mov dword ptr [rdi + V_INTERCEPT_EXC], 0
-    check_eq qword ptr [rdi + V_EXITCODE], EXIT_EXCP13, "reserved WRMSR(PAT) in L2 exits with EXCP13 when L1 intercepts #GP"
-    check_eq qword ptr [rdi + V_EXITINFO1], 0, "the EXCP13 exit reports error code 0"
+    check_eq "qword ptr [rdi + V_EXITCODE]", EXIT_EXCP13, "reserved WRMSR(PAT) in L2 exits with EXCP13 when L1 intercepts #GP"
+    check_eq "qword ptr [rdi + V_EXITINFO1]", 0, "the EXCP13 exit reports error code 0"
     lea rsi, [rip + l2_bad_wrmsr]
-    check_eq qword ptr [rdi + V_RIP], rsi, "the EXCP13 exit's guest RIP is the WRMSR"
+    check_eq "qword ptr [rdi + V_RIP]", rsi, "the EXCP13 exit's guest RIP is the WRMSR"
     mov rsi, GPAT
-    check_eq qword ptr [rdi + V_GPAT], rsi, "g_pat is unchanged by the faulting WRMSR"
+    check_eq "qword ptr [rdi + V_GPAT]", rsi, "g_pat is unchanged by the faulting WRMSR"
     rdpat
     mov rsi, HPAT
     check_eq rax, rsi, "L1's PAT is unchanged by L2's reserved WRMSR"
@@ -125,12 +125,12 @@ main:
     mov qword ptr [rip + l2_fault_vec], -2
     mov qword ptr [rip + l2_fault_err], -2
     enter_l2 l2_bad_write_handled
-    check_eq qword ptr [rdi + V_EXITCODE], EXIT_VMMCALL, "without the #GP intercept L2 goes on and exits by VMMCALL"
-    check_eq qword ptr [rip + l2_fault_vec], 13, "reserved WRMSR(PAT) in L2 without the intercept reaches L2's #GP handler"
-    check_eq qword ptr [rip + l2_fault_err], 0, "L2's #GP has error code 0"
+    check_eq "qword ptr [rdi + V_EXITCODE]", EXIT_VMMCALL, "without the #GP intercept L2 goes on and exits by VMMCALL"
+    check_eq "qword ptr [rip + l2_fault_vec]", 13, "reserved WRMSR(PAT) in L2 without the intercept reaches L2's #GP handler"
+    check_eq "qword ptr [rip + l2_fault_err]", 0, "L2's #GP has error code 0"
     mov rsi, GPAT
-    check_eq qword ptr [rip + l2_pat1], rsi, "L2's PAT is still g_pat after its #GP"
-    check_eq qword ptr [rdi + V_GPAT], rsi, "#VMEXIT stores the unchanged PAT after L2's #GP"
+    check_eq "qword ptr [rip + l2_pat1]", rsi, "L2's PAT is still g_pat after its #GP"
+    check_eq "qword ptr [rdi + V_GPAT]", rsi, "#VMEXIT stores the unchanged PAT after L2's #GP"
     rdpat
     mov rsi, HPAT
     check_eq rax, rsi, "L1's PAT is unchanged after L2 handled its #GP"
@@ -141,16 +141,16 @@ main:
     wrpat HPAT
     set_gpat GPAT
     enter_l2 l2_msr_intercepted
-    check_eq qword ptr [rdi + V_EXITCODE], EXIT_MSR, "L1's MSRPM turns L2's WRMSR(PAT) into #VMEXIT MSR"
-    check_eq qword ptr [rdi + V_EXITINFO1], 1, "the MSR exit's EXITINFO1 says write"
+    check_eq "qword ptr [rdi + V_EXITCODE]", EXIT_MSR, "L1's MSRPM turns L2's WRMSR(PAT) into #VMEXIT MSR"
+    check_eq "qword ptr [rdi + V_EXITINFO1]", 1, "the MSR exit's EXITINFO1 says write"
     mov rsi, GPAT
-    check_eq qword ptr [rdi + V_GPAT], rsi, "an intercepted WRMSR(PAT) leaves gPAT alone"
+    check_eq "qword ptr [rdi + V_GPAT]", rsi, "an intercepted WRMSR(PAT) leaves gPAT alone"
     add qword ptr [rdi + V_RIP], 2      # L1 "emulates" the WRMSR by skipping it
     mov rax, VMCB
     vmrun
     mov rdi, VMCB
     mov rsi, GPAT
-    check_eq qword ptr [rip + l2_pat1], rsi, "after the intercepted WRMSR L2 still reads g_pat"
+    check_eq "qword ptr [rip + l2_pat1]", rsi, "after the intercepted WRMSR L2 still reads g_pat"
     and dword ptr [rdi + V_INTERCEPT_MISC1], 0xEFFFFFFF     # MSR_PROT off again
 
     # ---- nested paging off: one PAT, g_pat ignored -------------------------------------------
@@ -158,19 +158,19 @@ main:
     wrpat HPAT
     set_gpat GPAT
     enter_l2 l2_read_write
-    check_eq qword ptr [rdi + V_EXITCODE], EXIT_VMMCALL, "without nested paging L2 runs and exits by VMMCALL"
+    check_eq "qword ptr [rdi + V_EXITCODE]", EXIT_VMMCALL, "without nested paging L2 runs and exits by VMMCALL"
     mov rsi, HPAT
-    check_eq qword ptr [rip + l2_pat1], rsi, "without nested paging L2 reads L1's PAT, not g_pat"
+    check_eq "qword ptr [rip + l2_pat1]", rsi, "without nested paging L2 reads L1's PAT, not g_pat"
     rdpat
     mov rsi, NEWPAT
     check_eq rax, rsi, "without nested paging L2's WRMSR(PAT) is visible to L1"
     mov rsi, GPAT
-    check_eq qword ptr [rdi + V_GPAT], rsi, "without nested paging #VMEXIT leaves g_pat alone"
+    check_eq "qword ptr [rdi + V_GPAT]", rsi, "without nested paging #VMEXIT leaves g_pat alone"
     set_gpat BADPAT0
     enter_l2 l2_read
-    check_eq qword ptr [rdi + V_EXITCODE], EXIT_VMMCALL, "without nested paging a reserved g_pat does not fail VMRUN"
+    check_eq "qword ptr [rdi + V_EXITCODE]", EXIT_VMMCALL, "without nested paging a reserved g_pat does not fail VMRUN"
     mov rsi, NEWPAT
-    check_eq qword ptr [rip + l2_pat1], rsi, "without nested paging L2 reads the one shared PAT"
+    check_eq "qword ptr [rip + l2_pat1]", rsi, "without nested paging L2 reads the one shared PAT"
     wrpat PAT_RESET
     ret
 

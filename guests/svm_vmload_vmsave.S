@@ -37,7 +37,7 @@
 .macro same off, name
     mov rsi, VMCB_B
     mov rdi, VMCB_C
-    check_eq qword ptr [rdi + \off], qword ptr [rsi + \off], \name
+    check_eq "qword ptr [rdi + \off]", "qword ptr [rsi + \off]", "\name"
 .endm
 
 main:
@@ -147,8 +147,8 @@ main:
     same V_SYSENTER_ESP, "round trip: SYSENTER_ESP"
     same V_SYSENTER_EIP, "round trip: SYSENTER_EIP"
     mov rdi, VMCB_C
-    check_eq qword ptr [rdi + V_CS], 0, "VMSAVE leaves CS in the save area alone"
-    check_eq qword ptr [rdi + V_RIP], 0, "VMSAVE leaves RIP in the save area alone"
+    check_eq "qword ptr [rdi + V_CS]", 0, "VMSAVE leaves CS in the save area alone"
+    check_eq "qword ptr [rdi + V_RIP]", 0, "VMSAVE leaves RIP in the save area alone"
 
     # ---- VMRUN and #VMEXIT do not switch this state
     wrmsr64 MSR_FS_BASE, 0x5000
@@ -173,9 +173,9 @@ main:
     rdmsr64 MSR_LSTAR
     check_eq rax, 0xA200, "L1 sees L2's LSTAR after #VMEXIT"
     mov rdi, VMCB
-    check_eq qword ptr [rdi + V_FS + 8], 0x9000, "#VMEXIT does not save FS.base"
-    check_eq qword ptr [rdi + V_KERNEL_GS_BASE], 0x9100, "#VMEXIT does not save KernelGsBase"
-    check_eq qword ptr [rdi + V_LSTAR], 0x9200, "#VMEXIT does not save LSTAR"
+    check_eq "qword ptr [rdi + V_FS + 8]", 0x9000, "#VMEXIT does not save FS.base"
+    check_eq "qword ptr [rdi + V_KERNEL_GS_BASE]", 0x9100, "#VMEXIT does not save KernelGsBase"
+    check_eq "qword ptr [rdi + V_LSTAR]", 0x9200, "#VMEXIT does not save LSTAR"
 
     # ---- VMSAVE inside L2, not intercepted: L2's values
     mov rdi, VMCB_C
@@ -189,8 +189,8 @@ main:
     run_l2 2
     check_exit EXIT_VMMCALL, "VMSAVE in L2 without the intercept runs in L2"
     mov rdi, VMCB_C
-    check_eq qword ptr [rdi + V_FS + 8], 0xB000, "L2's VMSAVE stored L2's FS.base"
-    check_eq qword ptr [rdi + V_LSTAR], 0xA200, "L2's VMSAVE stored the LSTAR L2 left"
+    check_eq "qword ptr [rdi + V_FS + 8]", 0xB000, "L2's VMSAVE stored L2's FS.base"
+    check_eq "qword ptr [rdi + V_LSTAR]", 0xA200, "L2's VMSAVE stored the LSTAR L2 left"
 
     # ---- put L1's own state back
     mov rax, VMCB_ORIG

@@ -31,31 +31,31 @@ main:
     xor ebx, ebx
     mov r12, rsp
     enter_l2
-    check_eq qword ptr [rdi + V_EXITCODE], 0x81, "first #VMEXIT is VMMCALL"
+    check_eq "qword ptr [rdi + V_EXITCODE]", 0x81, "first #VMEXIT is VMMCALL"
     check_eq rbx, 0x4242, "RBX written by L2 is visible in L1"
     mov r13, rsp
     check_eq r13, r12, "L1's RSP is restored"
     lea rsi, [rip + l2_vmmcall]
-    check_eq qword ptr [rdi + V_RIP], rsi, "VMCB RIP is the VMMCALL"
+    check_eq "qword ptr [rdi + V_RIP]", rsi, "VMCB RIP is the VMMCALL"
     add qword ptr [rdi + V_RIP], 3
 
     enter_l2
-    check_eq qword ptr [rdi + V_EXITCODE], 0x72, "second #VMEXIT is CPUID"
+    check_eq "qword ptr [rdi + V_EXITCODE]", 0x72, "second #VMEXIT is CPUID"
     add qword ptr [rdi + V_RIP], 2
 
     enter_l2
-    check_eq qword ptr [rdi + V_EXITCODE], 0x46, "third #VMEXIT is #UD"
+    check_eq "qword ptr [rdi + V_EXITCODE]", 0x46, "third #VMEXIT is #UD"
     lea rsi, [rip + l2_ud2]
-    check_eq qword ptr [rdi + V_RIP], rsi, "VMCB RIP is the ud2"
+    check_eq "qword ptr [rdi + V_RIP]", rsi, "VMCB RIP is the ud2"
     add qword ptr [rdi + V_RIP], 2
 
     enter_l2
-    check_eq qword ptr [rdi + V_EXITCODE], 0x78, "fourth #VMEXIT is HLT"
+    check_eq "qword ptr [rdi + V_EXITCODE]", 0x78, "fourth #VMEXIT is HLT"
 
     mov dword ptr [rdi + V_ASID], 0
     mov rbx, 0x1111
     enter_l2
-    check_eq qword ptr [rdi + V_EXITCODE], -1, "ASID 0 fails VMRUN with VMEXIT_INVALID"
+    check_eq "qword ptr [rdi + V_EXITCODE]", -1, "ASID 0 fails VMRUN with VMEXIT_INVALID"
     check_eq rbx, 0x1111, "L2 did not run after VMEXIT_INVALID"
     ret
 

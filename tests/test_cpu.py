@@ -205,9 +205,9 @@ CR4_GUEST = r'''
     expect_fault .Lr\@
     mov cr4, rax
 .Lr\@:
-    check_eq [fault_vector], 13, \name
+    check_eq [fault_vector], 13, "\name"
     mov rax, cr4
-    check_eq rax, rbx, \name2
+    check_eq rax, rbx, "\name2"
 .endm
 main:
     cr4_gp 0x1000, "CR4.LA57 raises #GP", "CR4 unchanged by LA57"

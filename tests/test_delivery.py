@@ -127,7 +127,7 @@ def test_user_mode_interrupt_uses_rsp0_and_pushes_user_ss():
         push 0x70000
         push 0x202
         push {SEL_UCODE64}
-        mov rax, user
+        mov rax, offset user
         push rax
         iretq
     user:
@@ -147,7 +147,7 @@ def test_software_interrupt_through_dpl0_gate_from_user_is_gp():
         push 0x70000
         push 0x2
         push {SEL_UCODE64}
-        mov rax, user
+        mov rax, offset user
         push rax
         iretq
     user:

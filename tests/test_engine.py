@@ -89,7 +89,7 @@ def test_code_rewritten_within_its_own_block():
         xor r12, r12
         mov r13, {ROUNDS}
     again:
-        mov rbx, patch + 1
+        mov rbx, offset patch + 1
         mov dword ptr [rbx], r13d
     patch:
         mov eax, 0

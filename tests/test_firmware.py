@@ -102,6 +102,8 @@ def test_tables_match_qemu(image):
     assert [e[:4] + e[12:] if e[0] == 0 else e for e in ea] == \
            [e[:4] + e[12:] if e[0] == 0 else e for e in eb]
     assert a["mtrr-var0"] == b["mtrr-var0"]
+    assert a["ivt"] == b["ivt"]
+    assert a["ivt"].split()[1] == "0x00000000f000fea5"        # IRQ 0: the BIOS tick handler
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 4])

@@ -102,7 +102,7 @@ TAP_GUESTS = ["hello", "longmode", "msr", "exceptions", "mbinfo", "svm_world_swi
               "svm_vmload_vmsave",
               "svm_event_inject",
               "apic", "svm_interrupts", "pic_ioapic", "platform", "firmware", "bigmem", "serial",
-              "smp"]
+              "rtc", "smp"]
 EXPECTED_COUNTS = {"hello": 1, "longmode": 15, "msr": 17, "exceptions": 22, "mbinfo": 8,
                    "svm_world_switch": 11, "fw_cfg": 6, "svm_pat": 34,
                    "svm_checks": 55, "svm_fuzz_target": 4, "svm_ioio": 40,
@@ -110,10 +110,12 @@ EXPECTED_COUNTS = {"hello": 1, "longmode": 15, "msr": 17, "exceptions": 22, "mbi
                    "svm_vmload_vmsave": 44,
                    "svm_event_inject": 36,
                    "apic": 30, "svm_interrupts": 35, "pic_ioapic": 45, "platform": 53,
-                   "firmware": 48, "bigmem": 1, "serial": 14, "smp": 13}
+                   "firmware": 48, "bigmem": 1, "serial": 14, "rtc": 7, "smp": 13}
 # QEMU options a guest needs beyond tests/conftest.py's machine (kvm-unit-tests adds the same).
 QEMU_EXTRA = {"pic_ioapic": ["-device", "pc-testdev"], "platform": ["-device", "pc-testdev"],
               "smp": ["-smp", "4"]}
+# QEMU's RTC follows the host's clock: rtc.S waits about two real seconds there.
+QEMU_TIMEOUT = {"rtc": 20}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +131,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.mark.parametrize("guest", TAP_GUESTS)
 def test_guest_on_qemu(guest, images, qemu, tap):
-    run = qemu(images[guest], timeout=5, extra=QEMU_EXTRA.get(guest))
+    run = qemu(images[guest], timeout=QEMU_TIMEOUT.get(guest, 5), extra=QEMU_EXTRA.get(guest))
     assert not run.timed_out, run.output
     assert "Bail out!" not in run.output
     checks = tap(run.output)

@@ -185,7 +185,6 @@ def test_elf_overlapping_segments():
     (aout(load_end=0x100000 + 0x1000), "truncated"),
     (aout(load=0x7F00000, bss=0x200000), "outside"),
     (aout(load=0x800), "first 4 KiB"),
-    (aout(load=MBI_ADDR - 16), "information area"),
     (aout(load=0xA0000), "EBDA/VGA/BIOS"),
     (aout(load=0xFFFFFF00, bss_end=0xFFFFFFF0), "4 GiB|outside"),
     (mb_header(AOUT, 0x100000, 0x100000, 0, 0, 0x9000000) + b"\xf4", "entry point"),
@@ -289,3 +288,16 @@ def test_fuzz_random_bytes(data):
        st.one_of(st.none(), st.integers(0, 300)))
 def test_fuzz_mutated_images(which, edits, cut):
     _parse_or_image_error(_mutate(_valid_images()[which], edits, cut))
+
+
+def test_kernel_over_the_information_area_wins():
+    """QEMU's option ROM writes the information block before the kernel, so a kernel loaded over
+    0x9500 (kvm-unit-tests' realmode.flat spans 0x8000-0xa86c) runs with its own bytes there."""
+    from tests.harness import boot
+    # 0x100 bytes of NOPs from 0x9400, then the header at MBI_ADDR and "mov eax, 0x5a; hlt".
+    data = aout(code=b"\xb8\x5a\x00\x00\x00\xf4", load=MBI_ADDR - 0x100, pad=0x100)
+    image = parse_image(data, "low.bin", RAM)
+    b = boot(image, nested=False, timeout=10)
+    assert bytes(b.machine.ram[MBI_ADDR:MBI_ADDR + 4]) == struct.pack("<I", MAGIC)
+    from unicorn.x86_const import UC_X86_REG_EAX
+    assert b.machine.uc.reg_read(UC_X86_REG_EAX) == 0x5A

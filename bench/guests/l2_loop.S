@@ -17,8 +17,8 @@ main:
     mov eax, VMCB
     vmrun
     mov edi, VMCB
-    check_eq qword ptr [rdi + V_EXITCODE], EXIT_VMMCALL, "L2 left with VMMCALL"
-    check_eq qword ptr [rdi + V_NESTED_CTL], 1, "nested paging was on"
+    check_eq "qword ptr [rdi + V_EXITCODE]", EXIT_VMMCALL, "L2 left with VMMCALL"
+    check_eq "qword ptr [rdi + V_NESTED_CTL]", 1, "nested paging was on"
     check_eq rdx, @SUM@, "L2 loop sum"
     check_eq rbx, @X3@, "L2 loop count"
     ret

@@ -20,6 +20,6 @@ main:
     dec rcx
     jnz .Lloop
     check_eq rdx, ITERS, "loads summed"
-    check_eq qword ptr [rsi + 8], 1, "last store of the counter"
-    check_eq qword ptr [rsi + 16], ITERS, "last store of the sum"
+    check_eq "qword ptr [rsi + 8]", 1, "last store of the counter"
+    check_eq "qword ptr [rsi + 16]", ITERS, "last store of the sum"
     ret

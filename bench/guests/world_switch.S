@@ -22,7 +22,7 @@ main:
     dec r15
     jnz .Lround_trip
 .Ldone:
-    check_eq qword ptr [rdi + V_EXITCODE], EXIT_VMMCALL, "every #VMEXIT is VMMCALL"
+    check_eq "qword ptr [rdi + V_EXITCODE]", EXIT_VMMCALL, "every #VMEXIT is VMMCALL"
     check_eq r12, ITERS, "L2 entered ITERS times"
     ret
 

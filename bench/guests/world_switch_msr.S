@@ -30,8 +30,8 @@ main:
     dec r15
     jnz .Lround_trip
 .Ldone:
-    check_eq qword ptr [rdi + V_EXITCODE], EXIT_MSR, "every #VMEXIT is an MSR intercept"
-    check_eq qword ptr [rdi + V_EXITINFO1], 0, "every intercepted MSR access is a read"
+    check_eq "qword ptr [rdi + V_EXITCODE]", EXIT_MSR, "every #VMEXIT is an MSR intercept"
+    check_eq "qword ptr [rdi + V_EXITINFO1]", 0, "every intercepted MSR access is a read"
     check_eq r12, ITERS, "L2 entered ITERS times"
     ret
 

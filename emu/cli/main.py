@@ -137,7 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cpu = parse_cpu(args.cpu)
     data, name = load_image_bytes(args.image, args.memory)
-    tracer = _open_tracer(args)
+    symbols = _lazy_symbols(args.image)
+    tracer = _open_tracer(args, symbols)
     _check_smp_options(args)
     machine = Machine(args.memory, stdout=guest_stdout(), tracer=tracer, cpu=cpu,
                       extensions=[SvmExtension(pat_model=args.pat_model)] if cpu.svm else [],
@@ -151,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         modules = place_modules(image, cmdline, args.initrd, read_modules(args.initrd),
                                 args.memory)
     machine.load_multiboot(image, cmdline, modules)
-    return _run_and_report(machine, tracer, args, _insn_limit(args, _lazy_symbols(args.image)))
+    return _run_and_report(machine, tracer, args, _insn_limit(args, symbols))
 
 
 def _lazy_symbols(path: str | None):
@@ -234,8 +235,20 @@ def _process_status(result: RunResult, args: argparse.Namespace) -> int:
 
 def _add_execution_options(p: argparse.ArgumentParser) -> None:
     """What `run` and `resume` share: tracing, limits, snapshots, the PAT model."""
-    p.add_argument("--trace", default="", help="comma list of: insn, exits, io, msr, exc, mem, all")
+    p.add_argument("--trace", default="",
+                   help="comma list of: insn, regs, exits, io, msr, exc, mem, all")
     p.add_argument("--trace-file", help="write the trace here instead of stderr")
+    p.add_argument("--trace-world", metavar="L1|L2|asidN[,...]",
+                   help="trace only while this world (or nested guest ASID) runs")
+    p.add_argument("--trace-range", action="append", default=[],
+                   metavar="START..END|START+LEN|SYMBOL",
+                   help="trace only code in these RIP ranges (a symbol: up to the next symbol; "
+                        "repeatable)")
+    p.add_argument("--trace-from", metavar="N|vmrun[:N]|vmexit[:N]|SYMBOL[:N]",
+                   help="start tracing after N instructions, at the Nth VMRUN/#VMEXIT or when "
+                        "RIP reaches a symbol")
+    p.add_argument("--trace-until", metavar="N|vmrun[:N]|vmexit[:N]|SYMBOL[:N]",
+                   help="stop tracing there (same forms as --trace-from)")
     p.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
     p.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
@@ -357,20 +370,34 @@ def _open_coverage(args: argparse.Namespace, machine: Machine) -> list:
     return outputs
 
 
-def _open_tracer(args: argparse.Namespace) -> "Tracer | None":
+def _open_tracer(args: argparse.Namespace, symbols: "Mapping[str, int]") -> "Tracer | None":
     from emu.core.trace import Tracer, parse_categories
     if args.trace:
         cats = parse_categories(args.trace)
+        focus = _trace_focus(args, symbols)
         from emu.cli.output import NamedOutput
         try:
             out = open(args.trace_file, "w") if args.trace_file else sys.stderr
         except OSError as e:
             raise OptionError(f"cannot open trace file {args.trace_file}: {e.strerror}")
         return Tracer(cats, NamedOutput(out, f"trace file {args.trace_file}" if args.trace_file
-                                        else "standard error (the trace)"))
-    if args.trace_file:
-        raise OptionError("--trace-file needs --trace")
+                                        else "standard error (the trace)"), focus)
+    for option in ("trace_file", "trace_world", "trace_from", "trace_until", "trace_range"):
+        if getattr(args, option):
+            raise OptionError(f"--{option.replace('_', '-')} needs --trace")
     return None
+
+
+def _trace_focus(args: argparse.Namespace, symbols: "Mapping[str, int]"):
+    from emu.core.events import parse_event
+    from emu.core.trace import Focus, parse_ranges, parse_worlds
+    ranges, names = parse_ranges(args.trace_range, symbols)
+    return Focus(worlds=parse_worlds(args.trace_world) if args.trace_world else frozenset(),
+                 ranges=ranges, names=names,
+                 start=parse_event(args.trace_from, symbols, "--trace-from")
+                 if args.trace_from else None,
+                 stop=parse_event(args.trace_until, symbols, "--trace-until")
+                 if args.trace_until else None)
 
 
 def _attach_tools(machine: Machine, tracer: "Tracer | None") -> None:
@@ -386,7 +413,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     limit = _insn_limit(args, _lazy_symbols(None))
     snap = snapshot.read(args.snapshot_file)
-    tracer = _open_tracer(args)
+    tracer = _open_tracer(args, _lazy_symbols(None))
     machine = Machine(snap.ram_size, stdout=guest_stdout(), tracer=tracer,
                       extensions=[SvmExtension(pat_model=args.pat_model)])
     _attach_tools(machine, tracer)

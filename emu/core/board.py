@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from emu.core.interrupts import Event
     from emu.core.memory import GuestMemory
     from emu.core.msr import MsrFile
-    from emu.core.trace import Tracer
     from emu.engine.hw_switch import Context
+    from emu.engine.io_trap import IoTrap
+    from emu.engine.replay import Engine
 
 
 class Board(Protocol):
@@ -37,14 +38,17 @@ class Board(Protocol):
     cpu_index: int         # 0 for the boot processor; its APIC ID
     cpuid: "Cpuid"
     msrs: "MsrFile"
-    tracer: "Tracer | None"
     tsc: int
     ports: dict[int, "PortDevice"]
     devices: list["PortDevice"]
     world_observers: list[Callable[[str, str], None]]
+    memory_hooks: list[Callable[["Uc"], list[int]]]   # installers of --trace mem's hooks
+    replay: "Engine | None"                           # the C engine, when built
+    io_trap: "IoTrap"
     apic: "LocalApic"
     serial: "Serial16550"
     # Sibling parts, typed loosely: naming their classes here would tie them back to this file.
+    tracer: Any            # emu.core.trace.Tracer | None
     router: Any            # emu.core.extension.ExitRouter | None
     irq: Any               # emu.core.irq.InterruptController
     pc: Any                # emu.core.devices.pc.PcPlatform
@@ -52,6 +56,8 @@ class Board(Protocol):
 
     def where(self) -> str: ...
     def level(self) -> str: ...
+    def address_space(self) -> str: ...
+    def between_slices(self, action: Callable[[], None]) -> None: ...
     def register_exit(self, code: int, handler: Callable[[int], None]) -> None: ...
     def add_device(self, dev: "PortDevice") -> None: ...
     def raise_exception(self, vector: int, error_code: int | None = None,

@@ -16,7 +16,7 @@ from unicorn import UC_HOOK_CODE
 from emu.errors import OptionError
 
 if TYPE_CHECKING:
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 KINDS = ("vmrun", "vmexit")
 SYNTAX = "N (instructions), vmrun[:N], vmexit[:N], SYMBOL[:N] or *ADDRESS[:N]"
@@ -79,11 +79,16 @@ class EventWatch:
     """Calls `fire` once, when the event happens; for an address, before the instruction there
     runs; for a world switch, right after it, in the new world."""
 
-    def __init__(self, machine: "Machine", spec: EventSpec, fire: Callable[[], None]) -> None:
+    def __init__(self, machine: "Board", spec: EventSpec, fire: Callable[[], None],
+                 restarts: bool = False) -> None:
+        """`restarts`: `fire` stops emulation before the instruction at the address, which
+        then runs from the start again; its second arrival there is the same one."""
         if spec.kind == "insns":
             raise ValueError("instruction counts are the run's own limit (Machine.run max_insns)")
         self.m, self.spec, self.fire = machine, spec, fire
         self.seen = 0
+        self._restarts = restarts
+        self._again = False
         self._hook: int | None = None
         if spec.kind == "address":
             self._hook = machine.uc.hook_add(UC_HOOK_CODE, self._on_code, None, spec.address,
@@ -98,7 +103,11 @@ class EventWatch:
 
     def _on_code(self, uc, address: int, size: int, _data: object) -> None:
         self.m.replay_sync()
+        if self._again:
+            self._again = False
+            return
         self._hit()
+        self._again = self._restarts and self.seen == self.spec.count
 
     def _on_world(self, old: str, new: str) -> None:
         entering = old == "L1"

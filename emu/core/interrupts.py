@@ -101,30 +101,46 @@ class Deliverer:
 
     # ---- the double-fault state machine ---------------------------------------------------------
     def deliver(self, event: Event, return_rip: int,
-                intercept: "Callable[[Event, Event | None], bool] | None" = None) -> Event | None:
+                intercept: "Callable[[Event, Event | None], bool] | None" = None,
+                observe: "Callable[[str], None] | None" = None) -> Event | None:
         """Deliver `event`, escalating per Table 8-7. Returns the event finally delivered, or None
-        when `intercept` took one of the exceptions on the way (a #VMEXIT instead of delivery)."""
+        when `intercept` took one of the exceptions on the way (a #VMEXIT instead of delivery).
+        `observe` hears each step of the chain (the `exc` trace): every delivery attempt, the
+        fault it met, the escalation to #DF, the intercept, the triple fault."""
         current = event
         outer: Event | None = None
         cr2 = event.cr2
-        for _ in range(3):
+        for attempt in range(1, 4):
             if intercept is not None and current.kind is Kind.EXCEPTION and intercept(current, outer):
+                if observe is not None:
+                    observe(f"attempt {attempt}: {current.describe()} intercepted by the "
+                            "hypervisor (#VMEXIT instead of delivery)")
                 return None
             try:
                 self._deliver_once(current, return_rip, cr2)
                 return current
             except Fault as second:
                 outer = current
+                met = Event(second.vector, Kind.EXCEPTION, second.error_code, second.cr2)
                 if current.vector == DF and current.kind is Kind.EXCEPTION:
+                    if observe is not None:
+                        observe(f"attempt {attempt}: #DF faulted with {met.describe()}: "
+                                "triple fault")
                     raise Shutdown(f"fault {VECTOR_NAMES.get(second.vector)} while delivering #DF")
                 first_bad = current.kind is Kind.EXCEPTION and (
                     current.vector in CONTRIBUTORY or current.vector == PF)
                 second_bad = second.vector in CONTRIBUTORY or second.vector == PF
                 if first_bad and second_bad and not (current.vector in CONTRIBUTORY
                                                      and second.vector == PF):
-                    current = Event(DF, Kind.EXCEPTION, 0)
+                    nxt = Event(DF, Kind.EXCEPTION, 0)
+                    why = "both contributory or page faults: double fault"
                 else:
-                    current = Event(second.vector, Kind.EXCEPTION, second.error_code, second.cr2)
+                    nxt = met
+                    why = "a benign pair: the new one is delivered"
+                if observe is not None:
+                    observe(f"attempt {attempt}: delivering {current.describe()} raised "
+                            f"{met.describe()}; {why} -> {nxt.describe()}")
+                current = nxt
                 if second.cr2 is not None:
                     cr2 = second.cr2
         raise Shutdown("unbounded fault during event delivery")

@@ -49,6 +49,7 @@ from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE
 from emu.core.smp import DEFAULT_QUANTUM, RoundRobin
 from emu.core.memory import GuestMemory
 from emu.engine import replay
+from emu.core.fast_exits import FastExits
 from emu.arch.paging import NestedFault
 from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
@@ -247,6 +248,8 @@ class Machine:
         if replay.available():
             self.replay = replay.Engine(uc, self.ctx, self.ram_addr, self.layout.below_4g,
                                         self._on_intr_c)
+        # L1's RDTSC and CPUID answered in C while nothing else would happen (fast_exits.py).
+        self.fast_exits = FastExits(self, TSC_STEP)
         self._hooks = [
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
             uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
@@ -264,6 +267,11 @@ class Machine:
         for ext in self.extensions:
             ext.attach(self)
         self._own_hooks = binding.hook_count(uc)
+        # Work that must run between two emulation slices (hooks added or removed, with the
+        # translated code flushed): `between_slices` queues it and stops emulation.
+        self._between: list[Callable[[], None]] = []
+        if tracer is not None:
+            tracer.bind(self)
         self._begin = 0
         if _boot is None:
             for _ in range(cpus - 1):
@@ -340,7 +348,12 @@ class Machine:
 
     def shutdown(self, message: str) -> None:
         """The processor shuts down (triple fault), unless a hypervisor intercepts it."""
-        if self.router is not None and self.router.on_shutdown(message):
+        where = self._where() if self.tracer is not None and self.tracer.on("exc") else None
+        intercepted = self.router is not None and self.router.on_shutdown(message)
+        if where is not None:
+            self.tracer.line("exc", where, f"{message}: " + (
+                "#VMEXIT(SHUTDOWN) to the hypervisor" if intercepted else "the CPU shuts down"))
+        if intercepted:
             return
         self._finish("shutdown", STATUS_SHUTDOWN, message)
 
@@ -355,6 +368,13 @@ class Machine:
     def poweroff(self, message: str) -> None:
         """ACPI power-off: QEMU exits with status 0, and so does the run."""
         self._finish("poweroff", STATUS_HALTED, message)
+
+    def between_slices(self, action: Callable[[], None]) -> None:
+        """Run `action` once emulation has stopped, before it continues where it stopped (from
+        hooks: adding a code hook needs the translated code flushed, which must not happen
+        under the code running)."""
+        self._between.append(action)
+        self.uc.emu_stop()
 
     def pause(self, message: str) -> None:
         """Stop at the next instruction boundary for a debugger, after finishing any event in
@@ -371,19 +391,21 @@ class Machine:
         firmware.install(self)       # BDA, MP and ACPI tables, MTRRs: what SeaBIOS leaves
         for ap in self.cpu_list[1:]:
             firmware.install_mtrrs(ap)   # SeaBIOS programs every CPU's MTRRs alike
+        if modules is None:                  # none: mods_addr still says where they would go
+            from emu.loader.modules import place_modules
+            modules = place_modules(image, cmdline, "", [], self.ram_size)
+        # The information block first, the kernel after it: as in QEMU's option ROM, a kernel
+        # segment over the block's area wins.
+        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR, mods_count=modules.count,
+                        mods_addr=modules.mods_addr)
+        self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         for addr, data in image.segments:
             if not self.layout.is_ram(addr, len(data)):
                 raise ImageError(f"segment at {addr:#x}+{len(data):#x} is outside the "
                                  f"{self.ram_size >> 20} MiB of RAM")
             self.ram[addr:addr + len(data)] = data
-        if modules is None:                  # none: mods_addr still says where they would go
-            from emu.loader.modules import place_modules
-            modules = place_modules(image, cmdline, "", [], self.ram_size)
         for addr, data in modules.blobs:
             self.ram[addr:addr + len(data)] = data
-        mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR, mods_count=modules.count,
-                        mods_addr=modules.mods_addr)
-        self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
         self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
         self.uc.reg_write(UC_X86_REG_RIP, self._start)   # so a snapshot taken now resumes here
         self.io_trap.set_flag()
@@ -409,12 +431,10 @@ class Machine:
         if max_insns is not None or self.count_insns:
             self.insns_counted = True
             extra.append(uc.hook_add(UC_HOOK_CODE, self._count_insn))
-        if self.tracer and self.tracer.on("insn"):
-            extra.append(uc.hook_add(UC_HOOK_CODE, self._trace_insn))
         if self.tracer and self.tracer.on("mem") and not self.memory_hooks:
             raise OptionError("the mem trace needs emu.tools.memtrace.attach(machine)")
-        for install in self.memory_hooks:
-            extra += install(uc)
+        if self.tracer is not None:
+            self.tracer.run_started()       # its hooks, while its focus is open
         deadline = time.monotonic() + timeout if timeout else None
         watchdog = _Watchdog(uc, deadline) if deadline is not None else None
         self._begin = self._start
@@ -453,6 +473,9 @@ class Machine:
             for ap, h in extra_ap:
                 ap.uc.hook_del(h)
             self._setup_ap = None
+            if self.tracer is not None:
+                self.tracer.run_ended()
+            self._between.clear()
             self._start = uc.reg_read(UC_X86_REG_RIP)
             self._pause = None
         result, self._result = self._result, None
@@ -496,6 +519,7 @@ class Machine:
         if deadline is not None and time.monotonic() >= deadline:
             self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
             return False
+        self.fast_exits.arm()
         try:
             uc.emu_start(begin, _UNTIL, count=count)
         except UcError as e:
@@ -507,10 +531,10 @@ class Machine:
             return False
         self.replay_sync()
         # The slice ran out only if nothing else stopped it: not an event, the end of
-        # the run, a debugger pause or the wall-clock timeout (virtual time must not
-        # advance for instructions that never ran).
+        # the run, a debugger pause, work between slices or the wall-clock timeout (virtual
+        # time must not advance for instructions that never ran).
         self.irq.slice_done(count, self._pending is None and self._result is None
-                            and self._pause is None
+                            and self._pause is None and not self._between
                             and (deadline is None or time.monotonic() < deadline))
         pending, self._pending = self._pending, None
         if pending is not None:
@@ -521,6 +545,8 @@ class Machine:
             self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
         if self._pause is not None and self._result is None:
             self._finish("pause", STATUS_LIMIT, self._pause)
+        while self._between:            # queued by hooks or by the pending work
+            self._between.pop(0)()
         self._begin = uc.reg_read(UC_X86_REG_RIP)
         return True
 
@@ -582,6 +608,7 @@ class Machine:
                 if cpu._result is None:
                     cpu._result = result
         for cpu in self.cpu_list:
+            cpu.fast_exits.stop()
             cpu.uc.emu_stop()
 
     def _defer(self, action: Callable[[], None]) -> None:
@@ -600,6 +627,7 @@ class Machine:
         e = self.replay
         if e is None:
             return
+        self.fast_exits.disarm()
         seq = e.seq_word.value
         if seq != self._replay_seen:
             self._replay_seen = seq
@@ -626,6 +654,7 @@ class Machine:
         try:
             self.replay_sync()
             self._on_intr(uc, intno, None)
+            self.fast_exits.arm()
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(uc, e)
 
@@ -703,7 +732,8 @@ class Machine:
         uc = self.uc
         leaf = uc.reg_read(UC_X86_REG_RAX) & 0xFFFFFFFF
         sub = uc.reg_read(UC_X86_REG_RCX) & 0xFFFFFFFF
-        a, b, c, d = self.cpuid.query(leaf, sub)
+        a, b, c, d = regs = self.cpuid.query(leaf, sub)
+        self.fast_exits.remember_cpuid(leaf, sub, regs)
         uc.reg_write(UC_X86_REG_RAX, a)
         uc.reg_write(UC_X86_REG_RBX, b)
         uc.reg_write(UC_X86_REG_RCX, c)
@@ -881,8 +911,12 @@ class Machine:
             if router is None or (injected and current is event):
                 return False
             return router.on_exception(current, outer)
+        observe = None
+        if self.tracer is not None and self.tracer.on("exc"):
+            where = self._where()
+            observe = lambda text: self.tracer.line("exc", where, text)  # noqa: E731
         try:
-            final = self.deliverer.deliver(event, return_rip, intercept)
+            final = self.deliverer.deliver(event, return_rip, intercept, observe)
         except Shutdown as e:
             self.shutdown(f"shutdown (triple fault): {e}")
             return

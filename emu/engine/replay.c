@@ -43,9 +43,41 @@ typedef int (*ctx_fn)(void *uc, void *ctx);
 typedef int (*reg_fn)(void *uc, int regid, void *value);
 typedef int (*ctl_fn)(void *uc, int control, ...);
 typedef void (*intr_fn)(void *uc, uint32_t intno, void *user);
+typedef int (*vmem_fn)(void *uc, uint64_t addr, int prot, void *bytes, size_t size);
 
 #define N_INTNO 0x600
 #define PER_INTNO 4         /* programs kept per exit: several L2s, or one in several states */
+
+/* Fast exits: L0's own answers to L1's RDTSC and CPUID, computed here instead of in Python
+ * (emu/core/fast_exits.py holds the Python side and says why each step is exact). The offsets
+ * into the live CPU state come from Python (emu/engine/hw_switch.py, proven at start-up). */
+enum {
+    FX_OFF_RAX = 0, FX_OFF_RCX, FX_OFF_RDX, FX_OFF_RBX, FX_OFF_EIP, FX_OFF_HFLAGS, FX_OFF_HFLAGS2,
+    FX_OFF_CS_BASE, FX_OFF_VM_VMCB, FX_OFF_CR4, FX_N_OFF
+};
+#define FX_CPUID_SLOTS 64
+#define FX_EXIT_RDTSC 0x16E     /* UC exit base 0x100 + VMEXIT_RDTSC */
+#define FX_EXIT_CPUID 0x172     /* UC exit base 0x100 + VMEXIT_CPUID */
+
+struct cpuid_slot {
+    uint32_t leaf, subleaf;
+    uint32_t regs[4];           /* eax, ebx, ecx, edx as Python computed them ... */
+    uint64_t cr4;               /* ... with this CR4 */
+};
+
+struct fast {
+    uint64_t armed;             /* Python: answering here is all the Python path would do */
+    uint64_t env;               /* CPUX86State */
+    uint64_t l1_vmcb;           /* the VMCB L1 runs under: only L1's exits are answered */
+    uint64_t hf_cs64, hf2_npt;  /* hflags bits */
+    uint64_t tsc;               /* the machine's TSC while armed (L1's TSC offset is 0) */
+    uint64_t tsc_step;          /* what one RDTSC adds */
+    uint64_t rdtsc, cpuid;      /* counts of exits answered here */
+    uint64_t off[FX_N_OFF];
+    vmem_fn vmem_read;
+    uint64_t n_cpuid;
+    struct cpuid_slot cpuid_slots[FX_CPUID_SLOTS];
+};
 
 struct engine {
     void *uc;
@@ -60,6 +92,7 @@ struct engine {
     uint64_t fallbacks;
     uint64_t seq;           /* bumped by every completed program: Python syncs when it moved */
     uint64_t state;         /* programs guard on it and set it; Python clears it when it runs */
+    struct fast fx;
     const struct op *programs[N_INTNO][PER_INTNO];
 };
 
@@ -113,10 +146,64 @@ static int run(struct engine *e, const struct op *op)
     }
 }
 
+#define ENV64(f, name) (*(uint64_t *)((f)->env + (f)->off[name]))
+#define ENV32(f, name) (*(uint32_t *)((f)->env + (f)->off[name]))
+
+/* L1's RDTSC, as Machine._exit_rdtsc does it: RDTSCP (which Unicorn reports as RDTSC) and a
+ * code read that fails are left to Python. Returns 1 if answered. */
+static int fast_rdtsc(void *uc, struct fast *f)
+{
+    uint64_t rip = ENV64(f, FX_OFF_EIP), va, t;
+    uint8_t code[3];
+    va = (ENV32(f, FX_OFF_HFLAGS) & f->hf_cs64) ? rip : ENV64(f, FX_OFF_CS_BASE) + rip;
+    if (f->vmem_read(uc, va, 1 /* UC_PROT_READ */, code, 3) != 0)
+        return 0;
+    if (code[0] == 0x0F && code[1] == 0x01 && code[2] == 0xF9)
+        return 0;
+    t = f->tsc += f->tsc_step;
+    ENV64(f, FX_OFF_RAX) = t & 0xFFFFFFFFu;
+    ENV64(f, FX_OFF_RDX) = t >> 32;
+    ENV64(f, FX_OFF_EIP) = rip + 2;
+    f->rdtsc++;
+    return 1;
+}
+
+/* L1's CPUID from the results Python computed since it last ran (Machine._exit_cpuid). */
+static int fast_cpuid(struct fast *f)
+{
+    uint32_t leaf = (uint32_t)ENV64(f, FX_OFF_RAX), sub = (uint32_t)ENV64(f, FX_OFF_RCX);
+    for (uint64_t i = 0; i < f->n_cpuid && i < FX_CPUID_SLOTS; i++) {
+        const struct cpuid_slot *c = &f->cpuid_slots[i];
+        if (c->leaf == leaf && c->subleaf == sub && c->cr4 == ENV64(f, FX_OFF_CR4)) {
+            ENV64(f, FX_OFF_RAX) = c->regs[0];
+            ENV64(f, FX_OFF_RBX) = c->regs[1];
+            ENV64(f, FX_OFF_RCX) = c->regs[2];
+            ENV64(f, FX_OFF_RDX) = c->regs[3];
+            ENV64(f, FX_OFF_EIP) += 2;
+            f->cpuid++;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int fast_exit(void *uc, struct fast *f, uint32_t intno)
+{
+    if (ENV64(f, FX_OFF_VM_VMCB) != f->l1_vmcb || (ENV32(f, FX_OFF_HFLAGS2) & f->hf2_npt))
+        return 0;
+    if (intno == FX_EXIT_RDTSC)
+        return fast_rdtsc(uc, f);
+    if (intno == FX_EXIT_CPUID)
+        return fast_cpuid(f);
+    return 0;
+}
+
 /* The UC_HOOK_INTR callback; user data is the engine. */
 void replay_intr(void *uc, uint32_t intno, void *user)
 {
     struct engine *e = (struct engine *)user;
+    if (e->fx.armed && e->enabled && fast_exit(uc, &e->fx, intno))
+        return;
     if (e->enabled && intno < N_INTNO) {
         for (int i = 0; i < PER_INTNO && e->programs[intno][i] != NULL; i++) {
             if (run(e, e->programs[intno][i])) {
@@ -139,7 +226,7 @@ void replay_intr(void *uc, uint32_t intno, void *user)
 
 const char *replay_abi(void)
 {
-    static char abi[2048];
+    static char abi[4096];
     int n = 0;
     if (abi[0])
         return abi;
@@ -150,7 +237,17 @@ const char *replay_abi(void)
     ABI_FIELD(engine, restore); ABI_FIELD(engine, reg_read); ABI_FIELD(engine, reg_write);
     ABI_FIELD(engine, ctl); ABI_FIELD(engine, flush_control); ABI_FIELD(engine, fallback);
     ABI_FIELD(engine, enabled); ABI_FIELD(engine, replays); ABI_FIELD(engine, fallbacks);
-    ABI_FIELD(engine, seq); ABI_FIELD(engine, state); ABI_FIELD(engine, programs);
+    ABI_FIELD(engine, seq); ABI_FIELD(engine, state); ABI_FIELD(engine, fx);
+    ABI_FIELD(engine, programs);
+    ABI("sizeof(fast)", sizeof(struct fast));
+    ABI_FIELD(fast, armed); ABI_FIELD(fast, env); ABI_FIELD(fast, l1_vmcb);
+    ABI_FIELD(fast, hf_cs64); ABI_FIELD(fast, hf2_npt); ABI_FIELD(fast, tsc);
+    ABI_FIELD(fast, tsc_step); ABI_FIELD(fast, rdtsc); ABI_FIELD(fast, cpuid);
+    ABI_FIELD(fast, off); ABI_FIELD(fast, vmem_read); ABI_FIELD(fast, n_cpuid);
+    ABI_FIELD(fast, cpuid_slots);
+    ABI("sizeof(cpuid_slot)", sizeof(struct cpuid_slot));
+    ABI("FX_N_OFF", FX_N_OFF); ABI("FX_CPUID_SLOTS", FX_CPUID_SLOTS);
+    ABI("FX_EXIT_RDTSC", FX_EXIT_RDTSC); ABI("FX_EXIT_CPUID", FX_EXIT_CPUID);
     ABI("N_INTNO", N_INTNO);
     ABI("PER_INTNO", PER_INTNO);
     ABI("OP_END", OP_END); ABI("OP_CMP", OP_CMP); ABI("OP_EQ64", OP_EQ64);

@@ -50,6 +50,30 @@ class _Op(ctypes.Structure):
                 ("a", ctypes.c_uint64), ("b", ctypes.c_uint64), ("c", ctypes.c_uint64)]
 
 
+FX_N_OFF = 10
+FX_CPUID_SLOTS = 64
+FX_EXIT_RDTSC = 0x16E
+FX_EXIT_CPUID = 0x172
+# The order of `_Fast.off`: where the C fast exits find each field in the live CPU state.
+FX_OFFSETS = ("rax", "rcx", "rdx", "rbx", "eip", "hflags", "hflags2", "cs_base", "vm_vmcb", "cr4")
+assert len(FX_OFFSETS) == FX_N_OFF
+
+
+class _CpuidSlot(ctypes.Structure):
+    _fields_ = [("leaf", ctypes.c_uint32), ("subleaf", ctypes.c_uint32),
+                ("regs", ctypes.c_uint32 * 4), ("cr4", ctypes.c_uint64)]
+
+
+class _Fast(ctypes.Structure):
+    _fields_ = [("armed", ctypes.c_uint64), ("env", ctypes.c_uint64),
+                ("l1_vmcb", ctypes.c_uint64), ("hf_cs64", ctypes.c_uint64),
+                ("hf2_npt", ctypes.c_uint64), ("tsc", ctypes.c_uint64),
+                ("tsc_step", ctypes.c_uint64), ("rdtsc", ctypes.c_uint64),
+                ("cpuid", ctypes.c_uint64), ("off", ctypes.c_uint64 * FX_N_OFF),
+                ("vmem_read", ctypes.c_void_p), ("n_cpuid", ctypes.c_uint64),
+                ("cpuid_slots", _CpuidSlot * FX_CPUID_SLOTS)]
+
+
 class _Engine(ctypes.Structure):
     _fields_ = [("uc", ctypes.c_void_p), ("ctx", ctypes.c_void_p),
                 ("save", ctypes.c_void_p), ("restore", ctypes.c_void_p),
@@ -58,7 +82,7 @@ class _Engine(ctypes.Structure):
                 ("fallback", ctypes.c_void_p),
                 ("enabled", ctypes.c_uint64), ("replays", ctypes.c_uint64),
                 ("fallbacks", ctypes.c_uint64), ("seq", ctypes.c_uint64),
-                ("state", ctypes.c_uint64),
+                ("state", ctypes.c_uint64), ("fx", _Fast),
                 ("programs", (ctypes.c_void_p * PER_INTNO) * N_INTNO)]
 
 
@@ -73,8 +97,11 @@ class ReplayAbiMismatch(RuntimeError):
 def expected_abi() -> dict[str, int]:
     """What replay.c's replay_abi() must report: this module's ctypes layouts and numbers."""
     abi = {"sizeof(op)": ctypes.sizeof(_Op), "sizeof(engine)": ctypes.sizeof(_Engine),
-           "N_INTNO": N_INTNO, "PER_INTNO": PER_INTNO}
-    for prefix, struct_type in (("op", _Op), ("engine", _Engine)):
+           "N_INTNO": N_INTNO, "PER_INTNO": PER_INTNO, "sizeof(fast)": ctypes.sizeof(_Fast),
+           "sizeof(cpuid_slot)": ctypes.sizeof(_CpuidSlot), "FX_N_OFF": FX_N_OFF,
+           "FX_CPUID_SLOTS": FX_CPUID_SLOTS, "FX_EXIT_RDTSC": FX_EXIT_RDTSC,
+           "FX_EXIT_CPUID": FX_EXIT_CPUID}
+    for prefix, struct_type in (("op", _Op), ("engine", _Engine), ("fast", _Fast)):
         for name, _ in struct_type._fields_:
             abi[f"{prefix}.{name}"] = getattr(struct_type, name).offset
     abi.update({name: value for value, name in enumerate(OPCODES)})
@@ -244,6 +271,11 @@ class Engine:
     @property
     def seq(self) -> int:
         return self._e.seq
+
+    @property
+    def fast(self) -> "_Fast":
+        """The fast-exit words (emu/core/fast_exits.py owns their meaning)."""
+        return self._e.fx
 
     @property
     def replays(self) -> int:

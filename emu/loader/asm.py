@@ -55,14 +55,21 @@ from pathlib import Path
 from typing import Iterator
 
 from emu.errors import AsmError
+from emu.loader.gas.att import AttError, att_to_intel
+from emu.loader.gas.cpp import preprocess, uses_cpp
+from emu.loader.gas.intel import fold_constants, keystone_form, rewrite_operand
+from emu.loader.gas.locallabels import LocalLabels
+from emu.loader.gas.locallabels import is_internal as is_local_number
+from emu.loader.gas.macroargs import split_macro_args
+from emu.loader.gas.padding import code_padding
 
-IMAGE_BASE = 0x100000
-"""Physical load address of every assembled image (multiboot loads kernels at 1 MiB)."""
+from emu.loader.gas.lexer import LexError, statements
+from emu.loader.gas.link import IMAGE_BASE, SECTION_ORDER as _SECTION_ORDER
 
 GUESTS_DIR = Path(__file__).resolve().parents[2] / "guests"
 
 _MAX_INCLUDE_DEPTH = 16
-_MAX_MACRO_DEPTH = 64
+_MAX_MACRO_DEPTH = 100
 _MAX_REPEAT = 1 << 16
 _MAX_EXPANSION = 500_000   # lines after macros and .rept: ~100x the largest guest's
 _MAX_FILL = 16 << 20  # a bigger .space/.fill makes keystone crawl; no guest needs one
@@ -91,7 +98,20 @@ FIXED_BYTES: dict[str, tuple[tuple[str, ...], bytes]] = {
     "sysretd": (("",), b"\x0f\x07"),
     "sysretq": (("",), b"\x48\x0f\x07"),
     "lretq": (("",), b"\x48\xcb"),
+    "lret": (("",), b"\xcb"),
+    # keystone adds an operand-size prefix (66 9C is a 16-bit PUSHF); GNU as writes the
+    # default size for the mode
+    "pushf": (("",), b"\x9c"),
+    "popf": (("",), b"\x9d"),
 }
+
+_PREFIXES = {"lock", "rep", "repe", "repz", "repne", "repnz"}
+# LGDT/LIDT/SGDT/SIDT (0F 01 /2 /3 /0 /1) and the FF-group instructions with the same /reg.
+_DESCRIPTOR_TABLE_OPS = {"lgdt": "call dword ptr", "lidt": "lcall dword ptr", "sgdt": "inc dword ptr",
+                         "sidt": "dec dword ptr"}
+
+_IF_DIRECTIVES = {".if", ".ifdef", ".ifndef", ".ifb", ".ifnb", ".ifc", ".ifnc", ".ifeqs",
+                  ".ifnes", ".ifeq", ".ifne", ".ifgt", ".ifge", ".iflt", ".ifle"}
 
 _DATA_SIZES = {".byte": 1, ".word": 2, ".short": 2, ".2byte": 2, ".value": 2, ".long": 4,
                ".int": 4, ".4byte": 4, ".quad": 8, ".8byte": 8}
@@ -101,11 +121,7 @@ _PASS_DIRECTIVES = (set(_DATA_SIZES) | _ZERO_FILL | _ALIGN
                     | {".ascii", ".asciz", ".string", ".equ", ".set", ".globl", ".global"})
 _REFUSED_DIRECTIVES = {
     ".org": "keystone cannot assemble .org; use .space or .align",
-    ".section": "there are no sections; use .bss / .text",
-    ".data": "there are no sections; use .bss / .text",
     ".code16": "16-bit code is not supported",
-    ".incbin": ".incbin is not supported",
-    ".att_syntax": "sources are Intel syntax",
 }
 
 _KS_MESSAGES = {
@@ -143,6 +159,9 @@ class _Stmt:
     kind: str = "insn"  # insn | data | other | fixed
     shown: str = ""     # the statement as written (body is rewritten), for messages
     fixup: str = ""     # "strip66" for 32-bit descriptor-table instructions
+    section: str = "text"
+    align: int = 0      # for .align statements: the boundary
+    globals: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -154,6 +173,8 @@ class Assembly:
     bss_end: int
     symbols: dict[str, int]
     lines: list[tuple[int, int, Origin]]  # (address, size, origin) per statement, in address order
+    globals: list[str] = field(default_factory=list)
+    sections: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> [start, end)
 
 
 @dataclass
@@ -168,27 +189,25 @@ class _Macro:
 # Lexical helpers
 
 
-def _strip_comment(line: str, origin: Origin) -> str:
-    """Remove a trailing comment, respecting string and character literals (which may contain
-    '#' or ';'), and refuse unterminated literals: keystone hangs on them."""
-    quote = ""
-    i = 0
-    while i < len(line):
-        c = line[i]
-        if quote:
-            if c == "\\":
-                i += 2
-                continue
-            if c == quote:
-                quote = ""
-        elif c in "\"'":
-            quote = c
-        elif c in "#;":
-            return line[:i].rstrip()
-        i += 1
-    if quote:
-        raise origin.error("unterminated string or character literal")
-    return line.rstrip()
+def _source_lines(text: str, path: str, include_dirs: list[str]) -> list[tuple[str, Origin]]:
+    """Statements with their origins, through the C preprocessor when the file uses it."""
+    first = uses_cpp(path, text)
+    if not first:
+        return _lex(text, path)
+    lines = preprocess(path, text, include_dirs, first)
+    try:
+        found = statements("\n".join(t for _, _, t in lines))
+    except LexError as e:
+        file, line, _ = lines[e.line - 1]
+        raise AsmError(file, line, str(e)) from None
+    return [(st, Origin(lines[n - 1][0], lines[n - 1][1])) for n, st in found]
+
+
+def _lex(text: str, path: str) -> list[tuple[str, Origin]]:
+    try:
+        return [(st, Origin(path, n)) for n, st in statements(text)]
+    except LexError as e:
+        raise AsmError(path, e.line, str(e)) from None
 
 
 def _split_args(text: str) -> list[str]:
@@ -239,12 +258,15 @@ def _numeric(expr: str, consts: dict[str, int] | None = None) -> str | None:
     if consts:
         e = re.sub(rf"(?<![\w.$])({_IDENT})(?![\w.$])",
                    lambda m: f"({consts[m.group(1)]})" if m.group(1) in consts else m.group(1), e)
-    if not e or not re.fullmatch(r"[\s0-9A-Fa-fxXbBhH+\-*/%()<>|&^~]*", e):
+    if not e or not re.fullmatch(r"[\s0-9A-Fa-fxXbBhH+\-*/%()<>|&^~=!]*", e):
         return None
     e = _NUM_RE.sub(lambda m: str(_parse_num(m.group(1))), e).replace("/", "//")
+    e = e.replace("<>", "!=")
+    if re.search(r"(?<![<>=!])=(?!=)|!(?!=)", e):
+        return None
     if re.search(r"[A-Za-z]", e):
         return None
-    return e
+    return e.replace("&&", " and ").replace("||", " or ")
 
 
 def _eval_int(expr: str, consts: dict[str, int] | None = None) -> int | None:
@@ -267,6 +289,9 @@ _BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
            ast.RShift: lambda a, b: a >> b, ast.BitOr: lambda a, b: a | b,
            ast.BitAnd: lambda a, b: a & b, ast.BitXor: lambda a, b: a ^ b}
 _UNOPS = {ast.USub: lambda a: -a, ast.UAdd: lambda a: a, ast.Invert: lambda a: ~a}
+_CMPOPS = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b,
+           ast.Lt: lambda a, b: a < b, ast.LtE: lambda a, b: a <= b,
+           ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b}
 _MAX_BITS = 128        # wider than any operand; intermediate values beyond it are refused
 
 
@@ -280,6 +305,12 @@ def _arith(node: ast.AST) -> int:
         if isinstance(node.op, (ast.LShift, ast.RShift)) and not 0 <= right <= _MAX_BITS:
             raise ValueError("shift count out of range")
         value = _BINOPS[type(node.op)](left, right)
+    elif isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _CMPOPS:
+        # GNU as: a true comparison is -1, a false one 0
+        value = -int(_CMPOPS[type(node.ops[0])](_arith(node.left), _arith(node.comparators[0])))
+    elif isinstance(node, ast.BoolOp):
+        vals = [_arith(v) for v in node.values]
+        value = -int(all(vals) if isinstance(node.op, ast.And) else any(vals))
     else:
         raise ValueError("not integer arithmetic")
     if value.bit_length() > _MAX_BITS:
@@ -311,6 +342,9 @@ class _Expander:
         self.out: list[tuple[str, Origin]] = []
         self.included: set[Path] = set()
         self.stack: list[Path] = []
+        self.consts: dict[str, int] = {}
+        self.defined: set[str] = set()
+        self.exiting = False      # .exitm seen: unwind to the macro's invocation
 
     def read_file(self, path: Path, display: str, origin: Origin | None, depth: int) -> None:
         """Include-once: a file already read is skipped, so library files can include what
@@ -333,8 +367,7 @@ class _Expander:
         except UnicodeDecodeError as e:
             line = raw[: e.start].count(b"\n") + 1
             raise AsmError(display, line, "not UTF-8 text") from None
-        lines = [(_strip_comment(l, Origin(display, n)), Origin(display, n))
-                 for n, l in enumerate(text.splitlines(), 1)]
+        lines = _source_lines(text, display, [str(path.parent), *map(str, self.include_dirs)])
         self.included.add(key)
         self.stack.append(key)
         self.expand(lines, path.parent, depth, 0)
@@ -361,6 +394,38 @@ class _Expander:
                 continue
             word = stripped.split(None, 1)[0].lower()
             rest = stripped[len(word):].strip()
+            if word in _IF_DIRECTIVES:
+                branches, i = self._collect_if(lines, i, origin, word, rest)
+                for cond_word, cond_rest, cond_origin, body in branches:
+                    if cond_word == ".else" or self._condition(cond_word, cond_rest, cond_origin):
+                        self.expand(body, here, depth, mdepth)
+                        break
+                if self.exiting:
+                    return
+                continue
+            if word in (".else", ".elseif", ".endif"):
+                raise origin.error(f"{word} without .if")
+            if word in (".err", ".error"):
+                msg = rest.strip()
+                if word == ".error":
+                    m = re.fullmatch(r'"((?:\\.|[^"\\])*)"', msg)
+                    msg = m.group(1) if m else msg
+                raise origin.error(msg or ".err encountered")
+            if word in (".warning", ".print"):
+                continue
+            if word == ".exitm":
+                if mdepth == 0:
+                    raise origin.error(".exitm outside a macro")
+                self.exiting = True
+                return
+            if word in (".irp", ".irpc"):
+                body, i = self._collect(lines, i, origin, word, ".endr", (".rept", ".irp", ".irpc"))
+                self._irp(word, rest, body, origin, here, depth, mdepth)
+                continue
+            if word == ".incbin":
+                self._incbin(rest, origin, here)
+                continue
+            self._track(stripped, origin)
             if word == ".include":
                 m = re.fullmatch(r'"([^"]+)"', rest)
                 if not m:
@@ -375,13 +440,15 @@ class _Expander:
             elif word in (".endm", ".endr"):
                 raise origin.error(f"{word} without a matching opening directive")
             elif word == ".rept":
-                body, i = self._collect(lines, i, origin, ".rept", ".endr")
+                body, i = self._collect(lines, i, origin, ".rept", ".endr", (".rept", ".irp", ".irpc"))
                 n = _eval_int(rest)
                 if n is None or not 0 <= n <= _MAX_REPEAT:
                     raise origin.error(f".rept count must be a number from 0 to {_MAX_REPEAT}")
                 for _ in range(n):
                     self.work += 1          # an empty body repeated still costs a step
                     self.expand(body, here, depth, mdepth)
+                    if self.exiting:
+                        return
             else:
                 label_end = 0
                 while m := _LABEL_RE.match(stripped, label_end):
@@ -396,16 +463,134 @@ class _Expander:
                 else:
                     self.out.append((stripped, origin))
 
+    def _track(self, stripped: str, origin: Origin) -> None:
+        """Constants and labels defined so far, which .if/.ifdef read as GNU as does: at the
+        point of the directive, in one pass."""
+        pos = 0
+        while m := _LABEL_RE.match(stripped, pos):
+            self.defined.add(m.group(1))
+            pos = m.end()
+        body = stripped[pos:].strip()
+        m = (re.fullmatch(rf"(?i)\.(?:equ|set)\s+({_IDENT})\s*,\s*(.+)", body)
+             or re.fullmatch(rf"({_IDENT})\s*=\s*(.+)", body))
+        if m:
+            self.defined.add(m.group(1))
+            value = _eval_int(m.group(2), self.consts)
+            if value is None:
+                self.consts.pop(m.group(1), None)
+            else:
+                self.consts[m.group(1)] = value
+
+    def _condition(self, word: str, rest: str, origin: Origin) -> bool:
+        if word in (".ifdef", ".ifndef"):
+            name = rest.strip()
+            if not re.fullmatch(_IDENT, name):
+                raise origin.error(f"{word} needs a symbol name")
+            return (name in self.defined or name in self.macros) == (word == ".ifdef")
+        if word in (".ifb", ".ifnb"):
+            return (rest.strip() == "") == (word == ".ifb")
+        if word in (".ifc", ".ifnc", ".ifeqs", ".ifnes"):
+            parts = _split_args(rest)
+            if len(parts) != 2:
+                raise origin.error(f"{word} needs two strings separated by a comma")
+            a, b = (p.strip() for p in parts)
+            if word in (".ifeqs", ".ifnes"):
+                a, b = a.strip('"'), b.strip('"')
+            else:
+                a, b = (x[1:-1] if len(x) >= 2 and x[0] == x[-1] == "'" else x for x in (a, b))
+            return (a == b) == (word in (".ifc", ".ifeqs"))
+        word = ".elseif" if word == ".elseif" else word
+        value = _eval_int(rest, self.consts)
+        if value is None:
+            raise origin.error(f"{word if word != '.elseif' else '.elseif'}: the condition "
+                               f"'{rest.strip()}' is not a constant here (GNU as evaluates it "
+                               f"at this line, with what is defined above it)")
+        test = {".if": value != 0, ".elseif": value != 0, ".ifne": value != 0,
+                ".ifeq": value == 0, ".ifgt": value > 0, ".ifge": value >= 0,
+                ".iflt": value < 0, ".ifle": value <= 0}
+        return test[word]
+
+    def _collect_if(self, lines: list[tuple[str, Origin]], i: int, origin: Origin, word: str,
+                    rest: str) -> tuple[list[tuple[str, str, Origin, list[tuple[str, Origin]]]], int]:
+        """The branches of an .if ... .elseif ... .else ... .endif block, each with its body."""
+        branches = [(word, rest, origin, [])]
+        level = 1
+        while i < len(lines):
+            text, o = lines[i]
+            i += 1
+            st = text.strip()
+            w = st.split(None, 1)[0].lower() if st else ""
+            if w in _IF_DIRECTIVES:
+                level += 1
+            elif w == ".endif":
+                level -= 1
+                if level == 0:
+                    return branches, i
+            elif level == 1 and w in (".else", ".elseif"):
+                if branches[-1][0] == ".else":
+                    raise o.error(f"{w} after .else")
+                branches.append((w, st[len(w):].strip(), o, []))
+                continue
+            branches[-1][3].append((text, o))
+        raise origin.error(f"{word} without .endif")
+
+    def _irp(self, word: str, rest: str, body: list[tuple[str, Origin]], origin: Origin,
+             here: Path, depth: int, mdepth: int) -> None:
+        m = re.fullmatch(r"([A-Za-z_]\w*)\s*(?:,\s*|\s+|$)(.*)", rest.strip())
+        if not m:
+            raise origin.error(f"{word} needs a parameter name")
+        name, values_text = m.group(1), m.group(2)
+        if word == ".irp":
+            try:
+                values = split_macro_args(values_text) if values_text.strip() else [""]
+            except ValueError as e:
+                raise origin.error(str(e)) from None
+        else:
+            values = list(values_text.strip()) or [""]
+        for v in values:
+            self.work += 1
+            new = [(re.sub(rf"\\{name}(?!\w)", lambda _m: v, t).replace("\\()", ""), o)
+                   for t, o in body]
+            self.expand(new, here, depth, mdepth)
+            if self.exiting:
+                return
+
+    def _incbin(self, rest: str, origin: Origin, here: Path) -> None:
+        """The file's bytes as .byte statements (GNU as: .incbin "file"[, skip[, count]])."""
+        args = _split_args(rest)
+        m = re.fullmatch(r'"([^"]+)"', args[0]) if args else None
+        if not m:
+            raise origin.error('.incbin needs a quoted file name: .incbin "file"[, skip[, count]]')
+        p = self.find_include(m.group(1), here)
+        if p is None:
+            raise origin.error(f".incbin file not found: {m.group(1)}")
+        nums = [_eval_int(a, self.consts) for a in args[1:3]]
+        if any(v is None or v < 0 for v in nums):
+            raise origin.error(".incbin skip and count must be non-negative constants")
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise origin.error(f"cannot read {m.group(1)}: {e.strerror or e}") from None
+        skip = nums[0] if nums else 0
+        if skip > len(data):
+            raise origin.error(f".incbin skip {skip} is beyond the end of {m.group(1)}")
+        data = data[skip: skip + nums[1]] if len(nums) > 1 else data[skip:]
+        if len(data) > _MAX_FILL:
+            raise origin.error(f".incbin of more than {_MAX_FILL:#x} bytes")
+        for k in range(0, len(data), 64):
+            self.out.append((".byte " + ",".join(str(b) for b in data[k:k + 64]), origin))
+
     def _collect(self, lines: list[tuple[str, Origin]], i: int, origin: Origin, opener: str,
-                 closer: str) -> tuple[list[tuple[str, Origin]], int]:
+                 closer: str, openers: tuple[str, ...] = ()) -> tuple[list[tuple[str, Origin]], int]:
         """Body lines up to the matching closer (nested openers of the same kind count)."""
         level = 1
         body = []
+        openers = openers or (opener,)
         while i < len(lines):
             text, o = lines[i]
             i += 1
             w = text.strip().split(None, 1)[0].lower() if text.strip() else ""
-            if w == opener:
+            if w in openers:
                 level += 1
             elif w == closer:
                 level -= 1
@@ -435,7 +620,10 @@ class _Expander:
                 mdepth: int) -> None:
         if mdepth >= _MAX_MACRO_DEPTH:
             raise origin.error(f"macro '{macro.name}' expands itself too deeply")
-        args = _split_args(args_text) if args_text else []
+        try:
+            args = split_macro_args(args_text) if args_text else []
+        except ValueError as e:
+            raise origin.error(str(e)) from None
         if len(args) > len(macro.params):
             raise origin.error(f"macro '{macro.name}' takes {len(macro.params)} arguments, "
                                f"got {len(args)}")
@@ -464,58 +652,139 @@ class _Expander:
                            origin.via + (f"macro {macro.name} at {o.path}:{o.line}",))
             body.append((new, inner))
         self.expand(body, here, depth, mdepth + 1)
+        self.exiting = False
 
 
 # ---------------------------------------------------------------------------------------------
 # Pass 2: classify, rewrite, guard
 
 
-def _classify(exp: list[tuple[str, Origin]]) -> tuple[list[_Stmt], list[_Stmt]]:
-    """Split into text and bss statements, tracking the mode, rewriting what keystone gets wrong
-    and refusing what makes it hang or crash."""
-    text: list[_Stmt] = []
-    bss: list[_Stmt] = []
+# Directives that carry information for an object file or a debugger, not bytes: accepted with
+# GNU as's syntax, recorded where svmemu uses them (.globl for the ELF symbol table).
+_META_DIRECTIVES = {".globl", ".global", ".extern", ".weak", ".type", ".size", ".file", ".loc",
+                    ".ident", ".hidden", ".local", ".protected", ".internal", ".loc_mark_labels",
+                    ".addrsig", ".addrsig_sym", ".end"}
+
+
+def _section_of(name: str, origin: Origin) -> str:
+    n = name.strip().strip('"')
+    for prefix, section in ((".multiboot", "text"), (".text", "text"), (".rodata", "rodata"),
+                            (".data", "data"), (".bss", "bss")):
+        if n == prefix or n.startswith(prefix + ".") or (prefix == ".multiboot" and n.startswith(prefix)):
+            return section
+    if n.startswith(".note") or n.startswith(".comment") or n.startswith(".debug"):
+        return "discard"
+    raise origin.error(f"section {n}: the image has .text, .rodata, .data and .bss (and their "
+                       f".NAME subsections, and .multiboot* placed first); other sections need a "
+                       f"linker script: link with GNU ld")
+
+
+def _split_labels(line: str) -> tuple[list[str], str]:
+    """Leading labels (``name:`` and GNU as numeric labels ``1:``) and the statement after them."""
+    pos = 0
+    labels = []
+    while True:
+        m = _LABEL_RE.match(line, pos) or _NUM_LABEL_RE.match(line, pos)
+        if not m:
+            break
+        labels.append(m.group(1))
+        pos = m.end()
+    return labels, line[pos:].strip()
+
+
+_NUM_LABEL_RE = re.compile(r"\s*(\d+)\s*:(?!:)")
+
+
+def _classify(exp: list[tuple[str, Origin]]) -> dict[str, list[_Stmt]]:
+    """Sort statements into sections, tracking the mode and syntax, giving each its GNU as
+    meaning, rewriting what keystone gets wrong and refusing what makes it hang or crash."""
+    sections: dict[str, list[_Stmt]] = {k: [] for k in (*_SECTION_ORDER, "discard")}
+    totals: dict[str, int] = {}
+    for line, _origin in exp:
+        for lab in _split_labels(line)[0]:
+            if lab.isdigit():
+                totals[str(int(lab))] = totals.get(str(int(lab)), 0) + 1
+    local = LocalLabels(totals)
     mode = 64
-    section = text
+    syntax = ""             # "" = not declared (Intel, svmemu's default), "intel", "att"
+    current = "text"
+    previous = "text"
+    stack: list[str] = []
     seen: dict[str, Origin] = {}
     consts: dict[str, int] = {}
     for line, origin in exp:
-        pos = 0
-        labels = []
-        while m := _LABEL_RE.match(line, pos):
-            labels.append(m.group(1))
-            pos = m.end()
-        body = line[pos:].strip()
+        labels, body = _split_labels(line)
         for lab in labels:
-            if lab.startswith(_INTERNAL_PREFIX) or lab in ("__bss_start", "__bss_end",
-                                                          "__image_start"):
+            if lab.startswith(_INTERNAL_PREFIX) or lab in _LAYOUT_SYMBOLS:
                 raise origin.error(f"label name '{lab}' is reserved by the assembler")
+        labels = [local.define(lab) if lab.isdigit() else lab for lab in labels]
+        for lab in labels:
             if lab in seen:
                 o = seen[lab]
                 raise origin.error(f"label '{lab}' already defined at {o.path}:{o.line}")
             seen[lab] = origin
-        if re.match(r"\d+\s*:", body):
-            raise origin.error("numeric labels (1:) are not supported by keystone; use .Lname:")
         if body.startswith(":"):
             raise origin.error("label without a name")
         if body and not re.match(r"[A-Za-z_.]", body):
             # keystone 0.9.2 hangs on a statement that starts with any other character
             raise origin.error(f"a statement must start with an instruction, a directive or a "
                                f"label: {body}")
+        shown = body
+        if body:
+            body, problem = local.rewrite(body)
+            if problem:
+                raise origin.error(problem)
         word = body.split(None, 1)[0].lower() if body else ""
         rest = body[len(word):].strip()
-        st = _Stmt(line, origin, labels, body, mode, shown=body)
+        st = _Stmt(line, origin, labels, body, mode, shown=shown, section=current)
         if word in (".code32", ".code64"):
             if rest:
                 raise origin.error(f"{word} takes no operand")
             mode = 32 if word == ".code32" else 64
             st.kind = "other"
-            section.append(st)
+            sections[current].append(st)
             continue
-        if word in (".bss", ".text"):
+        if word in (".intel_syntax", ".att_syntax"):
+            if word == ".intel_syntax" and rest.lower() != "noprefix":
+                raise origin.error(".intel_syntax: only 'noprefix' is supported (registers "
+                                   "without %): .intel_syntax noprefix")
+            if word == ".att_syntax" and rest.lower() not in ("", "prefix"):
+                raise origin.error(".att_syntax: only the default 'prefix' form is supported")
+            syntax = "intel" if word == ".intel_syntax" else "att"
+            st.kind = "other"
+            st.body = ""
+            sections[current].append(st)
+            continue
+        if word in (".text", ".data", ".bss", ".section", ".previous", ".pushsection",
+                    ".popsection"):
+            if word == ".previous":
+                target = previous
+            elif word == ".popsection":
+                if not stack:
+                    raise origin.error(".popsection without .pushsection")
+                target = stack.pop()
+            elif word in (".section", ".pushsection"):
+                if not rest:
+                    raise origin.error(f"{word} needs a section name")
+                target = _section_of(_split_args(rest)[0], origin)
+                if word == ".pushsection":
+                    stack.append(current)
+            else:
+                if rest and _eval_int(rest, consts) != 0:
+                    raise origin.error(f"{word} {rest}: numbered subsections are not supported")
+                target = word[1:]
+            previous, current = current, target
             if labels:
-                raise origin.error(f"a label cannot be on a {word} line")
-            section = bss if word == ".bss" else text
+                st.body = ""
+                st.kind = "other"
+                sections[previous].append(st)
+            continue
+        if word in _META_DIRECTIVES or word.startswith(".cfi_"):
+            if word in (".globl", ".global", ".weak"):
+                st.globals = [a.strip() for a in _split_args(rest) if a.strip()]
+            st.body = ""
+            st.kind = "other"
+            sections[current].append(st)
             continue
         _guard_syntax(body, origin)
         assign = re.fullmatch(rf"({_IDENT})\s*=\s*(.+)", body)
@@ -535,16 +804,44 @@ def _classify(exp: list[tuple[str, Origin]]) -> tuple[list[_Stmt], list[_Stmt]]:
                 consts.pop(assign.group(1), None)
             st.kind = "other"
         elif word.startswith("."):
-            _check_directive(word, rest, origin, section is bss, consts)
-            st.kind = "data" if word in _DATA_SIZES else "other"
+            _check_directive(word, rest, origin, current == "bss", consts)
+            st.kind = ("data" if word in _DATA_SIZES else "align" if word in _ALIGN
+                       else "other")
+            if word in _ALIGN:
+                st.align = _alignment(word, rest, consts)
         elif word:
-            if section is bss:
+            if current == "bss":
                 raise origin.error("instructions cannot go in .bss")
-            _rewrite_insn(st, word, rest)
+            if current == "discard":
+                raise origin.error("instructions in a section the image does not hold")
+            if syntax == "att" or (not syntax and _looks_att(rest)):
+                if not syntax:
+                    syntax = "att"
+                try:
+                    body = att_to_intel(body, mode)
+                except AttError as e:
+                    raise origin.error(f"{e}: {shown}") from None
+                st.body = body
+                word = body.split(None, 1)[0].lower()
+                rest = body[len(word):].strip()
+                _guard_syntax(body, origin)
+            _rewrite_insn(st, word, rest, consts)
         else:
             st.kind = "other"
-        section.append(st)
-    return text, bss
+        sections[current].append(st)
+    return sections
+
+
+def _looks_att(operands: str) -> bool:
+    """An instruction written in AT&T syntax (``%reg``, ``$imm``) before any syntax directive:
+    GNU as's default syntax, so it is read as GNU as reads it."""
+    return bool(re.search(r"(?<![\w.$])%[a-z]", operands.lower()) or
+                re.match(r"\s*\$", operands))
+
+
+def _alignment(word: str, rest: str, consts: dict[str, int]) -> int:
+    n = _eval_int(_split_args(rest)[0], consts) or 0
+    return 1 << n if word == ".p2align" else n
 
 
 def _guard_syntax(body: str, origin: Origin) -> None:
@@ -605,7 +902,7 @@ def _check_directive(word: str, rest: str, origin: Origin, in_bss: bool,
         raise origin.error(f"{word} {rest} cannot go in .bss (only labels, .space N, .align N)")
 
 
-def _rewrite_insn(st: _Stmt, word: str, rest: str) -> None:
+def _rewrite_insn(st: _Stmt, word: str, rest: str, consts: dict[str, int]) -> None:
     ops = re.sub(r"\s+", "", rest.lower())
     if word in FIXED_BYTES:
         allowed, code = FIXED_BYTES[word]
@@ -615,6 +912,11 @@ def _rewrite_insn(st: _Stmt, word: str, rest: str) -> None:
         if word == "lretq" and st.mode == 32:
             raise st.origin.error("lretq does not exist in 32-bit code")
         st.body = ".byte " + ",".join(f"{b:#04x}" for b in code)
+        st.kind = "fixed"
+        return
+    if word == "int" and _eval_int(rest, consts) == 3:
+        # GNU as encodes "int 3" as INT3 (CC), not CD 03
+        st.body = ".byte 0xcc"
         st.kind = "fixed"
         return
     if "[" not in rest and (word == "ljmp" or word == "jmp" and ":" in rest):
@@ -627,8 +929,25 @@ def _rewrite_insn(st: _Stmt, word: str, rest: str) -> None:
         st.body = f".byte 0xea\n.long {m.group(2)}\n.word {m.group(1)}"
         st.kind = "fixed"
         return
-    if st.mode == 32 and word in ("lgdt", "lidt", "sgdt", "sidt"):
-        st.fixup = "strip66"
+    prefixes = ""
+    while word in _PREFIXES and rest:
+        prefixes += word + " "
+        word = rest.split(None, 1)[0].lower()
+        rest = rest[len(word):].strip()
+    if rest:
+        args = _split_args(rest)
+        args = [rewrite_operand(a, word, st.mode, consts, _eval_int, len(args)) for a in args]
+        args = keystone_form(word, args, st.mode, consts, _eval_int)
+        args = [fold_constants(a, consts) for a in args]
+        rest = ", ".join(args)
+    st.body = f"{prefixes}{word} {rest}".strip()
+    if st.mode == 32 and word in _DESCRIPTOR_TABLE_OPS and "[" in rest:
+        # keystone gives these a 0x66 prefix in 32-bit code (a 24-bit base). The FF group
+        # instruction with the same ModRM reg field has the same operand encoding: it is
+        # assembled in their place and its opcode byte turned into 0F 01.
+        operand = re.sub(r"(?i)^\s*\w+\s+ptr\s+", "", rest)
+        st.body = f"{prefixes}.byte 0x0f\n{_DESCRIPTOR_TABLE_OPS[word]} {operand}"
+        st.fixup = "ff_to_0f01"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -862,8 +1181,7 @@ def assemble_text(source: str, path: str = "<string>", include_dirs: list[str] |
     """Assemble source text as if read from ``path`` (includes resolve relative to its folder)."""
     dirs = [Path(d) for d in include_dirs] if include_dirs is not None else [GUESTS_DIR]
     exp = _Expander(dirs)
-    lines = [(_strip_comment(l, Origin(path, n)), Origin(path, n))
-             for n, l in enumerate(source.splitlines(), 1)]
+    lines = _source_lines(source, path, [str(Path(path).parent), *map(str, dirs)])
     exp.expand(lines, Path(path).parent, 0, 0)
     return _assemble(exp.out)
 
@@ -906,12 +1224,23 @@ def _rename_dot_labels(stmts: list[_Stmt]) -> dict[str, str]:
 
 
 def _assemble(exp: list[tuple[str, Origin]]) -> Assembly:
-    text, bss = _classify(exp)
-    original = _rename_dot_labels(text + bss)
-    bss_first = len(text)
+    sections = _classify(exp)
     marker = Origin("<assembler>", 0)
-    stmts = text + [_Stmt("", marker, ["__bss_start"], kind="other")] + bss + [
-        _Stmt("", marker, ["__bss_end"], kind="other")]
+    stmts: list[_Stmt] = []
+    starts: dict[str, int] = {}
+    for name in _SECTION_ORDER:
+        part = sections[name]
+        boundary = max([st.align for st in part if st.kind == "align"] + [1])
+        if name == "bss":
+            stmts.append(_Stmt("", marker, ["__bss_start"], kind="other", section=name))
+        if boundary > 1 and stmts:
+            # the linker aligns each section to its largest .align and fills the gap with zeros
+            stmts.append(_Stmt("", marker, [], body=f".align {boundary}", kind="align",
+                               section="gap", align=boundary))
+        starts[name] = len(stmts)
+        stmts.extend(part)
+    stmts.append(_Stmt("", marker, ["__bss_end"], kind="other", section="bss"))
+    original = _rename_dot_labels(stmts)
     # In case the bss ends in 32-bit mode, the table's .quad are mode independent.
     source = (f"__image_start = {IMAGE_BASE:#x}\n" + _render(stmts, True) + "\n"
               + f"{_INTERNAL_PREFIX}end:\n"
@@ -924,27 +1253,40 @@ def _assemble(exp: list[tuple[str, Origin]]) -> Assembly:
     n = len(stmts) + 1
     if len(out) < 8 * n:
         raise AsmError("<assembler>", 0, "internal error: line table missing from output")
-    table = [int.from_bytes(out[len(out) - 8 * n + 8 * k: len(out) - 8 * n + 8 * k + 8], "little")
+    addrs = [int.from_bytes(out[len(out) - 8 * n + 8 * k: len(out) - 8 * n + 8 * k + 8], "little")
              for k in range(n)]
-    addrs = table
     body = bytearray(out[: len(out) - 8 * n])
-    if len(body) != table[-1] - IMAGE_BASE or any(
-            not IMAGE_BASE <= a <= table[-1] for a in addrs):
+    if len(body) != addrs[-1] - IMAGE_BASE or any(
+            not IMAGE_BASE <= a <= addrs[-1] for a in addrs):
         raise AsmError("<assembler>", 0, "internal error: inconsistent line table")
     symbols: dict[str, int] = {}
+    globals_: list[str] = []
     line_table: list[tuple[int, int, Origin]] = []
     for k, st in enumerate(stmts):
         start, end = addrs[k], addrs[k + 1]
         chunk = bytes(body[start - IMAGE_BASE: end - IMAGE_BASE])
         for lab in st.labels:
-            symbols[original.get(lab, lab)] = start
-        if st.fixup == "strip66" and chunk[:1] == b"\x66":
-            chunk = chunk[1:] + b"\x90"
+            if not is_local_number(lab):
+                symbols[original.get(lab, lab)] = start
+        globals_.extend(st.globals)
+        if st.kind == "align":
+            chunk = code_padding(len(chunk)) if st.section == "text" else bytes(len(chunk))
+            body[start - IMAGE_BASE: end - IMAGE_BASE] = chunk
+        if st.fixup == "ff_to_0f01":
+            if chunk[:2] != b"\x0f\xff":
+                raise st.origin.error(f"internal error: unexpected encoding of {st.shown}")
+            chunk = b"\x0f\x01" + chunk[2:]
             body[start - IMAGE_BASE: end - IMAGE_BASE] = chunk
         if st.origin.path != "<assembler>":
             _check_statement(st, start, chunk)
-            line_table.append((start, end - start, st.origin))
-    bss_start = addrs[bss_first]
+            if end > start:
+                line_table.append((start, end - start, st.origin))
+    bss_start = symbols["__bss_start"] if "__bss_start" in symbols else addrs[starts["bss"]]
     bss_end = addrs[len(stmts) - 1]
+    section_ranges = {}
+    bounds = [starts[name] for name in _SECTION_ORDER] + [len(stmts) - 1]
+    for i, name in enumerate(_SECTION_ORDER):
+        section_ranges[name] = (addrs[bounds[i]], addrs[bounds[i + 1]])
     symbols.update(__image_start=IMAGE_BASE, __bss_start=bss_start, __bss_end=bss_end)
-    return Assembly(bytes(body[: bss_start - IMAGE_BASE]), IMAGE_BASE, bss_end, symbols, line_table)
+    return Assembly(bytes(body[: bss_start - IMAGE_BASE]), IMAGE_BASE, bss_end, symbols, line_table,
+                    sorted(set(g for g in globals_ if g in symbols)), section_ranges)

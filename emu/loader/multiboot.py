@@ -6,8 +6,10 @@ QEMU would take for a Linux kernel ("HdrS" at 0x202) is refused.  With flags bit
 kludge) the header's addresses place the file; otherwise the file must be ELF (emu/loader/elf.py).
 Header flag bits other than 16 are ignored, as QEMU ignores them (it only warns about bit 2,
 video mode).  On top of QEMU we refuse what would break the machine instead of the guest:
-segments outside RAM, in the first 4 KiB, in the information area or the EBDA/VGA/BIOS hole
-below 1 MiB, overlapping each other; an entry point outside RAM.
+segments outside RAM, in the first 4 KiB or the EBDA/VGA/BIOS hole below 1 MiB, overlapping
+each other; an entry point outside RAM.  A segment over the information area loads: QEMU's
+multiboot option ROM writes the information block first and the kernel after it, so the
+kernel's bytes win (kvm-unit-tests' realmode.flat lives at 0x8000-0xa86c and ignores EBX).
 
 The information block: measured on QEMU 7.2 (guests/mbinfo.S, ``-m 128``): flags 0x24F (memory,
 boot device, cmdline, modules (emu/loader/modules.py: count and array address as QEMU sets
@@ -50,17 +52,15 @@ MMAP_RESERVED = E820_RESERVED
 MBI_ADDR = 0x9500
 """Where the machine places build_mbi's bytes and what EBX holds at entry (QEMU's address)."""
 MBI_AREA_END = 0xA000
-"""End of the area reserved for the information block; no image may load into [MBI_ADDR, here)."""
+"""End of the area the information block may fill; a kernel segment loaded over it wins."""
 BOOT_DEVICE_NONE = 0x8000FFFF
 LOADER_NAME = b"svmemu\0"
 
 ROM_WINDOW_START = 0xA0000      # VGA window, option ROMs, BIOS: nothing a kernel load can change
 ROM_WINDOW_END = 0x100000
 
-# Ranges no image may load into: the real-mode IVT/BDA page, the information block, and the
-# EBDA/VGA/BIOS hole below 1 MiB.
+# Ranges no image may load into: the real-mode IVT/BDA page and the EBDA/VGA/BIOS hole below 1 MiB.
 _FORBIDDEN = [(0, 0x1000, "the first 4 KiB"),
-              (MBI_ADDR, MBI_AREA_END, "the multiboot information area"),
               (LOW_RAM_END, 0x100000, "the EBDA/VGA/BIOS area below 1 MiB")]
 
 

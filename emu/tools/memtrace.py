@@ -71,4 +71,5 @@ class MemTrace:
             return
         ctx = m.ctx.save()
         where = f"[{m.level()} {ctx.mode_bits()} cpl{ctx.cpl}] {self.pc:#x}"
-        m.tracer.line("mem", where, self.line(access == UC_MEM_WRITE, address, size, value))
+        m.tracer.line("mem", where, self.line(access == UC_MEM_WRITE, address, size, value),
+                      rip=self.pc)

@@ -7,8 +7,15 @@ The clock shows a fixed date (DEFAULT_DATE, 2024-01-01 00:00:00, a Monday) plus 
 (clock.py: one second per TSC_HZ ticks), so a run reads the same date every time. Status A is
 0x26 (32.768 kHz divider, 1024 Hz rate) with UIP set during the last 244 µs of each second;
 status B 0x02 (24-hour, BCD; the guest may select binary or 12-hour, and bit 7 SET freezes the
-clock while the guest writes it); status C reads 0 (no periodic, alarm or update interrupts are
-raised on IRQ8); status D 0x80 (valid RAM and time). Time registers can be written.
+clock while the guest writes it); status D 0x80 (valid RAM and time). Time registers can be
+written.
+
+Interrupts on ISA IRQ 8, in virtual time: status C collects the periodic flag (at the rate
+status A's RS bits select from the 32.768 kHz divider chain; as in QEMU, only while PIE is set,
+where an MC146818 sets it regardless), the update-ended flag at each second and the alarm flag when the time matches the
+alarm bytes (0xC0-0xFF in an alarm byte matches anything); a flag that status B enables sets IRQF
+and raises the line, and reading status C clears the flags and lowers it. The oscillator runs
+only with status A's divider at 010 (the firmware's setting).
 
 Memory-size bytes, as QEMU's pc machine sets them: 0x15/0x16 base memory (640 KiB), 0x17/0x18
 and 0x30/0x31 extended memory above 1 MiB in KiB (at most 0xFFFF), 0x34/0x35 memory above 16 MiB
@@ -22,7 +29,7 @@ import datetime
 from typing import Callable, Iterable
 
 from emu.core.devices.base import PortDevice
-from emu.core.devices.clock import TSC_HZ
+from emu.core.devices.clock import TSC_HZ, cycles, tsc_at
 
 CMOS_INDEX = 0x70
 CMOS_DATA = 0x71
@@ -42,7 +49,16 @@ SHUTDOWN_RESUME_CODES = frozenset({0x05, 0x0A, 0x0B, 0x0C})
 
 REG_A_UIP = 0x80
 REG_A_DEFAULT = 0x26
+REG_A_DV_MASK = 0x70
+REG_A_DV_32KHZ = 0x20          # divider 010: the 32.768 kHz time base runs
+REG_A_RS_MASK = 0x0F
 REG_B_SET = 0x80
+REG_B_PIE, REG_B_AIE, REG_B_UIE = 0x40, 0x20, 0x10
+REG_C_IRQF, REG_C_PF, REG_C_AF, REG_C_UF = 0x80, 0x40, 0x20, 0x10
+REG_C_FLAGS = REG_C_PF | REG_C_AF | REG_C_UF
+ALARM_DONT_CARE = 0xC0
+RTC_OSC_HZ = 32_768
+RTC_IRQ = 8
 REG_B_DM_BINARY = 0x04
 REG_B_24H = 0x02
 REG_D_VRT = 0x80
@@ -98,6 +114,12 @@ class Cmos(PortDevice):
         # The clock: seconds since the epoch at virtual time 0.
         self.base = int((date - datetime.datetime(1970, 1, 1)).total_seconds())
         self.frozen: int | None = None          # seconds shown while status B.SET is 1
+        self.irq: Callable[[int], None] = lambda level: None     # IRQ 8, set by the platform
+        self.routed: Callable[[], bool] = lambda: False
+        self.reg_c = 0
+        self.level = 0
+        self.periods = self._periods(self.now())    # periodic ticks counted so far
+        self.seconds = self.now() // TSC_HZ         # second boundaries counted so far
 
     def ports(self) -> Iterable[int]:
         return (CMOS_INDEX, CMOS_DATA)
@@ -168,6 +190,58 @@ class Cmos(PortDevice):
         else:
             self.base = secs - self.now() // TSC_HZ
 
+    # ---- interrupts (IRQ 8) ----------------------------------------------------------------
+    def _running(self) -> bool:
+        return self.ram[RTC_REG_A] & REG_A_DV_MASK == REG_A_DV_32KHZ
+
+    def _period(self) -> int | None:
+        """Oscillator cycles between periodic flags, or None when RS selects none."""
+        rs = self.ram[RTC_REG_A] & REG_A_RS_MASK
+        if not rs or not self._running():
+            return None
+        return 1 << ((rs + 7 if rs <= 2 else rs) - 1)   # RS 1 and 2 repeat RS 8 and 9
+
+    def _periods(self, now: int) -> int:
+        period = self._period()
+        return cycles(now, RTC_OSC_HZ) // period if period else 0
+
+    def deadline(self) -> int | None:
+        """The next time a flag that status B enables is set, while it could raise the line."""
+        if self.level or not self.routed():
+            return None
+        b = self.ram[RTC_REG_B]
+        times = []
+        period = self._period()
+        if b & REG_B_PIE and period:
+            times.append(tsc_at((self.periods + 1) * period, RTC_OSC_HZ))
+        if b & (REG_B_UIE | REG_B_AIE) and self.frozen is None and self._running():
+            times.append((self.seconds + 1) * TSC_HZ)
+        return min(times) if times else None
+
+    def tick(self, now: int) -> None:
+        periods = self._periods(now)
+        if periods > self.periods and self.ram[RTC_REG_B] & REG_B_PIE:
+            self.reg_c |= REG_C_PF
+        self.periods = periods
+        seconds = now // TSC_HZ
+        if seconds > self.seconds and self.frozen is None and self._running():
+            self.reg_c |= REG_C_UF
+            if all(self.ram[alarm] >= ALARM_DONT_CARE or self.ram[alarm] == self._clock_reg(reg)
+                   for alarm, reg in zip(RTC_ALARMS, (RTC_SECONDS, RTC_MINUTES, RTC_HOURS))):
+                self.reg_c |= REG_C_AF
+        self.seconds = seconds
+        self._update_irq()
+
+    def _update_irq(self) -> None:
+        if self.reg_c & self.ram[RTC_REG_B] & REG_C_FLAGS:
+            self.reg_c |= REG_C_IRQF
+        else:
+            self.reg_c &= ~REG_C_IRQF
+        level = int(bool(self.reg_c & REG_C_IRQF))
+        if level != self.level:
+            self.level = level
+            self.irq(level)
+
     # ---- ports -----------------------------------------------------------------------------
     def read(self, port: int, size: int) -> int:
         if port == CMOS_INDEX:
@@ -181,7 +255,10 @@ class Cmos(PortDevice):
                                 self.now() % TSC_HZ >= TSC_HZ - UIP_WINDOW) else 0
             return (self.ram[i] & 0x7F) | uip
         if i == RTC_REG_C:
-            return 0
+            self.tick(self.now())
+            value, self.reg_c = self.reg_c, 0
+            self._update_irq()
+            return value
         return self.ram[i]
 
     def write(self, port: int, size: int, value: int) -> None:
@@ -195,14 +272,18 @@ class Cmos(PortDevice):
                  RTC_CENTURY):
             self._set_clock_reg(i, value)
         elif i == RTC_REG_A:
+            self.tick(self.now())
             self.ram[i] = value & 0x7F
+            self.periods = self._periods(self.now())     # the new rate counts from here
         elif i == RTC_REG_B:
             if value & REG_B_SET and self.frozen is None:
                 self.frozen = self._seconds()
             elif not value & REG_B_SET and self.frozen is not None:
                 self.base = self.frozen - self.now() // TSC_HZ
                 self.frozen = None
+            self.tick(self.now())
             self.ram[i] = value
+            self._update_irq()
         elif i in (RTC_REG_C, RTC_REG_D, RTC_DAY_OF_WEEK):
             pass                     # read-only (the day of the week follows the date)
         else:
@@ -211,7 +292,8 @@ class Cmos(PortDevice):
     # ---- snapshots -------------------------------------------------------------------------
     def state(self) -> dict:
         return {"ram": self.ram.hex(), "index": self.index, "nmi_masked": self.nmi_masked,
-                "base": self.base, "frozen": self.frozen}
+                "base": self.base, "frozen": self.frozen, "reg_c": self.reg_c,
+                "level": self.level, "periods": self.periods, "seconds": self.seconds}
 
     def load_state(self, state: dict) -> None:
         self.ram = bytearray.fromhex(state["ram"])
@@ -219,3 +301,8 @@ class Cmos(PortDevice):
         self.nmi_masked = int(state["nmi_masked"])
         self.base = int(state["base"])
         self.frozen = None if state["frozen"] is None else int(state["frozen"])
+        # Snapshots from before RTC interrupts hold none of these: no flag, counted up to now.
+        self.reg_c = int(state.get("reg_c", 0))
+        self.level = int(state.get("level", 0))
+        self.periods = int(state.get("periods", self._periods(self.now())))
+        self.seconds = int(state.get("seconds", self.now() // TSC_HZ))

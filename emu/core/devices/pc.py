@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emu.core.devices.cmos import Cmos
+from emu.core.devices.cmos import RTC_IRQ, Cmos
 from emu.core.devices.gsi import InterruptLines
 from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE, IoApic
 from emu.core.devices.kbc import KBC_IRQ, KeyboardController
@@ -67,6 +67,9 @@ class PcPlatform:
         m.serial.irq = lambda level: self.lines.set(COM1_IRQ, level)
         below, above = ram_split(m.ram_size)
         self.cmos = Cmos(now, below, above)
+        self.cmos.irq = lambda level: self.lines.set(RTC_IRQ, level)
+        self.cmos.routed = lambda: self.lines.routed(RTC_IRQ)
+        m.irq.timers.append(self.cmos)
         self.kbc = KeyboardController(m.reset_request, self._a20,
                                       lambda level: self.lines.set(KBC_IRQ, level))
         self.port92 = SystemPortA(m.reset_request, self._a20)

@@ -2,7 +2,7 @@
 ``qemu-system-x86_64 -kernel`` (QEMU 7.2's pc machine with SeaBIOS).
 
 One module per thing: layout.py (RAM ranges, the e820 map, where firmware data lives), bda.py
-(BIOS data area, EBDA), mptable.py (MP floating pointer and configuration table), acpi.py
+(BIOS data area, EBDA), ivt.py (the real-mode interrupt vector table and its handlers), mptable.py (MP floating pointer and configuration table), acpi.py
 (RSDP, RSDT, FADT, FACS, DSDT, MADT), mtrr.py (the MTRRs SeaBIOS programs).  ``install`` puts
 them in a machine before its kernel is loaded; everything it writes lies in ranges the e820
 map reserves (EBDA, BIOS segment, the top 128 KiB of low RAM), so no kernel is told it may use
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from emu.core.firmware.acpi import build_acpi
 from emu.core.firmware.bda import bda_contents
+from emu.core.firmware.ivt import ivt_contents
 from emu.core.firmware.layout import FIRMWARE_RESERVED_TOP, ram_layout
 from emu.core.firmware.mptable import PciInterrupt, build_mptable
 from emu.core.firmware.mtrr import seabios_mtrrs
@@ -38,7 +39,7 @@ def firmware_contents(ram_size: int, cpus: int, cpuid_1: tuple[int, int, int, in
         acpi = build_acpi(cpus, lay.firmware_top, FIRMWARE_RESERVED_TOP)
     except ValueError as e:
         raise OptionError(f"firmware tables do not fit: {e}") from None
-    return bda_contents() + build_mptable(cpus, cpuid_1, pci_interrupts) + acpi
+    return ivt_contents() + bda_contents() + build_mptable(cpus, cpuid_1, pci_interrupts) + acpi
 
 
 def pci_interrupts(functions: dict[tuple[int, int], Any]) -> tuple[PciInterrupt, ...]:
