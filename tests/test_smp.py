@@ -26,7 +26,7 @@ def boot_smp(cpus: int = 4, **kw) -> harness.Booted:
 
 def assert_passed(b: harness.Booted) -> None:
     checks = parse_tap(b.serial)
-    assert len(checks) == 13 and all(c.ok for c in checks.values()), b.serial
+    assert len(checks) == 16 and all(c.ok for c in checks.values()), b.serial
     assert b.result.reason == "exit" and b.result.status == 1, (b.result, b.serial)
 
 
@@ -47,6 +47,17 @@ def _fingerprint(b: harness.Booted) -> tuple:
     m = b.machine
     return (b.serial, b.result.rip, hashlib.sha256(bytes(m.ram[:16 << 20])).hexdigest(),
             tuple((c.tsc, c._start, c.irq.halted) for c in m.cpu_list))
+
+
+def test_each_cpu_keeps_its_own_nested_state():
+    """The boot CPU and CPU 1 each ran an L1 whose L2 exited to it 200 times, interleaved by a
+    small quantum: each CPU's extension counted its own world switches, none of the other's."""
+    b = boot_smp(quantum=300)
+    assert_passed(b)
+    stats = [c.extensions[0].state.stats for c in b.machine.cpu_list]
+    assert stats[0] == stats[1] == {"vmrun": 200, "vmexit": 200}, stats
+    assert stats[2] == stats[3] == {"vmrun": 0, "vmexit": 0}, stats
+    assert [c.level() for c in b.machine.cpu_list] == ["L1"] * 4
 
 
 def test_runs_are_identical():
@@ -146,7 +157,7 @@ def test_cli_runs_the_smp_guest_with_cpus_spelled_as_qemu():
     proc = subprocess.run([sys.executable, "-m", "emu.cli", "run", SMP_GUEST, "-smp", "cpus=4",
                            "-q"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "# pass 13 fail 0" in proc.stdout
+    assert "# pass 16 fail 0" in proc.stdout
 
 
 def test_machine_refuses_a_cpu_count_the_tables_cannot_describe():
