@@ -160,6 +160,17 @@ def test_cli_runs_the_smp_guest_with_cpus_spelled_as_qemu():
     assert "# pass 16 fail 0" in proc.stdout
 
 
+def test_snapshot_and_gdb_refuse_several_cpus(tmp_path):
+    from emu.core import snapshot
+    from emu.errors import Unsupported
+    from emu.tools.gdb.stub import GdbStub
+    b = harness.boot(str(GUESTS_DIR / "hello.S"), cpus=2, timeout=30)
+    with pytest.raises(Unsupported, match="snapshot of a machine with 2 CPUs"):
+        snapshot.save(b.machine, str(tmp_path / "s.snap"))
+    with pytest.raises(OptionError, match="gdb stub with 2 CPUs"):
+        GdbStub(b.machine, port=0)
+
+
 def test_machine_refuses_a_cpu_count_the_tables_cannot_describe():
     with pytest.raises(OptionError):
         Machine(cpus=256)
