@@ -261,6 +261,50 @@ def test_cr4_reserved_bits_raise_gp(tmp_path, cpu, osxsave):
     assert (fault == (1 << 64) - 1) == osxsave        # XSAVE models take OSXSAVE, qemu64 #GPs
 
 
+XSETBV_GUEST = r'''
+.include "prelude.inc"
+main:
+    mov rax, cr4
+    or rax, 1 << 18                     # CR4.OSXSAVE
+    mov cr4, rax
+    xor ecx, ecx
+    xor edx, edx
+    mov eax, 3                          # x87 | SSE: the components the model reports
+    xsetbv
+    xor ecx, ecx
+    xgetbv
+    mov [xcr0_after_3], rax
+    expect_fault .Lavx
+    xor ecx, ecx
+    xor edx, edx
+    mov eax, 7                          # | AVX, which CPUID 0xD does not report
+    xsetbv
+.Lavx:
+    mov rax, [fault_vector]
+    mov [avx_fault], rax
+    xor ecx, ecx
+    xgetbv
+    mov [xcr0_after_7], rax
+    jmp report
+.align 8
+xcr0_after_3: .quad 0
+xcr0_after_7: .quad 0
+avx_fault: .quad 0
+'''
+
+
+def test_xsetbv_takes_only_the_models_xsave_components(tmp_path):
+    """XCR0 bits beyond CPUID 0xD's EDX:EAX raise #GP(0) and leave XCR0 as it was (APM vol. 3,
+    XSETBV); Unicorn would check them against its own EPYC, which has AVX."""
+    m, res, out = boot(XSETBV_GUEST, tmp_path)
+    assert res.reason == "exit", (res, out)
+    sym = assemble(str(tmp_path / "g.S")).symbols
+    word = lambda name: int.from_bytes(m.ram[sym[name]:sym[name] + 8], "little")  # noqa: E731
+    assert word("xcr0_after_3") == 3
+    assert word("avx_fault") == 13
+    assert word("xcr0_after_7") == 3
+
+
 IPI_GUEST = r'''
 .include "prelude.inc"
 .include "svm.inc"

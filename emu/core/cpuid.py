@@ -18,8 +18,9 @@ CPUID_1_EDX_APIC = 1 << 9
 CPUID_1_ECX_X2APIC = 1 << 21
 CPUID_80000001_ECX_SVM = 1 << 2
 LEAF_SVM_FEATURES = 0x8000000A
+LEAF_XSAVE = 0xD                 # processor extended state: subleaf 0 EDX:EAX = valid XCR0 bits
 
-_SUBLEAF_INDEXED = {0x7, 0xD}
+_SUBLEAF_INDEXED = {0x7, LEAF_XSAVE}
 
 Override = Callable[[int, int, Regs], Regs]
 

@@ -23,7 +23,7 @@ from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, U
                                UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP)
 
 from emu.engine import hostvm
-from emu.core.cpuid import Cpuid
+from emu.core.cpuid import LEAF_XSAVE, Cpuid
 from emu.arch.decode import MAX_INSN_LENGTH, split_prefixes
 from emu.core.devices.base import PortDevice
 from emu.core.devices.debug_exit import DebugExit
@@ -38,7 +38,7 @@ from emu.core.extension import Extension, ExitRouter
 from emu.engine.hostvm import HostVm
 from emu.core.irq import InterruptController
 from emu.engine import binding
-from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context
+from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context, set_xsave_components
 from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
 from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
@@ -188,6 +188,7 @@ class Machine:
         # to the TSC moves only this CPU's TSC: by tsc_adjust (0 on one CPU).
         self.tsc_adjust = 0
         self.cpuid = Cpuid(cpu if _boot is None else _boot.cpuid.model)
+        self.sync_cpu_features()
         self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
                             hostvm.MAXPHYADDR)
         msrs_amd.install(self.msrs, self.cpuid)
@@ -308,6 +309,12 @@ class Machine:
         """Deliver `event` once emulation has stopped. An injected event (EVENTINJ) is never
         itself intercepted; exceptions raised while delivering it can be."""
         self._defer(lambda: self._deliver(event, return_rip, injected))
+
+    def sync_cpu_features(self) -> None:
+        """Tell Unicorn's own helpers what the model's CPUID says where they check features
+        themselves (XSETBV's XCR0 bits); again whenever the CPUID table is replaced."""
+        eax, _, _, edx = self.cpuid.query(LEAF_XSAVE, 0)
+        set_xsave_components(self.uc, eax | edx << 32)
 
     def deliver_now(self, event: Event, return_rip: int) -> None:
         """Deliver `event` at once: only where emulation has already stopped (the interrupt

@@ -231,6 +231,7 @@ def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
     values.update(snap.msrs)
     machine.tsc = snap.tsc
     machine.cpuid.table = _snapshot_cpuid(machine, snap).table
+    machine.sync_cpu_features()
     for dev, (name, state) in zip(machine.devices, snap.devices):
         _load_section(f"device {name}", dev.load_state, state, None)
     # Extensions come last: they may read RAM and the CPU state (vmcb12, L1's saved state).

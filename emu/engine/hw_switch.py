@@ -61,6 +61,12 @@ OFF_CPU_ENV_PTR = 296               # CPUState: pointer to its CPUX86State
 OFF_CPU_INTERRUPT_REQUEST = 28      # CPUState: u32 interrupt_request
 OFF_ENV_ICOUNT_DECR_HIGH = -16 + 2  # u16 icount_decr.high, in the state just below CPUX86State
 CPU_INTERRUPT_VIRQ = 0x0100         # interrupt_request: a virtual interrupt is pending
+# CPUX86State.features, past the context: the CPU model's CPUID words (u64 each, indexed by
+# QEMU's FeatureWord) that Unicorn's own helpers consult. XSETBV checks the XCR0 bits it is
+# given against FEAT_XSAVE_COMP_LO/HI, so svmemu writes the model's XSAVE components there.
+OFF_ENV_FEATURES = 0x1600
+FEAT_7_0_EBX = 2
+FEAT_XSAVE_COMP_LO, FEAT_XSAVE_COMP_HI = 21, 22
 
 ES, CS, SS, DS, FS, GS, LDTR, TR, GDTR, IDTR = range(10)
 SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr", "gdtr", "idtr")
@@ -273,3 +279,11 @@ def cpu_and_env(uc: Uc) -> tuple[int, int]:
     cpu = struct.unpack("<Q", ctypes.string_at(binding.handle_address(uc) + OFF_UC_CPU, 8))[0]
     env = struct.unpack("<Q", ctypes.string_at(cpu + OFF_CPU_ENV_PTR, 8))[0] if cpu else 0
     return cpu, env
+
+
+def set_xsave_components(uc: Uc, xcr0_valid: int) -> None:
+    """The XCR0 bits XSETBV may set (CPUID Fn0000_000D_ECX_0 EDX:EAX of the model): Unicorn
+    raises #GP(0) for any other, as the APM has it, instead of checking its own EPYC's AVX."""
+    _, env = cpu_and_env(uc)
+    ctypes.memmove(env + OFF_ENV_FEATURES + 8 * FEAT_XSAVE_COMP_LO,
+                   struct.pack("<QQ", xcr0_valid & 0xFFFFFFFF, xcr0_valid >> 32), 16)

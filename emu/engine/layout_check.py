@@ -12,10 +12,10 @@ import os
 import struct
 
 import unicorn
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, Uc
+from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, Uc, UcError
 from unicorn import x86_const as X
 
-from emu.arch.bits import (CR0_ET, CR0_PE, CR0_TS, CR4_OSFXSR, DR6_RESET, DR7_RESET, EFER_NXE, EFER_SVME,
+from emu.arch.bits import (CR0_ET, CR0_PE, CR0_TS, CR4_OSFXSR, CR4_OSXSAVE, DR6_RESET, DR7_RESET, EFER_NXE, EFER_SVME,
                            PF_ID, PF_U)
 from emu.arch.msrs import MSR_EFER, MSR_VM_HSAVE_PA
 from emu.arch.vmcb import (VMCB_SIZE, VMEXIT_CPUID, VMEXIT_NPF, VMEXIT_VMMCALL, VMEXIT_VMRUN, Segment,
@@ -107,7 +107,43 @@ def mismatches() -> list[str]:
     _registers(uc, ctx, p)
     _segments(uc, ctx, p)
     _guest_mode(uc, ctx, p)
+    _features(p)
     return p.wrong
+
+
+def _features(p: _Probe) -> None:
+    """OFF_ENV_FEATURES: the words there are what CPUID returns on a fresh EPYC, and XSETBV
+    follows a change to the XSAVE components (a CPU of its own: the probe changes its model)."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.ctl_set_cpu_model(X.UC_CPU_X86_EPYC)
+    uc.mem_map(0, 0x10000)
+    uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_OSXSAVE)
+
+    def run(code: bytes, rax: int, rcx: int = 0) -> bool:
+        uc.mem_write(_HOST_CODE, code)
+        uc.reg_write(X.UC_X86_REG_RAX, rax)
+        uc.reg_write(X.UC_X86_REG_RCX, rcx)
+        uc.reg_write(X.UC_X86_REG_RDX, 0)
+        try:
+            uc.emu_start(_HOST_CODE, _HOST_CODE + len(code))
+        except UcError:
+            return False
+        return True
+
+    _, env = _cpu_and_env(uc)
+    feature = lambda i: _peek(env + H.OFF_ENV_FEATURES + 8 * i, "<Q") if env else None  # noqa: E731
+    run(b"\x0f\xa2", 7)                                          # CPUID 7.0
+    p.expect("OFF_ENV_FEATURES (FEAT_7_0_EBX)", feature(H.FEAT_7_0_EBX) or 0,
+             uc.reg_read(X.UC_X86_REG_RBX))
+    run(b"\x0f\xa2", 0xD)                                        # CPUID 0xD.0
+    components = uc.reg_read(X.UC_X86_REG_RAX)
+    p.expect("OFF_ENV_FEATURES (FEAT_XSAVE_COMP_LO)", feature(H.FEAT_XSAVE_COMP_LO) or 0,
+             components)
+    if p.wrong or components & 3 != 3:
+        return
+    H.set_xsave_components(uc, 3)                                  # x87 and SSE only
+    p.expect("XSETBV after set_xsave_components (1: #GP for x87|SSE|AVX)",
+             int(not run(b"\x0f\x01\xd1", 7)), 1)
 
 
 def _registers(uc: Uc, ctx: H.Context, p: _Probe) -> None:
