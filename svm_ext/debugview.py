@@ -12,10 +12,10 @@ from svm_ext import checks
 from emu.arch.vmcb import Vmcb, exit_name, read_cache
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
 
 
-def world_summary(ext: "SvmExtension") -> str:
+def world_summary(ext: "Vcpu") -> str:
     st = ext.state
     counts = f"{st.stats['vmrun']} VMRUN, {st.stats['vmexit']} #VMEXIT"
     if st.in_l2 and st.vmcb12 is not None:
@@ -29,7 +29,7 @@ def world_summary(ext: "SvmExtension") -> str:
     return f"L1 running: {gif}{last} ({counts})"
 
 
-def control_block(ext: "SvmExtension") -> list[tuple[str, int]]:
+def control_block(ext: "Vcpu") -> list[tuple[str, int]]:
     """vmcb12 as guest memory holds it (while L2 runs the save area is what L1 wrote; #VMEXIT
     rewrites it), segments split into their four parts."""
     st = ext.state
@@ -44,7 +44,7 @@ def control_block(ext: "SvmExtension") -> list[tuple[str, int]]:
     return out
 
 
-def last_exit(ext: "SvmExtension") -> Optional[str]:
+def last_exit(ext: "Vcpu") -> Optional[str]:
     st = ext.state
     if st.stats["vmexit"] == 0:
         return None

@@ -62,6 +62,7 @@ SVM_REVISION = 1
 SVM_NUM_ASIDS = 16
 SVM_FEATURE_NP = 1 << 0
 SVM_FEATURE_NRIPS = 1 << 3
+SVM_FEATURE_VGIF = 1 << 16       # virtual GIF (svm_ext/instructions.py, vintr.py)
 
 # Exit codes that stand for an intercepted instruction, for which NRIP is reported.
 _INSTRUCTION_EXITS = frozenset(range(0x00, 0x40)) | frozenset(range(0x65, 0x7D)) | frozenset(
@@ -110,7 +111,8 @@ class SvmExtension(Extension, ExitRouter):
         self.host_flags = RegBatch(machine.uc, [UC_X86_REG_RFLAGS, UC_X86_REG_DR7])
         machine.cpuid.set_bits(0x80000001, 2, CPUID_80000001_ECX_SVM)
         machine.cpuid.set_leaf(LEAF_SVM_FEATURES, 0, (SVM_REVISION, SVM_NUM_ASIDS, 0,
-                                                      SVM_FEATURE_NP | SVM_FEATURE_NRIPS))
+                                                      SVM_FEATURE_NP | SVM_FEATURE_NRIPS
+                                                      | SVM_FEATURE_VGIF))
         machine.msrs.efer_writable |= EFER_SVME
         self.caps = dataclasses.replace(      # VMRUN's checks follow the CPU model
             self.caps, cr4_supported=cr4_allowed(machine.cpuid),

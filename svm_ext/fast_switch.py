@@ -47,7 +47,7 @@ from emu.arch.vmcb import CACHE_STRUCT, OFFSETS, VMCB_SIZE, read_cache
 from .vmexit import HOST_DR7
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
 
 _EFLAGS_VM = 1 << 17
 _DR_SPAN = (OFF_DR, 8 * 8)
@@ -89,7 +89,7 @@ class Pending:
 
 
 class FastSwitch:
-    def __init__(self, ext: "SvmExtension", engine: Engine) -> None:
+    def __init__(self, ext: "Vcpu", engine: Engine) -> None:
         self.ext, self.engine = ext, engine
         m = ext.machine
         self.blob_size = len(m.ctx.view)

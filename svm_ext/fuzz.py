@@ -20,7 +20,7 @@ from emu.errors import OptionError
 from emu.tools.fuzz.harness import REASON_CRASH, Placement
 from emu.core.machine import Machine
 
-from .extension import SvmExtension
+from .vcpu import Vcpu
 from emu.arch.vmcb import FIELDS, exit_name
 
 _EXITCODE = next(off for name, off, _ in FIELDS if name == "exitcode")
@@ -44,7 +44,7 @@ class VmrunStop:
     (the reset point for VMCB inputs); disarmed, it passes through and watches for failed
     VMRUNs (VMEXIT_INVALID does not switch worlds, so the world observer never sees it)."""
 
-    def __init__(self, machine: Machine, ext: SvmExtension) -> None:
+    def __init__(self, machine: Machine, ext: Vcpu) -> None:
         self.machine = machine
         self.ext = ext
         self.armed = False

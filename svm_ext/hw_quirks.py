@@ -7,7 +7,8 @@ AMD APM, set right in our layer so that L1 sees what hardware would show it.
 * INVD is checked against the WBINVD intercept bit, so L0 asks vmcb02 for WBINVD exits whenever
   L1 wants INVD and tells the two apart by opcode (0F 08 INVD, 0F 09 WBINVD).
 * RDTSCP is checked against the RDTSC intercept bit; L0 intercepts both anyway, the opcode
-  (0F 01 F9) says which it was.
+  (0F 01 F9) says which it was.  With RDTSCP hidden from CPUID (`-rdtscp`) it is #UD, before
+  any intercept; SKINIT, which no svmemu CPU has, is #UD in L2 too.
 * The selective CR0 write intercept (CR0_SEL_WRITE, APM 15.9.1) does not exist there: when L1
   asks for it, L0 intercepts every CR0 write of L2 and decides per write whether bits other than
   CR0.TS and CR0.MP change.
@@ -34,21 +35,23 @@ from emu.engine.unicorn_build import loader as engine_loader
 from emu.errors import Unsupported
 from emu.engine.hw_switch import NPT_MODE_NXE, OFF_EIP, OFF_REGS
 from emu.arch.paging import NestedFault, walk_nested
-from emu.core.interrupts import BP, OF
+from emu.core.interrupts import BP, OF, UD
 
 from svm_ext.reflect import exit_handled, reflect
 from emu.arch.vmcb import (VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE, VMEXIT_EXCP0,
-                   VMEXIT_INVD, VMEXIT_RDTSC, VMEXIT_RDTSCP, VMEXIT_SWINT, VMEXIT_WBINVD,
+                   VMEXIT_INVD, VMEXIT_RDTSC, VMEXIT_RDTSCP, VMEXIT_SKINIT, VMEXIT_SWINT,
+                   VMEXIT_WBINVD,
                    Vmcb12Cache)
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
 
 _SWINT_EXCEPTION = {0xCC: BP, 0xCE: OF}
-CODES = frozenset({VMEXIT_SWINT, VMEXIT_WBINVD, VMEXIT_RDTSC, VMEXIT_CR0_WRITE})
+CODES = frozenset({VMEXIT_SWINT, VMEXIT_WBINVD, VMEXIT_RDTSC, VMEXIT_CR0_WRITE, VMEXIT_SKINIT})
+CPUID_RDTSCP = (0x80000001, 3, 1 << 27)       # leaf, register (EDX), bit
 
 
-def _decode(ext: "SvmExtension") -> tuple[bytes, bytes, int]:
+def _decode(ext: "Vcpu") -> tuple[bytes, bytes, int]:
     """(opcode bytes after the prefixes, the legacy prefixes, REX byte or 0)."""
     m = ext.machine
     ctx = m.ctx.save()
@@ -56,7 +59,7 @@ def _decode(ext: "SvmExtension") -> tuple[bytes, bytes, int]:
     return p.opcode, p.prefixes, p.rex
 
 
-def route(ext: "SvmExtension", c: Vmcb12Cache, code: int) -> bool | None:
+def route(ext: "Vcpu", c: Vmcb12Cache, code: int) -> bool | None:
     op, prefixes, rex = _decode(ext)
     if code == VMEXIT_SWINT:
         return _software_interrupt(ext, c, op)
@@ -67,7 +70,17 @@ def route(ext: "SvmExtension", c: Vmcb12Cache, code: int) -> bool | None:
         else:                       # only the other one was L1's: no effect in an emulator
             _skip(ext, ext.next_rip())
         return True
+    if code == VMEXIT_SKINIT:
+        # svmemu's CPUs have no SKINIT (CPUID 8000_0001 ECX bit 12 is clear): #UD, which is
+        # checked before instruction intercepts (APM vol. 2, 15.7), and L1's #UD intercept
+        # sees it.
+        ext.machine.raise_exception(UD)
+        return True
     if code == VMEXIT_RDTSC and op[:3] == b"\x0F\x01\xF9":
+        leaf, reg, bit = CPUID_RDTSCP
+        if not ext.machine.cpuid.query(leaf, 0)[reg] & bit:       # hidden with -rdtscp
+            ext.machine.raise_exception(UD)
+            return True
         if exit_handled(c, VMEXIT_RDTSCP):
             reflect(ext, VMEXIT_RDTSCP, 0, 0, 0, ext.next_rip())
             return True
@@ -77,7 +90,7 @@ def route(ext: "SvmExtension", c: Vmcb12Cache, code: int) -> bool | None:
     return None
 
 
-def _software_interrupt(ext: "SvmExtension", c: Vmcb12Cache, op: bytes) -> bool:
+def _software_interrupt(ext: "Vcpu", c: Vmcb12Cache, op: bytes) -> bool:
     """INT3 and INTO: L1's exception intercepts (no NRIP, RIP at the instruction); INT n: the
     INTn intercept. False leaves delivery through L2's IDT to the machine."""
     vector = _SWINT_EXCEPTION.get(op[0]) if op else None
@@ -86,17 +99,20 @@ def _software_interrupt(ext: "SvmExtension", c: Vmcb12Cache, op: bytes) -> bool:
     return exit_handled(c, VMEXIT_EXCP0 + vector) and _exit(ext, VMEXIT_EXCP0 + vector, 0)
 
 
-def _exit(ext: "SvmExtension", code: int, nrip: int) -> bool:
+def _exit(ext: "Vcpu", code: int, nrip: int) -> bool:
     reflect(ext, code, 0, 0, 0, nrip)
     return True
 
 
-def _selective_cr0_write(ext: "SvmExtension", op: bytes, rex: int) -> bool:
+def _selective_cr0_write(ext: "Vcpu", op: bytes, rex: int) -> bool:
     """A CR0 write L1 watches only selectively: exit if it changes more than TS and MP, else
-    perform it for L2 (it then changes nothing but those two flags)."""
+    perform it for L2 (it then changes nothing but those two flags).  LMSW is the exception:
+    under the selective intercept it exits whenever it changes any of the four bits it writes,
+    TS and MP included (KVM's nested SVM and kvm-unit-tests' sel_cr0_lmsw_intercept agree)."""
     m = ext.machine
     ctx = m.ctx.save()
     old = ctx.cr(0)
+    free = CR0_TS | CR0_MP
     if op[:2] == b"\x0F\x22" and len(op) > 2 and op[2] >> 6 == 3:
         value = ctx.u64(OFF_REGS + 8 * ((op[2] & 7) | (rex & 1) << 3))
         new = value if ctx.mode_bits() == 64 else value & 0xFFFFFFFF
@@ -105,11 +121,12 @@ def _selective_cr0_write(ext: "SvmExtension", op: bytes, rex: int) -> bool:
     elif op[:2] == b"\x0F\x01" and len(op) > 2 and op[2] >> 3 & 7 == 6 and op[2] >> 6 == 3:
         src = ctx.u64(OFF_REGS + 8 * ((op[2] & 7) | (rex & 1) << 3))   # LMSW reg
         new = (old & ~0xE) | (src & 0xF) | (old & 1)
+        free = 0
     else:
         raise Unsupported(f"unsupported: CR0 write {op[:4].hex()} under L1's selective CR0 "
                           "intercept (only MOV CR0, reg, CLTS and LMSW reg are decoded)")
     nrip = ext.next_rip()
-    if (old ^ new) & ~(CR0_TS | CR0_MP):
+    if (old ^ new) & ~free:
         return _exit(ext, VMEXIT_CR0_SEL_WRITE, nrip)
     ctx.load_control_hflags(new, ctx.cr(4), ctx.efer, ctx.cpl)
     ctx.set_u64(OFF_EIP, nrip)
@@ -117,7 +134,7 @@ def _selective_cr0_write(ext: "SvmExtension", op: bytes, rex: int) -> bool:
     return True
 
 
-def _skip(ext: "SvmExtension", nrip: int) -> None:
+def _skip(ext: "Vcpu", nrip: int) -> None:
     ctx = ext.machine.ctx.save()
     ctx.set_u64(OFF_EIP, nrip)
     ctx.restore()
@@ -129,7 +146,7 @@ def _skip(ext: "SvmExtension", nrip: int) -> None:
 _ENGINE_WALKS_NX = engine_loader.has_fix("nested-walk-nx")
 
 
-def guard_nested_nx(ext: "SvmExtension", c: Vmcb12Cache, host_mode: int,
+def guard_nested_nx(ext: "Vcpu", c: Vmcb12Cache, host_mode: int,
                     npt: bool) -> tuple[tuple[int, int], ...] | None:
     """Stop before stock Unicorn 2.1.4 would crash (see module doc): L2 pages with its own tables
     under nested paging, the host has EFER.NXE, and the nested leaf over L2's CR3 page is NX.

@@ -20,7 +20,7 @@ from emu.core.msr import (MSR_CSTAR, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, 
 from emu.arch.vmcb import VMCB_SIZE, Vmcb
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
 
 INSN_LENGTH = 3
 # What VMLOAD/VMSAVE move besides FS, GS, TR and LDTR (APM 15.5.2).
@@ -30,12 +30,12 @@ _MSR_FIELDS = (("kernel_gs_base", MSR_KERNEL_GS_BASE), ("star", MSR_STAR), ("lst
 _SEG_FIELDS = (("fs", FS), ("gs", GS), ("tr", TR), ("ldtr", LDTR))
 
 
-def _advance(ext: "SvmExtension") -> None:
+def _advance(ext: "Vcpu") -> None:
     uc = ext.machine.uc
     ext.machine.ctx.set_rip(uc.reg_read(UC_X86_REG_RIP) + INSN_LENGTH)
 
 
-def vmcb_operand(ext: "SvmExtension", ctx: "Context | None" = None) -> int | None:
+def vmcb_operand(ext: "Vcpu", ctx: "Context | None" = None) -> int | None:
     """The physical address in rAX, checked as VMRUN/VMLOAD/VMSAVE check it (#GP(0)).
     `ctx`: the context the caller has already saved (the exit's), to save it only once."""
     m = ext.machine
@@ -58,13 +58,13 @@ def vmcb_operand(ext: "SvmExtension", ctx: "Context | None" = None) -> int | Non
     return pa
 
 
-def _operand_save_area(ext: "SvmExtension"):
+def _operand_save_area(ext: "Vcpu"):
     """The save area of the VMCB that rAX names, or None when the operand check raised."""
     pa = vmcb_operand(ext)
     return None if pa is None else Vmcb(ext.machine.mem.view, pa).save
 
 
-def vmload(ext: "SvmExtension", code: int) -> None:
+def vmload(ext: "Vcpu", code: int) -> None:
     save = _operand_save_area(ext)
     if save is None:
         return
@@ -82,7 +82,7 @@ def vmload(ext: "SvmExtension", code: int) -> None:
     _advance(ext)
 
 
-def vmsave(ext: "SvmExtension", code: int) -> None:
+def vmsave(ext: "Vcpu", code: int) -> None:
     save = _operand_save_area(ext)
     if save is None:
         return
@@ -96,28 +96,45 @@ def vmsave(ext: "SvmExtension", code: int) -> None:
     _advance(ext)
 
 
-def stgi(ext: "SvmExtension", code: int) -> None:
-    ext.state.gif = True
+def _virtual_gif(ext: "Vcpu") -> Vmcb | None:
+    """vmcb12 when L2 runs with V_GIF_ENABLE: its STGI and CLGI then set and clear V_GIF in
+    vmcb12's V_INTR word instead of the GIF (APM vol. 2, 15.33)."""
+    st = ext.state
+    if st.in_l2 and st.vmcb12 is not None and st.vmcb12.v_gif_enable:
+        return Vmcb(ext.machine.mem.view, st.vmcb12_pa)
+    return None
+
+
+def stgi(ext: "Vcpu", code: int) -> None:
+    vm = _virtual_gif(ext)
+    if vm is not None:
+        vm.v_gif = 1
+    else:
+        ext.state.gif = True
     _advance(ext)
     # interrupts held while GIF was 0 may now be taken (V_IRQ too, for an L2 that runs STGI)
     ext.machine.interrupt_check(virtual=ext.state.in_l2 and ext.state.v_irq)
 
 
-def clgi(ext: "SvmExtension", code: int) -> None:
-    ext.state.gif = False
+def clgi(ext: "Vcpu", code: int) -> None:
+    vm = _virtual_gif(ext)
+    if vm is not None:
+        vm.v_gif = 0
+    else:
+        ext.state.gif = False
     _advance(ext)
 
 
-def invlpga(ext: "SvmExtension", code: int) -> None:
+def invlpga(ext: "Vcpu", code: int) -> None:
     """Invalidate one page of one ASID; Unicorn's TLB has no ASIDs, so flush it all (safe)."""
     flush_tlb(ext.machine.uc)
     _advance(ext)
 
 
-def vmmcall(ext: "SvmExtension", code: int) -> None:
+def vmmcall(ext: "Vcpu", code: int) -> None:
     """No hypervisor claimed it: #UD (APM vol. 3, VMMCALL)."""
     ext.machine.raise_exception(UD)
 
 
-def skinit(ext: "SvmExtension", code: int) -> None:
+def skinit(ext: "Vcpu", code: int) -> None:
     raise Unsupported("SKINIT (secure init and jump) is not modelled")

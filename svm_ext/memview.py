@@ -26,7 +26,7 @@ from svm_ext import checks
 from emu.arch.vmcb import Vmcb12Cache, read_cache
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
 
 _Q = struct.Struct("<Q")
 
@@ -39,7 +39,7 @@ def _blob_regs(blob: bytes) -> PagingRegs:
                       efer=u64(OFF_EFER))
 
 
-def _cpu_regs(ext: "SvmExtension") -> PagingRegs:
+def _cpu_regs(ext: "Vcpu") -> PagingRegs:
     ext.machine.ctx.save()
     return ext.machine.mem.regs()
 
@@ -54,7 +54,7 @@ def _nested_host(l1: PagingRegs) -> PagingRegs:
     return replace(host, cr4=host.cr4 | (l1.cr4 & CR4_SMEP))
 
 
-def world_paging(ext: "SvmExtension", world: str) -> Optional[WorldPaging]:
+def world_paging(ext: "Vcpu", world: str) -> Optional[WorldPaging]:
     st, model = ext.state, ext.pat
     l1 = _blob_regs(st.l1_host) if st.in_l2 else _cpu_regs(ext)
     if world == "L1":

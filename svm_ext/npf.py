@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterator
 
 from emu.arch.decode import decoder
-from capstone import x86 as cs_x86
 from unicorn import x86_const
 
 from emu.arch import paging
@@ -31,11 +30,11 @@ from emu.engine.hw_switch import CS, DS, ES, FS, GS, SS
 from svm_ext import memview
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
 
 _LOW = 0xFFFFFFFF
 _SEG_INDEX = {"es": ES, "cs": CS, "ss": SS, "ds": DS, "fs": FS, "gs": GS}
-def exit_info(ext: "SvmExtension", low_bits: int, gpa: int) -> tuple[int, int]:
+def exit_info(ext: "Vcpu", low_bits: int, gpa: int) -> tuple[int, int]:
     """(EXITINFO1, EXITINFO2) for the #NPF Unicorn reported with `low_bits` at `gpa`."""
     view = memview.world_paging(ext, "L2")
     if view is None or view.ncr3 is None:
@@ -64,7 +63,7 @@ def exit_info(ext: "SvmExtension", low_bits: int, gpa: int) -> tuple[int, int]:
     return (low_bits & _LOW) | NPF_GUEST_PAGE, gpa
 
 
-def _candidates(ext: "SvmExtension", low_bits: int) -> Iterator[tuple[int, paging.Access]]:
+def _candidates(ext: "Vcpu", low_bits: int) -> Iterator[tuple[int, paging.Access]]:
     """(linear address, access) pairs the faulting instruction may have made, most likely first."""
     m = ext.machine
     ctx = m.ctx.save()
@@ -101,6 +100,7 @@ def _candidates(ext: "SvmExtension", low_bits: int) -> Iterator[tuple[int, pagin
 
 
 def _operand_addresses(m, ctx, insn, bits: int) -> Iterator[int]:
+    from capstone import x86 as cs_x86      # only here: decode.py imports capstone lazily
     for op in insn.operands:
         if op.type != cs_x86.X86_OP_MEM:
             continue

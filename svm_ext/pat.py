@@ -25,7 +25,7 @@ from svm_ext import checks
 from emu.arch.vmcb import Vmcb, Vmcb12Cache
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
 
 MODELS = ("architectural", "swap", "shared")
 
@@ -39,7 +39,7 @@ class PatModel:
         self.gpat_valid = False             # gPAT is live (L2 running with nested paging)
         self.parked_hpat = 0                # swap: L1's value while L2 runs
 
-    def attach(self, ext: "SvmExtension") -> None:
+    def attach(self, ext: "Vcpu") -> None:
         self.ext = ext
         ext.machine.msrs.register(MSR_PAT, self.rdmsr, self.wrmsr)
 
@@ -60,10 +60,10 @@ class PatModel:
         check_pat_write(value)
         self._set_storage(value)
 
-    def on_vmrun(self, ext: "SvmExtension", c: Vmcb12Cache) -> None:
+    def on_vmrun(self, ext: "Vcpu", c: Vmcb12Cache) -> None:
         pass
 
-    def on_vmexit(self, ext: "SvmExtension", vm: Vmcb) -> None:
+    def on_vmexit(self, ext: "Vcpu", vm: Vmcb) -> None:
         pass
 
     # ---- model-neutral state, so a snapshot restores under any model ------------------------
@@ -109,11 +109,11 @@ class Architectural(PatModel):
         else:
             self._set_storage(value)
 
-    def on_vmrun(self, ext: "SvmExtension", c: Vmcb12Cache) -> None:
+    def on_vmrun(self, ext: "Vcpu", c: Vmcb12Cache) -> None:
         if checks.nested_paging_enabled(c, ext.caps):
             self.gpat, self.gpat_valid = c.g_pat, True
 
-    def on_vmexit(self, ext: "SvmExtension", vm: Vmcb) -> None:
+    def on_vmexit(self, ext: "Vcpu", vm: Vmcb) -> None:
         if self.gpat_valid:
             vm.save.g_pat = self.gpat
             self.gpat_valid = False
@@ -137,13 +137,13 @@ class Swap(PatModel):
         else:
             self._set_storage(hpat)
 
-    def on_vmrun(self, ext: "SvmExtension", c: Vmcb12Cache) -> None:
+    def on_vmrun(self, ext: "Vcpu", c: Vmcb12Cache) -> None:
         if checks.nested_paging_enabled(c, ext.caps):
             self.parked_hpat = self._storage()
             self._set_storage(c.g_pat)
             self.gpat, self.gpat_valid = c.g_pat, True
 
-    def on_vmexit(self, ext: "SvmExtension", vm: Vmcb) -> None:
+    def on_vmexit(self, ext: "Vcpu", vm: Vmcb) -> None:
         # The last gPAT is kept (as `architectural` keeps its register) so that state(), and so
         # a snapshot section, is the same in both models between runs too.
         if self.gpat_valid:

@@ -24,7 +24,7 @@ from svm_ext.intercepts import ReadPhys
 from svm_ext import vmexit as world_switch   # module: vmexit.py's #VMEXIT steps use vintr, which reflects
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
 
 
 def exit_handled(c: Vmcb12Cache, code: int, read_phys: ReadPhys | None = None, *,
@@ -40,7 +40,7 @@ def exit_handled(c: Vmcb12Cache, code: int, read_phys: ReadPhys | None = None, *
     return intercepts.l1_wants(c, code, info1, msr_index, read_phys)  # type: ignore[arg-type]
 
 
-def reflect(ext: "SvmExtension", code: int, info1: int = 0, info2: int = 0, intinfo: int = 0,
+def reflect(ext: "Vcpu", code: int, info1: int = 0, info2: int = 0, intinfo: int = 0,
             nrip: int = 0) -> None:
     """#VMEXIT(code) to L1 with EXITINFO1/2, EXITINTINFO and NRIP as given."""
     world_switch.vmexit(ext, code, info1, info2, intinfo, nrip)

@@ -37,7 +37,7 @@ from .switch_steps import FullSteps
 from .vmexit import restore_host_volatile
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
     from emu.arch.vmcb import Vmcb, Vmcb12Cache
     from emu.engine.hw_switch import Context
 
@@ -99,7 +99,7 @@ def _vm_flag(view: memoryview) -> bytes:
     return b"\x01" if view[OFF_EFLAGS + 2] & 2 else b"\x00"
 
 
-def _vmcb_bytes(ext: "SvmExtension") -> bytes:
+def _vmcb_bytes(ext: "Vcpu") -> bytes:
     buf, pa = ext.machine.mem.view, ext.state.vmcb12_pa
     return pa.to_bytes(8, "little") + b"".join([buf[pa + lo:pa + hi] for lo, hi in VMCB_RANGES])
 
@@ -118,7 +118,7 @@ class CachedSteps(FullSteps):
         self.enter_key = self.exit_key = self.stored_key = b""
 
     # ---- VMRUN: load_guest ---------------------------------------------------------------------
-    def load_guest(self, ext: "SvmExtension", c: "Vmcb12Cache") -> None:
+    def load_guest(self, ext: "Vcpu", c: "Vmcb12Cache") -> None:
         view = ext.machine.ctx.view        # the host context, saved
         key = _vmcb_bytes(ext) + regions_of(view) + _vm_flag(view)
         if key == self.enter_key:
@@ -134,7 +134,7 @@ class CachedSteps(FullSteps):
         self.enter_key, self.enter_regions = key, regions_of(ext.machine.ctx.save().view)
 
     # ---- #VMEXIT: store_guest ------------------------------------------------------------------
-    def store_guest(self, ext: "SvmExtension", ctx: "Context", vm: "Vmcb") -> None:
+    def store_guest(self, ext: "Vcpu", ctx: "Context", vm: "Vmcb") -> None:
         m = ext.machine                    # the guest context, saved
         regions = regions_of(m.ctx.view)
         if regions == self.stored_regions and _vmcb_bytes(ext) == self.stored_key:
@@ -150,7 +150,7 @@ class CachedSteps(FullSteps):
         self.stored_regions, self.stored_key = regions, _vmcb_bytes(ext)
 
     # ---- #VMEXIT: restore_host -----------------------------------------------------------------
-    def restore_host(self, ext: "SvmExtension", ctx: "Context") -> None:
+    def restore_host(self, ext: "Vcpu", ctx: "Context") -> None:
         view = ext.machine.ctx.view
         key = (regions_of(memoryview(ext.state.l1_host)) + bytes(view[OFF_HFLAGS:OFF_HFLAGS + 4])
                + _vm_flag(view))
@@ -168,7 +168,7 @@ class CachedSteps(FullSteps):
         self.exit_key, self.exit_regions = key, regions_of(ext.machine.ctx.save().view)
 
 
-def _load_volatile(ext: "SvmExtension", c: "Vmcb12Cache") -> None:
+def _load_volatile(ext: "Vcpu", c: "Vmcb12Cache") -> None:
     ctx = ext.machine.ctx
     ctx.set_u64(OFF_EIP, c.rip)
     ctx.set_u64(OFF_RAX, c.rax)
@@ -179,7 +179,7 @@ def _load_volatile(ext: "SvmExtension", c: "Vmcb12Cache") -> None:
     flush_tlb(ext.machine.uc)
 
 
-def _store_volatile(ext: "SvmExtension") -> None:
+def _store_volatile(ext: "Vcpu") -> None:
     m = ext.machine
     ctx, buf, base = m.ctx, m.mem.view, ext.state.vmcb12_pa
     dr7, dr6, rflags = ext.dr_flags.read()
@@ -190,7 +190,7 @@ def _store_volatile(ext: "SvmExtension") -> None:
 
 
 # ---- verification --------------------------------------------------------------------------------
-def _verify_replay(ext: "SvmExtension", before: bytes, full: Callable[[], None], what: str) -> None:
+def _verify_replay(ext: "Vcpu", before: bytes, full: Callable[[], None], what: str) -> None:
     """Run the full step from the same starting context and compare the whole CPU context."""
     m = ext.machine
     replayed = bytes(m.ctx.save().view)

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP
 
 from emu.core.extension import WINDOW_NONE, WINDOW_TAKEN, WINDOW_WANTED
-from emu.engine.hw_switch import HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS2, OFF_V_TPR, Context
+from emu.engine.hw_switch import (HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS2, OFF_V_TPR,
+                                  Context)
 from emu.arch.bits import RFLAGS_IF
 from emu.core.interrupts import Event, Kind
 
@@ -32,7 +33,7 @@ from emu.arch.vmcb import (BITFIELDS, OFFSETS, VMEXIT_INIT, VMEXIT_INTR, VMEXIT_
 from svm_ext import reflect
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
 
 _Q = struct.Struct("<Q")
 _OFF_VINTR, _OFF_INT_STATE = OFFSETS["vintr"], OFFSETS["int_state"]
@@ -43,24 +44,30 @@ V_INTR_MASKING_BIT = 1 << _BITS["v_intr_masking"][0]
 INTERRUPT_SHADOW = 1 << _BITS["interrupt_shadow"][0]
 
 
-def on_vmrun(ext: "SvmExtension", c: Vmcb12Cache) -> None:
+def on_vmrun(ext: "Vcpu", c: Vmcb12Cache) -> None:
     """VMRUN step 6: take V_IRQ/V_TPR from vmcb12; let the machine look for interrupts (GIF
     is now 1, and a pending one may exit at once)."""
     st, m = ext.state, ext.machine
     vintr = c.vintr                    # one word: this runs on every VMRUN
     st.v_irq = bool(vintr & V_IRQ_BIT)
     st.v_tpr = vintr & 0xF
-    if vintr & V_INTR_MASKING_BIT:
+    shadow = c.int_state & INTERRUPT_SHADOW
+    if vintr & V_INTR_MASKING_BIT or shadow:
         ctx = m.ctx.save()
-        ctx.set_u32(OFF_HFLAGS2, ctx.u32(OFF_HFLAGS2) | HF2_VINTR)
-        ctx.view[OFF_V_TPR] = st.v_tpr
+        if vintr & V_INTR_MASKING_BIT:
+            ctx.set_u32(OFF_HFLAGS2, ctx.u32(OFF_HFLAGS2) | HF2_VINTR)
+            ctx.view[OFF_V_TPR] = st.v_tpr
+        if shadow:
+            # vmcb12's interrupt shadow holds off interrupts, virtual ones too, for L2's first
+            # instruction (APM vol. 2, 15.21.5); the world switch entered it cleared.
+            ctx.set_u32(OFF_HFLAGS, ctx.hflags | HF_INHIBIT_IRQ)
         ctx.restore()
-    else:
+    if not vintr & V_INTR_MASKING_BIT:
         m.claim_cr8()          # L2's CR8 is the physical TPR (an L1 intercept still wins)
     m.interrupt_check(virtual=st.v_irq)
 
 
-def store(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
+def store(ext: "Vcpu", ctx: Context, vm: Vmcb) -> None:
     """#VMEXIT: V_IRQ still pending, V_TPR as L2 left it, and the interrupt shadow."""
     st = ext.state
     c = st.vmcb12
@@ -74,7 +81,7 @@ def store(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
                  INTERRUPT_SHADOW if ctx.hflags & HF_INHIBIT_IRQ else 0)
 
 
-def physical_if(ext: "SvmExtension") -> bool | None:
+def physical_if(ext: "Vcpu") -> bool | None:
     st = ext.state
     c = st.vmcb12
     if st.in_l2 and c is not None and c.v_intr_masking:
@@ -82,23 +89,23 @@ def physical_if(ext: "SvmExtension") -> bool | None:
     return None
 
 
-def on_interrupt(ext: "SvmExtension", vector: int) -> bool:
+def on_interrupt(ext: "Vcpu", vector: int) -> bool:
     return _exit_if_intercepted(ext, VMEXIT_INTR)
 
 
-def on_nmi(ext: "SvmExtension") -> bool:
+def on_nmi(ext: "Vcpu") -> bool:
     return _exit_if_intercepted(ext, VMEXIT_NMI)
 
 
-def on_smi(ext: "SvmExtension") -> bool:
+def on_smi(ext: "Vcpu") -> bool:
     return _exit_if_intercepted(ext, VMEXIT_SMI)
 
 
-def on_init(ext: "SvmExtension") -> bool:
+def on_init(ext: "Vcpu") -> bool:
     return _exit_if_intercepted(ext, VMEXIT_INIT)
 
 
-def _exit_if_intercepted(ext: "SvmExtension", code: int) -> bool:
+def _exit_if_intercepted(ext: "Vcpu", code: int) -> bool:
     """INTR, NMI, SMI and INIT while L2 runs: #VMEXIT(code) if L1 intercepts it (the event stays pending)."""
     st = ext.state
     c = st.vmcb12
@@ -108,7 +115,7 @@ def _exit_if_intercepted(ext: "SvmExtension", code: int) -> bool:
     return False
 
 
-def window(ext: "SvmExtension") -> int:
+def window(ext: "Vcpu") -> int:
     """A virtual interrupt for L2, if one is pending and can be taken now."""
     st, m = ext.state, ext.machine
     c = st.vmcb12
@@ -118,6 +125,8 @@ def window(ext: "SvmExtension") -> int:
     v_tpr = ctx.view[OFF_V_TPR] & 0xF if c.v_intr_masking else st.v_tpr
     if not c.v_ign_tpr and c.v_intr_prio <= v_tpr:
         return WINDOW_NONE
+    if c.v_gif_enable and not Vmcb(m.mem.view, st.vmcb12_pa).v_gif:
+        return WINDOW_NONE      # V_GIF=0 holds virtual interrupts (APM vol. 2, 15.33); STGI looks again
     if not m.uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_IF or ctx.hflags & HF_INHIBIT_IRQ:
         return WINDOW_WANTED
     if reflect.exit_handled(c, VMEXIT_VINTR):

@@ -25,7 +25,7 @@ from emu.arch.bits import DR7_RESET
 from emu.arch.vmcb import OFFSETS, VMEXIT_INVALID, Vmcb
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
 
 HOST_DR7 = DR7_RESET     # #VMEXIT clears DR7 of the host, as RESET leaves it
 # Blob span holding the SVM controls Unicorn enforces (intercept words through nested_pg_mode).
@@ -33,7 +33,7 @@ _CONTROLS = slice(OFF_INTERCEPT, OFF_NESTED_PG_MODE + 4)
 _QQ = struct.Struct("<Q")
 
 
-def vmexit(ext: "SvmExtension", exitcode: int, info1: int = 0, info2: int = 0,
+def vmexit(ext: "Vcpu", exitcode: int, info1: int = 0, info2: int = 0,
            intinfo: int = 0, nrip: int = 0) -> None:
     m, st = ext.machine, ext.state
     where = m.where() if ext.tracing() else None
@@ -72,7 +72,7 @@ assert [OFFSETS[n] for n in ("cr4", "cr3", "cr0", "dr7", "dr6", "rflags", "rip")
     [OFFSETS["cr4"] + 8 * i for i in range(7)]
 
 
-def store_guest(ext: "SvmExtension", ctx: Context, vm: Vmcb) -> None:
+def store_guest(ext: "Vcpu", ctx: Context, vm: Vmcb) -> None:
     m = ext.machine
     buf, base = m.mem.view, ext.state.vmcb12_pa
     dr7, dr6, rflags = ext.dr_flags.read()
@@ -103,7 +103,7 @@ def store_exit_info(vm: Vmcb, exitcode: int, info1: int, info2: int, intinfo: in
     _QQ.pack_into(buf, base + OFFSETS["eventinj"], 0)   # taken, or reported in EXITINTINFO
 
 
-def restore_host(ext: "SvmExtension", ctx: Context) -> None:
+def restore_host(ext: "Vcpu", ctx: Context) -> None:
     """Load L1's host state (APM 15.6: segments ES/CS/SS/DS, GDTR, IDTR, CR0/3/4, EFER, RFLAGS,
     RIP, RSP, RAX, CPL 0, DR7 with breakpoints off) into the current context."""
     st = ext.state
@@ -122,7 +122,7 @@ def restore_host(ext: "SvmExtension", ctx: Context) -> None:
     restore_host_volatile(ext, ctx)
 
 
-def restore_host_volatile(ext: "SvmExtension", ctx: Context) -> None:
+def restore_host_volatile(ext: "Vcpu", ctx: Context) -> None:
     """The host fields every #VMEXIT moves one by one (the switch cache replays the rest):
     RIP after the VMRUN, RAX, RSP, RFLAGS, DR7."""
     st = ext.state
@@ -135,7 +135,7 @@ def restore_host_volatile(ext: "SvmExtension", ctx: Context) -> None:
     flush_tlb(ext.machine.uc)
 
 
-def fail_vmrun(ext: "SvmExtension", rule: str, where: str | None = None) -> None:
+def fail_vmrun(ext: "Vcpu", rule: str, where: str | None = None) -> None:
     """Consistency checks failed: #VMEXIT with VMEXIT_INVALID before any L2 instruction, so L1
     simply continues after its VMRUN with EXITCODE = -1 in vmcb12."""
     m, st = ext.machine, ext.state
@@ -154,7 +154,7 @@ def fail_vmrun(ext: "SvmExtension", rule: str, where: str | None = None) -> None
     _explain_once(ext, rule, where)
 
 
-def _explain_once(ext: "SvmExtension", rule: str, where: str | None) -> None:
+def _explain_once(ext: "Vcpu", rule: str, where: str | None) -> None:
     """A failed VMRUN is silent to L1 except for EXITCODE = -1, which is easy to miss: tell the
     user which rule (and APM section) it broke, once per rule, unless -q or an exits trace
     (which already says it) is on."""

@@ -34,7 +34,7 @@ from emu.arch.vmcb import (OFFSETS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, 
 from svm_ext import vintr, vmexit
 
 if TYPE_CHECKING:
-    from .extension import SvmExtension
+    from .vcpu import Vcpu
 
 VMCB02 = hostvm.SCRATCH
 _INTERCEPTS = struct.Struct("<HHHHIII")     # CR/DR read/write, exceptions, misc1, misc2
@@ -43,7 +43,7 @@ VMRUN_LENGTH = 3
 _CRDR = struct.Struct("<HHHH")
 
 
-def vmrun(ext: "SvmExtension", code: int = 0) -> None:
+def vmrun(ext: "Vcpu", code: int = 0) -> None:
     m = ext.machine
     where = m.where() if ext.tracing() else None
     ctx = m.ctx.save()
@@ -90,17 +90,17 @@ def vmrun(ext: "SvmExtension", code: int = 0) -> None:
         ext.fast.vmrun_done(before, pa, nx_entries)
 
 
-def check_instruction(ext: "SvmExtension", ctx: Context) -> int | None:
+def check_instruction(ext: "Vcpu", ctx: Context) -> int | None:
     """rAX must be a 4 KiB-aligned physical address below MAXPHYADDR, else #GP(0): the operand
     rule VMRUN shares with VMLOAD/VMSAVE."""
     return instructions.vmcb_operand(ext, ctx)
 
 
-def read_vmcb12(ext: "SvmExtension", pa: int) -> Vmcb12Cache:
+def read_vmcb12(ext: "Vcpu", pa: int) -> Vmcb12Cache:
     return read_cache(ext.machine.mem.view, pa)
 
 
-def save_host_state(ext: "SvmExtension", vmcb12_pa: int) -> None:
+def save_host_state(ext: "Vcpu", vmcb12_pa: int) -> None:
     """Keep L1's whole context; #VMEXIT restores the host part of it (vmexit.restore_host).
 
     Real hardware writes host state to VM_HSAVE_PA in a format software must not read; keeping
@@ -112,7 +112,7 @@ def save_host_state(ext: "SvmExtension", vmcb12_pa: int) -> None:
     st.vmcb12_pa = vmcb12_pa
 
 
-def build_vmcb02(ext: "SvmExtension", c: Vmcb12Cache, npt: bool) -> intercepts.Merged:
+def build_vmcb02(ext: "Vcpu", c: Vmcb12Cache, npt: bool) -> intercepts.Merged:
     """vmcb02 in L0 memory: what Unicorn reads while L2 runs (permission maps, ASID, nested
     paging). Returns the merged intercept vectors."""
     m = ext.machine
@@ -131,7 +131,7 @@ def build_vmcb02(ext: "SvmExtension", c: Vmcb12Cache, npt: bool) -> intercepts.M
     return merged
 
 
-def load_guest(ext: "SvmExtension", c: Vmcb12Cache) -> None:
+def load_guest(ext: "Vcpu", c: Vmcb12Cache) -> None:
     """Put L2's state (vmcb12's save area) and the merged controls into the CPU context."""
     m = ext.machine
     ctx = m.ctx  # saved at step 1: L1's context, patched into L2's below
@@ -178,7 +178,7 @@ _INJECT_KIND = {EVENTINJ_TYPE_EXCEPTION: Kind.EXCEPTION, EVENTINJ_TYPE_NMI: Kind
                 EVENTINJ_TYPE_SOFT_INT: Kind.SOFTWARE}
 
 
-def inject_event(ext: "SvmExtension", c: Vmcb12Cache) -> None:
+def inject_event(ext: "Vcpu", c: Vmcb12Cache) -> None:
     """Deliver EVENTINJ through L2's IDT as the first thing L2 sees (APM 15.20).
 
     The injected event itself is never intercepted; an exception raised while delivering it can

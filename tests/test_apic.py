@@ -332,7 +332,40 @@ def test_snapshot_mid_timer_resumes_to_the_same_end():
         assert m2.apic.deadline() is None and m2.apic.isr == 0
 
 
-def test_timer_lvt_keeps_only_one_shot_and_periodic_modes():
+def test_timer_lvt_keeps_the_mode_field_but_not_the_status_bit():
     a = Clock().apic()
-    a.write_reg(APIC_LVT_TIMER, 0x40000 | 0x20000 | 0x1000 | 0x45)   # bit 18, periodic, status
-    assert a.read_reg(APIC_LVT_TIMER) == 0x20045
+    a.write_reg(APIC_LVT_TIMER, 0x40000 | 0x1000 | 0x45)            # TSC-deadline, status
+    assert a.read_reg(APIC_LVT_TIMER) == 0x40045
+
+
+def test_tsc_deadline_timer_fires_once_at_its_deadline():
+    """TSC-deadline mode (LVT timer mode 10b): IA32_TSC_DEADLINE arms it, it fires when virtual
+    time (the TSC) reaches the value, then reads 0; the initial count is ignored; outside the
+    mode the MSR reads 0 and writes are ignored; a change of mode disarms it."""
+    c = Clock()
+    a = c.apic()
+    a.write_tsc_deadline(500)                       # one-shot mode: ignored
+    assert a.read_tsc_deadline() == 0 and a.deadline() is None
+    a.write_reg(APIC_LVT_TIMER, 0x40000 | 0x31)
+    a.write_reg(APIC_TIMER_ICR, 10)                 # ignored in this mode
+    assert a.deadline() is None and a.current_count(0) == 0
+    a.write_tsc_deadline(500)
+    assert a.read_tsc_deadline() == 500 and a.deadline() == 500
+    a.tick(499)
+    assert a.irr == 0
+    a.tick(500)
+    assert a.irr == 1 << 0x31 and a.read_tsc_deadline() == 0 and a.deadline() is None
+    a.write_tsc_deadline(900)
+    a.write_reg(APIC_LVT_TIMER, 0x31)               # back to one-shot: disarmed
+    assert a.deadline() is None
+    c.t = 1000
+    a.write_reg(APIC_LVT_TIMER, 0x40000 | 0x32)
+    a.write_tsc_deadline(800)                       # already past: fires at once
+    assert a.irr & (1 << 0x32) and a.read_tsc_deadline() == 0
+
+
+def test_cpuid_reports_the_tsc_deadline_timer():
+    m = Machine(32 << 20, stdout=None)
+    assert m.cpuid.query(1, 0)[2] & (1 << 24)
+    m.msrs.wrmsr(0x6E0, 12345)                      # one-shot mode: ignored, no #GP
+    assert m.msrs.rdmsr(0x6E0) == 0

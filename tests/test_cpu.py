@@ -42,6 +42,18 @@ def test_qemu64_is_family_15_with_svm_and_no_xsave():
     assert m.cpuid.query(0x80000001, 0)[3] & (1 << 29)            # long mode
 
 
+def test_opteron_g1_is_family_15_model_6_without_svm_unless_asked():
+    m = machine("Opteron_G1,vendor=AuthenticAMD")
+    a, b, c, d = m.cpuid.query(1, 0)
+    assert a == 0x00000F61 and c & 1 and not c & (1 << 13)         # SSE3, no CX16
+    ext = m.cpuid.query(0x80000001, 0)
+    assert not ext[2] & (1 << 2) and not ext[2] & 1                # no SVM, no LAHF-LM
+    assert ext[3] & (1 << 29) and ext[3] & (1 << 11)               # long mode, SYSCALL
+    assert not parse_cpu("Opteron_G1").svm
+    assert parse_cpu("Opteron_G1,+svm").svm
+    assert machine("Opteron_G1,+svm").cpuid.query(0x80000001, 0)[2] & (1 << 2)
+
+
 def test_xsave_leaf_advertises_no_avx_state():
     """Unicorn raises #UD on VEX instructions, so XCR0 may hold x87 and SSE only."""
     m = machine()
@@ -53,7 +65,8 @@ def test_xsave_leaf_advertises_no_avx_state():
 def test_svm_features_leaf_only_what_svm_ext_implements():
     m = machine()
     edx = m.cpuid.query(0x8000000A, 0)[3]
-    assert edx == 0b1001                                           # NP and NRIP save
+    assert edx == 0b1001 | 1 << 16                                 # NP, NRIP save, vGIF
+    assert not machine("EPYC,-vgif").cpuid.query(0x8000000A, 0)[3] & (1 << 16)
 
 
 def test_features_added_and_hidden():
@@ -73,6 +86,7 @@ def test_features_added_and_hidden():
     ("EPYC,+avx", "not implemented"),
     ("qemu64,+tsc-scale", "not implemented"),
     ("EPYC,smap", "bad CPU feature"),
+    ("EPYC,vendor=GenuineIntel", "not implemented"),
 ])
 def test_bad_cpu_specs_are_option_errors(spec, message):
     with pytest.raises(OptionError, match=message):

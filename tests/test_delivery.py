@@ -13,6 +13,7 @@ from unicorn.x86_const import (UC_X86_REG_CR2, UC_X86_REG_R8, UC_X86_REG_R9, UC_
                                UC_X86_REG_R11, UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14,
                                UC_X86_REG_R15)
 
+from emu.arch.bits import RFLAGS_RF
 from emu.core.machine import STATUS_SHUTDOWN, Machine
 from svm_ext.extension import SvmExtension
 from tests.tinyimage import (asm64, BODY, IST1_STACK, KSTACK, RSP0_STACK, SEL_CODE64,
@@ -218,3 +219,45 @@ def test_timeout_stops_a_runaway_guest():
     m.load_multiboot(long_mode_image("spin: jmp spin", {}), "test")
     res = m.run(timeout=0.3)
     assert res.reason == "timeout"
+
+
+def test_fault_frames_carry_rf_and_traps_do_not():
+    """A fault restarts its instruction, so the RFLAGS image pushed for it has RF set (kvm-unit-
+    tests' idt_test checks #GP and #UD); a trap (#BP) pushes RF clear; the handler runs with RF
+    clear either way."""
+    body = """
+        ud2
+        int3
+        mov r15, 0x600D
+    """ + EXIT
+    handlers = [
+        "mov rax, [rsp+16]\n mov [0x7000], rax\n pushfq\n pop rax\n mov [0x7010], rax\n"
+        " add qword ptr [rsp], 2\n btr qword ptr [rsp+16], 16\n iretq",
+        "mov rax, [rsp+16]\n mov [0x7008], rax\n iretq",
+    ]
+    idt = {6: gate64(handler(0)), 3: gate64(handler(1))}
+    m, res = boot(long_mode_image(body, idt, handlers))
+    assert res.reason == "exit" and regs(m, "r15")[0] == 0x600D
+    ud_image, bp_image, in_handler = struct.unpack_from("<QQQ", m.ram, 0x7000)
+    assert ud_image & RFLAGS_RF
+    assert not bp_image & RFLAGS_RF
+    assert not in_handler & RFLAGS_RF
+
+
+def test_fault_delivering_int_n_returns_to_the_int_instruction():
+    """INT 0x21 through a not-present gate raises #NP (error: IDT, vector 0x21); the #NP frame
+    holds the INT instruction's own address, so a handler that fixes the gate re-runs it
+    (kvm-unit-tests eventinj "NP exception")."""
+    body = """
+        mov r15, 1
+        int 0x21
+        mov r15, 0x600D
+    """ + EXIT
+    handlers = ["mov rax, [rsp]\n mov [0x7000], rax\n mov rax, [rsp+8]\n mov [0x7008], rax\n"
+                " add qword ptr [rsp+8], 2\n add rsp, 8\n iretq"]
+    idt = {11: gate64(handler(0)), 0x21: gate64(handler(0), present=False)}
+    m, res = boot(long_mode_image(body, idt, handlers))
+    assert res.reason == "exit" and regs(m, "r15")[0] == 0x600D
+    err, rip = struct.unpack_from("<QQ", m.ram, 0x7000)
+    assert err == 0x21 * 8 + 2                                 # IDT bit, not EXT
+    assert rip == after("mov r15, 1")

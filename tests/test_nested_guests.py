@@ -259,6 +259,35 @@ def test_selective_cr0_write_exits_only_beyond_ts_and_mp():
     assert vm.save.rip == L2_CODE + first and vm.nrip == L2_CODE + first + 3
 
 
+def test_selective_cr0_intercept_catches_lmsw_changing_mp():
+    """LMSW under the selective intercept exits when it changes any bit it writes, MP too
+    (a MOV to CR0 changing only MP does not exit, above); an LMSW that changes nothing runs."""
+    l2 = "smsw eax\n lmsw ax\n xor eax, 2\n lmsw ax\n vmmcall"
+    m, vm = _nested(l2, misc1=INTERCEPT_CR0_SEL_WRITE)
+    assert vm.exitcode == VMEXIT_CR0_SEL_WRITE
+    first = len(asm64("smsw eax\n lmsw ax\n xor eax, 2", L2_CODE))
+    assert vm.save.rip == L2_CODE + first and vm.nrip == L2_CODE + first + 3
+    assert vm.save.cr0 == 0x80010011                     # MP not set: the write was intercepted
+
+
+@pytest.mark.parametrize("insn, cpu", [("rdtscp", "EPYC,-rdtscp"), ("skinit", "EPYC,-skinit")])
+def test_instruction_the_cpu_lacks_is_ud_before_its_intercept(insn, cpu):
+    """RDTSCP hidden from CPUID, and SKINIT (no svmemu CPU has it), raise #UD in L2 even with
+    their intercepts set: #UD comes before instruction intercepts (APM vol. 2, 15.7), and L1's
+    #UD intercept takes it (kvm-unit-tests svm_unsupported_instruction_intercept_test)."""
+    from emu.arch.vmcb import INTERCEPT_RDTSCP, INTERCEPT_SKINIT
+    from emu.core.cpu_models import parse_cpu
+    from tests.nested_image import EXIT_PASS, VMCB12, nested_image, vmcb12
+    img = nested_image("mov rax, rdi\n vmrun\n" + EXIT_PASS, insn + "\n vmmcall",
+                       vmcb12(misc2=INTERCEPT_VMRUN | INTERCEPT_VMMCALL | INTERCEPT_RDTSCP
+                              | INTERCEPT_SKINIT, exceptions=1 << 6))
+    m = Machine(128 << 20, stdout=None, extensions=[SvmExtension()], cpu=parse_cpu(cpu))
+    m.load_multiboot(img, "test")
+    assert m.run(timeout=20).reason == "exit"
+    vm = Vmcb(m.mem.view, VMCB12)
+    assert vm.exitcode == VMEXIT_EXCP0 + 6 and vm.save.rip == L2_CODE
+
+
 # ---------------------------------------------------------------------------- svm_vmload_vmsave
 VMCB_B, VMCB_C, VMCB_ORIG = 0x808000, 0x809000, 0x80A000
 

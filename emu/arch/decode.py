@@ -3,9 +3,10 @@ the intercepts Unicorn reports under another name). One place, so the rule "lega
 any order, then at most one REX, only in 64-bit code" is written once."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import capstone
+if TYPE_CHECKING:
+    import capstone
 
 LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 MAX_INSN_LENGTH = 15
@@ -29,15 +30,18 @@ def split_prefixes(code: bytes, mode_bits: int) -> Prefixed:
     return Prefixed(code[i:], legacy, rex, i)
 
 
-_MODES = {64: capstone.CS_MODE_64, 32: capstone.CS_MODE_32, 16: capstone.CS_MODE_16}
-_DECODERS: dict[tuple[int, bool], capstone.Cs] = {}
+_DECODERS: "dict[tuple[int, bool], capstone.Cs]" = {}
 
 
-def decoder(mode_bits: int, detail: bool = False) -> capstone.Cs:
+def decoder(mode_bits: int, detail: bool = False) -> "capstone.Cs":
     """A capstone decoder for 16-, 32- or 64-bit code, made once per mode (and per `detail`:
-    operand details cost every decode, so only callers that read operands ask for them)."""
+    operand details cost every decode, so only callers that read operands ask for them).
+    capstone is imported on the first call: most runs never decode, and its import costs a
+    noticeable part of a short run's start."""
     d = _DECODERS.get((mode_bits, detail))
     if d is None:
-        d = _DECODERS[(mode_bits, detail)] = capstone.Cs(capstone.CS_ARCH_X86, _MODES[mode_bits])
+        import capstone
+        modes = {64: capstone.CS_MODE_64, 32: capstone.CS_MODE_32, 16: capstone.CS_MODE_16}
+        d = _DECODERS[(mode_bits, detail)] = capstone.Cs(capstone.CS_ARCH_X86, modes[mode_bits])
         d.detail = detail
     return d

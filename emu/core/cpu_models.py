@@ -9,10 +9,13 @@ raises #UD on VEX instructions), XSAVE state for x87 and SSE only. Models:
   max     the most svmemu implements: EPYC, as kvm-unit-tests' `-cpu max,+svm` expects.
   qemu64  QEMU's default CPU (family 15 model 107, AuthenticAMD, SSE3, CX16, LAHF, SVM, no
           XSAVE): what old hypervisors that check for family 0xF want.
+  Opteron_G1  QEMU's first-generation Opteron (family 15 model 6 stepping 1: SSE3, long
+          mode, SYSCALL, NX; no CX16, no LAHF in long mode, no SVM unless `+svm`).
 
 `+name` adds a feature svmemu implements (the EPYC set, plus `perfctr-core` and the speculation
 controls `ibpb`, `ibrs`, `amd-stibp`, `amd-ssbd`, whose MSRs exist in emu/core/msrs_amd.py);
-`-name` hides one (`name=on`/`name=off` are accepted too). A hidden feature is gone from CPUID
+`-name` hides one (`name=on`/`name=off` are accepted too). `vendor=AuthenticAMD` is accepted
+(every model is AMD's); another vendor is refused. A hidden feature is gone from CPUID
 and from everything CPUID gates: CR4 bits (control_regs.py), MSRs (msrs_amd.py), and, for `svm`,
 the whole SVM extension. Its instructions may still execute if a guest uses them regardless,
 as on QEMU's TCG. An unknown model or feature, or one svmemu does not implement, is an
@@ -62,7 +65,25 @@ _QEMU64: Table = {
     (0x80000008, 0): (0x00003028, 0x00000000, 0x00000000, 0x00000000),
 }
 
-MODELS: dict[str, Table] = {"EPYC": _EPYC, "max": _EPYC, "qemu64": _QEMU64}
+# QEMU's Opteron_G1: family 15 model 6 stepping 1; the PPro features, SSE/SSE2, SSE3 (not VME:
+# svmemu has no virtual-8086 interrupt delivery, so no model advertises it);
+# long mode, SYSCALL, NX (with AMD's aliases of the leaf-1 EDX bits); no SVM.
+_OPTERON_G1: Table = {
+    (0x0, 0): (0x00000005, 0x68747541, 0x444D4163, 0x69746E65),
+    (0x1, 0): (0x00000F61, 0x00000800, 0x00000001, 0x078BFBFD),
+    (0x80000000, 0): (0x80000008, 0x68747541, 0x444D4163, 0x69746E65),
+    (0x80000001, 0): (0x00000F61, 0x00000000, 0x00000000, 0x2193FBFD),
+    **_BRAND_SVMEMU,
+    (0x80000005, 0): (0x01FF01FF, 0x01FF01FF, 0x40020140, 0x40020140),
+    (0x80000006, 0): (0x00000000, 0x42004200, 0x02008140, 0x00000000),
+    (0x80000008, 0): (0x00003028, 0x00000000, 0x00000000, 0x00000000),
+}
+
+MODELS: dict[str, Table] = {"EPYC": _EPYC, "max": _EPYC, "qemu64": _QEMU64,
+                            "Opteron_G1": _OPTERON_G1}
+# Features a model lacks that the machine would otherwise add (the SVM extension adds SVM).
+_MODEL_HIDDEN: dict[str, tuple[str, ...]] = {"Opteron_G1": ("svm",)}
+VENDOR_AMD = "AuthenticAMD"
 DEFAULT_MODEL = "EPYC"
 
 # feature name (QEMU's spelling) -> (leaf, subleaf, register, bit)
@@ -80,7 +101,7 @@ _bits(1, 0, EDX, {"fpu": 0, "vme": 1, "de": 2, "pse": 3, "tsc": 4, "msr": 5, "pa
                   "sse2": 26})
 _bits(1, 0, ECX, {"pni": 0, "pclmulqdq": 1, "monitor": 3, "ssse3": 9, "fma": 12, "cx16": 13,
                   "pcid": 17, "sse4.1": 19, "sse4.2": 20, "x2apic": 21, "movbe": 22, "popcnt": 23,
-                  "aes": 25, "xsave": 26, "avx": 28, "f16c": 29, "rdrand": 30})
+                  "tsc-deadline": 24, "aes": 25, "xsave": 26, "avx": 28, "f16c": 29, "rdrand": 30})
 _bits(7, 0, EBX, {"fsgsbase": 0, "bmi1": 3, "avx2": 5, "smep": 7, "bmi2": 8, "erms": 9,
                   "invpcid": 10, "rdseed": 18, "adx": 19, "smap": 20, "clflushopt": 23,
                   "sha-ni": 29})
@@ -90,7 +111,7 @@ _bits(0x80000001, 0, EDX, {"syscall": 11, "nx": 20, "mmxext": 22, "fxsr-opt": 25
                            "rdtscp": 27, "lm": 29})
 _bits(0x80000001, 0, ECX, {"lahf-lm": 0, "cmp-legacy": 1, "svm": 2, "extapic": 3,
                            "cr8legacy": 4, "abm": 5, "sse4a": 6, "misalignsse": 7,
-                           "3dnowprefetch": 8, "osvw": 9, "topoext": 22, "perfctr-core": 23})
+                           "3dnowprefetch": 8, "osvw": 9, "skinit": 12, "topoext": 22, "perfctr-core": 23})
 _bits(0x80000008, 0, EBX, {"ibpb": 12, "ibrs": 14, "amd-stibp": 15, "amd-ssbd": 24})
 _bits(0x8000000A, 0, EDX, {"npt": 0, "lbrv": 1, "svm-lock": 2, "nrip-save": 3, "tsc-scale": 4,
                            "vmcb-clean": 5, "flushbyasid": 6, "decodeassists": 7,
@@ -101,7 +122,7 @@ _ALIASES = {"sse3": "pni", "sse4_1": "sse4.1", "sse4_2": "sse4.2", "lahf_lm": "l
             "cr8-legacy": "cr8legacy", "sha_ni": "sha-ni", "fxsr_opt": "fxsr-opt"}
 # Implemented beyond EPYC's own bits: their MSRs are in msrs_amd.py, and they change nothing
 # else an emulator can show.
-_OPT_IN = ("perfctr-core", "ibpb", "ibrs", "amd-stibp", "amd-ssbd")
+_OPT_IN = ("perfctr-core", "ibpb", "ibrs", "amd-stibp", "amd-ssbd", "tsc-deadline", "x2apic")
 # SVM features: the SVM extension decides which it implements (its CPUID leaf); a model may
 # only hide them.
 _SVM_LEAF = 0x8000000A
@@ -153,8 +174,16 @@ def parse_cpu(spec: str) -> CpuModel:
         raise OptionError(f"unknown CPU model {name!r} (models: {', '.join(MODELS)})")
     name = models[name.lower()]
     model = CpuModel(name, {k: tuple(v) for k, v in MODELS[name].items()})  # type: ignore[misc]
+    for feat in _MODEL_HIDDEN.get(name, ()):
+        leaf, sub, reg, bit = FEATURES[feat]
+        model.hidden[(leaf, sub, reg)] = model.hidden.get((leaf, sub, reg), 0) | bit
     for part in parts[1:]:
         if not part:
+            continue
+        if part.startswith("vendor="):
+            if part[len("vendor="):] != VENDOR_AMD:
+                raise OptionError(f"CPU feature {part!r} is not implemented by svmemu (its CPUs "
+                                  f"are {VENDOR_AMD}'s)")
             continue
         if part[0] in "+-":
             feat, on = part[1:], part[0] == "+"

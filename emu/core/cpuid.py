@@ -16,6 +16,7 @@ Regs = tuple[int, int, int, int]   # eax, ebx, ecx, edx
 CPUID_1_ECX_HYPERVISOR = 1 << 31
 CPUID_1_EDX_APIC = 1 << 9
 CPUID_1_ECX_X2APIC = 1 << 21
+CPUID_1_ECX_TSC_DEADLINE = 1 << 24      # the APIC timer's TSC-deadline mode
 CPUID_80000001_ECX_SVM = 1 << 2
 LEAF_SVM_FEATURES = 0x8000000A
 LEAF_XSAVE = 0xD                 # processor extended state: subleaf 0 EDX:EAX = valid XCR0 bits

@@ -32,6 +32,10 @@ VECTOR_NAMES = {DE: "#DE", DB: "#DB", NMI: "NMI", BP: "#BP", OF: "#OF", BR: "#BR
                 MF: "#MF", AC: "#AC", MC: "#MC", XF: "#XF", 20: "#VE", 21: "#CP", 29: "#VC", SX: "#SX"}
 HAS_ERROR_CODE = frozenset({DF, TS, NP, SS_FAULT, GP, PF, AC, 21, 29, SX})
 CONTRIBUTORY = frozenset({DE, TS, NP, SS_FAULT, GP})
+# Fault-class exceptions: the instruction restarts, so the RFLAGS image pushed for them has RF=1
+# (an instruction breakpoint on it does not fire again after IRET).  #DB is left out (svmemu
+# raises it for traps: single-step, data breakpoints), and so are traps and aborts.
+FAULT_CLASS = frozenset({DE, BR, UD, NM, TS, NP, SS_FAULT, GP, PF, MF, AC, XF})
 
 GATE_TASK = 0x5
 GATE_INT16, GATE_TRAP16 = 0x6, 0x7
@@ -54,6 +58,8 @@ class Event:
     error_code: int | None = None
     cr2: int | None = None          # set CR2 before delivery (page faults)
     icebp: bool = False             # INT1: a software-initiated #DB without the DPL check
+    insn_len: int = 0               # software events: their instruction's length; a fault while
+                                    # delivering one reports the instruction itself (it restarts)
 
     def describe(self) -> str:
         name = VECTOR_NAMES.get(self.vector, f"vector {self.vector:#x}")
@@ -120,6 +126,8 @@ class Deliverer:
                 self._deliver_once(current, return_rip, cr2)
                 return current
             except Fault as second:
+                if current.kind is Kind.SOFTWARE:
+                    return_rip -= current.insn_len
                 outer = current
                 met = Event(second.vector, Kind.EXCEPTION, second.error_code, second.cr2)
                 if current.vector == DF and current.kind is Kind.EXCEPTION:
@@ -151,6 +159,8 @@ class Deliverer:
         if cr2 is not None:
             ctx.set_u64(OFF_CR2, cr2)
         rflags = self.uc.reg_read(UC_X86_REG_RFLAGS)
+        if ev.kind is Kind.EXCEPTION and ev.vector in FAULT_CLASS:
+            rflags |= RFLAGS_RF
         rsp = self.uc.reg_read(UC_X86_REG_RSP)
         cr0 = ctx.cr(0)
         if not cr0 & 1:

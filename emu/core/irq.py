@@ -37,7 +37,7 @@ from unicorn.x86_const import (UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_
                                UC_X86_REG_RDI, UC_X86_REG_RDX, UC_X86_REG_RFLAGS, UC_X86_REG_RIP,
                                UC_X86_REG_RSI, UC_X86_REG_RSP)
 
-from emu.core.cpuid import CPUID_1_ECX_X2APIC, CPUID_1_EDX_APIC, Regs
+from emu.core.cpuid import CPUID_1_ECX_TSC_DEADLINE, CPUID_1_ECX_X2APIC, CPUID_1_EDX_APIC, Regs
 from emu.engine import hostvm
 from emu.core.devices.cmos import CMOS_SHUTDOWN_STATUS, SHUTDOWN_RESUME_CODES
 from emu.core.devices.apic import (APIC_BASE_EXTD, APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
@@ -49,6 +49,7 @@ from emu.engine.hw_switch import HF2_NMI, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS
 from emu.arch.bits import RFLAGS_IF
 from emu.core.interrupts import GP, NMI, Event, Kind
 from emu.engine.irq_window import Window
+from emu.arch.msrs import MSR_TSC_DEADLINE
 from emu.core.msr import MSR_APIC_BASE, GeneralProtection
 
 if TYPE_CHECKING:
@@ -81,11 +82,21 @@ class InterruptController:
         self._replay: tuple[int, int, int] | None = None
         msrs = machine.msrs
         msrs.register(MSR_APIC_BASE, lambda: self.apic.base_msr, self._write_base)
+        msrs.register(MSR_TSC_DEADLINE, self._read_tsc_deadline, self._write_tsc_deadline)
         for index in self.apic.x2apic_msrs():
             msrs.register(index, lambda i=index: self._gp(self.apic.read_msr, i),
                           lambda v, i=index: self._gp(self.apic.write_msr, i, v))
         machine.cpuid.overrides.append(self._cpuid)
         self._remap(None, self.apic.mmio_base())
+
+    def _read_tsc_deadline(self) -> int:
+        """In the TSC units of the code reading it (L2's TSC_OFFSET included)."""
+        value = self.apic.read_tsc_deadline()
+        return (value + self.m.tsc_offset) & 0xFFFFFFFFFFFFFFFF if value else 0
+
+    def _write_tsc_deadline(self, value: int) -> None:
+        self.apic.write_tsc_deadline((value - self.m.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+                                     if value else 0)
 
     # ---- wiring ----------------------------------------------------------------------------
     def now(self) -> int:
@@ -107,14 +118,14 @@ class InterruptController:
         self._gp(self.apic.write_base_msr, value, self.m.msrs.maxphyaddr)
 
     def _cpuid(self, leaf: int, subleaf: int, regs: Regs) -> Regs:
-        """CPUID 1: EDX.APIC follows IA32_APIC_BASE.EN (as on hardware); x2APIC is supported;
-        EBX[31:24] is this CPU's initial APIC ID."""
+        """CPUID 1: EDX.APIC follows IA32_APIC_BASE.EN (as on hardware); x2APIC and the timer's
+        TSC-deadline mode are supported; EBX[31:24] is this CPU's initial APIC ID."""
         if leaf != 1:
             return regs
         a, b, c, d = regs
         d = d | CPUID_1_EDX_APIC if self.apic.enabled else d & ~CPUID_1_EDX_APIC
         b = (b & 0x00FFFFFF) | (self.apic.initial_id << 24)
-        return a, b, c | CPUID_1_ECX_X2APIC, d
+        return a, b, c | CPUID_1_ECX_X2APIC | CPUID_1_ECX_TSC_DEADLINE, d
 
     def _remap(self, old: int | None, new: int | None) -> None:
         uc = self.m.uc
@@ -431,6 +442,7 @@ class InterruptController:
         m = self.m
         ctx = m.ctx.save()
         if ctx.u32(OFF_HFLAGS2) & HF2_NMI:
+            m.wait_for_iret()
             return False
         self.window.disarm()
         if m.router is not None and m.router.on_nmi():

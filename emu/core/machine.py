@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable
 from emu.engine.unicorn_build import loader as engine_loader
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_INTR, UC_HOOK_INSN,
                      UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED)
-from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_REG_RAX,
+from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL, UC_X86_REG_RAX,
                                UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP)
 
 from emu.engine import hostvm
@@ -38,7 +38,8 @@ from emu.core.extension import Extension, ExitRouter
 from emu.engine.hostvm import HostVm
 from emu.core.irq import InterruptController
 from emu.engine import binding
-from emu.engine.hw_switch import OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context, set_xsave_components
+from emu.engine.hw_switch import (OFF_INTERCEPT, OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context,
+                                  set_xsave_components)
 from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
 from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
@@ -51,6 +52,8 @@ from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.core.fast_exits import FastExits
 from emu.arch.paging import NestedFault
+from emu.arch.vmcb import VMEXIT_IRET, intercept_misc_bit
+from emu.core.syscall import on_syscall
 from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
 from emu.core.control_regs import Cr4Writes
@@ -68,6 +71,7 @@ MTRR_MSRS = frozenset(range(0x200, 0x300)) | {0xFE}   # MTRRcap, variable, fixed
 MAX_CPUS = MAX_XAPIC_CPUS     # APIC IDs 0..254 (xAPIC), as the firmware tables describe them
 TSC_STEP = 1000          # virtual TSC ticks per read: deterministic, monotonic
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF
+_IRET_INTERCEPT = intercept_misc_bit(VMEXIT_IRET)
 _MAP_NORESERVE = 0x4000   # Linux: no swap reserved; pages exist once the guest touches them
 
 
@@ -229,6 +233,7 @@ class Machine:
             hostvm.VMEXIT_SWINT: self._exit_intn,
             hostvm.VMEXIT_HLT: self._exit_hlt,
             hostvm.VMEXIT_DR7_WRITE: self._exit_dr7_write,
+            VMEXIT_IRET: self._exit_iret,
             hostvm.VMEXIT_SHUTDOWN: lambda code: self.shutdown("shutdown (triple fault)"),
         }
         for code in (hostvm.VMEXIT_VMRUN, hostvm.VMEXIT_VMMCALL, hostvm.VMEXIT_VMLOAD,
@@ -255,6 +260,7 @@ class Machine:
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
             uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
             uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT),
+            uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, UC_X86_INS_SYSCALL),
             uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
         ]
         self._insn_budget: int | None = None
@@ -796,7 +802,16 @@ class Machine:
             ev, length = Event(DB, Kind.SOFTWARE, icebp=True), i + 1
         else:
             raise Unsupported(f"software interrupt with opcode {insn[:i + 2].hex()}")
+        ev.insn_len = length
         self._defer(lambda: self._deliver(ev, rip + length))
+
+    def _on_syscall(self, uc: Uc, _data: object) -> None:
+        """Unicorn's SYSCALL only calls this hook (emu/core/syscall.py performs it)."""
+        self.replay_sync()
+        try:
+            on_syscall(self)
+        except Unsupported as e:
+            self._finish("unsupported", STATUS_UNSUPPORTED, str(e))
 
     def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
         self.replay_sync()
@@ -858,6 +873,32 @@ class Machine:
         #GP/#UD checks), then put intercept and flag back."""
         rip = self.uc.reg_read(UC_X86_REG_RIP)
         self._defer(lambda: self._run_dr7_write(rip))
+
+    def wait_for_iret(self) -> None:
+        """An NMI is pending while NMIs are blocked: exit at the next IRET, which unblocks them
+        (Unicorn's IRET is no exit of its own, so the NMI would otherwise wait for whatever
+        exit comes next, and a handler could take a lock the interrupted code holds).  L1 only:
+        a nested guest's intercepts are its hypervisor's to merge."""
+        if self.level() != "L1":
+            return
+        ctx = self.ctx.save()
+        ctx.set_u64(OFF_INTERCEPT, ctx.u64(OFF_INTERCEPT) | _IRET_INTERCEPT)
+        ctx.restore()
+
+    def _exit_iret(self, code: int) -> None:
+        """The IRET `wait_for_iret` asked for: run it alone with the intercept lifted; the
+        interrupt point after it delivers the NMI it unblocked."""
+        rip = self.uc.reg_read(UC_X86_REG_RIP)
+        self._defer(lambda: self._run_iret(rip))
+
+    def _run_iret(self, rip: int) -> None:
+        ctx = self.ctx.save()
+        ctx.set_u64(OFF_INTERCEPT, ctx.u64(OFF_INTERCEPT) & ~_IRET_INTERCEPT)
+        ctx.restore()
+        try:
+            self.uc.emu_start(rip, _UNTIL, count=1)
+        finally:
+            self.replay_sync()
 
     def _run_dr7_write(self, rip: int) -> None:
         ctx = self.ctx.save()

@@ -87,7 +87,7 @@ APIC_VERSION_VALUE = 0x00050010    # version 0x10 (integrated APIC), max LVT ent
 SVR_APIC_ENABLED = 1 << 8
 LVT_MASKED = 1 << 16
 LVT_TIMER_MODE_SHIFT = 17
-LVT_TIMER_ONE_SHOT, LVT_TIMER_PERIODIC = 0, 1
+LVT_TIMER_ONE_SHOT, LVT_TIMER_PERIODIC, LVT_TIMER_TSC_DEADLINE = 0, 1, 2
 LVT_DELIVERY_STATUS = 1 << 12
 LVT_DELIVERY_MODE_SHIFT = 8
 LVT_DELIVERY_EXTINT = 7
@@ -119,11 +119,11 @@ DFR_MODEL_FLAT = 0xF
 
 TIME_PER_CCR_READ = 1000           # virtual TSC ticks one current-count read takes (= RDTSC's)
 
-# Writable LVT bits; the timer's bit 18 (TSC-deadline mode elsewhere) is reserved on this
-# APIC, whose CPUID reports no TSC-deadline timer.
+# Writable LVT bits; the timer's mode field (bits 18:17) includes TSC-deadline mode (10b), which
+# CPUID 1 ECX bit 24 reports (emu/core/irq.py).
 _LVT_OFFSETS = (APIC_LVT_TIMER, APIC_LVT_THERMAL, APIC_LVT_PERF, APIC_LVT_LINT0, APIC_LVT_LINT1,
                 APIC_LVT_ERROR)
-_LVT_WRITABLE = {APIC_LVT_TIMER: 0x300FF, APIC_LVT_THERMAL: 0x107FF, APIC_LVT_PERF: 0x107FF,
+_LVT_WRITABLE = {APIC_LVT_TIMER: 0x700FF, APIC_LVT_THERMAL: 0x107FF, APIC_LVT_PERF: 0x107FF,
                  APIC_LVT_LINT0: 0x1A7FF, APIC_LVT_LINT1: 0x1A7FF, APIC_LVT_ERROR: 0x100FF}
 _READ_ONLY = frozenset({APIC_VERSION, APIC_PPR, APIC_APR, APIC_RRD, APIC_TIMER_CCR}
                        | {APIC_ISR + 0x10 * i for i in range(8)}
@@ -253,6 +253,7 @@ class LocalApic(PortDevice):
         self.timer_base = 0        # virtual time the count started from `timer_first`
         self.timer_first = 0
         self.timer_fired = 0       # periods completed since timer_base
+        self.tsc_deadline = 0      # TSC-deadline mode: the virtual time it fires at; 0 = disarmed
 
     # ---- mode -------------------------------------------------------------------------------
     @property
@@ -440,8 +441,22 @@ class LocalApic(PortDevice):
         self.timer_first = count
         self.timer_fired = 0
 
+    def read_tsc_deadline(self) -> int:
+        """IA32_TSC_DEADLINE: the armed deadline; 0 once it fired, or outside TSC-deadline mode."""
+        return self.tsc_deadline if self._timer_mode() == LVT_TIMER_TSC_DEADLINE else 0
+
+    def write_tsc_deadline(self, value: int) -> None:
+        """Arm (non-zero) or disarm (0) the TSC-deadline timer; ignored in the other modes."""
+        if self._timer_mode() != LVT_TIMER_TSC_DEADLINE:
+            return
+        self.tsc_deadline = value
+        self.tick(self.now())          # a deadline already past fires at once
+        self.changed()
+
     def deadline(self) -> int | None:
         """The virtual time of the next timer expiry, or None when the timer is idle."""
+        if self._timer_mode() == LVT_TIMER_TSC_DEADLINE:
+            return self.tsc_deadline or None
         if not self.timer_running:
             return None
         ticks = self.timer_first + self.timer_fired * self.timer_initial
@@ -453,7 +468,9 @@ class LocalApic(PortDevice):
         due = self.deadline()
         if due is None or due > now:
             return
-        if self._timer_mode() == LVT_TIMER_PERIODIC and self.timer_initial:
+        if self._timer_mode() == LVT_TIMER_TSC_DEADLINE:
+            self.tsc_deadline = 0
+        elif self._timer_mode() == LVT_TIMER_PERIODIC and self.timer_initial:
             # Every period that ended by `now`, counted at once: time can jump far (HLT, a
             # WRMSR to the TSC) and one interrupt stands for all of them.
             self.timer_fired += (now - due) // (self.timer_initial * divisor(self.dcr)) + 1
@@ -464,7 +481,7 @@ class LocalApic(PortDevice):
             self.accept(self.lvt[APIC_LVT_TIMER] & 0xFF)
 
     def current_count(self, now: int) -> int:
-        if not self.timer_running:
+        if not self.timer_running or self._timer_mode() == LVT_TIMER_TSC_DEADLINE:
             return 0
         elapsed = (now - self.timer_base) // divisor(self.dcr)
         if elapsed < self.timer_first:
@@ -546,8 +563,16 @@ class LocalApic(PortDevice):
             value &= _LVT_WRITABLE[off]
             if not self.software_enabled:
                 value |= LVT_MASKED
+            mode_was = self._timer_mode()
             self.lvt[off] = value
+            if off == APIC_LVT_TIMER and self._timer_mode() != mode_was:
+                # A change of timer mode disarms the timer (TSC-deadline or counting).
+                self.tsc_deadline = 0
+                self.timer_running = False
+                self.changed()
         elif off == APIC_TIMER_ICR:
+            if self._timer_mode() == LVT_TIMER_TSC_DEADLINE:
+                return                 # the initial count is ignored in TSC-deadline mode
             self.timer_initial = value
             self._start_timer(value)
             self.changed()
@@ -627,7 +652,8 @@ class LocalApic(PortDevice):
     # ---- snapshots -----------------------------------------------------------------------------
     _FIELDS = ("base_msr", "apic_id", "tpr", "ldr", "dfr", "svr", "isr", "irr", "tmr", "esr",
                "icr", "timer_initial", "dcr", "timer_running", "timer_base", "timer_first",
-               "timer_fired", "nmi_pending", "init_pending", "smi_pending", "extint_pending")
+               "timer_fired", "nmi_pending", "init_pending", "smi_pending", "extint_pending",
+               "tsc_deadline")
     _FLAGS = ("timer_running", "nmi_pending", "init_pending", "smi_pending", "extint_pending")
 
     def state(self) -> dict:
@@ -638,8 +664,9 @@ class LocalApic(PortDevice):
     def load_state(self, state: dict) -> None:
         old = self.mmio_base()
         for name in self._FIELDS:
-            # init/smi/extint pending are absent from older snapshots
-            value = (state.get(name, 0) if name in ("init_pending", "smi_pending", "extint_pending")
+            # init/smi/extint pending and tsc_deadline are absent from older snapshots
+            value = (state.get(name, 0) if name in ("init_pending", "smi_pending", "extint_pending",
+                                                    "tsc_deadline")
                      else state[name])
             setattr(self, name, bool(value) if name in self._FLAGS else int(value))
         self.lvt = {int(k): int(v) for k, v in state["lvt"].items()}
