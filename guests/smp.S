@@ -1,4 +1,4 @@
-# smp.S: several CPUs, as a kernel starts and uses them (run with -smp 4, on QEMU too).
+# smp.S: several CPUs, as a kernel starts and uses them (run with -smp 4 to 8, on QEMU too).
 # The boot CPU reads the CPU count from fw_cfg, copies a real-mode start-up trampoline to
 # 0x7000 and wakes the application processors with INIT and a start-up IPI (vector 7), both
 # broadcast to all excluding self, as kvm-unit-tests and Linux do. Each AP goes real mode ->
@@ -10,8 +10,11 @@
 # increment; an IPI ping-pong (fixed, physical destination) between the boot CPU and CPU 1;
 # a fixed IPI to all excluding self reaches every AP once; a logical (flat) destination reaches
 # just the APs it names; an NMI IPI reaches CPU 2's NMI handler; a second SIPI to a running AP
-# is ignored; code the boot CPU keeps running, rewritten by CPU 1, runs as rewritten.
+# is ignored; code the boot CPU keeps running, rewritten by CPU 1, runs as rewritten; the boot
+# CPU and CPU 1 each run an L1 hypervisor at once (own VMCB and host-save area), whose L2s make
+# VMMCALLs that exit to their own L1 only.
 .include "prelude.inc"
+.include "svm.inc"
 
 .equ APIC, 0xfee00000
 .equ APIC_ID, 0x20
@@ -41,6 +44,10 @@
 .equ PINGS, 50
 .equ INCS, 2000
 .equ MAX_CPUS, 8
+.equ SVM_ROUNDS, 200
+.equ CPU_VMCB, 0xa00000                    # + 0x1000 * CPU: each L1's VMCB,
+.equ CPU_HSAVE, 0xa10000                   # host-save area
+.equ CPU_L2_STACK, 0xa21000                # and L2 stack top
 
 # r15 holds the APIC page's address in every CPU's code and handler (absolute 32-bit
 # addresses would be sign-extended).
@@ -81,7 +88,14 @@ main:
     xor eax, eax
     in al, dx
     mov [rip + ncpus], rax
-    check_eq "qword ptr [rip + ncpus]", 4, "fw_cfg reports 4 CPUs"
+    xor ecx, ecx                           # 4 <= N <= MAX_CPUS: the checks below need it
+    cmp rax, 4
+    setae cl
+    xor edx, edx
+    cmp rax, MAX_CPUS
+    setbe dl
+    and ecx, edx
+    check_eq rcx, 1, "fw_cfg reports 4 to 8 CPUs"
     set_idt_handler VEC_PONG, pong_handler
     set_idt_handler VEC_BCAST, bcast_handler
     set_idt_handler VEC_LOGICAL, logical_handler
@@ -214,8 +228,84 @@ main:
     je .Lrun_old
     call patched_fn
     check_eq rax, 2, "code rewritten by CPU 1 runs as rewritten on the boot CPU"
+
+    # Nested SVM on two CPUs at once. vmcb_init builds a template VMCB (svm.inc) that each L1
+    # copies into its own; then the boot CPU and CPU 1 run their L2s concurrently.
+    call svm_enable
+    lea rdi, [rip + l2_entry]
+    call vmcb_init
+    mov qword ptr [rip + go_svm], 1
+    xor edi, edi
+    call l1_run
+    mov [rip + svm_exits], rax
+.Lwait_svm:
+    pause
+    cmp qword ptr [rip + svm_exits + 8], 0
+    je .Lwait_svm
+    check_eq "qword ptr [rip + svm_exits]", SVM_ROUNDS, "the boot CPU's L1 took each VMMCALL of its L2"
+    check_eq "qword ptr [rip + svm_exits + 8]", SVM_ROUNDS, "CPU 1's L1 took each VMMCALL of its L2"
+    mov rax, [rip + l2_runs]
+    mov rcx, [rip + l2_runs + 8]
+    shl rcx, 32
+    or rax, rcx
+    check_eq rax, (SVM_ROUNDS << 32) | SVM_ROUNDS, "each L2 ran on its own CPU, once per VMRUN"
     cli
     ret
+
+# l1_run (edi = CPU): EFER.SVME, this CPU's host-save area and VMCB (the template's copy with
+# its own L2 stack), then SVM_ROUNDS VMRUNs, each ending in L2's VMMCALL. Returns in rax the
+# VMMCALL exits seen (an exit of another kind ends the loop). L2 clobbers every GPR but RAX and
+# RSP: the loop keeps its state on the stack.
+l1_run:
+    push rbx
+    push r12
+    push r13
+    mov ecx, MSR_EFER
+    rdmsr
+    or eax, 0x1000
+    wrmsr
+    mov r12d, edi
+    shl r12d, 12
+    lea eax, [r12 + CPU_HSAVE]
+    xor edx, edx
+    mov ecx, MSR_VM_HSAVE_PA
+    wrmsr
+    lea r13, [r12 + CPU_VMCB]
+    mov rdi, r13
+    mov esi, VMCB
+    mov ecx, 512
+    rep movsq
+    lea rax, [r12 + CPU_L2_STACK]
+    mov [r13 + V_RSP], rax
+    push r13                               # [rsp + 8]: the VMCB
+    push 0                                 # [rsp]: exits seen
+.Ll1_round:
+    mov rax, [rsp + 8]
+    vmrun
+    mov rdi, [rsp + 8]
+    cmp dword ptr [rdi + V_EXITCODE], 0x81  # VMMCALL
+    jne .Ll1_done
+    add qword ptr [rdi + V_RIP], 3
+    inc qword ptr [rsp]
+    cmp qword ptr [rsp], SVM_ROUNDS
+    jb .Ll1_round
+.Ll1_done:
+    pop rax
+    add rsp, 8
+    pop r13
+    pop r12
+    pop rbx
+    ret
+
+# L2: count a run on this CPU (CPUID's APIC ID, answered by L0), then VMMCALL to its L1.
+l2_entry:
+    mov eax, 1
+    cpuid
+    shr ebx, 24
+    lea rcx, [rip + l2_runs]
+    lock inc qword ptr [rcx + rbx * 8]
+    vmmcall
+    jmp l2_entry
 
 patched_fn:
     mov eax, 1
@@ -369,6 +459,13 @@ ap_start64:
     loop .Lap_patch_delay
     mov byte ptr [rip + patched_fn + 1], 2
     mov qword ptr [rip + patch_done], 1
+.Lap_wait_svm:
+    pause
+    cmp qword ptr [rip + go_svm], 0
+    je .Lap_wait_svm
+    mov edi, 1
+    call l1_run
+    mov [rip + svm_exits + 8], rax
     jmp .Lap_idle
 
 ap_lock:
@@ -408,4 +505,7 @@ nmi_cpu:        .space 8
 go_patch:       .space 8
 patch_done:     .space 8
 print_lock:     .space 8
+go_svm:         .space 8
+svm_exits:      .space 16                  # per CPU (0, 1)
+l2_runs:        .space 8 * MAX_CPUS        # per APIC ID
 .text

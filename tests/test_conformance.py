@@ -285,6 +285,13 @@ def test_memory_and_command_lines():
     q = engines.qemu_command(run)
     assert q[q.index("-cpu") + 1] == "max,+svm" and q[q.index("-m") + 1] == "4096"
     assert q[q.index("-append") + 1] == "vmrun" and q[q.index("-smp") + 1] == "1"
+    assert "-smp" not in cmd                        # one CPU: svmemu's default
+    two = engines.Run("smptest", Path("/k/smptest.flat"), "", None, None, 30.0, "smptest",
+                      smp=2)
+    cmd = engines.svmemu_command(two, ["svmemu"])
+    assert cmd[cmd.index("-smp") + 1] == "2"
+    q = engines.qemu_command(two)
+    assert q[q.index("-smp") + 1] == "2"
     bare = engines.Run("setjmp", Path("/k/setjmp.flat"), "", None, None, 30.0, "setjmp")
     q = engines.qemu_command(bare)
     assert q[q.index("-cpu") + 1] == "qemu64" and "-append" not in q

@@ -45,8 +45,8 @@ def comments(output: str) -> dict[str, str]:
     return out
 
 
-def run_svmemu(image) -> tuple[Machine, str]:
-    b = harness.boot(str(image), cmdline="firmware.bin ", timeout=60)
+def run_svmemu(image, cpus: int = 1) -> tuple[Machine, str]:
+    b = harness.boot(str(image), cmdline="firmware.bin ", timeout=60, cpus=cpus)
     m, res, out = b.machine, b.result, b.serial
     assert res.reason == "exit" and res.status == 1, (res, out)
     return m, out
@@ -117,6 +117,23 @@ def test_tables_for_n_cpus_match_qemu(image, cpus):
     assert bytes.fromhex(out["madt"]) == acpi.madt(cpus)
     _, (_, config) = build_mptable(cpus, cpuid_1, QEMU_PCI_INTERRUPTS)
     assert bytes.fromhex(out["mpc"]) == config
+
+
+@pytest.mark.parametrize("cpus", [2, 4])
+def test_smp_machine_tables_match_qemu_with_one_core_packages(image, cpus):
+    """svmemu with -smp N is QEMU's -smp N,sockets=N (each CPU a package of one core): the
+    guest finds the same CPU count, the same MADT and the same MP processor entries (but for
+    the CPUID signature and features of another CPU model)."""
+    _, ours = run_svmemu(image, cpus)
+    theirs = run_qemu(image, "-smp", f"{cpus},sockets={cpus}")
+    a, b = comments(ours), comments(theirs)
+    assert int(a["cpus"]) == int(b["cpus"]) == cpus
+    assert a["madt"] == b["madt"]
+
+    def processors(mpc: str) -> list[bytes]:
+        return [e[:4] for e in mp_entries(bytes.fromhex(mpc)) if e[0] == 0]
+    assert processors(a["mpc"]) == processors(b["mpc"])
+    assert len(processors(a["mpc"])) == cpus
 
 
 @pytest.mark.parametrize("mem", ["128", "2049", "3200", "4G"])

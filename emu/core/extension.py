@@ -22,10 +22,10 @@ machine object and uses only these entry points on it:
 """
 from __future__ import annotations
 
-from emu.errors import Unsupported
-
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from emu.errors import Unsupported
 
 from emu.arch.paging import PagingRegs
 

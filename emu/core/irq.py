@@ -415,8 +415,9 @@ class InterruptController:
     def _take_init(self) -> bool:
         """INIT (APM vol. 2, 16.5 and 15.13.2): held while GIF=0; a nested hypervisor
         intercepting INIT gets #VMEXIT(INIT) (the INIT stays pending), and with VM_CR.R_INIT set
-        it becomes #SX (the router decides both). Otherwise the processor enters INIT state and
-        the boot processor restarts at the reset vector, in the firmware. The firmware reads the
+        it becomes #SX (the router decides both). Otherwise the processor enters INIT state: an
+        application processor waits for SIPI (Machine.enter_wait_for_sipi), and the boot
+        processor restarts at the reset vector, in the firmware. The firmware reads the
         CMOS shutdown status: a resume code sends it to the OS through 40:67, which svmemu
         (having no firmware) does not model and stops on; any other value reboots the machine,
         which ends the run as every reset does (Machine.reset_request, QEMU's -no-reboot)."""

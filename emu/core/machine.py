@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 
 MULTIBOOT_MAGIC = 0x2BADB002
+MTRR_MSRS = frozenset(range(0x200, 0x300)) | {0xFE}   # MTRRcap, variable, fixed, default type
 MAX_CPUS = MAX_XAPIC_CPUS     # APIC IDs 0..254 (xAPIC), as the firmware tables describe them
 TSC_STEP = 1000          # virtual TSC ticks per read: deterministic, monotonic
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF
@@ -133,7 +134,7 @@ class Machine:
     def __init__(self, ram_size: int = 128 << 20, *, stdout: BinaryIO | None = None,
                  tracer: Tracer | None = None, extensions: Iterable[Extension] = (),
                  cpu: CpuModel | None = None, cpus: int = 1, quantum: int | None = None,
-                 _boot: "Machine | None" = None) -> None:
+                 _boot: "Machine | None" = None, _index: int | None = None) -> None:
         """One CPU and, unless `_boot` is given, the platform around it. With `cpus` > 1 the
         boot CPU (this object) builds the application processors itself, one Machine each over
         the same RAM and devices (`_boot` is that boot CPU); `quantum` is how many instructions
@@ -145,14 +146,20 @@ class Machine:
         self.layout = ram_layout(ram_size)       # QEMU's pc split around the PCI hole
         self.ram_size = ram_size
         self.cpus = cpus          # the one CPU count: fw_cfg, the MP table and the MADT use it
-        self.cpu_index = len(_boot.cpu_list) if _boot is not None else 0
         self.cpu_list: list[Machine] = _boot.cpu_list if _boot is not None else []
-        self.cpu_list.append(self)
+        if _index is None:            # a new CPU; else this one replaces CPU _index (INIT)
+            self.cpu_index = len(self.cpu_list)
+            self.cpu_list.append(self)
+        else:
+            self.cpu_index = _index
+            self.cpu_list[_index] = self
         self.quantum = quantum if quantum is not None else DEFAULT_QUANTUM
         self.stale_code = False   # another CPU ran since this one last did (emu/core/smp.py)
         self.running: Machine | None = None   # boot CPU: the CPU in its turn now
         self.idle_turn = False    # the last turn found this CPU halted and ran nothing
         self.started = _boot is None   # an application processor starts at its SIPI
+        self.reinit = False       # an INIT reached this running application processor
+        self._setup_ap: Callable[[Machine], None] | None = None   # boot CPU, during a run
         engine_loader.tell_if_stock()
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(UC_CPU_X86_EPYC)
@@ -181,6 +188,9 @@ class Machine:
         self.memory_hooks: list[Callable[[Uc], list[int]]] = []
         self.tsc = 0
         self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
+        # With several CPUs `tsc` is the machine's time as this CPU has seen it, and a WRMSR
+        # to the TSC moves only this CPU's TSC: by tsc_adjust (0 on one CPU).
+        self.tsc_adjust = 0
         self.cpuid = Cpuid(cpu if _boot is None else _boot.cpuid.model)
         self.sync_cpu_features()
         self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
@@ -446,7 +456,9 @@ class Machine:
         watchdog = _Watchdog(uc, deadline) if deadline is not None else None
         self._begin = self._start
         aps = self.cpu_list[1:]
-        for ap in aps:                 # what a run's options give every CPU
+
+        def setup_ap(ap: Machine) -> None:
+            """What this run's options give every CPU (and one re-made by an INIT)."""
             ap.strict, ap.explain = self.strict, self.explain
             if ap.replay is not None and self.replay is not None:
                 ap.replay.enabled = self.replay.enabled
@@ -455,7 +467,10 @@ class Machine:
             if self.tracer and self.tracer.on("insn"):
                 extra_ap.append((ap, ap.uc.hook_add(UC_HOOK_CODE, ap._trace_insn)))
             for install in self.memory_hooks:
-                extra_ap += [(ap, h) for h in install(ap.uc)]
+                extra_ap.extend((ap, h) for h in install(ap.uc))
+        for ap in aps:
+            setup_ap(ap)
+        self._setup_ap = setup_ap
         try:
             if aps:
                 RoundRobin(self.cpu_list, self.quantum).run(
@@ -474,13 +489,14 @@ class Machine:
                 uc.hook_del(h)
             for ap, h in extra_ap:
                 ap.uc.hook_del(h)
+            self._setup_ap = None
             if self.tracer is not None:
                 self.tracer.run_ended()
             self._between.clear()
             self._start = uc.reg_read(UC_X86_REG_RIP)
             self._pause = None
         result, self._result = self._result, None
-        for ap in aps:
+        for ap in self.cpu_list[1:]:
             ap._result = None
             if ap.started:
                 ap._start = ap.uc.reg_read(UC_X86_REG_RIP)
@@ -500,6 +516,8 @@ class Machine:
         if self._result is not None:
             return False
         self.idle_turn = self.irq.halted
+        if self.reinit:               # the scheduler re-makes this CPU (`reinitialised`)
+            return True
         if self.idle_turn:            # several CPUs: halted until another's turn wakes it
             return True
         count = self.irq.slice()
@@ -567,9 +585,6 @@ class Machine:
         """A start-up IPI reached this application processor while it waited for one: it
         starts in real mode at vector * 0x1000 (CS = vector << 8, IP = 0), with the INIT
         state's registers (EDX = the CPUID family/model/stepping)."""
-        if self.started:
-            raise Unsupported(f"unsupported: SIPI to CPU {self.cpu_index} after an INIT of the "
-                              "running processor (re-starting a CPU is not modelled)")
         self.started = True
         self.wake()
         self._start = self._begin = self.hostvm.enter_startup(vector)
@@ -578,13 +593,29 @@ class Machine:
         self.io_trap.set_flag()
 
     def enter_wait_for_sipi(self) -> None:
-        """An INIT reached this application processor: it waits for SIPI. Only a processor
-        that has not yet started can do so here (its engine is still before L0's entry);
-        re-initialising one that runs is not modelled."""
+        """An INIT reached this application processor: it waits for SIPI. One that has run
+        is re-made from power-on (`reinitialised`) once its turn ends."""
         if self.started:
-            raise Unsupported(f"unsupported: INIT of CPU {self.cpu_index} while it runs "
-                              "(re-initialising a started processor is not modelled)")
-        self.apic.wait_for_sipi = True
+            self.reinit = True
+        else:
+            self.apic.wait_for_sipi = True
+
+    def reinitialised(self) -> "Machine":
+        """This application processor after an INIT: a new CPU in its place (registers,
+        engine, APIC, MSRs and nested state from power-on, waiting for SIPI) that keeps what
+        INIT leaves alone: the MTRRs and its place in virtual time."""
+        boot = self.cpu_list[0]
+        bus = self.apic.bus
+        new = Machine(self.ram_size, extensions=[e.for_another_cpu() for e in boot.extensions],
+                      cpus=self.cpus, quantum=self.quantum, _boot=boot, _index=self.cpu_index)
+        if bus is not None and self.apic in bus.apics:
+            bus.apics.remove(self.apic)
+        new.tsc, new.tsc_adjust = self.tsc, self.tsc_adjust
+        new.msrs.values.update({i: v for i, v in self.msrs.values.items()
+                                if i in MTRR_MSRS})
+        if boot._setup_ap is not None:
+            boot._setup_ap(new)
+        return new
 
     def _finish(self, reason: str, status: int, message: str) -> None:
         """End the run, for every CPU: the one running stops at once."""
@@ -737,10 +768,13 @@ class Machine:
 
     def _read_tsc(self) -> int:
         self.tsc += TSC_STEP
-        return (self.tsc + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+        return (self.tsc + self.tsc_adjust + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
 
     def _write_tsc(self, value: int) -> None:
-        self.tsc = (value - self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+        if self.cpus > 1:       # this CPU's TSC moves; the machine's time does not
+            self.tsc_adjust = (value - self.tsc_offset - self.tsc) & 0xFFFFFFFFFFFFFFFF
+        else:
+            self.tsc = (value - self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
 
     def _exit_rdtsc(self, code: int) -> None:
         if self.mem.read_code(self.uc.reg_read(UC_X86_REG_RIP), 3) == b"\x0F\x01\xF9":

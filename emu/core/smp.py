@@ -9,12 +9,14 @@ has no quantum: it runs at full speed up to the next timer deadline of the other
 sends them an interrupt. Which instructions run in a turn depends only on the guest's state,
 never on the host, so a run is the same every time.
 
-Time. Each CPU keeps its own virtual TSC (devices/apic.py explains the clock); a turn that runs its
-quantum out adds the quantum to it. A halted CPU takes no instructions: at its turn its clock
-catches up with the furthest CPU's, its timers fire, and an interrupt wakes it. When every started
-CPU is halted, time jumps to the earliest deadline among those that an interrupt could wake;
-if no timer is armed (or one jump woke nobody), the run ends as a one-CPU run does at a HLT no
-device can end (status 0).
+Time. Each CPU keeps the machine's virtual time as it has seen it (`tsc`; devices/apic.py explains
+the clock): a turn that runs its quantum out adds the quantum to it, and each turn starts at the
+furthest time any CPU has reached, so what one CPU did at time t is seen by another at t or later
+(a delay measured on one CPU and waited for on another agrees). A WRMSR to the TSC moves that
+CPU's TSC only (`tsc_adjust`), not time. A halted CPU takes no instructions: at its turn its
+timers fire and an interrupt wakes it. When every started CPU is halted, time jumps to the
+earliest deadline among those that an interrupt could wake; if no timer is armed (or one jump
+woke nobody), the run ends as a one-CPU run does at a HLT no device can end (status 0).
 
 Exactness. Instructions of one turn are atomic with respect to every other CPU (LOCKed ones
 included), since no other CPU runs meanwhile. Translated code: each engine has its own cache of
@@ -37,12 +39,14 @@ class Cpu(Protocol):
     tsc: int
     started: bool
     idle_turn: bool
+    reinit: bool
     running: "Cpu | None"
     irq: Any
     apic: Any
     _result: object
 
     def stop(self, reason: str, status: int, message: str) -> None: ...
+    def reinitialised(self) -> "Cpu": ...
 
 
 Turn = Callable[[Cpu, int, "int | None"], bool]
@@ -61,19 +65,21 @@ class RoundRobin:
         try:
             while boot._result is None:
                 busy = False
-                for cpu in self.cpus:
+                for i in range(len(self.cpus)):
+                    cpu = self.cpus[i]
                     if boot._result is not None:
                         return
                     if not cpu.started:
                         continue            # waiting for SIPI
-                    irq = cpu.irq
-                    if irq.halted:
-                        cpu.tsc = max(cpu.tsc, self.now())
+                    cpu.tsc = max(cpu.tsc, self.now())   # no CPU sees time go backwards
                     quantum, horizon = self._bounds(cpu)
                     boot.running = cpu
                     if not turn(cpu, quantum, horizon):
                         return
-                    if not cpu.idle_turn:
+                    if cpu.reinit:          # an INIT: the CPU starts over, waiting for SIPI
+                        self.cpus[i] = cpu.reinitialised()
+                        busy = True
+                    elif not cpu.idle_turn:
                         busy = True
                 if busy:
                     jumped = False

@@ -60,7 +60,7 @@ import unicorn
 from unicorn.x86_const import UC_X86_REG_RIP
 
 from emu.core.firmware.layout import MAX_RAM, check_ram_size, ram_layout
-from emu.errors import OptionError, SnapshotError
+from emu.errors import OptionError, SnapshotError, Unsupported
 from emu.core.cpuid import Cpuid
 from emu.core.snapshot_check import check_cpu
 from emu.engine.hw_switch import OFF_EIP, flush_tlb
@@ -193,6 +193,9 @@ def _restore_ram(machine: "Machine", image: Any) -> None:
 
 
 def _capture(machine: "Machine", ram: Any) -> Snapshot:
+    if machine.cpus > 1:
+        raise Unsupported(f"unsupported: a snapshot of a machine with {machine.cpus} CPUs "
+                          "(snapshots hold one CPU)")
     return Snapshot(
         ram_size=machine.ram_size,
         ram=ram,

@@ -86,6 +86,9 @@ def parse_address(spec: str) -> tuple[str, int]:
 class GdbStub:
     def __init__(self, machine: "Machine", host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
                  wait: bool = False, log: TextIO | None = None) -> None:
+        if machine.cpus > 1:
+            raise OptionError(f"unsupported: the gdb stub with {machine.cpus} CPUs "
+                              "(one CPU only for now)")
         self.m = machine
         self.wait = wait
         self.log = log if log is not None else sys.stderr
