@@ -23,7 +23,7 @@ from emu.engine.hw_switch import (CS, DESC_B, DESC_DPL_SHIFT, DESC_G, DESC_L, DE
                                   HF_CS64, HF_LMA, OFF_EIP, SS, Segment)
 
 if TYPE_CHECKING:
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 # Descriptor-cache type bits (the descriptor's type field, at bit 8 of the flags word).
 DESC_A = 1 << 8              # accessed
@@ -34,7 +34,7 @@ _CODE = DESC_P | DESC_S | DESC_G | DESC_CODE | DESC_RW | DESC_A | (0 << DESC_DPL
 _DATA = DESC_P | DESC_S | DESC_G | DESC_B | DESC_RW | DESC_A | (0 << DESC_DPL_SHIFT)
 
 
-def on_syscall(m: "Machine") -> None:
+def on_syscall(m: "Board") -> None:
     """The UC_HOOK_INSN callback for SYSCALL: RIP is at the instruction."""
     ctx = m.ctx.save()
     rip = ctx.u64(OFF_EIP)
