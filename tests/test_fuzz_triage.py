@@ -56,9 +56,6 @@ def test_a_crash_replays_under_the_exception_trace(tmp_path):
 
 
 @pytest.mark.skipif(GDB is None, reason="gdb is not installed (Debian: apt-get install gdb)")
-@pytest.mark.skip(reason="since the latest merges of main, the child started from pytest stops "
-                  "with 'svmemu: error: <assembler>:0: invalid operand' while the same command "
-                  "line from a shell serves gdb; unresolved (see the branch's report)")
 def test_a_crash_replays_under_gdb_from_the_reset_point(tmp_path):
     crash = tmp_path / "crash"
     crash.write_bytes(BUG)
