@@ -116,6 +116,11 @@ QEMU_EXTRA = {"pic_ioapic": ["-device", "pc-testdev"], "platform": ["-device", "
               "smp": ["-smp", "4"]}
 # QEMU's RTC follows the host's clock: rtc.S waits about two real seconds there.
 QEMU_TIMEOUT = {"rtc": 20}
+# Checks whose outcome on QEMU depends on how the host schedules its vCPU threads: with
+# multi-threaded TCG the boot CPU once ran its old translation of code CPU 1 had just rewritten
+# (a CI run). svmemu's interleaving is deterministic, so tests/test_guests.py still requires
+# them there; here they are left out of the comparison.
+QEMU_RACY = {"smp": {"code rewritten by CPU 1 runs as rewritten on the boot CPU"}}
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +143,11 @@ def test_guest_on_qemu(guest, images, qemu, tap):
     assert len(checks) == EXPECTED_COUNTS[guest], run.output
     known = QEMU_KNOWN_WRONG.get(guest, {})
     assert set(known) <= set(checks), "a known-wrong check was renamed"
+    racy = QEMU_RACY.get(guest, set())
+    assert racy <= set(checks), "a racy check was renamed"
     for name, line in checks.items():
+        if name in racy:
+            continue
         if name in known:
             assert not line.ok, f"QEMU now passes {name!r} ({known[name]}): update the list"
         else:
