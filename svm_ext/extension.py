@@ -9,6 +9,8 @@ emu/arch/vmcb.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from typing import Any, Callable
 
 from emu.arch.decode import decoder
@@ -21,6 +23,7 @@ from emu.arch.vmcb import (VMEXIT_CLGI, VMEXIT_INVLPGA, VMEXIT_SKINIT, VMEXIT_ST
 from emu.arch.msrs import MSR_VM_CR, MSR_VM_HSAVE_PA
 from emu.core.control_regs import cr4_allowed
 from emu.core.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
+from emu.core.cpu_models import FEATURES, SVM_IMPLEMENTED
 from emu.core.msrs_amd import CPUID_80000001_EDX_LM, efer_allowed
 from emu.errors import SnapshotError, Unsupported
 from emu.core.snapshot_check import check_cpu
@@ -36,6 +39,7 @@ from svm_ext import ioio
 from svm_ext import memview
 from svm_ext import npf
 from svm_ext import pat
+from svm_ext import pause_filter
 from svm_ext import reflect
 from svm_ext import vmrun as vmrun_mod
 from svm_ext import debugview
@@ -49,7 +53,7 @@ from .switch_cache import CachedSteps
 from .switch_steps import FullSteps
 from emu.arch.vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
                    EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_MSR,
-                   VMEXIT_NPF, VMEXIT_SHUTDOWN, eventinj_encode, exit_name)
+                   VMEXIT_NPF, VMEXIT_PAUSE, VMEXIT_SHUTDOWN, eventinj_encode, exit_name)
 
 VM_CR_DPD = 1 << 0
 VM_CR_R_INIT = 1 << 1
@@ -60,9 +64,11 @@ VM_CR_WRITABLE = VM_CR_DPD | VM_CR_R_INIT | VM_CR_DIS_A20M | VM_CR_LOCK | VM_CR_
 
 SVM_REVISION = 1
 SVM_NUM_ASIDS = 16
-SVM_FEATURE_NP = 1 << 0
-SVM_FEATURE_NRIPS = 1 << 3
-SVM_FEATURE_VGIF = 1 << 16       # virtual GIF (svm_ext/instructions.py, vintr.py)
+SVM_FEATURE_NP = FEATURES["npt"][3]
+SVM_FEATURE_NRIPS = FEATURES["nrip-save"][3]
+SVM_FEATURE_VGIF = FEATURES["vgif"][3]       # virtual GIF (svm_ext/instructions.py, vintr.py)
+# CPUID 8000_000A EDX: every SVM feature svm_ext implements (the model hides what it lacks).
+SVM_FEATURES_EDX = functools.reduce(operator.or_, (FEATURES[n][3] for n in SVM_IMPLEMENTED))
 
 # Exit codes that stand for an intercepted instruction, for which NRIP is reported.
 _INSTRUCTION_EXITS = frozenset(range(0x00, 0x40)) | frozenset(range(0x65, 0x7D)) | frozenset(
@@ -111,8 +117,10 @@ class SvmExtension(Extension, ExitRouter):
         self.host_flags = RegBatch(machine.uc, [UC_X86_REG_RFLAGS, UC_X86_REG_DR7])
         machine.cpuid.set_bits(0x80000001, 2, CPUID_80000001_ECX_SVM)
         machine.cpuid.set_leaf(LEAF_SVM_FEATURES, 0, (SVM_REVISION, SVM_NUM_ASIDS, 0,
-                                                      SVM_FEATURE_NP | SVM_FEATURE_NRIPS
-                                                      | SVM_FEATURE_VGIF))
+                                                      SVM_FEATURES_EDX))
+        # What the model lets L1 see of them: the features L1 may rely on.
+        self.svm_features = machine.cpuid.query(LEAF_SVM_FEATURES, 0)[3]
+        self.pause_window = pause_filter.PauseWindow(self)
         machine.msrs.efer_writable |= EFER_SVME
         self.caps = dataclasses.replace(      # VMRUN's checks follow the CPU model
             self.caps, cr4_supported=cr4_allowed(machine.cpuid),
@@ -227,6 +235,8 @@ class SvmExtension(Extension, ExitRouter):
             taken = hw_quirks.route(self, st.vmcb12, code)
             if taken is not None:
                 return taken
+        if code == VMEXIT_PAUSE and pause_filter.absorbed(self, st.vmcb12):
+            return True
         before = (self.fast.begin(st.vmcb12_pa)
                   if self.fast is not None and code != VMEXIT_NPF else None)
         reads: list[tuple[int, bytes]] = []     # what the decision read: a program's guards

@@ -27,7 +27,7 @@ from emu.engine.hw_switch import (flush_tlb, nested_pg_mode, CS, DS, ES, GDTR, H
                            OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context, Segment)
 from emu.core.interrupts import Event, Kind
 
-from svm_ext import checks, hw_quirks, instructions, intercepts
+from svm_ext import checks, hw_quirks, instructions, intercepts, pause_filter
 from emu.arch.vmcb import (OFFSETS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
                    Vmcb12Cache, eventinj_decode, read_cache)
@@ -77,6 +77,7 @@ def vmrun(ext: "Vcpu", code: int = 0) -> None:
         flush_tlb(m.uc)
     ext.pat.on_vmrun(ext, cache)
     m.tsc_offset = cache.tsc_offset
+    pause_filter.on_vmrun(ext, cache)
     if where is not None:        # tracing: format the line only then (hot path)
         ext.trace(f"vmrun vmcb12 {pa:#x} -> L2 rip {cache.rip:#x}"
                   + (" (nested paging)" if checks.nested_paging_enabled(cache, ext.caps) else ""),

@@ -65,7 +65,8 @@ def test_xsave_leaf_advertises_no_avx_state():
 def test_svm_features_leaf_only_what_svm_ext_implements():
     m = machine()
     edx = m.cpuid.query(0x8000000A, 0)[3]
-    assert edx == 0b1001 | 1 << 16                                 # NP, NRIP save, vGIF
+    # NP, NRIP save, PAUSE filter and its threshold, vGIF
+    assert edx == 0b1001 | 1 << 10 | 1 << 12 | 1 << 16
     assert not machine("EPYC,-vgif").cpuid.query(0x8000000A, 0)[3] & (1 << 16)
 
 

@@ -13,7 +13,8 @@ raises #UD on VEX instructions), XSAVE state for x87 and SSE only. Models:
           mode, SYSCALL, NX; no CX16, no LAHF in long mode, no SVM unless `+svm`).
 
 `+name` adds a feature svmemu implements (the EPYC set, plus `perfctr-core` and the speculation
-controls `ibpb`, `ibrs`, `amd-stibp`, `amd-ssbd`, whose MSRs exist in emu/core/msrs_amd.py);
+controls `ibpb`, `ibrs`, `amd-stibp`, `amd-ssbd`, whose MSRs exist in emu/core/msrs_amd.py, and
+the SVM features of SVM_IMPLEMENTED, which the SVM extension reports in CPUID 8000_000A);
 `-name` hides one (`name=on`/`name=off` are accepted too). `vendor=AuthenticAMD` is accepted
 (every model is AMD's); another vendor is refused. A hidden feature is gone from CPUID
 and from everything CPUID gates: CR4 bits (control_regs.py), MSRs (msrs_amd.py), and, for `svm`,
@@ -81,8 +82,12 @@ _OPTERON_G1: Table = {
 
 MODELS: dict[str, Table] = {"EPYC": _EPYC, "max": _EPYC, "qemu64": _QEMU64,
                             "Opteron_G1": _OPTERON_G1}
-# Features a model lacks that the machine would otherwise add (the SVM extension adds SVM).
-_MODEL_HIDDEN: dict[str, tuple[str, ...]] = {"Opteron_G1": ("svm",)}
+# Features a model lacks that the machine would otherwise add (the SVM extension adds SVM and
+# its leaf). QEMU's qemu64 reports no SVM feature bits; svmemu keeps there the ones it always
+# had (nested paging, NRIP save, vGIF) and leaves the later ones off unless asked (`+name`).
+_SVM_LATER = ("pause-filter", "pfthreshold")
+_MODEL_HIDDEN: dict[str, tuple[str, ...]] = {"Opteron_G1": ("svm",) + _SVM_LATER,
+                                             "qemu64": _SVM_LATER}
 VENDOR_AMD = "AuthenticAMD"
 DEFAULT_MODEL = "EPYC"
 
@@ -116,16 +121,17 @@ _bits(0x80000008, 0, EBX, {"ibpb": 12, "ibrs": 14, "amd-stibp": 15, "amd-ssbd": 
 _bits(0x8000000A, 0, EDX, {"npt": 0, "lbrv": 1, "svm-lock": 2, "nrip-save": 3, "tsc-scale": 4,
                            "vmcb-clean": 5, "flushbyasid": 6, "decodeassists": 7,
                            "pause-filter": 10, "pfthreshold": 12, "avic": 13,
-                           "v-vmsave-vmload": 15, "vgif": 16})
+                           "v-vmsave-vmload": 15, "vgif": 16, "vnmi": 25})
 _ALIASES = {"sse3": "pni", "sse4_1": "sse4.1", "sse4_2": "sse4.2", "lahf_lm": "lahf-lm",
             "nrip_save": "nrip-save", "tsc_scale": "tsc-scale", "perfctr_core": "perfctr-core",
             "cr8-legacy": "cr8legacy", "sha_ni": "sha-ni", "fxsr_opt": "fxsr-opt"}
 # Implemented beyond EPYC's own bits: their MSRs are in msrs_amd.py, and they change nothing
 # else an emulator can show.
 _OPT_IN = ("perfctr-core", "ibpb", "ibrs", "amd-stibp", "amd-ssbd", "tsc-deadline", "x2apic")
-# SVM features: the SVM extension decides which it implements (its CPUID leaf); a model may
-# only hide them.
+# SVM features svm_ext implements: the SVM extension's CPUID leaf reports them, less those
+# the model hides. `+name` grants one a model lacks.
 _SVM_LEAF = 0x8000000A
+SVM_IMPLEMENTED = ("npt", "nrip-save", "pause-filter", "pfthreshold", "vgif")
 
 
 def _present(table: Table, name: str) -> bool:
@@ -139,7 +145,7 @@ def implemented(name: str) -> bool:
         return True
     leaf = FEATURES[name][0]
     if leaf == _SVM_LEAF:
-        return False          # only the SVM extension grants these
+        return name in SVM_IMPLEMENTED   # the SVM extension reports them
     return _present(_EPYC, name) or name in _OPT_IN
 
 
@@ -201,7 +207,7 @@ def parse_cpu(spec: str) -> CpuModel:
             if not implemented(feat):
                 raise OptionError(f"CPU feature {feat!r} is not implemented by svmemu")
             model.hidden[(leaf, sub, reg)] = model.hidden.get((leaf, sub, reg), 0) & ~bit
-            if feat != "svm":
+            if feat != "svm" and leaf != _SVM_LEAF:
                 _grant(model.table, leaf, sub, reg, bit)
         else:
             model.hidden[(leaf, sub, reg)] = model.hidden.get((leaf, sub, reg), 0) | bit

@@ -1,0 +1,102 @@
+"""SVM features beyond the base (CPUID 8000_000A EDX), one L1 at a time: each test runs an L2
+under a vmcb12 prepared in Python and reads what the #VMEXIT left in vmcb12 and the registers.
+
+PAUSE filter (APM vol. 2, 15.14.4): L2 counts its completed PAUSEs in R13, so the PAUSE that
+exits shows as R13 = the PAUSEs before it."""
+from __future__ import annotations
+
+import pytest
+from unicorn.x86_const import UC_X86_REG_R13
+
+from emu.arch.vmcb import INTERCEPT_PAUSE, VMEXIT_PAUSE, VMEXIT_VMMCALL
+from emu.core.cpu_models import FEATURES
+from tests import harness
+from tests.nested_image import EXIT_PASS, L2_CODE, nested_image, vmcb12
+from tests.tinyimage import asm64
+
+ONCE = "mov rax, rdi\n vmrun\n" + EXIT_PASS
+
+
+def edx(b: harness.Booted) -> int:
+    return b.machine.cpuid.query(0x8000000A, 0)[3]
+
+
+def bit(name: str) -> int:
+    return FEATURES[name][3]
+
+
+# ---- PAUSE filter ----------------------------------------------------------------------------
+def pauses(n: int) -> str:
+    return "".join("pause\n inc r13\n" for _ in range(n))
+
+
+def spin(iterations: int) -> str:
+    """About 2 * iterations instructions with no PAUSE."""
+    return f"mov ecx, {iterations}\n spin: dec ecx\n jnz spin\n"
+
+
+def run_pause(l2: str, cpu: str | None = None, **fields: int) -> tuple[harness.Booted, int]:
+    b = harness.boot(nested_image(ONCE, "xor r13, r13\n" + l2 + "vmmcall\n",
+                                  vmcb12(misc1=INTERCEPT_PAUSE, **fields)), cpu=cpu)
+    assert b.result.reason == "exit", b.result
+    return b, b.machine.uc.reg_read(UC_X86_REG_R13)
+
+
+def test_epyc_reports_pause_filter_and_threshold():
+    b, _ = run_pause(pauses(1))
+    assert edx(b) & bit("pause-filter") and edx(b) & bit("pfthreshold")
+    assert not edx(harness.boot(nested_image(ONCE, "vmmcall", vmcb12()), cpu="qemu64")) \
+        & bit("pause-filter")
+
+
+@pytest.mark.parametrize("count, executed", [(1, 0), (2, 1), (5, 4)])
+def test_the_pause_that_brings_the_count_to_zero_exits(count, executed):
+    b, r13 = run_pause(pauses(8), pause_filter_count=count)
+    vm = b.vmcb12
+    assert vm.exitcode == VMEXIT_PAUSE and r13 == executed
+    first = L2_CODE + len(asm64("xor r13, r13", L2_CODE))
+    step = len(asm64(pauses(1), 0))
+    assert vm.save.rip == first + executed * step      # at the PAUSE that exits
+    assert vm.nrip == vm.save.rip + 2
+
+
+def test_fewer_pauses_than_the_count_complete_in_l2():
+    b, r13 = run_pause(pauses(4), pause_filter_count=5)
+    assert b.vmcb12.exitcode == VMEXIT_VMMCALL and r13 == 4
+
+
+def test_count_zero_makes_every_pause_exit():
+    b, r13 = run_pause(pauses(3), pause_filter_count=0)
+    assert b.vmcb12.exitcode == VMEXIT_PAUSE and r13 == 0
+
+
+def test_without_the_feature_the_count_is_ignored():
+    b, r13 = run_pause(pauses(3), cpu="EPYC,-pause-filter", pause_filter_count=5)
+    assert not edx(b) & bit("pause-filter")
+    assert b.vmcb12.exitcode == VMEXIT_PAUSE and r13 == 0
+
+
+def test_count_applies_only_while_l1_intercepts_pause():
+    b = harness.boot(nested_image(ONCE, pauses(3) + "vmmcall", vmcb12(pause_filter_count=1)))
+    assert b.vmcb12.exitcode == VMEXIT_VMMCALL
+
+
+# Four PAUSEs in two pairs with a gap between the pairs, count 3: counted as one loop the third
+# PAUSE exits; with the gap beyond the threshold the second pair starts a new loop (reload).
+TWO_LOOPS = "{p}" + "{gap}" + "{p}"
+
+
+@pytest.mark.parametrize("gap, threshold, cpu, exits", [
+    (100, 0, None, True),             # no threshold: one count over all four
+    (100, 50, None, False),           # ~200 instructions > 50: the count reloads
+    (5, 50, None, True),              # ~10 instructions < 50: the same loop
+    (100, 50, "EPYC,-pfthreshold", True),   # threshold not reported: ignored
+])
+def test_threshold_reloads_the_count_after_a_long_gap(gap, threshold, cpu, exits):
+    l2 = TWO_LOOPS.format(p=pauses(2), gap=spin(gap))
+    b, r13 = run_pause(l2, cpu=cpu, pause_filter_count=3, pause_filter_threshold=threshold)
+    if exits:
+        # the first PAUSE reloads when a threshold counts (no PAUSE before it), else decrements
+        assert b.vmcb12.exitcode == VMEXIT_PAUSE and r13 == (3 if threshold and not cpu else 2)
+    else:
+        assert b.vmcb12.exitcode == VMEXIT_VMMCALL and r13 == 4
