@@ -52,7 +52,8 @@ from svm_ext import switch_cache
 from .switch_cache import CachedSteps
 from .switch_steps import FullSteps
 from emu.arch.vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
-                   EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_MSR,
+                   EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_IRET,
+                   VMEXIT_MSR,
                    VMEXIT_NPF, VMEXIT_PAUSE, VMEXIT_SHUTDOWN, eventinj_encode, exit_name)
 
 VM_CR_DPD = 1 << 0
@@ -125,7 +126,8 @@ class SvmExtension(Extension, ExitRouter):
         self.caps = dataclasses.replace(      # VMRUN's checks follow the CPU model
             self.caps, cr4_supported=cr4_allowed(machine.cpuid),
             efer_supported=efer_allowed(machine.cpuid),
-            long_mode=bool(machine.cpuid.query(0x80000001, 0)[3] & CPUID_80000001_EDX_LM))
+            long_mode=bool(machine.cpuid.query(0x80000001, 0)[3] & CPUID_80000001_EDX_LM),
+            vnmi=bool(self.svm_features & vintr.FEATURE_VNMI))
         machine.msrs.efer_write_hooks.append(self._efer_write)
         machine.msrs.register(MSR_VM_CR, lambda: self.state.vm_cr, self._write_vm_cr)
         machine.msrs.register(MSR_VM_HSAVE_PA, lambda: self.state.hsave_pa, self._write_hsave_pa)
@@ -244,6 +246,8 @@ class SvmExtension(Extension, ExitRouter):
         if not reflect.exit_handled(st.vmcb12, code, read_phys, info1=info1, msr_index=msr_index):
             if code == VMEXIT_NPF:
                 raise Unsupported("nested page fault with nested paging off")
+            if code == VMEXIT_IRET:       # L0's own IRET intercept: a virtual NMI's blocking ends
+                vintr.on_iret(self, st.vmcb12)
             return False
         info2 = 0
         if code == VMEXIT_NPF:     # Unicorn gives the low 32 bits only: npf.py completes them

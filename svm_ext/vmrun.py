@@ -87,7 +87,7 @@ def vmrun(ext: "Vcpu", code: int = 0) -> None:
     # Step 7
     if cache.eventinj & EVENTINJ_V:
         inject_event(ext, cache)
-    elif ext.fast is not None:         # replayable next time (fast_switch.py)
+    elif ext.fast is not None and not st.vnmi:     # replayable next time (fast_switch.py)
         ext.fast.vmrun_done(before, pa, nx_entries)
 
 

@@ -2,17 +2,20 @@
 under a vmcb12 prepared in Python and reads what the #VMEXIT left in vmcb12 and the registers.
 
 PAUSE filter (APM vol. 2, 15.14.4): L2 counts its completed PAUSEs in R13, so the PAUSE that
-exits shows as R13 = the PAUSEs before it."""
+exits shows as R13 = the PAUSEs before it.
+vNMI (15.21.10): L2's NMI handler counts in R15; vmcb12's V_NMI and V_NMI_MASK after the exit
+say what is still pending and blocked."""
 from __future__ import annotations
 
 import pytest
-from unicorn.x86_const import UC_X86_REG_R13
+from unicorn.x86_const import UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15
 
-from emu.arch.vmcb import INTERCEPT_PAUSE, VMEXIT_PAUSE, VMEXIT_VMMCALL
+from emu.arch.vmcb import (INTERCEPT_NMI, INTERCEPT_PAUSE, VMEXIT_INVALID, VMEXIT_PAUSE,
+                           VMEXIT_VMMCALL)
 from emu.core.cpu_models import FEATURES
 from tests import harness
 from tests.nested_image import EXIT_PASS, L2_CODE, nested_image, vmcb12
-from tests.tinyimage import asm64
+from tests.tinyimage import asm64, gate64, handler
 
 ONCE = "mov rax, rdi\n vmrun\n" + EXIT_PASS
 
@@ -100,3 +103,79 @@ def test_threshold_reloads_the_count_after_a_long_gap(gap, threshold, cpu, exits
         assert b.vmcb12.exitcode == VMEXIT_PAUSE and r13 == (3 if threshold and not cpu else 2)
     else:
         assert b.vmcb12.exitcode == VMEXIT_VMMCALL and r13 == 4
+
+
+# ---- vNMI ------------------------------------------------------------------------------------
+V_NMI, V_NMI_MASK, V_GIF, V_NMI_ENABLE, V_GIF_ENABLE = 1 << 11, 1 << 12, 1 << 9, 1 << 26, 1 << 25
+NMI_COUNTS = "inc r15\n iretq"               # L2's NMI handler
+NMI_EXITS = "inc r15\n vmmcall"              # one that never returns: blocking stays
+
+
+def run_vnmi(l2: str, vintr: int, cpu: str | None = "max", misc1: int = INTERCEPT_NMI,
+             nmi_handler: str = NMI_COUNTS) -> tuple[harness.Booted, int]:
+    b = harness.boot(nested_image("xor r15, r15\n" + ONCE, l2, vmcb12(misc1=misc1, vintr=vintr),
+                                  idt={2: gate64(handler(0))}, handlers=[nmi_handler]), cpu=cpu)
+    assert b.result.reason == "exit", b.result
+    return b, b.machine.uc.reg_read(UC_X86_REG_R15)
+
+
+def test_vnmi_reported_by_max_and_granted_to_epyc():
+    assert edx(harness.boot(nested_image(ONCE, "vmmcall", vmcb12()), cpu="max")) & bit("vnmi")
+    assert not edx(harness.boot(nested_image(ONCE, "vmmcall", vmcb12()))) & bit("vnmi")
+    assert edx(harness.boot(nested_image(ONCE, "vmmcall", vmcb12()), cpu="EPYC,+vnmi")) \
+        & bit("vnmi")
+
+
+def test_vnmi_without_the_nmi_intercept_is_invalid():
+    b, r15 = run_vnmi("vmmcall", V_NMI_ENABLE | V_NMI, misc1=0)
+    assert b.vmcb12.exitcode == VMEXIT_INVALID and r15 == 0
+    assert "NMI intercept" in b.ext.last_invalid_reason
+    # Without vNMI reported the bit is ignored: no check, no virtual NMI.
+    b, r15 = run_vnmi("vmmcall", V_NMI_ENABLE | V_NMI, cpu="EPYC", misc1=0)
+    assert b.vmcb12.exitcode == VMEXIT_VMMCALL and r15 == 0
+
+
+def test_pending_vnmi_is_taken_at_once_whatever_if():
+    b, r15 = run_vnmi("vmmcall", V_NMI_ENABLE | V_NMI)       # vmcb12's RFLAGS.IF is 0
+    vm = b.vmcb12
+    assert vm.exitcode == VMEXIT_VMMCALL and r15 == 1
+    assert (vm.v_nmi, vm.v_nmi_mask, vm.v_nmi_enable) == (0, 0, 1)   # taken; its IRET unblocked
+
+
+def test_vnmi_handler_still_running_leaves_the_mask_set():
+    b, r15 = run_vnmi("vmmcall", V_NMI_ENABLE | V_NMI, nmi_handler=NMI_EXITS)
+    vm = b.vmcb12
+    assert vm.exitcode == VMEXIT_VMMCALL and r15 == 1
+    assert (vm.v_nmi, vm.v_nmi_mask) == (0, 1)
+
+
+def test_masked_vnmi_waits_for_l2_iret():
+    b, r15 = run_vnmi("inc r13\n vmmcall", V_NMI_ENABLE | V_NMI | V_NMI_MASK)
+    vm = b.vmcb12
+    assert vm.exitcode == VMEXIT_VMMCALL and r15 == 0 and (vm.v_nmi, vm.v_nmi_mask) == (1, 1)
+    # An IRET of L2's own (to the next instruction) ends the blocking: the NMI comes after it.
+    iret_to_next = """
+        mov rax, rsp
+        push 0x10
+        push rax
+        pushfq
+        push 0x8
+        lea rax, [rip + after]
+        push rax
+        iretq
+    after:
+        mov r14, r15
+        vmmcall
+    """
+    b, r15 = run_vnmi(iret_to_next, V_NMI_ENABLE | V_NMI | V_NMI_MASK)
+    vm = b.vmcb12
+    assert vm.exitcode == VMEXIT_VMMCALL and r15 == 1
+    assert b.machine.uc.reg_read(UC_X86_REG_R14) == 1      # taken right after the IRET
+    assert (vm.v_nmi, vm.v_nmi_mask) == (0, 0)
+
+
+def test_vnmi_waits_for_v_gif():
+    b, r15 = run_vnmi("vmmcall", V_NMI_ENABLE | V_NMI | V_GIF_ENABLE)
+    assert r15 == 0 and (b.vmcb12.v_nmi, b.vmcb12.v_nmi_mask) == (1, 0)
+    b, r15 = run_vnmi("vmmcall", V_NMI_ENABLE | V_NMI | V_GIF_ENABLE | V_GIF)
+    assert r15 == 1 and b.vmcb12.v_nmi == 0

@@ -6,7 +6,8 @@ implements each of its bits) and trimmed to this machine: no hypervisor bit, no 
 raises #UD on VEX instructions), XSAVE state for x87 and SSE only. Models:
 
   EPYC    AMD EPYC (family 17h model 1, as QEMU's EPYC): the default.
-  max     the most svmemu implements: EPYC, as kvm-unit-tests' `-cpu max,+svm` expects.
+  max     the most svmemu implements: EPYC with vNMI, as kvm-unit-tests' `-cpu max,+svm`
+          expects.
   qemu64  QEMU's default CPU (family 15 model 107, AuthenticAMD, SSE3, CX16, LAHF, SVM, no
           XSAVE): what old hypervisors that check for family 0xF want.
   Opteron_G1  QEMU's first-generation Opteron (family 15 model 6 stepping 1: SSE3, long
@@ -85,9 +86,11 @@ MODELS: dict[str, Table] = {"EPYC": _EPYC, "max": _EPYC, "qemu64": _QEMU64,
 # Features a model lacks that the machine would otherwise add (the SVM extension adds SVM and
 # its leaf). QEMU's qemu64 reports no SVM feature bits; svmemu keeps there the ones it always
 # had (nested paging, NRIP save, vGIF) and leaves the later ones off unless asked (`+name`).
-_SVM_LATER = ("pause-filter", "pfthreshold")
+# EPYC (Zen 1) lacks vNMI, which came with Zen 4: `EPYC,+vnmi` grants it; `max` has it.
+_SVM_AFTER_ZEN1 = ("vnmi",)
+_SVM_LATER = ("pause-filter", "pfthreshold") + _SVM_AFTER_ZEN1
 _MODEL_HIDDEN: dict[str, tuple[str, ...]] = {"Opteron_G1": ("svm",) + _SVM_LATER,
-                                             "qemu64": _SVM_LATER}
+                                             "qemu64": _SVM_LATER, "EPYC": _SVM_AFTER_ZEN1}
 VENDOR_AMD = "AuthenticAMD"
 DEFAULT_MODEL = "EPYC"
 
@@ -131,7 +134,7 @@ _OPT_IN = ("perfctr-core", "ibpb", "ibrs", "amd-stibp", "amd-ssbd", "tsc-deadlin
 # SVM features svm_ext implements: the SVM extension's CPUID leaf reports them, less those
 # the model hides. `+name` grants one a model lacks.
 _SVM_LEAF = 0x8000000A
-SVM_IMPLEMENTED = ("npt", "nrip-save", "pause-filter", "pfthreshold", "vgif")
+SVM_IMPLEMENTED = ("npt", "nrip-save", "pause-filter", "pfthreshold", "vgif", "vnmi")
 
 
 def _present(table: Table, name: str) -> bool:
@@ -155,7 +158,8 @@ class CpuModel:
     (applied after every other CPUID contribution: the APIC's, the SVM extension's)."""
     name: str = DEFAULT_MODEL
     table: Table = field(default_factory=lambda: dict(_EPYC))
-    hidden: dict[tuple[int, int, int], int] = field(default_factory=dict)   # (leaf, sub, reg) -> bits
+    hidden: dict[tuple[int, int, int], int] = field(              # (leaf, sub, reg) -> bits
+        default_factory=lambda: model_hidden(DEFAULT_MODEL))
 
     @property
     def svm(self) -> bool:
@@ -171,6 +175,15 @@ class CpuModel:
         return tuple(out)  # type: ignore[return-value]
 
 
+def model_hidden(name: str) -> dict[tuple[int, int, int], int]:
+    """The features model `name` lacks that the machine would otherwise add."""
+    hidden: dict[tuple[int, int, int], int] = {}
+    for feat in _MODEL_HIDDEN.get(name, ()):
+        leaf, sub, reg, bit = FEATURES[feat]
+        hidden[(leaf, sub, reg)] = hidden.get((leaf, sub, reg), 0) | bit
+    return hidden
+
+
 def parse_cpu(spec: str) -> CpuModel:
     """`MODEL[,+feat,-feat,feat=on,feat=off...]` -> CpuModel, or OptionError."""
     parts = [p.strip() for p in spec.split(",")]
@@ -179,10 +192,8 @@ def parse_cpu(spec: str) -> CpuModel:
     if name.lower() not in models:
         raise OptionError(f"unknown CPU model {name!r} (models: {', '.join(MODELS)})")
     name = models[name.lower()]
-    model = CpuModel(name, {k: tuple(v) for k, v in MODELS[name].items()})  # type: ignore[misc]
-    for feat in _MODEL_HIDDEN.get(name, ()):
-        leaf, sub, reg, bit = FEATURES[feat]
-        model.hidden[(leaf, sub, reg)] = model.hidden.get((leaf, sub, reg), 0) | bit
+    model = CpuModel(name, {k: tuple(v) for k, v in MODELS[name].items()},  # type: ignore[misc]
+                     model_hidden(name))
     for part in parts[1:]:
         if not part:
             continue
