@@ -8,7 +8,7 @@ say what is still pending and blocked."""
 from __future__ import annotations
 
 import pytest
-from unicorn.x86_const import UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15
+from unicorn.x86_const import UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15
 
 from emu.arch.vmcb import (INTERCEPT_NMI, INTERCEPT_PAUSE, VMEXIT_INVALID, VMEXIT_PAUSE,
                            VMEXIT_VMMCALL)
@@ -179,3 +179,34 @@ def test_vnmi_waits_for_v_gif():
     assert r15 == 0 and (b.vmcb12.v_nmi, b.vmcb12.v_nmi_mask) == (1, 0)
     b, r15 = run_vnmi("vmmcall", V_NMI_ENABLE | V_NMI | V_GIF_ENABLE | V_GIF)
     assert r15 == 1 and b.vmcb12.v_nmi == 0
+
+
+# ---- flush by ASID ---------------------------------------------------------------------------
+@pytest.mark.parametrize("tlb_control", [1, 3, 7])
+def test_tlb_control_flushes_what_l1_changed_between_runs(tlb_control):
+    """L1 remaps L2's page at 6 MiB between two VMRUNs (L2 shares L1's 2 MiB page tables)
+    without INVLPG: the TLB_CONTROL flush makes L2 see the new page."""
+    pd = 0x22000                                     # tinyimage's page directory
+    l1 = f"""
+        mov rbx, 0x600000
+        mov qword ptr [rbx], 0x1111
+        mov rbx, 0x800000
+        mov qword ptr [rbx], 0x2222
+        mov rax, rdi
+        vmrun
+        mov r12, r15
+        mov rcx, {pd + 3 * 8}
+        mov qword ptr [rcx], 0x800083
+        mov rax, [rdi + 0x578]
+        add rax, 3                 # past the VMMCALL
+        mov [rdi + 0x578], rax
+        mov rax, rdi
+        vmrun
+    """ + EXIT_PASS
+    l2 = ("mov rbx, 0x600000\n mov r15, [rbx]\n vmmcall\n"
+          "mov rbx, 0x600000\n mov r15, [rbx]\n vmmcall")
+    b = harness.boot(nested_image(l1, l2, vmcb12(tlb_control=tlb_control)))
+    assert b.result.reason == "exit", b.result
+    assert b.machine.uc.reg_read(UC_X86_REG_R12) == 0x1111
+    assert b.machine.uc.reg_read(UC_X86_REG_R15) == 0x2222
+    assert edx(b) & bit("flushbyasid")
