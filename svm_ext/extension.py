@@ -43,6 +43,7 @@ from svm_ext import pause_filter
 from svm_ext import reflect
 from svm_ext import vmrun as vmrun_mod
 from svm_ext import debugview
+from svm_ext import decode_assists
 from svm_ext import hw_quirks
 from svm_ext import vintr
 from .checks import HostCaps, nested_paging_enabled
@@ -52,8 +53,8 @@ from svm_ext import switch_cache
 from .switch_cache import CachedSteps
 from .switch_steps import FullSteps
 from emu.arch.vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
-                   EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_IRET,
-                   VMEXIT_MSR,
+                   EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_INVLPG, VMEXIT_IOIO,
+                   VMEXIT_IRET, VMEXIT_MSR,
                    VMEXIT_NPF, VMEXIT_PAUSE, VMEXIT_SHUTDOWN, eventinj_encode, exit_name)
 
 VM_CR_DPD = 1 << 0
@@ -239,8 +240,11 @@ class SvmExtension(Extension, ExitRouter):
                 return taken
         if code == VMEXIT_PAUSE and pause_filter.absorbed(self, st.vmcb12):
             return True
+        # Not recorded: #NPF, and INVLPG with decode assists (EXITINFO1 is the address its
+        # operand names, from registers a program does not guard).
         before = (self.fast.begin(st.vmcb12_pa)
-                  if self.fast is not None and code != VMEXIT_NPF else None)
+                  if self.fast is not None and code != VMEXIT_NPF
+                  and not (code == VMEXIT_INVLPG and decode_assists.enabled(self)) else None)
         reads: list[tuple[int, bytes]] = []     # what the decision read: a program's guards
         read_phys = m.mem.read_phys if before is None else self._recording_reader(reads)
         if not reflect.exit_handled(st.vmcb12, code, read_phys, info1=info1, msr_index=msr_index):
@@ -250,21 +254,25 @@ class SvmExtension(Extension, ExitRouter):
                 vintr.on_iret(self, st.vmcb12)
             return False
         info2 = 0
+        insn = None
         if code == VMEXIT_NPF:     # Unicorn gives the low 32 bits only: npf.py completes them
             info1, info2 = npf.exit_info(self, info1, m.hostvm.exitinfo2(vmrun_mod.VMCB02))
+            insn = decode_assists.fetch_bytes(self)
         try:
             nrip = self.next_rip() if code in _INSTRUCTION_EXITS else 0
+            if code not in (VMEXIT_MSR, VMEXIT_NPF):
+                info1 = decode_assists.exit_info1(self, code)   # 0 without decode assists
         except NestedFault as fault:
             # Fetching the instruction itself faults in the nested walk (Unicorn ran it from a
             # translation it kept): the fetch comes before any intercept of the instruction, so
-            # the exit is that #NPF (APM vol. 2, 15.25.6).
+            # the exit is that #NPF (APM vol. 2, 15.25.6), with no instruction bytes.
             info1, info2 = npf.exit_info(self, fault.exitinfo1 & 0xFFFFFFFF, fault.exitinfo2)
             reflect.reflect(self, VMEXIT_NPF, info1, info2)
+            decode_assists.store_bytes(self, b"" if decode_assists.enabled(self) else None)
             return True
-        if code not in (VMEXIT_MSR, VMEXIT_NPF):
-            info1 = 0          # no decode assists are reported, so no instruction details
         rip = ctx.u64(OFF_EIP)
         reflect.reflect(self, code, info1, info2, 0, nrip)
+        decode_assists.store_bytes(self, insn)
         if self.fast is not None:
             self.fast.exit_done(before, code, rip, nrip, reads)
         return True
@@ -287,13 +295,17 @@ class SvmExtension(Extension, ExitRouter):
             return False
         info1 = (event.error_code or 0) if event.vector in HAS_ERROR_CODE else 0
         info2 = (event.cr2 or 0) if event.vector == PF else 0
+        insn = decode_assists.fetch_bytes(self) if event.vector == PF else None
         reflect.reflect(self, code, info1, info2, self._intinfo(during))
+        decode_assists.store_bytes(self, insn)
         return True
 
     def on_nested_fault(self, fault: NestedFault, during: Any | None) -> bool:
         if not self.state.in_l2:
             return False
+        insn = decode_assists.fetch_bytes(self)
         reflect.reflect(self, VMEXIT_NPF, fault.exitinfo1, fault.exitinfo2, self._intinfo(during))
+        decode_assists.store_bytes(self, insn)
         return True
 
     # ---- interrupts (vintr.py; the machine asks at its interrupt points) ----------------------

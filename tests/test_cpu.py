@@ -65,9 +65,9 @@ def test_xsave_leaf_advertises_no_avx_state():
 def test_svm_features_leaf_only_what_svm_ext_implements():
     m = machine()
     edx = m.cpuid.query(0x8000000A, 0)[3]
-    # NP, NRIP save, flush by ASID, PAUSE filter and its threshold, vGIF;
+    # NP, NRIP save, flush by ASID, decode assists, PAUSE filter and its threshold, vGIF;
     # not vNMI (EPYC's Zen 1 lacks it; `max` and `+vnmi` have it)
-    assert edx == 0b1001 | 1 << 6 | 1 << 10 | 1 << 12 | 1 << 16
+    assert edx == 0b1001 | 1 << 6 | 1 << 7 | 1 << 10 | 1 << 12 | 1 << 16
     assert machine("max").cpuid.query(0x8000000A, 0)[3] == edx | 1 << 25
     assert machine("EPYC,+vnmi").cpuid.query(0x8000000A, 0)[3] == edx | 1 << 25
     assert machine("qemu64").cpuid.query(0x8000000A, 0)[3] == 0b1001 | 1 << 16

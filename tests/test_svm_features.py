@@ -181,6 +181,63 @@ def test_vnmi_waits_for_v_gif():
     assert r15 == 1 and b.vmcb12.v_nmi == 0
 
 
+# ---- decode assists --------------------------------------------------------------------------
+# EXITINFO1 and the instruction bytes the CPU hands the hypervisor (APM vol. 2, chapter 15,
+# "Decode Assists"); the svm_intercepts guest checks the common cases (tests/test_nested_guests).
+CR_VALID = 1 << 63
+
+
+def run_intercepted(l2: str, cpu: str | None = None, **fields: int) -> harness.Booted:
+    b = harness.boot(nested_image(ONCE, l2 + "\n vmmcall", vmcb12(**fields)), cpu=cpu)
+    assert b.result.reason == "exit", b.result
+    return b
+
+
+@pytest.mark.parametrize("l2, fields, code, info1", [
+    ("mov r9, cr3", dict(intercept_cr_read=1 << 3), 0x03, CR_VALID | 9),       # REX.B
+    ("mov cr4, r14", dict(intercept_cr_write=1 << 4), 0x14, CR_VALID | 14),
+    ("smsw eax", dict(intercept_cr_read=1), 0x00, 0),                           # no GPR named
+    ("clts", dict(intercept_cr_write=1), 0x10, 0),
+    ("mov eax, 0xe\n lmsw ax", dict(intercept_cr_write=1), 0x10, 0),
+    ("mov r12, dr3", dict(intercept_dr_read=1 << 3), 0x23, 12),
+    ("mov dr2, rsi", dict(intercept_dr_write=1 << 2), 0x32, 6),
+    ("mov rbx, 0x7000\n invlpg [rbx + 0x123]", dict(misc1=1 << 25), 0x79, 0x7123),
+    ("int 0x41", dict(misc1=1 << 21), 0x75, 0x41),
+])
+def test_decode_assists_exitinfo1(l2, fields, code, info1):
+    b = run_intercepted(l2, **fields)
+    assert (b.vmcb12.exitcode, b.vmcb12.exitinfo1) == (code, info1)
+    # Without the feature reported, the same exit carries nothing.
+    b = run_intercepted(l2, cpu="EPYC,-decodeassists", **fields)
+    assert (b.vmcb12.exitcode, b.vmcb12.exitinfo1) == (code, 0)
+
+
+def test_pf_intercept_carries_the_instruction_bytes():
+    l2 = "mov rbx, 0x100000000\n mov rax, [rbx]\n nop\n nop"
+    b = run_intercepted(l2, exceptions=1 << 14)
+    vm = b.vmcb12
+    assert vm.exitcode == 0x4E and vm.exitinfo2 == 0x100000000
+    assert vm.insn_len == 15
+    faulting = L2_CODE + len(asm64("mov rbx, 0x100000000", L2_CODE))
+    assert vm.save.rip == faulting
+    expected = bytes(b.machine.mem.view[faulting:faulting + 15])
+    assert vm.insn_bytes == expected and expected.startswith(asm64("mov rax, [rbx]", 0))
+    b = run_intercepted(l2, cpu="EPYC,-decodeassists", exceptions=1 << 14)
+    assert b.vmcb12.exitcode == 0x4E and b.vmcb12.insn_len == 0
+
+
+def test_npf_carries_the_instruction_bytes_and_none_for_a_fetch():
+    from tests.test_npf import PAGE4K, read, fetch, run_npf, set_entry
+    hide = (lambda t: set_entry(t, PAGE4K, 1, clear=1))
+    m, vm, _ = run_npf(read(PAGE4K + 0x18), hide)
+    assert vm.exitcode == 0x400 and vm.insn_len == 15
+    rip = vm.save.rip
+    assert vm.insn_bytes == bytes(m.mem.view[rip:rip + 15])      # L2 code is identity-mapped
+    assert vm.insn_bytes.startswith(asm64("mov rax, [rbx]", 0))
+    m, vm, _ = run_npf(fetch(PAGE4K), hide)
+    assert vm.exitcode == 0x400 and vm.save.rip == PAGE4K and vm.insn_len == 0
+
+
 # ---- flush by ASID ---------------------------------------------------------------------------
 @pytest.mark.parametrize("tlb_control", [1, 3, 7])
 def test_tlb_control_flushes_what_l1_changed_between_runs(tlb_control):
