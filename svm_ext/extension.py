@@ -240,10 +240,11 @@ class SvmExtension(Extension, ExitRouter):
                 return taken
         if code == VMEXIT_PAUSE and pause_filter.absorbed(self, st.vmcb12):
             return True
-        # Not recorded: #NPF, and INVLPG with decode assists (EXITINFO1 is the address its
-        # operand names, from registers a program does not guard).
+        # Not recorded: #NPF; INVLPG with decode assists (EXITINFO1 is the address its operand
+        # names, from registers a program does not guard); exits under LBR virtualization (they
+        # move the LBR MSRs, which no program does).
         before = (self.fast.begin(st.vmcb12_pa)
-                  if self.fast is not None and code != VMEXIT_NPF
+                  if self.fast is not None and code != VMEXIT_NPF and not st.lbrv
                   and not (code == VMEXIT_INVLPG and decode_assists.enabled(self)) else None)
         reads: list[tuple[int, bytes]] = []     # what the decision read: a program's guards
         read_phys = m.mem.read_phys if before is None else self._recording_reader(reads)

@@ -22,6 +22,8 @@ class NestedState:
     vnmi: bool = False             # V_NMI_ENABLE in the running vmcb12, on a CPU with vNMI
     v_nmi: bool = False            # a virtual NMI pending for L2 (vintr.py)
     v_nmi_mask: bool = False       # L2's virtual NMIs blocked until its IRET
+    lbrv: bool = False             # LBR virtualization on for the running L2 (lbrv.py)
+    lbr_host: tuple[int, ...] = (0, 0, 0, 0, 0)   # L1's DebugCtl and LBR MSRs while it is
     pause_count: int = 0           # PAUSE filter counter (pause_filter.py)
     pause_recent: bool = False     # the last PAUSE was within PauseFilterThreshold cycles
     stats: dict[str, int] = field(default_factory=lambda: {"vmrun": 0, "vmexit": 0})
@@ -34,7 +36,7 @@ class NestedState:
                     l1_host=self.l1_host.hex(), l1_next_rip=self.l1_next_rip,
                     l1_rflags=self.l1_rflags, v_irq=self.v_irq, v_tpr=self.v_tpr,
                     pause_count=self.pause_count, vnmi=self.vnmi, v_nmi=self.v_nmi,
-                    v_nmi_mask=self.v_nmi_mask)
+                    v_nmi_mask=self.v_nmi_mask, lbrv=self.lbrv, lbr_host=list(self.lbr_host))
 
     @classmethod
     def from_dict(cls, d: dict) -> "NestedState":
@@ -46,4 +48,5 @@ class NestedState:
                    l1_rflags=int(d.get("l1_rflags", 2)), v_irq=bool(d.get("v_irq", False)),
                    v_tpr=int(d.get("v_tpr", 0)), pause_count=int(d.get("pause_count", 0)),
                    vnmi=bool(d.get("vnmi", False)), v_nmi=bool(d.get("v_nmi", False)),
-                   v_nmi_mask=bool(d.get("v_nmi_mask", False)))
+                   v_nmi_mask=bool(d.get("v_nmi_mask", False)), lbrv=bool(d.get("lbrv", False)),
+                   lbr_host=tuple(int(v) for v in d.get("lbr_host", (0,) * 5)))

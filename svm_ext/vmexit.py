@@ -20,7 +20,7 @@ from emu.engine.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF
                            OFF_INTERCEPT, OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context,
                            SEG_SIZE, OFF_SEGS)
 
-from svm_ext import vintr
+from svm_ext import lbrv, vintr
 from emu.arch.bits import DR7_RESET
 from emu.arch.vmcb import OFFSETS, VMEXIT_INVALID, Vmcb
 
@@ -44,6 +44,7 @@ def vmexit(ext: "Vcpu", exitcode: int, info1: int = 0, info2: int = 0,
     # Step 2
     store_exit_info(vm, exitcode, info1, info2, intinfo, nrip)
     vintr.store(ext, ctx, vm)      # V_IRQ, V_TPR, interrupt shadow
+    lbrv.on_vmexit(ext, vm)        # the guest's LBR state out, the host's back
     # Step 3
     ext.pat.on_vmexit(ext, vm)
     ext.steps.restore_host(ext, ctx)

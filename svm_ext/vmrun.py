@@ -27,7 +27,7 @@ from emu.engine.hw_switch import (flush_tlb, nested_pg_mode, CS, DS, ES, GDTR, H
                            OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context, Segment)
 from emu.core.interrupts import Event, Kind
 
-from svm_ext import checks, hw_quirks, instructions, intercepts, pause_filter
+from svm_ext import checks, hw_quirks, instructions, intercepts, lbrv, pause_filter
 from emu.arch.vmcb import (OFFSETS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
                    Vmcb12Cache, eventinj_decode, read_cache)
@@ -78,6 +78,7 @@ def vmrun(ext: "Vcpu", code: int = 0) -> None:
     ext.pat.on_vmrun(ext, cache)
     m.tsc_offset = cache.tsc_offset
     pause_filter.on_vmrun(ext, cache)
+    lbrv.on_vmrun(ext, cache)
     if where is not None:        # tracing: format the line only then (hot path)
         ext.trace(f"vmrun vmcb12 {pa:#x} -> L2 rip {cache.rip:#x}"
                   + (" (nested paging)" if checks.nested_paging_enabled(cache, ext.caps) else ""),
@@ -87,7 +88,7 @@ def vmrun(ext: "Vcpu", code: int = 0) -> None:
     # Step 7
     if cache.eventinj & EVENTINJ_V:
         inject_event(ext, cache)
-    elif ext.fast is not None and not st.vnmi:     # replayable next time (fast_switch.py)
+    elif ext.fast is not None and not (st.vnmi or st.lbrv):   # replayable (fast_switch.py)
         ext.fast.vmrun_done(before, pa, nx_entries)
 
 

@@ -65,9 +65,9 @@ def test_xsave_leaf_advertises_no_avx_state():
 def test_svm_features_leaf_only_what_svm_ext_implements():
     m = machine()
     edx = m.cpuid.query(0x8000000A, 0)[3]
-    # NP, NRIP save, flush by ASID, decode assists, PAUSE filter and its threshold, vGIF;
-    # not vNMI (EPYC's Zen 1 lacks it; `max` and `+vnmi` have it)
-    assert edx == 0b1001 | 1 << 6 | 1 << 7 | 1 << 10 | 1 << 12 | 1 << 16
+    # NP, LBR virtualization, NRIP save, flush by ASID, decode assists, PAUSE filter and its
+    # threshold, vGIF; not vNMI (EPYC's Zen 1 lacks it; `max` and `+vnmi` have it)
+    assert edx == 0b1011 | 1 << 6 | 1 << 7 | 1 << 10 | 1 << 12 | 1 << 16
     assert machine("max").cpuid.query(0x8000000A, 0)[3] == edx | 1 << 25
     assert machine("EPYC,+vnmi").cpuid.query(0x8000000A, 0)[3] == edx | 1 << 25
     assert machine("qemu64").cpuid.query(0x8000000A, 0)[3] == 0b1001 | 1 << 16
@@ -143,7 +143,9 @@ def test_debugctl_and_the_lbr_msrs():
     assert m.msrs.rdmsr(0x1D9) == 0x3C
     assert gp(m, "w", 0x1D9, 1 << 6)
     with pytest.raises(Unsupported):
-        m.msrs.wrmsr(0x1D9, 1)                                       # LBR
+        m.msrs.wrmsr(0x1D9, 2)                                       # BTF
+    m.msrs.wrmsr(0x1D9, 1)                                           # LBR: emu/core/lbr.py
+    assert m.msrs.rdmsr(0x1D9) == 1 and m.lbr.recording
     for index in range(0x1DB, 0x1DF):
         assert m.msrs.rdmsr(index) == 0 and gp(m, "w", index, 0)
 

@@ -267,3 +267,88 @@ def test_tlb_control_flushes_what_l1_changed_between_runs(tlb_control):
     assert b.machine.uc.reg_read(UC_X86_REG_R12) == 0x1111
     assert b.machine.uc.reg_read(UC_X86_REG_R15) == 0x2222
     assert edx(b) & bit("flushbyasid")
+
+
+# ---- last-branch recording and LBR virtualization -------------------------------------------
+# L1 (or L2) captures each branch's addresses with LEA into registers; the test compares them
+# with what LastBranchFromIP/ToIP (and vmcb12's BR_FROM/BR_TO) hold. No other branch runs
+# while DebugCtl.LBR is set.
+DEBUGCTL, FROM_IP, TO_IP = 0x1D9, 0x1DB, 0x1DC
+
+
+def lbr_on(value: int = 1) -> str:
+    return f"mov ecx, {DEBUGCTL}\n mov eax, {value}\n xor edx, edx\n wrmsr\n"
+
+
+def branch(name: str, from_reg: str, to_reg: str) -> str:
+    return (f"lea {from_reg}, [rip + {name}_from]\n lea {to_reg}, [rip + {name}_to]\n"
+            f"{name}_from: jmp {name}_to\n nop\n nop\n {name}_to: nop\n")
+
+
+def lbr_ips(b: harness.Booted) -> tuple[int, int]:
+    values = b.machine.msrs.values
+    return values.get(FROM_IP, 0), values.get(TO_IP, 0)
+
+
+def regs(b: harness.Booted, *names: str) -> list[int]:
+    import unicorn.x86_const as x
+    return [b.machine.uc.reg_read(getattr(x, f"UC_X86_REG_{n.upper()}")) for n in names]
+
+
+def test_lbr_records_the_last_branch_and_nothing_else():
+    l1 = (lbr_on() + branch("first", "r8", "r9") + branch("second", "r10", "r11")
+          + "mov rsi, 0x300000\n mov rdi, 0x300100\n mov ecx, 8\n rep movsb\n"
+          + lbr_on(0) + "mov ecx, 0x1D9\n rdmsr\n mov r12, rax\n" + EXIT_PASS)
+    b = harness.boot(nested_image(l1, "vmmcall", vmcb12()))
+    assert b.result.reason == "exit", b.result
+    assert lbr_ips(b) == tuple(regs(b, "r10", "r11"))        # the second jmp; REP is none
+    assert regs(b, "r12") == [0]
+
+
+def test_lbr_msrs_are_read_only_and_btf_is_unsupported():
+    b = harness.boot(nested_image("mov ecx, 0x1DB\n xor eax, eax\n xor edx, edx\n wrmsr\n"
+                                  + EXIT_PASS, "vmmcall", vmcb12(),
+                                  idt={13: gate64(handler(0))}, handlers=["mov r15, 13\n hlt"]))
+    assert regs(b, "r15") == [13]
+    b = harness.boot(nested_image(lbr_on(2) + EXIT_PASS, "vmmcall", vmcb12()))
+    assert b.result.reason == "unsupported" and "BTF" in b.result.message
+
+
+LBR_L1 = lbr_on() + branch("host", "r8", "r9") + "mov rax, rdi\n vmrun\n"
+# L2 as kvm-unit-tests' svm_lbrv_test_guest3: a branch with LBR on, then straight to VMMCALL.
+LBR_L2 = lbr_on() + branch("guest", "r10", "r11") + "vmmcall\n"
+
+
+@pytest.mark.parametrize("cpu, virt_ext, leaks", [
+    (None, 0, True),                 # no LBR virtualization: L2's branch is L1's last branch
+    (None, 1, False),                # virtualized: L1's own state comes back at #VMEXIT
+    ("EPYC,-lbrv", 1, True),         # not reported: VIRT_EXT bit 0 is ignored
+])
+def test_lbr_virtualization_switches_the_lbr_state(cpu, virt_ext, leaks):
+    l1 = LBR_L1 + "mov ecx, 0x1D9\n rdmsr\n mov r12, rax\n" + lbr_on(0) + EXIT_PASS
+    b = harness.boot(nested_image(l1, LBR_L2, vmcb12(virt_ext=virt_ext, dbgctl=0, br_from=0x1234)),
+                     cpu=cpu)
+    assert b.result.reason == "exit", b.result
+    vm = b.vmcb12
+    host, guest = tuple(regs(b, "r8", "r9")), tuple(regs(b, "r10", "r11"))
+    assert vm.exitcode == VMEXIT_VMMCALL
+    assert regs(b, "r12") == [1]                       # L1's DebugCtl.LBR at the #VMEXIT
+    assert bool(edx(b) & bit("lbrv")) == (cpu is None)
+    if leaks:
+        assert lbr_ips(b) == guest                     # VMRUN and #VMEXIT are no branches
+        assert (vm.save.dbgctl, vm.save.br_from) == (0, 0x1234)      # untouched
+    else:
+        assert lbr_ips(b) == host
+        assert (vm.save.dbgctl, vm.save.br_from, vm.save.br_to) == (1,) + guest
+
+
+def test_lbr_virtualization_loads_the_guest_state_from_vmcb12():
+    """L2 starts with vmcb12's DBGCTL (LBR on) and BR_FROM/BR_TO; L1's recording is off."""
+    l1 = "mov rax, rdi\n vmrun\n" + EXIT_PASS
+    l2 = ("mov ecx, 0x1D9\n rdmsr\n mov r12, rax\n mov ecx, 0x1DB\n rdmsr\n mov r13, rax\n"
+          + branch("guest", "r10", "r11") + lbr_on(0) + "vmmcall")
+    b = harness.boot(nested_image(l1, l2, vmcb12(virt_ext=1, dbgctl=1, br_from=0x1234)))
+    vm = b.vmcb12
+    assert regs(b, "r12", "r13") == [1, 0x1234]
+    assert (vm.save.dbgctl, vm.save.br_from, vm.save.br_to) == (0,) + tuple(regs(b, "r10", "r11"))
+    assert lbr_ips(b) == (0, 0) and not b.machine.lbr.recording

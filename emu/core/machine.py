@@ -56,6 +56,7 @@ from emu.arch.vmcb import VMEXIT_IRET, intercept_misc_bit
 from emu.core.syscall import on_syscall
 from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
+from emu.core.lbr import BranchRecorder
 from emu.core.control_regs import Cr4Writes
 from emu.core.cpu_models import CpuModel
 from emu.core.rdpmc import Rdpmc
@@ -196,6 +197,7 @@ class Machine:
         self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
                             hostvm.MAXPHYADDR)
         msrs_amd.install(self.msrs, self.cpuid)
+        self.lbr = BranchRecorder(self)      # DebugCtl.LBR: the last branch (emu/core/lbr.py)
         self.strict = False       # stop at accesses to physical addresses with nothing there
         self.explain = True       # one stderr line per surprising event a user should hear of (-q: off)
         self.open_bus = OpenBus(self)
