@@ -24,6 +24,7 @@ from emu.arch.msrs import MSR_VM_CR, MSR_VM_HSAVE_PA
 from emu.core.control_regs import cr4_allowed
 from emu.core.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
 from emu.core.cpu_models import FEATURES, SVM_IMPLEMENTED
+from emu.core import msrs_amd
 from emu.core.msrs_amd import CPUID_80000001_EDX_LM, efer_allowed
 from emu.errors import SnapshotError, Unsupported
 from emu.core.snapshot_check import check_cpu
@@ -435,6 +436,8 @@ class SvmExtension(Extension, ExitRouter):
             self.fast.clear()
         st = self.state                 # VMRUN set the running guest's TSC_OFFSET; #VMEXIT clears it
         self.machine.tsc_offset = st.vmcb12.tsc_offset if st.in_l2 and st.vmcb12 else 0
+        self.machine.tsc_ratio = (vmrun_mod.tsc_ratio(self) if st.in_l2
+                                  else msrs_amd.TSC_RATIO_RESET)
         pat_state = dict(state["pat"])
         if "gpat" not in pat_state:   # format 1: see PatModel.load_state
             c = self.state.vmcb12

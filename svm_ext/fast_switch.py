@@ -122,7 +122,8 @@ class FastSwitch:
         return (st.gif, st.vm_cr, st.hsave_pa, st.in_l2, st.vmcb12_pa, key, st.l1_next_rip,
                 st.v_irq, st.v_tpr, pat.gpat, pat.gpat_valid, pat.parked_hpat,
                 ext.machine.msrs.values[MSR_PAT], ext.machine.tsc_offset, st.pause_count,
-                st.pause_recent, st.vnmi, st.v_nmi, st.v_nmi_mask, st.lbrv)
+                st.pause_recent, st.vnmi, st.v_nmi, st.v_nmi_mask, st.lbrv,
+                ext.machine.tsc_ratio)
 
     def _apply(self, s: tuple) -> None:
         ext = self.ext
@@ -130,7 +131,7 @@ class FastSwitch:
         (st.gif, st.vm_cr, st.hsave_pa, st.in_l2, st.vmcb12_pa, _, st.l1_next_rip, st.v_irq,
          st.v_tpr, pat.gpat, pat.gpat_valid, pat.parked_hpat, ext.machine.msrs.values[MSR_PAT],
          ext.machine.tsc_offset, st.pause_count, st.pause_recent, st.vnmi, st.v_nmi,
-         st.v_nmi_mask, st.lbrv) = s
+         st.v_nmi_mask, st.lbrv, ext.machine.tsc_ratio) = s
 
     def _second_time(self, key: tuple) -> bool:
         """Recording costs ~100 us: spend it on switches that repeat, not on every first one."""

@@ -352,3 +352,63 @@ def test_lbr_virtualization_loads_the_guest_state_from_vmcb12():
     assert regs(b, "r12", "r13") == [1, 0x1234]
     assert (vm.save.dbgctl, vm.save.br_from, vm.save.br_to) == (0,) + tuple(regs(b, "r10", "r11"))
     assert lbr_ips(b) == (0, 0) and not b.machine.lbr.recording
+
+
+# ---- TSC ratio -------------------------------------------------------------------------------
+# L2's TSC is L1's scaled by TSC_RATIO (8.32 fixed point) plus TSC_OFFSET (APM vol. 2, 15.30.5).
+# L1 reads its TSC before (R8) and after (R9) the run; L2 reads its own first (R14) and last
+# (R13) of many RDTSCs (the repeated ones are answered in C) and one RDMSR of the TSC (R12).
+TSC_RATIO = 0xC0000104
+RATIO_3_5 = 0x3_8000_0000
+OFFSET = 1 << 40
+READ_TSC = "rdtsc\n shl rdx, 32\n or rax, rdx\n"
+TSC_L1 = (f"mov ecx, {TSC_RATIO}\n mov eax, {RATIO_3_5 & 0xFFFFFFFF}\n mov edx, {RATIO_3_5 >> 32}\n"
+          "wrmsr\n" + READ_TSC + "mov r8, rax\n mov rax, rdi\n vmrun\n" + READ_TSC + "mov r9, rax\n"
+          + EXIT_PASS)
+TSC_L2 = (READ_TSC + "mov r14, rax\n mov r15d, 200\n"
+          "again: rdtsc\n shl rdx, 32\n or rax, rdx\n mov r13, rax\n dec r15d\n jnz again\n"
+          "mov ecx, 0x10\n rdmsr\n shl rdx, 32\n or rax, rdx\n mov r12, rax\n vmmcall")
+
+
+def run_tsc(cpu: str | None = None, fast: bool = True, l1: str = TSC_L1) -> harness.Booted:
+    from emu.core.cpu_models import parse_cpu
+    from emu.core.machine import Machine
+    from svm_ext.extension import SvmExtension
+    ext = SvmExtension()
+    m = Machine(harness.RAM, stdout=None, extensions=[ext],
+                cpu=parse_cpu(cpu) if cpu else None)
+    if m.replay is not None:
+        m.replay.enabled = fast
+    m.load_multiboot(nested_image(l1, TSC_L2, vmcb12(tsc_offset=OFFSET)), "tsc")
+    res = m.run(timeout=20)
+    return harness.Booted(m, ext, res, "")
+
+
+def test_l2_tsc_is_l1_tsc_scaled_plus_offset():
+    b = run_tsc()
+    assert b.result.reason == "exit", b.result
+    t0, t1, first, last, msr = regs(b, "r8", "r9", "r14", "r13", "r12")
+    scaled = (lambda t: ((t * RATIO_3_5) >> 32) + OFFSET)
+    assert scaled(t0) < first < last < msr <= scaled(t1)
+    assert t1 < OFFSET                                  # L1's own TSC: neither scaled nor offset
+    assert b.machine.tsc_ratio == 1 << 32               # #VMEXIT: L1 runs unscaled
+    assert b.machine.msrs.rdmsr(TSC_RATIO) == RATIO_3_5
+
+
+def test_tsc_ratio_answered_in_c_as_in_python():
+    fast, slow = run_tsc(fast=True), run_tsc(fast=False)
+    assert regs(fast, "r8", "r9", "r14", "r13", "r12") == regs(slow, "r8", "r9", "r14", "r13", "r12")
+
+
+def test_tsc_ratio_msr_follows_cpuid():
+    b = harness.boot(nested_image(ONCE, "vmmcall", vmcb12()))
+    assert edx(b) & bit("tsc-scale") and b.machine.msrs.rdmsr(TSC_RATIO) == 1 << 32
+    from emu.core.msr import GeneralProtection
+    with pytest.raises(GeneralProtection):
+        b.machine.msrs.wrmsr(TSC_RATIO, 1 << 40)        # bits 63:40 reserved
+    b = run_tsc(cpu="EPYC,-tsc-scale", l1=READ_TSC + "mov r8, rax\n mov rax, rdi\n vmrun\n"
+                + READ_TSC + "mov r9, rax\n" + EXIT_PASS)
+    with pytest.raises(GeneralProtection):
+        b.machine.msrs.rdmsr(TSC_RATIO)
+    t0, t1, first = regs(b, "r8", "r9", "r14")
+    assert t0 + OFFSET < first < t1 + OFFSET            # unscaled

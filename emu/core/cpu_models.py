@@ -88,7 +88,7 @@ MODELS: dict[str, Table] = {"EPYC": _EPYC, "max": _EPYC, "qemu64": _QEMU64,
 # had (nested paging, NRIP save, vGIF) and leaves the later ones off unless asked (`+name`).
 # EPYC (Zen 1) lacks vNMI, which came with Zen 4: `EPYC,+vnmi` grants it; `max` has it.
 _SVM_AFTER_ZEN1 = ("vnmi",)
-_SVM_LATER = ("lbrv", "flushbyasid", "decodeassists", "pause-filter",
+_SVM_LATER = ("lbrv", "tsc-scale", "flushbyasid", "decodeassists", "pause-filter",
               "pfthreshold") + _SVM_AFTER_ZEN1
 _MODEL_HIDDEN: dict[str, tuple[str, ...]] = {"Opteron_G1": ("svm",) + _SVM_LATER,
                                              "qemu64": _SVM_LATER, "EPYC": _SVM_AFTER_ZEN1}
@@ -135,8 +135,8 @@ _OPT_IN = ("perfctr-core", "ibpb", "ibrs", "amd-stibp", "amd-ssbd", "tsc-deadlin
 # SVM features svm_ext implements: the SVM extension's CPUID leaf reports them, less those
 # the model hides. `+name` grants one a model lacks.
 _SVM_LEAF = 0x8000000A
-SVM_IMPLEMENTED = ("npt", "lbrv", "nrip-save", "flushbyasid", "decodeassists", "pause-filter",
-                   "pfthreshold", "vgif", "vnmi")
+SVM_IMPLEMENTED = ("npt", "lbrv", "nrip-save", "tsc-scale", "flushbyasid", "decodeassists",
+                   "pause-filter", "pfthreshold", "vgif", "vnmi")
 
 
 def _present(table: Table, name: str) -> bool:
