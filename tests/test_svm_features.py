@@ -412,3 +412,17 @@ def test_tsc_ratio_msr_follows_cpuid():
         b.machine.msrs.rdmsr(TSC_RATIO)
     t0, t1, first = regs(b, "r8", "r9", "r14")
     assert t0 + OFFSET < first < t1 + OFFSET            # unscaled
+
+
+def test_lbr_recording_follows_a_restored_snapshot():
+    from emu.core import snapshot
+    b = harness.boot(nested_image(lbr_on() + branch("host", "r8", "r9") + EXIT_PASS, "vmmcall",
+                                  vmcb12()))
+    m = b.machine
+    assert m.lbr.recording and m.lbr.hook is not None
+    snap = snapshot.take(m)
+    fresh = harness.boot(nested_image(EXIT_PASS, "vmmcall", vmcb12())).machine
+    assert not fresh.lbr.recording and fresh.lbr.hook is None
+    snapshot.restore(fresh, snap)
+    assert fresh.lbr.recording and fresh.lbr.hook is not None
+    assert lbr_ips(harness.Booted(fresh, None, b.result, "")) == tuple(regs(b, "r8", "r9"))

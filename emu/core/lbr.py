@@ -76,6 +76,12 @@ class BranchRecorder:
         self._next = None
         self.m.between_slices(self._sync)
 
+    def restored(self) -> None:
+        """The MSR table was replaced (a snapshot), outside emulation: follow its DebugCtl now."""
+        self.recording = bool(self.m.msrs.values.get(MSR_DEBUGCTL, 0) & DEBUGCTL_LBR)
+        self._next = None
+        self._sync()
+
     def _sync(self) -> None:
         uc = self.m.uc
         if self.recording and self.hook is None:

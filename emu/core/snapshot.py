@@ -229,6 +229,7 @@ def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
     values = machine.msrs.values
     values.clear()
     values.update(snap.msrs)
+    machine.lbr.restored()          # DebugCtl.LBR's recording hook follows the restored MSRs
     machine.tsc = snap.tsc
     machine.cpuid.table = _snapshot_cpuid(machine, snap).table
     machine.sync_cpu_features()
