@@ -54,6 +54,7 @@ V_NMI_BIT = 1 << _BITS["v_nmi"][0]
 V_NMI_MASK_BIT = 1 << _BITS["v_nmi_mask"][0]
 V_NMI_ENABLE_BIT = 1 << _BITS["v_nmi_enable"][0]
 FEATURE_VNMI = FEATURES["vnmi"][3]
+FEATURE_VGIF = FEATURES["vgif"][3]
 _IRET_INTERCEPT = intercept_misc_bit(VMEXIT_IRET)
 
 
@@ -189,6 +190,18 @@ def window(ext: "Vcpu") -> int:
     return WINDOW_TAKEN
 
 
+def vgif_enabled(ext: "Vcpu", c: Vmcb12Cache) -> bool:
+    """V_GIF_ENABLE counts only on a CPU that reports vGIF (else the bit is ignored)."""
+    return bool(c.v_gif_enable) and bool(ext.svm_features & FEATURE_VGIF)
+
+
+def virtual_event_pending(ext: "Vcpu") -> bool:
+    """A V_IRQ or a V_NMI waits for L2 (what STGI and the window look for)."""
+    st = ext.state
+    return st.in_l2 and (st.v_irq or (st.vnmi and st.v_nmi))
+
+
 def _virtual_gif(ext: "Vcpu", c: Vmcb12Cache) -> bool:
     """GIF as L2's virtual interrupts see it: V_GIF when vGIF is on, else 1 (L2 runs)."""
-    return not c.v_gif_enable or bool(Vmcb(ext.machine.mem.view, ext.state.vmcb12_pa).v_gif)
+    return (not vgif_enabled(ext, c)
+            or bool(Vmcb(ext.machine.mem.view, ext.state.vmcb12_pa).v_gif))

@@ -426,3 +426,14 @@ def test_lbr_recording_follows_a_restored_snapshot():
     snapshot.restore(fresh, snap)
     assert fresh.lbr.recording and fresh.lbr.hook is not None
     assert lbr_ips(harness.Booted(fresh, None, b.result, "")) == tuple(regs(b, "r8", "r9"))
+
+
+def test_vnmi_held_by_v_gif_comes_at_l2_stgi():
+    """V_GIF=0 holds the virtual NMI; L2's STGI (not intercepted: it sets V_GIF) lets it in
+    right after. With vGIF hidden (-vgif) V_GIF_ENABLE is ignored and the NMI comes at once."""
+    l2 = "mov r14, r15\n stgi\n mov r13, r15\n vmmcall"
+    vintr = V_NMI_ENABLE | V_NMI | V_GIF_ENABLE
+    b, r15 = run_vnmi(l2, vintr, misc1=INTERCEPT_NMI)
+    assert r15 == 1 and regs(b, "r14", "r13") == [0, 1] and b.vmcb12.v_gif == 1
+    b, r15 = run_vnmi(l2, vintr, cpu="max,-vgif", misc1=INTERCEPT_NMI)
+    assert r15 == 1 and regs(b, "r14", "r13") == [1, 1]
