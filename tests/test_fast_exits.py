@@ -304,3 +304,66 @@ def test_clgi_vmrun_stgi_loop_stays_in_c():
     l2 = struct.unpack_from(f"<{TRIPS}Q", fast.ram, LOG)
     assert all(b > a for a, b in zip(l2, l2[1:]))
     assert fast.python_exits < 40, fast.python_exits
+
+
+# MOV to and from CR8 through several registers (REX.B, REX.W spellings), the TPR read back
+# through the APIC's MMIO page after a CR8 write and written there before a CR8 read (the C
+# copy of the TPR must follow both ways), and a 32-bit MOV CR8 spelling (LOCK MOV CR0, left to
+# Python). Everything read is folded into the printed checksum.
+CR8_GUEST = r"""
+.include "prelude.inc"
+
+.macro fold reg
+    mov rdi, \reg
+    call fold_in
+.endm
+
+main:
+    xor r15, r15
+    mov r14, 300
+    mov r12, 0xfee00000
+.Lloop:
+    mov rax, r14
+    and rax, 15
+    mov cr8, rax
+    mov rbx, cr8
+    fold rbx
+    mov r9, 3
+    mov cr8, r9
+    mov r10, cr8
+    fold r10
+    .byte 0x4c, 0x0f, 0x22, 0xc1          # mov cr8, rcx (REX.W.R)
+    mov ecx, [r12 + 0x80]                 # the TPR through MMIO
+    fold rcx
+    mov dword ptr [r12 + 0x80], 0x70
+    mov rdx, cr8
+    fold rdx
+    rdtsc
+    fold rax
+    dec r14
+    jnz .Lloop
+    xor eax, eax
+    mov cr8, rax
+    print "checksum "
+    mov rdi, r15
+    call puthex64
+    call newline
+    ret
+
+fold_in:
+    imul r15, r15, 31
+    add r15, rdi
+    ret
+"""
+
+
+def test_cr8_same_in_c_and_python(tmp_path):
+    src = tmp_path / "cr8.S"
+    src.write_text(CR8_GUEST)
+    out = same_with_and_without(assemble_source(str(src)))
+    assert b"checksum 0x" in out.output, out.output
+    m = Machine(RAM, stdout=None)
+    m.load_multiboot(parse_image(assemble_source(str(src)), "guest", RAM), "guest ")
+    m.run(timeout=60)
+    # 300 iterations of 5 MOV CR8; those right after an MMIO access or RDTSC exit go to Python
+    assert m.fast_exits.answered_cr8 >= 600, m.fast_exits.answered_cr8
