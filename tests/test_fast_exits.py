@@ -367,3 +367,68 @@ def test_cr8_same_in_c_and_python(tmp_path):
     m.run(timeout=60)
     # 300 iterations of 5 MOV CR8; those right after an MMIO access or RDTSC exit go to Python
     assert m.fast_exits.answered_cr8 >= 600, m.fast_exits.answered_cr8
+
+
+# The ACPI PM timer (port 0x608 at svmemu's default PMBASE) read by IN of every width and at
+# every byte offset, between RDTSCs and instructions: the C IN hook must return what
+# PmBlock.read returns and move time as Python does. A serial write in the loop (a port the C
+# hook leaves to Python) interleaves the two paths.
+PM_GUEST = r"""
+.include "prelude.inc"
+
+.macro fold reg
+    mov rdi, \reg
+    call fold_in
+.endm
+
+main:
+    xor r15, r15
+    mov r14, 400
+.Lloop:
+    mov dx, 0x608
+    in eax, dx
+    fold rax
+    in ax, dx
+    fold rax
+    mov dx, 0x609
+    in al, dx
+    fold rax
+    mov dx, 0x60a
+    in ax, dx
+    fold rax
+    mov dx, 0x60b
+    in al, dx
+    fold rax
+    rdtsc
+    fold rax
+    test r14, 63
+    jnz .Lnext
+    mov dx, 0x3f8 + 7          # the UART's scratch register: Python
+    mov al, 0x5a
+    out dx, al
+.Lnext:
+    dec r14
+    jnz .Lloop
+    print "checksum "
+    mov rdi, r15
+    call puthex64
+    call newline
+    ret
+
+fold_in:
+    imul r15, r15, 31
+    add r15, rdi
+    ret
+"""
+
+
+def test_pm_timer_reads_same_in_c_and_python(tmp_path):
+    src = tmp_path / "pm.S"
+    src.write_text(PM_GUEST)
+    image = assemble_source(str(src))
+    out = same_with_and_without(image)
+    assert b"checksum 0x" in out.output, out.output
+    m = Machine(RAM, stdout=None)
+    m.load_multiboot(parse_image(image, "guest", RAM), "guest ")
+    m.run(timeout=60)
+    assert m.fast_exits.answered_pm_timer >= 1500, m.fast_exits.answered_pm_timer

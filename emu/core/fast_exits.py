@@ -23,6 +23,9 @@ makes that exact:
   back at the next Python entry. Writes only while nothing is requested that a lower priority
   could let in and no APIC timer could fire meanwhile (then the write is all Python would do;
   a write of bits 63:4, #GP, goes to Python);
+- IN from the ACPI PM timer (replay.c `replay_in`, in front of Machine._on_in) in L1 on one
+  CPU: the port's cost and the read's time step, then the counter from the TSC, as
+  PmBlock.read computes it; every other port, and any port while disarmed, goes to Python;
 - CPUID: only answers Python itself gave in L1, kept with the inputs (leaf, subleaf) exactly as
   the exit gave them and with L1's whole CR4 at the time (CPUID 1 mirrors CR4.OSXSAVE); C
   answers only when all of them match. The rest of what Cpuid.query reads (its table, its
@@ -46,6 +49,9 @@ from __future__ import annotations
 import ctypes
 from typing import TYPE_CHECKING
 
+from emu.core.devices.clock import PM_TIMER_HZ, TSC_HZ
+from emu.core.devices.pm_timer import PM_TMR, TIME_PER_READ
+from emu.core.timebase import IOIO_COST
 from emu.engine import binding, hostvm, replay
 from emu.arch.vmcb import VMEXIT_CPUID, VMEXIT_RDTSC
 from emu.engine.hw_switch import (HF2_NPT, HF_CS64, OFF_CR, OFF_EFER, OFF_EIP, OFF_HFLAGS,
@@ -106,6 +112,8 @@ class FastExits:
         for i, name in enumerate(replay.FX_OFFSETS):
             fx.off[i] = _OFFSETS[name]
         fx.vmem_read = binding.c_function("uc_vmem_read")
+        fx.io_cost, fx.pm_read_ticks = IOIO_COST, TIME_PER_READ
+        fx.pm_hz, fx.tsc_hz = PM_TIMER_HZ, TSC_HZ
         fx.n_cpuid = 0
         self._fx = fx
         self._slots = fx.cpuid_slots
@@ -127,6 +135,11 @@ class FastExits:
         """(RDTSC, CPUID) exits answered in C so far."""
         fx = self._fx
         return (fx.rdtsc, fx.cpuid) if fx is not None else (0, 0)
+
+    @property
+    def answered_pm_timer(self) -> int:
+        """PM timer reads answered in C so far."""
+        return self._fx.pm_reads if self._fx is not None else 0
 
     @property
     def answered_cr8(self) -> int:
@@ -158,6 +171,9 @@ class FastExits:
         apic = m.apic
         self._tpr = fx.tpr = apic.tpr
         fx.cr8_write_ok = int(apic.deadline() is None and not apic.signalled())
+        pm = getattr(getattr(m, "pc", None), "pm", None)
+        fx.pm_port = (pm.base + PM_TMR if pm is not None and pm.base is not None
+                      and m.cpus == 1 and m.ports.get(pm.base + PM_TMR) is pm else 0)
         fx.armed = 1
 
     def neutral_exit(self, code: int, length: int, in_l2: bool = False) -> None:

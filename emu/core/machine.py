@@ -269,7 +269,8 @@ class Machine:
                 self.timebase.attach_c(self.replay.fast)
         self._hooks = [
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
-            uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
+            (self.replay.hook_in(self._on_in_c) if self.replay
+             else uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)),
             uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT),
             uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, UC_X86_INS_SYSCALL),
             uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
@@ -693,6 +694,15 @@ class Machine:
             fast.arm()
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(uc, e)
+
+    def _on_in_c(self, _uch: int, port: int, size: int, _user: int) -> int:
+        """The Python IN hook behind the C one (replay.c `replay_in`), with the binding's
+        exception handling."""
+        try:
+            return self._on_in(self.uc, port, size, None)
+        except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
+            binding.stop_with_exception(self.uc, e)
+            return (1 << (8 * size)) - 1
 
     # ---- hooks --------------------------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:

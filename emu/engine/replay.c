@@ -45,6 +45,7 @@ typedef int (*reg_fn)(void *uc, int regid, void *value);
 typedef int (*ctl_fn)(void *uc, int control, ...);
 typedef void (*intr_fn)(void *uc, uint32_t intno, void *user);
 typedef int (*vmem_fn)(void *uc, uint64_t addr, int prot, void *bytes, size_t size);
+typedef uint32_t (*in_fn)(void *uc, uint32_t port, int size, void *user);
 
 #define N_INTNO 0x600
 #define PER_INTNO 4         /* programs kept per exit: several L2s, or one in several states */
@@ -89,6 +90,11 @@ struct fast {
     uint64_t tpr;
     uint64_t cr8_write_ok;
     uint64_t cr8;               /* count of CR8 exits answered here */
+    /* The ACPI PM timer's 4 ports (0: not answered here) and its clock (devices/pm_timer.py:
+     * each read costs io_cost + pm_read_ticks, then returns tsc * pm_hz / tsc_hz mod 2^24). */
+    uint64_t pm_port;
+    uint64_t io_cost, pm_read_ticks, pm_hz, tsc_hz;
+    uint64_t pm_reads;          /* count of PM timer reads answered here */
     uint64_t rdtsc, cpuid;      /* counts of exits answered here */
     uint64_t off[FX_N_OFF];
     vmem_fn vmem_read;
@@ -112,6 +118,7 @@ struct engine {
     struct fast fx;
     const struct op *programs[N_INTNO][PER_INTNO];
     uint32_t exit_cost[N_INTNO];    /* ticks each exit costs (emu/core/timebase.py) */
+    in_fn in_fallback;              /* the machine's Python IN hook */
 };
 
 #define ENV64(f, name) (*(uint64_t *)((f)->env + (f)->off[name]))
@@ -309,6 +316,27 @@ void replay_intr(void *uc, uint32_t intno, void *user)
     e->fallback(uc, intno, user);
 }
 
+/* The UC_HOOK_INSN callback for IN; user data is the engine. L1's reads of the PM timer while
+ * armed, as Machine._on_in and PmBlock.read do them (the port cost, the read's time step, the
+ * counter from the TSC); everything else goes to Python. */
+uint32_t replay_in(void *uc, uint32_t port, int size, void *user)
+{
+    struct engine *e = (struct engine *)user;
+    struct fast *f = &e->fx;
+    if (e->enabled && f->armed && f->pm_port && port >= f->pm_port && port < f->pm_port + 4 &&
+        ENV64(f, FX_OFF_VM_VMCB) == f->l1_vmcb && size >= 1 && size <= 4) {
+        uint64_t now, value;
+        fold_insns(f);
+        f->ticks += f->io_cost + f->pm_read_ticks;
+        now = f->tsc + f->ticks;
+        value = (uint64_t)(((unsigned __int128)now * f->pm_hz) / f->tsc_hz) & 0xFFFFFF;
+        f->pm_reads++;
+        value >>= 8 * (port - f->pm_port);
+        return (uint32_t)(size == 4 ? value & 0xFFFFFFFFu : value & ((1u << (8 * size)) - 1));
+    }
+    return e->in_fallback(uc, port, size, user);
+}
+
 /* The layout and numbers Python must agree on, as "name=value" words: replay.py compares them
  * with its own ctypes declarations when it loads the library and refuses a library built from a
  * different replay.c, so the two sides cannot drift apart silently. */
@@ -330,13 +358,15 @@ const char *replay_abi(void)
     ABI_FIELD(engine, ctl); ABI_FIELD(engine, flush_control); ABI_FIELD(engine, fallback);
     ABI_FIELD(engine, enabled); ABI_FIELD(engine, replays); ABI_FIELD(engine, fallbacks);
     ABI_FIELD(engine, seq); ABI_FIELD(engine, state); ABI_FIELD(engine, fx);
-    ABI_FIELD(engine, programs); ABI_FIELD(engine, exit_cost);
+    ABI_FIELD(engine, programs); ABI_FIELD(engine, exit_cost); ABI_FIELD(engine, in_fallback);
     ABI("sizeof(fast)", sizeof(struct fast));
     ABI_FIELD(fast, armed); ABI_FIELD(fast, env); ABI_FIELD(fast, l1_vmcb);
     ABI_FIELD(fast, hf_cs64); ABI_FIELD(fast, hf2_npt); ABI_FIELD(fast, tsc);
     ABI_FIELD(fast, tsc_step); ABI_FIELD(fast, off_insns); ABI_FIELD(fast, insns_seen);
     ABI_FIELD(fast, ticks); ABI_FIELD(fast, tpr); ABI_FIELD(fast, cr8_write_ok);
-    ABI_FIELD(fast, cr8); ABI_FIELD(fast, rdtsc); ABI_FIELD(fast, cpuid);
+    ABI_FIELD(fast, cr8); ABI_FIELD(fast, pm_port); ABI_FIELD(fast, io_cost);
+    ABI_FIELD(fast, pm_read_ticks); ABI_FIELD(fast, pm_hz); ABI_FIELD(fast, tsc_hz);
+    ABI_FIELD(fast, pm_reads); ABI_FIELD(fast, rdtsc); ABI_FIELD(fast, cpuid);
     ABI_FIELD(fast, off); ABI_FIELD(fast, vmem_read); ABI_FIELD(fast, n_cpuid);
     ABI_FIELD(fast, cpuid_slots);
     ABI("sizeof(cpuid_slot)", sizeof(struct cpuid_slot));

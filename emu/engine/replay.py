@@ -29,6 +29,7 @@ from typing import Callable
 
 from unicorn import Uc
 from unicorn.unicorn_const import UC_HOOK_INTR
+from unicorn.x86_const import UC_X86_INS_IN
 
 from emu.engine import binding
 from emu.engine.hw_switch import CONTEXT_DATA_OFF, Context
@@ -43,6 +44,8 @@ MASK64 = (1 << 64) - 1
 
 _OP_SIZE = 32
 _INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
+_IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                          ctypes.c_void_p)
 
 
 class _Op(ctypes.Structure):
@@ -73,7 +76,10 @@ class _Fast(ctypes.Structure):
                 ("tsc_step", ctypes.c_uint64), ("off_insns", ctypes.c_uint64),
                 ("insns_seen", ctypes.c_uint64), ("ticks", ctypes.c_uint64),
                 ("tpr", ctypes.c_uint64), ("cr8_write_ok", ctypes.c_uint64),
-                ("cr8", ctypes.c_uint64),
+                ("cr8", ctypes.c_uint64), ("pm_port", ctypes.c_uint64),
+                ("io_cost", ctypes.c_uint64), ("pm_read_ticks", ctypes.c_uint64),
+                ("pm_hz", ctypes.c_uint64), ("tsc_hz", ctypes.c_uint64),
+                ("pm_reads", ctypes.c_uint64),
                 ("rdtsc", ctypes.c_uint64),
                 ("cpuid", ctypes.c_uint64), ("off", ctypes.c_uint64 * FX_N_OFF),
                 ("vmem_read", ctypes.c_void_p), ("n_cpuid", ctypes.c_uint64),
@@ -90,7 +96,8 @@ class _Engine(ctypes.Structure):
                 ("fallbacks", ctypes.c_uint64), ("seq", ctypes.c_uint64),
                 ("state", ctypes.c_uint64), ("fx", _Fast),
                 ("programs", (ctypes.c_void_p * PER_INTNO) * N_INTNO),
-                ("exit_cost", ctypes.c_uint32 * N_INTNO)]
+                ("exit_cost", ctypes.c_uint32 * N_INTNO),
+                ("in_fallback", ctypes.c_void_p)]
 
 
 _OP = struct.Struct("<IIQQQ")      # struct op, packed in one call per op (ctypes fields cost more)
@@ -284,6 +291,15 @@ class Engine:
     @property
     def seq(self) -> int:
         return self._e.seq
+
+    def hook_in(self, python_in: Callable[[int, int, int, int], int]) -> int:
+        """Put the C IN hook (replay.c `replay_in`) in front of `python_in(uc_handle, port,
+        size, user) -> value`, which gets every read C does not answer (it must not raise).
+        Returns the hook handle."""
+        self._in_fallback = _IN_CB(python_in)
+        self._e.in_fallback = ctypes.cast(self._in_fallback, ctypes.c_void_p).value
+        return binding.add_insn_hook_raw(self.uc, ctypes.cast(_LIB.replay_in, ctypes.c_void_p).value,
+                                         ctypes.addressof(self._e), UC_X86_INS_IN)
 
     def set_exit_costs(self, costs: list[int]) -> None:
         """What each exit a program or fast exit handles adds to the TSC, by hook number
