@@ -432,3 +432,65 @@ def test_pm_timer_reads_same_in_c_and_python(tmp_path):
     m.load_multiboot(parse_image(image, "guest", RAM), "guest ")
     m.run(timeout=60)
     assert m.fast_exits.answered_pm_timer >= 1500, m.fast_exits.answered_pm_timer
+
+
+# MOV to CR4 toggling PGE (a TLB flush) and OSXSAVE (which CPUID 1 mirrors) through RAX and R9
+# (REX.B), CPUID 1 read after each write, and TSC reads: the C path must write CR4 as Python
+# does. A write of a bit the model reserves (LA57) is left to Python, which raises #GP.
+CR4_GUEST = r"""
+.include "prelude.inc"
+
+.macro fold reg
+    mov rdi, \reg
+    call fold_in
+.endm
+
+main:
+    xor r15, r15
+    mov r14, 200
+.Lloop:
+    mov rax, cr4
+    xor rax, 0x80
+    mov cr4, rax
+    mov r9, cr4
+    xor r9, 0x40000
+    mov cr4, r9
+    mov eax, 1
+    cpuid
+    fold rcx
+    mov rax, cr4
+    fold rax
+    rdtsc
+    fold rax
+    dec r14
+    jnz .Lloop
+    mov rax, cr4
+    or rax, 0x1000                 # CR4.LA57: reserved on this model
+    expect_fault .Lafter
+    mov cr4, rax
+.Lafter:
+    mov rax, cr4
+    fold rax
+    print "checksum "
+    mov rdi, r15
+    call puthex64
+    call newline
+    ret
+
+fold_in:
+    imul r15, r15, 31
+    add r15, rdi
+    ret
+"""
+
+
+def test_cr4_writes_same_in_c_and_python(tmp_path):
+    src = tmp_path / "cr4.S"
+    src.write_text(CR4_GUEST)
+    image = assemble_source(str(src))
+    out = same_with_and_without(image)
+    assert b"checksum 0x" in out.output, out.output
+    m = Machine(RAM, stdout=None)
+    m.load_multiboot(parse_image(image, "guest", RAM), "guest ")
+    m.run(timeout=60)
+    assert m.fast_exits.answered_cr4 >= 300, m.fast_exits.answered_cr4

@@ -23,6 +23,10 @@ makes that exact:
   back at the next Python entry. Writes only while nothing is requested that a lower priority
   could let in and no APIC timer could fire meanwhile (then the write is all Python would do;
   a write of bits 63:4, #GP, goes to Python);
+- MOV to CR4 at CPL 0 in 64-bit mode (control_regs.Cr4Writes), in the spelling 0F 22 /4 with
+  a register operand: C writes it through uc_reg_write as Python does when the value has no bit
+  the model reserves, keeps PAE and leaves PCIDE clear; anything else (the #GP cases
+  included) goes to Python. The allowed bits are computed at each arming from the CPUID table;
 - IN from the ACPI PM timer (replay.c `replay_in`, in front of Machine._on_in) in L1 on one
   CPU: the port's cost and the read's time step, then the counter from the TSC, as
   PmBlock.read computes it; every other port, and any port while disarmed, goes to Python;
@@ -49,6 +53,10 @@ from __future__ import annotations
 import ctypes
 from typing import TYPE_CHECKING
 
+from unicorn.x86_const import UC_X86_REG_CR4
+
+from emu.arch.bits import CR4_PAE, CR4_PCIDE
+from emu.core.control_regs import cr4_allowed
 from emu.core.devices.clock import PM_TIMER_HZ, TSC_HZ
 from emu.core.devices.pm_timer import PM_TMR, TIME_PER_READ
 from emu.core.timebase import IOIO_COST
@@ -114,6 +122,8 @@ class FastExits:
         fx.vmem_read = binding.c_function("uc_vmem_read")
         fx.io_cost, fx.pm_read_ticks = IOIO_COST, TIME_PER_READ
         fx.pm_hz, fx.tsc_hz = PM_TIMER_HZ, TSC_HZ
+        fx.cr4_pae, fx.cr4_pcide, fx.cr4_regid = CR4_PAE, CR4_PCIDE, UC_X86_REG_CR4
+        fx.reg_write = binding.c_function("uc_reg_write")
         fx.n_cpuid = 0
         self._fx = fx
         self._slots = fx.cpuid_slots
@@ -140,6 +150,11 @@ class FastExits:
     def answered_pm_timer(self) -> int:
         """PM timer reads answered in C so far."""
         return self._fx.pm_reads if self._fx is not None else 0
+
+    @property
+    def answered_cr4(self) -> int:
+        """MOV to CR4 answered in C so far."""
+        return self._fx.cr4 if self._fx is not None else 0
 
     @property
     def answered_cr8(self) -> int:
@@ -174,6 +189,7 @@ class FastExits:
         pm = getattr(getattr(m, "pc", None), "pm", None)
         fx.pm_port = (pm.base + PM_TMR if pm is not None and pm.base is not None
                       and m.cpus == 1 and m.ports.get(pm.base + PM_TMR) is pm else 0)
+        fx.cr4_allowed = cr4_allowed(m.cpuid)
         fx.armed = 1
 
     def neutral_exit(self, code: int, length: int, in_l2: bool = False) -> None:

@@ -62,6 +62,7 @@ enum {
 #define FX_EXIT_CPUID 0x172     /* UC exit base 0x100 + VMEXIT_CPUID */
 #define FX_EXIT_CR8_READ 0x108  /* UC exit base 0x100 + VMEXIT_CR0_READ + 8 */
 #define FX_EXIT_CR8_WRITE 0x118 /* UC exit base 0x100 + VMEXIT_CR0_WRITE + 8 */
+#define FX_EXIT_CR4_WRITE 0x114 /* UC exit base 0x100 + VMEXIT_CR0_WRITE + 4 */
 
 struct cpuid_slot {
     uint32_t leaf, subleaf;
@@ -95,6 +96,12 @@ struct fast {
     uint64_t pm_port;
     uint64_t io_cost, pm_read_ticks, pm_hz, tsc_hz;
     uint64_t pm_reads;          /* count of PM timer reads answered here */
+    /* MOV to CR4 (control_regs.Cr4Writes): the bits the model lets software set, the CR4 and
+     * CR4.PAE numbers, Unicorn's register id for CR4 and uc_reg_write (which does what a MOV
+     * CR4 does to Unicorn's CPU: hflags, TLB flush). */
+    uint64_t cr4_allowed, cr4_pae, cr4_pcide, cr4_regid;
+    reg_fn reg_write;
+    uint64_t cr4;               /* count of CR4 writes answered here */
     uint64_t rdtsc, cpuid;      /* counts of exits answered here */
     uint64_t off[FX_N_OFF];
     vmem_fn vmem_read;
@@ -279,6 +286,36 @@ static int fast_cr8(void *uc, struct fast *f, int write)
     return 1;
 }
 
+/* MOV CR4, reg at CPL 0 in 64-bit mode, spelled 0F 22 /4 with a register operand and at most
+ * a REX prefix without R, that Cr4Writes would perform (no reserved bit, PAE kept, PCIDE not
+ * set: any of those, another spelling, or another mode goes to Python). */
+static int fast_cr4(void *uc, struct fast *f)
+{
+    uint64_t rip = ENV64(f, FX_OFF_EIP), value;
+    uint8_t code[4];
+    int n = 0, rex = 0;
+    if (!(ENV32(f, FX_OFF_HFLAGS) & f->hf_cs64) || (ENV32(f, FX_OFF_HFLAGS) & 3) != 0)
+        return 0;
+    if (f->vmem_read(uc, rip, 1 /* UC_PROT_READ */, code, 4) != 0)
+        return 0;
+    if ((code[0] & 0xF0) == 0x40) {
+        if (code[0] & 4)
+            return 0;
+        rex = code[0];
+        n = 1;
+    }
+    if (code[n] != 0x0F || code[n + 1] != 0x22 || (code[n + 2] & 0xF8) != 0xE0)
+        return 0;
+    value = *((uint64_t *)(f->env + f->off[FX_OFF_RAX]) + ((code[n + 2] & 7) | ((rex & 1) << 3)));
+    if ((value & ~f->cr4_allowed) || !(value & f->cr4_pae) || (value & f->cr4_pcide))
+        return 0;
+    if (f->reg_write(uc, (int)f->cr4_regid, &value) != 0)
+        return 0;
+    ENV64(f, FX_OFF_EIP) = rip + (uint64_t)n + 3;
+    f->cr4++;
+    return 1;
+}
+
 static int fast_exit(void *uc, struct engine *e, uint32_t intno)
 {
     struct fast *f = &e->fx;
@@ -286,11 +323,13 @@ static int fast_exit(void *uc, struct engine *e, uint32_t intno)
     if (ENV64(f, FX_OFF_VM_VMCB) != f->l1_vmcb || (ENV32(f, FX_OFF_HFLAGS2) & f->hf2_npt))
         return 0;
     if (intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID && intno != FX_EXIT_CR8_READ &&
-        intno != FX_EXIT_CR8_WRITE)
+        intno != FX_EXIT_CR8_WRITE && intno != FX_EXIT_CR4_WRITE)
         return 0;
     charge(e, intno);
     if (intno == FX_EXIT_RDTSC ? fast_rdtsc(uc, f) :
-        intno == FX_EXIT_CPUID ? fast_cpuid(f) : fast_cr8(uc, f, intno == FX_EXIT_CR8_WRITE))
+        intno == FX_EXIT_CPUID ? fast_cpuid(f) :
+        intno == FX_EXIT_CR4_WRITE ? fast_cr4(uc, f) :
+        fast_cr8(uc, f, intno == FX_EXIT_CR8_WRITE))
         return 1;
     f->ticks = ticks;           /* not answered: Python handles the exit and charges it */
     f->insns_seen = seen;
@@ -366,13 +405,16 @@ const char *replay_abi(void)
     ABI_FIELD(fast, ticks); ABI_FIELD(fast, tpr); ABI_FIELD(fast, cr8_write_ok);
     ABI_FIELD(fast, cr8); ABI_FIELD(fast, pm_port); ABI_FIELD(fast, io_cost);
     ABI_FIELD(fast, pm_read_ticks); ABI_FIELD(fast, pm_hz); ABI_FIELD(fast, tsc_hz);
-    ABI_FIELD(fast, pm_reads); ABI_FIELD(fast, rdtsc); ABI_FIELD(fast, cpuid);
+    ABI_FIELD(fast, pm_reads); ABI_FIELD(fast, cr4_allowed); ABI_FIELD(fast, cr4_pae);
+    ABI_FIELD(fast, cr4_pcide); ABI_FIELD(fast, cr4_regid); ABI_FIELD(fast, reg_write);
+    ABI_FIELD(fast, cr4); ABI_FIELD(fast, rdtsc); ABI_FIELD(fast, cpuid);
     ABI_FIELD(fast, off); ABI_FIELD(fast, vmem_read); ABI_FIELD(fast, n_cpuid);
     ABI_FIELD(fast, cpuid_slots);
     ABI("sizeof(cpuid_slot)", sizeof(struct cpuid_slot));
     ABI("FX_N_OFF", FX_N_OFF); ABI("FX_CPUID_SLOTS", FX_CPUID_SLOTS);
     ABI("FX_EXIT_RDTSC", FX_EXIT_RDTSC); ABI("FX_EXIT_CPUID", FX_EXIT_CPUID);
     ABI("FX_EXIT_CR8_READ", FX_EXIT_CR8_READ); ABI("FX_EXIT_CR8_WRITE", FX_EXIT_CR8_WRITE);
+    ABI("FX_EXIT_CR4_WRITE", FX_EXIT_CR4_WRITE);
     ABI("N_INTNO", N_INTNO);
     ABI("PER_INTNO", PER_INTNO);
     ABI("OP_END", OP_END); ABI("OP_CMP", OP_CMP); ABI("OP_EQ64", OP_EQ64);

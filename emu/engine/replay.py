@@ -59,6 +59,7 @@ FX_EXIT_RDTSC = 0x16E
 FX_EXIT_CPUID = 0x172
 FX_EXIT_CR8_READ = 0x108
 FX_EXIT_CR8_WRITE = 0x118
+FX_EXIT_CR4_WRITE = 0x114
 # The order of `_Fast.off`: where the C fast exits find each field in the live CPU state.
 FX_OFFSETS = ("rax", "rcx", "rdx", "rbx", "eip", "hflags", "hflags2", "cs_base", "vm_vmcb", "cr4")
 assert len(FX_OFFSETS) == FX_N_OFF
@@ -79,7 +80,10 @@ class _Fast(ctypes.Structure):
                 ("cr8", ctypes.c_uint64), ("pm_port", ctypes.c_uint64),
                 ("io_cost", ctypes.c_uint64), ("pm_read_ticks", ctypes.c_uint64),
                 ("pm_hz", ctypes.c_uint64), ("tsc_hz", ctypes.c_uint64),
-                ("pm_reads", ctypes.c_uint64),
+                ("pm_reads", ctypes.c_uint64), ("cr4_allowed", ctypes.c_uint64),
+                ("cr4_pae", ctypes.c_uint64), ("cr4_pcide", ctypes.c_uint64),
+                ("cr4_regid", ctypes.c_uint64), ("reg_write", ctypes.c_void_p),
+                ("cr4", ctypes.c_uint64),
                 ("rdtsc", ctypes.c_uint64),
                 ("cpuid", ctypes.c_uint64), ("off", ctypes.c_uint64 * FX_N_OFF),
                 ("vmem_read", ctypes.c_void_p), ("n_cpuid", ctypes.c_uint64),
@@ -115,7 +119,7 @@ def expected_abi() -> dict[str, int]:
            "sizeof(cpuid_slot)": ctypes.sizeof(_CpuidSlot), "FX_N_OFF": FX_N_OFF,
            "FX_CPUID_SLOTS": FX_CPUID_SLOTS, "FX_EXIT_RDTSC": FX_EXIT_RDTSC,
            "FX_EXIT_CPUID": FX_EXIT_CPUID, "FX_EXIT_CR8_READ": FX_EXIT_CR8_READ,
-           "FX_EXIT_CR8_WRITE": FX_EXIT_CR8_WRITE}
+           "FX_EXIT_CR8_WRITE": FX_EXIT_CR8_WRITE, "FX_EXIT_CR4_WRITE": FX_EXIT_CR4_WRITE}
     for prefix, struct_type in (("op", _Op), ("engine", _Engine), ("fast", _Fast)):
         for name, _ in struct_type._fields_:
             abi[f"{prefix}.{name}"] = getattr(struct_type, name).offset
