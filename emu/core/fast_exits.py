@@ -26,7 +26,8 @@ makes that exact:
 - MOV to CR4 at CPL 0 in 64-bit mode (control_regs.Cr4Writes), in the spelling 0F 22 /4 with
   a register operand: C writes it through uc_reg_write as Python does when the value has no bit
   the model reserves, keeps PAE and leaves PCIDE clear; anything else (the #GP cases
-  included) goes to Python. The allowed bits are computed at each arming from the CPUID table;
+  included) goes to Python. The allowed bits come from the CPUID table, recomputed with the
+  kept CPUID answers whenever an arming finds the table's inputs moved;
 - IN from the ACPI PM timer (replay.c `replay_in`, in front of Machine._on_in) in L1 on one
   CPU: the port's cost and the read's time step, then the counter from the TSC, as
   PmBlock.read computes it; every other port, and any port while disarmed, goes to Python;
@@ -181,6 +182,7 @@ class FastExits:
         if inputs != self._inputs:
             self._inputs = inputs
             fx.n_cpuid = 0
+            fx.cr4_allowed = cr4_allowed(m.cpuid)
         m.timebase.sync()
         self._base = fx.tsc = m.tsc & MASK64
         apic = m.apic
@@ -189,7 +191,6 @@ class FastExits:
         pm = getattr(getattr(m, "pc", None), "pm", None)
         fx.pm_port = (pm.base + PM_TMR if pm is not None and pm.base is not None
                       and m.cpus == 1 and m.ports.get(pm.base + PM_TMR) is pm else 0)
-        fx.cr4_allowed = cr4_allowed(m.cpuid)
         fx.armed = 1
 
     def neutral_exit(self, code: int, length: int, in_l2: bool = False) -> None:
