@@ -235,3 +235,66 @@ def test_timer_interrupts_land_at_the_same_instructions_every_run(tmp_path):
     if loader.has_fix("insn-counter"):
         # instructions are ticks: the loop counter grows between interrupts
         assert logs[0][1] > 40 * 5003
+
+
+# A one-shot APIC timer (divide by 1: one count a tick) armed while the guest spins on CPUID:
+# each CPUID costs far more time than instructions, so the run's bound, set in instructions
+# from the timer's deadline, must come nearer with every exit's cost (replay.c `spend`,
+# Timebase.rebound), or the interrupt would land ~300 times late.
+TIMER_VS_EXITS = r"""
+main:
+    mov r15, 0xfee00000
+    mov dword ptr [r15 + 0xf0], 0x1ff
+    set_idt_handler 0x41, handler
+    mov dword ptr [r15 + 0x3e0], 0xb
+    mov dword ptr [r15 + 0x320], 0x41
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov [rip + armed_at], rax
+    mov dword ptr [r15 + 0x380], {count}
+    sti
+.Lspin:
+    xor eax, eax
+    cpuid
+    cmp qword ptr [rip + fired_at], 0
+    je .Lspin
+    cli
+    mov rax, [rip + fired_at]
+    sub rax, [rip + armed_at]
+    mov [rip + late], rax
+    check_eq [late], [rip + late], "timer fired"
+    print "fired after "
+    mov rdi, [rip + late]
+    call puthex64
+    call newline
+    ret
+handler:
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov [rip + fired_at], rax
+    mov dword ptr [r15 + 0xb0], 0
+    iretq
+.data
+armed_at: .quad 0
+fired_at: .quad 0
+late: .quad 0
+.text
+"""
+
+
+@counting
+def test_timer_fires_on_time_while_exits_spend_time(tmp_path):
+    count = 200_000
+    path = tmp_path / "timer_exits.S"
+    path.write_text(f'.include "{GUESTS_DIR}/prelude.inc"\n'
+                    + TIMER_VS_EXITS.format(count=count))
+    image = assemble_source(str(path))
+    outs = {_run(image, fast) for fast in (True, False)}
+    assert len(outs) == 1, outs
+    out, _ = outs.pop()
+    after = int(out.split("fired after 0x")[1].split()[0], 16)
+    # armed one RDTSC step and a store after the read; fired at most one CPUID iteration,
+    # the interrupt's delivery and the handler's RDTSC late
+    assert count <= after <= count + 4 * EXIT_COSTS[VMEXIT_CPUID] + 2 * TSC_STEP, out

@@ -268,10 +268,10 @@ class Machine:
             if self.fast_exits.env:
                 self.timebase.attach_c(self.replay.fast)
         self._hooks = [
-            *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
+            *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr_py)]),
             (self.replay.hook_in(self._on_in_c) if self.replay
-             else uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)),
-            uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT),
+             else uc.hook_add(UC_HOOK_INSN, self._on_in_py, None, 1, 0, UC_X86_INS_IN)),
+            uc.hook_add(UC_HOOK_INSN, self._on_out_py, None, 1, 0, UC_X86_INS_OUT),
             uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, UC_X86_INS_SYSCALL),
             uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
         ]
@@ -691,6 +691,7 @@ class Machine:
             self._on_intr(uc, intno, None)
             if self._by_l0:
                 fast.after_exit(intno, state, rip)
+            self.timebase.rebound()
             fast.arm()
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(uc, e)
@@ -699,10 +700,25 @@ class Machine:
         """The Python IN hook behind the C one (replay.c `replay_in`), with the binding's
         exception handling."""
         try:
-            return self._on_in(self.uc, port, size, None)
+            return self._on_in_py(self.uc, port, size, None)
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(self.uc, e)
             return (1 << (8 * size)) - 1
+
+    # The Python hooks as Unicorn calls them: the handler, then the run's bound in instructions
+    # brought up to the time the handler spent (emu/core/timebase.py).
+    def _on_intr_py(self, uc: Uc, intno: int, data: object) -> None:
+        self._on_intr(uc, intno, data)
+        self.timebase.rebound()
+
+    def _on_in_py(self, uc: Uc, port: int, size: int, data: object) -> int:
+        value = self._on_in(uc, port, size, data)
+        self.timebase.rebound()
+        return value
+
+    def _on_out_py(self, uc: Uc, port: int, size: int, value: int, data: object) -> None:
+        self._on_out(uc, port, size, value, data)
+        self.timebase.rebound()
 
     # ---- hooks --------------------------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:

@@ -89,6 +89,7 @@ class Timebase:
         self.costs = cost_by_intno()
         self._seen = 0
         self._fx = None
+        self._until: int | None = None      # the virtual time a bounded run must stop at
 
     def attach_c(self, fx) -> None:
         """The C fast-exit words (replay.c `struct fast`): C folds the count and charges exits
@@ -127,14 +128,25 @@ class Timebase:
             self.m.tsc += self.costs[intno]
 
     def bound(self, count: int) -> int:
-        """Run at most `count` instructions in the next emu_start (0: no bound). Returns the
-        count to give emu_start: 0 when the engine's deadline does it."""
+        """Run at most `count` ticks of virtual time in the next emu_start (0: no bound).
+        Returns the count to give emu_start: 0 when the engine's deadline does it. Ticks that
+        are not instructions (exit costs, RDTSC's step, device reads) bring the deadline
+        nearer: C does it as it adds them (replay.c `spend`), Python at the end of each of
+        its entries (`rebound`)."""
         if not self.exact:
             return count
         if count:
+            self._until = self.m.tsc + count
             self.counter.set_deadline(self.counter.read() + count)
         return 0
 
+    def rebound(self) -> None:
+        """End of a Python entry inside a bounded run: the instructions left are the ticks
+        left to the bound's time."""
+        if self._until is not None:
+            self.counter.set_deadline(self.counter.read() + max(0, self._until - self.m.tsc))
+
     def unbound(self) -> None:
         if self.exact:
+            self._until = None
             self.counter.clear_deadline()

@@ -131,6 +131,21 @@ struct engine {
 #define ENV64(f, name) (*(uint64_t *)((f)->env + (f)->off[name]))
 #define ENV32(f, name) (*(uint32_t *)((f)->env + (f)->off[name]))
 
+/* Ticks that are not instructions (an exit's cost, RDTSC's step, a PM-timer read): they are
+ * time, so an instruction deadline the run loop set from a time (the next timer's) comes
+ * nearer by as much; at the count itself the run stops at the next block. The deadline word
+ * follows the count in the CPU state (patch 0005); all ones: none. */
+static void spend(struct fast *f, uint64_t t)
+{
+    f->ticks += t;
+    if (f->off_insns && t) {
+        uint64_t *deadline = (uint64_t *)(f->env + f->off_insns + 8);
+        uint64_t n = *(const uint64_t *)(f->env + f->off_insns);
+        if (*deadline != UINT64_MAX)
+            *deadline = *deadline - n > t ? *deadline - t : n;
+    }
+}
+
 /* Instructions retired since Python or C last looked become ticks. */
 static void fold_insns(struct fast *f)
 {
@@ -148,7 +163,7 @@ static void do_rdtsc(struct fast *f, uint64_t offset, uint64_t rip)
 {
     uint64_t t;
     fold_insns(f);
-    f->ticks += f->tsc_step;
+    spend(f, f->tsc_step);
     t = f->tsc + f->ticks + offset;
     ENV64(f, FX_OFF_RAX) = t & 0xFFFFFFFFu;
     ENV64(f, FX_OFF_RDX) = t >> 32;
@@ -161,7 +176,7 @@ static void do_rdtsc(struct fast *f, uint64_t offset, uint64_t rip)
 static void charge(struct engine *e, uint32_t intno)
 {
     fold_insns(&e->fx);
-    e->fx.ticks += e->exit_cost[intno];
+    spend(&e->fx, e->exit_cost[intno]);
 }
 
 static int run(struct engine *e, const struct op *op, uint32_t intno)
@@ -319,7 +334,9 @@ static int fast_cr4(void *uc, struct fast *f)
 static int fast_exit(void *uc, struct engine *e, uint32_t intno)
 {
     struct fast *f = &e->fx;
-    uint64_t ticks = f->ticks, seen = f->insns_seen;
+    uint64_t ticks = f->ticks, seen = f->insns_seen, deadline = 0;
+    if (f->off_insns)
+        deadline = *(const uint64_t *)(f->env + f->off_insns + 8);
     if (ENV64(f, FX_OFF_VM_VMCB) != f->l1_vmcb || (ENV32(f, FX_OFF_HFLAGS2) & f->hf2_npt))
         return 0;
     if (intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID && intno != FX_EXIT_CR8_READ &&
@@ -333,6 +350,8 @@ static int fast_exit(void *uc, struct engine *e, uint32_t intno)
         return 1;
     f->ticks = ticks;           /* not answered: Python handles the exit and charges it */
     f->insns_seen = seen;
+    if (f->off_insns)
+        *(uint64_t *)(f->env + f->off_insns + 8) = deadline;
     return 0;
 }
 
@@ -366,7 +385,7 @@ uint32_t replay_in(void *uc, uint32_t port, int size, void *user)
         ENV64(f, FX_OFF_VM_VMCB) == f->l1_vmcb && size >= 1 && size <= 4) {
         uint64_t now, value;
         fold_insns(f);
-        f->ticks += f->io_cost + f->pm_read_ticks;
+        spend(f, f->io_cost + f->pm_read_ticks);
         now = f->tsc + f->ticks;
         value = (uint64_t)(((unsigned __int128)now * f->pm_hz) / f->tsc_hz) & 0xFFFFFF;
         f->pm_reads++;
