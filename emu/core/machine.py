@@ -51,6 +51,7 @@ from emu.core.smp import DEFAULT_QUANTUM, RoundRobin
 from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.core.fast_exits import FastExits
+from emu.core.timebase import IOIO_COST, Timebase
 from emu.arch.paging import NestedFault
 from emu.arch.vmcb import VMEXIT_IRET, intercept_misc_bit
 from emu.core.syscall import on_syscall
@@ -258,11 +259,18 @@ class Machine:
         if replay.available():
             self.replay = replay.Engine(uc, self.ctx, self.ram_addr, self.layout.below_4g,
                                         self._on_intr_c)
+        # Virtual time: instructions retired, exit costs, events (emu/core/timebase.py).
+        self.timebase = Timebase(self)
         # L1's RDTSC and CPUID answered in C while nothing else would happen (fast_exits.py).
         self.fast_exits = FastExits(self, TSC_STEP)
+        if self.replay is not None:
+            self.replay.set_exit_costs(self.timebase.costs)
+            if self.fast_exits.env:
+                self.timebase.attach_c(self.replay.fast)
         self._hooks = [
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
-            uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
+            (self.replay.hook_in(self._on_in_c) if self.replay
+             else uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)),
             uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT),
             uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, UC_X86_INS_SYSCALL),
             uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
@@ -538,19 +546,23 @@ class Machine:
             return False
         self.fast_exits.arm()
         try:
-            uc.emu_start(begin, _UNTIL, count=count)
+            uc.emu_start(begin, _UNTIL, count=self.timebase.bound(count))
         except UcError as e:
+            self.timebase.unbound()
             self.replay_sync()
             if self._result is None:
                 self._finish("unsupported", STATUS_UNSUPPORTED,
                              f"unsupported: CPU stopped with {e} at rip "
                              f"{uc.reg_read(UC_X86_REG_RIP):#x}")
             return False
+        self.timebase.unbound()
         self.replay_sync()
         # The slice ran out only if nothing else stopped it: not an event, the end of
         # the run, a debugger pause, work between slices or the wall-clock timeout (virtual
-        # time must not advance for instructions that never ran).
-        self.irq.slice_done(count, self._pending is None and self._result is None
+        # time must not advance for instructions that never ran). With the engine's count
+        # (emu/core/timebase.py) the instructions that ran are time already.
+        self.irq.slice_done(0 if self.timebase.exact else count,
+                            self._pending is None and self._result is None
                             and self._pause is None and not self._between
                             and (deadline is None or time.monotonic() < deadline))
         pending, self._pending = self._pending, None
@@ -643,8 +655,10 @@ class Machine:
         Every Python entry point calls this first (hooks, MMIO callbacks, the run loop)."""
         e = self.replay
         if e is None:
+            self.timebase.sync()
             return
         self.fast_exits.disarm()
+        self.timebase.sync()
         seq = e.seq_word.value
         if seq != self._replay_seen:
             self._replay_seen = seq
@@ -681,8 +695,20 @@ class Machine:
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(uc, e)
 
+    def _on_in_c(self, _uch: int, port: int, size: int, _user: int) -> int:
+        """The Python IN hook behind the C one (replay.c `replay_in`), with the binding's
+        exception handling."""
+        try:
+            return self._on_in(self.uc, port, size, None)
+        except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
+            binding.stop_with_exception(self.uc, e)
+            return (1 << (8 * size)) - 1
+
     # ---- hooks --------------------------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:
+        if self.replay is None:
+            self.timebase.sync()
+        self.timebase.charge(intno)
         code = intno - hostvm.UC_EXIT_BASE
         if code == hostvm.VMEXIT_EXCP0 + DB and self.io_trap.armed:
             self._io_trap_fired()
@@ -828,6 +854,7 @@ class Machine:
 
     def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
         self.replay_sync()
+        self.tsc += IOIO_COST
         if self._result is not None or self._io_exit(port, size, True):
             return (1 << (8 * size)) - 1     # undone when the trap fires
         dev = self.ports.get(port)
@@ -839,6 +866,7 @@ class Machine:
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
         self.replay_sync()
+        self.tsc += IOIO_COST
         if self._result is not None or self._io_exit(port, size, False):
             return
         dev = self.ports.get(port)

@@ -230,6 +230,7 @@ def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
     values.clear()
     values.update(snap.msrs)
     machine.tsc = snap.tsc
+    machine.timebase.rebase()
     machine.cpuid.table = _snapshot_cpuid(machine, snap).table
     machine.sync_cpu_features()
     for dev, (name, state) in zip(machine.devices, snap.devices):
