@@ -144,7 +144,6 @@ def test_trace_tags_each_line_with_its_cpu(tmp_path):
     (["-smp", "2,sockets=2"], "only N or cpus=N"),
     (["--quantum", "100"], "--quantum needs -smp"),
     (["-smp", "2", "-s"], "unsupported: the gdb stub with -smp 2"),
-    (["-smp", "2", "--snapshot-at", "5", "--snapshot", "x.snap"], "unsupported: --snapshot"),
 ])
 def test_bad_or_unsupported_smp_options_end_with_one_line(args, message, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "emu.cli", "run", SMP_GUEST, *args],
@@ -160,13 +159,9 @@ def test_cli_runs_the_smp_guest_with_cpus_spelled_as_qemu():
     assert "# pass 16 fail 0" in proc.stdout
 
 
-def test_snapshot_and_gdb_refuse_several_cpus(tmp_path):
-    from emu.core import snapshot
-    from emu.errors import Unsupported
+def test_gdb_refuses_several_cpus(tmp_path):
     from emu.tools.gdb.stub import GdbStub
     b = harness.boot(str(GUESTS_DIR / "hello.S"), cpus=2, timeout=30)
-    with pytest.raises(Unsupported, match="snapshot of a machine with 2 CPUs"):
-        snapshot.save(b.machine, str(tmp_path / "s.snap"))
     with pytest.raises(OptionError, match="gdb stub with 2 CPUs"):
         GdbStub(b.machine, port=0)
 
