@@ -198,8 +198,7 @@ def _check_smp_options(args: argparse.Namespace) -> None:
         raise OptionError("--quantum needs -smp N with N > 1")
     if args.smp == 1:
         return
-    for given, what in ((args.gdb or args.gdb_default or args.gdb_wait, "the gdb stub"),
-                        (args.coverage, "--coverage"), (args.tenet, "--tenet")):
+    for given, what in ((args.coverage, "--coverage"), (args.tenet, "--tenet")):
         if given:
             raise OptionError(f"unsupported: {what} with -smp {args.smp} (one CPU only for now)")
 

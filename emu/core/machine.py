@@ -158,6 +158,8 @@ class Machine:
         self.running: Machine | None = None   # boot CPU: the CPU in its turn now
         self.smp_position = Position()   # boot CPU: the scheduler's place between runs
         self._counting = False    # boot CPU: this run counts instructions (`insns` is exact)
+        self.paused_cpu = 0       # boot CPU: the CPU whose turn a pause ended (debuggers)
+        self.only_cpu: int | None = None   # boot CPU: a debugger steps this CPU alone
         self.idle_turn = False    # the last turn found this CPU halted and ran nothing
         self.started = _boot is None   # an application processor starts at its SIPI
         self.reinit = False       # an INIT reached this running application processor
@@ -477,7 +479,7 @@ class Machine:
         self._setup_ap = setup_ap
         try:
             if aps:
-                RoundRobin(self.cpu_list, self.quantum, self.smp_position).run(
+                RoundRobin(self.cpu_list, self.quantum, self.smp_position, self.only_cpu).run(
                     lambda cpu, quantum, horizon, resume: cpu._turn(deadline, timeout, quantum,
                                                                     horizon, resume))
             else:
@@ -577,6 +579,7 @@ class Machine:
         elif self._result is None and deadline is not None and time.monotonic() >= deadline:
             self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
         if self._pause is not None and self._result is None:
+            self.cpu_list[0].paused_cpu = self.cpu_index
             self._finish("pause", STATUS_LIMIT, self._pause)
         while self._between:            # queued by hooks or by the pending work
             self._between.pop(0)()

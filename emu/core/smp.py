@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol, Sequence
 
-from emu.errors import STATUS_HALTED
+from emu.errors import STATUS_HALTED, STATUS_LIMIT
 
 DEFAULT_QUANTUM = 20_000     # instructions per turn
 
@@ -88,10 +88,13 @@ Turn = Callable[[Cpu, int, "int | None", "Position | None"], bool]
 
 
 class RoundRobin:
-    def __init__(self, cpus: Sequence[Cpu], quantum: int, position: Position | None = None) -> None:
+    def __init__(self, cpus: Sequence[Cpu], quantum: int, position: Position | None = None,
+                 only: int | None = None) -> None:
+        """`only`: a debugger steps this CPU while the others stay where they are."""
         self.cpus = list(cpus)
         self.quantum = quantum
         self.position = position if position is not None else Position()
+        self.only = only
 
     def run(self, turn: Turn) -> None:
         """Give each started CPU its turn, in order, from the saved position until the run
@@ -105,8 +108,8 @@ class RoundRobin:
                     cpu = self.cpus[i]
                     if boot._result is not None:
                         return
-                    if not cpu.started:
-                        pos.index += 1      # waiting for SIPI
+                    if not cpu.started or self.only not in (None, i):
+                        pos.index += 1      # waiting for SIPI (or held by a debugger)
                         continue
                     resume = Position(**pos.state()) if pos.left is not None else None
                     quantum, horizon = 0, None
@@ -131,6 +134,9 @@ class RoundRobin:
                 if busy:
                     pos.jumped = False
                     continue
+                if self.only is not None:   # the CPU a debugger steps alone is halted
+                    boot.stop("pause", STATUS_LIMIT, f"CPU {self.only} is halted")
+                    return
                 if boot._result is None:
                     pos.jumped = self._idle(pos.jumped)
         finally:
