@@ -47,7 +47,7 @@ from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliver
 from emu.core.firmware import MAX_XAPIC_CPUS
 from emu.core.firmware.layout import ram_layout
 from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE
-from emu.core.smp import DEFAULT_QUANTUM, RoundRobin
+from emu.core.smp import DEFAULT_QUANTUM, Position, RoundRobin
 from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.core.fast_exits import FastExits
@@ -157,6 +157,10 @@ class Machine:
         self.quantum = quantum if quantum is not None else DEFAULT_QUANTUM
         self.stale_code = False   # another CPU ran since this one last did (emu/core/smp.py)
         self.running: Machine | None = None   # boot CPU: the CPU in its turn now
+        self.smp_position = Position()   # boot CPU: the scheduler's place between runs
+        self._counting = False    # boot CPU: this run counts instructions (`insns` is exact)
+        self.paused_cpu = 0       # boot CPU: the CPU whose turn a pause ended (debuggers)
+        self.only_cpu: int | None = None   # boot CPU: a debugger steps this CPU alone
         self.idle_turn = False    # the last turn found this CPU halted and ran nothing
         self.started = _boot is None   # an application processor starts at its SIPI
         self.reinit = False       # an INIT reached this running application processor
@@ -405,8 +409,9 @@ class Machine:
         """Stop at the next instruction boundary for a debugger, after finishing any event in
         flight (a VMRUN's injected event, an exception being delivered): `run` returns reason
         "pause" and the next `run` continues exactly there. `stop` instead ends the run as is."""
-        self._pause = message
-        self.uc.emu_stop()
+        cpu = self.cpu_list[0].running or self     # several CPUs: the one in its turn
+        cpu._pause = message
+        cpu.uc.emu_stop()
 
     # ---- loading ----------------------------------------------------------------------------------
     def load_multiboot(self, image: "BootImage", cmdline: str,
@@ -453,6 +458,7 @@ class Machine:
         extra = []
         extra_ap: list[tuple[Machine, int]] = []
         self._insn_budget = max_insns
+        self._counting = max_insns is not None or self.count_insns
         if max_insns is not None or self.count_insns:
             self.insns_counted = True
             extra.append(uc.hook_add(UC_HOOK_CODE, self._count_insn))
@@ -481,8 +487,9 @@ class Machine:
         self._setup_ap = setup_ap
         try:
             if aps:
-                RoundRobin(self.cpu_list, self.quantum).run(
-                    lambda cpu, quantum, horizon: cpu._turn(deadline, timeout, quantum, horizon))
+                RoundRobin(self.cpu_list, self.quantum, self.smp_position, self.only_cpu).run(
+                    lambda cpu, quantum, horizon, resume: cpu._turn(deadline, timeout, quantum,
+                                                                    horizon, resume))
             else:
                 while self._result is None and self._turn(deadline, timeout):
                     pass
@@ -502,7 +509,8 @@ class Machine:
                 self.tracer.run_ended()
             self._between.clear()
             self._start = uc.reg_read(UC_X86_REG_RIP)
-            self._pause = None
+            for cpu in self.cpu_list:
+                cpu._pause = None
         result, self._result = self._result, None
         for ap in self.cpu_list[1:]:
             ap._result = None
@@ -512,14 +520,15 @@ class Machine:
         return result
 
     def _turn(self, deadline: float | None, timeout: float | None, quantum: int = 0,
-              horizon: int | None = None) -> bool:
+              horizon: int | None = None, resume: Position | None = None) -> bool:
         """One pass of the run loop: an interrupt point, then guest code until emulation stops.
         With several CPUs (emu/core/smp.py) at most `quantum` instructions (0: no bound, this
-        CPU runs alone), and none past virtual time `horizon` (another CPU's next timer).
-        False: the run ends."""
+        CPU runs alone), and none past virtual time `horizon` (another CPU's next timer);
+        `resume`: finish a turn an earlier run cut short, where it stopped (no interrupt point:
+        the turn never ended). False: the run ends."""
         uc = self.uc
         begin = self._begin
-        if self.irq.point():          # interrupts, HLT wake-up (emu/core/irq.py)
+        if resume is None and self.irq.point():   # interrupts, HLT wake-up (emu/core/irq.py)
             begin = self._begin = uc.reg_read(UC_X86_REG_RIP)
         if self._result is not None:
             return False
@@ -529,12 +538,17 @@ class Machine:
         if self.idle_turn:            # several CPUs: halted until another's turn wakes it
             return True
         count = self.irq.slice()
+        bound = 0
         if self.cpus > 1:
             if quantum:
                 count = min(count, quantum) if count else quantum
             if horizon is not None:
                 left = max(1, horizon - self.tsc)
                 count = min(count, left) if count else left
+            if resume is not None:    # the rest of a turn cut short, its time as a whole
+                count, bound = resume.left or 0, resume.bound
+            else:
+                bound = count
             if self.stale_code:       # another CPU ran, and may have written code this one ran
                 uc.ctl_flush_tb()
                 self.stale_code = False
@@ -545,6 +559,8 @@ class Machine:
             self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
             return False
         self.fast_exits.arm()
+        boot = self.cpu_list[0]
+        insns_before = boot.insns
         try:
             uc.emu_start(begin, _UNTIL, count=self.timebase.bound(count))
         except UcError as e:
@@ -557,11 +573,14 @@ class Machine:
             return False
         self.timebase.unbound()
         self.replay_sync()
+        if self.cpus > 1:
+            self._cut_short(count, bound, boot.insns - insns_before)
         # The slice ran out only if nothing else stopped it: not an event, the end of
         # the run, a debugger pause, work between slices or the wall-clock timeout (virtual
         # time must not advance for instructions that never ran). With the engine's count
-        # (emu/core/timebase.py) the instructions that ran are time already.
-        self.irq.slice_done(0 if self.timebase.exact else count,
+        # (emu/core/timebase.py) the instructions that ran are time already; otherwise a turn
+        # resumed after a cut (several CPUs) counts its whole bound at its end.
+        self.irq.slice_done(0 if self.timebase.exact else (bound or count),
                             self._pending is None and self._result is None
                             and self._pause is None and not self._between
                             and (deadline is None or time.monotonic() < deadline))
@@ -573,19 +592,43 @@ class Machine:
         elif self._result is None and deadline is not None and time.monotonic() >= deadline:
             self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
         if self._pause is not None and self._result is None:
+            self.cpu_list[0].paused_cpu = self.cpu_index
             self._finish("pause", STATUS_LIMIT, self._pause)
         while self._between:            # queued by hooks or by the pending work
             self._between.pop(0)()
         self._begin = uc.reg_read(UC_X86_REG_RIP)
         return True
 
+    def _cut_short(self, count: int, bound: int, ran: int) -> None:
+        """Several CPUs: did this turn stop only because the run ends here (an instruction
+        limit, a pause), in the middle of what it would have run? Then the scheduler's position
+        keeps the rest of its bound (`ran` instructions of `count` ran), so that a later run
+        finishes the turn exactly (emu/core/smp.py). Not when it stopped for an event of its
+        own, which ends a turn anyway, nor when the instructions it ran were not counted."""
+        boot = self.cpu_list[0]
+        result = self._result
+        ending = (result.reason == "max-insns" if result is not None
+                  else self._pause is not None)
+        if (not ending or not boot._counting or self._pending is not None or self._between
+                or self.irq._kicked):
+            return
+        left = count - ran if count else 0
+        if count and left <= 0:
+            return                    # it ran its bound out: the turn is over
+        boot.smp_position.left = left
+        boot.smp_position.bound = bound
+
     # ---- application processors --------------------------------------------------------------
     def wake(self) -> None:
         """Something may have made this CPU runnable (an IPI, a SIPI, an interrupt routed to
         it): the CPU running now, if another, ends its turn at this instruction, so the
         scheduler looks again (a CPU running alone runs unbounded until then)."""
-        runner = self.cpu_list[0].running
-        if runner is None or runner is self:
+        boot = self.cpu_list[0]
+        runner = boot.running
+        if runner is None:        # from outside a run (a debugger, a test): a turn an earlier
+            boot.smp_position.left = None   # run cut short is not finished but starts afresh
+            return
+        if runner is self:
             return
         irq = runner.irq
         if irq.in_mmio:
