@@ -57,6 +57,8 @@ from emu.arch.vmcb import VMEXIT_IRET, intercept_misc_bit
 from emu.core.syscall import on_syscall
 from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
+from emu.core.msrs_amd import TSC_RATIO_RESET
+from emu.core.lbr import BranchRecorder
 from emu.core.control_regs import Cr4Writes
 from emu.core.cpu_models import CpuModel
 from emu.core.rdpmc import Rdpmc
@@ -193,6 +195,7 @@ class Machine:
         self.memory_hooks: list[Callable[[Uc], list[int]]] = []
         self.tsc = 0
         self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
+        self.tsc_ratio = TSC_RATIO_RESET     # its TSC ratio, 8.32 fixed point (APM 15.30.5)
         # With several CPUs `tsc` is the machine's time as this CPU has seen it, and a WRMSR
         # to the TSC moves only this CPU's TSC: by tsc_adjust (0 on one CPU).
         self.tsc_adjust = 0
@@ -201,6 +204,7 @@ class Machine:
         self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
                             hostvm.MAXPHYADDR)
         msrs_amd.install(self.msrs, self.cpuid)
+        self.lbr = BranchRecorder(self)      # DebugCtl.LBR: the last branch (emu/core/lbr.py)
         self.strict = False       # stop at accesses to physical addresses with nothing there
         self.explain = True       # one stderr line per surprising event a user should hear of (-q: off)
         self.open_bus = OpenBus(self)
@@ -837,13 +841,19 @@ class Machine:
 
     def _read_tsc(self) -> int:
         self.tsc += TSC_STEP
-        return (self.tsc + self.tsc_adjust + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+        own = self.tsc + self.tsc_adjust
+        if self.tsc_ratio != TSC_RATIO_RESET:       # a guest's: scaled, then offset
+            own = (own * self.tsc_ratio) >> 32
+        return (own + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
 
     def _write_tsc(self, value: int) -> None:
+        own = (value - self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+        if self.tsc_ratio != TSC_RATIO_RESET:
+            own = (own << 32) // self.tsc_ratio if self.tsc_ratio else self.tsc
         if self.cpus > 1:       # this CPU's TSC moves; the machine's time does not
-            self.tsc_adjust = (value - self.tsc_offset - self.tsc) & 0xFFFFFFFFFFFFFFFF
+            self.tsc_adjust = (own - self.tsc) & 0xFFFFFFFFFFFFFFFF
         else:
-            self.tsc = (value - self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+            self.tsc = own
 
     def _exit_rdtsc(self, code: int) -> None:
         if self.mem.read_code(self.uc.reg_read(UC_X86_REG_RIP), 3) == b"\x0F\x01\xF9":
