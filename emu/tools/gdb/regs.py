@@ -4,7 +4,8 @@ gdb numbers remote registers in the order of the target description; the amd64 A
 on the `org.gnu.gdb.i386.core` feature holding the general registers, RIP, EFLAGS, the six
 selectors and the x87 stack and control words under exactly those names, so the table below follows
 that order. System state no gdb feature names (CR0/2/3/4, EFER, PAT) goes in our own feature,
-which gdb shows as plain registers (`info registers system`, `p/x $cr3`).
+marked group `system`; gdb's x86 code decides groups itself and ignores that mark, so gdb shows
+them as plain registers (`info registers`, `info registers cr3`, `p/x $cr3`).
 
 PAT is the PAT the running world sees (the machine's MSR file: gPAT while L2 runs with nested
 paging under the architectural model), EFER likewise; writes go through the MSR file's own checks,
