@@ -60,6 +60,7 @@ from emu.core.syscall import on_syscall
 from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
 from emu.core.control_regs import Cr4Writes
+from emu.core.table_loads import TableLoads
 from emu.core.cpu_models import CpuModel
 from emu.core.rdpmc import Rdpmc
 from emu.core.trace import Tracer
@@ -246,6 +247,7 @@ class Machine:
             self._exits[code] = self._exit_undefined_opcode
         self.irq.register_exits()           # MOV CR8 (the TPR)
         self.cr4_writes = Cr4Writes(self)     # MOV CR4: reserved bits #GP
+        self.table_loads = TableLoads(self)   # LGDT/LIDT/LLDT/LTR: non-canonical bases #GP
         self.rdpmc = Rdpmc(self)              # RDPMC: Unicorn's raises #UD
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
@@ -650,6 +652,28 @@ class Machine:
         """Finish an event outside the hook: emulation stops first, so the state is final."""
         self._pending = action
         self.uc.emu_stop()
+
+    def defer(self, action: Callable[[], None]) -> None:
+        """From an exit handler: run `action` once emulation has stopped."""
+        self._defer(action)
+
+    def finished(self) -> bool:
+        """The run has ended (exit, shutdown, unsupported, limit)."""
+        return self._result is not None
+
+    def run_alone(self, rip: int, lifted: int) -> None:
+        """Run the one instruction at `rip` with L0's misc intercepts `lifted` off, and put them
+        back (in whichever world the CPU is in then: L0's bits are in every world's)."""
+        ctx = self.ctx.save()
+        ctx.set_u64(OFF_INTERCEPT, ctx.u64(OFF_INTERCEPT) & ~lifted)
+        ctx.restore()
+        try:
+            self.uc.emu_start(rip, _UNTIL, count=1)
+        finally:
+            self.replay_sync()
+            ctx = self.ctx.save()
+            ctx.set_u64(OFF_INTERCEPT, ctx.u64(OFF_INTERCEPT) | lifted)
+            ctx.restore()
 
     def _guest_exit(self, status: int) -> None:
         self._finish("exit", status, f"guest wrote {status >> 1:#x} to isa-debug-exit")
