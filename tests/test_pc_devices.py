@@ -307,6 +307,69 @@ ticks: .space 8
     assert runs[0][0].tsc >= tsc_at(3 * 1193, PIT_HZ)     # the third edge has passed
 
 
+@pytest.mark.parametrize("route", ["pic", "ioapic"])
+def test_unmasking_the_pits_line_while_interruptible_bounds_time_from_there(tmp_path, route):
+    """IF is already 1 when the PIT's line is unmasked (8259 IMR, or I/O APIC pin 2 as Xen's
+    check_timer does), and the kernel then spins without RDTSC: the run must start counting
+    time at the unmask, or the spin never sees a tick."""
+    unmask = {"pic": """
+    mov al, 0xfe
+    out 0x21, al
+""", "ioapic": """
+    mov r14, 0xfec00000
+    mov dword ptr [r14], 0x15
+    mov dword ptr [r14 + 0x10], 0
+    mov dword ptr [r14], 0x14
+    mov dword ptr [r14 + 0x10], 0x20
+"""}[route]
+    body = f"""
+main:
+    set_idt_handler 0x20, tick
+    mov al, 0x11
+    out 0x20, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 4
+    out 0x21, al
+    mov al, 1
+    out 0x21, al
+    mov al, 0xff
+    out 0x21, al
+    mov al, 0x34
+    out 0x43, al
+    mov al, 0xa9
+    out 0x40, al
+    mov al, 0x04
+    out 0x40, al
+    sti
+    mov ecx, 1000
+.Lidle:
+    loop .Lidle
+{unmask}
+.Lspin:
+    cmp qword ptr [ticks], 3
+    jb .Lspin
+    cli
+    check_eq [ticks], 3, "three PIT ticks after the unmask"
+    ret
+tick:
+    push rax
+    inc qword ptr [ticks]
+    mov al, 0x20
+    out 0x20, al
+    mov rax, 0xfee000b0
+    mov dword ptr [rax], 0
+    pop rax
+    iretq
+.bss
+ticks: .space 8
+.text
+"""
+    m, res, out = boot_source(tmp_path, body)
+    assert "ok 1 - three PIT ticks after the unmask" in out, (res, out)
+    assert res.reason == "exit" and res.status == 1
+
+
 def test_open_bus_reads_all_ones_and_strict_stops(tmp_path):
     body = """
 main:

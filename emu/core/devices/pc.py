@@ -53,9 +53,10 @@ class PcPlatform:
         apic = m.apic
         apic.firmware_state()
         self.pic = PicPair(changed=self._pic_changed)
-        self.ioapic = IoApic(apic)
+        self.ioapic = IoApic(apic, changed=m.irq.changed)
         self.lines = InterruptLines(self.pic, self.ioapic, apic)
         self.pic.sync = self.ioapic.sync = m.irq.tick_timers
+        self.pic.rerouted = m.irq.changed
         apic.extint = self.pic
         apic.on_level_eoi = self.ioapic.eoi
         m.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.ioapic)
