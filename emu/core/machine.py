@@ -20,7 +20,9 @@ from emu.engine.unicorn_build import loader as engine_loader
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_INTR, UC_HOOK_INSN,
                      UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED)
 from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL, UC_X86_REG_RAX,
-                               UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP)
+                               UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP,
+                               UC_X86_REG_DR6)
+from emu.arch.bits import DR6_BS
 
 from emu.engine import hostvm
 from emu.core.cpuid import LEAF_XSAVE, Cpuid
@@ -42,6 +44,7 @@ from emu.engine.hw_switch import (OFF_INTERCEPT, OFF_INTERCEPT_DR_WRITE, OFF_VM_
                                   set_xsave_components)
 from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
+from emu.engine.breakpoints import Breakpoints
 from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
                          Shutdown)
 from emu.core.firmware import MAX_XAPIC_CPUS
@@ -60,6 +63,7 @@ from emu.core import msrs_amd
 from emu.core.msrs_amd import TSC_RATIO_RESET
 from emu.core.lbr import BranchRecorder
 from emu.core.control_regs import Cr4Writes
+from emu.core.table_loads import TableLoads
 from emu.core.cpu_models import CpuModel
 from emu.core.rdpmc import Rdpmc
 from emu.core.trace import Tracer
@@ -189,6 +193,7 @@ class Machine:
                                high_end=self.layout.end)
         self.deliverer = Deliverer(uc, self.ctx, self.mem)
         self.io_trap = IoTrap(uc, self.ctx)
+        self.breakpoints = Breakpoints(uc)    # DR7 loads by L0 (world switches)
         self.tracer = tracer if _boot is None else _boot.tracer
         # Installers of per-run memory hooks (the `mem` trace, emu/tools/memtrace.py): called at
         # the start of each run, their hooks removed at its end.
@@ -251,6 +256,7 @@ class Machine:
             self._exits[code] = self._exit_undefined_opcode
         self.irq.register_exits()           # MOV CR8 (the TPR)
         self.cr4_writes = Cr4Writes(self)     # MOV CR4: reserved bits #GP
+        self.table_loads = TableLoads(self)   # LGDT/LIDT/LLDT/LTR: non-canonical bases #GP
         self.rdpmc = Rdpmc(self)              # RDPMC: Unicorn's raises #UD
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
@@ -335,6 +341,15 @@ class Machine:
         """Deliver `event` once emulation has stopped. An injected event (EVENTINJ) is never
         itself intercepted; exceptions raised while delivering it can be."""
         self._defer(lambda: self._deliver(event, return_rip, injected))
+
+    def single_step_trap(self, return_rip: int) -> None:
+        """The single-step #DB of an instruction that completed outside Unicorn's translator (a
+        world switch L0 performed for it), which therefore never raised it: DR6.BS set, the trap
+        taken with RIP at `return_rip`, the next instruction (APM vol. 2, 13.1.1.3 and 13.1.3.3)."""
+        def trap() -> None:
+            self.uc.reg_write(UC_X86_REG_DR6, self.uc.reg_read(UC_X86_REG_DR6) | DR6_BS)
+            self._deliver(Event(DB, Kind.EXCEPTION), return_rip)
+        self._defer(trap)
 
     def sync_cpu_features(self) -> None:
         """Tell Unicorn's own helpers what the model's CPUID says where they check features
@@ -532,7 +547,12 @@ class Machine:
         the turn never ended). False: the run ends."""
         uc = self.uc
         begin = self._begin
-        if resume is None and self.irq.point():   # interrupts, HLT wake-up (emu/core/irq.py)
+        took = resume is None and self.irq.point()   # interrupts, HLT wake-up (emu/core/irq.py)
+        while resume is None and self._pending is not None and self._result is None:
+            pending, self._pending = self._pending, None
+            pending()                 # what a world switch there asked for (a #DB trap)
+            took = True
+        if took:
             begin = self._begin = uc.reg_read(UC_X86_REG_RIP)
         if self._result is not None:
             return False
@@ -691,6 +711,28 @@ class Machine:
         """Finish an event outside the hook: emulation stops first, so the state is final."""
         self._pending = action
         self.uc.emu_stop()
+
+    def defer(self, action: Callable[[], None]) -> None:
+        """From an exit handler: run `action` once emulation has stopped."""
+        self._defer(action)
+
+    def finished(self) -> bool:
+        """The run has ended (exit, shutdown, unsupported, limit)."""
+        return self._result is not None
+
+    def run_alone(self, rip: int, lifted: int) -> None:
+        """Run the one instruction at `rip` with L0's misc intercepts `lifted` off, and put them
+        back (in whichever world the CPU is in then: L0's bits are in every world's)."""
+        ctx = self.ctx.save()
+        ctx.set_u64(OFF_INTERCEPT, ctx.u64(OFF_INTERCEPT) & ~lifted)
+        ctx.restore()
+        try:
+            self.uc.emu_start(rip, _UNTIL, count=1)
+        finally:
+            self.replay_sync()
+            ctx = self.ctx.save()
+            ctx.set_u64(OFF_INTERCEPT, ctx.u64(OFF_INTERCEPT) | lifted)
+            ctx.restore()
 
     def _guest_exit(self, status: int) -> None:
         self._finish("exit", status, f"guest wrote {status >> 1:#x} to isa-debug-exit")
