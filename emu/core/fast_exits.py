@@ -63,6 +63,7 @@ from emu.core.devices.pm_timer import PM_TMR, TIME_PER_READ
 from emu.core.timebase import IOIO_COST
 from emu.engine import binding, hostvm, replay
 from emu.arch.vmcb import VMEXIT_CPUID, VMEXIT_RDTSC
+from emu.core.msrs_amd import TSC_RATIO_RESET
 from emu.engine.hw_switch import (HF2_NPT, HF_CS64, OFF_CR, OFF_EFER, OFF_EIP, OFF_HFLAGS,
                                   OFF_HFLAGS2, OFF_NESTED_PG_MODE, OFF_RAX, OFF_RCX, OFF_SEGS,
                                   OFF_VM_VMCB, SEG_SIZE, cpu_and_env)
@@ -250,7 +251,7 @@ class FastExits:
                 return
             p.same(host, value.to_bytes(width, "little"))
         p.commit()
-        p.rdtsc(m.tsc_offset)
+        p.rdtsc(m.tsc_offset, 0 if m.tsc_ratio == TSC_RATIO_RESET else m.tsc_ratio)
         e.add_program(_EXIT_RDTSC, p)
 
     def stop(self) -> None:

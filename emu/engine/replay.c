@@ -32,7 +32,7 @@ enum {
     OP_FLUSH,      /* uc_ctl(TLB flush)                                        */
     OP_REGREAD,    /* uc_reg_read(register b) into *(u64 *)a                   */
     OP_REGWRITE,   /* uc_reg_write(register b) from *(u64 *)a                  */
-    OP_RDTSC,      /* the fast exits' RDTSC with TSC offset b (see fast_rdtsc)  */
+    OP_RDTSC,      /* the fast exits' RDTSC with TSC offset b, ratio c (0: none) */
 };
 
 struct op {
@@ -171,6 +171,17 @@ static void do_rdtsc(struct fast *f, uint64_t offset, uint64_t rip)
     f->rdtsc++;
 }
 
+/* A guest's TSC under a TSC ratio (APM vol. 2, 15.30.5, 8.32 fixed point): do_rdtsc left its
+ * own TSC plus the offset in RDX:EAX; the guest reads the own TSC scaled, plus the offset, as
+ * Machine._read_tsc computes it. */
+static void scale_tsc(struct fast *f, uint64_t offset, uint64_t ratio)
+{
+    uint64_t own = ((ENV64(f, FX_OFF_RDX) << 32) | (ENV64(f, FX_OFF_RAX) & 0xFFFFFFFFu)) - offset;
+    uint64_t t = (uint64_t)(((unsigned __int128)own * ratio) >> 32) + offset;
+    ENV64(f, FX_OFF_RAX) = t & 0xFFFFFFFFu;
+    ENV64(f, FX_OFF_RDX) = t >> 32;
+}
+
 /* The exit's fixed cost, when it is handled here: once per exit, before its effects (the Python
  * path adds it before its handler runs, so an RDTSC in the handling sees it). */
 static void charge(struct engine *e, uint32_t intno)
@@ -231,6 +242,8 @@ static int run(struct engine *e, const struct op *op, uint32_t intno)
             break;
         case OP_RDTSC:
             do_rdtsc(&e->fx, op->b, ENV64(&e->fx, FX_OFF_EIP));
+            if (op->c)
+                scale_tsc(&e->fx, op->b, op->c);
             break;
         default:
             return 0;

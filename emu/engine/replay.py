@@ -228,10 +228,11 @@ class Program:
     def reg_write(self, src: int, reg: int) -> "Program":
         return self._add(OP_REGWRITE, 0, src, reg)
 
-    def rdtsc(self, tsc_offset: int) -> "Program":
-        """RDTSC with this TSC offset, on the live CPU state (emu/core/fast_exits.py); only
-        after a guard that the fast exits are armed."""
-        return self._add(OP_RDTSC, 0, 0, tsc_offset)
+    def rdtsc(self, tsc_offset: int, tsc_ratio: int = 0) -> "Program":
+        """RDTSC with this TSC offset and TSC ratio (8.32 fixed point; 0: not scaled), on the
+        live CPU state (emu/core/fast_exits.py); only after a guard that the fast exits are
+        armed."""
+        return self._add(OP_RDTSC, 0, 0, tsc_offset, tsc_ratio)
 
     def build(self) -> "_Built":
         if not self._committed:
