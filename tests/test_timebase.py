@@ -93,6 +93,24 @@ def test_a_deadline_stops_exactly_there_inside_a_loop(deadline):
 
 
 @counting
+def test_a_deadline_with_a_code_hook_resumes_where_it_stopped():
+    # inc qword [0x3000]; dec rcx; jnz: with a code hook in, Unicorn does not put the PC back
+    # at a block that leaves before running; an instruction run twice would show in memory
+    loop = b"\x48\xff\x04\x25\x00\x30\x00\x00\x48\xff\xc9\x75\xf3"
+    uc, c = engine(loop)
+    uc.hook_add(UC_HOOK_CODE, lambda *a: None)
+    uc.reg_write(UC_X86_REG_RCX, 100)
+    for deadline in (7, 100, 151, 300):
+        c.set_deadline(deadline)
+        uc.emu_start(uc.reg_read(UC_X86_REG_RIP) if c.read() else CODE, CODE + len(loop))
+        assert c.read() == deadline
+    c.clear_deadline()
+    uc.emu_start(uc.reg_read(UC_X86_REG_RIP), CODE + len(loop))
+    assert c.read() == 300 and uc.reg_read(UC_X86_REG_RCX) == 0
+    assert struct.unpack("<Q", uc.mem_read(0x3000, 8))[0] == 100
+
+
+@counting
 def test_deadline_at_the_count_stops_before_anything_runs():
     uc, c = engine(b"\x90" * 20)
     c.set_deadline(0)

@@ -586,7 +586,8 @@ class Machine:
         boot = self.cpu_list[0]
         insns_before = boot.insns
         try:
-            uc.emu_start(begin, _UNTIL, count=self.timebase.bound(count))
+            # one CPU: the bound is the next timer's time; several: the turn's instructions
+            uc.emu_start(begin, _UNTIL, count=self.timebase.bound(count, self.cpus == 1))
         except UcError as e:
             self.timebase.unbound()
             self.replay_sync()

@@ -127,17 +127,21 @@ class Timebase:
         if intno < N_INTNO:
             self.m.tsc += self.costs[intno]
 
-    def bound(self, count: int) -> int:
+    def bound(self, count: int, by_time: bool = True) -> int:
         """Run at most `count` ticks of virtual time in the next emu_start (0: no bound).
         Returns the count to give emu_start: 0 when the engine's deadline does it. Ticks that
         are not instructions (exit costs, RDTSC's step, device reads) bring the deadline
-        nearer: C does it as it adds them (replay.c `spend`), Python at the end of each of
-        its entries (`rebound`)."""
-        if not self.exact:
+        nearer: C does it as it adds them (replay.c `spend`), Python at the end of each of its
+        entries (`rebound`). With `by_time` False (the turns of several CPUs, whose quanta and
+        resumed turns, emu/core/smp.py, count instructions as Unicorn's `count=` does: every
+        instruction started, exits included) the bound stays Unicorn's."""
+        if not self.exact or not by_time:
             return count
         if count:
             self._until = self.m.tsc + count
             self.counter.set_deadline(self.counter.read() + count)
+            if self._fx is not None:
+                self._fx.deadline_by_time = 1
         return 0
 
     def rebound(self) -> None:
@@ -150,3 +154,5 @@ class Timebase:
         if self.exact:
             self._until = None
             self.counter.clear_deadline()
+            if self._fx is not None:
+                self._fx.deadline_by_time = 0

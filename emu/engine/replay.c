@@ -102,6 +102,7 @@ struct fast {
     uint64_t cr4_allowed, cr4_pae, cr4_pcide, cr4_regid;
     reg_fn reg_write;
     uint64_t cr4;               /* count of CR4 writes answered here */
+    uint64_t deadline_by_time;  /* the run's instruction deadline stands for a time: spend */
     uint64_t rdtsc, cpuid;      /* counts of exits answered here */
     uint64_t off[FX_N_OFF];
     vmem_fn vmem_read;
@@ -138,7 +139,7 @@ struct engine {
 static void spend(struct fast *f, uint64_t t)
 {
     f->ticks += t;
-    if (f->off_insns && t) {
+    if (f->off_insns && t && f->deadline_by_time) {
         uint64_t *deadline = (uint64_t *)(f->env + f->off_insns + 8);
         uint64_t n = *(const uint64_t *)(f->env + f->off_insns);
         if (*deadline != UINT64_MAX)
@@ -439,7 +440,8 @@ const char *replay_abi(void)
     ABI_FIELD(fast, pm_read_ticks); ABI_FIELD(fast, pm_hz); ABI_FIELD(fast, tsc_hz);
     ABI_FIELD(fast, pm_reads); ABI_FIELD(fast, cr4_allowed); ABI_FIELD(fast, cr4_pae);
     ABI_FIELD(fast, cr4_pcide); ABI_FIELD(fast, cr4_regid); ABI_FIELD(fast, reg_write);
-    ABI_FIELD(fast, cr4); ABI_FIELD(fast, rdtsc); ABI_FIELD(fast, cpuid);
+    ABI_FIELD(fast, cr4); ABI_FIELD(fast, deadline_by_time); ABI_FIELD(fast, rdtsc);
+    ABI_FIELD(fast, cpuid);
     ABI_FIELD(fast, off); ABI_FIELD(fast, vmem_read); ABI_FIELD(fast, n_cpuid);
     ABI_FIELD(fast, cpuid_slots);
     ABI("sizeof(cpuid_slot)", sizeof(struct cpuid_slot));

@@ -83,7 +83,7 @@ class _Fast(ctypes.Structure):
                 ("pm_reads", ctypes.c_uint64), ("cr4_allowed", ctypes.c_uint64),
                 ("cr4_pae", ctypes.c_uint64), ("cr4_pcide", ctypes.c_uint64),
                 ("cr4_regid", ctypes.c_uint64), ("reg_write", ctypes.c_void_p),
-                ("cr4", ctypes.c_uint64),
+                ("cr4", ctypes.c_uint64), ("deadline_by_time", ctypes.c_uint64),
                 ("rdtsc", ctypes.c_uint64),
                 ("cpuid", ctypes.c_uint64), ("off", ctypes.c_uint64 * FX_N_OFF),
                 ("vmem_read", ctypes.c_void_p), ("n_cpuid", ctypes.c_uint64),
