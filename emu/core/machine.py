@@ -160,6 +160,9 @@ class Machine:
         self._counting = False    # boot CPU: this run counts instructions (`insns` is exact)
         self.paused_cpu = 0       # boot CPU: the CPU whose turn a pause ended (debuggers)
         self.only_cpu: int | None = None   # boot CPU: a debugger steps this CPU alone
+        # Boot CPU: tools that hook every CPU's engine (coverage), called for a CPU an INIT
+        # re-makes (a new engine) too.
+        self.cpu_attachers: list[Callable[[Machine], None]] = []
         self.idle_turn = False    # the last turn found this CPU halted and ran nothing
         self.started = _boot is None   # an application processor starts at its SIPI
         self.reinit = False       # an INIT reached this running application processor
@@ -657,6 +660,8 @@ class Machine:
                                 if i in MTRR_MSRS})
         if boot._setup_ap is not None:
             boot._setup_ap(new)
+        for attach in boot.cpu_attachers:
+            attach(new)
         return new
 
     def _finish(self, reason: str, status: int, message: str) -> None:
