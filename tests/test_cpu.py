@@ -194,7 +194,9 @@ def test_speculation_msrs_follow_cpuid():
 def test_tsc_ratio_and_xss_absent_without_their_features():
     m = machine()
     assert gp(m, "r", 0xC0000104) and gp(m, "r", 0xDA0)
-    assert m.msrs.rdmsr(0x8B) == 0 and gp(m, "w", 0x8B, 0)           # PATCH_LEVEL
+    # PATCH_LEVEL: read-only, at the level QEMU reports for its AMD models (Xen prints it as
+    # "BSP microcode revision: 0x01000065" on both).
+    assert m.msrs.rdmsr(0x8B) == 0x01000065 and gp(m, "w", 0x8B, 0)
 
 
 def test_vm_cr_only_with_svm():
@@ -498,3 +500,10 @@ def test_icr_store_by_movabs_sends_one_ipi(tmp_path):
     m, res, out = boot(MOVABS_ICR, tmp_path)
     checks = parse_tap(out)
     assert res.reason == "exit" and len(checks) == 1 and all(c.ok for c in checks.values()), out
+
+
+def test_every_model_reports_the_hypervisor_bit_as_qemu_does():
+    """QEMU sets CPUID 1 ECX[31] on every named model; `-hypervisor` takes it away."""
+    for model in ("EPYC", "qemu64", "Opteron_G1"):
+        assert machine(model).cpuid.query(1, 0)[2] >> 31 == 1, model
+    assert machine("EPYC,-hypervisor").cpuid.query(1, 0)[2] >> 31 == 0

@@ -2,8 +2,11 @@
 
 A model is a CPUID table. The rule is that CPUID advertises only what svmemu implements, so
 every model is a subset of `EPYC`, whose table was read off unicorn 2.1.4's EPYC (the translator
-implements each of its bits) and trimmed to this machine: no hypervisor bit, no AVX (Unicorn
-raises #UD on VEX instructions), XSAVE state for x87 and SSE only. Models:
+implements each of its bits) and trimmed to this machine: no AVX (Unicorn
+raises #UD on VEX instructions), XSAVE state for x87 and SSE only. Like every QEMU model, each
+sets CPUID 1 ECX[31] (hypervisor): guests then skip the bare-metal errata work that touches
+model-specific MSRs no emulator has (Xen's Zen workarounds, for one); `-hypervisor` clears it.
+Models:
 
   EPYC    AMD EPYC (family 17h model 1, as QEMU's EPYC): the default.
   max     the most svmemu implements: EPYC, as kvm-unit-tests' `-cpu max,+svm` expects.
@@ -39,7 +42,7 @@ _BRAND_SVMEMU = {
 
 _EPYC: Table = {
     (0x0, 0): (0x0000000D, 0x68747541, 0x444D4163, 0x69746E65),      # AuthenticAMD
-    (0x1, 0): (0x00800F12, 0x00000800, 0x4ED8220B, 0x078BFBFD),      # no hypervisor bit
+    (0x1, 0): (0x00800F12, 0x00000800, 0xCED8220B, 0x078BFBFD),      # with the hypervisor bit
     (0x7, 0): (0x00000000, 0x00980189, 0x00000000, 0x00000000),
     (0xD, 0): (0x00000003, 0x00000240, 0x00000240, 0x00000000),      # x87 and SSE state only
     (0xD, 1): (0x00000005, 0x00000000, 0x00000000, 0x00000000),
@@ -56,7 +59,7 @@ _EPYC: Table = {
 # long mode, SYSCALL, NX; LAHF/SAHF in long mode; SVM (added by the extension).
 _QEMU64: Table = {
     (0x0, 0): (0x0000000D, 0x68747541, 0x444D4163, 0x69746E65),
-    (0x1, 0): (0x00060FB1, 0x00000800, 0x00002001, 0x078BFBFD),
+    (0x1, 0): (0x00060FB1, 0x00000800, 0x80002001, 0x078BFBFD),
     (0x80000000, 0): (0x80000008, 0x68747541, 0x444D4163, 0x69746E65),
     (0x80000001, 0): (0x00060FB1, 0x00000000, 0x00000001, 0x2193FBFD),   # with AMD's aliases
     **_BRAND_SVMEMU,
@@ -70,7 +73,7 @@ _QEMU64: Table = {
 # long mode, SYSCALL, NX (with AMD's aliases of the leaf-1 EDX bits); no SVM.
 _OPTERON_G1: Table = {
     (0x0, 0): (0x00000005, 0x68747541, 0x444D4163, 0x69746E65),
-    (0x1, 0): (0x00000F61, 0x00000800, 0x00000001, 0x078BFBFD),
+    (0x1, 0): (0x00000F61, 0x00000800, 0x80000001, 0x078BFBFD),
     (0x80000000, 0): (0x80000008, 0x68747541, 0x444D4163, 0x69746E65),
     (0x80000001, 0): (0x00000F61, 0x00000000, 0x00000000, 0x2193FBFD),
     **_BRAND_SVMEMU,
@@ -101,7 +104,8 @@ _bits(1, 0, EDX, {"fpu": 0, "vme": 1, "de": 2, "pse": 3, "tsc": 4, "msr": 5, "pa
                   "sse2": 26})
 _bits(1, 0, ECX, {"pni": 0, "pclmulqdq": 1, "monitor": 3, "ssse3": 9, "fma": 12, "cx16": 13,
                   "pcid": 17, "sse4.1": 19, "sse4.2": 20, "x2apic": 21, "movbe": 22, "popcnt": 23,
-                  "tsc-deadline": 24, "aes": 25, "xsave": 26, "avx": 28, "f16c": 29, "rdrand": 30})
+                  "tsc-deadline": 24, "aes": 25, "xsave": 26, "avx": 28, "f16c": 29, "rdrand": 30,
+                  "hypervisor": 31})
 _bits(7, 0, EBX, {"fsgsbase": 0, "bmi1": 3, "avx2": 5, "smep": 7, "bmi2": 8, "erms": 9,
                   "invpcid": 10, "rdseed": 18, "adx": 19, "smap": 20, "clflushopt": 23,
                   "sha-ni": 29})

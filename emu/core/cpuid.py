@@ -13,7 +13,6 @@ from emu.core.cpu_models import CpuModel
 
 Regs = tuple[int, int, int, int]   # eax, ebx, ecx, edx
 
-CPUID_1_ECX_HYPERVISOR = 1 << 31
 CPUID_1_EDX_APIC = 1 << 9
 CPUID_1_ECX_X2APIC = 1 << 21
 CPUID_1_ECX_TSC_DEADLINE = 1 << 24      # the APIC timer's TSC-deadline mode
@@ -33,7 +32,7 @@ class Cpuid:
         self.model = model if model is not None else CpuModel()
         self.table = dict(self.model.table)
         eax, ebx, ecx, edx = self.table[(1, 0)]
-        self.table[(1, 0)] = (eax, ebx, ecx & ~CPUID_1_ECX_HYPERVISOR, edx & ~CPUID_1_EDX_APIC)
+        self.table[(1, 0)] = (eax, ebx, ecx, edx & ~CPUID_1_EDX_APIC)
         self._hide = self.model.hide
         eax, ebx, ecx, edx = self.table[(0x80000001, 0)]
         self.table[(0x80000001, 0)] = (eax, ebx, ecx & ~CPUID_80000001_ECX_SVM, edx)

@@ -291,13 +291,15 @@ class InterruptController:
         """The window brings the CPU back when the running guest's IF lets an interrupt in.
         That is not enough when the event does not follow that IF (an NMI; a nested guest
         whose physical interrupts follow the host's IF: they may exit while the guest's IF is
-        0), nor for a timer armed while Unicorn runs unbounded (its slices start at a stop)."""
+        0), nor for a timer armed, or a device timer's line unmasked, while Unicorn runs
+        unbounded (its slices start at a stop)."""
         if self.apic.nmi_pending:
             return True
         router = self.m.router
         if router is not None and router.physical_if() is not None:
             return True
-        return self._unbounded and self.apic.deadline() is not None
+        return self._unbounded and (self.apic.deadline() is not None
+                                    or any(t.deadline() is not None for t in self.timers))
 
     def halt(self) -> None:
         """HLT (RIP already past it): wait at the next interrupt point. An STI shadow that

@@ -142,6 +142,11 @@ def _mc_ctl_check(v: int) -> str | None:
     return None if v in (0, (1 << 64) - 1) else "only 0 or all ones may be written"
 
 
+# The microcode level QEMU reports for its AMD models: a guest that checks it against its errata
+# lists (Xen, Linux) sees the same level on svmemu as on QEMU, not a missing update.
+QEMU_AMD_PATCH_LEVEL = 0x01000065
+
+
 def _table() -> list[MsrSpec]:
     t = [
         MsrSpec(MSR_TSC, "TSC", "APM 2, 13.2.4", OWNED),
@@ -151,7 +156,7 @@ def _table() -> list[MsrSpec]:
         MsrSpec(MSR_PRED_CMD, "PRED_CMD", "APM 2, 3.2.9", valid=PRED_CMD_IBPB,
                 present=_cpuid_bit(0x80000008, _EBX, CPUID_80000008_EBX_IBPB), write_only=True),
         MsrSpec(MSR_PATCH_LEVEL, "PATCH_LEVEL", "APM 2, A.1 (microcode patch level)",
-                read_only=True),
+                reset=QEMU_AMD_PATCH_LEVEL, read_only=True),
         MsrSpec(MSR_MTRRCAP, "MTRRcap", "APM 2, 7.7.1", OWNED),
         MsrSpec(MSR_SYSENTER_CS, "SYSENTER_CS", "APM 2, 6.1.2", OWNED),
         MsrSpec(MSR_SYSENTER_ESP, "SYSENTER_ESP", "APM 2, 6.1.2", OWNED),

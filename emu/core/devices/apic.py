@@ -570,6 +570,8 @@ class LocalApic(PortDevice):
                 self.tsc_deadline = 0
                 self.timer_running = False
                 self.changed()
+            elif off == APIC_LVT_LINT0:
+                self.changed()         # the 8259's INTR (and its timer) may reach the CPU now
         elif off == APIC_TIMER_ICR:
             if self._timer_mode() == LVT_TIMER_TSC_DEADLINE:
                 return                 # the initial count is ignored in TSC-deadline mode

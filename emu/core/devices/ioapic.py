@@ -166,6 +166,8 @@ class IoApic(PortDevice):
         if not new & RTE_TRIGGER_LEVEL:
             new &= ~RTE_REMOTE_IRR       # an edge-triggered entry has no Remote IRR
         self.redtbl[n] = new
+        if (old ^ new) & RTE_MASKED:
+            self.changed()           # a timer's line may now reach the CPU, or no longer
         self._service()
 
     def mmio_read(self, offset: int, size: int) -> int:

@@ -206,6 +206,8 @@ class PicPair(PortDevice):
     def __init__(self, changed: Callable[[], None] = lambda: None) -> None:
         self.changed = changed
         self.sync: Callable[[], None] = lambda: None   # bring timers' edges up to now
+        # called when a mask changes: a timer's line may now reach the CPU, or no longer
+        self.rerouted: Callable[[], None] = lambda: None
         self.master = Chip(True)
         self.slave = Chip(False)
         self.firmware_state()
@@ -298,10 +300,13 @@ class PicPair(PortDevice):
             self.slave.elcr = value & self.slave.elcr_mask
         else:
             chip = self.master if port < 0x80 else self.slave
+            imr = chip.imr
             if port & 1:
                 chip.write_data(value)
             else:
                 chip.write_command(value)
+            if chip.imr != imr:
+                self.rerouted()
         self._update()
 
     def state(self) -> dict:
