@@ -219,7 +219,7 @@ class Machine:
             self.pc = PcPlatform(self)               # PIC, PIT, I/O APIC, CMOS, PCI, ... (pc.py)
         else:
             # The platform is the boot CPU's: port devices, the I/O APIC (mapped into this CPU's
-            # engine too) and the APIC bus. The 8259's INTR reaches the boot CPU's LINT0 only.
+            # engine too) and the APIC bus; the 8259's INTR is offered to its LINT0 too.
             self.ports, self.devices, self.serial = _boot.ports, [], _boot.serial
             self.irq = InterruptController(self)
             self.apic = self.irq.apic
@@ -228,6 +228,9 @@ class Machine:
             assert _boot.apic.bus is not None
             _boot.apic.bus.attach(self.apic)
             self.apic.on_level_eoi = self.pc.ioapic.eoi
+            # The 8259's INTR is offered to every CPU's LINT0, as in QEMU (devices/apic.py).
+            self.apic.extint = self.pc.pic
+            self.apic.extint_shared = lambda: _boot.apic.enabled
             self.apic.on_startup = self.start_up
             self.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.pc.ioapic)
         self.world_observers: list[Callable[[str, str], None]] = []
