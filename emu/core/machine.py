@@ -603,7 +603,7 @@ class Machine:
         ending = (result.reason == "max-insns" if result is not None
                   else self._pause is not None)
         if (not ending or not boot._counting or self._pending is not None or self._between
-                or self.irq._kicked):
+                or self.irq.kicked):
             return
         left = count - ran if count else 0
         if count and left <= 0:
