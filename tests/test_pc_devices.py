@@ -470,3 +470,23 @@ def test_hpet_legacy_replacement_takes_the_pits_line():
     assert m.pc.pit.routed()
     m.pc.hpet.mmio_write(0x010, 8, 3)
     assert not m.pc.pit.routed() and not m.pc.cmos.routed()
+
+
+def test_ioapic_id_version_and_arbitration_registers_as_qemu():
+    """QEMU's I/O APIC (kvm-unit-tests ioapic): only ID[27:24] is writable, the version register
+    is read-only, and the arbitration register reads as the ID and ignores writes."""
+    _, _, io = apic_with_pic()
+
+    def reg(index: int, value: int | None = None) -> int:
+        io.mmio_write(0x00, 4, index)
+        if value is not None:
+            io.mmio_write(0x10, 4, value)
+        return io.mmio_read(0x10, 4)
+
+    assert reg(0x01) == 0x00170020
+    assert reg(0x01, 0xFFFFFFFF ^ 0x00170020) == 0x00170020
+    assert reg(0x02) == reg(0x00) == 0
+    assert reg(0x00, 0xFFFFFFFF) == 0x0F000000
+    assert reg(0x02) == 0x0F000000
+    assert reg(0x02, 0) == 0x0F000000
+    assert reg(0x00, 0x05000000) == 0x05000000 == reg(0x02)

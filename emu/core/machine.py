@@ -20,7 +20,9 @@ from emu.engine.unicorn_build import loader as engine_loader
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_INTR, UC_HOOK_INSN,
                      UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED)
 from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL, UC_X86_REG_RAX,
-                               UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP)
+                               UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP,
+                               UC_X86_REG_DR6)
+from emu.arch.bits import DR6_BS
 
 from emu.engine import hostvm
 from emu.core.cpuid import LEAF_XSAVE, Cpuid
@@ -42,6 +44,7 @@ from emu.engine.hw_switch import (OFF_INTERCEPT, OFF_INTERCEPT_DR_WRITE, OFF_VM_
                                   set_xsave_components)
 from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
+from emu.engine.breakpoints import Breakpoints
 from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
                          Shutdown)
 from emu.core.firmware import MAX_XAPIC_CPUS
@@ -51,12 +54,16 @@ from emu.core.smp import DEFAULT_QUANTUM, Position, RoundRobin
 from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.core.fast_exits import FastExits
+from emu.core.timebase import IOIO_COST, Timebase
 from emu.arch.paging import NestedFault
 from emu.arch.vmcb import VMEXIT_IRET, intercept_misc_bit
 from emu.core.syscall import on_syscall
 from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
+from emu.core.msrs_amd import TSC_RATIO_RESET
+from emu.core.lbr import BranchRecorder
 from emu.core.control_regs import Cr4Writes
+from emu.core.table_loads import TableLoads
 from emu.core.cpu_models import CpuModel
 from emu.core.rdpmc import Rdpmc
 from emu.core.trace import Tracer
@@ -189,12 +196,14 @@ class Machine:
                                high_end=self.layout.end)
         self.deliverer = Deliverer(uc, self.ctx, self.mem)
         self.io_trap = IoTrap(uc, self.ctx)
+        self.breakpoints = Breakpoints(uc)    # DR7 loads by L0 (world switches)
         self.tracer = tracer if _boot is None else _boot.tracer
         # Installers of per-run memory hooks (the `mem` trace, emu/tools/memtrace.py): called at
         # the start of each run, their hooks removed at its end.
         self.memory_hooks: list[Callable[[Uc], list[int]]] = []
         self.tsc = 0
         self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
+        self.tsc_ratio = TSC_RATIO_RESET     # its TSC ratio, 8.32 fixed point (APM 15.30.5)
         # With several CPUs `tsc` is the machine's time as this CPU has seen it, and a WRMSR
         # to the TSC moves only this CPU's TSC: by tsc_adjust (0 on one CPU).
         self.tsc_adjust = 0
@@ -203,6 +212,7 @@ class Machine:
         self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
                             hostvm.MAXPHYADDR)
         msrs_amd.install(self.msrs, self.cpuid)
+        self.lbr = BranchRecorder(self)      # DebugCtl.LBR: the last branch (emu/core/lbr.py)
         self.strict = False       # stop at accesses to physical addresses with nothing there
         self.explain = True       # one stderr line per surprising event a user should hear of (-q: off)
         self.open_bus = OpenBus(self)
@@ -252,6 +262,7 @@ class Machine:
             self._exits[code] = self._exit_undefined_opcode
         self.irq.register_exits()           # MOV CR8 (the TPR)
         self.cr4_writes = Cr4Writes(self)     # MOV CR4: reserved bits #GP
+        self.table_loads = TableLoads(self)   # LGDT/LIDT/LLDT/LTR: non-canonical bases #GP
         self.rdpmc = Rdpmc(self)              # RDPMC: Unicorn's raises #UD
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
@@ -268,11 +279,18 @@ class Machine:
         if replay.available():
             self.replay = replay.Engine(uc, self.ctx, self.ram_addr, self.layout.below_4g,
                                         self._on_intr_c)
+        # Virtual time: instructions retired, exit costs, events (emu/core/timebase.py).
+        self.timebase = Timebase(self)
         # L1's RDTSC and CPUID answered in C while nothing else would happen (fast_exits.py).
         self.fast_exits = FastExits(self, TSC_STEP)
+        if self.replay is not None:
+            self.replay.set_exit_costs(self.timebase.costs)
+            if self.fast_exits.env:
+                self.timebase.attach_c(self.replay.fast)
         self._hooks = [
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
-            uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
+            (self.replay.hook_in(self._on_in_c) if self.replay
+             else uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)),
             uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT),
             uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, UC_X86_INS_SYSCALL),
             uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
@@ -329,6 +347,15 @@ class Machine:
         """Deliver `event` once emulation has stopped. An injected event (EVENTINJ) is never
         itself intercepted; exceptions raised while delivering it can be."""
         self._defer(lambda: self._deliver(event, return_rip, injected))
+
+    def single_step_trap(self, return_rip: int) -> None:
+        """The single-step #DB of an instruction that completed outside Unicorn's translator (a
+        world switch L0 performed for it), which therefore never raised it: DR6.BS set, the trap
+        taken with RIP at `return_rip`, the next instruction (APM vol. 2, 13.1.1.3 and 13.1.3.3)."""
+        def trap() -> None:
+            self.uc.reg_write(UC_X86_REG_DR6, self.uc.reg_read(UC_X86_REG_DR6) | DR6_BS)
+            self._deliver(Event(DB, Kind.EXCEPTION), return_rip)
+        self._defer(trap)
 
     def sync_cpu_features(self) -> None:
         """Tell Unicorn's own helpers what the model's CPUID says where they check features
@@ -526,7 +553,12 @@ class Machine:
         the turn never ended). False: the run ends."""
         uc = self.uc
         begin = self._begin
-        if resume is None and self.irq.point():   # interrupts, HLT wake-up (emu/core/irq.py)
+        took = resume is None and self.irq.point()   # interrupts, HLT wake-up (emu/core/irq.py)
+        while resume is None and self._pending is not None and self._result is None:
+            pending, self._pending = self._pending, None
+            pending()                 # what a world switch there asked for (a #DB trap)
+            took = True
+        if took:
             begin = self._begin = uc.reg_read(UC_X86_REG_RIP)
         if self._result is not None:
             return False
@@ -560,21 +592,26 @@ class Machine:
         boot = self.cpu_list[0]
         insns_before = boot.insns
         try:
-            uc.emu_start(begin, _UNTIL, count=count)
+            uc.emu_start(begin, _UNTIL, count=self.timebase.bound(count))
         except UcError as e:
+            self.timebase.unbound()
             self.replay_sync()
             if self._result is None:
                 self._finish("unsupported", STATUS_UNSUPPORTED,
                              f"unsupported: CPU stopped with {e} at rip "
                              f"{uc.reg_read(UC_X86_REG_RIP):#x}")
             return False
+        self.timebase.unbound()
         self.replay_sync()
         if self.cpus > 1:
             self._cut_short(count, bound, boot.insns - insns_before)
         # The slice ran out only if nothing else stopped it: not an event, the end of
         # the run, a debugger pause, work between slices or the wall-clock timeout (virtual
-        # time must not advance for instructions that never ran).
-        self.irq.slice_done(bound or count, self._pending is None and self._result is None
+        # time must not advance for instructions that never ran). With the engine's count
+        # (emu/core/timebase.py) the instructions that ran are time already; otherwise a turn
+        # resumed after a cut (several CPUs) counts its whole bound at its end.
+        self.irq.slice_done(0 if self.timebase.exact else (bound or count),
+                            self._pending is None and self._result is None
                             and self._pause is None and not self._between
                             and (deadline is None or time.monotonic() < deadline))
         pending, self._pending = self._pending, None
@@ -683,6 +720,28 @@ class Machine:
         self._pending = action
         self.uc.emu_stop()
 
+    def defer(self, action: Callable[[], None]) -> None:
+        """From an exit handler: run `action` once emulation has stopped."""
+        self._defer(action)
+
+    def finished(self) -> bool:
+        """The run has ended (exit, shutdown, unsupported, limit)."""
+        return self._result is not None
+
+    def run_alone(self, rip: int, lifted: int) -> None:
+        """Run the one instruction at `rip` with L0's misc intercepts `lifted` off, and put them
+        back (in whichever world the CPU is in then: L0's bits are in every world's)."""
+        ctx = self.ctx.save()
+        ctx.set_u64(OFF_INTERCEPT, ctx.u64(OFF_INTERCEPT) & ~lifted)
+        ctx.restore()
+        try:
+            self.uc.emu_start(rip, _UNTIL, count=1)
+        finally:
+            self.replay_sync()
+            ctx = self.ctx.save()
+            ctx.set_u64(OFF_INTERCEPT, ctx.u64(OFF_INTERCEPT) | lifted)
+            ctx.restore()
+
     def _guest_exit(self, status: int) -> None:
         self._finish("exit", status, f"guest wrote {status >> 1:#x} to isa-debug-exit")
 
@@ -693,8 +752,10 @@ class Machine:
         Every Python entry point calls this first (hooks, MMIO callbacks, the run loop)."""
         e = self.replay
         if e is None:
+            self.timebase.sync()
             return
         self.fast_exits.disarm()
+        self.timebase.sync()
         seq = e.seq_word.value
         if seq != self._replay_seen:
             self._replay_seen = seq
@@ -731,8 +792,20 @@ class Machine:
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(uc, e)
 
+    def _on_in_c(self, _uch: int, port: int, size: int, _user: int) -> int:
+        """The Python IN hook behind the C one (replay.c `replay_in`), with the binding's
+        exception handling."""
+        try:
+            return self._on_in(self.uc, port, size, None)
+        except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
+            binding.stop_with_exception(self.uc, e)
+            return (1 << (8 * size)) - 1
+
     # ---- hooks --------------------------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:
+        if self.replay is None:
+            self.timebase.sync()
+        self.timebase.charge(intno)
         code = intno - hostvm.UC_EXIT_BASE
         if code == hostvm.VMEXIT_EXCP0 + DB and self.io_trap.armed:
             self._io_trap_fired()
@@ -818,13 +891,19 @@ class Machine:
 
     def _read_tsc(self) -> int:
         self.tsc += TSC_STEP
-        return (self.tsc + self.tsc_adjust + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+        own = self.tsc + self.tsc_adjust
+        if self.tsc_ratio != TSC_RATIO_RESET:       # a guest's: scaled, then offset
+            own = (own * self.tsc_ratio) >> 32
+        return (own + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
 
     def _write_tsc(self, value: int) -> None:
+        own = (value - self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+        if self.tsc_ratio != TSC_RATIO_RESET:
+            own = (own << 32) // self.tsc_ratio if self.tsc_ratio else self.tsc
         if self.cpus > 1:       # this CPU's TSC moves; the machine's time does not
-            self.tsc_adjust = (value - self.tsc_offset - self.tsc) & 0xFFFFFFFFFFFFFFFF
+            self.tsc_adjust = (own - self.tsc) & 0xFFFFFFFFFFFFFFFF
         else:
-            self.tsc = (value - self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+            self.tsc = own
 
     def _exit_rdtsc(self, code: int) -> None:
         if self.mem.read_code(self.uc.reg_read(UC_X86_REG_RIP), 3) == b"\x0F\x01\xF9":
@@ -878,6 +957,7 @@ class Machine:
 
     def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
         self.replay_sync()
+        self.tsc += IOIO_COST
         if self._result is not None or self._io_exit(port, size, True):
             return (1 << (8 * size)) - 1     # undone when the trap fires
         dev = self.ports.get(port)
@@ -889,6 +969,7 @@ class Machine:
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
         self.replay_sync()
+        self.tsc += IOIO_COST
         if self._result is not None or self._io_exit(port, size, False):
             return
         dev = self.ports.get(port)

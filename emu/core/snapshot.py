@@ -284,7 +284,9 @@ def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
     values = machine.msrs.values
     values.clear()
     values.update(snap.msrs)
+    machine.lbr.restored()          # DebugCtl.LBR's recording hook follows the restored MSRs
     machine.tsc = snap.tsc
+    machine.timebase.rebase()
     machine.cpuid.table = _snapshot_cpuid(machine, snap).table
     machine.sync_cpu_features()
     for dev, (name, state) in zip(machine.devices, snap.devices):
