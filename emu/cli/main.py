@@ -193,14 +193,9 @@ def _lazy_symbols(path: str | None):
 
 
 def _check_smp_options(args: argparse.Namespace) -> None:
-    """What several CPUs cannot be combined with yet: one clear line, status 2."""
+    """--quantum belongs to several CPUs: one clear line, status 2."""
     if args.quantum is not None and args.smp == 1:
         raise OptionError("--quantum needs -smp N with N > 1")
-    if args.smp == 1:
-        return
-    for given, what in ((args.coverage, "--coverage"), (args.tenet, "--tenet")):
-        if given:
-            raise OptionError(f"unsupported: {what} with -smp {args.smp} (one CPU only for now)")
 
 
 def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Namespace,

@@ -36,6 +36,7 @@ class Board(Protocol):
     layout: "RamLayout"
     cpus: int
     cpu_index: int         # 0 for the boot processor; its APIC ID
+    cpu_list: list[Any]    # every CPU (Machine), the boot processor first
     cpuid: "Cpuid"
     msrs: "MsrFile"
     tsc: int

@@ -269,6 +269,11 @@ class InterruptController:
         """From inside an MMIO write: stop once it is done (see `_mmio_write`)."""
         self._want_kick = True
 
+    @property
+    def kicked(self) -> bool:
+        """Did the slice stop for a reason of ours (an interrupt, HLT, a wake-up)?"""
+        return self._kicked
+
     def kick(self) -> None:
         """Stop at the next boundary for a reason of ours (not a slice running out)."""
         self._kicked = True

@@ -167,6 +167,9 @@ class Machine:
         self._counting = False    # boot CPU: this run counts instructions (`insns` is exact)
         self.paused_cpu = 0       # boot CPU: the CPU whose turn a pause ended (debuggers)
         self.only_cpu: int | None = None   # boot CPU: a debugger steps this CPU alone
+        # Boot CPU: tools that hook every CPU's engine (coverage), called for a CPU an INIT
+        # re-makes (a new engine) too.
+        self.cpu_attachers: list[Callable[[Machine], None]] = []
         self.idle_turn = False    # the last turn found this CPU halted and ran nothing
         self.started = _boot is None   # an application processor starts at its SIPI
         self.reinit = False       # an INIT reached this running application processor
@@ -226,7 +229,7 @@ class Machine:
             self.pc = PcPlatform(self)               # PIC, PIT, I/O APIC, CMOS, PCI, ... (pc.py)
         else:
             # The platform is the boot CPU's: port devices, the I/O APIC (mapped into this CPU's
-            # engine too) and the APIC bus. The 8259's INTR reaches the boot CPU's LINT0 only.
+            # engine too) and the APIC bus; the 8259's INTR is offered to its LINT0 too.
             self.ports, self.devices, self.serial = _boot.ports, [], _boot.serial
             self.irq = InterruptController(self)
             self.apic = self.irq.apic
@@ -235,6 +238,9 @@ class Machine:
             assert _boot.apic.bus is not None
             _boot.apic.bus.attach(self.apic)
             self.apic.on_level_eoi = self.pc.ioapic.eoi
+            # The 8259's INTR is offered to every CPU's LINT0, as in QEMU (devices/apic.py).
+            self.apic.extint = self.pc.pic
+            self.apic.extint_shared = lambda: _boot.apic.enabled
             self.apic.on_startup = self.start_up
             self.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.pc.ioapic)
         self.world_observers: list[Callable[[str, str], None]] = []
@@ -635,7 +641,7 @@ class Machine:
         ending = (result.reason == "max-insns" if result is not None
                   else self._pause is not None)
         if (not ending or not boot._counting or self._pending is not None or self._between
-                or self.irq._kicked):
+                or self.irq.kicked):
             return
         left = count - ran if count else 0
         if count and left <= 0:
@@ -695,6 +701,8 @@ class Machine:
                                 if i in MTRR_MSRS})
         if boot._setup_ap is not None:
             boot._setup_ap(new)
+        for attach in boot.cpu_attachers:
+            attach(new)
         return new
 
     def _finish(self, reason: str, status: int, message: str) -> None:

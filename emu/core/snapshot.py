@@ -261,7 +261,7 @@ def _load_cpu_smp_state(cpu: "Machine", state: dict[str, Any]) -> None:
     cpu.apic.wait_for_sipi = flags["wait_for_sipi"]
     cpu.irq.halted = flags["halted"]
     cpu.tsc_adjust = state["tsc_adjust"]
-    cpu.stale_code = True     # its translated code was flushed; nothing is stale, but be sure
+    cpu.stale_code = True     # its next turn starts from translated code made afresh
 
 
 def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
