@@ -31,20 +31,6 @@
 .equ RTE_PIN2, 0x14                          # I/O APIC redirection register of pin 2
 .equ PERIOD, 100000                          # 1 ms in 10 ns counts
 
-# HLT until the handler has run \n times in all (at most 2000 wake-ups).
-.macro wait_for n
-    mov ecx, 2000
-.Lwait\@:
-    cmp qword ptr [hpet_count], \n
-    jae .Lwaited\@
-    sti
-    hlt
-    cli
-    dec ecx
-    jnz .Lwait\@
-.Lwaited\@:
-.endm
-
 main:
     set_idt_handler VEC_HPET, hpet_handler
     mov r15, APIC
@@ -95,7 +81,7 @@ main:
     mov rax, qword ptr [r13 + MAIN_CNT]
     add rax, PERIOD
     mov qword ptr [r13 + T0_CMP], rax
-    wait_for 1
+    wait_count hpet_count, 1
     check_eq "qword ptr [hpet_count]", 1, "the one-shot timer 0 interrupts on IRQ 0"
 
     # --- periodic timer 0: three interrupts, the comparator moves by whole periods ---
@@ -106,7 +92,7 @@ main:
     mov qword ptr [r13 + T0_CMP], rax        # VAL_SET: the comparator ...
     mov qword ptr [r13 + T0_CMP], PERIOD     # ... then the period
     mov qword ptr [hpet_count], 0
-    wait_for 3
+    wait_count hpet_count, 3
     mov qword ptr [r13 + T0_CONF], 0         # stop it before looking
     check_eq "qword ptr [hpet_count]", 3, "the periodic timer 0 interrupts again and again"
     mov rax, qword ptr [r13 + T0_CMP]

@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Callable
 
 from unicorn.x86_const import UC_X86_REG_DR7, UC_X86_REG_RFLAGS
 
+from emu.arch.bits import RFLAGS_RF, RFLAGS_TF
 from emu.engine import hostvm
+from emu.engine.breakpoints import DR7_ENABLES
 from emu.arch.vmcb import VMEXIT_MSR, VMEXIT_VMRUN
 from emu.engine.hw_switch import (OFF_CR2, OFF_DR, OFF_EFLAGS, OFF_EIP, OFF_ERROR_CODE, OFF_HFLAGS, OFF_VM_VMCB,
                            OFF_RAX, OFF_RCX, OFF_RSP, OFF_V_TPR)
@@ -50,6 +52,10 @@ if TYPE_CHECKING:
     from .vcpu import Vcpu
 
 _EFLAGS_VM = 1 << 17
+_OFF_DR7 = OFF_DR + 7 * 8
+# A VMRUN is replayed only with TF and RF clear in L1's RFLAGS: single-stepping it owes L1 a #DB
+# after the #VMEXIT (vmexit.py), which only the Python path raises.
+_VMRUN_EFLAGS = _EFLAGS_VM | RFLAGS_TF | RFLAGS_RF
 _DR_SPAN = (OFF_DR, 8 * 8)
 # Context bytes besides REGIONS that the VMRUN / #VMEXIT programs write: the moved registers, and
 # what Unicorn's register writes of RFLAGS (flags and their lazy parts up to hflags) and DR6/DR7
@@ -214,7 +220,9 @@ class FastSwitch:
         quiet (no interrupt window opened, nothing pending) is all in its bytes, so only then is
         it recorded (`key`: None if it cannot be, else what makes it the same switch, recorded
         the second time it is met) and are programs let run."""
-        post = self._state_id() if self.ext.machine.replay_ready() else 0
+        st = self.ext.state
+        stepping = st.in_l2 and st.l1_rflags & RFLAGS_TF    # its #VMEXIT must raise the trap
+        post = self._state_id() if self.ext.machine.replay_ready() and not stepping else 0
         if post and key is not None and self._second_time(key) and self._may_record(key):
             program = build(post)
             if program is not None:
@@ -283,14 +291,23 @@ class FastSwitch:
         p.eq64(e.state_addr, before.state_id)
         p.eq64(blob + OFF_RAX, pa)
         p.eq64(blob + OFF_EIP, _Q.unpack_from(old, OFF_EIP)[0])
-        p.eq64(blob + OFF_EFLAGS, _Q.unpack_from(old, OFF_EFLAGS)[0], _EFLAGS_VM)
+        eflags = _Q.unpack_from(old, OFF_EFLAGS)[0]
+        if eflags & (RFLAGS_TF | RFLAGS_RF):
+            return None
+        p.eq64(blob + OFF_EFLAGS, eflags, _VMRUN_EFLAGS)
         for off, n in REGIONS:
             p.same(blob + off, old[off:off + n])
         v12 = before.vmcb12
         for lo, hi in VMCB_RANGES:
             p.same(vmcb + lo, v12[lo:hi])
-        for name in ("dr6", "dr7"):        # checks.py: bits 63:32 must be zero
-            p.eq64(vmcb + OFFSETS[name], 0, 0xFFFFFFFF_00000000)
+        # checks.py: bits 63:32 of DR6 and DR7 must be zero. And no breakpoint enabled in L1's
+        # DR7 or L2's: a program loads DR7 without rebuilding Unicorn's breakpoint list
+        # (emu/engine/breakpoints.py), which is right only while the list stays empty.
+        if (_Q.unpack_from(old, _OFF_DR7)[0] | _Q.unpack_from(v12, OFFSETS["dr7"])[0]) & DR7_ENABLES:
+            return None
+        p.eq64(vmcb + OFFSETS["dr6"], 0, 0xFFFFFFFF_00000000)
+        p.eq64(vmcb + OFFSETS["dr7"], 0, 0xFFFFFFFF_00000000 | DR7_ENABLES)
+        p.eq64(blob + _OFF_DR7, 0, DR7_ENABLES)
         for addr, value in nested_entries:
             host = e.ram_addr(addr, 8)
             if host is None:
@@ -358,6 +375,9 @@ class FastSwitch:
             p.same(host_addr, data)
         if code == VMEXIT_MSR:
             p.eq64(blob + OFF_RCX, _Q.unpack_from(old, OFF_RCX)[0], 0xFFFFFFFF)
+        if _Q.unpack_from(old, _OFF_DR7)[0] & DR7_ENABLES:      # as in _vmrun_program
+            return None
+        p.eq64(blob + _OFF_DR7, 0, DR7_ENABLES)
         p.commit()
         # vmcb12: the exit's constant fields as the Python path wrote them, then L2's volatile state.
         for off, n in writes:

@@ -175,7 +175,9 @@ def _load_volatile(ext: "Vcpu", c: "Vmcb12Cache") -> None:
     ctx.set_u64(OFF_RSP, c.rsp)
     ctx.set_u64(OFF_CR2, c.cr2)
     ctx.restore()
+    l1_dr7 = ext.machine.breakpoints.dr7()
     ext.dr_flags.write(c.dr7, c.dr6, c.rflags)
+    ext.machine.breakpoints.loaded(l1_dr7)
     flush_tlb(ext.machine.uc)
 
 

@@ -1,5 +1,9 @@
 """#VMEXIT: L2 leaves, L1 resumes after its VMRUN (AMD APM vol. 2, 15.6 "#VMEXIT").
 
+For L1 the whole of L2's run is one instruction, VMRUN: single-stepping it (RFLAGS.TF set at
+VMRUN) raises the #DB trap after the #VMEXIT, at the instruction after VMRUN (APM 15.5.1), and
+so does a VMRUN that fails its consistency checks.
+
 The steps mirror vmrun.py:
   1. L2's state -> vmcb12's save area ........................... store_guest
   2. exit code and information -> vmcb12's control area ........ store_exit_info
@@ -21,7 +25,7 @@ from emu.engine.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF
                            SEG_SIZE, OFF_SEGS)
 
 from svm_ext import lbrv, vintr
-from emu.arch.bits import DR7_RESET
+from emu.arch.bits import DR7_RESET, RFLAGS_TF
 from emu.core.msrs_amd import TSC_RATIO_RESET
 from emu.arch.vmcb import OFFSETS, VMEXIT_INVALID, Vmcb
 
@@ -61,6 +65,8 @@ def vmexit(ext: "Vcpu", exitcode: int, info1: int = 0, info2: int = 0,
                   + (f" intinfo {intinfo:#x}" if intinfo else "")
                   + f" -> L1 rip {st.l1_next_rip:#x}", where)
     m.world_changed("L2", "L1")
+    if st.l1_rflags & RFLAGS_TF:
+        m.single_step_trap(st.l1_next_rip)
 
 
 # The save-area runs #VMEXIT writes, each packed in one call (offsets from vmcb.FIELDS).
@@ -134,7 +140,9 @@ def restore_host_volatile(ext: "Vcpu", ctx: Context) -> None:
     ctx.set_u64(OFF_RAX, _QQ.unpack_from(host, OFF_RAX)[0])
     ctx.set_u64(OFF_RSP, _QQ.unpack_from(host, OFF_RSP)[0])
     ctx.restore()
+    l2_dr7 = ext.machine.breakpoints.dr7()
     ext.host_flags.write(st.l1_rflags, HOST_DR7)
+    ext.machine.breakpoints.loaded(l2_dr7)
     flush_tlb(ext.machine.uc)
 
 
@@ -155,6 +163,9 @@ def fail_vmrun(ext: "Vcpu", rule: str, where: str | None = None) -> None:
               "-> VMEXIT_INVALID", where)
     ext.last_invalid_reason = rule
     _explain_once(ext, rule, where)
+    ext.host_flags.write(st.l1_rflags, ext.host_flags.read()[1])    # VMRUN completed: RF clear
+    if st.l1_rflags & RFLAGS_TF:
+        m.single_step_trap(st.l1_next_rip)
 
 
 def _explain_once(ext: "Vcpu", rule: str, where: str | None) -> None:

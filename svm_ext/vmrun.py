@@ -25,6 +25,7 @@ from emu.engine.hw_switch import (flush_tlb, nested_pg_mode, CS, DS, ES, GDTR, H
                            OFF_CR, OFF_CR2, OFF_EIP, OFF_HFLAGS2, OFF_INTERCEPT,
                            OFF_INTERCEPT_CRDR, OFF_INTERCEPT_EXC, OFF_NESTED_CR3,
                            OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context, Segment)
+from emu.arch.bits import RFLAGS_RF
 from emu.arch.msrs import MSR_TSC_RATIO
 from emu.core.cpu_models import FEATURES
 from emu.core.interrupts import Event, Kind
@@ -123,7 +124,9 @@ def save_host_state(ext: "Vcpu", vmcb12_pa: int) -> None:
     m, st = ext.machine, ext.state
     st.l1_host = bytes(m.ctx.view)
     st.l1_next_rip = m.ctx.u64(OFF_EIP) + VMRUN_LENGTH
-    st.l1_rflags = ext.dr_flags.read()[2]    # lazily split in the blob: ask Unicorn
+    # lazily split in the blob: ask Unicorn. RF is clear in what #VMEXIT restores: VMRUN has
+    # completed then, and completing an instruction clears RF (APM vol. 2, 3.1.6).
+    st.l1_rflags = ext.dr_flags.read()[2] & ~RFLAGS_RF
     st.vmcb12_pa = vmcb12_pa
 
 
@@ -185,7 +188,9 @@ def load_guest(ext: "Vcpu", c: Vmcb12Cache) -> None:
         ctx.set_u32(OFF_NESTED_PG_MODE, 0)
     ctx.set_u32(OFF_HFLAGS2, hf2)
     ctx.restore()
+    l1_dr7 = m.breakpoints.dr7()
     ext.dr_flags.write(c.dr7, c.dr6, c.rflags)
+    m.breakpoints.loaded(l1_dr7)
     flush_tlb(m.uc)
 
 

@@ -313,6 +313,24 @@ for f in cpu[1:]:
 """
 
 
+def test_qemu_cache_key_names_the_source_not_the_build_path(tmp_path):
+    """Kernels built from one source in two places differ in bytes (the build path is in their
+    assertion strings): the QEMU cache must still find the result."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "kvm-unit-tests-0000.tar.gz").write_bytes(b"source")
+    source = runner.source_id(tmp_path / "shared")
+    keys = []
+    for where in ("a", "bb"):
+        k = tmp_path / where / "x86" / "svm.flat"
+        k.parent.mkdir(parents=True)
+        k.write_bytes(b"kernel built in " + str(k.parent).encode())
+        run = engines.Run("svm.flat:vmrun", k, "vmrun", "max,+svm", "4g", 30.0, "svm", "vmrun", 2)
+        keys.append((runner.qemu_key(run, source), runner.qemu_key(run)))
+    assert keys[0][0] == keys[1][0] == f"svm.flat:vmrun|{source}/svm.flat|vmrun|max,+svm|4g|smp2"
+    assert keys[0][1] != keys[1][1]               # without the source: the kernel's digest
+    assert runner.source_id(tmp_path) is None     # no tarball there
+
+
 def test_svmemu_cpu_drops_what_svmemu_refuses(tmp_path):
     fake = tmp_path / "fake.py"
     fake.write_text(FAKE_SVMEMU)

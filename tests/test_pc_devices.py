@@ -260,10 +260,10 @@ def test_reset_ends_the_run_as_qemu_no_reboot(tmp_path, how):
         assert not run.timed_out and run.output == "before\n" and run.status == 0
 
 
-def test_sti_and_spin_takes_pit_interrupts_in_reproducible_virtual_time(tmp_path):
-    """A kernel that unmasks the PIT and spins (no HLT) gets its ticks: time slices start at
-    the STI. Two runs end at the same virtual time."""
-    body = """
+def _pit_spin_guest(imr: int, after_sti: str, name: str) -> str:
+    """A kernel that remaps the 8259 to 0x20 with mask `imr`, runs the PIT at ~1 kHz, enables
+    interrupts, runs `after_sti` and spins (no HLT, no RDTSC) until three ticks came."""
+    return f"""
 main:
     set_idt_handler 0x20, tick
     mov al, 0x11
@@ -274,7 +274,7 @@ main:
     out 0x21, al
     mov al, 1
     out 0x21, al
-    mov al, 0xfe
+    mov al, {imr:#x}
     out 0x21, al
     mov al, 0x34
     out 0x43, al
@@ -283,23 +283,32 @@ main:
     mov al, 0x04
     out 0x40, al
     sti
+{after_sti}
 .Lspin:
     cmp qword ptr [ticks], 3
     jb .Lspin
     cli
-    check_eq [ticks], 3, "three PIT ticks while spinning"
+    check_eq [ticks], 3, "{name}"
     ret
 tick:
     push rax
     inc qword ptr [ticks]
     mov al, 0x20
     out 0x20, al
+    mov rax, 0xfee000b0
+    mov dword ptr [rax], 0
     pop rax
     iretq
 .bss
 ticks: .space 8
 .text
 """
+
+
+def test_sti_and_spin_takes_pit_interrupts_in_reproducible_virtual_time(tmp_path):
+    """A kernel that unmasks the PIT and spins (no HLT) gets its ticks: time slices start at
+    the STI. Two runs end at the same virtual time."""
+    body = _pit_spin_guest(0xFE, "", "three PIT ticks while spinning")
     runs = [boot_source(tmp_path, body) for _ in range(2)]
     for m, res, out in runs:
         assert "ok 1 - three PIT ticks while spinning" in out, out
@@ -323,49 +332,8 @@ def test_unmasking_the_pits_line_while_interruptible_bounds_time_from_there(tmp_
     mov dword ptr [r14], 0x14
     mov dword ptr [r14 + 0x10], 0x20
 """}[route]
-    body = f"""
-main:
-    set_idt_handler 0x20, tick
-    mov al, 0x11
-    out 0x20, al
-    mov al, 0x20
-    out 0x21, al
-    mov al, 4
-    out 0x21, al
-    mov al, 1
-    out 0x21, al
-    mov al, 0xff
-    out 0x21, al
-    mov al, 0x34
-    out 0x43, al
-    mov al, 0xa9
-    out 0x40, al
-    mov al, 0x04
-    out 0x40, al
-    sti
-    mov ecx, 1000
-.Lidle:
-    loop .Lidle
-{unmask}
-.Lspin:
-    cmp qword ptr [ticks], 3
-    jb .Lspin
-    cli
-    check_eq [ticks], 3, "three PIT ticks after the unmask"
-    ret
-tick:
-    push rax
-    inc qword ptr [ticks]
-    mov al, 0x20
-    out 0x20, al
-    mov rax, 0xfee000b0
-    mov dword ptr [rax], 0
-    pop rax
-    iretq
-.bss
-ticks: .space 8
-.text
-"""
+    idle = "    mov ecx, 1000\n.Lidle:\n    loop .Lidle\n"
+    body = _pit_spin_guest(0xFF, idle + unmask, "three PIT ticks after the unmask")
     m, res, out = boot_source(tmp_path, body)
     assert "ok 1 - three PIT ticks after the unmask" in out, (res, out)
     assert res.reason == "exit" and res.status == 1
@@ -470,3 +438,23 @@ def test_hpet_legacy_replacement_takes_the_pits_line():
     assert m.pc.pit.routed()
     m.pc.hpet.mmio_write(0x010, 8, 3)
     assert not m.pc.pit.routed() and not m.pc.cmos.routed()
+
+
+def test_ioapic_id_version_and_arbitration_registers_as_qemu():
+    """QEMU's I/O APIC (kvm-unit-tests ioapic): only ID[27:24] is writable, the version register
+    is read-only, and the arbitration register reads as the ID and ignores writes."""
+    _, _, io = apic_with_pic()
+
+    def reg(index: int, value: int | None = None) -> int:
+        io.mmio_write(0x00, 4, index)
+        if value is not None:
+            io.mmio_write(0x10, 4, value)
+        return io.mmio_read(0x10, 4)
+
+    assert reg(0x01) == 0x00170020
+    assert reg(0x01, 0xFFFFFFFF ^ 0x00170020) == 0x00170020
+    assert reg(0x02) == reg(0x00) == 0
+    assert reg(0x00, 0xFFFFFFFF) == 0x0F000000
+    assert reg(0x02) == 0x0F000000
+    assert reg(0x02, 0) == 0x0F000000
+    assert reg(0x00, 0x05000000) == 0x05000000 == reg(0x02)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from emu.core.devices.apic import (APIC_BASE_BSP, ApicBus, ICR_DELIVERY_FIXED, ICR_DELIVERY_INIT,
+from emu.core.devices.apic import (APIC_BASE_BSP, APIC_BASE_EN, ApicBus, ICR_DELIVERY_FIXED, ICR_DELIVERY_INIT,
                                    ICR_DELIVERY_NMI, ICR_DELIVERY_STARTUP, LocalApic)
 from emu.core.machine import Machine
 from emu.errors import OptionError
@@ -143,10 +143,8 @@ def test_trace_tags_each_line_with_its_cpu(tmp_path):
     (["-smp", "300"], "-smp takes 1 to 255 CPUs"),
     (["-smp", "2,sockets=2"], "only N or cpus=N"),
     (["--quantum", "100"], "--quantum needs -smp"),
-    (["-smp", "2", "-s"], "unsupported: the gdb stub with -smp 2"),
-    (["-smp", "2", "--snapshot-at", "5", "--snapshot", "x.snap"], "unsupported: --snapshot"),
 ])
-def test_bad_or_unsupported_smp_options_end_with_one_line(args, message, tmp_path):
+def test_bad_smp_options_end_with_one_line(args, message, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "emu.cli", "run", SMP_GUEST, *args],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
@@ -160,17 +158,43 @@ def test_cli_runs_the_smp_guest_with_cpus_spelled_as_qemu():
     assert "# pass 16 fail 0" in proc.stdout
 
 
-def test_snapshot_and_gdb_refuse_several_cpus(tmp_path):
-    from emu.core import snapshot
-    from emu.errors import Unsupported
-    from emu.tools.gdb.stub import GdbStub
-    b = harness.boot(str(GUESTS_DIR / "hello.S"), cpus=2, timeout=30)
-    with pytest.raises(Unsupported, match="snapshot of a machine with 2 CPUs"):
-        snapshot.save(b.machine, str(tmp_path / "s.snap"))
-    with pytest.raises(OptionError, match="gdb stub with 2 CPUs"):
-        GdbStub(b.machine, port=0)
-
-
 def test_machine_refuses_a_cpu_count_the_tables_cannot_describe():
     with pytest.raises(OptionError):
         Machine(cpus=256)
+
+
+def _program_pic(m: Machine) -> None:
+    """What a kernel does: ICW1-4 on both 8259s (vectors 0x20 and 0x28), only IRQ 4 unmasked."""
+    for port, value in ((0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01),
+                        (0xA0, 0x11), (0xA1, 0x28), (0xA1, 0x02), (0xA1, 0x01),
+                        (0x21, 0xEF), (0xA1, 0xFF)):
+        m.ports[port].write(port, 1, value)
+
+
+def test_the_8259_reaches_every_cpu_whose_lint0_takes_it():
+    """As QEMU wires it: the 8259's INTR is offered to every CPU whose LINT0 is unmasked in
+    ExtINT mode (or whose APIC is globally disabled), while the boot CPU's APIC is globally
+    enabled; APs come out of INIT with LINT0 masked, so by default only the boot CPU (SeaBIOS's
+    virtual wire) hears it. Whoever acknowledges first takes the vector."""
+    from emu.core.devices.apic import APIC_LVT_LINT0, LVT_MASKED
+    m = Machine(cpus=3, extensions=[])
+    m.load_multiboot(harness.image_of(SMP_GUEST), "smp")
+    bsp, ap1, ap2 = (c.apic for c in m.cpu_list)
+    _program_pic(m)
+    m.pc.lines.set(4, 1)                        # COM1's line
+    assert [a.signalled() for a in (bsp, ap1, ap2)] == [True, False, False]
+    ap1.lvt[APIC_LVT_LINT0] = 0x700             # ExtINT, unmasked: a second virtual wire
+    assert [a.signalled() for a in (bsp, ap1, ap2)] == [True, True, False]
+    assert ap1.pending() == 0x24                # the 8259's vector for IRQ 4
+    bsp.lvt[APIC_LVT_LINT0] |= LVT_MASKED
+    assert [a.signalled() for a in (bsp, ap1, ap2)] == [False, True, False]
+    ap1.acknowledge(0x24)                       # CPU 1 takes it: INTA, the 8259's ISR
+    assert [a.signalled() for a in (bsp, ap1, ap2)] == [False, False, False]
+    m.pc.lines.set(4, 0)
+    m.pc.lines.set(4, 1)
+    assert [a.signalled() for a in (bsp, ap1, ap2)] == [False, False, False]  # ISR 4 in service
+    # The boot CPU's APIC globally disabled: the 8259 goes to the boot CPU alone.
+    m.ports[0x20].write(0x20, 1, 0x20)          # EOI
+    assert [a.signalled() for a in (bsp, ap1, ap2)] == [False, True, False]
+    bsp.write_base_msr(bsp.base_msr & ~APIC_BASE_EN, 48)
+    assert [a.signalled() for a in (bsp, ap1, ap2)] == [True, False, False]

@@ -70,6 +70,7 @@ RFLAGS_VIP = 1 << 20
 # Debug registers (APM vol. 2, 13.1.1): the values RESET leaves in DR6 and DR7, and the DR7
 # fields of breakpoint 0 (L0, R/W0 in bits 17:16 with 10b = I/O, LEN0 in bits 19:18)
 DR6_RESET = 0xFFFF0FF0
+DR6_BS = 1 << 14          # the #DB came from single-stepping (RFLAGS.TF)
 DR7_RESET = 0x400        # bit 10 is reserved and reads as one
 DR7_L0 = 1 << 0
 DR7_RW0_SHIFT = 16

@@ -17,14 +17,16 @@ pending in IRR); otherwise it is acknowledged (IRR -> ISR) and delivered through
 guest's IDT as an external interrupt. The extension then gets its own turn for virtual
 interrupts (V_IRQ) through `ExitRouter.on_interrupt_window`.
 
-Virtual time (`machine.tsc`) and the timer: see devices/apic.py. While the APIC timer is armed
-the run loop bounds each `emu_start` with an instruction count no larger than the ticks left to
-the deadline (at most MAX_SLICE); a slice that runs out adds its count to virtual time, so
-between other events one instruction is one tick. Unicorn implements the bound with an internal
-per-instruction counter hook, so code runs slower while an unmasked timer is armed: measured by
-bench/apic_timer.py, 1.7 ns per instruction without a timer, 2.2 with a masked one (never
-bounded), 25 with a periodic timer interrupting (about 14x). A timer armed from an MMIO write
-with IF=0 is bounded only from the next interrupt point (it cannot interrupt before IF=1).
+Virtual time (`machine.tsc`, emu/core/timebase.py) and the timer: see devices/apic.py. While
+the APIC timer is armed the run loop bounds each `emu_start` with an instruction count no larger
+than the ticks left to the deadline (at most MAX_SLICE). On svmemu's engine the bound is the
+engine's instruction deadline, free for the code's speed, and every instruction is a tick
+anyway. On the stock engine a slice that runs out adds its count to virtual time, and Unicorn
+implements the bound with an internal per-instruction counter hook, so code runs slower while an
+unmasked timer is armed: measured by bench/apic_timer.py, 1.7 ns per instruction without a
+timer, 2.2 with a masked one (never bounded), 25 with a periodic timer interrupting (about
+14x). A timer armed from an MMIO write with IF=0 is bounded only from the next interrupt point
+(it cannot interrupt before IF=1).
 """
 from __future__ import annotations
 
@@ -266,6 +268,11 @@ class InterruptController:
     def want_kick(self) -> None:
         """From inside an MMIO write: stop once it is done (see `_mmio_write`)."""
         self._want_kick = True
+
+    @property
+    def kicked(self) -> bool:
+        """Did the slice stop for a reason of ours (an interrupt, HLT, a wake-up)?"""
+        return self._kicked
 
     def kick(self) -> None:
         """Stop at the next boundary for a reason of ours (not a slice running out)."""

@@ -20,7 +20,9 @@ from emu.engine.unicorn_build import loader as engine_loader
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_INTR, UC_HOOK_INSN,
                      UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED)
 from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL, UC_X86_REG_RAX,
-                               UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP)
+                               UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP,
+                               UC_X86_REG_DR6)
+from emu.arch.bits import DR6_BS
 
 from emu.engine import hostvm
 from emu.core.cpuid import LEAF_XSAVE, Cpuid
@@ -42,15 +44,17 @@ from emu.engine.hw_switch import (OFF_INTERCEPT, OFF_INTERCEPT_DR_WRITE, OFF_VM_
                                   set_xsave_components)
 from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
+from emu.engine.breakpoints import Breakpoints
 from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
                          Shutdown)
 from emu.core.firmware import MAX_XAPIC_CPUS
 from emu.core.firmware.layout import ram_layout
 from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE
-from emu.core.smp import DEFAULT_QUANTUM, RoundRobin
+from emu.core.smp import DEFAULT_QUANTUM, Position, RoundRobin
 from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.core.fast_exits import FastExits
+from emu.core.timebase import IOIO_COST, Timebase
 from emu.arch.paging import NestedFault
 from emu.arch.vmcb import VMEXIT_IRET, intercept_misc_bit
 from emu.core.syscall import on_syscall
@@ -59,6 +63,7 @@ from emu.core import msrs_amd
 from emu.core.msrs_amd import TSC_RATIO_RESET
 from emu.core.lbr import BranchRecorder
 from emu.core.control_regs import Cr4Writes
+from emu.core.table_loads import TableLoads
 from emu.core.cpu_models import CpuModel
 from emu.core.rdpmc import Rdpmc
 from emu.core.trace import Tracer
@@ -158,6 +163,13 @@ class Machine:
         self.quantum = quantum if quantum is not None else DEFAULT_QUANTUM
         self.stale_code = False   # another CPU ran since this one last did (emu/core/smp.py)
         self.running: Machine | None = None   # boot CPU: the CPU in its turn now
+        self.smp_position = Position()   # boot CPU: the scheduler's place between runs
+        self._counting = False    # boot CPU: this run counts instructions (`insns` is exact)
+        self.paused_cpu = 0       # boot CPU: the CPU whose turn a pause ended (debuggers)
+        self.only_cpu: int | None = None   # boot CPU: a debugger steps this CPU alone
+        # Boot CPU: tools that hook every CPU's engine (coverage), called for a CPU an INIT
+        # re-makes (a new engine) too.
+        self.cpu_attachers: list[Callable[[Machine], None]] = []
         self.idle_turn = False    # the last turn found this CPU halted and ran nothing
         self.started = _boot is None   # an application processor starts at its SIPI
         self.reinit = False       # an INIT reached this running application processor
@@ -184,6 +196,7 @@ class Machine:
                                high_end=self.layout.end)
         self.deliverer = Deliverer(uc, self.ctx, self.mem)
         self.io_trap = IoTrap(uc, self.ctx)
+        self.breakpoints = Breakpoints(uc)    # DR7 loads by L0 (world switches)
         self.tracer = tracer if _boot is None else _boot.tracer
         # Installers of per-run memory hooks (the `mem` trace, emu/tools/memtrace.py): called at
         # the start of each run, their hooks removed at its end.
@@ -216,7 +229,7 @@ class Machine:
             self.pc = PcPlatform(self)               # PIC, PIT, I/O APIC, CMOS, PCI, ... (pc.py)
         else:
             # The platform is the boot CPU's: port devices, the I/O APIC (mapped into this CPU's
-            # engine too) and the APIC bus. The 8259's INTR reaches the boot CPU's LINT0 only.
+            # engine too) and the APIC bus; the 8259's INTR is offered to its LINT0 too.
             self.ports, self.devices, self.serial = _boot.ports, [], _boot.serial
             self.irq = InterruptController(self)
             self.apic = self.irq.apic
@@ -225,6 +238,9 @@ class Machine:
             assert _boot.apic.bus is not None
             _boot.apic.bus.attach(self.apic)
             self.apic.on_level_eoi = self.pc.ioapic.eoi
+            # The 8259's INTR is offered to every CPU's LINT0, as in QEMU (devices/apic.py).
+            self.apic.extint = self.pc.pic
+            self.apic.extint_shared = lambda: _boot.apic.enabled
             self.apic.on_startup = self.start_up
             self.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.pc.ioapic)
         self.world_observers: list[Callable[[str, str], None]] = []
@@ -246,6 +262,7 @@ class Machine:
             self._exits[code] = self._exit_undefined_opcode
         self.irq.register_exits()           # MOV CR8 (the TPR)
         self.cr4_writes = Cr4Writes(self)     # MOV CR4: reserved bits #GP
+        self.table_loads = TableLoads(self)   # LGDT/LIDT/LLDT/LTR: non-canonical bases #GP
         self.rdpmc = Rdpmc(self)              # RDPMC: Unicorn's raises #UD
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
@@ -262,12 +279,19 @@ class Machine:
         if replay.available():
             self.replay = replay.Engine(uc, self.ctx, self.ram_addr, self.layout.below_4g,
                                         self._on_intr_c)
+        # Virtual time: instructions retired, exit costs, events (emu/core/timebase.py).
+        self.timebase = Timebase(self)
         # L1's RDTSC and CPUID answered in C while nothing else would happen (fast_exits.py).
         self.fast_exits = FastExits(self, TSC_STEP)
+        if self.replay is not None:
+            self.replay.set_exit_costs(self.timebase.costs)
+            if self.fast_exits.env:
+                self.timebase.attach_c(self.replay.fast)
         self._hooks = [
-            *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
-            uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
-            uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT),
+            *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr_py)]),
+            (self.replay.hook_in(self._on_in_c) if self.replay
+             else uc.hook_add(UC_HOOK_INSN, self._on_in_py, None, 1, 0, UC_X86_INS_IN)),
+            uc.hook_add(UC_HOOK_INSN, self._on_out_py, None, 1, 0, UC_X86_INS_OUT),
             uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, UC_X86_INS_SYSCALL),
             uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
         ]
@@ -323,6 +347,15 @@ class Machine:
         """Deliver `event` once emulation has stopped. An injected event (EVENTINJ) is never
         itself intercepted; exceptions raised while delivering it can be."""
         self._defer(lambda: self._deliver(event, return_rip, injected))
+
+    def single_step_trap(self, return_rip: int) -> None:
+        """The single-step #DB of an instruction that completed outside Unicorn's translator (a
+        world switch L0 performed for it), which therefore never raised it: DR6.BS set, the trap
+        taken with RIP at `return_rip`, the next instruction (APM vol. 2, 13.1.1.3 and 13.1.3.3)."""
+        def trap() -> None:
+            self.uc.reg_write(UC_X86_REG_DR6, self.uc.reg_read(UC_X86_REG_DR6) | DR6_BS)
+            self._deliver(Event(DB, Kind.EXCEPTION), return_rip)
+        self._defer(trap)
 
     def sync_cpu_features(self) -> None:
         """Tell Unicorn's own helpers what the model's CPUID says where they check features
@@ -401,8 +434,9 @@ class Machine:
         """Stop at the next instruction boundary for a debugger, after finishing any event in
         flight (a VMRUN's injected event, an exception being delivered): `run` returns reason
         "pause" and the next `run` continues exactly there. `stop` instead ends the run as is."""
-        self._pause = message
-        self.uc.emu_stop()
+        cpu = self.cpu_list[0].running or self     # several CPUs: the one in its turn
+        cpu._pause = message
+        cpu.uc.emu_stop()
 
     # ---- loading ----------------------------------------------------------------------------------
     def load_multiboot(self, image: "BootImage", cmdline: str,
@@ -449,6 +483,7 @@ class Machine:
         extra = []
         extra_ap: list[tuple[Machine, int]] = []
         self._insn_budget = max_insns
+        self._counting = max_insns is not None or self.count_insns
         if max_insns is not None or self.count_insns:
             self.insns_counted = True
             extra.append(uc.hook_add(UC_HOOK_CODE, self._count_insn))
@@ -477,8 +512,9 @@ class Machine:
         self._setup_ap = setup_ap
         try:
             if aps:
-                RoundRobin(self.cpu_list, self.quantum).run(
-                    lambda cpu, quantum, horizon: cpu._turn(deadline, timeout, quantum, horizon))
+                RoundRobin(self.cpu_list, self.quantum, self.smp_position, self.only_cpu).run(
+                    lambda cpu, quantum, horizon, resume: cpu._turn(deadline, timeout, quantum,
+                                                                    horizon, resume))
             else:
                 while self._result is None and self._turn(deadline, timeout):
                     pass
@@ -498,7 +534,8 @@ class Machine:
                 self.tracer.run_ended()
             self._between.clear()
             self._start = uc.reg_read(UC_X86_REG_RIP)
-            self._pause = None
+            for cpu in self.cpu_list:
+                cpu._pause = None
         result, self._result = self._result, None
         for ap in self.cpu_list[1:]:
             ap._result = None
@@ -508,14 +545,20 @@ class Machine:
         return result
 
     def _turn(self, deadline: float | None, timeout: float | None, quantum: int = 0,
-              horizon: int | None = None) -> bool:
+              horizon: int | None = None, resume: Position | None = None) -> bool:
         """One pass of the run loop: an interrupt point, then guest code until emulation stops.
         With several CPUs (emu/core/smp.py) at most `quantum` instructions (0: no bound, this
-        CPU runs alone), and none past virtual time `horizon` (another CPU's next timer).
-        False: the run ends."""
+        CPU runs alone), and none past virtual time `horizon` (another CPU's next timer);
+        `resume`: finish a turn an earlier run cut short, where it stopped (no interrupt point:
+        the turn never ended). False: the run ends."""
         uc = self.uc
         begin = self._begin
-        if self.irq.point():          # interrupts, HLT wake-up (emu/core/irq.py)
+        took = resume is None and self.irq.point()   # interrupts, HLT wake-up (emu/core/irq.py)
+        while resume is None and self._pending is not None and self._result is None:
+            pending, self._pending = self._pending, None
+            pending()                 # what a world switch there asked for (a #DB trap)
+            took = True
+        if took:
             begin = self._begin = uc.reg_read(UC_X86_REG_RIP)
         if self._result is not None:
             return False
@@ -525,12 +568,17 @@ class Machine:
         if self.idle_turn:            # several CPUs: halted until another's turn wakes it
             return True
         count = self.irq.slice()
+        bound = 0
         if self.cpus > 1:
             if quantum:
                 count = min(count, quantum) if count else quantum
             if horizon is not None:
                 left = max(1, horizon - self.tsc)
                 count = min(count, left) if count else left
+            if resume is not None:    # the rest of a turn cut short, its time as a whole
+                count, bound = resume.left or 0, resume.bound
+            else:
+                bound = count
             if self.stale_code:       # another CPU ran, and may have written code this one ran
                 uc.ctl_flush_tb()
                 self.stale_code = False
@@ -541,20 +589,30 @@ class Machine:
             self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
             return False
         self.fast_exits.arm()
+        boot = self.cpu_list[0]
+        insns_before = boot.insns
         try:
-            uc.emu_start(begin, _UNTIL, count=count)
+            # one CPU: the bound is the next timer's time; several: the turn's instructions
+            uc.emu_start(begin, _UNTIL, count=self.timebase.bound(count, self.cpus == 1))
         except UcError as e:
+            self.timebase.unbound()
             self.replay_sync()
             if self._result is None:
                 self._finish("unsupported", STATUS_UNSUPPORTED,
                              f"unsupported: CPU stopped with {e} at rip "
                              f"{uc.reg_read(UC_X86_REG_RIP):#x}")
             return False
+        self.timebase.unbound()
         self.replay_sync()
+        if self.cpus > 1:
+            self._cut_short(count, bound, boot.insns - insns_before)
         # The slice ran out only if nothing else stopped it: not an event, the end of
         # the run, a debugger pause, work between slices or the wall-clock timeout (virtual
-        # time must not advance for instructions that never ran).
-        self.irq.slice_done(count, self._pending is None and self._result is None
+        # time must not advance for instructions that never ran). With the engine's count
+        # (emu/core/timebase.py) the instructions that ran are time already; otherwise a turn
+        # resumed after a cut (several CPUs) counts its whole bound at its end.
+        self.irq.slice_done(0 if self.timebase.exact else (bound or count),
+                            self._pending is None and self._result is None
                             and self._pause is None and not self._between
                             and (deadline is None or time.monotonic() < deadline))
         pending, self._pending = self._pending, None
@@ -565,19 +623,43 @@ class Machine:
         elif self._result is None and deadline is not None and time.monotonic() >= deadline:
             self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
         if self._pause is not None and self._result is None:
+            self.cpu_list[0].paused_cpu = self.cpu_index
             self._finish("pause", STATUS_LIMIT, self._pause)
         while self._between:            # queued by hooks or by the pending work
             self._between.pop(0)()
         self._begin = uc.reg_read(UC_X86_REG_RIP)
         return True
 
+    def _cut_short(self, count: int, bound: int, ran: int) -> None:
+        """Several CPUs: did this turn stop only because the run ends here (an instruction
+        limit, a pause), in the middle of what it would have run? Then the scheduler's position
+        keeps the rest of its bound (`ran` instructions of `count` ran), so that a later run
+        finishes the turn exactly (emu/core/smp.py). Not when it stopped for an event of its
+        own, which ends a turn anyway, nor when the instructions it ran were not counted."""
+        boot = self.cpu_list[0]
+        result = self._result
+        ending = (result.reason == "max-insns" if result is not None
+                  else self._pause is not None)
+        if (not ending or not boot._counting or self._pending is not None or self._between
+                or self.irq.kicked):
+            return
+        left = count - ran if count else 0
+        if count and left <= 0:
+            return                    # it ran its bound out: the turn is over
+        boot.smp_position.left = left
+        boot.smp_position.bound = bound
+
     # ---- application processors --------------------------------------------------------------
     def wake(self) -> None:
         """Something may have made this CPU runnable (an IPI, a SIPI, an interrupt routed to
         it): the CPU running now, if another, ends its turn at this instruction, so the
         scheduler looks again (a CPU running alone runs unbounded until then)."""
-        runner = self.cpu_list[0].running
-        if runner is None or runner is self:
+        boot = self.cpu_list[0]
+        runner = boot.running
+        if runner is None:        # from outside a run (a debugger, a test): a turn an earlier
+            boot.smp_position.left = None   # run cut short is not finished but starts afresh
+            return
+        if runner is self:
             return
         irq = runner.irq
         if irq.in_mmio:
@@ -619,6 +701,8 @@ class Machine:
                                 if i in MTRR_MSRS})
         if boot._setup_ap is not None:
             boot._setup_ap(new)
+        for attach in boot.cpu_attachers:
+            attach(new)
         return new
 
     def _finish(self, reason: str, status: int, message: str) -> None:
@@ -637,6 +721,28 @@ class Machine:
         self._pending = action
         self.uc.emu_stop()
 
+    def defer(self, action: Callable[[], None]) -> None:
+        """From an exit handler: run `action` once emulation has stopped."""
+        self._defer(action)
+
+    def finished(self) -> bool:
+        """The run has ended (exit, shutdown, unsupported, limit)."""
+        return self._result is not None
+
+    def run_alone(self, rip: int, lifted: int) -> None:
+        """Run the one instruction at `rip` with L0's misc intercepts `lifted` off, and put them
+        back (in whichever world the CPU is in then: L0's bits are in every world's)."""
+        ctx = self.ctx.save()
+        ctx.set_u64(OFF_INTERCEPT, ctx.u64(OFF_INTERCEPT) & ~lifted)
+        ctx.restore()
+        try:
+            self.uc.emu_start(rip, _UNTIL, count=1)
+        finally:
+            self.replay_sync()
+            ctx = self.ctx.save()
+            ctx.set_u64(OFF_INTERCEPT, ctx.u64(OFF_INTERCEPT) | lifted)
+            ctx.restore()
+
     def _guest_exit(self, status: int) -> None:
         self._finish("exit", status, f"guest wrote {status >> 1:#x} to isa-debug-exit")
 
@@ -647,8 +753,10 @@ class Machine:
         Every Python entry point calls this first (hooks, MMIO callbacks, the run loop)."""
         e = self.replay
         if e is None:
+            self.timebase.sync()
             return
         self.fast_exits.disarm()
+        self.timebase.sync()
         seq = e.seq_word.value
         if seq != self._replay_seen:
             self._replay_seen = seq
@@ -681,12 +789,40 @@ class Machine:
             self._on_intr(uc, intno, None)
             if self._by_l0:
                 fast.after_exit(intno, state, rip)
+            self.timebase.rebound()
             fast.arm()
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(uc, e)
 
+    def _on_in_c(self, _uch: int, port: int, size: int, _user: int) -> int:
+        """The Python IN hook behind the C one (replay.c `replay_in`), with the binding's
+        exception handling."""
+        try:
+            return self._on_in_py(self.uc, port, size, None)
+        except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
+            binding.stop_with_exception(self.uc, e)
+            return (1 << (8 * size)) - 1
+
+    # The Python hooks as Unicorn calls them: the handler, then the run's bound in instructions
+    # brought up to the time the handler spent (emu/core/timebase.py).
+    def _on_intr_py(self, uc: Uc, intno: int, data: object) -> None:
+        self._on_intr(uc, intno, data)
+        self.timebase.rebound()
+
+    def _on_in_py(self, uc: Uc, port: int, size: int, data: object) -> int:
+        value = self._on_in(uc, port, size, data)
+        self.timebase.rebound()
+        return value
+
+    def _on_out_py(self, uc: Uc, port: int, size: int, value: int, data: object) -> None:
+        self._on_out(uc, port, size, value, data)
+        self.timebase.rebound()
+
     # ---- hooks --------------------------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:
+        if self.replay is None:
+            self.timebase.sync()
+        self.timebase.charge(intno)
         code = intno - hostvm.UC_EXIT_BASE
         if code == hostvm.VMEXIT_EXCP0 + DB and self.io_trap.armed:
             self._io_trap_fired()
@@ -838,6 +974,7 @@ class Machine:
 
     def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
         self.replay_sync()
+        self.tsc += IOIO_COST
         if self._result is not None or self._io_exit(port, size, True):
             return (1 << (8 * size)) - 1     # undone when the trap fires
         dev = self.ports.get(port)
@@ -849,6 +986,7 @@ class Machine:
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
         self.replay_sync()
+        self.tsc += IOIO_COST
         if self._result is not None or self._io_exit(port, size, False):
             return
         dev = self.ports.get(port)

@@ -87,10 +87,22 @@ def plan(suite: Path, sets: Sequence[str], timeout_cap: float | None
     return groups, excluded
 
 
-def qemu_key(run: engines.Run) -> str:
-    digest = hashlib.sha1(run.kernel.read_bytes()).hexdigest()[:12]
+def source_id(shared: Path) -> str | None:
+    """The pinned source the kernels are built from (its tarball's hash), or None."""
+    tarballs = sorted(shared.glob("kvm-unit-tests-*.tar.gz"))
+    if len(tarballs) != 1:
+        return None
+    return hashlib.sha1(tarballs[0].read_bytes()).hexdigest()[:12]
+
+
+def qemu_key(run: engines.Run, source: str | None = None) -> str:
+    """What a QEMU result is cached under. The kernel is named by the source it was built from
+    and its file name when the source is known: its bytes hold the build directory's path (in
+    assertion messages), so a digest of them differs from one checkout to the next."""
+    kernel = (f"{source}/{run.kernel.name}" if source
+              else hashlib.sha1(run.kernel.read_bytes()).hexdigest()[:12])
     smp = f"|smp{run.smp}" if run.smp > 1 else ""     # keys of one-CPU runs as they were
-    return f"{run.id}|{digest}|{run.args_key}|{run.cpu}|{run.memory}{smp}"
+    return f"{run.id}|{kernel}|{run.args_key}|{run.cpu}|{run.memory}{smp}"
 
 
 def load_cache(path: Path) -> dict[str, dict]:
@@ -252,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         suite = build_suite(args.shared, args.build_dir)
+        source = source_id(args.shared)
         groups, excluded = plan(suite, args.sets, args.timeout)
         expected = expectations.load(args.expectations) if (
             args.check or args.write_expectations) else {}
@@ -284,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "svmemu" in args.engines:
             jobs.append(("svmemu", r, lambda r=r: engines.run_svmemu(r, svmemu_cmd)))
         if "qemu" in args.engines:
-            hit = cache.get(qemu_key(r))
+            hit = cache.get(qemu_key(r, source))
             if hit:
                 qemu[r.id] = oc.Outcome.from_json(hit)
             else:
@@ -295,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def each(engine: str, run: engines.Run, o: oc.Outcome) -> None:
         if engine == "qemu":
-            qemu_cache.put((qemu_key(run),), o)
+            qemu_cache.put((qemu_key(run, source),), o)
         saved.put((engine, run.id), o)
 
     progress = Progress(len(jobs), args.quiet)
@@ -314,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     qemu.update({rid: o for (eng, rid), o in done.items() if eng == "qemu"})
     if "qemu" in args.engines:
         for r in report_runs:
-            hit = cache.get(qemu_key(r))
+            hit = cache.get(qemu_key(r, source))
             if r.id not in qemu and hit:
                 qemu[r.id] = oc.Outcome.from_json(hit)
     report_path = args.report or (

@@ -226,6 +226,7 @@ class LocalApic(PortDevice):
         # The 8259's INTR output on LINT0 (intr(), vector(), acknowledge()), and who hears the
         # EOI of a level-triggered vector (the I/O APIC): wired by the machine.
         self.extint = None
+        self.extint_shared: "Callable[[], bool] | None" = None   # application processors
         self.on_level_eoi: Callable[[int], None] = lambda vector: None
         self.reset()
         ApicBus().attach(self)
@@ -315,7 +316,11 @@ class LocalApic(PortDevice):
 
     def lint0_accepts(self) -> bool:
         """Does the 8259's INTR reach the CPU? Through LINT0 unmasked in ExtINT mode, or
-        directly when the APIC is globally disabled (as QEMU wires it)."""
+        directly when the APIC is globally disabled (as QEMU wires it). On an application
+        processor only while the boot CPU's APIC is globally enabled (`extint_shared`): QEMU
+        offers the 8259's INTR to every CPU that accepts it then, else to the boot CPU alone."""
+        if self.extint_shared is not None and not self.extint_shared():
+            return False
         lvt = self.lvt[APIC_LVT_LINT0]
         return not self.enabled or (not lvt & LVT_MASKED and
                                     (lvt >> LVT_DELIVERY_MODE_SHIFT) & 7 == LVT_DELIVERY_EXTINT)
@@ -539,7 +544,8 @@ class LocalApic(PortDevice):
             self.apic_id = value >> 24
         elif off == APIC_TPR:
             self.tpr = value & 0xFF
-            self.changed()
+            if self.signalled():    # a new priority can only let in what is requested
+                self.changed()
         elif off == APIC_EOI:
             self.eoi()
         elif off == APIC_LDR and not self.x2apic:

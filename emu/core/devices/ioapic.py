@@ -2,8 +2,10 @@
 
 MMIO: IOREGSEL at offset 0x00 selects a register, IOWIN at 0x10 reads or writes it (32-bit
 accesses), and the version-0x20 EOI register at 0x40 takes a vector. Registers: 0x00 ID (bits
-27:24), 0x01 version (0x00170020: 24 entries, version 0x20), 0x02 arbitration (0), 0x10 + 2n /
-0x11 + 2n the low and high halves of redirection entry n.
+27:24), 0x01 version (0x00170020: 24 entries, version 0x20), 0x02 arbitration (read-only, reads as the
+ID register: QEMU loads the arbitration ID from the ID, as the 82093AA does on each write of the
+ID), 0x10 + 2n / 0x11 + 2n the low and high halves of redirection entry n. The version and
+arbitration registers ignore writes.
 
 A redirection entry routes its pin to the local APIC: vector, delivery mode (fixed, lowest
 priority -- arbitrated on the local APICs' bus --, SMI, NMI, INIT, ExtINT: the CPU fetches the
@@ -137,12 +139,10 @@ class IoApic(PortDevice):
 
     # ---- registers -------------------------------------------------------------------------
     def read_reg(self, index: int) -> int:
-        if index == IOAPIC_REG_ID:
+        if index in (IOAPIC_REG_ID, IOAPIC_REG_ARB):     # QEMU: the arbitration ID is the ID
             return (self.ioapic_id & 0xF) << 24
         if index == IOAPIC_REG_VER:
             return ((IOAPIC_NUM_PINS - 1) << 16) | IOAPIC_VERSION
-        if index == IOAPIC_REG_ARB:
-            return 0
         n = (index - IOAPIC_REG_REDTBL) >> 1
         if 0 <= n < IOAPIC_NUM_PINS:
             entry = self.redtbl[n]

@@ -15,7 +15,7 @@ SeaBIOS: which device sits where and how their interrupt lines and clocks are wi
   holes in the physical address space       all-ones                 open_bus.py
 
 Interrupts: ISA lines go to the 8259 and the I/O APIC (gsi.py); the 8259's INTR reaches the
-local APIC's LINT0 (ExtINT); the local APIC broadcasts EOIs of level-triggered vectors to the
+local APICs' LINT0 (ExtINT; with several CPUs each CPU whose LINT0 takes it, devices/apic.py); the local APIC broadcasts EOIs of level-triggered vectors to the
 I/O APIC. The HPET's legacy replacement mode takes IRQ 0 and IRQ 8 from the PIT and the RTC.
 Clocks: clock.py.
 """
@@ -99,6 +99,9 @@ class PcPlatform:
     def _pic_changed(self) -> None:
         if self.pic.intr():
             self.m.irq.changed()
+            for cpu in self.m.cpu_list[1:]:     # application processors whose LINT0 hears it
+                if cpu.apic.lint0_accepts():
+                    cpu.irq.changed()
 
     @staticmethod
     def _a20(enabled: bool) -> None:

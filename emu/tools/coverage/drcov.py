@@ -5,7 +5,8 @@ count N", "Columns: ...", one line per module), then "BB Table: N bbs" and N bin
 {u32 offset from the module base, u16 size, u16 module id}, little-endian.
 
 A module here is an address space (L1, or L2 with its ASID), not a loaded file: L1 and L2 code at
-the same virtual address land in different modules. A module covers at most one 4 GiB window (its
+the same virtual address land in different modules. With several CPUs a module is a CPU's
+address space (`IMAGE@cpu1.L2.asid1`), so each CPU's coverage can be loaded alone. A module covers at most one 4 GiB window (its
 offsets are 32-bit), so a space whose code spans more gets one module per window. Each block is
 recorded once (drcov lists covered blocks, not hit counts).
 """
@@ -39,14 +40,13 @@ class DrcovOutput(CoverageOutput):
         super().__init__(path, image_name)
         self.blocks: dict[str, set[tuple[int, int]]] = {}
 
-    def attach(self, machine: "Machine") -> None:
-        super().attach(machine)
-        self._hooks.append(machine.uc.hook_add(UC_HOOK_BLOCK, self._on_block))
+    def hooks(self, cpu: "Machine", index: int) -> list[int]:
+        return [cpu.uc.hook_add(UC_HOOK_BLOCK, self._on_block, index)]
 
-    def _on_block(self, uc: "Uc", address: int, size: int, _data: object) -> None:
+    def _on_block(self, uc: "Uc", address: int, size: int, index: int) -> None:
         if is_l0(address):
             return
-        space = self._space or self.space()
+        space = self._spaces[index] or self.space(index)
         bucket = self.blocks.get(space)
         if bucket is None:
             bucket = self.blocks[space] = set()

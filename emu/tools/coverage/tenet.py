@@ -10,7 +10,10 @@ comma-separated:
 Tenet follows one address space, so each space gets its own file: L1 writes FILE, any other space
 (an L2, by ASID) writes FILE.<space> (e.g. trace.txt.L2.asid1); register deltas are taken against
 the previous line of that same file, so returning to L1 after a #VMEXIT shows what the world
-switch changed. Memory addresses are the linear addresses the instruction used.
+switch changed. Memory addresses are the linear addresses the instruction used. With several
+CPUs each CPU's spaces get their own files too: CPU 0's L1 writes FILE, the others
+FILE.cpuN.<space> (FILE.cpu1.L1, FILE.cpu0.L2.asid1), one thread of execution each, as Tenet
+expects.
 
 Costs a Python call per instruction and per memory access: only installed with --tenet.
 """
@@ -48,21 +51,25 @@ class TenetOutput(CoverageOutput):
     def __init__(self, path: str, image_name: str) -> None:
         super().__init__(path, image_name)
         self._files: dict[str, _SpaceFile] = {}
-        self._line: list[str] | None = None
-        self._target: _SpaceFile | None = None
+        # Per CPU: the line being built (written at that CPU's next instruction) and its file.
+        self._line: dict[int, list[str] | None] = {}
+        self._target: dict[int, _SpaceFile | None] = {}
         self._first_space: str | None = None
+        self._read_cbs: list[object] = []
 
-    def attach(self, machine: "Machine") -> None:
-        super().attach(machine)
-        uc = machine.uc
+    def hooks(self, cpu: "Machine", index: int) -> list[int]:
+        uc = cpu.uc
+        self._line[index] = self._target[index] = None
         # The binding's hook_add refuses MEM_READ_AFTER (the only hook that sees the value a read
         # returned, without a second page walk), so it is registered with the binding's own
         # registration routine; the binding keeps the callback alive and hook_del removes it.
-        self._read_cb = HOOK_MEM_ACCESS_CFUNC(
-            lambda _uc, access, address, size, value, _key: self._on_read(address, size, value))
-        self._hooks += [uc.hook_add(UC_HOOK_CODE, self._on_insn),
-                        binding.add_mem_hook_cfunc(uc, UC_HOOK_MEM_READ_AFTER, self._read_cb),
-                        uc.hook_add(UC_HOOK_MEM_WRITE, self._on_write)]
+        read_cb = HOOK_MEM_ACCESS_CFUNC(
+            lambda _uc, access, address, size, value, _key: self._on_read(index, address, size,
+                                                                          value))
+        self._read_cbs.append(read_cb)
+        return [uc.hook_add(UC_HOOK_CODE, self._on_insn, index),
+                binding.add_mem_hook_cfunc(uc, UC_HOOK_MEM_READ_AFTER, read_cb),
+                uc.hook_add(UC_HOOK_MEM_WRITE, self._on_write, index)]
 
     def path_for(self, space: str) -> str:
         if self._first_space is None:
@@ -79,16 +86,17 @@ class TenetOutput(CoverageOutput):
                 raise OptionError(f"cannot write Tenet trace {path}: {e.strerror}")
         return f
 
-    def _flush_line(self) -> None:
-        if self._line is not None and self._target is not None:
-            self._target.out.write(",".join(self._line) + "\n")
-        self._line = None
+    def _flush_line(self, index: int) -> None:
+        line, target = self._line.get(index), self._target.get(index)
+        if line is not None and target is not None:
+            target.out.write(",".join(line) + "\n")
+        self._line[index] = None
 
-    def _on_insn(self, uc: "Uc", address: int, size: int, _data: object) -> None:
-        self._flush_line()
+    def _on_insn(self, uc: "Uc", address: int, size: int, index: int) -> None:
+        self._flush_line(index)
         if is_l0(address):
             return
-        target = self._target = self._file(self._space or self.space())
+        target = self._target[index] = self._file(self._spaces[index] or self.space(index))
         values = list(uc.reg_read_batch(_UC_REGS))
         values[_RIP] = address
         last = target.last
@@ -99,19 +107,22 @@ class TenetOutput(CoverageOutput):
                      if v != old and n != "rip"]
             parts.append(f"rip={address:#x}")
         target.last = values
-        self._line = parts
+        self._line[index] = parts
 
-    def _on_read(self, address: int, size: int, value: int) -> None:
-        if self._line is not None:
-            self._line.append(f"mr={address:#x}:{_hex(value, size)}")
+    def _on_read(self, index: int, address: int, size: int, value: int) -> None:
+        line = self._line.get(index)
+        if line is not None:
+            line.append(f"mr={address:#x}:{_hex(value, size)}")
 
     def _on_write(self, uc: "Uc", access: int, address: int, size: int, value: int,
-                  _data: object) -> None:
-        if self._line is not None:
-            self._line.append(f"mw={address:#x}:{_hex(value, size)}")
+                  index: int) -> None:
+        line = self._line.get(index)
+        if line is not None:
+            line.append(f"mw={address:#x}:{_hex(value, size)}")
 
     def close(self) -> None:
-        self._flush_line()
+        for index in list(self._line):
+            self._flush_line(index)
         for f in self._files.values():
             f.out.close()
         if not self._files:      # nothing ran: still leave the (empty) file the user named
