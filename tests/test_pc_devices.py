@@ -19,7 +19,7 @@ from emu.core.devices.pit import Pit8254
 from emu.core.devices.pm_timer import PmBlock
 from emu.core.machine import STATUS_SHUTDOWN, STATUS_UNSUPPORTED, Machine
 from emu.errors import Unsupported
-from emu.loader.asm import GUESTS_DIR, assemble_source
+from emu.loader.asm import GUESTS_DIR, assemble, assemble_source
 from tests.conftest import QEMU, run_qemu
 from tests import harness
 
@@ -337,6 +337,45 @@ def test_unmasking_the_pits_line_while_interruptible_bounds_time_from_there(tmp_
     m, res, out = boot_source(tmp_path, body)
     assert "ok 1 - three PIT ticks after the unmask" in out, (res, out)
     assert res.reason == "exit" and res.status == 1
+
+
+def test_a_timer_falls_due_during_an_rdtsc_delay_loop(tmp_path):
+    """A kernel waits 5 ms by polling RDTSC (as Xen's udelay does) with the PIT at ~1 kHz:
+    each RDTSC moves time by more than its instruction, so the ticks must come when the TSC
+    passes their deadlines, not after as many instructions (Xen's check_timer saw none and
+    panicked). The C fast exits and the Python path see the same ticks at the same TSC."""
+    wait = """
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov rsi, rax
+.Ldelay:
+    pause
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    sub rax, rsi
+    cmp rax, 5000000
+    jb .Ldelay
+    cli
+    mov rax, [ticks]
+    mov [seen], rax
+    mov qword ptr [ticks], 3
+"""
+    body = _pit_spin_guest(0xFE, wait, "done").replace(".bss\n", ".bss\nseen: .space 8\n")
+    path = harness.source(tmp_path, '.include "prelude.inc"\n' + body)
+    image, addr = harness.image_of(path), assemble(path).symbols["seen"]
+    seen = []
+    for fast in (True, False):
+        m = Machine(harness.RAM, stdout=None)
+        m.replay.enabled = fast
+        m.load_multiboot(image, "guest ")
+        res = m.run(timeout=60)
+        assert res.reason == "exit", bytes(m.serial.output)
+        seen.append((int.from_bytes(m.mem.read_phys(addr, 8), "little"), m.tsc))
+    # 5 ms at ~1.0 ms a tick: four or five ticks, the same on both paths.
+    assert 4 <= seen[0][0] <= 6, seen
+    assert seen[0] == seen[1]
 
 
 def test_open_bus_reads_all_ones_and_strict_stops(tmp_path):

@@ -18,7 +18,6 @@ from emu.engine.insn_counter import NO_DEADLINE, InsnCounter
 from emu.engine.unicorn_build import loader
 from emu.loader.asm import GUESTS_DIR, assemble_source
 from emu.loader.multiboot import parse_image
-from tests.harness import boot
 
 counting = pytest.mark.skipif(not loader.has_fix("insn-counter"),
                               reason="the stock engine has no instruction count")
