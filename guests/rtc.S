@@ -24,20 +24,6 @@
     xor eax, eax
     in al, 0x71
 .endm
-# HLT until the handler has run \n times in all (at most 2000 wake-ups).
-.macro wait_for n
-    mov ecx, 2000
-.Lwait\@:
-    cmp qword ptr [rtc_count], \n
-    jae .Lwaited\@
-    sti
-    hlt
-    cli
-    dec ecx
-    jnz .Lwait\@
-.Lwaited\@:
-.endm
-
 main:
     set_idt_handler VEC_RTC, rtc_handler
     mov r15, APIC
@@ -55,7 +41,7 @@ main:
     cmos_rd 0x0c                             # clear whatever is pending
     # --- periodic interrupt, 1024 Hz ---
     cmos_wr 0x0b, 0x42                       # PIE, 24-hour, BCD
-    wait_for 3
+    wait_count rtc_count, 3
     check_eq "qword ptr [rtc_count]", 3, "three periodic interrupts arrive"
     mov rax, [rtc_first_c]
     check_eq rax, 0xc0, "status C in the handler: IRQF and PF"
@@ -64,7 +50,7 @@ main:
     cmos_rd 0x0c
     mov qword ptr [rtc_count], 0
     mov qword ptr [rtc_first_c], 0
-    wait_for 1
+    wait_count rtc_count, 1
     check_eq "qword ptr [rtc_count]", 1, "an update-ended interrupt arrives, no periodic one"
     mov rax, [rtc_first_c]
     check_eq rax, 0x90, "status C in the handler: IRQF and UF (no PF with PIE off)"
@@ -78,7 +64,7 @@ main:
     cmos_rd 0x0c
     mov qword ptr [rtc_count], 0
     mov qword ptr [rtc_first_c], 0
-    wait_for 1
+    wait_count rtc_count, 1
     check_eq "qword ptr [rtc_count]", 1, "the alarm interrupt arrives"
     mov rax, [rtc_first_c]
     and eax, 0xe0

@@ -47,6 +47,8 @@ from emu.arch.vmcb import (
     EVENTINJ_TYPE_NMI,
     EVENTINJ_TYPE_SOFT_INT,
     EVENTINJ_V,
+    BITFIELDS,
+    INTERCEPT_NMI,
     INTERCEPT_VMRUN,
     IOPM_EXTENT,
     MSRPM_SIZE,
@@ -72,6 +74,7 @@ EFER_DEFAULT_SUPPORTED = efer_allowed(Cpuid()) | EFER_SVME
 EXCEPTION_VECTORS_DEFINED = sum(
     1 << v for v in (0, 1, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17, 18, 19, 21, 28, 29, 30)
 )
+V_NMI_ENABLE = next(1 << shift for name, _, shift, _ in BITFIELDS if name == "v_nmi_enable")
 _VEC_OF = 4
 _VEC_BR = 5
 _RESERVED_EVENT_TYPES = frozenset({1, 5, 6, 7})
@@ -93,6 +96,7 @@ class HostCaps:
     cr4_supported: int = CR4_DEFAULT_SUPPORTED
     efer_supported: int = EFER_DEFAULT_SUPPORTED
     exception_vectors: int = EXCEPTION_VECTORS_DEFINED   # bit n: vector n may be injected as TYPE 3
+    vnmi: bool = False                         # CPUID Fn8000_000A_EDX[VNMI] as reported to L1
 
 
 Predicate = Callable[[Vmcb12Cache, HostCaps, "int | None"], bool]
@@ -227,6 +231,14 @@ def vmrun_intercept_clear(c: Vmcb12Cache, caps: HostCaps, host_cr0: int | None) 
     return not c.intercept_misc2 & INTERCEPT_VMRUN
 
 
+def vnmi_without_nmi_intercept(c: Vmcb12Cache, caps: HostCaps, host_cr0: int | None) -> bool:
+    """V_NMI_ENABLE is set but the NMI intercept is clear: with NMI virtualization the
+    hypervisor must intercept real NMIs (APM vol. 2 §15.21.10).
+
+    Checked only on a CPU that reports vNMI; elsewhere the bit is ignored."""
+    return caps.vnmi and bool(c.vintr & V_NMI_ENABLE) and not c.intercept_misc1 & INTERCEPT_NMI
+
+
 def _map_beyond(base: int, size: int, maxphyaddr: int) -> bool:
     # The low 12 bits of the base are ignored. "Extends to a physical address greater than or
     # equal to the maximum supported physical address": the maximum supported address is
@@ -336,6 +348,7 @@ RULES: tuple[Rule, ...] = tuple(_rule(f) for f in (
     long_mode_without_pe,
     long_mode_cs_l_and_d,
     vmrun_intercept_clear,
+    vnmi_without_nmi_intercept,
     msrpm_beyond_maxphyaddr,
     iopm_beyond_maxphyaddr,
     eventinj_reserved_type,
@@ -367,6 +380,7 @@ def passes_all(c: Vmcb12Cache, caps: HostCaps, host_cr0: int | None = None,
                       or (c.cs_attrib & (SEG_ATTR_L | SEG_ATTR_DB)) == (SEG_ATTR_L | SEG_ATTR_DB)):
         return False
     if (not c.intercept_misc2 & INTERCEPT_VMRUN
+            or (caps.vnmi and c.vintr & V_NMI_ENABLE and not c.intercept_misc1 & INTERCEPT_NMI)
             or _map_last_byte(c.msrpm_base_pa, MSRPM_SIZE) >= (1 << maxpa) - 1
             or _map_last_byte(c.iopm_base_pa, IOPM_EXTENT) >= (1 << maxpa) - 1):
         return False

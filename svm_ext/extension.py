@@ -9,6 +9,8 @@ emu/arch/vmcb.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from typing import Any, Callable
 
 from emu.arch.decode import decoder
@@ -21,6 +23,8 @@ from emu.arch.vmcb import (VMEXIT_CLGI, VMEXIT_INVLPGA, VMEXIT_SKINIT, VMEXIT_ST
 from emu.arch.msrs import MSR_VM_CR, MSR_VM_HSAVE_PA
 from emu.core.control_regs import cr4_allowed
 from emu.core.cpuid import CPUID_80000001_ECX_SVM, LEAF_SVM_FEATURES
+from emu.core.cpu_models import FEATURES, SVM_IMPLEMENTED
+from emu.core import msrs_amd
 from emu.core.msrs_amd import CPUID_80000001_EDX_LM, efer_allowed
 from emu.errors import SnapshotError, Unsupported
 from emu.core.snapshot_check import check_cpu
@@ -36,9 +40,11 @@ from svm_ext import ioio
 from svm_ext import memview
 from svm_ext import npf
 from svm_ext import pat
+from svm_ext import pause_filter
 from svm_ext import reflect
 from svm_ext import vmrun as vmrun_mod
 from svm_ext import debugview
+from svm_ext import decode_assists
 from svm_ext import hw_quirks
 from svm_ext import vintr
 from .checks import HostCaps, nested_paging_enabled
@@ -48,8 +54,9 @@ from svm_ext import switch_cache
 from .switch_cache import CachedSteps
 from .switch_steps import FullSteps
 from emu.arch.vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
-                   EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_IOIO, VMEXIT_MSR,
-                   VMEXIT_NPF, VMEXIT_SHUTDOWN, eventinj_encode, exit_name)
+                   EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_INVLPG, VMEXIT_IOIO,
+                   VMEXIT_IRET, VMEXIT_MSR,
+                   VMEXIT_NPF, VMEXIT_PAUSE, VMEXIT_SHUTDOWN, eventinj_encode, exit_name)
 
 VM_CR_DPD = 1 << 0
 VM_CR_R_INIT = 1 << 1
@@ -60,9 +67,11 @@ VM_CR_WRITABLE = VM_CR_DPD | VM_CR_R_INIT | VM_CR_DIS_A20M | VM_CR_LOCK | VM_CR_
 
 SVM_REVISION = 1
 SVM_NUM_ASIDS = 16
-SVM_FEATURE_NP = 1 << 0
-SVM_FEATURE_NRIPS = 1 << 3
-SVM_FEATURE_VGIF = 1 << 16       # virtual GIF (svm_ext/instructions.py, vintr.py)
+SVM_FEATURE_NP = FEATURES["npt"][3]
+SVM_FEATURE_NRIPS = FEATURES["nrip-save"][3]
+SVM_FEATURE_VGIF = FEATURES["vgif"][3]       # virtual GIF (svm_ext/instructions.py, vintr.py)
+# CPUID 8000_000A EDX: every SVM feature svm_ext implements (the model hides what it lacks).
+SVM_FEATURES_EDX = functools.reduce(operator.or_, (FEATURES[n][3] for n in SVM_IMPLEMENTED))
 
 # Exit codes that stand for an intercepted instruction, for which NRIP is reported.
 _INSTRUCTION_EXITS = frozenset(range(0x00, 0x40)) | frozenset(range(0x65, 0x7D)) | frozenset(
@@ -111,13 +120,16 @@ class SvmExtension(Extension, ExitRouter):
         self.host_flags = RegBatch(machine.uc, [UC_X86_REG_RFLAGS, UC_X86_REG_DR7])
         machine.cpuid.set_bits(0x80000001, 2, CPUID_80000001_ECX_SVM)
         machine.cpuid.set_leaf(LEAF_SVM_FEATURES, 0, (SVM_REVISION, SVM_NUM_ASIDS, 0,
-                                                      SVM_FEATURE_NP | SVM_FEATURE_NRIPS
-                                                      | SVM_FEATURE_VGIF))
+                                                      SVM_FEATURES_EDX))
+        # What the model lets L1 see of them: the features L1 may rely on.
+        self.svm_features = machine.cpuid.query(LEAF_SVM_FEATURES, 0)[3]
+        self.pause_window = pause_filter.PauseWindow(self)
         machine.msrs.efer_writable |= EFER_SVME
         self.caps = dataclasses.replace(      # VMRUN's checks follow the CPU model
             self.caps, cr4_supported=cr4_allowed(machine.cpuid),
             efer_supported=efer_allowed(machine.cpuid),
-            long_mode=bool(machine.cpuid.query(0x80000001, 0)[3] & CPUID_80000001_EDX_LM))
+            long_mode=bool(machine.cpuid.query(0x80000001, 0)[3] & CPUID_80000001_EDX_LM),
+            vnmi=bool(self.svm_features & vintr.FEATURE_VNMI))
         machine.msrs.efer_write_hooks.append(self._efer_write)
         machine.msrs.register(MSR_VM_CR, lambda: self.state.vm_cr, self._write_vm_cr)
         machine.msrs.register(MSR_VM_HSAVE_PA, lambda: self.state.hsave_pa, self._write_hsave_pa)
@@ -227,30 +239,42 @@ class SvmExtension(Extension, ExitRouter):
             taken = hw_quirks.route(self, st.vmcb12, code)
             if taken is not None:
                 return taken
+        if code == VMEXIT_PAUSE and pause_filter.absorbed(self, st.vmcb12):
+            return True
+        # Not recorded: #NPF; INVLPG with decode assists (EXITINFO1 is the address its operand
+        # names, from registers a program does not guard); exits under LBR virtualization (they
+        # move the LBR MSRs, which no program does).
         before = (self.fast.begin(st.vmcb12_pa)
-                  if self.fast is not None and code != VMEXIT_NPF else None)
+                  if self.fast is not None and code != VMEXIT_NPF and not st.lbrv
+                  and not (code == VMEXIT_INVLPG and decode_assists.enabled(self)) else None)
         reads: list[tuple[int, bytes]] = []     # what the decision read: a program's guards
         read_phys = m.mem.read_phys if before is None else self._recording_reader(reads)
         if not reflect.exit_handled(st.vmcb12, code, read_phys, info1=info1, msr_index=msr_index):
             if code == VMEXIT_NPF:
                 raise Unsupported("nested page fault with nested paging off")
+            if code == VMEXIT_IRET:       # L0's own IRET intercept: a virtual NMI's blocking ends
+                vintr.on_iret(self, st.vmcb12)
             return False
         info2 = 0
+        insn = None
         if code == VMEXIT_NPF:     # Unicorn gives the low 32 bits only: npf.py completes them
             info1, info2 = npf.exit_info(self, info1, m.hostvm.exitinfo2(vmrun_mod.VMCB02))
+            insn = decode_assists.fetch_bytes(self)
         try:
             nrip = self.next_rip() if code in _INSTRUCTION_EXITS else 0
+            if code not in (VMEXIT_MSR, VMEXIT_NPF):
+                info1 = decode_assists.exit_info1(self, code)   # 0 without decode assists
         except NestedFault as fault:
             # Fetching the instruction itself faults in the nested walk (Unicorn ran it from a
             # translation it kept): the fetch comes before any intercept of the instruction, so
-            # the exit is that #NPF (APM vol. 2, 15.25.6).
+            # the exit is that #NPF (APM vol. 2, 15.25.6), with no instruction bytes.
             info1, info2 = npf.exit_info(self, fault.exitinfo1 & 0xFFFFFFFF, fault.exitinfo2)
             reflect.reflect(self, VMEXIT_NPF, info1, info2)
+            decode_assists.store_bytes(self, b"" if decode_assists.enabled(self) else None)
             return True
-        if code not in (VMEXIT_MSR, VMEXIT_NPF):
-            info1 = 0          # no decode assists are reported, so no instruction details
         rip = ctx.u64(OFF_EIP)
         reflect.reflect(self, code, info1, info2, 0, nrip)
+        decode_assists.store_bytes(self, insn)
         if self.fast is not None:
             self.fast.exit_done(before, code, rip, nrip, reads)
         return True
@@ -273,13 +297,17 @@ class SvmExtension(Extension, ExitRouter):
             return False
         info1 = (event.error_code or 0) if event.vector in HAS_ERROR_CODE else 0
         info2 = (event.cr2 or 0) if event.vector == PF else 0
+        insn = decode_assists.fetch_bytes(self) if event.vector == PF else None
         reflect.reflect(self, code, info1, info2, self._intinfo(during))
+        decode_assists.store_bytes(self, insn)
         return True
 
     def on_nested_fault(self, fault: NestedFault, during: Any | None) -> bool:
         if not self.state.in_l2:
             return False
+        insn = decode_assists.fetch_bytes(self)
         reflect.reflect(self, VMEXIT_NPF, fault.exitinfo1, fault.exitinfo2, self._intinfo(during))
+        decode_assists.store_bytes(self, insn)
         return True
 
     # ---- interrupts (vintr.py; the machine asks at its interrupt points) ----------------------
@@ -408,6 +436,8 @@ class SvmExtension(Extension, ExitRouter):
             self.fast.clear()
         st = self.state                 # VMRUN set the running guest's TSC_OFFSET; #VMEXIT clears it
         self.machine.tsc_offset = st.vmcb12.tsc_offset if st.in_l2 and st.vmcb12 else 0
+        self.machine.tsc_ratio = (vmrun_mod.tsc_ratio(self) if st.in_l2
+                                  else msrs_amd.TSC_RATIO_RESET)
         pat_state = dict(state["pat"])
         if "gpat" not in pat_state:   # format 1: see PatModel.load_state
             c = self.state.vmcb12

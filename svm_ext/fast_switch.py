@@ -127,14 +127,17 @@ class FastSwitch:
         key = self._key_of[1]
         return (st.gif, st.vm_cr, st.hsave_pa, st.in_l2, st.vmcb12_pa, key, st.l1_next_rip,
                 st.v_irq, st.v_tpr, pat.gpat, pat.gpat_valid, pat.parked_hpat,
-                ext.machine.msrs.values[MSR_PAT], ext.machine.tsc_offset)
+                ext.machine.msrs.values[MSR_PAT], ext.machine.tsc_offset, st.pause_count,
+                st.pause_recent, st.vnmi, st.v_nmi, st.v_nmi_mask, st.lbrv,
+                ext.machine.tsc_ratio)
 
     def _apply(self, s: tuple) -> None:
         ext = self.ext
         st, pat = ext.state, ext.pat
         (st.gif, st.vm_cr, st.hsave_pa, st.in_l2, st.vmcb12_pa, _, st.l1_next_rip, st.v_irq,
          st.v_tpr, pat.gpat, pat.gpat_valid, pat.parked_hpat, ext.machine.msrs.values[MSR_PAT],
-         ext.machine.tsc_offset) = s
+         ext.machine.tsc_offset, st.pause_count, st.pause_recent, st.vnmi, st.v_nmi,
+         st.v_nmi_mask, st.lbrv, ext.machine.tsc_ratio) = s
 
     def _second_time(self, key: tuple) -> bool:
         """Recording costs ~100 us: spend it on switches that repeat, not on every first one."""

@@ -37,6 +37,7 @@ from emu.engine.hw_switch import NPT_MODE_NXE, OFF_EIP, OFF_REGS
 from emu.arch.paging import NestedFault, walk_nested
 from emu.core.interrupts import BP, OF, UD
 
+from svm_ext import decode_assists
 from svm_ext.reflect import exit_handled, reflect
 from emu.arch.vmcb import (VMEXIT_CR0_SEL_WRITE, VMEXIT_CR0_WRITE, VMEXIT_EXCP0,
                    VMEXIT_INVD, VMEXIT_RDTSC, VMEXIT_RDTSCP, VMEXIT_SKINIT, VMEXIT_SWINT,
@@ -100,7 +101,7 @@ def _software_interrupt(ext: "Vcpu", c: Vmcb12Cache, op: bytes) -> bool:
 
 
 def _exit(ext: "Vcpu", code: int, nrip: int) -> bool:
-    reflect(ext, code, 0, 0, 0, nrip)
+    reflect(ext, code, decode_assists.exit_info1(ext, code), 0, 0, nrip)
     return True
 
 

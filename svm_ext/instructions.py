@@ -18,6 +18,7 @@ from emu.core.msr import (MSR_CSTAR, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, 
                      MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP)
 
 from emu.arch.vmcb import VMCB_SIZE, Vmcb
+from svm_ext import vintr
 
 if TYPE_CHECKING:
     from .vcpu import Vcpu
@@ -100,7 +101,7 @@ def _virtual_gif(ext: "Vcpu") -> Vmcb | None:
     """vmcb12 when L2 runs with V_GIF_ENABLE: its STGI and CLGI then set and clear V_GIF in
     vmcb12's V_INTR word instead of the GIF (APM vol. 2, 15.33)."""
     st = ext.state
-    if st.in_l2 and st.vmcb12 is not None and st.vmcb12.v_gif_enable:
+    if st.in_l2 and st.vmcb12 is not None and vintr.vgif_enabled(ext, st.vmcb12):
         return Vmcb(ext.machine.mem.view, st.vmcb12_pa)
     return None
 
@@ -113,7 +114,7 @@ def stgi(ext: "Vcpu", code: int) -> None:
         ext.state.gif = True
     _advance(ext)
     # interrupts held while GIF was 0 may now be taken (V_IRQ too, for an L2 that runs STGI)
-    ext.machine.interrupt_check(virtual=ext.state.in_l2 and ext.state.v_irq)
+    ext.machine.interrupt_check(virtual=vintr.virtual_event_pending(ext))
 
 
 def clgi(ext: "Vcpu", code: int) -> None:

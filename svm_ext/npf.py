@@ -88,7 +88,7 @@ def _candidates(ext: "Vcpu", low_bits: int) -> Iterator[tuple[int, paging.Access
     insn = next(decoder(bits, detail=True).disasm(code, rip, 1), None)
     if insn is None:
         return
-    for gva in _operand_addresses(m, ctx, insn, bits):
+    for gva in operand_addresses(m, ctx, insn, bits):
         for access in data:
             yield gva & mask, access
     rsp = m.uc.reg_read(x86_const.UC_X86_REG_RSP)
@@ -99,7 +99,8 @@ def _candidates(ext: "Vcpu", low_bits: int) -> Iterator[tuple[int, paging.Access
             yield gva & mask, access
 
 
-def _operand_addresses(m, ctx, insn, bits: int) -> Iterator[int]:
+def operand_addresses(m, ctx, insn, bits: int) -> Iterator[int]:
+    """Linear addresses of the instruction's memory operands (each, then its last byte)."""
     from capstone import x86 as cs_x86      # only here: decode.py imports capstone lazily
     for op in insn.operands:
         if op.type != cs_x86.X86_OP_MEM:

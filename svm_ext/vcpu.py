@@ -30,6 +30,8 @@ class Vcpu(Protocol):
     pat: Any                          # svm_ext.pat.PatModel: the selected PAT model
     steps: Any                        # svm_ext.switch_steps.FullSteps (or the switch cache)
     fast: Any                         # svm_ext.fast_switch.FastSwitch | None
+    pause_window: Any                 # svm_ext.pause_filter.PauseWindow
+    svm_features: int                 # CPUID 8000_000A EDX as L1 sees it
 
     def tracing(self) -> bool: ...
     def trace(self, text: str, where: str | None = None) -> None: ...

@@ -14,6 +14,13 @@ Virtual interrupts (V_IRQ set in vmcb12 at VMRUN) are taken when GIF=1, L2's IF=
 shadow, and V_IGN_TPR=1 or V_INTR_PRIO > V_TPR: with the VINTR intercept as #VMEXIT(VINTR) (V_IRQ
 stays set), otherwise by delivering V_INTR_VECTOR through L2's IDT and clearing V_IRQ.
 #VMEXIT writes V_IRQ, V_TPR and the interrupt shadow back into vmcb12.
+
+NMI virtualization (APM vol. 2, 15.21.10; CPUID 8000_000A EDX bit 25), with V_NMI_ENABLE set in
+vmcb12 (VMRUN refuses it without the NMI intercept, checks.py): V_NMI is a virtual NMI pending
+for L2 and V_NMI_MASK L2's NMI blocking. A pending V_NMI is taken when V_NMI_MASK is clear and
+GIF (V_GIF with vGIF) is 1, whatever L2's IF: V_NMI clears, V_NMI_MASK sets and vector 2 goes
+through L2's IDT. L2's IRET clears V_NMI_MASK: while it is set L0 intercepts IRET (unless L1
+does, whose #VMEXIT then comes first), runs it alone and looks again. #VMEXIT writes both back.
 """
 from __future__ import annotations
 
@@ -23,13 +30,14 @@ from typing import TYPE_CHECKING
 from unicorn.x86_const import UC_X86_REG_RFLAGS, UC_X86_REG_RIP
 
 from emu.core.extension import WINDOW_NONE, WINDOW_TAKEN, WINDOW_WANTED
-from emu.engine.hw_switch import (HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS2, OFF_V_TPR,
-                                  Context)
+from emu.engine.hw_switch import (HF2_VINTR, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS2,
+                                  OFF_INTERCEPT, OFF_V_TPR, Context)
 from emu.arch.bits import RFLAGS_IF
-from emu.core.interrupts import Event, Kind
+from emu.core.cpu_models import FEATURES
+from emu.core.interrupts import NMI, Event, Kind
 
-from emu.arch.vmcb import (BITFIELDS, OFFSETS, VMEXIT_INIT, VMEXIT_INTR, VMEXIT_NMI, VMEXIT_SMI,
-                           VMEXIT_VINTR, Vmcb, Vmcb12Cache)
+from emu.arch.vmcb import (BITFIELDS, OFFSETS, VMEXIT_INIT, VMEXIT_INTR, VMEXIT_IRET, VMEXIT_NMI,
+                           VMEXIT_SMI, VMEXIT_VINTR, Vmcb, Vmcb12Cache, intercept_misc_bit)
 from svm_ext import reflect
 
 if TYPE_CHECKING:
@@ -42,6 +50,17 @@ V_TPR_MASK = (1 << _BITS["v_tpr"][1]) - 1
 V_IRQ_BIT = 1 << _BITS["v_irq"][0]
 V_INTR_MASKING_BIT = 1 << _BITS["v_intr_masking"][0]
 INTERRUPT_SHADOW = 1 << _BITS["interrupt_shadow"][0]
+V_NMI_BIT = 1 << _BITS["v_nmi"][0]
+V_NMI_MASK_BIT = 1 << _BITS["v_nmi_mask"][0]
+V_NMI_ENABLE_BIT = 1 << _BITS["v_nmi_enable"][0]
+FEATURE_VNMI = FEATURES["vnmi"][3]
+FEATURE_VGIF = FEATURES["vgif"][3]
+_IRET_INTERCEPT = intercept_misc_bit(VMEXIT_IRET)
+
+
+def vnmi_enabled(ext: "Vcpu", c: Vmcb12Cache) -> bool:
+    """V_NMI_ENABLE counts only on a CPU that reports vNMI (else the bit is ignored)."""
+    return bool(c.vintr & V_NMI_ENABLE_BIT) and bool(ext.svm_features & FEATURE_VNMI)
 
 
 def on_vmrun(ext: "Vcpu", c: Vmcb12Cache) -> None:
@@ -64,7 +83,31 @@ def on_vmrun(ext: "Vcpu", c: Vmcb12Cache) -> None:
         ctx.restore()
     if not vintr & V_INTR_MASKING_BIT:
         m.claim_cr8()          # L2's CR8 is the physical TPR (an L1 intercept still wins)
-    m.interrupt_check(virtual=st.v_irq)
+    st.vnmi = vnmi_enabled(ext, c)
+    if st.vnmi:
+        st.v_nmi = bool(vintr & V_NMI_BIT)
+        st.v_nmi_mask = bool(vintr & V_NMI_MASK_BIT)
+        if st.v_nmi_mask:
+            _watch_iret(ext)
+    m.interrupt_check(virtual=st.v_irq or (st.vnmi and st.v_nmi))
+
+
+def _watch_iret(ext: "Vcpu") -> None:
+    """V_NMI_MASK is set: L0 intercepts L2's IRET, which clears it (on_iret)."""
+    ctx = ext.machine.ctx.save()
+    ctx.set_u64(OFF_INTERCEPT, ctx.u64(OFF_INTERCEPT) | _IRET_INTERCEPT)
+    ctx.restore()
+
+
+def on_iret(ext: "Vcpu", c: Vmcb12Cache) -> None:
+    """An L2 IRET reached L0 and L1 does not intercept it: it ends the virtual NMI's blocking.
+    The machine then runs the IRET alone with the intercept lifted (Machine._exit_iret), and the
+    interrupt point after it takes a V_NMI still pending."""
+    st = ext.state
+    if st.vnmi and st.v_nmi_mask:
+        st.v_nmi_mask = False
+        if st.v_nmi:
+            ext.machine.interrupt_check(virtual=True)
 
 
 def store(ext: "Vcpu", ctx: Context, vm: Vmcb) -> None:
@@ -76,6 +119,9 @@ def store(ext: "Vcpu", ctx: Context, vm: Vmcb) -> None:
     # On the world-switch path: two packed words rather than three read-modify-write properties.
     buf, base = vm.location
     vintr = _Q.unpack_from(buf, base + _OFF_VINTR)[0] & ~(V_TPR_MASK | V_IRQ_BIT)
+    if st.vnmi:
+        vintr = (vintr & ~(V_NMI_BIT | V_NMI_MASK_BIT) | (V_NMI_BIT if st.v_nmi else 0)
+                 | (V_NMI_MASK_BIT if st.v_nmi_mask else 0))
     _Q.pack_into(buf, base + _OFF_VINTR, vintr | st.v_tpr | (V_IRQ_BIT if st.v_irq else 0))
     _Q.pack_into(buf, base + _OFF_INT_STATE,
                  INTERRUPT_SHADOW if ctx.hflags & HF_INHIBIT_IRQ else 0)
@@ -119,13 +165,20 @@ def window(ext: "Vcpu") -> int:
     """A virtual interrupt for L2, if one is pending and can be taken now."""
     st, m = ext.state, ext.machine
     c = st.vmcb12
-    if not st.in_l2 or c is None or not st.v_irq:
+    if not st.in_l2 or c is None:
+        return WINDOW_NONE
+    if st.vnmi and st.v_nmi and not st.v_nmi_mask and _virtual_gif(ext, c):
+        st.v_nmi, st.v_nmi_mask = False, True
+        _watch_iret(ext)
+        m.deliver_event(Event(NMI, Kind.EXTERNAL), m.uc.reg_read(UC_X86_REG_RIP))
+        return WINDOW_TAKEN
+    if not st.v_irq:
         return WINDOW_NONE
     ctx = m.ctx.save()
     v_tpr = ctx.view[OFF_V_TPR] & 0xF if c.v_intr_masking else st.v_tpr
     if not c.v_ign_tpr and c.v_intr_prio <= v_tpr:
         return WINDOW_NONE
-    if c.v_gif_enable and not Vmcb(m.mem.view, st.vmcb12_pa).v_gif:
+    if not _virtual_gif(ext, c):
         return WINDOW_NONE      # V_GIF=0 holds virtual interrupts (APM vol. 2, 15.33); STGI looks again
     if not m.uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_IF or ctx.hflags & HF_INHIBIT_IRQ:
         return WINDOW_WANTED
@@ -135,3 +188,20 @@ def window(ext: "Vcpu") -> int:
     st.v_irq = False
     m.deliver_event(Event(c.v_intr_vector, Kind.EXTERNAL), m.uc.reg_read(UC_X86_REG_RIP))
     return WINDOW_TAKEN
+
+
+def vgif_enabled(ext: "Vcpu", c: Vmcb12Cache) -> bool:
+    """V_GIF_ENABLE counts only on a CPU that reports vGIF (else the bit is ignored)."""
+    return bool(c.v_gif_enable) and bool(ext.svm_features & FEATURE_VGIF)
+
+
+def virtual_event_pending(ext: "Vcpu") -> bool:
+    """A V_IRQ or a V_NMI waits for L2 (what STGI and the window look for)."""
+    st = ext.state
+    return st.in_l2 and (st.v_irq or (st.vnmi and st.v_nmi))
+
+
+def _virtual_gif(ext: "Vcpu", c: Vmcb12Cache) -> bool:
+    """GIF as L2's virtual interrupts see it: V_GIF when vGIF is on, else 1 (L2 runs)."""
+    return (not vgif_enabled(ext, c)
+            or bool(Vmcb(ext.machine.mem.view, ext.state.vmcb12_pa).v_gif))

@@ -24,8 +24,9 @@ from emu.engine.hw_switch import (flush_tlb, CS, DS, ES, GDTR, IDTR, OFF_CR, OFF
                            OFF_INTERCEPT, OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context,
                            SEG_SIZE, OFF_SEGS)
 
-from svm_ext import vintr
+from svm_ext import lbrv, vintr
 from emu.arch.bits import DR7_RESET, RFLAGS_TF
+from emu.core.msrs_amd import TSC_RATIO_RESET
 from emu.arch.vmcb import OFFSETS, VMEXIT_INVALID, Vmcb
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ def vmexit(ext: "Vcpu", exitcode: int, info1: int = 0, info2: int = 0,
     # Step 2
     store_exit_info(vm, exitcode, info1, info2, intinfo, nrip)
     vintr.store(ext, ctx, vm)      # V_IRQ, V_TPR, interrupt shadow
+    lbrv.on_vmexit(ext, vm)        # the guest's LBR state out, the host's back
     # Step 3
     ext.pat.on_vmexit(ext, vm)
     ext.steps.restore_host(ext, ctx)
@@ -57,6 +59,7 @@ def vmexit(ext: "Vcpu", exitcode: int, info1: int = 0, info2: int = 0,
     st.stats["vmexit"] += 1
     st.exit_codes[exitcode] = st.exit_codes.get(exitcode, 0) + 1
     m.tsc_offset = 0
+    m.tsc_ratio = TSC_RATIO_RESET
     if where is not None:        # tracing: format the line only then (hot path)
         ext.trace(f"#VMEXIT {ext.exit_name(exitcode)} info1 {info1:#x} info2 {info2:#x}"
                   + (f" intinfo {intinfo:#x}" if intinfo else "")

@@ -26,9 +26,12 @@ from emu.engine.hw_switch import (flush_tlb, nested_pg_mode, CS, DS, ES, GDTR, H
                            OFF_INTERCEPT_CRDR, OFF_INTERCEPT_EXC, OFF_NESTED_CR3,
                            OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context, Segment)
 from emu.arch.bits import RFLAGS_RF
+from emu.arch.msrs import MSR_TSC_RATIO
+from emu.core.cpu_models import FEATURES
 from emu.core.interrupts import Event, Kind
+from emu.core.msrs_amd import TSC_RATIO_RESET
 
-from svm_ext import checks, hw_quirks, instructions, intercepts
+from svm_ext import checks, hw_quirks, instructions, intercepts, lbrv, pause_filter
 from emu.arch.vmcb import (OFFSETS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
                    Vmcb12Cache, eventinj_decode, read_cache)
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from .vcpu import Vcpu
 
 VMCB02 = hostvm.SCRATCH
+FEATURE_TSC_SCALE = FEATURES["tsc-scale"][3]
 _INTERCEPTS = struct.Struct("<HHHHIII")     # CR/DR read/write, exceptions, misc1, misc2
 _MAPS = struct.Struct("<QQ")                # IOPM_BASE_PA, MSRPM_BASE_PA
 VMRUN_LENGTH = 3
@@ -78,6 +82,9 @@ def vmrun(ext: "Vcpu", code: int = 0) -> None:
         flush_tlb(m.uc)
     ext.pat.on_vmrun(ext, cache)
     m.tsc_offset = cache.tsc_offset
+    m.tsc_ratio = tsc_ratio(ext)
+    pause_filter.on_vmrun(ext, cache)
+    lbrv.on_vmrun(ext, cache)
     if where is not None:        # tracing: format the line only then (hot path)
         ext.trace(f"vmrun vmcb12 {pa:#x} -> L2 rip {cache.rip:#x}"
                   + (" (nested paging)" if checks.nested_paging_enabled(cache, ext.caps) else ""),
@@ -87,8 +94,16 @@ def vmrun(ext: "Vcpu", code: int = 0) -> None:
     # Step 7
     if cache.eventinj & EVENTINJ_V:
         inject_event(ext, cache)
-    elif ext.fast is not None:         # replayable next time (fast_switch.py)
+    elif ext.fast is not None and not (st.vnmi or st.lbrv):   # replayable (fast_switch.py)
         ext.fast.vmrun_done(before, pa, nx_entries)
+
+
+def tsc_ratio(ext: "Vcpu") -> int:
+    """The TSC ratio L2 runs with: the TSC_RATIO MSR at VMRUN, on a CPU that reports it (APM
+    vol. 2, 15.30.5); L1's own TSC is never scaled."""
+    if not ext.svm_features & FEATURE_TSC_SCALE:
+        return TSC_RATIO_RESET
+    return ext.machine.msrs.values.get(MSR_TSC_RATIO, TSC_RATIO_RESET)
 
 
 def check_instruction(ext: "Vcpu", ctx: Context) -> int | None:

@@ -299,11 +299,13 @@ class VM:
 
 def load(image: str, *, memory: int = 128 << 20, append: str = "", cpu: str = "EPYC",
          pat_model: str = "architectural", stdout: io.RawIOBase | None = None,
-         trace: str = "", trace_out: io.TextIOBase | None = None, explain: bool = True) -> VM:
+         trace: str = "", trace_out: io.TextIOBase | None = None, explain: bool = True,
+         cpus: int = 1, quantum: int | None = None) -> VM:
     """Boot a multiboot image or a .S source as `svmemu run` does, stopped before the guest's
     first instruction. `stdout`: where COM1 output also goes (it is always kept in
     `vm.serial`); `trace`: categories as `svmemu run --trace`, written to `trace_out`;
-    `explain=False` keeps the explanation of a failed VMRUN off stderr (as `-q`)."""
+    `explain=False` keeps the explanation of a failed VMRUN off stderr (as `-q`); `cpus` and
+    `quantum` are `-smp` and `--quantum`."""
     from emu.cli.image import image_symbols, load_image_bytes
     from emu.core.cpu_models import parse_cpu
     from emu.core.trace import Tracer, parse_categories
@@ -316,7 +318,8 @@ def load(image: str, *, memory: int = 128 << 20, append: str = "", cpu: str = "E
         import sys
         tracer = Tracer(parse_categories(trace), trace_out or sys.stderr)
     m = Machine(memory, stdout=stdout, tracer=tracer, cpu=model,
-                extensions=[SvmExtension(pat_model=pat_model)] if model.svm else [])
+                extensions=[SvmExtension(pat_model=pat_model)] if model.svm else [],
+                cpus=cpus, quantum=quantum)
     if tracer is not None and tracer.on("mem"):
         from emu.tools import memtrace
         memtrace.attach(m)
@@ -330,6 +333,7 @@ def resume(path: str, *, pat_model: str = "architectural",
     """A VM from a snapshot file (`svmemu run --snapshot-at ... --snapshot FILE`)."""
     from svm_ext.extension import SvmExtension
     snap = snapshots.read(path)
-    m = Machine(snap.ram_size, stdout=stdout, extensions=[SvmExtension(pat_model=pat_model)])
+    m = Machine(snap.ram_size, stdout=stdout, extensions=[SvmExtension(pat_model=pat_model)],
+                cpus=snap.cpus)
     snapshots.restore(m, snap)
     return VM(m)

@@ -91,6 +91,8 @@ ONE_RULE_CASES: list[tuple[str, dict[str, Any], HostCaps, int | None]] = [
     ("long_mode_without_pe", {"cr0": BASE.cr0 & ~A.CR0_PE}, CAPS, HOST_CR0),
     ("long_mode_cs_l_and_d", {"cs_attrib": BASE.cs_attrib | V.SEG_ATTR_DB}, CAPS, HOST_CR0),
     ("vmrun_intercept_clear", {"intercept_misc2": V.INTERCEPT_VMMCALL}, CAPS, HOST_CR0),
+    ("vnmi_without_nmi_intercept", {"vintr": 1 << 26}, HostCaps(maxphyaddr=40, vnmi=True),
+     HOST_CR0),
     ("msrpm_beyond_maxphyaddr", {"msrpm_base_pa": TOP - 0x1000}, CAPS, HOST_CR0),
     ("msrpm_beyond_maxphyaddr", {"msrpm_base_pa": TOP}, CAPS, HOST_CR0),
     ("msrpm_beyond_maxphyaddr", {"msrpm_base_pa": 0xFFFF_FFFF_FFFF_F000}, CAPS, HOST_CR0),
@@ -132,6 +134,14 @@ def test_breaking_one_rule(name: str, changes: dict[str, Any], caps: HostCaps,
     assert run_checks(c, caps, host_cr0) == rule.explanation
     assert [r.name for r in all_failures(c, caps, host_cr0)] == [name]
     assert not passes_all(c, caps, host_cr0)
+
+
+def test_v_nmi_enable_needs_the_nmi_intercept_only_where_vnmi_is_reported() -> None:
+    vnmi = HostCaps(maxphyaddr=40, vnmi=True)
+    enabled = BASE._replace(vintr=1 << 26)
+    assert _ok(enabled)                                          # no vNMI: the bit is ignored
+    assert _ok(enabled._replace(intercept_misc1=BASE.intercept_misc1 | V.INTERCEPT_NMI), vnmi)
+    assert not _ok(enabled, vnmi)
 
 
 def test_every_rule_has_a_case() -> None:

@@ -304,3 +304,193 @@ def test_clgi_vmrun_stgi_loop_stays_in_c():
     l2 = struct.unpack_from(f"<{TRIPS}Q", fast.ram, LOG)
     assert all(b > a for a, b in zip(l2, l2[1:]))
     assert fast.python_exits < 40, fast.python_exits
+
+
+# MOV to and from CR8 through several registers (REX.B, REX.W spellings), the TPR read back
+# through the APIC's MMIO page after a CR8 write and written there before a CR8 read (the C
+# copy of the TPR must follow both ways), and a 32-bit MOV CR8 spelling (LOCK MOV CR0, left to
+# Python). Everything read is folded into the printed checksum.
+CR8_GUEST = r"""
+.include "prelude.inc"
+
+.macro fold reg
+    mov rdi, \reg
+    call fold_in
+.endm
+
+main:
+    xor r15, r15
+    mov r14, 300
+    mov r12, 0xfee00000
+.Lloop:
+    mov rax, r14
+    and rax, 15
+    mov cr8, rax
+    mov rbx, cr8
+    fold rbx
+    mov r9, 3
+    mov cr8, r9
+    mov r10, cr8
+    fold r10
+    .byte 0x4c, 0x0f, 0x22, 0xc1          # mov cr8, rcx (REX.W.R)
+    mov ecx, [r12 + 0x80]                 # the TPR through MMIO
+    fold rcx
+    mov dword ptr [r12 + 0x80], 0x70
+    mov rdx, cr8
+    fold rdx
+    rdtsc
+    fold rax
+    dec r14
+    jnz .Lloop
+    xor eax, eax
+    mov cr8, rax
+    print "checksum "
+    mov rdi, r15
+    call puthex64
+    call newline
+    ret
+
+fold_in:
+    imul r15, r15, 31
+    add r15, rdi
+    ret
+"""
+
+
+def test_cr8_same_in_c_and_python(tmp_path):
+    src = tmp_path / "cr8.S"
+    src.write_text(CR8_GUEST)
+    out = same_with_and_without(assemble_source(str(src)))
+    assert b"checksum 0x" in out.output, out.output
+    m = Machine(RAM, stdout=None)
+    m.load_multiboot(parse_image(assemble_source(str(src)), "guest", RAM), "guest ")
+    m.run(timeout=60)
+    # 300 iterations of 5 MOV CR8; those right after an MMIO access or RDTSC exit go to Python
+    assert m.fast_exits.answered_cr8 >= 600, m.fast_exits.answered_cr8
+
+
+# The ACPI PM timer (port 0x608 at svmemu's default PMBASE) read by IN of every width and at
+# every byte offset, between RDTSCs and instructions: the C IN hook must return what
+# PmBlock.read returns and move time as Python does. A serial write in the loop (a port the C
+# hook leaves to Python) interleaves the two paths.
+PM_GUEST = r"""
+.include "prelude.inc"
+
+.macro fold reg
+    mov rdi, \reg
+    call fold_in
+.endm
+
+main:
+    xor r15, r15
+    mov r14, 400
+.Lloop:
+    mov dx, 0x608
+    in eax, dx
+    fold rax
+    in ax, dx
+    fold rax
+    mov dx, 0x609
+    in al, dx
+    fold rax
+    mov dx, 0x60a
+    in ax, dx
+    fold rax
+    mov dx, 0x60b
+    in al, dx
+    fold rax
+    rdtsc
+    fold rax
+    test r14, 63
+    jnz .Lnext
+    mov dx, 0x3f8 + 7          # the UART's scratch register: Python
+    mov al, 0x5a
+    out dx, al
+.Lnext:
+    dec r14
+    jnz .Lloop
+    print "checksum "
+    mov rdi, r15
+    call puthex64
+    call newline
+    ret
+
+fold_in:
+    imul r15, r15, 31
+    add r15, rdi
+    ret
+"""
+
+
+def test_pm_timer_reads_same_in_c_and_python(tmp_path):
+    src = tmp_path / "pm.S"
+    src.write_text(PM_GUEST)
+    image = assemble_source(str(src))
+    out = same_with_and_without(image)
+    assert b"checksum 0x" in out.output, out.output
+    m = Machine(RAM, stdout=None)
+    m.load_multiboot(parse_image(image, "guest", RAM), "guest ")
+    m.run(timeout=60)
+    assert m.fast_exits.answered_pm_timer >= 1500, m.fast_exits.answered_pm_timer
+
+
+# MOV to CR4 toggling PGE (a TLB flush) and OSXSAVE (which CPUID 1 mirrors) through RAX and R9
+# (REX.B), CPUID 1 read after each write, and TSC reads: the C path must write CR4 as Python
+# does. A write of a bit the model reserves (LA57) is left to Python, which raises #GP.
+CR4_GUEST = r"""
+.include "prelude.inc"
+
+.macro fold reg
+    mov rdi, \reg
+    call fold_in
+.endm
+
+main:
+    xor r15, r15
+    mov r14, 200
+.Lloop:
+    mov rax, cr4
+    xor rax, 0x80
+    mov cr4, rax
+    mov r9, cr4
+    xor r9, 0x40000
+    mov cr4, r9
+    mov eax, 1
+    cpuid
+    fold rcx
+    mov rax, cr4
+    fold rax
+    rdtsc
+    fold rax
+    dec r14
+    jnz .Lloop
+    mov rax, cr4
+    or rax, 0x1000                 # CR4.LA57: reserved on this model
+    expect_fault .Lafter
+    mov cr4, rax
+.Lafter:
+    mov rax, cr4
+    fold rax
+    print "checksum "
+    mov rdi, r15
+    call puthex64
+    call newline
+    ret
+
+fold_in:
+    imul r15, r15, 31
+    add r15, rdi
+    ret
+"""
+
+
+def test_cr4_writes_same_in_c_and_python(tmp_path):
+    src = tmp_path / "cr4.S"
+    src.write_text(CR4_GUEST)
+    image = assemble_source(str(src))
+    out = same_with_and_without(image)
+    assert b"checksum 0x" in out.output, out.output
+    m = Machine(RAM, stdout=None)
+    m.load_multiboot(parse_image(image, "guest", RAM), "guest ")
+    m.run(timeout=60)
+    assert m.fast_exits.answered_cr4 >= 300, m.fast_exits.answered_cr4

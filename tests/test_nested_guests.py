@@ -139,40 +139,43 @@ def test_svm_checks_counts_and_final_state():
 
 # ---------------------------------------------------------------------------- svm_intercepts
 # tag -> (EXITCODE, EXITINFO1, EXITINFO2, instruction length for NRIP or None for no NRIP).
-# No decode assists are reported (CPUID 8000_000A EDX[7] clear), so EXITINFO1 of CR/DR/INVLPG/
-# INTn exits is 0; NRIP save is reported, so every instruction intercept has NRIP = RIP + length.
+# Decode assists are reported (CPUID 8000_000A EDX[7]), so EXITINFO1 of a MOV CRn exit is
+# bit 63 | the GPR's number (RBX 3, RCX 1, RDX 2), of a MOV DRn exit the GPR's number, of INVLPG
+# the address, of INTn the vector; NRIP save is reported, so every instruction intercept has
+# NRIP = RIP + length.
 PF_ADDR = 0x100000000
+CR_RBX, CR_RCX, CR_RDX, RBX = 1 << 63 | 3, 1 << 63 | 1, 1 << 63 | 2, 3
 INTERCEPT_CASES = {
-    1: (VMEXIT_CR0_READ, 0, 0, 3), 2: (VMEXIT_CR0_READ + 3, 0, 0, 3),
-    3: (VMEXIT_CR0_READ + 4, 0, 0, 3), 4: (VMEXIT_VMMCALL, 0, 0, 3),
-    5: (VMEXIT_CR0_WRITE, 0, 0, 3), 6: (VMEXIT_CR0_WRITE + 3, 0, 0, 3),
-    7: (VMEXIT_CR0_WRITE + 4, 0, 0, 3), 8: (VMEXIT_VMMCALL, 0, 0, 3),
-    9: (VMEXIT_CR0_SEL_WRITE, 0, 0, 3), 10: (VMEXIT_CR0_WRITE, 0, 0, 3),
-    11: (VMEXIT_DR0_READ, 0, 0, 3), 12: (VMEXIT_DR0_READ + 7, 0, 0, 3),
-    13: (VMEXIT_DR0_WRITE + 1, 0, 0, 3), 14: (VMEXIT_DR0_WRITE + 6, 0, 0, 3),
+    1: (VMEXIT_CR0_READ, CR_RBX, 0, 3), 2: (VMEXIT_CR0_READ + 3, CR_RCX, 0, 3),
+    3: (VMEXIT_CR0_READ + 4, CR_RDX, 0, 3), 4: (VMEXIT_VMMCALL, 0, 0, 3),
+    5: (VMEXIT_CR0_WRITE, CR_RBX, 0, 3), 6: (VMEXIT_CR0_WRITE + 3, CR_RCX, 0, 3),
+    7: (VMEXIT_CR0_WRITE + 4, CR_RDX, 0, 3), 8: (VMEXIT_VMMCALL, 0, 0, 3),
+    9: (VMEXIT_CR0_SEL_WRITE, CR_RBX, 0, 3), 10: (VMEXIT_CR0_WRITE, CR_RBX, 0, 3),
+    11: (VMEXIT_DR0_READ, RBX, 0, 3), 12: (VMEXIT_DR0_READ + 7, RBX, 0, 3),
+    13: (VMEXIT_DR0_WRITE + 1, RBX, 0, 3), 14: (VMEXIT_DR0_WRITE + 6, RBX, 0, 3),
     15: (VMEXIT_VMMCALL, 0, 0, 3),
     16: (VMEXIT_EXCP0 + 6, 0, 0, None), 17: (VMEXIT_EXCP0 + 3, 0, 0, None),
     18: (VMEXIT_EXCP0 + 0, 0, 0, None), 19: (VMEXIT_EXCP0 + 14, 0, PF_ADDR, None),
     20: (VMEXIT_EXCP0 + 14, 2, PF_ADDR + 8, None),
-    21: (VMEXIT_CPUID, 0, 0, 2), 22: (VMEXIT_HLT, 0, 0, 1), 23: (VMEXIT_INVLPG, 0, 0, 3),
+    21: (VMEXIT_CPUID, 0, 0, 2), 22: (VMEXIT_HLT, 0, 0, 1), 23: (VMEXIT_INVLPG, 0x200000, 0, 3),
     24: (VMEXIT_RDTSC, 0, 0, 2), 25: (VMEXIT_RDTSCP, 0, 0, 3), 26: (VMEXIT_PAUSE, 0, 0, 2),
     27: (VMEXIT_WBINVD, 0, 0, 2), 28: (VMEXIT_INVD, 0, 0, 2), 29: (VMEXIT_IRET, 0, 0, 2),
-    30: (VMEXIT_PUSHF, 0, 0, 1), 31: (VMEXIT_POPF, 0, 0, 1), 32: (VMEXIT_SWINT, 0, 0, 2),
+    30: (VMEXIT_PUSHF, 0, 0, 1), 31: (VMEXIT_POPF, 0, 0, 1), 32: (VMEXIT_SWINT, 0x30, 0, 2),
     33: (VMEXIT_VMMCALL, 0, 0, 3), 34: (VMEXIT_VMRUN, 0, 0, 3), 35: (VMEXIT_VMLOAD, 0, 0, 3),
     36: (VMEXIT_VMSAVE, 0, 0, 3), 37: (VMEXIT_STGI, 0, 0, 3), 38: (VMEXIT_CLGI, 0, 0, 3),
     39: (VMEXIT_MSR, 0, 0, 2), 40: (VMEXIT_VMMCALL, 0, 0, 3), 41: (VMEXIT_MSR, 1, 0, 2),
     42: (VMEXIT_VMMCALL, 0, 0, 3), 43: (VMEXIT_MSR, 0, 0, 2), 44: (VMEXIT_MSR, 0, 0, 2),
     45: (VMEXIT_VMMCALL, 0, 0, 3),
-    46: (VMEXIT_CR0_READ + 2, 0, 0, 3), 47: (VMEXIT_CR0_WRITE + 8, 0, 0, 4),
-    48: (VMEXIT_DR0_WRITE + 7, 0, 0, 3), 49: (VMEXIT_VMMCALL, 0, 0, 3),
+    46: (VMEXIT_CR0_READ + 2, CR_RBX, 0, 3), 47: (VMEXIT_CR0_WRITE + 8, CR_RBX, 0, 4),
+    48: (VMEXIT_DR0_WRITE + 7, RBX, 0, 3), 49: (VMEXIT_VMMCALL, 0, 0, 3),
     50: (VMEXIT_RDPMC, 0, 0, 2), 51: (VMEXIT_INVLPGA, 0, 0, 3), 52: (VMEXIT_SHUTDOWN, 0, 0, None),
 }
 
 
-def test_svm_intercepts_cpuid_reports_nrip_save_and_no_decode_assists():
+def test_svm_intercepts_cpuid_reports_nrip_save_and_decode_assists():
     g = run_guest("svm_intercepts")
     edx = g.machine.cpuid.query(0x8000000A, 0)[3]
-    assert edx & SVM_FEATURE_NRIPS and not edx & (1 << 7)
+    assert edx & SVM_FEATURE_NRIPS and edx & (1 << 7)
 
 
 @pytest.mark.parametrize("tag", sorted(INTERCEPT_CASES))

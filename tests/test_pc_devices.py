@@ -11,6 +11,7 @@ import pytest
 from emu.core.devices.apic import LocalApic
 from emu.core.devices.clock import PIT_HZ, PM_TIMER_HZ, TSC_HZ, cycles, tsc_at
 from emu.core.devices.cmos import Cmos, memory_bytes
+from emu.core.devices.hpet import HPET_HZ, Hpet
 from emu.core.devices.ioapic import IoApic
 from emu.core.devices.pc import ram_split
 from emu.core.devices.pic import PicPair
@@ -259,10 +260,10 @@ def test_reset_ends_the_run_as_qemu_no_reboot(tmp_path, how):
         assert not run.timed_out and run.output == "before\n" and run.status == 0
 
 
-def test_sti_and_spin_takes_pit_interrupts_in_reproducible_virtual_time(tmp_path):
-    """A kernel that unmasks the PIT and spins (no HLT) gets its ticks: time slices start at
-    the STI. Two runs end at the same virtual time."""
-    body = """
+def _pit_spin_guest(imr: int, after_sti: str, name: str) -> str:
+    """A kernel that remaps the 8259 to 0x20 with mask `imr`, runs the PIT at ~1 kHz, enables
+    interrupts, runs `after_sti` and spins (no HLT, no RDTSC) until three ticks came."""
+    return f"""
 main:
     set_idt_handler 0x20, tick
     mov al, 0x11
@@ -273,7 +274,7 @@ main:
     out 0x21, al
     mov al, 1
     out 0x21, al
-    mov al, 0xfe
+    mov al, {imr:#x}
     out 0x21, al
     mov al, 0x34
     out 0x43, al
@@ -282,23 +283,32 @@ main:
     mov al, 0x04
     out 0x40, al
     sti
+{after_sti}
 .Lspin:
     cmp qword ptr [ticks], 3
     jb .Lspin
     cli
-    check_eq [ticks], 3, "three PIT ticks while spinning"
+    check_eq [ticks], 3, "{name}"
     ret
 tick:
     push rax
     inc qword ptr [ticks]
     mov al, 0x20
     out 0x20, al
+    mov rax, 0xfee000b0
+    mov dword ptr [rax], 0
     pop rax
     iretq
 .bss
 ticks: .space 8
 .text
 """
+
+
+def test_sti_and_spin_takes_pit_interrupts_in_reproducible_virtual_time(tmp_path):
+    """A kernel that unmasks the PIT and spins (no HLT) gets its ticks: time slices start at
+    the STI. Two runs end at the same virtual time."""
+    body = _pit_spin_guest(0xFE, "", "three PIT ticks while spinning")
     runs = [boot_source(tmp_path, body) for _ in range(2)]
     for m, res, out in runs:
         assert "ok 1 - three PIT ticks while spinning" in out, out
@@ -322,49 +332,8 @@ def test_unmasking_the_pits_line_while_interruptible_bounds_time_from_there(tmp_
     mov dword ptr [r14], 0x14
     mov dword ptr [r14 + 0x10], 0x20
 """}[route]
-    body = f"""
-main:
-    set_idt_handler 0x20, tick
-    mov al, 0x11
-    out 0x20, al
-    mov al, 0x20
-    out 0x21, al
-    mov al, 4
-    out 0x21, al
-    mov al, 1
-    out 0x21, al
-    mov al, 0xff
-    out 0x21, al
-    mov al, 0x34
-    out 0x43, al
-    mov al, 0xa9
-    out 0x40, al
-    mov al, 0x04
-    out 0x40, al
-    sti
-    mov ecx, 1000
-.Lidle:
-    loop .Lidle
-{unmask}
-.Lspin:
-    cmp qword ptr [ticks], 3
-    jb .Lspin
-    cli
-    check_eq [ticks], 3, "three PIT ticks after the unmask"
-    ret
-tick:
-    push rax
-    inc qword ptr [ticks]
-    mov al, 0x20
-    out 0x20, al
-    mov rax, 0xfee000b0
-    mov dword ptr [rax], 0
-    pop rax
-    iretq
-.bss
-ticks: .space 8
-.text
-"""
+    idle = "    mov ecx, 1000\n.Lidle:\n    loop .Lidle\n"
+    body = _pit_spin_guest(0xFF, idle + unmask, "three PIT ticks after the unmask")
     m, res, out = boot_source(tmp_path, body)
     assert "ok 1 - three PIT ticks after the unmask" in out, (res, out)
     assert res.reason == "exit" and res.status == 1
@@ -397,6 +366,8 @@ def test_device_state_survives_a_snapshot_round_trip():
     m = Machine(128 << 20, stdout=None)
     m.pc.pic.write(0x21, 1, 0x5A)
     m.pc.ioapic.write_reg(0x12, 0x1234)
+    m.pc.hpet.mmio_write(0x010, 8, 3)                # enabled, legacy replacement
+    m.pc.hpet.mmio_write(0x108, 8, 12345)
     m.pc.pci.write(0xCF8, 4, 0x80000B40)
     m.pc.pci.write(0xCFC, 4, 0x701)                  # move the PM block to 0x700
     states = json.loads(json.dumps([(d.name, d.state()) for d in m.devices]))
@@ -406,6 +377,67 @@ def test_device_state_survives_a_snapshot_round_trip():
         dev.load_state(state)
     assert [d.state() for d in fresh.devices] == [d.state() for d in m.devices]
     assert fresh.ports[0x708] is fresh.pc.pm and 0x608 not in fresh.ports
+
+
+def _hpet(clock: "Clock") -> tuple[Hpet, list[tuple[int, int]]]:
+    edges: list[tuple[int, int]] = []
+    h = Hpet(clock.now, clock.advance, lambda line, level: edges.append((line, level)),
+             lambda line: True)
+    return h, edges
+
+
+def test_hpet_comparators_follow_virtual_time():
+    """Counts at 100 MHz of virtual time while enabled; a one-shot fires once at its comparator;
+    a comparator already behind fires at the next count (QEMU's rule); a periodic comparator
+    moves on by whole periods, one interrupt for several periods missed."""
+    clock = Clock()
+    h, edges = _hpet(clock)
+    h.mmio_write(0x0F0, 8, 500)                       # halted: the counter takes the write
+    h.mmio_write(0x010, 8, 1)
+    clock.t = tsc_at(100, HPET_HZ)
+    assert h.counter() == 600
+    h.mmio_write(0x100, 8, 0x4)                       # timer 0: edge, enabled, one-shot, GSI 0
+    h.mmio_write(0x108, 8, 1000)
+    assert h.deadline() == tsc_at(1000 - 500, HPET_HZ)
+    clock.t = h.deadline()
+    h.tick(clock.t)
+    assert edges == [(0, 1), (0, 0)] and h.deadline() is None
+    edges.clear()
+    h.mmio_write(0x108, 8, 10)                        # behind the counter: next count
+    assert h.deadline() == tsc_at(1000 - 500 + 1, HPET_HZ)
+    h.tick(h.deadline())
+    assert edges == [(0, 1), (0, 0)]
+    edges.clear()
+    h.mmio_write(0x100, 8, 0x4 | 0x8 | 0x40)          # periodic, VAL_SET
+    now = h.counter()
+    h.mmio_write(0x108, 8, now + 100)
+    h.mmio_write(0x108, 8, 100)                       # the period
+    clock.t = tsc_at(now + 350 - 500, HPET_HZ)        # three and a half periods later
+    h.tick(clock.t)
+    assert edges == [(0, 1), (0, 0)]                  # one edge for the periods missed
+    assert h.timers[0].cmp == now + 400               # the next whole period ahead
+
+
+def test_hpet_32_bit_one_shot_fires_at_the_wrap_first():
+    clock = Clock()
+    h, edges = _hpet(clock)
+    h.mmio_write(0x0F0, 8, 0xFFFFFF00)
+    h.mmio_write(0x010, 8, 1)
+    h.mmio_write(0x100, 8, 0x4 | 0x100)               # 32-bit mode
+    h.mmio_write(0x108, 8, 0x80)                      # after the low 32 bits wrap
+    assert h.deadline() == tsc_at(0xFF, HPET_HZ)     # QEMU: the wrap comes first
+    h.tick(h.deadline())
+    assert edges == [(0, 1), (0, 0)]
+    assert h.deadline() == tsc_at(0x100 + 0x80, HPET_HZ)
+
+
+def test_hpet_legacy_replacement_takes_the_pits_line():
+    m = Machine(128 << 20, stdout=None)
+    assert m.pc.pit.routed() == m.pc.lines.routed(0)
+    m.pc.ioapic.write_reg(0x14, 0x30)                 # pin 2 unmasked
+    assert m.pc.pit.routed()
+    m.pc.hpet.mmio_write(0x010, 8, 3)
+    assert not m.pc.pit.routed() and not m.pc.cmos.routed()
 
 
 def test_ioapic_id_version_and_arbitration_registers_as_qemu():

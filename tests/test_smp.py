@@ -143,8 +143,7 @@ def test_trace_tags_each_line_with_its_cpu(tmp_path):
     (["-smp", "300"], "-smp takes 1 to 255 CPUs"),
     (["-smp", "2,sockets=2"], "only N or cpus=N"),
     (["--quantum", "100"], "--quantum needs -smp"),
-    (["-smp", "2", "-s"], "unsupported: the gdb stub with -smp 2"),
-    (["-smp", "2", "--snapshot-at", "5", "--snapshot", "x.snap"], "unsupported: --snapshot"),
+    (["-smp", "2", "--coverage", "drcov:x.cov"], "unsupported: --coverage with -smp 2"),
 ])
 def test_bad_or_unsupported_smp_options_end_with_one_line(args, message, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "emu.cli", "run", SMP_GUEST, *args],
@@ -158,17 +157,6 @@ def test_cli_runs_the_smp_guest_with_cpus_spelled_as_qemu():
                            "-q"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "# pass 16 fail 0" in proc.stdout
-
-
-def test_snapshot_and_gdb_refuse_several_cpus(tmp_path):
-    from emu.core import snapshot
-    from emu.errors import Unsupported
-    from emu.tools.gdb.stub import GdbStub
-    b = harness.boot(str(GUESTS_DIR / "hello.S"), cpus=2, timeout=30)
-    with pytest.raises(Unsupported, match="snapshot of a machine with 2 CPUs"):
-        snapshot.save(b.machine, str(tmp_path / "s.snap"))
-    with pytest.raises(OptionError, match="gdb stub with 2 CPUs"):
-        GdbStub(b.machine, port=0)
 
 
 def test_machine_refuses_a_cpu_count_the_tables_cannot_describe():

@@ -328,8 +328,8 @@ def test_checksum_mismatch(snapshot_file):
 
 def test_unknown_version(snapshot_file):
     body = bytearray(snapshot_file[:-32])
-    struct.pack_into("<I", body, 8, 3)
-    assert "format version 3" in _error(_reseal(bytes(body)))
+    struct.pack_into("<I", body, 8, 4)
+    assert "format version 4" in _error(_reseal(bytes(body)))
     struct.pack_into("<I", body, 8, 0)
     assert "format version 0" in _error(bytes(body) + b"\0" * 32)
 

@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_execution_options(run)
     resume = sub.add_parser("resume", help="continue a machine from a snapshot file")
     resume.add_argument("snapshot_file", metavar="FILE", help="a snapshot written by --snapshot")
+    resume.add_argument("-smp", "--smp", type=_smp, default=None, metavar="N",
+                        help="number of CPUs (default: the snapshot's; another count is refused)")
+    resume.add_argument("--quantum", type=_positive_int, default=None, metavar="INSNS",
+                        help="with several CPUs: instructions per turn from here on (default: "
+                             "the snapshot's, which continues the run it was taken from)")
     _add_execution_options(resume)
     mt = sub.add_parser("memtype", help="the memory type of a virtual address in a snapshot, "
                         "step by step")
@@ -193,9 +198,7 @@ def _check_smp_options(args: argparse.Namespace) -> None:
         raise OptionError("--quantum needs -smp N with N > 1")
     if args.smp == 1:
         return
-    for given, what in ((args.gdb or args.gdb_default or args.gdb_wait, "the gdb stub"),
-                        (args.snapshot, "--snapshot"), (args.coverage, "--coverage"),
-                        (args.tenet, "--tenet")):
+    for given, what in ((args.coverage, "--coverage"), (args.tenet, "--tenet")):
         if given:
             raise OptionError(f"unsupported: {what} with -smp {args.smp} (one CPU only for now)")
 
@@ -207,11 +210,13 @@ def _run_and_report(machine: Machine, tracer: "Tracer | None", args: argparse.Na
     from emu.cli.summary import summary_line
     machine.strict = args.strict
     machine.explain = not args.quiet
-    machine.count_insns = args.count_insns
+    # Several CPUs: a snapshot at an event may cut a turn short, which a later run can finish
+    # exactly only if the instructions it ran were counted (emu/core/smp.py).
+    insns, event = limit
+    machine.count_insns = args.count_insns or (event is not None and machine.cpus > 1)
     outputs = _open_coverage(args, machine)
     if args.no_replay and machine.replay is not None:
         machine.replay.enabled = False
-    insns, event = limit
     watch = _watch_event(machine, event)
     from contextlib import nullcontext
     from emu.cli.progress import RunProgress, wanted
@@ -425,11 +430,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     limit = _insn_limit(args, _lazy_symbols(None))
     snap = snapshot.read(args.snapshot_file)
+    if args.smp is None:
+        args.smp = snap.cpus
+    _check_smp_options(args)
     tracer = _open_tracer(args, _lazy_symbols(None))
     machine = Machine(snap.ram_size, stdout=guest_stdout(), tracer=tracer,
-                      extensions=[SvmExtension(pat_model=args.pat_model)])
+                      extensions=[SvmExtension(pat_model=args.pat_model)], cpus=args.smp)
     _attach_tools(machine, tracer)
-    snapshot.restore(machine, snap)
+    snapshot.restore(machine, snap)       # a CPU count other than -smp's is refused here
+    if args.quantum is not None:
+        machine.quantum = args.quantum
     return _run_and_report(machine, tracer, args, limit)
 
 
@@ -440,8 +450,8 @@ def cmd_memtype(args: argparse.Namespace) -> int:
 
     snap = snapshot.read(args.snapshot_file)
     machine = Machine(snap.ram_size, stdout=None,
-                      extensions=[SvmExtension(pat_model=args.pat_model)])
-    snapshot.restore(machine, snap)
+                      extensions=[SvmExtension(pat_model=args.pat_model)], cpus=snap.cpus)
+    snapshot.restore(machine, snap)       # the boot CPU's view
     print(effective_memtype(machine, args.va, args.world).describe())
     return 0
 

@@ -9,14 +9,16 @@ model-specific MSRs no emulator has (Xen's Zen workarounds, for one); `-hypervis
 Models:
 
   EPYC    AMD EPYC (family 17h model 1, as QEMU's EPYC): the default.
-  max     the most svmemu implements: EPYC, as kvm-unit-tests' `-cpu max,+svm` expects.
+  max     the most svmemu implements: EPYC with vNMI, as kvm-unit-tests' `-cpu max,+svm`
+          expects.
   qemu64  QEMU's default CPU (family 15 model 107, AuthenticAMD, SSE3, CX16, LAHF, SVM, no
           XSAVE): what old hypervisors that check for family 0xF want.
   Opteron_G1  QEMU's first-generation Opteron (family 15 model 6 stepping 1: SSE3, long
           mode, SYSCALL, NX; no CX16, no LAHF in long mode, no SVM unless `+svm`).
 
 `+name` adds a feature svmemu implements (the EPYC set, plus `perfctr-core` and the speculation
-controls `ibpb`, `ibrs`, `amd-stibp`, `amd-ssbd`, whose MSRs exist in emu/core/msrs_amd.py);
+controls `ibpb`, `ibrs`, `amd-stibp`, `amd-ssbd`, whose MSRs exist in emu/core/msrs_amd.py, and
+the SVM features of SVM_IMPLEMENTED, which the SVM extension reports in CPUID 8000_000A);
 `-name` hides one (`name=on`/`name=off` are accepted too). `vendor=AuthenticAMD` is accepted
 (every model is AMD's); another vendor is refused. A hidden feature is gone from CPUID
 and from everything CPUID gates: CR4 bits (control_regs.py), MSRs (msrs_amd.py), and, for `svm`,
@@ -84,8 +86,15 @@ _OPTERON_G1: Table = {
 
 MODELS: dict[str, Table] = {"EPYC": _EPYC, "max": _EPYC, "qemu64": _QEMU64,
                             "Opteron_G1": _OPTERON_G1}
-# Features a model lacks that the machine would otherwise add (the SVM extension adds SVM).
-_MODEL_HIDDEN: dict[str, tuple[str, ...]] = {"Opteron_G1": ("svm",)}
+# Features a model lacks that the machine would otherwise add (the SVM extension adds SVM and
+# its leaf). QEMU's qemu64 reports no SVM feature bits; svmemu keeps there the ones it always
+# had (nested paging, NRIP save, vGIF) and leaves the later ones off unless asked (`+name`).
+# EPYC (Zen 1) lacks vNMI, which came with Zen 4: `EPYC,+vnmi` grants it; `max` has it.
+_SVM_AFTER_ZEN1 = ("vnmi",)
+_SVM_LATER = ("lbrv", "tsc-scale", "flushbyasid", "decodeassists", "pause-filter",
+              "pfthreshold") + _SVM_AFTER_ZEN1
+_MODEL_HIDDEN: dict[str, tuple[str, ...]] = {"Opteron_G1": ("svm",) + _SVM_LATER,
+                                             "qemu64": _SVM_LATER, "EPYC": _SVM_AFTER_ZEN1}
 VENDOR_AMD = "AuthenticAMD"
 DEFAULT_MODEL = "EPYC"
 
@@ -120,16 +129,18 @@ _bits(0x80000008, 0, EBX, {"ibpb": 12, "ibrs": 14, "amd-stibp": 15, "amd-ssbd": 
 _bits(0x8000000A, 0, EDX, {"npt": 0, "lbrv": 1, "svm-lock": 2, "nrip-save": 3, "tsc-scale": 4,
                            "vmcb-clean": 5, "flushbyasid": 6, "decodeassists": 7,
                            "pause-filter": 10, "pfthreshold": 12, "avic": 13,
-                           "v-vmsave-vmload": 15, "vgif": 16})
+                           "v-vmsave-vmload": 15, "vgif": 16, "vnmi": 25})
 _ALIASES = {"sse3": "pni", "sse4_1": "sse4.1", "sse4_2": "sse4.2", "lahf_lm": "lahf-lm",
             "nrip_save": "nrip-save", "tsc_scale": "tsc-scale", "perfctr_core": "perfctr-core",
             "cr8-legacy": "cr8legacy", "sha_ni": "sha-ni", "fxsr_opt": "fxsr-opt"}
 # Implemented beyond EPYC's own bits: their MSRs are in msrs_amd.py, and they change nothing
 # else an emulator can show.
 _OPT_IN = ("perfctr-core", "ibpb", "ibrs", "amd-stibp", "amd-ssbd", "tsc-deadline", "x2apic")
-# SVM features: the SVM extension decides which it implements (its CPUID leaf); a model may
-# only hide them.
+# SVM features svm_ext implements: the SVM extension's CPUID leaf reports them, less those
+# the model hides. `+name` grants one a model lacks.
 _SVM_LEAF = 0x8000000A
+SVM_IMPLEMENTED = ("npt", "lbrv", "nrip-save", "tsc-scale", "flushbyasid", "decodeassists",
+                   "pause-filter", "pfthreshold", "vgif", "vnmi")
 
 
 def _present(table: Table, name: str) -> bool:
@@ -143,7 +154,7 @@ def implemented(name: str) -> bool:
         return True
     leaf = FEATURES[name][0]
     if leaf == _SVM_LEAF:
-        return False          # only the SVM extension grants these
+        return name in SVM_IMPLEMENTED   # the SVM extension reports them
     return _present(_EPYC, name) or name in _OPT_IN
 
 
@@ -153,7 +164,8 @@ class CpuModel:
     (applied after every other CPUID contribution: the APIC's, the SVM extension's)."""
     name: str = DEFAULT_MODEL
     table: Table = field(default_factory=lambda: dict(_EPYC))
-    hidden: dict[tuple[int, int, int], int] = field(default_factory=dict)   # (leaf, sub, reg) -> bits
+    hidden: dict[tuple[int, int, int], int] = field(              # (leaf, sub, reg) -> bits
+        default_factory=lambda: model_hidden(DEFAULT_MODEL))
 
     @property
     def svm(self) -> bool:
@@ -169,6 +181,15 @@ class CpuModel:
         return tuple(out)  # type: ignore[return-value]
 
 
+def model_hidden(name: str) -> dict[tuple[int, int, int], int]:
+    """The features model `name` lacks that the machine would otherwise add."""
+    hidden: dict[tuple[int, int, int], int] = {}
+    for feat in _MODEL_HIDDEN.get(name, ()):
+        leaf, sub, reg, bit = FEATURES[feat]
+        hidden[(leaf, sub, reg)] = hidden.get((leaf, sub, reg), 0) | bit
+    return hidden
+
+
 def parse_cpu(spec: str) -> CpuModel:
     """`MODEL[,+feat,-feat,feat=on,feat=off...]` -> CpuModel, or OptionError."""
     parts = [p.strip() for p in spec.split(",")]
@@ -177,10 +198,8 @@ def parse_cpu(spec: str) -> CpuModel:
     if name.lower() not in models:
         raise OptionError(f"unknown CPU model {name!r} (models: {', '.join(MODELS)})")
     name = models[name.lower()]
-    model = CpuModel(name, {k: tuple(v) for k, v in MODELS[name].items()})  # type: ignore[misc]
-    for feat in _MODEL_HIDDEN.get(name, ()):
-        leaf, sub, reg, bit = FEATURES[feat]
-        model.hidden[(leaf, sub, reg)] = model.hidden.get((leaf, sub, reg), 0) | bit
+    model = CpuModel(name, {k: tuple(v) for k, v in MODELS[name].items()},  # type: ignore[misc]
+                     model_hidden(name))
     for part in parts[1:]:
         if not part:
             continue
@@ -205,7 +224,7 @@ def parse_cpu(spec: str) -> CpuModel:
             if not implemented(feat):
                 raise OptionError(f"CPU feature {feat!r} is not implemented by svmemu")
             model.hidden[(leaf, sub, reg)] = model.hidden.get((leaf, sub, reg), 0) & ~bit
-            if feat != "svm":
+            if feat != "svm" and leaf != _SVM_LEAF:
                 _grant(model.table, leaf, sub, reg, bit)
         else:
             model.hidden[(leaf, sub, reg)] = model.hidden.get((leaf, sub, reg), 0) | bit

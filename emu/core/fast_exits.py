@@ -12,10 +12,25 @@ makes that exact:
   (Machine.replay_sync), so anything Python changes is seen before C answers again;
 - only exits of L1 are answered (the CPU runs under vmcb01; for L2 a hypervisor may intercept
   them, which the router decides), and only without nested paging (the code read below);
-- RDTSC: the TSC moves by TSC_STEP and RDX:EAX get it (L1's TSC offset is always 0), RIP moves
-  2, as Machine._exit_rdtsc. The instruction bytes are read first through Unicorn's debug walk,
+- RDTSC: the TSC takes the instructions retired since Python last looked and moves by
+  TSC_STEP, and RDX:EAX get it (L1's TSC offset is always 0), RIP moves 2, as
+  Machine._exit_rdtsc. The instruction bytes are read first through Unicorn's debug walk,
   as Machine.mem.read_code does it: RDTSCP (which Unicorn reports as RDTSC) or a failed read
-  goes to Python. The TSC the C side moved is added to Machine.tsc when Python next runs;
+  goes to Python. What the C side moved (its `ticks`, emu/core/timebase.py) is added to
+  Machine.tsc when Python next runs;
+- MOV to and from CR8 (the TPR's bits 7:4, irq._cr8_exit) in 64-bit mode, in the spelling
+  REX.R 0F 20/22 with a register operand: C keeps the APIC's TPR from the arming and gives it
+  back at the next Python entry. Writes only while nothing is requested that a lower priority
+  could let in and no APIC timer could fire meanwhile (then the write is all Python would do;
+  a write of bits 63:4, #GP, goes to Python);
+- MOV to CR4 at CPL 0 in 64-bit mode (control_regs.Cr4Writes), in the spelling 0F 22 /4 with
+  a register operand: C writes it through uc_reg_write as Python does when the value has no bit
+  the model reserves, keeps PAE and leaves PCIDE clear; anything else (the #GP cases
+  included) goes to Python. The allowed bits come from the CPUID table, recomputed with the
+  kept CPUID answers whenever an arming finds the table's inputs moved;
+- IN from the ACPI PM timer (replay.c `replay_in`, in front of Machine._on_in) in L1 on one
+  CPU: the port's cost and the read's time step, then the counter from the TSC, as
+  PmBlock.read computes it; every other port, and any port while disarmed, goes to Python;
 - CPUID: only answers Python itself gave in L1, kept with the inputs (leaf, subleaf) exactly as
   the exit gave them and with L1's whole CR4 at the time (CPUID 1 mirrors CR4.OSXSAVE); C
   answers only when all of them match. The rest of what Cpuid.query reads (its table, its
@@ -39,8 +54,16 @@ from __future__ import annotations
 import ctypes
 from typing import TYPE_CHECKING
 
+from unicorn.x86_const import UC_X86_REG_CR4
+
+from emu.arch.bits import CR4_PAE, CR4_PCIDE
+from emu.core.control_regs import cr4_allowed
+from emu.core.devices.clock import PM_TIMER_HZ, TSC_HZ
+from emu.core.devices.pm_timer import PM_TMR, TIME_PER_READ
+from emu.core.timebase import IOIO_COST
 from emu.engine import binding, hostvm, replay
 from emu.arch.vmcb import VMEXIT_CPUID, VMEXIT_RDTSC
+from emu.core.msrs_amd import TSC_RATIO_RESET
 from emu.engine.hw_switch import (HF2_NPT, HF_CS64, OFF_CR, OFF_EFER, OFF_EIP, OFF_HFLAGS,
                                   OFF_HFLAGS2, OFF_NESTED_PG_MODE, OFF_RAX, OFF_RCX, OFF_SEGS,
                                   OFF_VM_VMCB, SEG_SIZE, cpu_and_env)
@@ -75,6 +98,7 @@ class FastExits:
         self._fx = None
         self.env = 0
         self._base: int | None = None      # fx.tsc when armed
+        self._tpr = 0                       # the APIC's TPR when armed
         self._inputs: tuple = ()            # what the kept CPUID answers were computed from
         self._met: dict[tuple[int, int], int] = {}   # (state, RIP) of L2 RDTSCs: times met
         # Exits whose handling by the machine's own handler changes no Python-side state a
@@ -98,6 +122,10 @@ class FastExits:
         for i, name in enumerate(replay.FX_OFFSETS):
             fx.off[i] = _OFFSETS[name]
         fx.vmem_read = binding.c_function("uc_vmem_read")
+        fx.io_cost, fx.pm_read_ticks = IOIO_COST, TIME_PER_READ
+        fx.pm_hz, fx.tsc_hz = PM_TIMER_HZ, TSC_HZ
+        fx.cr4_pae, fx.cr4_pcide, fx.cr4_regid = CR4_PAE, CR4_PCIDE, UC_X86_REG_CR4
+        fx.reg_write = binding.c_function("uc_reg_write")
         fx.n_cpuid = 0
         self._fx = fx
         self._slots = fx.cpuid_slots
@@ -120,6 +148,21 @@ class FastExits:
         fx = self._fx
         return (fx.rdtsc, fx.cpuid) if fx is not None else (0, 0)
 
+    @property
+    def answered_pm_timer(self) -> int:
+        """PM timer reads answered in C so far."""
+        return self._fx.pm_reads if self._fx is not None else 0
+
+    @property
+    def answered_cr4(self) -> int:
+        """MOV to CR4 answered in C so far."""
+        return self._fx.cr4 if self._fx is not None else 0
+
+    @property
+    def answered_cr8(self) -> int:
+        """MOV to or from CR8 answered in C so far."""
+        return self._fx.cr8 if self._fx is not None else 0
+
     def _ready(self) -> bool:
         m = self.m
         return (m.replay.enabled and m.tracer is None and not m.world_observers
@@ -140,8 +183,15 @@ class FastExits:
         if inputs != self._inputs:
             self._inputs = inputs
             fx.n_cpuid = 0
-        base = self._base = m.tsc & MASK64
-        fx.tsc = base
+            fx.cr4_allowed = cr4_allowed(m.cpuid)
+        m.timebase.sync()
+        self._base = fx.tsc = m.tsc & MASK64
+        apic = m.apic
+        self._tpr = fx.tpr = apic.tpr
+        fx.cr8_write_ok = int(apic.deadline() is None and not apic.signalled())
+        pm = getattr(getattr(m, "pc", None), "pm", None)
+        fx.pm_port = (pm.base + PM_TMR if pm is not None and pm.base is not None
+                      and m.cpus == 1 and m.ports.get(pm.base + PM_TMR) is pm else 0)
         fx.armed = 1
 
     def neutral_exit(self, code: int, length: int, in_l2: bool = False) -> None:
@@ -201,7 +251,7 @@ class FastExits:
                 return
             p.same(host, value.to_bytes(width, "little"))
         p.commit()
-        p.rdtsc(m.tsc_offset)
+        p.rdtsc(m.tsc_offset, 0 if m.tsc_ratio == TSC_RATIO_RESET else m.tsc_ratio)
         e.add_program(_EXIT_RDTSC, p)
 
     def stop(self) -> None:
@@ -211,15 +261,15 @@ class FastExits:
             self._fx.armed = 0
 
     def disarm(self) -> None:
-        """A Python entry: C answers nothing more, and the TSC it moved is the machine's."""
+        """A Python entry: C answers nothing more (the time it moved is taken by
+        Timebase.sync, which follows)."""
         fx = self._fx
         if fx is None or self._base is None:
             return
         fx.armed = 0
-        moved = (fx.tsc - self._base) & MASK64
         self._base = None
-        if moved:
-            self.m.tsc += moved
+        if fx.tpr != self._tpr:         # MOV CR8 answered in C
+            self.m.apic.tpr = fx.tpr
 
     def remember_cpuid(self, leaf: int, subleaf: int, regs: tuple[int, int, int, int]) -> None:
         """Python answered L1's CPUID (leaf, subleaf) with `regs`; C may repeat the answer while

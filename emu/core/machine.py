@@ -50,15 +50,18 @@ from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliver
 from emu.core.firmware import MAX_XAPIC_CPUS
 from emu.core.firmware.layout import ram_layout
 from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE
-from emu.core.smp import DEFAULT_QUANTUM, RoundRobin
+from emu.core.smp import DEFAULT_QUANTUM, Position, RoundRobin
 from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.core.fast_exits import FastExits
+from emu.core.timebase import IOIO_COST, Timebase
 from emu.arch.paging import NestedFault
 from emu.arch.vmcb import VMEXIT_IRET, intercept_misc_bit
 from emu.core.syscall import on_syscall
 from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, MsrFile
 from emu.core import msrs_amd
+from emu.core.msrs_amd import TSC_RATIO_RESET
+from emu.core.lbr import BranchRecorder
 from emu.core.control_regs import Cr4Writes
 from emu.core.table_loads import TableLoads
 from emu.core.cpu_models import CpuModel
@@ -160,6 +163,10 @@ class Machine:
         self.quantum = quantum if quantum is not None else DEFAULT_QUANTUM
         self.stale_code = False   # another CPU ran since this one last did (emu/core/smp.py)
         self.running: Machine | None = None   # boot CPU: the CPU in its turn now
+        self.smp_position = Position()   # boot CPU: the scheduler's place between runs
+        self._counting = False    # boot CPU: this run counts instructions (`insns` is exact)
+        self.paused_cpu = 0       # boot CPU: the CPU whose turn a pause ended (debuggers)
+        self.only_cpu: int | None = None   # boot CPU: a debugger steps this CPU alone
         self.idle_turn = False    # the last turn found this CPU halted and ran nothing
         self.started = _boot is None   # an application processor starts at its SIPI
         self.reinit = False       # an INIT reached this running application processor
@@ -193,6 +200,7 @@ class Machine:
         self.memory_hooks: list[Callable[[Uc], list[int]]] = []
         self.tsc = 0
         self.tsc_offset = 0      # TSC_OFFSET of the guest now running (set by the extension)
+        self.tsc_ratio = TSC_RATIO_RESET     # its TSC ratio, 8.32 fixed point (APM 15.30.5)
         # With several CPUs `tsc` is the machine's time as this CPU has seen it, and a WRMSR
         # to the TSC moves only this CPU's TSC: by tsc_adjust (0 on one CPU).
         self.tsc_adjust = 0
@@ -201,6 +209,7 @@ class Machine:
         self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
                             hostvm.MAXPHYADDR)
         msrs_amd.install(self.msrs, self.cpuid)
+        self.lbr = BranchRecorder(self)      # DebugCtl.LBR: the last branch (emu/core/lbr.py)
         self.strict = False       # stop at accesses to physical addresses with nothing there
         self.explain = True       # one stderr line per surprising event a user should hear of (-q: off)
         self.open_bus = OpenBus(self)
@@ -264,11 +273,18 @@ class Machine:
         if replay.available():
             self.replay = replay.Engine(uc, self.ctx, self.ram_addr, self.layout.below_4g,
                                         self._on_intr_c)
+        # Virtual time: instructions retired, exit costs, events (emu/core/timebase.py).
+        self.timebase = Timebase(self)
         # L1's RDTSC and CPUID answered in C while nothing else would happen (fast_exits.py).
         self.fast_exits = FastExits(self, TSC_STEP)
+        if self.replay is not None:
+            self.replay.set_exit_costs(self.timebase.costs)
+            if self.fast_exits.env:
+                self.timebase.attach_c(self.replay.fast)
         self._hooks = [
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr)]),
-            uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN),
+            (self.replay.hook_in(self._on_in_c) if self.replay
+             else uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)),
             uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT),
             uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, UC_X86_INS_SYSCALL),
             uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
@@ -412,8 +428,9 @@ class Machine:
         """Stop at the next instruction boundary for a debugger, after finishing any event in
         flight (a VMRUN's injected event, an exception being delivered): `run` returns reason
         "pause" and the next `run` continues exactly there. `stop` instead ends the run as is."""
-        self._pause = message
-        self.uc.emu_stop()
+        cpu = self.cpu_list[0].running or self     # several CPUs: the one in its turn
+        cpu._pause = message
+        cpu.uc.emu_stop()
 
     # ---- loading ----------------------------------------------------------------------------------
     def load_multiboot(self, image: "BootImage", cmdline: str,
@@ -460,6 +477,7 @@ class Machine:
         extra = []
         extra_ap: list[tuple[Machine, int]] = []
         self._insn_budget = max_insns
+        self._counting = max_insns is not None or self.count_insns
         if max_insns is not None or self.count_insns:
             self.insns_counted = True
             extra.append(uc.hook_add(UC_HOOK_CODE, self._count_insn))
@@ -488,8 +506,9 @@ class Machine:
         self._setup_ap = setup_ap
         try:
             if aps:
-                RoundRobin(self.cpu_list, self.quantum).run(
-                    lambda cpu, quantum, horizon: cpu._turn(deadline, timeout, quantum, horizon))
+                RoundRobin(self.cpu_list, self.quantum, self.smp_position, self.only_cpu).run(
+                    lambda cpu, quantum, horizon, resume: cpu._turn(deadline, timeout, quantum,
+                                                                    horizon, resume))
             else:
                 while self._result is None and self._turn(deadline, timeout):
                     pass
@@ -509,7 +528,8 @@ class Machine:
                 self.tracer.run_ended()
             self._between.clear()
             self._start = uc.reg_read(UC_X86_REG_RIP)
-            self._pause = None
+            for cpu in self.cpu_list:
+                cpu._pause = None
         result, self._result = self._result, None
         for ap in self.cpu_list[1:]:
             ap._result = None
@@ -519,15 +539,16 @@ class Machine:
         return result
 
     def _turn(self, deadline: float | None, timeout: float | None, quantum: int = 0,
-              horizon: int | None = None) -> bool:
+              horizon: int | None = None, resume: Position | None = None) -> bool:
         """One pass of the run loop: an interrupt point, then guest code until emulation stops.
         With several CPUs (emu/core/smp.py) at most `quantum` instructions (0: no bound, this
-        CPU runs alone), and none past virtual time `horizon` (another CPU's next timer).
-        False: the run ends."""
+        CPU runs alone), and none past virtual time `horizon` (another CPU's next timer);
+        `resume`: finish a turn an earlier run cut short, where it stopped (no interrupt point:
+        the turn never ended). False: the run ends."""
         uc = self.uc
         begin = self._begin
-        took = self.irq.point()       # interrupts, HLT wake-up (emu/core/irq.py)
-        while self._pending is not None and self._result is None:
+        took = resume is None and self.irq.point()   # interrupts, HLT wake-up (emu/core/irq.py)
+        while resume is None and self._pending is not None and self._result is None:
             pending, self._pending = self._pending, None
             pending()                 # what a world switch there asked for (a #DB trap)
             took = True
@@ -541,12 +562,17 @@ class Machine:
         if self.idle_turn:            # several CPUs: halted until another's turn wakes it
             return True
         count = self.irq.slice()
+        bound = 0
         if self.cpus > 1:
             if quantum:
                 count = min(count, quantum) if count else quantum
             if horizon is not None:
                 left = max(1, horizon - self.tsc)
                 count = min(count, left) if count else left
+            if resume is not None:    # the rest of a turn cut short, its time as a whole
+                count, bound = resume.left or 0, resume.bound
+            else:
+                bound = count
             if self.stale_code:       # another CPU ran, and may have written code this one ran
                 uc.ctl_flush_tb()
                 self.stale_code = False
@@ -557,20 +583,29 @@ class Machine:
             self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
             return False
         self.fast_exits.arm()
+        boot = self.cpu_list[0]
+        insns_before = boot.insns
         try:
-            uc.emu_start(begin, _UNTIL, count=count)
+            uc.emu_start(begin, _UNTIL, count=self.timebase.bound(count))
         except UcError as e:
+            self.timebase.unbound()
             self.replay_sync()
             if self._result is None:
                 self._finish("unsupported", STATUS_UNSUPPORTED,
                              f"unsupported: CPU stopped with {e} at rip "
                              f"{uc.reg_read(UC_X86_REG_RIP):#x}")
             return False
+        self.timebase.unbound()
         self.replay_sync()
+        if self.cpus > 1:
+            self._cut_short(count, bound, boot.insns - insns_before)
         # The slice ran out only if nothing else stopped it: not an event, the end of
         # the run, a debugger pause, work between slices or the wall-clock timeout (virtual
-        # time must not advance for instructions that never ran).
-        self.irq.slice_done(count, self._pending is None and self._result is None
+        # time must not advance for instructions that never ran). With the engine's count
+        # (emu/core/timebase.py) the instructions that ran are time already; otherwise a turn
+        # resumed after a cut (several CPUs) counts its whole bound at its end.
+        self.irq.slice_done(0 if self.timebase.exact else (bound or count),
+                            self._pending is None and self._result is None
                             and self._pause is None and not self._between
                             and (deadline is None or time.monotonic() < deadline))
         pending, self._pending = self._pending, None
@@ -581,19 +616,43 @@ class Machine:
         elif self._result is None and deadline is not None and time.monotonic() >= deadline:
             self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
         if self._pause is not None and self._result is None:
+            self.cpu_list[0].paused_cpu = self.cpu_index
             self._finish("pause", STATUS_LIMIT, self._pause)
         while self._between:            # queued by hooks or by the pending work
             self._between.pop(0)()
         self._begin = uc.reg_read(UC_X86_REG_RIP)
         return True
 
+    def _cut_short(self, count: int, bound: int, ran: int) -> None:
+        """Several CPUs: did this turn stop only because the run ends here (an instruction
+        limit, a pause), in the middle of what it would have run? Then the scheduler's position
+        keeps the rest of its bound (`ran` instructions of `count` ran), so that a later run
+        finishes the turn exactly (emu/core/smp.py). Not when it stopped for an event of its
+        own, which ends a turn anyway, nor when the instructions it ran were not counted."""
+        boot = self.cpu_list[0]
+        result = self._result
+        ending = (result.reason == "max-insns" if result is not None
+                  else self._pause is not None)
+        if (not ending or not boot._counting or self._pending is not None or self._between
+                or self.irq._kicked):
+            return
+        left = count - ran if count else 0
+        if count and left <= 0:
+            return                    # it ran its bound out: the turn is over
+        boot.smp_position.left = left
+        boot.smp_position.bound = bound
+
     # ---- application processors --------------------------------------------------------------
     def wake(self) -> None:
         """Something may have made this CPU runnable (an IPI, a SIPI, an interrupt routed to
         it): the CPU running now, if another, ends its turn at this instruction, so the
         scheduler looks again (a CPU running alone runs unbounded until then)."""
-        runner = self.cpu_list[0].running
-        if runner is None or runner is self:
+        boot = self.cpu_list[0]
+        runner = boot.running
+        if runner is None:        # from outside a run (a debugger, a test): a turn an earlier
+            boot.smp_position.left = None   # run cut short is not finished but starts afresh
+            return
+        if runner is self:
             return
         irq = runner.irq
         if irq.in_mmio:
@@ -685,8 +744,10 @@ class Machine:
         Every Python entry point calls this first (hooks, MMIO callbacks, the run loop)."""
         e = self.replay
         if e is None:
+            self.timebase.sync()
             return
         self.fast_exits.disarm()
+        self.timebase.sync()
         seq = e.seq_word.value
         if seq != self._replay_seen:
             self._replay_seen = seq
@@ -723,8 +784,20 @@ class Machine:
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(uc, e)
 
+    def _on_in_c(self, _uch: int, port: int, size: int, _user: int) -> int:
+        """The Python IN hook behind the C one (replay.c `replay_in`), with the binding's
+        exception handling."""
+        try:
+            return self._on_in(self.uc, port, size, None)
+        except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
+            binding.stop_with_exception(self.uc, e)
+            return (1 << (8 * size)) - 1
+
     # ---- hooks --------------------------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _data: object) -> None:
+        if self.replay is None:
+            self.timebase.sync()
+        self.timebase.charge(intno)
         code = intno - hostvm.UC_EXIT_BASE
         if code == hostvm.VMEXIT_EXCP0 + DB and self.io_trap.armed:
             self._io_trap_fired()
@@ -810,13 +883,19 @@ class Machine:
 
     def _read_tsc(self) -> int:
         self.tsc += TSC_STEP
-        return (self.tsc + self.tsc_adjust + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+        own = self.tsc + self.tsc_adjust
+        if self.tsc_ratio != TSC_RATIO_RESET:       # a guest's: scaled, then offset
+            own = (own * self.tsc_ratio) >> 32
+        return (own + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
 
     def _write_tsc(self, value: int) -> None:
+        own = (value - self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+        if self.tsc_ratio != TSC_RATIO_RESET:
+            own = (own << 32) // self.tsc_ratio if self.tsc_ratio else self.tsc
         if self.cpus > 1:       # this CPU's TSC moves; the machine's time does not
-            self.tsc_adjust = (value - self.tsc_offset - self.tsc) & 0xFFFFFFFFFFFFFFFF
+            self.tsc_adjust = (own - self.tsc) & 0xFFFFFFFFFFFFFFFF
         else:
-            self.tsc = (value - self.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+            self.tsc = own
 
     def _exit_rdtsc(self, code: int) -> None:
         if self.mem.read_code(self.uc.reg_read(UC_X86_REG_RIP), 3) == b"\x0F\x01\xF9":
@@ -870,6 +949,7 @@ class Machine:
 
     def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
         self.replay_sync()
+        self.tsc += IOIO_COST
         if self._result is not None or self._io_exit(port, size, True):
             return (1 << (8 * size)) - 1     # undone when the trap fires
         dev = self.ports.get(port)
@@ -881,6 +961,7 @@ class Machine:
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
         self.replay_sync()
+        self.tsc += IOIO_COST
         if self._result is not None or self._io_exit(port, size, False):
             return
         dev = self.ports.get(port)

@@ -229,11 +229,11 @@ def _perf_ctl_check(v: int) -> str | None:
 
 
 def _debugctl_check(v: int) -> str | None:
-    """LBR (branch recording) and BTF (single-step on branches) change what the CPU records or
-    traps; svmemu models neither. The performance-monitor pin bits have nothing to drive."""
-    if v & (DEBUGCTL_LBR | DEBUGCTL_BTF):
-        raise Unsupported(f"DebugCtl {v:#x}: last-branch recording and branch single-step "
-                          "are not modelled")
+    """LBR records branches (emu/core/lbr.py). BTF (single-step on branches) changes what the
+    CPU traps, which svmemu does not model. The performance-monitor pin bits have nothing to
+    drive."""
+    if v & DEBUGCTL_BTF:
+        raise Unsupported(f"DebugCtl {v:#x}: branch single-step (BTF) is not modelled")
     return None
 
 

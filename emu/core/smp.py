@@ -24,14 +24,47 @@ translated blocks and sees only its own stores, so a CPU whose turn follows anot
 its whole cache before it runs (`Machine.stale_code`): whatever the other CPU wrote, code this CPU
 runs is translated from memory as it is now. That costs a re-translation of the working set per
 switch (bench/smp.py measures it); it is exact with no tracking of who wrote what.
+
+Position. The scheduler's place (`Position`: whose turn, the round so far, and a turn cut short
+by the end of a run) lives on the boot CPU and outlives a run: a run that stops in the middle of
+a turn (`--max-insns`, `--snapshot-at`, a debugger's or the API's pause) and is continued --
+by another `run`, or from a snapshot, which holds the position -- finishes that turn with the
+instructions its bound had left, at the same virtual time, with no interrupt point in between,
+and the next CPU's turn follows as it would have. The instructions a stopped turn ran are known
+only when the run counts them (`--max-insns`, `--count-insns`, `--snapshot-at`); a run that
+counts nothing and is paused mid-turn ends that turn there.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol, Sequence
 
-from emu.errors import STATUS_HALTED
+from emu.errors import STATUS_HALTED, STATUS_LIMIT
 
 DEFAULT_QUANTUM = 20_000     # instructions per turn
+
+
+@dataclass
+class Position:
+    """Where the round robin stands between two runs (see the module docstring)."""
+    index: int = 0              # the CPU whose turn comes next (or was cut short)
+    busy: bool = False          # a CPU of this round has run
+    jumped: bool = False        # the last all-halted jump in time woke nobody yet
+    left: int | None = None     # a turn cut short: the instruction bound left (0: unbounded)
+    bound: int = 0              # that turn's whole bound, the virtual time it takes if run out
+
+    def state(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], cpus: int) -> "Position":
+        pos = cls(index=int(state["index"]), busy=bool(state["busy"]),
+                  jumped=bool(state["jumped"]),
+                  left=None if state["left"] is None else int(state["left"]),
+                  bound=int(state["bound"]))
+        if not 0 <= pos.index < cpus or (pos.left is not None and not 0 <= pos.left <= pos.bound):
+            raise ValueError(f"scheduler position {state} does not fit {cpus} CPUs")
+        return pos
 
 
 class Cpu(Protocol):
@@ -49,43 +82,63 @@ class Cpu(Protocol):
     def reinitialised(self) -> "Cpu": ...
 
 
-Turn = Callable[[Cpu, int, "int | None"], bool]
+# turn(cpu, quantum, horizon, resume): one pass of that CPU's loop. `resume` is the position
+# when that pass finishes a turn cut short; the pass sets `position.left` when it is cut short.
+Turn = Callable[[Cpu, int, "int | None", "Position | None"], bool]
 
 
 class RoundRobin:
-    def __init__(self, cpus: Sequence[Cpu], quantum: int) -> None:
+    def __init__(self, cpus: Sequence[Cpu], quantum: int, position: Position | None = None,
+                 only: int | None = None) -> None:
+        """`only`: a debugger steps this CPU while the others stay where they are."""
         self.cpus = list(cpus)
         self.quantum = quantum
+        self.position = position if position is not None else Position()
+        self.only = only
 
     def run(self, turn: Turn) -> None:
-        """Give each started CPU its turn, in order, until the run ends. `turn(cpu, quantum,
-        horizon)` runs one pass of that CPU's loop (quantum 0: no instruction bound)."""
+        """Give each started CPU its turn, in order, from the saved position until the run
+        ends (quantum 0: no instruction bound)."""
         boot = self.cpus[0]
-        jumped = False
+        pos = self.position
         try:
             while boot._result is None:
-                busy = False
-                for i in range(len(self.cpus)):
+                while pos.index < len(self.cpus):
+                    i = pos.index
                     cpu = self.cpus[i]
                     if boot._result is not None:
                         return
-                    if not cpu.started:
-                        continue            # waiting for SIPI
-                    cpu.tsc = max(cpu.tsc, self.now())   # no CPU sees time go backwards
-                    quantum, horizon = self._bounds(cpu)
+                    if not cpu.started or self.only not in (None, i):
+                        pos.index += 1      # waiting for SIPI (or held by a debugger)
+                        continue
+                    resume = Position(**pos.state()) if pos.left is not None else None
+                    quantum, horizon = 0, None
+                    if resume is None:
+                        cpu.tsc = max(cpu.tsc, self.now())   # no CPU sees time go backwards
+                        quantum, horizon = self._bounds(cpu)
+                    pos.left = None
                     boot.running = cpu
-                    if not turn(cpu, quantum, horizon):
+                    if not turn(cpu, quantum, horizon, resume):
                         return
+                    if pos.left is not None:   # cut short by the end of the run: resumed later
+                        pos.busy = True
+                        return
+                    pos.index += 1
                     if cpu.reinit:          # an INIT: the CPU starts over, waiting for SIPI
                         self.cpus[i] = cpu.reinitialised()
-                        busy = True
+                        pos.busy = True
                     elif not cpu.idle_turn:
-                        busy = True
+                        pos.busy = True
+                pos.index = 0
+                busy, pos.busy = pos.busy, False
                 if busy:
-                    jumped = False
+                    pos.jumped = False
                     continue
+                if self.only is not None:   # the CPU a debugger steps alone is halted
+                    boot.stop("pause", STATUS_LIMIT, f"CPU {self.only} is halted")
+                    return
                 if boot._result is None:
-                    jumped = self._idle(jumped)
+                    pos.jumped = self._idle(pos.jumped)
         finally:
             boot.running = None
 

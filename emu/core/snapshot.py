@@ -39,6 +39,14 @@ each), RAMD (those pages concatenated, zlib), MACH (JSON: MSRs, TSC, CPUID, devi
 RAM is stored sparsely because a 128 MiB guest is mostly zeros and zlib alone spends ~0.3 s each
 way on them.
 
+A machine with several CPUs (`-smp N`) is written as format version 3: HEAD adds `cpus`, the
+sections above hold the boot CPU (CPU0, L0RG) and the machine (RAM, devices), MACH adds `smp`
+(the quantum, the scheduler's position -- emu/core/smp.py -- and the boot CPU's SMP state), and
+three more sections hold the application processors in CPU order: APCX (their context blobs,
+concatenated), APL0 (their L0-private regions, concatenated, zlib) and APST (JSON: per CPU its
+MSRs, TSC, local APIC, extensions and SMP state: started or waiting for SIPI, halted, TSC
+adjustment). A one-CPU machine is still written as version 2, byte for byte as before.
+
 Version 1 is the same container whose extension sections predate gPAT: the svm extension's
 section has no `gpat` fields, and the extension applies its documented legacy rule. The loader
 reads both and tells each extension which one it got through the `"format_version"` key of the
@@ -53,14 +61,15 @@ import json
 import mmap
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import unicorn
 from unicorn.x86_const import UC_X86_REG_RIP
 
+from emu.core.firmware import MAX_XAPIC_CPUS
 from emu.core.firmware.layout import MAX_RAM, check_ram_size, ram_layout
-from emu.errors import OptionError, SnapshotError, Unsupported
+from emu.errors import OptionError, SnapshotError
 from emu.core.cpuid import Cpuid
 from emu.core.snapshot_check import check_cpu
 from emu.engine.hw_switch import OFF_EIP, flush_tlb
@@ -70,7 +79,8 @@ if TYPE_CHECKING:
 
 MAGIC = b"SVMEMUSN"
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SMP_FORMAT_VERSION = 3     # a machine with several CPUs
+READABLE_VERSIONS = (1, 2, 3)
 
 PAGE = 0x1000
 _CHUNK = 1 << 20
@@ -88,8 +98,22 @@ _RAW, _ZLIB = 0, 1
 # and a generous bound for the JSON ones (a real MACH section is a few KiB).
 _MAX_JSON = 64 << 20
 _MAX_SECTION = {b"HEAD": 1 << 16, b"CPU0": 1 << 16, b"L0RG": 16 << 20, b"RAMR": _MAX_RAM // PAGE * 8,
-                b"RAMD": _MAX_RAM, b"MACH": _MAX_JSON}
+                b"RAMD": _MAX_RAM, b"MACH": _MAX_JSON,
+                b"APCX": 0, b"APL0": 0, b"APST": _MAX_JSON}   # AP bounds: from HEAD's cpus
+_AP_SECTIONS = (b"APCX", b"APL0", b"APST")
 _BYTES_TAG = "__bytes__"
+
+
+@dataclass
+class CpuSection:
+    """An application processor: what the boot CPU's part of `Snapshot` holds for CPU 0."""
+    l0: bytes
+    cpu: bytes
+    msrs: dict[int, int]
+    tsc: int
+    apic: dict[str, Any]
+    extensions: dict[str, dict[str, Any]]
+    smp: dict[str, Any]      # started, halted, waiting for SIPI, TSC adjustment (_cpu_smp_state)
 
 
 @dataclass
@@ -106,6 +130,12 @@ class Snapshot:
     extensions: dict[str, dict[str, Any]]
     unicorn_version: str = unicorn.__version__
     format_version: int = FORMAT_VERSION
+    aps: list[CpuSection] = field(default_factory=list)   # CPUs 1..N-1 (-smp N)
+    smp: dict[str, Any] = field(default_factory=dict)     # quantum, position, the boot CPU's state
+
+    @property
+    def cpus(self) -> int:
+        return 1 + len(self.aps)
 
     @property
     def rip(self) -> int:
@@ -193,10 +223,7 @@ def _restore_ram(machine: "Machine", image: Any) -> None:
 
 
 def _capture(machine: "Machine", ram: Any) -> Snapshot:
-    if machine.cpus > 1:
-        raise Unsupported(f"unsupported: a snapshot of a machine with {machine.cpus} CPUs "
-                          "(snapshots hold one CPU)")
-    return Snapshot(
+    snap = Snapshot(
         ram_size=machine.ram_size,
         ram=ram,
         l0=bytes(machine.hostvm.buf),
@@ -207,6 +234,34 @@ def _capture(machine: "Machine", ram: Any) -> Snapshot:
         devices=[(dev.name, copy.deepcopy(dev.state())) for dev in machine.devices],
         extensions={ext.name: copy.deepcopy(ext.snapshot_state()) for ext in machine.extensions},
     )
+    if machine.cpus > 1:
+        snap.format_version = SMP_FORMAT_VERSION
+        snap.smp = {"quantum": machine.quantum, "position": machine.smp_position.state(),
+                    "boot": _cpu_smp_state(machine)}
+        snap.aps = [CpuSection(
+            l0=bytes(ap.hostvm.buf), cpu=_context_bytes(ap), msrs=dict(ap.msrs.values),
+            tsc=ap.tsc, apic=copy.deepcopy(ap.apic.state()),
+            extensions={ext.name: copy.deepcopy(ext.snapshot_state()) for ext in ap.extensions},
+            smp=_cpu_smp_state(ap)) for ap in machine.cpu_list[1:]]
+    return snap
+
+
+def _cpu_smp_state(cpu: "Machine") -> dict[str, Any]:
+    """What a CPU of several holds outside its context, MSRs, APIC registers and extensions."""
+    return {"started": cpu.started, "wait_for_sipi": cpu.apic.wait_for_sipi,
+            "halted": cpu.irq.halted, "idle_turn": cpu.idle_turn, "reinit": cpu.reinit,
+            "tsc_adjust": cpu.tsc_adjust}
+
+
+def _load_cpu_smp_state(cpu: "Machine", state: dict[str, Any]) -> None:
+    flags = {k: state[k] for k in ("started", "wait_for_sipi", "halted", "idle_turn", "reinit")}
+    if any(type(v) is not bool for v in flags.values()) or type(state["tsc_adjust"]) is not int:
+        raise TypeError(f"SMP state {state} is not booleans and an integer")
+    cpu.started, cpu.idle_turn, cpu.reinit = flags["started"], flags["idle_turn"], flags["reinit"]
+    cpu.apic.wait_for_sipi = flags["wait_for_sipi"]
+    cpu.irq.halted = flags["halted"]
+    cpu.tsc_adjust = state["tsc_adjust"]
+    cpu.stale_code = True     # its translated code was flushed; nothing is stale, but be sure
 
 
 def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
@@ -229,7 +284,9 @@ def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
     values = machine.msrs.values
     values.clear()
     values.update(snap.msrs)
+    machine.lbr.restored()          # DebugCtl.LBR's recording hook follows the restored MSRs
     machine.tsc = snap.tsc
+    machine.timebase.rebase()
     machine.cpuid.table = _snapshot_cpuid(machine, snap).table
     machine.sync_cpu_features()
     for dev, (name, state) in zip(machine.devices, snap.devices):
@@ -239,6 +296,44 @@ def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
         _load_section(f"extension {ext.name}", ext.load_snapshot_state,
                       snap.extensions[ext.name], snap.format_version)
     machine.resume_at(uc.reg_read(UC_X86_REG_RIP))
+    if machine.cpus > 1:
+        _restore_aps(machine, snap)
+
+
+def _restore_aps(machine: "Machine", snap: Snapshot) -> None:
+    """The application processors and the scheduler, after the boot CPU and RAM (their
+    extensions read RAM too)."""
+    from emu.core.smp import Position
+    try:
+        machine.quantum = _int(snap.smp["quantum"])
+        if machine.quantum <= 0:
+            raise ValueError("the quantum must be positive")
+        machine.smp_position = Position.from_state(snap.smp["position"], machine.cpus)
+    except (KeyError, TypeError, ValueError) as e:
+        raise SnapshotError(f"the snapshot's scheduler section is malformed ({e})")
+    _load_section("SMP state of CPU 0", lambda st: _load_cpu_smp_state(machine, st),
+                  snap.smp["boot"], None)
+    for index, (ap, sec) in enumerate(zip(machine.cpu_list[1:], snap.aps), 1):
+        ap.hostvm.buf[:] = sec.l0
+        ap.ctx.view[:] = sec.cpu
+        ap.ctx.restore()
+        ap.uc.ctl_flush_tb()
+        flush_tlb(ap.uc)
+        ap.msrs.values.clear()
+        ap.msrs.values.update(sec.msrs)
+        ap.tsc = sec.tsc
+        ap.cpuid.table = dict(machine.cpuid.table)
+        ap.sync_cpu_features()
+        _load_section(f"local APIC of CPU {index}", ap.apic.load_state, sec.apic, None)
+        for ext in ap.extensions:
+            _load_section(f"extension {ext.name} of CPU {index}", ext.load_snapshot_state,
+                          sec.extensions[ext.name], snap.format_version)
+        _load_section(f"SMP state of CPU {index}", lambda st: _load_cpu_smp_state(ap, st),
+                      sec.smp, None)
+        ap._result = None
+        rip = ap.uc.reg_read(UC_X86_REG_RIP)
+        ap._start = ap._begin = rip
+        ap.io_trap.set_flag()
 
 
 def _load_section(what: str, load: Callable[[dict[str, Any]], None], state: dict[str, Any],
@@ -263,6 +358,10 @@ def _context_bytes(machine: "Machine") -> bytes:
 
 
 def _check_compatible(machine: "Machine", snap: Snapshot) -> None:
+    if snap.cpus != machine.cpus:
+        raise SnapshotError(f"the snapshot holds {snap.cpus} CPU{'s' if snap.cpus > 1 else ''} "
+                            f"but this machine has {machine.cpus} (-smp {machine.cpus}); "
+                            f"restore it with -smp {snap.cpus}")
     if snap.ram_size != machine.ram_size:
         raise SnapshotError(f"the snapshot has {_mib(snap.ram_size)} of RAM but this machine has "
                             f"{_mib(machine.ram_size)}")
@@ -275,6 +374,16 @@ def _check_compatible(machine: "Machine", snap: Snapshot) -> None:
     if len(snap.ram) != ram_layout(snap.ram_size).end or len(snap.l0) != len(machine.hostvm.buf):
         raise SnapshotError("the snapshot's memory images do not have the sizes its header states")
     check_cpu(snap.cpu, _snapshot_cpuid(machine, snap))
+    for index, sec in enumerate(snap.aps, 1):
+        if len(sec.cpu) != len(snap.cpu) or len(sec.l0) != len(snap.l0):
+            raise SnapshotError(f"the snapshot's CPU {index} sections do not have the sizes of "
+                                "CPU 0's")
+        check_cpu(sec.cpu, _snapshot_cpuid(machine, snap), f"CPU {index} context")
+        have = sorted(ext.name for ext in machine.extensions)
+        if sorted(sec.extensions) != have:
+            raise SnapshotError(f"the snapshot's CPU {index} has extensions "
+                                f"{', '.join(sorted(sec.extensions)) or 'none'} but this machine "
+                                f"has {', '.join(have) or 'none'}")
     have = [dev.name for dev in machine.devices]
     want = [name for name, _ in snap.devices]
     if have != want:
@@ -338,9 +447,12 @@ def encode(snap: Snapshot, *, format_version: int | None = None) -> bytes:
     runs, pages = _sparse(snap.ram)
     head = {"ram_size": snap.ram_size, "unicorn": snap.unicorn_version, "context_size": len(snap.cpu),
             "l0_size": len(snap.l0)}
-    mach = {"msrs": {f"{k:#x}": v for k, v in sorted(snap.msrs.items())}, "tsc": snap.tsc,
+    mach = {"msrs": _msrs_out(snap.msrs), "tsc": snap.tsc,
             "cpuid": snap.cpuid, "devices": [[n, s] for n, s in snap.devices],
             "extensions": snap.extensions}
+    if snap.aps:
+        head["cpus"] = snap.cpus
+        mach["smp"] = snap.smp
     sections = [
         (b"HEAD", _RAW, _json(head)),
         (b"CPU0", _RAW, snap.cpu),
@@ -349,6 +461,14 @@ def encode(snap: Snapshot, *, format_version: int | None = None) -> bytes:
         (b"RAMD", _ZLIB, pages),
         (b"MACH", _ZLIB, _json(mach)),
     ]
+    if snap.aps:
+        sections += [
+            (b"APCX", _RAW, b"".join(ap.cpu for ap in snap.aps)),
+            (b"APL0", _ZLIB, b"".join(ap.l0 for ap in snap.aps)),
+            (b"APST", _ZLIB, _json([{"msrs": _msrs_out(ap.msrs), "tsc": ap.tsc, "apic": ap.apic,
+                                     "extensions": ap.extensions, "smp": ap.smp}
+                                    for ap in snap.aps])),
+        ]
     out = [_PREFIX.pack(MAGIC, format_version, len(sections))]
     for tag, enc, raw in sections:
         stored = zlib.compress(raw, 1) if enc == _ZLIB else bytes(raw)
@@ -356,6 +476,14 @@ def encode(snap: Snapshot, *, format_version: int | None = None) -> bytes:
         out.append(stored)
     body = b"".join(out)
     return body + hashlib.sha256(body).digest()
+
+
+def _msrs_out(msrs: dict[int, int]) -> dict[str, int]:
+    return {f"{k:#x}": v for k, v in sorted(msrs.items())}
+
+
+def _msrs_in(msrs: Any) -> dict[int, int]:
+    return {int(k, 16): _int(v) for k, v in dict(msrs).items()}
 
 
 def decode(data: bytes, name: str = "snapshot") -> Snapshot:
@@ -409,10 +537,15 @@ def _parse(body: memoryview, version: int, count: int) -> Snapshot:
     # the fixed sections against fixed bounds, the RAM ones against the RAM size HEAD states.
     bounds = dict(_MAX_SECTION)
     if b"HEAD" in table:
-        head_ram = _unjson(_inflate(b"HEAD", *table[b"HEAD"], bounds[b"HEAD"])).get("ram_size")
+        early = _unjson(_inflate(b"HEAD", *table[b"HEAD"], bounds[b"HEAD"]))
+        head_ram = early.get("ram_size")
         if type(head_ram) is int and 0 < head_ram <= _MAX_RAM:
             bounds[b"RAMD"] = head_ram
             bounds[b"RAMR"] = head_ram // PAGE * _RUN.size
+        aps = early.get("cpus", 1) - 1 if type(early.get("cpus", 1)) is int else 0
+        if version >= SMP_FORMAT_VERSION and 0 < aps < MAX_XAPIC_CPUS:
+            bounds[b"APCX"] = aps * bounds[b"CPU0"]
+            bounds[b"APL0"] = aps * bounds[b"L0RG"]
     sections = {tag: _inflate(tag, enc, chunk, raw_len, bounds.get(tag, 0))
                 for tag, (enc, chunk, raw_len) in table.items()}
     for tag in (b"HEAD", b"CPU0", b"L0RG", b"RAMR", b"RAMD", b"MACH"):
@@ -434,10 +567,45 @@ def _parse(body: memoryview, version: int, count: int) -> Snapshot:
     cpuid = [[_int(x) for x in row] for row in mach["cpuid"]]
     if any(len(row) != 6 for row in cpuid):
         raise SnapshotError("a CPUID row does not have six values")
-    return Snapshot(ram_size=ram_size, ram=ram, l0=sections[b"L0RG"], cpu=cpu,
-                    msrs={int(k, 16): _int(v) for k, v in dict(mach["msrs"]).items()},
+    snap = Snapshot(ram_size=ram_size, ram=ram, l0=sections[b"L0RG"], cpu=cpu,
+                    msrs=_msrs_in(mach["msrs"]),
                     tsc=_int(mach["tsc"]), cpuid=cpuid, devices=devices, extensions=extensions,
                     unicorn_version=str(head["unicorn"]), format_version=version)
+    _parse_aps(snap, head, mach, sections)
+    return snap
+
+
+def _parse_aps(snap: Snapshot, head: dict[str, Any], mach: dict[str, Any],
+               sections: dict[bytes, bytes]) -> None:
+    """The application processors of a version-3 snapshot (none before)."""
+    present = [tag for tag in _AP_SECTIONS if tag in sections]
+    if snap.format_version < SMP_FORMAT_VERSION:
+        if present or "cpus" in head:
+            raise SnapshotError(f"a format {snap.format_version} snapshot holds one CPU, but this "
+                                "one has sections of several")
+        return
+    cpus = _int(head["cpus"])
+    if not 2 <= cpus <= MAX_XAPIC_CPUS:
+        raise SnapshotError(f"the snapshot claims {cpus} CPUs (a machine has 2 to "
+                            f"{MAX_XAPIC_CPUS} when it has several)")
+    for tag in _AP_SECTIONS:
+        if tag not in sections:
+            raise SnapshotError(f"section {tag.decode()} is missing")
+    n, csize, lsize = cpus - 1, len(snap.cpu), len(snap.l0)
+    contexts, l0s = sections[b"APCX"], sections[b"APL0"]
+    states = _unjson(sections[b"APST"])
+    if len(contexts) != n * csize or len(l0s) != n * lsize or type(states) is not list \
+            or len(states) != n:
+        raise SnapshotError(f"the sections of CPUs 1 to {n} do not hold {n} CPUs")
+    smp = mach["smp"]
+    if type(smp) is not dict or type(smp.get("position")) is not dict:
+        raise SnapshotError("the scheduler section is missing or malformed")
+    snap.smp = dict(smp)
+    snap.aps = [CpuSection(l0=l0s[i * lsize:(i + 1) * lsize], cpu=contexts[i * csize:(i + 1) * csize],
+                           msrs=_msrs_in(st["msrs"]), tsc=_int(st["tsc"]), apic=dict(st["apic"]),
+                           extensions={str(k): dict(v) for k, v in dict(st["extensions"]).items()},
+                           smp=dict(st["smp"]))
+                for i, st in enumerate(states)]
 
 
 def _inflate(tag: bytes, enc: int, chunk: memoryview, raw_len: int, bound: int) -> bytes:

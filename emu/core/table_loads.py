@@ -24,7 +24,7 @@ from emu.core.interrupts import GP, Fault
 from emu.engine.hw_switch import GDTR, IDTR, LDTR, TR
 
 if TYPE_CHECKING:
-    from emu.core.machine import Machine
+    from emu.core.board import Board
 
 # exit code -> the register it loads
 LOADS = {VMEXIT_GDTR_WRITE: GDTR, VMEXIT_IDTR_WRITE: IDTR, VMEXIT_LDTR_WRITE: LDTR,
@@ -35,7 +35,7 @@ SELECTOR_INDEX = 0xFFFC    # a selector error code: index and TI, RPL dropped
 
 
 class TableLoads:
-    def __init__(self, machine: "Machine") -> None:
+    def __init__(self, machine: "Board") -> None:
         self.m = machine
         for code in LOADS:
             machine.register_exit(code, self._exit)

@@ -108,6 +108,18 @@ def add_hook_raw(uc: Uc, hook_type: int, callback: int, user_data: int,
     return hook.value
 
 
+def add_insn_hook_raw(uc: Uc, callback: int, user_data: int, insn: int) -> int:
+    """uc_hook_add(UC_HOOK_INSN) for instruction `insn` with a C function address as the
+    callback; returns the hook handle."""
+    hook = ctypes.c_size_t()
+    err = LIB.uc_hook_add(uc._uch, ctypes.byref(hook), _uc_const.UC_HOOK_INSN, ctypes.c_void_p(callback),
+                          ctypes.c_void_p(user_data), ctypes.c_uint64(1), ctypes.c_uint64(0),
+                          ctypes.c_int(insn))
+    if err:
+        raise RuntimeError(f"uc_hook_add failed: {err}")
+    return hook.value
+
+
 def add_mem_hook_cfunc(uc: Uc, hook_type: int, callback: Any) -> int:
     """Add a memory hook whose callback is already a HOOK_MEM_ACCESS_CFUNC. The binding's
     `hook_add` refuses UC_HOOK_MEM_READ_AFTER; its internal adder does not."""

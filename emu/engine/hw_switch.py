@@ -65,6 +65,11 @@ CPU_INTERRUPT_VIRQ = 0x0100         # interrupt_request: a virtual interrupt is 
 # QEMU's FeatureWord) that Unicorn's own helpers consult. XSETBV checks the XCR0 bits it is
 # given against FEAT_XSAVE_COMP_LO/HI, so svmemu writes the model's XSAVE components there.
 OFF_ENV_FEATURES = 0x1600
+# CPUX86State's last fields on svmemu's engine (patch 0005), past the context: the instructions
+# retired (u64) and the instruction deadline that ends emu_start (u64, all ones: none). The stock
+# engine has neither (emu/engine/insn_counter.py).
+OFF_ENV_INSNS = 0x1B60
+OFF_ENV_INSN_DEADLINE = OFF_ENV_INSNS + 8
 FEAT_7_0_EBX = 2
 FEAT_XSAVE_COMP_LO, FEAT_XSAVE_COMP_HI = 21, 22
 
@@ -279,6 +284,11 @@ def cpu_and_env(uc: Uc) -> tuple[int, int]:
     cpu = struct.unpack("<Q", ctypes.string_at(binding.handle_address(uc) + OFF_UC_CPU, 8))[0]
     env = struct.unpack("<Q", ctypes.string_at(cpu + OFF_CPU_ENV_PTR, 8))[0] if cpu else 0
     return cpu, env
+
+
+def struct_pack_into_env(env: int, offset: int, value: int) -> None:
+    """Write a u64 into the live CPU state at `offset` (a field outside the saved context)."""
+    ctypes.memmove(env + offset, struct.pack("<Q", value), 8)
 
 
 def set_xsave_components(uc: Uc, xcr0_valid: int) -> None:

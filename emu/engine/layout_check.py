@@ -21,6 +21,7 @@ from emu.arch.msrs import MSR_EFER, MSR_VM_HSAVE_PA
 from emu.arch.vmcb import (VMCB_SIZE, VMEXIT_CPUID, VMEXIT_NPF, VMEXIT_VMMCALL, VMEXIT_VMRUN, Segment,
                            Vmcb, intercept_misc_bit)
 from emu.engine import binding
+from emu.engine.unicorn_build import loader as engine_loader
 from emu.engine import hw_switch as H
 
 _GPRS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, X.UC_X86_REG_RSP,
@@ -108,6 +109,8 @@ def mismatches() -> list[str]:
     _segments(uc, ctx, p)
     _guest_mode(uc, ctx, p)
     _features(p)
+    if engine_loader.has_fix("insn-counter"):
+        _insn_counter(p)
     return p.wrong
 
 
@@ -144,6 +147,31 @@ def _features(p: _Probe) -> None:
     H.set_xsave_components(uc, 3)                                  # x87 and SSE only
     p.expect("XSETBV after set_xsave_components (1: #GP for x87|SSE|AVX)",
              int(not run(b"\x0f\x01\xd1", 7)), 1)
+
+
+def _insn_counter(p: _Probe) -> None:
+    """OFF_ENV_INSNS / OFF_ENV_INSN_DEADLINE (svmemu's engine only): eight instructions leave
+    eight in the count with no deadline set, and a deadline three instructions on stops a run
+    of twenty NOPs after exactly three."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 0x10000)
+    code = b"\x90" * 5 + b"\x48\xff\xc0" * 3         # 5 x NOP, 3 x INC RAX
+    uc.mem_write(_HOST_CODE, code)
+    _, env = _cpu_and_env(uc)
+    count = lambda: _peek(env + H.OFF_ENV_INSNS, "<Q") if env else None  # noqa: E731
+    p.expect("OFF_ENV_INSN_DEADLINE (none at start)",
+             _peek(env + H.OFF_ENV_INSN_DEADLINE, "<Q") or 0 if env else 0, (1 << 64) - 1)
+    uc.emu_start(_HOST_CODE, _HOST_CODE + len(code))
+    p.expect("OFF_ENV_INSNS (after 8 instructions)", count() or 0, 8)
+    if p.wrong:
+        return
+    uc.mem_write(_HOST_CODE, b"\x90" * 20)
+    H.struct_pack_into_env(env, H.OFF_ENV_INSN_DEADLINE, 8 + 3)
+    uc.emu_start(_HOST_CODE, _HOST_CODE + 20)
+    H.struct_pack_into_env(env, H.OFF_ENV_INSN_DEADLINE, (1 << 64) - 1)
+    p.expect("OFF_ENV_INSN_DEADLINE (a run stops at it)", count() or 0, 11)
+    p.expect("OFF_ENV_INSN_DEADLINE (RIP where the run stopped)",
+             uc.reg_read(X.UC_X86_REG_RIP), _HOST_CODE + 3)
 
 
 def _registers(uc: Uc, ctx: H.Context, p: _Probe) -> None:

@@ -32,7 +32,7 @@ enum {
     OP_FLUSH,      /* uc_ctl(TLB flush)                                        */
     OP_REGREAD,    /* uc_reg_read(register b) into *(u64 *)a                   */
     OP_REGWRITE,   /* uc_reg_write(register b) from *(u64 *)a                  */
-    OP_RDTSC,      /* the fast exits' RDTSC with TSC offset b (see fast_rdtsc)  */
+    OP_RDTSC,      /* the fast exits' RDTSC with TSC offset b, ratio c (0: none) */
 };
 
 struct op {
@@ -45,6 +45,7 @@ typedef int (*reg_fn)(void *uc, int regid, void *value);
 typedef int (*ctl_fn)(void *uc, int control, ...);
 typedef void (*intr_fn)(void *uc, uint32_t intno, void *user);
 typedef int (*vmem_fn)(void *uc, uint64_t addr, int prot, void *bytes, size_t size);
+typedef uint32_t (*in_fn)(void *uc, uint32_t port, int size, void *user);
 
 #define N_INTNO 0x600
 #define PER_INTNO 4         /* programs kept per exit: several L2s, or one in several states */
@@ -59,6 +60,9 @@ enum {
 #define FX_CPUID_SLOTS 64
 #define FX_EXIT_RDTSC 0x16E     /* UC exit base 0x100 + VMEXIT_RDTSC */
 #define FX_EXIT_CPUID 0x172     /* UC exit base 0x100 + VMEXIT_CPUID */
+#define FX_EXIT_CR8_READ 0x108  /* UC exit base 0x100 + VMEXIT_CR0_READ + 8 */
+#define FX_EXIT_CR8_WRITE 0x118 /* UC exit base 0x100 + VMEXIT_CR0_WRITE + 8 */
+#define FX_EXIT_CR4_WRITE 0x114 /* UC exit base 0x100 + VMEXIT_CR0_WRITE + 4 */
 
 struct cpuid_slot {
     uint32_t leaf, subleaf;
@@ -71,8 +75,33 @@ struct fast {
     uint64_t env;               /* CPUX86State */
     uint64_t l1_vmcb;           /* the VMCB L1 runs under: only L1's exits are answered */
     uint64_t hf_cs64, hf2_npt;  /* hflags bits */
-    uint64_t tsc;               /* the machine's TSC while armed (L1's TSC offset is 0) */
+    uint64_t tsc;               /* the machine's TSC when armed (L1's TSC offset is 0) */
     uint64_t tsc_step;          /* what one RDTSC adds */
+    /* Time (emu/core/timebase.py): the engine's count of instructions retired lives in the CPU
+     * state at off_insns (0: the stock engine, no count). C adds to `ticks` what time moved
+     * while it ran without Python: instructions retired since Python last looked (insns_seen),
+     * each exit's fixed cost (exit_cost), RDTSC's step. Python takes `ticks` into its TSC and
+     * clears it at every entry (Timebase.sync). */
+    uint64_t off_insns;
+    uint64_t insns_seen;
+    uint64_t ticks;
+    /* CR8 (the APIC's TPR[7:4]): Python's TPR when armed; C's writes land here and Python takes
+     * them at its next entry. Writes only while cr8_write_ok: nothing requested that a lower
+     * priority could let in, no timer that could fire (emu/core/fast_exits.py). */
+    uint64_t tpr;
+    uint64_t cr8_write_ok;
+    uint64_t cr8;               /* count of CR8 exits answered here */
+    /* The ACPI PM timer's 4 ports (0: not answered here) and its clock (devices/pm_timer.py:
+     * each read costs io_cost + pm_read_ticks, then returns tsc * pm_hz / tsc_hz mod 2^24). */
+    uint64_t pm_port;
+    uint64_t io_cost, pm_read_ticks, pm_hz, tsc_hz;
+    uint64_t pm_reads;          /* count of PM timer reads answered here */
+    /* MOV to CR4 (control_regs.Cr4Writes): the bits the model lets software set, the CR4 and
+     * CR4.PAE numbers, Unicorn's register id for CR4 and uc_reg_write (which does what a MOV
+     * CR4 does to Unicorn's CPU: hflags, TLB flush). */
+    uint64_t cr4_allowed, cr4_pae, cr4_pcide, cr4_regid;
+    reg_fn reg_write;
+    uint64_t cr4;               /* count of CR4 writes answered here */
     uint64_t rdtsc, cpuid;      /* counts of exits answered here */
     uint64_t off[FX_N_OFF];
     vmem_fn vmem_read;
@@ -95,29 +124,66 @@ struct engine {
     uint64_t state;         /* programs guard on it and set it; Python clears it when it runs */
     struct fast fx;
     const struct op *programs[N_INTNO][PER_INTNO];
+    uint32_t exit_cost[N_INTNO];    /* ticks each exit costs (emu/core/timebase.py) */
+    in_fn in_fallback;              /* the machine's Python IN hook */
 };
 
 #define ENV64(f, name) (*(uint64_t *)((f)->env + (f)->off[name]))
 #define ENV32(f, name) (*(uint32_t *)((f)->env + (f)->off[name]))
+
+/* Instructions retired since Python or C last looked become ticks. */
+static void fold_insns(struct fast *f)
+{
+    if (f->off_insns) {
+        uint64_t n = *(const uint64_t *)(f->env + f->off_insns);
+        f->ticks += n - f->insns_seen;
+        f->insns_seen = n;
+    }
+}
 
 /* RDTSC's effect, as Machine._exit_rdtsc: the TSC moves one step, RDX:EAX get it plus the
  * world's TSC offset, RIP moves past the two bytes. Only while the fast exits are armed (the
  * TSC is C's then): callers check. */
 static void do_rdtsc(struct fast *f, uint64_t offset, uint64_t rip)
 {
-    uint64_t t = (f->tsc += f->tsc_step) + offset;
+    uint64_t t;
+    fold_insns(f);
+    f->ticks += f->tsc_step;
+    t = f->tsc + f->ticks + offset;
     ENV64(f, FX_OFF_RAX) = t & 0xFFFFFFFFu;
     ENV64(f, FX_OFF_RDX) = t >> 32;
     ENV64(f, FX_OFF_EIP) = rip + 2;
     f->rdtsc++;
 }
 
-static int run(struct engine *e, const struct op *op)
+/* A guest's TSC under a TSC ratio (APM vol. 2, 15.30.5, 8.32 fixed point): do_rdtsc left its
+ * own TSC plus the offset in RDX:EAX; the guest reads the own TSC scaled, plus the offset, as
+ * Machine._read_tsc computes it. */
+static void scale_tsc(struct fast *f, uint64_t offset, uint64_t ratio)
+{
+    uint64_t own = ((ENV64(f, FX_OFF_RDX) << 32) | (ENV64(f, FX_OFF_RAX) & 0xFFFFFFFFu)) - offset;
+    uint64_t t = (uint64_t)(((unsigned __int128)own * ratio) >> 32) + offset;
+    ENV64(f, FX_OFF_RAX) = t & 0xFFFFFFFFu;
+    ENV64(f, FX_OFF_RDX) = t >> 32;
+}
+
+/* The exit's fixed cost, when it is handled here: once per exit, before its effects (the Python
+ * path adds it before its handler runs, so an RDTSC in the handling sees it). */
+static void charge(struct engine *e, uint32_t intno)
+{
+    fold_insns(&e->fx);
+    e->fx.ticks += e->exit_cost[intno];
+}
+
+static int run(struct engine *e, const struct op *op, uint32_t intno)
 {
     uint64_t v;
+    int charged = 0;
     for (;; op++) {
         switch (op->code) {
         case OP_END:
+            if (!charged)
+                charge(e, intno);
             return 1;
         case OP_CMP:
             if (memcmp((const void *)op->a, (const void *)op->b, op->len) != 0)
@@ -129,6 +195,9 @@ static int run(struct engine *e, const struct op *op)
                 return 0;
             break;
         case OP_COMMIT:
+            if (!charged)
+                charge(e, intno);
+            charged = 1;
             break;
         case OP_COPY:
             memmove((void *)op->a, (const void *)op->b, op->len);
@@ -158,6 +227,8 @@ static int run(struct engine *e, const struct op *op)
             break;
         case OP_RDTSC:
             do_rdtsc(&e->fx, op->b, ENV64(&e->fx, FX_OFF_EIP));
+            if (op->c)
+                scale_tsc(&e->fx, op->b, op->c);
             break;
         default:
             return 0;
@@ -200,14 +271,81 @@ static int fast_cpuid(struct fast *f)
     return 0;
 }
 
-static int fast_exit(void *uc, struct fast *f, uint32_t intno)
+/* MOV to/from CR8 in 64-bit mode in the one spelling compilers emit, REX (R set: CR8) 0F 20/22
+ * with a register operand (Machine's irq._cr8_exit is the reference; every other spelling, a
+ * write of bits 63:4 (#GP), or a write while cr8_write_ok is 0 goes to Python). */
+static int fast_cr8(void *uc, struct fast *f, int write)
 {
+    uint64_t rip = ENV64(f, FX_OFF_EIP), *reg;
+    uint8_t code[4];
+    if (!(ENV32(f, FX_OFF_HFLAGS) & f->hf_cs64))
+        return 0;
+    if (f->vmem_read(uc, rip, 1 /* UC_PROT_READ */, code, 4) != 0)
+        return 0;
+    if ((code[0] & 0xF4) != 0x44 || code[1] != 0x0F || code[2] != (write ? 0x22 : 0x20) ||
+        (code[3] & 0xF8) != 0xC0)
+        return 0;
+    /* REX.W is ignored (64-bit operand either way), REX.X unused, REX.B extends the register */
+    reg = (uint64_t *)(f->env + f->off[FX_OFF_RAX]) + ((code[3] & 7) | ((code[0] & 1) << 3));
+    if (write) {
+        if (!f->cr8_write_ok || (*reg >> 4) != 0)
+            return 0;
+        f->tpr = *reg << 4;
+    } else {
+        *reg = (f->tpr & 0xFF) >> 4;
+    }
+    ENV64(f, FX_OFF_EIP) = rip + 4;
+    f->cr8++;
+    return 1;
+}
+
+/* MOV CR4, reg at CPL 0 in 64-bit mode, spelled 0F 22 /4 with a register operand and at most
+ * a REX prefix without R, that Cr4Writes would perform (no reserved bit, PAE kept, PCIDE not
+ * set: any of those, another spelling, or another mode goes to Python). */
+static int fast_cr4(void *uc, struct fast *f)
+{
+    uint64_t rip = ENV64(f, FX_OFF_EIP), value;
+    uint8_t code[4];
+    int n = 0, rex = 0;
+    if (!(ENV32(f, FX_OFF_HFLAGS) & f->hf_cs64) || (ENV32(f, FX_OFF_HFLAGS) & 3) != 0)
+        return 0;
+    if (f->vmem_read(uc, rip, 1 /* UC_PROT_READ */, code, 4) != 0)
+        return 0;
+    if ((code[0] & 0xF0) == 0x40) {
+        if (code[0] & 4)
+            return 0;
+        rex = code[0];
+        n = 1;
+    }
+    if (code[n] != 0x0F || code[n + 1] != 0x22 || (code[n + 2] & 0xF8) != 0xE0)
+        return 0;
+    value = *((uint64_t *)(f->env + f->off[FX_OFF_RAX]) + ((code[n + 2] & 7) | ((rex & 1) << 3)));
+    if ((value & ~f->cr4_allowed) || !(value & f->cr4_pae) || (value & f->cr4_pcide))
+        return 0;
+    if (f->reg_write(uc, (int)f->cr4_regid, &value) != 0)
+        return 0;
+    ENV64(f, FX_OFF_EIP) = rip + (uint64_t)n + 3;
+    f->cr4++;
+    return 1;
+}
+
+static int fast_exit(void *uc, struct engine *e, uint32_t intno)
+{
+    struct fast *f = &e->fx;
+    uint64_t ticks = f->ticks, seen = f->insns_seen;
     if (ENV64(f, FX_OFF_VM_VMCB) != f->l1_vmcb || (ENV32(f, FX_OFF_HFLAGS2) & f->hf2_npt))
         return 0;
-    if (intno == FX_EXIT_RDTSC)
-        return fast_rdtsc(uc, f);
-    if (intno == FX_EXIT_CPUID)
-        return fast_cpuid(f);
+    if (intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID && intno != FX_EXIT_CR8_READ &&
+        intno != FX_EXIT_CR8_WRITE && intno != FX_EXIT_CR4_WRITE)
+        return 0;
+    charge(e, intno);
+    if (intno == FX_EXIT_RDTSC ? fast_rdtsc(uc, f) :
+        intno == FX_EXIT_CPUID ? fast_cpuid(f) :
+        intno == FX_EXIT_CR4_WRITE ? fast_cr4(uc, f) :
+        fast_cr8(uc, f, intno == FX_EXIT_CR8_WRITE))
+        return 1;
+    f->ticks = ticks;           /* not answered: Python handles the exit and charges it */
+    f->insns_seen = seen;
     return 0;
 }
 
@@ -215,11 +353,11 @@ static int fast_exit(void *uc, struct fast *f, uint32_t intno)
 void replay_intr(void *uc, uint32_t intno, void *user)
 {
     struct engine *e = (struct engine *)user;
-    if (e->fx.armed && e->enabled && fast_exit(uc, &e->fx, intno))
+    if (e->fx.armed && e->enabled && fast_exit(uc, e, intno))
         return;
     if (e->enabled && intno < N_INTNO) {
         for (int i = 0; i < PER_INTNO && e->programs[intno][i] != NULL; i++) {
-            if (run(e, e->programs[intno][i])) {
+            if (run(e, e->programs[intno][i], intno)) {
                 e->replays++;
                 e->seq++;
                 return;
@@ -228,6 +366,27 @@ void replay_intr(void *uc, uint32_t intno, void *user)
     }
     e->fallbacks++;
     e->fallback(uc, intno, user);
+}
+
+/* The UC_HOOK_INSN callback for IN; user data is the engine. L1's reads of the PM timer while
+ * armed, as Machine._on_in and PmBlock.read do them (the port cost, the read's time step, the
+ * counter from the TSC); everything else goes to Python. */
+uint32_t replay_in(void *uc, uint32_t port, int size, void *user)
+{
+    struct engine *e = (struct engine *)user;
+    struct fast *f = &e->fx;
+    if (e->enabled && f->armed && f->pm_port && port >= f->pm_port && port < f->pm_port + 4 &&
+        ENV64(f, FX_OFF_VM_VMCB) == f->l1_vmcb && size >= 1 && size <= 4) {
+        uint64_t now, value;
+        fold_insns(f);
+        f->ticks += f->io_cost + f->pm_read_ticks;
+        now = f->tsc + f->ticks;
+        value = (uint64_t)(((unsigned __int128)now * f->pm_hz) / f->tsc_hz) & 0xFFFFFF;
+        f->pm_reads++;
+        value >>= 8 * (port - f->pm_port);
+        return (uint32_t)(size == 4 ? value & 0xFFFFFFFFu : value & ((1u << (8 * size)) - 1));
+    }
+    return e->in_fallback(uc, port, size, user);
 }
 
 /* The layout and numbers Python must agree on, as "name=value" words: replay.py compares them
@@ -251,16 +410,24 @@ const char *replay_abi(void)
     ABI_FIELD(engine, ctl); ABI_FIELD(engine, flush_control); ABI_FIELD(engine, fallback);
     ABI_FIELD(engine, enabled); ABI_FIELD(engine, replays); ABI_FIELD(engine, fallbacks);
     ABI_FIELD(engine, seq); ABI_FIELD(engine, state); ABI_FIELD(engine, fx);
-    ABI_FIELD(engine, programs);
+    ABI_FIELD(engine, programs); ABI_FIELD(engine, exit_cost); ABI_FIELD(engine, in_fallback);
     ABI("sizeof(fast)", sizeof(struct fast));
     ABI_FIELD(fast, armed); ABI_FIELD(fast, env); ABI_FIELD(fast, l1_vmcb);
     ABI_FIELD(fast, hf_cs64); ABI_FIELD(fast, hf2_npt); ABI_FIELD(fast, tsc);
-    ABI_FIELD(fast, tsc_step); ABI_FIELD(fast, rdtsc); ABI_FIELD(fast, cpuid);
+    ABI_FIELD(fast, tsc_step); ABI_FIELD(fast, off_insns); ABI_FIELD(fast, insns_seen);
+    ABI_FIELD(fast, ticks); ABI_FIELD(fast, tpr); ABI_FIELD(fast, cr8_write_ok);
+    ABI_FIELD(fast, cr8); ABI_FIELD(fast, pm_port); ABI_FIELD(fast, io_cost);
+    ABI_FIELD(fast, pm_read_ticks); ABI_FIELD(fast, pm_hz); ABI_FIELD(fast, tsc_hz);
+    ABI_FIELD(fast, pm_reads); ABI_FIELD(fast, cr4_allowed); ABI_FIELD(fast, cr4_pae);
+    ABI_FIELD(fast, cr4_pcide); ABI_FIELD(fast, cr4_regid); ABI_FIELD(fast, reg_write);
+    ABI_FIELD(fast, cr4); ABI_FIELD(fast, rdtsc); ABI_FIELD(fast, cpuid);
     ABI_FIELD(fast, off); ABI_FIELD(fast, vmem_read); ABI_FIELD(fast, n_cpuid);
     ABI_FIELD(fast, cpuid_slots);
     ABI("sizeof(cpuid_slot)", sizeof(struct cpuid_slot));
     ABI("FX_N_OFF", FX_N_OFF); ABI("FX_CPUID_SLOTS", FX_CPUID_SLOTS);
     ABI("FX_EXIT_RDTSC", FX_EXIT_RDTSC); ABI("FX_EXIT_CPUID", FX_EXIT_CPUID);
+    ABI("FX_EXIT_CR8_READ", FX_EXIT_CR8_READ); ABI("FX_EXIT_CR8_WRITE", FX_EXIT_CR8_WRITE);
+    ABI("FX_EXIT_CR4_WRITE", FX_EXIT_CR4_WRITE);
     ABI("N_INTNO", N_INTNO);
     ABI("PER_INTNO", PER_INTNO);
     ABI("OP_END", OP_END); ABI("OP_CMP", OP_CMP); ABI("OP_EQ64", OP_EQ64);

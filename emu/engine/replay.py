@@ -29,6 +29,7 @@ from typing import Callable
 
 from unicorn import Uc
 from unicorn.unicorn_const import UC_HOOK_INTR
+from unicorn.x86_const import UC_X86_INS_IN
 
 from emu.engine import binding
 from emu.engine.hw_switch import CONTEXT_DATA_OFF, Context
@@ -43,6 +44,8 @@ MASK64 = (1 << 64) - 1
 
 _OP_SIZE = 32
 _INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
+_IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                          ctypes.c_void_p)
 
 
 class _Op(ctypes.Structure):
@@ -54,6 +57,9 @@ FX_N_OFF = 10
 FX_CPUID_SLOTS = 64
 FX_EXIT_RDTSC = 0x16E
 FX_EXIT_CPUID = 0x172
+FX_EXIT_CR8_READ = 0x108
+FX_EXIT_CR8_WRITE = 0x118
+FX_EXIT_CR4_WRITE = 0x114
 # The order of `_Fast.off`: where the C fast exits find each field in the live CPU state.
 FX_OFFSETS = ("rax", "rcx", "rdx", "rbx", "eip", "hflags", "hflags2", "cs_base", "vm_vmcb", "cr4")
 assert len(FX_OFFSETS) == FX_N_OFF
@@ -68,7 +74,17 @@ class _Fast(ctypes.Structure):
     _fields_ = [("armed", ctypes.c_uint64), ("env", ctypes.c_uint64),
                 ("l1_vmcb", ctypes.c_uint64), ("hf_cs64", ctypes.c_uint64),
                 ("hf2_npt", ctypes.c_uint64), ("tsc", ctypes.c_uint64),
-                ("tsc_step", ctypes.c_uint64), ("rdtsc", ctypes.c_uint64),
+                ("tsc_step", ctypes.c_uint64), ("off_insns", ctypes.c_uint64),
+                ("insns_seen", ctypes.c_uint64), ("ticks", ctypes.c_uint64),
+                ("tpr", ctypes.c_uint64), ("cr8_write_ok", ctypes.c_uint64),
+                ("cr8", ctypes.c_uint64), ("pm_port", ctypes.c_uint64),
+                ("io_cost", ctypes.c_uint64), ("pm_read_ticks", ctypes.c_uint64),
+                ("pm_hz", ctypes.c_uint64), ("tsc_hz", ctypes.c_uint64),
+                ("pm_reads", ctypes.c_uint64), ("cr4_allowed", ctypes.c_uint64),
+                ("cr4_pae", ctypes.c_uint64), ("cr4_pcide", ctypes.c_uint64),
+                ("cr4_regid", ctypes.c_uint64), ("reg_write", ctypes.c_void_p),
+                ("cr4", ctypes.c_uint64),
+                ("rdtsc", ctypes.c_uint64),
                 ("cpuid", ctypes.c_uint64), ("off", ctypes.c_uint64 * FX_N_OFF),
                 ("vmem_read", ctypes.c_void_p), ("n_cpuid", ctypes.c_uint64),
                 ("cpuid_slots", _CpuidSlot * FX_CPUID_SLOTS)]
@@ -83,7 +99,9 @@ class _Engine(ctypes.Structure):
                 ("enabled", ctypes.c_uint64), ("replays", ctypes.c_uint64),
                 ("fallbacks", ctypes.c_uint64), ("seq", ctypes.c_uint64),
                 ("state", ctypes.c_uint64), ("fx", _Fast),
-                ("programs", (ctypes.c_void_p * PER_INTNO) * N_INTNO)]
+                ("programs", (ctypes.c_void_p * PER_INTNO) * N_INTNO),
+                ("exit_cost", ctypes.c_uint32 * N_INTNO),
+                ("in_fallback", ctypes.c_void_p)]
 
 
 _OP = struct.Struct("<IIQQQ")      # struct op, packed in one call per op (ctypes fields cost more)
@@ -100,7 +118,8 @@ def expected_abi() -> dict[str, int]:
            "N_INTNO": N_INTNO, "PER_INTNO": PER_INTNO, "sizeof(fast)": ctypes.sizeof(_Fast),
            "sizeof(cpuid_slot)": ctypes.sizeof(_CpuidSlot), "FX_N_OFF": FX_N_OFF,
            "FX_CPUID_SLOTS": FX_CPUID_SLOTS, "FX_EXIT_RDTSC": FX_EXIT_RDTSC,
-           "FX_EXIT_CPUID": FX_EXIT_CPUID}
+           "FX_EXIT_CPUID": FX_EXIT_CPUID, "FX_EXIT_CR8_READ": FX_EXIT_CR8_READ,
+           "FX_EXIT_CR8_WRITE": FX_EXIT_CR8_WRITE, "FX_EXIT_CR4_WRITE": FX_EXIT_CR4_WRITE}
     for prefix, struct_type in (("op", _Op), ("engine", _Engine), ("fast", _Fast)):
         for name, _ in struct_type._fields_:
             abi[f"{prefix}.{name}"] = getattr(struct_type, name).offset
@@ -209,10 +228,11 @@ class Program:
     def reg_write(self, src: int, reg: int) -> "Program":
         return self._add(OP_REGWRITE, 0, src, reg)
 
-    def rdtsc(self, tsc_offset: int) -> "Program":
-        """RDTSC with this TSC offset, on the live CPU state (emu/core/fast_exits.py); only
-        after a guard that the fast exits are armed."""
-        return self._add(OP_RDTSC, 0, 0, tsc_offset)
+    def rdtsc(self, tsc_offset: int, tsc_ratio: int = 0) -> "Program":
+        """RDTSC with this TSC offset and TSC ratio (8.32 fixed point; 0: not scaled), on the
+        live CPU state (emu/core/fast_exits.py); only after a guard that the fast exits are
+        armed."""
+        return self._add(OP_RDTSC, 0, 0, tsc_offset, tsc_ratio)
 
     def build(self) -> "_Built":
         if not self._committed:
@@ -276,6 +296,21 @@ class Engine:
     @property
     def seq(self) -> int:
         return self._e.seq
+
+    def hook_in(self, python_in: Callable[[int, int, int, int], int]) -> int:
+        """Put the C IN hook (replay.c `replay_in`) in front of `python_in(uc_handle, port,
+        size, user) -> value`, which gets every read C does not answer (it must not raise).
+        Returns the hook handle."""
+        self._in_fallback = _IN_CB(python_in)
+        self._e.in_fallback = ctypes.cast(self._in_fallback, ctypes.c_void_p).value
+        return binding.add_insn_hook_raw(self.uc, ctypes.cast(_LIB.replay_in, ctypes.c_void_p).value,
+                                         ctypes.addressof(self._e), UC_X86_INS_IN)
+
+    def set_exit_costs(self, costs: list[int]) -> None:
+        """What each exit a program or fast exit handles adds to the TSC, by hook number
+        (emu/core/timebase.py holds the table)."""
+        assert len(costs) == N_INTNO
+        self._e.exit_cost[:] = costs
 
     @property
     def fast(self) -> "_Fast":

@@ -539,7 +539,8 @@ class LocalApic(PortDevice):
             self.apic_id = value >> 24
         elif off == APIC_TPR:
             self.tpr = value & 0xFF
-            self.changed()
+            if self.signalled():    # a new priority can only let in what is requested
+                self.changed()
         elif off == APIC_EOI:
             self.eoi()
         elif off == APIC_LDR and not self.x2apic:

@@ -11,11 +11,13 @@ SeaBIOS: which device sits where and how their interrupt lines and clocks are wi
   ports 0x600-0x63F                         ACPI PM block and timer  pm_timer.py
   ports 0xCF8-0xCFF                         PCI configuration        pci.py
   0xFEC00000                                I/O APIC                 ioapic.py
+  0xFED00000                                HPET                     hpet.py
   holes in the physical address space       all-ones                 open_bus.py
 
 Interrupts: ISA lines go to the 8259 and the I/O APIC (gsi.py); the 8259's INTR reaches the
 local APIC's LINT0 (ExtINT); the local APIC broadcasts EOIs of level-triggered vectors to the
-I/O APIC. Clocks: clock.py.
+I/O APIC. The HPET's legacy replacement mode takes IRQ 0 and IRQ 8 from the PIT and the RTC.
+Clocks: clock.py.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from emu.core.devices.cmos import RTC_IRQ, Cmos
 from emu.core.devices.gsi import InterruptLines
+from emu.core.devices.hpet import HPET_BASE, HPET_MAP_SIZE, Hpet
 from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE, IoApic
 from emu.core.devices.kbc import KBC_IRQ, KeyboardController
 from emu.core.devices.pci import PM_BASE_DEFAULT, PciHost
@@ -62,14 +65,18 @@ class PcPlatform:
         m.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.ioapic)
 
         now, advance = m.irq.now, m.irq.advance
-        self.pit = Pit8254(now, advance, lambda level: self.lines.set(PIT_IRQ, level),
-                           lambda: self.lines.routed(PIT_IRQ))
+        self.hpet = Hpet(now, advance, self.lines.set, self.lines.routed)
+        self.hpet.sync, self.hpet.changed = m.irq.tick_timers, m.irq.changed
+        m.irq.map_mmio(HPET_BASE, HPET_MAP_SIZE, self.hpet)
+        self.pit = Pit8254(now, advance, lambda level: self._legacy_line(PIT_IRQ, level),
+                           lambda: not self.hpet.legacy and self.lines.routed(PIT_IRQ))
         m.irq.timers.append(self.pit)
+        m.irq.timers.append(self.hpet)
         m.serial.irq = lambda level: self.lines.set(COM1_IRQ, level)
         below, above = ram_split(m.ram_size)
         self.cmos = Cmos(now, below, above)
-        self.cmos.irq = lambda level: self.lines.set(RTC_IRQ, level)
-        self.cmos.routed = lambda: self.lines.routed(RTC_IRQ)
+        self.cmos.irq = lambda level: self._legacy_line(RTC_IRQ, level)
+        self.cmos.routed = lambda: not self.hpet.legacy and self.lines.routed(RTC_IRQ)
         m.irq.timers.append(self.cmos)
         self.kbc = KeyboardController(m.reset_request, self._a20,
                                       lambda level: self.lines.set(KBC_IRQ, level))
@@ -81,6 +88,13 @@ class PcPlatform:
                     PcTestdev(self.lines.set), self.pm, self.pci, ApmControl(self.pm)):
             m.add_device(dev)
         m.devices.append(self.ioapic)
+        m.devices.append(self.hpet)
+
+    def _legacy_line(self, irq: int, level: int) -> None:
+        """The PIT's and the RTC's outputs, cut off while the HPET's legacy replacement
+        routing owns their lines."""
+        if not self.hpet.legacy:
+            self.lines.set(irq, level)
 
     def _pic_changed(self) -> None:
         if self.pic.intr():

@@ -10,14 +10,19 @@ ACPI mode).  The MADT lists each local APIC, the I/O APIC (id 0, GSI base 0, 0xF
 overrides IRQ0 -> GSI 2 and IRQ 5, 9, 10, 11 level-triggered active-high, and NMI on LINT1 of
 every processor.
 
-Deliberate differences: the DSDT is the smallest one a kernel needs (just \\_S5, QEMU's sleep
+The HPET table describes the event timer block at 0xFED00000 (its capability word 0x8086A201,
+HPET number 0, no minimum tick, no page protection) and the WAET says the PM timer is reliable
+(one read suffices), as QEMU's; the RSDT lists FADT, MADT, HPET and WAET in that order.
+
+Deliberate difference: the DSDT is the smallest one a kernel needs (just \\_S5, QEMU's sleep
 type 0 for soft-off) instead of QEMU's 6 KiB of AML describing PCI and ISA devices svmemu does
-not have; the RSDT lists no HPET and no WAET table (svmemu has no HPET).
+not have.
 """
 from __future__ import annotations
 
 import struct
 
+from emu.core.devices.hpet import GCAP_LOW, HPET_BASE
 from emu.core.firmware.checksum import with_checksum
 from emu.core.firmware.mptable import IO_APIC_ADDR, IO_APIC_ID, LOCAL_APIC_ADDR
 
@@ -117,13 +122,27 @@ def madt(cpus: int) -> bytes:
     return sdt(b"APIC", body)
 
 
+GAS_SYSTEM_MEMORY = 0             # a Generic Address Structure's address space ID
+HPET_NUMBER = 0
+WAET_PM_TIMER_ONE_READ = 1 << 1   # "ACPI PM timer good": QEMU's only flag
+
+
+def hpet() -> bytes:
+    gas = struct.pack("<BBBBQ", GAS_SYSTEM_MEMORY, 0, 0, 0, HPET_BASE)
+    return sdt(b"HPET", struct.pack("<I", GCAP_LOW) + gas + struct.pack("<BHB", HPET_NUMBER, 0, 0))
+
+
+def waet() -> bytes:
+    return sdt(b"WAET", struct.pack("<I", WAET_PM_TIMER_ONE_READ))
+
+
 def rsdp(rsdt_addr: int) -> bytes:
     return with_checksum(struct.pack("<8sB6sBI", b"RSD PTR ", 0, OEM_ID, RSDP_REVISION_ACPI_1,
                                      rsdt_addr), 8)
 
 
 def build_acpi(cpus: int, area: int, area_size: int) -> list[tuple[int, bytes]]:
-    """(physical address, bytes) of every table: FACS, DSDT, FADT, MADT, RSDT laid out from
+    """(physical address, bytes) of every table: FACS, DSDT, FADT, MADT, HPET, WAET, RSDT from
     ``area`` (64-byte aligned) and the RSDP in the BIOS segment.  Raises ValueError when they
     do not fit in ``area_size`` bytes."""
     assert area % FACS_ALIGN == 0
@@ -141,7 +160,10 @@ def build_acpi(cpus: int, area: int, area_size: int) -> list[tuple[int, bytes]]:
     dsdt_addr = place(sdt(b"DSDT", DSDT_AML))
     fadt_addr = place(fadt(facs_addr, dsdt_addr))
     madt_addr = place(madt(cpus))
-    rsdt_addr = place(sdt(b"RSDT", struct.pack("<II", fadt_addr, madt_addr)))
+    hpet_addr = place(hpet())
+    waet_addr = place(waet())
+    rsdt_addr = place(sdt(b"RSDT", struct.pack("<IIII", fadt_addr, madt_addr, hpet_addr,
+                                               waet_addr)))
     if pos > area + area_size:
         raise ValueError(f"the ACPI tables need {pos - area:#x} bytes, the firmware area has "
                          f"{area_size:#x}")

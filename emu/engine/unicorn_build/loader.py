@@ -19,7 +19,8 @@ from . import build
 ENV = "SVMEMU_ENGINE"
 MODES = ("auto", "patched", "stock")
 # What our patch set fixes; code that works around the stock engine asks has_fix().
-FIXES = frozenset({"code-page-tracking", "inline-exit-request", "nested-walk-nx", "pushf-rf-smsw"})
+FIXES = frozenset({"code-page-tracking", "inline-exit-request", "nested-walk-nx",
+                   "insn-counter", "pushf-rf-smsw"})
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,12 @@ The guest runs in the main thread, as it does without a debugger. While gdb is a
   world, through `machine.world_observers`; stop replies carry `world:L1|L2` and gdb prints a
   line whenever the world differs from the previous stop.
 
+Several CPUs (`-smp N`): each CPU is a thread (gdb's id = CPU index + 1), named after its world
+(`CPU 1 L2`, `halted`, `waiting for SIPI`). Breakpoints, watchpoints and `break-on` act on every
+CPU; a stop reports the CPU that stopped (`thread:N;`) and selects it; `Hg` picks the CPU whose
+registers, memory view and `monitor` commands gdb sees; a step steps the CPU gdb names (vCont's
+`s:N`, else Hc, else the selected one) while the others take their turns as usual.
+
 Memory (m/M) goes through the current paging, nested paging included, without setting A/D bits
 or checking protection (`GuestMemory.debug_translate`). Registers: see gdb_regs.py.
 """
@@ -65,6 +71,7 @@ class Stop:
     signal: int
     detail: str = ""          # stop-reply pairs, e.g. "swbreak:;" or "watch:1000;"
     note: str = ""            # a line for gdb's console
+    cpu: int | None = None    # the CPU that stopped (None: the one selected)
 
 
 def parse_address(spec: str) -> tuple[str, int]:
@@ -86,10 +93,7 @@ def parse_address(spec: str) -> tuple[str, int]:
 class GdbStub:
     def __init__(self, machine: "Machine", host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
                  wait: bool = False, log: TextIO | None = None) -> None:
-        if machine.cpus > 1:
-            raise OptionError(f"unsupported: the gdb stub with {machine.cpus} CPUs "
-                              "(one CPU only for now)")
-        self.m = machine
+        self.m = machine              # the boot CPU: it runs the machine
         self.wait = wait
         self.log = log if log is not None else sys.stderr
         try:
@@ -97,27 +101,109 @@ class GdbStub:
         except OSError as e:
             raise OptionError(f"gdb stub cannot listen on {host}:{port}: {e.strerror or e}")
         self.host, self.port = host, self.listener.getsockname()[1]
-        self.regs = gdb_regs.RegisterFile(machine)
+        self._g = 0                   # Hg: the CPU gdb looks at
+        self._mon = 0                 # the CPU `monitor` commands act on
+        self._c = 0                   # Hc: the CPU a step steps (0: the selected one)
+        self._files: dict[int, gdb_regs.RegisterFile] = {}
         self.break_on: set[str] = set()          # "vmrun", "vmexit"
         self.monitor = Monitor(machine, self.break_on, self.regs, self.log)
         self.conn: Connection | None = None
         self.phys_mode = False       # m/M address physical memory (Qqemu.PhyMemMode:1)
-        self._code_bps: dict[int, tuple[int, set[int]]] = {}
-        self._watches: dict[tuple[int, int, int], int] = {}
-        self._watch_step: int | None = None
+        # Hooks are per CPU engine: {engine's CPU machine: handle}.
+        self._code_bps: dict[int, tuple[dict["Machine", int], set[int]]] = {}
+        self._watches: dict[tuple[int, int, int], dict["Machine", int]] = {}
+        self._watch_step: dict["Machine", int] = {}
+        self._observed: set["Machine"] = set()
         self._watch_hit: tuple[int, int] | None = None
-        self._skip: int | None = None
+        self._skip: tuple["Machine", int] | None = None
         self._step_first = False
         self._stop: Stop | None = None
         self._running = False
         self._last_stop = Stop(SIGTRAP)
-        self._last_world = machine.level()
+        self._last_world = self._world_of(machine)
         self._xml = gdb_regs.target_xml().encode()
         self.rec = Recorder(machine, stop=self._rec_stop, bp_at=self._code_bps.__contains__,
                             watch_hit=self._pop_watch, interrupted=self._interrupted)
         self.monitor.add("record", self._monitor_record,
                          "on|off|status: record for reverse-stepi/reverse-continue")
-        machine.world_observers.append(self._on_world)
+        self.monitor.add("cpu", self._monitor_cpu,
+                         "[N]: the CPU monitor commands act on (default: the one that "
+                         "stopped last)")
+        self._sync_cpus()
+
+    # ---- CPUs (threads) ---------------------------------------------------------------------
+    @property
+    def cpu(self) -> "Machine":
+        """The CPU gdb looks at (Hg)."""
+        cpus = self.m.cpu_list
+        return cpus[self._g] if self._g < len(cpus) else self.m
+
+    @property
+    def regs(self) -> gdb_regs.RegisterFile:
+        return self._regs_of(self.cpu)
+
+    def _regs_of(self, cpu: "Machine") -> gdb_regs.RegisterFile:
+        f = self._files.get(cpu.cpu_index)
+        if f is None or f.m is not cpu:          # an INIT re-made that CPU
+            f = self._files[cpu.cpu_index] = gdb_regs.RegisterFile(cpu)
+        return f
+
+    def _select(self, index: int) -> None:
+        self._g = index
+
+    def _monitor_on(self, index: int) -> None:
+        """The CPU `monitor` commands act on: the one that stopped last, or `monitor cpu N`
+        (gdb's `thread N` may send nothing: it caches registers of threads it has read)."""
+        cpus = self.m.cpu_list
+        self._mon = index if index < len(cpus) else 0
+        self.monitor.m = cpus[self._mon]
+        self.monitor.regs = self._regs_of(cpus[self._mon])
+
+    def _monitor_cpu(self, words: list[str]) -> str:
+        if len(words) > 1 or words and not words[0].isdigit():
+            raise SvmemuError("usage: monitor cpu [N]")
+        if words:
+            if int(words[0]) >= len(self.m.cpu_list):
+                raise SvmemuError(f"there is no CPU {words[0]} (CPUs 0 to "
+                                  f"{len(self.m.cpu_list) - 1})")
+            self._monitor_on(int(words[0]))
+        return f"monitor commands act on {self._thread_name(self.m.cpu_list[self._mon])}"
+
+    def _cpu_of(self, uc) -> "Machine":
+        return next((c for c in self.m.cpu_list if c.uc is uc), self.m)
+
+    def _world_of(self, cpu: "Machine") -> str:
+        return cpu.level()
+
+    def _sync_cpus(self) -> None:
+        """Give every CPU the hooks and observers gdb asked for: CPUs an INIT re-made since are
+        new engines without them."""
+        for cpu in self.m.cpu_list:
+            if cpu in self._observed:
+                continue
+            self._observed.add(cpu)
+            cpu.world_observers.append(lambda old, new, c=cpu: self._on_world(old, new, c))
+            for addr, (handles, _) in self._code_bps.items():
+                handles[cpu] = cpu.uc.hook_add(UC_HOOK_CODE, self._on_breakpoint, None, addr, addr)
+                cpu.uc.ctl_flush_tb()
+            for key, handles in self._watches.items():
+                handles[cpu] = self._add_watch_hook(cpu, *key)
+        self._select(self._g if self._g < len(self.m.cpu_list) else 0)
+        self._monitor_on(self._mon)
+
+    def _thread_name(self, cpu: "Machine") -> str:
+        state = ("waiting for SIPI" if not cpu.started else "halted" if cpu.irq.halted
+                 else "")
+        return f"CPU {cpu.cpu_index} {cpu.level()}" + (f" ({state})" if state else "")
+
+    def _thread(self, text: str, what: str) -> int | None:
+        """A gdb thread id: None for all (-1 or 0), else a CPU index; E-reply if no such CPU."""
+        tid = -1 if text == "-1" else args.hex_int(text, what)
+        if tid in (-1, 0):
+            return None
+        if not 1 <= tid <= len(self.m.cpu_list):
+            raise SvmemuError(f"no thread {tid}")
+        return tid - 1
 
     # ---- the outer loop ---------------------------------------------------------------------
     def serve(self) -> "RunResult":
@@ -174,7 +260,7 @@ class GdbStub:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = Connection(sock)
         self._last_stop = Stop(SIGTRAP)       # QEMU stops the guest when gdb attaches
-        self._last_world = self.m.level()
+        self._last_world = self.cpu.level()
 
     def _detach(self) -> None:
         """gdb left (D, or the connection closed): the guest runs on freely, as under QEMU."""
@@ -273,7 +359,17 @@ class GdbStub:
             return _DETACH
         if head == "k":
             return _KILL
-        if head == "H" or head == "T":
+        if head == "H":
+            if pkt[1:2] not in ("g", "c"):
+                return "E01"
+            index = self._thread(pkt[2:], "H thread")
+            if pkt[1] == "g":
+                self._select(index if index is not None else self._g)
+            else:
+                self._c = 0 if index is None else index + 1
+            return "OK"
+        if head == "T":
+            self._thread(pkt[1:], "T thread")
             return "OK"
         if pkt in ("bs", "bc"):
             return self._reverse(pkt == "bs")
@@ -287,7 +383,8 @@ class GdbStub:
 
     def _query(self, pkt: str) -> str:
         if pkt.startswith("qSupported"):
-            return (f"PacketSize={PACKET_SIZE:x};qXfer:features:read+;swbreak+;hwbreak+;"
+            return (f"PacketSize={PACKET_SIZE:x};qXfer:features:read+;qXfer:threads:read+;"
+                    "swbreak+;hwbreak+;"
                     "QStartNoAckMode+;vContSupported+;ReverseStep+;ReverseContinue+")
         if pkt == "QStartNoAckMode":
             assert self.conn is not None
@@ -304,11 +401,22 @@ class GdbStub:
         if pkt == "qAttached":
             return "1"
         if pkt == "qC":
-            return "QC01"
+            return f"QC{self._g + 1:02x}"
         if pkt == "qfThreadInfo":
-            return "m01"
+            return "m" + ",".join(f"{c.cpu_index + 1:02x}" for c in self.m.cpu_list)
         if pkt == "qsThreadInfo":
             return "l"
+        if pkt.startswith("qThreadExtraInfo,"):
+            index = self._thread(pkt[len("qThreadExtraInfo,"):], "qThreadExtraInfo")
+            return self._thread_name(self.m.cpu_list[index or 0]).encode().hex()
+        if pkt.startswith("qXfer:threads:read::"):
+            off, length = args.address_range(pkt[len("qXfer:threads:read::"):], "qXfer")
+            xml = ("<?xml version=\"1.0\"?>\n<threads>\n" + "".join(
+                f'<thread id="{c.cpu_index + 1:x}" core="{c.cpu_index}" '
+                f'name="{self._thread_name(c)}"/>\n' for c in self.m.cpu_list)
+                + "</threads>\n").encode()
+            chunk = xml[off:off + length]
+            return ("l" if off + length >= len(xml) else "m") + chunk.decode()
         if pkt.startswith("qSymbol"):
             return "OK"
         if pkt == "qqemu.Supported":
@@ -343,7 +451,7 @@ class GdbStub:
 
     def _read_memory(self, addr: int, length: int) -> bytes:
         """As much as is mapped from `addr` on; an error only if not even the first byte is."""
-        mem = self.m.mem
+        mem = self.cpu.mem
         if self.phys_mode:
             return physdump.read(mem, addr, length)
         mem.ctx.save()
@@ -360,10 +468,10 @@ class GdbStub:
         return out
 
     def _write_memory(self, addr: int, data: bytes) -> None:
-        mem = self.m.mem
+        mem = self.cpu.mem
         if self.phys_mode:
             physdump.write(mem, addr, data)
-            self.m.uc.ctl_flush_tb()
+            self._flush_code()
             return
         mem.ctx.save()
         pieces = []
@@ -375,7 +483,11 @@ class GdbStub:
             pos += n
         for pa, chunk in pieces:
             mem.write_phys(pa, chunk)
-        self.m.uc.ctl_flush_tb()          # the bytes may be code that was already translated
+        self._flush_code()                # the bytes may be code that was already translated
+
+    def _flush_code(self) -> None:
+        for cpu in self.m.cpu_list:
+            cpu.uc.ctl_flush_tb()
 
     # ---- breakpoints and watchpoints --------------------------------------------------------
     def _breakpoint(self, insert: bool, spec: str) -> str:
@@ -405,9 +517,11 @@ class GdbStub:
         if addr in self._code_bps:
             self._code_bps[addr][1].add(kind)
             return
-        h = self.m.uc.hook_add(UC_HOOK_CODE, self._on_breakpoint, None, addr, addr)
-        self._code_bps[addr] = (h, {kind})
-        self.m.uc.ctl_flush_tb()          # code hooks are compiled into translated blocks
+        handles = {}
+        for cpu in self.m.cpu_list:
+            handles[cpu] = cpu.uc.hook_add(UC_HOOK_CODE, self._on_breakpoint, None, addr, addr)
+            cpu.uc.ctl_flush_tb()         # code hooks are compiled into translated blocks
+        self._code_bps[addr] = (handles, {kind})
 
     def _remove_code_bp(self, kind: int, addr: int) -> None:
         entry = self._code_bps.get(addr)
@@ -415,35 +529,39 @@ class GdbStub:
             return
         entry[1].discard(kind)
         if not entry[1]:
-            self.m.uc.hook_del(entry[0])
+            for cpu, h in entry[0].items():
+                cpu.uc.hook_del(h)
+                cpu.uc.ctl_flush_tb()
             del self._code_bps[addr]
-            self.m.uc.ctl_flush_tb()
+
+    def _add_watch_hook(self, cpu: "Machine", kind: int, addr: int, size: int) -> int:
+        types = {2: UC_HOOK_MEM_WRITE, 3: UC_HOOK_MEM_READ,
+                 4: UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE}[kind]
+        # Unicorn matches a memory hook on the access's first byte only.
+        begin = max(0, addr - (_MAX_ACCESS - 1))
+        h = cpu.uc.hook_add(types, self._on_watch, (kind, addr, size), begin, addr + size - 1)
+        if cpu not in self._watch_step:
+            self._watch_step[cpu] = cpu.uc.hook_add(UC_HOOK_CODE, self._after_watch)
+        cpu.uc.ctl_flush_tb()
+        flush_tlb(cpu.uc)                 # memory hooks work through the slow TLB path
+        return h
 
     def _insert_watch(self, kind: int, addr: int, size: int) -> None:
         key = (kind, addr, size)
         if key in self._watches:
             return
-        types = {2: UC_HOOK_MEM_WRITE, 3: UC_HOOK_MEM_READ,
-                 4: UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE}[kind]
-        # Unicorn matches a memory hook on the access's first byte only.
-        begin = max(0, addr - (_MAX_ACCESS - 1))
-        self._watches[key] = self.m.uc.hook_add(types, self._on_watch, key, begin,
-                                                addr + size - 1)
-        if self._watch_step is None:
-            self._watch_step = self.m.uc.hook_add(UC_HOOK_CODE, self._after_watch)
-        self.m.uc.ctl_flush_tb()
-        flush_tlb(self.m.uc)              # memory hooks work through the slow TLB path
+        self._watches[key] = {cpu: self._add_watch_hook(cpu, *key) for cpu in self.m.cpu_list}
 
     def _remove_watch(self, kind: int, addr: int, size: int) -> None:
-        h = self._watches.pop((kind, addr, size), None)
-        if h is None:
+        handles = self._watches.pop((kind, addr, size), None)
+        if handles is None:
             return
-        self.m.uc.hook_del(h)
-        if not self._watches and self._watch_step is not None:
-            self.m.uc.hook_del(self._watch_step)
-            self._watch_step = None
-        self.m.uc.ctl_flush_tb()
-        flush_tlb(self.m.uc)
+        for cpu, h in handles.items():
+            cpu.uc.hook_del(h)
+            if not self._watches and cpu in self._watch_step:
+                cpu.uc.hook_del(self._watch_step.pop(cpu))
+            cpu.uc.ctl_flush_tb()
+            flush_tlb(cpu.uc)
 
     # ---- hooks (run inside emu_start) --------------------------------------------------------
     def _request(self, stop: Stop) -> None:
@@ -454,19 +572,21 @@ class GdbStub:
     def _on_breakpoint(self, uc, address: int, size: int, _data: object) -> None:
         if self.rec.active:
             return                             # the recorder's hook sees every instruction
-        if self._skip == address:              # the breakpoint we are resuming from
+        cpu = self._cpu_of(uc)
+        if self._skip == (cpu, address):       # the breakpoint we are resuming from
             self._skip = None
             return
         if not self._running:
             return
-        kinds = self._code_bps.get(address, (0, {0}))[1]
-        self._request(Stop(SIGTRAP, "swbreak:;" if 0 in kinds else "hwbreak:;"))
+        kinds = self._code_bps.get(address, ({}, {0}))[1]
+        self._request(Stop(SIGTRAP, "swbreak:;" if 0 in kinds else "hwbreak:;",
+                           cpu=cpu.cpu_index))
 
     def _on_step(self, uc, address: int, size: int, _data: object) -> None:
         if self._step_first:
             self._step_first = False
             return
-        self._request(Stop(SIGTRAP))
+        self._request(Stop(SIGTRAP, cpu=self._cpu_of(uc).cpu_index))
 
     def _on_watch(self, uc, access: int, address: int, size: int, value: int,
                   key: tuple[int, int, int]) -> None:
@@ -481,9 +601,11 @@ class GdbStub:
         hit = self._watch_hit
         if hit is not None and self._running and not self.rec.active:
             self._watch_hit = None
-            self._request(Stop(SIGTRAP, f"{_WATCH_KIND[hit[0]]}:{hit[1]:x};"))
+            self._request(Stop(SIGTRAP, f"{_WATCH_KIND[hit[0]]}:{hit[1]:x};",
+                               cpu=self._cpu_of(uc).cpu_index))
 
-    def _on_world(self, old: str, new: str) -> None:
+    def _on_world(self, old: str, new: str, cpu: "Machine | None" = None) -> None:
+        cpu = cpu if cpu is not None else self.m
         entering = _depth(new) > _depth(old)
         what = "vmrun" if entering else "vmexit"
         if what not in self.break_on:
@@ -498,29 +620,46 @@ class GdbStub:
         if entering:
             note = f"stopped after VMRUN: {old} -> {new}"
         else:
-            why = next((e.last_exit() for e in self.m.extensions if e.last_exit()), None)
+            why = next((e.last_exit() for e in cpu.extensions if e.last_exit()), None)
             note = f"stopped after {why or '#VMEXIT'}: {old} -> {new}"
-        self._request(Stop(SIGTRAP, "", note))
+        if self.m.cpus > 1:
+            note = f"CPU {cpu.cpu_index} {note}"
+        self._request(Stop(SIGTRAP, "", note, cpu=cpu.cpu_index))
 
     # ---- resuming ---------------------------------------------------------------------------
     def _vcont(self, pkt: str) -> "str | _Resumed":
         if pkt == "vCont?":
             return "vCont;c;C;s;S"
-        actions = [a.split(":")[0] for a in pkt.split(";")[1:]]
-        if any(a[:1] in ("s", "S") for a in actions):
-            return self._resume(True, None)
-        if any(a[:1] in ("c", "C") for a in actions):
+        parts = [a.split(":") for a in pkt.split(";")[1:]]
+        steps = [p for p in parts if p[0][:1] in ("s", "S")]
+        if steps:
+            who = self._thread(steps[0][1], "vCont thread") if len(steps[0]) > 1 else None
+            others = any(p[0][:1] in ("c", "C") for p in parts)
+            return self._resume(True, None, who, alone=not others)
+        if any(p[0][:1] in ("c", "C") for p in parts):
             return self._resume(False, None)
         return "E01"
 
-    def _resume(self, step: bool, addr: int | None) -> "_Resumed":
-        """Run until a stop or the guest's end; the stop reply is sent here."""
-        uc = self.m.uc
+    def _resume(self, step: bool, addr: int | None, who: int | None = None,
+                alone: bool = True) -> "_Resumed | str":
+        """Run until a stop or the guest's end; the stop reply is sent here. A step steps CPU
+        `who` (else Hc's, else the selected one), `alone` (gdb's vCont;s:N) while the other
+        CPUs stay stopped, as gdb expects when it steps a thread over a breakpoint."""
+        self._sync_cpus()
+        cpu = self.m.cpu_list[who] if who is not None else (
+            self.m.cpu_list[self._c - 1] if self._c else self.cpu)
+        if step and not cpu.started:
+            return "E01"                         # waiting for SIPI: it has no instruction to run
+        self.m.only_cpu = cpu.cpu_index if step and alone and self.m.cpus > 1 else None
+        uc = cpu.uc
         if addr is not None:
             uc.reg_write(UC_X86_REG_RIP, addr)
+        for other in self.m.cpu_list[1:]:        # registers gdb wrote are where they go on
+            if other.started:
+                other._begin = other.uc.reg_read(UC_X86_REG_RIP)
+        self.m.resume_at(self.m.uc.reg_read(UC_X86_REG_RIP))
         rip = uc.reg_read(UC_X86_REG_RIP)
-        self.m.resume_at(rip)
-        self._skip = rip if rip in self._code_bps else None
+        self._skip = (cpu, rip) if rip in self._code_bps else None
         self._stop = None
         self._watch_hit = None
         step_hook = None
@@ -535,6 +674,7 @@ class GdbStub:
         try:
             outcome = self._run(step)
         finally:
+            self.m.only_cpu = None
             self._running = False
             self._skip = None
             self.rec.stop_at = None
@@ -587,6 +727,9 @@ class GdbStub:
 
     def _monitor_record(self, args: list[str]) -> str:
         if args == ["on"]:
+            if self.m.cpus > 1:
+                raise SvmemuError(f"unsupported: reverse execution with {self.m.cpus} CPUs "
+                                  "(it records one)")
             self.rec.start()
         elif args == ["off"]:
             self.rec.stop()
@@ -645,7 +788,14 @@ class GdbStub:
     def _send_stop(self, stop: Stop) -> None:
         conn = self.conn
         assert conn is not None
-        world = self.m.level()
+        if stop.cpu is None and self.m.cpus > 1:
+            stop.cpu = self.m.paused_cpu         # Ctrl-C: the CPU that was running
+        if stop.cpu is not None and stop.cpu != self._g:
+            self._select(stop.cpu)               # gdb switches to the thread that stopped
+            self._last_world = self.cpu.level()
+        if stop.cpu is not None:
+            self._monitor_on(stop.cpu)
+        world = self.cpu.level()
         notes = [stop.note] if stop.note else []
         if world != self._last_world:
             notes.append(f"now in {world}")
@@ -656,7 +806,9 @@ class GdbStub:
         conn.send(self._stop_reply(stop))
 
     def _stop_reply(self, stop: Stop) -> str:
-        return f"T{stop.signal:02x}thread:01;{stop.detail}world:{self.m.level()};"
+        cpu = self.m.cpu_list[stop.cpu] if stop.cpu is not None else self.cpu
+        return (f"T{stop.signal:02x}thread:{cpu.cpu_index + 1:02x};{stop.detail}"
+                f"world:{cpu.level()};")
 
     def _report_end(self, result: "RunResult") -> None:
         conn = self.conn
@@ -693,7 +845,7 @@ class _Watcher:
         # An emu_stop that lands between two emu_start calls of the run loop is forgotten by
         # Unicorn; repeat it until the run has returned.
         while not select.select([self._r], [], [], 0.01)[0]:
-            self.m.uc.emu_stop()
+            self.m.pause("interrupted")      # several CPUs: whichever runs now
 
     def __exit__(self, *exc: object) -> None:
         os.write(self._w, b"x")
