@@ -69,8 +69,9 @@ def vmrun_sites() -> list[int]:
 class CliStub:
     """`svmemu run GUEST --gdb tcp::0 -S`, its port read from the line it prints."""
 
-    def __init__(self, *extra: str) -> None:
-        self.p = subprocess.Popen([sys.executable, "-m", "emu.cli", "run", str(GUEST),
+    def __init__(self, *extra: str, guest: "str | Path" = GUEST, timeout: float = 120) -> None:
+        self.timeout = timeout
+        self.p = subprocess.Popen([sys.executable, "-m", "emu.cli", "run", str(guest),
                                    "--gdb", "tcp::0", "-S", *extra], cwd=ROOT,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.p.stderr.readline()
@@ -79,7 +80,7 @@ class CliStub:
         self.port = int(m.group(1))
 
     def finish(self) -> tuple[int, str, str]:
-        out, err = self.p.communicate(timeout=120)
+        out, err = self.p.communicate(timeout=self.timeout)
         return self.p.returncode, out, err
 
 

@@ -4,31 +4,17 @@ stopped, `thread N` selects whose registers and `monitor` gdb sees."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 from emu.loader.asm import GUESTS_DIR, assemble
-from tests.test_gdbstub import ROOT, needs_gdb, run_gdb
+from tests.test_gdbstub import CliStub, needs_gdb, run_gdb
 
 SMP_GUEST = GUESTS_DIR / "smp.S"
 SYM = assemble(str(SMP_GUEST)).symbols
 
 
-class SmpStub:
-    """`svmemu run guests/smp.S -smp 4 --gdb tcp::0 -S`, its port read from the line it prints."""
-
-    def __init__(self, *extra: str) -> None:
-        self.p = subprocess.Popen([sys.executable, "-m", "emu.cli", "run", str(SMP_GUEST),
-                                   "-smp", "4", "--gdb", "tcp::0", "-S", *extra], cwd=ROOT,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.p.stderr.readline()
-        m = re.search(r"listening on [\d.]+:(\d+)", line)
-        assert m, f"no listening line: {line!r}"
-        self.port = int(m.group(1))
-
-    def finish(self) -> tuple[int, str, str]:
-        out, err = self.p.communicate(timeout=180)
-        return self.p.returncode, out, err
+def SmpStub(*extra: str) -> CliStub:
+    """`svmemu run guests/smp.S -smp 4 --gdb tcp::0 -S`."""
+    return CliStub("-smp", "4", *extra, guest=SMP_GUEST, timeout=180)
 
 
 def _threads(out: str) -> list[str]:

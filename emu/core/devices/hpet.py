@@ -200,8 +200,6 @@ class Hpet:
     # ---- registers --------------------------------------------------------------------------
     def read_reg(self, offset: int) -> int:
         """The 64-bit register at `offset` (8-byte aligned)."""
-        self.advance(TIME_PER_READ)
-        self.tick(self.now())
         if offset == GCAP_ID:
             return GCAP
         if offset == GEN_CONF:
@@ -279,6 +277,7 @@ class Hpet:
     def mmio_read(self, offset: int, size: int) -> int:
         if offset >= HPET_MMIO_SIZE:
             return (1 << (8 * size)) - 1
+        self.advance(TIME_PER_READ)      # then bring every timer, this one's too, up to now
         self.sync()
         aligned = offset & ~7
         shift = (offset & 7) * 8
