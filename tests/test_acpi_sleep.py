@@ -4,8 +4,10 @@ vector reboots, S4 powers off. guests/s3.S checks the RTC wake and the resumed s
 too); the kvm-unit-tests `s3` entry runs in the conformance suite."""
 from __future__ import annotations
 
+from emu.core import snapshot
 from emu.core.devices.pm_timer import RTC_STS, TMR_STS, WAK_STS
 from emu.core.firmware.acpi import DSDT_AML
+from emu.core.machine import Machine
 from emu.errors import STATUS_HALTED, STATUS_SHUTDOWN
 
 from tests.harness import boot, source
@@ -111,3 +113,24 @@ def test_dsdt_names_qemus_sleep_types():
     assert b"_S3_\x12\x06\x04\x01\x01\x00\x00" in DSDT_AML
     assert b"_S4_\x12\x08\x04\x0a\x02\x0a\x02\x00\x00" in DSDT_AML
     assert b"_S5_\x12\x06\x04\x00\x00\x00\x00" in DSDT_AML
+
+
+def test_resume_with_several_cpus(tmp_path):
+    b = boot(_guest(tmp_path, enable=RTC_STS, rtc_b=0x22), nested=False, cpus=2)
+    assert (b.result.reason, b.result.status) == ("exit", EXIT_CODE << 1 | 1), b.result.message
+    assert b.machine.cpu_list[1].apic.wait_for_sipi
+
+
+def test_snapshot_before_the_sleep_resumes_alike(tmp_path):
+    """A machine restored from a snapshot sleeps and resumes as the one it was taken from (the
+    CPU's power-on state is the restoring machine's own)."""
+    path = _guest(tmp_path, enable=RTC_STS, rtc_b=0x22)
+    straight = boot(path, nested=False)
+    b = boot(path, nested=False, max_insns=3000)
+    assert b.result.reason == "max-insns"
+    fresh = Machine(b.machine.ram_size, stdout=None)
+    snapshot.restore(fresh, snapshot.decode(snapshot.encode(snapshot.take(b.machine))))
+    res = fresh.run(timeout=20)
+    assert (res.reason, res.status) == (straight.result.reason, straight.result.status)
+    assert fresh.tsc == straight.machine.tsc
+    assert fresh.pc.pm.status() == straight.machine.pc.pm.status()

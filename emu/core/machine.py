@@ -321,10 +321,11 @@ class Machine:
         if tracer is not None:
             tracer.bind(self)
         self._begin = 0
-        # The CPU as it powers on, for the platform reset of a resume from S3 (acpi_sleep.py).
-        self._power_on = (bytes(self.ctx.save().view), bytes(self.hostvm.buf),
-                          dict(self.msrs.values),
-                          {ext.name: copy.deepcopy(ext.snapshot_state()) for ext in self.extensions})
+        # The boot CPU as it powers on, for the platform reset of a resume from S3
+        # (acpi_sleep.py; application processors are re-made instead, `reinitialised`).
+        self._power_on = None if _boot is not None else (
+            bytes(self.ctx.save().view), bytes(self.hostvm.buf), dict(self.msrs.values),
+            {ext.name: copy.deepcopy(ext.snapshot_state()) for ext in self.extensions})
         if _boot is None:
             for _ in range(cpus - 1):
                 Machine(ram_size, extensions=[ext.for_another_cpu() for ext in self.extensions],
@@ -453,6 +454,7 @@ class Machine:
         """A platform reset of this CPU (registers, MSRs, local APIC, nested SVM state as at
         power-on; its place in virtual time kept), then what the firmware does to jump to CS:IP
         in real mode (a resume from S3). Outside emulation."""
+        assert self._power_on is not None, "only the boot CPU is reset in place"
         ctx_bytes, l0, msrs, exts = self._power_on
         uc = self.uc
         self.hostvm.buf[:] = l0
