@@ -46,6 +46,7 @@ from emu.engine import binding
 from emu.engine.hw_switch import (OFF_INTERCEPT, OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context,
                                   flush_tlb, set_xsave_components)
 from emu.core import acpi_sleep
+from emu.core.firmware import bios_services
 from emu.core.devices.apic import APIC_BASE_BSP, APIC_BASE_EN, APIC_DEFAULT_BASE
 from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
@@ -926,6 +927,8 @@ class Machine:
         self.ctx.set_rip(self.uc.reg_read(UC_X86_REG_RIP) + length)
 
     def _exit_exception(self, vector: int) -> None:
+        if vector == UD and bios_services.service(self):
+            return                # a real-mode BIOS call reached its entry point
         ctx = self.ctx.save()
         err = ctx.error_code if vector in HAS_ERROR_CODE else None
         cr2 = self.hostvm.exitinfo2(ctx.u64(OFF_VM_VMCB)) if vector == PF else None
