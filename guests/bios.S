@@ -1,9 +1,10 @@
 # bios.S: the real-mode BIOS services a kernel's real-mode setup code calls, as SeaBIOS answers
 # them on QEMU's pc machine: INT 12h (base memory), INT 11h (equipment), INT 15h E820 (the same
 # map as the multiboot memory map), E801 and 88h (memory above 1 MiB), INT 1Ah 00h/01h (the BDA
-# tick count), 02h/04h (the RTC's time and date). From long mode the guest drops to real mode
-# (through 16-bit protected mode, as a kernel's trampoline does), loads the registers, executes
-# INT n, stores what the BIOS returned and comes back. With "unsupported" on the command line it
+# tick count), 02h/04h (the RTC's time and date), and the answers for what the PC lacks: INT 13h
+# for a disk that is not there, INT 16h with no keystroke, functions SeaBIOS does not have. From
+# long mode the guest drops to real mode (through 16-bit protected mode, as a kernel's trampoline
+# does), loads the registers, executes INT n, stores what the BIOS returned and comes back. With "unsupported" on the command line it
 # ends with a call svmemu does not implement (INT 14h AH=00h), which must stop the run there.
 .include "prelude.inc"
 
@@ -203,6 +204,57 @@ main:
     movzx eax, al
     movzx ecx, byte ptr [R_EDX + 1]
     check_eq rcx, rax, "04h: DH = the CMOS month"
+
+    # ---- INT 15h 24h: A20 (always on) ----
+    mov dword ptr [R_EAX], 0x2402
+    bios 0x15
+    movzx eax, word ptr [R_EAX]
+    mov ecx, [R_FLAGS]
+    and ecx, CF
+    shl ecx, 16
+    or eax, ecx
+    check_eq rax, 0x0001, "INT 15h 2402h: A20 is on (AL = 1, AH = 0, CF clear)"
+    mov dword ptr [R_EAX], 0x2403
+    mov dword ptr [R_EBX], 0
+    bios 0x15
+    movzx eax, word ptr [R_EBX]
+    check_eq rax, 3, "INT 15h 2403h: BX = 3 (keyboard controller and port 92h)"
+
+    # ---- answers for what this PC lacks: no disk, no keystroke, functions SeaBIOS lacks ----
+    mov dword ptr [R_EAX], 0x4100
+    mov dword ptr [R_EBX], 0x55aa
+    mov dword ptr [R_EDX], 0x80
+    bios 0x13
+    mov eax, [R_FLAGS]
+    check_mask rax, CF, CF, "INT 13h 41h for hard disk 80h: CF set (no such drive)"
+    movzx eax, byte ptr [R_EAX + 1]
+    check_eq rax, 1, "and AH = 01h"
+    mov dword ptr [R_EAX], 0xec00
+    mov dword ptr [R_EBX], 2
+    bios 0x15
+    movzx eax, byte ptr [R_EAX + 1]
+    mov ecx, [R_FLAGS]
+    and ecx, CF
+    shl ecx, 8
+    or eax, ecx
+    check_eq rax, 0x186, "INT 15h ECh (not in SeaBIOS): AH = 86h, CF set"
+    mov dword ptr [R_EAX], 0x5500
+    bios 0x1a
+    movzx eax, byte ptr [R_EAX + 1]
+    mov ecx, [R_FLAGS]
+    and ecx, CF
+    shl ecx, 8
+    or eax, ecx
+    check_eq rax, 0x155, "INT 1Ah 55h (not in SeaBIOS): CF set, AH kept"
+    mov dword ptr [R_EAX], 0x0100
+    bios 0x16
+    mov eax, [R_FLAGS]
+    check_mask rax, 0x40, 0x40, "INT 16h 01h: no keystroke waiting (ZF set)"
+    mov dword ptr [R_EAX], 0x02ff
+    bios 0x16
+    movzx eax, byte ptr [R_EAX]
+    movzx ecx, byte ptr [0x417]
+    check_eq rax, rcx, "INT 16h 02h: AL = the BDA's shift flags"
 
     # ---- a call svmemu does not implement, on request ----
     mov rdi, [rip + mb_info]

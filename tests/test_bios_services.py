@@ -22,7 +22,7 @@ def test_a_call_svmemu_does_not_answer_stops_the_run():
     assert (b.result.reason, b.result.status) == ("unsupported", STATUS_UNSUPPORTED)
     assert "BIOS INT 14h AH=00h" in b.result.message
     assert "# INT 14h returned" not in b.serial
-    assert "# pass 25 fail 0" not in b.serial and "ok 25 -" in b.serial
+    assert "# pass 33 fail 0" not in b.serial and "ok 33 -" in b.serial
 
 
 @pytest.mark.parametrize("ram", [64 << 20, 5 << 30])
@@ -64,11 +64,14 @@ def _real_mode_int(tmp_path, vector: int, ax: int) -> str:
 
 
 @pytest.mark.parametrize("vector, ax, says", [
-    (0x10, 0x0003, "BIOS INT 10h AH=00h"),       # set video mode
-    (0x13, 0x0800, "BIOS INT 13h AH=08h"),       # disk parameters
+    (0x14, 0x0000, "BIOS INT 14h AH=00h"),       # serial port setup
     (0x15, 0xC000, "BIOS INT 15h AH=C0h"),       # configuration table
-    (0x16, 0x0000, "BIOS INT 16h AH=00h"),       # keyboard
+    (0x15, 0x2400, "BIOS INT 15h AH=24h"),       # disable A20
+    (0x16, 0x0000, "BIOS INT 16h AH=00h"),       # read a key: would wait forever
+    (0x17, 0x0100, "BIOS INT 17h AH=01h"),       # printer
+    (0x19, 0x0000, "BIOS INT 19h AH=00h"),       # bootstrap
     (0x1A, 0x0500, "BIOS INT 1Ah AH=05h"),       # set the date
+    (0x1A, 0xB101, "BIOS INT 1Ah AH=B1h"),       # PCI BIOS
 ])
 def test_unanswered_calls_stop(tmp_path, vector, ax, says):
     b = boot(_real_mode_int(tmp_path, vector, ax), nested=False)
@@ -80,3 +83,10 @@ def test_unanswered_calls_stop(tmp_path, vector, ax, says):
 def test_int_12h_through_the_nested_svm_extension(tmp_path):
     b = boot(_real_mode_int(tmp_path, 0x12, 0xFFFF))
     assert b.result.reason == "exit" and "# returned" in b.serial, b.result.message
+
+
+def test_int_10h_is_seabios_without_a_vga_bios(tmp_path):
+    """svmemu has no display adapter: SeaBIOS's own INT 10h handler does nothing."""
+    b = boot(_real_mode_int(tmp_path, 0x10, 0x1200), nested=False)
+    assert b.result.reason == "exit" and "# returned" in b.serial, b.result.message
+    assert b.machine.mem.read_u32(0x6000) == 0x1200          # R_EAX as the call left it

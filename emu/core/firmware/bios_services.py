@@ -9,8 +9,14 @@ with PUSHF; CALL FAR) reaches the UD2 in real mode; its #UD comes to the machine
 (where SeaBIOS's handlers return CF) are updated here and execution continues at the IRET.
 
 Implemented, as SeaBIOS does them (src/system.c, src/clock.c, src/memmap.c):
+  INT 10h          nothing: SeaBIOS's handler when no VGA BIOS replaces it (svmemu has no
+                   display adapter, as QEMU with -vga none)
   INT 11h          AX = the BDA's equipment word
-  INT 12h          AX = the BDA's base memory size in KiB, CF clear
+  INT 12h          AX = the BDA's base memory size in KiB
+  INT 13h          no drive (svmemu has no disks): AH = 01h, CF set, the BDA status byte set
+  INT 16h          01h/11h no keystroke (ZF set: nothing ever reaches the 8042), 02h the BDA
+                   shift flags, 09h 30h; functions SeaBIOS lacks return unchanged, as there
+  INT 15h 2401h-2403h  A20: enable (it is always on), query (AL = 1), support (BX = 3)
   INT 15h E820h    the e820 map (firmware/layout.py, the multiboot memory map), one 20-byte
                    entry per call at ES:DI; EBX continues, 0 after the last; EAX = 'SMAP',
                    ECX = 20, CF clear. EDX not 'SMAP', EBX past the end or ECX < 20: AH = 86h,
@@ -23,6 +29,10 @@ Implemented, as SeaBIOS does them (src/system.c, src/clock.c, src/memmap.c):
                    RTC's time and date (read and set, BCD as the CMOS holds them), its alarm
                    (set, off): through the CMOS ports, as SeaBIOS's rtc_read/rtc_write, so the
                    CMOS index is left as SeaBIOS leaves it (NMI-disable bit set)
+A function those two vectors lack in SeaBIOS too gets SeaBIOS's answer (CF set, and for INT 15h
+AH = 86h); one
+SeaBIOS has and svmemu does not, or any call to the other vectors (14h serial, 17h printer, 18h, 19h boot), stops the run: `unsupported: BIOS INT xxh
+AH=yyh`.
 Not modelled (each a documented difference): SeaBIOS's INT 1Ah 00h first lets pending hardware
 interrupts in (its yield()); svmemu reads the count at once. Its wait for the RTC's
 update-in-progress flag to clear is a jump of virtual time past the update.
@@ -41,7 +51,7 @@ from emu.core.devices.cmos import (CMOS_DATA, CMOS_INDEX, NMI_MASK, REG_A_UIP, R
                                    REG_B_AIE, REG_B_PIE, REG_B_SET, RTC_ALARMS, RTC_CENTURY,
                                    RTC_DAY_OF_MONTH, RTC_HOURS, RTC_MINUTES, RTC_MONTH,
                                    RTC_REG_A, RTC_REG_B, RTC_SECONDS, RTC_YEAR)
-from emu.core.firmware.bda import BDA_EQUIPMENT, BDA_MEMORY_KIB
+from emu.core.firmware.bda import BDA_EQUIPMENT, BDA_KBD_HEAD, BDA_MEMORY_KIB
 from emu.core.firmware.layout import BIOS_SEGMENT, E820_RAM, FOUR_GIB, MiB, e820_map
 from emu.errors import Unsupported
 
@@ -61,7 +71,25 @@ SERVICE_ENTRIES = {0x10: 0xF065, 0x11: 0xF84D, 0x12: 0xF841, 0x13: 0xE3FE, 0x14:
                    0x1A: 0xFE6E}
 _BY_OFFSET = {off: vector for vector, off in SERVICE_ENTRIES.items()}
 
+# The functions SeaBIOS's INT 15h and INT 1Ah dispatch (src/system.c, src/clock.c): one of these
+# that svmemu does not answer stops the run; any other gets SeaBIOS's own answer for a function
+# it lacks (CF set; INT 15h also AH = 86h). AX=E8xxh other than E801h and E820h is one SeaBIOS
+# lacks.
+SEABIOS_INT15 = frozenset({0x24, 0x4F, 0x52, 0x53, 0x5F, 0x7F, 0x83, 0x86, 0x87, 0x88, 0x90,
+                           0x91, 0xC0, 0xC1, 0xC2, 0xE8})
+_SEABIOS_UNIMPLEMENTED_E8 = frozenset((0xE8, al) for al in range(256) if al not in (0x01, 0x20))
+SEABIOS_INT1A = frozenset({0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0xB1})
+SEABIOS_INT16 = frozenset({0x00, 0x01, 0x02, 0x05, 0x09, 0x0A, 0x10, 0x11, 0x12, 0x6F, 0x92,
+                           0xA2})
+FLAGS_ZF = 1 << 6
+BDA_KBD_FLAG0 = 0x417
+KBD_FUNCTIONALITY = 0x30       # SeaBIOS's INT 16h 09h: 10h-12h supported
+A20_SUPPORT_KBC_AND_PORT92 = 3
 SMAP = 0x534D4150
+FIRST_HARD_DISK = 0x80
+DISK_RET_EPARAM = 0x01
+BDA_FLOPPY_LAST_STATUS = 0x441
+BDA_DISK_LAST_STATUS = 0x474
 E820_ENTRY_SIZE = 20
 RET_EUNSUPPORTED = 0x86
 BDA_TIMER_COUNTER = 0x46C
@@ -138,8 +166,8 @@ def service(m: "Board") -> bool:
     call = _Call(m)
     handler = _HANDLERS.get((vector, call.ah)) or _HANDLERS.get((vector, None))
     if handler is None:
-        raise Unsupported(f"BIOS INT {vector:02X}h AH={call.ah:02X}h (svmemu answers INT 11h, "
-                          "12h, 15h E820h/E801h/88h and 1Ah 00h-04h/06h/07h)")
+        raise Unsupported(f"BIOS INT {vector:02X}h AH={call.ah:02X}h (svmemu answers INT 10h, "
+                          "11h, 12h, 13h, 16h, 15h E820h/E801h/88h and 1Ah 00h-04h/06h/07h)")
     handler(call)
     call.finish()
     m.ctx.set_rip(ip + len(UD2))
@@ -153,7 +181,44 @@ def _int11(c: _Call) -> None:
 
 def _int12(c: _Call) -> None:
     c.set_ax(struct.unpack("<H", c.m.mem.read_phys(BDA_MEMORY_KIB, 2))[0])
-    c.success()
+
+
+# ---- INT 10h, 13h ---------------------------------------------------------------------------
+def _int10(c: _Call) -> None:
+    """SeaBIOS's own INT 10h handler, which a VGA BIOS replaces: it does nothing. svmemu has no
+    display adapter (QEMU with -vga none or -nodefaults), so nothing is the answer; a kernel
+    probing for VGA (INT 10h AH=12h, AH=1Ah) finds none."""
+
+
+# ---- INT 13h --------------------------------------------------------------------------------
+def _int13(c: _Call) -> None:
+    """SeaBIOS with no drive behind DL (svmemu has no disks, and lists no floppy in the
+    equipment word): every function answers AH = 01h (invalid parameter), CF set, and the BDA's
+    last-status byte of that drive class holds the code."""
+    status = BDA_FLOPPY_LAST_STATUS if c.edx & 0xFF < FIRST_HARD_DISK else BDA_DISK_LAST_STATUS
+    c.m.mem.write_phys(status, bytes([DISK_RET_EPARAM]))
+    c.invalid(DISK_RET_EPARAM)
+
+
+# ---- INT 16h --------------------------------------------------------------------------------
+def _int16(c: _Call) -> None:
+    """The keyboard services that need no keystroke: nothing ever reaches svmemu's 8042, so the
+    BIOS keyboard buffer stays empty (01h/11h report none, ZF set), 02h gives the shift flags,
+    09h the functionality byte; a function SeaBIOS lacks returns with the registers unchanged,
+    as SeaBIOS's does. Reading a key (00h/10h) would wait forever: it stops the run."""
+    ah = c.ah
+    if ah in (0x01, 0x11):
+        head, tail = struct.unpack("<HH", c.m.mem.read_phys(BDA_KBD_HEAD, 4))
+        if head != tail:
+            raise Unsupported(f"BIOS INT 16h AH={ah:02X}h with keystrokes in the BDA buffer")
+        c.flags |= FLAGS_ZF
+    elif ah == 0x02:
+        c.set_al(c.m.mem.read_phys(BDA_KBD_FLAG0, 1)[0])
+    elif ah == 0x09:
+        c.set_al(KBD_FUNCTIONALITY)
+    elif ah in SEABIOS_INT16:
+        raise Unsupported(f"BIOS INT 16h AH={ah:02X}h (svmemu answers 01h, 02h, 09h, 11h; no "
+                          "keystroke ever arrives)")
 
 
 # ---- INT 15h --------------------------------------------------------------------------------
@@ -169,13 +234,29 @@ def _int15(c: _Call) -> None:
         _e820(c)
     elif c.eax & 0xFFFF == 0xE801:
         _e801(c)
+    elif c.ah == 0x24 and c.eax & 0xFF in (0x01, 0x02, 0x03):
+        _a20(c)
     elif c.ah == 0x88:
         rs = _legacy_ram_size(c.m)
         c.set_ax(LEGACY_88_CAP_KIB if rs > LEGACY_88_CAP else (rs - MiB) // 1024)
         c.success()
-    else:
+    elif c.ah in SEABIOS_INT15 and (c.ah, c.eax & 0xFF) not in _SEABIOS_UNIMPLEMENTED_E8:
         raise Unsupported(f"BIOS INT 15h AH={c.ah:02X}h (AX={c.eax & 0xFFFF:04X}h; svmemu "
-                          "answers AX=E820h, AX=E801h and AH=88h)")
+                          "answers AX=2401h-2403h, E820h, E801h and AH=88h)")
+    else:
+        c.invalid(RET_EUNSUPPORTED)      # a function SeaBIOS does not have either
+
+
+def _a20(c: _Call) -> None:
+    """AX=2401h enable, 2402h query, 2403h support: A20 is always on here (2400h, disabling it,
+    stops the run as the 8042 and port 0x92 paths do)."""
+    al = c.eax & 0xFF
+    if al == 0x02:
+        c.set_al(1)
+    elif al == 0x03:
+        c.ebx = (c.ebx & ~0xFFFF) | A20_SUPPORT_KBC_AND_PORT92
+    c.set_ah(0)
+    c.success()
 
 
 def _e820(c: _Call) -> None:
@@ -300,8 +381,16 @@ def _1a07(c: _Call) -> None:
     c.success()
 
 
+def _1a_unimplemented(c: _Call) -> None:
+    """A function SeaBIOS's INT 1Ah does not have: CF set, AH kept, as it answers."""
+    if c.ah in SEABIOS_INT1A:
+        raise Unsupported(f"BIOS INT 1Ah AH={c.ah:02X}h (svmemu answers 00h-04h, 06h, 07h)")
+    c.invalid()
+
+
 _HANDLERS: dict[tuple[int, int | None], Callable[[_Call], None]] = {
-    (0x11, None): _int11, (0x12, None): _int12, (0x15, None): _int15,
+    (0x10, None): _int10, (0x11, None): _int11, (0x12, None): _int12, (0x13, None): _int13, (0x15, None): _int15,
+    (0x16, None): _int16,
     (0x1A, 0x00): _1a00, (0x1A, 0x01): _1a01, (0x1A, 0x02): _1a02, (0x1A, 0x03): _1a03,
-    (0x1A, 0x04): _1a04, (0x1A, 0x06): _1a06, (0x1A, 0x07): _1a07,
+    (0x1A, 0x04): _1a04, (0x1A, 0x06): _1a06, (0x1A, 0x07): _1a07, (0x1A, None): _1a_unimplemented,
 }
