@@ -134,3 +134,18 @@ def test_snapshot_before_the_sleep_resumes_alike(tmp_path):
     assert (res.reason, res.status) == (straight.result.reason, straight.result.status)
     assert fresh.tsc == straight.machine.tsc
     assert fresh.pc.pm.status() == straight.machine.pc.pm.status()
+
+
+def test_wake_reset_of_the_devices_qemu_resets():
+    """What QEMU's reset on wake does to the devices that do not keep their state."""
+    m = Machine(64 << 20, stdout=None)
+    pc = m.pc
+    pc.hpet.mmio_write(0x010, 8, 1)                  # HPET on
+    pc.ioapic.redtbl[4] = 0x30                       # an unmasked entry
+    pc.pit.write(0x43, 1, 0x30)                      # channel 0: mode 0
+    m.serial.write(0x3F9, 1, 0x0F)                   # UART interrupts on
+    pc.reset_devices()
+    assert not pc.hpet.enabled
+    assert all(e & 1 << 16 for e in pc.ioapic.redtbl)
+    assert pc.pit.channels[0].mode == 3
+    assert m.serial.ier == 0

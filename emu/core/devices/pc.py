@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from emu.core.devices.cmos import RTC_IRQ, Cmos
 from emu.core.devices.gsi import InterruptLines
-from emu.core.devices.hpet import HPET_BASE, HPET_MAP_SIZE, Hpet
+from emu.core.devices.hpet import GINTR_STA, HPET_BASE, HPET_MAP_SIZE, MASK64, Hpet
 from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE, IoApic
 from emu.core.devices.kbc import KBC_IRQ, KeyboardController
 from emu.core.devices.pci import PM_BASE_DEFAULT, PciHost
@@ -108,6 +108,7 @@ class PcPlatform:
             self.pit.write(PIT_CHANNEL0 + ch, 1, 0)
         self.pit.write(PORT_B, 1, 0)
         self.ioapic.reset()
+        self.hpet.write_reg(GINTR_STA, self.hpet.isr, MASK64)   # lower its level-triggered lines
         self.hpet.reset()
         serial = self.m.serial
         was = serial.level
