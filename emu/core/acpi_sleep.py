@@ -23,8 +23,8 @@ Firmware_Waking_Vector in real mode: CS = vector >> 4, IP = vector & 0xF, CR0 = 
 data segments and general registers 0, SS:SP = 0:0xF70 (its resume stack). SeaBIOS ignores
 X_Firmware_Waking_Vector (our FACS is the ACPI 1.0 one, which has none). Application processors
 wait for SIPI, as at boot. Without a waking vector SeaBIOS reboots the machine: the run ends as
-every reset does (status 4). The local APIC of an application processor, the 8042 and the TSC
-keep their state (the TSC keeps counting virtual time; a real reset would zero it).
+every reset does (status 4). The local APIC of an application processor and the 8042 keep their
+state; the TSC keeps counting virtual time, as QEMU's TCG clock does (a real reset zeroes it).
 """
 from __future__ import annotations
 
