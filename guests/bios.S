@@ -150,6 +150,28 @@ main:
     mov ax, [R_EDX]
     mov ecx, [0x46c]                         # after the call: SeaBIOS first lets a pending tick in
     check_eq rax, rcx, "INT 1Ah 00h: CX:DX = the BDA's tick count"
+    # SeaBIOS yields first: a pending timer interrupt runs (through the IVT) even with IF = 0
+    mov al, 0x34                             # PIT channel 0: mode 2, count 20 (~17 us)
+    out 0x43, al
+    mov al, 20
+    out 0x40, al
+    xor eax, eax
+    out 0x40, al
+    mov ecx, 50
+2:  in al, 0x40                              # let it fire (each read is time on svmemu)
+    dec ecx
+    jnz 2b
+    mov eax, [0x46c]
+    mov [rip + ticks_before], rax
+    mov dword ptr [R_EAX], 0x0000
+    bios 0x1a
+    mov al, 0x36                             # back to mode 3, full count (18.2 Hz)
+    out 0x43, al
+    xor eax, eax
+    out 0x40, al
+    out 0x40, al
+    mov eax, [0x46c]
+    check_ne rax, "qword ptr [rip + ticks_before]", "INT 1Ah 00h lets a pending timer tick in first"
     mov dword ptr [R_EAX], 0x0100
     mov dword ptr [R_ECX], 0x0012
     mov dword ptr [R_EDX], 0x3456
@@ -390,4 +412,5 @@ rm_idt_ptr:
 bios_rsp:       .quad 0
 equipment:      .quad 0
 continuation:   .quad 0
+ticks_before:   .quad 0
 e820_count:     .quad 0

@@ -33,9 +33,10 @@ A function those two vectors lack in SeaBIOS too gets SeaBIOS's answer (CF set, 
 AH = 86h); one
 SeaBIOS has and svmemu does not, or any call to the other vectors (14h serial, 17h printer, 18h, 19h boot), stops the run: `unsupported: BIOS INT xxh
 AH=yyh`.
-Not modelled (each a documented difference): SeaBIOS's INT 1Ah 00h first lets pending hardware
-interrupts in (its yield()); svmemu reads the count at once. Its wait for the RTC's
-update-in-progress flag to clear is a jump of virtual time past the update.
+INT 1Ah 00h first lets pending hardware interrupts in, as SeaBIOS's yield() does (STI; NOP;
+PAUSE; CLI in the BIOS segment, so they run through the guest's IVT), then reads the count: a
+real-mode loop polling the tick count with interrupts disabled sees it advance. SeaBIOS's wait
+for the RTC's update-in-progress flag to clear is a jump of virtual time past the update.
 """
 from __future__ import annotations
 
@@ -70,6 +71,11 @@ SERVICE_ENTRIES = {0x10: 0xF065, 0x11: 0xF84D, 0x12: 0xF841, 0x13: 0xE3FE, 0x14:
                    0x15: 0xF859, 0x16: 0xE82E, 0x17: 0xEFD2, 0x18: 0xFF54, 0x19: 0xE6F2,
                    0x1A: 0xFE6E}
 _BY_OFFSET = {off: vector for vector, off in SERVICE_ENTRIES.items()}
+# SeaBIOS's yield() before reading the tick count (INT 1Ah 00h): STI; NOP; PAUSE; CLI lets
+# pending hardware interrupts in, through the guest's own IVT; then the UD2 answers the call.
+YIELD_OFFSET = 0xFE80
+YIELD_STUB = bytes([0xFB, 0x90, 0xF3, 0x90, 0xFA]) + STUB
+YIELDED = YIELD_OFFSET + len(YIELD_STUB) - len(STUB)     # the UD2 after the yield
 
 # The functions SeaBIOS's INT 15h and INT 1Ah dispatch (src/system.c, src/clock.c): one of these
 # that svmemu does not answer stops the run; any other gets SeaBIOS's own answer for a function
@@ -103,8 +109,10 @@ LEGACY_88_CAP_KIB = 63 * 1024
 
 
 def stub_contents() -> list[tuple[int, bytes]]:
-    """(physical address, bytes): the UD2; IRET stub at each service entry point."""
-    return [(BIOS_SEGMENT + off, STUB) for off in SERVICE_ENTRIES.values()]
+    """(physical address, bytes): the UD2; IRET stub at each service entry point, and the
+    yield stub of INT 1Ah 00h."""
+    return ([(BIOS_SEGMENT + off, STUB) for off in SERVICE_ENTRIES.values()]
+            + [(BIOS_SEGMENT + YIELD_OFFSET, YIELD_STUB)])
 
 
 class _Call:
@@ -161,10 +169,17 @@ def service(m: "Board") -> bool:
         return False
     ip = uc.reg_read(UC_X86_REG_RIP) & 0xFFFF
     vector = _BY_OFFSET.get(ip)
-    if vector is None:
+    if ip == YIELDED:
+        call = _Call(m)
+        handler: Callable[[_Call], None] | None = _1a00
+    elif vector is None:
         return False
-    call = _Call(m)
-    handler = _HANDLERS.get((vector, call.ah)) or _HANDLERS.get((vector, None))
+    else:
+        call = _Call(m)
+        if (vector, call.ah) == (0x1A, 0x00):
+            m.ctx.set_rip(YIELD_OFFSET)           # SeaBIOS yields first: pending IRQs run
+            return True
+        handler = _HANDLERS.get((vector, call.ah)) or _HANDLERS.get((vector, None))
     if handler is None:
         raise Unsupported(f"BIOS INT {vector:02X}h AH={call.ah:02X}h (svmemu answers INT 10h, "
                           "11h, 12h, 13h, 16h, 15h E820h/E801h/88h and 1Ah 00h-04h/06h/07h)")
