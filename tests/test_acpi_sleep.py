@@ -21,7 +21,10 @@ STUB = bytes([0xB0, EXIT_CODE, 0xE6, 0xF4])
 
 
 def _guest(tmp_path, *, enable: int, sleep_type: int = 1, vector: int = WAKE_VECTOR,
-           rtc_b: int | None = None) -> str:
+           rtc_b: int | None = None, in_l2: bool = False) -> str:
+    """Sets the FACS waking vector (real mode there: exit with EXIT_CODE), enables `enable` in
+    PM1 enable, optionally arms the RTC alarm, then sleeps: from L1, or from an L2 guest whose
+    hypervisor intercepts no port."""
     stub = ", ".join(f"{b:#x}" for b in STUB)
     rtc = (f"""
     mov al, 0x01
@@ -34,6 +37,7 @@ def _guest(tmp_path, *, enable: int, sleep_type: int = 1, vector: int = WAKE_VEC
     out 0x71, al""" if rtc_b is not None else "")
     return source(tmp_path, f"""
 .include "prelude.inc"
+{'.include "svm.inc"' if in_l2 else ""}
 main:
     mov rsi, 0xe0000
     mov rax, 0x2052545020445352
@@ -49,6 +53,11 @@ main:
     mov edi, {WAKE_VECTOR:#x}
     mov ecx, {len(STUB)}
     rep movsb
+{"    call svm_enable" if in_l2 else ""}
+{"    lea rdi, [rip + sleeper]" if in_l2 else ""}
+{"    call vmcb_init" if in_l2 else ""}
+{"    run_l2 1" if in_l2 else ""}
+sleeper:
     mov dx, {PM1_EVT + 2:#x}
     mov ax, {enable:#x}
     out dx, ax{rtc}
@@ -149,3 +158,13 @@ def test_wake_reset_of_the_devices_qemu_resets():
     assert all(e & 1 << 16 for e in pc.ioapic.redtbl)
     assert pc.pit.channels[0].mode == 3
     assert m.serial.ier == 0
+
+
+def test_s3_from_a_nested_guest_resumes_the_cpu_as_reset(tmp_path):
+    """L2 sleeps (its hypervisor lets the ports through): the wake-up resets the CPU, nested
+    state included, and the firmware enters the waking vector in L1's real mode."""
+    b = boot(_guest(tmp_path, enable=TMR_STS, in_l2=True))
+    assert (b.result.reason, b.result.status) == ("exit", EXIT_CODE << 1 | 1), b.result.message
+    assert not b.ext.state.in_l2
+    assert b.machine.level() == "L1"
+    assert b.ext.world_switches()[0] == 1        # the VMRUN into the sleeper still counts

@@ -440,7 +440,7 @@ class Machine:
         self.msrs.values.update(msrs)
         self.lbr.restored()
         for ext in self.extensions:
-            ext.load_snapshot_state(copy.deepcopy(exts[ext.name]))
+            ext.power_on_reset(copy.deepcopy(exts[ext.name]))
         self.timebase.rebase()
         apic = self.apic
         old = apic.mmio_base()
