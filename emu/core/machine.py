@@ -431,6 +431,7 @@ class Machine:
         assert self._power_on is not None, "only the boot CPU is reset in place"
         ctx_bytes, l0, msrs, exts = self._power_on
         uc = self.uc
+        world = self.level()
         self.hostvm.buf[:] = l0
         self.ctx.view[:] = ctx_bytes
         self.ctx.restore()
@@ -441,6 +442,8 @@ class Machine:
         self.lbr.restored()
         for ext in self.extensions:
             ext.power_on_reset(copy.deepcopy(exts[ext.name]))
+        if self.level() != world:
+            self.world_changed(world, self.level())    # tracer, events, debugger: back in L1
         self.timebase.rebase()
         apic = self.apic
         old = apic.mmio_base()
