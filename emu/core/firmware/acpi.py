@@ -16,8 +16,8 @@ HPET number 0, no minimum tick, no page protection) and the WAET says the PM tim
 
 Deliberate difference: the DSDT is the smallest one a kernel needs (the sleep states of QEMU's
 PIIX4 with S3 and S4 enabled: \\_S3 sleep type 1, \\_S4 type 2, \\_S5 type 0 for soft-off, the
-numbers devices/pm_timer.py acts on) instead of QEMU's 6 KiB of AML describing PCI and ISA devices svmemu does
-not have.
+numbers devices/pm_timer.py acts on) instead of QEMU's 6 KiB of AML describing PCI and ISA
+devices svmemu does not have.
 """
 from __future__ import annotations
 
