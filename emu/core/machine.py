@@ -8,6 +8,7 @@ continues without leaving `emu_start`; events that change control flow across pr
 """
 from __future__ import annotations
 
+import copy
 import mmap
 import struct
 import time
@@ -20,7 +21,9 @@ from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_
                      UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED)
 from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL, UC_X86_REG_RAX,
                                UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP,
-                               UC_X86_REG_DR6)
+                               UC_X86_REG_DR6, UC_X86_REG_RSI, UC_X86_REG_RDI, UC_X86_REG_RBP,
+                               UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R11,
+                               UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15)
 from emu.arch.bits import DR6_BS
 
 from emu.engine import hostvm
@@ -40,7 +43,10 @@ from emu.engine.hostvm import HostVm
 from emu.core.irq import InterruptController
 from emu.engine import binding
 from emu.engine.hw_switch import (OFF_INTERCEPT, OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context,
-                                  set_xsave_components)
+                                  flush_tlb, set_xsave_components)
+from emu.core import acpi_sleep
+from emu.core.firmware import bios_services
+from emu.core.devices.apic import APIC_BASE_BSP, APIC_BASE_EN, APIC_DEFAULT_BASE
 from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
 from emu.engine.breakpoints import Breakpoints
@@ -78,6 +84,10 @@ MTRR_MSRS = frozenset(range(0x200, 0x300)) | {0xFE}   # MTRRcap, variable, fixed
 MAX_CPUS = MAX_XAPIC_CPUS     # APIC IDs 0..254 (xAPIC), as the firmware tables describe them
 TSC_STEP = 1000          # virtual TSC ticks per read: deterministic, monotonic
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF
+# What the trampoline's VMRUN leaves as it was: zeroed for a CPU the firmware enters in real mode.
+_GENERAL_REGS = (UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RSI, UC_X86_REG_RDI,
+                 UC_X86_REG_RBP, UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R11,
+                 UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15)
 _IRET_INTERCEPT = intercept_misc_bit(VMEXIT_IRET)
 _MAP_NORESERVE = 0x4000   # Linux: no swap reserved; pages exist once the guest touches them
 
@@ -285,6 +295,11 @@ class Machine:
         if tracer is not None:
             tracer.bind(self)
         self._begin = 0
+        # The boot CPU as it powers on, for the platform reset of a resume from S3
+        # (acpi_sleep.py; application processors are re-made instead, `reinitialised`).
+        self._power_on = None if _boot is not None else (
+            bytes(self.ctx.save().view), bytes(self.hostvm.buf), dict(self.msrs.values),
+            {ext.name: copy.deepcopy(ext.snapshot_state()) for ext in self.extensions})
         if _boot is None:
             for _ in range(cpus - 1):
                 Machine(ram_size, extensions=[ext.for_another_cpu() for ext in self.extensions],
@@ -395,6 +410,56 @@ class Machine:
     def poweroff(self, message: str) -> None:
         """ACPI power-off: QEMU exits with status 0, and so does the run."""
         self._finish("poweroff", STATUS_HALTED, message)
+
+    def suspend_request(self, port: int) -> None:
+        """The guest wrote ACPI S3 to PM1 control with an OUT to `port`: the CPU doing it stops
+        right after that instruction (an I/O trap, emu/engine/io_trap.py) and the machine
+        sleeps there (emu/core/acpi_sleep.py)."""
+        cpu = self.cpu_list[0].running or self
+
+        def sleep() -> None:
+            acpi_sleep.sleep(cpu)
+        if not cpu.io_trap.arm(port, undo=False, action=lambda: cpu._defer(sleep)):
+            raise Unsupported(f"ACPI S3 by the OUT at rip {cpu.uc.reg_read(UC_X86_REG_RIP):#x}: "
+                              "the code was translated without I/O traps, so the sleep cannot "
+                              "begin at that instruction")
+
+    def reset_to_real_mode(self, cs: int, ip: int, cr0: int, sp: int) -> None:
+        """A platform reset of this CPU (registers, MSRs, local APIC, nested SVM state as at
+        power-on; its place in virtual time kept), then what the firmware does to jump to CS:IP
+        in real mode (a resume from S3). Outside emulation."""
+        assert self._power_on is not None, "only the boot CPU is reset in place"
+        ctx_bytes, l0, msrs, exts = self._power_on
+        uc = self.uc
+        world = self.level()
+        self.hostvm.buf[:] = l0
+        self.ctx.view[:] = ctx_bytes
+        self.ctx.restore()
+        uc.ctl_flush_tb()
+        flush_tlb(uc)
+        self.msrs.values.clear()
+        self.msrs.values.update(msrs)
+        self.lbr.restored()
+        for ext in self.extensions:
+            ext.power_on_reset(copy.deepcopy(exts[ext.name]))
+        if self.level() != world:
+            self.world_changed(world, self.level())    # tracer, events, debugger: back in L1
+        self.timebase.rebase()
+        apic = self.apic
+        old = apic.mmio_base()
+        apic.base_msr = APIC_DEFAULT_BASE | APIC_BASE_EN | (APIC_BASE_BSP if self.cpu_index == 0
+                                                            else 0)
+        apic.reset()
+        if apic.mmio_base() != old:
+            apic.remap(old, apic.mmio_base())
+        self.irq.halted = False
+        self.irq.window.disarm()
+        self._start = self._begin = self.hostvm.enter_real_mode(cs, ip, cr0, sp)
+        for reg in _GENERAL_REGS:
+            uc.reg_write(reg, 0)
+        uc.reg_write(UC_X86_REG_RIP, self._start)
+        self.io_trap.set_flag()
+        self.wake()
 
     def between_slices(self, action: Callable[[], None]) -> None:
         """Run `action` once emulation has stopped, before it continues where it stopped (from
@@ -839,6 +904,8 @@ class Machine:
         self.ctx.set_rip(self.uc.reg_read(UC_X86_REG_RIP) + length)
 
     def _exit_exception(self, vector: int) -> None:
+        if vector == UD and bios_services.service(self):
+            return                # a real-mode BIOS call reached its entry point
         ctx = self.ctx.save()
         err = ctx.error_code if vector in HAS_ERROR_CODE else None
         cr2 = self.hostvm.exitinfo2(ctx.u64(OFF_VM_VMCB)) if vector == PF else None

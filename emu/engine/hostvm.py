@@ -116,13 +116,21 @@ class HostVm:
         from wait-for-SIPI: the INIT state (APM vol. 2, 14.1.3: CR0 = CD|NW|ET, real mode,
         segments with base 0 and limit 0xFFFF), then CS = vector << 8 with base
         vector << 12, IP = 0. Returns the trampoline address to start execution at."""
+        return self.enter_real_mode(vector << 8, 0, CR0_CD | CR0_NW | CR0_ET)
+
+    def enter_real_mode(self, cs: int, ip: int, cr0: int, sp: int = 0) -> int:
+        """Build vmcb01 for a CPU entering real mode at CS:IP (CS base = CS << 4), other
+        segments 0 with limit 0xFFFF, the general registers 0, FLAGS = 2, the given CR0 and SP
+        (a start-up IPI, the firmware's jump to a waking vector). Returns the trampoline
+        address to start execution at."""
         vm, raw = self._vmcb01()
         save = vm.save
-        save.cs = Segment(vector << 8, 0x09B, 0xFFFF, vector << 12)
+        save.cs = Segment(cs, 0x09B, 0xFFFF, cs << 4)
         save.es = save.ss = save.ds = save.fs = save.gs = Segment(0, 0x093, 0xFFFF, 0)
-        save.cr0 = CR0_CD | CR0_NW | CR0_ET
-        save.rip = 0
+        save.cr0 = cr0
+        save.rip = ip
         save.rax = 0
+        save.rsp = sp
         return self._enter(raw, 0)
 
     @staticmethod

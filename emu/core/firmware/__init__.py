@@ -2,7 +2,8 @@
 ``qemu-system-x86_64 -kernel`` (QEMU 7.2's pc machine with SeaBIOS).
 
 One module per thing: layout.py (RAM ranges, the e820 map, where firmware data lives), bda.py
-(BIOS data area, EBDA), ivt.py (the real-mode interrupt vector table and its handlers), mptable.py (MP floating pointer and configuration table), acpi.py
+(BIOS data area, EBDA), ivt.py (the real-mode interrupt vector table and its handlers),
+bios_services.py (the real-mode BIOS calls those handlers answer), mptable.py (MP floating pointer and configuration table), acpi.py
 (RSDP, RSDT, FADT, FACS, DSDT, MADT), mtrr.py (the MTRRs SeaBIOS programs).  ``install`` puts
 them in a machine before its kernel is loaded; everything it writes lies in ranges the e820
 map reserves (EBDA, BIOS segment, the top 128 KiB of low RAM), so no kernel is told it may use
