@@ -31,5 +31,6 @@ class BuildExtAndEngine(build_ext):
         _engine_build_module().build_engine(optional=True, jobs=2)
 
 
-setup(ext_modules=[Extension("emu.engine.creplay", sources=["emu/engine/replay.c"], optional=True)],
+setup(ext_modules=[Extension("emu.engine.creplay", sources=["emu/engine/replay.c", "emu/engine/svm_insn.c"],
+                       depends=["emu/engine/svm_insn.h"], optional=True)],
       cmdclass={"build_ext": BuildExtAndEngine})

@@ -107,6 +107,9 @@ class FastExits:
         self._neutral: dict[int, tuple[int, bool]] = {
             _EXIT_RDTSC: (2, True), hostvm.UC_EXIT_BASE + VMEXIT_CPUID: (2, True)}
         self._evict = 0
+        # Others' fast paths that live and die with this arming (svm_ext/fast_insn.py): each
+        # has arm(), called just before C may answer, and disarm(), at the next Python entry.
+        self.companions: list = []
         e = machine.replay
         if e is None:
             return
@@ -192,6 +195,8 @@ class FastExits:
         pm = getattr(getattr(m, "pc", None), "pm", None)
         fx.pm_port = (pm.base + PM_TMR if pm is not None and pm.base is not None
                       and m.cpus == 1 and m.ports.get(pm.base + PM_TMR) is pm else 0)
+        for companion in self.companions:
+            companion.arm()
         fx.armed = 1
 
     def neutral_exit(self, code: int, length: int, in_l2: bool = False) -> None:
@@ -270,6 +275,8 @@ class FastExits:
         self._base = None
         if fx.tpr != self._tpr:         # MOV CR8 answered in C
             self.m.apic.tpr = fx.tpr
+        for companion in self.companions:
+            companion.disarm()
 
     def remember_cpuid(self, leaf: int, subleaf: int, regs: tuple[int, int, int, int]) -> None:
         """Python answered L1's CPUID (leaf, subleaf) with `regs`; C may repeat the answer while

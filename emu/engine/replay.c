@@ -1,4 +1,4 @@
-/* The replay engine: svmemu's only C, an INTR hook that sits in front of the machine's Python one.
+/* The replay engine: svmemu's C (with svm_insn.c), an INTR hook in front of the machine's Python one.
  *
  * A world switch handled in Python costs tens of microseconds, almost all of it Python's own
  * overhead; the work itself is a few copies between the CPU context, guest RAM and L0's buffers.
@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "svm_insn.h"
 
 enum {
     OP_END = 0,
@@ -127,6 +129,7 @@ struct engine {
     const struct op *programs[N_INTNO][PER_INTNO];
     uint32_t exit_cost[N_INTNO];    /* ticks each exit costs (emu/core/timebase.py) */
     in_fn in_fallback;              /* the machine's Python IN hook */
+    struct svm_insn svm;            /* L1's VMLOAD/VMSAVE/STGI/CLGI (svm_insn.c) */
 };
 
 #define ENV64(f, name) (*(uint64_t *)((f)->env + (f)->off[name]))
@@ -351,13 +354,17 @@ static int fast_exit(void *uc, struct engine *e, uint32_t intno)
     uint64_t ticks = f->ticks, seen = f->insns_seen, deadline = 0;
     if (f->off_insns)
         deadline = *(const uint64_t *)(f->env + f->off_insns + 8);
+    const struct svm_insn *si = &e->svm;
+    int svm = si->enabled && (intno == si->exit_vmload || intno == si->exit_vmsave ||
+                              intno == si->exit_stgi || intno == si->exit_clgi);
     if (ENV64(f, FX_OFF_VM_VMCB) != f->l1_vmcb || (ENV32(f, FX_OFF_HFLAGS2) & f->hf2_npt))
         return 0;
-    if (intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID && intno != FX_EXIT_CR8_READ &&
+    if (!svm && intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID && intno != FX_EXIT_CR8_READ &&
         intno != FX_EXIT_CR8_WRITE && intno != FX_EXIT_CR4_WRITE)
         return 0;
     charge(e, intno);
-    if (intno == FX_EXIT_RDTSC ? fast_rdtsc(uc, f) :
+    if (svm ? svm_insn_exit(&e->svm, f->env, intno, e->state) :
+        intno == FX_EXIT_RDTSC ? fast_rdtsc(uc, f) :
         intno == FX_EXIT_CPUID ? fast_cpuid(f) :
         intno == FX_EXIT_CR4_WRITE ? fast_cr4(uc, f) :
         fast_cr8(uc, f, intno == FX_EXIT_CR8_WRITE))
@@ -418,7 +425,7 @@ uint32_t replay_in(void *uc, uint32_t port, int size, void *user)
 
 const char *replay_abi(void)
 {
-    static char abi[4096];
+    static char abi[8192];
     int n = 0;
     if (abi[0])
         return abi;
@@ -431,6 +438,24 @@ const char *replay_abi(void)
     ABI_FIELD(engine, enabled); ABI_FIELD(engine, replays); ABI_FIELD(engine, fallbacks);
     ABI_FIELD(engine, seq); ABI_FIELD(engine, state); ABI_FIELD(engine, fx);
     ABI_FIELD(engine, programs); ABI_FIELD(engine, exit_cost); ABI_FIELD(engine, in_fallback);
+    ABI_FIELD(engine, svm);
+    ABI("sizeof(svm_insn)", sizeof(struct svm_insn));
+    ABI_FIELD(svm_insn, enabled); ABI_FIELD(svm_insn, ram); ABI_FIELD(svm_insn, ram_size);
+    ABI_FIELD(svm_insn, vmcb_size); ABI_FIELD(svm_insn, maxphyaddr); ABI_FIELD(svm_insn, hf_cs64);
+    ABI_FIELD(svm_insn, off_eip); ABI_FIELD(svm_insn, off_rax); ABI_FIELD(svm_insn, off_hflags);
+    ABI_FIELD(svm_insn, seg_selector); ABI_FIELD(svm_insn, seg_base);
+    ABI_FIELD(svm_insn, seg_limit); ABI_FIELD(svm_insn, seg_flags);
+    ABI_FIELD(svm_insn, vseg_selector); ABI_FIELD(svm_insn, vseg_attrib);
+    ABI_FIELD(svm_insn, vseg_limit); ABI_FIELD(svm_insn, vseg_base);
+    ABI_FIELD(svm_insn, insn_length); ABI_FIELD(svm_insn, exit_vmload);
+    ABI_FIELD(svm_insn, exit_vmsave); ABI_FIELD(svm_insn, exit_stgi);
+    ABI_FIELD(svm_insn, exit_clgi); ABI_FIELD(svm_insn, gif); ABI_FIELD(svm_insn, stgi_ok);
+    ABI_FIELD(svm_insn, vmload); ABI_FIELD(svm_insn, vmsave); ABI_FIELD(svm_insn, stgi);
+    ABI_FIELD(svm_insn, clgi); ABI_FIELD(svm_insn, n_fields); ABI_FIELD(svm_insn, fields);
+    ABI("sizeof(si_field)", sizeof(struct si_field));
+    ABI_FIELD(si_field, kind); ABI_FIELD(si_field, env_off); ABI_FIELD(si_field, vmcb_off);
+    ABI("SI_MAX_FIELDS", SI_MAX_FIELDS); ABI("SI_SEG", SI_SEG); ABI("SI_Q", SI_Q);
+    ABI("SI_Q_CANON", SI_Q_CANON); ABI("SI_U16_IN_U32", SI_U16_IN_U32);
     ABI("sizeof(fast)", sizeof(struct fast));
     ABI_FIELD(fast, armed); ABI_FIELD(fast, env); ABI_FIELD(fast, l1_vmcb);
     ABI_FIELD(fast, hf_cs64); ABI_FIELD(fast, hf2_npt); ABI_FIELD(fast, tsc);

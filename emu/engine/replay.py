@@ -90,6 +90,27 @@ class _Fast(ctypes.Structure):
                 ("cpuid_slots", _CpuidSlot * FX_CPUID_SLOTS)]
 
 
+SI_MAX_FIELDS = 16
+# The kinds of svm_insn.h's field table: how a VMCB field and its place in the CPU state match.
+SI_SEG, SI_Q, SI_Q_CANON, SI_U16_IN_U32 = 1, 2, 3, 4
+
+
+class _SiField(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_uint32), ("env_off", ctypes.c_uint32),
+                ("vmcb_off", ctypes.c_uint64)]
+
+
+class _SvmInsn(ctypes.Structure):
+    """svm_insn.h's struct svm_insn: L1's VMLOAD/VMSAVE/STGI/CLGI in C (svm_ext/fast_insn.py
+    owns the meaning)."""
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "enabled", "ram", "ram_size", "vmcb_size", "maxphyaddr", "hf_cs64", "off_eip", "off_rax",
+        "off_hflags", "seg_selector", "seg_base", "seg_limit", "seg_flags", "vseg_selector",
+        "vseg_attrib", "vseg_limit", "vseg_base", "insn_length", "exit_vmload", "exit_vmsave",
+        "exit_stgi", "exit_clgi", "gif", "stgi_ok", "vmload", "vmsave", "stgi", "clgi",
+        "n_fields")] + [("fields", _SiField * SI_MAX_FIELDS)]
+
+
 class _Engine(ctypes.Structure):
     _fields_ = [("uc", ctypes.c_void_p), ("ctx", ctypes.c_void_p),
                 ("save", ctypes.c_void_p), ("restore", ctypes.c_void_p),
@@ -101,7 +122,7 @@ class _Engine(ctypes.Structure):
                 ("state", ctypes.c_uint64), ("fx", _Fast),
                 ("programs", (ctypes.c_void_p * PER_INTNO) * N_INTNO),
                 ("exit_cost", ctypes.c_uint32 * N_INTNO),
-                ("in_fallback", ctypes.c_void_p)]
+                ("in_fallback", ctypes.c_void_p), ("svm", _SvmInsn)]
 
 
 _OP = struct.Struct("<IIQQQ")      # struct op, packed in one call per op (ctypes fields cost more)
@@ -119,8 +140,12 @@ def expected_abi() -> dict[str, int]:
            "sizeof(cpuid_slot)": ctypes.sizeof(_CpuidSlot), "FX_N_OFF": FX_N_OFF,
            "FX_CPUID_SLOTS": FX_CPUID_SLOTS, "FX_EXIT_RDTSC": FX_EXIT_RDTSC,
            "FX_EXIT_CPUID": FX_EXIT_CPUID, "FX_EXIT_CR8_READ": FX_EXIT_CR8_READ,
-           "FX_EXIT_CR8_WRITE": FX_EXIT_CR8_WRITE, "FX_EXIT_CR4_WRITE": FX_EXIT_CR4_WRITE}
-    for prefix, struct_type in (("op", _Op), ("engine", _Engine), ("fast", _Fast)):
+           "FX_EXIT_CR8_WRITE": FX_EXIT_CR8_WRITE, "FX_EXIT_CR4_WRITE": FX_EXIT_CR4_WRITE,
+           "sizeof(svm_insn)": ctypes.sizeof(_SvmInsn), "sizeof(si_field)": ctypes.sizeof(_SiField),
+           "SI_MAX_FIELDS": SI_MAX_FIELDS, "SI_SEG": SI_SEG, "SI_Q": SI_Q,
+           "SI_Q_CANON": SI_Q_CANON, "SI_U16_IN_U32": SI_U16_IN_U32}
+    for prefix, struct_type in (("op", _Op), ("engine", _Engine), ("fast", _Fast),
+                                ("svm_insn", _SvmInsn), ("si_field", _SiField)):
         for name, _ in struct_type._fields_:
             abi[f"{prefix}.{name}"] = getattr(struct_type, name).offset
     abi.update({name: value for value, name in enumerate(OPCODES)})
@@ -316,6 +341,11 @@ class Engine:
     def fast(self) -> "_Fast":
         """The fast-exit words (emu/core/fast_exits.py owns their meaning)."""
         return self._e.fx
+
+    @property
+    def svm_insn(self) -> "_SvmInsn":
+        """The words of L1's VMLOAD/VMSAVE/STGI/CLGI in C (svm_ext/fast_insn.py owns them)."""
+        return self._e.svm
 
     @property
     def replays(self) -> int:
