@@ -33,6 +33,7 @@ class BuildExtAndEngine(build_ext):
 
 
 setup(ext_modules=[Extension("emu.engine.creplay",
-                                  sources=["emu/engine/replay.c", "emu/engine/edge_coverage.c"],
-                                  optional=True)],
+                             sources=["emu/engine/replay.c", "emu/engine/svm_insn.c",
+                                      "emu/engine/edge_coverage.c"],
+                             depends=["emu/engine/svm_insn.h"], optional=True)],
       cmdclass={"build_ext": BuildExtAndEngine})

@@ -170,10 +170,12 @@ class GuestMemory:
                 raise Fault(GP, 0)
         if not regs.cr0 & CR0_PG:
             return va & 0xFFFFFFFF
+        # L1's own paging: the same remembered translation with its path (exception delivery
+        # reads the IDT and GDT and pushes its frame through here, once per exception).
+        inputs = self._fetch_inputs(self.ctx)[:-1]
         try:
-            return paging.walk(self.read_u64, regs, va, access,
-                               read_u32=self.read_u32, write_u64=self.write_u64,
-                               write_u32=self.write_u32, maxphyaddr=MAXPHYADDR).pa
+            return self._path_cached((inputs, access, va >> 12), va,
+                                     lambda: self._data_walk(inputs, access, va))
         except paging.PageFault as pf:
             raise Fault(PF, pf.error_code, va)
         except paging.NonCanonicalAddress:
@@ -302,11 +304,13 @@ class GuestMemory:
 
     def _data_walk(self, inputs: tuple, access: paging.Access,
                    va: int) -> tuple[int, Optional[tuple[paging.PathEntry, ...]]]:
-        """translate's 2D walk of a data access, from the walk's inputs alone, with its path."""
-        _, cr3, ncr3, cr0, cr4, efer, nmode = inputs
+        """translate's walk of a data access (2D under nested paging), from the walk's inputs
+        alone, with its path."""
+        nested, cr3, ncr3, cr0, cr4, efer, nmode = inputs
         return paging.walk_with_path(
             self.read_u64, paging.PagingRegs(cr0=cr0, cr3=cr3, cr4=cr4, efer=efer), va, access,
-            ncr3=ncr3, host=self.host_regs(nmode), read_u32=self.read_u32,
+            ncr3=ncr3 if nested else None, host=self.host_regs(nmode) if nested else None,
+            read_u32=self.read_u32,
             write_u64=self.write_u64, write_u32=self.write_u32, maxphyaddr=MAXPHYADDR)
 
     def _path_cached(self, key: tuple, va: int,
