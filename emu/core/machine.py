@@ -40,6 +40,7 @@ from emu.errors import (STATUS_BAD_INPUT, STATUS_HALTED, STATUS_LIMIT,  # noqa: 
                         STATUS_SHUTDOWN, STATUS_UNSUPPORTED)
 from emu.core.extension import Extension, ExitRouter
 from emu.engine.hostvm import HostVm
+from emu.engine.code_group import CodeGroup
 from emu.core.irq import InterruptController
 from emu.engine import binding
 from emu.engine.hw_switch import (OFF_INTERCEPT, OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context,
@@ -174,9 +175,16 @@ class Machine:
         for base, length in self.layout.ranges:
             uc.mem_map_ptr(base, length, UC_PROT_ALL, self.ram_addr + base)
         self.hostvm = HostVm(uc)
+        # Several CPUs: each engine learns which of its translated blocks another CPU overwrote
+        # (emu/engine/code_group.py); None with one CPU.
+        self.code_group = (CodeGroup(uc, self.cpu_index, self.ram_addr, self.layout.end,
+                                     None if _boot is None else _boot.uc)
+                           if cpus > 1 else None)
         self.ctx = Context(uc)
         self.mem = GuestMemory(uc, self.ram, self.layout.below_4g, self.ctx,
                                high_end=self.layout.end)
+        if self.code_group is not None and self.code_group.available:
+            self.mem.written = self.code_group.written
         self.deliverer = Deliverer(uc, self.ctx, self.mem)
         self.io_trap = IoTrap(uc, self.ctx)
         self.breakpoints = Breakpoints(uc)    # DR7 loads by L0 (world switches)
@@ -618,18 +626,23 @@ class Machine:
                 count, bound = resume.left or 0, resume.bound
             else:
                 bound = count
-            if self.stale_code:       # another CPU ran, and may have written code this one ran
+            group = self.code_group
+            if self.stale_code:       # code may have changed under this engine: drop it all
                 uc.ctl_flush_tb()
                 self.stale_code = False
-            for other in self.cpu_list:
-                if other is not self:
-                    other.stale_code = True
+            if group is not None and group.available:
+                group.sync()          # drop only the code other CPUs overwrote since its last turn
+            else:                     # the stock engine: no group, drop all after another CPU
+                for other in self.cpu_list:
+                    if other is not self:
+                        other.stale_code = True
         if deadline is not None and time.monotonic() >= deadline:
             self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
             return False
         self.fast_exits.arm()
         boot = self.cpu_list[0]
         insns_before = boot.insns
+        retired_before = self.timebase.retired()
         try:
             # one CPU: the bound is the next timer's time; several: the turn's instructions
             uc.emu_start(begin, _UNTIL, count=self.timebase.bound(count, self.cpus == 1))
@@ -644,7 +657,10 @@ class Machine:
         self.timebase.unbound()
         self.replay_sync()
         if self.cpus > 1:
-            self._cut_short(count, bound, boot.insns - insns_before)
+            # what the turn ran, in its bound's unit: instructions retired with the engine's
+            # count (the deadline), else started (Unicorn's count=, as the run's count)
+            self._cut_short(count, bound, self.timebase.retired() - retired_before
+                            if self.timebase.exact else boot.insns - insns_before)
         # The slice ran out only if nothing else stopped it: not an event, the end of
         # the run, a debugger pause, work between slices or the wall-clock timeout (virtual
         # time must not advance for instructions that never ran). With the engine's count
