@@ -270,6 +270,36 @@ def test_check_exit_status(capsys):
     assert "svm.flat:nmi" not in text
 
 
+def test_check_retries_a_load_timeout_alone_with_a_longer_limit(monkeypatch, capsys):
+    e = expectations.parse(EXPECT)
+    runs = [engines.Run(i, Path("k.flat"), "", None, None, 1.0, "svm")
+            for i in ("svm.flat:null", "svm.flat:nmi", "svm.flat:new", "svm.flat:latency_run_exit")]
+    seen = []
+
+    def fake(run, cmd):
+        seen.append((run.id, run.timeout))
+        if run.id == "svm.flat:new":
+            return out(oc.TIMEOUT, detail="time limit")
+        return out(oc.PASS)
+    monkeypatch.setattr(engines, "run_svmemu", fake)
+    first = {"svm.flat:null": out(oc.TIMEOUT, detail="time limit"),
+             "svm.flat:nmi": out(oc.TIMEOUT, detail="time limit"),
+             "svm.flat:new": out(oc.TIMEOUT, detail="time limit"),
+             "svm.flat:latency_run_exit": out(oc.TIMEOUT, detail="time limit")}
+    again = runner.retry_load_timeouts(runs, first, e, ["svmemu"], 2.0)
+    # nmi is expected to fail, so its timeout is worse and retried; latency_run_exit's is not.
+    assert sorted(seen) == [("svm.flat:new", 2.0), ("svm.flat:nmi", 2.0), ("svm.flat:null", 2.0)]
+    assert again["svm.flat:null"].verdict == oc.PASS
+    assert "alone with 2 s: pass" in again["svm.flat:null"].detail
+    assert runner.check(runs, {**first, **again}, e) == 1
+    text = capsys.readouterr().out
+    assert "svm.flat:new: expected pass, got timeout" in text
+    assert "svm.flat:null" not in text.split("worse than expected")[1]
+    seen.clear()
+    assert runner.retry_load_timeouts(runs, first, e, ["svmemu"], 1.0) == {}
+    assert seen == []
+
+
 def test_memory_and_command_lines():
     assert engines.memory_mib(None) == 128
     assert engines.memory_mib("4g") == 4096 and engines.memory_mib("2048") == 2048
