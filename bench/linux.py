@@ -28,7 +28,7 @@ from tests.linux_kernel import BUSYBOX, INIT_LINE, KERNEL, REPO, available, init
 
 CMDLINE = "console=ttyS0 panic=-1"
 MILESTONES = (("banner", "Linux version"), ("e820", "BIOS-e820:"),
-              ("cpu", "smpboot: CPU0:"), ("init done", "Freeing unused kernel image"),
+              ("CPU0 line", "smpboot: CPU0:"), ("init done", "Freeing unused kernel image"),
               ("panic", "VFS: Unable to mount root fs"), ("/init", INIT_LINE),
               ("power off", "reboot: Power down"))
 
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.repeat):
                 for e in engines:
                     runs[e].append(run_once(e, initrd))
-            names = [n for n, _ in MILESTONES if all(n in r for r in runs["svmemu"])] + ["cpu"]
+            names = [n for n, _ in MILESTONES if all(n in r for r in runs["svmemu"])]
+            names.append("cpu")
             for name in names:
                 med = {e: statistics.median(r[name] for r in runs[e])
                        if all(name in r for r in runs[e]) else None for e in engines}

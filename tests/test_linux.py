@@ -36,8 +36,9 @@ INITRD_MILESTONES = [
     "reboot: Power down",
 ]
 # Lines that say what the machine is, which must read the same as on QEMU (timestamps cut).
-SAME_AS_QEMU = ("BIOS-e820:", "x86/PAT:", "smpboot: CPU0:", "ACPI: RSDP", "IOAPIC[0]:",
-                "ACPI: INT_SRC_OVR", "ACPI: HPET id:", "RAMDISK:", "hpet0:")
+SAME_AS_QEMU = ("BIOS-e820:", "SMBIOS ", "DMI:", "x86/PAT:", "smpboot: CPU0:", "ACPI: RSDP",
+                "IOAPIC[0]:", "ACPI: INT_SRC_OVR", "ACPI: HPET id:", "RAMDISK:", "hpet0:",
+                "Hardware name:")
 # The first clock source Linux switches to (QEMU's slower virtual clock lets it refine the TSC
 # and switch again before the panic; svmemu's boot is over in fewer virtual seconds).
 FIRST_SWITCH = "clocksource: Switched to"
@@ -101,11 +102,16 @@ def test_linux_reaches_the_root_fs_panic_as_on_qemu():
 def test_linux_runs_a_busybox_init_and_powers_off(tmp_path):
     rd = tmp_path / "initrd.gz"
     rd.write_bytes(initramfs(BUSYBOX.read_bytes()))
-    qemu = _qemu("-initrd", str(rd))
     p = _svmemu("--initrd", str(rd))
     out, err = p.communicate(timeout=900)
     _in_order(out, INITRD_MILESTONES)
     # poweroff -f: ACPI S5 through the FADT's PM1a control block, status 0 (README, "Exit
     # status").
     assert p.returncode == 0 and "ACPI power-off" in err, err[-2000:]
-    _compare(out, qemu)
+    # The initramfs where QEMU 7.2 puts it with -m 256M: page-aligned down from below the
+    # firmware's top 128 KiB (measured: 1027789 bytes at [mem 0x0fee5000-0x0ffdffff]). The
+    # other key lines are the first test's; a second QEMU boot would double the time.
+    size = rd.stat().st_size
+    start = (0x10000000 - 0x20000 - 1 - size) & ~0xFFF
+    end = ((start + size + 0xFFF) & ~0xFFF) - 1
+    assert f"RAMDISK: [mem {start:#010x}-{end:#010x}]" in out
