@@ -66,3 +66,19 @@ def test_with_several_cpus_nothing_is_counted():
     m = Machine(64 << 20, stdout=None, cpus=2)
     with pytest.raises(Unsupported, match="several CPUs"):
         m.msrs.wrmsr(CTL0, EN | OS | USR | CYCLES)
+
+
+def test_a_snapshot_keeps_a_running_count_and_it_counts_on_after_restore():
+    from emu.core import snapshot
+    m = Machine(64 << 20, stdout=None)
+    m.msrs.wrmsr(CTR0, 100)
+    m.msrs.wrmsr(CTL0, EN | OS | USR | CYCLES)
+    m.tsc += 50
+    data = snapshot.encode(snapshot.take(m, ram=False))
+    assert m.msrs.rdmsr(CTR0) == 150               # taking it changed nothing
+    fresh = Machine(64 << 20, stdout=None)
+    fresh.irq.halted_ticks = 12345                 # its own clock's history
+    snapshot.restore(fresh, snapshot.decode(data), restore_ram=False)
+    assert fresh.msrs.rdmsr(CTR0) == 150
+    fresh.tsc += 8
+    assert fresh.msrs.rdmsr(CTR0) == 158

@@ -121,6 +121,17 @@ class PerfCounters:
             self.start.pop(n, None)
         self.m.irq.changed()
 
+    # ---- snapshots (emu/core/snapshot.py): the MSR table holds every counter's value ----------
+    def fold(self) -> None:
+        """Store each running counter's count to now in the MSR table (it keeps counting)."""
+        for n in list(self.start):
+            self._settle(n, self.value(n), 1)
+
+    def restored(self) -> None:
+        """The MSR table was replaced: enabled counters count on from their stored values."""
+        self.start = {n: self.clock() for n in range(LEGACY_PERF_COUNTERS)
+                      if self._ctl(n) & EN}
+
     # ---- the overflow, as a timer (emu/core/irq.py) ------------------------------------------
     def deadline(self) -> int | None:
         """When the first counter with INT set wraps, if the CPU keeps running (a halted CPU's
