@@ -62,10 +62,15 @@ def test_without_its_interrupt_a_counter_wraps_silently():
     assert m.msrs.rdmsr(CTR0) == 5
 
 
-def test_with_several_cpus_nothing_is_counted():
+def test_with_several_cpus_each_counts_its_own_clock():
     m = Machine(64 << 20, stdout=None, cpus=2)
-    with pytest.raises(Unsupported, match="several CPUs"):
-        m.msrs.wrmsr(CTL0, EN | OS | USR | CYCLES)
+    ap = m.cpu_list[1]
+    for cpu in (m, ap):
+        cpu.msrs.wrmsr(CTL0, EN | OS | USR | CYCLES)
+    m.tsc += 40
+    ap.tsc += 30
+    ap.irq.halted_ticks += 10
+    assert m.msrs.rdmsr(CTR0) == 40 and ap.msrs.rdmsr(CTR0) == 20
 
 
 def test_a_snapshot_keeps_a_running_count_and_it_counts_on_after_restore():

@@ -7,10 +7,11 @@ not count).
 What is counted exactly as configured: both USR and OS set (every CPL), no edge detect,
 inversion or count mask, host/guest bits both clear or both set.  Anything else enabled stops
 the run (`unsupported:`) rather than leaving a counter that silently never moves: another
-event, one privilege level alone, more than one CPU (a halted CPU's time is kept by the
-scheduler).  A counter that reaches its overflow with the interrupt bit (INT) set stops the run
-too (the counter-overflow interrupt through the local APIC's LVT is not modelled); the
-overflow is a timer deadline, so the stop comes when the counter wraps.  Linux's watchdog
+event, one privilege level alone.  With several CPUs each CPU counts its own clock: the
+scheduler (emu/core/smp.py) adds the time a halted CPU's clock jumps to its halted time.
+A counter that reaches its overflow with the interrupt bit (INT) set stops the run too (the
+counter-overflow interrupt through the local APIC's LVT is not modelled); the overflow is a
+timer deadline, so the stop comes when the counter wraps.  Linux's watchdog
 counts 10 s of cycles before its first overflow.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ HOST_GUEST = 3 << 40
 EVENT_CPU_CLOCKS_NOT_HALTED = 0x76
 
 
-def countable(ctl: int, cpus: int) -> str | None:
+def countable(ctl: int) -> str | None:
     """None when an enabled PerfEvtSel value is one svmemu counts exactly, else why not."""
     event = (ctl & 0xFF) | ((ctl >> 32) & 0xF) << 8
     if event != EVENT_CPU_CLOCKS_NOT_HALTED or ctl & UNIT_MASK:
@@ -52,8 +53,6 @@ def countable(ctl: int, cpus: int) -> str | None:
         return "edge detect, inversion and count masks are not counted"
     if ctl & HOST_GUEST not in (0, HOST_GUEST):
         return "host-only or guest-only counting is not counted"
-    if cpus > 1:
-        return "with several CPUs performance events are not counted"
     return None
 
 
@@ -94,7 +93,7 @@ class PerfCounters:
         def write_ctl(v: int) -> None:
             now, old = self.value(n), self._ctl(n)
             ctl_owner.write(v)                 # absent, reserved bits: #GP, nothing changed
-            why = countable(v, self.m.cpus) if v & EN else None
+            why = countable(v) if v & EN else None
             if why is not None:
                 self.m.msrs.values[MSR_PERF_CTL0 + n] = old
                 raise Unsupported(f"performance counter enabled (PerfEvtSel {v:#x}): {why} "
