@@ -62,9 +62,14 @@ def test_the_entry_state_is_the_32_bit_boot_protocol():
     m, res = boot(bzimage(report_byte(0x210)))
     assert res.reason == "exit" and "0xb0" in res.message          # QEMU's loader type
     regs = m.uc
-    from unicorn.x86_const import UC_X86_REG_ESI, UC_X86_REG_CS, UC_X86_REG_DS, UC_X86_REG_CR0
+    from unicorn.x86_const import (UC_X86_REG_CR0, UC_X86_REG_CS, UC_X86_REG_DS, UC_X86_REG_ESI,
+                                   UC_X86_REG_TR)
     assert regs.reg_read(UC_X86_REG_ESI) == ZERO_PAGE_ADDR
     assert regs.reg_read(UC_X86_REG_CS) == 0x10 and regs.reg_read(UC_X86_REG_DS) == 0x18
+    assert regs.reg_read(UC_X86_REG_TR)[:3] == (0x20, 4096, 103)     # __BOOT_TSS
+    gdt = bytes(m.ram[0x11000:0x11028])
+    assert struct.unpack("<5Q", gdt)[2:] == (0x00CF9B000000FFFF, 0x00CF93000000FFFF,
+                                            0x0000890010000067)
     assert regs.reg_read(UC_X86_REG_CR0) & 0x80000001 == 1            # PE, no paging
     # The setup code masks every 8259 line but the cascade and turns NMIs off at the CMOS.
     assert m.pc.pic.master.imr == 0xFB and m.pc.pic.slave.imr == 0xFF

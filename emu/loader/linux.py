@@ -70,12 +70,15 @@ QEMU_LOADER_TYPE = 0xB0          # boot.rst: loader ID 0xB is QEMU, version 0
 QEMU_ACPI_DATA_SIZE = 0x20000    # pc-i440fx-7.2's acpi_data_size: the initrd stays below it
 MIN_PROTOCOL = 0x202             # cmd_line_ptr; the protocol QEMU loads at these addresses
 
-# The GDT the setup code loads before its jump (arch/x86/boot/pm.c): __BOOT_CS, __BOOT_DS flat.
+# The GDT the setup code loads before its jump (arch/x86/boot/pm.c): __BOOT_CS, __BOOT_DS flat,
+# and __BOOT_TSS (a 32-bit TSS at 4096, limit 103), which it loads into TR.
 ZERO_PAGE_ADDR = REAL_ADDR
 GDT_ADDR = REAL_ADDR + ZERO_PAGE_SIZE
 BOOT_CS = 0x10
 BOOT_DS = 0x18
-_GDT = struct.pack("<4Q", 0, 0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF)
+BOOT_TSS = 0x20
+BOOT_TSS_BASE, BOOT_TSS_LIMIT = 4096, 103
+_GDT = struct.pack("<5Q", 0, 0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF, 0x0000890010000067)
 
 # What the setup code leaves in the 8259s (mask_all_interrupts: all but the cascade) and at the
 # CMOS index port (NMI disabled) before it enters protected mode.
