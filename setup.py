@@ -1,4 +1,5 @@
-"""The C parts: the replay engine (emu/engine/replay.c, an optional extension) and svmemu's own Unicorn
+"""The C parts: the replay engine and the fuzzers' edge-coverage hook (emu/engine/replay.c and
+edge_coverage.c, one optional extension) and svmemu's own Unicorn
 engine (emu/engine/unicorn_build: unicorn 2.1.4's source + our patches, built into a per-user
 cache). Both are optional: without a compiler svmemu runs on the Python path and the stock
 unicorn wheel. Everything else is in pyproject.toml."""
@@ -31,5 +32,7 @@ class BuildExtAndEngine(build_ext):
         _engine_build_module().build_engine(optional=True, jobs=2)
 
 
-setup(ext_modules=[Extension("emu.engine.creplay", sources=["emu/engine/replay.c"], optional=True)],
+setup(ext_modules=[Extension("emu.engine.creplay",
+                                  sources=["emu/engine/replay.c", "emu/engine/edge_coverage.c"],
+                                  optional=True)],
       cmdclass={"build_ext": BuildExtAndEngine})

@@ -95,20 +95,22 @@ class ResetPoint:
     def add_code(self, pa: int, length: int) -> None:
         first, last = pa // PAGE, (pa + max(length, 1) - 1) // PAGE
         limit = self._size // PAGE
+        if first == last:             # a translated block on one page: the common case
+            if 0 <= first < limit:
+                self.code_pages.add(first)
+            return
         self.code_pages.update(p for p in range(first, last + 1) if 0 <= p < limit)
 
     def _on_edge(self, uc: "Uc", cur: Any, prev: Any, _data: object) -> None:
+        """Both blocks' pages, VA -> PA by Unicorn's side-effect-free debug walk (one CPU-state
+        read per edge). Not under nested paging, where a failing walk raises a nested fault
+        (memory.read_code)."""
+        if self.machine.ctx.save().u32(OFF_HFLAGS2) & HF2_NPT:
+            return
         for tb in (cur, prev):
-            pa = self._translate(tb.pc)
+            pa = binding.vmem_translate(uc, tb.pc, UC_PROT_EXEC)
             if pa is not None:
                 self.add_code(pa, tb.size)
-
-    def _translate(self, va: int) -> int | None:
-        """VA -> PA through the current paging by Unicorn's side-effect-free debug walk. Not
-        under nested paging, where a failing walk raises a nested fault (memory.read_code)."""
-        if self.machine.ctx.save().u32(OFF_HFLAGS2) & HF2_NPT:
-            return None
-        return binding.vmem_translate(self.machine.uc, va, UC_PROT_EXEC)
 
     def code_changed(self) -> bool:
         """Did the run leave a code page different from the snapshot?"""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import mmap
 import struct
-import threading
 import time
 import ctypes
 from dataclasses import dataclass
@@ -68,6 +67,7 @@ from emu.core.table_loads import TableLoads
 from emu.core.cpu_models import CpuModel
 from emu.core.rdpmc import Rdpmc
 from emu.core.trace import Tracer
+from emu.core.watchdog import MAX_TIMEOUT, Watchdog
 
 if TYPE_CHECKING:
     from emu.loader.linux import LinuxBoot
@@ -111,34 +111,6 @@ class _UnicornMsrs:
             self.uc.msr_write(index, value)
 
 
-# The longest wait the watchdog thread can make (threading.TIMEOUT_MAX, ~292 years).
-MAX_TIMEOUT = threading.TIMEOUT_MAX
-
-
-class _Watchdog:
-    """Ends `run` at its deadline from a thread. Unicorn's own emu_start timeout polls from a
-    helper thread that cost the L1 loop ~1.7x CPU (bench/RESULTS.md); this one sleeps until
-    the deadline, then asks for a stop every 50 ms until the run loop has noticed (a stop that
-    lands between two emu_start calls would otherwise be lost)."""
-
-    def __init__(self, uc: Uc, deadline: float) -> None:
-        self._finished = threading.Event()
-        self._thread = threading.Thread(target=self._watch, args=(uc, deadline), daemon=True,
-                                        name="svmemu-timeout")
-        self._thread.start()
-
-    def _watch(self, uc: Uc, deadline: float) -> None:
-        if self._finished.wait(max(0.0, deadline - time.monotonic())):
-            return
-        while not self._finished.is_set():
-            uc.emu_stop()
-            self._finished.wait(0.05)
-
-    def done(self) -> None:
-        self._finished.set()
-        self._thread.join()
-
-
 class Machine:
     def __init__(self, ram_size: int = 128 << 20, *, stdout: BinaryIO | None = None,
                  tracer: Tracer | None = None, extensions: Iterable[Extension] = (),
@@ -173,6 +145,7 @@ class Machine:
         # re-makes (a new engine) too.
         self.cpu_attachers: list[Callable[[Machine], None]] = []
         self.idle_turn = False    # the last turn found this CPU halted and ran nothing
+        self.watchdog = Watchdog()   # the wall-clock limit of `run` (emu/core/watchdog.py)
         self.started = _boot is None   # an application processor starts at its SIPI
         self.reinit = False       # an INIT reached this running application processor
         self._setup_ap: Callable[[Machine], None] | None = None   # boot CPU, during a run
@@ -518,7 +491,8 @@ class Machine:
         if self.tracer is not None:
             self.tracer.run_started()       # its hooks, while its focus is open
         deadline = time.monotonic() + timeout if timeout else None
-        watchdog = _Watchdog(uc, deadline) if deadline is not None else None
+        if deadline is not None:
+            self.watchdog.arm(uc, deadline)
         self._begin = self._start
         aps = self.cpu_list[1:]
 
@@ -549,8 +523,8 @@ class Machine:
         finally:
             for cpu in self.cpu_list:
                 cpu.replay_sync()
-            if watchdog is not None:
-                watchdog.done()
+            if deadline is not None:
+                self.watchdog.disarm()
             for h in extra:
                 uc.hook_del(h)
             for ap, h in extra_ap:

@@ -1,4 +1,4 @@
-/* The replay engine: svmemu's only C, an INTR hook that sits in front of the machine's Python one.
+/* The replay engine: an INTR hook in C that sits in front of the machine's Python one.
  *
  * A world switch handled in Python costs tens of microseconds, almost all of it Python's own
  * overhead; the work itself is a few copies between the CPU context, guest RAM and L0's buffers.

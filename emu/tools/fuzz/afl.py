@@ -14,9 +14,9 @@ hash that is never reduced to AFL's 64 KiB map (measured: block 0x100000 -> inde
 the first block segfaults the child and AFL calls every seed a crash; its compare-coverage hooks
 XOR that same unreduced value in. So each forked child removes unicornafl's block hook from
 Unicorn's hook list (found by our own marker hook: the C library hands out no handle) and records
-edges itself, AFL-style (cur = (pc >> 4 ^ pc << 8) mod 64 KiB, map[cur ^ prev]++, prev = cur >> 1)
-into the same shared map, from a Python block hook: one Python call per executed block, only
-while fuzzing under AFL. With the block hook gone, the compare hooks index within the map again
+edges itself, AFL-style, into the same shared map with a block hook of its own
+(emu/engine/edge_coverage.py: in C when the extension is built, else one Python call per
+executed block). With the block hook gone, the compare hooks index within the map again
 and keep splitting multi-byte comparisons for AFL.
 """
 from __future__ import annotations
@@ -28,9 +28,8 @@ import struct
 import sys
 from typing import TYPE_CHECKING
 
-from unicorn import UC_HOOK_BLOCK
-
 from emu.engine import binding
+from emu.engine.edge_coverage import EdgeCoverage
 from emu.errors import OptionError
 
 if TYPE_CHECKING:
@@ -60,8 +59,9 @@ _SHM_ENV = "__AFL_SHM_ID"
 _SCAN = 1 << 16                # how much of Unicorn's uc_struct to search for the hook lists
 
 
-class EdgeCoverage:
-    """AFL edge coverage from a Python block hook into AFL's shared map (see the docstring)."""
+class AflCoverage:
+    """AFL's shared map, filled by the engine's edge-coverage block hook (in C when built:
+    emu/engine/edge_coverage.py), replacing unicornafl's (see the docstring)."""
 
     def __init__(self, uc, shm_id: int) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -70,26 +70,18 @@ class EdgeCoverage:
         addr = libc.shmat(shm_id, None, 0)
         if addr in (None, ctypes.c_void_p(-1).value):
             raise OptionError(f"cannot attach AFL's coverage map (shm {shm_id})")
-        self.area = (ctypes.c_ubyte * MAP_SIZE).from_address(addr)
-        self.prev = 0
         self.uc = uc
-        self.handle = uc.hook_add(UC_HOOK_BLOCK, self._on_block)
-        self._list = _find_hook_list(uc, self.handle)
+        self.edges = EdgeCoverage(uc, addr, MAP_SIZE)
+        self._list = _find_hook_list(uc, self.edges.handle)
         self._pid = 0
-
-    def _on_block(self, uc, address: int, size: int, _data: object) -> None:
-        cur = ((address >> 4) ^ (address << 8)) & (MAP_SIZE - 1)
-        i = cur ^ self.prev
-        self.area[i] = (self.area[i] + 1) & 0xFF
-        self.prev = cur >> 1
 
     def new_input(self) -> None:
         """Per input: a fresh edge chain; once per forked child: drop unicornafl's block hook."""
-        self.prev = 0
+        self.edges.new_input()
         pid = os.getpid()
         if pid != self._pid:
             self._pid = pid
-            _remove_other_hooks(self.uc, self._list, keep=self.handle)
+            _remove_other_hooks(self.uc, self._list, keep=self.edges.handle)
 
 
 def _reader():
@@ -144,7 +136,7 @@ def run_child(harness: "Harness", input_file: str, persistent_iters: int) -> int
     ucafl = load_unicornafl()
     verdicts = {"crashes": 0}
     shm = os.environ.get(_SHM_ENV)
-    coverage = EdgeCoverage(harness.machine.uc, int(shm)) if shm else None
+    coverage = AflCoverage(harness.machine.uc, int(shm)) if shm else None
 
     def place(uc, data, persistent_round, _user) -> bool:
         if coverage is not None:
