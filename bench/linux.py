@@ -33,20 +33,20 @@ MILESTONES = (("banner", "Linux version"), ("e820", "BIOS-e820:"),
               ("power off", "reboot: Power down"))
 
 
-def _command(engine: str, initrd: str | None) -> list[str]:
+def _command(engine: str, initrd: str | None, kernel: Path) -> list[str]:
     if engine == "svmemu":
-        cmd = [sys.executable, "-m", "emu.cli", "run", str(KERNEL), "-m", "256M", "--append",
+        cmd = [sys.executable, "-m", "emu.cli", "run", str(kernel), "-m", "256M", "--append",
                CMDLINE, "--timeout", "900", "-q"]
         return cmd + (["--initrd", initrd] if initrd else [])
-    cmd = ["qemu-system-x86_64", "-kernel", str(KERNEL), "-append", CMDLINE, "-m", "256M",
+    cmd = ["qemu-system-x86_64", "-kernel", str(kernel), "-append", CMDLINE, "-m", "256M",
            "-cpu", "EPYC", "-accel", "tcg", "-nographic", "-no-reboot", "-monitor", "none"]
     return cmd + (["-initrd", initrd] if initrd else [])
 
 
-def run_once(engine: str, initrd: str | None) -> dict[str, float]:
+def run_once(engine: str, initrd: str | None, kernel: Path = KERNEL) -> dict[str, float]:
     """Seconds from start to each milestone's line, and "cpu": the process's CPU seconds."""
     start = time.monotonic()
-    p = subprocess.Popen(_command(engine, initrd), cwd=REPO, stdin=subprocess.DEVNULL,
+    p = subprocess.Popen(_command(engine, initrd, kernel), cwd=REPO, stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     seen: dict[str, float] = {}
     assert p.stdout is not None
