@@ -9,10 +9,9 @@ inversion or count mask, host/guest bits both clear or both set.  Anything else 
 the run (`unsupported:`) rather than leaving a counter that silently never moves: another
 event, one privilege level alone.  With several CPUs each CPU counts its own clock: the
 scheduler (emu/core/smp.py) adds the time a halted CPU's clock jumps to its halted time.
-A counter that reaches its overflow with the interrupt bit (INT) set stops the run too (the
-counter-overflow interrupt through the local APIC's LVT is not modelled); the overflow is a
-timer deadline, so the stop comes when the counter wraps.  Linux's watchdog
-counts 10 s of cycles before its first overflow.
+A counter that has overflowed with the interrupt bit (INT) set stops the run at the next
+interrupt point (the counter-overflow interrupt through the local APIC's LVT is not
+modelled).  Linux's NMI watchdog counts 10 s of cycles before its first overflow.
 """
 from __future__ import annotations
 
@@ -131,15 +130,12 @@ class PerfCounters:
         self.start = {n: self.clock() for n in range(LEGACY_PERF_COUNTERS)
                       if self._ctl(n) & EN}
 
-    # ---- the overflow, as a timer (emu/core/irq.py) ------------------------------------------
+    # ---- the overflow, checked at interrupt points (emu/core/irq.py's timers) ----------------
     def deadline(self) -> int | None:
-        """When the first counter with INT set wraps, if the CPU keeps running (a halted CPU's
-        counters stand still, so they wake nobody)."""
-        if self.m.irq.halted:
-            return None
-        times = [self.m.tsc + (1 << PERF_CTR_WIDTH) - self.value(n)
-                 for n in self.start if self._ctl(n) & INT]
-        return min(times) if times else None
+        """None: the overflow is not an interrupt the run loop may bound slices or open
+        interrupt windows for (those follow IF; a counter's would be an NMI through the LVT,
+        which is not modelled); `tick` finds it at the next interrupt point instead."""
+        return None
 
     def tick(self, now: int) -> None:
         for n in list(self.start):
