@@ -68,6 +68,7 @@ from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, Ms
 from emu.core import msrs_amd
 from emu.core.msrs_amd import TSC_RATIO_RESET
 from emu.core.lbr import BranchRecorder
+from emu.core.perfctr import PerfCounters
 from emu.core.control_regs import Cr4Writes
 from emu.core.table_loads import TableLoads
 from emu.core.cpu_models import CpuModel
@@ -76,6 +77,7 @@ from emu.core.trace import Tracer
 from emu.core.watchdog import MAX_TIMEOUT, Watchdog
 
 if TYPE_CHECKING:
+    from emu.loader.linux import LinuxBoot
     from emu.loader.modules import ModuleLayout
     from emu.loader.multiboot import BootImage
 
@@ -234,6 +236,7 @@ class Machine:
             self.apic.extint_shared = lambda: _boot.apic.enabled
             self.apic.on_startup = self.start_up
             self.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.pc.ioapic)
+        self.perf = PerfCounters(self)       # PerfCtr0-3 count CPU cycles (emu/core/perfctr.py)
         self.world_observers: list[Callable[[str, str], None]] = []
         self.router: ExitRouter | None = None
         self._exits: dict[int, Callable[[int], None]] = {
@@ -509,6 +512,29 @@ class Machine:
             self.ram[addr:addr + len(data)] = data
         self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
         self.uc.reg_write(UC_X86_REG_RIP, self._start)   # so a snapshot taken now resumes here
+        self.io_trap.set_flag()
+
+    def load_linux(self, boot: "LinuxBoot") -> None:
+        """A bzImage at its 32-bit entry, in the state the kernel's real-mode setup code leaves
+        after running on SeaBIOS (emu/loader/linux.py): the firmware's tables, the zero page,
+        command line, GDT, kernel and initrd in RAM, the 8259s masked and NMIs disabled at the
+        CMOS index port, as the setup code's last port writes leave them."""
+        from emu.core import firmware
+        from emu.loader.linux import (CMOS_INDEX_NMI_OFF, PIC_MASTER_MASK, PIC_SLAVE_MASK)
+        firmware.install(self)
+        for ap in self.cpu_list[1:]:
+            firmware.install_mtrrs(ap)
+        for addr, data in boot.segments:
+            if not self.layout.is_ram(addr, len(data)):
+                raise ImageError(f"{addr:#x}+{len(data):#x} is outside the "
+                                 f"{self.ram_size >> 20} MiB of RAM")
+            self.ram[addr:addr + len(data)] = data
+        pc = self.pc
+        pc.pic.write(0xA1, 1, PIC_SLAVE_MASK)
+        pc.pic.write(0x21, 1, PIC_MASTER_MASK)
+        pc.cmos.write(0x70, 1, CMOS_INDEX_NMI_OFF)
+        self._start = self.hostvm.enter_linux32(boot.entry, boot.boot_params, *boot.gdt)
+        self.uc.reg_write(UC_X86_REG_RIP, self._start)
         self.io_trap.set_flag()
 
     def resume_at(self, rip: int) -> None:

@@ -118,7 +118,10 @@ class RoundRobin:
                     resume = Position(**pos.state()) if pos.left is not None else None
                     quantum, horizon = 0, None
                     if resume is None:
-                        cpu.tsc = max(cpu.tsc, self.now())   # no CPU sees time go backwards
+                        now = self.now()                     # no CPU sees time go backwards
+                        if cpu.irq.halted and now > cpu.tsc:  # a halted CPU's clock stood still
+                            cpu.irq.halted_ticks += now - cpu.tsc
+                        cpu.tsc = max(cpu.tsc, now)
                         quantum, horizon = self._bounds(cpu)
                     pos.left = None
                     boot.running = cpu
@@ -169,6 +172,8 @@ class RoundRobin:
         if times and not jumped:
             due = max(min(times), self.now())
             for cpu in halted:
+                if due > cpu.tsc:
+                    cpu.irq.halted_ticks += due - cpu.tsc
                 cpu.tsc = max(cpu.tsc, due)
             return True
         boot = self.cpus[0]
