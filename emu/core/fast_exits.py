@@ -31,11 +31,20 @@ makes that exact:
 - IN from the ACPI PM timer (replay.c `replay_in`, in front of Machine._on_in) in L1 on one
   CPU: the port's cost and the read's time step, then the counter from the TSC, as
   PmBlock.read computes it; every other port, and any port while disarmed, goes to Python;
+- RDMSR in L1 (EXITINFO1 0) of an MSR whose MsrFile reader is the CPU's own copy (MsrFile.
+  cpu_backed: FS/GS bases, KERNEL_GS_BASE, the syscall MSRs; the table is rebuilt at an
+  arming whenever an owner was registered since): EDX:EAX from the CPU state, RIP past it, as
+  Machine._exit_msr. Any other MSR, and every WRMSR, goes to Python;
+- L1's VMLOAD, VMSAVE, STGI and CLGI, through a companion the SVM extension adds
+  (svm_ext/fast_insn.py: `companions` are armed and disarmed with the rest);
 - CPUID: only answers Python itself gave in L1, kept with the inputs (leaf, subleaf) exactly as
   the exit gave them and with L1's whole CR4 at the time (CPUID 1 mirrors CR4.OSXSAVE); C
   answers only when all of them match. The rest of what Cpuid.query reads (its table, its
   overrides, the APIC's enable bit) can only change in Python: each arming compares them with
   what the kept answers were computed from, and forgets every answer if they moved.
+
+A completed RDMSR that Python answered (no reader changes anything but the TSC; one that
+raises #GP leaves RIP in place) is neutral like RDTSC and CPUID (see below).
 
 L2's RDTSC, when its hypervisor does not intercept it, is answered in C too, by replay programs
 (emu/engine/replay.py) this module records: the exit changes nothing of the Python-side state the
