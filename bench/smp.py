@@ -7,9 +7,11 @@
    quantum). ns per iteration each.
 2. Switches: guests/smp.S's IPI ping-pong between the boot CPU and CPU 1 (-smp 4), with PINGS
    round trips against 1; the difference per round trip (each is two IPIs and at least four
-   turn switches, each dropping the incoming CPU's translated code).
-3. Every CPU busy: guests/smp.S's LOCK INC loop run by all 4 CPUs at once (quantum turns,
-   Unicorn's per-instruction count bound), ns per loop iteration of one CPU.
+   turn switches; each switch drops the code other CPUs overwrote, engine patch 0007, or on the
+   stock engine all the incoming CPU's code).
+3. Every CPU busy: guests/smp.S's LOCK INC loop run by all 4 CPUs at once (quantum turns, the
+   engine's instruction deadline; Unicorn's per-instruction count bound on the stock engine),
+   ns per loop iteration of one CPU.
 
 Boot costs cancel (each case is timed at two sizes and subtracted). A guest that does not pass
 its own checks is reported, not timed. Numbers never fail anything.

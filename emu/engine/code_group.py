@@ -7,7 +7,10 @@ engine translated code stays on the store slow path and is logged; before an eng
 turn, `sync()` invalidates its blocks on the pages the others logged since its last turn (all
 of its blocks if the log overflowed). So a CPU's turn no longer starts by dropping its whole
 cache: it drops only what another CPU overwrote. `written()` logs the emulator's own stores
-into guest RAM (the Python paths that write it through GuestMemory) the same way.
+into guest RAM (the Python paths that write it through GuestMemory) the same way. Stores that
+reach guest RAM outside both (the C world-switch replay's vmcb12 writes, the engine's own
+accessed/dirty-bit updates in page tables) are not logged: on one CPU they never invalidated
+translated code either.
 
 On the stock engine the group does not exist (`CodeGroup.available` is False) and the
 scheduler drops the whole cache at each switch instead (emu/core/smp.py).
