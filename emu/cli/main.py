@@ -255,7 +255,8 @@ def _add_execution_options(p: argparse.ArgumentParser) -> None:
                         "RIP reaches a symbol")
     p.add_argument("--trace-until", metavar="N|vmrun[:N]|vmexit[:N]|SYMBOL[:N]",
                    help="stop tracing there (same forms as --trace-from)")
-    p.add_argument("--max-insns", type=_positive_int, help="stop after N instructions")
+    p.add_argument("--max-insns", type=_positive_int,
+                   help="stop after N instructions (deliveries in a row count too: README)")
     p.add_argument("--timeout", type=_positive_float, help="stop after N seconds")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
     p.add_argument("--count-insns", action="store_true",

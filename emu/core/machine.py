@@ -290,6 +290,7 @@ class Machine:
             uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped),
         ]
         self._insn_budget: int | None = None
+        self._deliveries_in_a_row = 0   # with a limit: deliveries since an instruction started
         # Instructions run, counted only while a counting hook is in (an instruction limit, or
         # count_insns: a Python hook per instruction, so never by default).
         self.count_insns = False
@@ -555,6 +556,7 @@ class Machine:
         extra = []
         extra_ap: list[tuple[Machine, int]] = []
         self._insn_budget = max_insns
+        self._deliveries_in_a_row = 0
         self._counting = max_insns is not None or self.count_insns
         if max_insns is not None or self.count_insns:
             self.insns_counted = True
@@ -603,6 +605,7 @@ class Machine:
             for ap, h in extra_ap:
                 ap.uc.hook_del(h)
             self._setup_ap = None
+            self._insn_budget = None     # deliveries outside a run (a debugger) count nothing
             if self.tracer is not None:
                 self.tracer.run_ended()
             self._between.clear()
@@ -1183,6 +1186,7 @@ class Machine:
                 self._finish("max-insns", STATUS_LIMIT, "instruction limit (--max-insns) reached")
                 return
             self._insn_budget = budget - 1
+            self._deliveries_in_a_row = 0
         self.insns += 1
 
     def _trace_insn(self, uc: Uc, address: int, size: int, _data: object) -> None:
@@ -1196,6 +1200,28 @@ class Machine:
 
     # ---- event delivery ---------------------------------------------------------------------------
     def _deliver(self, event: Event, return_rip: int, injected: bool = False) -> None:
+        self._deliver_event(event, return_rip, injected)
+        self._count_delivery()
+
+    def _count_delivery(self) -> None:
+        """svmemu's rule for `--max-insns N`: the limit bounds instructions plus deliveries.
+        Deliveries in a row, with no instruction started between them, count one step each:
+        a delivery can retire no instruction at all (an instruction breakpoint in DR7 on the
+        #DB handler's first instruction raises the next #DB at every delivery, forever, as on
+        hardware), and counting instructions alone would let such a run go on without end. A
+        delivery is never cut: the run ends right after the one that brings the steps past N
+        (instructions run plus deliveries since the last one), where the next instruction
+        would start. A delivery followed by an instruction gives its step back, so positions
+        counted in instructions (`insns`, --snapshot-at N) stay instruction counts."""
+        boot = self.cpu_list[0]
+        budget = boot._insn_budget
+        if budget is None:
+            return
+        boot._deliveries_in_a_row += 1
+        if boot._deliveries_in_a_row > budget:
+            boot._finish("max-insns", STATUS_LIMIT, "instruction limit (--max-insns) reached")
+
+    def _deliver_event(self, event: Event, return_rip: int, injected: bool) -> None:
         router = self.router
 
         def intercept(current: Event, outer: Event | None) -> bool:
