@@ -48,6 +48,7 @@ from svm_ext import decode_assists
 from svm_ext import hw_quirks
 from svm_ext import vintr
 from .checks import HostCaps, nested_paging_enabled
+from .fast_insn import FastInsn
 from .fast_switch import FastSwitch
 from .state import NestedState
 from svm_ext import switch_cache
@@ -154,6 +155,8 @@ class SvmExtension(Extension, ExitRouter):
         # being verified against the full path, which needs every switch in Python.
         self.fast = (FastSwitch(self, machine.replay)
                      if machine.replay is not None and not switch_cache.VERIFY else None)
+        # L1's VMLOAD/VMSAVE/STGI/CLGI answered in C while the fast exits are armed.
+        self.fast_insn = FastInsn(self)
 
     def level(self) -> str:
         return "L2" if self.state.in_l2 else "L1"

@@ -45,7 +45,7 @@ from emu.core.msr import MSR_PAT
 from emu.engine.replay import Engine, Program
 
 from .switch_cache import REGIONS, VMCB_RANGES, VOLATILE_BY_REGISTER, VOLATILE_IN_CONTEXT
-from emu.arch.vmcb import CACHE_STRUCT, OFFSETS, VMCB_SIZE, read_cache
+from emu.arch.vmcb import CACHE_STRUCT, MSRPM_SIZE, OFFSETS, VMCB_SIZE, read_cache
 from .vmexit import HOST_DR7
 
 if TYPE_CHECKING:
@@ -368,13 +368,20 @@ class FastSwitch:
             p.same(self.l1_host_addr + off, host[off:off + n])
         for lo, hi in VMCB_RANGES:
             p.same(vmcb + lo, before.vmcb12[lo:hi])
+        if code == VMEXIT_MSR:
+            # Any MSR L1's permission map intercepts (ECX and the map read in C), not only
+            # this one: the exit's fields do not depend on which (EXITINFO1 is the error code,
+            # guarded above). `extra` holds what Python read of the map: the op covers it.
+            msrpm = e.ram_addr(st.vmcb12.msrpm_base_pa & ~0xFFF, MSRPM_SIZE)
+            if msrpm is None:
+                return None
+            p.msrpm(msrpm, blob + OFF_RCX, _Q.unpack_from(old, OFF_ERROR_CODE)[0] & 0xFFFFFFFF == 1)
+            extra = []
         for addr, data in extra + code_guards:
             host_addr = e.ram_addr(addr, len(data))
             if host_addr is None:
                 return None
             p.same(host_addr, data)
-        if code == VMEXIT_MSR:
-            p.eq64(blob + OFF_RCX, _Q.unpack_from(old, OFF_RCX)[0], 0xFFFFFFFF)
         if _Q.unpack_from(old, _OFF_DR7)[0] & DR7_ENABLES:      # as in _vmrun_program
             return None
         p.eq64(blob + _OFF_DR7, 0, DR7_ENABLES)

@@ -494,3 +494,82 @@ def test_cr4_writes_same_in_c_and_python(tmp_path):
     m.load_multiboot(parse_image(image, "guest", RAM), "guest ")
     m.run(timeout=60)
     assert m.fast_exits.answered_cr4 >= 300, m.fast_exits.answered_cr4
+
+
+# L1's RDMSR of the MSRs MsrFile reads from the CPU (FS/GS bases, the syscall MSRs), written by
+# WRMSR (Python) and by segment loads, read back between RDTSCs; EFER and PAT (other owners)
+# interleaved, so C and Python answer in turn. Everything read is folded into the checksum.
+RDMSR_GUEST = r"""
+.include "prelude.inc"
+
+.macro fold reg
+    mov rdi, \reg
+    call fold_in
+.endm
+
+.macro rd msr
+    mov ecx, \msr
+    rdmsr
+    fold rax
+    fold rdx
+.endm
+
+main:
+    xor r15, r15
+    mov r14, 100
+.Lloop:
+    mov ecx, 0xC0000100
+    mov rax, r14
+    mov edx, 0xffff8000
+    wrmsr
+    mov ecx, 0x174
+    mov eax, 0x12345
+    xor edx, edx
+    wrmsr
+    mov ecx, 0xC0000081
+    mov eax, r14d
+    mov edx, 0x00230010
+    wrmsr
+    rd 0xC0000100
+    rd 0xC0000101
+    rd 0xC0000102
+    rd 0xC0000081
+    rd 0xC0000082
+    rd 0xC0000083
+    rd 0xC0000084
+    rd 0x174
+    rd 0x175
+    rd 0x176
+    rd 0xC0000080
+    rd 0x277
+    rdtsc
+    fold rax
+    mov ax, 0
+    mov fs, ax
+    rd 0xC0000100
+    dec r14
+    jnz .Lloop
+    print "checksum "
+    mov rdi, r15
+    call puthex64
+    call newline
+    ret
+
+fold_in:
+    imul r15, r15, 31
+    add r15, rdi
+    ret
+"""
+
+
+def test_rdmsr_of_cpu_msrs_same_in_c_and_python(tmp_path):
+    src = tmp_path / "rdmsr.S"
+    src.write_text(RDMSR_GUEST)
+    out = same_with_and_without(assemble_source(str(src)))
+    assert b"checksum 0x" in out.output, out.output
+    m = Machine(RAM, stdout=None)
+    m.load_multiboot(parse_image(assemble_source(str(src)), "guest", RAM), "guest ")
+    m.run(timeout=60)
+    # 100 iterations of 11 RDMSRs C may answer; those right after a Python entry (WRMSR, the
+    # EFER and PAT reads) go to Python.
+    assert m.fast_exits.answered_rdmsr >= 600, m.fast_exits.answered_rdmsr

@@ -243,3 +243,79 @@ def test_two_guests_in_turn_both_replayed():
     assert out.reason == "exit" and out.status == 1, out
     assert out.stats == {"vmrun": TRIPS, "vmexit": TRIPS}
     assert out.replays >= 2 * TRIPS - 12, out.replays     # each recorded when met the second time
+
+
+# ---- MSR intercepts that differ from exit to exit: every MSR index another one ----------------------
+MSR_LOG = 0x700000
+MSR_TABLE = 0x6F0000
+MSR_SWEEP = (list(range(0, 0x30)) + list(range(0xC0000080, 0xC00000A0))
+             + list(range(0xC0010000, 0xC0010020)) + [0x2000, 0x40000000, 0xC0002000])
+L1_MSR_SWEEP = f"""
+    mov r14, {MSR_LOG}
+again:
+    mov rax, rdi
+    vmrun
+    mov rax, [rdi + 0x70]
+    cmp rax, 0x7c
+    jne out
+    mov [r14], rcx
+    mov rax, [rdi + 0x78]
+    mov [r14 + 8], rax
+    add r14, 16
+    add qword ptr [rdi + 0x578], 2
+    jmp again
+out:
+""" + EXIT_PASS
+L2_MSR_SWEEP = f"""
+l2: mov r12, {MSR_TABLE}
+next:
+    mov ecx, [r12]
+    cmp ecx, 0xFFFFFFFF
+    je done
+    rdmsr
+    mov ecx, [r12]
+    mov eax, ecx
+    xor edx, edx
+    wrmsr
+    add r12, 4
+    jmp next
+done:
+    vmmcall
+"""
+# #GP (an RDMSR L0 answers for an MSR the model lacks): go on after the 2-byte instruction.
+GP_SKIP = "add rsp, 8\n add qword ptr [rsp], 2\n iretq\n"
+
+
+def _msrpm_reads_every_third_writes_all() -> bytes:
+    from emu.arch.vmcb import MSRPM_SIZE, msrpm_bit_offset
+    pm = bytearray(MSRPM_SIZE)
+    for msr in MSR_SWEEP:
+        where = msrpm_bit_offset(msr)
+        if where is not None:
+            byte, bit = where
+            pm[byte] |= (int(msr % 3 == 0) << bit) | (1 << (bit + 1))
+    return bytes(pm)
+
+
+def test_msr_intercepts_of_changing_msrs_replayed():
+    """L2 reads and writes MSR after MSR (twice over the list); L1's map intercepts every write
+    and every third read, MSRs outside its ranges always exit. One program answers an exit for
+    any MSR the map intercepts (ECX and the map are read in C), the rest go to L0: the log of
+    exits L1 saw and everything else is the Python path's."""
+    from emu.arch.vmcb import INTERCEPT_MSR_PROT, msrpm_bit_offset
+    from tests.tinyimage import gate64, handler
+    table = struct.pack(f"<{2 * len(MSR_SWEEP) + 1}I", *(MSR_SWEEP * 2), 0xFFFFFFFF)
+    image = nested_image(L1_MSR_SWEEP, L2_MSR_SWEEP, vmcb12(misc1=INTERCEPT_MSR_PROT),
+                         idt={13: gate64(handler(0))}, handlers=[GP_SKIP],
+                         msrpm=_msrpm_reads_every_third_writes_all())
+    image.segments.append((MSR_TABLE, table))
+    out = same_with_and_without(image)
+    assert out.reason == "exit" and out.status == 1, out
+    want = []
+    for msr in MSR_SWEEP * 2:
+        if msrpm_bit_offset(msr) is None or msr % 3 == 0:
+            want.append((msr, 0))
+        want.append((msr, 1))
+    got = struct.unpack_from(f"<{2 * len(want)}Q", out.ram, MSR_LOG)
+    assert list(zip(got[::2], got[1::2])) == want
+    assert out.replays > len(want), (out.replays, len(want))

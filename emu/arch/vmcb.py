@@ -26,7 +26,7 @@ from collections import namedtuple
 from typing import Any, NamedTuple
 
 __all__ = [
-    "VMCB_SIZE", "SAVE_AREA", "FIELDS", "OFFSETS", "BITFIELDS", "SEGMENT_NAMES",
+    "VMCB_SIZE", "SAVE_AREA", "FIELDS", "OFFSETS", "SEGMENT_PART_OFFSETS", "BITFIELDS", "SEGMENT_NAMES",
     "Segment", "Vmcb", "VmcbSave", "Vmcb12Cache", "read_cache",
     "msrpm_bit_offset", "msrpm_intercepted", "iopm_intercepted", "intercept_misc_bit",
     "eventinj_encode", "eventinj_decode", "ioio_exitinfo1", "exit_name",
@@ -488,6 +488,9 @@ def iopm_intercepted(iopm_bytes: Any, port: int, size: int) -> bool:
 # Generated accessors.
 # ---------------------------------------------------------------------------------------------
 _SEG_STRUCT = struct.Struct("<HHIQ")
+# Where each part of a "seg" field lies inside it, by Segment's names (for code outside Python).
+SEGMENT_PART_OFFSETS: dict[str, int] = {
+    name: struct.calcsize("<" + _SEG_STRUCT.format[1:1 + i]) for i, name in enumerate(Segment._fields)}
 _SCALAR_STRUCTS: dict[str, struct.Struct] = {
     k: struct.Struct("<" + k) for k in ("B", "H", "I", "Q", "15s")
 }

@@ -31,11 +31,20 @@ makes that exact:
 - IN from the ACPI PM timer (replay.c `replay_in`, in front of Machine._on_in) in L1 on one
   CPU: the port's cost and the read's time step, then the counter from the TSC, as
   PmBlock.read computes it; every other port, and any port while disarmed, goes to Python;
+- RDMSR in L1 (EXITINFO1 0) of an MSR whose MsrFile reader is the CPU's own copy (MsrFile.
+  cpu_backed: FS/GS bases, KERNEL_GS_BASE, the syscall MSRs; the table is rebuilt at an
+  arming whenever an owner was registered since): EDX:EAX from the CPU state, RIP past it, as
+  Machine._exit_msr. Any other MSR, and every WRMSR, goes to Python;
+- L1's VMLOAD, VMSAVE, STGI and CLGI, through a companion the SVM extension adds
+  (svm_ext/fast_insn.py: `companions` are armed and disarmed with the rest);
 - CPUID: only answers Python itself gave in L1, kept with the inputs (leaf, subleaf) exactly as
   the exit gave them and with L1's whole CR4 at the time (CPUID 1 mirrors CR4.OSXSAVE); C
   answers only when all of them match. The rest of what Cpuid.query reads (its table, its
   overrides, the APIC's enable bit) can only change in Python: each arming compares them with
   what the kept answers were computed from, and forgets every answer if they moved.
+
+A completed RDMSR that Python answered (no reader changes anything but the TSC; one that
+raises #GP leaves RIP in place) is neutral like RDTSC and CPUID (see below).
 
 L2's RDTSC, when its hypervisor does not intercept it, is answered in C too, by replay programs
 (emu/engine/replay.py) this module records: the exit changes nothing of the Python-side state the
@@ -62,11 +71,17 @@ from emu.core.devices.clock import PM_TIMER_HZ, TSC_HZ
 from emu.core.devices.pm_timer import PM_TMR, TIME_PER_READ
 from emu.core.timebase import IOIO_COST
 from emu.engine import binding, hostvm, replay
-from emu.arch.vmcb import VMEXIT_CPUID, VMEXIT_RDTSC
+from emu.arch.vmcb import VMEXIT_CPUID, VMEXIT_MSR, VMEXIT_RDTSC
 from emu.core.msrs_amd import TSC_RATIO_RESET
-from emu.engine.hw_switch import (HF2_NPT, HF_CS64, OFF_CR, OFF_EFER, OFF_EIP, OFF_HFLAGS,
-                                  OFF_HFLAGS2, OFF_NESTED_PG_MODE, OFF_RAX, OFF_RCX, OFF_SEGS,
-                                  OFF_VM_VMCB, SEG_SIZE, cpu_and_env)
+from emu.arch.msrs import (MSR_CSTAR, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR,
+                           MSR_SFMASK, MSR_STAR, MSR_SYSENTER_CS, MSR_SYSENTER_EIP,
+                           MSR_SYSENTER_ESP)
+from emu.engine.hw_switch import (FS, GS, HF2_NPT, HF_CS64, OFF_CR, OFF_CSTAR, OFF_EFER, OFF_EIP,
+                                  OFF_ERROR_CODE, OFF_FMASK, OFF_HFLAGS, OFF_HFLAGS2,
+                                  OFF_KERNEL_GS_BASE, OFF_LSTAR, OFF_NESTED_PG_MODE, OFF_RAX,
+                                  OFF_RCX, OFF_SEGS, OFF_STAR, OFF_SYSENTER_CS, OFF_SYSENTER_EIP,
+                                  OFF_SYSENTER_ESP, OFF_VM_VMCB, SEG_OFF_BASE, SEG_SIZE,
+                                  cpu_and_env)
 
 if TYPE_CHECKING:
     from emu.core.board import Board
@@ -76,7 +91,15 @@ _CS = 1
 _OFFSETS = {"rax": OFF_RAX, "rcx": OFF_RCX, "rdx": OFF_RAX + 2 * 8, "rbx": OFF_RAX + 3 * 8,
             "eip": OFF_EIP, "hflags": OFF_HFLAGS, "hflags2": OFF_HFLAGS2,
             "cs_base": OFF_SEGS + _CS * SEG_SIZE + 8, "vm_vmcb": OFF_VM_VMCB,
-            "cr4": OFF_CR + 4 * 8}
+            "cr4": OFF_CR + 4 * 8, "error_code": OFF_ERROR_CODE}
+# Where Unicorn keeps the MSRs MsrFile reads from the CPU (hw_switch, proven by layout_check),
+# and their width: L1's RDMSR of one of them is a load C can do (replay.c `fast_rdmsr`).
+_CPU_MSRS = {MSR_FS_BASE: (OFF_SEGS + FS * SEG_SIZE + SEG_OFF_BASE, 8),
+             MSR_GS_BASE: (OFF_SEGS + GS * SEG_SIZE + SEG_OFF_BASE, 8),
+             MSR_KERNEL_GS_BASE: (OFF_KERNEL_GS_BASE, 8), MSR_STAR: (OFF_STAR, 8),
+             MSR_LSTAR: (OFF_LSTAR, 8), MSR_CSTAR: (OFF_CSTAR, 8), MSR_SFMASK: (OFF_FMASK, 8),
+             MSR_SYSENTER_CS: (OFF_SYSENTER_CS, 4), MSR_SYSENTER_ESP: (OFF_SYSENTER_ESP, 8),
+             MSR_SYSENTER_EIP: (OFF_SYSENTER_EIP, 8)}
 
 _EXIT_RDTSC = hostvm.UC_EXIT_BASE + VMEXIT_RDTSC
 # What an L2 RDTSC program guards in the live CPU state besides RIP: the CS descriptor cache,
@@ -85,6 +108,7 @@ _EXIT_RDTSC = hostvm.UC_EXIT_BASE + VMEXIT_RDTSC
 _WORLD_SPANS = ((OFF_SEGS + _CS * SEG_SIZE, SEG_SIZE), (OFF_CR, 8), (OFF_CR + 24, 16),
                 (OFF_EFER, 8), (OFF_HFLAGS, 8),
                 (OFF_VM_VMCB, OFF_NESTED_PG_MODE + 4 - OFF_VM_VMCB))
+assert len(_CPU_MSRS) <= replay.FX_MSR_SLOTS
 _RDTSC = b"\x0F\x31"
 _RECORDINGS_PER_RIP = 2      # a program that keeps failing its guards is not recorded again
 _MAX_KEYS = 4096
@@ -103,10 +127,17 @@ class FastExits:
         self._met: dict[tuple[int, int], int] = {}   # (state, RIP) of L2 RDTSCs: times met
         # Exits whose handling by the machine's own handler changes no Python-side state a
         # replay program stands for (only the CPU, guest RAM, the TSC), when the instruction
-        # completed (RIP moved past it): exit number -> (length, also in L2).
-        self._neutral: dict[int, tuple[int, bool]] = {
-            _EXIT_RDTSC: (2, True), hostvm.UC_EXIT_BASE + VMEXIT_CPUID: (2, True)}
+        # completed (RIP moved past it): exit number -> (length, also in L2, the EXITINFO1 it
+        # needs or None). RDMSR (EXITINFO1 0; WRMSR is 1) reads: no MsrFile reader changes
+        # anything but the TSC (an MSR that raises #GP leaves RIP where it was).
+        self._neutral: dict[int, tuple[int, bool, int | None]] = {
+            _EXIT_RDTSC: (2, True, None), hostvm.UC_EXIT_BASE + VMEXIT_CPUID: (2, True, None),
+            hostvm.UC_EXIT_BASE + VMEXIT_MSR: (2, True, 0)}
         self._evict = 0
+        self._msr_generation = -1
+        # Others' fast paths that live and die with this arming (svm_ext/fast_insn.py): each
+        # has arm(), called just before C may answer, and disarm(), at the next Python entry.
+        self.companions: list = []
         e = machine.replay
         if e is None:
             return
@@ -132,6 +163,7 @@ class FastExits:
         self._env_vmcb = ctypes.c_uint64.from_address(env + OFF_VM_VMCB)
         self._env_cr4 = ctypes.c_uint64.from_address(env + OFF_CR + 4 * 8)
         self._env_eip = ctypes.c_uint64.from_address(env + OFF_EIP)
+        self._env_error = ctypes.c_uint32.from_address(env + OFF_ERROR_CODE)
         self._env = env
         self.env = env               # the live CPU state's address, for programs that use it
         self._armed_addr = ctypes.addressof(fx) + type(fx).armed.offset
@@ -184,6 +216,9 @@ class FastExits:
             self._inputs = inputs
             fx.n_cpuid = 0
             fx.cr4_allowed = cr4_allowed(m.cpuid)
+        if m.msrs.generation != self._msr_generation:
+            self._msr_generation = m.msrs.generation
+            self._set_msr_slots()
         m.timebase.sync()
         self._base = fx.tsc = m.tsc & MASK64
         apic = m.apic
@@ -192,13 +227,28 @@ class FastExits:
         pm = getattr(getattr(m, "pc", None), "pm", None)
         fx.pm_port = (pm.base + PM_TMR if pm is not None and pm.base is not None
                       and m.cpus == 1 and m.ports.get(pm.base + PM_TMR) is pm else 0)
+        for companion in self.companions:
+            companion.arm()
         fx.armed = 1
+
+    def _set_msr_slots(self) -> None:
+        """The MSRs C may read for L1's RDMSR: those whose MsrFile owner is the CPU's copy."""
+        fx, backed = self._fx, self.m.msrs.cpu_backed
+        slots = [(index, place) for index, place in _CPU_MSRS.items() if index in backed]
+        for slot, (index, (off, width)) in zip(fx.msr_slots, slots):
+            slot.index, slot.width, slot.env_off = index, width, off
+        fx.n_msr = len(slots)
+
+    @property
+    def answered_rdmsr(self) -> int:
+        """L1's RDMSRs answered in C so far."""
+        return self._fx.rdmsr if self._fx is not None else 0
 
     def neutral_exit(self, code: int, length: int, in_l2: bool = False) -> None:
         """Declare that the handler registered for exit `code` (Machine.register_exit), when
         its instruction of `length` bytes completes in L1 (and in L2 if `in_l2`), changes no
         Python-side state but what replay programs check themselves (CPU state, guest RAM)."""
-        self._neutral[hostvm.UC_EXIT_BASE + code] = (length, in_l2)
+        self._neutral[hostvm.UC_EXIT_BASE + code] = (length, in_l2, None)
 
     def after_exit(self, intno: int, state: int, rip: int) -> None:
         """Python answered exit `intno` of the instruction at `rip` itself (the machine's own
@@ -211,8 +261,9 @@ class FastExits:
         neutral = self._neutral.get(intno)
         if neutral is None or self._env_eip.value != rip + neutral[0] or not self._ready():
             return
+        length, also_l2, info1 = neutral
         in_l2 = self._env_vmcb.value != hostvm.VMCB01
-        if in_l2 and not neutral[1]:
+        if (in_l2 and not also_l2) or (info1 is not None and self._env_error.value != info1):
             return
         e = self.m.replay
         if e.state:
@@ -270,6 +321,8 @@ class FastExits:
         self._base = None
         if fx.tpr != self._tpr:         # MOV CR8 answered in C
             self.m.apic.tpr = fx.tpr
+        for companion in self.companions:
+            companion.disarm()
 
     def remember_cpuid(self, leaf: int, subleaf: int, regs: tuple[int, int, int, int]) -> None:
         """Python answered L1's CPUID (leaf, subleaf) with `regs`; C may repeat the answer while

@@ -40,6 +40,7 @@ from emu.errors import (STATUS_BAD_INPUT, STATUS_HALTED, STATUS_LIMIT,  # noqa: 
                         STATUS_SHUTDOWN, STATUS_UNSUPPORTED)
 from emu.core.extension import Extension, ExitRouter
 from emu.engine.hostvm import HostVm
+from emu.engine.code_group import CodeGroup
 from emu.core.irq import InterruptController
 from emu.engine import binding
 from emu.engine.hw_switch import (OFF_INTERCEPT, OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context,
@@ -67,6 +68,7 @@ from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, Ms
 from emu.core import msrs_amd
 from emu.core.msrs_amd import TSC_RATIO_RESET
 from emu.core.lbr import BranchRecorder
+from emu.core.perfctr import PerfCounters
 from emu.core.control_regs import Cr4Writes
 from emu.core.table_loads import TableLoads
 from emu.core.cpu_models import CpuModel
@@ -75,6 +77,7 @@ from emu.core.trace import Tracer
 from emu.core.watchdog import MAX_TIMEOUT, Watchdog
 
 if TYPE_CHECKING:
+    from emu.loader.linux import LinuxBoot
     from emu.loader.modules import ModuleLayout
     from emu.loader.multiboot import BootImage
 
@@ -174,9 +177,16 @@ class Machine:
         for base, length in self.layout.ranges:
             uc.mem_map_ptr(base, length, UC_PROT_ALL, self.ram_addr + base)
         self.hostvm = HostVm(uc)
+        # Several CPUs: each engine learns which of its translated blocks another CPU overwrote
+        # (emu/engine/code_group.py); None with one CPU.
+        self.code_group = (CodeGroup(uc, self.cpu_index, self.ram_addr, self.layout.end,
+                                     None if _boot is None else _boot.uc)
+                           if cpus > 1 else None)
         self.ctx = Context(uc)
         self.mem = GuestMemory(uc, self.ram, self.layout.below_4g, self.ctx,
                                high_end=self.layout.end)
+        if self.code_group is not None and self.code_group.available:
+            self.mem.written = self.code_group.written
         self.deliverer = Deliverer(uc, self.ctx, self.mem)
         self.io_trap = IoTrap(uc, self.ctx)
         self.breakpoints = Breakpoints(uc)    # DR7 loads by L0 (world switches)
@@ -226,6 +236,7 @@ class Machine:
             self.apic.extint_shared = lambda: _boot.apic.enabled
             self.apic.on_startup = self.start_up
             self.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.pc.ioapic)
+        self.perf = PerfCounters(self)       # PerfCtr0-3 count CPU cycles (emu/core/perfctr.py)
         self.world_observers: list[Callable[[str, str], None]] = []
         self.router: ExitRouter | None = None
         self._exits: dict[int, Callable[[int], None]] = {
@@ -503,6 +514,29 @@ class Machine:
         self.uc.reg_write(UC_X86_REG_RIP, self._start)   # so a snapshot taken now resumes here
         self.io_trap.set_flag()
 
+    def load_linux(self, boot: "LinuxBoot") -> None:
+        """A bzImage at its 32-bit entry, in the state the kernel's real-mode setup code leaves
+        after running on SeaBIOS (emu/loader/linux.py): the firmware's tables, the zero page,
+        command line, GDT, kernel and initrd in RAM, the 8259s masked and NMIs disabled at the
+        CMOS index port, as the setup code's last port writes leave them."""
+        from emu.core import firmware
+        from emu.loader.linux import (CMOS_INDEX_NMI_OFF, PIC_MASTER_MASK, PIC_SLAVE_MASK)
+        firmware.install(self)
+        for ap in self.cpu_list[1:]:
+            firmware.install_mtrrs(ap)
+        for addr, data in boot.segments:
+            if not self.layout.is_ram(addr, len(data)):
+                raise ImageError(f"{addr:#x}+{len(data):#x} is outside the "
+                                 f"{self.ram_size >> 20} MiB of RAM")
+            self.ram[addr:addr + len(data)] = data
+        pc = self.pc
+        pc.pic.write(0xA1, 1, PIC_SLAVE_MASK)
+        pc.pic.write(0x21, 1, PIC_MASTER_MASK)
+        pc.cmos.write(0x70, 1, CMOS_INDEX_NMI_OFF)
+        self._start = self.hostvm.enter_linux32(boot.entry, boot.boot_params, *boot.gdt)
+        self.uc.reg_write(UC_X86_REG_RIP, self._start)
+        self.io_trap.set_flag()
+
     def resume_at(self, rip: int) -> None:
         """Make the next `run` continue at `rip` (after a snapshot restore)."""
         self._start = rip
@@ -618,18 +652,23 @@ class Machine:
                 count, bound = resume.left or 0, resume.bound
             else:
                 bound = count
-            if self.stale_code:       # another CPU ran, and may have written code this one ran
+            group = self.code_group
+            if self.stale_code:       # code may have changed under this engine: drop it all
                 uc.ctl_flush_tb()
                 self.stale_code = False
-            for other in self.cpu_list:
-                if other is not self:
-                    other.stale_code = True
+            if group is not None and group.available:
+                group.sync()          # drop only the code other CPUs overwrote since its last turn
+            else:                     # the stock engine: no group, drop all after another CPU
+                for other in self.cpu_list:
+                    if other is not self:
+                        other.stale_code = True
         if deadline is not None and time.monotonic() >= deadline:
             self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
             return False
         self.fast_exits.arm()
         boot = self.cpu_list[0]
         insns_before = boot.insns
+        retired_before = self.timebase.retired()
         try:
             # one CPU: the bound is the next timer's time; several: the turn's instructions
             uc.emu_start(begin, _UNTIL, count=self.timebase.bound(count, self.cpus == 1))
@@ -644,7 +683,10 @@ class Machine:
         self.timebase.unbound()
         self.replay_sync()
         if self.cpus > 1:
-            self._cut_short(count, bound, boot.insns - insns_before)
+            # what the turn ran, in its bound's unit: instructions retired with the engine's
+            # count (the deadline), else started (Unicorn's count=, as the run's count)
+            self._cut_short(count, bound, self.timebase.retired() - retired_before
+                            if self.timebase.exact else boot.insns - insns_before)
         # The slice ran out only if nothing else stopped it: not an event, the end of
         # the run, a debugger pause, work between slices or the wall-clock timeout (virtual
         # time must not advance for instructions that never ran). With the engine's count

@@ -104,6 +104,8 @@ class GuestMemory:
         self.high_end = high_end    # are guest addresses, RAM from 4 GiB up to high_end too
         self.ctx = ctx
         self.view = memoryview(ram)
+        # Told of every store made here (emu/engine/code_group.py: several CPUs), else None.
+        self.written: Callable[[int, int], None] | None = None
         # 2D translations (read_code, translate) under nested paging: (inputs, [access,] va page)
         # -> (pa page, 8-byte entry addresses, their values as 1-tuples, the same for 4-byte
         # entries); see _path_cached.
@@ -129,6 +131,8 @@ class GuestMemory:
             self.uc.mem_write(pa, data)
         except UcError:
             raise self._unbacked(pa, len(data), "write")
+        if self.written is not None:    # several CPUs: the others' code there is stale
+            self.written(pa, len(data))
 
     def read_u64(self, pa: int) -> int:
         if 0 <= pa and pa + 8 <= self.size:
@@ -170,10 +174,12 @@ class GuestMemory:
                 raise Fault(GP, 0)
         if not regs.cr0 & CR0_PG:
             return va & 0xFFFFFFFF
+        # L1's own paging: the same remembered translation with its path (exception delivery
+        # reads the IDT and GDT and pushes its frame through here, once per exception).
+        inputs = self._fetch_inputs(self.ctx)[:-1]
         try:
-            return paging.walk(self.read_u64, regs, va, access,
-                               read_u32=self.read_u32, write_u64=self.write_u64,
-                               write_u32=self.write_u32, maxphyaddr=MAXPHYADDR).pa
+            return self._path_cached((inputs, access, va >> 12), va,
+                                     lambda: self._data_walk(inputs, access, va))
         except paging.PageFault as pf:
             raise Fault(PF, pf.error_code, va)
         except paging.NonCanonicalAddress:
@@ -302,11 +308,13 @@ class GuestMemory:
 
     def _data_walk(self, inputs: tuple, access: paging.Access,
                    va: int) -> tuple[int, Optional[tuple[paging.PathEntry, ...]]]:
-        """translate's 2D walk of a data access, from the walk's inputs alone, with its path."""
-        _, cr3, ncr3, cr0, cr4, efer, nmode = inputs
+        """translate's walk of a data access (2D under nested paging), from the walk's inputs
+        alone, with its path."""
+        nested, cr3, ncr3, cr0, cr4, efer, nmode = inputs
         return paging.walk_with_path(
             self.read_u64, paging.PagingRegs(cr0=cr0, cr3=cr3, cr4=cr4, efer=efer), va, access,
-            ncr3=ncr3, host=self.host_regs(nmode), read_u32=self.read_u32,
+            ncr3=ncr3 if nested else None, host=self.host_regs(nmode) if nested else None,
+            read_u32=self.read_u32,
             write_u64=self.write_u64, write_u32=self.write_u32, maxphyaddr=MAXPHYADDR)
 
     def _path_cached(self, key: tuple, va: int,

@@ -60,6 +60,10 @@ class MsrFile:
         self.cpu = cpu
         self.maxphyaddr = maxphyaddr
         self.owners: dict[int, MsrOwner] = {}
+        # MSRs whose reader is the CPU's own copy (a C fast path may read it there), and a
+        # count of registrations that changes whenever any owner does.
+        self.cpu_backed: set[int] = set()
+        self.generation = 0
         self.efer_writable = EFER_SCE | EFER_LME | EFER_NXE | EFER_FFXSR
         self.efer_write_hooks: list[Callable[[int, int], None]] = []
         self.values: dict[int, int] = {MSR_PAT: PAT_POWER_ON}   # APIC_BASE: the APIC (irq.py)
@@ -78,6 +82,8 @@ class MsrFile:
     # ---- registry -------------------------------------------------------------------------
     def register(self, index: int, read: Reader, write: Writer) -> None:
         self.owners[index] = MsrOwner(read, write)
+        self.cpu_backed.discard(index)
+        self.generation += 1
 
     def rdmsr(self, index: int) -> int:
         owner = self.owners.get(index)
@@ -98,6 +104,7 @@ class MsrFile:
                 raise GeneralProtection(f"WRMSR {index:#x}: value {v:#x} is not allowed")
             self.cpu.write(index, v)
         self.register(index, lambda: self.cpu.read(index), write)
+        self.cpu_backed.add(index)
 
     def _stored(self, index: int, initial: int, valid: Callable[[int], bool]) -> None:
         self.values[index] = initial

@@ -42,7 +42,17 @@ OFF_CR2 = OFF_CR + 2 * 8
 OFF_EFER = 592
 OFF_FPSTT = 604          # u32: the x87 stack top (FSW.TOP), an index into fpregs[8]
 OFF_FPTAGS = 612         # u8[8]: 1 = empty, 0 = valid
+# The syscall MSRs VMLOAD and VMSAVE move (APM 15.5.2), as WRMSR stores them: SYSENTER_CS is a
+# u32 holding bits 15:0, the rest u64.
+OFF_SYSENTER_CS = 4800
+OFF_SYSENTER_ESP = 4808
+OFF_SYSENTER_EIP = 4816
+OFF_STAR = 4824
 OFF_VM_HSAVE = 4832
+OFF_LSTAR = 4840
+OFF_CSTAR = 4848
+OFF_FMASK = 4856         # SFMASK
+OFF_KERNEL_GS_BASE = 4864
 OFF_ERROR_CODE = 5384
 OFF_DR = 5400            # dr[0..7], u64 each
 OFF_VM_VMCB = 5504
@@ -119,6 +129,9 @@ DESC_G = 1 << 23
 DESC_FLAG_MASK = 0x00F0FF00
 
 _SEG = struct.Struct("<I4xQII")   # selector, base, limit, flags
+# Where each part of one descriptor-cache entry lies (the 4 bytes after the selector: padding).
+SEG_OFF_SELECTOR, SEG_OFF_BASE, SEG_OFF_LIMIT, SEG_OFF_FLAGS = 0, 8, 16, 20
+assert _SEG.size == SEG_OFF_FLAGS + 4
 
 
 @dataclass

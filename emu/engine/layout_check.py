@@ -17,7 +17,9 @@ from unicorn import x86_const as X
 
 from emu.arch.bits import (CR0_ET, CR0_PE, CR0_TS, CR4_OSFXSR, CR4_OSXSAVE, DR6_RESET, DR7_RESET, EFER_NXE, EFER_SVME,
                            PF_ID, PF_U)
-from emu.arch.msrs import MSR_EFER, MSR_VM_HSAVE_PA
+from emu.arch.msrs import (MSR_CSTAR, MSR_EFER, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK,
+                           MSR_STAR, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP,
+                           MSR_VM_HSAVE_PA)
 from emu.arch.vmcb import (VMCB_SIZE, VMEXIT_CPUID, VMEXIT_NPF, VMEXIT_VMMCALL, VMEXIT_VMRUN, Segment,
                            Vmcb, intercept_misc_bit)
 from emu.engine import binding
@@ -32,6 +34,12 @@ _DRS = (X.UC_X86_REG_DR0, X.UC_X86_REG_DR1, X.UC_X86_REG_DR2, X.UC_X86_REG_DR3, 
         X.UC_X86_REG_DR6, X.UC_X86_REG_DR7)
 _DATA_SEGS = ((H.ES, X.UC_X86_REG_ES), (H.SS, X.UC_X86_REG_SS), (H.DS, X.UC_X86_REG_DS),
               (H.FS, X.UC_X86_REG_FS), (H.GS, X.UC_X86_REG_GS))
+
+# The syscall MSRs VMLOAD/VMSAVE move, where hw_switch pins them.
+_SYSCALL_MSRS = ((MSR_SYSENTER_CS, "OFF_SYSENTER_CS"), (MSR_SYSENTER_ESP, "OFF_SYSENTER_ESP"),
+                 (MSR_SYSENTER_EIP, "OFF_SYSENTER_EIP"), (MSR_STAR, "OFF_STAR"),
+                 (MSR_LSTAR, "OFF_LSTAR"), (MSR_CSTAR, "OFF_CSTAR"), (MSR_SFMASK, "OFF_FMASK"),
+                 (MSR_KERNEL_GS_BASE, "OFF_KERNEL_GS_BASE"))
 
 # Scratch physical layout of the probe (all inside one 64 KiB mapping).
 _GDT, _HOST_CODE, _HSAVE, _VMCB, _NCR3, _GUEST_RIP = 0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x8000
@@ -193,6 +201,8 @@ def _registers(uc: Uc, ctx: H.Context, p: _Probe) -> None:
     uc.reg_write(X.UC_X86_REG_FPTAG, 0xFFF3)              # register 1 valid, the rest empty
     uc.msr_write(MSR_EFER, uc.msr_read(MSR_EFER) | EFER_SVME | EFER_NXE)
     uc.msr_write(MSR_VM_HSAVE_PA, _HSAVE)
+    for i, (msr, _) in enumerate(_SYSCALL_MSRS):
+        uc.msr_write(msr, 0x5CA1_0000_0000_0000 + 0x1111 * (i + 1))
     ctx.save()
     for i, reg in enumerate(_GPRS):
         p.expect(f"register {i} at OFF_REGS", ctx.u64(H.OFF_REGS + 8 * i), uc.reg_read(reg))
@@ -209,6 +219,11 @@ def _registers(uc: Uc, ctx: H.Context, p: _Probe) -> None:
             p.expect(f"DR{n} at OFF_DR", ctx.u64(H.OFF_DR + 8 * n), uc.reg_read(reg))
     p.expect("OFF_EFER", ctx.u64(H.OFF_EFER), uc.msr_read(MSR_EFER))
     p.expect("OFF_VM_HSAVE", ctx.u64(H.OFF_VM_HSAVE), _HSAVE)
+    for msr, name in _SYSCALL_MSRS:
+        off = getattr(H, name)
+        width = 4 if name == "OFF_SYSENTER_CS" else 8
+        got = int.from_bytes(ctx.view[off:off + width], "little")
+        p.expect(f"{name} (MSR {msr:#x})", got, uc.msr_read(msr))
     p.expect("OFF_FPSTT", ctx.u32(H.OFF_FPSTT), 5)
     p.expect("OFF_FPTAGS", int.from_bytes(ctx.view[H.OFF_FPTAGS:H.OFF_FPTAGS + 8], "little"),
              0x0101_0101_0101_0001)

@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "svm_insn.h"
+
 enum {
     OP_END = 0,
     OP_CMP,        /* memcmp(a, b, len) == 0, else fall back                   */
@@ -33,7 +35,29 @@ enum {
     OP_REGREAD,    /* uc_reg_read(register b) into *(u64 *)a                   */
     OP_REGWRITE,   /* uc_reg_write(register b) from *(u64 *)a                  */
     OP_RDTSC,      /* the fast exits' RDTSC with TSC offset b, ratio c (0: none) */
+    OP_MSRPM,      /* guard: the MSR in the u32 at b is intercepted, for a read (len 0) or a
+                      write (len 1), by the permission map at a, whose ranges are at c */
 };
+
+/* An MSR permission map's ranges (emu/arch/vmcb.py MSRPM_RANGES), as Python lays them out for
+ * OP_MSRPM: n, then n times (first MSR, last MSR, byte offset of its bits in the map). */
+struct msrpm_ranges {
+    uint32_t n;
+    uint32_t r[][3];
+};
+
+/* vmcb.msrpm_intercepted: two bits per MSR (read, then write); outside every range, always. */
+static int msrpm_intercepted(const uint8_t *map, const struct msrpm_ranges *ranges, uint32_t msr,
+                             int write)
+{
+    for (uint32_t i = 0; i < ranges->n; i++) {
+        if (ranges->r[i][0] <= msr && msr <= ranges->r[i][1]) {
+            uint32_t bit = (msr - ranges->r[i][0]) * 2 + (write ? 1 : 0);
+            return (map[ranges->r[i][2] + (bit >> 3)] >> (bit & 7)) & 1;
+        }
+    }
+    return 1;
+}
 
 struct op {
     uint32_t code, len;
@@ -55,9 +79,11 @@ typedef uint32_t (*in_fn)(void *uc, uint32_t port, int size, void *user);
  * into the live CPU state come from Python (emu/engine/hw_switch.py, proven at start-up). */
 enum {
     FX_OFF_RAX = 0, FX_OFF_RCX, FX_OFF_RDX, FX_OFF_RBX, FX_OFF_EIP, FX_OFF_HFLAGS, FX_OFF_HFLAGS2,
-    FX_OFF_CS_BASE, FX_OFF_VM_VMCB, FX_OFF_CR4, FX_N_OFF
+    FX_OFF_CS_BASE, FX_OFF_VM_VMCB, FX_OFF_CR4, FX_OFF_ERROR_CODE, FX_N_OFF
 };
 #define FX_CPUID_SLOTS 64
+#define FX_MSR_SLOTS 16
+#define FX_EXIT_MSR 0x17C       /* UC exit base 0x100 + VMEXIT_MSR */
 #define FX_EXIT_RDTSC 0x16E     /* UC exit base 0x100 + VMEXIT_RDTSC */
 #define FX_EXIT_CPUID 0x172     /* UC exit base 0x100 + VMEXIT_CPUID */
 #define FX_EXIT_CR8_READ 0x108  /* UC exit base 0x100 + VMEXIT_CR0_READ + 8 */
@@ -68,6 +94,12 @@ struct cpuid_slot {
     uint32_t leaf, subleaf;
     uint32_t regs[4];           /* eax, ebx, ecx, edx as Python computed them ... */
     uint64_t cr4;               /* ... with this CR4 */
+};
+
+/* An MSR whose RDMSR is a load from the CPU state (MsrFile's CPU-backed readers). */
+struct msr_slot {
+    uint32_t index, width;      /* width: 4 (zero-extended) or 8 bytes */
+    uint64_t env_off;
 };
 
 struct fast {
@@ -108,6 +140,9 @@ struct fast {
     vmem_fn vmem_read;
     uint64_t n_cpuid;
     struct cpuid_slot cpuid_slots[FX_CPUID_SLOTS];
+    uint64_t rdmsr;             /* count of RDMSRs answered here */
+    uint64_t n_msr;
+    struct msr_slot msr_slots[FX_MSR_SLOTS];
 };
 
 struct engine {
@@ -127,6 +162,7 @@ struct engine {
     const struct op *programs[N_INTNO][PER_INTNO];
     uint32_t exit_cost[N_INTNO];    /* ticks each exit costs (emu/core/timebase.py) */
     in_fn in_fallback;              /* the machine's Python IN hook */
+    struct svm_insn svm;            /* L1's VMLOAD/VMSAVE/STGI/CLGI (svm_insn.c) */
 };
 
 #define ENV64(f, name) (*(uint64_t *)((f)->env + (f)->off[name]))
@@ -241,6 +277,11 @@ static int run(struct engine *e, const struct op *op, uint32_t intno)
         case OP_REGWRITE:
             e->reg_write(e->uc, (int)op->b, (void *)op->a);
             break;
+        case OP_MSRPM:
+            if (!msrpm_intercepted((const uint8_t *)op->a, (const struct msrpm_ranges *)op->c,
+                                   *(const uint32_t *)op->b, op->len != 0))
+                return 0;
+            break;
         case OP_RDTSC:
             do_rdtsc(&e->fx, op->b, ENV64(&e->fx, FX_OFF_EIP));
             if (op->c)
@@ -345,21 +386,48 @@ static int fast_cr4(void *uc, struct fast *f)
     return 1;
 }
 
+/* L1's RDMSR (EXITINFO1 0; WRMSR is 1) of an MSR Python reads from the CPU state itself
+ * (Machine._exit_msr with a CPU-backed reader): EDX:EAX get it, RIP moves past 0F 32. */
+static int fast_rdmsr(struct fast *f)
+{
+    uint32_t index = (uint32_t)ENV64(f, FX_OFF_RCX);
+    if (ENV32(f, FX_OFF_ERROR_CODE) != 0)
+        return 0;
+    for (uint64_t i = 0; i < f->n_msr && i < FX_MSR_SLOTS; i++) {
+        const struct msr_slot *m = &f->msr_slots[i];
+        if (m->index == index) {
+            uint64_t v = m->width == 4 ? *(const uint32_t *)(f->env + m->env_off)
+                                       : *(const uint64_t *)(f->env + m->env_off);
+            ENV64(f, FX_OFF_RAX) = v & 0xFFFFFFFFu;
+            ENV64(f, FX_OFF_RDX) = v >> 32;
+            ENV64(f, FX_OFF_EIP) += 2;
+            f->rdmsr++;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int fast_exit(void *uc, struct engine *e, uint32_t intno)
 {
     struct fast *f = &e->fx;
     uint64_t ticks = f->ticks, seen = f->insns_seen, deadline = 0;
     if (f->off_insns)
         deadline = *(const uint64_t *)(f->env + f->off_insns + 8);
+    const struct svm_insn *si = &e->svm;
+    int svm = si->enabled && (intno == si->exit_vmload || intno == si->exit_vmsave ||
+                              intno == si->exit_stgi || intno == si->exit_clgi);
     if (ENV64(f, FX_OFF_VM_VMCB) != f->l1_vmcb || (ENV32(f, FX_OFF_HFLAGS2) & f->hf2_npt))
         return 0;
-    if (intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID && intno != FX_EXIT_CR8_READ &&
-        intno != FX_EXIT_CR8_WRITE && intno != FX_EXIT_CR4_WRITE)
+    if (!svm && intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID && intno != FX_EXIT_CR8_READ &&
+        intno != FX_EXIT_CR8_WRITE && intno != FX_EXIT_CR4_WRITE && intno != FX_EXIT_MSR)
         return 0;
     charge(e, intno);
-    if (intno == FX_EXIT_RDTSC ? fast_rdtsc(uc, f) :
+    if (svm ? svm_insn_exit(&e->svm, f->env, intno, e->state) :
+        intno == FX_EXIT_RDTSC ? fast_rdtsc(uc, f) :
         intno == FX_EXIT_CPUID ? fast_cpuid(f) :
         intno == FX_EXIT_CR4_WRITE ? fast_cr4(uc, f) :
+        intno == FX_EXIT_MSR ? fast_rdmsr(f) :
         fast_cr8(uc, f, intno == FX_EXIT_CR8_WRITE))
         return 1;
     f->ticks = ticks;           /* not answered: Python handles the exit and charges it */
@@ -418,7 +486,7 @@ uint32_t replay_in(void *uc, uint32_t port, int size, void *user)
 
 const char *replay_abi(void)
 {
-    static char abi[4096];
+    static char abi[8192];
     int n = 0;
     if (abi[0])
         return abi;
@@ -431,6 +499,24 @@ const char *replay_abi(void)
     ABI_FIELD(engine, enabled); ABI_FIELD(engine, replays); ABI_FIELD(engine, fallbacks);
     ABI_FIELD(engine, seq); ABI_FIELD(engine, state); ABI_FIELD(engine, fx);
     ABI_FIELD(engine, programs); ABI_FIELD(engine, exit_cost); ABI_FIELD(engine, in_fallback);
+    ABI_FIELD(engine, svm);
+    ABI("sizeof(svm_insn)", sizeof(struct svm_insn));
+    ABI_FIELD(svm_insn, enabled); ABI_FIELD(svm_insn, ram); ABI_FIELD(svm_insn, ram_size);
+    ABI_FIELD(svm_insn, vmcb_size); ABI_FIELD(svm_insn, maxphyaddr); ABI_FIELD(svm_insn, hf_cs64);
+    ABI_FIELD(svm_insn, off_eip); ABI_FIELD(svm_insn, off_rax); ABI_FIELD(svm_insn, off_hflags);
+    ABI_FIELD(svm_insn, seg_selector); ABI_FIELD(svm_insn, seg_base);
+    ABI_FIELD(svm_insn, seg_limit); ABI_FIELD(svm_insn, seg_flags);
+    ABI_FIELD(svm_insn, vseg_selector); ABI_FIELD(svm_insn, vseg_attrib);
+    ABI_FIELD(svm_insn, vseg_limit); ABI_FIELD(svm_insn, vseg_base);
+    ABI_FIELD(svm_insn, insn_length); ABI_FIELD(svm_insn, exit_vmload);
+    ABI_FIELD(svm_insn, exit_vmsave); ABI_FIELD(svm_insn, exit_stgi);
+    ABI_FIELD(svm_insn, exit_clgi); ABI_FIELD(svm_insn, gif); ABI_FIELD(svm_insn, stgi_ok);
+    ABI_FIELD(svm_insn, vmload); ABI_FIELD(svm_insn, vmsave); ABI_FIELD(svm_insn, stgi);
+    ABI_FIELD(svm_insn, clgi); ABI_FIELD(svm_insn, n_fields); ABI_FIELD(svm_insn, fields);
+    ABI("sizeof(si_field)", sizeof(struct si_field));
+    ABI_FIELD(si_field, kind); ABI_FIELD(si_field, env_off); ABI_FIELD(si_field, vmcb_off);
+    ABI("SI_MAX_FIELDS", SI_MAX_FIELDS); ABI("SI_SEG", SI_SEG); ABI("SI_Q", SI_Q);
+    ABI("SI_Q_CANON", SI_Q_CANON); ABI("SI_U16_IN_U32", SI_U16_IN_U32);
     ABI("sizeof(fast)", sizeof(struct fast));
     ABI_FIELD(fast, armed); ABI_FIELD(fast, env); ABI_FIELD(fast, l1_vmcb);
     ABI_FIELD(fast, hf_cs64); ABI_FIELD(fast, hf2_npt); ABI_FIELD(fast, tsc);
@@ -443,7 +529,10 @@ const char *replay_abi(void)
     ABI_FIELD(fast, cr4); ABI_FIELD(fast, deadline_by_time); ABI_FIELD(fast, rdtsc);
     ABI_FIELD(fast, cpuid);
     ABI_FIELD(fast, off); ABI_FIELD(fast, vmem_read); ABI_FIELD(fast, n_cpuid);
-    ABI_FIELD(fast, cpuid_slots);
+    ABI_FIELD(fast, cpuid_slots); ABI_FIELD(fast, rdmsr); ABI_FIELD(fast, n_msr);
+    ABI_FIELD(fast, msr_slots);
+    ABI("sizeof(msr_slot)", sizeof(struct msr_slot)); ABI("FX_MSR_SLOTS", FX_MSR_SLOTS);
+    ABI("FX_EXIT_MSR", FX_EXIT_MSR);
     ABI("sizeof(cpuid_slot)", sizeof(struct cpuid_slot));
     ABI("FX_N_OFF", FX_N_OFF); ABI("FX_CPUID_SLOTS", FX_CPUID_SLOTS);
     ABI("FX_EXIT_RDTSC", FX_EXIT_RDTSC); ABI("FX_EXIT_CPUID", FX_EXIT_CPUID);
@@ -455,7 +544,7 @@ const char *replay_abi(void)
     ABI("OP_COMMIT", OP_COMMIT); ABI("OP_COPY", OP_COPY); ABI("OP_SET64", OP_SET64);
     ABI("OP_ADD64", OP_ADD64); ABI("OP_SAVE", OP_SAVE); ABI("OP_RESTORE", OP_RESTORE);
     ABI("OP_FLUSH", OP_FLUSH); ABI("OP_REGREAD", OP_REGREAD); ABI("OP_REGWRITE", OP_REGWRITE);
-    ABI("OP_RDTSC", OP_RDTSC);
+    ABI("OP_RDTSC", OP_RDTSC); ABI("OP_MSRPM", OP_MSRPM);
     return abi;
 }
 

@@ -31,13 +31,14 @@ from unicorn import Uc
 from unicorn.unicorn_const import UC_HOOK_INTR
 from unicorn.x86_const import UC_X86_INS_IN
 
+from emu.arch.vmcb import MSRPM_RANGES
 from emu.engine import binding
 from emu.engine.hw_switch import CONTEXT_DATA_OFF, Context
 
 OPCODES = ("OP_END", "OP_CMP", "OP_EQ64", "OP_COMMIT", "OP_COPY", "OP_SET64", "OP_ADD64", "OP_SAVE",
-           "OP_RESTORE", "OP_FLUSH", "OP_REGREAD", "OP_REGWRITE", "OP_RDTSC")
+           "OP_RESTORE", "OP_FLUSH", "OP_REGREAD", "OP_REGWRITE", "OP_RDTSC", "OP_MSRPM")
 OP_END, OP_CMP, OP_EQ64, OP_COMMIT, OP_COPY, OP_SET64, OP_ADD64, OP_SAVE, OP_RESTORE, OP_FLUSH, \
-    OP_REGREAD, OP_REGWRITE, OP_RDTSC = range(len(OPCODES))
+    OP_REGREAD, OP_REGWRITE, OP_RDTSC, OP_MSRPM = range(len(OPCODES))
 N_INTNO = 0x600
 PER_INTNO = 4
 MASK64 = (1 << 64) - 1
@@ -53,21 +54,29 @@ class _Op(ctypes.Structure):
                 ("a", ctypes.c_uint64), ("b", ctypes.c_uint64), ("c", ctypes.c_uint64)]
 
 
-FX_N_OFF = 10
+FX_N_OFF = 11
 FX_CPUID_SLOTS = 64
+FX_MSR_SLOTS = 16
+FX_EXIT_MSR = 0x17C
 FX_EXIT_RDTSC = 0x16E
 FX_EXIT_CPUID = 0x172
 FX_EXIT_CR8_READ = 0x108
 FX_EXIT_CR8_WRITE = 0x118
 FX_EXIT_CR4_WRITE = 0x114
 # The order of `_Fast.off`: where the C fast exits find each field in the live CPU state.
-FX_OFFSETS = ("rax", "rcx", "rdx", "rbx", "eip", "hflags", "hflags2", "cs_base", "vm_vmcb", "cr4")
+FX_OFFSETS = ("rax", "rcx", "rdx", "rbx", "eip", "hflags", "hflags2", "cs_base", "vm_vmcb", "cr4",
+              "error_code")
 assert len(FX_OFFSETS) == FX_N_OFF
 
 
 class _CpuidSlot(ctypes.Structure):
     _fields_ = [("leaf", ctypes.c_uint32), ("subleaf", ctypes.c_uint32),
                 ("regs", ctypes.c_uint32 * 4), ("cr4", ctypes.c_uint64)]
+
+
+class _MsrSlot(ctypes.Structure):
+    _fields_ = [("index", ctypes.c_uint32), ("width", ctypes.c_uint32),
+                ("env_off", ctypes.c_uint64)]
 
 
 class _Fast(ctypes.Structure):
@@ -87,7 +96,30 @@ class _Fast(ctypes.Structure):
                 ("rdtsc", ctypes.c_uint64),
                 ("cpuid", ctypes.c_uint64), ("off", ctypes.c_uint64 * FX_N_OFF),
                 ("vmem_read", ctypes.c_void_p), ("n_cpuid", ctypes.c_uint64),
-                ("cpuid_slots", _CpuidSlot * FX_CPUID_SLOTS)]
+                ("cpuid_slots", _CpuidSlot * FX_CPUID_SLOTS),
+                ("rdmsr", ctypes.c_uint64), ("n_msr", ctypes.c_uint64),
+                ("msr_slots", _MsrSlot * FX_MSR_SLOTS)]
+
+
+SI_MAX_FIELDS = 16
+# The kinds of svm_insn.h's field table: how a VMCB field and its place in the CPU state match.
+SI_SEG, SI_Q, SI_Q_CANON, SI_U16_IN_U32 = 1, 2, 3, 4
+
+
+class _SiField(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_uint32), ("env_off", ctypes.c_uint32),
+                ("vmcb_off", ctypes.c_uint64)]
+
+
+class _SvmInsn(ctypes.Structure):
+    """svm_insn.h's struct svm_insn: L1's VMLOAD/VMSAVE/STGI/CLGI in C (svm_ext/fast_insn.py
+    owns the meaning)."""
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "enabled", "ram", "ram_size", "vmcb_size", "maxphyaddr", "hf_cs64", "off_eip", "off_rax",
+        "off_hflags", "seg_selector", "seg_base", "seg_limit", "seg_flags", "vseg_selector",
+        "vseg_attrib", "vseg_limit", "vseg_base", "insn_length", "exit_vmload", "exit_vmsave",
+        "exit_stgi", "exit_clgi", "gif", "stgi_ok", "vmload", "vmsave", "stgi", "clgi",
+        "n_fields")] + [("fields", _SiField * SI_MAX_FIELDS)]
 
 
 class _Engine(ctypes.Structure):
@@ -101,7 +133,7 @@ class _Engine(ctypes.Structure):
                 ("state", ctypes.c_uint64), ("fx", _Fast),
                 ("programs", (ctypes.c_void_p * PER_INTNO) * N_INTNO),
                 ("exit_cost", ctypes.c_uint32 * N_INTNO),
-                ("in_fallback", ctypes.c_void_p)]
+                ("in_fallback", ctypes.c_void_p), ("svm", _SvmInsn)]
 
 
 _OP = struct.Struct("<IIQQQ")      # struct op, packed in one call per op (ctypes fields cost more)
@@ -119,8 +151,13 @@ def expected_abi() -> dict[str, int]:
            "sizeof(cpuid_slot)": ctypes.sizeof(_CpuidSlot), "FX_N_OFF": FX_N_OFF,
            "FX_CPUID_SLOTS": FX_CPUID_SLOTS, "FX_EXIT_RDTSC": FX_EXIT_RDTSC,
            "FX_EXIT_CPUID": FX_EXIT_CPUID, "FX_EXIT_CR8_READ": FX_EXIT_CR8_READ,
-           "FX_EXIT_CR8_WRITE": FX_EXIT_CR8_WRITE, "FX_EXIT_CR4_WRITE": FX_EXIT_CR4_WRITE}
-    for prefix, struct_type in (("op", _Op), ("engine", _Engine), ("fast", _Fast)):
+           "FX_EXIT_CR8_WRITE": FX_EXIT_CR8_WRITE, "FX_EXIT_CR4_WRITE": FX_EXIT_CR4_WRITE,
+           "sizeof(svm_insn)": ctypes.sizeof(_SvmInsn), "sizeof(si_field)": ctypes.sizeof(_SiField),
+           "sizeof(msr_slot)": ctypes.sizeof(_MsrSlot), "FX_MSR_SLOTS": FX_MSR_SLOTS,
+           "FX_EXIT_MSR": FX_EXIT_MSR, "SI_MAX_FIELDS": SI_MAX_FIELDS, "SI_SEG": SI_SEG, "SI_Q": SI_Q,
+           "SI_Q_CANON": SI_Q_CANON, "SI_U16_IN_U32": SI_U16_IN_U32}
+    for prefix, struct_type in (("op", _Op), ("engine", _Engine), ("fast", _Fast),
+                                ("svm_insn", _SvmInsn), ("si_field", _SiField)):
         for name, _ in struct_type._fields_:
             abi[f"{prefix}.{name}"] = getattr(struct_type, name).offset
     abi.update({name: value for value, name in enumerate(OPCODES)})
@@ -167,6 +204,18 @@ def available() -> bool:
     return _LIB is not None
 
 
+_MSRPM_RANGES: ctypes.Array | None = None
+
+
+def _msrpm_ranges_address() -> int:
+    """replay.c's struct msrpm_ranges, built once from vmcb.MSRPM_RANGES."""
+    global _MSRPM_RANGES
+    if _MSRPM_RANGES is None:
+        words = [len(MSRPM_RANGES)] + [w for r in MSRPM_RANGES for w in r]
+        _MSRPM_RANGES = (ctypes.c_uint32 * len(words))(*words)
+    return ctypes.addressof(_MSRPM_RANGES)
+
+
 class Program:
     """A program under construction. Addresses are absolute host addresses (see Engine.ram)."""
 
@@ -195,6 +244,11 @@ class Program:
 
     def eq64(self, addr: int, value: int, mask: int = MASK64) -> "Program":
         return self._add(OP_EQ64, 0, addr, value & mask, mask)
+
+    def msrpm(self, msrpm: int, msr: int, write: bool) -> "Program":
+        """The MSR in the u32 at `msr` is intercepted, for a read or a write, by the MSR
+        permission map at host address `msrpm` (its ranges: emu/arch/vmcb.py MSRPM_RANGES)."""
+        return self._add(OP_MSRPM, int(write), msrpm, msr, _msrpm_ranges_address())
 
     def commit(self) -> "Program":
         self._committed = True
@@ -316,6 +370,11 @@ class Engine:
     def fast(self) -> "_Fast":
         """The fast-exit words (emu/core/fast_exits.py owns their meaning)."""
         return self._e.fx
+
+    @property
+    def svm_insn(self) -> "_SvmInsn":
+        """The words of L1's VMLOAD/VMSAVE/STGI/CLGI in C (svm_ext/fast_insn.py owns them)."""
+        return self._e.svm
 
     @property
     def replays(self) -> int:

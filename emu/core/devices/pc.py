@@ -39,6 +39,8 @@ from emu.core.devices.port92 import SystemPortA
 from emu.core.devices.serial import COM1_IRQ
 from emu.core.devices.post import PostPort
 from emu.core.devices.testdev import PcTestdev
+from emu.arch.msrs import MSR_NB_CFG
+from emu.core.msrs_amd import NB_CFG_ENABLE_CF8_EXT_CFG
 from emu.core.firmware.layout import ram_layout
 from emu.errors import Unsupported
 
@@ -89,6 +91,8 @@ class PcPlatform:
         self.port92 = SystemPortA(m.reset_request, self._a20)
         self.pm = PmBlock(now, advance, m.poweroff, PM_BASE_DEFAULT, m.suspend_request)
         self.pci = PciHost(m.reset_request, self._move_pm)
+        self.pci.ext_cfg = lambda: bool(m.msrs.values.get(MSR_NB_CFG, 0)
+                                        & NB_CFG_ENABLE_CF8_EXT_CFG)
         self.pm.moved = self._move_pm
         for dev in (self.pic, self.pit, self.kbc, self.cmos, PostPort(), self.port92,
                     PcTestdev(self.lines.set), self.pm, self.pci, ApmControl(self.pm)):
