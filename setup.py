@@ -1,6 +1,6 @@
-"""The C parts: the replay engine and the fuzzers' edge-coverage hook (emu/engine/replay.c and
-edge_coverage.c, one optional extension) and svmemu's own Unicorn
-engine (emu/engine/unicorn_build: unicorn 2.1.4's source + our patches, built into a per-user
+"""The C parts: the replay engine, L1's SVM instructions and the fuzzers' edge-coverage hook
+(emu/engine/replay.c, svm_insn.c and edge_coverage.c: one optional extension) and svmemu's own
+Unicorn engine (emu/engine/unicorn_build: unicorn 2.1.4's source + our patches, built into a per-user
 cache). Both are optional: without a compiler svmemu runs on the Python path and the stock
 unicorn wheel. Everything else is in pyproject.toml."""
 import importlib

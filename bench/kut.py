@@ -48,6 +48,12 @@ WORKLOADS = (
     ("vmexit_cr0_wp", "vmexit_cr0_wp", "toggling CR0.WP in a loop"),
     ("vmexit_cr4_pge", "vmexit_cr4_pge", "toggling CR4.PGE in a loop"),
     ("vmexit_ple_round_robin", "vmexit_ple_round_robin", "PAUSE in a loop"),
+    ("vmexit_ipi", "vmexit_ipi", "IPI round trips between 2 CPUs (the target waits in HLT)"),
+    ("vmexit_ipi_halt", "vmexit_ipi_halt", "IPI round trips to a halted CPU, then a 2000-tick wait"),
+    ("vmexit_tscdeadline", "vmexit_tscdeadline", "TSC-deadline timer interrupts 3000 ticks apart"),
+    ("vmexit_tscdeadline_immed", "vmexit_tscdeadline_immed",
+     "TSC-deadline timer armed in the past (an interrupt at once)"),
+    ("xapic", "xapic", "x86/apic.flat in xAPIC mode on 2 CPUs: IPIs, NMIs, APIC timer modes"),
     ("latency_run_exit", "svm.flat:latency_run_exit", "L2 RDTSC + VMMCALL, L1 RDTSC + VMRUN"),
     ("latency_run_exit_clean", "svm.flat:latency_run_exit_clean",
      "the same with VMCB clean bits set"),
@@ -88,7 +94,7 @@ def plan_runs(suite: Path, cap: float) -> dict[str, engines.Run]:
         elif target in entries:
             e = entries[target]
             runs[wid] = engines.Run(e.name, suite / "x86" / e.file, e.append, e.cpu, e.memory,
-                                    limit, e.name, e.test_args)
+                                    limit, e.name, e.test_args, e.smp)
         else:       # dummy.flat has no cfg entry
             runs[wid] = engines.Run(target, suite / "x86" / f"{target}.flat", "", None, None,
                                     limit, target, "")
@@ -98,7 +104,7 @@ def plan_runs(suite: Path, cap: float) -> dict[str, engines.Run]:
 def run_svmemu(run: engines.Run, svmemu: list[str], cap: float) -> Result:
     cpu, _ = engines.svmemu_cpu(run.cpu, svmemu, run.kernel)
     wall = engines.Run(run.id, run.kernel, run.append, run.cpu, run.memory, cap * WALL_PER_CPU,
-                       run.entry, run.args_key)
+                       run.entry, run.args_key, run.smp)
     cmd = engines.svmemu_command(wall, svmemu, cpu)
     status, out, used, seconds = _child(cmd, cap)
     capped = status == -1

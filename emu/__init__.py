@@ -1,6 +1,6 @@
-"""svmemu's machine (L0): runs a multiboot guest on Unicorn and owns CPU identity, MSRs, devices
-and exception delivery. It knows nothing of the guest-visible SVM; svm_ext plugs in through
-emu.core.extension.
+"""svmemu's machine (L0): runs a guest kernel (multiboot, Linux) on Unicorn and owns CPU
+identity, MSRs, devices and exception delivery. It knows nothing of the guest-visible SVM;
+svm_ext plugs in through emu.core.extension.
 
 The folders are layers, each importing only from the ones below it:
 - ``emu.arch``: pure architecture (bit names, page walks, memory types, instruction decoding); no
@@ -10,7 +10,8 @@ The folders are layers, each importing only from the ones below it:
   build of that Unicorn (``emu.engine.unicorn_build``: patches, build, loader).
 - ``emu.core``: the machine (run loop, exit table, memory, interrupts, MSRs, CPUID, devices,
   snapshots).
-- ``emu.loader``: what turns a user's file into bytes in guest RAM (multiboot, ELF, assembly).
+- ``emu.loader``: what turns a user's file into bytes in guest RAM (Linux bzImage, multiboot,
+  ELF, assembly).
 - ``emu.tools``: what a user attaches to a machine (gdb, traces of memory, memory-type queries,
   coverage, fuzzing).
 - ``emu.cli``: the ``svmemu`` command, the one place that composes emu with svm_ext.

@@ -430,6 +430,13 @@ class SvmExtension(Extension, ExitRouter):
                           f"{len(self.machine.ctx.view)}")
             check_cpu(st.l1_host, self.machine.cpuid, "L1 host context")
 
+    def power_on_reset(self, state: dict[str, Any]) -> None:
+        """The nested state as at power-on; the run's VMRUN/#VMEXIT counts go on (the run
+        summary and `vmrun:N` points count the whole run)."""
+        stats, exit_codes = dict(self.state.stats), dict(self.state.exit_codes)
+        self.load_snapshot_state(state)
+        self.state.stats, self.state.exit_codes = stats, exit_codes
+
     def load_snapshot_state(self, state: dict[str, Any]) -> None:
         nested = NestedState.from_dict(state["nested"])
         self._check_snapshot_state(nested)

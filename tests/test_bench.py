@@ -78,3 +78,19 @@ def test_cost_formatting_never_fails_on_missing_numbers():
     assert fmt_cost(Cost(error="x")) == "BROKEN" and fmt_cost(None) == "n/a"
     assert ratio(Cost(per_iter=2.0), Cost(per_iter=None)) == "-"
     assert ratio(Cost(per_iter=2.0), Cost(per_iter=1.0)) == "2.00"
+
+
+def test_the_linux_bench_sees_milestones(tmp_path):
+    """bench/linux.py's timing of serial milestones, on a tiny bzImage whose 32-bit entry prints
+    a banner line to COM1 and resets the machine (svmemu only: QEMU would run the image's
+    real-mode setup code, which this one does not have)."""
+    from bench import linux as bench_linux
+    from tests.test_linux_loader import bzimage
+    text = b"Linux version tiny\r\nreboot: Power down\r\n\0"
+    code = (b"\x66\xBA\xF8\x03" + b"\xBB" + (0x100000 + 24).to_bytes(4, "little")
+            + b"\x8A\x03\x84\xC0\x74\x04\xEE\x43\xEB\xF6" + b"\xB0\xFE\xE6\x64\xF4" + text)
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(bzimage(code))
+    seen = bench_linux.run_once("svmemu", None, kernel)
+    assert "banner" in seen and "power off" in seen and seen["cpu"] > 0
+    assert seen["banner"] <= seen["power off"]

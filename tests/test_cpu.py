@@ -516,3 +516,30 @@ def test_every_model_reports_the_hypervisor_bit_as_qemu_does():
     for model in ("EPYC", "qemu64", "Opteron_G1"):
         assert machine(model).cpuid.query(1, 0)[2] >> 31 == 1, model
     assert machine("EPYC,-hypervisor").cpuid.query(1, 0)[2] >> 31 == 0
+
+
+@pytest.mark.parametrize("cpu, name", [("EPYC", "AMD EPYC Processor"),
+                                       ("qemu64", "QEMU Virtual CPU version 2.5+"),
+                                       ("Opteron_G1", "AMD Opteron 240 (Gen 1 Class Opteron)")])
+def test_the_processor_name_is_qemus_model_id(cpu, name):
+    """Linux prints it ("smpboot: CPU0: AMD EPYC Processor (family: 0x17, ...)") as on QEMU."""
+    m = machine(cpu)
+    raw = b"".join(r.to_bytes(4, "little") for leaf in range(0x80000002, 0x80000005)
+                   for r in m.cpuid.query(leaf, 0))
+    assert raw.rstrip(b"\0").decode() == name and len(raw) == 48
+
+
+def test_nb_cfg_extends_config_address_to_registers_without_a_function():
+    """NB_CFG.EnableCf8ExtCfg (Linux sets it on AMD family 10h and later): CONFIG_ADDRESS bits
+    27:24 address registers 0x100 and up, which the pc machine's PCI functions do not have."""
+    m = machine()
+    assert gp(m, "w", 0xC001001F, 1) and m.msrs.rdmsr(0xC001001F) == 0
+    pci = m.pc.pci
+    ext_vendor = 0x8000_0000 | 0x0100_0000           # 00:00.0, register 0x100
+    pci.write(0xCF8, 4, ext_vendor)
+    assert pci.read(0xCFC, 4) == 0x12378086          # bits 27:24 reserved: the vendor ID
+    m.msrs.wrmsr(0xC001001F, 1 << 46)
+    pci.write(0xCF8, 4, ext_vendor)
+    assert pci.read(0xCFC, 4) == 0xFFFFFFFF and pci.read(0xCF8, 4) == ext_vendor
+    pci.write(0xCF8, 4, 0x8000_0000)
+    assert pci.read(0xCFC, 4) == 0x12378086

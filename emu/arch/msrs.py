@@ -42,6 +42,7 @@ MSR_PERF_CTL0 = 0xC0010000             # legacy PerfEvtSel0-3
 MSR_PERF_CTR0 = 0xC0010004             # legacy PerfCtr0-3
 MSR_SYSCFG = 0xC0010010
 MSR_HWCR = 0xC0010015
+MSR_NB_CFG = 0xC001001F                # Northbridge configuration (EnableCf8ExtCfg)
 MSR_VM_CR = 0xC0010114
 MSR_VM_HSAVE_PA = 0xC0010117
 MSR_CORE_PERF_CTL0 = 0xC0010200        # PerfEvtSeln at 0xC0010200 + 2n, PerfCtrn at + 2n + 1

@@ -93,12 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action=_VersionAction, help="print svmemu's version and the "
                    "Unicorn engine in use (svmemu's patched build or the stock wheel), and exit")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="boot a multiboot image or an assembly source (.S)")
-    run.add_argument("image", help="multiboot kernel (a.out kludge or ELF) or a .S guest source")
+    run = sub.add_parser("run", help="boot a kernel (Linux bzImage, multiboot) or an assembly "
+                         "source (.S)")
+    run.add_argument("image", help="Linux bzImage, multiboot kernel (a.out kludge or ELF) or a "
+                     ".S guest source")
     run.add_argument("--append", default="", help="kernel command line, as QEMU's -append "
                      "(a value may begin with '-')")
     run.add_argument("--initrd", default="", metavar='"FILE ARGS,FILE2 ARGS"',
-                     help="multiboot modules, as QEMU's -initrd (',,' is a literal comma)")
+                     help="as QEMU's -initrd: a Linux kernel's initramfs file, or multiboot "
+                          "modules (',,' is a literal comma)")
     run.add_argument("-m", "--memory", type=_size, default=128 << 20, help="guest RAM (default 128M)")
     run.add_argument("--cpu", "-cpu", default="EPYC", metavar="MODEL[,+feat,-feat...]",
                      help="CPU model, as QEMU's -cpu: EPYC (default), max, qemu64; +name adds "
@@ -140,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from emu.cli.image import load_image_bytes
-    from emu.loader.multiboot import parse_image, qemu_cmdline
+    from emu.loader.formats import KernelRequest, load_kernel
     from svm_ext.extension import SvmExtension
 
     from emu.core.cpu_models import parse_cpu
@@ -154,14 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       extensions=[SvmExtension(pat_model=args.pat_model)] if cpu.svm else [],
                       cpus=args.smp, quantum=args.quantum)
     _attach_tools(machine, tracer)
-    image = parse_image(data, name, args.memory)
-    cmdline = qemu_cmdline(args.image, args.append)
-    modules = None
-    if args.initrd:
-        from emu.loader.modules import place_modules, read_modules
-        modules = place_modules(image, cmdline, args.initrd, read_modules(args.initrd),
-                                args.memory)
-    machine.load_multiboot(image, cmdline, modules)
+    load_kernel(machine, KernelRequest(data, args.image, args.append, args.initrd or None))
     return _run_and_report(machine, tracer, args, _insn_limit(args, symbols))
 
 

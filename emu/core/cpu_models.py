@@ -36,11 +36,15 @@ Regs = tuple[int, int, int, int]
 Table = dict[tuple[int, int], Regs]
 EAX, EBX, ECX, EDX = range(4)
 
-_BRAND_SVMEMU = {
-    (0x80000002, 0): (0x6D657673, 0x50207565, 0x20205043, 0x20202020),  # "svmemu PC"
-    (0x80000003, 0): (0x20202020, 0x20202020, 0x20202020, 0x20202020),
-    (0x80000004, 0): (0x20202020, 0x20202020, 0x20202020, 0x00202020),
-}
+
+
+def brand(text: str) -> Table:
+    """CPUID 8000_0002-8000_0004: the processor name string, 48 bytes NUL-padded, as QEMU
+    fills them from a model's model-id (so Linux prints the same "CPU0: ..." line)."""
+    raw = text.encode("ascii")[:47].ljust(48, b"\0")
+    words = [int.from_bytes(raw[i:i + 4], "little") for i in range(0, 48, 4)]
+    return {(0x80000002 + n, 0): tuple(words[4 * n:4 * n + 4]) for n in range(3)}  # type: ignore[misc]
+
 
 _EPYC: Table = {
     (0x0, 0): (0x0000000D, 0x68747541, 0x444D4163, 0x69746E65),      # AuthenticAMD
@@ -50,7 +54,7 @@ _EPYC: Table = {
     (0xD, 1): (0x00000005, 0x00000000, 0x00000000, 0x00000000),
     (0x80000000, 0): (0x80000008, 0x68747541, 0x444D4163, 0x69746E65),
     (0x80000001, 0): (0x00800F12, 0x00000000, 0x00000071, 0x2DD3FBFD),  # SVM: the extension
-    **_BRAND_SVMEMU,
+    **brand("AMD EPYC Processor"),
     (0x80000005, 0): (0x01FF01FF, 0x01FF01FF, 0x20080140, 0x40040140),
     (0x80000006, 0): (0x00000000, 0x42004200, 0x02006140, 0x00000000),
     (0x80000007, 0): (0, 0, 0, 0),
@@ -64,7 +68,7 @@ _QEMU64: Table = {
     (0x1, 0): (0x00060FB1, 0x00000800, 0x80002001, 0x078BFBFD),
     (0x80000000, 0): (0x80000008, 0x68747541, 0x444D4163, 0x69746E65),
     (0x80000001, 0): (0x00060FB1, 0x00000000, 0x00000001, 0x2193FBFD),   # with AMD's aliases
-    **_BRAND_SVMEMU,
+    **brand("QEMU Virtual CPU version 2.5+"),
     (0x80000005, 0): (0x01FF01FF, 0x01FF01FF, 0x40020140, 0x40020140),
     (0x80000006, 0): (0x00000000, 0x42004200, 0x02008140, 0x00000000),
     (0x80000008, 0): (0x00003028, 0x00000000, 0x00000000, 0x00000000),
@@ -78,7 +82,7 @@ _OPTERON_G1: Table = {
     (0x1, 0): (0x00000F61, 0x00000800, 0x80000001, 0x078BFBFD),
     (0x80000000, 0): (0x80000008, 0x68747541, 0x444D4163, 0x69746E65),
     (0x80000001, 0): (0x00000F61, 0x00000000, 0x00000000, 0x2193FBFD),
-    **_BRAND_SVMEMU,
+    **brand("AMD Opteron 240 (Gen 1 Class Opteron)"),
     (0x80000005, 0): (0x01FF01FF, 0x01FF01FF, 0x40020140, 0x40020140),
     (0x80000006, 0): (0x00000000, 0x42004200, 0x02008140, 0x00000000),
     (0x80000008, 0): (0x00003028, 0x00000000, 0x00000000, 0x00000000),

@@ -172,3 +172,9 @@ class Extension:
 
     def load_snapshot_state(self, state: dict[str, Any]) -> None:
         pass
+
+    def power_on_reset(self, state: dict[str, Any]) -> None:
+        """A platform reset mid-run (the wake-up from ACPI S3): back to `state`, what
+        `snapshot_state` gave at power-on. Counts a run reports over its whole length may be
+        kept."""
+        self.load_snapshot_state(state)

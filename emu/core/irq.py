@@ -73,6 +73,7 @@ class InterruptController:
                               bsp=index == 0)
         self.apic.remap = self._remap
         self.halted = False        # HLT executed; waiting at the next interrupt point
+        self.halted_ticks = 0      # virtual time HLT jumped over (the clock of perfctr.py)
         self.timers: list = []     # devices with deadline()/tick(now) (the PIT), besides the APIC
         self.time_window = False   # the window is armed only to start time slices at an STI
         self._entering = False     # the slice runs L0's trampoline into L1
@@ -337,6 +338,8 @@ class InterruptController:
                 return moved       # still halted: the scheduler (emu/core/smp.py) keeps time
             deadline = self._next_deadline()
             if deadline is not None:
+                if deadline > m.tsc:
+                    self.halted_ticks += deadline - m.tsc
                 m.tsc = max(m.tsc, deadline)
                 self._tick(m.tsc)
                 took = self._evaluate()

@@ -8,6 +8,7 @@ continues without leaving `emu_start`; events that change control flow across pr
 """
 from __future__ import annotations
 
+import copy
 import mmap
 import struct
 import time
@@ -20,7 +21,9 @@ from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, UC_HOOK_
                      UC_HOOK_CODE, UC_HOOK_MEM_UNMAPPED)
 from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL, UC_X86_REG_RAX,
                                UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP,
-                               UC_X86_REG_DR6)
+                               UC_X86_REG_DR6, UC_X86_REG_RSI, UC_X86_REG_RDI, UC_X86_REG_RBP,
+                               UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R11,
+                               UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15)
 from emu.arch.bits import DR6_BS
 
 from emu.engine import hostvm
@@ -37,10 +40,14 @@ from emu.errors import (STATUS_BAD_INPUT, STATUS_HALTED, STATUS_LIMIT,  # noqa: 
                         STATUS_SHUTDOWN, STATUS_UNSUPPORTED)
 from emu.core.extension import Extension, ExitRouter
 from emu.engine.hostvm import HostVm
+from emu.engine.code_group import CodeGroup
 from emu.core.irq import InterruptController
 from emu.engine import binding
 from emu.engine.hw_switch import (OFF_INTERCEPT, OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context,
-                                  set_xsave_components)
+                                  flush_tlb, set_xsave_components)
+from emu.core import acpi_sleep
+from emu.core.firmware import bios_services
+from emu.core.devices.apic import APIC_BASE_BSP, APIC_BASE_EN, APIC_DEFAULT_BASE
 from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
 from emu.engine.breakpoints import Breakpoints
@@ -61,6 +68,7 @@ from emu.core.msr import EFER_SVME, MSR_EFER, MSR_TSC_AUX, GeneralProtection, Ms
 from emu.core import msrs_amd
 from emu.core.msrs_amd import TSC_RATIO_RESET
 from emu.core.lbr import BranchRecorder
+from emu.core.perfctr import PerfCounters
 from emu.core.control_regs import Cr4Writes
 from emu.core.table_loads import TableLoads
 from emu.core.cpu_models import CpuModel
@@ -69,6 +77,7 @@ from emu.core.trace import Tracer
 from emu.core.watchdog import MAX_TIMEOUT, Watchdog
 
 if TYPE_CHECKING:
+    from emu.loader.linux import LinuxBoot
     from emu.loader.modules import ModuleLayout
     from emu.loader.multiboot import BootImage
 
@@ -78,6 +87,10 @@ MTRR_MSRS = frozenset(range(0x200, 0x300)) | {0xFE}   # MTRRcap, variable, fixed
 MAX_CPUS = MAX_XAPIC_CPUS     # APIC IDs 0..254 (xAPIC), as the firmware tables describe them
 TSC_STEP = 1000          # virtual TSC ticks per read: deterministic, monotonic
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF
+# What the trampoline's VMRUN leaves as it was: zeroed for a CPU the firmware enters in real mode.
+_GENERAL_REGS = (UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RSI, UC_X86_REG_RDI,
+                 UC_X86_REG_RBP, UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R11,
+                 UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15)
 _IRET_INTERCEPT = intercept_misc_bit(VMEXIT_IRET)
 _MAP_NORESERVE = 0x4000   # Linux: no swap reserved; pages exist once the guest touches them
 
@@ -164,9 +177,16 @@ class Machine:
         for base, length in self.layout.ranges:
             uc.mem_map_ptr(base, length, UC_PROT_ALL, self.ram_addr + base)
         self.hostvm = HostVm(uc)
+        # Several CPUs: each engine learns which of its translated blocks another CPU overwrote
+        # (emu/engine/code_group.py); None with one CPU.
+        self.code_group = (CodeGroup(uc, self.cpu_index, self.ram_addr, self.layout.end,
+                                     None if _boot is None else _boot.uc)
+                           if cpus > 1 else None)
         self.ctx = Context(uc)
         self.mem = GuestMemory(uc, self.ram, self.layout.below_4g, self.ctx,
                                high_end=self.layout.end)
+        if self.code_group is not None and self.code_group.available:
+            self.mem.written = self.code_group.written
         self.deliverer = Deliverer(uc, self.ctx, self.mem)
         self.io_trap = IoTrap(uc, self.ctx)
         self.breakpoints = Breakpoints(uc)    # DR7 loads by L0 (world switches)
@@ -216,6 +236,7 @@ class Machine:
             self.apic.extint_shared = lambda: _boot.apic.enabled
             self.apic.on_startup = self.start_up
             self.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.pc.ioapic)
+        self.perf = PerfCounters(self)       # PerfCtr0-3 count CPU cycles (emu/core/perfctr.py)
         self.world_observers: list[Callable[[str, str], None]] = []
         self.router: ExitRouter | None = None
         self._exits: dict[int, Callable[[int], None]] = {
@@ -286,6 +307,11 @@ class Machine:
         if tracer is not None:
             tracer.bind(self)
         self._begin = 0
+        # The boot CPU as it powers on, for the platform reset of a resume from S3
+        # (acpi_sleep.py; application processors are re-made instead, `reinitialised`).
+        self._power_on = None if _boot is not None else (
+            bytes(self.ctx.save().view), bytes(self.hostvm.buf), dict(self.msrs.values),
+            {ext.name: copy.deepcopy(ext.snapshot_state()) for ext in self.extensions})
         if _boot is None:
             for _ in range(cpus - 1):
                 Machine(ram_size, extensions=[ext.for_another_cpu() for ext in self.extensions],
@@ -397,6 +423,56 @@ class Machine:
         """ACPI power-off: QEMU exits with status 0, and so does the run."""
         self._finish("poweroff", STATUS_HALTED, message)
 
+    def suspend_request(self, port: int) -> None:
+        """The guest wrote ACPI S3 to PM1 control with an OUT to `port`: the CPU doing it stops
+        right after that instruction (an I/O trap, emu/engine/io_trap.py) and the machine
+        sleeps there (emu/core/acpi_sleep.py)."""
+        cpu = self.cpu_list[0].running or self
+
+        def sleep() -> None:
+            acpi_sleep.sleep(cpu)
+        if not cpu.io_trap.arm(port, undo=False, action=lambda: cpu._defer(sleep)):
+            raise Unsupported(f"ACPI S3 by the OUT at rip {cpu.uc.reg_read(UC_X86_REG_RIP):#x}: "
+                              "the code was translated without I/O traps, so the sleep cannot "
+                              "begin at that instruction")
+
+    def reset_to_real_mode(self, cs: int, ip: int, cr0: int, sp: int) -> None:
+        """A platform reset of this CPU (registers, MSRs, local APIC, nested SVM state as at
+        power-on; its place in virtual time kept), then what the firmware does to jump to CS:IP
+        in real mode (a resume from S3). Outside emulation."""
+        assert self._power_on is not None, "only the boot CPU is reset in place"
+        ctx_bytes, l0, msrs, exts = self._power_on
+        uc = self.uc
+        world = self.level()
+        self.hostvm.buf[:] = l0
+        self.ctx.view[:] = ctx_bytes
+        self.ctx.restore()
+        uc.ctl_flush_tb()
+        flush_tlb(uc)
+        self.msrs.values.clear()
+        self.msrs.values.update(msrs)
+        self.lbr.restored()
+        for ext in self.extensions:
+            ext.power_on_reset(copy.deepcopy(exts[ext.name]))
+        if self.level() != world:
+            self.world_changed(world, self.level())    # tracer, events, debugger: back in L1
+        self.timebase.rebase()
+        apic = self.apic
+        old = apic.mmio_base()
+        apic.base_msr = APIC_DEFAULT_BASE | APIC_BASE_EN | (APIC_BASE_BSP if self.cpu_index == 0
+                                                            else 0)
+        apic.reset()
+        if apic.mmio_base() != old:
+            apic.remap(old, apic.mmio_base())
+        self.irq.halted = False
+        self.irq.window.disarm()
+        self._start = self._begin = self.hostvm.enter_real_mode(cs, ip, cr0, sp)
+        for reg in _GENERAL_REGS:
+            uc.reg_write(reg, 0)
+        uc.reg_write(UC_X86_REG_RIP, self._start)
+        self.io_trap.set_flag()
+        self.wake()
+
     def between_slices(self, action: Callable[[], None]) -> None:
         """Run `action` once emulation has stopped, before it continues where it stopped (from
         hooks: adding a code hook needs the translated code flushed, which must not happen
@@ -437,6 +513,29 @@ class Machine:
             self.ram[addr:addr + len(data)] = data
         self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
         self.uc.reg_write(UC_X86_REG_RIP, self._start)   # so a snapshot taken now resumes here
+        self.io_trap.set_flag()
+
+    def load_linux(self, boot: "LinuxBoot") -> None:
+        """A bzImage at its 32-bit entry, in the state the kernel's real-mode setup code leaves
+        after running on SeaBIOS (emu/loader/linux.py): the firmware's tables, the zero page,
+        command line, GDT, kernel and initrd in RAM, the 8259s masked and NMIs disabled at the
+        CMOS index port, as the setup code's last port writes leave them."""
+        from emu.core import firmware
+        from emu.loader.linux import (CMOS_INDEX_NMI_OFF, PIC_MASTER_MASK, PIC_SLAVE_MASK)
+        firmware.install(self)
+        for ap in self.cpu_list[1:]:
+            firmware.install_mtrrs(ap)
+        for addr, data in boot.segments:
+            if not self.layout.is_ram(addr, len(data)):
+                raise ImageError(f"{addr:#x}+{len(data):#x} is outside the "
+                                 f"{self.ram_size >> 20} MiB of RAM")
+            self.ram[addr:addr + len(data)] = data
+        pc = self.pc
+        pc.pic.write(0xA1, 1, PIC_SLAVE_MASK)
+        pc.pic.write(0x21, 1, PIC_MASTER_MASK)
+        pc.cmos.write(0x70, 1, CMOS_INDEX_NMI_OFF)
+        self._start = self.hostvm.enter_linux32(boot.entry, boot.boot_params, *boot.gdt)
+        self.uc.reg_write(UC_X86_REG_RIP, self._start)
         self.io_trap.set_flag()
 
     def resume_at(self, rip: int) -> None:
@@ -556,18 +655,23 @@ class Machine:
                 count, bound = resume.left or 0, resume.bound
             else:
                 bound = count
-            if self.stale_code:       # another CPU ran, and may have written code this one ran
+            group = self.code_group
+            if self.stale_code:       # code may have changed under this engine: drop it all
                 uc.ctl_flush_tb()
                 self.stale_code = False
-            for other in self.cpu_list:
-                if other is not self:
-                    other.stale_code = True
+            if group is not None and group.available:
+                group.sync()          # drop only the code other CPUs overwrote since its last turn
+            else:                     # the stock engine: no group, drop all after another CPU
+                for other in self.cpu_list:
+                    if other is not self:
+                        other.stale_code = True
         if deadline is not None and time.monotonic() >= deadline:
             self._finish("timeout", STATUS_LIMIT, f"--timeout of {timeout} s reached")
             return False
         self.fast_exits.arm()
         boot = self.cpu_list[0]
         insns_before = boot.insns
+        retired_before = self.timebase.retired()
         try:
             # one CPU: the bound is the next timer's time; several: the turn's instructions
             uc.emu_start(begin, _UNTIL, count=self.timebase.bound(count, self.cpus == 1))
@@ -582,7 +686,10 @@ class Machine:
         self.timebase.unbound()
         self.replay_sync()
         if self.cpus > 1:
-            self._cut_short(count, bound, boot.insns - insns_before)
+            # what the turn ran, in its bound's unit: instructions retired with the engine's
+            # count (the deadline), else started (Unicorn's count=, as the run's count)
+            self._cut_short(count, bound, self.timebase.retired() - retired_before
+                            if self.timebase.exact else boot.insns - insns_before)
         # The slice ran out only if nothing else stopped it: not an event, the end of
         # the run, a debugger pause, work between slices or the wall-clock timeout (virtual
         # time must not advance for instructions that never ran). With the engine's count
@@ -842,6 +949,8 @@ class Machine:
         self.ctx.set_rip(self.uc.reg_read(UC_X86_REG_RIP) + length)
 
     def _exit_exception(self, vector: int) -> None:
+        if vector == UD and bios_services.service(self):
+            return                # a real-mode BIOS call reached its entry point
         ctx = self.ctx.save()
         err = ctx.error_code if vector in HAS_ERROR_CODE else None
         cr2 = self.hostvm.exitinfo2(ctx.u64(OFF_VM_VMCB)) if vector == PF else None

@@ -104,6 +104,8 @@ class GuestMemory:
         self.high_end = high_end    # are guest addresses, RAM from 4 GiB up to high_end too
         self.ctx = ctx
         self.view = memoryview(ram)
+        # Told of every store made here (emu/engine/code_group.py: several CPUs), else None.
+        self.written: Callable[[int, int], None] | None = None
         # 2D translations (read_code, translate) under nested paging: (inputs, [access,] va page)
         # -> (pa page, 8-byte entry addresses, their values as 1-tuples, the same for 4-byte
         # entries); see _path_cached.
@@ -129,6 +131,8 @@ class GuestMemory:
             self.uc.mem_write(pa, data)
         except UcError:
             raise self._unbacked(pa, len(data), "write")
+        if self.written is not None:    # several CPUs: the others' code there is stale
+            self.written(pa, len(data))
 
     def read_u64(self, pa: int) -> int:
         if 0 <= pa and pa + 8 <= self.size:

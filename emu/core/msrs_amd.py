@@ -34,7 +34,7 @@ from emu.arch.msrs import (  # noqa: F401 (the indices, as the APM names them)
     MSR_DEBUGCTL, MSR_LAST_BRANCH_FROM_IP, MSR_LAST_BRANCH_TO_IP, MSR_LAST_EXCEPTION_FROM_IP,
     MSR_LAST_EXCEPTION_TO_IP, MSR_PAT, MSR_MTRR_DEF_TYPE, MSR_MC0_CTL, MSR_XSS, MSR_EFER, MSR_STAR,
     MSR_LSTAR, MSR_CSTAR, MSR_SFMASK, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_TSC_AUX,
-    MSR_TSC_RATIO, MSR_PERF_CTL0, MSR_PERF_CTR0, MSR_SYSCFG, MSR_HWCR, MSR_VM_CR, MSR_VM_HSAVE_PA,
+    MSR_TSC_RATIO, MSR_PERF_CTL0, MSR_PERF_CTR0, MSR_SYSCFG, MSR_HWCR, MSR_NB_CFG, MSR_VM_CR, MSR_VM_HSAVE_PA,
     MSR_CORE_PERF_CTL0,
 )
 
@@ -51,6 +51,9 @@ MC_BANKS = 10                          # MCG_CAP.Count, as QEMU's pc machine rep
 # PerfEvtSeln (APM 2, 13.2.1.1): EventSelect[7:0], UnitMask, USR, OS, Edge, INT, EN, INV,
 # CntMask, EventSelect[11:8], GuestOnly, HostOnly. Bits 19, 21, 39:36 and 63:42 are reserved.
 PERF_CTL_VALID = 0xFFFFFFFF & ~((1 << 19) | (1 << 21)) | (0xF << 32) | (3 << 40)
+# NB_CFG: only EnableCf8ExtCfg (bit 46), which Linux sets on every AMD CPU from family 10h:
+# CONFIG_ADDRESS bits 27:24 then extend the register number (emu/core/devices/pci.py).
+NB_CFG_ENABLE_CF8_EXT_CFG = 1 << 46
 # DebugCtl (APM 2, 13.1.1.6): LBR, BTF, PB0-PB3; 63:6 reserved.
 DEBUGCTL_LBR = 1 << 0
 DEBUGCTL_BTF = 1 << 1
@@ -192,6 +195,7 @@ def _table() -> list[MsrSpec]:
         MsrSpec(MSR_SYSCFG, "SYSCFG", "APM 2, 7.9.1", reset=SYSCFG_MTRR_VAR_DRAM_EN,
                 valid=SYSCFG_VALID),
         MsrSpec(MSR_HWCR, "HWCR", "APM 2, A.2 (HWCR)", reset=HWCR_RESET, check=_hwcr_check),
+        MsrSpec(MSR_NB_CFG, "NB_CFG", "BKDG fam 10h, MSRC001_001F", valid=NB_CFG_ENABLE_CF8_EXT_CFG),
         MsrSpec(MSR_VM_CR, "VM_CR", "APM 2, 15.30.1", OWNED),
         MsrSpec(MSR_VM_HSAVE_PA, "VM_HSAVE_PA", "APM 2, 15.30.4", OWNED),
     ]
@@ -220,11 +224,8 @@ PERF_CTL_EN = 1 << 22
 
 
 def _perf_ctl_check(v: int) -> str | None:
-    """An enabled counter would count events; svmemu models none, so enabling one stops the run
-    rather than leaving a counter that silently never moves."""
-    if v & PERF_CTL_EN:
-        raise Unsupported(f"performance counter enabled (PerfEvtSel {v:#x}): events are not "
-                          "counted by svmemu")
+    """Any value without reserved bits is stored; which enabled events are counted (and which
+    stop the run) is emu/core/perfctr.py's part."""
     return None
 
 

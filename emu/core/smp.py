@@ -20,10 +20,14 @@ woke nobody), the run ends as a one-CPU run does at a HLT no device can end (sta
 
 Exactness. Instructions of one turn are atomic with respect to every other CPU (LOCKed ones
 included), since no other CPU runs meanwhile. Translated code: each engine has its own cache of
-translated blocks and sees only its own stores, so a CPU whose turn follows another CPU's drops
-its whole cache before it runs (`Machine.stale_code`): whatever the other CPU wrote, code this CPU
-runs is translated from memory as it is now. That costs a re-translation of the working set per
-switch (bench/smp.py measures it); it is exact with no tracking of who wrote what.
+translated blocks and sees only its own stores. The engines of a machine form a code group
+(emu/engine/code_group.py, engine patch 0007): stores by any CPU, and the emulator's own writes
+through GuestMemory, to a page any CPU translated code from are logged, and a CPU's turn starts
+by dropping its blocks on the pages others wrote since its last turn, so code this CPU runs is
+translated from memory as it is now. On the stock engine (no groups) a CPU whose turn follows
+another CPU's drops its whole cache instead (`Machine.stale_code`), as a snapshot restore does.
+A turn's quantum is counted by the engine's instruction deadline (retired instructions, as the
+virtual TSC counts them); on the stock engine by Unicorn's `count=` (a hook per instruction).
 
 Position. The scheduler's place (`Position`: whose turn, the round so far, and a turn cut short
 by the end of a run) lives on the boot CPU and outlives a run: a run that stops in the middle of
@@ -114,7 +118,10 @@ class RoundRobin:
                     resume = Position(**pos.state()) if pos.left is not None else None
                     quantum, horizon = 0, None
                     if resume is None:
-                        cpu.tsc = max(cpu.tsc, self.now())   # no CPU sees time go backwards
+                        now = self.now()                     # no CPU sees time go backwards
+                        if cpu.irq.halted and now > cpu.tsc:  # a halted CPU's clock stood still
+                            cpu.irq.halted_ticks += now - cpu.tsc
+                        cpu.tsc = max(cpu.tsc, now)
                         quantum, horizon = self._bounds(cpu)
                     pos.left = None
                     boot.running = cpu
@@ -165,6 +172,8 @@ class RoundRobin:
         if times and not jumped:
             due = max(min(times), self.now())
             for cpu in halted:
+                if due > cpu.tsc:
+                    cpu.irq.halted_ticks += due - cpu.tsc
                 cpu.tsc = max(cpu.tsc, due)
             return True
         boot = self.cpus[0]

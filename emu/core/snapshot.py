@@ -223,6 +223,8 @@ def _restore_ram(machine: "Machine", image: Any) -> None:
 
 
 def _capture(machine: "Machine", ram: Any) -> Snapshot:
+    for cpu in machine.cpu_list:
+        cpu.perf.fold()             # running performance counters: their counts to now
     snap = Snapshot(
         ram_size=machine.ram_size,
         ram=ram,
@@ -286,6 +288,7 @@ def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
     values.update(snap.msrs)
     machine.lbr.restored()          # DebugCtl.LBR's recording hook follows the restored MSRs
     machine.tsc = snap.tsc
+    machine.perf.restored()         # enabled counters count on from the restored TSC
     machine.timebase.rebase()
     machine.cpuid.table = _snapshot_cpuid(machine, snap).table
     machine.sync_cpu_features()
@@ -322,6 +325,7 @@ def _restore_aps(machine: "Machine", snap: Snapshot) -> None:
         ap.msrs.values.clear()
         ap.msrs.values.update(sec.msrs)
         ap.tsc = sec.tsc
+        ap.perf.restored()
         ap.cpuid.table = dict(machine.cpuid.table)
         ap.sync_cpu_features()
         _load_section(f"local APIC of CPU {index}", ap.apic.load_state, sec.apic, None)

@@ -136,17 +136,23 @@ class Timebase:
         Returns the count to give emu_start: 0 when the engine's deadline does it. Ticks that
         are not instructions (exit costs, RDTSC's step, device reads) bring the deadline
         nearer: C does it as it adds them (replay.c `spend`), Python at the end of each of its
-        entries (`rebound`). With `by_time` False (the turns of several CPUs, whose quanta and
-        resumed turns, emu/core/smp.py, count instructions as Unicorn's `count=` does: every
-        instruction started, exits included) the bound stays Unicorn's."""
-        if not self.exact or not by_time:
+        entries (`rebound`). With `by_time` False (the turns of several CPUs, emu/core/smp.py,
+        whose quanta and resumed turns count instructions) the deadline is `count` instructions
+        retired, whatever the exits cost. Without the engine's count the bound is Unicorn's
+        `count=` (every instruction started, exits included: a hook on each)."""
+        if not self.exact:
             return count
         if count:
-            self._until = self.m.tsc + count
             self.counter.set_deadline(self.counter.read() + count)
-            if self._fx is not None:
-                self._fx.deadline_by_time = 1
+            if by_time:
+                self._until = self.m.tsc + count
+                if self._fx is not None:
+                    self._fx.deadline_by_time = 1
         return 0
+
+    def retired(self) -> int:
+        """Instructions retired so far (the engine's count; 0 without it)."""
+        return self.counter.read()
 
     def rebound(self) -> None:
         """End of a Python entry inside a bounded run: the instructions left are the ticks

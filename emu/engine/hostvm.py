@@ -17,6 +17,7 @@ import mmap
 import struct
 
 from unicorn import Uc, UC_PROT_ALL
+from unicorn.x86_const import UC_X86_REG_RBP, UC_X86_REG_RDI, UC_X86_REG_RSI, UC_X86_REG_TR
 
 from emu.arch.bits import (CR0_CD, CR0_ET, CR0_NW, CR0_PE, DR6_RESET, DR7_RESET, EFER_LMA, EFER_LME, EFER_SVME,
                            RFLAGS_FIXED)
@@ -111,18 +112,48 @@ class HostVm:
         save.rax = magic
         return self._enter(raw, mbi)
 
+    def enter_linux32(self, entry: int, boot_params: int, gdt_base: int, gdt_limit: int) -> int:
+        """Build vmcb01 for Linux's 32-bit boot protocol (Documentation/arch/x86/boot.rst):
+        protected mode without paging, CS = __BOOT_CS (0x10) and DS/ES/SS = __BOOT_DS (0x18)
+        from the GDT at `gdt_base`, TR = __BOOT_TSS (0x20: base 4096, limit 103) as the setup
+        code's LTR leaves it, a null IDT, interrupts off, ESI = the zero page and EBX, EBP,
+        EDI zero. Returns the trampoline address to start execution at."""
+        vm, raw = self._vmcb01()
+        save = vm.save
+        save.cs = Segment(0x10, 0xC9B, 0xFFFFFFFF, 0)
+        save.es = save.ss = save.ds = save.fs = save.gs = Segment(0x18, 0xC93, 0xFFFFFFFF, 0)
+        save.gdtr = Segment(0, 0, gdt_limit, gdt_base)
+        save.idtr = Segment(0, 0, 0, 0)
+        save.cr0 = CR0_PE | CR0_ET
+        save.rip = entry
+        save.rax = 0
+        for reg in (UC_X86_REG_RSI, UC_X86_REG_RBP, UC_X86_REG_RDI):
+            self.uc.reg_write(reg, boot_params if reg == UC_X86_REG_RSI else 0)
+        # VMRUN loads no TR (VMLOAD would): L1 starts with the CPU's. Busy 32-bit TSS type 0xB,
+        # present, in QEMU's segment-flags layout (attributes from bit 8).
+        self.uc.reg_write(UC_X86_REG_TR, (0x20, 4096, 103, 0x8B00))
+        return self._enter(raw, 0)
+
     def enter_startup(self, vector: int) -> int:
         """Build vmcb01 for an application processor that a start-up IPI with `vector` wakes
         from wait-for-SIPI: the INIT state (APM vol. 2, 14.1.3: CR0 = CD|NW|ET, real mode,
         segments with base 0 and limit 0xFFFF), then CS = vector << 8 with base
         vector << 12, IP = 0. Returns the trampoline address to start execution at."""
+        return self.enter_real_mode(vector << 8, 0, CR0_CD | CR0_NW | CR0_ET)
+
+    def enter_real_mode(self, cs: int, ip: int, cr0: int, sp: int = 0) -> int:
+        """Build vmcb01 for a CPU entering real mode at CS:IP (CS base = CS << 4), other
+        segments 0 with limit 0xFFFF, the general registers 0, FLAGS = 2, the given CR0 and SP
+        (a start-up IPI, the firmware's jump to a waking vector). Returns the trampoline
+        address to start execution at."""
         vm, raw = self._vmcb01()
         save = vm.save
-        save.cs = Segment(vector << 8, 0x09B, 0xFFFF, vector << 12)
+        save.cs = Segment(cs, 0x09B, 0xFFFF, cs << 4)
         save.es = save.ss = save.ds = save.fs = save.gs = Segment(0, 0x093, 0xFFFF, 0)
-        save.cr0 = CR0_CD | CR0_NW | CR0_ET
-        save.rip = 0
+        save.cr0 = cr0
+        save.rip = ip
         save.rax = 0
+        save.rsp = sp
         return self._enter(raw, 0)
 
     @staticmethod

@@ -46,6 +46,7 @@ RTC_CENTURY = 0x32
 # handle_resume, as the IBM PC BIOS did); any other value reboots the machine.
 CMOS_SHUTDOWN_STATUS = 0x0F
 SHUTDOWN_RESUME_CODES = frozenset({0x05, 0x0A, 0x0B, 0x0C})
+SHUTDOWN_S3_RESUME = 0xFE      # QEMU's RTC writes it when the machine suspends to RAM
 
 REG_A_UIP = 0x80
 REG_A_DEFAULT = 0x26
@@ -53,7 +54,7 @@ REG_A_DV_MASK = 0x70
 REG_A_DV_32KHZ = 0x20          # divider 010: the 32.768 kHz time base runs
 REG_A_RS_MASK = 0x0F
 REG_B_SET = 0x80
-REG_B_PIE, REG_B_AIE, REG_B_UIE = 0x40, 0x20, 0x10
+REG_B_PIE, REG_B_AIE, REG_B_UIE, REG_B_SQWE = 0x40, 0x20, 0x10, 0x08
 REG_C_IRQF, REG_C_PF, REG_C_AF, REG_C_UF = 0x80, 0x40, 0x20, 0x10
 REG_C_FLAGS = REG_C_PF | REG_C_AF | REG_C_UF
 ALARM_DONT_CARE = 0xC0
@@ -241,6 +242,35 @@ class Cmos(PortDevice):
         if level != self.level:
             self.level = level
             self.irq(level)
+
+    # ---- sleep (ACPI S3, emu/core/acpi_sleep.py) ----------------------------------------------
+    def suspend(self) -> None:
+        """The machine suspends to RAM: the shutdown status tells the firmware to resume."""
+        self.ram[CMOS_SHUTDOWN_STATUS] = SHUTDOWN_S3_RESUME
+
+    def alarm_wake_time(self) -> int | None:
+        """The next second update at which the alarm matches, with AIE set: the time the RTC
+        wakes a sleeping machine (QEMU's RTC requests a wake-up for the alarm only). None when
+        it never will (AIE clear, the clock stopped or frozen, an alarm no time matches)."""
+        b = self.ram[RTC_REG_B]
+        if not b & REG_B_AIE or self.frozen is not None or not self._running():
+            return None
+        alarms = [self.ram[a] for a in RTC_ALARMS]
+        first = self.now() // TSC_HZ + 1
+        for k in range(first, first + 24 * 3600):
+            t = datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=self.base + k)
+            shown = (self._encode(t.second), self._encode(t.minute), self._hours(t.hour))
+            if all(a >= ALARM_DONT_CARE or a == v for a, v in zip(alarms, shown)):
+                return k * TSC_HZ
+        return None
+
+    def platform_reset(self) -> None:
+        """The reset that ends a sleep, as QEMU's RTC takes it: PIE, AIE and SQWE cleared, the
+        flags of status C cleared and IRQ 8 lowered; the clock and CMOS RAM run on."""
+        self.tick(self.now())
+        self.ram[RTC_REG_B] &= ~(REG_B_PIE | REG_B_AIE | REG_B_SQWE)
+        self.reg_c = 0
+        self._update_irq()
 
     # ---- ports -----------------------------------------------------------------------------
     def read(self, port: int, size: int) -> int:

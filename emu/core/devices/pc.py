@@ -25,23 +25,31 @@ from typing import TYPE_CHECKING
 
 from emu.core.devices.cmos import RTC_IRQ, Cmos
 from emu.core.devices.gsi import InterruptLines
-from emu.core.devices.hpet import HPET_BASE, HPET_MAP_SIZE, Hpet
+from emu.core.devices.hpet import GINTR_STA, HPET_BASE, HPET_MAP_SIZE, MASK64, Hpet
 from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE, IoApic
 from emu.core.devices.kbc import KBC_IRQ, KeyboardController
 from emu.core.devices.pci import PM_BASE_DEFAULT, PciHost
-from emu.core.devices.pic import PicPair
+from emu.core.devices.pic import (BIOS_MASTER_BASE, BIOS_SLAVE_BASE, CASCADE_IRQ, ICW1_IC4,
+                                  ICW1_INIT, PIC_MASTER_CMD,
+                                  PIC_MASTER_DATA, PIC_SLAVE_CMD, PIC_SLAVE_DATA, PicPair)
 from emu.core.devices.apm import ApmControl
-from emu.core.devices.pit import PIT_IRQ, Pit8254
+from emu.core.devices.pit import PIT_CHANNEL0, PIT_CONTROL, PIT_IRQ, PORT_B, Pit8254
 from emu.core.devices.pm_timer import PmBlock
 from emu.core.devices.port92 import SystemPortA
 from emu.core.devices.serial import COM1_IRQ
 from emu.core.devices.post import PostPort
 from emu.core.devices.testdev import PcTestdev
+from emu.arch.msrs import MSR_NB_CFG
+from emu.core.msrs_amd import NB_CFG_ENABLE_CF8_EXT_CFG
 from emu.core.firmware.layout import ram_layout
 from emu.errors import Unsupported
 
 if TYPE_CHECKING:
     from emu.core.board import Board
+
+PIT_LOBYTE_HIBYTE_MODE3 = 0x36     # control word: access lobyte/hibyte, mode 3, binary
+PIC_ICW4_8086 = 0x01
+
 
 def ram_split(ram_size: int) -> tuple[int, int]:
     """(RAM below 4 GiB, RAM above 4 GiB) as QEMU's pc machine lays them out
@@ -81,14 +89,50 @@ class PcPlatform:
         self.kbc = KeyboardController(m.reset_request, self._a20,
                                       lambda level: self.lines.set(KBC_IRQ, level))
         self.port92 = SystemPortA(m.reset_request, self._a20)
-        self.pm = PmBlock(now, advance, m.poweroff, PM_BASE_DEFAULT)
+        self.pm = PmBlock(now, advance, m.poweroff, PM_BASE_DEFAULT, m.suspend_request)
         self.pci = PciHost(m.reset_request, self._move_pm)
+        self.pci.ext_cfg = lambda: bool(m.msrs.values.get(MSR_NB_CFG, 0)
+                                        & NB_CFG_ENABLE_CF8_EXT_CFG)
         self.pm.moved = self._move_pm
         for dev in (self.pic, self.pit, self.kbc, self.cmos, PostPort(), self.port92,
                     PcTestdev(self.lines.set), self.pm, self.pci, ApmControl(self.pm)):
             m.add_device(dev)
         m.devices.append(self.ioapic)
         m.devices.append(self.hpet)
+
+    def reset_devices(self) -> None:
+        """What QEMU's machine reset does to the devices that do not keep their state (the
+        wake-up from S3, emu/core/acpi_sleep.py): the 8254's channels back to mode 3 with the
+        full count and channel 2's gate off, the I/O APIC's entries masked, the HPET stopped,
+        the UART's registers cleared. The 8259s are reset by the firmware's own setup
+        (`seabios_pic_setup`)."""
+        for ch in range(3):
+            self.pit.write(PIT_CONTROL, 1, ch << 6 | PIT_LOBYTE_HIBYTE_MODE3)
+            self.pit.write(PIT_CHANNEL0 + ch, 1, 0)
+            self.pit.write(PIT_CHANNEL0 + ch, 1, 0)
+        self.pit.write(PORT_B, 1, 0)
+        self.ioapic.reset()
+        self.hpet.write_reg(GINTR_STA, self.hpet.isr, MASK64)   # lower its level-triggered lines
+        self.hpet.reset()
+        serial = self.m.serial
+        was = serial.level
+        serial.reset()
+        if was:
+            serial.irq(0)
+        self.m.irq.changed()
+
+    def seabios_pic_setup(self) -> None:
+        """SeaBIOS's pic_setup: ICW1-4 to both 8259s (vectors 0x08 and 0x70, cascade on IRQ 2),
+        then every input masked but the cascade."""
+        for cmd, data, base, icw3, imr in (
+                (PIC_MASTER_CMD, PIC_MASTER_DATA, BIOS_MASTER_BASE, 1 << CASCADE_IRQ,
+                 0xFF & ~(1 << CASCADE_IRQ)),
+                (PIC_SLAVE_CMD, PIC_SLAVE_DATA, BIOS_SLAVE_BASE, CASCADE_IRQ, 0xFF)):
+            self.pic.write(cmd, 1, ICW1_INIT | ICW1_IC4)
+            self.pic.write(data, 1, base)
+            self.pic.write(data, 1, icw3)
+            self.pic.write(data, 1, PIC_ICW4_8086)
+            self.pic.write(data, 1, imr)
 
     def _legacy_line(self, irq: int, level: int) -> None:
         """The PIT's and the RTC's outputs, cut off while the HPET's legacy replacement

@@ -16,6 +16,11 @@ CONFIG_ADDRESS is set. A function that does not exist reads all-ones and ignores
 the registers listed as writable per function accept writes; the rest are read-only. Writing
 PMBASE moves the PM timer block (`on_pmbase`).
 
+With the CPU's NB_CFG.EnableCf8ExtCfg set (`ext_cfg`, the AMD northbridge's extension of
+mechanism 1), CONFIG_ADDRESS bits 27:24 are register bits 11:8: these functions are
+conventional PCI ones without extended configuration space, so such an access reads all-ones
+and writes nothing.
+
 Port 0xCF9 is the PIIX3 reset control register: writing bit 2 (with bit 1, hard reset, or
 without) resets the machine (`on_reset`).
 """
@@ -27,6 +32,7 @@ from typing import Callable, Iterable
 from emu.core.devices.base import PortDevice
 
 PCI_CONFIG_ADDRESS = 0xCF8
+CONFIG_EXT_REGISTER = 0x0F00_0000     # CONFIG_ADDRESS 27:24 with NB_CFG.EnableCf8ExtCfg
 PCI_CONFIG_DATA = 0xCFC
 PIIX_RESET_CONTROL = 0xCF9
 RCR_RESET_CPU = 0x04
@@ -96,6 +102,7 @@ class PciHost(PortDevice):
         self.functions = pc_functions()
         self.address = 0
         self.rcr = 0
+        self.ext_cfg: Callable[[], bool] = lambda: False
 
     def ports(self) -> Iterable[int]:
         return (*range(PCI_CONFIG_ADDRESS, PCI_CONFIG_ADDRESS + 4),
@@ -105,6 +112,8 @@ class PciHost(PortDevice):
         a = self.address
         if not a & CONFIG_ENABLE:
             return None, 0
+        if a & CONFIG_EXT_REGISTER:
+            return None, 0                   # register 0x100 and up: no extended space here
         bus, dev, fn = (a >> 16) & 0xFF, (a >> 11) & 0x1F, (a >> 8) & 7
         reg = (a & 0xFC) | (port & 3)
         return (self.functions.get((dev, fn)) if bus == 0 else None), reg
@@ -123,7 +132,7 @@ class PciHost(PortDevice):
 
     def write(self, port: int, size: int, value: int) -> None:
         if port == PCI_CONFIG_ADDRESS and size == 4:
-            self.address = value & 0x80FF_FFFC
+            self.address = value & (0x8FFF_FFFC if self.ext_cfg() else 0x80FF_FFFC)
             return
         if port == PIIX_RESET_CONTROL and size == 1:
             self.rcr = value & 0x0E

@@ -2,8 +2,10 @@
 ``qemu-system-x86_64 -kernel`` (QEMU 7.2's pc machine with SeaBIOS).
 
 One module per thing: layout.py (RAM ranges, the e820 map, where firmware data lives), bda.py
-(BIOS data area, EBDA), ivt.py (the real-mode interrupt vector table and its handlers), mptable.py (MP floating pointer and configuration table), acpi.py
-(RSDP, RSDT, FADT, FACS, DSDT, MADT), mtrr.py (the MTRRs SeaBIOS programs).  ``install`` puts
+(BIOS data area, EBDA), ivt.py (the real-mode interrupt vector table and its handlers),
+bios_services.py (the real-mode BIOS calls those handlers answer), mptable.py (MP floating
+pointer and configuration table), acpi.py (RSDP, RSDT, FADT, FACS, DSDT, MADT), smbios.py
+(SMBIOS 2.8), mtrr.py (the MTRRs SeaBIOS programs).  ``install`` puts
 them in a machine before its kernel is loaded; everything it writes lies in ranges the e820
 map reserves (EBDA, BIOS segment, the top 128 KiB of low RAM), so no kernel is told it may use
 that memory.
@@ -16,8 +18,9 @@ from emu.core.firmware.acpi import build_acpi
 from emu.core.firmware.bda import bda_contents
 from emu.core.firmware.ivt import ivt_contents
 from emu.core.firmware.layout import FIRMWARE_RESERVED_TOP, ram_layout
-from emu.core.firmware.mptable import PciInterrupt, build_mptable
+from emu.core.firmware.mptable import MP_FLOATING_ADDR, PciInterrupt, build_mptable
 from emu.core.firmware.mtrr import seabios_mtrrs
+from emu.core.firmware.smbios import build_smbios
 from emu.errors import OptionError
 
 PCI_INTERRUPT_LINE = 0x3C
@@ -39,7 +42,9 @@ def firmware_contents(ram_size: int, cpus: int, cpuid_1: tuple[int, int, int, in
         acpi = build_acpi(cpus, lay.firmware_top, FIRMWARE_RESERVED_TOP)
     except ValueError as e:
         raise OptionError(f"firmware tables do not fit: {e}") from None
-    return ivt_contents() + bda_contents() + build_mptable(cpus, cpuid_1, pci_interrupts) + acpi
+    smbios = build_smbios(ram_size, cpus, cpuid_1, lay.firmware_top, MP_FLOATING_ADDR)
+    return (ivt_contents() + bda_contents() + build_mptable(cpus, cpuid_1, pci_interrupts)
+            + acpi + smbios)
 
 
 def pci_interrupts(functions: dict[tuple[int, int], Any]) -> tuple[PciInterrupt, ...]:

@@ -14,15 +14,17 @@ The HPET table describes the event timer block at 0xFED00000 (its capability wor
 HPET number 0, no minimum tick, no page protection) and the WAET says the PM timer is reliable
 (one read suffices), as QEMU's; the RSDT lists FADT, MADT, HPET and WAET in that order.
 
-Deliberate difference: the DSDT is the smallest one a kernel needs (just \\_S5, QEMU's sleep
-type 0 for soft-off) instead of QEMU's 6 KiB of AML describing PCI and ISA devices svmemu does
-not have.
+Deliberate difference: the DSDT is the smallest one a kernel needs (the sleep states of QEMU's
+PIIX4 with S3 and S4 enabled: \\_S3 sleep type 1, \\_S4 type 2, \\_S5 type 0 for soft-off, the
+numbers devices/pm_timer.py acts on) instead of QEMU's 6 KiB of AML describing PCI and ISA
+devices svmemu does not have.
 """
 from __future__ import annotations
 
 import struct
 
 from emu.core.devices.hpet import GCAP_LOW, HPET_BASE
+from emu.core.devices.pm_timer import SLP_TYP_S3, SLP_TYP_S4, SLP_TYP_S5
 from emu.core.firmware.checksum import with_checksum
 from emu.core.firmware.mptable import IO_APIC_ADDR, IO_APIC_ID, LOCAL_APIC_ADDR
 
@@ -76,12 +78,29 @@ MPS_INTI_TRIGGER_LEVEL = 0xC
 LEVEL_HIGH_IRQS = (5, 9, 10, 11)
 ALL_PROCESSORS = 0xFF
 
-# AML (ACPI 6.x, 20.2): Name(_S5_, Package(4) {0, 0, 0, 0}).
+# AML (ACPI 6.x, 20.2): Name(_Sx_, Package(4) {type, type, 0, 0}) for S3, S4 and S5, each type
+# encoded as QEMU's aml_int does (ZeroOp, OneOp, else BytePrefix and the byte).
 AML_NAME_OP = 0x08
 AML_PACKAGE_OP = 0x12
 AML_ZERO_OP = 0x00
-DSDT_AML = bytes([AML_NAME_OP]) + b"_S5_" + bytes([AML_PACKAGE_OP, 6, 4] + [AML_ZERO_OP] * 4)
+AML_ONE_OP = 0x01
+AML_BYTE_PREFIX = 0x0A
 
+
+def _aml_int(value: int) -> bytes:
+    if value in (AML_ZERO_OP, AML_ONE_OP):
+        return bytes([value])
+    return bytes([AML_BYTE_PREFIX, value])
+
+
+def _sleep_package(name: bytes, typ: int) -> bytes:
+    elements = _aml_int(typ) * 2 + bytes([AML_ZERO_OP] * 2)
+    return (bytes([AML_NAME_OP]) + name
+            + bytes([AML_PACKAGE_OP, 2 + len(elements), 4]) + elements)   # PkgLength counts itself
+
+
+DSDT_AML = (_sleep_package(b"_S3_", SLP_TYP_S3) + _sleep_package(b"_S4_", SLP_TYP_S4)
+            + _sleep_package(b"_S5_", SLP_TYP_S5))
 
 def sdt(signature: bytes, body: bytes, revision: int = 1) -> bytes:
     """A system description table: the 36-byte header, ``body``, the checksum filled in."""

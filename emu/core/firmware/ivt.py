@@ -5,15 +5,16 @@ enables interrupts takes the PIT's IRQ 0 through vector 8 of the IVT at address 
 left at bases 0x08 and 0x70, emu/core/devices/pic.py).  SeaBIOS fills every vector: CPU
 exceptions and unused vectors with an IRET at F000:FF53, IRQ 0 with its tick handler at
 F000:FEA5 (BDA tick count at 0x46C, INT 1Ch, EOI), the other hardware IRQs with handlers that
-send the PICs an EOI.  The handlers here do the same at the same addresses.  Deliberate
-difference: BIOS services (INT 10h-1Ah and the like) are not modelled; their vectors reach the
-IRET stub too and return with registers unchanged.  The tick handler does not set the midnight
+send the PICs an EOI.  The handlers here do the same at the same addresses.  The BIOS service
+vectors (INT 10h-1Ah) point at SeaBIOS's entry points for them, where bios_services.py answers
+the calls it models and stops the run at the others.  The tick handler does not set the midnight
 flag (0x470) after 24 hours of ticks.
 """
 from __future__ import annotations
 
 import struct
 
+from emu.core.firmware.bios_services import SERVICE_ENTRIES, stub_contents
 from emu.core.firmware.layout import BIOS_SEGMENT
 
 IVT_ADDR = 0
@@ -58,9 +59,11 @@ def ivt_contents() -> list[tuple[int, bytes]]:
     for v in PIC2_VECTORS:
         vectors[v] = HWPIC2_OFFSET
     vectors[IRQ0_VECTOR] = IRQ0_OFFSET
+    for v, off in SERVICE_ENTRIES.items():
+        vectors[v] = off
     table = b"".join(struct.pack("<HH", off, BIOS_CS) for off in vectors)
     return [(IVT_ADDR, table),
             (BIOS_SEGMENT + IRQ0_OFFSET, _IRQ0),
             (BIOS_SEGMENT + IRET_OFFSET, _IRET),
             (BIOS_SEGMENT + HWPIC1_OFFSET, _HWPIC1),
-            (BIOS_SEGMENT + HWPIC2_OFFSET, _HWPIC2)]
+            (BIOS_SEGMENT + HWPIC2_OFFSET, _HWPIC2)] + stub_contents()

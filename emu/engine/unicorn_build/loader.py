@@ -20,7 +20,8 @@ ENV = "SVMEMU_ENGINE"
 MODES = ("auto", "patched", "stock")
 # What our patch set fixes; code that works around the stock engine asks has_fix().
 FIXES = frozenset({"code-page-tracking", "inline-exit-request", "nested-walk-nx",
-                   "insn-counter", "pushf-rf-smsw"})
+                   "insn-counter", "pushf-rf-smsw", "cross-engine-code", "pause-hint",
+                   "cr0-wp-no-flush"})
 
 
 @dataclass(frozen=True)
