@@ -16,14 +16,6 @@
     xor eax, eax
     in al, \port
 .endm
-.macro cmos_rd index
-    outb 0x70, "\index"
-    inb 0x71
-.endm
-.macro cmos_wr index, value
-    outb 0x70, "\index"
-    outb 0x71, "\value"
-.endm
 # pci_rd ADDRESS -> eax (32-bit config read)
 .macro pci_rd address
     mov dx, 0xcf8

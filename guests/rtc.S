@@ -12,18 +12,6 @@
 .equ VEC_RTC, 0x61
 .equ RTE_RTC, 0x20                           # I/O APIC redirection register of pin 8
 
-.macro cmos_wr index, value
-    mov al, \index
-    out 0x70, al
-    mov al, \value
-    out 0x71, al
-.endm
-.macro cmos_rd index
-    mov al, \index
-    out 0x70, al
-    xor eax, eax
-    in al, 0x71
-.endm
 main:
     set_idt_handler VEC_RTC, rtc_handler
     mov r15, APIC

@@ -40,18 +40,6 @@
 .equ PCI_PM_FN, 0x80000b00          # bus 0, device 1, function 3 (PIIX4 PM)
 .equ APIC, 0xfee00000
 
-.macro cmos_wr index, value
-    mov al, \index
-    out 0x70, al
-    mov al, \value
-    out 0x71, al
-.endm
-.macro cmos_rd index
-    mov al, \index
-    out 0x70, al
-    xor eax, eax
-    in al, 0x71
-.endm
 .macro pci_rd reg
     mov eax, PCI_PM_FN + \reg
     mov dx, 0xcf8
