@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 LEGACY_PERF_COUNTERS = 4
 CORE_PERF_COUNTERS = 6
 PERF_CTR_WIDTH = 48                    # counters are 48 bits wide (APM 2, 13.2.1)
+PERF_CTR_MASK = (1 << PERF_CTR_WIDTH) - 1
 MC_BANKS = 10                          # MCG_CAP.Count, as QEMU's pc machine reports
 
 # PerfEvtSeln (APM 2, 13.2.1.1): EventSelect[7:0], UnitMask, USR, OS, Edge, INT, EN, INV,
@@ -211,12 +212,12 @@ def _table() -> list[MsrSpec]:
         t += [MsrSpec(MSR_PERF_CTL0 + n, f"PerfEvtSel{n}", "APM 2, 13.2.1.1",
                       valid=PERF_CTL_VALID, check=_perf_ctl_check),
               MsrSpec(MSR_PERF_CTR0 + n, f"PerfCtr{n}", "APM 2, 13.2.1.2",
-                      mask_on_write=(1 << PERF_CTR_WIDTH) - 1)]
+                      mask_on_write=PERF_CTR_MASK)]
     for n in range(CORE_PERF_COUNTERS):
         t += [MsrSpec(MSR_CORE_PERF_CTL0 + 2 * n, f"PerfEvtSel{n}", "APM 2, 13.2.1.1",
                       valid=PERF_CTL_VALID, check=_perf_ctl_check, present=_has_core_perf),
               MsrSpec(MSR_CORE_PERF_CTL0 + 2 * n + 1, f"PerfCtr{n}", "APM 2, 13.2.1.2",
-                      mask_on_write=(1 << PERF_CTR_WIDTH) - 1, present=_has_core_perf)]
+                      mask_on_write=PERF_CTR_MASK, present=_has_core_perf)]
     return t
 
 

@@ -18,14 +18,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from emu.arch.msrs import MSR_CORE_PERF_CTL0, MSR_PERF_CTL0, MSR_PERF_CTR0
+from emu.core.msrs_amd import LEGACY_PERF_COUNTERS, PERF_CTR_MASK as CTR_MASK
 from emu.errors import Unsupported
 
 if TYPE_CHECKING:
     from emu.core.board import Board
 
-LEGACY_PERF_COUNTERS = 4
-PERF_CTR_WIDTH = 48
-CTR_MASK = (1 << PERF_CTR_WIDTH) - 1
 
 # PerfEvtSeln fields (APM 2, 13.2.1.1)
 EVENT_SELECT = 0xFF | (0xF << 32)
