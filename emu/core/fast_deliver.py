@@ -21,8 +21,9 @@ check passes and every page walk would change nothing (present, accessed, permit
 page already dirty): anything else (not-present gate, limits, a fault while delivering and the
 #DF rules, compatibility or legacy modes, an A/D bit to set) leaves the CPU untouched and the
 exception goes to Python. Only on one CPU (another CPU's code cache is told of stores in
-Python), with no interrupt waiting for a window and nothing signalled by the APIC (Python's
-path would look at interrupts right after the delivery). `svmemu run --no-replay` turns it off
+Python) and with nothing signalled by the APIC: Python's path looks at interrupts right after
+each delivery, so while an interrupt waits for RFLAGS.IF only deliveries that leave IF clear
+are made in C (deliver.h `window`). `svmemu run --no-replay` turns it off
 with the rest; `FastDeliver.allowed = False` turns off only this (the differential tests).
 """
 from __future__ import annotations
@@ -135,8 +136,9 @@ class FastDeliver:
         d, m = self.dl, self.m
         if (d is None or not self.allowed or m._insn_budget is not None
                 or not m.fast_exits._ready() or m.mem.written is not None
-                or m.irq.window.armed or m.apic.signalled()):
+                or m.apic.signalled()):
             return False
+        d.window = int(m.irq.window.armed)
         if m.router is not None and m.router.on_exception(
                 Event(vector, Kind.EXCEPTION, error_code, cr2), None):
             return True
@@ -148,8 +150,9 @@ class FastDeliver:
         if m.msrs.generation != self._generation:
             self._generation = m.msrs.generation
             self._set_msrs()
-        d.enabled = int(self.allowed and m.mem.written is None and not m.irq.window.armed
-                        and not m.apic.signalled() and self._own_handlers())
+        d.window = int(m.irq.window.armed)
+        d.enabled = int(self.allowed and m.mem.written is None and not m.apic.signalled()
+                        and self._own_handlers())
 
     def _own_handlers(self) -> bool:
         """No tool replaced the machine's handlers of the exits answered here."""

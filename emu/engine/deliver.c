@@ -240,6 +240,12 @@ int deliver_exception(struct deliver *d, void *uc, uint64_t env, uint32_t vector
     if (!translate_range(d, env, sp, 8 * n, 1, new_cpl == 3, stack_pa, stack_len))
         return 0;
 
+    rflags &= ~(d->rflags_tf | d->rflags_nt | d->rflags_rf | d->rflags_vm);
+    if (gtype == d->gate_int)
+        rflags &= ~d->rflags_if;
+    if (d->window && (rflags & d->rflags_if))
+        return 0;
+
     /* Nothing can fail from here on. */
     if (set_cr2)
         U64(env, d->off_cr2) = cr2;
@@ -258,9 +264,6 @@ int deliver_exception(struct deliver *d, void *uc, uint64_t env, uint32_t vector
     hf &= ~(d->hf_cpl_mask | d->hf_cs32 | d->hf_ss32 | d->hf_cs64 | d->hf_addseg);
     hf |= ((old_ss.flags >> d->desc_dpl_shift) & 3) | d->hf_cs32 | d->hf_ss32 | d->hf_cs64;
     U32(env, d->off_hflags) = (uint32_t)hf;
-    rflags &= ~(d->rflags_tf | d->rflags_nt | d->rflags_rf | d->rflags_vm);
-    if (gtype == d->gate_int)
-        rflags &= ~d->rflags_if;
     d->reg_write(uc, (int)d->rflags_regid, &rflags);
     U64(env, d->off_regs + 4 * 8) = sp;
     U64(env, d->off_eip) = target;

@@ -57,6 +57,10 @@ struct deliver {
      * raises #GP(0), delivered here. n_msrs == 0: no table, Python decides. */
     uint64_t n_msrs;
     uint32_t msrs[DL_MAX_MSRS];
+    /* Python: an interrupt waits for RFLAGS.IF (the interrupt window is armed). The reference
+     * looks at interrupts right after each delivery; with IF clear in the handler it finds
+     * nothing to do, so only such deliveries are made here meanwhile. */
+    uint64_t window;
     uint64_t delivered, msr_gp;     /* counts */
 };
 

@@ -569,7 +569,7 @@ const char *replay_abi(void)
     ABI_FIELD(deliver, exit_excp0); ABI_FIELD(deliver, gp); ABI_FIELD(deliver, rflags_regid);
     ABI_FIELD(deliver, reg_read); ABI_FIELD(deliver, reg_write); ABI_FIELD(deliver, mem_write);
     ABI_FIELD(deliver, pf); ABI_FIELD(deliver, pf_cr2); ABI_FIELD(deliver, off_cr2);
-    ABI_FIELD(deliver, n_msrs); ABI_FIELD(deliver, msrs); ABI_FIELD(deliver, delivered);
+    ABI_FIELD(deliver, n_msrs); ABI_FIELD(deliver, msrs); ABI_FIELD(deliver, window); ABI_FIELD(deliver, delivered);
     ABI_FIELD(deliver, msr_gp);
     ABI("sizeof(svm_insn)", sizeof(struct svm_insn));
     ABI_FIELD(svm_insn, enabled); ABI_FIELD(svm_insn, ram); ABI_FIELD(svm_insn, ram_size);

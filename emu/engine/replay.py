@@ -163,7 +163,7 @@ class _Deliver(ctypes.Structure):
                 ("rflags_regid", ctypes.c_uint64), ("reg_read", ctypes.c_void_p),
                 ("reg_write", ctypes.c_void_p), ("mem_write", ctypes.c_void_p), ("pf", ctypes.c_uint64),
                 ("pf_cr2", ctypes.c_uint64), ("off_cr2", ctypes.c_uint64), ("n_msrs", ctypes.c_uint64),
-                ("msrs", ctypes.c_uint32 * DL_MAX_MSRS), ("delivered", ctypes.c_uint64),
+                ("msrs", ctypes.c_uint32 * DL_MAX_MSRS), ("window", ctypes.c_uint64), ("delivered", ctypes.c_uint64),
                 ("msr_gp", ctypes.c_uint64)]
 
 
