@@ -270,6 +270,58 @@ l2_faults:  .quad 0
 """
 
 
+# The APIC timer, periodic, 200 interrupts taken in HLT and between instructions of a loop.
+TIMER_GUEST = r"""
+.include "prelude.inc"
+
+.equ APIC, 0xFEE00000
+
+main:
+    set_idt_handler 0x40, timer_handler
+    mov rbx, APIC
+    mov dword ptr [rbx + 0xF0], 0x1FF           # software enable
+    mov dword ptr [rbx + 0x3E0], 0xB            # divide by 1
+    mov dword ptr [rbx + 0x320], 0x20040        # vector 0x40, periodic
+    mov dword ptr [rbx + 0x380], 20000
+    xor r15, r15
+    sti
+.Lwait:
+    add r15, 3
+    rol r15, 1
+    cmp qword ptr [rip + ticks], 100
+    jb .Lwait
+.Lhalt:
+    hlt
+    cmp qword ptr [rip + ticks], 200
+    jb .Lhalt
+    cli
+    mov dword ptr [rbx + 0x320], 0x10000        # masked
+    check_eq [ticks], 200, "200 timer interrupts"
+    print "checksum "
+    mov rdi, [rip + frames]
+    call puthex64
+    call newline
+    ret
+
+timer_handler:
+    inc qword ptr [rip + ticks]
+    push rax
+    mov rax, [rsp + 8]
+    add [rip + frames], rax
+    mov rax, [rsp + 24]
+    add [rip + frames], rax
+    add [rip + frames], rsp
+    mov rax, APIC
+    mov dword ptr [rax + 0xB0], 0
+    pop rax
+    iretq
+
+.data
+ticks:  .quad 0
+frames: .quad 0
+"""
+
+
 @dataclass
 class Outcome:
     reason: str
@@ -337,3 +389,16 @@ def test_a_trace_sees_every_exception(tmp_path):
     lines = [line for line in text.getvalue().splitlines() if " delivered " in line]
     # 300 + 100 + 100 + 60 + 80 + 100 exceptions and software interrupts
     assert len(lines) == 740, len(lines)
+
+
+def test_timer_interrupts_same_in_c_and_python(tmp_path):
+    out = same_with_and_without(_image(tmp_path, "timer.S", TIMER_GUEST))
+    assert b"checksum 0x" in out.output and b"not ok" not in out.output, out.output
+    assert out.delivered[0] >= 150, out.delivered        # 200 interrupts
+
+
+@pytest.mark.parametrize("guest", ["exceptions.S", "apic.S", "pic_ioapic.S", "hpet.S",
+                                   "svm_interrupts.S"])
+def test_bundled_guests_same_in_c_and_python(guest):
+    out = same_with_and_without(assemble_source(f"guests/{guest}"), nested=guest.startswith("svm"))
+    assert out.delivered[0] > 0, out.delivered

@@ -11,6 +11,8 @@ happen in Python, every Python entry disarms first) the C hook delivers instead:
   through the router, which asks L1's intercepts first), for the vectors in DELIVERED_HERE, as
   Machine._exit_exception raises them: the exit's error code for vectors that have one, CR2
   from EXITINFO2 for #PF;
+- interrupts the interrupt point delivers (irq.py, Machine.deliver_now), in L1 or an L2 that
+  takes them itself;
 - #GP(0) for L1's RDMSR or WRMSR of an index the MSR file has no owner for, as
   Machine._exit_msr raises it; the table of implemented indices is rebuilt at an arming
   whenever an owner was registered since (MsrFile.generation). Reserved-bit checks of
@@ -144,6 +146,19 @@ class FastDeliver:
             return True
         return bool(self._fn(self._d, self._uc, self._env, vector, error_code is not None,
                              error_code or 0, rip, cr2 is not None, cr2 or 0))
+
+    def external(self, vector: int, rip: int) -> bool:
+        """The interrupt point delivers an interrupt (maskable, or NMI) at `rip`, emulation
+        stopped: in C when it can be, exactly as the reference would (no error code, no RF;
+        a vector in the fault class, a misprogrammed controller's, stays Python's). False:
+        nothing happened."""
+        d, m = self.dl, self.m
+        if (d is None or not self.allowed or vector in FAULT_CLASS
+                or m._insn_budget is not None or not m.fast_exits._ready()
+                or m.mem.written is not None):
+            return False
+        d.window = 0        # the reference delivers it and looks at nothing more here
+        return bool(self._fn(self._d, self._uc, self._env, vector, 0, 0, rip, 0, 0))
 
     def arm(self) -> None:
         d, m = self.dl, self.m

@@ -369,6 +369,8 @@ class Machine:
     def deliver_now(self, event: Event, return_rip: int) -> None:
         """Deliver `event` at once: only where emulation has already stopped (the interrupt
         check at an instruction boundary)."""
+        if event.kind is Kind.EXTERNAL and self.fast_deliver.external(event.vector, return_rip):
+            return
         self._deliver(event, return_rip)
 
     def run_deferred(self) -> None:
