@@ -34,6 +34,6 @@ class BuildExtAndEngine(build_ext):
 
 setup(ext_modules=[Extension("emu.engine.creplay",
                              sources=["emu/engine/replay.c", "emu/engine/svm_insn.c",
-                                      "emu/engine/edge_coverage.c"],
-                             depends=["emu/engine/svm_insn.h"], optional=True)],
+                                      "emu/engine/edge_coverage.c", "emu/engine/deliver.c"],
+                             depends=["emu/engine/svm_insn.h", "emu/engine/deliver.h"], optional=True)],
       cmdclass={"build_ext": BuildExtAndEngine})

@@ -398,6 +398,15 @@ def _pae_levels(regs: PagingRegs, mode: PagingMode, maxphyaddr: int, gbpages: bo
     ]
 
 
+def long_mode_reserved(maxphyaddr: int, nxe: bool,
+                       gbpages: bool = True) -> list[tuple[int, int, Optional[int]]]:
+    """(level, reserved bits of a table pointer, reserved bits of a page or None where PS maps
+    none) for each level of 4-level paging, PML4E first: the masks _walk_core applies, for a
+    walker outside Python that must fault (or refuse) exactly where this one does."""
+    regs = PagingRegs(cr0=CR0_PG, cr3=0, cr4=CR4_PAE, efer=EFER_LMA | (EFER_NXE if nxe else 0))
+    return [(lv.level, lv.rsvd, lv.rsvd_large)
+            for lv in _pae_levels(regs, PagingMode.LONG4, maxphyaddr, gbpages)]
+
 def _walk_core(
     regs: PagingRegs,
     va: int,
