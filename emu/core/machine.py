@@ -59,6 +59,7 @@ from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE
 from emu.core.smp import DEFAULT_QUANTUM, Position, RoundRobin
 from emu.core.memory import GuestMemory
 from emu.engine import replay
+from emu.core.apic_fast import ApicFast
 from emu.core.fast_exits import FastExits
 from emu.core.timebase import IOIO_COST, Timebase
 from emu.arch.paging import NestedFault
@@ -281,6 +282,8 @@ class Machine:
             self.replay.set_exit_costs(self.timebase.costs)
             if self.fast_exits.env:
                 self.timebase.attach_c(self.replay.fast)
+        # L1's x2APIC writes (EOI, TPR, self-IPIs, the TSC deadline) in C (apic_fast.py).
+        self.apic_fast = ApicFast(self)
         self._hooks = [
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr_py)]),
             (self.replay.hook_in(self._on_in_c) if self.replay

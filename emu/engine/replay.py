@@ -122,6 +122,23 @@ class _SvmInsn(ctypes.Structure):
         "n_fields")] + [("fields", _SiField * SI_MAX_FIELDS)]
 
 
+class _ApicFast(ctypes.Structure):
+    """apic_fast.h's struct apic_fast: L1's x2APIC writes in C (emu/core/apic_fast.py owns the
+    meaning)."""
+    _fields_ = ([(name, ctypes.c_uint64) for name in ("enabled", "changed")]
+                + [(name, ctypes.c_uint64 * 4) for name in ("isr", "irr", "tmr")]
+                + [(name, ctypes.c_uint64) for name in (
+                    "icr", "apic_id", "tsc_deadline", "deadline_mode", "lvt_timer", "deadline_ok",
+                    "one_cpu", "timers_pending", "always_stop", "unbounded", "tick_ok",
+                    "request_addr", "request_bit", "kick_addr", "intercept_addr", "intercept_bit",
+                    "window_armed", "kicked", "deadline_moved", "bound_time", "msr_tpr", "msr_eoi",
+                    "msr_icr",
+                    "msr_self_ipi", "msr_tsc_deadline", "lvt_masked", "icr_writable",
+                    "icr_mode_shift", "icr_dest_logical", "icr_shorthand_shift")]
+                + [("emu_stop", ctypes.c_void_p)]
+                + [(name, ctypes.c_uint64) for name in ("eoi", "tpr", "icr_sent", "deadline")])
+
+
 class _Engine(ctypes.Structure):
     _fields_ = [("uc", ctypes.c_void_p), ("ctx", ctypes.c_void_p),
                 ("save", ctypes.c_void_p), ("restore", ctypes.c_void_p),
@@ -133,7 +150,7 @@ class _Engine(ctypes.Structure):
                 ("state", ctypes.c_uint64), ("fx", _Fast),
                 ("programs", (ctypes.c_void_p * PER_INTNO) * N_INTNO),
                 ("exit_cost", ctypes.c_uint32 * N_INTNO),
-                ("in_fallback", ctypes.c_void_p), ("svm", _SvmInsn)]
+                ("in_fallback", ctypes.c_void_p), ("svm", _SvmInsn), ("apic", _ApicFast)]
 
 
 _OP = struct.Struct("<IIQQQ")      # struct op, packed in one call per op (ctypes fields cost more)
@@ -153,11 +170,13 @@ def expected_abi() -> dict[str, int]:
            "FX_EXIT_CPUID": FX_EXIT_CPUID, "FX_EXIT_CR8_READ": FX_EXIT_CR8_READ,
            "FX_EXIT_CR8_WRITE": FX_EXIT_CR8_WRITE, "FX_EXIT_CR4_WRITE": FX_EXIT_CR4_WRITE,
            "sizeof(svm_insn)": ctypes.sizeof(_SvmInsn), "sizeof(si_field)": ctypes.sizeof(_SiField),
+           "sizeof(apic_fast)": ctypes.sizeof(_ApicFast),
            "sizeof(msr_slot)": ctypes.sizeof(_MsrSlot), "FX_MSR_SLOTS": FX_MSR_SLOTS,
            "FX_EXIT_MSR": FX_EXIT_MSR, "SI_MAX_FIELDS": SI_MAX_FIELDS, "SI_SEG": SI_SEG, "SI_Q": SI_Q,
            "SI_Q_CANON": SI_Q_CANON, "SI_U16_IN_U32": SI_U16_IN_U32}
     for prefix, struct_type in (("op", _Op), ("engine", _Engine), ("fast", _Fast),
-                                ("svm_insn", _SvmInsn), ("si_field", _SiField)):
+                                ("svm_insn", _SvmInsn), ("si_field", _SiField),
+                                ("apic_fast", _ApicFast)):
         for name, _ in struct_type._fields_:
             abi[f"{prefix}.{name}"] = getattr(struct_type, name).offset
     abi.update({name: value for value, name in enumerate(OPCODES)})
@@ -375,6 +394,11 @@ class Engine:
     def svm_insn(self) -> "_SvmInsn":
         """The words of L1's VMLOAD/VMSAVE/STGI/CLGI in C (svm_ext/fast_insn.py owns them)."""
         return self._e.svm
+
+    @property
+    def apic(self) -> "_ApicFast":
+        """The words of L1's x2APIC writes in C (emu/core/apic_fast.py owns them)."""
+        return self._e.apic
 
     @property
     def replays(self) -> int:
