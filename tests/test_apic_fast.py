@@ -224,3 +224,208 @@ def test_c_answered_most_writes(outcomes):
     assert tpr >= 3 * ROUNDS - 5, fast.answered
     assert ipi >= 3 * ROUNDS - 5, fast.answered
     assert deadline >= 4 * ROUNDS - 5, fast.answered
+
+
+# Two CPUs in x2APIC mode: the boot CPU starts CPU 1 (INIT and SIPI through the ICR MSR), then
+# sends it PINGS fixed IPIs by physical destination, each answered by an IPI back from CPU 1's
+# handler; the boot CPU waits for the answer in HLT in even rounds and spinning on memory in odd
+# ones (as kvm-unit-tests' vmexit_ipi), while CPU 1 idles in HLT. Every TSC read is folded into
+# the printed checksum.
+SMP_GUEST = r"""
+.include "prelude.inc"
+
+.equ TRAMPOLINE, 0x7000
+.equ TRAMP_GDTPTR, 0x7f00
+.equ VEC_PING, 0x40
+.equ VEC_PONG, 0x41
+.equ PINGS, 60
+
+.macro wrmsr_imm msr, lo, hi
+    mov ecx, \msr
+    mov eax, \lo
+    mov edx, \hi
+    wrmsr
+.endm
+
+.macro x2apic_on
+    mov ecx, 0x1b
+    rdmsr
+    or eax, 0xc00
+    wrmsr
+    wrmsr_imm 0x80f, 0x1ff, 0
+.endm
+
+main:
+    mov al, 0xff
+    out 0x21, al
+    out 0xa1, al
+    set_idt_handler VEC_PING, ping_handler
+    set_idt_handler VEC_PONG, pong_handler
+    x2apic_on
+    lea rsi, [rip + ap_tramp]
+    mov edi, TRAMPOLINE
+    mov ecx, ap_tramp_end - ap_tramp
+    rep movsb
+    lea rsi, [rip + gdt_ptr]
+    mov edi, TRAMP_GDTPTR
+    mov ecx, 6
+    rep movsb
+    wrmsr_imm 0x830, 0xc4500, 0
+    mov ecx, 10000
+.Ldelay:
+    pause
+    loop .Ldelay
+    wrmsr_imm 0x830, 0xc4600 + (TRAMPOLINE >> 12), 0
+.Lwait_ap:
+    pause
+    cmp qword ptr [rip + arrived], 1
+    jne .Lwait_ap
+    xor r15, r15
+    xor ebx, ebx
+    sti
+.Lping:
+    mov r12, [rip + pongs]
+    wrmsr_imm 0x830, 0x4000 + VEC_PING, 1
+    test ebx, 1
+    jnz .Lspin
+.Lwait_hlt:
+    cli
+    cmp [rip + pongs], r12
+    jne .Lponged
+    sti
+    hlt
+    jmp .Lwait_hlt
+.Lspin:
+    cmp [rip + pongs], r12
+    je .Lspin
+.Lponged:
+    sti
+    rdtsc
+    imul r15, r15, 31
+    add r15, rax
+    inc ebx
+    cmp ebx, PINGS
+    jb .Lping
+    cli
+    imul r15, r15, 31
+    add r15, [rip + pings]
+    imul r15, r15, 31
+    add r15, [rip + pong_tsc]
+    print "checksum "
+    mov rdi, r15
+    call puthex64
+    call newline
+    ret
+
+ping_handler:
+    push rax
+    push rcx
+    push rdx
+    lock inc qword ptr [rip + pings]
+    wrmsr_imm 0x830, 0x4000 + VEC_PONG, 0
+    wrmsr_imm 0x80b, 0, 0
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+pong_handler:
+    push rax
+    push rcx
+    push rdx
+    lock inc qword ptr [rip + pongs]
+    rdtsc
+    add [rip + pong_tsc], rax
+    wrmsr_imm 0x80b, 0, 0
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+ap_tramp:
+    .byte 0xfa                             # cli
+    .byte 0x31, 0xc0                       # xor ax, ax
+    .byte 0x8e, 0xd8                       # mov ds, ax
+    .byte 0x66, 0x0f, 0x01, 0x16           # lgdt [TRAMP_GDTPTR] (32-bit base)
+    .word TRAMP_GDTPTR
+    .byte 0x0f, 0x20, 0xc0                 # mov eax, cr0
+    .byte 0x0c, 0x01                       # or al, 1 (PE)
+    .byte 0x0f, 0x22, 0xc0                 # mov cr0, eax
+    .byte 0x66, 0xea                       # ljmp SEL_CODE32:ap_start32 (32-bit offset)
+    .long ap_start32
+    .word SEL_CODE32
+ap_tramp_end:
+
+.code32
+ap_start32:
+    mov ax, SEL_DATA
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov eax, cr4
+    or eax, 0x20
+    mov cr4, eax
+    mov eax, offset pml4
+    mov cr3, eax
+    mov ecx, MSR_EFER
+    rdmsr
+    or eax, 0x100
+    wrmsr
+    mov eax, cr0
+    and eax, 0x9fffffff
+    or eax, 0x80010001
+    mov cr0, eax
+    ljmp SEL_CODE64:ap_start64
+
+.code64
+ap_start64:
+    mov ax, SEL_DATA
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    lea rsp, [rip + ap_stack_top]
+    lidt [rip + idt_ptr]
+    x2apic_on
+    lock inc qword ptr [rip + arrived]
+    sti
+.Lap_idle:
+    hlt
+    jmp .Lap_idle
+
+.bss
+.align 16
+ap_stack: .space 4096
+ap_stack_top:
+arrived: .space 8
+pings: .space 8
+pongs: .space 8
+pong_tsc: .space 8
+.text
+"""
+
+
+def run_smp(image: bytes, fast: bool) -> tuple:
+    m = Machine(RAM, stdout=None, cpus=2)
+    assert m.replay is not None
+    for cpu in m.cpu_list:
+        cpu.replay.enabled = fast
+    m.load_multiboot(parse_image(image, "guest", RAM), "guest ")
+    res = m.run(timeout=120)
+    cpus = tuple((c.tsc, bytes(c.ctx.save().view)[:_NOISE_FROM], c.apic.state())
+                 for c in m.cpu_list)
+    return (res.reason, res.status, bytes(m.serial.output), bytes(m.ram), cpus), \
+        tuple(c.apic_fast.answered for c in m.cpu_list)
+
+
+def test_ipis_between_two_cpus_same_in_c_and_python(tmp_path):
+    src = tmp_path / "apic_fast_smp.S"
+    src.write_text(SMP_GUEST)
+    image = assemble_source(str(src))
+    (fast, answered), (slow, none) = run_smp(image, True), run_smp(image, False)
+    assert none == ((0, 0, 0, 0), (0, 0, 0, 0))
+    assert fast[0] == "exit" and b"checksum 0x" in fast[2], fast[2]
+    for i, name in enumerate(("reason", "status", "output", "ram", "cpus")):
+        assert fast[i] == slow[i], name
+    # the boot CPU's pings and CPU 1's pongs went through C, and both CPUs' EOIs
+    (eoi0, _, sent0, _), (eoi1, _, sent1, _) = answered
+    assert sent0 >= 55 and sent1 >= 55 and eoi0 >= 55 and eoi1 >= 55, answered

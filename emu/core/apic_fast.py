@@ -13,6 +13,10 @@ each; in Python each write is an exit of ~50-100 us, in C a few stores. C answer
   target is this APIC (self, or a physical destination naming it; "all" and "all but self"
   when it is the machine's only APIC): IRR, then InterruptController.changed: the window is
   armed and kicked exactly as Python arms it (and emulation stopped where Python stops it);
+- the ICR for a fixed interrupt to one other APIC by its physical ID: Python's delivery would
+  end this CPU's turn at once (Machine.wake), so C stops emulation there and the delivery
+  itself (ApicBus.deliver) is made when Python takes the state back, before the scheduler or
+  anything else looks at the target;
 - IA32_TSC_DEADLINE (0x6E0) in TSC-deadline mode, on one CPU with the engine's instruction
   count: a deadline already past fires at once (IRR, the window); a later one makes the run
   in progress end when the machine's time reaches it (the engine's instruction deadline, moved
@@ -34,9 +38,9 @@ from typing import TYPE_CHECKING
 
 from emu.arch.msrs import MSR_TSC_DEADLINE
 from emu.core.devices.apic import (APIC_EOI, APIC_ICR_LO, APIC_LVT_TIMER, APIC_TPR,
-                                   ICR_DELIVERY_MODE_SHIFT, ICR_DEST_LOGICAL,
+                                   ICR_DELIVERY_FIXED, ICR_DELIVERY_MODE_SHIFT, ICR_DEST_LOGICAL,
                                    ICR_SHORTHAND_SHIFT, LVT_MASKED, X2APIC_ICR_WRITABLE,
-                                   X2APIC_MSR_BASE, X2APIC_SELF_IPI)
+                                   X2APIC_MSR_BASE, X2APIC_SELF_IPI, ApicBus)
 from emu.engine import binding
 from emu.engine.hw_switch import CPU_INTERRUPT_VIRQ
 from emu.engine.irq_window import VINTR_INTERCEPT_BIT
@@ -128,7 +132,9 @@ class ApicFast:
         a.deadline_mode = int(deadline_mode)
         a.tick_ok = int(deadline_mode or deadline is None)
         a.deadline_ok = int(m.cpus == 1)
-        a.one_cpu = int(apic.bus is None or len(apic.bus.apics) == 1)
+        bus = apic.bus
+        a.one_cpu = int(bus is None or len(bus.apics) == 1)
+        a.others = self._others(apic) if bus is not None else 0
         unbounded = irq.unbounded       # C reads the timers only while this holds
         a.unbounded = int(unbounded)
         a.timers_pending = int(unbounded and (
@@ -136,9 +142,20 @@ class ApicFast:
             or any(t.deadline() is not None for t in irq.timers)))
         router = m.router
         a.always_stop = int(router is not None and router.physical_if() is not None)
-        a.changed = a.window_armed = a.kicked = a.deadline_moved = 0
+        a.changed = a.window_armed = a.kicked = a.deadline_moved = a.sent = 0
         a.enabled = 1
         self._armed = True
+
+    @staticmethod
+    def _others(apic) -> int:
+        """Bit n: exactly one other APIC on the bus has the ID n (n < 64)."""
+        seen = dup = 0
+        for other in apic.bus.apics:
+            if other is not apic and other.apic_id < 64:
+                bit = 1 << other.apic_id
+                dup |= seen & bit
+                seen |= bit
+        return seen & ~dup & ~(1 << apic.apic_id if apic.apic_id < 64 else 0)
 
     def disarm(self) -> None:
         a = self.a
@@ -154,6 +171,10 @@ class ApicFast:
         apic.irr = self._irr = _join(a.irr)
         apic.tmr = self._tmr = _join(a.tmr)
         apic.icr, apic.tsc_deadline = a.icr, a.tsc_deadline
+        if a.sent:                      # a fixed IPI to another CPU: as ApicBus.send
+            a.sent = 0
+            targets = [t for t in apic.bus.apics if t is not apic and t.apic_id == a.sent_dest]
+            ApicBus.deliver(ICR_DELIVERY_FIXED, a.sent_vector, targets)
         if a.window_armed:
             irq.window.armed = True
         if a.kicked:

@@ -877,7 +877,8 @@ class Machine:
             if self._by_l0:
                 fast.after_exit(intno, state, rip)
             self.timebase.rebound()
-            fast.arm()
+            if not (self.irq.kicked or self._pending is not None or self._result is not None):
+                fast.arm()        # else emulation stops here: the turn's end arms again
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(uc, e)
 

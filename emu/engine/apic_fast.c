@@ -100,7 +100,23 @@ static int write_tpr(struct apic_fast *a, void *uc, uint64_t value, uint64_t *tp
     return 1;
 }
 
-/* The ICR: a fixed IPI whose only target is this APIC, or none at all. */
+/* A fixed IPI to one other APIC: Python's delivery (ApicBus.deliver) makes the target's IRR
+ * change and ends this CPU's turn here (Machine.wake kicks the sender); C ends the turn the same
+ * way and leaves the delivery to the next Python entry, which runs before anything else can look
+ * at the target (no instruction runs after this one before emulation stops). */
+static int send_other(struct apic_fast *a, void *uc, uint64_t icr, int vector, uint64_t dest)
+{
+    a->icr = icr;
+    a->sent = 1;
+    a->sent_vector = (uint64_t)vector;
+    a->sent_dest = dest;
+    a->kicked = 1;
+    a->emu_stop(uc);
+    a->icr_sent++;
+    return 1;
+}
+
+/* The ICR: a fixed IPI whose only target is this APIC or one other, or none at all. */
 static int write_icr(struct apic_fast *a, void *uc, uint64_t value, const struct apic_time *t)
 {
     uint64_t icr = value & a->icr_writable;
@@ -129,6 +145,8 @@ static int write_icr(struct apic_fast *a, void *uc, uint64_t value, const struct
             self = 1;
         else
             self = dest == a->apic_id;
+        if (!self && dest < 64 && (a->others >> dest) & 1 && !a->sent)
+            return send_other(a, uc, icr, vector, dest);
         if (!a->one_cpu && (!self || dest == BROADCAST))
             return 0;
     }

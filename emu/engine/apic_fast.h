@@ -23,6 +23,8 @@ struct apic_fast {
     uint64_t lvt_timer;         /* the LVT timer entry (vector, mask) */
     uint64_t deadline_ok;       /* Python: a deadline write may bound the run here (one CPU) */
     uint64_t one_cpu;           /* no other APIC: "all" and "all but self" name only this one */
+    uint64_t others;            /* Python: bit n: exactly one other APIC has ID n (n < 64) */
+    uint64_t sent, sent_vector, sent_dest;  /* out: a fixed IPI to that APIC, for Python */
     uint64_t timers_pending;    /* Python: another timer has a deadline (devices, APIC count) */
     uint64_t always_stop;       /* Python: a deliverable change must stop emulation at once */
     uint64_t unbounded;         /* the run has no time bound (InterruptController._unbounded) */

@@ -527,7 +527,8 @@ const char *replay_abi(void)
     ABI_FIELD(engine, svm); ABI_FIELD(engine, apic);
     ABI("sizeof(apic_fast)", sizeof(struct apic_fast));
 #define APIC_FIELDS(X) X(enabled) X(changed) X(isr) X(irr) X(tmr) X(icr) X(apic_id) \
-    X(tsc_deadline) X(deadline_mode) X(lvt_timer) X(deadline_ok) X(one_cpu) X(timers_pending) \
+    X(tsc_deadline) X(deadline_mode) X(lvt_timer) X(deadline_ok) X(one_cpu) X(others) X(sent) \
+    X(sent_vector) X(sent_dest) X(timers_pending) \
     X(always_stop) X(unbounded) X(tick_ok) X(request_addr) X(request_bit) X(kick_addr) \
     X(intercept_addr) X(intercept_bit) X(window_armed) X(kicked) X(deadline_moved) \
     X(bound_time) X(msr_tpr) X(msr_eoi) X(msr_icr) X(msr_self_ipi) X(msr_tsc_deadline) \

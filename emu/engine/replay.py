@@ -129,7 +129,8 @@ class _ApicFast(ctypes.Structure):
                 + [(name, ctypes.c_uint64 * 4) for name in ("isr", "irr", "tmr")]
                 + [(name, ctypes.c_uint64) for name in (
                     "icr", "apic_id", "tsc_deadline", "deadline_mode", "lvt_timer", "deadline_ok",
-                    "one_cpu", "timers_pending", "always_stop", "unbounded", "tick_ok",
+                    "one_cpu", "others", "sent", "sent_vector", "sent_dest", "timers_pending",
+                    "always_stop", "unbounded", "tick_ok",
                     "request_addr", "request_bit", "kick_addr", "intercept_addr", "intercept_bit",
                     "window_armed", "kicked", "deadline_moved", "bound_time", "msr_tpr", "msr_eoi",
                     "msr_icr",
