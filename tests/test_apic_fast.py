@@ -414,7 +414,7 @@ def run_smp(image: bytes, fast: bool) -> tuple:
     cpus = tuple((c.tsc, bytes(c.ctx.save().view)[:_NOISE_FROM], c.apic.state())
                  for c in m.cpu_list)
     return (res.reason, res.status, bytes(m.serial.output), bytes(m.ram), cpus), \
-        tuple(c.apic_fast.answered for c in m.cpu_list)
+        tuple((*c.apic_fast.answered, c.apic_fast.answered_hlt) for c in m.cpu_list)
 
 
 def test_ipis_between_two_cpus_same_in_c_and_python(tmp_path):
@@ -422,10 +422,12 @@ def test_ipis_between_two_cpus_same_in_c_and_python(tmp_path):
     src.write_text(SMP_GUEST)
     image = assemble_source(str(src))
     (fast, answered), (slow, none) = run_smp(image, True), run_smp(image, False)
-    assert none == ((0, 0, 0, 0), (0, 0, 0, 0))
+    assert none == ((0, 0, 0, 0, 0), (0, 0, 0, 0, 0))
     assert fast[0] == "exit" and b"checksum 0x" in fast[2], fast[2]
     for i, name in enumerate(("reason", "status", "output", "ram", "cpus")):
         assert fast[i] == slow[i], name
-    # the boot CPU's pings and CPU 1's pongs went through C, and both CPUs' EOIs
-    (eoi0, _, sent0, _), (eoi1, _, sent1, _) = answered
+    # the boot CPU's pings and CPU 1's pongs went through C, both CPUs' EOIs, and the boot
+    # CPU's HLTs in even rounds (CPU 1 finds the next ping waiting when it resumes)
+    (eoi0, _, sent0, _, hlt0), (eoi1, _, sent1, _, _) = answered
     assert sent0 >= 55 and sent1 >= 55 and eoi0 >= 55 and eoi1 >= 55, answered
+    assert hlt0 >= 25, answered

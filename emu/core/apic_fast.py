@@ -27,6 +27,11 @@ C owns the state it changes while armed: ISR, IRR, TMR, the ICR, the TSC deadlin
 them since), each Python entry takes them back when C changed anything, with the window's
 armed flag, a stop C made, and the run's new time bound.
 
+HLT in L1, while armed and the machine's own handler takes it, is answered here too
+(Machine._exit_hlt and InterruptController.halt): RIP past it, the interrupt shadow ended, the
+CPU halted until the next interrupt point, emulation stopped: one Python entry less for each
+wait of an idle CPU.
+
 Armed only when nothing but IRR could ask for the CPU (no NMI, INIT, SMI or ExtINT waits: what
 LocalApic.signalled adds), in x2APIC mode, with the MSR owners the interrupt controller
 registered, and while the APIC timer either runs in TSC-deadline mode or is idle (a counting
@@ -41,8 +46,11 @@ from emu.core.devices.apic import (APIC_EOI, APIC_ICR_LO, APIC_LVT_TIMER, APIC_T
                                    ICR_DELIVERY_FIXED, ICR_DELIVERY_MODE_SHIFT, ICR_DEST_LOGICAL,
                                    ICR_SHORTHAND_SHIFT, LVT_MASKED, X2APIC_ICR_WRITABLE,
                                    X2APIC_MSR_BASE, X2APIC_SELF_IPI, ApicBus)
-from emu.engine import binding
-from emu.engine.hw_switch import CPU_INTERRUPT_VIRQ
+from emu.arch.vmcb import VMEXIT_HLT
+from emu.engine import binding, hostvm
+from emu.engine.replay import (APIC_DIRTY_DEADLINE, APIC_DIRTY_ICR, APIC_DIRTY_IRR, APIC_DIRTY_ISR,
+                               APIC_DIRTY_TMR, APIC_TIMERS_UNKNOWN)
+from emu.engine.hw_switch import CPU_INTERRUPT_VIRQ, HF_INHIBIT_IRQ
 from emu.engine.irq_window import VINTR_INTERCEPT_BIT
 
 if TYPE_CHECKING:
@@ -86,11 +94,15 @@ class ApicFast:
         a.request_bit = CPU_INTERRUPT_VIRQ
         a.intercept_bit = VINTR_INTERCEPT_BIT
         a.emu_stop = binding.c_function("uc_emu_stop")
+        a.exit_hlt = hostvm.UC_EXIT_BASE + VMEXIT_HLT
+        a.hf_inhibit_irq = HF_INHIBIT_IRQ
         msrs = machine.msrs
         self._owners = {i: msrs.owners.get(i) for i in (*_MSRS.values(), MSR_TSC_DEADLINE)}
         self._generation = -1
         self._owned = False
-        self._isr = self._irr = self._tmr = -1      # the words C holds
+        self._isr = self._irr = self._tmr = self._icr = self._deadline = -1   # what C holds
+        self._key: tuple = ()
+        self._want_timers = False
         self._armed = False
         machine.fast_exits.companions.append(self)
 
@@ -99,6 +111,11 @@ class ApicFast:
         """(EOI, TPR, IPI, TSC deadline) writes answered in C so far."""
         a = self.a
         return (a.eoi, a.tpr, a.icr_sent, a.deadline) if a is not None else (0, 0, 0, 0)
+
+    @property
+    def answered_hlt(self) -> int:
+        """HLTs answered in C so far."""
+        return self.a.hlts if self.a is not None else 0
 
     def _owners_ours(self) -> bool:
         msrs = self.m.msrs
@@ -114,10 +131,8 @@ class ApicFast:
                 or apic.extint_requested or not self._owners_ours()):
             a.enabled = 0
             return
-        deadline = apic.deadline()
-        deadline_mode = apic.deadline_mode
         isr, irr, tmr = apic.isr, apic.irr, apic.tmr
-        if isr != self._isr:            # the 256-bit words only when Python changed them
+        if isr != self._isr:            # the words only when Python changed them since
             _words(isr, a.isr)
             self._isr = isr
         if irr != self._irr:
@@ -126,31 +141,45 @@ class ApicFast:
         if tmr != self._tmr:
             _words(tmr, a.tmr)
             self._tmr = tmr
-        a.icr, a.tsc_deadline = apic.icr, apic.tsc_deadline
-        a.apic_id = apic.apic_id
-        a.lvt_timer = apic.lvt[APIC_LVT_TIMER]
-        a.deadline_mode = int(deadline_mode)
-        a.tick_ok = int(deadline_mode or deadline is None)
-        a.deadline_ok = int(m.cpus == 1)
+        if apic.icr != self._icr:
+            a.icr = self._icr = apic.icr
+        if apic.tsc_deadline != self._deadline:
+            a.tsc_deadline = self._deadline = apic.tsc_deadline
         bus = apic.bus
-        a.one_cpu = int(bus is None or len(bus.apics) == 1)
-        a.others = self._others(apic) if bus is not None else 0
+        apics = bus.apics if bus is not None else (apic,)
+        key = (apic.lvt[APIC_LVT_TIMER], apic.timer_running, tuple(x.apic_id for x in apics))
+        if key != self._key:            # what changes only with the APIC's programming
+            self._key = key
+            deadline_mode = apic.deadline_mode
+            a.apic_id = apic.apic_id
+            a.lvt_timer = key[0]
+            a.deadline_mode = int(deadline_mode)
+            a.tick_ok = int(deadline_mode or apic.deadline() is None)
+            a.deadline_ok = int(m.cpus == 1)
+            a.one_cpu = int(len(apics) == 1)
+            a.others = self._others(apic, apics)
         unbounded = irq.unbounded       # C reads the timers only while this holds
         a.unbounded = int(unbounded)
-        a.timers_pending = int(unbounded and (
-            (not deadline_mode and deadline is not None)
-            or any(t.deadline() is not None for t in irq.timers)))
+        if not unbounded:
+            a.timers_pending = 0
+        elif self._want_timers:         # a write once wanted them: look each time from now on
+            a.timers_pending = int((not apic.deadline_mode and apic.deadline() is not None)
+                                   or any(t.deadline() is not None for t in irq.timers))
+        else:
+            a.timers_pending = APIC_TIMERS_UNKNOWN
         router = m.router
         a.always_stop = int(router is not None and router.physical_if() is not None)
-        a.changed = a.window_armed = a.kicked = a.deadline_moved = a.sent = 0
+        a.hlt_ok = int(m.halts_itself())
+        a.changed = a.window_armed = a.kicked = a.deadline_moved = a.sent = a.halted = 0
+        a.dirty = a.wanted_timers = 0
         a.enabled = 1
         self._armed = True
 
     @staticmethod
-    def _others(apic) -> int:
+    def _others(apic, apics) -> int:
         """Bit n: exactly one other APIC on the bus has the ID n (n < 64)."""
         seen = dup = 0
-        for other in apic.bus.apics:
+        for other in apics:
             if other is not apic and other.apic_id < 64:
                 bit = 1 << other.apic_id
                 dup |= seen & bit
@@ -163,18 +192,30 @@ class ApicFast:
             return
         self._armed = False
         a.enabled = 0
+        if a.wanted_timers:
+            self._want_timers = True
         if not a.changed:
             return
         m = self.m
         apic, irq = m.apic, m.irq
-        apic.isr = self._isr = _join(a.isr)
-        apic.irr = self._irr = _join(a.irr)
-        apic.tmr = self._tmr = _join(a.tmr)
-        apic.icr, apic.tsc_deadline = a.icr, a.tsc_deadline
+        dirty = a.dirty
+        if dirty:
+            if dirty & APIC_DIRTY_ISR:
+                apic.isr = self._isr = _join(a.isr)
+            if dirty & APIC_DIRTY_IRR:
+                apic.irr = self._irr = _join(a.irr)
+            if dirty & APIC_DIRTY_TMR:
+                apic.tmr = self._tmr = _join(a.tmr)
+            if dirty & APIC_DIRTY_ICR:
+                apic.icr = self._icr = a.icr
+            if dirty & APIC_DIRTY_DEADLINE:
+                apic.tsc_deadline = self._deadline = a.tsc_deadline
         if a.sent:                      # a fixed IPI to another CPU: as ApicBus.send
             a.sent = 0
             targets = [t for t in apic.bus.apics if t is not apic and t.apic_id == a.sent_dest]
             ApicBus.deliver(ICR_DELIVERY_FIXED, a.sent_vector, targets)
+        if a.halted:
+            irq.halted = True
         if a.window_armed:
             irq.window.armed = True
         if a.kicked:

@@ -336,6 +336,10 @@ class Machine:
         """The address space running now (coverage keys code on it; see Extension)."""
         return self.extensions[0].address_space() if self.extensions else "L1"
 
+    def halts_itself(self) -> bool:
+        """Does the machine's own handler still take HLT (no extension or tool replaced it)?"""
+        return self._exits.get(hostvm.VMEXIT_HLT) == self._exit_hlt
+
     def exit_handler(self, code: int) -> Callable[[int], None] | None:
         """The handler registered for exit `code`, so a tool (the fuzzer) can wrap it."""
         return self._exits.get(code)
@@ -638,7 +642,7 @@ class Machine:
             pending()                 # what a world switch there asked for (a #DB trap)
             took = True
         if took:
-            begin = self._begin = uc.reg_read(UC_X86_REG_RIP)
+            begin = self._begin = self._rip()
         if self._result is not None:
             return False
         self.idle_turn = self.irq.halted
@@ -714,8 +718,13 @@ class Machine:
             self._finish("pause", STATUS_LIMIT, self._pause)
         while self._between:            # queued by hooks or by the pending work
             self._between.pop(0)()
-        self._begin = uc.reg_read(UC_X86_REG_RIP)
+        self._begin = self._rip()
         return True
+
+    def _rip(self) -> int:
+        """RIP, read from the CPU state in place when its address is known (uc.reg_read(RIP)
+        returns the same word through the binding's several Python calls)."""
+        return self.fast_exits.rip() if self.fast_exits.env else self.uc.reg_read(UC_X86_REG_RIP)
 
     def _cut_short(self, count: int, bound: int, ran: int) -> None:
         """Several CPUs: did this turn stop only because the run ends here (an instruction

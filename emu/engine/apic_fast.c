@@ -50,14 +50,25 @@ int apic_fast_busy(const struct apic_fast *a, uint64_t now)
 /* InterruptController.changed on this CPU: open the interrupt window with a kick; stop at once
  * when the window is not enough (_window_not_enough: a run without a bound while a timer is
  * armed, or a nested guest whose interrupts follow the host's IF). */
+/* May a change that makes something deliverable be made here? Not while the run has no bound
+ * and Python did not look at the other timers (whether `changed` must stop emulation). */
+static int can_change(struct apic_fast *a)
+{
+    if (a->unbounded && !a->always_stop && a->timers_pending == APIC_TIMERS_UNKNOWN) {
+        a->wanted_timers = 1;
+        return 0;
+    }
+    return 1;
+}
+
 static void changed(struct apic_fast *a, void *uc)
 {
     *(uint64_t *)a->intercept_addr |= a->intercept_bit;
     *(uint32_t *)a->request_addr |= (uint32_t)a->request_bit;
     *(uint16_t *)a->kick_addr = 0xFFFF;
     a->window_armed = 1;
-    if (a->always_stop ||
-        (a->unbounded && (a->timers_pending || (a->deadline_mode && a->tsc_deadline)))) {
+    if (a->always_stop || (a->unbounded && (a->timers_pending == 1 ||
+                                            (a->deadline_mode && a->tsc_deadline)))) {
         a->kicked = 1;
         a->emu_stop(uc);
     }
@@ -68,6 +79,7 @@ static void accept(struct apic_fast *a, void *uc, int vector)
 {
     set_bit(a->irr, vector);
     clear_bit(a->tmr, vector);
+    a->dirty |= APIC_DIRTY_IRR | APIC_DIRTY_TMR;
     changed(a, uc);
 }
 
@@ -80,7 +92,10 @@ static int eoi(struct apic_fast *a, void *uc, uint64_t value)
     if (vector >= 0) {
         if (test_bit(a->tmr, vector))
             return 0;               /* level-triggered: the I/O APIC hears it */
+        if (irr_any(a) && !can_change(a))
+            return 0;
         clear_bit(a->isr, vector);
+        a->dirty |= APIC_DIRTY_ISR;
         if (irr_any(a))             /* only a request can be let in by a lower priority */
             changed(a, uc);
     }
@@ -93,6 +108,8 @@ static int write_tpr(struct apic_fast *a, void *uc, uint64_t value, uint64_t *tp
 {
     if (value >> 32 || !a->tick_ok || deadline_due(a, t->now))
         return 0;                   /* #GP, or a timer the write's tick would fire */
+    if (irr_any(a) && !can_change(a))
+        return 0;
     *tpr = value & 0xFF;
     if (irr_any(a))
         changed(a, uc);
@@ -107,6 +124,7 @@ static int write_tpr(struct apic_fast *a, void *uc, uint64_t value, uint64_t *tp
 static int send_other(struct apic_fast *a, void *uc, uint64_t icr, int vector, uint64_t dest)
 {
     a->icr = icr;
+    a->dirty |= APIC_DIRTY_ICR;
     a->sent = 1;
     a->sent_vector = (uint64_t)vector;
     a->sent_dest = dest;
@@ -150,7 +168,10 @@ static int write_icr(struct apic_fast *a, void *uc, uint64_t value, const struct
         if (!a->one_cpu && (!self || dest == BROADCAST))
             return 0;
     }
+    if (self && !can_change(a))
+        return 0;
     a->icr = icr;
+    a->dirty |= APIC_DIRTY_ICR;
     if (self)
         accept(a, uc, vector);
     a->icr_sent++;
@@ -161,6 +182,8 @@ static int self_ipi(struct apic_fast *a, void *uc, uint64_t value, const struct 
 {
     if (value & ~0xFFull || value < FIRST_VALID_VECTOR)
         return 0;                   /* #GP, or the send-illegal-vector error */
+    if (!can_change(a))
+        return 0;
     accept(a, uc, (int)value);
     a->icr_sent++;
     return 1;
@@ -176,13 +199,15 @@ static int write_deadline(struct apic_fast *a, void *uc, uint64_t value, struct 
     if (!a->deadline_mode || !a->deadline_ok || !t->count || !a->tick_ok)
         return 0;
     if (value && value <= t->now) {
-        if (!masked && vector < FIRST_VALID_VECTOR)
+        if (!masked && (vector < FIRST_VALID_VECTOR || !can_change(a)))
             return 0;
         a->tsc_deadline = 0;
+        a->dirty |= APIC_DIRTY_DEADLINE;
         if (!masked)
             accept(a, uc, vector);
     } else {
         a->tsc_deadline = value;
+        a->dirty |= APIC_DIRTY_DEADLINE;
         if (value && !masked) {
             uint64_t want = *t->count + (value - t->now);
             if (*t->deadline == UINT64_MAX || want < *t->deadline)

@@ -12,6 +12,13 @@
 
 typedef void (*stop_fn)(void *uc);
 
+#define APIC_TIMERS_UNKNOWN 2
+#define APIC_DIRTY_ISR 1
+#define APIC_DIRTY_IRR 2
+#define APIC_DIRTY_TMR 4
+#define APIC_DIRTY_ICR 8
+#define APIC_DIRTY_DEADLINE 16
+
 struct apic_fast {
     uint64_t enabled;           /* Python: x2APIC mode and nothing but IRR could be requested */
     uint64_t changed;           /* out: C changed the state below */
@@ -25,7 +32,11 @@ struct apic_fast {
     uint64_t one_cpu;           /* no other APIC: "all" and "all but self" name only this one */
     uint64_t others;            /* Python: bit n: exactly one other APIC has ID n (n < 64) */
     uint64_t sent, sent_vector, sent_dest;  /* out: a fixed IPI to that APIC, for Python */
-    uint64_t timers_pending;    /* Python: another timer has a deadline (devices, APIC count) */
+    uint64_t timers_pending;    /* Python: another timer has a deadline (devices, APIC count);
+                                 * APIC_TIMERS_UNKNOWN: not looked at (then a change that must
+                                 * know, in a run without a bound, goes to Python) */
+    uint64_t wanted_timers;     /* out: a write went to Python for want of timers_pending */
+    uint64_t dirty;             /* out: APIC_DIRTY_* of the words C changed */
     uint64_t always_stop;       /* Python: a deliverable change must stop emulation at once */
     uint64_t unbounded;         /* the run has no time bound (InterruptController._unbounded) */
     uint64_t tick_ok;           /* Python: the APIC timer is idle or in TSC-deadline mode */
@@ -40,6 +51,13 @@ struct apic_fast {
     uint64_t lvt_masked, icr_writable, icr_mode_shift, icr_dest_logical, icr_shorthand_shift;
     stop_fn emu_stop;
     uint64_t eoi, tpr, icr_sent, deadline;   /* counts of writes answered here */
+    /* HLT in L1 (Machine._exit_hlt, InterruptController.halt): RIP past it, an STI shadow
+     * ended, the CPU halted until the next interrupt point, emulation stopped there. */
+    uint64_t exit_hlt;          /* its INTR hook number */
+    uint64_t hlt_ok;            /* Python: the machine's own handler takes it */
+    uint64_t hf_inhibit_irq;    /* hflags: the interrupt shadow */
+    uint64_t halted;            /* out: C halted the CPU */
+    uint64_t hlts;              /* count of HLTs answered here */
 };
 
 /* The instruction counter's words (patch 0005): count, then deadline, and whether the deadline

@@ -432,6 +432,19 @@ static int fast_wrmsr(void *uc, struct engine *e)
     return 1;
 }
 
+/* L1's HLT (struct apic_fast: Machine._exit_hlt and InterruptController.halt do the same). */
+static int fast_hlt(void *uc, struct engine *e)
+{
+    struct fast *f = &e->fx;
+    struct apic_fast *a = &e->apic;
+    ENV64(f, FX_OFF_EIP) += 1;
+    ENV32(f, FX_OFF_HFLAGS) &= ~(uint32_t)a->hf_inhibit_irq;
+    a->halted = a->kicked = a->changed = 1;
+    a->hlts++;
+    a->emu_stop(uc);
+    return 1;
+}
+
 static int fast_exit(void *uc, struct engine *e, uint32_t intno)
 {
     struct fast *f = &e->fx;
@@ -443,6 +456,10 @@ static int fast_exit(void *uc, struct engine *e, uint32_t intno)
                               intno == si->exit_stgi || intno == si->exit_clgi);
     if (ENV64(f, FX_OFF_VM_VMCB) != f->l1_vmcb || (ENV32(f, FX_OFF_HFLAGS2) & f->hf2_npt))
         return 0;
+    if (e->apic.hlt_ok && e->apic.enabled && intno == e->apic.exit_hlt) {
+        charge(e, intno);
+        return fast_hlt(uc, e);
+    }
     if (!svm && intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID && intno != FX_EXIT_CR8_READ &&
         intno != FX_EXIT_CR8_WRITE && intno != FX_EXIT_CR4_WRITE && intno != FX_EXIT_MSR)
         return 0;
@@ -526,14 +543,17 @@ const char *replay_abi(void)
     ABI_FIELD(engine, programs); ABI_FIELD(engine, exit_cost); ABI_FIELD(engine, in_fallback);
     ABI_FIELD(engine, svm); ABI_FIELD(engine, apic);
     ABI("sizeof(apic_fast)", sizeof(struct apic_fast));
+    ABI("APIC_TIMERS_UNKNOWN", APIC_TIMERS_UNKNOWN); ABI("APIC_DIRTY_ISR", APIC_DIRTY_ISR);
+    ABI("APIC_DIRTY_IRR", APIC_DIRTY_IRR); ABI("APIC_DIRTY_TMR", APIC_DIRTY_TMR);
+    ABI("APIC_DIRTY_ICR", APIC_DIRTY_ICR); ABI("APIC_DIRTY_DEADLINE", APIC_DIRTY_DEADLINE);
 #define APIC_FIELDS(X) X(enabled) X(changed) X(isr) X(irr) X(tmr) X(icr) X(apic_id) \
     X(tsc_deadline) X(deadline_mode) X(lvt_timer) X(deadline_ok) X(one_cpu) X(others) X(sent) \
-    X(sent_vector) X(sent_dest) X(timers_pending) \
+    X(sent_vector) X(sent_dest) X(timers_pending) X(wanted_timers) X(dirty) \
     X(always_stop) X(unbounded) X(tick_ok) X(request_addr) X(request_bit) X(kick_addr) \
     X(intercept_addr) X(intercept_bit) X(window_armed) X(kicked) X(deadline_moved) \
     X(bound_time) X(msr_tpr) X(msr_eoi) X(msr_icr) X(msr_self_ipi) X(msr_tsc_deadline) \
     X(lvt_masked) X(icr_writable) X(icr_mode_shift) X(icr_dest_logical) X(icr_shorthand_shift) X(emu_stop) X(eoi) X(tpr) \
-    X(icr_sent) X(deadline)
+    X(icr_sent) X(deadline) X(exit_hlt) X(hlt_ok) X(hf_inhibit_irq) X(halted) X(hlts)
 #define APIC_ABI(field) ABI_FIELD(apic_fast, field);
     APIC_FIELDS(APIC_ABI)
     ABI("sizeof(svm_insn)", sizeof(struct svm_insn));

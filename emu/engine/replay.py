@@ -122,6 +122,11 @@ class _SvmInsn(ctypes.Structure):
         "n_fields")] + [("fields", _SiField * SI_MAX_FIELDS)]
 
 
+# apic_fast.h: timers_pending not looked at; the words C changed (struct apic_fast `dirty`).
+APIC_TIMERS_UNKNOWN = 2
+APIC_DIRTY_ISR, APIC_DIRTY_IRR, APIC_DIRTY_TMR, APIC_DIRTY_ICR, APIC_DIRTY_DEADLINE = 1, 2, 4, 8, 16
+
+
 class _ApicFast(ctypes.Structure):
     """apic_fast.h's struct apic_fast: L1's x2APIC writes in C (emu/core/apic_fast.py owns the
     meaning)."""
@@ -130,6 +135,7 @@ class _ApicFast(ctypes.Structure):
                 + [(name, ctypes.c_uint64) for name in (
                     "icr", "apic_id", "tsc_deadline", "deadline_mode", "lvt_timer", "deadline_ok",
                     "one_cpu", "others", "sent", "sent_vector", "sent_dest", "timers_pending",
+                    "wanted_timers", "dirty",
                     "always_stop", "unbounded", "tick_ok",
                     "request_addr", "request_bit", "kick_addr", "intercept_addr", "intercept_bit",
                     "window_armed", "kicked", "deadline_moved", "bound_time", "msr_tpr", "msr_eoi",
@@ -137,7 +143,9 @@ class _ApicFast(ctypes.Structure):
                     "msr_self_ipi", "msr_tsc_deadline", "lvt_masked", "icr_writable",
                     "icr_mode_shift", "icr_dest_logical", "icr_shorthand_shift")]
                 + [("emu_stop", ctypes.c_void_p)]
-                + [(name, ctypes.c_uint64) for name in ("eoi", "tpr", "icr_sent", "deadline")])
+                + [(name, ctypes.c_uint64) for name in (
+                    "eoi", "tpr", "icr_sent", "deadline", "exit_hlt", "hlt_ok", "hf_inhibit_irq",
+                    "halted", "hlts")])
 
 
 class _Engine(ctypes.Structure):
@@ -171,7 +179,10 @@ def expected_abi() -> dict[str, int]:
            "FX_EXIT_CPUID": FX_EXIT_CPUID, "FX_EXIT_CR8_READ": FX_EXIT_CR8_READ,
            "FX_EXIT_CR8_WRITE": FX_EXIT_CR8_WRITE, "FX_EXIT_CR4_WRITE": FX_EXIT_CR4_WRITE,
            "sizeof(svm_insn)": ctypes.sizeof(_SvmInsn), "sizeof(si_field)": ctypes.sizeof(_SiField),
-           "sizeof(apic_fast)": ctypes.sizeof(_ApicFast),
+           "sizeof(apic_fast)": ctypes.sizeof(_ApicFast), "APIC_TIMERS_UNKNOWN": APIC_TIMERS_UNKNOWN,
+           "APIC_DIRTY_ISR": APIC_DIRTY_ISR, "APIC_DIRTY_IRR": APIC_DIRTY_IRR,
+           "APIC_DIRTY_TMR": APIC_DIRTY_TMR, "APIC_DIRTY_ICR": APIC_DIRTY_ICR,
+           "APIC_DIRTY_DEADLINE": APIC_DIRTY_DEADLINE,
            "sizeof(msr_slot)": ctypes.sizeof(_MsrSlot), "FX_MSR_SLOTS": FX_MSR_SLOTS,
            "FX_EXIT_MSR": FX_EXIT_MSR, "SI_MAX_FIELDS": SI_MAX_FIELDS, "SI_SEG": SI_SEG, "SI_Q": SI_Q,
            "SI_Q_CANON": SI_Q_CANON, "SI_U16_IN_U32": SI_U16_IN_U32}
