@@ -1,5 +1,5 @@
 """The C parts: the replay engine, L1's SVM instructions and the fuzzers' edge-coverage hook
-(emu/engine/replay.c, svm_insn.c and edge_coverage.c: one optional extension) and svmemu's own
+(emu/engine/replay.c, svm_insn.c, apic_fast.c and edge_coverage.c: one optional extension) and svmemu's own
 Unicorn engine (emu/engine/unicorn_build: unicorn 2.1.4's source + our patches, built into a per-user
 cache). Both are optional: without a compiler svmemu runs on the Python path and the stock
 unicorn wheel. Everything else is in pyproject.toml."""
@@ -34,6 +34,8 @@ class BuildExtAndEngine(build_ext):
 
 setup(ext_modules=[Extension("emu.engine.creplay",
                              sources=["emu/engine/replay.c", "emu/engine/svm_insn.c",
-                                      "emu/engine/edge_coverage.c", "emu/engine/deliver.c"],
-                             depends=["emu/engine/svm_insn.h", "emu/engine/deliver.h"], optional=True)],
+                                      "emu/engine/edge_coverage.c", "emu/engine/deliver.c",
+                                      "emu/engine/apic_fast.c"],
+                             depends=["emu/engine/svm_insn.h", "emu/engine/deliver.h",
+                                      "emu/engine/apic_fast.h"], optional=True)],
       cmdclass={"build_ext": BuildExtAndEngine})

@@ -72,6 +72,7 @@ class InterruptController:
         self.apic = LocalApic(self.now, self.advance, self.changed, initial_id=index,
                               bsp=index == 0)
         self.apic.remap = self._remap
+        self.apic.timer_moved = self.timer_moved
         self.halted = False        # HLT executed; waiting at the next interrupt point
         self.halted_ticks = 0      # virtual time HLT jumped over (the clock of perfctr.py)
         self.timers: list = []     # devices with deadline()/tick(now) (the PIT), besides the APIC
@@ -294,6 +295,32 @@ class InterruptController:
         elif self._window_not_enough():
             self._kicked = True
             self.m.uc.emu_stop()
+
+    def timer_moved(self) -> None:
+        """The APIC timer got a TSC deadline in the future, and nothing else changed: only the
+        run's bound must follow. One CPU on the engine's count: the run in progress ends when
+        virtual time reaches it (Timebase.bound_by), where the next slice would have ended, and
+        the point there fires it. Otherwise the next point bounds it (`changed`)."""
+        m = self.m
+        deadline = self.apic.deadline()
+        if m.cpus == 1 and m.timebase.exact and m.timebase.in_run and deadline is not None:
+            m.timebase.bound_by(deadline)
+            self._unbounded = False
+            return
+        self.changed()
+
+    @property
+    def unbounded(self) -> bool:
+        """The run in progress has no time bound (no timer to stop it)."""
+        return self._unbounded
+
+    def bounded(self) -> None:
+        """The run in progress got a time bound (from C, emu/core/apic_fast.py)."""
+        self._unbounded = False
+
+    def note_kick(self) -> None:
+        """C stopped emulation for a reason of ours (emu/core/apic_fast.py)."""
+        self._kicked = True
 
     def _window_not_enough(self) -> bool:
         """The window brings the CPU back when the running guest's IF lets an interrupt in.

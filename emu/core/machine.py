@@ -60,6 +60,7 @@ from emu.core.smp import DEFAULT_QUANTUM, Position, RoundRobin
 from emu.core.memory import GuestMemory
 from emu.engine import replay
 from emu.core.fast_deliver import FastDeliver
+from emu.core.apic_fast import ApicFast
 from emu.core.fast_exits import FastExits
 from emu.core.timebase import IOIO_COST, Timebase
 from emu.arch.paging import NestedFault
@@ -284,6 +285,8 @@ class Machine:
             self.replay.set_exit_costs(self.timebase.costs)
             if self.fast_exits.env:
                 self.timebase.attach_c(self.replay.fast)
+        # L1's x2APIC writes (EOI, TPR, self-IPIs, the TSC deadline) in C (apic_fast.py).
+        self.apic_fast = ApicFast(self)
         self._hooks = [
             *([] if self.replay else [uc.hook_add(UC_HOOK_INTR, self._on_intr_py)]),
             (self.replay.hook_in(self._on_in_c) if self.replay
@@ -335,6 +338,10 @@ class Machine:
     def address_space(self) -> str:
         """The address space running now (coverage keys code on it; see Extension)."""
         return self.extensions[0].address_space() if self.extensions else "L1"
+
+    def halts_itself(self) -> bool:
+        """Does the machine's own handler still take HLT (no extension or tool replaced it)?"""
+        return self._exits.get(hostvm.VMEXIT_HLT) == self._exit_hlt
 
     def exit_handler(self, code: int) -> Callable[[int], None] | None:
         """The handler registered for exit `code`, so a tool (the fuzzer) can wrap it."""
@@ -640,7 +647,7 @@ class Machine:
             pending()                 # what a world switch there asked for (a #DB trap)
             took = True
         if took:
-            begin = self._begin = uc.reg_read(UC_X86_REG_RIP)
+            begin = self._begin = self._rip()
         if self._result is not None:
             return False
         self.idle_turn = self.irq.halted
@@ -716,8 +723,13 @@ class Machine:
             self._finish("pause", STATUS_LIMIT, self._pause)
         while self._between:            # queued by hooks or by the pending work
             self._between.pop(0)()
-        self._begin = uc.reg_read(UC_X86_REG_RIP)
+        self._begin = self._rip()
         return True
+
+    def _rip(self) -> int:
+        """RIP, read from the CPU state in place when its address is known (uc.reg_read(RIP)
+        returns the same word through the binding's several Python calls)."""
+        return self.fast_exits.rip() if self.fast_exits.env else self.uc.reg_read(UC_X86_REG_RIP)
 
     def _cut_short(self, count: int, bound: int, ran: int) -> None:
         """Several CPUs: did this turn stop only because the run ends here (an instruction
@@ -879,7 +891,8 @@ class Machine:
             if self._by_l0:
                 fast.after_exit(intno, state, rip)
             self.timebase.rebound()
-            fast.arm()
+            if not (self.irq.kicked or self._pending is not None or self._result is not None):
+                fast.arm()        # else emulation stops here: the turn's end arms again
         except BaseException as e:          # noqa: B036 - re-raised by Uc.emu_start
             binding.stop_with_exception(uc, e)
 

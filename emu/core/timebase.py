@@ -94,6 +94,7 @@ class Timebase:
         self._seen = 0
         self._fx = None
         self._until: int | None = None      # the virtual time a bounded run must stop at
+        self.in_run = False                 # between bound() and unbound(): an emu_start
 
     def attach_c(self, fx) -> None:
         """The C fast-exit words (replay.c `struct fast`): C folds the count and charges exits
@@ -142,6 +143,8 @@ class Timebase:
         `count=` (every instruction started, exits included: a hook on each)."""
         if not self.exact:
             return count
+        self.counter.clear_deadline()
+        self.in_run = True
         if count:
             self.counter.set_deadline(self.counter.read() + count)
             if by_time:
@@ -149,6 +152,21 @@ class Timebase:
                 if self._fx is not None:
                     self._fx.deadline_by_time = 1
         return 0
+
+    def bound_by(self, time: int) -> None:
+        """From inside a run bounded by time (or unbounded): end it also when virtual time
+        reaches `time` (a timer armed by the code running). The bound only moves nearer."""
+        if not self.exact or (self._until is not None and self._until <= time):
+            return
+        self.counter.set_deadline(self.counter.read() + max(0, time - self.m.tsc))
+        self.note_bound(time)
+
+    def note_bound(self, time: int) -> None:
+        """The engine's deadline now ends the run by `time` at the latest (C moved it, replay.c
+        `spend` keeps it in step): Python's own bound follows."""
+        self._until = time if self._until is None else min(self._until, time)
+        if self._fx is not None:
+            self._fx.deadline_by_time = 1
 
     def retired(self) -> int:
         """Instructions retired so far (the engine's count; 0 without it)."""
@@ -161,6 +179,7 @@ class Timebase:
             self.counter.set_deadline(self.counter.read() + max(0, self._until - self.m.tsc))
 
     def unbound(self) -> None:
+        self.in_run = False
         if self.exact:
             self._until = None
             self.counter.clear_deadline()

@@ -61,6 +61,12 @@ class Window:
         self.armed = False
         self._request.value &= ~CPU_INTERRUPT_VIRQ
 
+    def addresses(self) -> tuple[int, int, int]:
+        """Where `arm` writes (the request word, the kick word, the intercept word), for C
+        that arms the window as `arm(kick=True)` does (emu/engine/apic_fast.c)."""
+        return (ctypes.addressof(self._request), ctypes.addressof(self._kick),
+                ctypes.addressof(self._intercept))
+
     def intercept_cr(self, n: int) -> None:
         """Make MOV to/from CRn of the running world exit (live, like the VINTR bit)."""
         self._cr_read.value |= 1 << n

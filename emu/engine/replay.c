@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "deliver.h"
+#include "apic_fast.h"
 #include "svm_insn.h"
 
 enum {
@@ -165,6 +166,7 @@ struct engine {
     in_fn in_fallback;              /* the machine's Python IN hook */
     struct svm_insn svm;            /* L1's VMLOAD/VMSAVE/STGI/CLGI (svm_insn.c) */
     struct deliver dl;              /* L1's exceptions through its IDT (deliver.c) */
+    struct apic_fast apic;          /* L1's x2APIC writes (apic_fast.c) */
 };
 
 #define ENV64(f, name) (*(uint64_t *)((f)->env + (f)->off[name]))
@@ -333,8 +335,9 @@ static int fast_cpuid(struct fast *f)
 /* MOV to/from CR8 in 64-bit mode in the one spelling compilers emit, REX (R set: CR8) 0F 20/22
  * with a register operand (Machine's irq._cr8_exit is the reference; every other spelling, a
  * write of bits 63:4 (#GP), or a write while cr8_write_ok is 0 goes to Python). */
-static int fast_cr8(void *uc, struct fast *f, int write)
+static int fast_cr8(void *uc, struct engine *e, int write)
 {
+    struct fast *f = &e->fx;
     uint64_t rip = ENV64(f, FX_OFF_EIP), *reg;
     uint8_t code[4];
     if (!(ENV32(f, FX_OFF_HFLAGS) & f->hf_cs64))
@@ -347,7 +350,7 @@ static int fast_cr8(void *uc, struct fast *f, int write)
     /* REX.W is ignored (64-bit operand either way), REX.X unused, REX.B extends the register */
     reg = (uint64_t *)(f->env + f->off[FX_OFF_RAX]) + ((code[3] & 7) | ((code[0] & 1) << 3));
     if (write) {
-        if (!f->cr8_write_ok || (*reg >> 4) != 0)
+        if (!f->cr8_write_ok || (*reg >> 4) != 0 || apic_fast_busy(&e->apic, f->tsc + f->ticks))
             return 0;
         f->tpr = *reg << 4;
     } else {
@@ -445,6 +448,40 @@ static int fast_exception(void *uc, struct engine *e, uint32_t intno)
                              vector == d->pf ? *(const uint64_t *)d->pf_cr2 : 0);
 }
 
+/* L1's WRMSR (EXITINFO1 1) of an x2APIC register or IA32_TSC_DEADLINE (apic_fast.c): RIP moves
+ * past 0F 30 when answered. A request it leaves in IRR keeps STGI and MOV CR8 in Python. */
+static int fast_wrmsr(void *uc, struct engine *e)
+{
+    struct fast *f = &e->fx;
+    struct apic_time t;
+    uint64_t value = (ENV64(f, FX_OFF_RDX) << 32) | (ENV64(f, FX_OFF_RAX) & 0xFFFFFFFFu);
+    if (!f->off_insns)
+        return 0;
+    t.count = (const uint64_t *)(f->env + f->off_insns);
+    t.deadline = (uint64_t *)(f->env + f->off_insns + 8);
+    t.by_time = &f->deadline_by_time;
+    t.now = f->tsc + f->ticks;
+    if (!apic_fast_wrmsr(&e->apic, uc, (uint32_t)ENV64(f, FX_OFF_RCX), value, &f->tpr, &t))
+        return 0;
+    if (apic_fast_busy(&e->apic, t.now))
+        e->svm.stgi_ok = 0;
+    ENV64(f, FX_OFF_EIP) += 2;
+    return 1;
+}
+
+/* L1's HLT (struct apic_fast: Machine._exit_hlt and InterruptController.halt do the same). */
+static int fast_hlt(void *uc, struct engine *e)
+{
+    struct fast *f = &e->fx;
+    struct apic_fast *a = &e->apic;
+    ENV64(f, FX_OFF_EIP) += 1;
+    ENV32(f, FX_OFF_HFLAGS) &= ~(uint32_t)a->hf_inhibit_irq;
+    a->halted = a->kicked = a->changed = 1;
+    a->hlts++;
+    a->emu_stop(uc);
+    return 1;
+}
+
 static int fast_exit(void *uc, struct engine *e, uint32_t intno)
 {
     struct fast *f = &e->fx;
@@ -456,6 +493,10 @@ static int fast_exit(void *uc, struct engine *e, uint32_t intno)
                               intno == si->exit_stgi || intno == si->exit_clgi);
     if (ENV64(f, FX_OFF_VM_VMCB) != f->l1_vmcb || (ENV32(f, FX_OFF_HFLAGS2) & f->hf2_npt))
         return 0;
+    if (e->apic.hlt_ok && e->apic.enabled && intno == e->apic.exit_hlt) {
+        charge(e, intno);
+        return fast_hlt(uc, e);
+    }
     int exc = dl_exception(&e->dl, intno);
     if (!svm && !exc && intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID &&
         intno != FX_EXIT_CR8_READ && intno != FX_EXIT_CR8_WRITE && intno != FX_EXIT_CR4_WRITE &&
@@ -467,8 +508,9 @@ static int fast_exit(void *uc, struct engine *e, uint32_t intno)
         intno == FX_EXIT_RDTSC ? fast_rdtsc(uc, f) :
         intno == FX_EXIT_CPUID ? fast_cpuid(f) :
         intno == FX_EXIT_CR4_WRITE ? fast_cr4(uc, f) :
-        intno == FX_EXIT_MSR ? fast_rdmsr(f) || msr_gp(uc, e) :
-        fast_cr8(uc, f, intno == FX_EXIT_CR8_WRITE))
+        intno == FX_EXIT_MSR ? (ENV32(f, FX_OFF_ERROR_CODE) == 1 ? fast_wrmsr(uc, e)
+                                                                  : fast_rdmsr(f)) || msr_gp(uc, e) :
+        fast_cr8(uc, e, intno == FX_EXIT_CR8_WRITE))
         return 1;
     f->ticks = ticks;           /* not answered: Python handles the exit and charges it */
     f->insns_seen = seen;
@@ -571,6 +613,21 @@ const char *replay_abi(void)
     ABI_FIELD(deliver, pf); ABI_FIELD(deliver, pf_cr2); ABI_FIELD(deliver, off_cr2);
     ABI_FIELD(deliver, n_msrs); ABI_FIELD(deliver, msrs); ABI_FIELD(deliver, window); ABI_FIELD(deliver, delivered);
     ABI_FIELD(deliver, msr_gp);
+    ABI_FIELD(engine, apic);
+    ABI("sizeof(apic_fast)", sizeof(struct apic_fast));
+    ABI("APIC_TIMERS_UNKNOWN", APIC_TIMERS_UNKNOWN); ABI("APIC_DIRTY_ISR", APIC_DIRTY_ISR);
+    ABI("APIC_DIRTY_IRR", APIC_DIRTY_IRR); ABI("APIC_DIRTY_TMR", APIC_DIRTY_TMR);
+    ABI("APIC_DIRTY_ICR", APIC_DIRTY_ICR); ABI("APIC_DIRTY_DEADLINE", APIC_DIRTY_DEADLINE);
+#define APIC_FIELDS(X) X(enabled) X(changed) X(isr) X(irr) X(tmr) X(icr) X(apic_id) \
+    X(tsc_deadline) X(deadline_mode) X(lvt_timer) X(deadline_ok) X(one_cpu) X(others) X(sent) \
+    X(sent_vector) X(sent_dest) X(timers_pending) X(wanted_timers) X(dirty) \
+    X(always_stop) X(unbounded) X(tick_ok) X(request_addr) X(request_bit) X(kick_addr) \
+    X(intercept_addr) X(intercept_bit) X(window_armed) X(kicked) X(deadline_moved) \
+    X(bound_time) X(msr_tpr) X(msr_eoi) X(msr_icr) X(msr_self_ipi) X(msr_tsc_deadline) \
+    X(lvt_masked) X(icr_writable) X(icr_mode_shift) X(icr_dest_logical) X(icr_shorthand_shift) X(emu_stop) X(eoi) X(tpr) \
+    X(icr_sent) X(deadline) X(exit_hlt) X(hlt_ok) X(hf_inhibit_irq) X(halted) X(hlts)
+#define APIC_ABI(field) ABI_FIELD(apic_fast, field);
+    APIC_FIELDS(APIC_ABI)
     ABI("sizeof(svm_insn)", sizeof(struct svm_insn));
     ABI_FIELD(svm_insn, enabled); ABI_FIELD(svm_insn, ram); ABI_FIELD(svm_insn, ram_size);
     ABI_FIELD(svm_insn, vmcb_size); ABI_FIELD(svm_insn, maxphyaddr); ABI_FIELD(svm_insn, hf_cs64);

@@ -165,6 +165,30 @@ class _Deliver(ctypes.Structure):
                 ("pf_cr2", ctypes.c_uint64), ("off_cr2", ctypes.c_uint64), ("n_msrs", ctypes.c_uint64),
                 ("msrs", ctypes.c_uint32 * DL_MAX_MSRS), ("window", ctypes.c_uint64), ("delivered", ctypes.c_uint64),
                 ("msr_gp", ctypes.c_uint64)]
+# apic_fast.h: timers_pending not looked at; the words C changed (struct apic_fast `dirty`).
+APIC_TIMERS_UNKNOWN = 2
+APIC_DIRTY_ISR, APIC_DIRTY_IRR, APIC_DIRTY_TMR, APIC_DIRTY_ICR, APIC_DIRTY_DEADLINE = 1, 2, 4, 8, 16
+
+
+class _ApicFast(ctypes.Structure):
+    """apic_fast.h's struct apic_fast: L1's x2APIC writes in C (emu/core/apic_fast.py owns the
+    meaning)."""
+    _fields_ = ([(name, ctypes.c_uint64) for name in ("enabled", "changed")]
+                + [(name, ctypes.c_uint64 * 4) for name in ("isr", "irr", "tmr")]
+                + [(name, ctypes.c_uint64) for name in (
+                    "icr", "apic_id", "tsc_deadline", "deadline_mode", "lvt_timer", "deadline_ok",
+                    "one_cpu", "others", "sent", "sent_vector", "sent_dest", "timers_pending",
+                    "wanted_timers", "dirty",
+                    "always_stop", "unbounded", "tick_ok",
+                    "request_addr", "request_bit", "kick_addr", "intercept_addr", "intercept_bit",
+                    "window_armed", "kicked", "deadline_moved", "bound_time", "msr_tpr", "msr_eoi",
+                    "msr_icr",
+                    "msr_self_ipi", "msr_tsc_deadline", "lvt_masked", "icr_writable",
+                    "icr_mode_shift", "icr_dest_logical", "icr_shorthand_shift")]
+                + [("emu_stop", ctypes.c_void_p)]
+                + [(name, ctypes.c_uint64) for name in (
+                    "eoi", "tpr", "icr_sent", "deadline", "exit_hlt", "hlt_ok", "hf_inhibit_irq",
+                    "halted", "hlts")])
 
 
 class _Engine(ctypes.Structure):
@@ -178,7 +202,8 @@ class _Engine(ctypes.Structure):
                 ("state", ctypes.c_uint64), ("fx", _Fast),
                 ("programs", (ctypes.c_void_p * PER_INTNO) * N_INTNO),
                 ("exit_cost", ctypes.c_uint32 * N_INTNO),
-                ("in_fallback", ctypes.c_void_p), ("svm", _SvmInsn), ("dl", _Deliver)]
+                ("in_fallback", ctypes.c_void_p), ("svm", _SvmInsn), ("dl", _Deliver),
+                ("apic", _ApicFast)]
 
 
 _OP = struct.Struct("<IIQQQ")      # struct op, packed in one call per op (ctypes fields cost more)
@@ -198,6 +223,10 @@ def expected_abi() -> dict[str, int]:
            "FX_EXIT_CPUID": FX_EXIT_CPUID, "FX_EXIT_CR8_READ": FX_EXIT_CR8_READ,
            "FX_EXIT_CR8_WRITE": FX_EXIT_CR8_WRITE, "FX_EXIT_CR4_WRITE": FX_EXIT_CR4_WRITE,
            "sizeof(svm_insn)": ctypes.sizeof(_SvmInsn), "sizeof(si_field)": ctypes.sizeof(_SiField),
+           "sizeof(apic_fast)": ctypes.sizeof(_ApicFast), "APIC_TIMERS_UNKNOWN": APIC_TIMERS_UNKNOWN,
+           "APIC_DIRTY_ISR": APIC_DIRTY_ISR, "APIC_DIRTY_IRR": APIC_DIRTY_IRR,
+           "APIC_DIRTY_TMR": APIC_DIRTY_TMR, "APIC_DIRTY_ICR": APIC_DIRTY_ICR,
+           "APIC_DIRTY_DEADLINE": APIC_DIRTY_DEADLINE,
            "sizeof(msr_slot)": ctypes.sizeof(_MsrSlot), "FX_MSR_SLOTS": FX_MSR_SLOTS,
            "FX_EXIT_MSR": FX_EXIT_MSR, "SI_MAX_FIELDS": SI_MAX_FIELDS, "SI_SEG": SI_SEG, "SI_Q": SI_Q,
            "SI_Q_CANON": SI_Q_CANON, "SI_U16_IN_U32": SI_U16_IN_U32,
@@ -205,7 +234,7 @@ def expected_abi() -> dict[str, int]:
            "DL_LEVELS": DL_LEVELS}
     for prefix, struct_type in (("op", _Op), ("engine", _Engine), ("fast", _Fast),
                                 ("svm_insn", _SvmInsn), ("si_field", _SiField),
-                                ("deliver", _Deliver)):
+                                ("deliver", _Deliver), ("apic_fast", _ApicFast)):
         for name, _ in struct_type._fields_:
             abi[f"{prefix}.{name}"] = getattr(struct_type, name).offset
     abi.update({name: value for value, name in enumerate(OPCODES)})
@@ -439,6 +468,11 @@ class Engine:
     def deliver(self) -> "_Deliver":
         """The words of L1's exception delivery in C (emu/core/fast_deliver.py owns them)."""
         return self._e.dl
+
+    @property
+    def apic(self) -> "_ApicFast":
+        """The words of L1's x2APIC writes in C (emu/core/apic_fast.py owns them)."""
+        return self._e.apic
 
     @property
     def replays(self) -> int:

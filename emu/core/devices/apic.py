@@ -82,6 +82,7 @@ X2APIC_SELF_IPI = 0x3F0            # x2APIC only (MSR 0x83F)
 
 X2APIC_MSR_BASE = 0x800
 X2APIC_MSR_ICR = 0x830             # 64-bit ICR in x2APIC mode
+X2APIC_ICR_WRITABLE = 0xFFFFFFFF_000CCFFF   # destination, shorthand, level, mode, vector
 
 APIC_VERSION_VALUE = 0x00050010    # version 0x10 (integrated APIC), max LVT entry 5
 SVR_APIC_ENABLED = 1 << 8
@@ -228,6 +229,8 @@ class LocalApic(PortDevice):
         self.extint = None
         self.extint_shared: "Callable[[], bool] | None" = None   # application processors
         self.on_level_eoi: Callable[[int], None] = lambda vector: None
+        # A TSC deadline was armed in the future: the machine bounds its run by it.
+        self.timer_moved: Callable[[], None] = changed
         self.reset()
         ApicBus().attach(self)
 
@@ -385,7 +388,8 @@ class LocalApic(PortDevice):
             self.isr &= ~(1 << vector)
             if self.tmr >> vector & 1:
                 self.on_level_eoi(vector)
-            self.changed()
+            if self.signalled():    # a lower priority can only let in what is requested
+                self.changed()
 
     def send_ipi(self, icr: int) -> None:
         assert self.bus is not None
@@ -440,6 +444,16 @@ class LocalApic(PortDevice):
     def _timer_mode(self) -> int:
         return (self.lvt[APIC_LVT_TIMER] >> LVT_TIMER_MODE_SHIFT) & 3
 
+    @property
+    def deadline_mode(self) -> bool:
+        """Is the timer in TSC-deadline mode?"""
+        return self._timer_mode() == LVT_TIMER_TSC_DEADLINE
+
+    @property
+    def extint_requested(self) -> bool:
+        """Does an ExtINT (the 8259 through LINT0, an I/O APIC message) ask for the CPU?"""
+        return self._extint()
+
     def _start_timer(self, count: int) -> None:
         self.timer_running = count != 0
         self.timer_base = self.now()
@@ -455,8 +469,9 @@ class LocalApic(PortDevice):
         if self._timer_mode() != LVT_TIMER_TSC_DEADLINE:
             return
         self.tsc_deadline = value
-        self.tick(self.now())          # a deadline already past fires at once
-        self.changed()
+        self.tick(self.now())          # a deadline already past fires at once (accept: changed)
+        if self.tsc_deadline and not self.lvt[APIC_LVT_TIMER] & LVT_MASKED:
+            self.timer_moved()         # nothing is deliverable before it: only the run's bound
 
     def deadline(self) -> int | None:
         """The virtual time of the next timer expiry, or None when the timer is idle."""
@@ -636,7 +651,7 @@ class LocalApic(PortDevice):
         if reg in _READ_ONLY or reg in (APIC_ID, APIC_LDR):
             raise ApicError(f"WRMSR {index:#x}: read-only x2APIC register")
         if reg == APIC_ICR_LO:
-            self.icr = value & 0xFFFFFFFF_000CCFFF
+            self.icr = value & X2APIC_ICR_WRITABLE
             self.send_ipi(self.icr)
             return
         if value >> 32:

@@ -1,0 +1,433 @@
+"""L1's x2APIC writes answered in C (emu/core/apic_fast.py) leave exactly what the Python path
+leaves: a guest drives the TSC-deadline timer, EOIs, the TPR and self-IPIs through the x2APIC
+MSRs with the C hook on and off (the Python path, the reference), and what it printed, its
+registers, RAM, the virtual TSC and the APIC's state must be the same, while C really answered
+most of the writes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from emu.core.machine import Machine
+from emu.engine import replay
+from emu.engine.hw_switch import OFF_V_TPR
+from emu.loader.asm import assemble_source
+from emu.loader.multiboot import parse_image
+
+pytestmark = pytest.mark.skipif(not replay.available(), reason="the C engine was not built")
+
+RAM = 128 << 20
+ROUNDS = 120
+_NOISE_FROM = OFF_V_TPR + 1      # context bytes past it hold host addresses (test_fast_switch)
+
+# Each round: a TSC deadline 50-4145 ticks ahead, waited for in a loop (the run must stop at
+# it); one already past (the interrupt right after the WRMSR); one armed, read back and
+# disarmed; then with the TPR raised, three self-IPIs (ICR with the self shorthand, ICR to
+# physical APIC 0, SELF_IPI) held in IRR and read there, and let in by lowering the TPR in two
+# steps (0x60 first; its handler's EOI finds 0x55 still below the TPR). The handlers read ISR
+# and the TSC; everything is folded into the printed checksum.
+GUEST = r"""
+.include "prelude.inc"
+
+.macro fold reg
+    mov rdi, \reg
+    call fold_in
+.endm
+
+.macro wrmsr_imm msr, value
+    mov ecx, \msr
+    mov eax, \value
+    xor edx, edx
+    wrmsr
+.endm
+
+.macro record value
+    push rdi
+    mov rdi, \value
+    call hfold
+    pop rdi
+.endm
+
+main:
+    set_idt_handler 0x40, timer_isr
+    set_idt_handler 0x55, ipi55_isr
+    set_idt_handler 0x60, ipi60_isr
+    mov ecx, 0x1b
+    rdmsr
+    or eax, 0xc00
+    wrmsr
+    wrmsr_imm 0x80f, 0x1ff
+    wrmsr_imm 0x832, 0x40040        # LVT timer: TSC-deadline mode, vector 0x40
+    xor r15, r15
+    mov r14, ROUNDS
+    sti
+.Lloop:
+    mov rbx, [count]
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov rcx, r14
+    imul rcx, rcx, 97
+    and rcx, 0xfff
+    lea rax, [rax + rcx + 50]
+    mov rdx, rax
+    shr rdx, 32
+    mov ecx, 0x6e0
+    wrmsr
+1:  cmp [count], rbx
+    je 1b
+    mov rbx, [count]
+    rdtsc
+    mov ecx, 0x6e0
+    wrmsr
+    nop
+    mov rax, [count]
+    sub rax, rbx
+    fold rax
+    rdtsc
+    add eax, 100000
+    adc edx, 0
+    mov ecx, 0x6e0
+    wrmsr
+    rdmsr
+    fold rax
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    rdmsr
+    fold rax
+    cli
+    wrmsr_imm 0x808, 0xf0
+    wrmsr_imm 0x830, 0x40055        # fixed, self shorthand, vector 0x55
+    wrmsr_imm 0x830, 0x60           # fixed, physical destination 0 (EDX), vector 0x60
+    wrmsr_imm 0x83f, 0x55
+    mov ecx, 0x822
+    rdmsr
+    fold rax
+    mov ecx, 0x823
+    rdmsr
+    fold rax
+    wrmsr_imm 0x808, 0x50
+    sti
+    nop
+    cli
+    wrmsr_imm 0x808, 0
+    sti
+    nop
+    mov rax, [hsum]
+    fold rax
+    dec r14
+    jnz .Lloop
+    cli
+    mov rax, [count]
+    fold rax
+    print "checksum "
+    mov rdi, r15
+    call puthex64
+    call newline
+    ret
+
+.macro handler name, vector, isr_msr
+\name:
+    push rax
+    push rcx
+    push rdx
+    inc qword ptr [count]
+    record \vector
+    mov ecx, \isr_msr
+    rdmsr
+    record rax
+    rdtsc
+    record rax
+    xor eax, eax
+    xor edx, edx
+    mov ecx, 0x80b
+    wrmsr
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+.endm
+
+handler timer_isr, 0x40, 0x812
+handler ipi55_isr, 0x55, 0x822
+handler ipi60_isr, 0x60, 0x823
+
+hfold:
+    push rax
+    mov rax, [hsum]
+    imul rax, rax, 31
+    add rax, rdi
+    mov [hsum], rax
+    pop rax
+    ret
+
+fold_in:
+    imul r15, r15, 31
+    add r15, rdi
+    ret
+
+.bss
+count: .space 8
+hsum: .space 8
+.text
+"""
+
+
+@dataclass
+class Outcome:
+    reason: str
+    status: int
+    output: bytes
+    ram: bytes
+    context: bytes
+    tsc: int
+    apic: dict
+    answered: tuple[int, int, int, int]
+
+
+def run(image: bytes, fast: bool) -> Outcome:
+    m = Machine(RAM, stdout=None)
+    assert m.replay is not None
+    m.replay.enabled = fast
+    m.load_multiboot(parse_image(image, "guest", RAM), "guest ")
+    res = m.run(timeout=120)
+    return Outcome(res.reason, res.status, bytes(m.serial.output), bytes(m.ram),
+                   bytes(m.ctx.save().view)[:_NOISE_FROM], m.tsc, m.apic.state(),
+                   m.apic_fast.answered)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> tuple[Outcome, Outcome]:
+    src = tmp_path_factory.mktemp("apic_fast") / "apic_fast.S"
+    src.write_text(GUEST.replace("ROUNDS", str(ROUNDS)))
+    image = assemble_source(str(src))
+    return run(image, True), run(image, False)
+
+
+def test_x2apic_writes_same_in_c_and_python(outcomes):
+    fast, slow = outcomes
+    assert slow.answered == (0, 0, 0, 0)
+    assert fast.reason == "exit" and b"checksum 0x" in fast.output, fast.output
+    for name in ("reason", "status", "output", "context", "tsc", "apic"):
+        assert getattr(fast, name) == getattr(slow, name), name
+    assert fast.ram == slow.ram
+
+
+def test_c_answered_most_writes(outcomes):
+    fast, _ = outcomes
+    eoi, tpr, ipi, deadline = fast.answered
+    # per round: 4 interrupts (two timer, 0x60, 0x55: its two IPIs are one IRR bit) and their
+    # EOIs, 3 TPR writes, 3 self-IPIs, 4 deadline writes
+    assert eoi >= 4 * ROUNDS - 5, fast.answered
+    assert tpr >= 3 * ROUNDS - 5, fast.answered
+    assert ipi >= 3 * ROUNDS - 5, fast.answered
+    assert deadline >= 4 * ROUNDS - 5, fast.answered
+
+
+# Two CPUs in x2APIC mode: the boot CPU starts CPU 1 (INIT and SIPI through the ICR MSR), then
+# sends it PINGS fixed IPIs by physical destination, each answered by an IPI back from CPU 1's
+# handler; the boot CPU waits for the answer in HLT in even rounds and spinning on memory in odd
+# ones (as kvm-unit-tests' vmexit_ipi), while CPU 1 idles in HLT. Every TSC read is folded into
+# the printed checksum.
+SMP_GUEST = r"""
+.include "prelude.inc"
+
+.equ TRAMPOLINE, 0x7000
+.equ TRAMP_GDTPTR, 0x7f00
+.equ VEC_PING, 0x40
+.equ VEC_PONG, 0x41
+.equ PINGS, 60
+
+.macro wrmsr_imm msr, lo, hi
+    mov ecx, \msr
+    mov eax, \lo
+    mov edx, \hi
+    wrmsr
+.endm
+
+.macro x2apic_on
+    mov ecx, 0x1b
+    rdmsr
+    or eax, 0xc00
+    wrmsr
+    wrmsr_imm 0x80f, 0x1ff, 0
+.endm
+
+main:
+    mov al, 0xff
+    out 0x21, al
+    out 0xa1, al
+    set_idt_handler VEC_PING, ping_handler
+    set_idt_handler VEC_PONG, pong_handler
+    x2apic_on
+    lea rsi, [rip + ap_tramp]
+    mov edi, TRAMPOLINE
+    mov ecx, ap_tramp_end - ap_tramp
+    rep movsb
+    lea rsi, [rip + gdt_ptr]
+    mov edi, TRAMP_GDTPTR
+    mov ecx, 6
+    rep movsb
+    wrmsr_imm 0x830, 0xc4500, 0
+    mov ecx, 10000
+.Ldelay:
+    pause
+    loop .Ldelay
+    wrmsr_imm 0x830, 0xc4600 + (TRAMPOLINE >> 12), 0
+.Lwait_ap:
+    pause
+    cmp qword ptr [rip + arrived], 1
+    jne .Lwait_ap
+    xor r15, r15
+    xor ebx, ebx
+    sti
+.Lping:
+    mov r12, [rip + pongs]
+    wrmsr_imm 0x830, 0x4000 + VEC_PING, 1
+    test ebx, 1
+    jnz .Lspin
+.Lwait_hlt:
+    cli
+    cmp [rip + pongs], r12
+    jne .Lponged
+    sti
+    hlt
+    jmp .Lwait_hlt
+.Lspin:
+    cmp [rip + pongs], r12
+    je .Lspin
+.Lponged:
+    sti
+    rdtsc
+    imul r15, r15, 31
+    add r15, rax
+    inc ebx
+    cmp ebx, PINGS
+    jb .Lping
+    cli
+    imul r15, r15, 31
+    add r15, [rip + pings]
+    imul r15, r15, 31
+    add r15, [rip + pong_tsc]
+    print "checksum "
+    mov rdi, r15
+    call puthex64
+    call newline
+    ret
+
+ping_handler:
+    push rax
+    push rcx
+    push rdx
+    lock inc qword ptr [rip + pings]
+    wrmsr_imm 0x830, 0x4000 + VEC_PONG, 0
+    wrmsr_imm 0x80b, 0, 0
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+pong_handler:
+    push rax
+    push rcx
+    push rdx
+    lock inc qword ptr [rip + pongs]
+    rdtsc
+    add [rip + pong_tsc], rax
+    wrmsr_imm 0x80b, 0, 0
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+ap_tramp:
+    .byte 0xfa                             # cli
+    .byte 0x31, 0xc0                       # xor ax, ax
+    .byte 0x8e, 0xd8                       # mov ds, ax
+    .byte 0x66, 0x0f, 0x01, 0x16           # lgdt [TRAMP_GDTPTR] (32-bit base)
+    .word TRAMP_GDTPTR
+    .byte 0x0f, 0x20, 0xc0                 # mov eax, cr0
+    .byte 0x0c, 0x01                       # or al, 1 (PE)
+    .byte 0x0f, 0x22, 0xc0                 # mov cr0, eax
+    .byte 0x66, 0xea                       # ljmp SEL_CODE32:ap_start32 (32-bit offset)
+    .long ap_start32
+    .word SEL_CODE32
+ap_tramp_end:
+
+.code32
+ap_start32:
+    mov ax, SEL_DATA
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov eax, cr4
+    or eax, 0x20
+    mov cr4, eax
+    mov eax, offset pml4
+    mov cr3, eax
+    mov ecx, MSR_EFER
+    rdmsr
+    or eax, 0x100
+    wrmsr
+    mov eax, cr0
+    and eax, 0x9fffffff
+    or eax, 0x80010001
+    mov cr0, eax
+    ljmp SEL_CODE64:ap_start64
+
+.code64
+ap_start64:
+    mov ax, SEL_DATA
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    lea rsp, [rip + ap_stack_top]
+    lidt [rip + idt_ptr]
+    x2apic_on
+    lock inc qword ptr [rip + arrived]
+    sti
+.Lap_idle:
+    hlt
+    jmp .Lap_idle
+
+.bss
+.align 16
+ap_stack: .space 4096
+ap_stack_top:
+arrived: .space 8
+pings: .space 8
+pongs: .space 8
+pong_tsc: .space 8
+.text
+"""
+
+
+def run_smp(image: bytes, fast: bool) -> tuple:
+    m = Machine(RAM, stdout=None, cpus=2)
+    assert m.replay is not None
+    for cpu in m.cpu_list:
+        cpu.replay.enabled = fast
+    m.load_multiboot(parse_image(image, "guest", RAM), "guest ")
+    res = m.run(timeout=120)
+    cpus = tuple((c.tsc, bytes(c.ctx.save().view)[:_NOISE_FROM], c.apic.state())
+                 for c in m.cpu_list)
+    return (res.reason, res.status, bytes(m.serial.output), bytes(m.ram), cpus), \
+        tuple((*c.apic_fast.answered, c.apic_fast.answered_hlt) for c in m.cpu_list)
+
+
+def test_ipis_between_two_cpus_same_in_c_and_python(tmp_path):
+    src = tmp_path / "apic_fast_smp.S"
+    src.write_text(SMP_GUEST)
+    image = assemble_source(str(src))
+    (fast, answered), (slow, none) = run_smp(image, True), run_smp(image, False)
+    assert none == ((0, 0, 0, 0, 0), (0, 0, 0, 0, 0))
+    assert fast[0] == "exit" and b"checksum 0x" in fast[2], fast[2]
+    for i, name in enumerate(("reason", "status", "output", "ram", "cpus")):
+        assert fast[i] == slow[i], name
+    # the boot CPU's pings and CPU 1's pongs went through C, both CPUs' EOIs, and the boot
+    # CPU's HLTs in even rounds (CPU 1 finds the next ping waiting when it resumes)
+    (eoi0, _, sent0, _, hlt0), (eoi1, _, sent1, _, _) = answered
+    assert sent0 >= 55 and sent1 >= 55 and eoi0 >= 55 and eoi1 >= 55, answered
+    assert hlt0 >= 25, answered
