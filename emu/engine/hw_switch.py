@@ -100,6 +100,7 @@ HF2_GIF = 1 << 0
 HF2_NMI = 1 << 2        # NMIs blocked: set by NMI delivery, cleared by IRET
 HF2_VINTR = 1 << 3      # V_INTR_MASKING in effect: CR8 reads V_TPR
 HF2_NPT = 1 << 6
+HF2_GMET = 1 << 8       # guest-mode execute trap: nested U/S governs fetches by privilege
 # How Unicorn's nested walk reads the host paging mode (set from L1's state at VMRUN).
 NPT_MODE_PAE, NPT_MODE_LMA, NPT_MODE_NXE = 1 << 0, 1 << 1, 1 << 2
 
