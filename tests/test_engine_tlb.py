@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 from unicorn.x86_const import UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R15
 
+from emu.arch.bits import PTE_P, PTE_PS, PTE_RW
 from emu.core.machine import Machine
 from emu.engine.unicorn_build import loader
 from svm_ext.extension import SvmExtension
@@ -48,7 +49,7 @@ SWEEP = f"""
 # offset holds 0: first without INVLPG (either answer is allowed), then with it (0 required).
 REMAP = f"""
         mov rbx, {PD + SET_START // LARGE * 8}
-        mov rax, {SET_END | 0x83}
+        mov rax, {SET_END | PTE_P | PTE_RW | PTE_PS}
         mov qword ptr [rbx], rax
         mov rbx, {SET_START}
         mov r13, qword ptr [rbx + {SUM_AT}]
