@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--world", choices=("L1", "L2", "current"), default="current",
                     help="whose address it is (default: the world running in the snapshot)")
     _add_pat_option(mt)
-    from emu.cli.fuzz import add_parser as add_fuzz_parser
+    from emu.cli.fuzz_options import add_parser as add_fuzz_parser
     add_fuzz_parser(sub, _size, _positive_int, _positive_float)
     build = sub.add_parser("build", help="assemble a .S guest into the multiboot image QEMU boots")
     build.add_argument("source")
