@@ -323,11 +323,11 @@ def _insn_limit(args: argparse.Namespace,
                 symbols: "Mapping[str, int]") -> "tuple[int | None, EventSpec | None]":
     """--snapshot-at N is an instruction limit whose end is a snapshot rather than status 8; an
     event (vmrun:3, a symbol) is watched instead, and the run pauses there."""
-    from emu.core.events import parse_event
     if (args.snapshot_at is None) != (args.snapshot is None):
         raise OptionError("--snapshot-at and --snapshot must be given together")
     if args.snapshot_at is None:
         return args.max_insns, None
+    from emu.core.events import parse_event
     if args.gdb or args.gdb_default:
         raise OptionError("the gdb stub cannot be combined with --max-insns, --timeout or "
                           "--snapshot-at")
