@@ -1,6 +1,6 @@
-"""The engine's software TLB under a working set larger than its startup size (patch 0013).
+"""The engine's software TLB under a working set larger than its startup size (patch 0014).
 
-Unicorn resizes its TLB only at flushes; 0013 also grows a table that keeps evicting entries
+Unicorn resizes its TLB only at flushes; 0014 also grows a table that keeps evicting entries
 while nothing flushes it. Accesses across the resizes must stay exact (stores, loads, a store
 that spans two pages, code on a page of the set), and a grown table must then hold the set:
 an entry is still there after one sweep of all the others, which the startup table of 256

@@ -1,6 +1,6 @@
-"""Page walks read the page tables that are in memory now (patch 0014).
+"""Page walks read the page tables that are in memory now (patch 0015).
 
-0014 lets the walk's physical loads reuse the host address of a page-table page instead of
+0015 lets the walk's physical loads reuse the host address of a page-table page instead of
 translating it through the memory map at every load. The tables the walk reads must still be
 the current ones: after Python rewrites an entry in the host buffer, and after the physical
 pages under the tables are remapped to another host buffer (a change of the memory map)."""
