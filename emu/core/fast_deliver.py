@@ -22,11 +22,12 @@ deliver.c takes only 64-bit mode, interrupt and trap gates to 64-bit code, and o
 check passes and every page walk would change nothing (present, accessed, permitted; a written
 page already dirty): anything else (not-present gate, limits, a fault while delivering and the
 #DF rules, compatibility or legacy modes, an A/D bit to set) leaves the CPU untouched and the
-exception goes to Python. Only on one CPU (another CPU's code cache is told of stores in
-Python) and with nothing signalled by the APIC: Python's path looks at interrupts right after
-each delivery, so while an interrupt waits for RFLAGS.IF only deliveries that leave IF clear
-are made in C (deliver.h `window`). `svmemu run --no-replay` turns it off
-with the rest; `FastDeliver.allowed = False` turns off only this (the differential tests).
+exception goes to Python. With several CPUs the frame's store is logged in the code group, as
+GuestMemory's are (the other engines drop code it overwrote). Nothing must be signalled by the
+APIC: Python's path looks at interrupts right after each delivery, so while an interrupt waits
+for RFLAGS.IF only deliveries that leave IF clear are made in C (deliver.h `window`).
+`svmemu run --no-replay` turns it off with the rest; `FastDeliver.allowed = False` turns off
+only this (the differential tests).
 """
 from __future__ import annotations
 
@@ -116,6 +117,8 @@ class FastDeliver:
         d.reg_read = binding.c_function("uc_reg_read")
         d.reg_write = binding.c_function("uc_reg_write")
         d.mem_write = binding.c_function("uc_mem_write")
+        d.code_written = (binding.c_function("uc_svmemu_code_written")
+                          if machine.mem.written is not None else None)
         d.n_msrs = 0
         self._fn = replay.deliver_function()
         self._d = ctypes.addressof(d)
@@ -137,8 +140,7 @@ class FastDeliver:
         it: True). False: nothing happened, the caller defers to the reference."""
         d, m = self.dl, self.m
         if (d is None or not self.allowed or m._insn_budget is not None
-                or not m.fast_exits._ready() or m.mem.written is not None
-                or m.apic.signalled()):
+                or not m.fast_exits._ready() or m.apic.signalled()):
             return False
         d.window = int(m.irq.window.armed)
         if m.router is not None and m.router.on_exception(
@@ -154,8 +156,7 @@ class FastDeliver:
         nothing happened."""
         d, m = self.dl, self.m
         if (d is None or not self.allowed or vector in FAULT_CLASS
-                or m._insn_budget is not None or not m.fast_exits._ready()
-                or m.mem.written is not None):
+                or m._insn_budget is not None or not m.fast_exits._ready()):
             return False
         d.window = 0        # the reference delivers it and looks at nothing more here
         return bool(self._fn(self._d, self._uc, self._env, vector, 0, 0, rip, 0, 0))
@@ -166,8 +167,7 @@ class FastDeliver:
             self._generation = m.msrs.generation
             self._set_msrs()
         d.window = int(m.irq.window.armed)
-        d.enabled = int(self.allowed and m.mem.written is None and not m.apic.signalled()
-                        and self._own_handlers())
+        d.enabled = int(self.allowed and not m.apic.signalled() and self._own_handlers())
 
     def _own_handlers(self) -> bool:
         """No tool replaced the machine's handlers of the exits answered here."""

@@ -250,9 +250,13 @@ int deliver_exception(struct deliver *d, void *uc, uint64_t env, uint32_t vector
     if (set_cr2)
         U64(env, d->off_cr2) = cr2;
     for (int i = 0; i < MAX_CHUNKS; i++) {
-        if (stack_len[i] && d->mem_write(uc, stack_pa[i], (uint8_t *)frame + (i ? stack_len[0] : 0),
-                                         stack_len[i]) != 0)
+        if (!stack_len[i])
+            continue;
+        if (d->mem_write(uc, stack_pa[i], (uint8_t *)frame + (i ? stack_len[0] : 0),
+                         stack_len[i]) != 0)
             return 0;                               /* only the first piece can have landed */
+        if (d->code_written)
+            d->code_written(uc, d->ram + stack_pa[i], stack_len[i]);
     }
     cs.selector = (selector & ~3u) | new_cpl;
     seg_write(d, env, d->seg_cs, cs);

@@ -16,6 +16,7 @@
 
 typedef int (*dl_reg_fn)(void *uc, int regid, void *value);
 typedef int (*dl_mem_write_fn)(void *uc, uint64_t address, const void *bytes, uint64_t size);
+typedef void (*dl_code_written_fn)(void *uc, uint64_t host, uint64_t size);
 
 struct deliver {
     uint64_t enabled;           /* Python: deliver here while the fast exits are armed */
@@ -52,6 +53,9 @@ struct deliver {
     uint64_t rflags_regid;      /* Unicorn's register id of RFLAGS (its lazy flags folded) */
     dl_reg_fn reg_read, reg_write;
     dl_mem_write_fn mem_write;  /* uc_mem_write: invalidates translated code it overwrites */
+    /* Several CPUs: the code group's log of the emulator's own stores (emu/engine/code_group.py),
+     * so the other CPUs' engines drop code the frame overwrote; NULL with one CPU. */
+    dl_code_written_fn code_written;
     uint64_t pf, pf_cr2, off_cr2;   /* #PF's vector; host address of its EXITINFO2 */
     /* The MSR indices the MSR file implements (sorted): an RDMSR or WRMSR of any other in L1
      * raises #GP(0), delivered here. n_msrs == 0: no table, Python decides. */

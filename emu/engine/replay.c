@@ -567,7 +567,7 @@ const char *replay_abi(void)
     ABI_FIELD(deliver, rsvd); ABI_FIELD(deliver, rsvd_large); ABI_FIELD(deliver, vectors);
     ABI_FIELD(deliver, error_code_vectors); ABI_FIELD(deliver, fault_vectors);
     ABI_FIELD(deliver, exit_excp0); ABI_FIELD(deliver, gp); ABI_FIELD(deliver, rflags_regid);
-    ABI_FIELD(deliver, reg_read); ABI_FIELD(deliver, reg_write); ABI_FIELD(deliver, mem_write);
+    ABI_FIELD(deliver, reg_read); ABI_FIELD(deliver, reg_write); ABI_FIELD(deliver, mem_write); ABI_FIELD(deliver, code_written);
     ABI_FIELD(deliver, pf); ABI_FIELD(deliver, pf_cr2); ABI_FIELD(deliver, off_cr2);
     ABI_FIELD(deliver, n_msrs); ABI_FIELD(deliver, msrs); ABI_FIELD(deliver, window); ABI_FIELD(deliver, delivered);
     ABI_FIELD(deliver, msr_gp);

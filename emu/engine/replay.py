@@ -161,7 +161,8 @@ class _Deliver(ctypes.Structure):
                 ("error_code_vectors", ctypes.c_uint64), ("fault_vectors", ctypes.c_uint64),
                 ("exit_excp0", ctypes.c_uint64), ("gp", ctypes.c_uint64),
                 ("rflags_regid", ctypes.c_uint64), ("reg_read", ctypes.c_void_p),
-                ("reg_write", ctypes.c_void_p), ("mem_write", ctypes.c_void_p), ("pf", ctypes.c_uint64),
+                ("reg_write", ctypes.c_void_p), ("mem_write", ctypes.c_void_p),
+                ("code_written", ctypes.c_void_p), ("pf", ctypes.c_uint64),
                 ("pf_cr2", ctypes.c_uint64), ("off_cr2", ctypes.c_uint64), ("n_msrs", ctypes.c_uint64),
                 ("msrs", ctypes.c_uint32 * DL_MAX_MSRS), ("window", ctypes.c_uint64), ("delivered", ctypes.c_uint64),
                 ("msr_gp", ctypes.c_uint64)]
