@@ -140,7 +140,7 @@ class FastDeliver:
         it: True). False: nothing happened, the caller defers to the reference."""
         d, m = self.dl, self.m
         if (d is None or not self.allowed or m._insn_budget is not None
-                or not m.fast_exits._ready() or m.apic.signalled()):
+                or not m.fast_exits.quiet() or m.apic.signalled()):
             return False
         d.window = int(m.irq.window.armed)
         if m.router is not None and m.router.on_exception(
@@ -156,7 +156,7 @@ class FastDeliver:
         nothing happened."""
         d, m = self.dl, self.m
         if (d is None or not self.allowed or vector in FAULT_CLASS
-                or m._insn_budget is not None or not m.fast_exits._ready()):
+                or m._insn_budget is not None or not m.fast_exits.quiet()):
             return False
         d.window = 0        # the reference delivers it and looks at nothing more here
         return bool(self._fn(self._d, self._uc, self._env, vector, 0, 0, rip, 0, 0))
