@@ -49,6 +49,7 @@ struct deliver {
      * vector), those that push an error code, the fault class (RF set in the pushed image). */
     uint64_t vectors, error_code_vectors, fault_vectors;
     uint64_t exit_excp0;        /* INTR hook number of the first exception exit */
+    uint64_t exit_swint;        /* INTR hook number of the INT n exit (0: not answered here) */
     uint64_t gp;                /* #GP's vector */
     uint64_t rflags_regid;      /* Unicorn's register id of RFLAGS (its lazy flags folded) */
     dl_reg_fn reg_read, reg_write;
@@ -65,15 +66,18 @@ struct deliver {
      * looks at interrupts right after each delivery; with IF clear in the handler it finds
      * nothing to do, so only such deliveries are made here meanwhile. */
     uint64_t window;
-    uint64_t delivered, msr_gp;     /* counts */
+    uint64_t delivered, msr_gp, swint;      /* counts */
 };
 
-/* Deliver exception `vector` (error code `error` if `has_error`) at return RIP `rip` through the
+/* Deliver event `vector` (error code `error` if `has_error`) at return RIP `rip` through the
  * IDT of the CPU in `env` (64-bit mode, long mode), setting CR2 to `cr2` first if `set_cr2`.
- * Returns 1 with the CPU state and guest RAM changed as the reference would, 0 with nothing
- * changed (the reference then takes it). */
-int deliver_exception(struct deliver *d, void *uc, uint64_t env, uint32_t vector, int has_error,
-                      uint64_t error, uint64_t rip, int set_cr2, uint64_t cr2);
+ * `kind`: DL_EXCEPTION (RF set in the pushed image for the fault class), DL_SOFTWARE (INT n,
+ * INT3: the gate's DPL is checked against the CPL) or DL_EXTERNAL. Returns 1 with the CPU
+ * state and guest RAM changed as the reference would, 0 with nothing changed (the reference
+ * then takes it). */
+enum { DL_EXCEPTION = 0, DL_SOFTWARE, DL_EXTERNAL };
+int deliver_exception(struct deliver *d, void *uc, uint64_t env, uint32_t vector, int kind,
+                      int has_error, uint64_t error, uint64_t rip, int set_cr2, uint64_t cr2);
 
 /* Whether the MSR file implements `index` (only when n_msrs != 0). */
 int deliver_msr_known(const struct deliver *d, uint32_t index);

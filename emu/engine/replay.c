@@ -418,8 +418,8 @@ static int msr_gp(void *uc, struct engine *e)
     uint32_t index = (uint32_t)ENV64(&e->fx, FX_OFF_RCX);
     if (!d->enabled || !d->n_msrs || deliver_msr_known(d, index))
         return 0;
-    if (!deliver_exception(d, uc, e->fx.env, (uint32_t)d->gp, 1, 0, ENV64(&e->fx, FX_OFF_EIP),
-                           0, 0))
+    if (!deliver_exception(d, uc, e->fx.env, (uint32_t)d->gp, DL_EXCEPTION, 1, 0,
+                           ENV64(&e->fx, FX_OFF_EIP), 0, 0))
         return 0;
     d->msr_gp++;
     return 1;
@@ -439,10 +439,38 @@ static int fast_exception(void *uc, struct engine *e, uint32_t intno)
     struct deliver *d = &e->dl;
     uint32_t vector = intno - (uint32_t)d->exit_excp0;
     int has_error = (d->error_code_vectors >> vector) & 1;
-    return deliver_exception(d, uc, e->fx.env, vector, has_error,
+    return deliver_exception(d, uc, e->fx.env, vector, DL_EXCEPTION, has_error,
                              has_error ? ENV32(&e->fx, FX_OFF_ERROR_CODE) : 0,
                              ENV64(&e->fx, FX_OFF_EIP), vector == d->pf,
                              vector == d->pf ? *(const uint64_t *)d->pf_cr2 : 0);
+}
+
+/* L1's INT3 (CC) or INT n (CD ib) without prefixes, as Machine._exit_intn decodes it: a
+ * software event returning past the instruction. Other spellings (prefixes, INTO, INT1) and a
+ * code read that fails go to Python. */
+static int fast_swint(void *uc, struct engine *e)
+{
+    struct fast *f = &e->fx;
+    uint64_t rip = ENV64(f, FX_OFF_EIP);
+    uint8_t code[2];
+    uint32_t vector, len;
+    if (!(ENV32(f, FX_OFF_HFLAGS) & f->hf_cs64))
+        return 0;
+    if (f->vmem_read(uc, rip, 1 /* UC_PROT_READ */, code, 1) != 0)
+        return 0;
+    if (code[0] == 0xCC) {
+        vector = 3;
+        len = 1;
+    } else if (code[0] == 0xCD && f->vmem_read(uc, rip + 1, 1 /* UC_PROT_READ */, code + 1, 1) == 0) {
+        vector = code[1];
+        len = 2;
+    } else {
+        return 0;
+    }
+    if (!deliver_exception(&e->dl, uc, f->env, vector, DL_SOFTWARE, 0, 0, rip + len, 0, 0))
+        return 0;
+    e->dl.swint++;
+    return 1;
 }
 
 static int fast_exit(void *uc, struct engine *e, uint32_t intno)
@@ -457,13 +485,15 @@ static int fast_exit(void *uc, struct engine *e, uint32_t intno)
     if (ENV64(f, FX_OFF_VM_VMCB) != f->l1_vmcb || (ENV32(f, FX_OFF_HFLAGS2) & f->hf2_npt))
         return 0;
     int exc = dl_exception(&e->dl, intno);
-    if (!svm && !exc && intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID &&
+    int swint = e->dl.enabled && e->dl.exit_swint && intno == e->dl.exit_swint;
+    if (!svm && !exc && !swint && intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID &&
         intno != FX_EXIT_CR8_READ && intno != FX_EXIT_CR8_WRITE && intno != FX_EXIT_CR4_WRITE &&
         intno != FX_EXIT_MSR)
         return 0;
     charge(e, intno);
     if (svm ? svm_insn_exit(&e->svm, f->env, intno, e->state) :
         exc ? fast_exception(uc, e, intno) :
+        swint ? fast_swint(uc, e) :
         intno == FX_EXIT_RDTSC ? fast_rdtsc(uc, f) :
         intno == FX_EXIT_CPUID ? fast_cpuid(f) :
         intno == FX_EXIT_CR4_WRITE ? fast_cr4(uc, f) :
@@ -541,7 +571,8 @@ const char *replay_abi(void)
     ABI_FIELD(engine, programs); ABI_FIELD(engine, exit_cost); ABI_FIELD(engine, in_fallback);
     ABI_FIELD(engine, svm); ABI_FIELD(engine, dl);
     ABI("sizeof(deliver)", sizeof(struct deliver)); ABI("DL_MAX_MSRS", DL_MAX_MSRS);
-    ABI("DL_LEVELS", DL_LEVELS);
+    ABI("DL_LEVELS", DL_LEVELS); ABI("DL_EXCEPTION", DL_EXCEPTION);
+    ABI("DL_SOFTWARE", DL_SOFTWARE); ABI("DL_EXTERNAL", DL_EXTERNAL);
     ABI_FIELD(deliver, enabled); ABI_FIELD(deliver, ram); ABI_FIELD(deliver, ram_size);
     ABI_FIELD(deliver, off_regs); ABI_FIELD(deliver, off_eip); ABI_FIELD(deliver, off_hflags);
     ABI_FIELD(deliver, off_segs); ABI_FIELD(deliver, seg_size); ABI_FIELD(deliver, seg_selector);
@@ -565,12 +596,12 @@ const char *replay_abi(void)
     ABI_FIELD(deliver, pte_a); ABI_FIELD(deliver, pte_d); ABI_FIELD(deliver, addr_mask);
     ABI_FIELD(deliver, large_levels); ABI_FIELD(deliver, rsvd); ABI_FIELD(deliver, rsvd_large);
     ABI_FIELD(deliver, vectors); ABI_FIELD(deliver, error_code_vectors);
-    ABI_FIELD(deliver, fault_vectors); ABI_FIELD(deliver, exit_excp0); ABI_FIELD(deliver, gp);
+    ABI_FIELD(deliver, fault_vectors); ABI_FIELD(deliver, exit_excp0); ABI_FIELD(deliver, exit_swint); ABI_FIELD(deliver, gp);
     ABI_FIELD(deliver, rflags_regid); ABI_FIELD(deliver, reg_read); ABI_FIELD(deliver, reg_write);
     ABI_FIELD(deliver, mem_write); ABI_FIELD(deliver, code_written); ABI_FIELD(deliver, pf);
     ABI_FIELD(deliver, pf_cr2); ABI_FIELD(deliver, off_cr2); ABI_FIELD(deliver, n_msrs);
     ABI_FIELD(deliver, msrs); ABI_FIELD(deliver, window); ABI_FIELD(deliver, delivered);
-    ABI_FIELD(deliver, msr_gp);
+    ABI_FIELD(deliver, msr_gp); ABI_FIELD(deliver, swint);
     ABI("sizeof(svm_insn)", sizeof(struct svm_insn));
     ABI_FIELD(svm_insn, enabled); ABI_FIELD(svm_insn, ram); ABI_FIELD(svm_insn, ram_size);
     ABI_FIELD(svm_insn, vmcb_size); ABI_FIELD(svm_insn, maxphyaddr); ABI_FIELD(svm_insn, hf_cs64);

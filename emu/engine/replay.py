@@ -124,6 +124,7 @@ class _SvmInsn(ctypes.Structure):
 
 DL_MAX_MSRS = 1024
 DL_LEVELS = 4
+DL_EXCEPTION, DL_SOFTWARE, DL_EXTERNAL = 0, 1, 2     # deliver_exception's kinds
 
 
 class _Deliver(ctypes.Structure):
@@ -143,14 +144,15 @@ class _Deliver(ctypes.Structure):
                 + [("rsvd", (ctypes.c_uint64 * DL_LEVELS) * 2),
                    ("rsvd_large", (ctypes.c_uint64 * DL_LEVELS) * 2)]
                 + [(name, ctypes.c_uint64) for name in (
-        "vectors", "error_code_vectors", "fault_vectors", "exit_excp0", "gp", "rflags_regid")]
+        "vectors", "error_code_vectors", "fault_vectors", "exit_excp0", "exit_swint", "gp",
+        "rflags_regid")]
                 + [(name, ctypes.c_void_p) for name in ("reg_read", "reg_write", "mem_write",
                                                         "code_written")]
                 + [(name, ctypes.c_uint64) for name in (
         "pf", "pf_cr2", "off_cr2", "n_msrs")]
                 + [("msrs", ctypes.c_uint32 * DL_MAX_MSRS)]
                 + [(name, ctypes.c_uint64) for name in (
-        "window", "delivered", "msr_gp")])
+        "window", "delivered", "msr_gp", "swint")])
 
 
 class _Engine(ctypes.Structure):
@@ -188,7 +190,8 @@ def expected_abi() -> dict[str, int]:
            "FX_EXIT_MSR": FX_EXIT_MSR, "SI_MAX_FIELDS": SI_MAX_FIELDS, "SI_SEG": SI_SEG, "SI_Q": SI_Q,
            "SI_Q_CANON": SI_Q_CANON, "SI_U16_IN_U32": SI_U16_IN_U32,
            "sizeof(deliver)": ctypes.sizeof(_Deliver), "DL_MAX_MSRS": DL_MAX_MSRS,
-           "DL_LEVELS": DL_LEVELS}
+           "DL_LEVELS": DL_LEVELS, "DL_EXCEPTION": DL_EXCEPTION, "DL_SOFTWARE": DL_SOFTWARE,
+           "DL_EXTERNAL": DL_EXTERNAL}
     for prefix, struct_type in (("op", _Op), ("engine", _Engine), ("fast", _Fast),
                                 ("svm_insn", _SvmInsn), ("si_field", _SiField),
                                 ("deliver", _Deliver)):
@@ -239,7 +242,7 @@ def deliver_function() -> "ctypes._CFuncPtr | None":
     f = _LIB.deliver_exception
     f.restype = ctypes.c_int
     f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int,
-                  ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int, ctypes.c_uint64]
+                  ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int, ctypes.c_uint64]
     return f
 
 
