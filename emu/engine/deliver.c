@@ -1,4 +1,5 @@
-/* Exception delivery through a 64-bit IDT gate in long mode (AMD APM vol. 2, 8.9), in C.
+/* Event delivery (exceptions, INT n, interrupts) through a 64-bit IDT gate in long mode (AMD
+ * APM vol. 2, 8.9), in C.
  *
  * A kernel that takes an exception per step (kvm-unit-tests probing MSRs with rdmsr_safe, a
  * fuzzer's faulting inputs) paid a stop of the engine and ~100 us of Python per delivery for a

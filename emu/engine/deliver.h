@@ -1,4 +1,4 @@
-/* Exception delivery through a 64-bit IDT gate in long mode, in C (deliver.c), in front of
+/* Event delivery through a 64-bit IDT gate in long mode, in C (deliver.c), in front of
  * emu/core/interrupts.py, which stays the reference and takes every case this does not.
  *
  * The layout below is reported by replay_abi() (replay.c) and mirrored by emu/engine/replay.py;
