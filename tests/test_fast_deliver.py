@@ -25,8 +25,9 @@ _NOISE_FROM = OFF_V_TPR + 1      # context bytes past it hold host addresses (te
 
 # L1 takes, in loops: #GP(0) from RDMSR and WRMSR of MSRs nobody implements (the MSR exit), #PF
 # with CR2 on a not-present page, #UD through a gate with IST 2, #DE through a trap gate, INT3
-# and INT 0x80 (software interrupts: Python's), and #GP from RDMSR at CPL 3, delivered at CPL 0
-# on the TSS's RSP0. Every frame is folded into r15, printed at the end.
+# and INT 0x80 (software interrupts, the INT3 gate with DPL 3), and at CPL 3 #GP from RDMSR and
+# from INT 0x80 through its DPL 0 gate (the C path leaves that check's #GP to Python), delivered
+# at CPL 0 on the TSS's RSP0. Every frame is folded into r15, printed at the end.
 L1_GUEST = r"""
 .include "prelude.inc"
 
@@ -161,8 +162,12 @@ main:
     ret
 
 user_code:
+    test r14, 1
+    jz .Luser_int
     mov ecx, 0x10
     rdmsr
+.Luser_int:
+    int 0x80
     jmp user_code
 
 user_gp:                                    # frame: err, RIP, CS, RFLAGS, RSP, SS
@@ -331,21 +336,23 @@ class Outcome:
     context: bytes
     tsc: int
     delivered: tuple[int, int]
+    software: int
 
 
 def run(image: bytes, c_delivery: bool, nested: bool = False,
-        tracer: Tracer | None = None) -> Outcome:
+        tracer: Tracer | None = None, cpus: int = 1) -> Outcome:
     ext = [SvmExtension("architectural")] if nested else []
-    m = Machine(RAM, stdout=None, extensions=ext, tracer=tracer)
+    m = Machine(RAM, stdout=None, extensions=ext, tracer=tracer, cpus=cpus)
     m.fast_deliver.allowed = c_delivery
     m.load_multiboot(parse_image(image, "guest", RAM), "guest ")
     res = m.run(timeout=60)
     return Outcome(res.reason, res.status, bytes(m.serial.output), bytes(m.ram),
-                   bytes(m.ctx.save().view)[:_NOISE_FROM], m.tsc, m.fast_deliver.delivered)
+                   bytes(m.ctx.save().view)[:_NOISE_FROM], m.tsc, m.fast_deliver.delivered,
+                   m.fast_deliver.software)
 
 
-def same_with_and_without(image: bytes, nested: bool = False) -> Outcome:
-    fast, slow = run(image, True, nested), run(image, False, nested)
+def same_with_and_without(image: bytes, nested: bool = False, cpus: int = 1) -> Outcome:
+    fast, slow = run(image, True, nested, cpus=cpus), run(image, False, nested, cpus=cpus)
     assert slow.delivered == (0, 0)
     assert fast.reason == "exit" and b"not ok" not in fast.output, fast.output
     for name in ("reason", "status", "output", "context", "tsc"):
@@ -362,18 +369,22 @@ def _image(tmp_path, name: str, source: str) -> bytes:
     return assemble_source(str(src))
 
 
-def test_l1_exceptions_same_in_c_and_python(tmp_path):
-    out = same_with_and_without(_image(tmp_path, "l1.S", L1_GUEST))
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_l1_exceptions_same_in_c_and_python(tmp_path, cpus):
+    """With 2 CPUs (the second waits for a SIPI) the frames go to the code group's log too."""
+    out = same_with_and_without(_image(tmp_path, "l1.S", L1_GUEST), cpus=cpus)
     assert b"checksum 0x" in out.output and b"not ok" not in out.output, out.output
     delivered, msr_gp = out.delivered
     # 300 unknown-MSR #GPs, 100 #PF, 100 #UD, 60 #DE, 100 CPL-3 #GPs; the first of a kind
     # after a Python entry, or on a page whose Accessed/Dirty bit is not set yet, is Python's.
     assert msr_gp >= 250, out.delivered
-    assert delivered >= 550, out.delivered
+    assert delivered >= 600, out.delivered
+    assert out.software >= 60, out.software          # 40 INT3 and 40 INT 0x80
 
 
-def test_l2_exceptions_same_in_c_and_python(tmp_path):
-    out = same_with_and_without(_image(tmp_path, "l2.S", L2_GUEST), nested=True)
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_l2_exceptions_same_in_c_and_python(tmp_path, cpus):
+    out = same_with_and_without(_image(tmp_path, "l2.S", L2_GUEST), nested=True, cpus=cpus)
     assert b"checksum 0x" in out.output and b"not ok" not in out.output, out.output
     assert out.delivered[0] >= 250, out.delivered       # 300 faults in L2, under nested paging
 
@@ -386,9 +397,12 @@ def test_a_trace_sees_every_exception(tmp_path):
     plain = run(image, False)
     assert traced.delivered == (0, 0)
     assert traced.output == plain.output and traced.reason == plain.reason == "exit"
-    lines = [line for line in text.getvalue().splitlines() if " delivered " in line]
+    lines = text.getvalue().splitlines()
+    delivered = [line for line in lines if " delivered " in line and "attempt " not in line]
     # 300 + 100 + 100 + 60 + 80 + 100 exceptions and software interrupts
-    assert len(lines) == 740, len(lines)
+    assert len(delivered) == 740, len(delivered)
+    # the 50 INT 0x80 at CPL 3: the gate's DPL check raised #GP, the one delivered
+    assert sum("INT 0x80 raised #GP" in line for line in lines) == 50
 
 
 def test_timer_interrupts_same_in_c_and_python(tmp_path):

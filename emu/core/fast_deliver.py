@@ -13,6 +13,8 @@ happen in Python, every Python entry disarms first) the C hook delivers instead:
   from EXITINFO2 for #PF;
 - interrupts the interrupt point delivers (irq.py, Machine.deliver_now), in L1 or an L2 that
   takes them itself;
+- L1's INT3 and INT n spelled without prefixes (CC, CD ib), decoded as Machine._exit_intn
+  does, the gate's DPL checked against the CPL;
 - #GP(0) for L1's RDMSR or WRMSR of an index the MSR file has no owner for, as
   Machine._exit_msr raises it; the table of implemented indices is rebuilt at an arming
   whenever an owner was registered since (MsrFile.generation). Reserved-bit checks of
@@ -22,11 +24,12 @@ deliver.c takes only 64-bit mode, interrupt and trap gates to 64-bit code, and o
 check passes and every page walk would change nothing (present, accessed, permitted; a written
 page already dirty): anything else (not-present gate, limits, a fault while delivering and the
 #DF rules, compatibility or legacy modes, an A/D bit to set) leaves the CPU untouched and the
-exception goes to Python. Only on one CPU (another CPU's code cache is told of stores in
-Python) and with nothing signalled by the APIC: Python's path looks at interrupts right after
-each delivery, so while an interrupt waits for RFLAGS.IF only deliveries that leave IF clear
-are made in C (deliver.h `window`). `svmemu run --no-replay` turns it off
-with the rest; `FastDeliver.allowed = False` turns off only this (the differential tests).
+exception goes to Python. With several CPUs the frame's store is logged in the code group, as
+GuestMemory's are (the other engines drop code it overwrote). Nothing must be signalled by the
+APIC: Python's path looks at interrupts right after each delivery, so while an interrupt waits
+for RFLAGS.IF only deliveries that leave IF clear are made in C (deliver.h `window`).
+`svmemu run --no-replay` turns it off with the rest; `FastDeliver.allowed = False` turns off
+only this (the differential tests).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from emu.arch import paging
 from emu.arch.bits import (CR0_PG, CR0_WP, CR4_LA57, CR4_SMAP, EFER_NXE, PTE_A, PTE_D, PTE_P,
                            PTE_PS, PTE_RW, PTE_US, RFLAGS_IF, RFLAGS_NT, RFLAGS_RF, RFLAGS_TF,
                            RFLAGS_VM)
-from emu.arch.vmcb import OFFSETS, VMEXIT_EXCP0, VMEXIT_MSR
+from emu.arch.vmcb import OFFSETS, VMEXIT_EXCP0, VMEXIT_MSR, VMEXIT_SWINT
 from emu.core.interrupts import (AC, BR, DE, FAULT_CLASS, GATE_INT, GATE_TRAP, GP,
                                  HAS_ERROR_CODE, MF, NP, PF, SS_FAULT, UD, XF, Event, Kind)
 from emu.engine import binding, hostvm, replay
@@ -110,12 +113,15 @@ class FastDeliver:
         d.error_code_vectors = _mask(HAS_ERROR_CODE)
         d.fault_vectors = _mask(FAULT_CLASS)
         d.exit_excp0 = hostvm.UC_EXIT_BASE + VMEXIT_EXCP0
+        d.exit_swint = hostvm.UC_EXIT_BASE + VMEXIT_SWINT
         d.gp, d.pf = GP, PF
         d.pf_cr2 = machine.hostvm.host_address(hostvm.VMCB01) + OFFSETS["exitinfo2"]
         d.rflags_regid = UC_X86_REG_RFLAGS
         d.reg_read = binding.c_function("uc_reg_read")
         d.reg_write = binding.c_function("uc_reg_write")
         d.mem_write = binding.c_function("uc_mem_write")
+        d.code_written = (binding.c_function("uc_svmemu_code_written")
+                          if machine.mem.written is not None else None)
         d.n_msrs = 0
         self._fn = replay.deliver_function()
         self._d = ctypes.addressof(d)
@@ -125,9 +131,14 @@ class FastDeliver:
 
     @property
     def delivered(self) -> tuple[int, int]:
-        """(exceptions delivered in C, of which #GP for an unknown MSR) so far."""
+        """(events delivered in C, of which #GP for an unknown MSR) so far."""
         d = self.dl
         return (d.delivered, d.msr_gp) if d is not None else (0, 0)
+
+    @property
+    def software(self) -> int:
+        """L1's INT3 and INT n delivered in C so far."""
+        return self.dl.swint if self.dl is not None else 0
 
     def now(self, vector: int, error_code: int | None, cr2: int | None, rip: int) -> bool:
         """An exit handler (Machine._exit_msr, _exit_exception) raises hardware exception
@@ -137,15 +148,15 @@ class FastDeliver:
         it: True). False: nothing happened, the caller defers to the reference."""
         d, m = self.dl, self.m
         if (d is None or not self.allowed or m._insn_budget is not None
-                or not m.fast_exits._ready() or m.mem.written is not None
-                or m.apic.signalled()):
+                or not m.fast_exits.quiet() or m.apic.signalled()):
             return False
         d.window = int(m.irq.window.armed)
         if m.router is not None and m.router.on_exception(
                 Event(vector, Kind.EXCEPTION, error_code, cr2), None):
             return True
-        return bool(self._fn(self._d, self._uc, self._env, vector, error_code is not None,
-                             error_code or 0, rip, cr2 is not None, cr2 or 0))
+        return bool(self._fn(self._d, self._uc, self._env, vector, replay.DL_EXCEPTION,
+                             error_code is not None, error_code or 0, rip, cr2 is not None,
+                             cr2 or 0))
 
     def external(self, vector: int, rip: int) -> bool:
         """The interrupt point delivers an interrupt (maskable, or NMI) at `rip`, emulation
@@ -154,11 +165,11 @@ class FastDeliver:
         nothing happened."""
         d, m = self.dl, self.m
         if (d is None or not self.allowed or vector in FAULT_CLASS
-                or m._insn_budget is not None or not m.fast_exits._ready()
-                or m.mem.written is not None):
+                or m._insn_budget is not None or not m.fast_exits.quiet()):
             return False
         d.window = 0        # the reference delivers it and looks at nothing more here
-        return bool(self._fn(self._d, self._uc, self._env, vector, 0, 0, rip, 0, 0))
+        return bool(self._fn(self._d, self._uc, self._env, vector, replay.DL_EXTERNAL, 0, 0, rip,
+                             0, 0))
 
     def arm(self) -> None:
         d, m = self.dl, self.m
@@ -166,13 +177,13 @@ class FastDeliver:
             self._generation = m.msrs.generation
             self._set_msrs()
         d.window = int(m.irq.window.armed)
-        d.enabled = int(self.allowed and m.mem.written is None and not m.apic.signalled()
-                        and self._own_handlers())
+        d.enabled = int(self.allowed and not m.apic.signalled() and self._own_handlers())
 
     def _own_handlers(self) -> bool:
         """No tool replaced the machine's handlers of the exits answered here."""
         exits = self.m._exits
         return (exits.get(VMEXIT_MSR) == self.m._exit_msr
+                and exits.get(VMEXIT_SWINT) == self.m._exit_intn
                 and not any(VMEXIT_EXCP0 + v in exits for v in DELIVERED_HERE))
 
     def _set_msrs(self) -> None:

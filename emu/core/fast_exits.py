@@ -201,6 +201,11 @@ class FastExits:
                 and binding.hook_count(m.uc) == m._own_hooks and m._result is None
                 and m._pending is None and m._pause is None and not m.io_trap.armed)
 
+    def quiet(self) -> bool:
+        """Would nothing but an answer happen in Python now (no trace, tool hooks, observers,
+        stop, pending work or I/O trap)? Other C paths ask it too (fast_deliver.py)."""
+        return self._ready()
+
     def rip(self) -> int:
         """RIP as the CPU holds it (in a hook: the exiting instruction's)."""
         return self._env_eip.value if self._fx is not None else 0

@@ -1,4 +1,5 @@
-/* Exception delivery through a 64-bit IDT gate in long mode (AMD APM vol. 2, 8.9), in C.
+/* Event delivery (exceptions, INT n, interrupts) through a 64-bit IDT gate in long mode (AMD
+ * APM vol. 2, 8.9), in C.
  *
  * A kernel that takes an exception per step (kvm-unit-tests probing MSRs with rdmsr_safe, a
  * fuzzer's faulting inputs) paid a stop of the engine and ~100 us of Python per delivery for a
@@ -160,8 +161,8 @@ static uint64_t bit(uint64_t mask, uint32_t n)
     return n < 64 ? (mask >> n) & 1 : 0;
 }
 
-int deliver_exception(struct deliver *d, void *uc, uint64_t env, uint32_t vector, int has_error,
-                      uint64_t error, uint64_t rip, int set_cr2, uint64_t cr2)
+int deliver_exception(struct deliver *d, void *uc, uint64_t env, uint32_t vector, int kind,
+                      int has_error, uint64_t error, uint64_t rip, int set_cr2, uint64_t cr2)
 {
     uint64_t hf = U32(env, d->off_hflags), rflags = 0, gate[2], raw, sp, target, rsp;
     uint64_t frame[6], stack_pa[MAX_CHUNKS];
@@ -173,7 +174,7 @@ int deliver_exception(struct deliver *d, void *uc, uint64_t env, uint32_t vector
     if (d->reg_read(uc, (int)d->rflags_regid, &rflags) != 0 || (rflags & d->rflags_vm))
         return 0;
     cpl = (uint32_t)(hf & d->hf_cpl_mask);
-    if (bit(d->fault_vectors, vector))
+    if (kind == DL_EXCEPTION && bit(d->fault_vectors, vector))
         rflags |= d->rflags_rf;
     rsp = U64(env, d->off_regs + 4 * 8);
 
@@ -183,7 +184,8 @@ int deliver_exception(struct deliver *d, void *uc, uint64_t env, uint32_t vector
         !read_linear(d, env, idtr.base + (uint64_t)vector * 16, gate, 16))
         return 0;
     gtype = (uint32_t)(gate[0] >> 40) & 0xF;
-    if (!((gate[0] >> 47) & 1) || (gtype != d->gate_int && gtype != d->gate_trap))
+    if (!((gate[0] >> 47) & 1) || (gtype != d->gate_int && gtype != d->gate_trap) ||
+        (kind == DL_SOFTWARE && ((gate[0] >> 45) & 3) < cpl))
         return 0;                                   /* #NP, #GP: the reference */
     target = (gate[0] & 0xFFFF) | ((gate[0] >> 32) & 0xFFFF0000) | ((gate[1] & 0xFFFFFFFF) << 32);
     selector = (uint32_t)(gate[0] >> 16) & 0xFFFF;
@@ -250,9 +252,13 @@ int deliver_exception(struct deliver *d, void *uc, uint64_t env, uint32_t vector
     if (set_cr2)
         U64(env, d->off_cr2) = cr2;
     for (int i = 0; i < MAX_CHUNKS; i++) {
-        if (stack_len[i] && d->mem_write(uc, stack_pa[i], (uint8_t *)frame + (i ? stack_len[0] : 0),
-                                         stack_len[i]) != 0)
+        if (!stack_len[i])
+            continue;
+        if (d->mem_write(uc, stack_pa[i], (uint8_t *)frame + (i ? stack_len[0] : 0),
+                         stack_len[i]) != 0)
             return 0;                               /* only the first piece can have landed */
+        if (d->code_written)
+            d->code_written(uc, d->ram + stack_pa[i], stack_len[i]);
     }
     cs.selector = (selector & ~3u) | new_cpl;
     seg_write(d, env, d->seg_cs, cs);

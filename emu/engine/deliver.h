@@ -1,4 +1,4 @@
-/* Exception delivery through a 64-bit IDT gate in long mode, in C (deliver.c), in front of
+/* Event delivery through a 64-bit IDT gate in long mode, in C (deliver.c), in front of
  * emu/core/interrupts.py, which stays the reference and takes every case this does not.
  *
  * The layout below is reported by replay_abi() (replay.c) and mirrored by emu/engine/replay.py;
@@ -16,6 +16,7 @@
 
 typedef int (*dl_reg_fn)(void *uc, int regid, void *value);
 typedef int (*dl_mem_write_fn)(void *uc, uint64_t address, const void *bytes, uint64_t size);
+typedef void (*dl_code_written_fn)(void *uc, uint64_t host, uint64_t size);
 
 struct deliver {
     uint64_t enabled;           /* Python: deliver here while the fast exits are armed */
@@ -48,10 +49,14 @@ struct deliver {
      * vector), those that push an error code, the fault class (RF set in the pushed image). */
     uint64_t vectors, error_code_vectors, fault_vectors;
     uint64_t exit_excp0;        /* INTR hook number of the first exception exit */
+    uint64_t exit_swint;        /* INTR hook number of the INT n exit (0: not answered here) */
     uint64_t gp;                /* #GP's vector */
     uint64_t rflags_regid;      /* Unicorn's register id of RFLAGS (its lazy flags folded) */
     dl_reg_fn reg_read, reg_write;
     dl_mem_write_fn mem_write;  /* uc_mem_write: invalidates translated code it overwrites */
+    /* Several CPUs: the code group's log of the emulator's own stores (emu/engine/code_group.py),
+     * so the other CPUs' engines drop code the frame overwrote; NULL with one CPU. */
+    dl_code_written_fn code_written;
     uint64_t pf, pf_cr2, off_cr2;   /* #PF's vector; host address of its EXITINFO2 */
     /* The MSR indices the MSR file implements (sorted): an RDMSR or WRMSR of any other in L1
      * raises #GP(0), delivered here. n_msrs == 0: no table, Python decides. */
@@ -61,15 +66,18 @@ struct deliver {
      * looks at interrupts right after each delivery; with IF clear in the handler it finds
      * nothing to do, so only such deliveries are made here meanwhile. */
     uint64_t window;
-    uint64_t delivered, msr_gp;     /* counts */
+    uint64_t delivered, msr_gp, swint;      /* counts */
 };
 
-/* Deliver exception `vector` (error code `error` if `has_error`) at return RIP `rip` through the
+/* Deliver event `vector` (error code `error` if `has_error`) at return RIP `rip` through the
  * IDT of the CPU in `env` (64-bit mode, long mode), setting CR2 to `cr2` first if `set_cr2`.
- * Returns 1 with the CPU state and guest RAM changed as the reference would, 0 with nothing
- * changed (the reference then takes it). */
-int deliver_exception(struct deliver *d, void *uc, uint64_t env, uint32_t vector, int has_error,
-                      uint64_t error, uint64_t rip, int set_cr2, uint64_t cr2);
+ * `kind`: DL_EXCEPTION (RF set in the pushed image for the fault class), DL_SOFTWARE (INT n,
+ * INT3: the gate's DPL is checked against the CPL) or DL_EXTERNAL. Returns 1 with the CPU
+ * state and guest RAM changed as the reference would, 0 with nothing changed (the reference
+ * then takes it). */
+enum { DL_EXCEPTION = 0, DL_SOFTWARE, DL_EXTERNAL };
+int deliver_exception(struct deliver *d, void *uc, uint64_t env, uint32_t vector, int kind,
+                      int has_error, uint64_t error, uint64_t rip, int set_cr2, uint64_t cr2);
 
 /* Whether the MSR file implements `index` (only when n_msrs != 0). */
 int deliver_msr_known(const struct deliver *d, uint32_t index);

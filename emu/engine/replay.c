@@ -421,8 +421,8 @@ static int msr_gp(void *uc, struct engine *e)
     uint32_t index = (uint32_t)ENV64(&e->fx, FX_OFF_RCX);
     if (!d->enabled || !d->n_msrs || deliver_msr_known(d, index))
         return 0;
-    if (!deliver_exception(d, uc, e->fx.env, (uint32_t)d->gp, 1, 0, ENV64(&e->fx, FX_OFF_EIP),
-                           0, 0))
+    if (!deliver_exception(d, uc, e->fx.env, (uint32_t)d->gp, DL_EXCEPTION, 1, 0,
+                           ENV64(&e->fx, FX_OFF_EIP), 0, 0))
         return 0;
     d->msr_gp++;
     return 1;
@@ -442,7 +442,7 @@ static int fast_exception(void *uc, struct engine *e, uint32_t intno)
     struct deliver *d = &e->dl;
     uint32_t vector = intno - (uint32_t)d->exit_excp0;
     int has_error = (d->error_code_vectors >> vector) & 1;
-    return deliver_exception(d, uc, e->fx.env, vector, has_error,
+    return deliver_exception(d, uc, e->fx.env, vector, DL_EXCEPTION, has_error,
                              has_error ? ENV32(&e->fx, FX_OFF_ERROR_CODE) : 0,
                              ENV64(&e->fx, FX_OFF_EIP), vector == d->pf,
                              vector == d->pf ? *(const uint64_t *)d->pf_cr2 : 0);
@@ -482,6 +482,34 @@ static int fast_hlt(void *uc, struct engine *e)
     return 1;
 }
 
+/* L1's INT3 (CC) or INT n (CD ib) without prefixes, as Machine._exit_intn decodes it: a
+ * software event returning past the instruction. Other spellings (prefixes, INTO, INT1) and a
+ * code read that fails go to Python. */
+static int fast_swint(void *uc, struct engine *e)
+{
+    struct fast *f = &e->fx;
+    uint64_t rip = ENV64(f, FX_OFF_EIP);
+    uint8_t code[2];
+    uint32_t vector, len;
+    if (!(ENV32(f, FX_OFF_HFLAGS) & f->hf_cs64))
+        return 0;
+    if (f->vmem_read(uc, rip, 1 /* UC_PROT_READ */, code, 1) != 0)
+        return 0;
+    if (code[0] == 0xCC) {
+        vector = 3;
+        len = 1;
+    } else if (code[0] == 0xCD && f->vmem_read(uc, rip + 1, 1 /* UC_PROT_READ */, code + 1, 1) == 0) {
+        vector = code[1];
+        len = 2;
+    } else {
+        return 0;
+    }
+    if (!deliver_exception(&e->dl, uc, f->env, vector, DL_SOFTWARE, 0, 0, rip + len, 0, 0))
+        return 0;
+    e->dl.swint++;
+    return 1;
+}
+
 static int fast_exit(void *uc, struct engine *e, uint32_t intno)
 {
     struct fast *f = &e->fx;
@@ -498,13 +526,15 @@ static int fast_exit(void *uc, struct engine *e, uint32_t intno)
         return fast_hlt(uc, e);
     }
     int exc = dl_exception(&e->dl, intno);
-    if (!svm && !exc && intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID &&
+    int swint = e->dl.enabled && e->dl.exit_swint && intno == e->dl.exit_swint;
+    if (!svm && !exc && !swint && intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID &&
         intno != FX_EXIT_CR8_READ && intno != FX_EXIT_CR8_WRITE && intno != FX_EXIT_CR4_WRITE &&
         intno != FX_EXIT_MSR)
         return 0;
     charge(e, intno);
     if (svm ? svm_insn_exit(&e->svm, f->env, intno, e->state) :
         exc ? fast_exception(uc, e, intno) :
+        swint ? fast_swint(uc, e) :
         intno == FX_EXIT_RDTSC ? fast_rdtsc(uc, f) :
         intno == FX_EXIT_CPUID ? fast_cpuid(f) :
         intno == FX_EXIT_CR4_WRITE ? fast_cr4(uc, f) :
@@ -583,7 +613,8 @@ const char *replay_abi(void)
     ABI_FIELD(engine, programs); ABI_FIELD(engine, exit_cost); ABI_FIELD(engine, in_fallback);
     ABI_FIELD(engine, svm); ABI_FIELD(engine, dl);
     ABI("sizeof(deliver)", sizeof(struct deliver)); ABI("DL_MAX_MSRS", DL_MAX_MSRS);
-    ABI("DL_LEVELS", DL_LEVELS);
+    ABI("DL_LEVELS", DL_LEVELS); ABI("DL_EXCEPTION", DL_EXCEPTION);
+    ABI("DL_SOFTWARE", DL_SOFTWARE); ABI("DL_EXTERNAL", DL_EXTERNAL);
     ABI_FIELD(deliver, enabled); ABI_FIELD(deliver, ram); ABI_FIELD(deliver, ram_size);
     ABI_FIELD(deliver, off_regs); ABI_FIELD(deliver, off_eip); ABI_FIELD(deliver, off_hflags);
     ABI_FIELD(deliver, off_segs); ABI_FIELD(deliver, seg_size); ABI_FIELD(deliver, seg_selector);
@@ -591,28 +622,28 @@ const char *replay_abi(void)
     ABI_FIELD(deliver, off_cr); ABI_FIELD(deliver, off_efer); ABI_FIELD(deliver, off_error_code);
     ABI_FIELD(deliver, off_hflags2); ABI_FIELD(deliver, hf2_npt);
     ABI_FIELD(deliver, off_nested_cr3); ABI_FIELD(deliver, off_nested_pg_mode);
-    ABI_FIELD(deliver, npt_long); ABI_FIELD(deliver, npt_nxe);
-    ABI_FIELD(deliver, seg_cs); ABI_FIELD(deliver, seg_ss); ABI_FIELD(deliver, seg_ldtr);
-    ABI_FIELD(deliver, seg_tr); ABI_FIELD(deliver, seg_gdtr); ABI_FIELD(deliver, seg_idtr);
-    ABI_FIELD(deliver, hf_cpl_mask); ABI_FIELD(deliver, hf_lma); ABI_FIELD(deliver, hf_cs32);
-    ABI_FIELD(deliver, hf_ss32); ABI_FIELD(deliver, hf_cs64); ABI_FIELD(deliver, hf_addseg);
-    ABI_FIELD(deliver, desc_s); ABI_FIELD(deliver, desc_p); ABI_FIELD(deliver, desc_l);
-    ABI_FIELD(deliver, desc_b); ABI_FIELD(deliver, desc_dpl_shift);
-    ABI_FIELD(deliver, desc_type_shift); ABI_FIELD(deliver, desc_flag_mask);
-    ABI_FIELD(deliver, desc_g); ABI_FIELD(deliver, cr0_pg); ABI_FIELD(deliver, cr0_wp);
-    ABI_FIELD(deliver, cr4_smap); ABI_FIELD(deliver, cr4_la57); ABI_FIELD(deliver, efer_nxe);
-    ABI_FIELD(deliver, rflags_if); ABI_FIELD(deliver, rflags_tf); ABI_FIELD(deliver, rflags_nt);
-    ABI_FIELD(deliver, rflags_rf); ABI_FIELD(deliver, rflags_vm); ABI_FIELD(deliver, gate_int);
-    ABI_FIELD(deliver, gate_trap); ABI_FIELD(deliver, pte_p); ABI_FIELD(deliver, pte_rw);
-    ABI_FIELD(deliver, pte_us); ABI_FIELD(deliver, pte_ps); ABI_FIELD(deliver, pte_a);
-    ABI_FIELD(deliver, pte_d); ABI_FIELD(deliver, addr_mask); ABI_FIELD(deliver, large_levels);
-    ABI_FIELD(deliver, rsvd); ABI_FIELD(deliver, rsvd_large); ABI_FIELD(deliver, vectors);
-    ABI_FIELD(deliver, error_code_vectors); ABI_FIELD(deliver, fault_vectors);
-    ABI_FIELD(deliver, exit_excp0); ABI_FIELD(deliver, gp); ABI_FIELD(deliver, rflags_regid);
-    ABI_FIELD(deliver, reg_read); ABI_FIELD(deliver, reg_write); ABI_FIELD(deliver, mem_write);
-    ABI_FIELD(deliver, pf); ABI_FIELD(deliver, pf_cr2); ABI_FIELD(deliver, off_cr2);
-    ABI_FIELD(deliver, n_msrs); ABI_FIELD(deliver, msrs); ABI_FIELD(deliver, window); ABI_FIELD(deliver, delivered);
-    ABI_FIELD(deliver, msr_gp);
+    ABI_FIELD(deliver, npt_long); ABI_FIELD(deliver, npt_nxe); ABI_FIELD(deliver, seg_cs);
+    ABI_FIELD(deliver, seg_ss); ABI_FIELD(deliver, seg_ldtr); ABI_FIELD(deliver, seg_tr);
+    ABI_FIELD(deliver, seg_gdtr); ABI_FIELD(deliver, seg_idtr); ABI_FIELD(deliver, hf_cpl_mask);
+    ABI_FIELD(deliver, hf_lma); ABI_FIELD(deliver, hf_cs32); ABI_FIELD(deliver, hf_ss32);
+    ABI_FIELD(deliver, hf_cs64); ABI_FIELD(deliver, hf_addseg); ABI_FIELD(deliver, desc_s);
+    ABI_FIELD(deliver, desc_p); ABI_FIELD(deliver, desc_l); ABI_FIELD(deliver, desc_b);
+    ABI_FIELD(deliver, desc_dpl_shift); ABI_FIELD(deliver, desc_type_shift);
+    ABI_FIELD(deliver, desc_flag_mask); ABI_FIELD(deliver, desc_g); ABI_FIELD(deliver, cr0_pg);
+    ABI_FIELD(deliver, cr0_wp); ABI_FIELD(deliver, cr4_smap); ABI_FIELD(deliver, cr4_la57);
+    ABI_FIELD(deliver, efer_nxe); ABI_FIELD(deliver, rflags_if); ABI_FIELD(deliver, rflags_tf);
+    ABI_FIELD(deliver, rflags_nt); ABI_FIELD(deliver, rflags_rf); ABI_FIELD(deliver, rflags_vm);
+    ABI_FIELD(deliver, gate_int); ABI_FIELD(deliver, gate_trap); ABI_FIELD(deliver, pte_p);
+    ABI_FIELD(deliver, pte_rw); ABI_FIELD(deliver, pte_us); ABI_FIELD(deliver, pte_ps);
+    ABI_FIELD(deliver, pte_a); ABI_FIELD(deliver, pte_d); ABI_FIELD(deliver, addr_mask);
+    ABI_FIELD(deliver, large_levels); ABI_FIELD(deliver, rsvd); ABI_FIELD(deliver, rsvd_large);
+    ABI_FIELD(deliver, vectors); ABI_FIELD(deliver, error_code_vectors);
+    ABI_FIELD(deliver, fault_vectors); ABI_FIELD(deliver, exit_excp0); ABI_FIELD(deliver, exit_swint); ABI_FIELD(deliver, gp);
+    ABI_FIELD(deliver, rflags_regid); ABI_FIELD(deliver, reg_read); ABI_FIELD(deliver, reg_write);
+    ABI_FIELD(deliver, mem_write); ABI_FIELD(deliver, code_written); ABI_FIELD(deliver, pf);
+    ABI_FIELD(deliver, pf_cr2); ABI_FIELD(deliver, off_cr2); ABI_FIELD(deliver, n_msrs);
+    ABI_FIELD(deliver, msrs); ABI_FIELD(deliver, window); ABI_FIELD(deliver, delivered);
+    ABI_FIELD(deliver, msr_gp); ABI_FIELD(deliver, swint);
     ABI_FIELD(engine, apic);
     ABI("sizeof(apic_fast)", sizeof(struct apic_fast));
     ABI("APIC_TIMERS_UNKNOWN", APIC_TIMERS_UNKNOWN); ABI("APIC_DIRTY_ISR", APIC_DIRTY_ISR);

@@ -124,47 +124,35 @@ class _SvmInsn(ctypes.Structure):
 
 DL_MAX_MSRS = 1024
 DL_LEVELS = 4
+DL_EXCEPTION, DL_SOFTWARE, DL_EXTERNAL = 0, 1, 2     # deliver_exception's kinds
 
 
 class _Deliver(ctypes.Structure):
-    """deliver.h's struct deliver: L1's exceptions through its IDT in C (emu/core/fast_deliver.py
-    owns the meaning)."""
-    _fields_ = [("enabled", ctypes.c_uint64), ("ram", ctypes.c_uint64), ("ram_size", ctypes.c_uint64),
-                ("off_regs", ctypes.c_uint64), ("off_eip", ctypes.c_uint64),
-                ("off_hflags", ctypes.c_uint64), ("off_segs", ctypes.c_uint64),
-                ("seg_size", ctypes.c_uint64), ("seg_selector", ctypes.c_uint64),
-                ("seg_base", ctypes.c_uint64), ("seg_limit", ctypes.c_uint64),
-                ("seg_flags", ctypes.c_uint64), ("off_cr", ctypes.c_uint64),
-                ("off_efer", ctypes.c_uint64), ("off_error_code", ctypes.c_uint64),
-                ("off_hflags2", ctypes.c_uint64), ("hf2_npt", ctypes.c_uint64),
-                ("off_nested_cr3", ctypes.c_uint64), ("off_nested_pg_mode", ctypes.c_uint64),
-                ("npt_long", ctypes.c_uint64), ("npt_nxe", ctypes.c_uint64),
-                ("seg_cs", ctypes.c_uint64), ("seg_ss", ctypes.c_uint64), ("seg_ldtr", ctypes.c_uint64),
-                ("seg_tr", ctypes.c_uint64), ("seg_gdtr", ctypes.c_uint64),
-                ("seg_idtr", ctypes.c_uint64), ("hf_cpl_mask", ctypes.c_uint64),
-                ("hf_lma", ctypes.c_uint64), ("hf_cs32", ctypes.c_uint64), ("hf_ss32", ctypes.c_uint64),
-                ("hf_cs64", ctypes.c_uint64), ("hf_addseg", ctypes.c_uint64),
-                ("desc_s", ctypes.c_uint64), ("desc_p", ctypes.c_uint64), ("desc_l", ctypes.c_uint64),
-                ("desc_b", ctypes.c_uint64), ("desc_dpl_shift", ctypes.c_uint64),
-                ("desc_type_shift", ctypes.c_uint64), ("desc_flag_mask", ctypes.c_uint64),
-                ("desc_g", ctypes.c_uint64), ("cr0_pg", ctypes.c_uint64), ("cr0_wp", ctypes.c_uint64),
-                ("cr4_smap", ctypes.c_uint64), ("cr4_la57", ctypes.c_uint64),
-                ("efer_nxe", ctypes.c_uint64), ("rflags_if", ctypes.c_uint64),
-                ("rflags_tf", ctypes.c_uint64), ("rflags_nt", ctypes.c_uint64),
-                ("rflags_rf", ctypes.c_uint64), ("rflags_vm", ctypes.c_uint64),
-                ("gate_int", ctypes.c_uint64), ("gate_trap", ctypes.c_uint64),
-                ("pte_p", ctypes.c_uint64), ("pte_rw", ctypes.c_uint64), ("pte_us", ctypes.c_uint64),
-                ("pte_ps", ctypes.c_uint64), ("pte_a", ctypes.c_uint64), ("pte_d", ctypes.c_uint64),
-                ("addr_mask", ctypes.c_uint64), ("large_levels", ctypes.c_uint64),
-                ("rsvd", (ctypes.c_uint64 * DL_LEVELS) * 2),
-                ("rsvd_large", (ctypes.c_uint64 * DL_LEVELS) * 2), ("vectors", ctypes.c_uint64),
-                ("error_code_vectors", ctypes.c_uint64), ("fault_vectors", ctypes.c_uint64),
-                ("exit_excp0", ctypes.c_uint64), ("gp", ctypes.c_uint64),
-                ("rflags_regid", ctypes.c_uint64), ("reg_read", ctypes.c_void_p),
-                ("reg_write", ctypes.c_void_p), ("mem_write", ctypes.c_void_p), ("pf", ctypes.c_uint64),
-                ("pf_cr2", ctypes.c_uint64), ("off_cr2", ctypes.c_uint64), ("n_msrs", ctypes.c_uint64),
-                ("msrs", ctypes.c_uint32 * DL_MAX_MSRS), ("window", ctypes.c_uint64), ("delivered", ctypes.c_uint64),
-                ("msr_gp", ctypes.c_uint64)]
+    """deliver.h's struct deliver: exceptions and interrupts through the IDT in C
+    (emu/core/fast_deliver.py owns the meaning)."""
+    _fields_ = ([(name, ctypes.c_uint64) for name in (
+        "enabled", "ram", "ram_size", "off_regs", "off_eip", "off_hflags", "off_segs",
+        "seg_size", "seg_selector", "seg_base", "seg_limit", "seg_flags", "off_cr", "off_efer",
+        "off_error_code", "off_hflags2", "hf2_npt", "off_nested_cr3", "off_nested_pg_mode",
+        "npt_long", "npt_nxe", "seg_cs", "seg_ss", "seg_ldtr", "seg_tr", "seg_gdtr",
+        "seg_idtr", "hf_cpl_mask", "hf_lma", "hf_cs32", "hf_ss32", "hf_cs64", "hf_addseg",
+        "desc_s", "desc_p", "desc_l", "desc_b", "desc_dpl_shift", "desc_type_shift",
+        "desc_flag_mask", "desc_g", "cr0_pg", "cr0_wp", "cr4_smap", "cr4_la57", "efer_nxe",
+        "rflags_if", "rflags_tf", "rflags_nt", "rflags_rf", "rflags_vm", "gate_int",
+        "gate_trap", "pte_p", "pte_rw", "pte_us", "pte_ps", "pte_a", "pte_d", "addr_mask",
+        "large_levels")]
+                + [("rsvd", (ctypes.c_uint64 * DL_LEVELS) * 2),
+                   ("rsvd_large", (ctypes.c_uint64 * DL_LEVELS) * 2)]
+                + [(name, ctypes.c_uint64) for name in (
+        "vectors", "error_code_vectors", "fault_vectors", "exit_excp0", "exit_swint", "gp",
+        "rflags_regid")]
+                + [(name, ctypes.c_void_p) for name in ("reg_read", "reg_write", "mem_write",
+                                                        "code_written")]
+                + [(name, ctypes.c_uint64) for name in (
+        "pf", "pf_cr2", "off_cr2", "n_msrs")]
+                + [("msrs", ctypes.c_uint32 * DL_MAX_MSRS)]
+                + [(name, ctypes.c_uint64) for name in (
+        "window", "delivered", "msr_gp", "swint")])
 # apic_fast.h: timers_pending not looked at; the words C changed (struct apic_fast `dirty`).
 APIC_TIMERS_UNKNOWN = 2
 APIC_DIRTY_ISR, APIC_DIRTY_IRR, APIC_DIRTY_TMR, APIC_DIRTY_ICR, APIC_DIRTY_DEADLINE = 1, 2, 4, 8, 16
@@ -231,7 +219,8 @@ def expected_abi() -> dict[str, int]:
            "FX_EXIT_MSR": FX_EXIT_MSR, "SI_MAX_FIELDS": SI_MAX_FIELDS, "SI_SEG": SI_SEG, "SI_Q": SI_Q,
            "SI_Q_CANON": SI_Q_CANON, "SI_U16_IN_U32": SI_U16_IN_U32,
            "sizeof(deliver)": ctypes.sizeof(_Deliver), "DL_MAX_MSRS": DL_MAX_MSRS,
-           "DL_LEVELS": DL_LEVELS}
+           "DL_LEVELS": DL_LEVELS, "DL_EXCEPTION": DL_EXCEPTION, "DL_SOFTWARE": DL_SOFTWARE,
+           "DL_EXTERNAL": DL_EXTERNAL}
     for prefix, struct_type in (("op", _Op), ("engine", _Engine), ("fast", _Fast),
                                 ("svm_insn", _SvmInsn), ("si_field", _SiField),
                                 ("deliver", _Deliver), ("apic_fast", _ApicFast)):
@@ -282,7 +271,7 @@ def deliver_function() -> "ctypes._CFuncPtr | None":
     f = _LIB.deliver_exception
     f.restype = ctypes.c_int
     f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int,
-                  ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int, ctypes.c_uint64]
+                  ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int, ctypes.c_uint64]
     return f
 
 
