@@ -550,7 +550,8 @@ const char *replay_abi(void)
     X(tsc_deadline) X(deadline_mode) X(lvt_timer) X(deadline_ok) X(one_cpu) X(others) X(sent) \
     X(sent_vector) X(sent_dest) X(timers_pending) X(wanted_timers) X(dirty) \
     X(always_stop) X(unbounded) X(tick_ok) X(request_addr) X(request_bit) X(kick_addr) \
-    X(intercept_addr) X(intercept_bit) X(window_armed) X(kicked) X(deadline_moved) \
+    X(intercept_addr) X(intercept_bit) X(eflags_addr) X(if_mask) X(hflags_addr) X(hflags2_addr) \
+    X(hf2_gif) X(window_armed) X(kicked) X(deadline_moved) \
     X(bound_time) X(msr_tpr) X(msr_eoi) X(msr_icr) X(msr_self_ipi) X(msr_tsc_deadline) \
     X(lvt_masked) X(icr_writable) X(icr_mode_shift) X(icr_dest_logical) X(icr_shorthand_shift) X(emu_stop) X(eoi) X(tpr) \
     X(icr_sent) X(deadline) X(exit_hlt) X(hlt_ok) X(hf_inhibit_irq) X(halted) X(hlts)
