@@ -34,6 +34,8 @@ class BuildExtAndEngine(build_ext):
 
 setup(ext_modules=[Extension("emu.engine.creplay",
                              sources=["emu/engine/replay.c", "emu/engine/svm_insn.c",
-                                      "emu/engine/apic_fast.c", "emu/engine/edge_coverage.c"],
-                             depends=["emu/engine/svm_insn.h", "emu/engine/apic_fast.h"], optional=True)],
+                                      "emu/engine/edge_coverage.c", "emu/engine/deliver.c",
+                                      "emu/engine/apic_fast.c"],
+                             depends=["emu/engine/svm_insn.h", "emu/engine/deliver.h",
+                                      "emu/engine/apic_fast.h"], optional=True)],
       cmdclass={"build_ext": BuildExtAndEngine})

@@ -97,6 +97,7 @@ class HostCaps:
     efer_supported: int = EFER_DEFAULT_SUPPORTED
     exception_vectors: int = EXCEPTION_VECTORS_DEFINED   # bit n: vector n may be injected as TYPE 3
     vnmi: bool = False                         # CPUID Fn8000_000A_EDX[VNMI] as reported to L1
+    gmet: bool = False                         # CPUID Fn8000_000A_EDX[GMET] as reported to L1
 
 
 Predicate = Callable[[Vmcb12Cache, HostCaps, "int | None"], bool]
@@ -121,6 +122,12 @@ def nested_paging_enabled(c: Vmcb12Cache, caps: HostCaps) -> bool:
     """NP_ENABLE counts only on a CPU that reports nested paging; elsewhere the bit is ignored
     (the APM gives no VMEXIT_INVALID for it, so neither do we)."""
     return caps.npt and bool(c.nested_ctl & 1)
+
+
+def gmet_enabled(c: Vmcb12Cache, caps: HostCaps) -> bool:
+    """GMET_ENABLE changes the nested walk, so it counts only with nested paging on and on a
+    CPU that reports GMET; elsewhere the bit is ignored, as NP_ENABLE is."""
+    return caps.gmet and nested_paging_enabled(c, caps) and bool(c.gmet_enable)
 
 
 def pat_type_valid(t: int) -> bool:

@@ -130,7 +130,8 @@ class SvmExtension(Extension, ExitRouter):
             self.caps, cr4_supported=cr4_allowed(machine.cpuid),
             efer_supported=efer_allowed(machine.cpuid),
             long_mode=bool(machine.cpuid.query(0x80000001, 0)[3] & CPUID_80000001_EDX_LM),
-            vnmi=bool(self.svm_features & vintr.FEATURE_VNMI))
+            vnmi=bool(self.svm_features & vintr.FEATURE_VNMI),
+            gmet=bool(self.svm_features & FEATURES["gmet"][3]))
         machine.msrs.efer_write_hooks.append(self._efer_write)
         machine.msrs.register(MSR_VM_CR, lambda: self.state.vm_cr, self._write_vm_cr)
         machine.msrs.register(MSR_VM_HSAVE_PA, lambda: self.state.hsave_pa, self._write_hsave_pa)

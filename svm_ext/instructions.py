@@ -11,9 +11,10 @@ from unicorn.x86_const import UC_X86_REG_RIP
 from emu.arch import paging
 from emu.arch.paging import canonical
 from emu.errors import Unsupported
-from emu.engine.hw_switch import (FS, GS, LDTR, TR, flush_tlb, HF2_NPT, OFF_HFLAGS2, OFF_NESTED_CR3,
-                           OFF_REGS, Context, Segment)
+from emu.engine.hw_switch import (FS, GS, LDTR, TR, flush_tlb, HF2_GMET, HF2_NPT, OFF_HFLAGS2,
+                           OFF_NESTED_CR3, OFF_NESTED_PG_MODE, OFF_REGS, Context, Segment)
 from emu.core.interrupts import GP, UD
+from emu.core.memory import NPT_MODE_GMET
 from emu.core.msr import (MSR_CSTAR, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, MSR_STAR,
                      MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP)
 
@@ -47,10 +48,14 @@ def vmcb_operand(ext: "Vcpu", ctx: "Context | None" = None) -> int | None:
     if pa & 0xFFF or pa >> ext.caps.maxphyaddr:
         m.raise_exception(GP, 0)
         return None
-    if ctx.u32(OFF_HFLAGS2) & HF2_NPT:
+    hflags2 = ctx.u32(OFF_HFLAGS2)
+    if hflags2 & HF2_NPT:
+        # Under GMET the nested U/S bit no longer applies to data accesses.
+        host = (m.mem.host_regs(ctx.u32(OFF_NESTED_PG_MODE) | NPT_MODE_GMET)
+                if hflags2 & HF2_GMET else None)
         try:
             pa = paging.walk_nested(m.mem.read_u64, ctx.u64(OFF_NESTED_CR3), pa,
-                                    paging.Access(write=True, user=True)).pa
+                                    paging.Access(write=True, user=True), host=host).pa
         except paging.NestedFault as nf:
             ext.on_nested_fault(nf, None)
             return None

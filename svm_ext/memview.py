@@ -81,5 +81,6 @@ def world_paging(ext: "Vcpu", world: str) -> Optional[WorldPaging]:
     name = "gPAT" if own else "PAT (shared with L1)"
     if not npt:
         return WorldPaging("L2", regs, pat, name)
-    return WorldPaging("L2", regs, pat, name, ncr3=c.n_cr3, host_regs=_nested_host(l1),
+    host = replace(_nested_host(l1), gmet=checks.gmet_enabled(c, ext.caps))
+    return WorldPaging("L2", regs, pat, name, ncr3=c.n_cr3, host_regs=host,
                        host_pat=model.hpat(), host_cr0=l1.cr0)

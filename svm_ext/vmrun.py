@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 from emu.engine import hostvm
 from emu.arch.paging import canonical
-from emu.engine.hw_switch import (flush_tlb, nested_pg_mode, CS, DS, ES, GDTR, HF2_NPT, IDTR,
+from emu.engine.hw_switch import (flush_tlb, nested_pg_mode, CS, DS, ES, GDTR, HF2_GMET, HF2_NPT,
+                           IDTR,
                            OFF_CR, OFF_CR2, OFF_EIP, OFF_HFLAGS2, OFF_INTERCEPT,
                            OFF_INTERCEPT_CRDR, OFF_INTERCEPT_EXC, OFF_NESTED_CR3,
                            OFF_NESTED_PG_MODE, OFF_RAX, OFF_RSP, OFF_VM_VMCB, SS, Context, Segment)
@@ -34,7 +35,7 @@ from emu.core.msrs_amd import TSC_RATIO_RESET
 from svm_ext import checks, hw_quirks, instructions, intercepts, lbrv, pause_filter
 from emu.arch.vmcb import (OFFSETS, EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_NMI, EVENTINJ_TYPE_SOFT_INT,
                    EVENTINJ_V, TLB_CONTROL_DO_NOTHING, VMCB_SIZE,
-                   Vmcb12Cache, eventinj_decode, read_cache)
+                   Vmcb12Cache, bitfield_mask, eventinj_decode, read_cache)
 from svm_ext import vintr, vmexit
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ _INTERCEPTS = struct.Struct("<HHHHIII")     # CR/DR read/write, exceptions, misc
 _MAPS = struct.Struct("<QQ")                # IOPM_BASE_PA, MSRPM_BASE_PA
 VMRUN_LENGTH = 3
 _CRDR = struct.Struct("<HHHH")
+NESTED_CTL_NP_ENABLE = bitfield_mask("np_enable")
+NESTED_CTL_GMET = bitfield_mask("gmet_enable")
 
 
 def vmrun(ext: "Vcpu", code: int = 0) -> None:
@@ -130,7 +133,7 @@ def save_host_state(ext: "Vcpu", vmcb12_pa: int) -> None:
     st.vmcb12_pa = vmcb12_pa
 
 
-def build_vmcb02(ext: "Vcpu", c: Vmcb12Cache, npt: bool) -> intercepts.Merged:
+def build_vmcb02(ext: "Vcpu", c: Vmcb12Cache, npt: bool, gmet: bool = False) -> intercepts.Merged:
     """vmcb02 in L0 memory: what Unicorn reads while L2 runs (permission maps, ASID, nested
     paging). Returns the merged intercept vectors."""
     m = ext.machine
@@ -144,7 +147,8 @@ def build_vmcb02(ext: "Vcpu", c: Vmcb12Cache, npt: bool) -> intercepts.Merged:
     # IOPM: never consulted by Unicorn (see extension.on_io).
     _MAPS.pack_into(buf, OFFSETS["iopm_base_pa"], hostvm.IOPM01, hostvm.MSRPM01)
     struct.pack_into("<I", buf, OFFSETS["guest_asid"], c.guest_asid)
-    struct.pack_into("<Q", buf, OFFSETS["nested_ctl"], 1 if npt else 0)
+    struct.pack_into("<Q", buf, OFFSETS["nested_ctl"],
+                     (NESTED_CTL_NP_ENABLE if npt else 0) | (NESTED_CTL_GMET if gmet else 0))
     struct.pack_into("<Q", buf, OFFSETS["n_cr3"], c.n_cr3 if npt else 0)
     return merged
 
@@ -154,7 +158,8 @@ def load_guest(ext: "Vcpu", c: Vmcb12Cache) -> None:
     m = ext.machine
     ctx = m.ctx  # saved at step 1: L1's context, patched into L2's below
     npt = checks.nested_paging_enabled(c, ext.caps)
-    merged = build_vmcb02(ext, c, npt)
+    gmet = checks.gmet_enabled(c, ext.caps)
+    merged = build_vmcb02(ext, c, npt, gmet)
     host_cr4, host_efer = ctx.cr(4), ctx.efer
     # No consistency check names segment or descriptor-table bases, so VMRUN accepts
     # non-canonical ones. They are entered canonical (bits 63:48 copied from bit 47): Unicorn
@@ -178,9 +183,9 @@ def load_guest(ext: "Vcpu", c: Vmcb12Cache) -> None:
                     merged.dr_read, merged.dr_write)
     ctx.set_u32(OFF_INTERCEPT_EXC, merged.exceptions)
     ctx.set_u64(OFF_VM_VMCB, VMCB02)
-    hf2 = ctx.u32(OFF_HFLAGS2) & ~HF2_NPT
+    hf2 = ctx.u32(OFF_HFLAGS2) & ~(HF2_NPT | HF2_GMET)
     if npt:
-        hf2 |= HF2_NPT
+        hf2 |= HF2_NPT | (HF2_GMET if gmet else 0)
         ctx.set_u64(OFF_NESTED_CR3, c.n_cr3)
         ctx.set_u32(OFF_NESTED_PG_MODE, nested_pg_mode(host_cr4, host_efer))
     else:

@@ -35,6 +35,11 @@ file = svm.flat
 test_args = "-pause_filter_test -foo"
 qemu_params = -cpu max,+svm -m 4g
 
+[svm_foo]
+file = svm.flat
+test_args = "foo"
+qemu_params = -cpu max,+svm,-rdtscp
+
 [pmu]
 file = pmu.flat
 accel = kvm
@@ -102,6 +107,13 @@ def test_cfg_amd_entries_apply():
     assert cfg.exclusion(es["apic"]) is None
     assert cfg.exclusion(es["svm"]) is None
     assert cfg.exclusion(es["kvmclock"]) is None
+
+
+def test_a_test_with_an_entry_of_its_own_runs_alone_with_its_options():
+    es = list(entries().values())
+    assert runner.own_entry(es, "svm.flat", "foo").cpu == "max,+svm,-rdtscp"
+    assert runner.own_entry(es, "svm.flat", "pause_filter_test") is None
+    assert runner.own_entry(es, "svm_npt.flat", "foo") is None
 
 
 SOURCE = """

@@ -66,10 +66,12 @@ def test_svm_features_leaf_only_what_svm_ext_implements():
     m = machine()
     edx = m.cpuid.query(0x8000000A, 0)[3]
     # NP, LBR virtualization, NRIP save, TSC ratio, flush by ASID, decode assists, PAUSE filter
-    # and its threshold, vGIF; not vNMI (EPYC's Zen 1 lacks it; `max` and `+vnmi` have it)
+    # and its threshold, vGIF; not GMET or vNMI (EPYC's Zen 1 lacks them; `max` has both,
+    # `+gmet` and `+vnmi` grant them)
     assert edx == 0b1011 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 10 | 1 << 12 | 1 << 16
-    assert machine("max").cpuid.query(0x8000000A, 0)[3] == edx | 1 << 25
+    assert machine("max").cpuid.query(0x8000000A, 0)[3] == edx | 1 << 17 | 1 << 25
     assert machine("EPYC,+vnmi").cpuid.query(0x8000000A, 0)[3] == edx | 1 << 25
+    assert machine("EPYC,+gmet").cpuid.query(0x8000000A, 0)[3] == edx | 1 << 17
     assert machine("qemu64").cpuid.query(0x8000000A, 0)[3] == 0b1001 | 1 << 16
     assert not machine("EPYC,-vgif").cpuid.query(0x8000000A, 0)[3] & (1 << 16)
 

@@ -16,7 +16,7 @@ from unicorn.x86_const import (UC_X86_REG_CR2, UC_X86_REG_R8, UC_X86_REG_R9, UC_
 from emu.arch.bits import RFLAGS_RF
 from emu.core.machine import STATUS_SHUTDOWN, Machine
 from svm_ext.extension import SvmExtension
-from tests.tinyimage import (asm64, BODY, IST1_STACK, KSTACK, RSP0_STACK, SEL_CODE64,
+from tests.tinyimage import (asm64, BODY, IST1_STACK, KSTACK, RSP0_STACK, SEL_CODE64, SEL_DATA,
                              SEL_UCODE64, SEL_UDATA, gate64, handler, long_mode_image)
 
 EXIT = "mov al, 0\n out 0xf4, al\n"
@@ -261,3 +261,38 @@ def test_fault_delivering_int_n_returns_to_the_int_instruction():
     err, rip = struct.unpack_from("<QQ", m.ram, 0x7000)
     assert err == 0x21 * 8 + 2                                 # IDT bit, not EXT
     assert rip == after("mov r15, 1")
+
+
+def test_iret_to_user_nulls_gs_and_keeps_its_base():
+    """IRET to CPL 3 loads a null selector into a data segment register the new CPL may not
+    use (GS holds the DPL-0 data selector here); on AMD parts the hidden base stays, and in
+    64-bit mode GS keeps addressing with it (a kernel's per-CPU area)."""
+    body = f"""
+        mov ax, {SEL_DATA}
+        mov gs, ax
+        mov ecx, 0xC0000101
+        mov eax, 0x123000
+        xor edx, edx
+        wrmsr
+        push {SEL_UDATA}
+        push 0x70000
+        push 0x2
+        push {SEL_UCODE64}
+        mov rax, user
+        push rax
+        iretq
+    user:
+        int 0x80
+    """
+    record = f"""
+        mov r8, gs
+        mov ecx, 0xC0000101
+        rdmsr
+        shl rdx, 32
+        or rax, rdx
+        mov r9, rax
+        {EXIT}
+    """
+    m, res = boot(long_mode_image(body, {0x80: gate64(handler(0), dpl=3)}, [record]))
+    assert res.reason == "exit"
+    assert regs(m, "r8", "r9") == [0, 0x123000]

@@ -22,6 +22,7 @@ from unicorn import UC_ARCH_X86, UC_HOOK_BLOCK, UC_MODE_64, Uc
 from unicorn.x86_const import UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_RAX, UC_X86_REG_RIP
 
 from emu.core import snapshot
+from emu.engine import replay
 from emu.engine.unicorn_build import build, loader
 from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
@@ -367,6 +368,15 @@ def test_this_process_runs_on_the_engine_it_chose():
     assert eng.kind == loader.select().kind
     if os.environ.get(loader.ENV) == "patched":
         assert eng.kind == "patched"
+
+
+def test_the_c_helpers_are_built_where_the_patched_engine_is_required():
+    """CI asks for the patched engine; the C exit paths (emu/engine/*.c) are built by the same
+    install. Their tests skip without them, so a compile error must fail here instead of
+    turning a whole class of tests into skips."""
+    if os.environ.get(loader.ENV) != "patched":
+        pytest.skip("only where the patched engine is required (SVMEMU_ENGINE=patched)")
+    assert replay.available(), "emu.engine.creplay did not build: see the pip install output"
 
 
 def test_without_a_built_engine_svmemu_falls_back_to_stock_and_says_so_once(tmp_path):

@@ -45,3 +45,45 @@ def decoder(mode_bits: int, detail: bool = False) -> "capstone.Cs":
         d = _DECODERS[(mode_bits, detail)] = capstone.Cs(capstone.CS_ARCH_X86, modes[mode_bits])
         d.detail = detail
     return d
+
+
+# MOV to memory through ModRM (APM vol. 3, MOV): opcode -> immediate bytes (C7: with a 32-bit
+# operand; a 16-bit operand takes 2).
+_MOV_MODRM_STORES = {0x88: 0, 0x89: 0, 0xC6: 1, 0xC7: 4}
+_NOT_DECIDED_PREFIXES = frozenset({0xF0, 0xF2, 0xF3})     # LOCK, and the XACQUIRE/XRELEASE hints
+
+
+def mov_store_length(code: bytes, mode_bits: int) -> int | None:
+    """Length of `code`'s first instruction when it is MOV r/m, reg or MOV r/m, imm with a memory
+    operand and 32- or 64-bit addressing; 0 when it is one of these opcodes with a register
+    operand; None when this cannot tell (another opcode, 16-bit addressing, LOCK/REP prefixes,
+    too few bytes), so the caller decodes fully. Answers without a disassembler: a kicked MMIO
+    store is common at boot, and loading one costs more than the rest of a short run."""
+    p = split_prefixes(code, mode_bits)
+    op = p.opcode
+    if len(op) < 2 or op[0] not in _MOV_MODRM_STORES or _NOT_DECIDED_PREFIXES & set(p.prefixes):
+        return None
+    modrm = op[1]
+    mod, reg, rm = modrm >> 6, (modrm >> 3) & 7, modrm & 7
+    if op[0] in (0xC6, 0xC7) and reg != 0:
+        return None                   # not MOV (C6/C7 F8 are XABORT/XBEGIN, the rest #UD)
+    if mod == 3:
+        return 0
+    addr32 = mode_bits == 64 or (mode_bits == 16) == (0x67 in p.prefixes)
+    if not addr32:
+        return None
+    n = 2
+    if rm == 4:
+        if len(op) < 3:
+            return None
+        n += 1
+        if mod == 0 and op[2] & 7 == 5:
+            n += 4
+    if mod == 0 and rm == 5:
+        n += 4
+    n += {0: 0, 1: 1, 2: 4}[mod]
+    imm = _MOV_MODRM_STORES[op[0]]
+    if op[0] == 0xC7 and not p.rex & 0x8 and (mode_bits == 16) != (0x66 in p.prefixes):
+        imm = 2
+    length = p.length + n + imm
+    return length if length <= min(len(code), MAX_INSN_LENGTH) else None

@@ -107,6 +107,10 @@ class PagingRegs:
     cr3: int
     cr4: int
     efer: int
+    # Nested tables only: the guest-mode execute trap (GMET, VMCB nested_ctl bit 3) is in
+    # force, so U/S governs instruction fetches by privilege instead of making every access a
+    # user access (APM vol. 2, 15.25).
+    gmet: bool = False
 
     @property
     def mode(self) -> PagingMode:
@@ -341,6 +345,13 @@ def _check_rights(
 ) -> bool:
     """The access checks of APM vol. 2, 5.6 (and 5.6.4/5.6.5 for SMEP/SMAP) on the combined
     rights of the walk. True means allowed."""
+    if regs.gmet:
+        # A nested walk under GMET: reads and writes ignore U/S (R/W still counts, at any
+        # privilege); a supervisor fetch needs a supervisor page, as SMEP has it, and a user
+        # fetch a user page.
+        if access.fetch:
+            return not nx and user_ok == access.user
+        return write_ok or not access.write
     if access.fetch:
         if nx:
             return False
@@ -397,6 +408,15 @@ def _pae_levels(regs: PagingRegs, mode: PagingMode, maxphyaddr: int, gbpages: bo
         _Level(1, 12, base, None, True, True),
     ]
 
+
+def long_mode_reserved(maxphyaddr: int, nxe: bool,
+                       gbpages: bool = True) -> list[tuple[int, int, Optional[int]]]:
+    """(level, reserved bits of a table pointer, reserved bits of a page or None where PS maps
+    none) for each level of 4-level paging, PML4E first: the masks _walk_core applies, for a
+    walker outside Python that must fault (or refuse) exactly where this one does."""
+    regs = PagingRegs(cr0=CR0_PG, cr3=0, cr4=CR4_PAE, efer=EFER_LMA | (EFER_NXE if nxe else 0))
+    return [(lv.level, lv.rsvd, lv.rsvd_large)
+            for lv in _pae_levels(regs, PagingMode.LONG4, maxphyaddr, gbpages)]
 
 def _walk_core(
     regs: PagingRegs,
@@ -633,7 +653,10 @@ def _nested_core(
     regs = replace(host if host is not None else _DEFAULT_HOST, cr3=ncr3)
     if regs.mode is PagingMode.OFF:
         raise ValueError("nested paging needs the host's paging on")
-    nested_access = Access(write=access.write, user=True, fetch=access.fetch)
+    # Every nested access is a user access, except under GMET, where the final access keeps
+    # its privilege (a guest page-table access stays a user one: GUEST_TABLE_ACCESS).
+    nested_access = access if regs.gmet else Access(write=access.write, user=True,
+                                                    fetch=access.fetch)
     try:
         return _walk_core(
             regs, gpa, nested_access, _reader(read_u64, read_u32), maxphyaddr, gbpages,
@@ -663,8 +686,8 @@ def walk_nested(
     The nested table has the format of the host's paging mode (``host``: CR0/CR4/EFER as they
     were at VMRUN; the CR3 field is ignored, ``ncr3`` is the root). svmemu's hosts run in long
     mode, which is the default (4-level, EFER.NXE=1). Every nested access is a user access, so
-    U/S must be 1 at every level and SMEP/SMAP/WP never apply; NX applies when the host has
-    EFER.NXE. ``guest_table`` picks the EXITINFO1 bit a fault reports: set it when ``gpa`` is
+    U/S must be 1 at every level and SMEP/SMAP/WP never apply (with ``host.gmet``, U/S only
+    decides who may fetch, see _check_rights); NX applies when the host has EFER.NXE. ``guest_table`` picks the EXITINFO1 bit a fault reports: set it when ``gpa`` is
     the address of a guest page-table entry (bit 33), leave it clear for the final GPA of the
     guest's access (bit 32). Raises :class:`NestedFault`.
     """

@@ -153,6 +153,16 @@ BITFIELDS: tuple[tuple[str, str, int, int], ...] = (
     ("vmload_vmsave_virtualization_enable", "virt_ext", 1, 1),
 )
 
+
+def bitfield_mask(name: str) -> int:
+    """The mask of BITFIELDS entry `name` within its control word, for code that composes the
+    word whole (vmcb02's nested_ctl) rather than through a Vmcb property."""
+    for field, _word, shift, width in BITFIELDS:
+        if field == name:
+            return ((1 << width) - 1) << shift
+    raise KeyError(name)
+
+
 SEGMENT_NAMES = ("es", "cs", "ss", "ds", "fs", "gs", "gdtr", "ldtr", "idtr", "tr")
 
 

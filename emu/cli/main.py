@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--world", choices=("L1", "L2", "current"), default="current",
                     help="whose address it is (default: the world running in the snapshot)")
     _add_pat_option(mt)
-    from emu.cli.fuzz import add_parser as add_fuzz_parser
+    from emu.cli.fuzz_options import add_parser as add_fuzz_parser
     add_fuzz_parser(sub, _size, _positive_int, _positive_float)
     build = sub.add_parser("build", help="assemble a .S guest into the multiboot image QEMU boots")
     build.add_argument("source")
@@ -323,11 +323,11 @@ def _insn_limit(args: argparse.Namespace,
                 symbols: "Mapping[str, int]") -> "tuple[int | None, EventSpec | None]":
     """--snapshot-at N is an instruction limit whose end is a snapshot rather than status 8; an
     event (vmrun:3, a symbol) is watched instead, and the run pauses there."""
-    from emu.core.events import parse_event
     if (args.snapshot_at is None) != (args.snapshot is None):
         raise OptionError("--snapshot-at and --snapshot must be given together")
     if args.snapshot_at is None:
         return args.max_insns, None
+    from emu.core.events import parse_event
     if args.gdb or args.gdb_default:
         raise OptionError("the gdb stub cannot be combined with --max-insns, --timeout or "
                           "--snapshot-at")

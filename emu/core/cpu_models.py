@@ -93,8 +93,9 @@ MODELS: dict[str, Table] = {"EPYC": _EPYC, "max": _EPYC, "qemu64": _QEMU64,
 # Features a model lacks that the machine would otherwise add (the SVM extension adds SVM and
 # its leaf). QEMU's qemu64 reports no SVM feature bits; svmemu keeps there the ones it always
 # had (nested paging, NRIP save, vGIF) and leaves the later ones off unless asked (`+name`).
-# EPYC (Zen 1) lacks vNMI, which came with Zen 4: `EPYC,+vnmi` grants it; `max` has it.
-_SVM_AFTER_ZEN1 = ("vnmi",)
+# EPYC (Zen 1) lacks vNMI, which came with Zen 4, and GMET, a later extension too:
+# `EPYC,+vnmi` / `EPYC,+gmet` grant them; `max` has both.
+_SVM_AFTER_ZEN1 = ("vnmi", "gmet")
 _SVM_LATER = ("lbrv", "tsc-scale", "flushbyasid", "decodeassists", "pause-filter",
               "pfthreshold") + _SVM_AFTER_ZEN1
 _MODEL_HIDDEN: dict[str, tuple[str, ...]] = {"Opteron_G1": ("svm",) + _SVM_LATER,
@@ -133,7 +134,7 @@ _bits(0x80000008, 0, EBX, {"ibpb": 12, "ibrs": 14, "amd-stibp": 15, "amd-ssbd": 
 _bits(0x8000000A, 0, EDX, {"npt": 0, "lbrv": 1, "svm-lock": 2, "nrip-save": 3, "tsc-scale": 4,
                            "vmcb-clean": 5, "flushbyasid": 6, "decodeassists": 7,
                            "pause-filter": 10, "pfthreshold": 12, "avic": 13,
-                           "v-vmsave-vmload": 15, "vgif": 16, "vnmi": 25})
+                           "v-vmsave-vmload": 15, "vgif": 16, "gmet": 17, "vnmi": 25})
 _ALIASES = {"sse3": "pni", "sse4_1": "sse4.1", "sse4_2": "sse4.2", "lahf_lm": "lahf-lm",
             "nrip_save": "nrip-save", "tsc_scale": "tsc-scale", "perfctr_core": "perfctr-core",
             "cr8-legacy": "cr8legacy", "sha_ni": "sha-ni", "fxsr_opt": "fxsr-opt"}
@@ -144,7 +145,7 @@ _OPT_IN = ("perfctr-core", "ibpb", "ibrs", "amd-stibp", "amd-ssbd", "tsc-deadlin
 # the model hides. `+name` grants one a model lacks.
 _SVM_LEAF = 0x8000000A
 SVM_IMPLEMENTED = ("npt", "lbrv", "nrip-save", "tsc-scale", "flushbyasid", "decodeassists",
-                   "pause-filter", "pfthreshold", "vgif", "vnmi")
+                   "pause-filter", "pfthreshold", "vgif", "gmet", "vnmi")
 
 
 def _present(table: Table, name: str) -> bool:

@@ -44,7 +44,7 @@ from emu.engine import hostvm
 from emu.core.devices.cmos import CMOS_SHUTDOWN_STATUS, SHUTDOWN_RESUME_CODES
 from emu.core.devices.apic import (APIC_BASE_EXTD, APIC_LVT_TIMER, APIC_MMIO_SIZE, APIC_TPR, LVT_MASKED, ApicError,
                           LocalApic)
-from emu.arch.decode import MAX_INSN_LENGTH, decoder, split_prefixes
+from emu.arch.decode import MAX_INSN_LENGTH, decoder, mov_store_length, split_prefixes
 from emu.errors import STATUS_HALTED, Unsupported
 from emu.core.extension import WINDOW_TAKEN, WINDOW_WANTED
 from emu.engine.hw_switch import HF2_NMI, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS2
@@ -210,7 +210,11 @@ class InterruptController:
             code = m.mem.read_code(rip, 15)
         except Exception:
             return 0
-        for ins in decoder(m.ctx.save().mode_bits()).disasm(code, rip, 1):
+        mode = m.ctx.save().mode_bits()
+        length = mov_store_length(code, mode)
+        if length is not None:
+            return length
+        for ins in decoder(mode).disasm(code, rip, 1):
             if ins.mnemonic in ("mov", "movabs") and "[" in ins.op_str.split(",")[0]:
                 return ins.size
         return 0

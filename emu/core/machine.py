@@ -59,6 +59,7 @@ from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE
 from emu.core.smp import DEFAULT_QUANTUM, Position, RoundRobin
 from emu.core.memory import GuestMemory
 from emu.engine import replay
+from emu.core.fast_deliver import FastDeliver
 from emu.core.apic_fast import ApicFast
 from emu.core.fast_exits import FastExits
 from emu.core.timebase import IOIO_COST, Timebase
@@ -278,6 +279,8 @@ class Machine:
         self.timebase = Timebase(self)
         # L1's RDTSC and CPUID answered in C while nothing else would happen (fast_exits.py).
         self.fast_exits = FastExits(self, TSC_STEP)
+        # L1's exceptions delivered through its IDT in C on the common path (fast_deliver.py).
+        self.fast_deliver = FastDeliver(self)
         if self.replay is not None:
             self.replay.set_exit_costs(self.timebase.costs)
             if self.fast_exits.env:
@@ -373,6 +376,8 @@ class Machine:
     def deliver_now(self, event: Event, return_rip: int) -> None:
         """Deliver `event` at once: only where emulation has already stopped (the interrupt
         check at an instruction boundary)."""
+        if event.kind is Kind.EXTERNAL and self.fast_deliver.external(event.vector, return_rip):
+            return
         self._deliver(event, return_rip)
 
     def run_deferred(self) -> None:
@@ -967,7 +972,14 @@ class Machine:
         ctx = self.ctx.save()
         err = ctx.error_code if vector in HAS_ERROR_CODE else None
         cr2 = self.hostvm.exitinfo2(ctx.u64(OFF_VM_VMCB)) if vector == PF else None
-        self.raise_exception(vector, err, cr2)
+        self._raise_from_exit(vector, err, cr2)
+
+    def _raise_from_exit(self, vector: int, error_code: int | None = None,
+                         cr2: int | None = None) -> None:
+        """raise_exception for an exit handler that returns right after: delivered in C inside
+        the hook when it can be (fast_deliver.py), else after the engine stops."""
+        if not self.fast_deliver.now(vector, error_code, cr2, self.uc.reg_read(UC_X86_REG_RIP)):
+            self.raise_exception(vector, error_code, cr2)
 
     def _exit_msr(self, code: int) -> None:
         uc = self.uc
@@ -986,7 +998,7 @@ class Machine:
             if self.tracer and self.tracer.on("msr"):
                 self.tracer.line("msr", self._where(), f"{'wrmsr' if write else 'rdmsr'} "
                                  f"{index:#x} -> #GP ({e})")
-            self.raise_exception(GP, 0)
+            self._raise_from_exit(GP, 0)
             return
         if self.tracer and self.tracer.on("msr"):
             self.tracer.line("msr", self._where(),

@@ -18,8 +18,8 @@ from unicorn import UC_PROT_READ, Uc, UcError
 from emu.arch import paging
 from emu.arch.bits import CR0_PG
 from emu.engine import binding
-from emu.engine.hw_switch import (CS, HF2_NPT, HF_CPL_MASK, HF_CS64, NPT_MODE_LMA, NPT_MODE_NXE,
-                        NPT_MODE_PAE, OFF_CR, OFF_EFER, OFF_HFLAGS, OFF_HFLAGS2, OFF_NESTED_CR3,
+from emu.engine.hw_switch import (CS, HF2_GMET, HF2_NPT, HF_CPL_MASK, HF_CS64, NPT_MODE_LMA,
+                        NPT_MODE_NXE, NPT_MODE_PAE, OFF_CR, OFF_EFER, OFF_HFLAGS, OFF_HFLAGS2, OFF_NESTED_CR3,
                         OFF_NESTED_PG_MODE, OFF_SEGS, SEG_SIZE, Context)
 from emu.arch.bits import CR4_LA57, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE, CR0_WP
 from emu.errors import Unsupported
@@ -42,6 +42,9 @@ CR0_WALK = CR0_PG | CR0_WP
 CR4_WALK = CR4_PAE | CR4_PSE | CR4_LA57 | CR4_SMEP | CR4_SMAP
 EFER_WALK = EFER_LMA | EFER_NXE
 NPT_MODE_WALK = NPT_MODE_PAE | NPT_MODE_LMA | NPT_MODE_NXE
+# Not a bit of Unicorn's nested paging mode: hflags2's GMET folded into the mode value this
+# module keys nested walks by, so a walk's inputs say whether GMET was in force.
+NPT_MODE_GMET = 1 << 8
 
 _HFLAGS = struct.Struct("<II")            # hflags, hflags2
 _CRS = struct.Struct("<5Q")               # CR0..CR4
@@ -64,8 +67,8 @@ class CodePath:
     translation read, guest and nested levels alike, each as ``(addr, value, width)``
     (:class:`emu.arch.paging.PathEntry`: host-physical address, value after the walk's own A/D
     updates, 8 or 4 bytes). The remaining fields are the walk's inputs: ``cr3``; ``ncr3`` and
-    ``nested_mode`` (the NPT_MODE_* bits VMRUN recorded for the host), both 0 when ``nested``
-    is False; ``cr0``/``cr4``/``efer`` masked to the bits a walk reads (CR0_WALK, CR4_WALK,
+    ``nested_mode`` (the NPT_MODE_* bits VMRUN recorded for the host, with NPT_MODE_GMET),
+    both 0 when ``nested`` is False; ``cr0``/``cr4``/``efer`` masked to the bits a walk reads (CR0_WALK, CR4_WALK,
     EFER_WALK); ``user``, CPL 3 (fetches are user accesses then).
 
     Contract: while ``inputs`` are unchanged and every entry still holds its value, an
@@ -208,7 +211,8 @@ class GuestMemory:
 
     def _nested_host(self) -> paging.PagingRegs:
         """The host paging mode Unicorn's nested walk uses, as VMRUN recorded it."""
-        return self.host_regs(self.ctx.u32(OFF_NESTED_PG_MODE))
+        gmet = NPT_MODE_GMET if self.ctx.u32(OFF_HFLAGS2) & HF2_GMET else 0
+        return self.host_regs(self.ctx.u32(OFF_NESTED_PG_MODE) | gmet)
 
     @staticmethod
     def host_regs(mode: int) -> paging.PagingRegs:
@@ -216,7 +220,8 @@ class GuestMemory:
         return paging.PagingRegs(cr0=CR0_PG | CR0_WP | 1, cr3=0,
                                  cr4=CR4_PAE if mode & NPT_MODE_PAE else 0,
                                  efer=(EFER_LMA if mode & NPT_MODE_LMA else 0)
-                                 | (EFER_NXE if mode & NPT_MODE_NXE else 0))
+                                 | (EFER_NXE if mode & NPT_MODE_NXE else 0),
+                                 gmet=bool(mode & NPT_MODE_GMET))
 
     def _chunks(self, va: int, size: int):
         while size > 0:
@@ -250,7 +255,8 @@ class GuestMemory:
         efer = _Q.unpack_from(view, OFF_EFER)[0]
         if hflags2 & HF2_NPT:
             ncr3, nmode = _NESTED.unpack_from(view, OFF_NESTED_CR3)
-            nested, nmode = True, nmode & NPT_MODE_WALK
+            nested = True
+            nmode = (nmode & NPT_MODE_WALK) | (NPT_MODE_GMET if hflags2 & HF2_GMET else 0)
         else:
             nested, ncr3, nmode = False, 0, 0
         return (nested, cr3, ncr3, cr0 & CR0_WALK, cr4 & CR4_WALK, efer & EFER_WALK, nmode,

@@ -17,7 +17,7 @@ from emu.arch.bits import (CR0_CD, CR0_EM, CR0_MP, CR0_NW, CR0_PE, CR0_PG, CR0_T
                            CR4_PAE, CR4_SMAP, EFER_LMA, EFER_SVME)
 from emu.arch.paging import is_canonical
 from emu.engine.hostvm import L0_EFER
-from emu.engine.hw_switch import (CS, DESC_B, DESC_L, HF2_GIF, HF2_NMI,
+from emu.engine.hw_switch import (CS, DESC_B, DESC_L, HF2_GIF, HF2_GMET, HF2_NMI, HF_AM,
                                   HF2_NPT, HF2_VINTR, HF_CPL_MASK, HF_CS32, HF_CS64, HF_EM,
                                   HF_GUEST, HF_INHIBIT_IRQ, HF_IOBPT, HF_LMA, HF_MP, HF_OSFXSR,
                                   HF_PE, HF_SMAP, HF_SS32, HF_SVME, HF_TS, OFF_CR, OFF_DR,
@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 _HF_TF, _HF_IOPL, _HF_RF, _HF_AC = 1 << 8, 3 << 12, 1 << 16, 1 << 18
 HFLAGS_ALLOWED = (HF_CPL_MASK | HF_INHIBIT_IRQ | HF_CS32 | HF_SS32 | HF_ADDSEG | HF_PE | _HF_TF
                   | HF_MP | HF_EM | HF_TS | _HF_IOPL | HF_LMA | HF_CS64 | _HF_RF | _HF_AC
-                  | HF_SVME | HF_GUEST | HF_OSFXSR | HF_SMAP | HF_IOBPT)
+                  | HF_SVME | HF_GUEST | HF_OSFXSR | HF_SMAP | HF_IOBPT | HF_AM)
 _HF2_HIF, _HF2_IGNNE = 1 << 1, 1 << 7
-HFLAGS2_ALLOWED = HF2_GIF | _HF2_HIF | HF2_NMI | HF2_VINTR | HF2_NPT | _HF2_IGNNE
+HFLAGS2_ALLOWED = HF2_GIF | _HF2_HIF | HF2_NMI | HF2_VINTR | HF2_NPT | HF2_GMET | _HF2_IGNNE
 
 _RFLAGS_RESERVED = ~0x3F7FD7 & ((1 << 64) - 1)      # bits 1 (must be one), 3, 5, 15, 22-63
 _RFLAGS_VM = 1 << 17

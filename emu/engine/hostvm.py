@@ -83,6 +83,10 @@ class HostVm:
         self.buf = memoryview(self._mem)
         self.buf[MSRPM01 - L0_BASE:MSRPM01 - L0_BASE + MSRPM_SIZE] = b"\xFF" * MSRPM_SIZE
 
+    def host_address(self, pa: int) -> int:
+        """The host address of L0-private physical address `pa` (for C that reads it)."""
+        return ctypes.addressof(ctypes.c_char.from_buffer(self._mem)) + pa - L0_BASE
+
     def view(self, pa: int, size: int) -> memoryview:
         """Direct access to L0-private memory at physical address `pa`."""
         off = pa - L0_BASE

@@ -17,8 +17,8 @@ from unicorn import Uc
 from emu.engine import binding
 from emu.engine.binding import RegBatch, flush_tlb  # noqa: F401 (re-exported for the switch code)
 
-from emu.arch.bits import (CR0_PE, CR4_OSFXSR, CR4_PAE, CR4_SMAP, EFER_LMA, EFER_NXE, EFER_SVME,
-                           RFLAGS_VM)
+from emu.arch.bits import (CR0_AM, CR0_PE, CR4_OSFXSR, CR4_PAE, CR4_SMAP, EFER_LMA, EFER_NXE,
+                           EFER_SVME, RFLAGS_VM)
 
 PINNED_UNICORN = "2.1.4"
 
@@ -96,10 +96,12 @@ HF_SVME = 1 << 20
 HF_OSFXSR = 1 << 22
 HF_SMAP = 1 << 23
 HF_IOBPT = 1 << 24       # translate I/O instructions with a call to the I/O-breakpoint helper
+HF_AM = 1 << 27          # CR0.AM: with RFLAGS.AC and CPL 3, data references are alignment-checked
 HF2_GIF = 1 << 0
 HF2_NMI = 1 << 2        # NMIs blocked: set by NMI delivery, cleared by IRET
 HF2_VINTR = 1 << 3      # V_INTR_MASKING in effect: CR8 reads V_TPR
 HF2_NPT = 1 << 6
+HF2_GMET = 1 << 8       # guest-mode execute trap: nested U/S governs fetches by privilege
 # How Unicorn's nested walk reads the host paging mode (set from L1's state at VMRUN).
 NPT_MODE_PAE, NPT_MODE_LMA, NPT_MODE_NXE = 1 << 0, 1 << 1, 1 << 2
 
@@ -251,10 +253,12 @@ class Context:
         """Set the hidden flags that follow from CR0/CR4/EFER and CPL, as loading them whole
         (a world switch) does; segment-derived bits are recomputed after."""
         hf = self.hflags & ~(HF_CPL_MASK | HF_INHIBIT_IRQ | HF_PE | HF_MP | HF_EM | HF_TS | HF_LMA
-                             | HF_SVME | HF_OSFXSR | HF_SMAP)
+                             | HF_SVME | HF_OSFXSR | HF_SMAP | HF_AM)
         hf |= cpl & 3
         if cr0 & CR0_PE:
             hf |= HF_PE
+        if cr0 & CR0_AM:
+            hf |= HF_AM
         hf |= ((cr0 >> 1) & 7) * HF_MP     # MP, EM, TS are CR0 bits 1..3, HF bits 9..11
         if efer & EFER_LMA:
             hf |= HF_LMA

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "deliver.h"
 #include "apic_fast.h"
 #include "svm_insn.h"
 
@@ -164,6 +165,7 @@ struct engine {
     uint32_t exit_cost[N_INTNO];    /* ticks each exit costs (emu/core/timebase.py) */
     in_fn in_fallback;              /* the machine's Python IN hook */
     struct svm_insn svm;            /* L1's VMLOAD/VMSAVE/STGI/CLGI (svm_insn.c) */
+    struct deliver dl;              /* L1's exceptions through its IDT (deliver.c) */
     struct apic_fast apic;          /* L1's x2APIC writes (apic_fast.c) */
 };
 
@@ -411,6 +413,41 @@ static int fast_rdmsr(struct fast *f)
     return 0;
 }
 
+/* L1's RDMSR or WRMSR of an MSR the MSR file does not implement: #GP(0) at the instruction
+ * (Machine._exit_msr), delivered by deliver.c. */
+static int msr_gp(void *uc, struct engine *e)
+{
+    struct deliver *d = &e->dl;
+    uint32_t index = (uint32_t)ENV64(&e->fx, FX_OFF_RCX);
+    if (!d->enabled || !d->n_msrs || deliver_msr_known(d, index))
+        return 0;
+    if (!deliver_exception(d, uc, e->fx.env, (uint32_t)d->gp, 1, 0, ENV64(&e->fx, FX_OFF_EIP),
+                           0, 0))
+        return 0;
+    d->msr_gp++;
+    return 1;
+}
+
+/* Whether `intno` is the exit of an exception deliver.c may deliver in L1. */
+static int dl_exception(const struct deliver *d, uint32_t intno)
+{
+    return d->enabled && intno >= d->exit_excp0 && intno < d->exit_excp0 + 32 &&
+           ((d->vectors >> (intno - d->exit_excp0)) & 1);
+}
+
+/* L1's exception, as Machine._exit_exception raises it: the error code the exit left for the
+ * vectors that have one, CR2 from EXITINFO2 for #PF (set only if delivery happens here). */
+static int fast_exception(void *uc, struct engine *e, uint32_t intno)
+{
+    struct deliver *d = &e->dl;
+    uint32_t vector = intno - (uint32_t)d->exit_excp0;
+    int has_error = (d->error_code_vectors >> vector) & 1;
+    return deliver_exception(d, uc, e->fx.env, vector, has_error,
+                             has_error ? ENV32(&e->fx, FX_OFF_ERROR_CODE) : 0,
+                             ENV64(&e->fx, FX_OFF_EIP), vector == d->pf,
+                             vector == d->pf ? *(const uint64_t *)d->pf_cr2 : 0);
+}
+
 /* L1's WRMSR (EXITINFO1 1) of an x2APIC register or IA32_TSC_DEADLINE (apic_fast.c): RIP moves
  * past 0F 30 when answered. A request it leaves in IRR keeps STGI and MOV CR8 in Python. */
 static int fast_wrmsr(void *uc, struct engine *e)
@@ -460,16 +497,19 @@ static int fast_exit(void *uc, struct engine *e, uint32_t intno)
         charge(e, intno);
         return fast_hlt(uc, e);
     }
-    if (!svm && intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID && intno != FX_EXIT_CR8_READ &&
-        intno != FX_EXIT_CR8_WRITE && intno != FX_EXIT_CR4_WRITE && intno != FX_EXIT_MSR)
+    int exc = dl_exception(&e->dl, intno);
+    if (!svm && !exc && intno != FX_EXIT_RDTSC && intno != FX_EXIT_CPUID &&
+        intno != FX_EXIT_CR8_READ && intno != FX_EXIT_CR8_WRITE && intno != FX_EXIT_CR4_WRITE &&
+        intno != FX_EXIT_MSR)
         return 0;
     charge(e, intno);
     if (svm ? svm_insn_exit(&e->svm, f->env, intno, e->state) :
+        exc ? fast_exception(uc, e, intno) :
         intno == FX_EXIT_RDTSC ? fast_rdtsc(uc, f) :
         intno == FX_EXIT_CPUID ? fast_cpuid(f) :
         intno == FX_EXIT_CR4_WRITE ? fast_cr4(uc, f) :
         intno == FX_EXIT_MSR ? (ENV32(f, FX_OFF_ERROR_CODE) == 1 ? fast_wrmsr(uc, e)
-                                                                  : fast_rdmsr(f)) :
+                                                                  : fast_rdmsr(f)) || msr_gp(uc, e) :
         fast_cr8(uc, e, intno == FX_EXIT_CR8_WRITE))
         return 1;
     f->ticks = ticks;           /* not answered: Python handles the exit and charges it */
@@ -541,7 +581,39 @@ const char *replay_abi(void)
     ABI_FIELD(engine, enabled); ABI_FIELD(engine, replays); ABI_FIELD(engine, fallbacks);
     ABI_FIELD(engine, seq); ABI_FIELD(engine, state); ABI_FIELD(engine, fx);
     ABI_FIELD(engine, programs); ABI_FIELD(engine, exit_cost); ABI_FIELD(engine, in_fallback);
-    ABI_FIELD(engine, svm); ABI_FIELD(engine, apic);
+    ABI_FIELD(engine, svm); ABI_FIELD(engine, dl);
+    ABI("sizeof(deliver)", sizeof(struct deliver)); ABI("DL_MAX_MSRS", DL_MAX_MSRS);
+    ABI("DL_LEVELS", DL_LEVELS);
+    ABI_FIELD(deliver, enabled); ABI_FIELD(deliver, ram); ABI_FIELD(deliver, ram_size);
+    ABI_FIELD(deliver, off_regs); ABI_FIELD(deliver, off_eip); ABI_FIELD(deliver, off_hflags);
+    ABI_FIELD(deliver, off_segs); ABI_FIELD(deliver, seg_size); ABI_FIELD(deliver, seg_selector);
+    ABI_FIELD(deliver, seg_base); ABI_FIELD(deliver, seg_limit); ABI_FIELD(deliver, seg_flags);
+    ABI_FIELD(deliver, off_cr); ABI_FIELD(deliver, off_efer); ABI_FIELD(deliver, off_error_code);
+    ABI_FIELD(deliver, off_hflags2); ABI_FIELD(deliver, hf2_npt);
+    ABI_FIELD(deliver, off_nested_cr3); ABI_FIELD(deliver, off_nested_pg_mode);
+    ABI_FIELD(deliver, npt_long); ABI_FIELD(deliver, npt_nxe);
+    ABI_FIELD(deliver, seg_cs); ABI_FIELD(deliver, seg_ss); ABI_FIELD(deliver, seg_ldtr);
+    ABI_FIELD(deliver, seg_tr); ABI_FIELD(deliver, seg_gdtr); ABI_FIELD(deliver, seg_idtr);
+    ABI_FIELD(deliver, hf_cpl_mask); ABI_FIELD(deliver, hf_lma); ABI_FIELD(deliver, hf_cs32);
+    ABI_FIELD(deliver, hf_ss32); ABI_FIELD(deliver, hf_cs64); ABI_FIELD(deliver, hf_addseg);
+    ABI_FIELD(deliver, desc_s); ABI_FIELD(deliver, desc_p); ABI_FIELD(deliver, desc_l);
+    ABI_FIELD(deliver, desc_b); ABI_FIELD(deliver, desc_dpl_shift);
+    ABI_FIELD(deliver, desc_type_shift); ABI_FIELD(deliver, desc_flag_mask);
+    ABI_FIELD(deliver, desc_g); ABI_FIELD(deliver, cr0_pg); ABI_FIELD(deliver, cr0_wp);
+    ABI_FIELD(deliver, cr4_smap); ABI_FIELD(deliver, cr4_la57); ABI_FIELD(deliver, efer_nxe);
+    ABI_FIELD(deliver, rflags_if); ABI_FIELD(deliver, rflags_tf); ABI_FIELD(deliver, rflags_nt);
+    ABI_FIELD(deliver, rflags_rf); ABI_FIELD(deliver, rflags_vm); ABI_FIELD(deliver, gate_int);
+    ABI_FIELD(deliver, gate_trap); ABI_FIELD(deliver, pte_p); ABI_FIELD(deliver, pte_rw);
+    ABI_FIELD(deliver, pte_us); ABI_FIELD(deliver, pte_ps); ABI_FIELD(deliver, pte_a);
+    ABI_FIELD(deliver, pte_d); ABI_FIELD(deliver, addr_mask); ABI_FIELD(deliver, large_levels);
+    ABI_FIELD(deliver, rsvd); ABI_FIELD(deliver, rsvd_large); ABI_FIELD(deliver, vectors);
+    ABI_FIELD(deliver, error_code_vectors); ABI_FIELD(deliver, fault_vectors);
+    ABI_FIELD(deliver, exit_excp0); ABI_FIELD(deliver, gp); ABI_FIELD(deliver, rflags_regid);
+    ABI_FIELD(deliver, reg_read); ABI_FIELD(deliver, reg_write); ABI_FIELD(deliver, mem_write);
+    ABI_FIELD(deliver, pf); ABI_FIELD(deliver, pf_cr2); ABI_FIELD(deliver, off_cr2);
+    ABI_FIELD(deliver, n_msrs); ABI_FIELD(deliver, msrs); ABI_FIELD(deliver, window); ABI_FIELD(deliver, delivered);
+    ABI_FIELD(deliver, msr_gp);
+    ABI_FIELD(engine, apic);
     ABI("sizeof(apic_fast)", sizeof(struct apic_fast));
     ABI("APIC_TIMERS_UNKNOWN", APIC_TIMERS_UNKNOWN); ABI("APIC_DIRTY_ISR", APIC_DIRTY_ISR);
     ABI("APIC_DIRTY_IRR", APIC_DIRTY_IRR); ABI("APIC_DIRTY_TMR", APIC_DIRTY_TMR);

@@ -122,6 +122,49 @@ class _SvmInsn(ctypes.Structure):
         "n_fields")] + [("fields", _SiField * SI_MAX_FIELDS)]
 
 
+DL_MAX_MSRS = 1024
+DL_LEVELS = 4
+
+
+class _Deliver(ctypes.Structure):
+    """deliver.h's struct deliver: L1's exceptions through its IDT in C (emu/core/fast_deliver.py
+    owns the meaning)."""
+    _fields_ = [("enabled", ctypes.c_uint64), ("ram", ctypes.c_uint64), ("ram_size", ctypes.c_uint64),
+                ("off_regs", ctypes.c_uint64), ("off_eip", ctypes.c_uint64),
+                ("off_hflags", ctypes.c_uint64), ("off_segs", ctypes.c_uint64),
+                ("seg_size", ctypes.c_uint64), ("seg_selector", ctypes.c_uint64),
+                ("seg_base", ctypes.c_uint64), ("seg_limit", ctypes.c_uint64),
+                ("seg_flags", ctypes.c_uint64), ("off_cr", ctypes.c_uint64),
+                ("off_efer", ctypes.c_uint64), ("off_error_code", ctypes.c_uint64),
+                ("off_hflags2", ctypes.c_uint64), ("hf2_npt", ctypes.c_uint64),
+                ("off_nested_cr3", ctypes.c_uint64), ("off_nested_pg_mode", ctypes.c_uint64),
+                ("npt_long", ctypes.c_uint64), ("npt_nxe", ctypes.c_uint64),
+                ("seg_cs", ctypes.c_uint64), ("seg_ss", ctypes.c_uint64), ("seg_ldtr", ctypes.c_uint64),
+                ("seg_tr", ctypes.c_uint64), ("seg_gdtr", ctypes.c_uint64),
+                ("seg_idtr", ctypes.c_uint64), ("hf_cpl_mask", ctypes.c_uint64),
+                ("hf_lma", ctypes.c_uint64), ("hf_cs32", ctypes.c_uint64), ("hf_ss32", ctypes.c_uint64),
+                ("hf_cs64", ctypes.c_uint64), ("hf_addseg", ctypes.c_uint64),
+                ("desc_s", ctypes.c_uint64), ("desc_p", ctypes.c_uint64), ("desc_l", ctypes.c_uint64),
+                ("desc_b", ctypes.c_uint64), ("desc_dpl_shift", ctypes.c_uint64),
+                ("desc_type_shift", ctypes.c_uint64), ("desc_flag_mask", ctypes.c_uint64),
+                ("desc_g", ctypes.c_uint64), ("cr0_pg", ctypes.c_uint64), ("cr0_wp", ctypes.c_uint64),
+                ("cr4_smap", ctypes.c_uint64), ("cr4_la57", ctypes.c_uint64),
+                ("efer_nxe", ctypes.c_uint64), ("rflags_if", ctypes.c_uint64),
+                ("rflags_tf", ctypes.c_uint64), ("rflags_nt", ctypes.c_uint64),
+                ("rflags_rf", ctypes.c_uint64), ("rflags_vm", ctypes.c_uint64),
+                ("gate_int", ctypes.c_uint64), ("gate_trap", ctypes.c_uint64),
+                ("pte_p", ctypes.c_uint64), ("pte_rw", ctypes.c_uint64), ("pte_us", ctypes.c_uint64),
+                ("pte_ps", ctypes.c_uint64), ("pte_a", ctypes.c_uint64), ("pte_d", ctypes.c_uint64),
+                ("addr_mask", ctypes.c_uint64), ("large_levels", ctypes.c_uint64),
+                ("rsvd", (ctypes.c_uint64 * DL_LEVELS) * 2),
+                ("rsvd_large", (ctypes.c_uint64 * DL_LEVELS) * 2), ("vectors", ctypes.c_uint64),
+                ("error_code_vectors", ctypes.c_uint64), ("fault_vectors", ctypes.c_uint64),
+                ("exit_excp0", ctypes.c_uint64), ("gp", ctypes.c_uint64),
+                ("rflags_regid", ctypes.c_uint64), ("reg_read", ctypes.c_void_p),
+                ("reg_write", ctypes.c_void_p), ("mem_write", ctypes.c_void_p), ("pf", ctypes.c_uint64),
+                ("pf_cr2", ctypes.c_uint64), ("off_cr2", ctypes.c_uint64), ("n_msrs", ctypes.c_uint64),
+                ("msrs", ctypes.c_uint32 * DL_MAX_MSRS), ("window", ctypes.c_uint64), ("delivered", ctypes.c_uint64),
+                ("msr_gp", ctypes.c_uint64)]
 # apic_fast.h: timers_pending not looked at; the words C changed (struct apic_fast `dirty`).
 APIC_TIMERS_UNKNOWN = 2
 APIC_DIRTY_ISR, APIC_DIRTY_IRR, APIC_DIRTY_TMR, APIC_DIRTY_ICR, APIC_DIRTY_DEADLINE = 1, 2, 4, 8, 16
@@ -160,7 +203,8 @@ class _Engine(ctypes.Structure):
                 ("state", ctypes.c_uint64), ("fx", _Fast),
                 ("programs", (ctypes.c_void_p * PER_INTNO) * N_INTNO),
                 ("exit_cost", ctypes.c_uint32 * N_INTNO),
-                ("in_fallback", ctypes.c_void_p), ("svm", _SvmInsn), ("apic", _ApicFast)]
+                ("in_fallback", ctypes.c_void_p), ("svm", _SvmInsn), ("dl", _Deliver),
+                ("apic", _ApicFast)]
 
 
 _OP = struct.Struct("<IIQQQ")      # struct op, packed in one call per op (ctypes fields cost more)
@@ -186,10 +230,12 @@ def expected_abi() -> dict[str, int]:
            "APIC_DIRTY_DEADLINE": APIC_DIRTY_DEADLINE,
            "sizeof(msr_slot)": ctypes.sizeof(_MsrSlot), "FX_MSR_SLOTS": FX_MSR_SLOTS,
            "FX_EXIT_MSR": FX_EXIT_MSR, "SI_MAX_FIELDS": SI_MAX_FIELDS, "SI_SEG": SI_SEG, "SI_Q": SI_Q,
-           "SI_Q_CANON": SI_Q_CANON, "SI_U16_IN_U32": SI_U16_IN_U32}
+           "SI_Q_CANON": SI_Q_CANON, "SI_U16_IN_U32": SI_U16_IN_U32,
+           "sizeof(deliver)": ctypes.sizeof(_Deliver), "DL_MAX_MSRS": DL_MAX_MSRS,
+           "DL_LEVELS": DL_LEVELS}
     for prefix, struct_type in (("op", _Op), ("engine", _Engine), ("fast", _Fast),
                                 ("svm_insn", _SvmInsn), ("si_field", _SiField),
-                                ("apic_fast", _ApicFast)):
+                                ("deliver", _Deliver), ("apic_fast", _ApicFast)):
         for name, _ in struct_type._fields_:
             abi[f"{prefix}.{name}"] = getattr(struct_type, name).offset
     abi.update({name: value for value, name in enumerate(OPCODES)})
@@ -228,6 +274,17 @@ def _load() -> ctypes.CDLL | None:
 
 
 _LIB = _load()
+
+
+def deliver_function() -> "ctypes._CFuncPtr | None":
+    """deliver.c's deliver_exception, for Python callers inside a hook (emu/core/fast_deliver.py)."""
+    if _LIB is None:
+        return None
+    f = _LIB.deliver_exception
+    f.restype = ctypes.c_int
+    f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int,
+                  ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int, ctypes.c_uint64]
+    return f
 
 
 def available() -> bool:
@@ -407,6 +464,11 @@ class Engine:
     def svm_insn(self) -> "_SvmInsn":
         """The words of L1's VMLOAD/VMSAVE/STGI/CLGI in C (svm_ext/fast_insn.py owns them)."""
         return self._e.svm
+
+    @property
+    def deliver(self) -> "_Deliver":
+        """The words of L1's exception delivery in C (emu/core/fast_deliver.py owns them)."""
+        return self._e.dl
 
     @property
     def apic(self) -> "_ApicFast":

@@ -18,13 +18,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
-
-from .patching import PatchError, apply_patch
 
 UNICORN_VERSION = "2.1.4"
 # sha256 of unicorn-2.1.4.tar.gz as the package index serves it (pip download --no-binary :all:)
@@ -108,6 +103,7 @@ def _pip_commands() -> list[list[str]]:
 def fetch_sdist(dest: Path) -> Path:
     """unicorn-2.1.4.tar.gz, from $SVMEMU_UNICORN_SDIST if set (an offline copy), else by
     `pip download`; verified against SDIST_SHA256 either way."""
+    import subprocess
     local = os.environ.get("SVMEMU_UNICORN_SDIST")
     if local:
         sdist = Path(local)
@@ -133,6 +129,7 @@ def fetch_sdist(dest: Path) -> Path:
 
 
 def _extract(sdist: Path, dest: Path) -> Path:
+    import tarfile
     with tarfile.open(sdist) as tar:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(dest, filter="data")
@@ -148,6 +145,7 @@ def _extract(sdist: Path, dest: Path) -> Path:
 
 
 def _run(cmd: list[str], cwd: Path, log: Path) -> None:
+    import subprocess
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
@@ -159,6 +157,9 @@ def _run(cmd: list[str], cwd: Path, log: Path) -> None:
 
 def build(jobs: int = 2, force: bool = False, say=print) -> Path:
     """Builds (or finds) the library and returns its path. Raises BuildError."""
+    # Imported here, not at the top: every start imports this module for the cache key alone.
+    import tempfile
+    from .patching import PatchError, apply_patch
     out = engine_dir()
     lib = out / LIB_NAME
     if lib.is_file() and not force:
@@ -199,6 +200,7 @@ def build(jobs: int = 2, force: bool = False, say=print) -> Path:
 def build_engine(optional: bool = True, jobs: int = 2) -> Path | None:
     """For setup.py: build, and on failure say why in one line and leave svmemu on the stock
     engine (optional=True), or raise (optional=False). SVMEMU_ENGINE_BUILD=0 skips it."""
+    import subprocess
     if os.environ.get("SVMEMU_ENGINE_BUILD", "1") == "0":
         return None
     try:

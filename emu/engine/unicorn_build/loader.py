@@ -21,7 +21,7 @@ MODES = ("auto", "patched", "stock")
 # What our patch set fixes; code that works around the stock engine asks has_fix().
 FIXES = frozenset({"code-page-tracking", "inline-exit-request", "nested-walk-nx",
                    "insn-counter", "pushf-rf-smsw", "cross-engine-code", "pause-hint",
-                   "cr0-wp-no-flush"})
+                   "cr0-wp-no-flush", "tlb-grows-under-pressure"})
 
 
 @dataclass(frozen=True)
