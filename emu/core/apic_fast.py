@@ -12,7 +12,9 @@ each; in Python each write is an exit of ~50-100 us, in C a few stores. C answer
 - the ICR (0x830) and SELF_IPI (0x83F), for a fixed interrupt with a valid vector whose only
   target is this APIC (self, or a physical destination naming it; "all" and "all but self"
   when it is the machine's only APIC): IRR, then InterruptController.changed: the window is
-  armed and kicked exactly as Python arms it (and emulation stopped where Python stops it);
+  armed and kicked exactly as Python arms it (and emulation stopped where Python stops it), or,
+  when the CPU can take an interrupt at the next boundary (IF, no shadow, GIF), where the
+  window would exit at once and only stop emulation, emulation is stopped there directly;
 - the ICR for a fixed interrupt to one other APIC by its physical ID: Python's delivery would
   end this CPU's turn at once (Machine.wake), so C stops emulation there and the delivery
   itself (ApicBus.deliver) is made when Python takes the state back, before the scheduler or
@@ -50,7 +52,9 @@ from emu.arch.vmcb import VMEXIT_HLT
 from emu.engine import binding, hostvm
 from emu.engine.replay import (APIC_DIRTY_DEADLINE, APIC_DIRTY_ICR, APIC_DIRTY_IRR, APIC_DIRTY_ISR,
                                APIC_DIRTY_TMR, APIC_TIMERS_UNKNOWN)
-from emu.engine.hw_switch import CPU_INTERRUPT_VIRQ, HF_INHIBIT_IRQ
+from emu.arch.bits import RFLAGS_IF
+from emu.engine.hw_switch import (CPU_INTERRUPT_VIRQ, HF2_GIF, HF_INHIBIT_IRQ, OFF_EFLAGS,
+                                  OFF_HFLAGS, OFF_HFLAGS2)
 from emu.engine.irq_window import VINTR_INTERCEPT_BIT
 
 if TYPE_CHECKING:
@@ -96,6 +100,9 @@ class ApicFast:
         a.emu_stop = binding.c_function("uc_emu_stop")
         a.exit_hlt = hostvm.UC_EXIT_BASE + VMEXIT_HLT
         a.hf_inhibit_irq = HF_INHIBIT_IRQ
+        env = machine.fast_exits.env
+        a.eflags_addr, a.if_mask = env + OFF_EFLAGS, RFLAGS_IF
+        a.hflags_addr, a.hflags2_addr, a.hf2_gif = env + OFF_HFLAGS, env + OFF_HFLAGS2, HF2_GIF
         msrs = machine.msrs
         self._owners = {i: msrs.owners.get(i) for i in (*_MSRS.values(), MSR_TSC_DEADLINE)}
         self._generation = -1

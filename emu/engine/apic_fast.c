@@ -49,7 +49,9 @@ int apic_fast_busy(const struct apic_fast *a, uint64_t now)
 
 /* InterruptController.changed on this CPU: open the interrupt window with a kick; stop at once
  * when the window is not enough (_window_not_enough: a run without a bound while a timer is
- * armed, or a nested guest whose interrupts follow the host's IF). */
+ * armed, or a nested guest whose interrupts follow the host's IF). When the CPU can take an
+ * interrupt at the next boundary the window's exit would come there and do nothing but stop
+ * (InterruptController.window_exit), so C stops there without it. */
 /* May a change that makes something deliverable be made here? Not while the run has no bound
  * and Python did not look at the other timers (whether `changed` must stop emulation). */
 static int can_change(struct apic_fast *a)
@@ -63,6 +65,14 @@ static int can_change(struct apic_fast *a)
 
 static void changed(struct apic_fast *a, void *uc)
 {
+    if ((*(const uint64_t *)a->eflags_addr & a->if_mask) &&
+        !(*(const uint32_t *)a->hflags_addr & a->hf_inhibit_irq) &&
+        (*(const uint32_t *)a->hflags2_addr & a->hf2_gif)) {
+        /* the window would exit before the next instruction (window_exit: a kick): stop */
+        a->kicked = 1;
+        a->emu_stop(uc);
+        return;
+    }
     *(uint64_t *)a->intercept_addr |= a->intercept_bit;
     *(uint32_t *)a->request_addr |= (uint32_t)a->request_bit;
     *(uint16_t *)a->kick_addr = 0xFFFF;

@@ -42,6 +42,9 @@ struct apic_fast {
     uint64_t tick_ok;           /* Python: the APIC timer is idle or in TSC-deadline mode */
     /* The interrupt window (emu/engine/irq_window.py): the words its arming writes. */
     uint64_t request_addr, request_bit, kick_addr, intercept_addr, intercept_bit;
+    /* Where the window would exit at once (RFLAGS.IF, no interrupt shadow, GIF): the CPU
+     * state's words and bits, so that C stops there itself instead. */
+    uint64_t eflags_addr, if_mask, hflags_addr, hflags2_addr, hf2_gif;
     uint64_t window_armed;      /* out: C armed the window */
     uint64_t kicked;            /* out: C stopped emulation for an interrupt */
     uint64_t deadline_moved;    /* out: C bounded the run by a TSC deadline ... */

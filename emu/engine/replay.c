@@ -449,7 +449,8 @@ static int fast_exception(void *uc, struct engine *e, uint32_t intno)
 }
 
 /* L1's WRMSR (EXITINFO1 1) of an x2APIC register or IA32_TSC_DEADLINE (apic_fast.c): RIP moves
- * past 0F 30 when answered. A request it leaves in IRR keeps STGI and MOV CR8 in Python. */
+ * past 0F 30 when answered. A request it leaves in IRR keeps STGI, MOV CR8 and the exceptions
+ * deliver.c would deliver in Python. */
 static int fast_wrmsr(void *uc, struct engine *e)
 {
     struct fast *f = &e->fx;
@@ -463,8 +464,10 @@ static int fast_wrmsr(void *uc, struct engine *e)
     t.now = f->tsc + f->ticks;
     if (!apic_fast_wrmsr(&e->apic, uc, (uint32_t)ENV64(f, FX_OFF_RCX), value, &f->tpr, &t))
         return 0;
-    if (apic_fast_busy(&e->apic, t.now))
+    if (apic_fast_busy(&e->apic, t.now)) {
         e->svm.stgi_ok = 0;
+        e->dl.enabled = 0;      /* deliver.c runs only while the APIC signals nothing */
+    }
     ENV64(f, FX_OFF_EIP) += 2;
     return 1;
 }
@@ -539,7 +542,8 @@ static int fast_exit(void *uc, struct engine *e, uint32_t intno)
         intno == FX_EXIT_CPUID ? fast_cpuid(f) :
         intno == FX_EXIT_CR4_WRITE ? fast_cr4(uc, f) :
         intno == FX_EXIT_MSR ? (ENV32(f, FX_OFF_ERROR_CODE) == 1 ? fast_wrmsr(uc, e)
-                                                                  : fast_rdmsr(f)) || msr_gp(uc, e) :
+                                                                  : fast_rdmsr(f))
+                               || msr_gp(uc, e) :
         fast_cr8(uc, e, intno == FX_EXIT_CR8_WRITE))
         return 1;
     f->ticks = ticks;           /* not answered: Python handles the exit and charges it */
@@ -653,10 +657,12 @@ const char *replay_abi(void)
     X(tsc_deadline) X(deadline_mode) X(lvt_timer) X(deadline_ok) X(one_cpu) X(others) X(sent) \
     X(sent_vector) X(sent_dest) X(timers_pending) X(wanted_timers) X(dirty) \
     X(always_stop) X(unbounded) X(tick_ok) X(request_addr) X(request_bit) X(kick_addr) \
-    X(intercept_addr) X(intercept_bit) X(window_armed) X(kicked) X(deadline_moved) \
+    X(intercept_addr) X(intercept_bit) X(eflags_addr) X(if_mask) X(hflags_addr) X(hflags2_addr) \
+    X(hf2_gif) X(window_armed) X(kicked) X(deadline_moved) \
     X(bound_time) X(msr_tpr) X(msr_eoi) X(msr_icr) X(msr_self_ipi) X(msr_tsc_deadline) \
-    X(lvt_masked) X(icr_writable) X(icr_mode_shift) X(icr_dest_logical) X(icr_shorthand_shift) X(emu_stop) X(eoi) X(tpr) \
-    X(icr_sent) X(deadline) X(exit_hlt) X(hlt_ok) X(hf_inhibit_irq) X(halted) X(hlts)
+    X(lvt_masked) X(icr_writable) X(icr_mode_shift) X(icr_dest_logical) X(icr_shorthand_shift) \
+    X(emu_stop) X(eoi) X(tpr) X(icr_sent) X(deadline) X(exit_hlt) X(hlt_ok) X(hf_inhibit_irq) \
+    X(halted) X(hlts)
 #define APIC_ABI(field) ABI_FIELD(apic_fast, field);
     APIC_FIELDS(APIC_ABI)
     ABI("sizeof(svm_insn)", sizeof(struct svm_insn));

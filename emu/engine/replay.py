@@ -169,6 +169,7 @@ class _ApicFast(ctypes.Structure):
                     "wanted_timers", "dirty",
                     "always_stop", "unbounded", "tick_ok",
                     "request_addr", "request_bit", "kick_addr", "intercept_addr", "intercept_bit",
+                    "eflags_addr", "if_mask", "hflags_addr", "hflags2_addr", "hf2_gif",
                     "window_armed", "kicked", "deadline_moved", "bound_time", "msr_tpr", "msr_eoi",
                     "msr_icr",
                     "msr_self_ipi", "msr_tsc_deadline", "lvt_masked", "icr_writable",
