@@ -65,17 +65,23 @@ main:
     mov dword ptr [r14 + 0x10], 0x10000
     jmp report
 
+# An interrupt that reads IRQF clear is one raised before the last reconfiguration and
+# delivered after the guest cleared status C (a host-timed RTC, as QEMU's under load, can land
+# it there): it is acknowledged and not counted, as a driver that checks IRQF does.
 rtc_handler:
     push rax
     mov al, 0x0c
     out 0x70, al
     in al, 0x71
     movzx eax, al
+    test al, 0x80
+    jz .Lstale
     cmp qword ptr [rtc_first_c], 0
     jne .Lcounted
     mov [rtc_first_c], rax
 .Lcounted:
     inc qword ptr [rtc_count]
+.Lstale:
     mov dword ptr [r15 + APIC_EOI], 0
     pop rax
     iretq
