@@ -3,10 +3,22 @@ holds the last value written at any width and reads it back; a write to 0xE4 (QE
 "flush page") is accepted and needs nothing here; ports 0x2000-0x2017 drive interrupt lines
 0-23 (ISA IRQs through the 8259 and the I/O APIC; 16-23 on the I/O APIC alone) to the level
 written, which is how kvm-unit-tests raises device interrupts (QEMU 7.2 aborts on lines
-16-23; here they reach their I/O APIC pins). svmemu always has it."""
+16-23; here they reach their I/O APIC pins). svmemu always has it.
+
+Its memory window, QEMU's "pc-testdev-iomem" (64 KiB at physical 0xFF000000, inside the PCI
+hole and outside every e820 range), is an MMIO region in QEMU whose handlers keep the bytes
+written and read them back at any width: to the guest it is RAM. kvm-unit-tests' emulator test
+maps it twice (x86/ioram.h) to make KVM emulate instructions on MMIO. Here it is host memory
+mapped into every CPU's engine, so Unicorn runs loads, stores, string and locked operations on
+it directly; its bytes are this device's snapshot state.
+"""
 from __future__ import annotations
 
+import ctypes
+import mmap
 from typing import Callable, Iterable
+
+from unicorn import UC_PROT_ALL, Uc
 
 from emu.core.devices.base import PortDevice
 
@@ -14,6 +26,32 @@ TESTDEV_IOPORT = 0xE0
 TESTDEV_FLUSHPAGE = 0xE4
 TESTDEV_IRQ_BASE = 0x2000
 TESTDEV_IRQ_LINES = 24
+TESTDEV_IOMEM_BASE = 0xFF000000
+TESTDEV_IOMEM_LEN = 0x10000
+
+_IOMEM_ZERO = bytes(TESTDEV_IOMEM_LEN)
+
+
+class TestdevIomem:
+    """The window's bytes: one host buffer, the same for every CPU."""
+
+    def __init__(self) -> None:
+        self.buf = mmap.mmap(-1, TESTDEV_IOMEM_LEN)
+        self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
+
+    def map_into(self, uc: Uc) -> None:
+        uc.mem_map_ptr(TESTDEV_IOMEM_BASE, TESTDEV_IOMEM_LEN, UC_PROT_ALL, self.addr)
+
+    def state(self) -> bytes:
+        """Empty while all zero (a fresh machine's), so snapshots of guests that never touch
+        the window stay small."""
+        data = self.buf[:]
+        return b"" if data == _IOMEM_ZERO else data
+
+    def load_state(self, data: bytes) -> None:
+        if data and len(data) != TESTDEV_IOMEM_LEN:
+            raise ValueError(f"pc-testdev iomem state of {len(data)} bytes")
+        self.buf[:] = data or _IOMEM_ZERO
 
 
 class PcTestdev(PortDevice):
@@ -22,6 +60,7 @@ class PcTestdev(PortDevice):
     def __init__(self, set_line: Callable[[int, int], None]) -> None:
         self.set_line = set_line
         self.data = 0
+        self.iomem = TestdevIomem()
 
     def ports(self) -> Iterable[int]:
         return (*range(TESTDEV_IOPORT, TESTDEV_IOPORT + 4),
@@ -40,7 +79,8 @@ class PcTestdev(PortDevice):
             self.set_line(port - TESTDEV_IRQ_BASE, value & 1)
 
     def state(self) -> dict:
-        return {"data": self.data}
+        return {"data": self.data, "iomem": self.iomem.state()}
 
     def load_state(self, state: dict) -> None:
         self.data = int(state["data"])
+        self.iomem.load_state(bytes(state.get("iomem", b"")))
