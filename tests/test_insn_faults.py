@@ -1,9 +1,10 @@
-"""Faults the stock Unicorn translation misses, raised by the engine patches 0011-0014
+"""Faults the stock Unicorn translation misses, raised by the engine patches 0011-0015
 (emu/engine/unicorn_build/): a misaligned MOVAPS/MOVDQA/MOVNTPS is #GP(0) (APM vol. 4), MOVBE
 with a register operand is #UD (vol. 3, MOVBE), a near JMP/CALL/RET to a non-canonical target
-is #GP(0) at the branch with the stack untouched (vol. 3, JMP, CALL, RET), and an IRET to CPL 3
-that nulls GS keeps its base, as AMD processors without NullSelectorClearsBase do (vol. 3,
-IRET). kvm-unit-tests' emulator test checks the same four."""
+is #GP(0) at the branch with the stack untouched (vol. 3, JMP, CALL, RET), a null selector
+with RPL != CPL loaded into SS in 64-bit mode is #GP(0), and an IRET to CPL 3 that nulls GS
+keeps its base, as AMD processors without NullSelectorClearsBase do (vol. 3, IRET).
+kvm-unit-tests' emulator test checks the same five."""
 from __future__ import annotations
 
 import pytest
@@ -90,6 +91,24 @@ ret_nc:
     lea rax, [r14 - 8]
     check_eq r15, rax, "RET to a non-canonical address pops nothing"
 
+    # --- a null SS at CPL 0 needs RPL 0 ---
+    xor eax, eax
+    mov ss, ax
+    mov r15d, 0xffff
+    mov r15w, ss
+    check_eq r15, 0, "MOV of selector 0 to SS at CPL 0 loads it"
+    mov eax, 3
+    expect_fault 1f
+    mov ss, ax
+1:
+    mov r15d, 0xffff
+    mov r15w, ss
+    check_eq [fault_vector], 13, "MOV of null selector 3 to SS at CPL 0: #GP"
+    check_eq [fault_err], 0, "MOV of null selector 3 to SS at CPL 0: error code 0"
+    check_eq r15, 0, "MOV of null selector 3 to SS at CPL 0 leaves SS"
+    mov ax, SEL_DATA
+    mov ss, ax
+
     # --- IRET to CPL 3 nulls GS (DPL 0) and keeps its base ---
     # A GDT with user segments, and user access to the first GiB.
     lea rsi, [rip + gdt]
@@ -164,15 +183,16 @@ kernel_rsp:     .space 8
 user_stack_top:
 '''
 
-FIXES = ("sse-aligned-moves", "movbe-register-ud", "iret-null-keeps-base", "noncanonical-branch")
+FIXES = ("sse-aligned-moves", "movbe-register-ud", "iret-null-keeps-base", "noncanonical-branch",
+         "null-ss-rpl")
 
 
 def test_faults_the_stock_translation_misses(tmp_path):
     if not all(engine_loader.has_fix(f) for f in FIXES):
-        pytest.skip("needs svmemu's engine (patches 0011-0014)")
+        pytest.skip("needs svmemu's engine (patches 0011-0015)")
     path = tmp_path / "insn_faults.S"
     path.write_text(f'.include "{GUESTS_DIR}/prelude.inc"\n' + GUEST)
     b = boot(str(path), nested=False)
     checks = parse_tap(b.serial)
     assert b.result.reason == "exit" and b.result.status == 1, b.serial
-    assert len(checks) == 19 and all(c.ok for c in checks.values()), b.serial
+    assert len(checks) == 23 and all(c.ok for c in checks.values()), b.serial

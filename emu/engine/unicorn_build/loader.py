@@ -22,7 +22,7 @@ MODES = ("auto", "patched", "stock")
 FIXES = frozenset({"code-page-tracking", "inline-exit-request", "nested-walk-nx",
                    "insn-counter", "pushf-rf-smsw", "cross-engine-code", "pause-hint",
                    "cr0-wp-no-flush", "sse-aligned-moves", "movbe-register-ud",
-                   "iret-null-keeps-base", "noncanonical-branch"})
+                   "iret-null-keeps-base", "noncanonical-branch", "null-ss-rpl"})
 
 
 @dataclass(frozen=True)
