@@ -230,6 +230,16 @@ main:
     xor eax, eax
     in al, dx
     check_eq rax, 0xab, "testdev port 0xE0 reads back a byte"
+    mov dx, 0xe2
+    mov ax, 0xbeef
+    out dx, ax
+    mov dx, 0xe0
+    in eax, dx
+    check_eq rax, 0xbeef56ab, "testdev port 0xE2 writes bytes 2-3 of the register"
+    mov dx, 0xe9
+    xor eax, eax
+    in al, dx
+    check_eq rax, 0x56, "testdev port 0xE9 reads byte 1 of the same register"
 
     # --- pc-testdev iomem: keeps what is written, read back at any width ---
     mov rbx, 0xff000000

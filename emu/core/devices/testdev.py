@@ -1,5 +1,7 @@
-"""QEMU's pc-testdev, which kvm-unit-tests' runner adds (`-device pc-testdev`): port 0xE0-0xE3
-holds the last value written at any width and reads it back; a write to 0xE4 (QEMU's TLB
+"""QEMU's pc-testdev, which kvm-unit-tests' runner adds (`-device pc-testdev`): ports 0xE0-0xE3
+are a 32-bit register read and written at any width, an access at 0xE0 + n reaching its bytes
+from n up; 0xE8-0xEB are the same register through byte-wide handlers (QEMU splits wider
+accesses into bytes, which comes to the same); a write to 0xE4 (QEMU's TLB
 "flush page") is accepted and needs nothing here; ports 0x2000-0x2017 drive interrupt lines
 0-23 (ISA IRQs through the 8259 and the I/O APIC; 16-23 on the I/O APIC alone) to the level
 written, which is how kvm-unit-tests raises device interrupts (QEMU 7.2 aborts on lines
@@ -24,6 +26,7 @@ from emu.core.devices.base import PortDevice
 
 TESTDEV_IOPORT = 0xE0
 TESTDEV_FLUSHPAGE = 0xE4
+TESTDEV_IOPORT_BYTE = 0xE8
 TESTDEV_IRQ_BASE = 0x2000
 TESTDEV_IRQ_LINES = 24
 TESTDEV_IOMEM_BASE = 0xFF000000
@@ -65,16 +68,24 @@ class PcTestdev(PortDevice):
     def ports(self) -> Iterable[int]:
         return (*range(TESTDEV_IOPORT, TESTDEV_IOPORT + 4),
                 *range(TESTDEV_FLUSHPAGE, TESTDEV_FLUSHPAGE + 4),
+                *range(TESTDEV_IOPORT_BYTE, TESTDEV_IOPORT_BYTE + 4),
                 *range(TESTDEV_IRQ_BASE, TESTDEV_IRQ_BASE + TESTDEV_IRQ_LINES))
 
+    @staticmethod
+    def _register(port: int) -> bool:
+        return (TESTDEV_IOPORT <= port < TESTDEV_IOPORT + 4
+                or TESTDEV_IOPORT_BYTE <= port < TESTDEV_IOPORT_BYTE + 4)
+
     def read(self, port: int, size: int) -> int:
-        if TESTDEV_IOPORT <= port < TESTDEV_IOPORT + 4:
-            return self.data & ((1 << (8 * size)) - 1)
+        if self._register(port):
+            return (self.data >> (8 * (port & 3))) & ((1 << (8 * size)) - 1)
         return (1 << (8 * size)) - 1
 
     def write(self, port: int, size: int, value: int) -> None:
-        if TESTDEV_IOPORT <= port < TESTDEV_IOPORT + 4:
-            self.data = value & ((1 << (8 * size)) - 1)
+        if self._register(port):
+            shift = 8 * (port & 3)
+            mask = (((1 << (8 * size)) - 1) << shift) & 0xFFFFFFFF
+            self.data = (self.data & ~mask) | ((value << shift) & mask)
         elif port >= TESTDEV_IRQ_BASE:
             self.set_line(port - TESTDEV_IRQ_BASE, value & 1)
 
