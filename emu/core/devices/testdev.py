@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 from unicorn import UC_PROT_ALL, Uc
 
 from emu.core.devices.base import PortDevice
+from emu.errors import SnapshotError
 
 TESTDEV_IOPORT = 0xE0
 TESTDEV_FLUSHPAGE = 0xE4
@@ -35,7 +36,7 @@ TESTDEV_IOMEM_LEN = 0x10000
 _IOMEM_ZERO = bytes(TESTDEV_IOMEM_LEN)
 
 
-class TestdevIomem:
+class PcTestdevIomem:
     """The window's bytes: one host buffer, the same for every CPU."""
 
     def __init__(self) -> None:
@@ -53,7 +54,8 @@ class TestdevIomem:
 
     def load_state(self, data: bytes) -> None:
         if data and len(data) != TESTDEV_IOMEM_LEN:
-            raise ValueError(f"pc-testdev iomem state of {len(data)} bytes")
+            raise SnapshotError(f"pc-testdev's iomem state has {len(data)} bytes, not "
+                                f"{TESTDEV_IOMEM_LEN}")
         self.buf[:] = data or _IOMEM_ZERO
 
 
@@ -63,7 +65,7 @@ class PcTestdev(PortDevice):
     def __init__(self, set_line: Callable[[int, int], None]) -> None:
         self.set_line = set_line
         self.data = 0
-        self.iomem = TestdevIomem()
+        self.iomem = PcTestdevIomem()
 
     def ports(self) -> Iterable[int]:
         return (*range(TESTDEV_IOPORT, TESTDEV_IOPORT + 4),
