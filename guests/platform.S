@@ -4,7 +4,7 @@
 # bridge, the PIIX3 ISA bridge and IDE, PIIX4 PM with PMBASE, absent functions, the enable bit,
 # byte access), the 8042 keyboard controller (status, command byte, self test, output port with
 # A20, a keyboard acknowledge), port 0x92, port 0x80, the ACPI PM timer, pc-testdev's I/O port
-# (QEMU needs `-device pc-testdev`), and physical addresses with nothing behind them (all-ones;
+# and its 64 KiB memory window at 0xFF000000 (QEMU needs `-device pc-testdev`), and physical addresses with nothing behind them (all-ones;
 # QEMU 7.2 reads 0 there: tests/test_guests_qemu.py lists it).
 .include "prelude.inc"
 
@@ -230,6 +230,63 @@ main:
     xor eax, eax
     in al, dx
     check_eq rax, 0xab, "testdev port 0xE0 reads back a byte"
+    mov dx, 0xe2
+    mov ax, 0xbeef
+    out dx, ax
+    mov dx, 0xe0
+    in eax, dx
+    check_eq rax, 0xbeef56ab, "testdev port 0xE2 writes bytes 2-3 of the register"
+    mov dx, 0xe9
+    xor eax, eax
+    in al, dx
+    check_eq rax, 0x56, "testdev port 0xE9 reads byte 1 of the same register"
+
+    # --- pc-testdev iomem: keeps what is written, read back at any width ---
+    mov rbx, 0xff000000
+    mov rax, 0x1122334455667788
+    mov [rbx], rax
+    mov rax, [rbx]
+    check_eq rax, 0x1122334455667788, "testdev iomem reads back a qword"
+    movzx eax, byte ptr [rbx + 1]
+    check_eq rax, 0x77, "testdev iomem: a byte of it"
+    movzx eax, word ptr [rbx + 2]
+    check_eq rax, 0x5566, "testdev iomem: a word of it"
+    mov eax, [rbx + 4]
+    check_eq rax, 0x11223344, "testdev iomem: a dword of it"
+    mov byte ptr [rbx + 3], 0xaa
+    mov rax, [rbx]
+    check_eq rax, 0x11223344aa667788, "testdev iomem: a byte write changes one byte"
+    mov rax, cr4
+    or rax, 0x600                  # OSFXSR | OSXMMEXCPT: SSE on
+    mov cr4, rax
+    mov rax, 0x0123456789abcdef
+    movq xmm0, rax
+    punpcklqdq xmm0, xmm0
+    movdqu [rbx + 0x101], xmm0
+    mov rax, [rbx + 0x109]
+    check_eq rax, 0x0123456789abcdef, "testdev iomem: a 16-byte store lands whole"
+    mov ecx, 5
+    lock xadd [rbx + 0x200], ecx
+    mov ecx, 5
+    lock xadd [rbx + 0x200], ecx
+    mov eax, [rbx + 0x200]
+    check_eq rax, 10, "testdev iomem: locked read-modify-write"
+    mov word ptr [rbx + 0xfffe], 0xbeef
+    movzx eax, word ptr [rbx + 0xfffe]
+    check_eq rax, 0xbeef, "testdev iomem: its last word"
+    # A second mapping (the 2 MiB page at linear 0xC0000000) shows the same bytes.
+    mov rdi, offset pd0 + 3 * 4096
+    mov rax, 0xff000083
+    mov [rdi], rax
+    mov rax, 0xc0000000
+    invlpg [rax]
+    mov dword ptr [rax + 0x300], 0xcafe
+    mov eax, [rbx + 0x300]
+    check_eq rax, 0xcafe, "testdev iomem: a second mapping writes the same bytes"
+    mov qword ptr [rbx + 0x308], 0x5a5a
+    mov rax, 0xc0000000
+    mov rax, [rax + 0x308]
+    check_eq rax, 0x5a5a, "testdev iomem: a second mapping reads the same bytes"
 
     # --- physical addresses with nothing behind them ---
     mov rbx, 0xe0000000

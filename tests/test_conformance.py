@@ -337,6 +337,8 @@ def test_memory_and_command_lines():
     bare = engines.Run("setjmp", Path("/k/setjmp.flat"), "", None, None, 30.0, "setjmp")
     q = engines.qemu_command(bare)
     assert q[q.index("-cpu") + 1] == "qemu64" and "-append" not in q
+    devices = [q[i + 1] for i, a in enumerate(q) if a == "-device"]
+    assert devices == ["pc-testdev", "isa-debug-exit,iobase=0xf4,iosize=4"]   # as x86/run
     assert "--append" not in engines.svmemu_command(bare, ["svmemu"])
 
 
@@ -368,7 +370,8 @@ def test_qemu_cache_key_names_the_source_not_the_build_path(tmp_path):
         k.write_bytes(b"kernel built in " + str(k.parent).encode())
         run = engines.Run("svm.flat:vmrun", k, "vmrun", "max,+svm", "4g", 30.0, "svm", "vmrun", 2)
         keys.append((runner.qemu_key(run, source), runner.qemu_key(run)))
-    assert keys[0][0] == keys[1][0] == f"svm.flat:vmrun|{source}/svm.flat|vmrun|max,+svm|4g|smp2"
+    assert keys[0][0] == keys[1][0] == (f"svm.flat:vmrun|{source}/svm.flat|vmrun|max,+svm|4g|smp2"
+                                        "|pc-testdev;isa-debug-exit,iobase=0xf4,iosize=4")
     assert keys[0][1] != keys[1][1]               # without the source: the kernel's digest
     assert runner.source_id(tmp_path) is None     # no tarball there
 

@@ -109,7 +109,7 @@ EXPECTED_COUNTS = {"hello": 1, "longmode": 15, "msr": 17, "exceptions": 22, "mbi
                    "svm_intercepts": 153,
                    "svm_vmload_vmsave": 44,
                    "svm_event_inject": 36,
-                   "apic": 30, "svm_interrupts": 35, "pic_ioapic": 45, "platform": 53,
+                   "apic": 30, "svm_interrupts": 35, "pic_ioapic": 45, "platform": 65,
                    "firmware": 48, "bigmem": 1, "serial": 14, "rtc": 7, "smp": 16,
                    "hpet": 16, "s3": 22, "bios": 34}
 # QEMU options a guest needs beyond tests/conftest.py's machine (kvm-unit-tests adds the same).

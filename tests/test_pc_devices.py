@@ -3,7 +3,6 @@ around them: virtual-time clocks, resets, the open bus and --strict, snapshots. 
 pic_ioapic.S and platform.S check the same devices through a kernel's eyes, on QEMU too."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -402,6 +401,7 @@ def test_strict_option_on_the_command_line(tmp_path, capsys):
 
 
 def test_device_state_survives_a_snapshot_round_trip():
+    from emu.core import snapshot
     m = Machine(128 << 20, stdout=None)
     m.pc.pic.write(0x21, 1, 0x5A)
     m.pc.ioapic.write_reg(0x12, 0x1234)
@@ -409,13 +409,41 @@ def test_device_state_survives_a_snapshot_round_trip():
     m.pc.hpet.mmio_write(0x108, 8, 12345)
     m.pc.pci.write(0xCF8, 4, 0x80000B40)
     m.pc.pci.write(0xCFC, 4, 0x701)                  # move the PM block to 0x700
-    states = json.loads(json.dumps([(d.name, d.state()) for d in m.devices]))
+    m.uc.mem_write(0xFF000010, b"iomem")             # pc-testdev's window: its bytes too
+    states = snapshot.decode(snapshot.encode(snapshot.take(m))).devices
     fresh = Machine(128 << 20, stdout=None)
     for dev, (name, state) in zip(fresh.devices, states):
         assert dev.name == name
         dev.load_state(state)
     assert [d.state() for d in fresh.devices] == [d.state() for d in m.devices]
     assert fresh.ports[0x708] is fresh.pc.pm and 0x608 not in fresh.ports
+
+
+def test_testdev_iomem_is_shared_ram_in_snapshots_and_fast_reset():
+    """pc-testdev's window: what one CPU's engine stores every CPU reads; snapshots (in memory,
+    in a file) and the fast reset bring its bytes back; a never-touched window adds nothing."""
+    from emu.core import snapshot
+    from emu.core.devices.testdev import TESTDEV_IOMEM_BASE as BASE, TESTDEV_IOMEM_LEN as LEN
+    from emu.core.fastreset import ResetPoint
+    m = Machine(128 << 20, stdout=None, cpus=2)
+    assert m.pc.testdev.state()["iomem"] == b""
+    m.uc.mem_write(BASE + LEN - 4, b"\x11\x22\x33\x44")
+    assert bytes(m.cpu_list[1].uc.mem_read(BASE + LEN - 4, 4)) == b"\x11\x22\x33\x44"
+    assert m.mem.read_phys(BASE + LEN - 2, 2) == b"\x33\x44"
+    snap = snapshot.take(m)
+    m.uc.mem_write(BASE + LEN - 4, b"\0\0\0\0")
+    snapshot.restore(m, snap)
+    assert bytes(m.uc.mem_read(BASE + LEN - 4, 4)) == b"\x11\x22\x33\x44"
+    fresh = Machine(128 << 20, stdout=None, cpus=2)
+    snapshot.restore(fresh, snapshot.decode(snapshot.encode(snap)))
+    assert bytes(fresh.cpu_list[1].uc.mem_read(BASE + LEN - 4, 4)) == b"\x11\x22\x33\x44"
+    point = ResetPoint(m)
+    try:
+        m.uc.mem_write(BASE, b"\x99")
+        point.reset()
+        assert bytes(m.uc.mem_read(BASE, 1)) == b"\0"
+    finally:
+        point.close()
 
 
 def _hpet(clock: "Clock") -> tuple[Hpet, list[tuple[int, int]]]:

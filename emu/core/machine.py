@@ -238,6 +238,7 @@ class Machine:
             self.apic.extint_shared = lambda: _boot.apic.enabled
             self.apic.on_startup = self.start_up
             self.irq.map_mmio(IOAPIC_BASE, IOAPIC_MMIO_SIZE, self.pc.ioapic)
+            self.pc.testdev.iomem.map_into(uc)
         self.perf = PerfCounters(self)       # PerfCtr0-3 count CPU cycles (emu/core/perfctr.py)
         self.world_observers: list[Callable[[str, str], None]] = []
         self.router: ExitRouter | None = None

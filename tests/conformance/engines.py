@@ -17,6 +17,9 @@ DEFAULT_CPU = "qemu64"
 DEFAULT_MEMORY_MIB = 128          # QEMU's default, and what the harness passes when -m is absent
 # svmemu's RAM lies below the 4 GiB hole (README: `-m` up to 3072 MiB); larger requests are capped.
 SVMEMU_MAX_MEMORY_MIB = 3072
+# The devices kvm-unit-tests' own runner (x86/run) adds to QEMU's pc machine: pc-testdev (its
+# ports and the iomem window at 0xFF000000) and the exit port. svmemu's PC has both built in.
+QEMU_DEVICES = ("pc-testdev", "isa-debug-exit,iobase=0xf4,iosize=4")
 # Extra wall time past svmemu's own --timeout before the process is killed.
 KILL_GRACE_S = 10.0
 
@@ -117,7 +120,7 @@ def svmemu_cpu(cpu: str | None, svmemu: list[str], kernel: Path
 def qemu_command(run: Run) -> list[str]:
     cmd = [QEMU_BINARY, "-accel", "tcg", "-cpu", run.cpu or DEFAULT_CPU,
            "-m", str(run.memory_mib()), "-smp", str(run.smp), "-kernel", str(run.kernel),
-           "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-display", "none",
+           *(arg for dev in QEMU_DEVICES for arg in ("-device", dev)), "-display", "none",
            "-serial", "stdio", "-no-reboot", "-nodefaults"]
     if run.append:
         cmd += ["-append", run.append]

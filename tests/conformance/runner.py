@@ -114,8 +114,9 @@ def qemu_key(run: engines.Run, source: str | None = None) -> str:
     assertion messages), so a digest of them differs from one checkout to the next."""
     kernel = (f"{source}/{run.kernel.name}" if source
               else hashlib.sha1(run.kernel.read_bytes()).hexdigest()[:12])
-    smp = f"|smp{run.smp}" if run.smp > 1 else ""     # keys of one-CPU runs as they were
-    return f"{run.id}|{kernel}|{run.args_key}|{run.cpu}|{run.memory}{smp}"
+    smp = f"|smp{run.smp}" if run.smp > 1 else ""
+    devices = ";".join(engines.QEMU_DEVICES)           # results from another platform are stale
+    return f"{run.id}|{kernel}|{run.args_key}|{run.cpu}|{run.memory}{smp}|{devices}"
 
 
 def load_cache(path: Path) -> dict[str, dict]:
@@ -446,8 +447,9 @@ def header(suite: Path, args: argparse.Namespace, svmemu_cmd: list[str]) -> list
         f"{engines.SVMEMU_MAX_MEMORY_MIB} MiB is capped there (svmemu's RAM lies below the 4 GiB "
         "hole).",
         "- QEMU TCG: `qemu-system-x86_64 -accel tcg -cpu CPU -m MEM -smp N -kernel KERNEL "
-        "-append ARGS -device isa-debug-exit,iobase=0xf4,iosize=4 -no-reboot -nodefaults`, "
-        "with the entry's `-cpu` (default qemu64) and `-m` (default 128 MiB); its other options "
+        "-append ARGS " + " ".join(f"-device {d}" for d in engines.QEMU_DEVICES)
+        + " -no-reboot -nodefaults`, with the entry's `-cpu` (default qemu64) and `-m` (default "
+        "128 MiB), and the devices kvm-unit-tests' own runner adds; the entry's other options "
         "(`-machine`, `-overcommit`, devices) are not passed.",
         "- Both run the entry's CPU count (`smp`, default 1).",
         "- Each test of svm.flat and svm_npt.flat also runs alone (`-append NAME`) with the "

@@ -8,6 +8,7 @@ SeaBIOS: which device sits where and how their interrupt lines and clocks are wi
   port 0x80                                 POST codes               post.py
   port 0x92                                 fast A20 and reset       port92.py
   ports 0xE0-0xE7, 0x2000-0x2017            QEMU pc-testdev          testdev.py
+  0xFF000000 (64 KiB, RAM-like)             pc-testdev's iomem       testdev.py
   ports 0x600-0x63F                         ACPI PM block and timer  pm_timer.py
   ports 0xCF8-0xCFF                         PCI configuration        pci.py
   0xFEC00000                                I/O APIC                 ioapic.py
@@ -94,8 +95,10 @@ class PcPlatform:
         self.pci.ext_cfg = lambda: bool(m.msrs.values.get(MSR_NB_CFG, 0)
                                         & NB_CFG_ENABLE_CF8_EXT_CFG)
         self.pm.moved = self._move_pm
+        self.testdev = PcTestdev(self.lines.set)
+        self.testdev.iomem.map_into(m.uc)
         for dev in (self.pic, self.pit, self.kbc, self.cmos, PostPort(), self.port92,
-                    PcTestdev(self.lines.set), self.pm, self.pci, ApmControl(self.pm)):
+                    self.testdev, self.pm, self.pci, ApmControl(self.pm)):
             m.add_device(dev)
         m.devices.append(self.ioapic)
         m.devices.append(self.hpet)

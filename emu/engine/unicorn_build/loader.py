@@ -21,7 +21,9 @@ MODES = ("auto", "patched", "stock")
 # What our patch set fixes; code that works around the stock engine asks has_fix().
 FIXES = frozenset({"code-page-tracking", "inline-exit-request", "nested-walk-nx",
                    "insn-counter", "pushf-rf-smsw", "cross-engine-code", "pause-hint",
-                   "cr0-wp-no-flush", "tlb-grows-under-pressure"})
+                   "cr0-wp-no-flush", "tlb-grows-under-pressure", "sse-aligned-moves",
+                   "movbe-register-ud", "iret-null-keeps-base", "noncanonical-branch",
+                   "null-ss-rpl"})
 
 
 @dataclass(frozen=True)
