@@ -28,7 +28,7 @@ from emu.arch.bits import DR6_BS
 
 from emu.engine import hostvm
 from emu.core.cpuid import LEAF_XSAVE, Cpuid
-from emu.arch.decode import MAX_INSN_LENGTH, split_prefixes
+from emu.arch.decode import MAX_INSN_LENGTH, OPCODE_INT1, split_prefixes
 from emu.core.devices.base import PortDevice
 from emu.core.devices.debug_exit import DebugExit
 from emu.core.devices.fw_cfg import FwCfg
@@ -951,6 +951,8 @@ class Machine:
     def _exit_exception(self, vector: int) -> None:
         if vector == UD and bios_services.service(self):
             return                # a real-mode BIOS call reached its entry point
+        if vector == UD and self._icebp():
+            return
         ctx = self.ctx.save()
         err = ctx.error_code if vector in HAS_ERROR_CODE else None
         cr2 = self.hostvm.exitinfo2(ctx.u64(OFF_VM_VMCB)) if vector == PF else None
@@ -1043,12 +1045,24 @@ class Machine:
             ev, length = Event(insn[i + 1], Kind.SOFTWARE), i + 2
         elif op == 0xCE:
             ev, length = Event(OF, Kind.SOFTWARE), i + 1
-        elif op == 0xF1:
-            ev, length = Event(DB, Kind.SOFTWARE, icebp=True), i + 1
         else:
             raise Unsupported(f"software interrupt with opcode {insn[:i + 2].hex()}")
         ev.insn_len = length
         self._defer(lambda: self._deliver(ev, rip + length))
+
+    def _icebp(self) -> bool:
+        """Unicorn 2.1.4 decodes ICEBP (INT1, F1) as an undefined opcode (its translator leaves
+        the instruction out) and raises #UD at it. The APM's INT1 is a trap-like #DB instead:
+        the pushed RIP is the next instruction's, DR6 is left as it is (no BS, whatever TF
+        says), no gate DPL check. True when the #UD at RIP was such an ICEBP, now delivered."""
+        rip = self.uc.reg_read(UC_X86_REG_RIP)
+        insn = self.mem.read_code(rip, MAX_INSN_LENGTH)
+        length = split_prefixes(insn, self.ctx.save().mode_bits()).length + 1
+        if length > len(insn) or insn[length - 1] != OPCODE_INT1:
+            return False
+        ev = Event(DB, Kind.SOFTWARE, icebp=True, insn_len=length)
+        self._defer(lambda: self._deliver(ev, rip + length))
+        return True
 
     def _on_syscall(self, uc: Uc, _data: object) -> None:
         """Unicorn's SYSCALL only calls this hook (emu/core/syscall.py performs it)."""
