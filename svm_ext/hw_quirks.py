@@ -131,15 +131,13 @@ def _selective_cr0_write(ext: "Vcpu", op: bytes, rex: int) -> bool:
     if (old ^ new) & ~free:
         return _exit(ext, VMEXIT_CR0_SEL_WRITE, nrip)
     ctx.load_control_hflags(new, ctx.cr(4), ctx.efer, ctx.cpl)
-    ctx.set_u64(OFF_EIP, nrip)
     ctx.restore()
+    ext.machine.retire(nrip)
     return True
 
 
 def _skip(ext: "Vcpu", nrip: int) -> None:
-    ctx = ext.machine.ctx.save()
-    ctx.set_u64(OFF_EIP, nrip)
-    ctx.restore()
+    ext.machine.retire(nrip)
 
 
 

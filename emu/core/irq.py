@@ -248,7 +248,7 @@ class InterruptController:
             self.apic.write_reg(APIC_TPR, value << 4)
         else:
             uc.reg_write(reg, self.apic.tpr >> 4)
-        m.ctx.set_rip(rip + i + 3)            # not reg_write: see Context.set_rip
+        m.retire(rip + i + 3)
 
     # ---- the points --------------------------------------------------------------------------
     def check_soon(self, virtual: bool = False) -> None:

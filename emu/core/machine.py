@@ -23,8 +23,9 @@ from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, U
                                UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP,
                                UC_X86_REG_DR6, UC_X86_REG_RSI, UC_X86_REG_RDI, UC_X86_REG_RBP,
                                UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R11,
-                               UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15)
-from emu.arch.bits import DR6_BS
+                               UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15,
+                               UC_X86_REG_RFLAGS)
+from emu.arch.bits import DR6_BS, RFLAGS_TF
 
 from emu.engine import hostvm
 from emu.core.cpuid import LEAF_XSAVE, Cpuid
@@ -946,7 +947,15 @@ class Machine:
         return f"cpu{self.cpu_index} " if self.cpus > 1 else ""
 
     def _advance(self, length: int) -> None:
-        self.ctx.set_rip(self.uc.reg_read(UC_X86_REG_RIP) + length)
+        self.retire(self.uc.reg_read(UC_X86_REG_RIP) + length)
+
+    def retire(self, next_rip: int) -> None:
+        """The instruction at RIP, which L0 performed in Python, completes: RIP moves on to
+        `next_rip`. Unicorn stopped before the instruction, so it raises no single-step trap
+        for it; with RFLAGS.TF set the #DB (DR6.BS) is owed here, at `next_rip`."""
+        self.ctx.set_rip(next_rip)
+        if self.uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_TF:
+            self.single_step_trap(next_rip)
 
     def _exit_exception(self, vector: int) -> None:
         if vector == UD and bios_services.service(self):
@@ -1027,7 +1036,7 @@ class Machine:
         self._advance(3)
 
     def _exit_hlt(self, code: int) -> None:
-        self._advance(1)
+        self.ctx.set_rip(self.uc.reg_read(UC_X86_REG_RIP) + 1)
         self.irq.halt()       # wait for an interrupt at the next interrupt point
 
     def _exit_undefined_opcode(self, code: int) -> None:
