@@ -74,6 +74,7 @@ from emu.core.control_regs import Cr4Writes
 from emu.core.table_loads import TableLoads
 from emu.core.cpu_models import CpuModel
 from emu.core.rdpmc import Rdpmc
+from emu.core.general_detect import GeneralDetect
 from emu.core.trace import Tracer
 from emu.core.watchdog import MAX_TIMEOUT, Watchdog
 
@@ -259,6 +260,7 @@ class Machine:
         self.cr4_writes = Cr4Writes(self)     # MOV CR4: reserved bits #GP
         self.table_loads = TableLoads(self)   # LGDT/LIDT/LLDT/LTR: non-canonical bases #GP
         self.rdpmc = Rdpmc(self)              # RDPMC: Unicorn's raises #UD
+        self.general_detect = GeneralDetect(self)   # DR7.GD: MOV DRn raises #DB
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
         self._pause: str | None = None     # a debugger stop requested (see `pause`)
@@ -1141,6 +1143,8 @@ class Machine:
         """MOV to DR7, which L0 intercepts only to keep HF_IOBPT (emu/engine/io_trap.py): run the
         instruction alone with the intercept lifted, so Unicorn applies it in full (breakpoints,
         #GP/#UD checks), then put intercept and flag back."""
+        if self.general_detect.fires():
+            return
         rip = self.uc.reg_read(UC_X86_REG_RIP)
         self._defer(lambda: self._run_dr7_write(rip))
 
@@ -1184,6 +1188,7 @@ class Machine:
             struct.pack_into("<H", ctx.view, OFF_INTERCEPT_DR_WRITE, intercepts)
             ctx.restore()
             self.io_trap.set_flag()
+        self.general_detect.after_dr7_write()
 
     def _trace_io(self, direction: str, port: int, size: int, value: int,
                   dev: PortDevice | None) -> None:
