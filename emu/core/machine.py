@@ -1038,8 +1038,10 @@ class Machine:
         self._advance(3)
 
     def _exit_hlt(self, code: int) -> None:
-        self.ctx.set_rip(self.uc.reg_read(UC_X86_REG_RIP) + 1)
-        self.irq.halt()       # wait for an interrupt at the next interrupt point
+        next_rip = self.uc.reg_read(UC_X86_REG_RIP) + 1
+        self.ctx.set_rip(next_rip)
+        stepping = self.uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_TF
+        self.irq.halt(next_rip if stepping else None)   # wait for an interrupt
 
     def _exit_undefined_opcode(self, code: int) -> None:
         """SVM instructions with no extension to implement them behave as on a CPU without SVM."""
