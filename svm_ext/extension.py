@@ -55,7 +55,7 @@ from svm_ext import switch_cache
 from .switch_cache import CachedSteps
 from .switch_steps import FullSteps
 from emu.arch.vmcb import (EVENTINJ_TYPE_EXCEPTION, EVENTINJ_TYPE_INTR, EVENTINJ_TYPE_NMI,
-                   EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_INTR, VMEXIT_INVLPG, VMEXIT_IOIO,
+                   EVENTINJ_TYPE_SOFT_INT, VMEXIT_EXCP0, VMEXIT_ICEBP, VMEXIT_INTR, VMEXIT_INVLPG, VMEXIT_IOIO,
                    VMEXIT_IRET, VMEXIT_MSR,
                    VMEXIT_NPF, VMEXIT_PAUSE, VMEXIT_SHUTDOWN, eventinj_encode, exit_name)
 
@@ -296,6 +296,12 @@ class SvmExtension(Extension, ExitRouter):
         st = self.state
         if not st.in_l2 or st.vmcb12 is None:
             return False
+        if event.icebp and reflect.exit_handled(st.vmcb12, VMEXIT_ICEBP):
+            # The ICEBP intercept is an instruction intercept: checked before the #DB exists,
+            # RIP at the instruction, NRIP after it.
+            rip = self.machine.ctx.save().u64(OFF_EIP)
+            reflect.reflect(self, VMEXIT_ICEBP, 0, 0, self._intinfo(during), rip + event.insn_len)
+            return True
         code = VMEXIT_EXCP0 + event.vector
         if not reflect.exit_handled(st.vmcb12, code):
             return False

@@ -3,7 +3,8 @@ AMD APM, set right in our layer so that L1 sees what hardware would show it.
 
 * INT3 (CC) and INTO (CE) reach L0 as VMEXIT_SWINT. They raise exceptions (#BP, #OF): L1's
   exception intercepts apply to them, and only INT n (CD ib) is the INTn intercept (APM vol. 2,
-  15.9 and 15.12). (INT1/ICEBP, F1, is not among them: Unicorn decodes it as #UD.)
+  15.9 and 15.12). (INT1/ICEBP, F1, is not among them: Unicorn decodes it as #UD, the machine
+  makes it a #DB, and `on_exception` applies L1's ICEBP intercept before its #DB intercept.)
 * INVD is checked against the WBINVD intercept bit, so L0 asks vmcb02 for WBINVD exits whenever
   L1 wants INVD and tells the two apart by opcode (0F 08 INVD, 0F 09 WBINVD).
 * RDTSCP is checked against the RDTSC intercept bit; L0 intercepts both anyway, the opcode
@@ -130,15 +131,13 @@ def _selective_cr0_write(ext: "Vcpu", op: bytes, rex: int) -> bool:
     if (old ^ new) & ~free:
         return _exit(ext, VMEXIT_CR0_SEL_WRITE, nrip)
     ctx.load_control_hflags(new, ctx.cr(4), ctx.efer, ctx.cpl)
-    ctx.set_u64(OFF_EIP, nrip)
     ctx.restore()
+    ext.machine.retire(nrip)
     return True
 
 
 def _skip(ext: "Vcpu", nrip: int) -> None:
-    ctx = ext.machine.ctx.save()
-    ctx.set_u64(OFF_EIP, nrip)
-    ctx.restore()
+    ext.machine.retire(nrip)
 
 
 

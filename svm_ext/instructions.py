@@ -34,7 +34,7 @@ _SEG_FIELDS = (("fs", FS), ("gs", GS), ("tr", TR), ("ldtr", LDTR))
 
 def _advance(ext: "Vcpu") -> None:
     uc = ext.machine.uc
-    ext.machine.ctx.set_rip(uc.reg_read(UC_X86_REG_RIP) + INSN_LENGTH)
+    ext.machine.retire(uc.reg_read(UC_X86_REG_RIP) + INSN_LENGTH)
 
 
 def vmcb_operand(ext: "Vcpu", ctx: "Context | None" = None) -> int | None:

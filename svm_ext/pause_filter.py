@@ -22,7 +22,6 @@ from unicorn import UC_HOOK_CODE
 
 from emu.arch.vmcb import INTERCEPT_PAUSE, Vmcb12Cache
 from emu.core.cpu_models import FEATURES
-from emu.engine.hw_switch import OFF_EIP
 
 if TYPE_CHECKING:
     from .vcpu import Vcpu
@@ -97,9 +96,5 @@ def absorbed(ext: "Vcpu", c: Vmcb12Cache) -> bool:
         ext.pause_window.open(threshold)
     if exits:
         return False
-    m = ext.machine
-    nrip = ext.next_rip()
-    ctx = m.ctx.save()
-    ctx.set_u64(OFF_EIP, nrip)
-    ctx.restore()
+    ext.machine.retire(ext.next_rip())
     return True

@@ -70,9 +70,11 @@ RFLAGS_VIP = 1 << 20
 # Debug registers (APM vol. 2, 13.1.1): the values RESET leaves in DR6 and DR7, and the DR7
 # fields of breakpoint 0 (L0, R/W0 in bits 17:16 with 10b = I/O, LEN0 in bits 19:18)
 DR6_RESET = 0xFFFF0FF0
+DR6_BD = 1 << 13          # the #DB came from general detect (DR7.GD)
 DR6_BS = 1 << 14          # the #DB came from single-stepping (RFLAGS.TF)
 DR7_RESET = 0x400        # bit 10 is reserved and reads as one
 DR7_L0 = 1 << 0
+DR7_GD = 1 << 13          # general detect: the next MOV DRn raises #DB
 DR7_RW0_SHIFT = 16
 DR7_RW_IO = 2
 

@@ -10,6 +10,8 @@ if TYPE_CHECKING:
 
 LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 MAX_INSN_LENGTH = 15
+# INT1 (the APM's name; also ICEBP): one byte, the only encoding of the instruction.
+OPCODE_INT1 = 0xF1
 
 
 class Prefixed(NamedTuple):

@@ -104,4 +104,4 @@ class Cr4Writes:
             m.raise_exception(GP, 0)
             return
         uc.reg_write(UC_X86_REG_CR4, value)
-        m.ctx.set_rip(rip + p.length + 3)
+        m.retire(rip + p.length + 3)

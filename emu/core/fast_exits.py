@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING
 
 from unicorn.x86_const import UC_X86_REG_CR4
 
-from emu.arch.bits import CR4_PAE, CR4_PCIDE
+from emu.arch.bits import CR4_PAE, CR4_PCIDE, RFLAGS_TF
 from emu.core.control_regs import cr4_allowed
 from emu.core.devices.clock import PM_TIMER_HZ, TSC_HZ
 from emu.core.devices.pm_timer import PM_TMR, TIME_PER_READ
@@ -77,7 +77,7 @@ from emu.arch.msrs import (MSR_CSTAR, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BA
                            MSR_SFMASK, MSR_STAR, MSR_SYSENTER_CS, MSR_SYSENTER_EIP,
                            MSR_SYSENTER_ESP)
 from emu.engine.hw_switch import (FS, GS, HF2_NPT, HF_CS64, OFF_CR, OFF_CSTAR, OFF_EFER, OFF_EIP,
-                                  OFF_ERROR_CODE, OFF_FMASK, OFF_HFLAGS, OFF_HFLAGS2,
+                                  OFF_EFLAGS, OFF_ERROR_CODE, OFF_FMASK, OFF_HFLAGS, OFF_HFLAGS2,
                                   OFF_KERNEL_GS_BASE, OFF_LSTAR, OFF_NESTED_PG_MODE, OFF_RAX,
                                   OFF_RCX, OFF_SEGS, OFF_STAR, OFF_SYSENTER_CS, OFF_SYSENTER_EIP,
                                   OFF_SYSENTER_ESP, OFF_VM_VMCB, SEG_OFF_BASE, SEG_SIZE,
@@ -91,7 +91,7 @@ _CS = 1
 _OFFSETS = {"rax": OFF_RAX, "rcx": OFF_RCX, "rdx": OFF_RAX + 2 * 8, "rbx": OFF_RAX + 3 * 8,
             "eip": OFF_EIP, "hflags": OFF_HFLAGS, "hflags2": OFF_HFLAGS2,
             "cs_base": OFF_SEGS + _CS * SEG_SIZE + 8, "vm_vmcb": OFF_VM_VMCB,
-            "cr4": OFF_CR + 4 * 8, "error_code": OFF_ERROR_CODE}
+            "cr4": OFF_CR + 4 * 8, "error_code": OFF_ERROR_CODE, "eflags": OFF_EFLAGS}
 # Where Unicorn keeps the MSRs MsrFile reads from the CPU (hw_switch, proven by layout_check),
 # and their width: L1's RDMSR of one of them is a load C can do (replay.c `fast_rdmsr`).
 _CPU_MSRS = {MSR_FS_BASE: (OFF_SEGS + FS * SEG_SIZE + SEG_OFF_BASE, 8),
@@ -156,6 +156,7 @@ class FastExits:
         fx.io_cost, fx.pm_read_ticks = IOIO_COST, TIME_PER_READ
         fx.pm_hz, fx.tsc_hz = PM_TIMER_HZ, TSC_HZ
         fx.cr4_pae, fx.cr4_pcide, fx.cr4_regid = CR4_PAE, CR4_PCIDE, UC_X86_REG_CR4
+        fx.eflags_tf = RFLAGS_TF
         fx.reg_write = binding.c_function("uc_reg_write")
         fx.n_cpuid = 0
         self._fx = fx

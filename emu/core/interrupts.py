@@ -57,7 +57,8 @@ class Event:
     kind: Kind
     error_code: int | None = None
     cr2: int | None = None          # set CR2 before delivery (page faults)
-    icebp: bool = False             # INT1: a software-initiated #DB without the DPL check
+    icebp: bool = False             # INT1: an instruction's #DB, without the gate DPL check;
+                                    # exception intercepts see it as #DB
     insn_len: int = 0               # software events: their instruction's length; a fault while
                                     # delivering one reports the instruction itself (it restarts)
 
@@ -117,7 +118,8 @@ class Deliverer:
         outer: Event | None = None
         cr2 = event.cr2
         for attempt in range(1, 4):
-            if intercept is not None and current.kind is Kind.EXCEPTION and intercept(current, outer):
+            if (intercept is not None and (current.kind is Kind.EXCEPTION or current.icebp)
+                    and intercept(current, outer)):
                 if observe is not None:
                     observe(f"attempt {attempt}: {current.describe()} intercepted by the "
                             "hypervisor (#VMEXIT instead of delivery)")

@@ -74,6 +74,7 @@ class InterruptController:
         self.apic.remap = self._remap
         self.apic.timer_moved = self.timer_moved
         self.halted = False        # HLT executed; waiting at the next interrupt point
+        self.halt_step_trap: int | None = None   # HLT ran with TF: its #DB's RIP, owed at wake
         self.halted_ticks = 0      # virtual time HLT jumped over (the clock of perfctr.py)
         self.timers: list = []     # devices with deadline()/tick(now) (the PIT), besides the APIC
         self.time_window = False   # the window is armed only to start time slices at an STI
@@ -253,7 +254,7 @@ class InterruptController:
             self.apic.write_reg(APIC_TPR, value << 4)
         else:
             uc.reg_write(reg, self.apic.tpr >> 4)
-        m.ctx.set_rip(rip + i + 3)            # not reg_write: see Context.set_rip
+        m.retire(rip + i + 3)
 
     # ---- the points --------------------------------------------------------------------------
     def check_soon(self, virtual: bool = False) -> None:
@@ -340,9 +341,11 @@ class InterruptController:
         return self._unbounded and (self.apic.deadline() is not None
                                     or any(t.deadline() is not None for t in self.timers))
 
-    def halt(self) -> None:
+    def halt(self, step_trap: int | None = None) -> None:
         """HLT (RIP already past it): wait at the next interrupt point. An STI shadow that
-        covered the HLT ends with it."""
+        covered the HLT ends with it. `step_trap`: HLT ran with RFLAGS.TF set, and its
+        single-step #DB, with this RIP, comes when the halt ends."""
+        self.halt_step_trap = step_trap
         ctx = self.m.ctx.save()
         if ctx.hflags & HF_INHIBIT_IRQ:
             ctx.set_u32(OFF_HFLAGS, ctx.hflags & ~HF_INHIBIT_IRQ)
@@ -363,7 +366,7 @@ class InterruptController:
         m = self.m
         moved = self._finish_store()
         self._tick(m.tsc)
-        took = self._evaluate()
+        took = self._halt_trap() or self._evaluate()
         if self.halted and not took:
             if m.cpus > 1:
                 return moved       # still halted: the scheduler (emu/core/smp.py) keeps time
@@ -373,14 +376,32 @@ class InterruptController:
                     self.halted_ticks += deadline - m.tsc
                 m.tsc = max(m.tsc, deadline)
                 self._tick(m.tsc)
-                took = self._evaluate()
+                took = self._halt_trap() or self._evaluate()
             if not took:
                 rflags = m.uc.reg_read(UC_X86_REG_RFLAGS)
                 m.stop("halt", STATUS_HALTED, "guest halted waiting for an interrupt, and no device "
                        "can raise one" if rflags & RFLAGS_IF else
                        "guest halted with interrupts disabled")
         self.halted = False
+        self.halt_step_trap = None
         return took or moved
+
+    def _halt_trap(self) -> bool:
+        """The single-step #DB of a HLT run with TF set: HLT completes when an event ends the
+        halt, and its trap is taken before that event (a trap of the previous instruction
+        comes before external interrupts and NMI: APM vol. 2, 8.5). The event is then taken
+        at the next interrupt point, once the #DB handler allows it."""
+        rip = self.halt_step_trap
+        if not self.halted or rip is None:
+            return False
+        a = self.apic
+        if not (a.smi_pending or a.init_pending or a.nmi_pending
+                or (a.pending() is not None and self._interruptible())):
+            return False
+        self.halt_step_trap = None
+        self.m.single_step_trap(rip)
+        self.m.run_deferred()
+        return True
 
     def _interruptible(self) -> bool | None:
         """Can the CPU take a physical interrupt now? None: blocked in a way no window opens

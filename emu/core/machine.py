@@ -23,12 +23,13 @@ from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, U
                                UC_X86_REG_RBX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RIP,
                                UC_X86_REG_DR6, UC_X86_REG_RSI, UC_X86_REG_RDI, UC_X86_REG_RBP,
                                UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R11,
-                               UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15)
-from emu.arch.bits import DR6_BS
+                               UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15,
+                               UC_X86_REG_RFLAGS)
+from emu.arch.bits import DR6_BS, RFLAGS_TF
 
 from emu.engine import hostvm
 from emu.core.cpuid import LEAF_XSAVE, Cpuid
-from emu.arch.decode import MAX_INSN_LENGTH, split_prefixes
+from emu.arch.decode import MAX_INSN_LENGTH, OPCODE_INT1, split_prefixes
 from emu.core.devices.base import PortDevice
 from emu.core.devices.debug_exit import DebugExit
 from emu.core.devices.fw_cfg import FwCfg
@@ -75,6 +76,7 @@ from emu.core.control_regs import Cr4Writes
 from emu.core.table_loads import TableLoads
 from emu.core.cpu_models import CpuModel
 from emu.core.rdpmc import Rdpmc
+from emu.core.general_detect import GeneralDetect
 from emu.core.trace import Tracer
 from emu.core.watchdog import MAX_TIMEOUT, Watchdog
 
@@ -261,6 +263,7 @@ class Machine:
         self.cr4_writes = Cr4Writes(self)     # MOV CR4: reserved bits #GP
         self.table_loads = TableLoads(self)   # LGDT/LIDT/LLDT/LTR: non-canonical bases #GP
         self.rdpmc = Rdpmc(self)              # RDPMC: Unicorn's raises #UD
+        self.general_detect = GeneralDetect(self)   # DR7.GD: MOV DRn raises #DB
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
         self._pause: str | None = None     # a debugger stop requested (see `pause`)
@@ -965,11 +968,21 @@ class Machine:
         return f"cpu{self.cpu_index} " if self.cpus > 1 else ""
 
     def _advance(self, length: int) -> None:
-        self.ctx.set_rip(self.uc.reg_read(UC_X86_REG_RIP) + length)
+        self.retire(self.uc.reg_read(UC_X86_REG_RIP) + length)
+
+    def retire(self, next_rip: int) -> None:
+        """The instruction at RIP, which L0 performed in Python, completes: RIP moves on to
+        `next_rip`. Unicorn stopped before the instruction, so it raises no single-step trap
+        for it; with RFLAGS.TF set the #DB (DR6.BS) is owed here, at `next_rip`."""
+        self.ctx.set_rip(next_rip)
+        if self.uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_TF:
+            self.single_step_trap(next_rip)
 
     def _exit_exception(self, vector: int) -> None:
         if vector == UD and bios_services.service(self):
             return                # a real-mode BIOS call reached its entry point
+        if vector == UD and self._icebp():
+            return
         ctx = self.ctx.save()
         err = ctx.error_code if vector in HAS_ERROR_CODE else None
         cr2 = self.hostvm.exitinfo2(ctx.u64(OFF_VM_VMCB)) if vector == PF else None
@@ -1051,8 +1064,10 @@ class Machine:
         self._advance(3)
 
     def _exit_hlt(self, code: int) -> None:
-        self._advance(1)
-        self.irq.halt()       # wait for an interrupt at the next interrupt point
+        next_rip = self.uc.reg_read(UC_X86_REG_RIP) + 1
+        self.ctx.set_rip(next_rip)
+        stepping = self.uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_TF
+        self.irq.halt(next_rip if stepping else None)   # wait for an interrupt
 
     def _exit_undefined_opcode(self, code: int) -> None:
         """SVM instructions with no extension to implement them behave as on a CPU without SVM."""
@@ -1069,12 +1084,24 @@ class Machine:
             ev, length = Event(insn[i + 1], Kind.SOFTWARE), i + 2
         elif op == 0xCE:
             ev, length = Event(OF, Kind.SOFTWARE), i + 1
-        elif op == 0xF1:
-            ev, length = Event(DB, Kind.SOFTWARE, icebp=True), i + 1
         else:
             raise Unsupported(f"software interrupt with opcode {insn[:i + 2].hex()}")
         ev.insn_len = length
         self._defer(lambda: self._deliver(ev, rip + length))
+
+    def _icebp(self) -> bool:
+        """Unicorn 2.1.4 decodes ICEBP (INT1, F1) as an undefined opcode (its translator leaves
+        the instruction out) and raises #UD at it. The APM's INT1 is a trap-like #DB instead:
+        the pushed RIP is the next instruction's, DR6 is left as it is (no BS, whatever TF
+        says), no gate DPL check. True when the #UD at RIP was such an ICEBP, now delivered."""
+        rip = self.uc.reg_read(UC_X86_REG_RIP)
+        insn = self.mem.read_code(rip, MAX_INSN_LENGTH)
+        length = split_prefixes(insn, self.ctx.save().mode_bits()).length + 1
+        if length > len(insn) or insn[length - 1] != OPCODE_INT1:
+            return False
+        ev = Event(DB, Kind.SOFTWARE, icebp=True, insn_len=length)
+        self._defer(lambda: self._deliver(ev, rip + length))
+        return True
 
     def _on_syscall(self, uc: Uc, _data: object) -> None:
         """Unicorn's SYSCALL only calls this hook (emu/core/syscall.py performs it)."""
@@ -1144,6 +1171,8 @@ class Machine:
         """MOV to DR7, which L0 intercepts only to keep HF_IOBPT (emu/engine/io_trap.py): run the
         instruction alone with the intercept lifted, so Unicorn applies it in full (breakpoints,
         #GP/#UD checks), then put intercept and flag back."""
+        if self.general_detect.fires():
+            return
         rip = self.uc.reg_read(UC_X86_REG_RIP)
         self._defer(lambda: self._run_dr7_write(rip))
 
@@ -1187,6 +1216,7 @@ class Machine:
             struct.pack_into("<H", ctx.view, OFF_INTERCEPT_DR_WRITE, intercepts)
             ctx.restore()
             self.io_trap.set_flag()
+        self.general_detect.after_dr7_write()
 
     def _trace_io(self, direction: str, port: int, size: int, value: int,
                   dev: PortDevice | None) -> None:

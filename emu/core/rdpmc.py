@@ -51,4 +51,4 @@ class Rdpmc:
         value = m.msrs.rdmsr(msr)
         uc.reg_write(UC_X86_REG_RAX, value & 0xFFFFFFFF)
         uc.reg_write(UC_X86_REG_RDX, value >> 32)
-        m.ctx.set_rip(ctx.u64(OFF_EIP) + RDPMC_LENGTH)
+        m.retire(ctx.u64(OFF_EIP) + RDPMC_LENGTH)

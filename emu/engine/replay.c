@@ -81,7 +81,7 @@ typedef uint32_t (*in_fn)(void *uc, uint32_t port, int size, void *user);
  * into the live CPU state come from Python (emu/engine/hw_switch.py, proven at start-up). */
 enum {
     FX_OFF_RAX = 0, FX_OFF_RCX, FX_OFF_RDX, FX_OFF_RBX, FX_OFF_EIP, FX_OFF_HFLAGS, FX_OFF_HFLAGS2,
-    FX_OFF_CS_BASE, FX_OFF_VM_VMCB, FX_OFF_CR4, FX_OFF_ERROR_CODE, FX_N_OFF
+    FX_OFF_CS_BASE, FX_OFF_VM_VMCB, FX_OFF_CR4, FX_OFF_ERROR_CODE, FX_OFF_EFLAGS, FX_N_OFF
 };
 #define FX_CPUID_SLOTS 64
 #define FX_MSR_SLOTS 16
@@ -145,6 +145,9 @@ struct fast {
     uint64_t rdmsr;             /* count of RDMSRs answered here */
     uint64_t n_msr;
     struct msr_slot msr_slots[FX_MSR_SLOTS];
+    /* RFLAGS.TF: an exit of an instruction run with it set owes a single-step trap once the
+     * instruction completes, which only the Python handlers raise. */
+    uint64_t eflags_tf;
 };
 
 struct engine {
@@ -557,9 +560,10 @@ static int fast_exit(void *uc, struct engine *e, uint32_t intno)
 void replay_intr(void *uc, uint32_t intno, void *user)
 {
     struct engine *e = (struct engine *)user;
-    if (e->fx.armed && e->enabled && fast_exit(uc, e, intno))
+    int stepping = e->fx.env && (ENV64(&e->fx, FX_OFF_EFLAGS) & e->fx.eflags_tf);
+    if (e->fx.armed && e->enabled && !stepping && fast_exit(uc, e, intno))
         return;
-    if (e->enabled && intno < N_INTNO) {
+    if (e->enabled && !stepping && intno < N_INTNO) {
         for (int i = 0; i < PER_INTNO && e->programs[intno][i] != NULL; i++) {
             if (run(e, e->programs[intno][i], intno)) {
                 e->replays++;
@@ -695,7 +699,7 @@ const char *replay_abi(void)
     ABI_FIELD(fast, cpuid);
     ABI_FIELD(fast, off); ABI_FIELD(fast, vmem_read); ABI_FIELD(fast, n_cpuid);
     ABI_FIELD(fast, cpuid_slots); ABI_FIELD(fast, rdmsr); ABI_FIELD(fast, n_msr);
-    ABI_FIELD(fast, msr_slots);
+    ABI_FIELD(fast, msr_slots); ABI_FIELD(fast, eflags_tf);
     ABI("sizeof(msr_slot)", sizeof(struct msr_slot)); ABI("FX_MSR_SLOTS", FX_MSR_SLOTS);
     ABI("FX_EXIT_MSR", FX_EXIT_MSR);
     ABI("sizeof(cpuid_slot)", sizeof(struct cpuid_slot));

@@ -54,7 +54,7 @@ class _Op(ctypes.Structure):
                 ("a", ctypes.c_uint64), ("b", ctypes.c_uint64), ("c", ctypes.c_uint64)]
 
 
-FX_N_OFF = 11
+FX_N_OFF = 12
 FX_CPUID_SLOTS = 64
 FX_MSR_SLOTS = 16
 FX_EXIT_MSR = 0x17C
@@ -65,7 +65,7 @@ FX_EXIT_CR8_WRITE = 0x118
 FX_EXIT_CR4_WRITE = 0x114
 # The order of `_Fast.off`: where the C fast exits find each field in the live CPU state.
 FX_OFFSETS = ("rax", "rcx", "rdx", "rbx", "eip", "hflags", "hflags2", "cs_base", "vm_vmcb", "cr4",
-              "error_code")
+              "error_code", "eflags")
 assert len(FX_OFFSETS) == FX_N_OFF
 
 
@@ -98,7 +98,7 @@ class _Fast(ctypes.Structure):
                 ("vmem_read", ctypes.c_void_p), ("n_cpuid", ctypes.c_uint64),
                 ("cpuid_slots", _CpuidSlot * FX_CPUID_SLOTS),
                 ("rdmsr", ctypes.c_uint64), ("n_msr", ctypes.c_uint64),
-                ("msr_slots", _MsrSlot * FX_MSR_SLOTS)]
+                ("msr_slots", _MsrSlot * FX_MSR_SLOTS), ("eflags_tf", ctypes.c_uint64)]
 
 
 SI_MAX_FIELDS = 16
