@@ -44,7 +44,7 @@ from emu.arch.bits import (CR0_PG, CR0_WP, CR4_LA57, CR4_SMAP, EFER_NXE, PTE_A, 
                            RFLAGS_VM)
 from emu.arch.vmcb import OFFSETS, VMEXIT_EXCP0, VMEXIT_MSR, VMEXIT_SWINT
 from emu.core.interrupts import (AC, BR, DE, FAULT_CLASS, GATE_INT, GATE_TRAP, GP,
-                                 HAS_ERROR_CODE, MF, NP, PF, SS_FAULT, UD, XF, Event, Kind)
+                                 HAS_ERROR_CODE, MF, NP, PF, SS_FAULT, XF, Event, Kind)
 from emu.engine import binding, hostvm, replay
 from emu.engine import hw_switch as H
 
@@ -53,8 +53,9 @@ if TYPE_CHECKING:
 
 # Exceptions whose L1 exit C may deliver: the faults software takes on purpose. #DB (single
 # step, the I/O trap), #BP/#OF (software events: an exit of their own), NMI and #MC stay in
-# Python.
-DELIVERED_HERE = frozenset({DE, BR, UD, NP, SS_FAULT, GP, PF, MF, AC, XF})
+# Python. #UD first goes through Machine._exit_exception (which may still hand it back to C
+# through `now`): the engine raises it for ICEBP (INT1), which is a trap-like #DB instead.
+DELIVERED_HERE = frozenset({DE, BR, NP, SS_FAULT, GP, PF, MF, AC, XF})
 
 
 def _mask(vectors: frozenset[int]) -> int:

@@ -304,6 +304,8 @@ def _guest_mode(uc: Uc, ctx: H.Context, p: _Probe) -> None:
         crdr = struct.unpack_from("<4H", ctx.view, H.OFF_INTERCEPT_CRDR)
         p.expect("OFF_INTERCEPT_CRDR", crdr[0] | crdr[1] << 16 | crdr[2] << 32 | crdr[3] << 48,
                  _CR_READ | _CR_WRITE << 16 | _DR_READ << 32 | _DR_WRITE << 48)
+        p.expect("OFF_INTERCEPT_DR_READ", struct.unpack_from("<H", ctx.view,
+                                                              H.OFF_INTERCEPT_DR_READ)[0], _DR_READ)
         p.expect("OFF_INTERCEPT_DR_WRITE", struct.unpack_from("<H", ctx.view,
                                                                H.OFF_INTERCEPT_DR_WRITE)[0], _DR_WRITE)
         p.expect("OFF_INTERCEPT_EXC", ctx.u32(H.OFF_INTERCEPT_EXC), _EXCEPTIONS)
