@@ -438,6 +438,34 @@ static int dl_exception(const struct deliver *d, uint32_t intno)
            ((d->vectors >> (intno - d->exit_excp0)) & 1);
 }
 
+/* Whether a #GP(0) the engine raised could be the APM's #SS(0) instead: a non-canonical address
+ * through the SS segment (emu/arch/stack_segment.py decides, in Python). A 64-bit address
+ * base + index * scale + disp32 is canonical whenever every register lies within +-2^43 (the
+ * sum stays within +-2^47), and so is a stack access near such an RSP; so only a register
+ * outside that range, or an SS override (36) among the legacy prefixes (MOV with a 64-bit
+ * absolute offset names its address without registers), sends the #GP(0) to Python. Code
+ * whose bytes cannot be read stays here: Python keeps the #GP for it too. */
+static int may_be_stack_fault(void *uc, const struct fast *f)
+{
+    const uint64_t *regs = (const uint64_t *)(f->env + f->off[FX_OFF_RAX]);
+    uint64_t rip = ENV64(f, FX_OFF_EIP);
+    uint8_t b;
+    for (int i = 0; i < 16; i++) {
+        if ((uint64_t)((int64_t)(regs[i] << 20) >> 20) != regs[i])
+            return 1;
+    }
+    for (int i = 0; i < 14; i++) {
+        if (f->vmem_read(uc, rip + i, 1 /* UC_PROT_READ */, &b, 1) != 0)
+            return 0;
+        if (b == 0x36)
+            return 1;
+        if (b != 0x26 && b != 0x2E && b != 0x3E && b != 0x64 && b != 0x65 && b != 0x66 &&
+            b != 0x67 && b != 0xF0 && b != 0xF2 && b != 0xF3)
+            return 0;
+    }
+    return 0;
+}
+
 /* L1's exception, as Machine._exit_exception raises it: the error code the exit left for the
  * vectors that have one, CR2 from EXITINFO2 for #PF (set only if delivery happens here). */
 static int fast_exception(void *uc, struct engine *e, uint32_t intno)
@@ -445,6 +473,8 @@ static int fast_exception(void *uc, struct engine *e, uint32_t intno)
     struct deliver *d = &e->dl;
     uint32_t vector = intno - (uint32_t)d->exit_excp0;
     int has_error = (d->error_code_vectors >> vector) & 1;
+    if (vector == d->gp && ENV32(&e->fx, FX_OFF_ERROR_CODE) == 0 && may_be_stack_fault(uc, &e->fx))
+        return 0;
     return deliver_exception(d, uc, e->fx.env, vector, DL_EXCEPTION, has_error,
                              has_error ? ENV32(&e->fx, FX_OFF_ERROR_CODE) : 0,
                              ENV64(&e->fx, FX_OFF_EIP), vector == d->pf,
