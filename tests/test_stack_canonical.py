@@ -110,6 +110,12 @@ main:
     expect 13, "MOV [RCX]"
 
     arm 1f
+    mov r13, NC
+    mov rax, [r13 + 8]
+1:
+    expect 13, "MOV [R13+8] (REX.B: not RBP)"
+
+    arm 1f
     mov rcx, NC
     mov rax, ss:[rcx]
 1:
@@ -134,7 +140,7 @@ def test_noncanonical_stack_references_raise_ss(tmp_path: Path) -> None:
     b = boot(source(tmp_path, L1), nested=False)
     checks = parse_tap(b.serial)
     assert b.result.reason == "exit" and b.result.status == 1, b.serial
-    assert len(checks) == 20 and all(c.ok for c in checks.values()), b.serial
+    assert len(checks) == 22 and all(c.ok for c in checks.values()), b.serial
 
 
 NESTED = r'''
