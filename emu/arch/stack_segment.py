@@ -18,6 +18,8 @@ from emu.arch.paging import is_canonical
 _MASK64 = (1 << 64) - 1
 # Registers whose base selects SS by default (APM vol. 1, 2.5: "default segment").
 _STACK_BASES = frozenset({"rsp", "rbp"})
+# Stack instructions whose implicit RSP capstone leaves out of `regs_read`.
+_IMPLICIT_STACK = frozenset({"enter", "iret", "iretd", "iretq", "retf", "retfq", "push", "pop"})
 # The window around RSP an implicit stack access can touch: a push's slot below it, the widest
 # pop (IRET's five quadwords) above it.
 _STACK_BELOW, _STACK_ABOVE = 16, 48
@@ -63,7 +65,8 @@ def noncanonical_through_ss(code: bytes, rip: int, reg: Callable[[str], int],
         last = _linear(address, max(op.size, 1) - 1)
         if not is_canonical(address) or not is_canonical(last):
             return segment == "ss"
-    if x86.X86_REG_RSP in insn.regs_read:
+    if (x86.X86_REG_RSP in insn.regs_read or x86.X86_REG_ESP in insn.regs_read
+            or insn.mnemonic in _IMPLICIT_STACK):
         rsp = reg("rsp")
         return not all(is_canonical(_linear(rsp, d))
                        for d in (-_STACK_BELOW, 0, _STACK_ABOVE - 1))
