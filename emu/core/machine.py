@@ -52,7 +52,8 @@ from emu.core.devices.apic import APIC_BASE_BSP, APIC_BASE_EN, APIC_DEFAULT_BASE
 from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
 from emu.engine.breakpoints import Breakpoints
-from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, Deliverer, Event, Fault, Kind,
+from emu.core.stack_fault import is_stack_fault
+from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, SS_FAULT, Deliverer, Event, Fault, Kind,
                          Shutdown)
 from emu.core.firmware import MAX_XAPIC_CPUS
 from emu.core.firmware.layout import ram_layout
@@ -986,6 +987,8 @@ class Machine:
         ctx = self.ctx.save()
         err = ctx.error_code if vector in HAS_ERROR_CODE else None
         cr2 = self.hostvm.exitinfo2(ctx.u64(OFF_VM_VMCB)) if vector == PF else None
+        if vector == GP and err == 0 and is_stack_fault(self):
+            vector = SS_FAULT
         self._raise_from_exit(vector, err, cr2)
 
     def _raise_from_exit(self, vector: int, error_code: int | None = None,

@@ -438,6 +438,79 @@ static int dl_exception(const struct deliver *d, uint32_t intno)
            ((d->vectors >> (intno - d->exit_excp0)) & 1);
 }
 
+/* One-byte opcodes whose only memory reference is their ModRM operand (ALU r/m forms, MOVSXD,
+ * IMUL, group 1/2/3, MOV, TEST, XCHG, INC/DEC r/m): bit n set for opcode n. Group 5 (FF) is
+ * not here: its /2../6 forms are CALL, JMP and PUSH, which also touch the stack. */
+static const uint64_t modrm_only_1[4] = {
+    0x0F0F0F0F0F0F0F0Full, 0x00000A0800000000ull, 0x0000000000000FFFull, 0x40C00000000F00C3ull};
+/* Two-byte opcodes (0F xx) of the same kind: MOVUPS..MOVHPD (10-17), MOVAPS..COMISD (28-2F),
+ * CMOVcc (40-4F), MOVQ/MOVDQ (6F, 7F), BT* (A3 AB B3 BB), IMUL (AF), CMPXCHG (B0 B1), MOVZX and
+ * MOVSX (B6 B7 BE BF), XADD (C0 C1). */
+static const uint64_t modrm_only_0f[4] = {
+    0x0000FF0000FF0000ull, 0x800080000000FFFFull, 0xC8CB880800000000ull, 0x0000000000000003ull};
+
+static int in_set(const uint64_t set[4], uint8_t op)
+{
+    return (set[op >> 6] >> (op & 63)) & 1;
+}
+
+/* Whether a #GP(0) the engine raised could be the APM's #SS(0) instead: a non-canonical address
+ * through the SS segment (emu/arch/stack_segment.py decides, in Python). A 64-bit address
+ * base + index * scale + disp32 is canonical whenever every register lies within +-2^43 (the
+ * sum stays within +-2^47), and so is a stack access near such an RSP: then only an SS override
+ * (36; MOV with a 64-bit absolute offset names its address without registers) can make it one.
+ * Otherwise the instruction is decoded as far as needed: an opcode whose only memory reference
+ * is its ModRM operand, with a DS, ES, CS, FS or GS override or a base other than RSP/RBP (or
+ * none: RIP-relative, disp32), is a plain #GP(0) and stays here; anything else goes to Python.
+ * Code whose bytes cannot be read stays here: Python keeps the #GP for it too. */
+static int may_be_stack_fault(void *uc, const struct fast *f)
+{
+    const uint64_t *regs = (const uint64_t *)(f->env + f->off[FX_OFF_RAX]);
+    uint64_t rip = ENV64(f, FX_OFF_EIP);
+    uint8_t b, rex = 0, modrm, sib, base;
+    int large = 0, other_seg = 0, i = 0;
+    for (int r = 0; r < 16; r++)
+        large |= (uint64_t)((int64_t)(regs[r] << 20) >> 20) != regs[r];
+    for (;; i++) {
+        if (i == 14 || f->vmem_read(uc, rip + i, 1 /* UC_PROT_READ */, &b, 1) != 0)
+            return 0;
+        if (b == 0x36)
+            return 1;
+        if (b == 0x26 || b == 0x2E || b == 0x3E || b == 0x64 || b == 0x65)
+            other_seg = 1;
+        else if (b != 0x66 && b != 0x67 && b != 0xF0 && b != 0xF2 && b != 0xF3)
+            break;
+    }
+    if (!large)
+        return 0;
+    if ((b & 0xF0) == 0x40) {
+        rex = b;
+        if (f->vmem_read(uc, rip + ++i, 1, &b, 1) != 0)
+            return 0;
+    }
+    if (b == 0x0F) {
+        if (f->vmem_read(uc, rip + ++i, 1, &b, 1) != 0)
+            return 0;
+        if (!in_set(modrm_only_0f, b))
+            return 1;
+    } else if (!in_set(modrm_only_1, b)) {
+        return 1;
+    }
+    if (f->vmem_read(uc, rip + ++i, 1, &modrm, 1) != 0)
+        return 0;
+    if ((modrm >> 6) == 3 || other_seg)
+        return 0;                               /* no memory operand, or not SS's */
+    base = modrm & 7;
+    if (base == 4) {
+        if (f->vmem_read(uc, rip + ++i, 1, &sib, 1) != 0)
+            return 0;
+        base = sib & 7;
+    }
+    if (base == 5 && (modrm >> 6) == 0)
+        return 0;                               /* RIP-relative or disp32: DS */
+    return (base == 4 || base == 5) && !(rex & 1);
+}
+
 /* L1's exception, as Machine._exit_exception raises it: the error code the exit left for the
  * vectors that have one, CR2 from EXITINFO2 for #PF (set only if delivery happens here). */
 static int fast_exception(void *uc, struct engine *e, uint32_t intno)
@@ -445,6 +518,8 @@ static int fast_exception(void *uc, struct engine *e, uint32_t intno)
     struct deliver *d = &e->dl;
     uint32_t vector = intno - (uint32_t)d->exit_excp0;
     int has_error = (d->error_code_vectors >> vector) & 1;
+    if (vector == d->gp && ENV32(&e->fx, FX_OFF_ERROR_CODE) == 0 && may_be_stack_fault(uc, &e->fx))
+        return 0;
     return deliver_exception(d, uc, e->fx.env, vector, DL_EXCEPTION, has_error,
                              has_error ? ENV32(&e->fx, FX_OFF_ERROR_CODE) : 0,
                              ENV64(&e->fx, FX_OFF_EIP), vector == d->pf,
