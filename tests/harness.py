@@ -18,6 +18,37 @@ from tests.nested_image import VMCB12
 
 RAM = 128 << 20
 
+# A #DB handler for guest sources (at the end: it opens .bss): it keeps the pushed RIP and DR6
+# of each #DB (db_rip[i], db_dr6[i] for the first 8; db_count counts all) and clears DR6, so
+# each check sees only its own event.
+DB_RECORDER = r'''
+db_handler:
+    push rax
+    push rbx
+    push rcx
+    mov rbx, [rip + db_count]
+    and ebx, 7
+    mov rax, [rsp + 24]
+    lea rcx, [rip + db_rip]
+    mov [rcx + rbx * 8], rax
+    mov rax, dr6
+    lea rcx, [rip + db_dr6]
+    mov [rcx + rbx * 8], rax
+    inc qword ptr [rip + db_count]
+    xor eax, eax
+    mov dr6, rax
+    pop rcx
+    pop rbx
+    pop rax
+    iretq
+
+.bss
+.align 8
+db_count:       .space 8
+db_rip:         .space 64
+db_dr6:         .space 64
+'''
+
 
 @dataclass
 class Booted:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import parse_tap
-from tests.harness import boot, source
+from tests.harness import DB_RECORDER, boot, source
 
 GUEST = r'''
 .include "prelude.inc"
@@ -75,33 +75,7 @@ emulated:
     pop rax
     ret
 
-# #DB: keep RIP and DR6 of each (up to 8), then clear DR6.
-db_handler:
-    push rax
-    push rbx
-    push rcx
-    mov rbx, [rip + db_count]
-    and ebx, 7
-    mov rax, [rsp + 24]
-    lea rcx, [rip + db_rip]
-    mov [rcx + rbx * 8], rax
-    mov rax, dr6
-    lea rcx, [rip + db_dr6]
-    mov [rcx + rbx * 8], rax
-    inc qword ptr [rip + db_count]
-    xor eax, eax
-    mov dr6, rax
-    pop rcx
-    pop rbx
-    pop rax
-    iretq
-
-.bss
-.align 8
-db_count:       .space 8
-db_rip:         .space 64
-db_dr6:         .space 64
-'''
+''' + DB_RECORDER
 
 
 def test_single_step_traps_after_instructions_l0_performs(tmp_path: Path) -> None:
