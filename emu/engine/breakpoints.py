@@ -13,6 +13,7 @@ world (emu/engine/io_trap.py), so it is put back as it was.
 from __future__ import annotations
 
 import ctypes
+from typing import Callable, Optional
 
 from unicorn import Uc
 
@@ -35,6 +36,7 @@ class Breakpoints:
         self._dr7: ctypes.c_uint64 | None = None     # env->dr[7], once the CPU exists
         self._hflags: ctypes.c_uint32 | None = None
         self._env = 0
+        self.on_load: Optional[Callable[[], None]] = None    # told after every load
 
     def _bind(self) -> bool:
         if self._dr7 is None:
@@ -53,6 +55,8 @@ class Breakpoints:
 
     def loaded(self, old: int) -> None:
         """DR7 was just written through the register API, replacing `old`: rebuild the list."""
+        if self.on_load is not None:
+            self.on_load()
         if _update_dr7 is None or not self._bind():
             return
         dr7, hflags = self._dr7, self._hflags

@@ -1,0 +1,113 @@
+"""Data breakpoints (AMD APM vol. 2, 13.1.1.5 and 13.1.3.2): a breakpoint DR7 enables (Ln or Gn)
+with R/Wn = 01b (writes) or 11b (reads or writes) raises a trap-like #DB once the instruction
+that touched any of its LENn bytes completes, RIP at the next instruction, DR6.Bn set for each
+breakpoint that matched and DR6's other bits kept.
+
+Unicorn 2.1.4 builds QEMU's target without watchpoints, so such a breakpoint does nothing there.
+L0 watches guest data accesses with a Unicorn memory hook instead. A memory hook slows every
+access, so it exists only while DR7 enables a data breakpoint: L0 looks again after every MOV to
+DR7 it intercepts, every DR7 load of its own (world switches) and a snapshot restore. DR0-DR3
+are not intercepted, so the hook compares against their values at the time of the access.
+
+A hit stops the engine; engine patch 0004 stops it at the accessing instruction with its
+accesses up to the hit already made. L0 puts back the bytes a hitting write replaced, runs the
+instruction once more with the hook ignoring it, and delivers the #DB after it. After MOV SS or POP SS the #DB waits one more instruction, as the interrupt shadow holds
+every debug trap back (APM vol. 2, 13.1.3.3)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE, Uc
+from unicorn.x86_const import (UC_X86_REG_DR0, UC_X86_REG_DR1, UC_X86_REG_DR2, UC_X86_REG_DR3,
+                               UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RIP)
+
+from emu.arch.bits import (DR6_RESET, DR7_FIELDS_PER_BP, DR7_LEN0_SHIFT, DR7_RW0_SHIFT,
+                           DR7_RW_READ_WRITE, DR7_RW_WRITE)
+from emu.core.interrupts import DB, Event, Fault, Kind
+
+if TYPE_CHECKING:
+    from emu.core.board import Board
+
+_DRS = (UC_X86_REG_DR0, UC_X86_REG_DR1, UC_X86_REG_DR2, UC_X86_REG_DR3)
+_LENGTHS = (1, 2, 8, 4)      # LENn encodings 00b, 01b, 10b, 11b (APM vol. 2, 13.1.1.5)
+_FIELD_MASK = 0b11
+
+
+def data_breakpoints(dr7: int) -> list[tuple[int, bool, int]]:
+    """The data breakpoints `dr7` enables: (n, reads too, length in bytes) each."""
+    out = []
+    for n in range(len(_DRS)):
+        if not (dr7 >> (2 * n)) & _FIELD_MASK:
+            continue
+        rw = (dr7 >> (DR7_RW0_SHIFT + DR7_FIELDS_PER_BP * n)) & _FIELD_MASK
+        if rw not in (DR7_RW_WRITE, DR7_RW_READ_WRITE):
+            continue
+        length = _LENGTHS[(dr7 >> (DR7_LEN0_SHIFT + DR7_FIELDS_PER_BP * n)) & _FIELD_MASK]
+        out.append((n, rw == DR7_RW_READ_WRITE, length))
+    return out
+
+
+class DataBreakpoints:
+    """Keeps the memory hook present exactly while DR7 enables a data breakpoint, and turns a
+    matching access into the #DB."""
+
+    def __init__(self, machine: "Board") -> None:
+        self.m = machine
+        self._hook: int | None = None
+        self._watch: list[tuple[int, bool, int]] = []
+        self._hits = 0
+        self._undo: list[tuple[int, bytes]] = []    # (linear address, bytes before the write)
+        self._stepping = False
+
+    @property
+    def active(self) -> bool:
+        return self._hook is not None
+
+    def sync(self) -> None:
+        """DR7 may have changed: install or remove the hook to match it."""
+        uc = self.m.uc
+        self._watch = data_breakpoints(uc.reg_read(UC_X86_REG_DR7))
+        if self._watch and self._hook is None:
+            self._hook = uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_access)
+        elif not self._watch and self._hook is not None:
+            uc.hook_del(self._hook)
+            self._hook = None
+
+    def _on_access(self, uc: Uc, access: int, address: int, size: int, _value: int,
+                   _data: object) -> None:
+        hits = 0
+        end = address + size
+        for n, reads, length in self._watch:
+            if not reads and access != UC_MEM_WRITE:
+                continue
+            start = uc.reg_read(_DRS[n]) & ~(length - 1)     # LENn aligns the range down
+            if address < start + length and start < end:
+                hits |= 1 << n
+        if not hits or self._stepping:
+            return
+        if access == UC_MEM_WRITE:              # the hook runs before the store
+            try:
+                self._undo.append((address, self.m.mem.read_linear(address, size, 0)))
+            except Fault:
+                pass
+        first = not self._hits
+        self._hits |= hits
+        if first:
+            self.m.stop_at_access(self._trap)
+
+    def _trap(self, rip: int) -> None:
+        m = self.m
+        uc = m.uc
+        hits, self._hits = self._hits, 0
+        undo, self._undo = self._undo, []
+        for address, old in reversed(undo):
+            m.mem.write_linear(address, old, 0)
+        self._stepping = True
+        try:
+            m.step(rip)
+        finally:
+            self._stepping = False
+        if m.finished():
+            return
+        uc.reg_write(UC_X86_REG_DR6, uc.reg_read(UC_X86_REG_DR6) | DR6_RESET | hits)
+        m.deliver_now(Event(DB, Kind.EXCEPTION), uc.reg_read(UC_X86_REG_RIP))
