@@ -12,7 +12,8 @@ are not intercepted, so the hook compares against their values at the time of th
 A hit stops the engine; engine patch 0004 stops it at the accessing instruction with its
 accesses up to the hit already made. L0 puts back the bytes a hitting write replaced, runs the
 instruction once more with the hook ignoring it, and delivers the #DB after it. After MOV SS or POP SS the #DB waits one more instruction, as the interrupt shadow holds
-every debug trap back (APM vol. 2, 13.1.3.3)."""
+every debug trap back (APM vol. 2, 13.1.3.3); when that next instruction is INT1 (ICEBP), its
+own #DB carries the DR6 bits and is the only one delivered."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from unicorn.x86_const import (UC_X86_REG_DR0, UC_X86_REG_DR1, UC_X86_REG_DR2, U
 
 from emu.arch.bits import (DR6_RESET, DR7_FIELDS_PER_BP, DR7_LEN0_SHIFT, DR7_RW0_SHIFT,
                            DR7_RW_READ_WRITE, DR7_RW_WRITE)
+from emu.arch.decode import MAX_INSN_LENGTH, OPCODE_INT1, loads_ss, split_prefixes
 from emu.core.interrupts import DB, Event, Fault, Kind
 
 if TYPE_CHECKING:
@@ -83,7 +85,10 @@ class DataBreakpoints:
             start = uc.reg_read(_DRS[n]) & ~(length - 1)     # LENn aligns the range down
             if address < start + length and start < end:
                 hits |= 1 << n
-        if not hits or self._stepping:
+        if not hits:
+            return
+        if self._stepping:                      # the instruction runs again, or the one after
+            self._hits |= hits                  # MOV SS: the #DB to come reports it too
             return
         if access == UC_MEM_WRITE:              # the hook runs before the store
             try:
@@ -98,16 +103,35 @@ class DataBreakpoints:
     def _trap(self, rip: int) -> None:
         m = self.m
         uc = m.uc
-        hits, self._hits = self._hits, 0
         undo, self._undo = self._undo, []
         for address, old in reversed(undo):
             m.mem.write_linear(address, old, 0)
+        mode = m.ctx.save().mode_bits()
         self._stepping = True
         try:
             m.step(rip)
+            held = loads_ss(self._code(rip), mode) and not m.finished()
+            after = uc.reg_read(UC_X86_REG_RIP)
+            if held:
+                m.step(after)
         finally:
             self._stepping = False
+        hits, self._hits = self._hits, 0
         if m.finished():
             return
         uc.reg_write(UC_X86_REG_DR6, uc.reg_read(UC_X86_REG_DR6) | DR6_RESET | hits)
+        if held and self._is_int1(after, mode):
+            return                              # INT1's #DB, already raised, reports the hits
+        if held:
+            m.run_deferred()                    # the event the next instruction raised comes first
         m.deliver_now(Event(DB, Kind.EXCEPTION), uc.reg_read(UC_X86_REG_RIP))
+
+    def _code(self, rip: int) -> bytes:
+        try:
+            return self.m.mem.read_code(rip, MAX_INSN_LENGTH)
+        except Fault:
+            return b""
+
+    def _is_int1(self, rip: int, mode: int) -> bool:
+        op = split_prefixes(self._code(rip), mode).opcode
+        return op[:1] == bytes([OPCODE_INT1])
