@@ -8,6 +8,8 @@ L0 watches guest data accesses with a Unicorn memory hook instead. A memory hook
 access, so it exists only while DR7 enables a data breakpoint: L0 looks again after every MOV to
 DR7 it intercepts, every DR7 load of its own (world switches) and a snapshot restore. DR0-DR3
 are not intercepted, so the hook compares against their values at the time of the access.
+Unicorn decides at translation time whether an access may take the inline fast path (which
+runs no hook), so translated code is dropped whenever the hook comes or goes.
 
 A hit stops the engine; engine patch 0004 stops it at the accessing instruction with its
 accesses up to the hit already made. L0 puts back the bytes a hitting write replaced, runs the
@@ -71,9 +73,11 @@ class DataBreakpoints:
         self._watch = data_breakpoints(uc.reg_read(UC_X86_REG_DR7))
         if self._watch and self._hook is None:
             self._hook = uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_access)
+            uc.ctl_flush_tb()
         elif not self._watch and self._hook is not None:
             uc.hook_del(self._hook)
             self._hook = None
+            uc.ctl_flush_tb()
 
     def _on_access(self, uc: Uc, access: int, address: int, size: int, _value: int,
                    _data: object) -> None:

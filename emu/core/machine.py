@@ -378,7 +378,10 @@ class Machine:
         self._defer(run)
 
     def step(self, rip: int) -> None:
-        """Run the one instruction at `rip` in Unicorn, outside the run loop."""
+        """Run the one instruction at `rip` in Unicorn, outside the run loop. Unicorn counts
+        instructions with a code hook that only code translated while it exists calls, so the
+        block cached at `rip` is dropped first: run as it was, it would not stop after one."""
+        self.uc.ctl_remove_cache(rip, rip + 1)
         try:
             self.uc.emu_start(rip, _UNTIL, count=1)
         finally:
