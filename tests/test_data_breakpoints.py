@@ -126,3 +126,58 @@ def test_data_breakpoints_trap_after_the_access(tmp_path: Path) -> None:
     checks = parse_tap(b.serial)
     assert b.result.reason == "exit" and b.result.status == 1, b.serial
     assert len(checks) == count and all(c.ok for c in checks.values()), b.serial
+    assert not b.machine.data_breakpoints.active      # DR7 enables none at the end: no hook
+
+
+NESTED = r'''
+.include "prelude.inc"
+.include "svm.inc"
+
+main:
+    call svm_enable
+
+    # L2 arms a 4-byte write breakpoint and writes there; L1 intercepts #DB: the exit comes
+    # after the write, with DR6.B0 in the VMCB.
+    lea rdi, [rip + l2_entry]
+    call vmcb_init
+    mov rdi, VMCB
+    or dword ptr [rdi + V_INTERCEPT_EXC], 1 << 1
+    mov rax, VMCB
+    vmrun
+    check_eq "qword ptr [rdi + V_EXITCODE]", 0x41, "#DB intercept: VMEXIT_EXCP1"
+    lea rax, [rip + l2_after]
+    check_eq "qword ptr [rdi + V_RIP]", rax, "#DB intercept: RIP after the write"
+    check_mask "qword ptr [rdi + V_DR6]", 0xF, 1, "#DB intercept: DR6.B0 in the VMCB"
+    check_eq [target], 0x5A, "the write took effect"
+    mov rax, dr7
+    mov [rip + l1_dr7], rax
+    check_eq [l1_dr7], 0x400, "L1's DR7 after #VMEXIT"
+    mov dword ptr [rip + target], 1
+    check_eq [target], 1, "L1 writes the same bytes freely"
+    ret
+
+l2_entry:
+    lea rax, [rip + target]
+    mov dr0, rax
+    mov eax, 0xD0401           # L0, R/W0 = 01b, LEN0 = 11b (4 bytes)
+    mov dr7, rax
+    mov dword ptr [rip + target], 0x5A
+l2_after:
+    vmmcall
+
+.data
+.align 16
+target:         .space 8
+
+.bss
+.align 8
+l1_dr7:         .space 8
+'''
+
+
+def test_data_breakpoint_in_l2_meets_l1s_db_intercept(tmp_path: Path) -> None:
+    b = boot(source(tmp_path, NESTED))
+    checks = parse_tap(b.serial)
+    assert b.result.reason == "exit" and b.result.status == 1, b.serial
+    assert len(checks) == 6 and all(c.ok for c in checks.values()), b.serial
+    assert not b.machine.data_breakpoints.active      # #VMEXIT loaded L1's DR7: no hook
