@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from unicorn.x86_const import UC_X86_REG_DR7
+
+from emu.core import snapshot
 from tests.conftest import parse_tap
 from tests.harness import boot, source
 
@@ -181,3 +184,31 @@ def test_data_breakpoint_in_l2_meets_l1s_db_intercept(tmp_path: Path) -> None:
     assert b.result.reason == "exit" and b.result.status == 1, b.serial
     assert len(checks) == 6 and all(c.ok for c in checks.values()), b.serial
     assert not b.machine.data_breakpoints.active      # #VMEXIT loaded L1's DR7: no hook
+
+
+ARMED = r'''
+.include "prelude.inc"
+
+main:
+    lea rax, [rip + target]
+    mov dr0, rax
+    mov eax, 0x30402           # G0, R/W0 = 11b, LEN0 = 00b
+    mov dr7, rax
+    ret
+
+.data
+target:         .space 8
+'''
+
+
+def test_snapshot_restore_brings_the_hook_back_with_dr7(tmp_path: Path) -> None:
+    b = boot(source(tmp_path, ARMED), nested=False)
+    m = b.machine
+    assert b.result.reason == "exit", b.serial
+    assert m.data_breakpoints.active                  # DR7 enables a read/write breakpoint
+    snap = snapshot.take(m)
+    m.uc.reg_write(UC_X86_REG_DR7, 0x400)
+    m.data_breakpoints.sync()
+    assert not m.data_breakpoints.active
+    snapshot.restore(m, snap)
+    assert m.data_breakpoints.active
