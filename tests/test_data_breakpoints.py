@@ -49,7 +49,7 @@ write_{k}_end:
 def _guest() -> tuple[str, int]:
     cases = [(n, rw, length) for n, rw in ((0, 1), (2, 3)) for length in (1, 2, 4, 8)]
     body = "".join(_case(k, n, rw, length) for k, (n, rw, length) in enumerate(cases))
-    checks = 5 * len(cases) + 6
+    checks = 5 * len(cases) + 9
     return GUEST.replace("CASES", body), checks
 
 
@@ -94,6 +94,20 @@ after_shadow:
     check_eq [db_count], 1, "MOV SS + read breakpoint: one #DB"
     lea rax, [rip + after_shadow]
     check_eq [db_rip], rax, "held past the instruction after MOV SS"
+    # Single-stepping the write: one #DB reports both, DR6.BS and DR6.B3.
+    lea rax, [rip + target]
+    mov dr3, rax
+    mov qword ptr [rip + db_count], 0
+    pushfq
+    or qword ptr [rsp], 0x100
+    popfq
+    mov byte ptr [rip + target], 3
+    pushfq
+    and qword ptr [rsp], ~0x100
+    popfq
+    check_eq [db_count], 4, "TF + write breakpoint: one #DB per instruction (MOV to POPF)"
+    check_mask [db_dr6], 0x400F, 0x4000, "the last #DB: single step only"
+    check_mask [db_dr6_tf], 0x400F, 0x4008, "the write's #DB: DR6.BS and DR6.B3"
     mov eax, 0x400
     mov dr7, rax
     ret
@@ -105,6 +119,10 @@ db_handler:
     mov [rip + db_rip], rax
     mov rax, dr6
     mov [rip + db_dr6], rax
+    cmp qword ptr [rip + db_count], 1
+    jne 1f
+    mov [rip + db_dr6_tf], rax
+1:
     xor eax, eax
     mov dr6, rax
     pop rax
@@ -120,6 +138,7 @@ ss_slot:        .space 8
 db_count:       .space 8
 db_rip:         .space 8
 db_dr6:         .space 8
+db_dr6_tf:      .space 8
 '''
 
 

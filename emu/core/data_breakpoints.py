@@ -15,16 +15,18 @@ A hit stops the engine; engine patch 0004 stops it at the accessing instruction 
 accesses up to the hit already made. L0 puts back the bytes a hitting write replaced, runs the
 instruction once more with the hook ignoring it, and delivers the #DB after it. After MOV SS or POP SS the #DB waits one more instruction, as the interrupt shadow holds
 every debug trap back (APM vol. 2, 13.1.3.3); when that next instruction is INT1 (ICEBP), its
-own #DB carries the DR6 bits and is the only one delivered."""
+own #DB carries the DR6 bits and is the only one delivered. With RFLAGS.TF set the single-step
+#DB of the instruction carries them the same way (one #DB, DR6.BS and DR6.Bn set)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE, Uc
 from unicorn.x86_const import (UC_X86_REG_DR0, UC_X86_REG_DR1, UC_X86_REG_DR2, UC_X86_REG_DR3,
-                               UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RIP)
+                               UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RFLAGS,
+                               UC_X86_REG_RIP)
 
-from emu.arch.bits import (DR6_RESET, DR7_FIELDS_PER_BP, DR7_LEN0_SHIFT, DR7_RW0_SHIFT,
+from emu.arch.bits import (DR6_RESET, RFLAGS_TF, DR7_FIELDS_PER_BP, DR7_LEN0_SHIFT, DR7_RW0_SHIFT,
                            DR7_RW_READ_WRITE, DR7_RW_WRITE)
 from emu.arch.decode import MAX_INSN_LENGTH, OPCODE_INT1, loads_ss, split_prefixes
 from emu.core.interrupts import DB, Event, Fault, Kind
@@ -111,6 +113,7 @@ class DataBreakpoints:
         for address, old in reversed(undo):
             m.mem.write_linear(address, old, 0)
         mode = m.ctx.save().mode_bits()
+        stepping = bool(uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_TF)
         self._stepping = True
         try:
             m.step(rip)
@@ -126,6 +129,8 @@ class DataBreakpoints:
         uc.reg_write(UC_X86_REG_DR6, uc.reg_read(UC_X86_REG_DR6) | DR6_RESET | hits)
         if held and self._is_int1(after, mode):
             return                              # INT1's #DB, already raised, reports the hits
+        if stepping and not held:
+            return                              # the single-step #DB reports them (one #DB)
         if held:
             m.run_deferred()                    # the event the next instruction raised comes first
         m.deliver_now(Event(DB, Kind.EXCEPTION), uc.reg_read(UC_X86_REG_RIP))
