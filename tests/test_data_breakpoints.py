@@ -231,3 +231,49 @@ def test_snapshot_restore_brings_the_hook_back_with_dr7(tmp_path: Path) -> None:
     assert not m.data_breakpoints.active
     snapshot.restore(m, snap)
     assert m.data_breakpoints.active
+
+
+ALIASED = r'''
+.include "prelude.inc"
+
+main:
+    set_idt_handler 1, db_handler
+    # PML4[1] maps linear 512 GiB up onto the same physical memory as PML4[0].
+    mov rax, [rip + pml4]
+    mov [rip + pml4 + 8], rax
+    mov rax, cr3
+    mov cr3, rax
+    lea rbx, [rip + target]
+    mov rax, 0x8000000000
+    add rbx, rax
+    mov dr0, rbx
+    mov eax, 0xD0401           # L0, R/W0 = 01b, LEN0 = 11b (4 bytes)
+    mov dr7, rax
+    mov dword ptr [rbx], 5
+    check_eq [db_count], 1, "a write at the breakpoint's linear address (not its physical one)"
+    mov byte ptr [rip + spare], 1    # same page offset, another page: nothing
+    check_eq [db_count], 1, "the same page offset elsewhere raises nothing"
+    mov eax, 0x400
+    mov dr7, rax
+    ret
+
+db_handler:
+    inc qword ptr [rip + db_count]
+    iretq
+
+.data
+.align 4096
+target:         .space 4096
+spare:          .space 8
+
+.bss
+.align 8
+db_count:       .space 8
+'''
+
+
+def test_breakpoint_addresses_are_linear(tmp_path: Path) -> None:
+    b = boot(source(tmp_path, ALIASED), nested=False)
+    checks = parse_tap(b.serial)
+    assert b.result.reason == "exit" and b.result.status == 1, b.serial
+    assert len(checks) == 2 and all(c.ok for c in checks.values()), b.serial

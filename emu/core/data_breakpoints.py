@@ -7,7 +7,8 @@ Unicorn 2.1.4 builds QEMU's target without watchpoints, so such a breakpoint doe
 L0 watches guest data accesses with a Unicorn memory hook instead. A memory hook slows every
 access, so it exists only while DR7 enables a data breakpoint: L0 looks again after every MOV to
 DR7 it intercepts, every DR7 load of its own (world switches) and a snapshot restore. DR0-DR3
-are not intercepted, so the hook compares against their values at the time of the access.
+are not intercepted, so the hook compares against their values at the time of the access;
+Unicorn reports physical addresses, so a breakpoint's linear address is translated then.
 Unicorn decides at translation time whether an access may take the inline fast path (which
 runs no hook), so translated code is dropped whenever the hook comes or goes.
 
@@ -26,10 +27,12 @@ from unicorn.x86_const import (UC_X86_REG_DR0, UC_X86_REG_DR1, UC_X86_REG_DR2, U
                                UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RFLAGS,
                                UC_X86_REG_RIP)
 
-from emu.arch.bits import (DR6_RESET, RFLAGS_TF, DR7_FIELDS_PER_BP, DR7_LEN0_SHIFT, DR7_RW0_SHIFT,
-                           DR7_RW_READ_WRITE, DR7_RW_WRITE)
+from emu.arch.bits import (DR6_RESET, DR7_FIELDS_PER_BP, DR7_LEN0_SHIFT, DR7_RW0_SHIFT,
+                           DR7_RW_READ_WRITE, DR7_RW_WRITE, PAGE_SIZE, RFLAGS_TF)
 from emu.arch.decode import MAX_INSN_LENGTH, OPCODE_INT1, loads_ss, split_prefixes
+from emu.arch.paging import NestedFault
 from emu.core.interrupts import DB, Event, Fault, Kind
+from emu.errors import Unsupported
 
 if TYPE_CHECKING:
     from emu.core.board import Board
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 _DRS = (UC_X86_REG_DR0, UC_X86_REG_DR1, UC_X86_REG_DR2, UC_X86_REG_DR3)
 _LENGTHS = (1, 2, 8, 4)      # LENn encodings 00b, 01b, 10b, 11b (APM vol. 2, 13.1.1.5)
 _FIELD_MASK = 0b11
+_PAGE_OFFSET = PAGE_SIZE - 1
 
 
 def data_breakpoints(dr7: int) -> list[tuple[int, bool, int]]:
@@ -83,13 +87,20 @@ class DataBreakpoints:
 
     def _on_access(self, uc: Uc, access: int, address: int, size: int, _value: int,
                    _data: object) -> None:
+        # Unicorn gives the access's physical address: a breakpoint whose page offset it
+        # overlaps is compared in full after translating DRn (its aligned range never crosses
+        # a page), as the CPU compares linear addresses.
         hits = 0
-        end = address + size
+        offset = address & _PAGE_OFFSET
         for n, reads, length in self._watch:
             if not reads and access != UC_MEM_WRITE:
                 continue
             start = uc.reg_read(_DRS[n]) & ~(length - 1)     # LENn aligns the range down
-            if address < start + length and start < end:
+            low = start & _PAGE_OFFSET
+            if not (offset < low + length and low < offset + size):
+                continue
+            pa = self._physical(start)
+            if pa is not None and address < pa + length and pa < address + size:
                 hits |= 1 << n
         if not hits:
             return
@@ -98,8 +109,8 @@ class DataBreakpoints:
             return
         if access == UC_MEM_WRITE:              # the hook runs before the store
             try:
-                self._undo.append((address, self.m.mem.read_linear(address, size, 0)))
-            except Fault:
+                self._undo.append((address, self.m.mem.read_phys(address, size)))
+            except Unsupported:
                 pass
         first = not self._hits
         self._hits |= hits
@@ -111,7 +122,7 @@ class DataBreakpoints:
         uc = m.uc
         undo, self._undo = self._undo, []
         for address, old in reversed(undo):
-            m.mem.write_linear(address, old, 0)
+            m.mem.write_phys(address, old)
         mode = m.ctx.save().mode_bits()
         stepping = bool(uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_TF)
         self._stepping = True
@@ -134,6 +145,14 @@ class DataBreakpoints:
         if held:
             m.run_deferred()                    # the event the next instruction raised comes first
         m.deliver_now(Event(DB, Kind.EXCEPTION), uc.reg_read(UC_X86_REG_RIP))
+
+    def _physical(self, linear: int) -> int | None:
+        """Where `linear` is in physical memory now (nested paging included), or None."""
+        self.m.ctx.save()
+        try:
+            return self.m.mem.debug_translate(linear)
+        except (Fault, NestedFault):
+            return None
 
     def _code(self, rip: int) -> bytes:
         try:
