@@ -66,7 +66,7 @@ class DataBreakpoints:
         self._hook: int | None = None
         self._watch: list[tuple[int, bool, int]] = []
         self._hits = 0
-        self._undo: list[tuple[int, bytes]] = []    # (linear address, bytes before the write)
+        self._undo: list[tuple[int, bytes]] = []    # (physical address, bytes before the write)
         self._stepping = False
 
     @property
