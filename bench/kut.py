@@ -41,6 +41,7 @@ SVM_ENTRY = "svm"
 WORKLOADS = (
     ("boot", "dummy", "boot of a kvm-unit-tests kernel that does nothing (x86/dummy.flat)"),
     ("sieve", "sieve", "memory: the sieve of Eratosthenes, with and without paging"),
+    ("access", "access", "every page-table permission combination, most ending in a #PF"),
     ("vmexit_cpuid", "vmexit_cpuid", "CPUID in a loop, timed with RDTSC"),
     ("vmexit_mov_from_cr8", "vmexit_mov_from_cr8", "MOV from CR8 in a loop"),
     ("vmexit_mov_to_cr8", "vmexit_mov_to_cr8", "MOV to CR8 in a loop"),

@@ -77,6 +77,13 @@ DR7_L0 = 1 << 0
 DR7_GD = 1 << 13          # general detect: the next MOV DRn raises #DB
 DR7_RW0_SHIFT = 16
 DR7_RW_IO = 2
+DR7_RW_WRITE = 1          # R/Wn = 01b: break on data writes
+DR7_RW_READ_WRITE = 3     # R/Wn = 11b: break on data reads or writes
+DR7_LEN0_SHIFT = 18       # LENn in bits 19:18 + 4n: 00b 1 byte, 01b 2, 11b 4, 10b 8
+DR7_FIELDS_PER_BP = 4     # R/Wn and LENn take four bits per breakpoint
+
+# The smallest page (APM vol. 2, 5.3): 4 Kbytes
+PAGE_SIZE = 1 << 12
 
 # Page-translation-table entry fields (APM vol. 2, 5.4.1 and the entry figures of 5.3)
 PTE_P = 1 << 0

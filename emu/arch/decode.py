@@ -12,6 +12,21 @@ LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF
 MAX_INSN_LENGTH = 15
 # INT1 (the APM's name; also ICEBP): one byte, the only encoding of the instruction.
 OPCODE_INT1 = 0xF1
+# The instructions that load SS and so hold debug traps back for one instruction (APM vol. 2,
+# 13.1.3.3): MOV Sreg, r/m (8E /r, SS is Sreg 2) and POP SS (17, not in 64-bit mode).
+OPCODE_MOV_SREG = 0x8E
+OPCODE_POP_SS = 0x17
+SREG_SS = 2
+
+
+def loads_ss(code: bytes, mode_bits: int) -> bool:
+    """Does `code` begin with MOV SS or POP SS?"""
+    op = split_prefixes(code, mode_bits).opcode
+    if not op:
+        return False
+    if op[0] == OPCODE_POP_SS:
+        return mode_bits != 64
+    return op[0] == OPCODE_MOV_SREG and len(op) > 1 and (op[1] >> 3) & 7 == SREG_SS
 
 
 class Prefixed(NamedTuple):

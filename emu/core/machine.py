@@ -53,6 +53,7 @@ from emu.engine.layout_check import self_check
 from emu.engine.io_trap import IoTrap
 from emu.engine.breakpoints import Breakpoints
 from emu.core.stack_fault import is_stack_fault
+from emu.core.data_breakpoints import DataBreakpoints
 from emu.core.interrupts import (BP, DB, HAS_ERROR_CODE, OF, PF, UD, GP, SS_FAULT, Deliverer, Event, Fault, Kind,
                          Shutdown)
 from emu.core.firmware import MAX_XAPIC_CPUS
@@ -265,6 +266,8 @@ class Machine:
         self.table_loads = TableLoads(self)   # LGDT/LIDT/LLDT/LTR: non-canonical bases #GP
         self.rdpmc = Rdpmc(self)              # RDPMC: Unicorn's raises #UD
         self.general_detect = GeneralDetect(self)   # DR7.GD: MOV DRn raises #DB
+        self.data_breakpoints = DataBreakpoints(self)   # DR7 R/W 01b/11b: #DB after the access
+        self.breakpoints.on_load = self.data_breakpoints.sync
         self._result: RunResult | None = None
         self._pending: Callable[[], None] | None = None
         self._pause: str | None = None     # a debugger stop requested (see `pause`)
@@ -362,6 +365,28 @@ class Machine:
         """Deliver `event` once emulation has stopped. An injected event (EVENTINJ) is never
         itself intercepted; exceptions raised while delivering it can be."""
         self._defer(lambda: self._deliver(event, return_rip, injected))
+
+    def stop_at_access(self, action: Callable[[int], None]) -> None:
+        """From a memory hook: stop the engine (engine patch 0004 stops at the accessing
+        instruction, its accesses up to this one done) and call `action` with that
+        instruction's RIP, after anything already deferred."""
+        earlier = self._pending
+
+        def run() -> None:
+            if earlier is not None:
+                earlier()
+            action(self.uc.reg_read(UC_X86_REG_RIP))
+        self._defer(run)
+
+    def step(self, rip: int) -> None:
+        """Run the one instruction at `rip` in Unicorn, outside the run loop. Unicorn counts
+        instructions with a code hook that only code translated while it exists calls, so the
+        block cached at `rip` is dropped first: run as it was, it would not stop after one."""
+        self.uc.ctl_remove_cache(rip, rip + 1)
+        try:
+            self.uc.emu_start(rip, _UNTIL, count=1)
+        finally:
+            self.replay_sync()
 
     def single_step_trap(self, return_rip: int) -> None:
         """The single-step #DB of an instruction that completed outside Unicorn's translator (a
@@ -1220,6 +1245,7 @@ class Machine:
             ctx.restore()
             self.io_trap.set_flag()
         self.general_detect.after_dr7_write()
+        self.data_breakpoints.sync()
 
     def _trace_io(self, direction: str, port: int, size: int, value: int,
                   dev: PortDevice | None) -> None:

@@ -287,6 +287,7 @@ def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
     values.clear()
     values.update(snap.msrs)
     machine.lbr.restored()          # DebugCtl.LBR's recording hook follows the restored MSRs
+    machine.data_breakpoints.sync()  # the data-breakpoint hook follows the restored DR7
     machine.tsc = snap.tsc
     machine.perf.restored()         # enabled counters count on from the restored TSC
     machine.timebase.rebase()

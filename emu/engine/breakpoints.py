@@ -8,11 +8,13 @@ breakpoint L1 had enabled would keep firing with DR7 saying it is off. `Breakpoi
 the engine's own rebuild for such a load, from the value the list was made for to the new one.
 
 The rebuild also recomputes the hidden flag HF_IOBPT from DR7; L0 keeps that flag set in every
-world (emu/engine/io_trap.py), so it is put back as it was.
+world (emu/engine/io_trap.py), so it is put back as it was. Data breakpoints, which Unicorn
+lacks, follow such a load through `on_load` (emu/core/data_breakpoints.py).
 """
 from __future__ import annotations
 
 import ctypes
+from typing import Callable, Optional
 
 from unicorn import Uc
 
@@ -35,6 +37,7 @@ class Breakpoints:
         self._dr7: ctypes.c_uint64 | None = None     # env->dr[7], once the CPU exists
         self._hflags: ctypes.c_uint32 | None = None
         self._env = 0
+        self.on_load: Optional[Callable[[], None]] = None
 
     def _bind(self) -> bool:
         if self._dr7 is None:
@@ -52,16 +55,21 @@ class Breakpoints:
         return self._dr7.value if self._dr7 is not None or self._bind() else 0  # type: ignore[union-attr]
 
     def loaded(self, old: int) -> None:
-        """DR7 was just written through the register API, replacing `old`: rebuild the list."""
-        if _update_dr7 is None or not self._bind():
+        """DR7 was just written through the register API, replacing `old`: rebuild the list
+        and tell `on_load` (only when an enable bit is set before or after: else nothing that
+        depends on DR7 can have changed)."""
+        if not self._bind():
             return
         dr7, hflags = self._dr7, self._hflags
         assert dr7 is not None and hflags is not None
         new = dr7.value
         if old == new or not (old | new) & DR7_ENABLES:
             return
-        iobpt = hflags.value & HF_IOBPT
-        dr7.value = old
-        _update_dr7(self._env, new & 0xFFFFFFFF)
-        dr7.value = new                     # the value as written (the rebuild sets bit 10)
-        hflags.value = (hflags.value & ~HF_IOBPT) | iobpt
+        if _update_dr7 is not None:
+            iobpt = hflags.value & HF_IOBPT
+            dr7.value = old
+            _update_dr7(self._env, new & 0xFFFFFFFF)
+            dr7.value = new                     # the value as written (the rebuild sets bit 10)
+            hflags.value = (hflags.value & ~HF_IOBPT) | iobpt
+        if self.on_load is not None:
+            self.on_load()
