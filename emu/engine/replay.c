@@ -698,35 +698,20 @@ const char *replay_abi(void)
     ABI("sizeof(deliver)", sizeof(struct deliver)); ABI("DL_MAX_MSRS", DL_MAX_MSRS);
     ABI("DL_LEVELS", DL_LEVELS); ABI("DL_EXCEPTION", DL_EXCEPTION);
     ABI("DL_SOFTWARE", DL_SOFTWARE); ABI("DL_EXTERNAL", DL_EXTERNAL);
-    ABI_FIELD(deliver, enabled); ABI_FIELD(deliver, ram); ABI_FIELD(deliver, ram_size);
-    ABI_FIELD(deliver, off_regs); ABI_FIELD(deliver, off_eip); ABI_FIELD(deliver, off_hflags);
-    ABI_FIELD(deliver, off_segs); ABI_FIELD(deliver, seg_size); ABI_FIELD(deliver, seg_selector);
-    ABI_FIELD(deliver, seg_base); ABI_FIELD(deliver, seg_limit); ABI_FIELD(deliver, seg_flags);
-    ABI_FIELD(deliver, off_cr); ABI_FIELD(deliver, off_efer); ABI_FIELD(deliver, off_error_code);
-    ABI_FIELD(deliver, off_hflags2); ABI_FIELD(deliver, hf2_npt);
-    ABI_FIELD(deliver, off_nested_cr3); ABI_FIELD(deliver, off_nested_pg_mode);
-    ABI_FIELD(deliver, npt_long); ABI_FIELD(deliver, npt_nxe); ABI_FIELD(deliver, seg_cs);
-    ABI_FIELD(deliver, seg_ss); ABI_FIELD(deliver, seg_ldtr); ABI_FIELD(deliver, seg_tr);
-    ABI_FIELD(deliver, seg_gdtr); ABI_FIELD(deliver, seg_idtr); ABI_FIELD(deliver, hf_cpl_mask);
-    ABI_FIELD(deliver, hf_lma); ABI_FIELD(deliver, hf_cs32); ABI_FIELD(deliver, hf_ss32);
-    ABI_FIELD(deliver, hf_cs64); ABI_FIELD(deliver, hf_addseg); ABI_FIELD(deliver, desc_s);
-    ABI_FIELD(deliver, desc_p); ABI_FIELD(deliver, desc_l); ABI_FIELD(deliver, desc_b);
-    ABI_FIELD(deliver, desc_dpl_shift); ABI_FIELD(deliver, desc_type_shift);
-    ABI_FIELD(deliver, desc_flag_mask); ABI_FIELD(deliver, desc_g); ABI_FIELD(deliver, cr0_pg);
-    ABI_FIELD(deliver, cr0_wp); ABI_FIELD(deliver, cr4_smap); ABI_FIELD(deliver, cr4_la57);
-    ABI_FIELD(deliver, efer_nxe); ABI_FIELD(deliver, rflags_if); ABI_FIELD(deliver, rflags_tf);
-    ABI_FIELD(deliver, rflags_nt); ABI_FIELD(deliver, rflags_rf); ABI_FIELD(deliver, rflags_vm);
-    ABI_FIELD(deliver, gate_int); ABI_FIELD(deliver, gate_trap); ABI_FIELD(deliver, pte_p);
-    ABI_FIELD(deliver, pte_rw); ABI_FIELD(deliver, pte_us); ABI_FIELD(deliver, pte_ps);
-    ABI_FIELD(deliver, pte_a); ABI_FIELD(deliver, pte_d); ABI_FIELD(deliver, addr_mask);
-    ABI_FIELD(deliver, large_levels); ABI_FIELD(deliver, rsvd); ABI_FIELD(deliver, rsvd_large);
-    ABI_FIELD(deliver, vectors); ABI_FIELD(deliver, error_code_vectors);
-    ABI_FIELD(deliver, fault_vectors); ABI_FIELD(deliver, exit_excp0); ABI_FIELD(deliver, exit_swint); ABI_FIELD(deliver, gp);
-    ABI_FIELD(deliver, rflags_regid); ABI_FIELD(deliver, reg_read); ABI_FIELD(deliver, reg_write);
-    ABI_FIELD(deliver, mem_write); ABI_FIELD(deliver, code_written); ABI_FIELD(deliver, pf);
-    ABI_FIELD(deliver, pf_cr2); ABI_FIELD(deliver, off_cr2); ABI_FIELD(deliver, n_msrs);
-    ABI_FIELD(deliver, msrs); ABI_FIELD(deliver, window); ABI_FIELD(deliver, delivered);
-    ABI_FIELD(deliver, msr_gp); ABI_FIELD(deliver, swint);
+#define DELIVER_FIELDS(X) X(enabled) X(ram) X(ram_size) X(off_regs) X(off_eip) X(off_hflags) \
+    X(off_segs) X(seg_size) X(seg_selector) X(seg_base) X(seg_limit) X(seg_flags) X(off_cr) \
+    X(off_efer) X(off_error_code) X(off_hflags2) X(hf2_npt) X(off_nested_cr3) \
+    X(off_nested_pg_mode) X(npt_long) X(npt_nxe) X(seg_cs) X(seg_ss) X(seg_ldtr) X(seg_tr) \
+    X(seg_gdtr) X(seg_idtr) X(hf_cpl_mask) X(hf_lma) X(hf_cs32) X(hf_ss32) X(hf_cs64) \
+    X(hf_addseg) X(desc_s) X(desc_p) X(desc_l) X(desc_b) X(desc_dpl_shift) X(desc_type_shift) \
+    X(desc_flag_mask) X(desc_g) X(cr0_pg) X(cr0_wp) X(cr4_smap) X(cr4_la57) X(efer_nxe) \
+    X(rflags_if) X(rflags_tf) X(rflags_nt) X(rflags_rf) X(rflags_vm) X(gate_int) X(gate_trap) \
+    X(pte_p) X(pte_rw) X(pte_us) X(pte_ps) X(pte_a) X(pte_d) X(addr_mask) X(large_levels) \
+    X(rsvd) X(rsvd_large) X(vectors) X(error_code_vectors) X(fault_vectors) X(exit_excp0) \
+    X(exit_swint) X(gp) X(rflags_regid) X(reg_read) X(reg_write) X(mem_write) X(code_written) \
+    X(pf) X(pf_cr2) X(off_cr2) X(n_msrs) X(msrs) X(window) X(delivered) X(msr_gp) X(swint)
+#define DELIVER_ABI(field) ABI_FIELD(deliver, field);
+    DELIVER_FIELDS(DELIVER_ABI)
     ABI_FIELD(engine, apic);
     ABI("sizeof(apic_fast)", sizeof(struct apic_fast));
     ABI("APIC_TIMERS_UNKNOWN", APIC_TIMERS_UNKNOWN); ABI("APIC_DIRTY_ISR", APIC_DIRTY_ISR);
