@@ -66,7 +66,8 @@ def test_aout_basic():
     boot = parse_image(img, "k", RAM)
     assert isinstance(boot, BootImage)
     assert boot.entry == 0x100020
-    assert boot.segments == [(0x100000, img + bytes(0x100))]
+    assert boot.segments == [(0x100000, img)]
+    assert boot.bss == [(0x100000 + len(img), 0x100)]
 
 
 def test_aout_header_not_at_file_start():
@@ -92,9 +93,9 @@ def test_aout_load_end_zero_means_whole_file_and_bss_zero_means_none():
 
 def test_aout_load_end_shorter_than_file():
     img = aout(b"\xf4", load_end=0x100000 + 33, bss_end=0x100000 + 0x1000) + b"ignored"
-    (addr, data), = parse_image(img, "k", RAM).segments
-    assert addr == 0x100000 and len(data) == 0x1000 and data[:33] == img[:33]
-    assert not any(data[33:])
+    boot = parse_image(img, "k", RAM)
+    assert boot.segments == [(0x100000, img[:33])]
+    assert boot.bss == [(0x100000 + 33, 0x1000 - 33)]
 
 
 def test_video_flag_is_ignored_like_qemu():
@@ -121,7 +122,8 @@ def test_elf_segments_at_paddr_with_bss(cls64):
             (1, 0x300000, 0x300000, b"", 0, 6)]               # memsz 0: skipped, as QEMU
     boot = parse_image(elf(cls64, segments=segs, entry=0x10000C), "k", RAM)
     assert boot.entry == 0x10000C
-    assert boot.segments == [(0x100000, code + bytes(0x30)), (0x200000, b"data" + bytes(0x1000 - 4))]
+    assert boot.segments == [(0x100000, code), (0x200000, b"data")]
+    assert boot.bss == [(0x100000 + len(code), 0x30), (0x200004, 0x1000 - 4)]
 
 
 def test_elf_virtual_entry_moves_to_physical_like_qemu():

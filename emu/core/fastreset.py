@@ -68,6 +68,7 @@ class ResetPoint:
         if not hasattr(os, "memfd_create"):
             raise Unsupported("unsupported: fast reset needs Linux (memfd_create)")
         self.machine = machine
+        machine.fresh_ram.forget()       # a reset rewrites RAM behind the loader's back
         self.snap = snapshot.take(machine)
         size = len(machine.ram)          # the whole host mapping (RAM and the PCI hole)
         self._fd = os.memfd_create("svmemu-ram")

@@ -61,6 +61,7 @@ from emu.core.firmware.layout import ram_layout
 from emu.core.devices.ioapic import IOAPIC_BASE, IOAPIC_MMIO_SIZE
 from emu.core.smp import DEFAULT_QUANTUM, Position, RoundRobin
 from emu.core.memory import GuestMemory
+from emu.core.fresh_ram import FreshRam
 from emu.engine import replay
 from emu.core.fast_deliver import FastDeliver
 from emu.core.apic_fast import ApicFast
@@ -178,8 +179,11 @@ class Machine:
             # too). Every CPU's engine maps this same buffer.
             self.ram = mmap.mmap(-1, self.layout.end, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
             self.ram_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
+            # What the loader wrote since; whoever else writes `ram` calls fresh_ram.forget().
+            self.fresh_ram = FreshRam()
         else:
             self.ram, self.ram_addr = _boot.ram, _boot.ram_addr
+            self.fresh_ram = _boot.fresh_ram
         for base, length in self.layout.ranges:
             uc.mem_map_ptr(base, length, UC_PROT_ALL, self.ram_addr + base)
         self.hostvm = HostVm(uc)
@@ -535,7 +539,9 @@ class Machine:
                        modules: "ModuleLayout | None" = None) -> None:
         from emu.core import firmware
         from emu.loader.multiboot import MBI_ADDR, build_mbi
-        firmware.install(self)       # BDA, MP and ACPI tables, MTRRs: what SeaBIOS leaves
+        fresh = self.fresh_ram
+        for span in firmware.install(self):  # BDA, MP and ACPI tables, MTRRs: what SeaBIOS leaves
+            fresh.wrote(*span)
         for ap in self.cpu_list[1:]:
             firmware.install_mtrrs(ap)   # SeaBIOS programs every CPU's MTRRs alike
         if modules is None:                  # none: mods_addr still says where they would go
@@ -545,17 +551,26 @@ class Machine:
         # segment over the block's area wins.
         mbi = build_mbi(self.ram_size, cmdline, MBI_ADDR, mods_count=modules.count,
                         mods_addr=modules.mods_addr)
-        self.ram[MBI_ADDR:MBI_ADDR + len(mbi)] = mbi
+        self._write_ram(MBI_ADDR, mbi)
+        for addr, length in image.bss:
+            if not self.layout.is_ram(addr, length):
+                raise ImageError(f"bss at {addr:#x}+{length:#x} is outside the "
+                                 f"{self.ram_size >> 20} MiB of RAM")
+            fresh.zero(self.ram, addr, length)
         for addr, data in image.segments:
             if not self.layout.is_ram(addr, len(data)):
                 raise ImageError(f"segment at {addr:#x}+{len(data):#x} is outside the "
                                  f"{self.ram_size >> 20} MiB of RAM")
-            self.ram[addr:addr + len(data)] = data
+            self._write_ram(addr, data)
         for addr, data in modules.blobs:
-            self.ram[addr:addr + len(data)] = data
+            self._write_ram(addr, data)
         self._start = self.hostvm.enter_multiboot(image.entry, MULTIBOOT_MAGIC, MBI_ADDR)
         self.uc.reg_write(UC_X86_REG_RIP, self._start)   # so a snapshot taken now resumes here
         self.io_trap.set_flag()
+
+    def _write_ram(self, addr: int, data: bytes) -> None:
+        self.ram[addr:addr + len(data)] = data
+        self.fresh_ram.wrote(addr, len(data))
 
     def load_linux(self, boot: "LinuxBoot") -> None:
         """A bzImage at its 32-bit entry, in the state the kernel's real-mode setup code leaves
@@ -564,14 +579,15 @@ class Machine:
         CMOS index port, as the setup code's last port writes leave them."""
         from emu.core import firmware
         from emu.loader.linux import (CMOS_INDEX_NMI_OFF, PIC_MASTER_MASK, PIC_SLAVE_MASK)
-        firmware.install(self)
+        for span in firmware.install(self):
+            self.fresh_ram.wrote(*span)
         for ap in self.cpu_list[1:]:
             firmware.install_mtrrs(ap)
         for addr, data in boot.segments:
             if not self.layout.is_ram(addr, len(data)):
                 raise ImageError(f"{addr:#x}+{len(data):#x} is outside the "
                                  f"{self.ram_size >> 20} MiB of RAM")
-            self.ram[addr:addr + len(data)] = data
+            self._write_ram(addr, data)
         pc = self.pc
         pc.pic.write(0xA1, 1, PIC_SLAVE_MASK)
         pc.pic.write(0x21, 1, PIC_MASTER_MASK)
@@ -594,6 +610,7 @@ class Machine:
             raise OptionError("--max-insns must be positive")
         if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
             raise OptionError(f"--timeout must be positive and at most {MAX_TIMEOUT:.0f} seconds")
+        self.fresh_ram.forget()
         uc = self.uc
         extra = []
         extra_ap: list[tuple[Machine, int]] = []

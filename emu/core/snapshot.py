@@ -273,6 +273,7 @@ def restore(machine: "Machine", snap: Snapshot, *, restore_ram: bool = True,
     The fast reset (emu/core/fastreset.py) restores RAM itself (`restore_ram=False`) and flushes
     translated code only when the run rewrote a code page (`flush_code=False` otherwise)."""
     _check_compatible(machine, snap)
+    machine.fresh_ram.forget()
     if restore_ram:
         _restore_ram(machine, snap.ram)
     machine.hostvm.buf[:] = snap.l0

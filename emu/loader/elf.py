@@ -41,9 +41,11 @@ def _program_headers(data: bytes, elfclass: int, phoff: int, phnum: int, phentsi
     return headers
 
 
-def load_elf(data: bytes, name: str, limit: int = 1 << 32) -> tuple[int, list[tuple[int, bytes]]]:
-    """Entry point and (physical address, bytes with zero-filled bss) per loadable segment.
-    A segment must end below `limit` (the RAM below 4 GiB), checked before its bss is allocated.
+def load_elf(data: bytes, name: str, limit: int = 1 << 32
+             ) -> tuple[int, list[tuple[int, bytes, int]]]:
+    """Entry point and (physical address, file bytes, memory size) per loadable segment; the
+    bytes beyond the file part (bss) are zero. The bss is described, not allocated: a
+    kvm-unit-tests kernel's is 12 MiB, and RAM a machine has just mapped is zero already.
     Parsed with struct: an ELF library's import alone would be a noticeable part of a short
     run's start."""
     if len(data) < 52 or data[:4] != b"\x7fELF":
@@ -67,7 +69,7 @@ def load_elf(data: bytes, name: str, limit: int = 1 << 32) -> tuple[int, list[tu
     machine = _MACHINES.get(e_machine, e_machine)
     if machine not in ("EM_386", "EM_X86_64"):
         raise ImageError(f"{name}: bad ELF machine {machine} (a multiboot kernel is i386)")
-    segments: list[tuple[int, bytes]] = []
+    segments: list[tuple[int, bytes, int]] = []
     for ph in headers:
         if ph["p_type"] != PT_LOAD:
             continue
@@ -87,7 +89,7 @@ def load_elf(data: bytes, name: str, limit: int = 1 << 32) -> tuple[int, list[tu
         if (vaddr != paddr and vaddr <= entry < vaddr + filesz
                 and int(ph["p_flags"]) & PF_X):
             entry = entry - vaddr + paddr
-        segments.append((paddr, data[offset:offset + filesz] + bytes(memsz - filesz)))
+        segments.append((paddr, data[offset:offset + filesz], memsz))
     if not segments:
         raise ImageError(f"{name}: ELF file has no loadable segment")
     if elfclass == 1:

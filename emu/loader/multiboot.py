@@ -66,17 +66,19 @@ _FORBIDDEN = [(0, 0x1000, "the first 4 KiB"),
 
 @dataclass
 class BootImage:
-    """What to copy into RAM and where the 32-bit entry starts."""
+    """What to copy into RAM, what to zero, and where the 32-bit entry starts."""
 
     entry: int                                   # 32-bit physical entry point
-    segments: list[tuple[int, bytes]] = field(default_factory=list)  # (phys addr, bytes + bss)
+    segments: list[tuple[int, bytes]] = field(default_factory=list)  # (phys addr, bytes)
     load_start: int | None = None                # the span QEMU counts as the kernel (modules
     load_end: int | None = None                  # follow it), segments dropped included
+    bss: list[tuple[int, int]] = field(default_factory=list)  # (phys addr, length): zeroed
 
     def span(self) -> tuple[int, int]:
         if self.load_start is not None and self.load_end is not None:
             return self.load_start, self.load_end
-        return (min(a for a, _ in self.segments), max(a + len(b) for a, b in self.segments))
+        spans = [(a, a + len(b)) for a, b in self.segments] + [(a, a + n) for a, n in self.bss]
+        return min(s for s, _ in spans), max(e for _, e in spans)
 
 
 def qemu_cmdline(image_path: str, append: str = "") -> str:
@@ -138,7 +140,8 @@ def _find_header(data: bytes, name: str) -> tuple[int, int]:
                      f"the first 8 KiB")
 
 
-def _aout(data: bytes, hdr: int, name: str, limit: int) -> tuple[int, list[tuple[int, bytes]]]:
+def _aout(data: bytes, hdr: int, name: str, limit: int
+          ) -> tuple[int, list[tuple[int, bytes, int]]]:
     if hdr + 32 > len(data):
         raise ImageError(f"{name}: the multiboot header is truncated (a.out kludge fields missing)")
     header_addr, load_addr, load_end, bss_end, entry = struct.unpack_from("<5I", data, hdr + 12)
@@ -168,16 +171,16 @@ def _aout(data: bytes, hdr: int, name: str, limit: int) -> tuple[int, list[tuple
         if bss_end > limit:              # checked before the bss is allocated
             raise ImageError(f"{name}: multiboot bss_end_addr {bss_end:#x} lies outside RAM "
                              f"(below 4 GiB it ends at {limit:#x})")
-        blob += bytes(bss_end - load_addr - size)
-    return entry, [(load_addr, blob)]
+        return entry, [(load_addr, blob, bss_end - load_addr)]
+    return entry, [(load_addr, blob, size)]
 
 
-def _check_placement(segments: list[tuple[int, bytes]], entry: int, ram_size: int,
+def _check_placement(segments: list[tuple[int, bytes, int]], entry: int, ram_size: int,
                      name: str) -> None:
     low, _ = _ram_split(ram_size)
     top = low - FIRMWARE_RESERVED_TOP
     forbidden = _FORBIDDEN + [(top, low, "the firmware's ACPI tables at the top of low RAM")]
-    spans = sorted((a, a + len(b)) for a, b in segments if b)
+    spans = sorted((a, a + n) for a, _, n in segments if n)
     for start, end in spans:
         if end > low:
             raise ImageError(f"{name}: segment {start:#x}-{end:#x} lies outside the "
@@ -210,10 +213,11 @@ def parse_image(data: bytes, name: str, ram_size: int) -> BootImage:
     else:
         from emu.loader.elf import load_elf
         entry, segments = load_elf(data, name, _ram_split(ram_size)[0])
-    segments = [(a, b) for a, b in segments if b]
+    # (address, file bytes, memory size): the bytes beyond the file's are zero (bss)
+    segments = [(a, b, n) for a, b, n in segments if n]
     if not segments:
         raise ImageError(f"{name}: the image loads nothing")
-    start, end = min(a for a, _ in segments), max(a + len(b) for a, b in segments)
+    start, end = min(a for a, _, _ in segments), max(a + n for a, _, n in segments)
     if not flags & FLAG_AOUT_KLUDGE:
         if ROM_WINDOW_START <= entry < ROM_WINDOW_END:
             raise ImageError(f"{name}: entry point {entry:#x} lies in the VGA/BIOS window "
@@ -222,23 +226,24 @@ def parse_image(data: bytes, name: str, ram_size: int) -> BootImage:
         if not segments:
             raise ImageError(f"{name}: the image loads nothing outside 0xA0000-0xFFFFF")
     _check_placement(segments, entry, ram_size, name)
-    return BootImage(entry, segments, start, end)
+    return BootImage(entry, [(a, b) for a, b, _ in segments if b], start, end,
+                     [(a + len(b), n - len(b)) for a, b, n in segments if n > len(b)])
 
 
-def _drop_rom_window(segments: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+def _drop_rom_window(segments: list[tuple[int, bytes, int]]) -> list[tuple[int, bytes, int]]:
     """ELF segment bytes aimed at [0xA0000, 1 MiB) are not stored.  A default GNU ld puts the ELF
     headers in a PT_LOAD of their own just below the first section (0xFF000 for a kernel
     linked at 1 MiB); QEMU loads the kernel there after the firmware has write-protected its
     shadow of the BIOS area, so those bytes vanish (as they would in the VGA window) and the
     kernel boots.  Here they vanish too, and the firmware's tables in that area survive."""
     out = []
-    for addr, data in segments:
-        end = addr + len(data)
+    for addr, data, size in segments:
+        end = addr + size
         if end <= ROM_WINDOW_START or addr >= ROM_WINDOW_END:
-            out.append((addr, data))
+            out.append((addr, data, size))
             continue
         if addr < ROM_WINDOW_START:
-            out.append((addr, data[:ROM_WINDOW_START - addr]))
+            out.append((addr, data[:ROM_WINDOW_START - addr], ROM_WINDOW_START - addr))
         if end > ROM_WINDOW_END:
-            out.append((ROM_WINDOW_END, data[ROM_WINDOW_END - addr:]))
+            out.append((ROM_WINDOW_END, data[ROM_WINDOW_END - addr:], end - ROM_WINDOW_END))
     return out

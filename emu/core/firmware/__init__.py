@@ -59,17 +59,21 @@ def pci_interrupts(functions: dict[tuple[int, int], Any]) -> tuple[PciInterrupt,
     return tuple(out.values())
 
 
-def install(machine: "Board") -> None:
-    """Write the firmware's tables into the machine's RAM and program its MTRRs."""
+def install(machine: "Board") -> list[tuple[int, int]]:
+    """Write the firmware's tables into the machine's RAM and program its MTRRs; the (address,
+    length) spans written, so that the loader knows where RAM is no longer zero."""
     lay = ram_layout(machine.ram_size)
     cpuid_1 = tuple(machine.cpuid.query(1, 0))
     pc = getattr(machine, "pc", None)
     pci = pci_interrupts(pc.pci.functions) if pc is not None else ()
+    written = []
     for addr, data in firmware_contents(machine.ram_size, machine.cpus, cpuid_1,  # type: ignore[arg-type]
                                         pci):
         assert lay.is_ram(addr, len(data)), f"firmware data at {addr:#x} outside RAM"
         machine.ram[addr:addr + len(data)] = data
+        written.append((addr, len(data)))
     install_mtrrs(machine)
+    return written
 
 
 def install_mtrrs(machine: "Board") -> None:
