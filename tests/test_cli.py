@@ -158,3 +158,26 @@ def test_failed_vmrun_is_explained_on_stderr_by_default(capsys):
     assert len(told) == len(set(l.split("): ", 1)[1] for l in told)) > 5
     status, _, err = run_cli(capsys, "run", "-q", "guests/svm_checks.S")
     assert status == 1 and err == ""
+
+
+@pytest.mark.parametrize("words", [
+    ["run", "k.bin", "-m", "64M", "--append", "-x y", "-smp", "2", "--trace", "io", "-q"],
+    ["resume", "s.snap", "--max-insns", "5"],
+    ["memtype", "s.snap", "0x1000", "--world", "L1"],
+    ["fuzz", "k.bin", "--input-at", "0x2000", "--run-input", "in"],
+    ["build", "g.S", "-o", "g.bin", "--elf"],
+])
+def test_a_command_parses_alike_with_only_its_own_options(words):
+    """The parser a start builds (only the named subcommand's options) reads a command line as
+    the whole parser does."""
+    from emu.cli.main import _command_of, _join_values, build_parser
+    words = _join_values(words)
+    assert _command_of(words) == words[0]
+    assert vars(build_parser(words[0]).parse_args(words)) == vars(build_parser().parse_args(words))
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(c in out for c in ("run", "resume", "memtype", "fuzz", "build"))

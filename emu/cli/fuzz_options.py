@@ -7,9 +7,12 @@ import argparse
 DEFAULT_PERSISTENT = 1000
 
 
-def add_parser(sub, size_type, positive_int, positive_float) -> None:
+def add_parser(sub, size_type, positive_int, positive_float, options: bool = True) -> None:
+    """`options` False: the name and help line only (another subcommand is being parsed)."""
     p = sub.add_parser("fuzz",
                        help="fuzz a guest with AFL++ (or run one input with --run-input)")
+    if not options:
+        return
     p.add_argument("image", help="multiboot kernel or .S guest source")
     p.add_argument("--append", default="", help="kernel command line")
     p.add_argument("-m", "--memory", type=size_type, default=128 << 20, help="guest RAM")

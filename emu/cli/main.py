@@ -88,13 +88,46 @@ class _VersionAction(argparse.Action):
         parser.exit(0)
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = ("run", "resume", "memtype", "fuzz", "build")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """svmemu's parser. With `command`, only that subcommand gets its options (the others are
+    a name and a help line): a start parses one command line, and building every
+    subcommand's options was a noticeable part of a short run."""
+    def full(name: str) -> bool:
+        return command is None or command == name
+
     p = _Parser(prog="svmemu", description="x86-64 emulator with exact AMD SVM, on Unicorn")
     p.add_argument("--version", action=_VersionAction, help="print svmemu's version and the "
                    "Unicorn engine in use (svmemu's patched build or the stock wheel), and exit")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="boot a kernel (Linux bzImage, multiboot) or an assembly "
                          "source (.S)")
+    if full("run"):
+        _add_run_options(run)
+    resume = sub.add_parser("resume", help="continue a machine from a snapshot file")
+    if full("resume"):
+        _add_resume_options(resume)
+    mt = sub.add_parser("memtype", help="the memory type of a virtual address in a snapshot, "
+                        "step by step")
+    if full("memtype"):
+        _add_memtype_options(mt)
+    from emu.cli.fuzz_options import add_parser as add_fuzz_parser
+    add_fuzz_parser(sub, _size, _positive_int, _positive_float, options=full("fuzz"))
+    build = sub.add_parser("build", help="assemble a .S guest into the multiboot image QEMU boots")
+    if full("build"):
+        _add_build_options(build)
+    return p
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand a command line names (its first word that is not an option), if any."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
+
+
+def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("image", help="Linux bzImage, multiboot kernel (a.out kludge or ELF) or a "
                      ".S guest source")
     run.add_argument("--append", default="", help="kernel command line, as QEMU's -append "
@@ -113,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with -smp: instructions each CPU runs in its turn (default "
                           "20000); the interleaving is the same on every run")
     _add_execution_options(run)
-    resume = sub.add_parser("resume", help="continue a machine from a snapshot file")
+
+
+def _add_resume_options(resume: argparse.ArgumentParser) -> None:
     resume.add_argument("snapshot_file", metavar="FILE", help="a snapshot written by --snapshot")
     resume.add_argument("-smp", "--smp", type=_smp, default=None, metavar="N",
                         help="number of CPUs (default: the snapshot's; another count is refused)")
@@ -121,16 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with several CPUs: instructions per turn from here on (default: "
                              "the snapshot's, which continues the run it was taken from)")
     _add_execution_options(resume)
-    mt = sub.add_parser("memtype", help="the memory type of a virtual address in a snapshot, "
-                        "step by step")
+
+
+def _add_memtype_options(mt: argparse.ArgumentParser) -> None:
     mt.add_argument("snapshot_file", metavar="SNAPSHOT", help="a snapshot written by --snapshot")
     mt.add_argument("va", metavar="VA", type=_address, help="virtual address (0x... or decimal)")
     mt.add_argument("--world", choices=("L1", "L2", "current"), default="current",
                     help="whose address it is (default: the world running in the snapshot)")
     _add_pat_option(mt)
-    from emu.cli.fuzz_options import add_parser as add_fuzz_parser
-    add_fuzz_parser(sub, _size, _positive_int, _positive_float)
-    build = sub.add_parser("build", help="assemble a .S guest into the multiboot image QEMU boots")
+
+
+def _add_build_options(build: argparse.ArgumentParser) -> None:
     build.add_argument("source")
     build.add_argument("-o", "--output", required=True,
                        help="the image: a flat multiboot file, or an ELF with symbols and a "
@@ -138,7 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--elf", action="store_true", help="write an ELF whatever the name")
     build.add_argument("--symbols", metavar="FILE",
                        help="also write the ELF (symbols, line table) to FILE, for gdb")
-    return p
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -502,7 +537,8 @@ def _join_values(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_join_values(sys.argv[1:] if argv is None else argv))
+    words = _join_values(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command_of(words)).parse_args(words)
     try:
         return {"run": cmd_run, "resume": cmd_resume, "build": cmd_build,
                 "memtype": cmd_memtype, "fuzz": _cmd_fuzz}[args.command](args)
