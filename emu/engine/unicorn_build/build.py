@@ -15,11 +15,15 @@ with one line saying which is missing, and svmemu runs on the stock wheel's libr
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
 from pathlib import Path
+
+try:       # every start hashes the patch set: hashlib's import alone loads OpenSSL (~2 ms)
+    from _sha256 import sha256
+except ImportError:      # the builtin module's name differs across Python versions
+    from hashlib import sha256
 
 UNICORN_VERSION = "2.1.4"
 # sha256 of unicorn-2.1.4.tar.gz as the package index serves it (pip download --no-binary :all:)
@@ -46,7 +50,7 @@ def patchset_id() -> str:
     """Names this engine: the source's hash, every patch (name and diff) and the recipe. It is
     the cache key and what `svmemu --version` prints. A patch's description (the text before
     its diff) is left out: rewording it changes no byte of the library."""
-    h = hashlib.sha256()
+    h = sha256()
     h.update(SDIST_SHA256.encode())
     h.update(RECIPE.encode())
     for p in patches():
@@ -82,7 +86,7 @@ def _missing_tools() -> list[str]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    h = sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
