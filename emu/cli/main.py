@@ -400,7 +400,9 @@ def _end_with_snapshot(machine: Machine, result: RunResult, args: argparse.Names
 
 def _open_coverage(args: argparse.Namespace, machine: Machine) -> list:
     """The coverage outputs asked for, attached; their hooks exist only when asked."""
-    from emu.tools.coverage import open_output, parse_spec
+    if not (args.coverage or args.tenet):
+        return []
+    from emu.tools.coverage import open_output, parse_spec    # here: only asked-for coverage
     name = getattr(args, "image", None) or args.snapshot_file
     outputs = []
     if args.coverage:
@@ -413,8 +415,8 @@ def _open_coverage(args: argparse.Namespace, machine: Machine) -> list:
 
 
 def _open_tracer(args: argparse.Namespace, symbols: "Mapping[str, int]") -> "Tracer | None":
-    from emu.core.trace import Tracer, parse_categories
     if args.trace:
+        from emu.core.trace import Tracer, parse_categories   # here: a plain run has no tracer
         cats = parse_categories(args.trace)
         focus = _trace_focus(args, symbols)
         from emu.cli.output import NamedOutput

@@ -80,10 +80,10 @@ from emu.core.table_loads import TableLoads
 from emu.core.cpu_models import CpuModel
 from emu.core.rdpmc import Rdpmc
 from emu.core.general_detect import GeneralDetect
-from emu.core.trace import Tracer
 from emu.core.watchdog import MAX_TIMEOUT, Watchdog
 
 if TYPE_CHECKING:
+    from emu.core.trace import Tracer     # only a run with --trace imports the tracer
     from emu.loader.linux import LinuxBoot
     from emu.loader.modules import ModuleLayout
     from emu.loader.multiboot import BootImage
