@@ -181,3 +181,23 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert all(c in out for c in ("run", "resume", "memtype", "fuzz", "build"))
+
+
+def test_the_command_ends_with_its_files_and_output_complete(tmp_path):
+    """`python -m emu.cli` ends the process without tearing the machine down: the guest's
+    output, the trace file and the snapshot must all be whole, and the status the run's."""
+    import subprocess
+    import sys
+    from emu.core import snapshot
+    root = Path(__file__).resolve().parents[1]
+    trace, snap = tmp_path / "t.txt", tmp_path / "s.snap"
+    guest = str(root / "guests/hello.S")
+    r = subprocess.run([sys.executable, "-m", "emu.cli", "run", guest, "--trace", "io",
+                        "--trace-file", str(trace)], capture_output=True, cwd=root)
+    assert r.returncode == 1 and r.stdout.rstrip().endswith(b"# pass 1 fail 0"), r
+    assert b"svmemu: exit" in r.stderr
+    assert trace.read_text().rstrip().endswith("value 0x0 (debug-exit)")
+    r = subprocess.run([sys.executable, "-m", "emu.cli", "run", guest, "--snapshot-at", "200",
+                        "--snapshot", str(snap), "-q"], capture_output=True, cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert snapshot.read(str(snap)).ram_size == 128 << 20

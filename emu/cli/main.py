@@ -563,5 +563,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return STATUS_INTERNAL
 
 
+def entry() -> None:
+    """The `svmemu` command: main(), then the process ends without tearing down what it built.
+    Freeing a machine (its engines, its object graph, then every module) was ~14 ms of a
+    ~120 ms boot, and the kernel reclaims all of it at exit anyway. Every file a command
+    writes is closed by the time main() returns; only the standard streams are left."""
+    status = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):    # a reader that left, or a stream closed
+        pass
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
