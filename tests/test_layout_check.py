@@ -30,3 +30,24 @@ def test_wrong_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(H, "PINNED_UNICORN", "0.0.0")
     with pytest.raises(H.UnsupportedUnicorn, match="unicorn==0.0.0"):
         layout_check.self_check()
+
+
+def test_a_passed_probe_is_remembered_for_the_same_library_and_offsets(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("SVMEMU_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(layout_check, "_proven", False)
+    layout_check.self_check()
+    proof = layout_check.proof_path()
+    assert proof is not None and proof.exists() and tmp_path in proof.parents
+
+    def probe_again() -> list[str]:
+        raise AssertionError("probed again")
+    monkeypatch.setattr(layout_check, "_proven", False)
+    monkeypatch.setattr(layout_check, "mismatches", probe_again)
+    layout_check.self_check()            # remembered: no probe
+
+    monkeypatch.setattr(layout_check, "_proven", False)
+    monkeypatch.setattr(H, "OFF_EFER", H.OFF_EFER + 8)
+    assert layout_check.proof_path() != proof
+    with pytest.raises(AssertionError, match="probed again"):
+        layout_check.self_check()        # another offset: another key, so a new probe
