@@ -188,5 +188,5 @@ def test_firmware_area_is_not_for_images():
     import emu.loader.multiboot as mb
     top = ram_layout(128 * MiB).firmware_top
     with pytest.raises(Exception, match="ACPI"):
-        mb._check_placement([(top, b"x")], 0x100000, 128 * MiB, "k")
+        mb._check_placement([(top, b"x", 1)], 0x100000, 128 * MiB, "k")
     assert FIRMWARE_RESERVED_TOP == 0x20000
