@@ -201,3 +201,16 @@ def test_the_command_ends_with_its_files_and_output_complete(tmp_path):
                         "--snapshot", str(snap), "-q"], capture_output=True, cwd=root)
     assert r.returncode == 0, r.stderr
     assert snapshot.read(str(snap)).ram_size == 128 << 20
+
+
+def test_the_process_start_leaves_the_collector_on_for_the_run():
+    """emu/cli/command.py imports with the cyclic collector off; the command itself runs with
+    it on again, and the start-up's objects frozen out of its passes."""
+    import subprocess
+    import sys
+    code = ("import gc, emu.cli.main as m\n"
+            "m.entry = lambda: print(gc.isenabled(), gc.get_freeze_count() > 10000)\n"
+            "from emu.cli.command import start\n"
+            "start()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.split() == ["True", "True"], r.stderr

@@ -1,5 +1,3 @@
 """The ``svmemu`` command: the one place that composes the machine (emu) with nested SVM
-(svm_ext)."""
-from emu.cli.main import main
-
-__all__ = ["main"]
+(svm_ext). `emu.cli.main` holds it; this package imports nothing, so that the process's start
+(emu/cli/command.py) acts before main's imports."""

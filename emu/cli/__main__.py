@@ -1,4 +1,4 @@
 """``python -m emu.cli``: how tests, bench and the AFL++ child start svmemu without the script."""
-from emu.cli.main import entry
+from emu.cli.command import start
 
-entry()
+start()
