@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from emu.errors import ImageError
+from emu.loader.linux_header import recognises as _is_linux
 
 
 class KernelTarget(Protocol):
@@ -62,11 +63,6 @@ def _load_linux(machine: KernelTarget, req: KernelRequest) -> None:
             raise ImageError(f"cannot read initrd {req.initrd}: {e.strerror}") from None
     machine.load_linux(parse_linux(req.data, req.name, machine.ram_size, req.append, initrd,
                                    req.initrd or "initrd"))
-
-
-def _is_linux(data: bytes) -> bool:
-    from emu.loader.linux import recognises
-    return recognises(data)
 
 
 FORMATS = (KernelFormat("linux", _is_linux, _load_linux),

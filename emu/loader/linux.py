@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from emu.core.firmware.layout import LOW_RAM_END, MiB, e820_map, ram_layout
 from emu.errors import ImageError
+from emu.loader.linux_header import HDR_HEADER, HDR_MAGIC, recognises  # noqa: F401
 
 # The setup header (boot.rst, "The real-mode kernel header"): offsets in the file and in
 # boot_params, which holds the header at the same offsets.
@@ -35,7 +36,6 @@ HDR_SETUP_SECTS = 0x1F1
 HDR_SYSSIZE = 0x1F4
 HDR_BOOT_FLAG = 0x1FE
 HDR_JUMP_END = 0x201           # byte: the header ends at 0x202 + this value
-HDR_HEADER = 0x202
 HDR_VERSION = 0x206
 HDR_TYPE_OF_LOADER = 0x210
 HDR_LOADFLAGS = 0x211
@@ -47,7 +47,6 @@ HDR_CMD_LINE_PTR = 0x228
 HDR_INITRD_ADDR_MAX = 0x22C
 HDR_XLOADFLAGS = 0x236
 HDR_INIT_SIZE = 0x260
-HDR_MAGIC = b"HdrS"
 BOOT_FLAG = 0xAA55
 
 LOADED_HIGH = 1 << 0
@@ -97,11 +96,6 @@ class LinuxBoot:
     segments: list[tuple[int, bytes]] = field(default_factory=list)
     protocol: int = 0
     initrd: tuple[int, int] | None = None        # address, size
-
-
-def recognises(data: bytes) -> bool:
-    """A Linux kernel carries "HdrS" at 0x202, which QEMU tests before anything else."""
-    return len(data) >= HDR_HEADER + 4 and data[HDR_HEADER:HDR_HEADER + 4] == HDR_MAGIC
 
 
 def _u16(data: bytes, off: int) -> int:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from emu.core.firmware.layout import (E820_RAM, E820_RESERVED, FIRMWARE_RESERVED_TOP,  # noqa: F401
                                      LOW_RAM_END, MIN_RAM, e820_map, ram_layout)
 from emu.errors import ImageError, OptionError
+from emu.loader.linux_header import recognises as recognises_linux
 
 MULTIBOOT_MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002
@@ -202,7 +203,7 @@ def parse_image(data: bytes, name: str, ram_size: int) -> BootImage:
     _check_ram(ram_size)
     if not data:
         raise ImageError(f"{name}: the file is empty")
-    if len(data) >= 0x206 and data[0x202:0x206] == b"HdrS":
+    if recognises_linux(data):
         raise ImageError(f"{name}: this is a Linux kernel (boot protocol), not a multiboot image")
     hdr, flags = _find_header(data, name)
     if flags & FLAG_AOUT_KLUDGE:
