@@ -187,7 +187,7 @@ class FastDeliver:
         exits = self.m._exits
         return (exits.get(VMEXIT_MSR) == self.m._exit_msr
                 and exits.get(VMEXIT_SWINT) == self.m._exit_intn
-                and _EXCEPTION_EXITS.isdisjoint(exits))
+                and not any(map(exits.__contains__, _EXCEPTION_EXITS)))
 
     def _set_msrs(self) -> None:
         d = self.dl
