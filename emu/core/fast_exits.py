@@ -234,9 +234,9 @@ class FastExits:
         self._tpr = fx.tpr = apic.tpr
         self.signalled = signalled = apic.signalled()
         fx.cr8_write_ok = int(not signalled and apic.deadline() is None)
-        pm = getattr(getattr(m, "pc", None), "pm", None)
+        pm = getattr(getattr(m, "pc", None), "pm", None) if m.cpus == 1 else None
         fx.pm_port = (pm.base + PM_TMR if pm is not None and pm.base is not None
-                      and m.cpus == 1 and m.ports.get(pm.base + PM_TMR) is pm else 0)
+                      and m.ports.get(pm.base + PM_TMR) is pm else 0)
         for companion in self.companions:
             companion.arm()
         fx.armed = 1

@@ -547,8 +547,10 @@ class InterruptController:
 
     def _next_deadline(self) -> int | None:
         """The earliest time any timer fires (device timers only when their line is routed)."""
-        times = [t for t in (self.apic.deadline(), *(d.deadline() for d in self.timers))
-                 if t is not None]
+        times = [t for d in self.timers if (t := d.deadline()) is not None]
+        apic = self.apic.deadline()
+        if apic is not None:
+            times.append(apic)
         return min(times) if times else None
 
     def slice(self) -> int:
@@ -565,7 +567,7 @@ class InterruptController:
         deadline = self.apic.deadline()
         if deadline is not None and self.apic.lvt[APIC_LVT_TIMER] & LVT_MASKED:
             deadline = None   # a masked timer interrupts nobody: CCR reads alone move its time
-        device = [t for t in (d.deadline() for d in self.timers) if t is not None]
+        device = [t for d in self.timers if (t := d.deadline()) is not None]
         if device and self.m.at_trampoline():
             self._entering = True              # L0's instructions take no virtual time
             self._unbounded = False
