@@ -106,7 +106,7 @@ class FastInsn:
         si, ext = self.si, self.ext
         si.maxphyaddr = ext.caps.maxphyaddr
         self._gif = si.gif = int(ext.state.gif)
-        si.stgi_ok = int(not ext.machine.apic.signalled())
+        si.stgi_ok = int(not ext.machine.fast_exits.signalled)
 
     def disarm(self) -> None:
         gif = self.si.gif

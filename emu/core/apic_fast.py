@@ -134,8 +134,9 @@ class ApicFast:
     def arm(self) -> None:
         m, a = self.m, self.a
         apic, irq = m.apic, m.irq
-        if (not apic.x2apic or apic.signal_pending or apic.wait_for_sipi
-                or apic.extint_requested or not self._owners_ours()):
+        if (not apic.x2apic or apic.wait_for_sipi or not self._owners_ours()
+                or (m.fast_exits.signalled      # only then can an NMI, INIT, SMI or ExtINT wait
+                    and (apic.signal_pending or apic.extint_requested))):
             a.enabled = 0
             return
         isr, irr, tmr = apic.isr, apic.irr, apic.tmr
@@ -154,7 +155,7 @@ class ApicFast:
             a.tsc_deadline = self._deadline = apic.tsc_deadline
         bus = apic.bus
         apics = bus.apics if bus is not None else (apic,)
-        key = (apic.lvt[APIC_LVT_TIMER], apic.timer_running, tuple(x.apic_id for x in apics))
+        key = (apic.lvt[APIC_LVT_TIMER], apic.timer_running, tuple([x.apic_id for x in apics]))
         if key != self._key:            # what changes only with the APIC's programming
             self._key = key
             deadline_mode = apic.deadline_mode

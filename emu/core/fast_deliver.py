@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 # Python. #UD first goes through Machine._exit_exception (which may still hand it back to C
 # through `now`): the engine raises it for ICEBP (INT1), which is a trap-like #DB instead.
 DELIVERED_HERE = frozenset({DE, BR, NP, SS_FAULT, GP, PF, MF, AC, XF})
+# The exits of those exceptions: a tool that registers one takes them from C.
+_EXCEPTION_EXITS = frozenset(VMEXIT_EXCP0 + v for v in DELIVERED_HERE)
 
 
 def _mask(vectors: frozenset[int]) -> int:
@@ -178,14 +180,14 @@ class FastDeliver:
             self._generation = m.msrs.generation
             self._set_msrs()
         d.window = int(m.irq.window.armed)
-        d.enabled = int(self.allowed and not m.apic.signalled() and self._own_handlers())
+        d.enabled = int(self.allowed and not m.fast_exits.signalled and self._own_handlers())
 
     def _own_handlers(self) -> bool:
         """No tool replaced the machine's handlers of the exits answered here."""
         exits = self.m._exits
         return (exits.get(VMEXIT_MSR) == self.m._exit_msr
                 and exits.get(VMEXIT_SWINT) == self.m._exit_intn
-                and not any(VMEXIT_EXCP0 + v in exits for v in DELIVERED_HERE))
+                and not any(map(exits.__contains__, _EXCEPTION_EXITS)))
 
     def _set_msrs(self) -> None:
         d = self.dl

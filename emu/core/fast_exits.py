@@ -138,6 +138,9 @@ class FastExits:
         # Others' fast paths that live and die with this arming (svm_ext/fast_insn.py): each
         # has arm(), called just before C may answer, and disarm(), at the next Python entry.
         self.companions: list = []
+        # LocalApic.signalled() at the arming in progress, for the companions: nothing moves it
+        # between the arming and theirs.
+        self.signalled = False
         e = machine.replay
         if e is None:
             return
@@ -229,10 +232,11 @@ class FastExits:
         self._base = fx.tsc = m.tsc & MASK64
         apic = m.apic
         self._tpr = fx.tpr = apic.tpr
-        fx.cr8_write_ok = int(apic.deadline() is None and not apic.signalled())
-        pm = getattr(getattr(m, "pc", None), "pm", None)
+        self.signalled = signalled = apic.signalled()
+        fx.cr8_write_ok = int(not signalled and apic.deadline() is None)
+        pm = getattr(getattr(m, "pc", None), "pm", None) if m.cpus == 1 else None
         fx.pm_port = (pm.base + PM_TMR if pm is not None and pm.base is not None
-                      and m.cpus == 1 and m.ports.get(pm.base + PM_TMR) is pm else 0)
+                      and m.ports.get(pm.base + PM_TMR) is pm else 0)
         for companion in self.companions:
             companion.arm()
         fx.armed = 1

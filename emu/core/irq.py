@@ -30,6 +30,7 @@ timer, 2.2 with a masked one (never bounded), 25 with a periodic timer interrupt
 """
 from __future__ import annotations
 
+import ctypes
 from typing import TYPE_CHECKING
 
 from unicorn import UcError
@@ -47,7 +48,8 @@ from emu.core.devices.apic import (APIC_BASE_EXTD, APIC_LVT_TIMER, APIC_MMIO_SIZ
 from emu.arch.decode import MAX_INSN_LENGTH, decoder, mov_store_length, split_prefixes
 from emu.errors import STATUS_HALTED, Unsupported
 from emu.core.extension import WINDOW_TAKEN, WINDOW_WANTED
-from emu.engine.hw_switch import HF2_NMI, HF_INHIBIT_IRQ, OFF_HFLAGS, OFF_HFLAGS2
+from emu.engine.hw_switch import (HF2_NMI, HF_INHIBIT_IRQ, OFF_EFLAGS, OFF_HFLAGS, OFF_HFLAGS2,
+                                  cpu_and_env)
 from emu.arch.bits import RFLAGS_IF
 from emu.core.interrupts import GP, NMI, Event, Kind
 from emu.engine.irq_window import Window
@@ -78,6 +80,11 @@ class InterruptController:
         self.halted_ticks = 0      # virtual time HLT jumped over (the clock of perfctr.py)
         self.timers: list = []     # devices with deadline()/tick(now) (the PIT), besides the APIC
         self.time_window = False   # the window is armed only to start time slices at an STI
+        # IF lives in env->eflags (a register read computes only the arithmetic flags into it)
+        # and the interrupt shadow in hflags: an interrupt point reads both in place.
+        _, env = cpu_and_env(machine.uc)
+        self._eflags = ctypes.c_uint64.from_address(env + OFF_EFLAGS)
+        self._hflags = ctypes.c_uint32.from_address(env + OFF_HFLAGS)
         self._entering = False     # the slice runs L0's trampoline into L1
         self._kicked = False       # a stop we asked for (not a slice running out)
         self._mapped: int | None = None
@@ -411,9 +418,9 @@ class InterruptController:
         host_if = router.physical_if() if router is not None else None
         if host_if is not None:
             return True if host_if else None
-        if not m.uc.reg_read(UC_X86_REG_RFLAGS) & RFLAGS_IF:
+        if not self._eflags.value & RFLAGS_IF:
             return False
-        return not m.ctx.save().hflags & HF_INHIBIT_IRQ
+        return not self._hflags.value & HF_INHIBIT_IRQ
 
     def release_time_window(self) -> None:
         """A hypervisor is about to switch worlds in C: a window armed only for device time
@@ -445,7 +452,7 @@ class InterruptController:
                 if router is not None and router.on_interrupt(vector):
                     return True
                 self.apic.acknowledge(vector)
-                m.deliver_now(Event(vector, Kind.EXTERNAL), m.uc.reg_read(UC_X86_REG_RIP))
+                m.deliver_now(Event(vector, Kind.EXTERNAL), m._rip())
                 return True
             want_window = can is False
         if router is not None:
@@ -540,8 +547,10 @@ class InterruptController:
 
     def _next_deadline(self) -> int | None:
         """The earliest time any timer fires (device timers only when their line is routed)."""
-        times = [t for t in (self.apic.deadline(), *(d.deadline() for d in self.timers))
-                 if t is not None]
+        times = [t for d in self.timers if (t := d.deadline()) is not None]
+        apic = self.apic.deadline()
+        if apic is not None:
+            times.append(apic)
         return min(times) if times else None
 
     def slice(self) -> int:
@@ -558,7 +567,7 @@ class InterruptController:
         deadline = self.apic.deadline()
         if deadline is not None and self.apic.lvt[APIC_LVT_TIMER] & LVT_MASKED:
             deadline = None   # a masked timer interrupts nobody: CCR reads alone move its time
-        device = [t for t in (d.deadline() for d in self.timers) if t is not None]
+        device = [t for d in self.timers if (t := d.deadline()) is not None]
         if device and self.m.at_trampoline():
             self._entering = True              # L0's instructions take no virtual time
             self._unbounded = False

@@ -153,15 +153,20 @@ class RoundRobin:
         """The quantum and time horizon of `cpu`'s turn. Alone (every other started CPU halted
         with nothing signalled) it runs unbounded, up to the first deadline among the others'
         timers: an IPI or SIPI it sends ends its turn there (Machine.wake)."""
-        others = [c for c in self.cpus if c is not cpu and c.started]
-        if any(not c.irq.halted or c.apic.signalled() for c in others):
-            return self.quantum, None
-        times = [t for t in (c.irq.next_deadline() for c in others) if t is not None]
+        times = []
+        for c in self.cpus:
+            if c is cpu or not c.started:
+                continue
+            if not c.irq.halted or c.apic.signalled():
+                return self.quantum, None
+            t = c.irq.next_deadline()
+            if t is not None:
+                times.append(t)
         return 0, (min(times) if times else None)
 
     def now(self) -> int:
         """The machine's time: the furthest any CPU's clock has gone."""
-        return max(cpu.tsc for cpu in self.cpus)
+        return max([cpu.tsc for cpu in self.cpus])
 
     def _idle(self, jumped: bool) -> bool:
         """Every started CPU is halted: jump to the next deadline that could wake one, or end."""

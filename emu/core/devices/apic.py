@@ -325,7 +325,7 @@ class LocalApic(PortDevice):
         if self.extint_shared is not None and not self.extint_shared():
             return False
         lvt = self.lvt[APIC_LVT_LINT0]
-        return not self.enabled or (not lvt & LVT_MASKED and
+        return not self.base_msr & APIC_BASE_EN or (not lvt & LVT_MASKED and
                                     (lvt >> LVT_DELIVERY_MODE_SHIFT) & 7 == LVT_DELIVERY_EXTINT)
 
     def _extint(self) -> bool:
@@ -334,7 +334,8 @@ class LocalApic(PortDevice):
 
     def signalled(self) -> bool:
         """Is anything asking for the CPU's attention (cheap; not priority-checked)?"""
-        return bool(self.irr) or self.signal_pending or self._extint()
+        return bool(self.irr or self.nmi_pending or self.init_pending or self.smi_pending
+                    or (self.extint is not None and self._extint()))
 
     def pending(self) -> int | None:
         """The vector the APIC presents to the CPU, if any: highest IRR above the PPR class;
