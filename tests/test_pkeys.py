@@ -13,11 +13,15 @@ r15 = 0x600D; a CPL 3 program gets there through INT 0x80 (handler 3).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from unicorn.x86_const import (UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R11,
                                UC_X86_REG_R12, UC_X86_REG_R15)
 
-from emu.arch.bits import CR4_PKE, CR4_PKS, CR4_UMIP, PTE_PKEY_SHIFT, PTE_US
+from emu.arch import paging
+from emu.arch.bits import (CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PKE, CR4_PKS, CR4_UMIP,
+                           EFER_LMA, PTE_PKEY_SHIFT, PTE_US)
 from emu.arch.msrs import MSR_PKRS
 from emu.core import snapshot
 from emu.core.cpu_models import parse_cpu
@@ -219,6 +223,50 @@ def test_pkru_survives_a_snapshot():
     assert resumed.ctx.save().u32(OFF_PKRU) == AD
     assert resumed.run(timeout=20).reason == "exit"
     assert page_fault(resumed) == PF_P | PF_PK and not completed(resumed)
+
+
+@pytest.mark.parametrize("cr4,rights,error", [
+    (CR4_PKE, WD, PF_P | PF_W | PF_PK),       # the frame's implicit supervisor writes, WP=1
+    (CR4_PKE, 0, None),
+    (0, AD, None),                            # PKRU is only in force with CR4.PKE
+])
+def test_exception_frame_pushed_onto_a_keyed_page(cr4, rights, error):
+    """The frame of an exception svmemu delivers goes through the same key checks: #UD at
+    CPL 0 with RSP in the keyed user page faults on the push, and the #PF (on IST1) reports
+    it with the PK bit."""
+    top = KEYED + 0x1000
+    setup = set_cr4(CR4_PKE) + keyed_page() + wrpkru(rights)
+    if not cr4:
+        setup += clear_cr4(CR4_PKE)
+    body = setup + f"mov rsp, {top:#x}\n ud2\n"
+    idt = {PF: gate64(handler(0), ist=1), GP: gate64(handler(1)), UD: gate64(handler(2))}
+    b = harness.boot(long_mode_image(body, idt, HANDLERS), nested=False, cpu="max")
+    assert b.result.reason == "exit", b.result
+    m = b.machine
+    if error is None:
+        assert reg(m, UC_X86_REG_R10) == UD                     # #UD delivered, frame pushed
+        assert m.mem.read_u64(top - 40) == reg(m, UC_X86_REG_R9)
+    else:
+        assert reg(m, UC_X86_REG_R10) == PF and reg(m, UC_X86_REG_R8) == error
+        assert top - 40 <= reg(m, UC_X86_REG_R9) < top
+
+
+def test_reference_walk_applies_keys_to_data_not_fetches():
+    """emu/arch/paging.py, the walk svmemu's own accesses use: one 4-level path to a user page
+    with key 1."""
+    tables = {0x1000: 0x2000 | 7, 0x2000: 0x3000 | 7, 0x3000: 0x4000 | 7,
+              0x4000: 0x5000 | 0x67 | KEY << PTE_PKEY_SHIFT}
+    regs = paging.PagingRegs(cr0=CR0_PG | CR0_WP | CR0_PE, cr3=0x1000, cr4=CR4_PAE | CR4_PKE,
+                             efer=EFER_LMA, pkru=AD)
+
+    def walk(regs: paging.PagingRegs, access: paging.Access) -> int:
+        return paging.walk(lambda a: tables.get(a & ~7, 0), regs, 0, access).pa
+    with pytest.raises(paging.PageFault) as fault:
+        walk(regs, paging.READ)
+    assert fault.value.error_code == PF_P | PF_PK
+    assert walk(regs, paging.FETCH) == 0x5000
+    assert walk(replace(regs, cr4=CR4_PAE), paging.READ) == 0x5000          # PKE clear
+    assert walk(replace(regs, pkru=AD << 2), paging.WRITE) == 0x5000        # another key's bits
 
 
 # ---- PKS ---------------------------------------------------------------------------------------
