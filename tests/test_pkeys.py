@@ -369,3 +369,14 @@ def test_clwb_and_pcommit_follow_cpuid():
     assert reg(m, UC_X86_REG_R10) == UD and not completed(m)
     m = run("mov rbx, 0x70000\n .byte 0x66, 0x0f, 0xae, 0xf8\n" + DONE, cpu="max,-pcommit")
     assert reg(m, UC_X86_REG_R10) == UD
+
+
+def test_stock_engine_does_not_advertise_umip_or_pks(monkeypatch: pytest.MonkeyPatch):
+    """Their checks are engine patches (0020, 0021): without them CPUID leaves both out, and
+    CR4 refuses their bits."""
+    from emu.core import cpuid as cpuid_module
+    from emu.core.control_regs import cr4_allowed
+    monkeypatch.setattr(cpuid_module.engine_loader, "has_fix", lambda name: False)
+    c = cpuid_module.Cpuid(parse_cpu("max"))
+    assert c.query(7, 0)[2] == 1 << 3                      # PKU only
+    assert not cr4_allowed(c) & (CR4_UMIP | CR4_PKS) and cr4_allowed(c) & CR4_PKE
