@@ -24,12 +24,17 @@ def machine(cpu: str = "EPYC", svm: bool = True) -> Machine:
 
 
 # ---- models and CPUID ----------------------------------------------------------------------------
-def test_epyc_is_the_default_and_max_is_epyc():
+def test_epyc_is_the_default_and_max_is_epyc_with_later_features():
     default = Machine(128 << 20, stdout=None)
     for m in (default, machine("max,+svm")):
         eax = m.cpuid.query(1, 0)[0]
         assert (eax >> 8) & 0xF == 0xF and (eax >> 20) & 0xFF == 0x8      # family 17h
-    assert machine("max").cpuid.table == machine("EPYC").cpuid.table
+    epyc, top = machine("EPYC").cpuid.table, machine("max").cpuid.table
+    assert {k: v for k, v in top.items() if k != (7, 0)} == \
+        {k: v for k, v in epyc.items() if k != (7, 0)}
+    # CLWB, PCOMMIT; UMIP, PKU, PKS: what max adds, and all EPYC lacks of them
+    assert top[(7, 0)][1] == epyc[(7, 0)][1] | 1 << 24 | 1 << 22
+    assert top[(7, 0)][2] == 1 << 2 | 1 << 3 | 1 << 31 and epyc[(7, 0)][2] == 0
 
 
 def test_qemu64_is_family_15_with_svm_and_no_xsave():

@@ -43,6 +43,7 @@ CR4_SMEP = 1 << 20
 CR4_SMAP = 1 << 21
 CR4_PKE = 1 << 22
 CR4_CET = 1 << 23
+CR4_PKS = 1 << 24
 
 # EFER (APM vol. 2, 3.1.7)
 EFER_SCE = 1 << 0
@@ -98,6 +99,8 @@ PTE_PAT_4K = 1 << 7  # in a PTE that maps a 4-Kbyte page, bit 7 is PAT, not PS
 PTE_G = 1 << 8
 PTE_PAT_LARGE = 1 << 12  # in a PDE/PDPE that maps a 2M/4M/1G page
 PTE_NX = 1 << 63
+PTE_PKEY_SHIFT = 59   # bits 62:59 of a leaf entry: its protection key (APM vol. 2, 5.6.6)
+PTE_PKEY_MASK = 0xF << PTE_PKEY_SHIFT
 
 # #PF error code (APM vol. 2, 8.4.2)
 PF_P = 1 << 0

@@ -9,6 +9,7 @@ from emu.arch import memtype
 MSR_TSC = 0x10                         # TSC
 MSR_APIC_BASE = 0x1B                   # APIC_BASE
 MSR_TSC_DEADLINE = 0x6E0                # IA32_TSC_DEADLINE (the APIC timer's TSC-deadline mode)
+MSR_PKRS = 0x6E1                       # IA32_PKRS (supervisor protection keys; Intel's number)
 MSR_SPEC_CTRL = 0x48                   # SPEC_CTRL
 MSR_PRED_CMD = 0x49                    # PRED_CMD
 MSR_PATCH_LEVEL = 0x8B                 # PATCH_LEVEL

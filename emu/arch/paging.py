@@ -26,6 +26,8 @@ from emu.arch.bits import (
     CR0_WP,
     CR4_LA57,
     CR4_PAE,
+    CR4_PKE,
+    CR4_PKS,
     CR4_PSE,
     CR4_SMAP,
     CR4_SMEP,
@@ -35,6 +37,7 @@ from emu.arch.bits import (
     NPF_GUEST_TABLE,
     PF_ID,
     PF_P,
+    PF_PK,
     PF_RSV,
     PF_U,
     PF_W,
@@ -45,6 +48,8 @@ from emu.arch.bits import (
     PTE_PAT_4K,
     PTE_PAT_LARGE,
     PTE_PCD,
+    PTE_PKEY_MASK,
+    PTE_PKEY_SHIFT,
     PTE_PS,
     PTE_PWT,
     PTE_RW,
@@ -111,6 +116,10 @@ class PagingRegs:
     # force, so U/S governs instruction fetches by privilege instead of making every access a
     # user access (APM vol. 2, 15.25).
     gmet: bool = False
+    # The protection-key rights registers (APM vol. 2, 5.6.6): PKRU for user pages under
+    # CR4.PKE, IA32_PKRS for supervisor pages under CR4.PKS. 0 grants every key all rights.
+    pkru: int = 0
+    pkrs: int = 0
 
     @property
     def mode(self) -> PagingMode:
@@ -143,6 +152,17 @@ class PagingRegs:
     @property
     def pse(self) -> bool:
         return bool(self.cr4 & CR4_PSE)
+
+    def key_rights(self, user_page: bool, key: int) -> int:
+        """The two rights bits (PKR_AD, PKR_WD) the registers in force hold for `key`."""
+        if user_page:
+            pkr = self.pkru if self.cr4 & CR4_PKE else 0
+        else:
+            pkr = self.pkrs if self.cr4 & CR4_PKS else 0
+        return (pkr >> 2 * key) & (PKR_AD | PKR_WD)
+
+
+PKR_AD, PKR_WD = 1, 2    # a key's access-disable and write-disable bits in PKRU/PKRS
 
 
 @dataclass(frozen=True)
@@ -304,7 +324,8 @@ class NestedFault(Exception):
 
 def pf_error_name(code: int) -> str:
     """Readable error code for traces, e.g. ``P|W|U``; ``0`` spelled ``not-present read``."""
-    names = [(PF_P, "P"), (PF_W, "W"), (PF_U, "U"), (PF_RSV, "RSV"), (PF_ID, "ID")]
+    names = [(PF_P, "P"), (PF_W, "W"), (PF_U, "U"), (PF_RSV, "RSV"), (PF_ID, "ID"),
+             (PF_PK, "PK")]
     parts = [n for bit, n in names if code & bit]
     return "|".join(parts) if parts else "0"
 
@@ -369,6 +390,18 @@ def _check_rights(
     if access.write and not write_ok and regs.wp:
         return False
     return True
+
+
+def _key_denies(regs: PagingRegs, access: Access, user_ok: bool, leaf: int) -> bool:
+    """Protection keys (APM vol. 2, 5.6.6), long mode only: a data access to a page whose
+    key's rights forbid it, checked before the other rights as the processor reports PK. A
+    user access to a supervisor page is refused by U/S alone; fetches ignore keys."""
+    if access.fetch or (access.user and not user_ok):
+        return False
+    rights = regs.key_rights(user_ok, (leaf & PTE_PKEY_MASK) >> PTE_PKEY_SHIFT)
+    if rights & PKR_AD:
+        return True
+    return bool(access.write and rights & PKR_WD and (access.user or regs.wp))
 
 
 class _Level(NamedTuple):
@@ -483,6 +516,8 @@ def _walk_core(
             size = 1 << lv.shift
             frame = entry & addr_mask & ~(size - 1)
             pat_bit = bool(entry & (PTE_PAT_LARGE if is_large else PTE_PAT_4K))
+            if mode is PagingMode.LONG4 and _key_denies(regs, access, user_ok, entry):
+                raise PageFault(acc | PF_P | PF_PK, va, lv.level, True, tuple(steps))
             if not _check_rights(regs, access, user_ok, write_ok, nx):
                 raise PageFault(acc | PF_P, va, lv.level, True, tuple(steps))
             if access.write:

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 from unicorn.x86_const import UC_X86_REG_CR4, UC_X86_REG_RIP
 
 from emu.arch.bits import (CR4_DE, CR4_FSGSBASE, CR4_LA57, CR4_MCE, CR4_OSFXSR, CR4_OSXMMEXCPT,
-                           CR4_OSXSAVE, CR4_PAE, CR4_PCE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PSE,
-                           CR4_PVI, CR4_SMAP, CR4_SMEP, CR4_TSD, CR4_UMIP, CR4_VME, EFER_LMA)
+                           CR4_OSXSAVE, CR4_PAE, CR4_PCE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_PKS,
+                           CR4_PSE, CR4_PVI, CR4_SMAP, CR4_SMEP, CR4_TSD, CR4_UMIP, CR4_VME, EFER_LMA)
 from emu.arch.decode import MAX_INSN_LENGTH, split_prefixes
+from emu.core.cpu_models import CPUID_7_0_ECX_OSPKE, CPUID_7_0_ECX_PKS, CPUID_7_0_ECX_PKU
 from emu.core.interrupts import GP
 from emu.engine import hostvm
 from emu.errors import Unsupported
@@ -33,7 +34,8 @@ CR4_ALWAYS = (CR4_VME | CR4_PVI | CR4_TSD | CR4_DE | CR4_PSE | CR4_PAE | CR4_MCE
 CR4_BY_FEATURE = {
     CR4_UMIP: (7, 2, 1 << 2),
     CR4_LA57: (7, 2, 1 << 16),
-    CR4_PKE: (7, 2, 1 << 3),
+    CR4_PKE: (7, 2, CPUID_7_0_ECX_PKU),
+    CR4_PKS: (7, 2, CPUID_7_0_ECX_PKS),
     CR4_FSGSBASE: (7, 1, 1 << 0),
     CR4_SMEP: (7, 1, 1 << 7),
     CR4_SMAP: (7, 1, 1 << 20),
@@ -70,13 +72,19 @@ class Cr4Writes:
         machine.cpuid.overrides.append(self._cpuid)
 
     def _cpuid(self, leaf: int, subleaf: int, regs: "Regs") -> "Regs":
-        """CPUID 1 ECX.OSXSAVE mirrors CR4.OSXSAVE of the code running (APM vol. 3, E.3.2)."""
-        if leaf != 1:
-            return regs
-        a, b, c, d = regs
-        if self.m.ctx.save().cr(4) & CR4_OSXSAVE:
-            return a, b, c | CPUID_1_ECX_OSXSAVE, d
-        return a, b, c & ~CPUID_1_ECX_OSXSAVE, d
+        """CPUID 1 ECX.OSXSAVE mirrors CR4.OSXSAVE of the code running (APM vol. 3, E.3.2), and
+        CPUID 7.0 ECX.OSPKE mirrors CR4.PKE where the model has PKU (E.3.6)."""
+        if leaf == 1:
+            a, b, c, d = regs
+            if self.m.ctx.save().cr(4) & CR4_OSXSAVE:
+                return a, b, c | CPUID_1_ECX_OSXSAVE, d
+            return a, b, c & ~CPUID_1_ECX_OSXSAVE, d
+        if leaf == 7 and subleaf == 0:
+            a, b, c, d = regs
+            if c & CPUID_7_0_ECX_PKU and self.m.ctx.save().cr(4) & CR4_PKE:
+                return a, b, c | CPUID_7_0_ECX_OSPKE, d
+            return a, b, c & ~CPUID_7_0_ECX_OSPKE, d
+        return regs
 
     def _exit(self, code: int) -> None:
         from emu.core.irq import GPRS

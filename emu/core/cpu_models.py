@@ -1,22 +1,25 @@
 """CPU models: what `--cpu MODEL[,+feature,-feature,...]` selects, in QEMU's spelling.
 
 A model is a CPUID table. The rule is that CPUID advertises only what svmemu implements, so
-every model is a subset of `EPYC`, whose table was read off unicorn 2.1.4's EPYC (the translator
-implements each of its bits) and trimmed to this machine: no AVX (Unicorn
-raises #UD on VEX instructions), XSAVE state for x87 and SSE only. Like every QEMU model, each
+every model is a subset of `max`: `EPYC`, whose table was read off unicorn 2.1.4's EPYC (the
+translator implements each of its bits) and trimmed to this machine (no AVX: Unicorn raises
+#UD on VEX instructions; XSAVE state for x87 and SSE only), plus the later features svmemu
+implements. Like every QEMU model, each
 sets CPUID 1 ECX[31] (hypervisor): guests then skip the bare-metal errata work that touches
 model-specific MSRs no emulator has (Xen's Zen workarounds, for one); `-hypervisor` clears it.
 Models:
 
   EPYC    AMD EPYC (family 17h model 1, as QEMU's EPYC): the default.
-  max     the most svmemu implements: EPYC with vNMI, as kvm-unit-tests' `-cpu max,+svm`
-          expects.
+  max     the most svmemu implements: EPYC with vNMI, GMET, UMIP and CLWB (Zen 2 has the
+          last two), protection keys PKU (Zen 3), and two features no AMD part has, as
+          QEMU's max has them: PKS (supervisor protection keys, IA32_PKRS) and PCOMMIT (a
+          no-op here). PKRU is not an XSAVE component: CPUID 0xD lists x87 and SSE only.
   qemu64  QEMU's default CPU (family 15 model 107, AuthenticAMD, SSE3, CX16, LAHF, SVM, no
           XSAVE): what old hypervisors that check for family 0xF want.
   Opteron_G1  QEMU's first-generation Opteron (family 15 model 6 stepping 1: SSE3, long
           mode, SYSCALL, NX; no CX16, no LAHF in long mode, no SVM unless `+svm`).
 
-`+name` adds a feature svmemu implements (the EPYC set, plus `perfctr-core` and the speculation
+`+name` adds a feature svmemu implements (the `max` set, plus `perfctr-core` and the speculation
 controls `ibpb`, `ibrs`, `amd-stibp`, `amd-ssbd`, whose MSRs exist in emu/core/msrs_amd.py, and
 the SVM features of SVM_IMPLEMENTED, which the SVM extension reports in CPUID 8000_000A);
 `-name` hides one (`name=on`/`name=off` are accepted too). `vendor=AuthenticAMD` is accepted
@@ -88,8 +91,6 @@ _OPTERON_G1: Table = {
     (0x80000008, 0): (0x00003028, 0x00000000, 0x00000000, 0x00000000),
 }
 
-MODELS: dict[str, Table] = {"EPYC": _EPYC, "max": _EPYC, "qemu64": _QEMU64,
-                            "Opteron_G1": _OPTERON_G1}
 # Features a model lacks that the machine would otherwise add (the SVM extension adds SVM and
 # its leaf). QEMU's qemu64 reports no SVM feature bits; svmemu keeps there the ones it always
 # had (nested paging, NRIP save, vGIF) and leaves the later ones off unless asked (`+name`).
@@ -121,9 +122,9 @@ _bits(1, 0, ECX, {"pni": 0, "pclmulqdq": 1, "monitor": 3, "ssse3": 9, "fma": 12,
                   "tsc-deadline": 24, "aes": 25, "xsave": 26, "avx": 28, "f16c": 29, "rdrand": 30,
                   "hypervisor": 31})
 _bits(7, 0, EBX, {"fsgsbase": 0, "bmi1": 3, "avx2": 5, "smep": 7, "bmi2": 8, "erms": 9,
-                  "invpcid": 10, "rdseed": 18, "adx": 19, "smap": 20, "clflushopt": 23,
-                  "sha-ni": 29})
-_bits(7, 0, ECX, {"umip": 2, "pku": 3, "la57": 16})
+                  "invpcid": 10, "rdseed": 18, "adx": 19, "smap": 20, "pcommit": 22,
+                  "clflushopt": 23, "clwb": 24, "sha-ni": 29})
+_bits(7, 0, ECX, {"umip": 2, "pku": 3, "la57": 16, "pks": 31})
 _bits(0xD, 1, EAX, {"xsaveopt": 0, "xsavec": 1, "xgetbv1": 2, "xsaves": 3})
 _bits(0x80000001, 0, EDX, {"syscall": 11, "nx": 20, "mmxext": 22, "fxsr-opt": 25, "pdpe1gb": 26,
                            "rdtscp": 27, "lm": 29})
@@ -135,6 +136,20 @@ _bits(0x8000000A, 0, EDX, {"npt": 0, "lbrv": 1, "svm-lock": 2, "nrip-save": 3, "
                            "vmcb-clean": 5, "flushbyasid": 6, "decodeassists": 7,
                            "pause-filter": 10, "pfthreshold": 12, "avic": 13,
                            "v-vmsave-vmload": 15, "vgif": 16, "gmet": 17, "vnmi": 25})
+# What `max` adds to EPYC's CPUID 7.0 (APM vol. 3, appendix E.3.6; PKS and PCOMMIT as Intel
+# numbers them). OSPKE is no feature of its own: it mirrors CR4.PKE (emu/core/control_regs.py).
+CPUID_7_0_EBX_PCOMMIT = FEATURES["pcommit"][3]
+CPUID_7_0_EBX_CLWB = FEATURES["clwb"][3]
+CPUID_7_0_ECX_PKU = FEATURES["pku"][3]
+CPUID_7_0_ECX_PKS = FEATURES["pks"][3]
+CPUID_7_0_ECX_OSPKE = 1 << 4
+_MAX: Table = dict(_EPYC)
+_MAX[(0x7, 0)] = (_EPYC[(0x7, 0)][EAX],
+                  _EPYC[(0x7, 0)][EBX] | CPUID_7_0_EBX_CLWB | CPUID_7_0_EBX_PCOMMIT,
+                  FEATURES["umip"][3] | CPUID_7_0_ECX_PKU | CPUID_7_0_ECX_PKS, 0)
+
+MODELS: dict[str, Table] = {"EPYC": _EPYC, "max": _MAX, "qemu64": _QEMU64,
+                            "Opteron_G1": _OPTERON_G1}
 _ALIASES = {"sse3": "pni", "sse4_1": "sse4.1", "sse4_2": "sse4.2", "lahf_lm": "lahf-lm",
             "nrip_save": "nrip-save", "tsc_scale": "tsc-scale", "perfctr_core": "perfctr-core",
             "cr8-legacy": "cr8legacy", "sha_ni": "sha-ni", "fxsr_opt": "fxsr-opt"}
@@ -160,7 +175,7 @@ def implemented(name: str) -> bool:
     leaf = FEATURES[name][0]
     if leaf == _SVM_LEAF:
         return name in SVM_IMPLEMENTED   # the SVM extension reports them
-    return _present(_EPYC, name) or name in _OPT_IN
+    return _present(_MAX, name) or name in _OPT_IN
 
 
 @dataclass

@@ -2,14 +2,16 @@
 
 The base table is the selected CPU model's (emu/core/cpu_models.py), trimmed to what this
 machine models: no local APIC bit until the APIC device sets it (emu/core/irq.py), and no SVM
-until an extension adds it. Features the model hides are masked last, after every override.
+until an extension adds it; on the stock Unicorn engine, no UMIP or PKS (their checks are
+engine patches). Features the model hides are masked last, after every override.
 Leaves not listed read as zeros, as on AMD parts.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from emu.core.cpu_models import CpuModel
+from emu.core.cpu_models import FEATURES, CpuModel
+from emu.engine.unicorn_build import loader as engine_loader
 
 Regs = tuple[int, int, int, int]   # eax, ebx, ecx, edx
 
@@ -21,6 +23,9 @@ LEAF_SVM_FEATURES = 0x8000000A
 LEAF_XSAVE = 0xD                 # processor extended state: subleaf 0 EDX:EAX = valid XCR0 bits
 
 _SUBLEAF_INDEXED = {0x7, LEAF_XSAVE}
+# Features whose checks exist only in svmemu's engine patches: the stock engine does not have
+# them, so a machine on it does not advertise them.
+_ENGINE_FEATURES = {"pks": "supervisor-pkeys", "umip": "umip"}
 
 Override = Callable[[int, int, Regs], Regs]
 
@@ -36,6 +41,12 @@ class Cpuid:
         self._hide = self.model.hide
         eax, ebx, ecx, edx = self.table[(0x80000001, 0)]
         self.table[(0x80000001, 0)] = (eax, ebx, ecx & ~CPUID_80000001_ECX_SVM, edx)
+        for name, fix in _ENGINE_FEATURES.items():
+            leaf, sub, reg, bit = FEATURES[name]
+            if (leaf, sub) in self.table and not engine_loader.has_fix(fix):
+                regs = list(self.table[(leaf, sub)])
+                regs[reg] &= ~bit
+                self.table[(leaf, sub)] = tuple(regs)  # type: ignore[assignment]
         self.overrides: list[Override] = []
 
     def set_leaf(self, leaf: int, subleaf: int, regs: Regs) -> None:

@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING
 from unicorn.x86_const import UC_X86_REG_RFLAGS
 
 from emu.arch import paging
-from emu.arch.bits import (CR0_PG, CR0_WP, CR4_LA57, CR4_SMAP, EFER_NXE, PTE_A, PTE_D, PTE_P,
-                           PTE_PS, PTE_RW, PTE_US, RFLAGS_IF, RFLAGS_NT, RFLAGS_RF, RFLAGS_TF,
-                           RFLAGS_VM)
+from emu.arch.bits import (CR0_PG, CR0_WP, CR4_LA57, CR4_PKE, CR4_PKS, CR4_SMAP, EFER_NXE,
+                           PTE_A, PTE_D, PTE_P, PTE_PKEY_SHIFT, PTE_PS, PTE_RW, PTE_US,
+                           RFLAGS_IF, RFLAGS_NT, RFLAGS_RF, RFLAGS_TF, RFLAGS_VM)
 from emu.arch.vmcb import OFFSETS, VMEXIT_EXCP0, VMEXIT_MSR, VMEXIT_SWINT
 from emu.core.interrupts import (AC, BR, DE, FAULT_CLASS, GATE_INT, GATE_TRAP, GP,
                                  HAS_ERROR_CODE, MF, NP, PF, SS_FAULT, XF, Event, Kind)
@@ -97,6 +97,8 @@ class FastDeliver:
         d.desc_flag_mask = H.DESC_FLAG_MASK
         d.cr0_pg, d.cr0_wp, d.cr4_smap, d.cr4_la57, d.efer_nxe = (CR0_PG, CR0_WP, CR4_SMAP,
                                                                   CR4_LA57, EFER_NXE)
+        d.cr4_pke, d.cr4_pks, d.off_pkru, d.off_pkrs = CR4_PKE, CR4_PKS, H.OFF_PKRU, H.OFF_PKRS
+        d.pte_pkey_shift = PTE_PKEY_SHIFT
         d.rflags_if, d.rflags_tf, d.rflags_nt = RFLAGS_IF, RFLAGS_TF, RFLAGS_NT
         d.rflags_rf, d.rflags_vm = RFLAGS_RF, RFLAGS_VM
         d.gate_int, d.gate_trap = GATE_INT, GATE_TRAP

@@ -45,7 +45,8 @@ from emu.engine.code_group import CodeGroup
 from emu.core.irq import InterruptController
 from emu.engine import binding
 from emu.engine.hw_switch import (OFF_INTERCEPT, OFF_INTERCEPT_DR_WRITE, OFF_VM_VMCB, Context,
-                                  flush_tlb, set_xsave_components)
+                                  FEAT_7_0_EBX, FEAT_7_0_ECX, flush_tlb, set_feature_bits,
+                                  set_xsave_components)
 from emu.core import acpi_sleep
 from emu.core.firmware import bios_services
 from emu.core.devices.apic import APIC_BASE_BSP, APIC_BASE_EN, APIC_DEFAULT_BASE
@@ -77,7 +78,9 @@ from emu.core.lbr import BranchRecorder
 from emu.core.perfctr import PerfCounters
 from emu.core.control_regs import Cr4Writes
 from emu.core.table_loads import TableLoads
-from emu.core.cpu_models import CpuModel
+from emu.core.cpu_models import (CPUID_7_0_EBX_CLWB, CPUID_7_0_EBX_PCOMMIT, CPUID_7_0_ECX_PKU,
+                                 CpuModel)
+from emu.core.pkeys import SupervisorKeys
 from emu.core.rdpmc import Rdpmc
 from emu.core.general_detect import GeneralDetect
 from emu.core.watchdog import MAX_TIMEOUT, Watchdog
@@ -215,6 +218,7 @@ class Machine:
         self.msrs = MsrFile(_UnicornMsrs(uc, self.hostvm), self._read_tsc, self._write_tsc,
                             hostvm.MAXPHYADDR)
         msrs_amd.install(self.msrs, self.cpuid)
+        self.supervisor_keys = SupervisorKeys(self)   # IA32_PKRS, in the engine (pkeys.py)
         self.lbr = BranchRecorder(self)      # DebugCtl.LBR: the last branch (emu/core/lbr.py)
         self.strict = False       # stop at accesses to physical addresses with nothing there
         self.explain = True       # one stderr line per surprising event a user should hear of (-q: off)
@@ -402,10 +406,15 @@ class Machine:
         self._defer(trap)
 
     def sync_cpu_features(self) -> None:
-        """Tell Unicorn's own helpers what the model's CPUID says where they check features
-        themselves (XSETBV's XCR0 bits); again whenever the CPUID table is replaced."""
+        """Tell Unicorn's own helpers and translator what the model's CPUID says where they
+        check features themselves (XSETBV's XCR0 bits, CLWB, PCOMMIT, CR4.PKE); again whenever
+        the CPUID table is replaced."""
         eax, _, _, edx = self.cpuid.query(LEAF_XSAVE, 0)
         set_xsave_components(self.uc, eax | edx << 32)
+        _, ebx, ecx, _ = self.cpuid.query(7, 0)
+        translated = CPUID_7_0_EBX_CLWB | CPUID_7_0_EBX_PCOMMIT
+        set_feature_bits(self.uc, FEAT_7_0_EBX, translated, ebx)
+        set_feature_bits(self.uc, FEAT_7_0_ECX, CPUID_7_0_ECX_PKU, ecx)
 
     def deliver_now(self, event: Event, return_rip: int) -> None:
         """Deliver `event` at once: only where emulation has already stopped (the interrupt

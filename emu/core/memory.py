@@ -20,8 +20,9 @@ from emu.arch.bits import CR0_PG
 from emu.engine import binding
 from emu.engine.hw_switch import (CS, HF2_GMET, HF2_NPT, HF_CPL_MASK, HF_CS64, NPT_MODE_LMA,
                         NPT_MODE_NXE, NPT_MODE_PAE, OFF_CR, OFF_EFER, OFF_HFLAGS, OFF_HFLAGS2, OFF_NESTED_CR3,
-                        OFF_NESTED_PG_MODE, OFF_SEGS, SEG_SIZE, Context)
-from emu.arch.bits import CR4_LA57, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE, CR0_WP
+                        OFF_NESTED_PG_MODE, OFF_PKRS, OFF_PKRU, OFF_SEGS, SEG_SIZE, Context)
+from emu.arch.bits import (CR4_LA57, CR4_PAE, CR4_PKE, CR4_PKS, CR4_PSE, CR4_SMAP, CR4_SMEP,
+                           EFER_LMA, EFER_NXE, CR0_WP)
 from emu.errors import Unsupported
 from emu.engine.hostvm import MAXPHYADDR
 from emu.core.interrupts import GP, PF, Fault
@@ -39,7 +40,7 @@ _FOUR_GIB = 1 << 32
 # The only register bits a page walk reads (paging.PagingRegs: mode, NXE, WP, SMEP, SMAP, PSE;
 # CR3 whole), and the nested-paging mode bits VMRUN records for the host (GuestMemory.host_regs).
 CR0_WALK = CR0_PG | CR0_WP
-CR4_WALK = CR4_PAE | CR4_PSE | CR4_LA57 | CR4_SMEP | CR4_SMAP
+CR4_WALK = CR4_PAE | CR4_PSE | CR4_LA57 | CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_PKS
 EFER_WALK = EFER_LMA | EFER_NXE
 NPT_MODE_WALK = NPT_MODE_PAE | NPT_MODE_LMA | NPT_MODE_NXE
 # Not a bit of Unicorn's nested paging mode: hflags2's GMET folded into the mode value this
@@ -168,9 +169,10 @@ class GuestMemory:
             # paging. A NestedFault propagates: it is a #VMEXIT(NPF) for the extension to raise.
             # The page's translation is remembered with its path, as read_code's (_path_cached).
             inputs = self._fetch_inputs(self.ctx)[:-1]
+            keys = self._key_registers()
             try:
-                return self._path_cached((inputs, access, va >> 12), va,
-                                         lambda: self._data_walk(inputs, access, va))
+                return self._path_cached((inputs, keys, access, va >> 12), va,
+                                         lambda: self._data_walk(inputs, access, va, keys))
             except paging.PageFault as pf:
                 raise Fault(PF, pf.error_code, va)
             except paging.NonCanonicalAddress:
@@ -180,9 +182,10 @@ class GuestMemory:
         # L1's own paging: the same remembered translation with its path (exception delivery
         # reads the IDT and GDT and pushes its frame through here, once per exception).
         inputs = self._fetch_inputs(self.ctx)[:-1]
+        keys = self._key_registers()
         try:
-            return self._path_cached((inputs, access, va >> 12), va,
-                                     lambda: self._data_walk(inputs, access, va))
+            return self._path_cached((inputs, keys, access, va >> 12), va,
+                                     lambda: self._data_walk(inputs, access, va, keys))
         except paging.PageFault as pf:
             raise Fault(PF, pf.error_code, va)
         except paging.NonCanonicalAddress:
@@ -312,13 +315,20 @@ class GuestMemory:
         except (paging.PageFault, paging.NonCanonicalAddress):
             return None
 
-    def _data_walk(self, inputs: tuple, access: paging.Access,
-                   va: int) -> tuple[int, Optional[tuple[paging.PathEntry, ...]]]:
+    def _key_registers(self) -> tuple[int, int]:
+        """PKRU and IA32_PKRS in the saved context: data accesses check them (paging.py)."""
+        return self.ctx.u32(OFF_PKRU), self.ctx.u32(OFF_PKRS)
+
+    def _data_walk(self, inputs: tuple, access: paging.Access, va: int,
+                   keys: tuple[int, int]
+                   ) -> tuple[int, Optional[tuple[paging.PathEntry, ...]]]:
         """translate's walk of a data access (2D under nested paging), from the walk's inputs
-        alone, with its path."""
+        and the key registers alone, with its path."""
         nested, cr3, ncr3, cr0, cr4, efer, nmode = inputs
+        regs = paging.PagingRegs(cr0=cr0, cr3=cr3, cr4=cr4, efer=efer, pkru=keys[0],
+                                 pkrs=keys[1])
         return paging.walk_with_path(
-            self.read_u64, paging.PagingRegs(cr0=cr0, cr3=cr3, cr4=cr4, efer=efer), va, access,
+            self.read_u64, regs, va, access,
             ncr3=ncr3 if nested else None, host=self.host_regs(nmode) if nested else None,
             read_u32=self.read_u32,
             write_u64=self.write_u64, write_u32=self.write_u32, maxphyaddr=MAXPHYADDR)

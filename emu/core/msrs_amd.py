@@ -35,7 +35,7 @@ from emu.arch.msrs import (  # noqa: F401 (the indices, as the APM names them)
     MSR_LAST_EXCEPTION_TO_IP, MSR_PAT, MSR_MTRR_DEF_TYPE, MSR_MC0_CTL, MSR_XSS, MSR_EFER, MSR_STAR,
     MSR_LSTAR, MSR_CSTAR, MSR_SFMASK, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_TSC_AUX,
     MSR_TSC_RATIO, MSR_PERF_CTL0, MSR_PERF_CTR0, MSR_SYSCFG, MSR_HWCR, MSR_NB_CFG, MSR_VM_CR, MSR_VM_HSAVE_PA,
-    MSR_CORE_PERF_CTL0,
+    MSR_CORE_PERF_CTL0, MSR_PKRS,
 )
 
 from emu.core.msr import GeneralProtection, MsrFile
@@ -179,6 +179,8 @@ def _table() -> list[MsrSpec]:
         MsrSpec(MSR_LAST_EXCEPTION_TO_IP, "LastIntToIP", "APM 2, 13.1.1.7", read_only=True),
         MsrSpec(MSR_PAT, "PAT", "APM 2, 7.8.1", OWNED),
         MsrSpec(MSR_MTRR_DEF_TYPE, "MTRRdefType", "APM 2, 7.7.1", OWNED),
+        MsrSpec(MSR_PKRS, "IA32_PKRS", "Intel SDM vol. 3, 4.6.2 (PKS: no AMD part has it)",
+                OWNED),
         MsrSpec(MSR_XSS, "XSS", "APM 2, 11.5.3", valid=0,
                 present=_cpuid_bit(0xD, _EAX, CPUID_0D_1_EAX_XSAVES, subleaf=1)),
         MsrSpec(MSR_EFER, "EFER", "APM 2, 3.1.7", OWNED),

@@ -65,14 +65,15 @@ static int canonical(uint64_t va)
  * the final address with the access's own kind; nested walks are user accesses. Anything else:
  * 0, and the reference walks (and faults, or sets the bits). */
 static int walk4(const struct deliver *d, uint64_t table, uint64_t va, int write, int user,
-                 int smap, int wp, int nxe, const uint64_t *ncr3, int nnxe, uint64_t *pa)
+                 int smap, int wp, int nxe, const uint64_t *ncr3, int nnxe, uint64_t *pa,
+                 uint32_t pkru, uint32_t pkrs)
 {
     int user_ok = 1, write_ok = 1;
     uint64_t entry, size, ea;
     for (int level = DL_LEVELS; level >= 1; level--) {
         int large;
         ea = table | (((va >> (12 + 9 * (level - 1))) & 0x1FF) << 3);
-        if (ncr3 && !walk4(d, *ncr3, ea, 1, 1, 0, 0, nnxe, NULL, 0, &ea))
+        if (ncr3 && !walk4(d, *ncr3, ea, 1, 1, 0, 0, nnxe, NULL, 0, &ea, 0, 0))
             return 0;
         if (ea + 8 > d->ram_size)
             return 0;
@@ -96,9 +97,12 @@ static int walk4(const struct deliver *d, uint64_t table, uint64_t va, int write
             }
             if (write && !(entry & d->pte_d))
                 return 0;
+            /* a key with any right withheld: the reference decides */
+            if (((user_ok ? pkru : pkrs) >> (2 * ((entry >> d->pte_pkey_shift) & 0xF))) & 3)
+                return 0;
             size = (uint64_t)1 << (12 + 9 * (level - 1));
             *pa = (entry & d->addr_mask & ~(size - 1)) | (va & (size - 1));
-            return ncr3 ? walk4(d, *ncr3, *pa, write, 1, 0, 0, nnxe, NULL, 0, pa) : 1;
+            return ncr3 ? walk4(d, *ncr3, *pa, write, 1, 0, 0, nnxe, NULL, 0, pa, 0, 0) : 1;
         }
         table = entry & d->addr_mask;
     }
@@ -126,7 +130,8 @@ static int translate(const struct deliver *d, uint64_t env, uint64_t va, int wri
     }
     return walk4(d, cr3 & d->addr_mask, va, write, user, (cr4 & d->cr4_smap) != 0,
                  (cr0 & d->cr0_wp) != 0, (efer & d->efer_nxe) != 0, nested ? &ncr3 : NULL,
-                 nnxe, pa);
+                 nnxe, pa, (cr4 & d->cr4_pke) ? U32(env, d->off_pkru) : 0,
+                 (cr4 & d->cr4_pks) ? U32(env, d->off_pkrs) : 0);
 }
 
 /* Split [va, va+n) at page boundaries and translate each piece (n <= PAGE). */

@@ -37,6 +37,9 @@ struct deliver {
     uint64_t desc_g;
     /* architectural bits: CR0.PG, CR0.WP, CR4.SMAP, CR4.LA57, EFER.NXE; RFLAGS' */
     uint64_t cr0_pg, cr0_wp, cr4_smap, cr4_la57, efer_nxe;
+    /* protection keys: CR4.PKE, CR4.PKS, where PKRU and PKRS lie (u32 each), a leaf entry's
+     * key position */
+    uint64_t cr4_pke, cr4_pks, off_pkru, off_pkrs, pte_pkey_shift;
     uint64_t rflags_if, rflags_tf, rflags_nt, rflags_rf, rflags_vm;
     uint64_t gate_int, gate_trap;   /* 64-bit interrupt and trap gate types */
     /* Paging entries: bits and per-level reserved masks [EFER.NXE][level - 1] for a table

@@ -53,6 +53,10 @@ OFF_LSTAR = 4840
 OFF_CSTAR = 4848
 OFF_FMASK = 4856         # SFMASK
 OFF_KERNEL_GS_BASE = 4864
+# The protection-key rights registers, u32 each: PKRU (WRPKRU/RDPKRU) and, on svmemu's engine
+# (patch 0020), IA32_PKRS in the padding after SMBASE. Both lie inside the context.
+OFF_PKRS = 5292
+OFF_PKRU = 5304
 OFF_ERROR_CODE = 5384
 OFF_DR = 5400            # dr[0..7], u64 each
 OFF_VM_VMCB = 5504
@@ -82,6 +86,7 @@ OFF_ENV_FEATURES = 0x1600
 OFF_ENV_INSNS = 0x1B60
 OFF_ENV_INSN_DEADLINE = OFF_ENV_INSNS + 8
 FEAT_7_0_EBX = 2
+FEAT_7_0_ECX = 3
 FEAT_XSAVE_COMP_LO, FEAT_XSAVE_COMP_HI = 21, 22
 
 ES, CS, SS, DS, FS, GS, LDTR, TR, GDTR, IDTR = range(10)
@@ -315,3 +320,13 @@ def set_xsave_components(uc: Uc, xcr0_valid: int) -> None:
     _, env = cpu_and_env(uc)
     ctypes.memmove(env + OFF_ENV_FEATURES + 8 * FEAT_XSAVE_COMP_LO,
                    struct.pack("<QQ", xcr0_valid & 0xFFFFFFFF, xcr0_valid >> 32), 16)
+
+
+def set_feature_bits(uc: Uc, word: int, mask: int, bits: int) -> None:
+    """Set the `mask` bits of CPUX86State.features[word] to `bits`: the translator and
+    Unicorn's helpers gate some instructions and CR4 bits on these words (CLWB, PCOMMIT on
+    FEAT_7_0_EBX; CR4.PKE on FEAT_7_0_ECX's PKU), not on the CPUID svmemu reports."""
+    _, env = cpu_and_env(uc)
+    addr = env + OFF_ENV_FEATURES + 8 * word
+    old = struct.unpack("<Q", ctypes.string_at(addr, 8))[0]
+    ctypes.memmove(addr, struct.pack("<Q", (old & ~mask) | (bits & mask)), 8)

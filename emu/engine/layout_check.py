@@ -21,7 +21,8 @@ import unicorn
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, Uc, UcError
 from unicorn import x86_const as X
 
-from emu.arch.bits import (CR0_ET, CR0_PE, CR0_TS, CR4_OSFXSR, CR4_OSXSAVE, DR6_RESET, DR7_RESET, EFER_NXE, EFER_SVME,
+from emu.arch.bits import (CR0_ET, CR0_PE, CR0_PG, CR0_TS, CR4_OSFXSR, CR4_OSXSAVE, CR4_PAE,
+                           CR4_PKE, CR4_PKS, PTE_P, PTE_PKEY_SHIFT, PTE_PS, PTE_RW, DR6_RESET, DR7_RESET, EFER_NXE, EFER_SVME,
                            PF_ID, PF_U)
 from emu.arch.msrs import (MSR_CSTAR, MSR_EFER, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK,
                            MSR_STAR, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP,
@@ -55,6 +56,7 @@ _DATA_BASE = 0x10_0000           # segment i of the GDT has base _DATA_BASE * (i
 _CR_READ, _CR_WRITE, _DR_READ, _DR_WRITE = 0x0111, 0x0122, 0x0044, 0x0088
 _EXCEPTIONS = 0x0004_1002
 _V_TPR = 9
+_PKRU = 0x0C04_0010
 
 _proven = False
 
@@ -160,6 +162,8 @@ def mismatches() -> list[str]:
     _features(p)
     if engine_loader.has_fix("insn-counter"):
         _insn_counter(p)
+    if engine_loader.has_fix("supervisor-pkeys"):
+        _pkrs(p)
     return p.wrong
 
 
@@ -187,6 +191,12 @@ def _features(p: _Probe) -> None:
     run(b"\x0f\xa2", 7)                                          # CPUID 7.0
     p.expect("OFF_ENV_FEATURES (FEAT_7_0_EBX)", feature(H.FEAT_7_0_EBX) or 0,
              uc.reg_read(X.UC_X86_REG_RBX))
+    p.expect("OFF_ENV_FEATURES (FEAT_7_0_ECX)", feature(H.FEAT_7_0_ECX) or 0,
+             uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF)
+    # Unicorn's CR4 write keeps PKE whatever the features say; WRPKRU then works.
+    uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_PKE)
+    run(b"\x0f\x01\xef", _PKRU)                                  # WRPKRU
+    p.expect("OFF_PKRU", H.Context(uc).save().u32(H.OFF_PKRU), _PKRU)
     run(b"\x0f\xa2", 0xD)                                        # CPUID 0xD.0
     components = uc.reg_read(X.UC_X86_REG_RAX)
     p.expect("OFF_ENV_FEATURES (FEAT_XSAVE_COMP_LO)", feature(H.FEAT_XSAVE_COMP_LO) or 0,
@@ -196,6 +206,36 @@ def _features(p: _Probe) -> None:
     H.set_xsave_components(uc, 3)                                  # x87 and SSE only
     p.expect("XSETBV after set_xsave_components (1: #GP for x87|SSE|AVX)",
              int(not run(b"\x0f\x01\xd1", 7)), 1)
+
+
+def _pkrs(p: _Probe) -> None:
+    """OFF_PKRS (svmemu's engine only): with CR4.PKS set, a read of a supervisor page whose
+    key has access-disable set in the PKRS at the pinned place faults, and succeeds once that
+    PKRS is cleared. One 1 GiB page with key 1 maps the scratch memory."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 0x10000)
+    pml4, pdpt, key = _NCR3, _NCR3 + 0x1000, 1
+    uc.mem_write(pml4, struct.pack("<Q", pdpt | PTE_P | PTE_RW))
+    uc.mem_write(pdpt, struct.pack("<Q", PTE_P | PTE_RW | PTE_PS | key << PTE_PKEY_SHIFT))
+    uc.reg_write(X.UC_X86_REG_CR3, pml4)
+    uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_PAE | CR4_PKS)
+    uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) | CR0_PE | CR0_PG)
+    code = b"\x48\x8b\x04\x25" + struct.pack("<I", _GUEST_RIP)     # MOV RAX, [_GUEST_RIP]
+    uc.mem_write(_HOST_CODE, code)
+    ctx = H.Context(uc)
+
+    def read_with(pkrs: int) -> bool:
+        ctx.save().set_u32(H.OFF_PKRS, pkrs)
+        ctx.restore()
+        binding.flush_tlb(uc)
+        try:
+            uc.emu_start(_HOST_CODE, _HOST_CODE + len(code))
+        except UcError:
+            return False
+        return True
+    p.expect("OFF_PKRS (1: a read denied by the key's access-disable)",
+             int(not read_with(1 << 2 * key)), 1)
+    p.expect("OFF_PKRS (1: the read allowed with PKRS clear)", int(read_with(0)), 1)
 
 
 def _insn_counter(p: _Probe) -> None:

@@ -705,6 +705,7 @@ const char *replay_abi(void)
     X(seg_gdtr) X(seg_idtr) X(hf_cpl_mask) X(hf_lma) X(hf_cs32) X(hf_ss32) X(hf_cs64) \
     X(hf_addseg) X(desc_s) X(desc_p) X(desc_l) X(desc_b) X(desc_dpl_shift) X(desc_type_shift) \
     X(desc_flag_mask) X(desc_g) X(cr0_pg) X(cr0_wp) X(cr4_smap) X(cr4_la57) X(efer_nxe) \
+    X(cr4_pke) X(cr4_pks) X(off_pkru) X(off_pkrs) X(pte_pkey_shift) \
     X(rflags_if) X(rflags_tf) X(rflags_nt) X(rflags_rf) X(rflags_vm) X(gate_int) X(gate_trap) \
     X(pte_p) X(pte_rw) X(pte_us) X(pte_ps) X(pte_a) X(pte_d) X(addr_mask) X(large_levels) \
     X(rsvd) X(rsvd_large) X(vectors) X(error_code_vectors) X(fault_vectors) X(exit_excp0) \

@@ -138,7 +138,7 @@ class _Deliver(ctypes.Structure):
         "seg_idtr", "hf_cpl_mask", "hf_lma", "hf_cs32", "hf_ss32", "hf_cs64", "hf_addseg",
         "desc_s", "desc_p", "desc_l", "desc_b", "desc_dpl_shift", "desc_type_shift",
         "desc_flag_mask", "desc_g", "cr0_pg", "cr0_wp", "cr4_smap", "cr4_la57", "efer_nxe",
-        "rflags_if", "rflags_tf", "rflags_nt", "rflags_rf", "rflags_vm", "gate_int",
+        "cr4_pke", "cr4_pks", "off_pkru", "off_pkrs", "pte_pkey_shift", "rflags_if", "rflags_tf", "rflags_nt", "rflags_rf", "rflags_vm", "gate_int",
         "gate_trap", "pte_p", "pte_rw", "pte_us", "pte_ps", "pte_a", "pte_d", "addr_mask",
         "large_levels")]
                 + [("rsvd", (ctypes.c_uint64 * DL_LEVELS) * 2),

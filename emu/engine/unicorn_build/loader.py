@@ -23,7 +23,7 @@ FIXES = frozenset({"code-page-tracking", "inline-exit-request", "nested-walk-nx"
                    "insn-counter", "pushf-rf-smsw", "cross-engine-code", "pause-hint",
                    "cr0-wp-no-flush", "tlb-grows-under-pressure", "sse-aligned-moves",
                    "movbe-register-ud", "iret-null-keeps-base", "noncanonical-branch",
-                   "null-ss-rpl"})
+                   "null-ss-rpl", "supervisor-pkeys", "umip"})
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,8 @@ def tell_if_stock() -> None:
         return
     _told = True
     print(f"svmemu: running on the {eng.describe()}: guest stores and block entries are "
-          "slower, and NX nested mappings of guest page tables are refused (build the engine: "
+          "slower, NX nested mappings of guest page tables are refused, and UMIP and PKS are not "
+          "advertised (build the engine: "
           "python -m emu.engine.unicorn_build)", file=sys.stderr)
 
 
