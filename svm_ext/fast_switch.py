@@ -86,6 +86,13 @@ def _spans_differ_outside(a: bytes, b: bytes, allowed: tuple[tuple[int, int], ..
     return ma != mb
 
 
+def _guarded_digest(before: "Pending") -> int:
+    """A hash of the vmcb12 bytes and L1 context regions a VMRUN program guards."""
+    v12, blob = before.vmcb12, before.blob
+    return hash(b"".join([v12[lo:hi] for lo, hi in VMCB_RANGES]
+                         + [blob[off:off + n] for off, n in REGIONS]))
+
+
 @dataclass
 class Pending:
     """What a world switch handled in Python looked like before it ran."""
@@ -271,8 +278,12 @@ class FastSwitch:
         `nested_entries`: what hw_quirks.guard_nested_nx read (None: it cannot be replayed)."""
         key = None
         if before is not None and nested_entries is not None:
+            # The bytes the program guards belong in the key: the state id pins the vmcb12
+            # cached at the *previous* VMRUN, so one hypervisor loop can meet the same id
+            # before a vmcb12 another test left, and a key worn out by programs whose guards
+            # failed there would never be recorded for the loop that repeats.
             key = (VMEXIT_VMRUN, vmcb12_pa, before.state_id,
-                   _Q.unpack_from(before.blob, OFF_EIP)[0])
+                   _Q.unpack_from(before.blob, OFF_EIP)[0], _guarded_digest(before))
         self._record_and_arm(
             hostvm.UC_EXIT_BASE + VMEXIT_VMRUN, key,
             lambda post: self._vmrun_program(before, vmcb12_pa, nested_entries, post))
