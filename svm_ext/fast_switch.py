@@ -72,7 +72,7 @@ _Q = struct.Struct("<Q")
 _SLOT_L1_RFLAGS, _SLOT_VMRUNS, _SLOT_VMEXITS, _SLOT_HOST_DR7 = range(4)
 _FIRST_CODE_SLOT = 4          # then one counter per exit code a program was recorded for
 _CODE_SLOTS = 64
-_MAX_STATES = 4096
+MAX_STATES = 4096
 _RECORDINGS_PER_KEY = 2
 
 
@@ -119,6 +119,9 @@ class FastSwitch:
         self._seen: set[tuple] = set()     # switches met once: recorded when met again
         self._recorded: dict[tuple, int] = {}   # switches recorded: how many times
         self._key_of: tuple = (None, b"")   # (vmcb12 cache, its non-volatile bytes)
+        # C paths that keep facts per state id (fast_l2_msr.py): told when an id is made,
+        # from the nested state as it is then (state_made), and when all are dropped.
+        self.state_listeners: list = []
         m.replay_listeners.append(self.sync)
 
     def _slot(self, n: int) -> int:
@@ -150,7 +153,7 @@ class FastSwitch:
         """Recording costs ~100 us: spend it on switches that repeat, not on every first one."""
         if key in self._seen:
             return True
-        if len(self._seen) >= _MAX_STATES:
+        if len(self._seen) >= MAX_STATES:
             self._seen.clear()
         self._seen.add(key)
         return False
@@ -159,13 +162,17 @@ class FastSwitch:
         s = self._python_state()
         sid = self._ids.get(s)
         if sid is None:
-            if len(self._ids) >= _MAX_STATES:      # a guest that never repeats: start afresh
+            if len(self._ids) >= MAX_STATES:      # a guest that never repeats: start afresh
                 self._ids.clear()
                 self._states.clear()
                 self._recorded.clear()
                 self.engine.clear()
+                for listener in self.state_listeners:
+                    listener.states_forgotten()
             sid = self._ids[s] = len(self._ids) + 1
             self._states[sid] = s
+            for listener in self.state_listeners:
+                listener.state_made(sid)
         return sid
 
     def sync(self) -> None:
@@ -243,7 +250,7 @@ class FastSwitch:
         n = self._recorded.get(key, 0)
         if n >= _RECORDINGS_PER_KEY:
             return False
-        if len(self._recorded) >= _MAX_STATES:
+        if len(self._recorded) >= MAX_STATES:
             self._recorded.clear()
         self._recorded[key] = n + 1
         return True
