@@ -149,6 +149,9 @@ struct fast {
     /* RFLAGS.TF: an exit of an instruction run with it set owes a single-step trap once the
      * instruction completes, which only the Python handlers raise. */
     uint64_t eflags_tf;
+    /* This CPU's own TSC is the machine's time plus tsc_adjust (Machine._read_tsc: a write of
+     * the TSC on a machine of several CPUs moves only the writer's). */
+    uint64_t tsc_adjust;
 };
 
 struct engine {
@@ -210,7 +213,7 @@ static void do_rdtsc(struct fast *f, uint64_t offset, uint64_t rip)
     uint64_t t;
     fold_insns(f);
     spend(f, f->tsc_step);
-    t = f->tsc + f->ticks + offset;
+    t = f->tsc + f->ticks + f->tsc_adjust + offset;
     ENV64(f, FX_OFF_RAX) = t & 0xFFFFFFFFu;
     ENV64(f, FX_OFF_RDX) = t >> 32;
     ENV64(f, FX_OFF_EIP) = rip + 2;
@@ -782,7 +785,7 @@ const char *replay_abi(void)
     ABI_FIELD(fast, cpuid);
     ABI_FIELD(fast, off); ABI_FIELD(fast, vmem_read); ABI_FIELD(fast, n_cpuid);
     ABI_FIELD(fast, cpuid_slots); ABI_FIELD(fast, rdmsr); ABI_FIELD(fast, n_msr);
-    ABI_FIELD(fast, msr_slots); ABI_FIELD(fast, eflags_tf);
+    ABI_FIELD(fast, msr_slots); ABI_FIELD(fast, eflags_tf); ABI_FIELD(fast, tsc_adjust);
     ABI("sizeof(msr_slot)", sizeof(struct msr_slot)); ABI("FX_MSR_SLOTS", FX_MSR_SLOTS);
     ABI("FX_EXIT_MSR", FX_EXIT_MSR);
     ABI("sizeof(cpuid_slot)", sizeof(struct cpuid_slot));

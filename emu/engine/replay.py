@@ -98,7 +98,8 @@ class _Fast(ctypes.Structure):
                 ("vmem_read", ctypes.c_void_p), ("n_cpuid", ctypes.c_uint64),
                 ("cpuid_slots", _CpuidSlot * FX_CPUID_SLOTS),
                 ("rdmsr", ctypes.c_uint64), ("n_msr", ctypes.c_uint64),
-                ("msr_slots", _MsrSlot * FX_MSR_SLOTS), ("eflags_tf", ctypes.c_uint64)]
+                ("msr_slots", _MsrSlot * FX_MSR_SLOTS), ("eflags_tf", ctypes.c_uint64),
+                ("tsc_adjust", ctypes.c_uint64)]
 
 
 SI_MAX_FIELDS = 16
