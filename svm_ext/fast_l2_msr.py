@@ -126,7 +126,7 @@ class FastL2Msr:
                 or ctypes.c_uint64.from_address(env + H.OFF_VM_VMCB).value != VMCB02
                 or st.l1_rflags & RFLAGS_TF or not m.replay_ready()):
             return
-        self.fast.arm(self.fast._state_id())
+        self.fast.rearm()
 
     def disarm(self) -> None:
         pass

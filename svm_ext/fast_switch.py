@@ -217,6 +217,11 @@ class FastSwitch:
         return Pending(self._state_id(), bytes(m.ctx.view), pa,
                        bytes(m.mem.view[pa:pa + VMCB_SIZE]))
 
+    def rearm(self) -> None:
+        """Python handled an exit whose only effects are on the CPU and guest RAM
+        (fast_l2_msr.py): programs may run again, from the id of the nested state as it is now."""
+        self.arm(self._state_id())
+
     def arm(self, state_id: int) -> None:
         """The world switch is done: let programs recorded from Python state `state_id` run
         (0: none may)."""
