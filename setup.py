@@ -35,7 +35,7 @@ class BuildExtAndEngine(build_ext):
 setup(ext_modules=[Extension("emu.engine.creplay",
                              sources=["emu/engine/replay.c", "emu/engine/svm_insn.c",
                                       "emu/engine/edge_coverage.c", "emu/engine/deliver.c",
-                                      "emu/engine/apic_fast.c"],
+                                      "emu/engine/apic_fast.c", "emu/engine/l2_msr.c"],
                              depends=["emu/engine/svm_insn.h", "emu/engine/deliver.h",
-                                      "emu/engine/apic_fast.h"], optional=True)],
+                                      "emu/engine/apic_fast.h", "emu/engine/l2_msr.h"], optional=True)],
       cmdclass={"build_ext": BuildExtAndEngine})

@@ -49,6 +49,8 @@ from svm_ext import hw_quirks
 from svm_ext import vintr
 from .checks import HostCaps, nested_paging_enabled
 from .fast_insn import FastInsn
+from .fast_l2_msr import FastL2Msr
+from svm_ext import fast_switch
 from .fast_switch import FastSwitch
 from .state import NestedState
 from svm_ext import switch_cache
@@ -158,6 +160,8 @@ class SvmExtension(Extension, ExitRouter):
                      if machine.replay is not None and not switch_cache.VERIFY else None)
         # L1's VMLOAD/VMSAVE/STGI/CLGI answered in C while the fast exits are armed.
         self.fast_insn = FastInsn(self)
+        # L2's MSR accesses that end in #GP from L0, answered in C in a replay state.
+        self.fast_l2_msr = FastL2Msr(self, self.fast, fast_switch.MAX_STATES + 1)
 
     def level(self) -> str:
         return "L2" if self.state.in_l2 else "L1"
@@ -258,6 +262,8 @@ class SvmExtension(Extension, ExitRouter):
                 raise Unsupported("nested page fault with nested paging off")
             if code == VMEXIT_IRET:       # L0's own IRET intercept: a virtual NMI's blocking ends
                 vintr.on_iret(self, st.vmcb12)
+            elif code == VMEXIT_MSR:
+                self.fast_l2_msr.note(ctx.u64(OFF_EIP), msr_index)
             return False
         info2 = 0
         insn = None

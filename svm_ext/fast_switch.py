@@ -72,7 +72,7 @@ _Q = struct.Struct("<Q")
 _SLOT_L1_RFLAGS, _SLOT_VMRUNS, _SLOT_VMEXITS, _SLOT_HOST_DR7 = range(4)
 _FIRST_CODE_SLOT = 4          # then one counter per exit code a program was recorded for
 _CODE_SLOTS = 64
-_MAX_STATES = 4096
+MAX_STATES = 4096
 _RECORDINGS_PER_KEY = 2
 
 
@@ -84,6 +84,13 @@ def _spans_differ_outside(a: bytes, b: bytes, allowed: tuple[tuple[int, int], ..
     for off, n in allowed:
         ma[off:off + n] = mb[off:off + n] = bytes(n)
     return ma != mb
+
+
+def _guarded_digest(before: "Pending") -> int:
+    """A hash of the vmcb12 bytes and L1 context regions a VMRUN program guards."""
+    v12, blob = before.vmcb12, before.blob
+    return hash(b"".join([v12[lo:hi] for lo, hi in VMCB_RANGES]
+                         + [blob[off:off + n] for off, n in REGIONS]))
 
 
 @dataclass
@@ -112,6 +119,9 @@ class FastSwitch:
         self._seen: set[tuple] = set()     # switches met once: recorded when met again
         self._recorded: dict[tuple, int] = {}   # switches recorded: how many times
         self._key_of: tuple = (None, b"")   # (vmcb12 cache, its non-volatile bytes)
+        # C paths that keep facts per state id (fast_l2_msr.py): told when an id is made,
+        # from the nested state as it is then (state_made), and when all are dropped.
+        self.state_listeners: list = []
         m.replay_listeners.append(self.sync)
 
     def _slot(self, n: int) -> int:
@@ -143,7 +153,7 @@ class FastSwitch:
         """Recording costs ~100 us: spend it on switches that repeat, not on every first one."""
         if key in self._seen:
             return True
-        if len(self._seen) >= _MAX_STATES:
+        if len(self._seen) >= MAX_STATES:
             self._seen.clear()
         self._seen.add(key)
         return False
@@ -152,13 +162,17 @@ class FastSwitch:
         s = self._python_state()
         sid = self._ids.get(s)
         if sid is None:
-            if len(self._ids) >= _MAX_STATES:      # a guest that never repeats: start afresh
+            if len(self._ids) >= MAX_STATES:      # a guest that never repeats: start afresh
                 self._ids.clear()
                 self._states.clear()
                 self._recorded.clear()
                 self.engine.clear()
+                for listener in self.state_listeners:
+                    listener.states_forgotten()
             sid = self._ids[s] = len(self._ids) + 1
             self._states[sid] = s
+            for listener in self.state_listeners:
+                listener.state_made(sid)
         return sid
 
     def sync(self) -> None:
@@ -203,6 +217,11 @@ class FastSwitch:
         return Pending(self._state_id(), bytes(m.ctx.view), pa,
                        bytes(m.mem.view[pa:pa + VMCB_SIZE]))
 
+    def rearm(self) -> None:
+        """Python handled an exit whose only effects are on the CPU and guest RAM
+        (fast_l2_msr.py): programs may run again, from the id of the nested state as it is now."""
+        self.arm(self._state_id())
+
     def arm(self, state_id: int) -> None:
         """The world switch is done: let programs recorded from Python state `state_id` run
         (0: none may)."""
@@ -236,7 +255,7 @@ class FastSwitch:
         n = self._recorded.get(key, 0)
         if n >= _RECORDINGS_PER_KEY:
             return False
-        if len(self._recorded) >= _MAX_STATES:
+        if len(self._recorded) >= MAX_STATES:
             self._recorded.clear()
         self._recorded[key] = n + 1
         return True
@@ -271,8 +290,12 @@ class FastSwitch:
         `nested_entries`: what hw_quirks.guard_nested_nx read (None: it cannot be replayed)."""
         key = None
         if before is not None and nested_entries is not None:
+            # The bytes the program guards belong in the key: the state id pins the vmcb12
+            # cached at the *previous* VMRUN, so one hypervisor loop can meet the same id
+            # before a vmcb12 another test left, and a key worn out by programs whose guards
+            # failed there would never be recorded for the loop that repeats.
             key = (VMEXIT_VMRUN, vmcb12_pa, before.state_id,
-                   _Q.unpack_from(before.blob, OFF_EIP)[0])
+                   _Q.unpack_from(before.blob, OFF_EIP)[0], _guarded_digest(before))
         self._record_and_arm(
             hostvm.UC_EXIT_BASE + VMEXIT_VMRUN, key,
             lambda post: self._vmrun_program(before, vmcb12_pa, nested_entries, post))

@@ -245,6 +245,37 @@ def test_two_guests_in_turn_both_replayed():
     assert out.replays >= 2 * TRIPS - 12, out.replays     # each recorded when met the second time
 
 
+# A hypervisor that first alternates its vmcb12 between Y and a Z_k with a TSC offset of its own
+# (every Z_k VMRUN is entered in the state "vmcb12 Y cached", with other bytes each time), then
+# runs Y over and over: that loop's VMRUN is entered in the same state as the Z_k ones were, and
+# must still be recorded and replayed.
+PHASE_ONE = 12
+L1_PHASES = f"""
+    xor r12, r12
+again:
+    mov rax, rdi
+    vmrun
+    add qword ptr [rdi + 0x578], 3
+    inc r12
+    mov qword ptr [rdi + 0x50], 0
+    cmp r12, {PHASE_ONE}
+    jae next
+    test r12, 1
+    jz next
+    mov [rdi + 0x50], r12
+next:
+    cmp r12, {PHASE_ONE + TRIPS}
+    jb again
+""" + EXIT_PASS
+
+
+def test_vmrun_met_in_a_worn_state_is_still_replayed():
+    out = same_with_and_without(nested_image(L1_PHASES, L2_VMMCALL, vmcb12()))
+    assert out.reason == "exit" and out.status == 1, out
+    assert out.stats == {"vmrun": PHASE_ONE + TRIPS, "vmexit": PHASE_ONE + TRIPS}
+    assert out.replays >= 2 * TRIPS - 12, out.replays
+
+
 # ---- MSR intercepts that differ from exit to exit: every MSR index another one ----------------------
 MSR_LOG = 0x700000
 MSR_TABLE = 0x6F0000

@@ -13,8 +13,8 @@ makes that exact:
 - only exits of L1 are answered (the CPU runs under vmcb01; for L2 a hypervisor may intercept
   them, which the router decides), and only without nested paging (the code read below);
 - RDTSC: the TSC takes the instructions retired since Python last looked and moves by
-  TSC_STEP, and RDX:EAX get it (L1's TSC offset is always 0), RIP moves 2, as
-  Machine._exit_rdtsc. The instruction bytes are read first through Unicorn's debug walk,
+  TSC_STEP, and RDX:EAX get it plus this CPU's tsc_adjust (L1's TSC offset is always 0), RIP
+  moves 2, as Machine._exit_rdtsc. The instruction bytes are read first through Unicorn's debug walk,
   as Machine.mem.read_code does it: RDTSCP (which Unicorn reports as RDTSC) or a failed read
   goes to Python. What the C side moved (its `ticks`, emu/core/timebase.py) is added to
   Machine.tsc when Python next runs;
@@ -230,6 +230,7 @@ class FastExits:
             self._set_msr_slots()
         m.timebase.sync()
         self._base = fx.tsc = m.tsc & MASK64
+        fx.tsc_adjust = m.tsc_adjust & MASK64      # this CPU's own TSC (Machine._read_tsc)
         apic = m.apic
         self._tpr = fx.tpr = apic.tpr
         self.signalled = signalled = apic.signalled()

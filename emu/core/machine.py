@@ -1087,7 +1087,7 @@ class Machine:
 
     def _read_tsc(self) -> int:
         self.tsc += TSC_STEP
-        own = self.tsc + self.tsc_adjust
+        own = (self.tsc + self.tsc_adjust) & 0xFFFFFFFFFFFFFFFF    # a 64-bit count, then scaled
         if self.tsc_ratio != TSC_RATIO_RESET:       # a guest's: scaled, then offset
             own = (own * self.tsc_ratio) >> 32
         return (own + self.tsc_offset) & 0xFFFFFFFFFFFFFFFF

@@ -22,6 +22,7 @@
 #include "deliver.h"
 #include "apic_fast.h"
 #include "svm_insn.h"
+#include "l2_msr.h"
 
 enum {
     OP_END = 0,
@@ -148,6 +149,9 @@ struct fast {
     /* RFLAGS.TF: an exit of an instruction run with it set owes a single-step trap once the
      * instruction completes, which only the Python handlers raise. */
     uint64_t eflags_tf;
+    /* This CPU's own TSC is the machine's time plus tsc_adjust (Machine._read_tsc: a write of
+     * the TSC on a machine of several CPUs moves only the writer's). */
+    uint64_t tsc_adjust;
 };
 
 struct engine {
@@ -170,6 +174,7 @@ struct engine {
     struct svm_insn svm;            /* L1's VMLOAD/VMSAVE/STGI/CLGI (svm_insn.c) */
     struct deliver dl;              /* L1's exceptions through its IDT (deliver.c) */
     struct apic_fast apic;          /* L1's x2APIC writes (apic_fast.c) */
+    struct l2_msr l2;               /* L2's MSR accesses L0 answers with #GP (l2_msr.c) */
 };
 
 #define ENV64(f, name) (*(uint64_t *)((f)->env + (f)->off[name]))
@@ -208,7 +213,7 @@ static void do_rdtsc(struct fast *f, uint64_t offset, uint64_t rip)
     uint64_t t;
     fold_insns(f);
     spend(f, f->tsc_step);
-    t = f->tsc + f->ticks + offset;
+    t = f->tsc + f->ticks + f->tsc_adjust + offset;
     ENV64(f, FX_OFF_RAX) = t & 0xFFFFFFFFu;
     ENV64(f, FX_OFF_RDX) = t >> 32;
     ENV64(f, FX_OFF_EIP) = rip + 2;
@@ -631,12 +636,24 @@ static int fast_exit(void *uc, struct engine *e, uint32_t intno)
     return 0;
 }
 
+/* L2's exits L0 answers without L1 or Python (l2_msr.c): charged as every exit answered here
+ * (after the answer, which reads no time). */
+static int fast_l2_exit(void *uc, struct engine *e, uint32_t intno)
+{
+    if (!l2_msr_exit(&e->l2, &e->dl, uc, e->fx.env, intno, e->state))
+        return 0;
+    charge(e, intno);
+    return 1;
+}
+
 /* The UC_HOOK_INTR callback; user data is the engine. */
 void replay_intr(void *uc, uint32_t intno, void *user)
 {
     struct engine *e = (struct engine *)user;
     int stepping = e->fx.env && (ENV64(&e->fx, FX_OFF_EFLAGS) & e->fx.eflags_tf);
     if (e->fx.armed && e->enabled && !stepping && fast_exit(uc, e, intno))
+        return;
+    if (e->fx.armed && e->enabled && !stepping && fast_l2_exit(uc, e, intno))
         return;
     if (e->enabled && !stepping && intno < N_INTNO) {
         for (int i = 0; i < PER_INTNO && e->programs[intno][i] != NULL; i++) {
@@ -730,6 +747,15 @@ const char *replay_abi(void)
     X(halted) X(hlts)
 #define APIC_ABI(field) ABI_FIELD(apic_fast, field);
     APIC_FIELDS(APIC_ABI)
+    ABI_FIELD(engine, l2);
+    ABI("sizeof(l2_msr)", sizeof(struct l2_msr)); ABI("sizeof(l2_state)", sizeof(struct l2_state));
+    ABI("L2_MSRPM_RANGES", L2_MSRPM_RANGES);
+#define L2_MSR_FIELDS(X) X(enabled) X(exit_msr) X(l2_vmcb) X(off_vm_vmcb) X(off_rcx) \
+    X(off_error_code) X(off_eip) X(msrpm_size) X(ranges) X(n_states) X(states) X(msr_gp)
+#define L2_MSR_ABI(field) ABI_FIELD(l2_msr, field);
+    L2_MSR_FIELDS(L2_MSR_ABI)
+#define L2_STATE_ABI(field) ABI_FIELD(l2_state, field);
+    L2_STATE_ABI(in_l2) L2_STATE_ABI(msr_prot) L2_STATE_ABI(msrpm) L2_STATE_ABI(gp_intercepted)
     ABI("sizeof(svm_insn)", sizeof(struct svm_insn));
     ABI_FIELD(svm_insn, enabled); ABI_FIELD(svm_insn, ram); ABI_FIELD(svm_insn, ram_size);
     ABI_FIELD(svm_insn, vmcb_size); ABI_FIELD(svm_insn, maxphyaddr); ABI_FIELD(svm_insn, hf_cs64);
@@ -760,7 +786,7 @@ const char *replay_abi(void)
     ABI_FIELD(fast, cpuid);
     ABI_FIELD(fast, off); ABI_FIELD(fast, vmem_read); ABI_FIELD(fast, n_cpuid);
     ABI_FIELD(fast, cpuid_slots); ABI_FIELD(fast, rdmsr); ABI_FIELD(fast, n_msr);
-    ABI_FIELD(fast, msr_slots); ABI_FIELD(fast, eflags_tf);
+    ABI_FIELD(fast, msr_slots); ABI_FIELD(fast, eflags_tf); ABI_FIELD(fast, tsc_adjust);
     ABI("sizeof(msr_slot)", sizeof(struct msr_slot)); ABI("FX_MSR_SLOTS", FX_MSR_SLOTS);
     ABI("FX_EXIT_MSR", FX_EXIT_MSR);
     ABI("sizeof(cpuid_slot)", sizeof(struct cpuid_slot));

@@ -98,7 +98,8 @@ class _Fast(ctypes.Structure):
                 ("vmem_read", ctypes.c_void_p), ("n_cpuid", ctypes.c_uint64),
                 ("cpuid_slots", _CpuidSlot * FX_CPUID_SLOTS),
                 ("rdmsr", ctypes.c_uint64), ("n_msr", ctypes.c_uint64),
-                ("msr_slots", _MsrSlot * FX_MSR_SLOTS), ("eflags_tf", ctypes.c_uint64)]
+                ("msr_slots", _MsrSlot * FX_MSR_SLOTS), ("eflags_tf", ctypes.c_uint64),
+                ("tsc_adjust", ctypes.c_uint64)]
 
 
 SI_MAX_FIELDS = 16
@@ -180,6 +181,25 @@ class _ApicFast(ctypes.Structure):
                     "halted", "hlts")])
 
 
+L2_MSRPM_RANGES = len(MSRPM_RANGES)
+
+
+class L2State(ctypes.Structure):
+    """l2_msr.h's struct l2_state: what one replay state fixes of L1's intercepts."""
+    _fields_ = [(name, ctypes.c_uint64) for name in ("in_l2", "msr_prot", "msrpm",
+                                                     "gp_intercepted")]
+
+
+class _L2Msr(ctypes.Structure):
+    """l2_msr.h's struct l2_msr: L2's unknown-MSR #GP in C (svm_ext/fast_l2_msr.py owns the
+    meaning)."""
+    _fields_ = ([(name, ctypes.c_uint64) for name in (
+        "enabled", "exit_msr", "l2_vmcb", "off_vm_vmcb", "off_rcx", "off_error_code", "off_eip",
+        "msrpm_size")]
+                + [("ranges", (ctypes.c_uint32 * 3) * L2_MSRPM_RANGES)]
+                + [(name, ctypes.c_uint64) for name in ("n_states", "states", "msr_gp")])
+
+
 class _Engine(ctypes.Structure):
     _fields_ = [("uc", ctypes.c_void_p), ("ctx", ctypes.c_void_p),
                 ("save", ctypes.c_void_p), ("restore", ctypes.c_void_p),
@@ -192,7 +212,7 @@ class _Engine(ctypes.Structure):
                 ("programs", (ctypes.c_void_p * PER_INTNO) * N_INTNO),
                 ("exit_cost", ctypes.c_uint32 * N_INTNO),
                 ("in_fallback", ctypes.c_void_p), ("svm", _SvmInsn), ("dl", _Deliver),
-                ("apic", _ApicFast)]
+                ("apic", _ApicFast), ("l2", _L2Msr)]
 
 
 _OP = struct.Struct("<IIQQQ")      # struct op, packed in one call per op (ctypes fields cost more)
@@ -221,10 +241,12 @@ def expected_abi() -> dict[str, int]:
            "SI_Q_CANON": SI_Q_CANON, "SI_U16_IN_U32": SI_U16_IN_U32,
            "sizeof(deliver)": ctypes.sizeof(_Deliver), "DL_MAX_MSRS": DL_MAX_MSRS,
            "DL_LEVELS": DL_LEVELS, "DL_EXCEPTION": DL_EXCEPTION, "DL_SOFTWARE": DL_SOFTWARE,
-           "DL_EXTERNAL": DL_EXTERNAL}
+           "DL_EXTERNAL": DL_EXTERNAL, "sizeof(l2_msr)": ctypes.sizeof(_L2Msr),
+           "sizeof(l2_state)": ctypes.sizeof(L2State), "L2_MSRPM_RANGES": L2_MSRPM_RANGES}
     for prefix, struct_type in (("op", _Op), ("engine", _Engine), ("fast", _Fast),
                                 ("svm_insn", _SvmInsn), ("si_field", _SiField),
-                                ("deliver", _Deliver), ("apic_fast", _ApicFast)):
+                                ("deliver", _Deliver), ("apic_fast", _ApicFast),
+                                ("l2_msr", _L2Msr), ("l2_state", L2State)):
         for name, _ in struct_type._fields_:
             abi[f"{prefix}.{name}"] = getattr(struct_type, name).offset
     abi.update({name: value for value, name in enumerate(OPCODES)})
@@ -463,6 +485,11 @@ class Engine:
     def apic(self) -> "_ApicFast":
         """The words of L1's x2APIC writes in C (emu/core/apic_fast.py owns them)."""
         return self._e.apic
+
+    @property
+    def l2_msr(self) -> "_L2Msr":
+        """The words of L2's unknown-MSR #GP in C (svm_ext/fast_l2_msr.py owns them)."""
+        return self._e.l2
 
     @property
     def replays(self) -> int:
