@@ -255,3 +255,40 @@ int apic_fast_wrmsr(struct apic_fast *a, void *uc, uint32_t index, uint64_t valu
         a->changed = 1;
     return done;
 }
+
+static int interruptible(const struct apic_fast *a)
+{
+    return (*(const uint64_t *)a->eflags_addr & a->if_mask) &&
+           !(*(const uint32_t *)a->hflags_addr & a->hf_inhibit_irq) &&
+           (*(const uint32_t *)a->hflags2_addr & a->hf2_gif);
+}
+
+int apic_fast_timer_due(const struct apic_fast *a, uint64_t now, uint64_t tpr)
+{
+    int vector = (int)(a->lvt_timer & 0xFF), isrv = top_bit(a->isr);
+    uint64_t ppr;
+    if (!a->enabled || !a->fire_ok || !deadline_due(a, now) || (a->lvt_timer & a->lvt_masked) ||
+        vector < FIRST_VALID_VECTOR || irr_any(a) || a->window_armed || a->kicked ||
+        a->halted || a->sent || !interruptible(a))
+        return -1;
+    if (isrv < 0)
+        isrv = 0;
+    ppr = PRIORITY_CLASS(tpr & 0xFF) >= PRIORITY_CLASS((uint64_t)isrv) ? tpr & 0xFF
+                                                                    : (uint64_t)isrv & 0xF0;
+    if (PRIORITY_CLASS((uint64_t)vector) <= PRIORITY_CLASS(ppr))
+        return -1;
+    return vector;
+}
+
+void apic_fast_timer_taken(struct apic_fast *a, int vector)
+{
+    a->tsc_deadline = 0;
+    set_bit(a->isr, vector);
+    clear_bit(a->tmr, vector);
+    a->dirty |= APIC_DIRTY_ISR | APIC_DIRTY_TMR | APIC_DIRTY_DEADLINE;
+    a->changed = 1;
+    a->deadline_moved = 0;      /* every bound C set before has passed */
+    a->unbounded = 1;
+    a->timers_pending = 0;      /* fire_ok: no other timer */
+    a->fired++;
+}
