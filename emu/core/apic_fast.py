@@ -126,6 +126,11 @@ class ApicFast:
         """TSC-deadline timer interrupts taken in C at the run's deadline so far."""
         return self.a.fired if self.a is not None else 0
 
+    @property
+    def taken_now(self) -> int:
+        """Interrupts of TSC deadlines written in the past, taken in C after the WRMSR."""
+        return self.a.taken_now if self.a is not None else 0
+
     def _may_fire(self) -> bool:
         """May C take the TSC-deadline timer's interrupt at the run's deadline? Only where the
         interrupt point would deliver it and do nothing else: one CPU, the APIC software-enabled
@@ -197,7 +202,7 @@ class ApicFast:
         a.hlt_ok = int(m.halts_itself())
         a.fire_ok = int(self._may_fire())
         a.changed = a.window_armed = a.kicked = a.deadline_moved = a.sent = a.halted = 0
-        a.dirty = a.wanted_timers = 0
+        a.dirty = a.wanted_timers = a.take_vector = 0
         a.enabled = 1
         self._armed = True
 

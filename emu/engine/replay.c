@@ -526,6 +526,24 @@ static int fast_exception(void *uc, struct engine *e, uint32_t intno)
                              vector == d->pf ? *(const uint64_t *)d->pf_cr2 : 0);
 }
 
+/* A TSC deadline written in the past fires at once (apic_fast.c `take_vector`): its interrupt
+ * is delivered here, after the WRMSR, as the interrupt point right after it would; when
+ * deliver.c leaves it to the reference, it waits in IRR and the run stops as before. */
+static void take_timer_now(void *uc, struct engine *e)
+{
+    struct apic_fast *a = &e->apic;
+    int vector = (int)a->take_vector - 1;
+    if (!a->take_vector)
+        return;
+    a->take_vector = 0;
+    if (e->dl.enabled && !e->dl.window &&
+        deliver_exception(&e->dl, uc, e->fx.env, (uint32_t)vector, DL_EXTERNAL, 0, 0,
+                          ENV64(&e->fx, FX_OFF_EIP), 0, 0))
+        apic_fast_take_now(a, vector);
+    else
+        apic_fast_take_later(a, uc, vector);
+}
+
 /* L1's WRMSR (EXITINFO1 1) of an x2APIC register or IA32_TSC_DEADLINE (apic_fast.c): RIP moves
  * past 0F 30 when answered. A request it leaves in IRR keeps STGI, MOV CR8 and the exceptions
  * deliver.c would deliver in Python. */
@@ -542,11 +560,12 @@ static int fast_wrmsr(void *uc, struct engine *e)
     t.now = f->tsc + f->ticks;
     if (!apic_fast_wrmsr(&e->apic, uc, (uint32_t)ENV64(f, FX_OFF_RCX), value, &f->tpr, &t))
         return 0;
+    ENV64(f, FX_OFF_EIP) += 2;
+    take_timer_now(uc, e);
     if (apic_fast_busy(&e->apic, t.now)) {
         e->svm.stgi_ok = 0;
         e->dl.enabled = 0;      /* deliver.c runs only while the APIC signals nothing */
     }
-    ENV64(f, FX_OFF_EIP) += 2;
     return 1;
 }
 
@@ -752,7 +771,8 @@ const char *replay_abi(void)
     X(bound_time) X(msr_tpr) X(msr_eoi) X(msr_icr) X(msr_self_ipi) X(msr_tsc_deadline) \
     X(lvt_masked) X(icr_writable) X(icr_mode_shift) X(icr_dest_logical) X(icr_shorthand_shift) \
     X(emu_stop) X(eoi) X(tpr) X(icr_sent) X(deadline) X(exit_hlt) X(hlt_ok) X(hf_inhibit_irq) \
-    X(halted) X(hlts) X(fire_ok) X(fired)
+    X(halted) X(hlts) X(fire_ok) X(fired) X(take_vector) \
+    X(taken_now)
 #define APIC_ABI(field) ABI_FIELD(apic_fast, field);
     APIC_FIELDS(APIC_ABI)
     ABI("sizeof(svm_insn)", sizeof(struct svm_insn));

@@ -178,7 +178,7 @@ class _ApicFast(ctypes.Structure):
                 + [("emu_stop", ctypes.c_void_p)]
                 + [(name, ctypes.c_uint64) for name in (
                     "eoi", "tpr", "icr_sent", "deadline", "exit_hlt", "hlt_ok", "hf_inhibit_irq",
-                    "halted", "hlts", "fire_ok", "fired")])
+                    "halted", "hlts", "fire_ok", "fired", "take_vector", "taken_now")])
 
 
 class _Engine(ctypes.Structure):
