@@ -14,6 +14,7 @@ from emu.engine import replay
 from emu.engine.hw_switch import OFF_V_TPR
 from emu.loader.asm import assemble_source
 from emu.loader.multiboot import parse_image
+from svm_ext.extension import SvmExtension
 
 pytestmark = pytest.mark.skipif(not replay.available(), reason="the C engine was not built")
 
@@ -188,8 +189,8 @@ class Outcome:
     fired: tuple[int, int] = (0, 0)
 
 
-def run(image: bytes, fast: bool, fire: bool = True) -> Outcome:
-    m = Machine(RAM, stdout=None)
+def run(image: bytes, fast: bool, fire: bool = True, svm: bool = False) -> Outcome:
+    m = Machine(RAM, stdout=None, extensions=[SvmExtension()] if svm else [])
     assert m.replay is not None
     m.replay.enabled = fast
     m.apic_fast.fire_allowed = m.apic_fast.fire_allowed and fire
@@ -554,3 +555,76 @@ def test_deadline_interrupt_comes_at_its_virtual_time(tmp_path):
     if fast.fired[0] == 0:
         pytest.skip("this engine has no deadline callback")
     assert fast.fired[0] >= 195, fast.fired
+
+
+# L1 with EFER.SVME clears GIF (CLGI) and lets a TSC deadline pass: the interrupt must wait
+# for STGI (APM vol. 2, 15.17), whichever path runs the timer.
+GIF_GUEST = r"""
+.include "prelude.inc"
+
+main:
+    mov al, 0xff
+    out 0x21, al
+    set_idt_handler 0x40, timer_isr
+    mov ecx, 0x1b
+    rdmsr
+    or eax, 0xc00
+    wrmsr
+    mov ecx, 0x832
+    mov eax, 0x40040
+    xor edx, edx
+    wrmsr
+    mov ecx, 0xc0000080
+    rdmsr
+    or eax, 0x1000                  # EFER.SVME
+    wrmsr
+    sti
+    clgi
+    rdtsc
+    add eax, 500
+    adc edx, 0
+    mov ecx, 0x6e0
+    wrmsr
+    mov ecx, 20000
+1:  dec ecx
+    jnz 1b
+    mov rbx, [count]                # 0: held while GIF = 0
+    stgi
+    nop
+    mov rax, [count]                # 1: taken at STGI
+    shl rbx, 4
+    or rbx, rax
+    cli
+    print "gif "
+    mov rdi, rbx
+    call puthex64
+    call newline
+    ret
+
+timer_isr:
+    push rax
+    push rcx
+    push rdx
+    inc qword ptr [count]
+    xor eax, eax
+    xor edx, edx
+    mov ecx, 0x80b
+    wrmsr
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+.bss
+count: .space 8
+.text
+"""
+
+
+def test_timer_waits_for_gif(tmp_path):
+    src = tmp_path / "gif.S"
+    src.write_text(GIF_GUEST)
+    image = assemble_source(str(src))
+    fast, slow = run(image, True, svm=True), run(image, False, svm=True)
+    assert b"gif 0x0000000000000001" in fast.output, fast.output
+    assert fast.output == slow.output and fast.tsc == slow.tsc

@@ -135,11 +135,13 @@ class ApicFast:
         """May C take the TSC-deadline timer's interrupt at the run's deadline? Only where the
         interrupt point would deliver it and do nothing else: one CPU, the APIC software-enabled
         in TSC-deadline mode, no device timer that could fall due at the same time, no
-        instruction budget, L1's deliveries in C allowed."""
+        instruction budget, L1's deliveries in C allowed, and no hypervisor at work (L1's GIF,
+        which C paths and replay programs may change, is not the engine's hflags2 GIF that
+        apic_fast.c reads; with EFER.SVME clear it is always 1)."""
         m = self.m
         apic = m.apic
         return (self.fire_allowed and m.cpus == 1 and apic.enabled and apic.deadline_mode
-                and m._insn_budget is None and m.fast_deliver.allowed
+                and m._insn_budget is None and m.fast_deliver.allowed and not m.svm_enabled()
                 and not any(t.deadline() is not None for t in m.irq.timers))
 
     @property
