@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from emu.core.machine import Machine
+from emu.core.machine import TSC_STEP, Machine
 from emu.engine import replay
 from emu.engine.hw_switch import OFF_V_TPR
 from emu.loader.asm import assemble_source
 from emu.loader.multiboot import parse_image
+from svm_ext.extension import SvmExtension
 
 pytestmark = pytest.mark.skipif(not replay.available(), reason="the C engine was not built")
 
@@ -185,17 +186,20 @@ class Outcome:
     tsc: int
     apic: dict
     answered: tuple[int, int, int, int]
+    fired: tuple[int, int] = (0, 0)
 
 
-def run(image: bytes, fast: bool) -> Outcome:
-    m = Machine(RAM, stdout=None)
+def run(image: bytes, fast: bool, fire: bool = True, svm: bool = False) -> Outcome:
+    m = Machine(RAM, stdout=None, extensions=[SvmExtension()] if svm else [])
     assert m.replay is not None
     m.replay.enabled = fast
+    m.apic_fast.fire_allowed = m.apic_fast.fire_allowed and fire
     m.load_multiboot(parse_image(image, "guest", RAM), "guest ")
     res = m.run(timeout=120)
     return Outcome(res.reason, res.status, bytes(m.serial.output), bytes(m.ram),
                    bytes(m.ctx.save().view)[:_NOISE_FROM], m.tsc, m.apic.state(),
-                   m.apic_fast.answered)
+                   m.apic_fast.answered,
+                   (m.apic_fast.fired_timer, m.apic_fast.taken_now))
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +208,28 @@ def outcomes(tmp_path_factory) -> tuple[Outcome, Outcome]:
     src.write_text(GUEST.replace("ROUNDS", str(ROUNDS)))
     image = assemble_source(str(src))
     return run(image, True), run(image, False)
+
+
+def test_timer_taken_at_the_deadline_same_in_c_and_python(tmp_path):
+    """The waited-for deadline's interrupt taken in C where the run reaches it (engine patch
+    0028), and a past deadline's taken in C right after its WRMSR, leave what the stop and
+    Python's interrupt point leave, every other C path on. The 8259 masks the PIT first: a
+    device timer that could fall due keeps the stop."""
+    src = tmp_path / "apic_fire.S"
+    src.write_text(GUEST.replace("ROUNDS", str(ROUNDS))
+                   .replace("main:\n", "main:\n    mov al, 0xff\n    out 0x21, al\n", 1))
+    image = assemble_source(str(src))
+    fast, stop = run(image, True), run(image, True, fire=False)
+    assert stop.fired == (0, 0)
+    fired, taken_now = fast.fired
+    assert taken_now >= ROUNDS - 5, fast.fired
+    assert run(image, False).output == fast.output
+    if not fired:
+        pytest.skip("this engine has no deadline callback")
+    assert fired >= ROUNDS - 5, fast.fired
+    for name in ("reason", "status", "output", "context", "tsc", "apic", "answered"):
+        assert getattr(fast, name) == getattr(stop, name), name
+    assert fast.ram == stop.ram
 
 
 def test_x2apic_writes_same_in_c_and_python(outcomes):
@@ -431,3 +457,175 @@ def test_ipis_between_two_cpus_same_in_c_and_python(tmp_path):
     (eoi0, _, sent0, _, hlt0), (eoi1, _, sent1, _, _) = answered
     assert sent0 >= 55 and sent1 >= 55 and eoi0 >= 55 and eoi1 >= 55, answered
     assert hlt0 >= 25, answered
+
+
+# The TSC-deadline timer fires at its virtual time: each round arms a deadline 3000 ticks ahead
+# and spins; the handler's first RDTSC, less the deadline, is how late the interrupt came. The
+# guest prints the smallest and largest lateness (unsigned: one early interrupt is huge).
+TIMING_GUEST = r"""
+.include "prelude.inc"
+
+main:
+    mov al, 0xff
+    out 0x21, al                    # the PIT masked: only the APIC timer
+    set_idt_handler 0x40, timer_isr
+    mov ecx, 0x1b
+    rdmsr
+    or eax, 0xc00
+    wrmsr
+    mov ecx, 0x80f
+    mov eax, 0x1ff
+    xor edx, edx
+    wrmsr
+    mov ecx, 0x832
+    mov eax, 0x40040                # LVT timer: TSC-deadline mode, vector 0x40
+    wrmsr
+    mov r14, ROUNDS
+    xor r13, r13                    # largest lateness
+    mov r12, -1                     # smallest
+    sti
+.Lloop:
+    mov rbx, [count]
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    add rax, 3000
+    mov [deadline], rax
+    mov rdx, rax
+    shr rdx, 32
+    mov ecx, 0x6e0
+    wrmsr
+1:  cmp [count], rbx
+    je 1b
+    mov rax, [taken]
+    sub rax, [deadline]
+    cmp rax, r13
+    cmova r13, rax
+    cmp rax, r12
+    cmovb r12, rax
+    dec r14
+    jnz .Lloop
+    cli
+    print "late "
+    mov rdi, r12
+    call puthex64
+    print " "
+    mov rdi, r13
+    call puthex64
+    call newline
+    ret
+
+timer_isr:
+    push rax
+    push rdx
+    push rcx
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov [taken], rax
+    inc qword ptr [count]
+    xor eax, eax
+    xor edx, edx
+    mov ecx, 0x80b
+    wrmsr
+    pop rcx
+    pop rdx
+    pop rax
+    iretq
+
+.bss
+count: .space 8
+deadline: .space 8
+taken: .space 8
+.text
+"""
+
+
+def test_deadline_interrupt_comes_at_its_virtual_time(tmp_path):
+    """Taken in C at the run's deadline, the timer interrupt reaches the handler right at its
+    deadline in every round: the handler's read is late by its three pushes and the RDTSC's
+    own step (TSC_STEP, counted before the value is read), as on the Python path."""
+    src = tmp_path / "timing.S"
+    src.write_text(TIMING_GUEST.replace("ROUNDS", "200"))
+    image = assemble_source(str(src))
+    fast, slow = run(image, True), run(image, False)
+    assert fast.output == slow.output and fast.tsc == slow.tsc
+    line = next(x for x in fast.output.decode().splitlines() if x.startswith("late "))
+    low, high = (int(v, 16) for v in line.split()[1:])
+    assert low == high and TSC_STEP < low <= TSC_STEP + 4, line
+    if fast.fired[0] == 0:
+        pytest.skip("this engine has no deadline callback")
+    assert fast.fired[0] >= 195, fast.fired
+
+
+# L1 with EFER.SVME clears GIF (CLGI) and lets a TSC deadline pass: the interrupt must wait
+# for STGI (APM vol. 2, 15.17), whichever path runs the timer.
+GIF_GUEST = r"""
+.include "prelude.inc"
+
+main:
+    mov al, 0xff
+    out 0x21, al
+    set_idt_handler 0x40, timer_isr
+    mov ecx, 0x1b
+    rdmsr
+    or eax, 0xc00
+    wrmsr
+    mov ecx, 0x832
+    mov eax, 0x40040
+    xor edx, edx
+    wrmsr
+    mov ecx, 0xc0000080
+    rdmsr
+    or eax, 0x1000                  # EFER.SVME
+    wrmsr
+    sti
+    clgi
+    rdtsc
+    add eax, 500
+    adc edx, 0
+    mov ecx, 0x6e0
+    wrmsr
+    mov ecx, 20000
+1:  dec ecx
+    jnz 1b
+    mov rbx, [count]                # 0: held while GIF = 0
+    stgi
+    nop
+    mov rax, [count]                # 1: taken at STGI
+    shl rbx, 4
+    or rbx, rax
+    cli
+    print "gif "
+    mov rdi, rbx
+    call puthex64
+    call newline
+    ret
+
+timer_isr:
+    push rax
+    push rcx
+    push rdx
+    inc qword ptr [count]
+    xor eax, eax
+    xor edx, edx
+    mov ecx, 0x80b
+    wrmsr
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+.bss
+count: .space 8
+.text
+"""
+
+
+def test_timer_waits_for_gif(tmp_path):
+    src = tmp_path / "gif.S"
+    src.write_text(GIF_GUEST)
+    image = assemble_source(str(src))
+    fast, slow = run(image, True, svm=True), run(image, False, svm=True)
+    assert b"gif 0x0000000000000001" in fast.output, fast.output
+    assert fast.output == slow.output and fast.tsc == slow.tsc

@@ -111,6 +111,8 @@ class ApicFast:
         self._key: tuple = ()
         self._want_timers = False
         self._armed = False
+        self._fired = 0
+        self.fire_allowed = e.hook_deadline()
         machine.fast_exits.companions.append(self)
 
     @property
@@ -118,6 +120,29 @@ class ApicFast:
         """(EOI, TPR, IPI, TSC deadline) writes answered in C so far."""
         a = self.a
         return (a.eoi, a.tpr, a.icr_sent, a.deadline) if a is not None else (0, 0, 0, 0)
+
+    @property
+    def fired_timer(self) -> int:
+        """TSC-deadline timer interrupts taken in C at the run's deadline so far."""
+        return self.a.fired if self.a is not None else 0
+
+    @property
+    def taken_now(self) -> int:
+        """Interrupts of TSC deadlines written in the past, taken in C after the WRMSR."""
+        return self.a.taken_now if self.a is not None else 0
+
+    def _may_fire(self) -> bool:
+        """May C take the TSC-deadline timer's interrupt at the run's deadline? Only where the
+        interrupt point would deliver it and do nothing else: one CPU, the APIC software-enabled
+        in TSC-deadline mode, no device timer that could fall due at the same time, no
+        instruction budget, L1's deliveries in C allowed, and no hypervisor at work (L1's GIF,
+        which C paths and replay programs may change, is not the engine's hflags2 GIF that
+        apic_fast.c reads; with EFER.SVME clear it is always 1)."""
+        m = self.m
+        apic = m.apic
+        return (self.fire_allowed and m.cpus == 1 and apic.enabled and apic.deadline_mode
+                and m._insn_budget is None and m.fast_deliver.allowed and not m.svm_enabled()
+                and not any(t.deadline() is not None for t in m.irq.timers))
 
     @property
     def answered_hlt(self) -> int:
@@ -178,8 +203,9 @@ class ApicFast:
         router = m.router
         a.always_stop = int(router is not None and router.physical_if() is not None)
         a.hlt_ok = int(m.halts_itself())
+        a.fire_ok = int(self._may_fire())
         a.changed = a.window_armed = a.kicked = a.deadline_moved = a.sent = a.halted = 0
-        a.dirty = a.wanted_timers = 0
+        a.dirty = a.wanted_timers = a.take_vector = 0
         a.enabled = 1
         self._armed = True
 
@@ -206,6 +232,10 @@ class ApicFast:
             return
         m = self.m
         apic, irq = m.apic, m.irq
+        if a.fired != self._fired:      # the timer fired in C: the run's bound has passed
+            self._fired = a.fired
+            m.timebase.bound_passed()
+            irq.timer_taken()
         dirty = a.dirty
         if dirty:
             if dirty & APIC_DIRTY_ISR:

@@ -330,6 +330,11 @@ class InterruptController:
         """The run in progress got a time bound (from C, emu/core/apic_fast.py)."""
         self._unbounded = False
 
+    def timer_taken(self) -> None:
+        """C delivered the APIC timer's interrupt at the run's bound and ran on unbounded
+        (emu/core/apic_fast.py)."""
+        self._unbounded = True
+
     def note_kick(self) -> None:
         """C stopped emulation for a reason of ours (emu/core/apic_fast.py)."""
         self._kicked = True

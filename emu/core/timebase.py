@@ -168,6 +168,11 @@ class Timebase:
         if self._fx is not None:
             self._fx.deadline_by_time = 1
 
+    def bound_passed(self) -> None:
+        """C took the timer interrupt the run's bound stood for and ran on without a bound
+        (replay.c `replay_deadline`): none is left for `rebound` to restore."""
+        self._until = None
+
     def retired(self) -> int:
         """Instructions retired so far (the engine's count; 0 without it)."""
         return self.counter.read()

@@ -199,11 +199,21 @@ static int self_ipi(struct apic_fast *a, void *uc, uint64_t value, const struct 
     return 1;
 }
 
+static int interruptible(const struct apic_fast *a)
+{
+    return (*(const uint64_t *)a->eflags_addr & a->if_mask) &&
+           !(*(const uint32_t *)a->hflags_addr & a->hf_inhibit_irq) &&
+           (*(const uint32_t *)a->hflags2_addr & a->hf2_gif);
+}
+
+static int takeable(const struct apic_fast *a, int vector, uint64_t tpr);
+
 /* LocalApic.write_tsc_deadline in TSC-deadline mode: a deadline already past fires at once
  * (the LVT's vector into IRR unless masked); a later one bounds the run so that it stops when
  * the machine's time reaches it (Timebase.bound's deadline, as InterruptController.timer_moved
  * does in Python). */
-static int write_deadline(struct apic_fast *a, void *uc, uint64_t value, struct apic_time *t)
+static int write_deadline(struct apic_fast *a, void *uc, uint64_t value, uint64_t tpr,
+                          struct apic_time *t)
 {
     int masked = (a->lvt_timer & a->lvt_masked) != 0, vector = (int)(a->lvt_timer & 0xFF);
     if (!a->deadline_mode || !a->deadline_ok || !t->count || !a->tick_ok)
@@ -213,7 +223,9 @@ static int write_deadline(struct apic_fast *a, void *uc, uint64_t value, struct 
             return 0;
         a->tsc_deadline = 0;
         a->dirty |= APIC_DIRTY_DEADLINE;
-        if (!masked)
+        if (!masked && takeable(a, vector, tpr))
+            a->take_vector = (uint64_t)vector + 1;      /* delivered after the WRMSR */
+        else if (!masked)
             accept(a, uc, vector);
     } else {
         a->tsc_deadline = value;
@@ -242,7 +254,7 @@ int apic_fast_wrmsr(struct apic_fast *a, void *uc, uint32_t index, uint64_t valu
     if (index == a->msr_eoi)
         done = eoi(a, uc, value);
     else if (index == a->msr_tsc_deadline)
-        done = write_deadline(a, uc, value, t);
+        done = write_deadline(a, uc, value, *tpr, t);
     else if (index == a->msr_tpr)
         done = write_tpr(a, uc, value, tpr, t);
     else if (index == a->msr_icr)
@@ -254,4 +266,57 @@ int apic_fast_wrmsr(struct apic_fast *a, void *uc, uint32_t index, uint64_t valu
     if (done)
         a->changed = 1;
     return done;
+}
+
+/* Would the interrupt point deliver the timer's `vector` now and do nothing else: it the only
+ * request, above the PPR class (LocalApic.ppr), the CPU interruptible, no stop or window of
+ * C's own under way? */
+static int takeable(const struct apic_fast *a, int vector, uint64_t tpr)
+{
+    int isrv = top_bit(a->isr);
+    uint64_t ppr;
+    if (!a->fire_ok || vector < FIRST_VALID_VECTOR || irr_any(a) || a->window_armed ||
+        a->kicked || a->halted || a->sent || !interruptible(a))
+        return 0;
+    if (isrv < 0)
+        isrv = 0;
+    ppr = PRIORITY_CLASS(tpr & 0xFF) >= PRIORITY_CLASS((uint64_t)isrv) ? tpr & 0xFF
+                                                                    : (uint64_t)isrv & 0xF0;
+    return PRIORITY_CLASS((uint64_t)vector) > PRIORITY_CLASS(ppr);
+}
+
+int apic_fast_timer_due(const struct apic_fast *a, uint64_t now, uint64_t tpr)
+{
+    int vector = (int)(a->lvt_timer & 0xFF);
+    if (!a->enabled || !deadline_due(a, now) || (a->lvt_timer & a->lvt_masked) ||
+        !takeable(a, vector, tpr))
+        return -1;
+    return vector;
+}
+
+void apic_fast_take_now(struct apic_fast *a, int vector)
+{
+    set_bit(a->isr, vector);
+    clear_bit(a->tmr, vector);
+    a->dirty |= APIC_DIRTY_ISR | APIC_DIRTY_TMR;
+    a->changed = 1;
+    a->taken_now++;
+}
+
+void apic_fast_take_later(struct apic_fast *a, void *uc, int vector)
+{
+    accept(a, uc, vector);
+}
+
+void apic_fast_timer_taken(struct apic_fast *a, int vector)
+{
+    a->tsc_deadline = 0;
+    set_bit(a->isr, vector);
+    clear_bit(a->tmr, vector);
+    a->dirty |= APIC_DIRTY_ISR | APIC_DIRTY_TMR | APIC_DIRTY_DEADLINE;
+    a->changed = 1;
+    a->deadline_moved = 0;      /* every bound C set before has passed */
+    a->unbounded = 1;
+    a->timers_pending = 0;      /* fire_ok: no other timer */
+    a->fired++;
 }

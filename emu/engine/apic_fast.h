@@ -61,6 +61,15 @@ struct apic_fast {
     uint64_t hf_inhibit_irq;    /* hflags: the interrupt shadow */
     uint64_t halted;            /* out: C halted the CPU */
     uint64_t hlts;              /* count of HLTs answered here */
+    /* The TSC-deadline timer's expiry at the run's deadline (patch 0028, replay.c
+     * `replay_deadline`): taken here, vector into ISR, when it is the only request and the CPU
+     * takes it at once (InterruptController.point would deliver it and nothing else). */
+    uint64_t fire_ok;           /* Python: one CPU, no device timer, APIC software-enabled
+                                 * (also for take_vector below) */
+    uint64_t fired;             /* count of expiries taken here */
+    uint64_t take_vector;       /* out: a deadline written in the past: vector + 1 to take
+                                 * right after the WRMSR (replay.c), not yet in IRR */
+    uint64_t taken_now;         /* count of those taken at the WRMSR */
 };
 
 /* The instruction counter's words (patch 0005): count, then deadline, and whether the deadline
@@ -77,6 +86,22 @@ struct apic_time {
  * changed. */
 int apic_fast_wrmsr(struct apic_fast *a, void *uc, uint32_t index, uint64_t value,
                     uint64_t *tpr, struct apic_time *t);
+
+/* The vector the TSC-deadline timer delivers now, at machine time `now` with TPR `tpr`, if
+ * taking it is all the interrupt point would do (the deadline due, its vector the only request
+ * and above the PPR class, RFLAGS.IF set, no interrupt shadow, GIF set); else -1, nothing
+ * changed. */
+int apic_fast_timer_due(const struct apic_fast *a, uint64_t now, uint64_t tpr);
+
+/* The CPU took `vector` from apic_fast_timer_due: LocalApic.tick then acknowledge (the deadline
+ * disarmed, the vector in ISR as edge-triggered). The run has no time bound from here on. */
+void apic_fast_timer_taken(struct apic_fast *a, int vector);
+
+/* The interrupt take_vector names was delivered after the WRMSR: into ISR. */
+void apic_fast_take_now(struct apic_fast *a, int vector);
+
+/* It was not: into IRR, as the Python path (the window, or a stop). */
+void apic_fast_take_later(struct apic_fast *a, void *uc, int vector);
 
 /* Is anything requested (IRR) or a TSC deadline due by `now`? The other fast exits that would
  * let an interrupt in (MOV CR8, STGI) go to Python then. */

@@ -531,6 +531,24 @@ static int fast_exception(void *uc, struct engine *e, uint32_t intno)
                              vector == d->pf ? *(const uint64_t *)d->pf_cr2 : 0);
 }
 
+/* A TSC deadline written in the past fires at once (apic_fast.c `take_vector`): its interrupt
+ * is delivered here, after the WRMSR, as the interrupt point right after it would; when
+ * deliver.c leaves it to the reference, it waits in IRR and the run stops as before. */
+static void take_timer_now(void *uc, struct engine *e)
+{
+    struct apic_fast *a = &e->apic;
+    int vector = (int)a->take_vector - 1;
+    if (!a->take_vector)
+        return;
+    a->take_vector = 0;
+    if (e->dl.enabled && !e->dl.window &&
+        deliver_exception(&e->dl, uc, e->fx.env, (uint32_t)vector, DL_EXTERNAL, 0, 0,
+                          ENV64(&e->fx, FX_OFF_EIP), 0, 0))
+        apic_fast_take_now(a, vector);
+    else
+        apic_fast_take_later(a, uc, vector);
+}
+
 /* L1's WRMSR (EXITINFO1 1) of an x2APIC register or IA32_TSC_DEADLINE (apic_fast.c): RIP moves
  * past 0F 30 when answered. A request it leaves in IRR keeps STGI, MOV CR8 and the exceptions
  * deliver.c would deliver in Python. */
@@ -547,11 +565,12 @@ static int fast_wrmsr(void *uc, struct engine *e)
     t.now = f->tsc + f->ticks;
     if (!apic_fast_wrmsr(&e->apic, uc, (uint32_t)ENV64(f, FX_OFF_RCX), value, &f->tpr, &t))
         return 0;
+    ENV64(f, FX_OFF_EIP) += 2;
+    take_timer_now(uc, e);
     if (apic_fast_busy(&e->apic, t.now)) {
         e->svm.stgi_ok = 0;
         e->dl.enabled = 0;      /* deliver.c runs only while the APIC signals nothing */
     }
-    ENV64(f, FX_OFF_EIP) += 2;
     return 1;
 }
 
@@ -689,6 +708,32 @@ uint32_t replay_in(void *uc, uint32_t port, int size, void *user)
     return e->in_fallback(uc, port, size, user);
 }
 
+/* Patch 0028's callback at the run's instruction deadline; user data is the engine. The
+ * deadline stands for L1's TSC-deadline timer: take its interrupt here (apic_fast.c
+ * `apic_fast_timer_due`, delivered by deliver.c as Machine.deliver_now would) and run on
+ * without a bound. Anything else (another world, a trap owed, a delivery deliver.c leaves to
+ * the reference) returns 0: the run stops and Python's interrupt point does it. */
+int replay_deadline(void *uc, void *user)
+{
+    struct engine *e = (struct engine *)user;
+    struct fast *f = &e->fx;
+    uint64_t now;
+    int vector;
+    if (!e->enabled || !f->armed || !f->off_insns || !e->dl.enabled || e->dl.window ||
+        ENV64(f, FX_OFF_VM_VMCB) != f->l1_vmcb || (ENV32(f, FX_OFF_HFLAGS2) & f->hf2_npt) ||
+        (ENV64(f, FX_OFF_EFLAGS) & f->eflags_tf))
+        return 0;
+    now = f->tsc + f->ticks + (*(const uint64_t *)(f->env + f->off_insns) - f->insns_seen);
+    vector = apic_fast_timer_due(&e->apic, now, f->tpr);
+    if (vector < 0 || !deliver_exception(&e->dl, uc, f->env, (uint32_t)vector, DL_EXTERNAL, 0, 0,
+                                         ENV64(f, FX_OFF_EIP), 0, 0))
+        return 0;
+    apic_fast_timer_taken(&e->apic, vector);
+    *(uint64_t *)(f->env + f->off_insns + 8) = UINT64_MAX;
+    f->deadline_by_time = 0;
+    return 1;
+}
+
 /* The layout and numbers Python must agree on, as "name=value" words: replay.py compares them
  * with its own ctypes declarations when it loads the library and refuses a library built from a
  * different replay.c, so the two sides cannot drift apart silently. */
@@ -744,7 +789,8 @@ const char *replay_abi(void)
     X(bound_time) X(msr_tpr) X(msr_eoi) X(msr_icr) X(msr_self_ipi) X(msr_tsc_deadline) \
     X(lvt_masked) X(icr_writable) X(icr_mode_shift) X(icr_dest_logical) X(icr_shorthand_shift) \
     X(emu_stop) X(eoi) X(tpr) X(icr_sent) X(deadline) X(exit_hlt) X(hlt_ok) X(hf_inhibit_irq) \
-    X(halted) X(hlts)
+    X(halted) X(hlts) X(fire_ok) X(fired) X(take_vector) \
+    X(taken_now)
 #define APIC_ABI(field) ABI_FIELD(apic_fast, field);
     APIC_FIELDS(APIC_ABI)
     ABI_FIELD(engine, l2);

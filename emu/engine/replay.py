@@ -33,6 +33,7 @@ from unicorn.x86_const import UC_X86_INS_IN
 
 from emu.arch.vmcb import MSRPM_RANGES
 from emu.engine import binding
+from emu.engine.unicorn_build import loader
 from emu.engine.hw_switch import CONTEXT_DATA_OFF, Context
 
 OPCODES = ("OP_END", "OP_CMP", "OP_EQ64", "OP_COMMIT", "OP_COPY", "OP_SET64", "OP_ADD64", "OP_SAVE",
@@ -178,7 +179,7 @@ class _ApicFast(ctypes.Structure):
                 + [("emu_stop", ctypes.c_void_p)]
                 + [(name, ctypes.c_uint64) for name in (
                     "eoi", "tpr", "icr_sent", "deadline", "exit_hlt", "hlt_ok", "hf_inhibit_irq",
-                    "halted", "hlts")])
+                    "halted", "hlts", "fire_ok", "fired", "take_vector", "taken_now")])
 
 
 L2_MSRPM_RANGES = len(MSRPM_RANGES)
@@ -437,6 +438,20 @@ class Engine:
         self.hook = binding.add_hook_raw(uc, UC_HOOK_INTR,
                                          ctypes.cast(_LIB.replay_intr, ctypes.c_void_p).value,
                                          ctypes.addressof(e))
+
+    def hook_deadline(self) -> bool:
+        """Let C take the TSC-deadline timer's interrupt where the run reaches its instruction
+        deadline (replay.c `replay_deadline`, engine patch 0028), instead of ending emu_start
+        there. False: this engine has no such callback (the stop stays)."""
+        if not loader.has_fix("deadline-callback"):
+            return False
+        hook = binding.LIB.uc_svmemu_deadline_hook
+        hook.restype = None
+        hook(
+            ctypes.c_void_p(binding.handle_address(self.uc)),
+            ctypes.c_void_p(ctypes.cast(_LIB.replay_deadline, ctypes.c_void_p).value),
+            ctypes.c_void_p(ctypes.addressof(self._e)))
+        return True
 
     # the engine's words
     @property
