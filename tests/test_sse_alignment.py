@@ -5,7 +5,8 @@ APM vol. 4: a legacy (non-VEX) SSE instruction whose 16-byte memory operand is m
 #GP(0) at the instruction, its destination untouched, unless the instruction is one of the
 explicitly unaligned forms (MOVUPS, MOVDQU, LDDQU, PCMPxSTRx) or its operand is 8 bytes or less.
 svmemu does not advertise MisAlignSse (CPUID 8000_0001 ECX[7]), so MXCSR.MM (bit 17) is
-reserved: LDMXCSR, FXRSTOR and XRSTOR with it set are #GP(0) and load nothing.
+reserved: LDMXCSR, FXRSTOR and XRSTOR with it set are #GP(0) and load nothing. The forms with
+an 8- or 4-byte operand read only that much (a page's last bytes before a not-present page).
 APM vol. 2, "FS and GS Registers in 64-Bit Mode": an AMD processor without NullSelectorClearsBase
 keeps the hidden base when MOV or POP loads a null selector into FS or GS.
 """
@@ -70,6 +71,8 @@ GUEST = r'''
 .equ MSR_FS_BASE, 0xc0000100
 .equ MSR_GS_BASE, 0xc0000101
 .equ MXCSR_MM, 1 << 17
+.equ HOLE, 0xa00000                         # a 2 MiB page made not present for a while
+.equ HOLE_PDE, 8 * 5                        # its entry in pd0
 
 main:
     fninit                                  # FCW = 0x37f
@@ -82,6 +85,38 @@ main:
     xsetbv
     mov r12, 0x1122334455667788
 ''' + _gp_checks() + r'''
+    # --- 8- and 4-byte operands read only their size: at a page's end, before a hole ---
+    and qword ptr [rip + pd0 + HOLE_PDE], -2     # 2 MiB page HOLE: not present
+    mov rax, cr3
+    mov cr3, rax
+    mov rax, 0x400000003f800000                         # floats 1.0, 2.0
+    mov [HOLE - 8], rax
+    expect_fault 1f
+    movups xmm2, [HOLE - 8]
+1:
+    check_eq [fault_vector], 14, "a 16-byte read across into a hole: #PF"
+    mov eax, HOLE
+    check_eq [fault_cr2], rax, "a 16-byte read across into a hole: CR2 at the hole"
+    expect_fault 1f
+    cvtps2pd xmm2, [HOLE - 8]
+    cvtps2pi mm1, [HOLE - 8]
+    cvttps2pi mm2, [HOLE - 8]
+    roundsd xmm3, [HOLE - 8], 0
+    roundss xmm4, [HOLE - 4], 0
+    cvtdq2pd xmm5, [HOLE - 8]
+1:
+    check_eq [fault_vector], -1, "CVTPS2PD, CVT(T)PS2PI, ROUNDSD/SS, CVTDQ2PD read no further"
+    movq rax, xmm2
+    mov rcx, 0x3ff0000000000000
+    check_eq rax, rcx, "CVTPS2PD of the last 8 bytes: 1.0"
+    movq rax, mm1
+    mov rcx, 0x0000000200000001
+    check_eq rax, rcx, "CVTPS2PI of the last 8 bytes: 1, 2"
+    emms
+    or qword ptr [rip + pd0 + HOLE_PDE], 1
+    mov rax, cr3
+    mov cr3, rax
+
     # --- MXCSR.MM is reserved: LDMXCSR, FXRSTOR, XRSTOR refuse it ---
     stmxcsr [rip + mx_before]
     mov eax, [rip + mx_before]
@@ -174,7 +209,7 @@ mx_after:       .space 4
 fcw:            .space 4
 '''
 
-N_CHECKS = 4 * len(MISALIGNED_GP) + 1 + 4 + 1 + 2 + 2 + 3
+N_CHECKS = 4 * len(MISALIGNED_GP) + 1 + 5 + 4 + 1 + 2 + 2 + 3
 
 
 def test_sse_alignment_mxcsr_and_null_fs_gs(tmp_path):
