@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from unicorn.x86_const import (UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R15)
 
-from emu.arch.bits import CR0_AM, RFLAGS_AC
+from emu.arch.bits import CR0_AM, CR4_OSFXSR, RFLAGS_AC
 from emu.arch.vmcb import VMEXIT_EXCP0, Vmcb
 from emu.core.machine import Machine
 from svm_ext.extension import SvmExtension
@@ -29,10 +29,15 @@ DONE = f"mov r15, 0x600D\n {EXIT}"
 
 
 def to_user(user: str, *, am: bool = True, ac: bool = True, rsp: int = USER_STACK) -> str:
-    """Kernel code at BODY: set or clear CR0.AM, then IRET to `user` at CPL 3."""
+    """Kernel code at BODY: set or clear CR0.AM, enable SSE, reset the x87 unit (all its
+    exceptions masked), then IRET to `user` at CPL 3."""
     rflags = 0x2 | (RFLAGS_AC if ac else 0)
     cr0 = f"{'bts' if am else 'btr'} rax, {CR0_AM.bit_length() - 1}"
     return f"""
+        mov rax, cr4
+        or rax, {CR4_OSFXSR:#x}
+        mov cr4, rax
+        fninit
         mov rax, cr0
         {cr0}
         mov cr0, rax
@@ -70,6 +75,20 @@ REFERENCES = {
     "locked-add": (f"mov rbx, {DATA + 4:#x}\n lock add qword ptr [rbx], 1", True),
     "aligned-qword": (f"mov rbx, {DATA + 8:#x}\n mov qword ptr [rbx], 1", False),
     "byte": (f"mov rbx, {DATA + 3:#x}\n mov byte ptr [rbx], 1", False),
+    # x87, MMX/SSE and helper-made references, each against its data type's alignment
+    "x87-single": (f"mov rbx, {DATA + 2:#x}\n fld dword ptr [rbx]", True),
+    "x87-double": (f"mov rbx, {DATA + 4:#x}\n fld qword ptr [rbx]", True),
+    "x87-control-word": (f"mov rbx, {DATA + 1:#x}\n fnstcw word ptr [rbx]", True),
+    "x87-extended": (f"mov rbx, {DATA + 4:#x}\n fld tbyte ptr [rbx]", True),
+    "x87-extended-aligned": (f"mov rbx, {DATA + 8:#x}\n fld tbyte ptr [rbx]", False),
+    "x87-environment": (f"mov rbx, {DATA + 2:#x}\n fnstenv [rbx]", True),
+    "x87-environment-dword": (f"mov rbx, {DATA + 4:#x}\n fnstenv [rbx]", False),
+    "mmx-movq": (f"mov rbx, {DATA + 4:#x}\n movq qword ptr [rbx], mm0", True),
+    "sse-movlps": (f"mov rbx, {DATA + 4:#x}\n movlps qword ptr [rbx], xmm0", True),
+    "sse-movss-aligned": (f"mov rbx, {DATA + 4:#x}\n movss dword ptr [rbx], xmm0", False),
+    "ldmxcsr": (f"mov rbx, {DATA + 2:#x}\n ldmxcsr dword ptr [rbx]", True),
+    "cmpxchg8b": (f"mov rbx, {DATA + 4:#x}\n cmpxchg8b qword ptr [rbx]", True),
+    "cmpxchg8b-aligned": (f"mov rbx, {DATA + 8:#x}\n cmpxchg8b qword ptr [rbx]", False),
 }
 
 
@@ -93,6 +112,14 @@ def test_misaligned_push_faults():
     m = boot(to_user("push rax", rsp=USER_STACK + 4))
     assert faulted(m)
     assert m.uc.reg_read(UC_X86_REG_R8) == 0
+
+
+def test_misaligned_far_return_faults():
+    """A far RET's pops are stack references at CPL 3: through a misaligned RSP, #AC(0)."""
+    m = boot(to_user("retfq", rsp=USER_STACK + 4))
+    assert faulted(m)
+    assert m.uc.reg_read(UC_X86_REG_R8) == 0
+    assert bytes(m.mem.view[m.uc.reg_read(UC_X86_REG_R9):][:2]) == asm64("retfq", 0)
 
 
 @pytest.mark.parametrize("am,ac", [(True, False), (False, True), (False, False)])

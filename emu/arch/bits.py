@@ -68,6 +68,14 @@ RFLAGS_AC = 1 << 18
 RFLAGS_VIF = 1 << 19
 RFLAGS_VIP = 1 << 20
 
+# x87 and SSE state as a CPU comes out of reset on QEMU's pc (its x86_cpu_reset): the control
+# word FNINIT loads (all exceptions masked, 64-bit precision, round to nearest), every x87
+# register empty (the full tag word, 2 bits each, 11b = empty), MXCSR with every SSE exception
+# masked and round to nearest
+FCW_FNINIT = 0x037F
+FTW_ALL_EMPTY = 0xFFFF
+MXCSR_RESET = 0x1F80
+
 # Debug registers (APM vol. 2, 13.1.1): the values RESET leaves in DR6 and DR7, and the DR7
 # fields of breakpoint 0 (L0, R/W0 in bits 17:16 with 10b = I/O, LEN0 in bits 19:18)
 DR6_RESET = 0xFFFF0FF0

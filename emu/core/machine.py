@@ -24,8 +24,9 @@ from unicorn.x86_const import (UC_CPU_X86_EPYC, UC_X86_INS_IN, UC_X86_INS_OUT, U
                                UC_X86_REG_DR6, UC_X86_REG_RSI, UC_X86_REG_RDI, UC_X86_REG_RBP,
                                UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R11,
                                UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14, UC_X86_REG_R15,
-                               UC_X86_REG_RFLAGS)
-from emu.arch.bits import DR6_BS, RFLAGS_TF
+                               UC_X86_REG_RFLAGS, UC_X86_REG_FPCW, UC_X86_REG_FPTAG,
+                               UC_X86_REG_MXCSR)
+from emu.arch.bits import DR6_BS, FCW_FNINIT, FTW_ALL_EMPTY, MXCSR_RESET, RFLAGS_TF
 
 from emu.engine import hostvm
 from emu.core.cpuid import LEAF_XSAVE, Cpuid
@@ -173,6 +174,12 @@ class Machine:
         engine_loader.tell_if_stock()
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_cpu_model(UC_CPU_X86_EPYC)
+        # Unicorn's register reset zeroes the x87 control word, the tags (every register
+        # valid) and MXCSR (every SSE exception unmasked); a CPU comes out of reset with
+        # them as QEMU's pc sets them.
+        uc.reg_write(UC_X86_REG_FPCW, FCW_FNINIT)
+        uc.reg_write(UC_X86_REG_FPTAG, FTW_ALL_EMPTY)
+        uc.reg_write(UC_X86_REG_MXCSR, MXCSR_RESET)
         if _boot is None:
             self_check()
             # One host mapping covers guest-physical [0, layout.end): host offset = guest

@@ -23,7 +23,8 @@ FIXES = frozenset({"code-page-tracking", "inline-exit-request", "nested-walk-nx"
                    "insn-counter", "pushf-rf-smsw", "cross-engine-code", "pause-hint",
                    "cr0-wp-no-flush", "tlb-grows-under-pressure", "sse-aligned-moves",
                    "movbe-register-ud", "iret-null-keeps-base", "noncanonical-branch",
-                   "null-ss-rpl", "supervisor-pkeys", "umip", "deadline-callback"})
+                   "null-ss-rpl", "supervisor-pkeys", "umip", "deadline-callback",
+                   "sse-m128-alignment", "null-fs-gs-keeps-base", "far-stack-at-cpl"})
 
 
 @dataclass(frozen=True)
