@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import build
+from . import binding_import, build
 
 ENV = "SVMEMU_ENGINE"
 MODES = ("auto", "patched", "stock")
@@ -73,6 +73,7 @@ def select() -> Engine:
                           f"({build.engine_dir()}): run python -m emu.engine.unicorn_build")
     else:
         _selected = Engine("stock", None, "the patched engine is not built")
+    binding_import.install()
     return _selected
 
 
