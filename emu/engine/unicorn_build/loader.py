@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import binding_import, build
@@ -26,11 +25,13 @@ FIXES = frozenset({"code-page-tracking", "inline-exit-request", "nested-walk-nx"
                    "null-ss-rpl"})
 
 
-@dataclass(frozen=True)
 class Engine:
-    kind: str                  # "patched", "stock" or "custom"
-    library: str | None        # folder given to the binding; None: the wheel's own
-    note: str = ""             # why this one (shown by --version)
+    __slots__ = ("kind", "library", "note")
+
+    def __init__(self, kind: str, library: str | None, note: str = "") -> None:
+        self.kind = kind                # "patched", "stock" or "custom"
+        self.library = library          # folder given to the binding; None: the wheel's own
+        self.note = note                # why this one (shown by --version)
 
     def describe(self) -> str:
         if self.kind == "patched":
