@@ -24,7 +24,6 @@ does not list, and that we therefore do NOT reject:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 from emu.core.control_regs import cr4_allowed
@@ -85,19 +84,35 @@ _PAGE_MASK = ~0xFFF
 _U64 = (1 << 64) - 1
 
 
-@dataclass(frozen=True, slots=True)
 class HostCaps:
     """What the CPU that L1 sees supports. The checks depend on it (MAXPHYADDR, the CR4/EFER bits
     that exist), never on what L0 happens to be doing."""
 
-    maxphyaddr: int = 40                       # CPUID Fn8000_0008_EAX[7:0]; QEMU TCG's default
-    long_mode: bool = True                     # CPUID Fn8000_0001_EDX[LM]
-    npt: bool = True                           # CPUID Fn8000_000A_EDX[NP] as reported to L1
-    cr4_supported: int = CR4_DEFAULT_SUPPORTED
-    efer_supported: int = EFER_DEFAULT_SUPPORTED
-    exception_vectors: int = EXCEPTION_VECTORS_DEFINED   # bit n: vector n may be injected as TYPE 3
-    vnmi: bool = False                         # CPUID Fn8000_000A_EDX[VNMI] as reported to L1
-    gmet: bool = False                         # CPUID Fn8000_000A_EDX[GMET] as reported to L1
+    __slots__ = ("maxphyaddr", "long_mode", "npt", "cr4_supported", "efer_supported",
+                 "exception_vectors", "vnmi", "gmet")
+
+    def __init__(self, maxphyaddr: int = 40, long_mode: bool = True, npt: bool = True,
+                 cr4_supported: int = CR4_DEFAULT_SUPPORTED,
+                 efer_supported: int = EFER_DEFAULT_SUPPORTED,
+                 exception_vectors: int = EXCEPTION_VECTORS_DEFINED, vnmi: bool = False,
+                 gmet: bool = False) -> None:
+        self.maxphyaddr = maxphyaddr        # CPUID Fn8000_0008_EAX[7:0]; QEMU TCG's default
+        self.long_mode = long_mode          # CPUID Fn8000_0001_EDX[LM]
+        self.npt = npt                      # CPUID Fn8000_000A_EDX[NP] as reported to L1
+        self.cr4_supported = cr4_supported
+        self.efer_supported = efer_supported
+        self.exception_vectors = exception_vectors  # bit n: vector n may be injected as TYPE 3
+        self.vnmi = vnmi                    # CPUID Fn8000_000A_EDX[VNMI] as reported to L1
+        self.gmet = gmet                    # CPUID Fn8000_000A_EDX[GMET] as reported to L1
+
+    def replace(self, **changes: int) -> "HostCaps":
+        """A copy with the named capabilities changed."""
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        fields.update(changes)
+        return HostCaps(**fields)
+
+    def __repr__(self) -> str:
+        return "HostCaps(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
 Predicate = Callable[[Vmcb12Cache, HostCaps, "int | None"], bool]

@@ -8,7 +8,6 @@ emu/arch/vmcb.py.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import operator
 from typing import Any, Callable
@@ -128,8 +127,8 @@ class SvmExtension(Extension, ExitRouter):
         self.svm_features = machine.cpuid.query(LEAF_SVM_FEATURES, 0)[3]
         self.pause_window = pause_filter.PauseWindow(self)
         machine.msrs.efer_writable |= EFER_SVME
-        self.caps = dataclasses.replace(      # VMRUN's checks follow the CPU model
-            self.caps, cr4_supported=cr4_allowed(machine.cpuid),
+        self.caps = self.caps.replace(        # VMRUN's checks follow the CPU model
+            cr4_supported=cr4_allowed(machine.cpuid),
             efer_supported=efer_allowed(machine.cpuid),
             long_mode=bool(machine.cpuid.query(0x80000001, 0)[3] & CPUID_80000001_EDX_LM),
             vnmi=bool(self.svm_features & vintr.FEATURE_VNMI),

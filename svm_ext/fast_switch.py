@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from unicorn.x86_const import UC_X86_REG_DR7, UC_X86_REG_RFLAGS
@@ -93,13 +92,16 @@ def _guarded_digest(before: "Pending") -> int:
                          + [blob[off:off + n] for off, n in REGIONS]))
 
 
-@dataclass
 class Pending:
     """What a world switch handled in Python looked like before it ran."""
-    state_id: int
-    blob: bytes
-    vmcb12_pa: int
-    vmcb12: bytes
+
+    __slots__ = ("state_id", "blob", "vmcb12_pa", "vmcb12")
+
+    def __init__(self, state_id: int, blob: bytes, vmcb12_pa: int, vmcb12: bytes) -> None:
+        self.state_id = state_id
+        self.blob = blob
+        self.vmcb12_pa = vmcb12_pa
+        self.vmcb12 = vmcb12
 
 
 class FastSwitch:

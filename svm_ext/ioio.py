@@ -7,8 +7,6 @@ happens with RIP at the IN/OUT. EXITINFO1 needs the instruction's prefixes, so i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from emu.arch.vmcb import ioio_exitinfo1
 
 _PREFIX_SEG = {0x26: 0, 0x2E: 1, 0x36: 2, 0x3E: 3, 0x64: 4, 0x65: 5}   # ES CS SS DS FS GS
@@ -20,14 +18,33 @@ _IMM8 = frozenset({0xE4, 0xE5, 0xE6, 0xE7})
 IO_OPCODES = _IN | _STRING | _IMM8 | {0xEE, 0xEF}
 
 
-@dataclass(frozen=True)
 class IoInstruction:
-    length: int
-    is_in: bool
-    string: bool
-    rep: bool
-    addr_size: int      # 16, 32 or 64
-    seg: int            # effective segment of the memory operand (INS: ES; OUTS: DS unless overridden)
+    __slots__ = ("length", "is_in", "string", "rep", "addr_size", "seg")
+
+    def __init__(self, length: int, is_in: bool, string: bool, rep: bool, addr_size: int,
+                 seg: int) -> None:
+        self.length = length
+        self.is_in = is_in
+        self.string = string
+        self.rep = rep
+        self.addr_size = addr_size  # 16, 32 or 64
+        self.seg = seg              # effective segment of the memory operand (INS: ES; OUTS:
+                                    # DS unless overridden)
+
+    def _key(self) -> tuple[int, bool, bool, bool, int, int]:
+        return (self.length, self.is_in, self.string, self.rep, self.addr_size, self.seg)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return ("IoInstruction(" + ", ".join(f"{name}={value!r}" for name, value
+                                             in zip(self.__slots__, self._key())) + ")")
 
     def exitinfo1(self, port: int, size: int) -> int:
         """EXITINFO1 for this access. SEG (bits 12:10) is a decode assist, which svmemu does not

@@ -13,7 +13,6 @@ as it would be entered again (its state as the last #VMEXIT saved it, g_pat for 
 from __future__ import annotations
 
 import struct
-from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
 from emu.core.extension import WorldPaging
@@ -51,7 +50,7 @@ def _nested_host(l1: PagingRegs) -> PagingRegs:
     the walker does for a native #PF (paging._id_bit) and as AMD parts do (kvm-unit-tests'
     svm_npt_rsvd_bits_test checks every host NX/SMEP combination)."""
     host = GuestMemory.host_regs(nested_pg_mode(l1.cr4, l1.efer))
-    return replace(host, cr4=host.cr4 | (l1.cr4 & CR4_SMEP))
+    return host.replace(cr4=host.cr4 | (l1.cr4 & CR4_SMEP))
 
 
 def world_paging(ext: "Vcpu", world: str) -> Optional[WorldPaging]:
@@ -81,6 +80,6 @@ def world_paging(ext: "Vcpu", world: str) -> Optional[WorldPaging]:
     name = "gPAT" if own else "PAT (shared with L1)"
     if not npt:
         return WorldPaging("L2", regs, pat, name)
-    host = replace(_nested_host(l1), gmet=checks.gmet_enabled(c, ext.caps))
+    host = _nested_host(l1).replace(gmet=checks.gmet_enabled(c, ext.caps))
     return WorldPaging("L2", regs, pat, name, ncr3=c.n_cr3, host_regs=host,
                        host_pat=model.hpat(), host_cr0=l1.cr0)

@@ -1,33 +1,43 @@
 """Nested-SVM state that lives outside the CPU context: what a snapshot must carry for svm_ext."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from emu.arch.vmcb import Vmcb12Cache, read_cache
 
 
-@dataclass
 class NestedState:
-    gif: bool = True               # global interrupt flag as L1 sees it
-    vm_cr: int = 0
-    hsave_pa: int = 0
-    in_l2: bool = False
-    vmcb12_pa: int = 0
-    vmcb12: Vmcb12Cache | None = None   # what VMRUN checked and loaded (KVM-style cached copy)
-    l1_host: bytes = b""           # L1's CPU context at VMRUN: the host state #VMEXIT restores
-    l1_next_rip: int = 0
-    l1_rflags: int = 0
-    v_irq: bool = False            # a virtual interrupt for L2 still pending (vmcb12 V_IRQ)
-    v_tpr: int = 0                 # V_TPR while L2 runs without V_INTR_MASKING
-    vnmi: bool = False             # V_NMI_ENABLE in the running vmcb12, on a CPU with vNMI
-    v_nmi: bool = False            # a virtual NMI pending for L2 (vintr.py)
-    v_nmi_mask: bool = False       # L2's virtual NMIs blocked until its IRET
-    lbrv: bool = False             # LBR virtualization on for the running L2 (lbrv.py)
-    lbr_host: tuple[int, ...] = (0, 0, 0, 0, 0)   # L1's DebugCtl and LBR MSRs while it is
-    pause_count: int = 0           # PAUSE filter counter (pause_filter.py)
-    pause_recent: bool = False     # the last PAUSE was within PauseFilterThreshold cycles
-    stats: dict[str, int] = field(default_factory=lambda: {"vmrun": 0, "vmexit": 0})
-    exit_codes: dict[int, int] = field(default_factory=dict)   # #VMEXITs to L1 by EXITCODE
+    __slots__ = ("gif", "vm_cr", "hsave_pa", "in_l2", "vmcb12_pa", "vmcb12", "l1_host",
+                 "l1_next_rip", "l1_rflags", "v_irq", "v_tpr", "vnmi", "v_nmi", "v_nmi_mask",
+                 "lbrv", "lbr_host", "pause_count", "pause_recent", "stats", "exit_codes")
+
+    def __init__(self, gif: bool = True, vm_cr: int = 0, hsave_pa: int = 0, in_l2: bool = False,
+                 vmcb12_pa: int = 0, vmcb12: Vmcb12Cache | None = None, l1_host: bytes = b"",
+                 l1_next_rip: int = 0, l1_rflags: int = 0, v_irq: bool = False, v_tpr: int = 0,
+                 vnmi: bool = False, v_nmi: bool = False, v_nmi_mask: bool = False,
+                 lbrv: bool = False, lbr_host: tuple[int, ...] = (0, 0, 0, 0, 0),
+                 pause_count: int = 0, pause_recent: bool = False,
+                 stats: dict[str, int] | None = None,
+                 exit_codes: dict[int, int] | None = None) -> None:
+        self.gif = gif                  # global interrupt flag as L1 sees it
+        self.vm_cr = vm_cr
+        self.hsave_pa = hsave_pa
+        self.in_l2 = in_l2
+        self.vmcb12_pa = vmcb12_pa
+        self.vmcb12 = vmcb12            # what VMRUN checked and loaded (KVM-style cached copy)
+        self.l1_host = l1_host          # L1's CPU context at VMRUN: the host state #VMEXIT restores
+        self.l1_next_rip = l1_next_rip
+        self.l1_rflags = l1_rflags
+        self.v_irq = v_irq              # a virtual interrupt for L2 still pending (vmcb12 V_IRQ)
+        self.v_tpr = v_tpr              # V_TPR while L2 runs without V_INTR_MASKING
+        self.vnmi = vnmi                # V_NMI_ENABLE in the running vmcb12, on a CPU with vNMI
+        self.v_nmi = v_nmi              # a virtual NMI pending for L2 (vintr.py)
+        self.v_nmi_mask = v_nmi_mask    # L2's virtual NMIs blocked until its IRET
+        self.lbrv = lbrv                # LBR virtualization on for the running L2 (lbrv.py)
+        self.lbr_host = lbr_host        # L1's DebugCtl and LBR MSRs while it is
+        self.pause_count = pause_count  # PAUSE filter counter (pause_filter.py)
+        self.pause_recent = pause_recent  # the last PAUSE was within PauseFilterThreshold cycles
+        self.stats = stats if stats is not None else {"vmrun": 0, "vmexit": 0}
+        # #VMEXITs to L1 by EXITCODE
+        self.exit_codes = exit_codes if exit_codes is not None else {}
 
     def to_dict(self) -> dict:
         return dict(gif=self.gif, vm_cr=self.vm_cr, hsave_pa=self.hsave_pa, in_l2=self.in_l2,

@@ -10,8 +10,6 @@ a supervisor one), then cross-checked against our walker (emu/arch/paging) on th
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from emu.arch import paging
@@ -70,7 +68,7 @@ def test_supervisor_fetch_from_user_page_is_npf():
     regs = paging.PagingRegs(cr0=s.cr0, cr3=s.cr3, cr4=s.cr4, efer=s.efer)
     with pytest.raises(paging.NestedFault) as e:
         paging.walk_2d(m.mem.read_u64, regs, root, L2_CODE, paging.FETCH,
-                       host=replace(HOST, gmet=True))
+                       host=HOST.replace(gmet=True))
     assert (e.value.exitinfo1, e.value.exitinfo2) == (vm.exitinfo1, vm.exitinfo2)
 
 
@@ -144,7 +142,7 @@ def test_walker_gmet_rules(user_page, user_access, fetch, allowed):
     npt = Tables(mem, "long")
     npt.map(0x200000, 0x200000, flags=P | RW | (US if user_page else 0))
     access = paging.Access(user=user_access, fetch=fetch)
-    host = replace(HOST, gmet=True)
+    host = HOST.replace(gmet=True)
     if allowed:
         assert paging.walk_nested(mem.r64, npt.root, 0x200123, access, host=host).pa == 0x200123
         return

@@ -17,7 +17,6 @@ encoding; they get values above 0xFF here so that they can never be mistaken for
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Mapping, Optional
 
@@ -169,17 +168,21 @@ def pat_index(pat_bit: bool | int, pcd: bool | int, pwt: bool | int) -> int:
 # --- MTRRs (APM vol. 2, 7.7) ------------------------------------------------------------------
 
 
-@dataclass
 class Mtrrs:
     """The MTRR register file as the MSRs hold it; the MSR file owns one per CPU and routes
     RDMSR/WRMSR of MTRR_MSRS to :meth:`read`/:meth:`write` after checking
     :func:`mtrr_msr_valid`. Plain ints and lists so snapshots can serialise it directly."""
 
-    cap: int = MTRRCAP_DEFAULT
-    def_type: int = 0
-    fixed: list[int] = field(default_factory=lambda: [0] * len(FIXED_MTRR_MSRS))
-    phys_base: list[int] = field(default_factory=lambda: [0] * NUM_VAR_MTRRS)
-    phys_mask: list[int] = field(default_factory=lambda: [0] * NUM_VAR_MTRRS)
+    __slots__ = ("cap", "def_type", "fixed", "phys_base", "phys_mask")
+
+    def __init__(self, cap: int = MTRRCAP_DEFAULT, def_type: int = 0,
+                 fixed: list[int] | None = None, phys_base: list[int] | None = None,
+                 phys_mask: list[int] | None = None) -> None:
+        self.cap = cap
+        self.def_type = def_type
+        self.fixed = fixed if fixed is not None else [0] * len(FIXED_MTRR_MSRS)
+        self.phys_base = phys_base if phys_base is not None else [0] * NUM_VAR_MTRRS
+        self.phys_mask = phys_mask if phys_mask is not None else [0] * NUM_VAR_MTRRS
 
     @classmethod
     def from_msr_values(cls, values: Mapping[int, int]) -> "Mtrrs":

@@ -17,7 +17,6 @@ stacks are likewise not modelled: PK bits are treated as ignored (available) bit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Callable, NamedTuple, Optional
 
@@ -100,26 +99,53 @@ class PagingMode(Enum):
     LONG4 = "long4"  # long mode, 4-level
 
 
-@dataclass(frozen=True)
 class PagingRegs:
     """The control state that selects and parameterises a walk (APM vol. 2, 5.1, Table 5-1).
 
     The mode is taken from EFER.LMA rather than EFER.LME because LMA is what the processor
     actually uses once paging is on; callers read EFER back from the CPU, where LMA is live.
+    A value: equal and hashing alike when the registers are; never changed after it is made.
     """
 
-    cr0: int
-    cr3: int
-    cr4: int
-    efer: int
-    # Nested tables only: the guest-mode execute trap (GMET, VMCB nested_ctl bit 3) is in
-    # force, so U/S governs instruction fetches by privilege instead of making every access a
-    # user access (APM vol. 2, 15.25).
-    gmet: bool = False
-    # The protection-key rights registers (APM vol. 2, 5.6.6): PKRU for user pages under
-    # CR4.PKE, IA32_PKRS for supervisor pages under CR4.PKS. 0 grants every key all rights.
-    pkru: int = 0
-    pkrs: int = 0
+    __slots__ = ("cr0", "cr3", "cr4", "efer", "gmet", "pkru", "pkrs")
+
+    def __init__(self, cr0: int, cr3: int, cr4: int, efer: int, gmet: bool = False,
+                 pkru: int = 0, pkrs: int = 0) -> None:
+        self.cr0 = cr0
+        self.cr3 = cr3
+        self.cr4 = cr4
+        self.efer = efer
+        # Nested tables only: the guest-mode execute trap (GMET, VMCB nested_ctl bit 3) is in
+        # force, so U/S governs instruction fetches by privilege instead of making every access
+        # a user access (APM vol. 2, 15.25).
+        self.gmet = gmet
+        # The protection-key rights registers (APM vol. 2, 5.6.6): PKRU for user pages under
+        # CR4.PKE, IA32_PKRS for supervisor pages under CR4.PKS. 0 grants every key all rights.
+        self.pkru = pkru
+        self.pkrs = pkrs
+
+    def _key(self) -> tuple[int, int, int, int, bool, int, int]:
+        return (self.cr0, self.cr3, self.cr4, self.efer, self.gmet, self.pkru, self.pkrs)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"PagingRegs(cr0={self.cr0!r}, cr3={self.cr3!r}, cr4={self.cr4!r}, "
+                f"efer={self.efer!r}, gmet={self.gmet!r}, pkru={self.pkru!r}, "
+                f"pkrs={self.pkrs!r})")
+
+    def replace(self, **changes: int) -> "PagingRegs":
+        """A copy with the named registers changed."""
+        fields = dict(cr0=self.cr0, cr3=self.cr3, cr4=self.cr4, efer=self.efer, gmet=self.gmet,
+                      pkru=self.pkru, pkrs=self.pkrs)
+        fields.update(changes)
+        return PagingRegs(**fields)
 
     @property
     def mode(self) -> PagingMode:
@@ -165,23 +191,38 @@ class PagingRegs:
 PKR_AD, PKR_WD = 1, 2    # a key's access-disable and write-disable bits in PKRU/PKRS
 
 
-@dataclass(frozen=True)
 class Access:
     """One memory access as the protection checks see it (APM vol. 2, 5.6).
 
     ``user`` means CPL 3. ``ac`` is RFLAGS.AC, which lets a supervisor data access reach user
     pages under SMAP. Implicit supervisor accesses (descriptor tables from CPL 3) are not
-    modelled: a caller wanting one passes user=False, ac=False.
+    modelled: a caller wanting one passes user=False, ac=False. A value, as PagingRegs (walk
+    caches key by it).
     """
 
-    write: bool = False
-    user: bool = False
-    fetch: bool = False
-    ac: bool = False
+    __slots__ = ("write", "user", "fetch", "ac")
 
-    def __post_init__(self) -> None:
-        if self.write and self.fetch:
+    def __init__(self, write: bool = False, user: bool = False, fetch: bool = False,
+                 ac: bool = False) -> None:
+        if write and fetch:
             raise ValueError("an access is a write or a fetch, not both")
+        self.write = write
+        self.user = user
+        self.fetch = fetch
+        self.ac = ac
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return ((self.write, self.user, self.fetch, self.ac)
+                == (other.write, other.user, other.fetch, other.ac))  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((self.write, self.user, self.fetch, self.ac))
+
+    def __repr__(self) -> str:
+        return (f"Access(write={self.write!r}, user={self.user!r}, fetch={self.fetch!r}, "
+                f"ac={self.ac!r})")
 
 
 READ = Access()
@@ -203,26 +244,47 @@ class WalkStep(NamedTuple):
     value: int
 
 
-@dataclass(frozen=True)
 class Translation:
     """The outcome of a successful walk.
 
     ``pat_index`` is the 3-bit PAT/PCD/PWT selector of the leaf (APM vol. 2, 7.8.2), or None
     when paging is off and no PAT entry applies (memtype then treats the page as PAT WB so the
     MTRR type stands alone). ``level`` is 0 for paging off. ``user``/``writable``/``nx`` are the
-    combined rights of every level.
+    combined rights of every level. A value, as PagingRegs.
     """
 
-    va: int
-    pa: int
-    page_size: int
-    level: int
-    leaf_entry: int
-    pat_index: Optional[int]
-    user: bool
-    writable: bool
-    nx: bool
-    walk: tuple[WalkStep, ...]
+    __slots__ = ("va", "pa", "page_size", "level", "leaf_entry", "pat_index", "user",
+                 "writable", "nx", "walk")
+
+    def __init__(self, va: int, pa: int, page_size: int, level: int, leaf_entry: int,
+                 pat_index: Optional[int], user: bool, writable: bool, nx: bool,
+                 walk: tuple[WalkStep, ...]) -> None:
+        self.va = va
+        self.pa = pa
+        self.page_size = page_size
+        self.level = level
+        self.leaf_entry = leaf_entry
+        self.pat_index = pat_index
+        self.user = user
+        self.writable = writable
+        self.nx = nx
+        self.walk = walk
+
+    def _key(self) -> tuple:
+        return (self.va, self.pa, self.page_size, self.level, self.leaf_entry, self.pat_index,
+                self.user, self.writable, self.nx, self.walk)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return ("Translation(" + ", ".join(f"{name}={value!r}" for name, value
+                                           in zip(self.__slots__, self._key())) + ")")
 
     @property
     def page_base(self) -> int:
@@ -685,7 +747,7 @@ def _nested_core(
     guest_table: bool,
     gva: Optional[int],
 ) -> tuple[Translation, _Pending]:
-    regs = replace(host if host is not None else _DEFAULT_HOST, cr3=ncr3)
+    regs = (host if host is not None else _DEFAULT_HOST).replace(cr3=ncr3)
     if regs.mode is PagingMode.OFF:
         raise ValueError("nested paging needs the host's paging on")
     # Every nested access is a user access, except under GMET, where the final access keeps
@@ -733,21 +795,39 @@ def walk_nested(
     return t
 
 
-@dataclass(frozen=True)
 class Translation2D:
     """A guest-linear to host-physical translation under nested paging.
 
     ``guest`` is the guest's own walk (its steps carry guest-physical entry addresses),
     ``nested`` the nested walk of the final GPA, ``table_walks`` the nested walk of each guest
-    page-table entry in the order the guest walk read them.
+    page-table entry in the order the guest walk read them. A value, as PagingRegs.
     """
 
-    va: int
-    gpa: int
-    hpa: int
-    guest: Translation
-    nested: Translation
-    table_walks: tuple[Translation, ...]
+    __slots__ = ("va", "gpa", "hpa", "guest", "nested", "table_walks")
+
+    def __init__(self, va: int, gpa: int, hpa: int, guest: Translation, nested: Translation,
+                 table_walks: tuple[Translation, ...]) -> None:
+        self.va = va
+        self.gpa = gpa
+        self.hpa = hpa
+        self.guest = guest
+        self.nested = nested
+        self.table_walks = table_walks
+
+    def _key(self) -> tuple:
+        return (self.va, self.gpa, self.hpa, self.guest, self.nested, self.table_walks)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return ("Translation2D(" + ", ".join(f"{name}={value!r}" for name, value
+                                             in zip(self.__slots__, self._key())) + ")")
 
     @property
     def page_size(self) -> int:

@@ -31,8 +31,6 @@ OptionError (exit status 2).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from emu.errors import OptionError
 
 Regs = tuple[int, int, int, int]
@@ -178,14 +176,18 @@ def implemented(name: str) -> bool:
     return _present(_MAX, name) or name in _OPT_IN
 
 
-@dataclass
 class CpuModel:
     """A resolved `--cpu` value: the base table with features added, and the features hidden
     (applied after every other CPUID contribution: the APIC's, the SVM extension's)."""
-    name: str = DEFAULT_MODEL
-    table: Table = field(default_factory=lambda: dict(_EPYC))
-    hidden: dict[tuple[int, int, int], int] = field(              # (leaf, sub, reg) -> bits
-        default_factory=lambda: model_hidden(DEFAULT_MODEL))
+
+    __slots__ = ("name", "table", "hidden")
+
+    def __init__(self, name: str = DEFAULT_MODEL, table: Table | None = None,
+                 hidden: dict[tuple[int, int, int], int] | None = None) -> None:
+        self.name = name
+        self.table: Table = table if table is not None else dict(_EPYC)
+        # (leaf, sub, reg) -> bits
+        self.hidden = hidden if hidden is not None else model_hidden(DEFAULT_MODEL)
 
     @property
     def svm(self) -> bool:

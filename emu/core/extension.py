@@ -22,7 +22,6 @@ machine object and uses only these entry points on it:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from emu.errors import Unsupported
@@ -33,21 +32,26 @@ if TYPE_CHECKING:
     from emu.core.board import Board
 
 
-@dataclass(frozen=True)
 class WorldPaging:
     """How one world turns its linear addresses into system-physical ones and which PAT types
     them (APM vol. 2, 7.8 and 15.25.8). With nested paging ``ncr3`` is set: the world's own
     walk gives a guest-physical address, the nested table (in the host's paging mode
     ``host_regs``) gives the system-physical one, and the nested leaf indexes ``host_pat``."""
 
-    world: str                     # "L1" or "L2"
-    regs: PagingRegs               # the world's own CR0/CR3/CR4/EFER
-    pat: int                       # the PAT the world's leaves index
-    pat_name: str                  # which register that is: "PAT", "hPAT", "gPAT", ...
-    ncr3: Optional[int] = None     # nested page table root, None without nested paging
-    host_regs: Optional[PagingRegs] = None
-    host_pat: Optional[int] = None
-    host_cr0: int = 0
+    __slots__ = ("world", "regs", "pat", "pat_name", "ncr3", "host_regs", "host_pat",
+                 "host_cr0")
+
+    def __init__(self, world: str, regs: PagingRegs, pat: int, pat_name: str,
+                 ncr3: Optional[int] = None, host_regs: Optional[PagingRegs] = None,
+                 host_pat: Optional[int] = None, host_cr0: int = 0) -> None:
+        self.world = world              # "L1" or "L2"
+        self.regs = regs                # the world's own CR0/CR3/CR4/EFER
+        self.pat = pat                  # the PAT the world's leaves index
+        self.pat_name = pat_name        # which register that is: "PAT", "hPAT", "gPAT", ...
+        self.ncr3 = ncr3                # nested page table root, None without nested paging
+        self.host_regs = host_regs
+        self.host_pat = host_pat
+        self.host_cr0 = host_cr0
 
 
 # What `ExitRouter.on_interrupt_window` did at an interrupt point (emu/core/irq.py).

@@ -8,7 +8,6 @@ the APM's double-fault rules (Table 8-7): contributory + contributory or #PF + (
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Protocol
 
@@ -51,16 +50,19 @@ class Kind(Enum):
     EXTERNAL = "external"     # maskable interrupt / NMI
 
 
-@dataclass
 class Event:
-    vector: int
-    kind: Kind
-    error_code: int | None = None
-    cr2: int | None = None          # set CR2 before delivery (page faults)
-    icebp: bool = False             # INT1: an instruction's #DB, without the gate DPL check;
-                                    # exception intercepts see it as #DB
-    insn_len: int = 0               # software events: their instruction's length; a fault while
-                                    # delivering one reports the instruction itself (it restarts)
+    __slots__ = ("vector", "kind", "error_code", "cr2", "icebp", "insn_len")
+
+    def __init__(self, vector: int, kind: Kind, error_code: int | None = None,
+                 cr2: int | None = None, icebp: bool = False, insn_len: int = 0) -> None:
+        self.vector = vector
+        self.kind = kind
+        self.error_code = error_code
+        self.cr2 = cr2                  # set CR2 before delivery (page faults)
+        self.icebp = icebp              # INT1: an instruction's #DB, without the gate DPL
+                                        # check; exception intercepts see it as #DB
+        self.insn_len = insn_len        # software events: their instruction's length; a fault
+                                        # while delivering one reports the instruction itself
 
     def describe(self) -> str:
         name = VECTOR_NAMES.get(self.vector, f"vector {self.vector:#x}")

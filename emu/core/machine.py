@@ -13,7 +13,6 @@ import mmap
 import struct
 import time
 import ctypes
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable
 
 from emu.engine.unicorn_build import loader as engine_loader
@@ -106,12 +105,18 @@ _IRET_INTERCEPT = intercept_misc_bit(VMEXIT_IRET)
 _MAP_NORESERVE = 0x4000   # Linux: no swap reserved; pages exist once the guest touches them
 
 
-@dataclass
 class RunResult:
-    reason: str          # exit | halt | shutdown | unsupported | timeout | max-insns
-    status: int          # the process exit status svmemu uses
-    message: str
-    rip: int
+    __slots__ = ("reason", "status", "message", "rip")
+
+    def __init__(self, reason: str, status: int, message: str, rip: int) -> None:
+        self.reason = reason      # exit | halt | shutdown | unsupported | timeout | max-insns
+        self.status = status      # the process exit status svmemu uses
+        self.message = message
+        self.rip = rip
+
+    def __repr__(self) -> str:
+        return (f"RunResult(reason={self.reason!r}, status={self.status!r}, "
+                f"message={self.message!r}, rip={self.rip!r})")
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"

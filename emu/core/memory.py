@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import mmap
 import struct
-from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Optional
 
@@ -57,7 +56,6 @@ _USER_FETCH = paging.Access(fetch=True, user=True)
 _CODE_CACHE_SIZE = 64    # code pages remembered (all forgotten when full)
 
 
-@dataclass(frozen=True)
 class CodePath:
     """Where the instruction byte at a RIP is, and everything that decided it.
 
@@ -79,18 +77,40 @@ class CodePath:
     it reads (see :func:`emu.arch.paging.walk_with_path`).
     """
 
-    va: int
-    pa: int
-    page_end: int
-    entries: tuple[paging.PathEntry, ...]
-    cr3: int
-    ncr3: int
-    cr0: int
-    cr4: int
-    efer: int
-    nested: bool
-    nested_mode: int
-    user: bool
+    __slots__ = ("va", "pa", "page_end", "entries", "cr3", "ncr3", "cr0", "cr4", "efer",
+                 "nested", "nested_mode", "user")
+
+    def __init__(self, va: int, pa: int, page_end: int, entries: tuple[paging.PathEntry, ...],
+                 cr3: int, ncr3: int, cr0: int, cr4: int, efer: int, nested: bool,
+                 nested_mode: int, user: bool) -> None:
+        self.va = va
+        self.pa = pa
+        self.page_end = page_end
+        self.entries = entries
+        self.cr3 = cr3
+        self.ncr3 = ncr3
+        self.cr0 = cr0
+        self.cr4 = cr4
+        self.efer = efer
+        self.nested = nested
+        self.nested_mode = nested_mode
+        self.user = user
+
+    def _key(self) -> tuple:
+        return (self.va, self.pa, self.page_end, self.entries, self.cr3, self.ncr3, self.cr0,
+                self.cr4, self.efer, self.nested, self.nested_mode, self.user)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return ("CodePath(" + ", ".join(f"{name}={value!r}" for name, value
+                                        in zip(self.__slots__, self._key())) + ")")
 
     @property
     def inputs(self) -> tuple[bool, int, int, int, int, int, int, bool]:

@@ -8,7 +8,6 @@ exist, with their APM references, is the table in msrs_amd.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from emu.arch import memtype
@@ -39,10 +38,12 @@ class CpuMsrs(Protocol):
     def write(self, index: int, value: int) -> None: ...
 
 
-@dataclass
 class MsrOwner:
-    read: Reader
-    write: Writer
+    __slots__ = ("read", "write")
+
+    def __init__(self, read: Reader, write: Writer) -> None:
+        self.read = read
+        self.write = write
 
 
 def check_pat_write(value: int) -> None:

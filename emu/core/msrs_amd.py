@@ -23,7 +23,6 @@ MSRs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from emu.arch.bits import EFER_FFXSR, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, EFER_SVME
@@ -126,19 +125,25 @@ def _has_spec_ctrl(cpuid: "Cpuid") -> bool:
                 & (CPUID_80000008_EBX_IBRS | CPUID_80000008_EBX_STIBP | CPUID_80000008_EBX_SSBD))
 
 
-@dataclass(frozen=True)
 class MsrSpec:
-    index: int
-    name: str
-    ref: str
-    kind: str = STORED
-    reset: int = 0
-    valid: int = (1 << 64) - 1      # bits a write may set; others #GP (STORED)
-    present: Present = _always
-    check: Check | None = None      # extra write rule (STORED)
-    read_only: bool = False
-    write_only: bool = False
-    mask_on_write: int | None = None   # a write keeps only these bits (no #GP), e.g. counters
+    __slots__ = ("index", "name", "ref", "kind", "reset", "valid", "present", "check",
+                 "read_only", "write_only", "mask_on_write")
+
+    def __init__(self, index: int, name: str, ref: str, kind: str = STORED, reset: int = 0,
+                 valid: int = (1 << 64) - 1, present: Present = _always,
+                 check: Check | None = None, read_only: bool = False, write_only: bool = False,
+                 mask_on_write: int | None = None) -> None:
+        self.index = index
+        self.name = name
+        self.ref = ref
+        self.kind = kind
+        self.reset = reset
+        self.valid = valid                  # bits a write may set; others #GP (STORED)
+        self.present = present
+        self.check = check                  # extra write rule (STORED)
+        self.read_only = read_only
+        self.write_only = write_only
+        self.mask_on_write = mask_on_write  # a write keeps only these bits (no #GP), e.g. counters
 
 
 def _mc_ctl_check(v: int) -> str | None:

@@ -40,7 +40,6 @@ counts nothing and is paused mid-turn ends that turn there.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 from emu.errors import STATUS_HALTED, STATUS_LIMIT
@@ -48,17 +47,22 @@ from emu.errors import STATUS_HALTED, STATUS_LIMIT
 DEFAULT_QUANTUM = 20_000     # instructions per turn
 
 
-@dataclass
 class Position:
     """Where the round robin stands between two runs (see the module docstring)."""
-    index: int = 0              # the CPU whose turn comes next (or was cut short)
-    busy: bool = False          # a CPU of this round has run
-    jumped: bool = False        # the last all-halted jump in time woke nobody yet
-    left: int | None = None     # a turn cut short: the instruction bound left (0: unbounded)
-    bound: int = 0              # that turn's whole bound, the virtual time it takes if run out
+
+    __slots__ = ("index", "busy", "jumped", "left", "bound")
+
+    def __init__(self, index: int = 0, busy: bool = False, jumped: bool = False,
+                 left: int | None = None, bound: int = 0) -> None:
+        self.index = index      # the CPU whose turn comes next (or was cut short)
+        self.busy = busy        # a CPU of this round has run
+        self.jumped = jumped    # the last all-halted jump in time woke nobody yet
+        self.left = left        # a turn cut short: the instruction bound left (0: unbounded)
+        self.bound = bound      # that turn's whole bound, the virtual time it takes if run out
 
     def state(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"index": self.index, "busy": self.busy, "jumped": self.jumped,
+                "left": self.left, "bound": self.bound}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], cpus: int) -> "Position":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from dataclasses import dataclass
 
 from unicorn import Uc
 
@@ -142,13 +141,26 @@ SEG_OFF_SELECTOR, SEG_OFF_BASE, SEG_OFF_LIMIT, SEG_OFF_FLAGS = 0, 8, 16, 20
 assert _SEG.size == SEG_OFF_FLAGS + 4
 
 
-@dataclass
 class Segment:
     """A segment register with its hidden part, in descriptor-cache form."""
-    selector: int
-    base: int
-    limit: int
-    flags: int
+
+    __slots__ = ("selector", "base", "limit", "flags")
+
+    def __init__(self, selector: int, base: int, limit: int, flags: int) -> None:
+        self.selector = selector
+        self.base = base
+        self.limit = limit
+        self.flags = flags
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return ((self.selector, self.base, self.limit, self.flags)
+                == (other.selector, other.base, other.limit, other.flags))  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return (f"Segment(selector={self.selector!r}, base={self.base!r}, limit={self.limit!r}, "
+                f"flags={self.flags!r})")
 
     @property
     def dpl(self) -> int:

@@ -19,7 +19,6 @@ runs them with the intercept lifted and sets the flag again (machine._exit_dr7_w
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 from unicorn import Uc
@@ -36,11 +35,14 @@ _SAVED = [UC_X86_REG_DR0, UC_X86_REG_DR6, UC_X86_REG_DR7, UC_X86_REG_RAX, UC_X86
           UC_X86_REG_RDI, UC_X86_REG_RIP]
 
 
-@dataclass
 class _Armed:
-    saved: tuple[int, ...]
-    undo: bool                               # put the instruction back (RIP and its registers)
-    action: Optional[Callable[[], None]]     # what to do once stopped (None: nothing)
+    __slots__ = ("saved", "undo", "action")
+
+    def __init__(self, saved: tuple[int, ...], undo: bool,
+                 action: Optional[Callable[[], None]]) -> None:
+        self.saved = saved
+        self.undo = undo            # put the instruction back (RIP and its registers)
+        self.action = action        # what to do once stopped (None: nothing)
 
 
 class IoTrap:

@@ -5,7 +5,6 @@ first, then multiboot, whose loader explains what is wrong with a file nothing r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from emu.errors import ImageError
@@ -22,21 +21,27 @@ class KernelTarget(Protocol):
     def load_linux(self, boot) -> None: ...
 
 
-@dataclass(frozen=True)
 class KernelRequest:
     """A user's -kernel/-append/-initrd, as QEMU takes them."""
 
-    data: bytes
-    name: str                  # the image's path as given (multiboot puts it in the cmdline)
-    append: str = ""
-    initrd: str | None = None
+    __slots__ = ("data", "name", "append", "initrd")
+
+    def __init__(self, data: bytes, name: str, append: str = "",
+                 initrd: str | None = None) -> None:
+        self.data = data
+        self.name = name        # the image's path as given (multiboot puts it in the cmdline)
+        self.append = append
+        self.initrd = initrd
 
 
-@dataclass(frozen=True)
 class KernelFormat:
-    name: str
-    recognises: Callable[[bytes], bool]
-    load: Callable[[KernelTarget, KernelRequest], None]
+    __slots__ = ("name", "recognises", "load")
+
+    def __init__(self, name: str, recognises: Callable[[bytes], bool],
+                 load: Callable[[KernelTarget, KernelRequest], None]) -> None:
+        self.name = name
+        self.recognises = recognises
+        self.load = load
 
 
 def _load_multiboot(machine: KernelTarget, req: KernelRequest) -> None:

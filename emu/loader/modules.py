@@ -15,7 +15,6 @@ svmemu: status 2, one line).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from emu.core.firmware.layout import LOW_RAM_END, ram_layout
 from emu.errors import ImageError
@@ -26,21 +25,26 @@ MB_MOD_SIZE = 16
 QEMU_LOADER_NAME = b"qemu\0"       # counted as QEMU counts it, so addresses match QEMU's
 
 
-@dataclass(frozen=True)
 class Module:
-    path: str
-    cmdline: str
-    data: bytes
+    __slots__ = ("path", "cmdline", "data")
+
+    def __init__(self, path: str, cmdline: str, data: bytes) -> None:
+        self.path = path
+        self.cmdline = cmdline
+        self.data = data
 
 
-@dataclass(frozen=True)
 class ModuleLayout:
     """Where the modules go: ``mods_addr`` for the MBI, ``blobs`` (address, bytes) to copy."""
 
-    mods_addr: int
-    count: int
-    blobs: list[tuple[int, bytes]]
-    end: int
+    __slots__ = ("mods_addr", "count", "blobs", "end")
+
+    def __init__(self, mods_addr: int, count: int, blobs: list[tuple[int, bytes]],
+                 end: int) -> None:
+        self.mods_addr = mods_addr
+        self.count = count
+        self.blobs = blobs
+        self.end = end
 
 
 def split_initrd(spec: str) -> list[str]:

@@ -26,7 +26,6 @@ guest can tell where it runs.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
 from emu.core.firmware.layout import (E820_RAM, E820_RESERVED, FIRMWARE_RESERVED_TOP,  # noqa: F401
                                      LOW_RAM_END, MIN_RAM, e820_map, ram_layout)
@@ -65,15 +64,21 @@ _FORBIDDEN = [(0, 0x1000, "the first 4 KiB"),
               (LOW_RAM_END, 0x100000, "the EBDA/VGA/BIOS area below 1 MiB")]
 
 
-@dataclass
 class BootImage:
     """What to copy into RAM, what to zero, and where the 32-bit entry starts."""
 
-    entry: int                                   # 32-bit physical entry point
-    segments: list[tuple[int, bytes]] = field(default_factory=list)  # (phys addr, bytes)
-    load_start: int | None = None                # the span QEMU counts as the kernel (modules
-    load_end: int | None = None                  # follow it), segments dropped included
-    bss: list[tuple[int, int]] = field(default_factory=list)  # (phys addr, length): zeroed
+    __slots__ = ("entry", "segments", "load_start", "load_end", "bss")
+
+    def __init__(self, entry: int, segments: list[tuple[int, bytes]] | None = None,
+                 load_start: int | None = None, load_end: int | None = None,
+                 bss: list[tuple[int, int]] | None = None) -> None:
+        self.entry = entry                      # 32-bit physical entry point
+        # (phys addr, bytes)
+        self.segments: list[tuple[int, bytes]] = segments if segments is not None else []
+        self.load_start = load_start            # the span QEMU counts as the kernel (modules
+        self.load_end = load_end                # follow it), segments dropped included
+        # (phys addr, length): zeroed
+        self.bss: list[tuple[int, int]] = bss if bss is not None else []
 
     def span(self) -> tuple[int, int]:
         if self.load_start is not None and self.load_end is not None:

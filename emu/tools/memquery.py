@@ -12,7 +12,7 @@ Used by `svmemu memtype`, by `--trace mem` and by tests.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from emu.arch import memtype, paging
@@ -152,7 +152,7 @@ def effective_memtype(machine: "Machine", va: int, world: str = "current") -> Me
 def memtype_for(machine: "Machine", view: WorldPaging, va: int) -> MemtypeResult:
     """`effective_memtype` for an already known world (the trace hook asks once per access)."""
     mem = machine.mem
-    regs = replace(view.regs, cr4=view.regs.cr4 & ~(CR4_SMEP | CR4_SMAP))
+    regs = view.regs.replace(cr4=view.regs.cr4 & ~(CR4_SMEP | CR4_SMAP))
     try:
         if view.ncr3 is None:
             t = paging.walk(mem.read_u64, regs, va, paging.READ, read_u32=mem.read_u32,

@@ -14,8 +14,6 @@ Measured on QEMU 7.2 (``-m`` 128M, 3200M, 4G, 16G; guests/mbinfo.S and memory du
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from emu.errors import OptionError
 
 KiB = 1 << 10
@@ -44,13 +42,15 @@ MIN_RAM = 2 * MiB
 MAX_RAM = 64 * GiB
 
 
-@dataclass(frozen=True)
 class RamLayout:
     """Where ``size`` bytes of RAM appear: ``below_4g`` from 0, ``above_4g`` from 4 GiB."""
 
-    size: int
-    below_4g: int
-    above_4g: int
+    __slots__ = ("size", "below_4g", "above_4g")
+
+    def __init__(self, size: int, below_4g: int, above_4g: int) -> None:
+        self.size = size
+        self.below_4g = below_4g
+        self.above_4g = above_4g
 
     @property
     def ranges(self) -> list[tuple[int, int]]:

@@ -15,7 +15,6 @@ lines), then ExtINT on LINT0 of the BSP and NMI on LINT1 of every processor.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from emu.core.firmware.checksum import with_checksum
 
@@ -55,13 +54,15 @@ MP_HEADER_SIZE = 44
 MP_FLOATING_SIZE = 16
 
 
-@dataclass(frozen=True)
 class PciInterrupt:
     """A PCI function's interrupt pin and the I/O APIC input it is wired to."""
 
-    device: int
-    pin: int          # 0 = INTA#
-    gsi: int
+    __slots__ = ("device", "pin", "gsi")
+
+    def __init__(self, device: int, pin: int, gsi: int) -> None:
+        self.device = device
+        self.pin = pin            # 0 = INTA#
+        self.gsi = gsi
 
 
 def packages_first_cpus(cpus: int, cpuid_1: tuple[int, int, int, int]) -> list[int]:

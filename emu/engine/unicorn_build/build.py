@@ -16,7 +16,6 @@ with one line saying which is missing, and svmemu runs on the stock wheel's libr
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -78,7 +77,17 @@ def built_library() -> Path | None:
     return lib if lib.is_file() else None
 
 
+def __getattr__(name: str) -> object:
+    """`shutil` on first use: every start imports this module to find the library, and shutil
+    brings bz2 and lzma along (~2 ms), which only a build needs."""
+    if name == "shutil":
+        import shutil
+        return shutil
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _missing_tools() -> list[str]:
+    import shutil
     missing = [t for t in ("cmake", "make") if shutil.which(t) is None]
     if not any(shutil.which(cc) for cc in (os.environ.get("CC") or "cc", "gcc", "clang")):
         missing.append("a C compiler (cc)")
@@ -96,6 +105,7 @@ def _sha256(path: Path) -> str:
 def _pip_commands() -> list[list[str]]:
     """pip, the interpreter's own first. Inside setup.py under pip's build isolation the
     interpreter's PYTHONPATH overlay hides the environment's pip; the child runs without it."""
+    import shutil
     cmds = [[sys.executable, "-m", "pip"]]
     for name in ("pip3", "pip"):
         exe = shutil.which(name)
@@ -162,6 +172,7 @@ def _run(cmd: list[str], cwd: Path, log: Path) -> None:
 def build(jobs: int = 2, force: bool = False, say=print) -> Path:
     """Builds (or finds) the library and returns its path. Raises BuildError."""
     # Imported here, not at the top: every start imports this module for the cache key alone.
+    import shutil
     import tempfile
     from .patching import PatchError, apply_patch
     out = engine_dir()

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import build
+from . import binding_import, build
 
 ENV = "SVMEMU_ENGINE"
 MODES = ("auto", "patched", "stock")
@@ -27,11 +26,13 @@ FIXES = frozenset({"code-page-tracking", "inline-exit-request", "nested-walk-nx"
                    "sse-m128-alignment", "null-fs-gs-keeps-base", "far-stack-at-cpl"})
 
 
-@dataclass(frozen=True)
 class Engine:
-    kind: str                  # "patched", "stock" or "custom"
-    library: str | None        # folder given to the binding; None: the wheel's own
-    note: str = ""             # why this one (shown by --version)
+    __slots__ = ("kind", "library", "note")
+
+    def __init__(self, kind: str, library: str | None, note: str = "") -> None:
+        self.kind = kind                # "patched", "stock" or "custom"
+        self.library = library          # folder given to the binding; None: the wheel's own
+        self.note = note                # why this one (shown by --version)
 
     def describe(self) -> str:
         if self.kind == "patched":
@@ -74,6 +75,7 @@ def select() -> Engine:
                           f"({build.engine_dir()}): run python -m emu.engine.unicorn_build")
     else:
         _selected = Engine("stock", None, "the patched engine is not built")
+    binding_import.install()
     return _selected
 
 
