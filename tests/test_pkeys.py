@@ -13,7 +13,6 @@ r15 = 0x600D; a CPL 3 program gets there through INT 0x80 (handler 3).
 """
 from __future__ import annotations
 
-from dataclasses import replace
 
 import pytest
 from unicorn.x86_const import (UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R11,
@@ -265,8 +264,8 @@ def test_reference_walk_applies_keys_to_data_not_fetches():
         walk(regs, paging.READ)
     assert fault.value.error_code == PF_P | PF_PK
     assert walk(regs, paging.FETCH) == 0x5000
-    assert walk(replace(regs, cr4=CR4_PAE), paging.READ) == 0x5000          # PKE clear
-    assert walk(replace(regs, pkru=AD << 2), paging.WRITE) == 0x5000        # another key's bits
+    assert walk(regs.replace(cr4=CR4_PAE), paging.READ) == 0x5000          # PKE clear
+    assert walk(regs.replace(pkru=AD << 2), paging.WRITE) == 0x5000        # another key's bits
 
 
 # ---- PKS ---------------------------------------------------------------------------------------
