@@ -107,6 +107,8 @@ class ApicFast:
         self._owners = {i: msrs.owners.get(i) for i in (*_MSRS.values(), MSR_TSC_DEADLINE)}
         self._generation = -1
         self._owned = False
+        self._exits_generation = -1
+        self._hlt_ok = 0
         self._isr = self._irr = self._tmr = self._icr = self._deadline = -1   # what C holds
         self._key: tuple = ()
         self._want_timers = False
@@ -202,7 +204,10 @@ class ApicFast:
             a.timers_pending = APIC_TIMERS_UNKNOWN
         router = m.router
         a.always_stop = int(router is not None and router.physical_if() is not None)
-        a.hlt_ok = int(m.halts_itself())
+        if m.exits_generation != self._exits_generation:
+            self._exits_generation = m.exits_generation
+            self._hlt_ok = int(m.halts_itself())
+        a.hlt_ok = self._hlt_ok
         a.fire_ok = int(self._may_fire())
         a.changed = a.window_armed = a.kicked = a.deadline_moved = a.sent = a.halted = 0
         a.dirty = a.wanted_timers = a.take_vector = 0

@@ -71,6 +71,8 @@ class FastDeliver:
         self.m = machine
         self.allowed = True
         self._generation = -1
+        self._exits_generation = -1
+        self._own = False
         self.dl = None
         e = machine.replay
         if e is None or not machine.fast_exits.env:
@@ -182,7 +184,10 @@ class FastDeliver:
             self._generation = m.msrs.generation
             self._set_msrs()
         d.window = int(m.irq.window.armed)
-        d.enabled = int(self.allowed and not m.fast_exits.signalled and self._own_handlers())
+        if m.exits_generation != self._exits_generation:
+            self._exits_generation = m.exits_generation
+            self._own = self._own_handlers()
+        d.enabled = int(self.allowed and not m.fast_exits.signalled and self._own)
 
     def _own_handlers(self) -> bool:
         """No tool replaced the machine's handlers of the exits answered here."""

@@ -266,6 +266,9 @@ class Machine:
         self.perf = PerfCounters(self)       # PerfCtr0-3 count CPU cycles (emu/core/perfctr.py)
         self.world_observers: list[Callable[[str, str], None]] = []
         self.router: ExitRouter | None = None
+        # Moves with every change of `_exits`: the C paths that stand in for the machine's own
+        # handlers check them again only then (fast_deliver.py, apic_fast.py).
+        self.exits_generation = 0
         self._exits: dict[int, Callable[[int], None]] = {
             hostvm.VMEXIT_MSR: self._exit_msr,
             hostvm.VMEXIT_CPUID: self._exit_cpuid,
@@ -354,6 +357,7 @@ class Machine:
     # ---- extension entry points --------------------------------------------------------------------
     def register_exit(self, code: int, handler: Callable[[int], None]) -> None:
         self._exits[code] = handler
+        self.exits_generation += 1
 
     def add_device(self, dev: PortDevice) -> None:
         self.devices.append(dev)

@@ -476,8 +476,8 @@ class LocalApic(PortDevice):
 
     def deadline(self) -> int | None:
         """The virtual time of the next timer expiry, or None when the timer is idle."""
-        if self._timer_mode() == LVT_TIMER_TSC_DEADLINE:
-            return self.tsc_deadline or None
+        if (self.lvt[APIC_LVT_TIMER] >> LVT_TIMER_MODE_SHIFT) & 3 == LVT_TIMER_TSC_DEADLINE:
+            return self.tsc_deadline or None     # (_timer_mode inline: several calls a turn)
         if not self.timer_running:
             return None
         ticks = self.timer_first + self.timer_fired * self.timer_initial
