@@ -7,6 +7,7 @@ happens with RIP at the IN/OUT. EXITINFO1 needs the instruction's prefixes, so i
 """
 from __future__ import annotations
 
+from emu.arch.value import Value
 from emu.arch.vmcb import ioio_exitinfo1
 
 _PREFIX_SEG = {0x26: 0, 0x2E: 1, 0x36: 2, 0x3E: 3, 0x64: 4, 0x65: 5}   # ES CS SS DS FS GS
@@ -18,7 +19,7 @@ _IMM8 = frozenset({0xE4, 0xE5, 0xE6, 0xE7})
 IO_OPCODES = _IN | _STRING | _IMM8 | {0xEE, 0xEF}
 
 
-class IoInstruction:
+class IoInstruction(Value):
     __slots__ = ("length", "is_in", "string", "rep", "addr_size", "seg")
 
     def __init__(self, length: int, is_in: bool, string: bool, rep: bool, addr_size: int,
@@ -30,21 +31,6 @@ class IoInstruction:
         self.addr_size = addr_size  # 16, 32 or 64
         self.seg = seg              # effective segment of the memory operand (INS: ES; OUTS:
                                     # DS unless overridden)
-
-    def _key(self) -> tuple[int, bool, bool, bool, int, int]:
-        return (self.length, self.is_in, self.string, self.rep, self.addr_size, self.seg)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._key() == other._key()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return ("IoInstruction(" + ", ".join(f"{name}={value!r}" for name, value
-                                             in zip(self.__slots__, self._key())) + ")")
 
     def exitinfo1(self, port: int, size: int) -> int:
         """EXITINFO1 for this access. SEG (bits 12:10) is a decode assist, which svmemu does not

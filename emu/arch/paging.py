@@ -54,6 +54,7 @@ from emu.arch.bits import (
     PTE_RW,
     PTE_US,
 )
+from emu.arch.value import Value
 from emu.errors import Unsupported
 
 __all__ = [
@@ -99,7 +100,7 @@ class PagingMode(Enum):
     LONG4 = "long4"  # long mode, 4-level
 
 
-class PagingRegs:
+class PagingRegs(Value):
     """The control state that selects and parameterises a walk (APM vol. 2, 5.1, Table 5-1).
 
     The mode is taken from EFER.LMA rather than EFER.LME because LMA is what the processor
@@ -123,22 +124,6 @@ class PagingRegs:
         # CR4.PKE, IA32_PKRS for supervisor pages under CR4.PKS. 0 grants every key all rights.
         self.pkru = pkru
         self.pkrs = pkrs
-
-    def _key(self) -> tuple[int, int, int, int, bool, int, int]:
-        return (self.cr0, self.cr3, self.cr4, self.efer, self.gmet, self.pkru, self.pkrs)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._key() == other._key()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return (f"PagingRegs(cr0={self.cr0!r}, cr3={self.cr3!r}, cr4={self.cr4!r}, "
-                f"efer={self.efer!r}, gmet={self.gmet!r}, pkru={self.pkru!r}, "
-                f"pkrs={self.pkrs!r})")
 
     def replace(self, **changes: int) -> "PagingRegs":
         """A copy with the named registers changed."""
@@ -244,7 +229,7 @@ class WalkStep(NamedTuple):
     value: int
 
 
-class Translation:
+class Translation(Value):
     """The outcome of a successful walk.
 
     ``pat_index`` is the 3-bit PAT/PCD/PWT selector of the leaf (APM vol. 2, 7.8.2), or None
@@ -269,22 +254,6 @@ class Translation:
         self.writable = writable
         self.nx = nx
         self.walk = walk
-
-    def _key(self) -> tuple:
-        return (self.va, self.pa, self.page_size, self.level, self.leaf_entry, self.pat_index,
-                self.user, self.writable, self.nx, self.walk)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._key() == other._key()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return ("Translation(" + ", ".join(f"{name}={value!r}" for name, value
-                                           in zip(self.__slots__, self._key())) + ")")
 
     @property
     def page_base(self) -> int:
@@ -795,7 +764,7 @@ def walk_nested(
     return t
 
 
-class Translation2D:
+class Translation2D(Value):
     """A guest-linear to host-physical translation under nested paging.
 
     ``guest`` is the guest's own walk (its steps carry guest-physical entry addresses),
@@ -813,21 +782,6 @@ class Translation2D:
         self.guest = guest
         self.nested = nested
         self.table_walks = table_walks
-
-    def _key(self) -> tuple:
-        return (self.va, self.gpa, self.hpa, self.guest, self.nested, self.table_walks)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._key() == other._key()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return ("Translation2D(" + ", ".join(f"{name}={value!r}" for name, value
-                                             in zip(self.__slots__, self._key())) + ")")
 
     @property
     def page_size(self) -> int:

@@ -16,6 +16,7 @@ from unicorn import UC_PROT_READ, Uc, UcError
 
 from emu.arch import paging
 from emu.arch.bits import CR0_PG
+from emu.arch.value import Value
 from emu.engine import binding
 from emu.engine.hw_switch import (CS, HF2_GMET, HF2_NPT, HF_CPL_MASK, HF_CS64, NPT_MODE_LMA,
                         NPT_MODE_NXE, NPT_MODE_PAE, OFF_CR, OFF_EFER, OFF_HFLAGS, OFF_HFLAGS2, OFF_NESTED_CR3,
@@ -56,7 +57,7 @@ _USER_FETCH = paging.Access(fetch=True, user=True)
 _CODE_CACHE_SIZE = 64    # code pages remembered (all forgotten when full)
 
 
-class CodePath:
+class CodePath(Value):
     """Where the instruction byte at a RIP is, and everything that decided it.
 
     ``va`` is the linear address (CS base added outside 64-bit mode), ``pa`` the physical
@@ -95,22 +96,6 @@ class CodePath:
         self.nested = nested
         self.nested_mode = nested_mode
         self.user = user
-
-    def _key(self) -> tuple:
-        return (self.va, self.pa, self.page_end, self.entries, self.cr3, self.ncr3, self.cr0,
-                self.cr4, self.efer, self.nested, self.nested_mode, self.user)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._key() == other._key()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return ("CodePath(" + ", ".join(f"{name}={value!r}" for name, value
-                                        in zip(self.__slots__, self._key())) + ")")
 
     @property
     def inputs(self) -> tuple[bool, int, int, int, int, int, int, bool]:
